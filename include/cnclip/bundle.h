@@ -1,0 +1,51 @@
+// A model bundle: the directory scripts/export_model.py writes (image_encoder.pt, text_encoder.pt,
+// vocab.txt, bundle.json). This header reads and checks its manifest; it needs no LibTorch.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "cnclip/image.h"
+
+namespace cnclip {
+
+constexpr int kBundleFormatVersion = 1;
+
+struct BundleFile {
+  int64_t bytes = 0;
+  std::string sha256;
+};
+
+struct BundleManifest {
+  std::string dir;             // the bundle directory, as opened
+  std::string architecture;    // "ViT-B-16", "tiny", ...
+  std::string precision;       // "fp32" or "int8"
+  std::string fingerprint;     // identifies the weights; an index remembers it
+  int embedding_dim = 0;
+  bool normalized = true;      // encoders return L2-normalized embeddings
+  Normalization image;         // input size, mean, std
+  int context_length = 52;
+  bool lower_case = true;
+  double logit_scale = 100.0;  // exp(logit_scale) of the checkpoint
+  std::map<std::string, BundleFile> files;
+  std::string json;            // bundle.json as written, for `cnclip model-info`
+
+  std::string path_of(const std::string& file) const { return dir + "/" + file; }
+};
+
+// Reads DIR/bundle.json and checks its fields. Throws Exception naming the file: missing directory
+// or manifest, invalid JSON, another format version, missing fields.
+BundleManifest load_bundle_manifest(const std::string& dir);
+
+// Checks that a bundle file exists with the size the manifest records; throws naming the file.
+void check_bundle_file(const BundleManifest& manifest, const std::string& file);
+
+// The bundle to use: `flag` (--model) if given, else $CNCLIP_MODEL, else
+// ${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default.
+std::string resolve_model_dir(const std::string& flag);
+
+// ${XDG_DATA_HOME:-$HOME/.local/share}/cnclip
+std::string default_data_dir();
+
+}  // namespace cnclip

@@ -1,0 +1,106 @@
+// The catalog: one SQLite database per index, the source of truth for what is indexed. One row per
+// file (canonical absolute path, size, mtime, content hash, when indexed, and its embedding), the
+// folders that were indexed, and the model the embeddings come from. The vector snapshot
+// (vector_index.h) is derived from it and rebuilt whenever it is older.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cnclip/error.h"
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace cnclip {
+
+struct FileRecord {
+  int64_t id = 0;
+  std::string path;
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+  std::string content_hash;
+  int64_t indexed_at = 0;  // unix seconds
+};
+
+// Not thread-safe: one Catalog per thread. Every write happens inside a transaction (begin/commit)
+// and bumps the generation counter, so readers can tell whether a snapshot is current. SQLite's WAL
+// mode lets searches read the last committed state while an index run writes. Failures throw
+// Exception naming the database file.
+class Catalog {
+ public:
+  // Opens `path`, creating the database when `create` is true (else a missing file is kNotFound).
+  static std::unique_ptr<Catalog> open(const std::string& path, bool create);
+  ~Catalog();
+  Catalog(const Catalog&) = delete;
+  Catalog& operator=(const Catalog&) = delete;
+
+  const std::string& path() const { return path_; }
+
+  std::optional<std::string> meta(const std::string& key);
+  void set_meta(const std::string& key, const std::string& value);
+  int64_t generation();
+
+  void begin();     // BEGIN IMMEDIATE
+  void commit();    // bumps the generation, then COMMIT
+  void rollback();
+
+  int64_t count();
+  // Files whose path is `dir` + "/" + anything (all files when dir is empty), without embeddings.
+  std::vector<FileRecord> files_under(const std::string& dir);
+  std::optional<FileRecord> find(const std::string& path);
+  std::vector<FileRecord> find_by_ids(const std::vector<int64_t>& ids);
+  // Embedding of one file (empty when absent).
+  std::vector<float> embedding(int64_t id);
+
+  int64_t insert(const FileRecord& record, const float* embedding, int dim);
+  // Updates path/size/mtime/hash/indexed_at, and the embedding when `embedding` is not null.
+  void update(const FileRecord& record, const float* embedding, int dim);
+  void remove(int64_t id);
+  int64_t remove_under(const std::string& dir);
+  void remove_all();
+
+  // Calls fn(id, vector) for every file, in id order.
+  void for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn);
+
+  std::vector<std::string> roots();
+  void add_root(const std::string& dir);
+  void remove_root(const std::string& dir);
+
+ private:
+  Catalog(sqlite3* db, std::string path);
+  sqlite3_stmt* prepare(const char* sql);
+  void exec(const char* sql);
+  [[noreturn]] void fail(const std::string& what);
+
+  sqlite3* db_;
+  std::string path_;
+};
+
+// RAII transaction: rolls back unless commit() was called.
+class CatalogTransaction {
+ public:
+  explicit CatalogTransaction(Catalog& c) : c_(c) { c_.begin(); }
+  ~CatalogTransaction() {
+    if (!done_) {
+      try {
+        c_.rollback();
+      } catch (...) {
+      }
+    }
+  }
+  void commit() {
+    c_.commit();
+    done_ = true;
+  }
+
+ private:
+  Catalog& c_;
+  bool done_ = false;
+};
+
+}  // namespace cnclip

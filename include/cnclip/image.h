@@ -1,0 +1,72 @@
+// Image files -> the model's input tensor, exactly as Chinese-CLIP's Python preprocessing makes it
+// (PIL.Image.open, resize to RxR with Pillow's BICUBIC, convert("RGB"), ToTensor, Normalize).
+//
+// Decoding is OpenCV's; the resize is our own reimplementation of Pillow 9.4's resampling (separable
+// bicubic with fixed-point weights, palette images nearest, RGBA premultiplied) because no OpenCV or
+// LibTorch filter reproduces it (see ../shared/fixtures/README.md). All functions are thread-safe.
+#pragma once
+
+#include <opencv2/core/mat.hpp>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cnclip/error.h"
+
+namespace cnclip {
+
+// How Pillow would hold the decoded pixels; it decides how the image is resized.
+enum class PixelMode {
+  kGray,     // "L": resized as one channel, then copied to R, G, B
+  kRGB,      // "RGB"
+  kRGBA,     // "RGBA": resized premultiplied, alpha then dropped without compositing
+  kPalette,  // "P" or "1": Pillow forces NEAREST resampling
+};
+
+struct DecodeOptions {
+  // Photos are shown upright by viewers; apply the EXIF Orientation tag (JPEG) unless parity with
+  // Chinese-CLIP's Python code (which ignores it) is wanted.
+  bool apply_exif_orientation = true;
+  // Refuse images with more pixels than this (decompression bombs), before decoding them.
+  int64_t max_pixels = 100'000'000;
+  // When > 0, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) as long as both
+  // sides of the reduced image stay >= this many pixels. 0 decodes at full size (exact parity).
+  int reduced_decode_min_side = 0;
+};
+
+struct DecodedImage {
+  cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order
+  PixelMode mode = PixelMode::kRGB;
+  std::string format;  // "jpeg", "png", "webp", "bmp", "tiff"
+  int original_width = 0, original_height = 0;  // as stored, before any reduced decode
+};
+
+// Mean and std of Normalize, and the square input size R.
+struct Normalization {
+  int size = 224;
+  std::array<float, 3> mean{0.48145466f, 0.4578275f, 0.40821073f};
+  std::array<float, 3> std{0.26862954f, 0.26130258f, 0.27577711f};
+};
+
+// Reads a whole file; errors name the file (missing, a directory, unreadable, empty).
+Result<std::vector<uint8_t>> read_file_bytes(const std::string& path);
+
+// Decodes image bytes. `name` is used in error messages only. Errors: kUnsupportedFormat,
+// kTruncated, kCorrupt, kTooLarge.
+Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::string& name,
+                                  const DecodeOptions& options);
+Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOptions& options);
+
+// Pillow's Image.resize((out_w, out_h), BICUBIC) followed by convert("RGB"): a CV_8UC3 RGB image.
+cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h);
+
+// ToTensor + Normalize of a CV_8UC3 RGB image of size norm.size: writes 3*size*size floats (CHW).
+void normalize_to_chw(const cv::Mat& rgb, const Normalization& norm, float* out);
+
+// decode + resize + normalize; `out` holds 3*R*R floats.
+Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name,
+                              const Normalization& norm, const DecodeOptions& options, float* out);
+
+}  // namespace cnclip

@@ -1,0 +1,49 @@
+// `cnclip index`: bring an index up to date with folders and files on disk.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cnclip/file_walk.h"
+#include "cnclip/image.h"
+#include "cnclip/index_store.h"
+#include "cnclip/model.h"
+
+namespace cnclip {
+
+struct IndexOptions {
+  std::vector<std::string> paths;  // folders and files; empty = every folder indexed before
+  WalkOptions walk;
+  DecodeOptions decode;
+  bool reindex = false;      // drop everything and encode again (e.g. after changing the model)
+  int batch_size = 16;       // images per model call and per committed transaction
+  int decode_threads = 0;    // 0 = number of cores
+};
+
+struct IndexSummary {
+  int64_t added = 0, updated = 0, removed = 0, unchanged = 0, moved = 0, failed = 0;
+  double seconds = 0;
+  bool interrupted = false;
+};
+
+// Receives what happens during a run; called from the thread that called Indexer::run.
+class IndexObserver {
+ public:
+  virtual ~IndexObserver() = default;
+  virtual void on_plan(int64_t /*to_encode*/, int64_t /*unchanged*/, int64_t /*gone*/) {}
+  virtual void on_progress(int64_t /*done*/, int64_t /*total*/) {}
+  virtual void on_file_error(const Error& /*error*/) {}
+};
+
+// Runs one index pass. What it guarantees:
+// - Incremental: only new files and files whose size or mtime changed are decoded; a new file whose
+//   content hash equals that of a file that disappeared takes over its embedding (a move or rename).
+// - Committed in batches: each batch of encoded files is one transaction; an interruption (Ctrl-C,
+//   checked between batches, or a crash) keeps every committed batch, and the next run does the rest.
+// - Files that disappeared from an indexed folder are removed at the end of a complete pass.
+// - A file that cannot be decoded is reported through the observer and counted, never fatal.
+// Throws Exception for failures that end the run (model mismatch, unwritable index, missing path).
+IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& options, IndexObserver& observer);
+
+}  // namespace cnclip

@@ -1,0 +1,58 @@
+// The Chinese-CLIP encoders of a model bundle, run by LibTorch. LibTorch stays behind this header
+// (pimpl), so code that only needs embeddings compiles without its heavy headers.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cnclip/bundle.h"
+#include "cnclip/tokenizer.h"
+
+namespace cnclip {
+
+struct ModelOptions {
+  std::string device = "cpu";  // "cpu" or "cuda" / "cuda:N"
+  int threads = 0;             // LibTorch intra-op threads; 0 = all cores
+};
+
+// Owns the bundle's two TorchScript towers and its tokenizer. Each tower (and the tokenizer) is
+// loaded on first use, so a text search never reads the image tower. Not thread-safe: use one Model
+// from one thread at a time. Failures throw Exception naming the bundle file.
+class Model {
+ public:
+  // Reads and checks bundle.json; loads nothing else yet.
+  static std::unique_ptr<Model> open(const std::string& bundle_dir, const ModelOptions& options = {});
+  ~Model();
+
+  const BundleManifest& manifest() const;
+  int dim() const { return manifest().embedding_dim; }
+
+  // pixels: float [batch,3,R,R] (see image.h). Returns batch*dim L2-normalized floats.
+  std::vector<float> encode_images(const float* pixels, int batch);
+  // ids: `batch` rows of `length` token ids (0 = padding). Trailing columns that are padding in every
+  // row are not computed (the attention mask makes them irrelevant). Returns batch*dim floats.
+  std::vector<float> encode_token_ids(const int64_t* ids, int batch, int length);
+  // Tokenize with the bundle's vocabulary, then encode. Throws for invalid UTF-8.
+  std::vector<float> encode_texts(const std::vector<std::string>& texts);
+
+  const Tokenizer& tokenizer();
+  void load_image_tower();
+  void load_text_tower();
+  bool image_tower_loaded() const;
+  bool text_tower_loaded() const;
+
+ private:
+  struct Impl;
+  explicit Model(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Sets LibTorch's intra-op thread count (which also sizes OpenMP, and so FAISS). n <= 0: all cores.
+// Call once before heavy work: LibTorch defaults to 1 thread on some systems.
+void set_compute_threads(int n);
+
+// "LibTorch 1.13.1, BLAS: OpenBLAS, 2 threads"-style description, for benchmarks and `model-info`.
+std::string compute_backend_description();
+
+}  // namespace cnclip

@@ -1,0 +1,30 @@
+// Minimal NumPy .npy reading and writing (little-endian, C order), for the fixtures, the
+// `preprocess --npy` debugging command and `import --npy`.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cnclip/error.h"
+
+namespace cnclip {
+
+struct NpyArray {
+  std::string dtype;  // "<f4", "<f8", "<i8", "<i4"
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> data;  // raw little-endian values
+
+  int64_t count() const;
+  // Values converted to float / int64 (throws Exception(kMismatch) for an unsupported dtype).
+  std::vector<float> as_float() const;
+  std::vector<int64_t> as_int64() const;
+};
+
+// Errors name the file: missing, not an .npy, Fortran order, unsupported dtype, truncated data.
+Result<NpyArray> read_npy(const std::string& path);
+
+// Writes float32 data with the given shape; the file appears whole or not at all.
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
+
+}  // namespace cnclip

@@ -1,0 +1,50 @@
+// Top-k cosine search of query embeddings against an index.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cnclip/index_store.h"
+
+namespace cnclip {
+
+struct SearchOptions {
+  int top_k = 10;
+  std::optional<float> threshold;  // keep hits with score >= threshold
+  std::string under;               // canonical folder: only files below it
+};
+
+struct SearchHit;
+
+struct RankedHit {
+  int rank = 0;  // 1-based
+  std::string path;
+  float score = 0;  // cosine similarity
+};
+
+struct QueryResult {
+  std::string query;  // the text, or the image path as given
+  std::vector<RankedHit> hits;
+};
+
+// Searches one index. Loads the vectors on construction (memory-mapped snapshot, or built from the
+// catalog when the snapshot is not current). Not thread-safe.
+class Searcher {
+ public:
+  explicit Searcher(IndexStore& store);
+  ~Searcher();
+
+  int64_t size() const;
+  // queries: labels.size() embeddings of the index's dimension. exclude[i], when not empty, is a
+  // path that must not appear in query i's results (search-image --exclude-self).
+  std::vector<QueryResult> search(const std::vector<std::string>& labels, const std::vector<float>& queries,
+                                  const SearchOptions& options, const std::vector<std::string>& exclude = {});
+
+ private:
+  IndexStore& store_;
+  std::unique_ptr<VectorIndex> vectors_;
+};
+
+}  // namespace cnclip

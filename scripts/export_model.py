@@ -1,0 +1,540 @@
+#!/usr/bin/python3
+"""Turn a Chinese-CLIP checkpoint into a cnclip model bundle.
+
+    export_model.py --checkpoint clip_cn_vit-b-16.pt --out models/vit-b-16 [--arch ViT-B-16] [--precision fp32|int8]
+    export_model.py --checkpoint tiny.pt --config tiny_config.json --out DIR
+    export_model.py --random-init tiny|ViT-B-16 --seed N --out DIR
+
+Needs only torch (Debian's python3-torch): the architectures below are our own PyTorch definition of
+Chinese-CLIP's, computing exactly what cn_clip computes (see ../shared/fixtures/README.md), and the
+encoders are written as TorchScript so that cnclip (LibTorch) runs them without Python.
+
+The bundle directory holds image_encoder.pt, text_encoder.pt, vocab.txt and bundle.json. Nothing is
+written unless everything succeeds: the bundle is assembled in a temporary directory next to --out and
+renamed into place at the end.
+"""
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+
+BUNDLE_FORMAT_VERSION = 1
+CONTEXT_LENGTH = 52
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_VOCAB = os.path.join(HERE, "..", "models", "vocab.txt")
+
+# cn_clip's model_configs, vision and text fields merged (the same field names as cn_clip uses).
+TEXT_BASE = dict(vocab_size=21128, text_hidden_size=768, text_num_attention_heads=12,
+                 text_num_hidden_layers=12, text_intermediate_size=3072,
+                 text_max_position_embeddings=512, text_type_vocab_size=2)
+TEXT_LARGE = dict(vocab_size=21128, text_hidden_size=1024, text_num_attention_heads=16,
+                  text_num_hidden_layers=24, text_intermediate_size=4096,
+                  text_max_position_embeddings=512, text_type_vocab_size=2)
+ARCHS = {
+    "ViT-B-16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
+                     vision_patch_size=16, **TEXT_BASE),
+    "ViT-L-14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
+                     vision_patch_size=14, **TEXT_BASE),
+    "ViT-L-14-336": dict(embed_dim=768, image_resolution=336, vision_layers=24, vision_width=1024,
+                         vision_patch_size=14, **TEXT_BASE),
+    "ViT-H-14": dict(embed_dim=1024, image_resolution=224, vision_layers=32, vision_width=1280,
+                     vision_patch_size=14, **TEXT_LARGE),
+    # The fixture model of ../shared/fixtures/tiny_config.json: for tests and demos only.
+    "tiny": dict(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=128,
+                 vision_patch_size=16, vocab_size=21128, text_hidden_size=64,
+                 text_num_attention_heads=2, text_num_hidden_layers=2, text_intermediate_size=128,
+                 text_max_position_embeddings=512, text_type_vocab_size=2),
+}
+CONFIG_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size",
+               "vocab_size", "text_hidden_size", "text_num_attention_heads", "text_num_hidden_layers",
+               "text_intermediate_size", "text_max_position_embeddings", "text_type_vocab_size")
+
+
+class ExportError(Exception):
+    """A problem with the user's input, reported as one line."""
+
+
+def fail(message):
+    print(f"export_model.py: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+# Import torch only after argument parsing so that --help works without it.
+torch = None
+nn = None
+F = None
+
+
+def define_model_classes():
+    """Our own definition of Chinese-CLIP's towers, batch-first, with plain nn.Linear everywhere
+    (so that dynamic int8 quantization reaches the attention projections too)."""
+    global torch, nn, F
+    import torch as _torch
+    torch = _torch
+    nn = torch.nn
+    F = torch.nn.functional
+
+    class VisionAttention(nn.Module):
+        def __init__(self, width: int, heads: int):
+            super().__init__()
+            self.heads = heads
+            self.head_dim = width // heads
+            self.scale = float(self.head_dim) ** -0.5
+            self.in_proj = nn.Linear(width, 3 * width)
+            self.out_proj = nn.Linear(width, width)
+
+        def forward(self, x):
+            b, n, w = x.shape
+            qkv = self.in_proj(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            attn = torch.softmax(torch.matmul(q * self.scale, k.transpose(-2, -1)), dim=-1)
+            out = torch.matmul(attn, v).transpose(1, 2).reshape(b, n, w)
+            return self.out_proj(out)
+
+    class QuickGELU(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(1.702 * x)
+
+    class ResidualAttentionBlock(nn.Module):
+        def __init__(self, width: int, heads: int):
+            super().__init__()
+            self.attn = VisionAttention(width, heads)
+            self.ln_1 = nn.LayerNorm(width, eps=1e-5)
+            self.mlp = nn.Sequential()
+            self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
+            self.mlp.add_module("gelu", QuickGELU())
+            self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
+            self.ln_2 = nn.LayerNorm(width, eps=1e-5)
+
+        def forward(self, x):
+            x = x + self.attn(self.ln_1(x))
+            return x + self.mlp(self.ln_2(x))
+
+    class VisualTransformer(nn.Module):
+        def __init__(self, resolution: int, patch: int, width: int, layers: int, output_dim: int):
+            super().__init__()
+            heads = width // 64  # as cn_clip: vision_heads = vision_width // 64
+            self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
+            grid = resolution // patch
+            self.class_embedding = nn.Parameter(torch.zeros(width))
+            self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
+            self.ln_pre = nn.LayerNorm(width, eps=1e-5)
+            self.transformer = nn.Module()
+            self.transformer.resblocks = nn.Sequential(
+                *[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+            self.ln_post = nn.LayerNorm(width, eps=1e-5)
+            self.proj = nn.Parameter(torch.zeros(width, output_dim))
+
+        def forward(self, x):
+            x = self.conv1(x)
+            x = x.flatten(2).transpose(1, 2)
+            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, x.shape[-1])
+            x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+            x = self.ln_pre(x)
+            x = self.transformer.resblocks(x)
+            return self.ln_post(x[:, 0, :]) @ self.proj
+
+    class BertSelfAttention(nn.Module):
+        def __init__(self, hidden: int, heads: int):
+            super().__init__()
+            self.heads = heads
+            self.head_dim = hidden // heads
+            self.scale = 1.0 / math.sqrt(self.head_dim)
+            self.query = nn.Linear(hidden, hidden)
+            self.key = nn.Linear(hidden, hidden)
+            self.value = nn.Linear(hidden, hidden)
+
+        def split(self, x):
+            b, n, _ = x.shape
+            return x.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+        def forward(self, x, additive_mask):
+            q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale + additive_mask
+            ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
+            b, h, n, d = ctx.shape
+            return ctx.transpose(1, 2).reshape(b, n, h * d)
+
+    class BertDenseLayerNorm(nn.Module):
+        def __init__(self, d_in: int, d_out: int):
+            super().__init__()
+            self.dense = nn.Linear(d_in, d_out)
+            self.LayerNorm = nn.LayerNorm(d_out, eps=1e-12)
+
+        def forward(self, x, residual):
+            return self.LayerNorm(self.dense(x) + residual)
+
+    class BertAttention(nn.Module):
+        def __init__(self, hidden: int, heads: int):
+            super().__init__()
+            self.self = BertSelfAttention(hidden, heads)
+            self.output = BertDenseLayerNorm(hidden, hidden)
+
+        def forward(self, x, additive_mask):
+            return self.output(self.self(x, additive_mask), x)
+
+    class BertIntermediate(nn.Module):
+        def __init__(self, hidden: int, inter: int):
+            super().__init__()
+            self.dense = nn.Linear(hidden, inter)
+
+        def forward(self, x):
+            return F.gelu(self.dense(x))
+
+    class BertLayer(nn.Module):
+        def __init__(self, hidden: int, heads: int, inter: int):
+            super().__init__()
+            self.attention = BertAttention(hidden, heads)
+            self.intermediate = BertIntermediate(hidden, inter)
+            self.output = BertDenseLayerNorm(inter, hidden)
+
+        def forward(self, x, additive_mask):
+            a = self.attention(x, additive_mask)
+            return self.output(self.intermediate(a), a)
+
+    class BertEmbeddings(nn.Module):
+        def __init__(self, vocab: int, hidden: int, max_pos: int, type_vocab: int):
+            super().__init__()
+            self.word_embeddings = nn.Embedding(vocab, hidden)
+            self.position_embeddings = nn.Embedding(max_pos, hidden)
+            self.token_type_embeddings = nn.Embedding(type_vocab, hidden)
+            self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
+
+        def forward(self, ids):
+            positions = torch.arange(ids.shape[1], dtype=torch.long, device=ids.device)
+            x = (self.word_embeddings(ids) + self.position_embeddings(positions).unsqueeze(0)
+                 + self.token_type_embeddings.weight[0])
+            return self.LayerNorm(x)
+
+    class BertEncoder(nn.Module):
+        def __init__(self, hidden: int, heads: int, inter: int, layers: int):
+            super().__init__()
+            self.layer = nn.ModuleList([BertLayer(hidden, heads, inter) for _ in range(layers)])
+
+        def forward(self, x, additive_mask):
+            for layer in self.layer:
+                x = layer(x, additive_mask)
+            return x
+
+    class Bert(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.embeddings = BertEmbeddings(c["vocab_size"], c["text_hidden_size"],
+                                             c["text_max_position_embeddings"],
+                                             c["text_type_vocab_size"])
+            self.encoder = BertEncoder(c["text_hidden_size"], c["text_num_attention_heads"],
+                                       c["text_intermediate_size"], c["text_num_hidden_layers"])
+
+    class ImageEncoder(nn.Module):
+        """float [B,3,R,R] (normalized pixels) -> L2-normalized float [B,D]."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.visual = VisualTransformer(c["image_resolution"], c["vision_patch_size"],
+                                            c["vision_width"], c["vision_layers"], c["embed_dim"])
+
+        def forward(self, pixels):
+            return F.normalize(self.visual(pixels), dim=-1)
+
+    class TextEncoder(nn.Module):
+        """int64 token ids [B,L] (0 = padding) -> L2-normalized float [B,D]."""
+
+        def __init__(self, c):
+            super().__init__()
+            self.bert = Bert(c)
+            self.text_projection = nn.Parameter(torch.zeros(c["text_hidden_size"], c["embed_dim"]))
+
+        def forward(self, ids):
+            mask = (ids != 0).to(torch.float32)
+            additive = ((1.0 - mask) * -10000.0)[:, None, None, :]
+            x = self.bert.embeddings(ids)
+            x = self.bert.encoder(x, additive)
+            return F.normalize(x[:, 0, :] @ self.text_projection, dim=-1)
+
+    return ImageEncoder, TextEncoder
+
+
+def is_fp16_designated(key):
+    """cn_clip's convert_weights makes these fp16; everything else stays fp32."""
+    if key.startswith("bert.") or key in ("text_projection", "visual.proj", "visual.conv1.weight"):
+        return True
+    if key.startswith("visual.transformer.") and (".attn." in key or ".mlp." in key):
+        return True
+    return False
+
+
+def model_key_for(checkpoint_key):
+    """Map a cn_clip state_dict key to ours (only the vision attention's in_proj differs)."""
+    return checkpoint_key.replace("attn.in_proj_weight", "attn.in_proj.weight").replace(
+        "attn.in_proj_bias", "attn.in_proj.bias")
+
+
+def expected_shapes(c):
+    """Every cn_clip state_dict key with its shape, for config c."""
+    w, p, e = c["vision_width"], c["vision_patch_size"], c["embed_dim"]
+    grid = c["image_resolution"] // p
+    h, inter = c["text_hidden_size"], c["text_intermediate_size"]
+    shapes = {
+        "logit_scale": (), "text_projection": (h, e), "visual.class_embedding": (w,),
+        "visual.positional_embedding": (grid * grid + 1, w), "visual.proj": (w, e),
+        "visual.conv1.weight": (w, 3, p, p), "visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,),
+        "visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,),
+        "bert.embeddings.word_embeddings.weight": (c["vocab_size"], h),
+        "bert.embeddings.position_embeddings.weight": (c["text_max_position_embeddings"], h),
+        "bert.embeddings.token_type_embeddings.weight": (c["text_type_vocab_size"], h),
+        "bert.embeddings.LayerNorm.weight": (h,), "bert.embeddings.LayerNorm.bias": (h,),
+    }
+    for i in range(c["vision_layers"]):
+        b = f"visual.transformer.resblocks.{i}."
+        shapes.update({
+            b + "attn.in_proj_weight": (3 * w, w), b + "attn.in_proj_bias": (3 * w,),
+            b + "attn.out_proj.weight": (w, w), b + "attn.out_proj.bias": (w,),
+            b + "ln_1.weight": (w,), b + "ln_1.bias": (w,), b + "ln_2.weight": (w,), b + "ln_2.bias": (w,),
+            b + "mlp.c_fc.weight": (4 * w, w), b + "mlp.c_fc.bias": (4 * w,),
+            b + "mlp.c_proj.weight": (w, 4 * w), b + "mlp.c_proj.bias": (w,),
+        })
+    for i in range(c["text_num_hidden_layers"]):
+        b = f"bert.encoder.layer.{i}."
+        for name in ("query", "key", "value"):
+            shapes[b + f"attention.self.{name}.weight"] = (h, h)
+            shapes[b + f"attention.self.{name}.bias"] = (h,)
+        shapes.update({
+            b + "attention.output.dense.weight": (h, h), b + "attention.output.dense.bias": (h,),
+            b + "attention.output.LayerNorm.weight": (h,), b + "attention.output.LayerNorm.bias": (h,),
+            b + "intermediate.dense.weight": (inter, h), b + "intermediate.dense.bias": (inter,),
+            b + "output.dense.weight": (h, inter), b + "output.dense.bias": (h,),
+            b + "output.LayerNorm.weight": (h,), b + "output.LayerNorm.bias": (h,),
+        })
+    return shapes
+
+
+def load_checkpoint(path):
+    """Return cn_clip's state_dict from an official checkpoint: 'module.' stripped, pooler dropped."""
+    if not os.path.isfile(path):
+        raise ExportError(f"{path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu")
+    except Exception as exc:  # torch raises many types for a file that is not a checkpoint
+        raise ExportError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'})")
+    sd = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or not sd or not all(torch.is_tensor(v) for v in sd.values()):
+        raise ExportError(f"{path}: not a Chinese-CLIP checkpoint (no state_dict of tensors)")
+    if next(iter(sd)).startswith("module"):
+        sd = {k[len("module."):]: v for k, v in sd.items() if "bert.pooler" not in k}
+    return sd
+
+
+def infer_config(sd, path):
+    """Derive the architecture from tensor shapes; returns (name, config)."""
+    try:
+        w, _, p, _ = sd["visual.conv1.weight"].shape
+        grid = int(round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1)))
+        vocab, h = sd["bert.embeddings.word_embeddings.weight"].shape
+        c = dict(embed_dim=sd["visual.proj"].shape[1], image_resolution=grid * p,
+                 vision_layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+                 vision_width=w, vision_patch_size=p, vocab_size=vocab, text_hidden_size=h,
+                 text_num_attention_heads=h // 64,
+                 text_num_hidden_layers=len({k.split(".")[3] for k in sd if k.startswith("bert.encoder.layer.")}),
+                 text_intermediate_size=sd["bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
+                 text_max_position_embeddings=sd["bert.embeddings.position_embeddings.weight"].shape[0],
+                 text_type_vocab_size=sd["bert.embeddings.token_type_embeddings.weight"].shape[0])
+    except KeyError as exc:
+        raise ExportError(f"{path}: missing tensor {exc.args[0]!r}; not a ViT Chinese-CLIP checkpoint")
+    for name, known in ARCHS.items():
+        if all(known[k] == c[k] for k in CONFIG_KEYS):
+            return name, known
+    return "custom", c
+
+
+def check_state_dict(sd, config, path):
+    shapes = expected_shapes(config)
+    for key, shape in shapes.items():
+        if key not in sd:
+            raise ExportError(f"{path}: missing tensor '{key}'")
+        if tuple(sd[key].shape) != tuple(shape):
+            raise ExportError(f"{path}: tensor '{key}' has shape {list(sd[key].shape)}, "
+                              f"expected {list(shape)} for this architecture")
+    extra = sorted(set(sd) - set(shapes))
+    if extra:
+        raise ExportError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected in all)")
+
+
+def random_state_dict(config, seed):
+    """Random weights in cn_clip's key layout (fp16 where cn_clip keeps fp16), like a real checkpoint."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, shape in expected_shapes(config).items():
+        if key == "logit_scale":
+            t = torch.tensor(math.log(1 / 0.07))
+        elif key.endswith("LayerNorm.weight") or ".ln_" in key and key.endswith("weight"):
+            t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif len(shape) >= 2 and "embedding" not in key:
+            t = torch.randn(shape, generator=gen) / math.sqrt(shape[-1] if len(shape) == 2 else
+                                                              shape[1] * shape[2] * shape[3])
+        else:
+            t = 0.1 * torch.randn(shape, generator=gen)
+        sd[key] = t.half() if is_fp16_designated(key) else t.float()
+    return sd
+
+
+def build_encoders(sd, config):
+    ImageEncoder, TextEncoder = define_model_classes()
+    image, text = ImageEncoder(config), TextEncoder(config)
+    for module, prefix_ok in ((image, lambda k: k.startswith("visual.")),
+                              (text, lambda k: k.startswith("bert.") or k == "text_projection")):
+        own = {}
+        for key, value in sd.items():
+            if not prefix_ok(key):
+                continue
+            value = value.float()
+            if is_fp16_designated(key):
+                # cn_clip converts the model to fp16 before loading, so fp32 checkpoints are rounded too.
+                value = value.half().float()
+            own[model_key_for(key)] = value
+        missing, unexpected = module.load_state_dict(own, strict=False)
+        if missing or unexpected:
+            raise ExportError(f"internal: state mismatch, missing {missing[:3]}, unexpected {unexpected[:3]}")
+        module.eval()
+    return image, text
+
+
+def to_torchscript(module, example, precision):
+    if precision == "int8":
+        torch.backends.quantized.engine = "onednn" if "onednn" in torch.backends.quantized.supported_engines else "fbgemm"
+        module = torch.quantization.quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8)
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+    return torch.jit.freeze(traced.eval()) if precision == "fp32" else traced
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_bundle(out, sd, config, arch, precision, vocab_path, source):
+    image, text = build_encoders(sd, config)
+    res = config["image_resolution"]
+    parent = os.path.dirname(os.path.abspath(out)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        with torch.no_grad():
+            img_ts = to_torchscript(image, torch.zeros(2, 3, res, res), precision)
+            txt_ts = to_torchscript(text, torch.tensor([[101, 2207, 102, 0], [101, 102, 0, 0]]), precision)
+        img_ts.save(os.path.join(tmp, "image_encoder.pt"))
+        txt_ts.save(os.path.join(tmp, "text_encoder.pt"))
+        shutil.copyfile(vocab_path, os.path.join(tmp, "vocab.txt"))
+        files = {}
+        for name in ("image_encoder.pt", "text_encoder.pt", "vocab.txt"):
+            p = os.path.join(tmp, name)
+            files[name] = {"bytes": os.path.getsize(p), "sha256": sha256_file(p)}
+        fingerprint = hashlib.sha256(json.dumps(
+            [arch, precision, files["image_encoder.pt"]["sha256"], files["text_encoder.pt"]["sha256"],
+             files["vocab.txt"]["sha256"]]).encode()).hexdigest()
+        manifest = {
+            "format": "cnclip-bundle",
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "architecture": arch,
+            "config": {k: config[k] for k in CONFIG_KEYS},
+            "embedding_dim": config["embed_dim"],
+            "normalized": True,
+            "precision": precision,
+            "image": {"size": res, "mean": list(MEAN), "std": list(STD), "resize": "squash",
+                      "interpolation": "bicubic-pillow", "input": "float32 [B,3,R,R]"},
+            "text": {"context_length": CONTEXT_LENGTH, "tokenizer": "bert-wordpiece",
+                     "lower_case": True, "max_chars_per_word": 200, "input": "int64 [B,L], 0 = padding"},
+            "logit_scale": float(sd["logit_scale"].float().exp()),
+            "source": source,
+            "fingerprint": fingerprint,
+            "files": files,
+        }
+        with open(os.path.join(tmp, "bundle.json"), "w", encoding="utf-8") as f:
+            json.dump(manifest, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        os.chmod(tmp, 0o755)
+        if os.path.isdir(out):
+            old = out.rstrip("/") + ".old-" + os.path.basename(tmp)
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        elif os.path.exists(out):
+            raise ExportError(f"{out}: exists and is not a directory")
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="official Chinese-CLIP checkpoint (.pt)")
+    src.add_argument("--random-init", metavar="ARCH", help="random weights: " + ", ".join(ARCHS))
+    ap.add_argument("--out", required=True, help="bundle directory to write")
+    ap.add_argument("--arch", help="architecture name (default: inferred from tensor shapes)")
+    ap.add_argument("--config", help="cn_clip model config JSON (vision and text fields merged)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
+    ap.add_argument("--seed", type=int, default=0, help="seed for --random-init")
+    ap.add_argument("--vocab", default=DEFAULT_VOCAB, help="vocab.txt (default: models/vocab.txt)")
+    args = ap.parse_args(argv)
+
+    try:
+        import torch as _t  # noqa: F401
+    except ImportError:
+        fail("torch is not importable; run with Debian's /usr/bin/python3 (python3-torch)")
+    define_model_classes()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    try:
+        if not os.path.isfile(args.vocab):
+            raise ExportError(f"{args.vocab}: vocabulary file not found")
+        config = None
+        if args.config:
+            try:
+                with open(args.config, encoding="utf-8") as f:
+                    raw = json.load(f)
+                config = {k: int(raw[k]) for k in CONFIG_KEYS}
+            except (OSError, ValueError, KeyError) as exc:
+                raise ExportError(f"{args.config}: not a usable model config ({exc})")
+        if args.arch and args.arch not in ARCHS:
+            raise ExportError(f"unknown architecture '{args.arch}' (known: {', '.join(ARCHS)})")
+        if args.random_init:
+            if args.random_init not in ARCHS:
+                raise ExportError(f"unknown architecture '{args.random_init}' (known: {', '.join(ARCHS)})")
+            arch = args.random_init
+            config = config or ARCHS[arch]
+            sd = random_state_dict(config, args.seed)
+            source = {"kind": "random-init", "seed": args.seed}
+        else:
+            sd = load_checkpoint(args.checkpoint)
+            if config is not None:
+                arch = args.arch or next((n for n, c in ARCHS.items()
+                                          if all(c[k] == config[k] for k in CONFIG_KEYS)), "custom")
+            elif args.arch:
+                arch, config = args.arch, ARCHS[args.arch]
+            else:
+                arch, config = infer_config(sd, args.checkpoint)
+            check_state_dict(sd, config, args.checkpoint)
+            source = {"kind": "checkpoint", "file": os.path.basename(args.checkpoint),
+                      "sha256": sha256_file(args.checkpoint)}
+        manifest = write_bundle(args.out, sd, config, arch, args.precision, args.vocab, source)
+    except ExportError as exc:
+        fail(str(exc))
+    print(f"export_model.py: wrote {manifest['architecture']} {manifest['precision']} bundle "
+          f"(dim {manifest['embedding_dim']}) to {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-command setup for cnclip: installs Debian packages, builds a Release binary and prepares
+# model bundles. Idempotent and non-interactive. Usage:
+#   scripts/setup.sh [--checkpoint PATH] [--no-build] [--build-dir DIR]
+# A real checkpoint can also be named with CNCLIP_CHECKPOINT.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_dir="$repo/build"
+checkpoint="${CNCLIP_CHECKPOINT:-}"
+do_build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --checkpoint) checkpoint="$2"; shift 2 ;;
+    --checkpoint=*) checkpoint="${1#*=}"; shift ;;
+    --build-dir) build_dir="$2"; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+
+packages=(
+  build-essential cmake ninja-build ccache pkg-config
+  libtorch-dev            # LibTorch: runs the TorchScript encoders
+  libopenblas0-openmp     # fast BLAS for LibTorch and FAISS (reference BLAS is ~30x slower)
+  libfaiss-dev            # vector index and kNN search
+  libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding
+  libcli11-dev nlohmann-json3-dev libutf8proc-dev libsqlite3-dev libxxhash-dev
+  libgtest-dev googletest
+  python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
+  python3-pil                   # reference pipeline in tests and scripts/bench.sh
+)
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q >&2
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+fi
+
+# LibTorch uses whatever libblas.so.3 points at: make it OpenBLAS (OpenMP flavour).
+openblas=$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp || true)
+if [ -n "$openblas" ]; then
+  "${sudo_cmd[@]}" update-alternatives --set libblas.so.3-x86_64-linux-gnu "$openblas" >&2
+fi
+openlapack=$(update-alternatives --list liblapack.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp || true)
+if [ -n "$openlapack" ]; then
+  "${sudo_cmd[@]}" update-alternatives --set liblapack.so.3-x86_64-linux-gnu "$openlapack" >&2
+fi
+
+[ "$do_build" = 1 ] || exit 0

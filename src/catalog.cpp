@@ -1,0 +1,281 @@
+#include "cnclip/catalog.h"
+
+#include <sqlite3.h>
+#include <sys/stat.h>
+
+#include <cstring>
+
+namespace cnclip {
+namespace {
+
+constexpr int kSchemaVersion = 1;
+
+// Owns one prepared statement.
+class Statement {
+ public:
+  Statement(sqlite3_stmt* s) : s_(s) {}  // NOLINT
+  ~Statement() { sqlite3_finalize(s_); }
+  sqlite3_stmt* get() const { return s_; }
+  Statement& bind(int i, int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Statement& bind(int i, const std::string& v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Statement& bind_blob(int i, const void* p, size_t n) {
+    sqlite3_bind_blob(s_, i, p, static_cast<int>(n), SQLITE_STATIC);
+    return *this;
+  }
+  int64_t i64(int col) const { return sqlite3_column_int64(s_, col); }
+  std::string text(int col) const {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, col));
+    return p ? std::string(p, static_cast<size_t>(sqlite3_column_bytes(s_, col))) : std::string();
+  }
+
+ private:
+  sqlite3_stmt* s_;
+};
+
+// "dir/" <= path < "dir0" selects exactly the paths below dir ('0' follows '/').
+std::pair<std::string, std::string> prefix_range(const std::string& dir) {
+  std::string base = dir;
+  while (base.size() > 1 && base.back() == '/') base.pop_back();
+  if (base == "/") return {"/", "0"};
+  return {base + "/", base + "0"};
+}
+
+FileRecord read_record(const Statement& s) {
+  FileRecord r;
+  r.id = s.i64(0);
+  r.path = s.text(1);
+  r.size = s.i64(2);
+  r.mtime_ns = s.i64(3);
+  r.content_hash = s.text(4);
+  r.indexed_at = s.i64(5);
+  return r;
+}
+
+constexpr const char* kRecordColumns = "id, path, size, mtime_ns, content_hash, indexed_at";
+
+}  // namespace
+
+Catalog::Catalog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
+Catalog::~Catalog() { sqlite3_close_v2(db_); }
+
+void Catalog::fail(const std::string& what) {
+  const int code = sqlite3_errcode(db_);
+  ErrorCode ec = ErrorCode::kIoError;
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) ec = ErrorCode::kCorrupt;
+  if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
+  if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
+  throw Exception(ec, path_ + ": " + what + ": " + sqlite3_errmsg(db_));
+}
+
+sqlite3_stmt* Catalog::prepare(const char* sql) {
+  sqlite3_stmt* s = nullptr;
+  if (sqlite3_prepare_v2(db_, sql, -1, &s, nullptr) != SQLITE_OK) fail("cannot prepare query");
+  return s;
+}
+
+void Catalog::exec(const char* sql) {
+  char* err = nullptr;
+  if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+    std::string msg = err ? err : "unknown error";
+    sqlite3_free(err);
+    const int code = sqlite3_errcode(db_);
+    ErrorCode ec = code == SQLITE_CORRUPT || code == SQLITE_NOTADB ? ErrorCode::kCorrupt
+                   : code == SQLITE_BUSY                          ? ErrorCode::kBusy
+                                                                  : ErrorCode::kIoError;
+    throw Exception(ec, path_ + ": " + msg);
+  }
+}
+
+std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
+  struct stat st {};
+  if (!create && ::stat(path.c_str(), &st) != 0) {
+    throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
+  }
+  sqlite3* db = nullptr;
+  const int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
+  if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close_v2(db);
+    throw Exception(ErrorCode::kIoError, path + ": cannot open catalog: " + msg);
+  }
+  std::unique_ptr<Catalog> c(new Catalog(db, path));
+  sqlite3_busy_timeout(db, 10000);
+  // WAL: readers see the last commit while an index run writes; FULL: a commit survives a crash.
+  c->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;");
+  c->exec(
+      "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+      "CREATE TABLE IF NOT EXISTS files("
+      "  id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, size INTEGER NOT NULL,"
+      "  mtime_ns INTEGER NOT NULL, content_hash TEXT NOT NULL, indexed_at INTEGER NOT NULL,"
+      "  embedding BLOB NOT NULL);"
+      "CREATE INDEX IF NOT EXISTS files_by_hash ON files(content_hash);"
+      "CREATE TABLE IF NOT EXISTS roots(path TEXT PRIMARY KEY);");
+  auto version = c->meta("schema_version");
+  if (!version) {
+    c->set_meta("schema_version", std::to_string(kSchemaVersion));
+  } else if (*version != std::to_string(kSchemaVersion)) {
+    throw Exception(ErrorCode::kMismatch, path + ": catalog schema version " + *version +
+                                              " is not supported by this cnclip (expects " +
+                                              std::to_string(kSchemaVersion) + ")");
+  }
+  return c;
+}
+
+std::optional<std::string> Catalog::meta(const std::string& key) {
+  Statement s = prepare("SELECT value FROM meta WHERE key = ?");
+  s.bind(1, key);
+  if (sqlite3_step(s.get()) == SQLITE_ROW) return s.text(0);
+  return std::nullopt;
+}
+
+void Catalog::set_meta(const std::string& key, const std::string& value) {
+  Statement s = prepare("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+  s.bind(1, key).bind(2, value);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot write metadata");
+}
+
+int64_t Catalog::generation() {
+  auto g = meta("generation");
+  return g ? std::stoll(*g) : 0;
+}
+
+void Catalog::begin() { exec("BEGIN IMMEDIATE"); }
+
+void Catalog::commit() {
+  set_meta("generation", std::to_string(generation() + 1));
+  set_meta("updated_at", std::to_string(static_cast<int64_t>(::time(nullptr))));
+  exec("COMMIT");
+}
+
+void Catalog::rollback() { exec("ROLLBACK"); }
+
+int64_t Catalog::count() {
+  Statement s = prepare("SELECT COUNT(*) FROM files");
+  if (sqlite3_step(s.get()) != SQLITE_ROW) fail("cannot count files");
+  return s.i64(0);
+}
+
+std::vector<FileRecord> Catalog::files_under(const std::string& dir) {
+  std::vector<FileRecord> out;
+  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM files";
+  if (!dir.empty()) sql += " WHERE path >= ? AND path < ?";
+  sql += " ORDER BY path";
+  Statement s = prepare(sql.c_str());
+  if (!dir.empty()) {
+    auto [lo, hi] = prefix_range(dir);
+    s.bind(1, lo).bind(2, hi);
+  }
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s));
+  if (rc != SQLITE_DONE) fail("cannot list files");
+  return out;
+}
+
+std::optional<FileRecord> Catalog::find(const std::string& path) {
+  Statement s = prepare((std::string("SELECT ") + kRecordColumns + " FROM files WHERE path = ?").c_str());
+  s.bind(1, path);
+  if (sqlite3_step(s.get()) == SQLITE_ROW) return read_record(s);
+  return std::nullopt;
+}
+
+std::vector<FileRecord> Catalog::find_by_ids(const std::vector<int64_t>& ids) {
+  std::vector<FileRecord> out;
+  Statement s = prepare((std::string("SELECT ") + kRecordColumns + " FROM files WHERE id = ?").c_str());
+  for (int64_t id : ids) {
+    sqlite3_reset(s.get());
+    s.bind(1, id);
+    if (sqlite3_step(s.get()) == SQLITE_ROW) out.push_back(read_record(s));
+  }
+  return out;
+}
+
+std::vector<float> Catalog::embedding(int64_t id) {
+  Statement s = prepare("SELECT embedding FROM files WHERE id = ?");
+  s.bind(1, id);
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return {};
+  const auto* p = static_cast<const float*>(sqlite3_column_blob(s.get(), 0));
+  const int bytes = sqlite3_column_bytes(s.get(), 0);
+  return std::vector<float>(p, p + bytes / static_cast<int>(sizeof(float)));
+}
+
+int64_t Catalog::insert(const FileRecord& r, const float* embedding, int dim) {
+  Statement s = prepare(
+      "INSERT INTO files(path, size, mtime_ns, content_hash, indexed_at, embedding) VALUES(?, ?, ?, ?, ?, ?)");
+  s.bind(1, r.path).bind(2, r.size).bind(3, r.mtime_ns).bind(4, r.content_hash).bind(5, r.indexed_at);
+  s.bind_blob(6, embedding, static_cast<size_t>(dim) * sizeof(float));
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot add " + r.path);
+  return sqlite3_last_insert_rowid(db_);
+}
+
+void Catalog::update(const FileRecord& r, const float* embedding, int dim) {
+  Statement s = prepare(embedding ? "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
+                                    "embedding = ? WHERE id = ?"
+                                  : "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ? "
+                                    "WHERE id = ?");
+  s.bind(1, r.path).bind(2, r.size).bind(3, r.mtime_ns).bind(4, r.content_hash).bind(5, r.indexed_at);
+  if (embedding) {
+    s.bind_blob(6, embedding, static_cast<size_t>(dim) * sizeof(float));
+    s.bind(7, r.id);
+  } else {
+    s.bind(6, r.id);
+  }
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update " + r.path);
+}
+
+void Catalog::remove(int64_t id) {
+  Statement s = prepare("DELETE FROM files WHERE id = ?");
+  s.bind(1, id);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot remove file");
+}
+
+int64_t Catalog::remove_under(const std::string& dir) {
+  auto [lo, hi] = prefix_range(dir);
+  Statement s = prepare("DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)");
+  s.bind(1, dir).bind(2, lo).bind(3, hi);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot remove " + dir);
+  return sqlite3_changes(db_);
+}
+
+void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots;"); }
+
+void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn) {
+  Statement s = prepare("SELECT id, embedding FROM files ORDER BY id");
+  int rc;
+  const int expected = dim * static_cast<int>(sizeof(float));
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    if (sqlite3_column_bytes(s.get(), 1) != expected) {
+      throw Exception(ErrorCode::kCorrupt, path_ + ": embedding of file id " + std::to_string(s.i64(0)) +
+                                               " has the wrong size");
+    }
+    fn(s.i64(0), static_cast<const float*>(sqlite3_column_blob(s.get(), 1)));
+  }
+  if (rc != SQLITE_DONE) fail("cannot read embeddings");
+}
+
+std::vector<std::string> Catalog::roots() {
+  std::vector<std::string> out;
+  Statement s = prepare("SELECT path FROM roots ORDER BY path");
+  while (sqlite3_step(s.get()) == SQLITE_ROW) out.push_back(s.text(0));
+  return out;
+}
+
+void Catalog::add_root(const std::string& dir) {
+  Statement s = prepare("INSERT OR IGNORE INTO roots(path) VALUES(?)");
+  s.bind(1, dir);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record folder " + dir);
+}
+
+void Catalog::remove_root(const std::string& dir) {
+  auto [lo, hi] = prefix_range(dir);
+  Statement s = prepare("DELETE FROM roots WHERE path = ? OR (path >= ? AND path < ?)");
+  s.bind(1, dir).bind(2, lo).bind(3, hi);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot forget folder " + dir);
+}
+
+}  // namespace cnclip

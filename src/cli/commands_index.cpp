@@ -1,0 +1,228 @@
+// index, info, remove
+#include <chrono>
+#include <cmath>
+#include <ctime>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "cnclip/indexer.h"
+#include "cnclip/output.h"
+#include "cnclip/runtime.h"
+#include "options.h"
+
+namespace cnclip::cli {
+namespace {
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "?";
+  char buf[32];
+  const long t = static_cast<long>(s + 0.5);
+  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t / 60) % 60);
+  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
+  else std::snprintf(buf, sizeof(buf), "%lds", t);
+  return buf;
+}
+
+// Progress bar and per-file errors on stderr.
+class TerminalObserver : public IndexObserver {
+ public:
+  TerminalObserver(bool bar, bool quiet) : bar_(bar), quiet_(quiet), start_(std::chrono::steady_clock::now()) {}
+  ~TerminalObserver() override { end_bar(); }
+
+  void on_plan(int64_t to_encode, int64_t unchanged, int64_t gone) override {
+    if (!quiet_ && (to_encode > 0 || gone > 0)) {
+      std::cerr << "cnclip: " << to_encode << " to index, " << unchanged << " unchanged, " << gone << " gone\n";
+    }
+    start_ = std::chrono::steady_clock::now();
+  }
+  void on_progress(int64_t done, int64_t total) override {
+    if (!bar_ || total == 0) return;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double rate = secs > 0 ? done / secs : 0;
+    const int width = 30;
+    const int filled = static_cast<int>(width * done / total);
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < width) bar += '>' + std::string(static_cast<size_t>(width - filled - 1), ' ');
+    char line[160];
+    std::snprintf(line, sizeof(line), "\r[%s] %lld/%lld  %.1f img/s  ETA %s ", bar.c_str(),
+                  static_cast<long long>(done), static_cast<long long>(total), rate,
+                  rate > 0 ? format_duration((total - done) / rate).c_str() : "?");
+    std::cerr << line << std::flush;
+    bar_shown_ = true;
+  }
+  void on_file_error(const Error& e) override {
+    end_bar();
+    std::cerr << "cnclip: skipped: " << e.message << '\n';
+  }
+
+ private:
+  void end_bar() {
+    if (bar_shown_) std::cerr << '\n';
+    bar_shown_ = false;
+  }
+  bool bar_, quiet_, bar_shown_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+struct IndexCommand {
+  std::vector<std::string> paths;
+  std::vector<std::string> excludes;
+  std::string extensions;
+  bool hidden = false, reindex = false, wait = false;
+  int batch_size = 16, jobs = 0;
+};
+
+std::string iso_time(int64_t t) {
+  char buf[32];
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+  return buf;
+}
+
+}  // namespace
+
+void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
+  {
+    static IndexCommand c;
+    auto* sub = app.add_subcommand("index", "Add photos in folders (recursively) or single files to the index");
+    sub->add_option("path", c.paths,
+                    "Folders or image files; '-' reads paths from stdin; none = update every folder indexed before");
+    sub->add_flag("--hidden", c.hidden, "Also index hidden files and folders (names starting with '.')");
+    sub->add_option("--exclude", c.excludes, "Skip names or paths matching this glob (repeatable)");
+    sub->add_option("--ext", c.extensions, "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
+    sub->add_flag("--reindex", c.reindex, "Forget everything and encode all files again (e.g. with another model)");
+    sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
+    sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str();
+    sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
+    sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)")->check(CLI::IsMember({"text", "json"}));
+    sub->add_flag("-q,--quiet", o.quiet, "No progress output");
+    add_model_options(sub, o);
+    add_index_option(sub, o);
+    add_decode_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        IndexOptions opts;
+        opts.paths = expand_stdin(c.paths);
+        if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
+        opts.walk.include_hidden = c.hidden;
+        opts.walk.excludes = c.excludes;
+        if (!c.extensions.empty()) {
+          opts.walk.extensions.clear();
+          std::stringstream ss(c.extensions);
+          std::string ext;
+          while (std::getline(ss, ext, ',')) {
+            while (!ext.empty() && ext[0] == '.') ext.erase(0, 1);
+            for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+            if (!ext.empty()) opts.walk.extensions.push_back(ext);
+          }
+        }
+        opts.decode = decode_options(o);
+        opts.reindex = c.reindex;
+        opts.batch_size = c.batch_size;
+        opts.decode_threads = c.jobs;
+        auto model = open_model(o);
+        const std::string dir = resolve_index_dir(o.index);
+        auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
+        if (opts.paths.empty() && store->catalog().roots().empty()) {
+          throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
+        }
+        install_interrupt_handlers();
+        TerminalObserver observer(stderr_is_terminal() && !o.quiet, o.quiet);
+        const IndexSummary s = run_index(*store, *model, opts, observer);
+        if (o.format == "json") {
+          nlohmann::json j{{"index", dir},          {"added", s.added},     {"updated", s.updated},
+                           {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
+                           {"failed", s.failed},    {"interrupted", s.interrupted},
+                           {"seconds", std::round(s.seconds * 1000) / 1000}};
+          std::cout << dump_json(j) << std::endl;
+        }
+        char line[256];
+        std::snprintf(line, sizeof(line),
+                      "%lld added, %lld updated, %lld removed, %lld moved, %lld unchanged, %lld failed in %.1f s",
+                      static_cast<long long>(s.added), static_cast<long long>(s.updated),
+                      static_cast<long long>(s.removed), static_cast<long long>(s.moved),
+                      static_cast<long long>(s.unchanged), static_cast<long long>(s.failed), s.seconds);
+        if (s.interrupted) {
+          std::cerr << "cnclip: interrupted; kept what was committed (" << line
+                    << "); run the same command again to finish\n";
+          return 130;
+        }
+        if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
+        return 0;
+      };
+    });
+  }
+  {
+    auto* sub = app.add_subcommand("info", "Show where the index is, its model and what it holds");
+    sub->add_option("--format", o.format, "text or json")->check(CLI::IsMember({"text", "json"}));
+    add_index_option(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        const std::string dir = resolve_index_dir(o.index);
+        auto store = IndexStore::open(dir, IndexAccess::kRead);
+        Catalog& cat = store->catalog();
+        auto vectors = store->load_vectors();
+        const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
+        nlohmann::json j{{"index", dir},
+                         {"model_fingerprint", cat.meta("model_fingerprint").value_or("")},
+                         {"model_architecture", cat.meta("model_architecture").value_or("")},
+                         {"model_precision", cat.meta("model_precision").value_or("")},
+                         {"embedding_dim", store->embedding_dim()},
+                         {"files", cat.count()},
+                         {"vectors", vectors->size()},
+                         {"folders", cat.roots()},
+                         {"disk_bytes", store->disk_bytes()},
+                         {"updated_at", updated ? iso_time(updated) : ""}};
+        if (o.format == "json") {
+          std::cout << dump_json(j) << '\n';
+          return 0;
+        }
+        std::cout << "index:    " << dir << '\n'
+                  << "model:    " << j["model_architecture"].get<std::string>() << ' '
+                  << j["model_precision"].get<std::string>() << " (fingerprint "
+                  << j["model_fingerprint"].get<std::string>().substr(0, 16) << ", dim " << store->embedding_dim() << ")\n"
+                  << "files:    " << cat.count() << '\n'
+                  << "vectors:  " << vectors->size() << '\n'
+                  << "size:     " << store->disk_bytes() / 1024 << " KiB\n"
+                  << "updated:  " << j["updated_at"].get<std::string>() << '\n';
+        for (const auto& r : cat.roots()) std::cout << "folder:   " << r << '\n';
+        return 0;
+      };
+    });
+  }
+  {
+    static std::vector<std::string> paths;
+    static bool wait = false;
+    auto* sub = app.add_subcommand("remove", "Drop files or whole folders from the index (the photos are not touched)");
+    sub->add_option("path", paths, "Files or folders; '-' reads paths from stdin")->required();
+    sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
+    add_index_option(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
+        Catalog& cat = store->catalog();
+        int64_t removed = 0;
+        {
+          CatalogTransaction tx(cat);
+          for (const auto& p : expand_stdin(paths)) {
+            auto canonical = canonical_path(p);
+            // A path that is gone from disk is matched as written (made absolute).
+            std::string target = canonical ? canonical.value() : std::filesystem::absolute(p).lexically_normal().string();
+            while (target.size() > 1 && target.back() == '/') target.pop_back();
+            const int64_t n = cat.remove_under(target);
+            cat.remove_root(target);
+            if (n == 0) print_warning(p + ": not in the index");
+            removed += n;
+          }
+          tx.commit();
+        }
+        store->write_snapshot();
+        std::cerr << "cnclip: removed " << removed << " file(s) from the index\n";
+        return 0;
+      };
+    });
+  }
+}
+
+}  // namespace cnclip::cli

@@ -1,0 +1,179 @@
+// model-info, tokenize, embed-text, embed-image, preprocess
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cnclip/npy.h"
+#include "cnclip/output.h"
+#include "cnclip/tokenizer.h"
+#include "options.h"
+
+namespace cnclip::cli {
+namespace {
+
+void print_embedding(const char* key, const std::string& value, const float* e, int dim) {
+  nlohmann::json j;
+  j[key] = value;
+  j["embedding"] = std::vector<float>(e, e + dim);
+  std::cout << dump_json(j) << '\n';
+}
+
+// Reads stdin lines that are each one JSON string (so any text, newlines and NUL included, can be given).
+std::vector<std::string> read_json_strings() {
+  std::vector<std::string> out;
+  std::string line;
+  int n = 0;
+  while (std::getline(std::cin, line)) {
+    ++n;
+    if (line.empty()) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception& e) {
+      throw Exception(ErrorCode::kInvalidArgument, "stdin line " + std::to_string(n) + ": not JSON (" + e.what() + ")");
+    }
+    if (j.is_string()) {
+      out.push_back(j.get<std::string>());
+    } else if (j.is_object() && j.contains("text") && j["text"].is_string()) {
+      out.push_back(j["text"].get<std::string>());
+    } else {
+      throw Exception(ErrorCode::kInvalidArgument,
+                      "stdin line " + std::to_string(n) + ": expected a JSON string (or an object with \"text\")");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
+  {
+    auto* sub = app.add_subcommand("model-info", "Print the model bundle's manifest as JSON");
+    add_model_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
+        auto j = nlohmann::json::parse(bundle.json);
+        j["path"] = bundle.dir;
+        std::cout << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
+        return 0;
+      };
+    });
+  }
+  {
+    static std::vector<std::string> texts;
+    static bool json_input = false;
+    static int context_length = 0;
+    static std::string vocab;
+    auto* sub = app.add_subcommand("tokenize", "Print Chinese-CLIP token ids of each text as JSON lines");
+    sub->add_option("text", texts, "Texts; '-' reads one text per line from stdin");
+    sub->add_flag("--json-input", json_input, "Read one JSON string per stdin line (any text, newlines included)");
+    sub->add_option("--context-length", context_length, "Number of ids per text (default: the bundle's, 52)");
+    sub->add_option("--vocab", vocab, "vocab.txt to use instead of the model bundle's");
+    add_model_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        std::unique_ptr<Tokenizer> tokenizer;
+        int length = 52;
+        if (!vocab.empty()) {
+          tokenizer = WordPieceTokenizer::from_vocab_file(vocab);
+        } else {
+          auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
+          tokenizer = WordPieceTokenizer::from_vocab_file(bundle.path_of("vocab.txt"));
+          length = bundle.context_length;
+        }
+        if (context_length > 0) length = context_length;
+        std::vector<std::string> inputs = json_input ? read_json_strings() : expand_stdin(texts);
+        if (inputs.empty()) throw Exception(ErrorCode::kInvalidArgument, "tokenize: no text given");
+        for (const auto& t : inputs) {
+          nlohmann::json j;
+          j["text"] = t;
+          j["ids"] = tokenizer->encode(t, length);
+          std::cout << dump_json(j) << '\n';
+        }
+        return 0;
+      };
+    });
+  }
+  {
+    static std::vector<std::string> texts;
+    auto* sub = app.add_subcommand("embed-text", "Print the embedding of each text as JSON lines");
+    sub->add_option("text", texts, "Texts; '-' reads one text per line from stdin")->required();
+    add_model_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        auto model = open_model(o);
+        const auto inputs = expand_stdin(texts);
+        const int dim = model->dim();
+        constexpr size_t kBatch = 64;
+        for (size_t i = 0; i < inputs.size(); i += kBatch) {
+          std::vector<std::string> chunk(inputs.begin() + i, inputs.begin() + std::min(inputs.size(), i + kBatch));
+          const auto e = model->encode_texts(chunk);
+          for (size_t k = 0; k < chunk.size(); ++k) print_embedding("text", chunk[k], &e[k * dim], dim);
+        }
+        return 0;
+      };
+    });
+  }
+  {
+    static std::vector<std::string> files;
+    auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines");
+    sub->add_option("image", files, "Image files; '-' reads one path per line from stdin")->required();
+    add_model_options(sub, o);
+    add_decode_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        auto model = open_model(o);
+        const auto inputs = expand_stdin(files);
+        const int dim = model->dim();
+        const int r = model->manifest().image.size;
+        const size_t per_image = static_cast<size_t>(3) * r * r;
+        const auto decode = decode_options(o);
+        int failed = 0;
+        constexpr size_t kBatch = 8;
+        for (size_t i = 0; i < inputs.size(); i += kBatch) {
+          std::vector<std::string> ok;
+          std::vector<float> pixels;
+          for (size_t k = i; k < std::min(inputs.size(), i + kBatch); ++k) {
+            pixels.resize((ok.size() + 1) * per_image);
+            auto bytes = read_file_bytes(inputs[k]);
+            Result<bool> done = bytes ? preprocess_image(bytes.value(), inputs[k], model->manifest().image, decode,
+                                                         &pixels[ok.size() * per_image])
+                                      : Result<bool>(bytes.error());
+            if (!done) {
+              print_error(done.error().message);
+              ++failed;
+              continue;
+            }
+            ok.push_back(inputs[k]);
+          }
+          const auto e = model->encode_images(pixels.data(), static_cast<int>(ok.size()));
+          for (size_t k = 0; k < ok.size(); ++k) print_embedding("path", ok[k], &e[k * dim], dim);
+        }
+        return failed ? 1 : 0;
+      };
+    });
+  }
+  {
+    static std::string image, npy;
+    auto* sub = app.add_subcommand("preprocess", "Write the model input tensor of an image as .npy (debugging)");
+    sub->add_option("image", image, "Image file")->required();
+    sub->add_option("--npy", npy, "Output .npy file (float32 [3,R,R])")->required();
+    add_model_options(sub, o);
+    add_decode_options(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        Normalization norm;  // Chinese-CLIP's 224 / mean / std unless a bundle says otherwise
+        if (!o.model.empty() || std::getenv("CNCLIP_MODEL")) norm = load_bundle_manifest(resolve_model_dir(o.model)).image;
+        std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
+        auto bytes = read_file_bytes(image);
+        if (!bytes) throw Exception(bytes.error());
+        auto ok = preprocess_image(bytes.value(), image, norm, decode_options(o), pixels.data());
+        if (!ok) throw Exception(ok.error());
+        write_npy(npy, pixels.data(), {3, norm.size, norm.size});
+        return 0;
+      };
+    });
+  }
+}
+
+}  // namespace cnclip::cli

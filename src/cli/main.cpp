@@ -1,0 +1,48 @@
+// cnclip: find photos by Chinese text or by example image. This file only parses arguments and
+// dispatches to the subcommands; see include/cnclip/ for the library.
+#include <iostream>
+
+#include "cnclip/error.h"
+#include "cnclip/runtime.h"
+#include "options.h"
+
+int main(int argc, char** argv) {
+  using namespace cnclip;
+  CLI::App app{"cnclip: find photos by Chinese text or by example image (Chinese-CLIP)", "cnclip"};
+  app.set_version_flag("--version", std::string("cnclip ") + CNCLIP_VERSION);
+  app.require_subcommand(1);
+  app.footer(
+      "Examples:\n"
+      "  cnclip index ./photos\n"
+      "  cnclip search-text \"夕阳、大海、沙滩\"\n"
+      "  cnclip search-image query.jpg\n"
+      "  cnclip search-text 小狗 --format jsonl | jq -r .path\n\n"
+      "Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.");
+  cli::CommonOptions options;
+  cli::Action action;
+  cli::register_model_commands(app, options, action);
+  cli::register_index_commands(app, options, action);
+  cli::register_search_commands(app, options, action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    cli::print_error(std::string(e.what()) + " (see 'cnclip --help')");
+    return 2;
+  }
+  try {
+    return action ? action() : 2;
+  } catch (const Exception& e) {
+    cli::print_error(e.what());
+    return e.code() == ErrorCode::kInvalidArgument ? 2 : e.code() == ErrorCode::kInterrupted ? 130 : 1;
+  } catch (const std::exception& e) {
+    cli::print_error(std::string("unexpected failure: ") + e.what());
+    return 1;
+  }
+}

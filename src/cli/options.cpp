@@ -1,0 +1,65 @@
+#include "options.h"
+
+#include <unistd.h>
+
+#include <iostream>
+
+namespace cnclip::cli {
+
+void add_model_options(CLI::App* sub, CommonOptions& o) {
+  sub->add_option("--model", o.model, "Model bundle directory (default: $CNCLIP_MODEL, else "
+                                      "${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default)");
+  sub->add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
+  sub->add_option("--threads", o.threads, "Compute threads (0 = all cores)")->capture_default_str();
+}
+
+void add_index_option(CLI::App* sub, CommonOptions& o) {
+  sub->add_option("--index", o.index, "Index directory (default: $CNCLIP_INDEX, else "
+                                      "${XDG_DATA_HOME:-~/.local/share}/cnclip)");
+}
+
+void add_decode_options(CLI::App* sub, CommonOptions& o) {
+  sub->add_flag("--ignore-exif", o.ignore_exif,
+                "Ignore EXIF orientation (exact parity with Chinese-CLIP's Python preprocessing)");
+  sub->add_option("--max-pixels", o.max_megapixels, "Refuse images larger than this many megapixels")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+}
+
+std::unique_ptr<Model> open_model(const CommonOptions& o) {
+  ModelOptions mo;
+  mo.device = o.device;
+  mo.threads = o.threads;
+  return Model::open(resolve_model_dir(o.model), mo);
+}
+
+DecodeOptions decode_options(const CommonOptions& o) {
+  DecodeOptions d;
+  d.apply_exif_orientation = !o.ignore_exif;
+  d.max_pixels = static_cast<int64_t>(o.max_megapixels * 1e6);
+  return d;
+}
+
+std::vector<std::string> expand_stdin(const std::vector<std::string>& args) {
+  std::vector<std::string> out;
+  for (const auto& a : args) {
+    if (a != "-") {
+      out.push_back(a);
+      continue;
+    }
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      if (!line.empty()) out.push_back(line);
+    }
+  }
+  return out;
+}
+
+bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
+bool stderr_is_terminal() { return ::isatty(STDERR_FILENO) == 1; }
+
+void print_error(const std::string& message) { std::cerr << "cnclip: error: " << message << std::endl; }
+void print_warning(const std::string& message) { std::cerr << "cnclip: warning: " << message << std::endl; }
+
+}  // namespace cnclip::cli

@@ -1,0 +1,50 @@
+// Options shared by several subcommands, and small terminal helpers. Only argument plumbing lives
+// in src/cli; all behaviour is in the library.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cnclip/image.h"
+#include "cnclip/model.h"
+
+namespace cnclip::cli {
+
+struct CommonOptions {
+  std::string model;   // --model (else CNCLIP_MODEL, else the default location)
+  std::string index;   // --index (else CNCLIP_INDEX, else the default location)
+  std::string device = "cpu";
+  int threads = 0;
+  std::string format;  // "" = auto
+  bool quiet = false;
+  // image decoding
+  bool ignore_exif = false;
+  double max_megapixels = 100;
+};
+
+// Added to each subcommand that uses them, so they work after the subcommand name (git style).
+void add_model_options(CLI::App* sub, CommonOptions& o);
+void add_index_option(CLI::App* sub, CommonOptions& o);
+void add_decode_options(CLI::App* sub, CommonOptions& o);
+
+std::unique_ptr<Model> open_model(const CommonOptions& o);
+DecodeOptions decode_options(const CommonOptions& o);
+
+// Arguments, where a single "-" means: read one item per line from stdin.
+std::vector<std::string> expand_stdin(const std::vector<std::string>& args);
+
+bool stdout_is_terminal();
+bool stderr_is_terminal();
+void print_error(const std::string& message);    // "cnclip: error: ..." to stderr
+void print_warning(const std::string& message);  // "cnclip: warning: ..." to stderr
+
+// The subcommands; each registers itself and sets `action` when chosen.
+using Action = std::function<int()>;
+void register_model_commands(CLI::App& app, CommonOptions& o, Action& action);
+void register_index_commands(CLI::App& app, CommonOptions& o, Action& action);
+void register_search_commands(CLI::App& app, CommonOptions& o, Action& action);
+
+}  // namespace cnclip::cli

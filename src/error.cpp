@@ -1,0 +1,36 @@
+#include "cnclip/error.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace cnclip {
+
+const char* error_code_name(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::kInvalidArgument: return "invalid_argument";
+    case ErrorCode::kNotFound: return "not_found";
+    case ErrorCode::kPermissionDenied: return "permission_denied";
+    case ErrorCode::kIoError: return "io_error";
+    case ErrorCode::kUnsupportedFormat: return "unsupported_format";
+    case ErrorCode::kCorrupt: return "corrupt";
+    case ErrorCode::kTruncated: return "truncated";
+    case ErrorCode::kTooLarge: return "too_large";
+    case ErrorCode::kMismatch: return "mismatch";
+    case ErrorCode::kBusy: return "busy";
+    case ErrorCode::kInterrupted: return "interrupted";
+    case ErrorCode::kInternal: return "internal";
+  }
+  return "internal";
+}
+
+Error errno_error(const std::string& path, int err, const std::string& what) {
+  ErrorCode code = ErrorCode::kIoError;
+  if (err == ENOENT || err == ENOTDIR) code = ErrorCode::kNotFound;
+  if (err == EACCES || err == EPERM) code = ErrorCode::kPermissionDenied;
+  std::string message = path + ": ";
+  if (!what.empty()) message += what + ": ";
+  message += std::strerror(err);
+  return Error{code, message};
+}
+
+}  // namespace cnclip

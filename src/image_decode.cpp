@@ -1,0 +1,363 @@
+// Decoding: format sniffing, header checks (size limit, truncation) and OpenCV decoding into the
+// pixel layout Pillow would use.
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+
+#include "cnclip/image.h"
+
+namespace cnclip {
+namespace {
+
+enum class Format { kUnknown, kJpeg, kPng, kWebp, kBmp, kTiff, kGif, kHeic };
+
+uint32_t be16(const uint8_t* p) { return (uint32_t{p[0]} << 8) | p[1]; }
+uint32_t be32(const uint8_t* p) { return (be16(p) << 16) | be16(p + 2); }
+uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
+uint32_t le32(const uint8_t* p) { return (le16(p + 2) << 16) | le16(p); }
+
+Format sniff(const std::vector<uint8_t>& b) {
+  auto starts = [&](const char* magic, size_t n, size_t at = 0) {
+    return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
+  };
+  if (starts("\xFF\xD8\xFF", 3)) return Format::kJpeg;
+  if (starts("\x89PNG\r\n\x1a\n", 8)) return Format::kPng;
+  if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return Format::kWebp;
+  if (starts("BM", 2) && b.size() >= 30) return Format::kBmp;
+  if (starts("II*\0", 4) || starts("MM\0*", 4)) return Format::kTiff;
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return Format::kGif;
+  if (starts("ftypheic", 8, 4) || starts("ftypheix", 8, 4) || starts("ftypmif1", 8, 4) ||
+      starts("ftypavif", 8, 4)) {
+    return Format::kHeic;
+  }
+  return Format::kUnknown;
+}
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::kJpeg: return "jpeg";
+    case Format::kPng: return "png";
+    case Format::kWebp: return "webp";
+    case Format::kBmp: return "bmp";
+    case Format::kTiff: return "tiff";
+    case Format::kGif: return "gif";
+    case Format::kHeic: return "heic/avif";
+    case Format::kUnknown: break;
+  }
+  return "unknown";
+}
+
+struct HeaderInfo {
+  int64_t width = 0, height = 0;
+  bool truncated = false;
+  PixelMode mode_hint = PixelMode::kRGB;
+  bool mode_known = false;
+};
+
+// Walks the JPEG marker structure: the first SOF gives the size, and the file is complete only when
+// the EOI marker is reached after the entropy-coded scans (libjpeg would otherwise pad the missing
+// data with grey and only warn; Pillow refuses such a file, and so do we).
+HeaderInfo parse_jpeg(const std::vector<uint8_t>& b) {
+  HeaderInfo info;
+  size_t i = 2;
+  const size_t n = b.size();
+  while (true) {
+    while (i < n && b[i] != 0xFF) ++i;  // tolerate junk between segments, as libjpeg does
+    while (i < n && b[i] == 0xFF) ++i;  // fill bytes
+    if (i >= n) {
+      info.truncated = true;
+      return info;
+    }
+    const uint8_t marker = b[i++];
+    if (marker == 0xD9) return info;                         // EOI
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length
+    if (i + 2 > n) {
+      info.truncated = true;
+      return info;
+    }
+    const size_t len = be16(&b[i]);
+    if (len < 2 || i + len > n) {
+      info.truncated = true;
+      return info;
+    }
+    const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
+    if (sof && info.width == 0 && len >= 7) {
+      info.height = be16(&b[i + 3]);
+      info.width = be16(&b[i + 5]);
+    }
+    i += len;
+    if (marker == 0xDA) {  // SOS: skip entropy-coded data up to the next real marker
+      while (i + 1 < n && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(b[i + 1] >= 0xD0 && b[i + 1] <= 0xD7))) ++i;
+      if (i + 1 >= n) {
+        info.truncated = true;
+        return info;
+      }
+    }
+  }
+}
+
+// PNG: IHDR gives size and colour type (which decides Pillow's mode); complete only with IEND.
+HeaderInfo parse_png(const std::vector<uint8_t>& b) {
+  HeaderInfo info;
+  if (b.size() < 33) {
+    info.truncated = true;
+    return info;
+  }
+  info.width = be32(&b[16]);
+  info.height = be32(&b[20]);
+  const int depth = b[24], colour = b[25];
+  info.mode_known = true;
+  switch (colour) {
+    case 0: info.mode_hint = depth == 1 ? PixelMode::kPalette : PixelMode::kGray; break;
+    case 3: info.mode_hint = PixelMode::kPalette; break;
+    case 4: case 6: info.mode_hint = PixelMode::kRGBA; break;
+    default: info.mode_hint = PixelMode::kRGB; break;
+  }
+  size_t i = 8;
+  while (true) {
+    if (i + 12 > b.size()) {
+      info.truncated = true;
+      return info;
+    }
+    const size_t len = be32(&b[i]);
+    if (std::memcmp(&b[i + 4], "IEND", 4) == 0) return info;
+    if (len > b.size() || i + 12 + len > b.size()) {
+      info.truncated = true;
+      return info;
+    }
+    i += 12 + len;
+  }
+}
+
+HeaderInfo parse_webp(const std::vector<uint8_t>& b) {
+  HeaderInfo info;
+  if (b.size() < 30 || size_t{le32(&b[4])} + 8 > b.size()) {
+    info.truncated = true;
+    return info;
+  }
+  if (std::memcmp(&b[12], "VP8 ", 4) == 0) {
+    info.width = le16(&b[26]) & 0x3FFF;
+    info.height = le16(&b[28]) & 0x3FFF;
+  } else if (std::memcmp(&b[12], "VP8L", 4) == 0) {
+    const uint32_t bits = le32(&b[21]);
+    info.width = (bits & 0x3FFF) + 1;
+    info.height = ((bits >> 14) & 0x3FFF) + 1;
+  } else if (std::memcmp(&b[12], "VP8X", 4) == 0) {
+    info.width = (b[24] | (b[25] << 8) | (b[26] << 16)) + 1;
+    info.height = (b[27] | (b[28] << 8) | (b[29] << 16)) + 1;
+  }
+  return info;
+}
+
+HeaderInfo parse_bmp(const std::vector<uint8_t>& b) {
+  HeaderInfo info;
+  info.width = static_cast<int32_t>(le32(&b[18]));
+  info.height = std::abs(static_cast<int64_t>(static_cast<int32_t>(le32(&b[22]))));
+  const int bpp = static_cast<int>(le16(&b[28]));
+  info.mode_known = true;
+  info.mode_hint = bpp <= 8 ? PixelMode::kPalette : PixelMode::kRGB;  // Pillow: "P"/"1", else RGB
+  if (size_t{le32(&b[2])} > b.size()) info.truncated = true;
+  return info;
+}
+
+// TIFF: width and length of the first IFD (tags 256 and 257).
+HeaderInfo parse_tiff(const std::vector<uint8_t>& b) {
+  HeaderInfo info;
+  const bool little = b[0] == 'I';
+  auto u16 = [&](size_t at) { return little ? le16(&b[at]) : be16(&b[at]); };
+  auto u32 = [&](size_t at) { return little ? le32(&b[at]) : be32(&b[at]); };
+  if (b.size() < 8) {
+    info.truncated = true;
+    return info;
+  }
+  size_t ifd = u32(4);
+  if (ifd + 2 > b.size()) {
+    info.truncated = true;
+    return info;
+  }
+  const size_t count = u16(ifd);
+  for (size_t e = 0; e < count; ++e) {
+    const size_t at = ifd + 2 + e * 12;
+    if (at + 12 > b.size()) {
+      info.truncated = true;
+      return info;
+    }
+    const uint32_t tag = u16(at), type = u16(at + 2);
+    const int64_t value = type == 3 ? u16(at + 8) : u32(at + 8);
+    if (tag == 256) info.width = value;
+    if (tag == 257) info.height = value;
+  }
+  return info;
+}
+
+Error decode_error(ErrorCode code, const std::string& name, const std::string& why) {
+  return Error{code, name + ": " + why};
+}
+
+}  // namespace
+
+Result<std::vector<uint8_t>> read_file_bytes(const std::string& path) {
+  // O_NONBLOCK: a FIFO named like a photo must not hang the run (regular files ignore the flag).
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return errno_error(path, errno, "cannot open");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int err = errno;
+    ::close(fd);
+    return errno_error(path, err, "cannot stat");
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    return Error{ErrorCode::kUnsupportedFormat, path + ": is a directory, not an image"};
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return Error{ErrorCode::kUnsupportedFormat, path + ": not a regular file"};
+  }
+  std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
+  size_t got = 0;
+  while (got < bytes.size()) {
+    ssize_t r = ::read(fd, bytes.data() + got, bytes.size() - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) {
+      int err = errno;
+      ::close(fd);
+      return errno_error(path, err, "read failed");
+    }
+    if (r == 0) break;  // the file shrank while we read it
+    got += static_cast<size_t>(r);
+  }
+  ::close(fd);
+  bytes.resize(got);
+  if (bytes.empty()) return Error{ErrorCode::kCorrupt, path + ": empty file (0 bytes)"};
+  return bytes;
+}
+
+Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::string& name,
+                                  const DecodeOptions& options) {
+  if (bytes.empty()) return decode_error(ErrorCode::kCorrupt, name, "empty file (0 bytes)");
+  const Format format = sniff(bytes);
+  HeaderInfo info;
+  switch (format) {
+    case Format::kJpeg: info = parse_jpeg(bytes); break;
+    case Format::kPng: info = parse_png(bytes); break;
+    case Format::kWebp: info = parse_webp(bytes); break;
+    case Format::kBmp: info = parse_bmp(bytes); break;
+    case Format::kTiff: info = parse_tiff(bytes); break;
+    case Format::kGif:
+    case Format::kHeic:
+      return decode_error(ErrorCode::kUnsupportedFormat, name,
+                          std::string("unsupported format (") + format_name(format) + ")");
+    case Format::kUnknown:
+      return decode_error(ErrorCode::kUnsupportedFormat, name,
+                          "unsupported format (not JPEG, PNG, WebP, BMP or TIFF)");
+  }
+  if (info.truncated) {
+    return decode_error(ErrorCode::kTruncated, name,
+                        std::string("truncated ") + format_name(format) + " (file ends early)");
+  }
+  if (info.width < 0 || info.height < 0) return decode_error(ErrorCode::kCorrupt, name, "invalid image size");
+  if (info.width * info.height > options.max_pixels) {
+    return decode_error(ErrorCode::kTooLarge, name,
+                        "image is " + std::to_string(info.width) + "x" + std::to_string(info.height) + " (" +
+                            std::to_string(info.width * info.height / 1'000'000) + " MP), over the limit of " +
+                            std::to_string(options.max_pixels / 1'000'000) + " MP (--max-pixels)");
+  }
+
+  int flags = cv::IMREAD_UNCHANGED;
+  if (format == Format::kJpeg) {
+    flags = cv::IMREAD_COLOR;  // (CMYK and gray JPEGs come out as RGB; gray stays R=G=B)
+    if (options.reduced_decode_min_side > 0 && info.width > 0 && info.height > 0) {
+      const int64_t shortest = std::min(info.width, info.height);
+      if (shortest / 8 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_8;
+      else if (shortest / 4 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_4;
+      else if (shortest / 2 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_2;
+    }
+    if (!options.apply_exif_orientation) flags |= cv::IMREAD_IGNORE_ORIENTATION;
+  }
+  cv::Mat raw;
+  try {
+    raw = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<uint8_t*>(bytes.data())),
+                       flags);
+  } catch (const cv::Exception& e) {
+    return decode_error(ErrorCode::kCorrupt, name, std::string("cannot decode ") + format_name(format) +
+                                                       " (" + e.err + ")");
+  }
+  if (raw.empty()) {
+    return decode_error(ErrorCode::kCorrupt, name, std::string("cannot decode ") + format_name(format) +
+                                                       " (corrupt or unsupported variant)");
+  }
+  if (raw.depth() == CV_16U) {
+    // Pillow 9.4 keeps the high byte of each 16-bit sample.
+    cv::Mat high(raw.rows, raw.cols, CV_8UC(raw.channels()));
+    for (int y = 0; y < raw.rows; ++y) {
+      const uint16_t* s = raw.ptr<uint16_t>(y);
+      uint8_t* d = high.ptr<uint8_t>(y);
+      for (int x = 0; x < raw.cols * raw.channels(); ++x) d[x] = static_cast<uint8_t>(s[x] >> 8);
+    }
+    raw = high;
+  } else if (raw.depth() != CV_8U) {
+    return decode_error(ErrorCode::kUnsupportedFormat, name, "unsupported sample type (not 8 or 16 bit)");
+  }
+
+  DecodedImage out;
+  out.format = format_name(format);
+  out.original_width = static_cast<int>(info.width > 0 ? info.width : raw.cols);
+  out.original_height = static_cast<int>(info.height > 0 ? info.height : raw.rows);
+  const int ch = raw.channels();
+  PixelMode mode = info.mode_known ? info.mode_hint
+                                   : (ch == 1 ? PixelMode::kGray : ch == 4 ? PixelMode::kRGBA : PixelMode::kRGB);
+  if (format == Format::kBmp && ch == 4) mode = PixelMode::kRGB;  // Pillow reads 32-bit BMP as RGB
+  if (mode == PixelMode::kGray && ch != 1) mode = ch == 4 ? PixelMode::kRGBA : PixelMode::kRGB;
+  switch (ch) {
+    case 1:
+      if (mode == PixelMode::kGray) {
+        out.pixels = raw;
+      } else {
+        cv::cvtColor(raw, out.pixels, cv::COLOR_GRAY2RGB);
+      }
+      break;
+    case 3:
+      cv::cvtColor(raw, out.pixels, cv::COLOR_BGR2RGB);
+      if (mode == PixelMode::kRGBA) mode = PixelMode::kRGB;
+      break;
+    case 4:
+      if (mode == PixelMode::kRGBA) {
+        cv::cvtColor(raw, out.pixels, cv::COLOR_BGRA2RGBA);
+      } else {
+        // A tRNS chunk or padding byte; Pillow keeps these images without alpha.
+        cv::cvtColor(raw, out.pixels, cv::COLOR_BGRA2RGB);
+      }
+      break;
+    default:
+      return decode_error(ErrorCode::kUnsupportedFormat, name,
+                          "unsupported channel count " + std::to_string(ch));
+  }
+  out.mode = mode;
+  return out;
+}
+
+Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOptions& options) {
+  auto bytes = read_file_bytes(path);
+  if (!bytes) return bytes.error();
+  return decode_image(bytes.value(), path, options);
+}
+
+Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name,
+                              const Normalization& norm, const DecodeOptions& options, float* out) {
+  auto decoded = decode_image(bytes, name, options);
+  if (!decoded) return decoded.error();
+  cv::Mat rgb = resize_like_pillow(decoded.value(), norm.size, norm.size);
+  normalize_to_chw(rgb, norm, out);
+  return true;
+}
+
+}  // namespace cnclip

@@ -1,0 +1,159 @@
+#include "cnclip/index_store.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+namespace cnclip {
+namespace {
+
+constexpr const char* kCatalogFile = "catalog.sqlite3";
+
+void make_dirs(const std::string& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw Exception(errno_error(dir, ec.value(), "cannot create index directory"));
+}
+
+std::string short_fingerprint(const std::string& f) { return f.substr(0, 12); }
+
+}  // namespace
+
+std::string resolve_index_dir(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  const char* env = std::getenv("CNCLIP_INDEX");
+  if (env && *env) return env;
+  return default_data_dir();
+}
+
+IndexStore::IndexStore(std::string dir, std::unique_ptr<Catalog> catalog, int lock_fd)
+    : dir_(std::move(dir)), catalog_(std::move(catalog)), lock_fd_(lock_fd) {}
+
+IndexStore::~IndexStore() {
+  catalog_.reset();
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
+}
+
+std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess access, bool wait_for_lock) {
+  const std::string catalog_path = dir + "/" + kCatalogFile;
+  int lock_fd = -1;
+  if (access == IndexAccess::kRead) {
+    struct stat st {};
+    if (::stat(catalog_path.c_str(), &st) != 0) {
+      throw Exception(ErrorCode::kNotFound, dir + ": no index here yet (run 'cnclip index PATH' first, "
+                                                  "or give --index DIR)");
+    }
+  } else {
+    make_dirs(dir);
+    const std::string lock_path = dir + "/lock";
+    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (lock_fd < 0) throw Exception(errno_error(lock_path, errno, "cannot create lock file"));
+    if (::flock(lock_fd, LOCK_EX | (wait_for_lock ? 0 : LOCK_NB)) != 0) {
+      char buf[32] = {0};
+      const ssize_t got = ::pread(lock_fd, buf, sizeof(buf) - 1, 0);
+      ::close(lock_fd);
+      std::string pid;
+      for (ssize_t i = 0; i < got && buf[i] >= '0' && buf[i] <= '9'; ++i) pid += buf[i];
+      const std::string holder = pid.empty() ? "" : " (pid " + pid + ")";
+      throw Exception(ErrorCode::kBusy, dir + ": index is being updated by another cnclip process" + holder +
+                                            "; wait for it or use --wait");
+    }
+    const std::string me = std::to_string(::getpid());
+    if (::ftruncate(lock_fd, 0) == 0) (void)!::pwrite(lock_fd, me.data(), me.size(), 0);
+  }
+  auto catalog = Catalog::open(catalog_path, access == IndexAccess::kWrite);
+  return std::unique_ptr<IndexStore>(new IndexStore(dir, std::move(catalog), lock_fd));
+}
+
+bool IndexStore::model_matches(const BundleManifest& bundle) {
+  auto fp = catalog_->meta("model_fingerprint");
+  return !fp || *fp == bundle.fingerprint || catalog_->count() == 0;
+}
+
+void IndexStore::require_model(const BundleManifest& bundle) {
+  if (model_matches(bundle)) return;
+  const std::string arch = catalog_->meta("model_architecture").value_or("?");
+  const std::string precision = catalog_->meta("model_precision").value_or("?");
+  throw Exception(ErrorCode::kMismatch,
+                  dir_ + ": index was built with another model (" + arch + " " + precision + ", fingerprint " +
+                      short_fingerprint(catalog_->meta("model_fingerprint").value_or("")) + ") than " + bundle.dir +
+                      " (" + bundle.architecture + " " + bundle.precision + ", fingerprint " +
+                      short_fingerprint(bundle.fingerprint) +
+                      "); use that model, or rebuild with 'cnclip index --reindex'");
+}
+
+void IndexStore::record_model(const BundleManifest& bundle) {
+  catalog_->set_meta("model_fingerprint", bundle.fingerprint);
+  catalog_->set_meta("model_architecture", bundle.architecture);
+  catalog_->set_meta("model_precision", bundle.precision);
+  catalog_->set_meta("embedding_dim", std::to_string(bundle.embedding_dim));
+}
+
+int IndexStore::embedding_dim() {
+  auto d = catalog_->meta("embedding_dim");
+  return d ? std::stoi(*d) : 0;
+}
+
+std::string IndexStore::snapshot_path() {
+  return dir_ + "/vectors-" + std::to_string(catalog_->generation()) + ".faiss";
+}
+
+std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
+  const int dim = embedding_dim();
+  const std::string snapshot = snapshot_path();
+  struct stat st {};
+  if (dim > 0 && ::stat(snapshot.c_str(), &st) == 0) {
+    try {
+      auto index = VectorIndex::open_file(snapshot);
+      if (index->dim() == dim) return index;
+    } catch (const Exception&) {
+      // A damaged snapshot is only a cache: fall through and rebuild from the catalog.
+    }
+  }
+  std::vector<int64_t> ids;
+  std::vector<float> vectors;
+  if (dim > 0) {
+    catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) {
+      ids.push_back(id);
+      vectors.insert(vectors.end(), v, v + dim);
+    });
+  }
+  return VectorIndex::from_vectors(dim > 0 ? dim : 1, std::move(ids), std::move(vectors));
+}
+
+void IndexStore::write_snapshot() {
+  const int dim = embedding_dim();
+  const std::string path = snapshot_path();
+  if (dim > 0) {
+    VectorFileWriter writer(path, dim, catalog_->count());
+    catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
+    writer.commit();
+  }
+  // Older snapshots (and temporary files of interrupted writes) are stale now.
+  const std::string keep = path.substr(path.find_last_of('/') + 1);
+  if (DIR* d = ::opendir(dir_.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.rfind("vectors-", 0) == 0 && name != keep) ::unlink((dir_ + "/" + name).c_str());
+    }
+    ::closedir(d);
+  }
+}
+
+int64_t IndexStore::disk_bytes() {
+  int64_t total = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
+    if (e.is_regular_file(ec)) total += static_cast<int64_t>(e.file_size(ec));
+  }
+  return total;
+}
+
+}  // namespace cnclip

@@ -1,0 +1,330 @@
+#include "cnclip/indexer.h"
+
+#include <opencv2/core/utility.hpp>
+#include <xxhash.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <thread>
+#include <unordered_map>
+
+#include "cnclip/runtime.h"
+
+namespace cnclip {
+namespace {
+
+struct WorkItem {
+  FoundFile file;
+  std::optional<FileRecord> existing;  // set when the file changed since it was indexed
+};
+
+struct Outcome {
+  enum Kind { kEncoded, kMoved, kFailed } kind = kFailed;
+  size_t item = 0;
+  std::vector<float> pixels;  // kEncoded: 3*R*R floats
+  std::string hash;
+  FileRecord moved_from;  // kMoved: the vanished file whose embedding this file takes over
+  Error error;
+};
+
+std::string content_hash(const std::vector<uint8_t>& bytes) {
+  const XXH128_hash_t h = XXH3_128bits(bytes.data(), bytes.size());
+  char hex[33];
+  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return hex;
+}
+
+// Decodes work items on worker threads into a bounded queue, so memory stays bounded whatever the
+// folder size and decoding overlaps with the model running on the calling thread.
+class DecodePipeline {
+ public:
+  DecodePipeline(const std::vector<WorkItem>& items, const BundleManifest& bundle, const DecodeOptions& decode,
+                 std::unordered_multimap<std::string, FileRecord>& vanished, int threads, size_t capacity)
+      : items_(items), norm_(bundle.image), decode_(decode), vanished_(vanished), capacity_(capacity) {
+    for (int t = 0; t < threads; ++t) workers_.emplace_back([this] { work(); });
+  }
+  ~DecodePipeline() { stop(); }
+
+  // Next finished outcome; nullopt once every item has been handed out.
+  std::optional<Outcome> next() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !queue_.empty() || delivered_ == items_.size(); });
+    if (queue_.empty()) return std::nullopt;
+    Outcome o = std::move(queue_.front());
+    queue_.pop_front();
+    ++delivered_;
+    cv_.notify_all();
+    return o;
+  }
+
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) {
+      if (w.joinable()) w.join();
+    }
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      const size_t i = next_item_.fetch_add(1);
+      if (i >= items_.size()) return;
+      Outcome o = process(i);
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return queue_.size() < capacity_ || stopping_; });
+      if (stopping_) return;
+      queue_.push_back(std::move(o));
+      cv_.notify_all();
+    }
+  }
+
+  Outcome process(size_t i) {
+    Outcome o;
+    o.item = i;
+    const WorkItem& item = items_[i];
+    try {
+      auto bytes = read_file_bytes(item.file.path);
+      if (!bytes) {
+        o.error = bytes.error();
+        return o;
+      }
+      o.hash = content_hash(bytes.value());
+      if (!item.existing) {
+        std::lock_guard<std::mutex> lock(vanished_mu_);
+        auto it = vanished_.find(o.hash);
+        if (it != vanished_.end()) {
+          o.kind = Outcome::kMoved;
+          o.moved_from = it->second;
+          vanished_.erase(it);
+          return o;
+        }
+      }
+      o.pixels.resize(static_cast<size_t>(3) * norm_.size * norm_.size);
+      auto ok = preprocess_image(bytes.value(), item.file.path, norm_, decode_, o.pixels.data());
+      if (!ok) {
+        o.pixels.clear();
+        o.error = ok.error();
+        return o;
+      }
+      o.kind = Outcome::kEncoded;
+    } catch (const std::exception& e) {
+      o.kind = Outcome::kFailed;
+      o.error = Error{ErrorCode::kInternal, item.file.path + ": " + e.what()};
+    }
+    return o;
+  }
+
+  const std::vector<WorkItem>& items_;
+  const Normalization norm_;
+  const DecodeOptions decode_;
+  std::unordered_multimap<std::string, FileRecord>& vanished_;
+  std::mutex vanished_mu_;
+  const size_t capacity_;
+  std::atomic<size_t> next_item_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Outcome> queue_;
+  size_t delivered_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+};
+
+int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
+
+}  // namespace
+
+IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& options, IndexObserver& observer) {
+  const auto start = std::chrono::steady_clock::now();
+  const BundleManifest& bundle = model.manifest();
+  const int dim = bundle.embedding_dim;
+  Catalog& catalog = store.catalog();
+  IndexSummary summary;
+
+  if (options.reindex) {
+    CatalogTransaction tx(catalog);
+    catalog.remove_all();
+    store.record_model(bundle);
+    tx.commit();
+  } else {
+    store.require_model(bundle);
+  }
+
+  // What to look at: folders (walked, and pruned of vanished files) and single files.
+  std::vector<std::string> folders, files;
+  const bool from_roots = options.paths.empty();
+  for (const auto& p : from_roots ? catalog.roots() : options.paths) {
+    auto canonical = canonical_path(p);
+    if (!canonical) {
+      if (!from_roots) throw Exception(canonical.error());
+      folders.push_back(p);  // an indexed folder that is gone entirely: its files go too
+      continue;
+    }
+    struct stat st {};
+    if (::stat(canonical.value().c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      folders.push_back(canonical.value());
+    } else {
+      files.push_back(canonical.value());
+    }
+  }
+
+  // Plan: compare what is on disk with the catalog.
+  std::vector<WorkItem> work;
+  std::unordered_multimap<std::string, FileRecord> vanished;  // by content hash
+  std::set<std::string> seen;
+  auto consider = [&](const FoundFile& f, const std::optional<FileRecord>& existing) {
+    if (!seen.insert(f.path).second) return;
+    if (existing && existing->size == f.size && existing->mtime_ns == f.mtime_ns) {
+      ++summary.unchanged;
+    } else {
+      work.push_back(WorkItem{f, existing});
+    }
+  };
+  for (const auto& folder : folders) {
+    std::vector<FoundFile> found;
+    if (::access(folder.c_str(), F_OK) == 0) {
+      walk_folder(folder, options.walk, found, [&](const Error& e) { observer.on_file_error(e); });
+    }
+    std::vector<FileRecord> known = catalog.files_under(folder);
+    std::unordered_map<std::string, size_t> known_by_path;
+    for (size_t i = 0; i < known.size(); ++i) known_by_path.emplace(known[i].path, i);
+    std::vector<bool> still_there(known.size(), false);
+    for (const auto& f : found) {
+      auto it = known_by_path.find(f.path);
+      if (it != known_by_path.end()) still_there[it->second] = true;
+      consider(f, it == known_by_path.end() ? std::nullopt : std::optional<FileRecord>(known[it->second]));
+    }
+    for (size_t i = 0; i < known.size(); ++i) {
+      // Files excluded by this run's options but still on disk are left alone.
+      if (!still_there[i] && !seen.count(known[i].path) && ::access(known[i].path.c_str(), F_OK) != 0) {
+        vanished.emplace(known[i].content_hash, known[i]);
+      }
+    }
+  }
+  for (const auto& path : files) {
+    auto f = stat_file(path);
+    if (!f) {
+      observer.on_file_error(f.error());
+      ++summary.failed;
+      continue;
+    }
+    consider(f.value(), catalog.find(path));
+  }
+  observer.on_plan(static_cast<int64_t>(work.size()), summary.unchanged, static_cast<int64_t>(vanished.size()));
+
+  // Encode in batches; each batch is committed in one transaction.
+  const int threads = options.decode_threads > 0
+                          ? options.decode_threads
+                          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int batch_size = std::max(1, options.batch_size);
+  cv::setNumThreads(0);  // one decode per worker thread; OpenCV's own threads would oversubscribe
+  bool model_recorded = false;
+  int64_t done = 0;
+  if (!work.empty()) {
+    DecodePipeline pipeline(work, bundle, options.decode, vanished, std::min<int>(threads, static_cast<int>(work.size())),
+                            static_cast<size_t>(batch_size) * 2);
+    std::vector<Outcome> pending;
+    size_t pending_tensors = 0;
+    auto flush = [&] {
+      if (pending.empty()) return;
+      std::vector<float> pixels;
+      pixels.reserve(pending_tensors * static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
+      for (const auto& o : pending) {
+        if (o.kind == Outcome::kEncoded) pixels.insert(pixels.end(), o.pixels.begin(), o.pixels.end());
+      }
+      const std::vector<float> embeddings = model.encode_images(pixels.data(), static_cast<int>(pending_tensors));
+      CatalogTransaction tx(catalog);
+      if (!model_recorded) {
+        store.record_model(bundle);
+        model_recorded = true;
+      }
+      size_t row = 0;
+      for (const auto& o : pending) {
+        const WorkItem& item = work[o.item];
+        FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, o.hash, now_seconds()};
+        if (o.kind == Outcome::kEncoded) {
+          const float* e = &embeddings[row++ * static_cast<size_t>(dim)];
+          if (item.existing) {
+            r.id = item.existing->id;
+            catalog.update(r, e, dim);
+            ++summary.updated;
+          } else {
+            catalog.insert(r, e, dim);
+            ++summary.added;
+          }
+        } else if (o.kind == Outcome::kMoved) {
+          r.id = o.moved_from.id;
+          catalog.update(r, nullptr, dim);
+          ++summary.moved;
+        }
+      }
+      tx.commit();
+      pending.clear();
+      pending_tensors = 0;
+    };
+    while (auto o = pipeline.next()) {
+      ++done;
+      if (o->kind == Outcome::kFailed) {
+        observer.on_file_error(o->error);
+        ++summary.failed;
+      } else {
+        if (o->kind == Outcome::kEncoded) ++pending_tensors;
+        pending.push_back(std::move(*o));
+        if (static_cast<int>(pending_tensors) >= batch_size || pending.size() >= static_cast<size_t>(batch_size) * 4) {
+          flush();
+          observer.on_progress(done, static_cast<int64_t>(work.size()));
+          if (interrupt_requested()) break;
+        }
+      }
+    }
+    if (!interrupt_requested()) flush();
+    pipeline.stop();
+    observer.on_progress(done, static_cast<int64_t>(work.size()));
+    summary.interrupted = interrupt_requested() && done < static_cast<int64_t>(work.size());
+    if (summary.interrupted) {
+      // What was decoded but not committed is simply done again next time.
+      summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      return summary;
+    }
+  }
+
+  // A complete pass: forget vanished files that were not moved, remember the folders.
+  const auto known_roots = catalog.roots();
+  bool new_roots = false;
+  for (const auto& f : folders) {
+    if (std::find(known_roots.begin(), known_roots.end(), f) == known_roots.end()) new_roots = true;
+  }
+  if (!vanished.empty() || new_roots) {
+    CatalogTransaction tx(catalog);
+    for (const auto& [hash, record] : vanished) {
+      catalog.remove(record.id);
+      ++summary.removed;
+    }
+    for (const auto& f : folders) {
+      if (::access(f.c_str(), F_OK) == 0) catalog.add_root(f);
+      else catalog.remove_root(f);
+    }
+    store.record_model(bundle);
+    tx.commit();
+  }
+  struct stat st {};
+  if (::stat(store.snapshot_path().c_str(), &st) != 0) store.write_snapshot();
+  summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return summary;
+}
+
+}  // namespace cnclip

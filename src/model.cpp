@@ -1,0 +1,167 @@
+#include "cnclip/model.h"
+
+#include <torch/script.h>
+#include <torch/version.h>
+#include <torch/cuda.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
+#include <algorithm>
+#include <cstring>
+#include <thread>
+
+namespace cnclip {
+namespace {
+
+std::string first_line(const std::string& s) {
+  auto nl = s.find('\n');
+  return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+}  // namespace
+
+struct Model::Impl {
+  BundleManifest manifest;
+  torch::Device device{torch::kCPU};
+  std::unique_ptr<torch::jit::Module> image, text;
+  std::unique_ptr<WordPieceTokenizer> tokenizer;
+
+  std::unique_ptr<torch::jit::Module> load(const std::string& file) {
+    check_bundle_file(manifest, file);
+    const std::string path = manifest.path_of(file);
+    if (manifest.precision == "int8") {
+      // Dynamic int8 Linear kernels come from the quantized engine chosen before loading.
+      const auto engines = at::globalContext().supportedQEngines();
+      for (auto engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM, at::QEngine::QNNPACK}) {
+        if (std::find(engines.begin(), engines.end(), engine) != engines.end()) {
+          at::globalContext().setQEngine(engine);
+          break;
+        }
+      }
+    }
+    try {
+      auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
+      module->eval();
+      return module;
+    } catch (const c10::Error& e) {
+      throw Exception(ErrorCode::kCorrupt,
+                      path + ": corrupt model bundle file (cannot load TorchScript: " + first_line(e.msg()) + ")");
+    }
+  }
+
+  std::vector<float> run(torch::jit::Module& module, torch::Tensor input, int batch) {
+    torch::InferenceMode guard;
+    torch::Tensor out;
+    try {
+      out = module.forward({input.to(device)}).toTensor().to(torch::kCPU, torch::kFloat).contiguous();
+    } catch (const c10::Error& e) {
+      throw Exception(ErrorCode::kInternal, manifest.dir + ": model failed: " + first_line(e.msg()));
+    }
+    if (out.dim() != 2 || out.size(0) != batch || out.size(1) != manifest.embedding_dim) {
+      throw Exception(ErrorCode::kMismatch, manifest.dir + ": encoder returned shape " +
+                                                c10::str(out.sizes()) + ", expected [" + std::to_string(batch) +
+                                                ", " + std::to_string(manifest.embedding_dim) + "]");
+    }
+    if (!manifest.normalized) out = out / out.norm(2, 1, true).clamp_min(1e-12);
+    const float* p = out.data_ptr<float>();
+    return std::vector<float>(p, p + out.numel());
+  }
+};
+
+Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Model::~Model() = default;
+
+std::unique_ptr<Model> Model::open(const std::string& bundle_dir, const ModelOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->manifest = load_bundle_manifest(bundle_dir);
+  try {
+    impl->device = torch::Device(options.device);
+  } catch (const c10::Error&) {
+    throw Exception(ErrorCode::kInvalidArgument, "unknown device '" + options.device + "' (use cpu or cuda)");
+  }
+  if (impl->device.is_cuda() && !torch::cuda::is_available()) {
+    throw Exception(ErrorCode::kInvalidArgument, "--device " + options.device +
+                                                     ": CUDA is not available (no GPU, or LibTorch built without CUDA)");
+  }
+  if (options.threads != 0 || at::get_num_threads() == 1) set_compute_threads(options.threads);
+  return std::unique_ptr<Model>(new Model(std::move(impl)));
+}
+
+const BundleManifest& Model::manifest() const { return impl_->manifest; }
+
+void Model::load_image_tower() {
+  if (!impl_->image) impl_->image = impl_->load("image_encoder.pt");
+}
+void Model::load_text_tower() {
+  if (!impl_->text) impl_->text = impl_->load("text_encoder.pt");
+}
+bool Model::image_tower_loaded() const { return impl_->image != nullptr; }
+bool Model::text_tower_loaded() const { return impl_->text != nullptr; }
+
+const Tokenizer& Model::tokenizer() {
+  if (!impl_->tokenizer) {
+    check_bundle_file(impl_->manifest, "vocab.txt");
+    impl_->tokenizer = WordPieceTokenizer::from_vocab_file(impl_->manifest.path_of("vocab.txt"));
+  }
+  return *impl_->tokenizer;
+}
+
+std::vector<float> Model::encode_images(const float* pixels, int batch) {
+  if (batch == 0) return {};
+  load_image_tower();
+  const int r = impl_->manifest.image.size;
+  auto input = torch::from_blob(const_cast<float*>(pixels), {batch, 3, r, r}, torch::kFloat);
+  return impl_->run(*impl_->image, input, batch);
+}
+
+std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int length) {
+  if (batch == 0) return {};
+  load_text_tower();
+  int used = 1;
+  for (int b = 0; b < batch; ++b) {
+    for (int l = length - 1; l >= used; --l) {
+      if (ids[static_cast<size_t>(b) * length + l] != 0) {
+        used = l + 1;
+        break;
+      }
+    }
+  }
+  auto full = torch::from_blob(const_cast<int64_t*>(ids), {batch, length}, torch::kLong);
+  return impl_->run(*impl_->text, full.narrow(1, 0, used).contiguous(), batch);
+}
+
+std::vector<float> Model::encode_texts(const std::vector<std::string>& texts) {
+  const int len = impl_->manifest.context_length;
+  std::vector<int64_t> ids;
+  ids.reserve(texts.size() * static_cast<size_t>(len));
+  for (const auto& t : texts) {
+    auto row = tokenizer().encode(t, len);
+    ids.insert(ids.end(), row.begin(), row.end());
+  }
+  return encode_token_ids(ids.data(), static_cast<int>(texts.size()), len);
+}
+
+void set_compute_threads(int n) {
+  if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(n);
+}
+
+std::string compute_backend_description() {
+  std::string blas = "unknown BLAS";
+  // libblas.so.3 is whatever Debian's alternatives point at; name the library actually loaded.
+  if (void* h = dlopen("libblas.so.3", RTLD_NOW | RTLD_NOLOAD)) {
+    Dl_info info{};
+    void* sym = dlsym(h, "sgemm_");
+    if (sym && dladdr(sym, &info) && info.dli_fname) {
+      std::string f = info.dli_fname;
+      char real[4096];
+      if (realpath(f.c_str(), real)) f = real;
+      blas = f.find("openblas") != std::string::npos ? "OpenBLAS (" + f + ")" : "reference BLAS (" + f + ")";
+    }
+    dlclose(h);
+  }
+  return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", " + std::to_string(at::get_num_threads()) +
+         " intra-op threads";
+}
+
+}  // namespace cnclip

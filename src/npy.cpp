@@ -1,0 +1,113 @@
+#include "cnclip/npy.h"
+
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <regex>
+#include <sstream>
+
+#include "atomic_file.h"
+
+namespace cnclip {
+
+int64_t NpyArray::count() const {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+std::vector<float> NpyArray::as_float() const {
+  std::vector<float> out(static_cast<size_t>(count()));
+  if (dtype == "<f4") {
+    std::memcpy(out.data(), data.data(), out.size() * 4);
+  } else if (dtype == "<f8") {
+    const double* d = reinterpret_cast<const double*>(data.data());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(d[i]);
+  } else {
+    throw Exception(ErrorCode::kMismatch, "npy dtype " + dtype + " is not a float type");
+  }
+  return out;
+}
+
+std::vector<int64_t> NpyArray::as_int64() const {
+  std::vector<int64_t> out(static_cast<size_t>(count()));
+  if (dtype == "<i8") {
+    std::memcpy(out.data(), data.data(), out.size() * 8);
+  } else if (dtype == "<i4") {
+    const int32_t* d = reinterpret_cast<const int32_t*>(data.data());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = d[i];
+  } else {
+    throw Exception(ErrorCode::kMismatch, "npy dtype " + dtype + " is not an integer type");
+  }
+  return out;
+}
+
+Result<NpyArray> read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return errno_error(path, errno, "cannot open");
+  char magic[8];
+  if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0) {
+    return Error{ErrorCode::kCorrupt, path + ": not a .npy file"};
+  }
+  uint32_t header_len = 0;
+  if (magic[6] == 1) {
+    uint8_t b[2];
+    in.read(reinterpret_cast<char*>(b), 2);
+    header_len = b[0] | (b[1] << 8);
+  } else {
+    uint8_t b[4];
+    in.read(reinterpret_cast<char*>(b), 4);
+    header_len = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t{b[3]} << 24);
+  }
+  std::string header(header_len, '\0');
+  if (!in.read(header.data(), header_len)) return Error{ErrorCode::kTruncated, path + ": truncated .npy header"};
+  std::smatch m;
+  NpyArray arr;
+  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']+)'"))) {
+    return Error{ErrorCode::kCorrupt, path + ": .npy header has no dtype"};
+  }
+  arr.dtype = m[1];
+  if (arr.dtype != "<f4" && arr.dtype != "<f8" && arr.dtype != "<i8" && arr.dtype != "<i4") {
+    return Error{ErrorCode::kMismatch, path + ": unsupported .npy dtype " + arr.dtype};
+  }
+  if (header.find("'fortran_order': True") != std::string::npos) {
+    return Error{ErrorCode::kMismatch, path + ": Fortran-order .npy is not supported"};
+  }
+  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) {
+    return Error{ErrorCode::kCorrupt, path + ": .npy header has no shape"};
+  }
+  std::stringstream dims(m[1].str());
+  std::string item;
+  while (std::getline(dims, item, ',')) {
+    if (item.find_first_not_of(" ") == std::string::npos) continue;
+    arr.shape.push_back(std::stoll(item));
+  }
+  const size_t item_size = arr.dtype[2] == '8' ? 8 : 4;
+  arr.data.resize(static_cast<size_t>(arr.count()) * item_size);
+  if (!in.read(reinterpret_cast<char*>(arr.data.data()), static_cast<std::streamsize>(arr.data.size()))) {
+    return Error{ErrorCode::kTruncated, path + ": .npy data ends early"};
+  }
+  return arr;
+}
+
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  std::string dims;
+  int64_t count = 1;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    dims += (i ? ", " : "") + std::to_string(shape[i]);
+    count *= shape[i];
+  }
+  if (shape.size() == 1) dims += ",";  // a 1-tuple, as Python writes it
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
+  const size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header.push_back('\n');
+  std::string bytes = "\x93NUMPY\x01";
+  bytes.push_back('\0');
+  bytes.push_back(static_cast<char>(header.size() & 0xFF));
+  bytes.push_back(static_cast<char>(header.size() >> 8));
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(data), static_cast<size_t>(count) * sizeof(float));
+  write_file_atomically(path, bytes);
+}
+
+}  // namespace cnclip

@@ -1,0 +1,197 @@
+#include "cnclip/vector_index.h"
+
+#include <faiss/MetricType.h>
+#include <faiss/impl/IDSelector.h>
+#include <faiss/utils/distances.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "atomic_file.h"
+#include "cnclip/error.h"
+
+namespace cnclip {
+namespace {
+
+// The byte layout faiss::write_index uses for IndexIDMap2 over IndexFlatIP (FAISS 1.7.x):
+//   "IxM2" header  "IxFI" header  u64 n*dim  float[n*dim]  u64 n  int64[n]
+// where header = i32 d, i64 ntotal, i64 dummy, i64 dummy, u8 is_trained, i32 metric_type.
+constexpr size_t kHeaderBytes = 4 + 8 + 8 + 8 + 1 + 4;
+constexpr size_t kVectorsOffset = 4 + kHeaderBytes + 4 + kHeaderBytes + 8;
+
+void put_header(std::string& out, const char* fourcc, int32_t d, int64_t ntotal) {
+  const int64_t dummy = 1 << 20;
+  const uint8_t trained = 1;
+  const int32_t metric = faiss::METRIC_INNER_PRODUCT;
+  out.append(fourcc, 4);
+  out.append(reinterpret_cast<const char*>(&d), 4);
+  out.append(reinterpret_cast<const char*>(&ntotal), 8);
+  out.append(reinterpret_cast<const char*>(&dummy), 8);
+  out.append(reinterpret_cast<const char*>(&dummy), 8);
+  out.append(reinterpret_cast<const char*>(&trained), 1);
+  out.append(reinterpret_cast<const char*>(&metric), 4);
+}
+
+class MemoryVectorIndex : public VectorIndex {
+ public:
+  MemoryVectorIndex(int dim, std::vector<int64_t> ids, std::vector<float> vectors)
+      : dim_(dim), ids_(std::move(ids)), vectors_(std::move(vectors)) {}
+  int dim() const override { return dim_; }
+  int64_t size() const override { return static_cast<int64_t>(ids_.size()); }
+  const int64_t* ids() const override { return ids_.data(); }
+  const float* vectors() const override { return vectors_.data(); }
+
+ private:
+  int dim_;
+  std::vector<int64_t> ids_;
+  std::vector<float> vectors_;
+};
+
+class MappedVectorIndex : public VectorIndex {
+ public:
+  MappedVectorIndex(void* base, size_t bytes, int dim, int64_t n, const float* vectors, const int64_t* ids)
+      : base_(base), bytes_(bytes), dim_(dim), n_(n), vectors_(vectors), ids_(ids) {}
+  ~MappedVectorIndex() override { ::munmap(base_, bytes_); }
+  int dim() const override { return dim_; }
+  int64_t size() const override { return n_; }
+  const int64_t* ids() const override { return ids_; }
+  const float* vectors() const override { return vectors_; }
+
+ private:
+  void* base_;
+  size_t bytes_;
+  int dim_;
+  int64_t n_;
+  const float* vectors_;
+  const int64_t* ids_;
+};
+
+}  // namespace
+
+std::unique_ptr<VectorIndex> VectorIndex::from_vectors(int dim, std::vector<int64_t> ids, std::vector<float> vectors) {
+  return std::make_unique<MemoryVectorIndex>(dim, std::move(ids), std::move(vectors));
+}
+
+std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw Exception(errno_error(path, errno, "cannot open vector file"));
+  struct stat st {};
+  ::fstat(fd, &st);
+  const size_t bytes = static_cast<size_t>(st.st_size);
+  auto corrupt = [&](const std::string& why) {
+    return Exception(ErrorCode::kCorrupt, path + ": not a usable vector file (" + why + ")");
+  };
+  if (bytes < kVectorsOffset) {
+    ::close(fd);
+    throw corrupt("too short");
+  }
+  void* base = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (base == MAP_FAILED) throw Exception(errno_error(path, errno, "cannot map vector file"));
+  const auto* p = static_cast<const uint8_t*>(base);
+  auto fail = [&](const std::string& why) {
+    ::munmap(base, bytes);
+    throw corrupt(why);
+  };
+  int32_t d = 0, d2 = 0, metric = 0;
+  int64_t n = 0, n2 = 0;
+  uint64_t nfloats = 0, nids = 0;
+  if (std::memcmp(p, "IxM2", 4) != 0 || std::memcmp(p + 4 + kHeaderBytes, "IxFI", 4) != 0) {
+    fail("not a FAISS IndexIDMap2 over IndexFlatIP");
+  }
+  std::memcpy(&d, p + 4, 4);
+  std::memcpy(&n, p + 8, 8);
+  std::memcpy(&d2, p + 4 + kHeaderBytes + 4, 4);
+  std::memcpy(&n2, p + 4 + kHeaderBytes + 8, 8);
+  std::memcpy(&metric, p + 4 + kHeaderBytes + 4 + 29, 4);
+  std::memcpy(&nfloats, p + kVectorsOffset - 8, 8);
+  if (d <= 0 || n < 0 || d != d2 || n != n2 || metric != faiss::METRIC_INNER_PRODUCT ||
+      nfloats != static_cast<uint64_t>(n) * static_cast<uint64_t>(d)) {
+    fail("inconsistent header");
+  }
+  const size_t ids_offset = kVectorsOffset + nfloats * 4;
+  if (bytes < ids_offset + 8) fail("cut short");
+  std::memcpy(&nids, p + ids_offset, 8);
+  if (nids != static_cast<uint64_t>(n) || bytes != ids_offset + 8 + nids * 8) fail("cut short or padded");
+  return std::make_unique<MappedVectorIndex>(base, bytes, d, n, reinterpret_cast<const float*>(p + kVectorsOffset),
+                                             reinterpret_cast<const int64_t*>(p + ids_offset + 8));
+}
+
+std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, int nq, int k,
+                                                        const std::function<bool(int64_t)>& allowed) const {
+  std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
+  const int64_t n = size();
+  if (nq <= 0 || k <= 0 || n == 0) return out;
+  k = static_cast<int>(std::min<int64_t>(k, n));
+  std::vector<float> scores(static_cast<size_t>(nq) * k);
+  std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
+  // A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes.
+  faiss::distance_compute_blas_threshold = 1;
+  std::vector<uint8_t> bitmap;
+  std::unique_ptr<faiss::IDSelectorBitmap> selector;
+  if (allowed) {
+    bitmap.assign(static_cast<size_t>((n + 7) / 8), 0);
+    const int64_t* id = ids();
+    for (int64_t i = 0; i < n; ++i) {
+      if (allowed(id[i])) bitmap[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
+    }
+    selector = std::make_unique<faiss::IDSelectorBitmap>(bitmap.size(), bitmap.data());
+  }
+  faiss::knn_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
+                           static_cast<size_t>(n), static_cast<size_t>(k), scores.data(), positions.data(),
+                           selector.get());
+  for (int q = 0; q < nq; ++q) {
+    for (int j = 0; j < k; ++j) {
+      const int64_t pos = positions[static_cast<size_t>(q) * k + j];
+      if (pos < 0 || pos >= n) continue;
+      out[q].push_back(SearchHit{ids()[pos], scores[static_cast<size_t>(q) * k + j]});
+    }
+  }
+  return out;
+}
+
+struct VectorFileWriter::Impl {
+  AtomicFileWriter file;
+  int dim;
+  int64_t expected, added = 0;
+  std::vector<int64_t> ids;
+  Impl(const std::string& path, int d, int64_t count) : file(path), dim(d), expected(count) {}
+};
+
+VectorFileWriter::VectorFileWriter(const std::string& path, int dim, int64_t count)
+    : impl_(std::make_unique<Impl>(path, dim, count)) {
+  std::string head;
+  put_header(head, "IxM2", dim, count);
+  put_header(head, "IxFI", dim, count);
+  const uint64_t nfloats = static_cast<uint64_t>(count) * static_cast<uint64_t>(dim);
+  head.append(reinterpret_cast<const char*>(&nfloats), 8);
+  impl_->file.write(head.data(), head.size());
+  impl_->ids.reserve(static_cast<size_t>(count));
+}
+
+VectorFileWriter::~VectorFileWriter() = default;
+
+void VectorFileWriter::add(int64_t id, const float* vector) {
+  if (impl_->added == impl_->expected) {
+    throw Exception(ErrorCode::kInternal, impl_->file.temp_path() + ": more vectors than announced");
+  }
+  impl_->file.write(vector, static_cast<size_t>(impl_->dim) * sizeof(float));
+  impl_->ids.push_back(id);
+  ++impl_->added;
+}
+
+void VectorFileWriter::commit() {
+  if (impl_->added != impl_->expected) {
+    throw Exception(ErrorCode::kInternal, impl_->file.temp_path() + ": fewer vectors than announced");
+  }
+  const uint64_t n = impl_->ids.size();
+  impl_->file.write(&n, 8);
+  impl_->file.write(impl_->ids.data(), n * 8);
+  impl_->file.commit();
+}
+
+}  // namespace cnclip
