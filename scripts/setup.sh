@@ -56,3 +56,41 @@ if [ -n "$openlapack" ]; then
 fi
 
 [ "$do_build" = 1 ] || exit 0
+
+echo "setup: building (Release) in $build_dir" >&2
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+if [ ! -f "$build_dir/CMakeCache.txt" ]; then
+  cmake -S "$repo" -B "$build_dir" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release >&2
+fi
+cmake --build "$build_dir" -j"$(nproc)" >&2
+
+# Model bundles. The tiny random one is for tests and a demo; it finds nothing meaningful.
+py=/usr/bin/python3
+export_needed() {  # bundle dir -> true when missing or older than the exporter
+  [ ! -f "$1/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$1/bundle.json" ]
+}
+if export_needed "$repo/models/tiny"; then
+  "$py" "$repo/scripts/export_model.py" --random-init tiny --seed 0 --out "$repo/models/tiny" >&2
+fi
+real_bundle=""
+if [ -n "$checkpoint" ]; then
+  real_bundle="$repo/models/ViT-B-16"
+  if export_needed "$real_bundle" || [ "$checkpoint" -nt "$real_bundle/bundle.json" ]; then
+    "$py" "$repo/scripts/export_model.py" --checkpoint "$checkpoint" --out "$real_bundle" >&2
+  fi
+  default_link="${XDG_DATA_HOME:-$HOME/.local/share}/cnclip/models/default"
+  if [ ! -e "$default_link" ]; then
+    mkdir -p "$(dirname "$default_link")"
+    ln -s "$real_bundle" "$default_link"
+    echo "setup: $default_link -> $real_bundle (the default model)" >&2
+  fi
+fi
+
+echo "cnclip binary: $build_dir/cnclip"
+echo "tiny random bundle (tests, demo): $repo/models/tiny"
+if [ -n "$real_bundle" ]; then
+  echo "ViT-B-16 bundle: $real_bundle"
+else
+  echo "no real model: scripts/setup.sh --checkpoint clip_cn_vit-b-16.pt exports one (see README)"
+fi

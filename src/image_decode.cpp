@@ -342,6 +342,7 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
                           "unsupported channel count " + std::to_string(ch));
   }
   out.mode = mode;
+  out.alpha_premultiplied = mode == PixelMode::kRGBA && format == Format::kTiff;
   return out;
 }
 

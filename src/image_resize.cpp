@@ -188,8 +188,8 @@ cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h) {
       return resample_bicubic<3>(in, out_w, out_h);
     case PixelMode::kRGBA: {
       // RGBA -> RGBa (rounded premultiply), resize 4 bands, RGBa -> RGBA (truncating divide), drop A.
-      cv::Mat pre(in.rows, in.cols, CV_8UC4);
-      for (int y = 0; y < in.rows; ++y) {
+      cv::Mat pre = image.alpha_premultiplied ? in : cv::Mat(in.rows, in.cols, CV_8UC4);
+      for (int y = 0; y < in.rows && !image.alpha_premultiplied; ++y) {
         const uint8_t* s = in.ptr<uint8_t>(y);
         uint8_t* d = pre.ptr<uint8_t>(y);
         for (int x = 0; x < in.cols * 4; x += 4) {

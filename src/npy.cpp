@@ -4,7 +4,6 @@
 #include <cstring>
 #include <fstream>
 #include <numeric>
-#include <regex>
 #include <sstream>
 
 #include "atomic_file.h"
@@ -60,22 +59,30 @@ Result<NpyArray> read_npy(const std::string& path) {
   }
   std::string header(header_len, '\0');
   if (!in.read(header.data(), header_len)) return Error{ErrorCode::kTruncated, path + ": truncated .npy header"};
-  std::smatch m;
   NpyArray arr;
-  if (!std::regex_search(header, m, std::regex("'descr':\\s*'([^']+)'"))) {
-    return Error{ErrorCode::kCorrupt, path + ": .npy header has no dtype"};
-  }
-  arr.dtype = m[1];
+  // The header is a Python dict literal: {'descr': '<f4', 'fortran_order': False, 'shape': (3, 224), }
+  auto value_after = [&](const std::string& key) -> std::string {
+    const auto k = header.find("'" + key + "'");
+    if (k == std::string::npos) return "";
+    const auto colon = header.find(':', k);
+    return colon == std::string::npos ? "" : header.substr(colon + 1);
+  };
+  const std::string descr = value_after("descr");
+  const auto q1 = descr.find('\''), q2 = q1 == std::string::npos ? q1 : descr.find('\'', q1 + 1);
+  if (q2 == std::string::npos) return Error{ErrorCode::kCorrupt, path + ": .npy header has no dtype"};
+  arr.dtype = descr.substr(q1 + 1, q2 - q1 - 1);
   if (arr.dtype != "<f4" && arr.dtype != "<f8" && arr.dtype != "<i8" && arr.dtype != "<i4") {
     return Error{ErrorCode::kMismatch, path + ": unsupported .npy dtype " + arr.dtype};
   }
-  if (header.find("'fortran_order': True") != std::string::npos) {
+  if (value_after("fortran_order").find("True") == value_after("fortran_order").find_first_not_of(" ")) {
     return Error{ErrorCode::kMismatch, path + ": Fortran-order .npy is not supported"};
   }
-  if (!std::regex_search(header, m, std::regex("'shape':\\s*\\(([^)]*)\\)"))) {
+  const std::string shape = value_after("shape");
+  const auto open = shape.find('('), close = shape.find(')');
+  if (open == std::string::npos || close == std::string::npos) {
     return Error{ErrorCode::kCorrupt, path + ": .npy header has no shape"};
   }
-  std::stringstream dims(m[1].str());
+  std::stringstream dims(shape.substr(open + 1, close - open - 1));
   std::string item;
   while (std::getline(dims, item, ',')) {
     if (item.find_first_not_of(" ") == std::string::npos) continue;

@@ -40,6 +40,8 @@ struct DecodedImage {
   cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order
   PixelMode mode = PixelMode::kRGB;
   std::string format;  // "jpeg", "png", "webp", "bmp", "tiff"
+  // kRGBA only: colour already multiplied by alpha (libtiff's RGBA reader does that for TIFF).
+  bool alpha_premultiplied = false;
   int original_width = 0, original_height = 0;  // as stored, before any reduced decode
 };
 

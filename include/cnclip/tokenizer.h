@@ -9,6 +9,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cnclip/error.h"
+
 namespace cnclip {
 
 // Turns one text into `context_length` token ids ([CLS] pieces... [SEP] then 0-padding).

@@ -1,0 +1,378 @@
+// End-to-end tests of the cnclip binary with the tiny bundle over generated photo folders.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <random>
+#include <thread>
+
+#include "cnclip/npy.h"
+#include "test_util.h"
+
+namespace cnclip {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
+
+// A distinct photo: a fixture image with seeded noise and a colour shift.
+void make_photo(const std::string& path, unsigned seed) {
+  static const char* sources[] = {"pokemon.jpeg", "chelsea_rgba.png", "astronaut_palette.png"};
+  cv::Mat img = cv::imread(test::fixtures(std::string("images/") + sources[seed % 3]), cv::IMREAD_COLOR);
+  cv::resize(img, img, cv::Size(160 + seed % 50, 120 + seed % 40));
+  cv::Mat noise(img.size(), img.type());
+  cv::randn(noise, cv::Scalar::all(0), cv::Scalar::all(20 + seed % 30));
+  cv::theRNG().state = seed;
+  img += noise + cv::Scalar(seed * 37 % 90, seed * 11 % 90, seed * 5 % 90);
+  fs::create_directories(fs::path(path).parent_path());
+  ASSERT_TRUE(cv::imwrite(path, img)) << path;
+}
+
+std::vector<json> json_lines(const std::string& out) {
+  std::vector<json> v;
+  for (const auto& l : test::lines(out)) v.push_back(json::parse(l));
+  return v;
+}
+
+json index_json(const std::string& args) {
+  auto r = test::run_cnclip("index --format json -q" + model_arg() + " " + args);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return r.out.empty() ? json{} : json::parse(r.out);
+}
+
+TEST(Cli, HelpVersionAndUsageErrors) {
+  auto r = test::run_cnclip("--help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* sub : {"index", "search-text", "search-image", "embed-text", "embed-image", "model-info",
+                          "tokenize", "preprocess", "info", "remove"}) {
+    EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
+  }
+  r = test::run_cnclip("--version");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("cnclip"), std::string::npos);
+  r = test::run_cnclip("frobnicate");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("cnclip: error"), std::string::npos);
+  r = test::run_cnclip("search-text 狗 --format xml" + model_arg());
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST(Cli, EmbedTextPrintsNormalizedJsonLines) {
+  auto r = test::run_cnclip("embed-text 小狗 '夕阳、大海、沙滩'" + model_arg());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rows = json_lines(r.out);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0]["text"], "小狗");
+  auto e = rows[1]["embedding"].get<std::vector<float>>();
+  ASSERT_EQ(e.size(), 32u);
+  double n = 0;
+  for (float x : e) n += double(x) * x;
+  EXPECT_NEAR(n, 1.0, 1e-5);
+}
+
+TEST(Cli, EmbedTextWorksWithoutTheImageTower) {
+  test::TempDir dir;
+  fs::copy(test::tiny_bundle(), dir / "b", fs::copy_options::recursive);
+  fs::remove(dir / "b/image_encoder.pt");
+  auto r = test::run_cnclip("embed-text 小狗 --model " + test::shell_quote(dir / "b"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 1u);
+}
+
+TEST(Cli, EmbedImageReportsBadFilesAndKeepsGoing) {
+  test::TempDir dir;
+  test::write_text(dir / "bad.jpg", "nope");
+  auto r = test::run_cnclip("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " " +
+                            test::shell_quote(dir / "bad.jpg") + model_arg());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(json_lines(r.out).size(), 1u);
+  EXPECT_NE(r.err.find(dir / "bad.jpg"), std::string::npos);
+  EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+}
+
+TEST(Cli, MissingBundleIsOneLineNamingIt) {
+  auto r = test::run_cnclip("model-info --model /nonexistent/bundle");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(test::lines(r.err).size(), 1u);
+  EXPECT_NE(r.err.find("/nonexistent/bundle"), std::string::npos);
+  r = test::run_cnclip("model-info" + model_arg());
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_EQ(json::parse(r.out)["embedding_dim"], 32);
+}
+
+TEST(Cli, TokenizeJsonInputReproducesFixture) {
+  std::ifstream in(test::fixtures("tokenizer_cases.jsonl"));
+  std::string line, input;
+  std::vector<std::vector<int64_t>> expected;
+  while (std::getline(in, line)) {
+    auto j = json::parse(line);
+    input += json(j["text"]).dump() + "\n";
+    expected.push_back(j["ids"].get<std::vector<int64_t>>());
+  }
+  auto r = test::run_cnclip("tokenize --json-input" + model_arg(), input);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto rows = json_lines(r.out);
+  ASSERT_EQ(rows.size(), expected.size());
+  for (size_t i = 0; i < rows.size(); ++i) EXPECT_EQ(rows[i]["ids"].get<std::vector<int64_t>>(), expected[i]) << i;
+}
+
+TEST(Cli, PreprocessWritesTheReferenceTensor) {
+  test::TempDir dir;
+  auto r = test::run_cnclip("preprocess --ignore-exif " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) +
+                            " --npy " + test::shell_quote(dir / "t.npy"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto ours = read_npy(dir / "t.npy").value();
+  EXPECT_EQ(ours.shape, (std::vector<int64_t>{3, 224, 224}));
+  EXPECT_EQ(ours.as_float(), read_npy(test::fixtures("preprocess/chelsea_rgba.npy")).value().as_float());
+}
+
+class Photos : public ::testing::Test {
+ protected:
+  test::TempDir dir;
+  std::string photos = dir / "照片 library";
+  std::string idx = dir / "index";
+  std::string idx_arg() { return " --index " + test::shell_quote(idx); }
+  void SetUp() override {
+    make_photo(photos + "/2024 旅行/海边/sunset 1.jpg", 1);
+    make_photo(photos + "/2024 旅行/海边/夕阳.png", 2);
+    make_photo(photos + "/2024 旅行/山/cat.jpg", 3);
+    make_photo(photos + "/家/小狗.jpeg", 4);
+    make_photo(photos + "/家/deep/er/x.webp", 5);
+    make_photo(photos + "/.hidden/secret.jpg", 6);
+    test::write_text(photos + "/家/broken.jpg", "not an image");
+    test::write_text(photos + "/notes.txt", "ignored: not an image extension");
+  }
+  test::RunResult search(const std::string& args) { return test::run_cnclip(args + model_arg() + idx_arg()); }
+};
+
+TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
+  auto s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["added"], 5);
+  EXPECT_EQ(s["failed"], 1);  // broken.jpg, reported and skipped
+  EXPECT_EQ(s["removed"], 0);
+
+  s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(s["updated"], 0);
+  EXPECT_EQ(s["unchanged"], 5);
+
+  // Changed content (new size and mtime) is encoded again.
+  make_photo(photos + "/家/小狗.jpeg", 40);
+  s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["updated"], 1);
+  EXPECT_EQ(s["unchanged"], 4);
+
+  // A deleted file is removed.
+  fs::remove(photos + "/2024 旅行/山/cat.jpg");
+  s = index_json("" + idx_arg());  // no path: every folder indexed before
+  EXPECT_EQ(s["removed"], 1);
+
+  // A moved folder: embeddings are reused by content hash, nothing is encoded.
+  fs::rename(photos + "/2024 旅行", photos + "/旅行 2024 (moved)");
+  s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["moved"], 2);
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(s["removed"], 0);
+
+  auto r = search("search-text 夕阳 -k 10 --format jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto hits = json_lines(r.out);
+  EXPECT_EQ(hits.size(), 4u);
+  for (const auto& h : hits) {
+    EXPECT_EQ(h["path"].get<std::string>().find(photos + "/2024 旅行/"), std::string::npos);
+    EXPECT_TRUE(h.contains("query") && h.contains("rank") && h.contains("score"));
+  }
+  auto info = json::parse(test::run_cnclip("info --format json" + idx_arg()).out);
+  EXPECT_EQ(info["files"], 4);
+  EXPECT_EQ(info["vectors"], 4);
+}
+
+TEST_F(Photos, HiddenExcludeAndExtensions) {
+  auto s = index_json(test::shell_quote(photos) + idx_arg() + " --hidden --exclude '山' --ext jpg,.JPEG");
+  EXPECT_EQ(s["added"], 3);  // sunset 1.jpg, 小狗.jpeg and .hidden/secret.jpg; not 山/cat.jpg, not x.webp
+  EXPECT_EQ(s["failed"], 1);  // broken.jpg
+  s = index_json(test::shell_quote(photos) + " --index " + test::shell_quote(dir / "default-options"));
+  EXPECT_EQ(s["added"], 5);  // hidden folder skipped, webp included
+}
+
+TEST_F(Photos, SearchFormatsUnderAndImageQueries) {
+  index_json(test::shell_quote(photos) + idx_arg());
+  const std::string query = photos + "/2024 旅行/海边/夕阳.png";
+
+  auto r = search("search-image " + test::shell_quote(query) + " --format json -k 3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto arr = json::parse(r.out);
+  ASSERT_TRUE(arr.is_array());
+  ASSERT_EQ(arr.size(), 3u);
+  EXPECT_EQ(arr[0]["path"], query);
+  EXPECT_GE(arr[0]["score"].get<double>(), 0.999);
+  EXPECT_EQ(arr[0]["rank"], 1);
+  EXPECT_EQ(arr[1]["rank"], 2);
+
+  r = search("search-image " + test::shell_quote(query) + " --exclude-self --format paths -k 2");
+  ASSERT_EQ(r.exit_code, 0);
+  auto paths = test::lines(r.out);
+  ASSERT_EQ(paths.size(), 2u);
+  EXPECT_NE(paths[0], query);
+
+  // A query image outside the index works too (it is encoded).
+  r = search("search-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " -k 1 --format jsonl");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 1u);
+
+  r = search("search-text 海边 --under " + test::shell_quote(photos + "/家") + " --format paths");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  paths = test::lines(r.out);
+  ASSERT_EQ(paths.size(), 2u);
+  for (const auto& p : paths) EXPECT_EQ(p.rfind(photos + "/家/", 0), 0u) << p;
+
+  r = search("search-text 海边 --format table -k 2");
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("query: 海边"), std::string::npos);
+  EXPECT_NE(r.out.find("   1  "), std::string::npos);
+
+  // Not a terminal: jsonl by default. Several queries, also from stdin.
+  r = test::run_cnclip("search-text - -k 2" + model_arg() + idx_arg(), "小狗\n猫\n");
+  ASSERT_EQ(r.exit_code, 0);
+  auto rows = json_lines(r.out);
+  ASSERT_EQ(rows.size(), 4u);
+  EXPECT_EQ(rows[0]["query"], "小狗");
+  EXPECT_EQ(rows[3]["query"], "猫");
+
+  r = search("search-text 猫 --threshold 1.5");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(r.out.empty());
+
+  r = test::run_cnclip("search-text 猫 --format jsonl" + model_arg() + idx_arg() + " | head -c 0");
+  // remove one file; it is gone from results
+  r = test::run_cnclip("remove " + test::shell_quote(photos + "/家") + idx_arg());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = search("search-text 猫 -k 10 --format paths");
+  EXPECT_EQ(test::lines(r.out).size(), 3u);
+}
+
+TEST_F(Photos, ClearErrorsForEmptyMissingAndMismatchedIndexes) {
+  auto r = search("search-text 猫");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("cnclip index"), std::string::npos) << r.err;
+  EXPECT_EQ(test::lines(r.err).size(), 1u);
+
+  index_json(test::shell_quote(photos) + idx_arg());
+  r = test::run_cnclip("search-text 猫 --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--reindex"), std::string::npos) << r.err;
+  r = test::run_cnclip("index " + test::shell_quote(photos) + " --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  EXPECT_EQ(r.exit_code, 1);
+  r = test::run_cnclip("index -q --reindex --format json " + test::shell_quote(photos) + " --model " +
+                       test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["added"], 5);
+
+  r = test::run_cnclip("search-text - --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg(), "ab\xff\n");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("UTF-8"), std::string::npos) << r.err;
+
+  r = test::run_cnclip("index /nonexistent/photos" + model_arg() + " --index " + test::shell_quote(dir / "other"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("/nonexistent/photos"), std::string::npos);
+}
+
+TEST_F(Photos, ASecondWriterIsRefusedWhileSearchesWork) {
+  index_json(test::shell_quote(photos) + idx_arg());
+  int fd = ::open((idx + "/lock").c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::flock(fd, LOCK_EX), 0);
+  auto r = test::run_cnclip("index " + test::shell_quote(photos) + model_arg() + idx_arg());
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("another cnclip"), std::string::npos) << r.err;
+  r = search("search-text 猫 --format paths");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  ::close(fd);
+}
+
+TEST_F(Photos, PathsFromStdin) {
+  auto r = test::run_cnclip("index - -q --format json" + model_arg() + idx_arg(),
+                            photos + "/家/小狗.jpeg\n" + photos + "/2024 旅行/山/cat.jpg\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["added"], 2);
+}
+
+// kill -9 at random moments: the index always opens, never loses committed files, and the final
+// state equals an uninterrupted run's.
+TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
+  test::TempDir dir;
+  const std::string photos = dir / "photos";
+  const int n = 160;
+  for (int i = 0; i < n; ++i) make_photo(photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg", 100 + i);
+  const std::string args = " -q --batch-size 2 " + test::shell_quote(photos) + model_arg();
+
+  auto reference = test::run_cnclip("index" + args + " --index " + test::shell_quote(dir / "ref"));
+  ASSERT_EQ(reference.exit_code, 0) << reference.err;
+
+  const std::string idx = dir / "crashy";
+  int64_t last_count = 0;
+  std::mt19937 rng(42);
+  int kills = 0;
+  for (int round = 0; round < 6; ++round) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      int devnull = ::open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(CNCLIP_BINARY, "cnclip", "index", "-q", "--batch-size", "2", photos.c_str(), "--model",
+            test::tiny_bundle().c_str(), "--index", idx.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 400));
+    if (::kill(pid, SIGKILL) == 0) ++kills;
+    int status = 0;
+    waitpid(pid, &status, 0);
+    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    if (info.exit_code != 0) {
+      // Killed before the catalog existed: only acceptable while nothing was committed yet.
+      EXPECT_EQ(last_count, 0) << info.err;
+      continue;
+    }
+    const int64_t count = json::parse(info.out)["files"];
+    EXPECT_GE(count, last_count) << "committed files lost";
+    EXPECT_EQ(json::parse(info.out)["vectors"], count);
+    last_count = count;
+  }
+  EXPECT_GT(kills, 0);
+  auto finish = test::run_cnclip("index --format json" + args + " --index " + test::shell_quote(idx));
+  ASSERT_EQ(finish.exit_code, 0) << finish.err;
+  EXPECT_EQ(json::parse(finish.out)["unchanged"].get<int64_t>() + json::parse(finish.out)["added"].get<int64_t>(), n);
+
+  // Same files, same embeddings as the uninterrupted run.
+  auto dump = [&](const std::string& index) {
+    std::map<std::string, std::vector<float>> m;
+    auto r = test::run_cnclip("search-image - -k 1 --format jsonl --index " + test::shell_quote(index) + model_arg(),
+                              [&] {
+                                std::string s;
+                                for (int i = 0; i < n; ++i) s += photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg\n";
+                                return s;
+                              }());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    for (const auto& row : json_lines(r.out)) m[row["query"]] = {row["score"].get<float>()};
+    auto info = json::parse(test::run_cnclip("info --format json --index " + test::shell_quote(index)).out);
+    EXPECT_EQ(info["files"], n);
+    return m;
+  };
+  auto a = dump(dir / "ref"), b = dump(idx);
+  EXPECT_EQ(a.size(), static_cast<size_t>(n));
+  EXPECT_EQ(a, b);
+}
+
+}  // namespace
+}  // namespace cnclip

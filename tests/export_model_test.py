@@ -1,0 +1,111 @@
+"""scripts/export_model.py: bundles from the fixture checkpoint, random bundles, and bad input."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXPORT = os.path.join(HERE, "..", "scripts", "export_model.py")
+FIXTURES = os.environ.get("CNCLIP_FIXTURES_DIR", os.path.join(HERE, "..", "..", "shared", "fixtures"))
+TINY = os.path.join(FIXTURES, "tiny_checkpoint.pt")
+TINY_CONFIG = os.path.join(FIXTURES, "tiny_config.json")
+
+
+def export(*args):
+    return subprocess.run([sys.executable, EXPORT, *args], capture_output=True, text=True)
+
+
+class ExportTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def assert_one_line_error(self, result, *needles):
+        self.assertEqual(result.returncode, 1, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        for n in needles:
+            self.assertIn(n, lines[0])
+
+    def test_fixture_checkpoint_bundle(self):
+        out = os.path.join(self.dir, "b")
+        r = export("--checkpoint", TINY, "--config", TINY_CONFIG, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        m = json.load(open(os.path.join(out, "bundle.json")))
+        self.assertEqual(m["architecture"], "tiny")
+        self.assertEqual(m["embedding_dim"], 32)
+        self.assertEqual(m["text"]["context_length"], 52)
+        self.assertAlmostEqual(m["logit_scale"], 13.809393882751465, places=5)
+        for name in ("image_encoder.pt", "text_encoder.pt", "vocab.txt"):
+            self.assertEqual(os.path.getsize(os.path.join(out, name)), m["files"][name]["bytes"])
+        # Any batch size and any length up to the context length.
+        text = torch.jit.load(os.path.join(out, "text_encoder.pt"))
+        for shape in ((1, 3), (5, 52)):
+            ids = torch.randint(1, 21128, shape)
+            self.assertEqual(tuple(text(ids).shape), (shape[0], 32))
+
+    def test_fp32_checkpoint_is_rounded_like_cn_clip(self):
+        ckpt = torch.load(TINY, map_location="cpu")
+        # Tiny fp32 perturbations that vanish when rounded to fp16, as cn_clip does before loading.
+        ckpt["state_dict"] = {k: (v.float() * (1 + 1e-5) if v.dtype == torch.float16 else v)
+                              for k, v in ckpt["state_dict"].items()}
+        fp32 = os.path.join(self.dir, "fp32.pt")
+        torch.save(ckpt, fp32)
+        a, b = os.path.join(self.dir, "a"), os.path.join(self.dir, "b")
+        self.assertEqual(export("--checkpoint", TINY, "--config", TINY_CONFIG, "--out", a).returncode, 0)
+        self.assertEqual(export("--checkpoint", fp32, "--config", TINY_CONFIG, "--out", b).returncode, 0)
+        ids = torch.tensor([[101, 1911, 7345, 102, 0]])
+        ta = torch.jit.load(os.path.join(a, "text_encoder.pt"))(ids)
+        tb = torch.jit.load(os.path.join(b, "text_encoder.pt"))(ids)
+        self.assertTrue(torch.equal(ta, tb))
+
+    def test_random_init(self):
+        out = os.path.join(self.dir, "r")
+        r = export("--random-init", "tiny", "--seed", "3", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        m = json.load(open(os.path.join(out, "bundle.json")))
+        self.assertEqual(m["source"], {"kind": "random-init", "seed": 3})
+
+    def test_missing_checkpoint(self):
+        out = os.path.join(self.dir, "x")
+        self.assert_one_line_error(export("--checkpoint", "/nonexistent.pt", "--out", out), "/nonexistent.pt")
+        self.assertFalse(os.path.exists(out))
+
+    def test_not_a_checkpoint(self):
+        bad = os.path.join(self.dir, "bad.pt")
+        open(bad, "w").write("hello")
+        out = os.path.join(self.dir, "x")
+        self.assert_one_line_error(export("--checkpoint", bad, "--out", out), bad)
+        self.assertFalse(os.path.exists(out))
+
+    def test_unknown_architecture(self):
+        self.assert_one_line_error(export("--checkpoint", TINY, "--arch", "ViT-Z-99", "--out", self.dir + "/x"),
+                                   "ViT-Z-99")
+
+    def test_wrong_shape_names_the_key(self):
+        ckpt = torch.load(TINY, map_location="cpu")
+        key = "module.visual.transformer.resblocks.1.mlp.c_fc.weight"
+        ckpt["state_dict"][key] = torch.zeros(5, 5, dtype=torch.float16)
+        bad = os.path.join(self.dir, "shape.pt")
+        torch.save(ckpt, bad)
+        self.assert_one_line_error(export("--checkpoint", bad, "--config", TINY_CONFIG, "--out", self.dir + "/x"),
+                                   "visual.transformer.resblocks.1.mlp.c_fc.weight")
+
+    def test_failed_export_keeps_the_old_bundle(self):
+        out = os.path.join(self.dir, "b")
+        self.assertEqual(export("--random-init", "tiny", "--out", out).returncode, 0)
+        before = open(os.path.join(out, "bundle.json")).read()
+        self.assertEqual(export("--checkpoint", "/nonexistent.pt", "--out", out).returncode, 1)
+        self.assertEqual(open(os.path.join(out, "bundle.json")).read(), before)
+        self.assertEqual(sorted(os.listdir(self.dir)), ["b"])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,204 @@
+#include "cnclip/image.h"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <filesystem>
+#include <opencv2/imgcodecs.hpp>
+
+#include "cnclip/npy.h"
+#include "test_util.h"
+
+namespace cnclip {
+namespace {
+
+const char* kFixtureImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
+                                "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+
+std::string stem(const std::string& name) { return name.substr(0, name.find('.')); }
+
+TEST(Image, FixtureTensorsAreBitExact) {
+  DecodeOptions parity;
+  parity.apply_exif_orientation = false;  // as Chinese-CLIP (PIL.Image.open) does
+  const Normalization norm;
+  for (const char* name : kFixtureImages) {
+    std::vector<float> ours(3 * 224 * 224);
+    auto bytes = read_file_bytes(test::fixtures(std::string("images/") + name));
+    ASSERT_TRUE(bytes.ok()) << name;
+    auto ok = preprocess_image(bytes.value(), name, norm, parity, ours.data());
+    ASSERT_TRUE(ok.ok()) << ok.error().message;
+    auto ref = read_npy(test::fixtures("preprocess/" + stem(name) + ".npy")).value().as_float();
+    ASSERT_EQ(ref.size(), ours.size());
+    float max_diff = 0;
+    size_t differing = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      max_diff = std::max(max_diff, std::fabs(ref[i] - ours[i]));
+      differing += ref[i] != ours[i];
+    }
+    EXPECT_LE(max_diff, 0.02f) << name;
+    EXPECT_EQ(differing, 0u) << name << ": max difference " << max_diff;
+  }
+}
+
+TEST(Image, ModesFollowPillow) {
+  DecodeOptions o;
+  EXPECT_EQ(decode_image_file(test::fixtures("images/astronaut_palette.png"), o).value().mode, PixelMode::kPalette);
+  EXPECT_EQ(decode_image_file(test::fixtures("images/camera_gray_1000x100.png"), o).value().mode, PixelMode::kGray);
+  EXPECT_EQ(decode_image_file(test::fixtures("images/chelsea_rgba.png"), o).value().mode, PixelMode::kRGBA);
+  EXPECT_EQ(decode_image_file(test::fixtures("images/rocket_rgb16_17x9.png"), o).value().mode, PixelMode::kRGB);
+}
+
+TEST(Image, ExifOrientationAppliedByDefaultAndIgnoredOnRequest) {
+  DecodeOptions upright, parity;
+  parity.apply_exif_orientation = false;
+  auto a = decode_image_file(test::fixtures("images/coffee_2048x1366_exif6.jpg"), upright).value();
+  auto b = decode_image_file(test::fixtures("images/coffee_2048x1366_exif6.jpg"), parity).value();
+  EXPECT_EQ(a.pixels.cols, 1366);  // Orientation 6: rotated a quarter turn
+  EXPECT_EQ(a.pixels.rows, 2048);
+  EXPECT_EQ(b.pixels.cols, 2048);
+  EXPECT_EQ(b.pixels.rows, 1366);
+}
+
+TEST(Image, ReducedJpegDecodeKeepsAtLeastTheRequestedSide) {
+  DecodeOptions o;
+  o.apply_exif_orientation = false;
+  o.reduced_decode_min_side = 448;
+  auto img = decode_image_file(test::fixtures("images/coffee_2048x1366_exif6.jpg"), o).value();
+  EXPECT_EQ(img.pixels.cols, 1024);  // 1366/2 >= 448 but 1366/4 < 448
+  EXPECT_EQ(img.original_width, 2048);
+}
+
+// Hostile inputs: each must give its typed, one-line error naming the file, never a crash.
+class HostileFiles : public ::testing::Test {
+ protected:
+  test::TempDir dir;
+  Error decode_error(const std::string& path, int64_t max_pixels = 100'000'000) {
+    DecodeOptions o;
+    o.max_pixels = max_pixels;
+    auto r = decode_image_file(path, o);
+    EXPECT_FALSE(r.ok()) << path << " decoded";
+    if (r.ok()) return Error{};
+    EXPECT_NE(r.error().message.find(path), std::string::npos) << r.error().message;
+    EXPECT_EQ(r.error().message.find('\n'), std::string::npos) << r.error().message;
+    return r.error();
+  }
+};
+
+TEST_F(HostileFiles, EmptyFile) {
+  test::write_text(dir / "empty.jpg", "");
+  EXPECT_EQ(decode_error(dir / "empty.jpg").code, ErrorCode::kCorrupt);
+}
+
+TEST_F(HostileFiles, TruncatedJpegIsRefusedNotHalfGrey) {
+  const std::string jpeg = test::read_text(test::fixtures("images/coffee_2048x1366_exif6.jpg"));
+  for (double frac : {0.3, 0.5, 0.9, 0.999}) {
+    const std::string path = dir / ("cut" + std::to_string(frac) + ".jpg");
+    test::write_text(path, jpeg.substr(0, static_cast<size_t>(jpeg.size() * frac)));
+    EXPECT_EQ(decode_error(path).code, ErrorCode::kTruncated) << frac;
+  }
+}
+
+TEST_F(HostileFiles, TruncatedPng) {
+  const std::string png = test::read_text(test::fixtures("images/chelsea_rgba.png"));
+  test::write_text(dir / "cut.png", png.substr(0, png.size() / 2));
+  EXPECT_EQ(decode_error(dir / "cut.png").code, ErrorCode::kTruncated);
+}
+
+TEST_F(HostileFiles, EveryPrefixOfAJpegFailsCleanly) {
+  const std::string jpeg = test::read_text(test::fixtures("images/pokemon.jpeg"));
+  for (size_t n = 1; n < jpeg.size(); n += 97) {
+    test::write_text(dir / "p.jpg", jpeg.substr(0, n));
+    DecodeOptions o;
+    EXPECT_FALSE(decode_image_file(dir / "p.jpg", o).ok()) << n;
+  }
+}
+
+TEST_F(HostileFiles, TextFileNamedJpg) {
+  test::write_text(dir / "notes.jpg", "these are not pixels\n");
+  EXPECT_EQ(decode_error(dir / "notes.jpg").code, ErrorCode::kUnsupportedFormat);
+}
+
+TEST_F(HostileFiles, WrongExtensionStillDecodes) {
+  test::copy_file(test::fixtures("images/chelsea_rgba.png"), dir / "really_a_png.jpg");
+  DecodeOptions o;
+  auto r = decode_image_file(dir / "really_a_png.jpg", o);
+  ASSERT_TRUE(r.ok()) << r.error().message;
+  EXPECT_EQ(r.value().format, "png");
+}
+
+TEST_F(HostileFiles, DirectoryNamedJpg) {
+  std::filesystem::create_directory(dir / "x.jpg");
+  EXPECT_EQ(decode_error(dir / "x.jpg").code, ErrorCode::kUnsupportedFormat);
+}
+
+TEST_F(HostileFiles, MissingFile) { EXPECT_EQ(decode_error(dir / "nope.jpg").code, ErrorCode::kNotFound); }
+
+TEST_F(HostileFiles, NoReadPermission) {
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), dir / "secret.jpg");
+  ::chmod((dir / "secret.jpg").c_str(), 0);
+  if (::geteuid() == 0) {
+    // root reads anything; the check that matters then is that a FIFO cannot hang us.
+    ASSERT_EQ(::mkfifo((dir / "fifo.jpg").c_str(), 0644), 0);
+    EXPECT_EQ(decode_error(dir / "fifo.jpg").code, ErrorCode::kUnsupportedFormat);
+  } else {
+    EXPECT_EQ(decode_error(dir / "secret.jpg").code, ErrorCode::kPermissionDenied);
+  }
+}
+
+TEST_F(HostileFiles, DecompressionBombRefusedBeforeDecoding) {
+  // A valid 20000x20000 PNG header: refused from the header alone, nothing is allocated.
+  cv::Mat small(8, 8, CV_8UC3, cv::Scalar(1, 2, 3));
+  std::vector<uint8_t> png;
+  cv::imencode(".png", small, png);
+  auto put32 = [&](size_t at, uint32_t v) {
+    png[at] = v >> 24;
+    png[at + 1] = (v >> 16) & 0xFF;
+    png[at + 2] = (v >> 8) & 0xFF;
+    png[at + 3] = v & 0xFF;
+  };
+  put32(16, 20000);
+  put32(20, 20000);
+  test::write_text(dir / "bomb.png", std::string(png.begin(), png.end()));
+  Error e = decode_error(dir / "bomb.png");
+  EXPECT_EQ(e.code, ErrorCode::kTooLarge);
+  EXPECT_NE(e.message.find("--max-pixels"), std::string::npos);
+  // The limit is configurable.
+  EXPECT_EQ(decode_error(test::fixtures("images/coffee_2048x1366_exif6.jpg"), 1'000'000).code, ErrorCode::kTooLarge);
+}
+
+TEST_F(HostileFiles, GifIsUnsupported) {
+  test::write_text(dir / "a.gif", std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00;", 13));
+  Error e = decode_error(dir / "a.gif");
+  EXPECT_EQ(e.code, ErrorCode::kUnsupportedFormat);
+  EXPECT_NE(e.message.find("gif"), std::string::npos);
+}
+
+TEST_F(HostileFiles, GarbageAfterJpegMagic) {
+  std::string junk = "\xFF\xD8\xFF\xE0";
+  for (int i = 0; i < 5000; ++i) junk.push_back(static_cast<char>((i * 7919) & 0xFF));
+  test::write_text(dir / "junk.jpg", junk);
+  DecodeOptions o;
+  EXPECT_FALSE(decode_image_file(dir / "junk.jpg", o).ok());
+}
+
+TEST(Image, OtherFormatsDecode) {
+  test::TempDir dir;
+  cv::Mat bgr(37, 53, CV_8UC3);
+  cv::randu(bgr, 0, 255);
+  for (const char* ext : {".webp", ".bmp", ".tiff", ".png", ".jpg"}) {
+    const std::string path = dir / (std::string("x") + ext);
+    ASSERT_TRUE(cv::imwrite(path, bgr)) << ext;
+    DecodeOptions o;
+    auto r = decode_image_file(path, o);
+    ASSERT_TRUE(r.ok()) << ext << ": " << r.error().message;
+    EXPECT_EQ(r.value().pixels.cols, 53) << ext;
+    EXPECT_EQ(r.value().pixels.rows, 37) << ext;
+    cv::Mat out = resize_like_pillow(r.value(), 224, 224);
+    EXPECT_EQ(out.type(), CV_8UC3);
+  }
+}
+
+}  // namespace
+}  // namespace cnclip

@@ -1,0 +1,178 @@
+#include "cnclip/model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cnclip/npy.h"
+#include "test_util.h"
+
+namespace cnclip {
+namespace {
+
+const std::vector<std::string> kImageOrder = {"astronaut_palette", "camera_gray_1000x100", "chelsea_rgba",
+                                              "coffee_2048x1366_exif6", "pokemon", "rocket_rgb16_17x9"};
+const std::vector<std::string> kImageFiles = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
+                                              "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+
+std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
+  for (size_t r = 0; r < v.size() / dim; ++r) {
+    double n = 0;
+    for (size_t i = 0; i < dim; ++i) n += double(v[r * dim + i]) * v[r * dim + i];
+    for (size_t i = 0; i < dim; ++i) v[r * dim + i] = static_cast<float>(v[r * dim + i] / std::sqrt(n));
+  }
+  return v;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+std::vector<float> reference_pixels() {
+  std::vector<float> pixels;
+  for (const auto& name : kImageOrder) {
+    auto t = read_npy(test::fixtures("preprocess/" + name + ".npy")).value().as_float();
+    pixels.insert(pixels.end(), t.begin(), t.end());
+  }
+  return pixels;
+}
+
+TEST(Model, ImageFeaturesMatchReference) {
+  auto model = Model::open(test::tiny_bundle());
+  const auto ref = normalized_rows(read_npy(test::fixtures("reference/image_features.npy")).value().as_float(), 32);
+  const auto pixels = reference_pixels();
+  const auto ours = model->encode_images(pixels.data(), 6);
+  EXPECT_LE(max_abs_diff(ours, ref), 1e-5f);
+  // One at a time gives the same.
+  const auto one = model->encode_images(pixels.data() + 4 * 3 * 224 * 224, 1);
+  EXPECT_LE(max_abs_diff(one, std::vector<float>(ref.begin() + 4 * 32, ref.begin() + 5 * 32)), 1e-5f);
+}
+
+TEST(Model, TextFeaturesMatchReferenceFromIds) {
+  auto model = Model::open(test::tiny_bundle());
+  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+  const auto ref = normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  const auto ours = model->encode_token_ids(ids.data(), 20, 52);
+  EXPECT_LE(max_abs_diff(ours, ref), 1e-5f);
+}
+
+TEST(Model, TextFeaturesMatchReferenceFromTexts) {
+  auto model = Model::open(test::tiny_bundle());
+  std::ifstream in(test::fixtures("reference/manifest.json"));
+  auto manifest = nlohmann::json::parse(in);
+  const auto texts = manifest["texts"].get<std::vector<std::string>>();
+  const auto ref = normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  EXPECT_LE(max_abs_diff(model->encode_texts(texts), ref), 1e-5f);
+}
+
+TEST(Model, OurPreprocessingGivesTheReferenceEmbeddings) {
+  auto model = Model::open(test::tiny_bundle());
+  const auto ref = normalized_rows(read_npy(test::fixtures("reference/image_features.npy")).value().as_float(), 32);
+  DecodeOptions parity;
+  parity.apply_exif_orientation = false;
+  for (size_t i = 0; i < kImageFiles.size(); ++i) {
+    std::vector<float> pixels(3 * 224 * 224);
+    auto bytes = read_file_bytes(test::fixtures("images/" + kImageFiles[i])).value();
+    ASSERT_TRUE(preprocess_image(bytes, kImageFiles[i], model->manifest().image, parity, pixels.data()).ok());
+    const auto e = model->encode_images(pixels.data(), 1);
+    double cosine = 0;
+    for (int d = 0; d < 32; ++d) cosine += double(e[d]) * ref[i * 32 + d];
+    EXPECT_GE(cosine, 0.99999) << kImageFiles[i];
+  }
+}
+
+TEST(Model, PokemonLabelProbabilities) {
+  auto model = Model::open(test::tiny_bundle());
+  const auto pixels = read_npy(test::fixtures("preprocess/pokemon.npy")).value().as_float();
+  const auto img = model->encode_images(pixels.data(), 1);
+  const auto txt = model->encode_texts({"杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"});
+  const auto ref = read_npy(test::fixtures("reference/pokemon_label_probs.npy")).value().as_float();
+  std::vector<double> logits(4);
+  double denom = 0;
+  for (int t = 0; t < 4; ++t) {
+    double c = 0;
+    for (int d = 0; d < 32; ++d) c += double(img[d]) * txt[t * 32 + d];
+    logits[t] = std::exp(model->manifest().logit_scale * c);
+    denom += logits[t];
+  }
+  for (int t = 0; t < 4; ++t) EXPECT_NEAR(logits[t] / denom, ref[t], 1e-5);
+}
+
+TEST(Model, TowersLoadLazily) {
+  auto model = Model::open(test::tiny_bundle());
+  EXPECT_FALSE(model->image_tower_loaded());
+  EXPECT_FALSE(model->text_tower_loaded());
+  model->encode_texts({"小狗"});
+  EXPECT_TRUE(model->text_tower_loaded());
+  EXPECT_FALSE(model->image_tower_loaded());
+}
+
+class BrokenBundle : public ::testing::Test {
+ protected:
+  test::TempDir dir;
+  std::string bundle = dir / "bundle";
+  void SetUp() override {
+    std::filesystem::copy(test::tiny_bundle(), bundle, std::filesystem::copy_options::recursive);
+  }
+  std::string error_of(const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Exception& e) {
+      EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos);
+      return e.what();
+    }
+    ADD_FAILURE() << "no error";
+    return "";
+  }
+};
+
+TEST_F(BrokenBundle, TextOnlyBundleEncodesText) {
+  std::filesystem::remove(bundle + "/image_encoder.pt");
+  auto model = Model::open(bundle);
+  EXPECT_EQ(model->encode_texts({"小狗"}).size(), 32u);
+  std::vector<float> pixels(3 * 224 * 224);
+  const auto msg = error_of([&] { model->encode_images(pixels.data(), 1); });
+  EXPECT_NE(msg.find("image_encoder.pt"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenBundle, TruncatedEncoderNamed) {
+  std::filesystem::resize_file(bundle + "/text_encoder.pt", 1000);
+  auto model = Model::open(bundle);
+  const auto msg = error_of([&] { model->encode_texts({"小狗"}); });
+  EXPECT_NE(msg.find("text_encoder.pt"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenBundle, GarbageEncoderOfTheRightSizeNamed) {
+  const auto size = std::filesystem::file_size(bundle + "/text_encoder.pt");
+  test::write_text(bundle + "/text_encoder.pt", std::string(size, 'x'));
+  auto model = Model::open(bundle);
+  const auto msg = error_of([&] { model->encode_texts({"小狗"}); });
+  EXPECT_NE(msg.find("text_encoder.pt"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenBundle, BadManifestNamed) {
+  test::write_text(bundle + "/bundle.json", "{ not json");
+  auto msg = error_of([&] { Model::open(bundle); });
+  EXPECT_NE(msg.find("bundle.json"), std::string::npos) << msg;
+  std::filesystem::remove(bundle + "/bundle.json");
+  msg = error_of([&] { Model::open(bundle); });
+  EXPECT_NE(msg.find("bundle.json"), std::string::npos) << msg;
+  msg = error_of([&] { Model::open(dir / "missing"); });
+  EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
+}
+
+TEST_F(BrokenBundle, MissingVocabNamed) {
+  std::filesystem::remove(bundle + "/vocab.txt");
+  auto model = Model::open(bundle);
+  const auto msg = error_of([&] { model->encode_texts({"小狗"}); });
+  EXPECT_NE(msg.find("vocab.txt"), std::string::npos) << msg;
+}
+
+}  // namespace
+}  // namespace cnclip

@@ -1,0 +1,38 @@
+// Helpers shared by the tests: fixture paths, temporary directories, running the cnclip binary.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace cnclip::test {
+
+std::string fixtures(const std::string& rel);  // ../shared/fixtures/<rel>
+std::string tiny_bundle();                      // exported from the fixture checkpoint by ctest
+std::string random_tiny_bundle();               // another tiny model (other weights)
+
+// A fresh directory, removed when the object goes away.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  const std::string& path() const { return path_; }
+  std::string operator/(const std::string& rel) const { return path_ + "/" + rel; }
+
+ private:
+  std::string path_;
+};
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+// Runs the cnclip binary with `args` (already shell-quoted where needed) and optional stdin text.
+RunResult run_cnclip(const std::string& args, const std::string& stdin_text = "");
+std::string shell_quote(const std::string& s);
+
+std::string read_text(const std::string& path);
+void write_text(const std::string& path, const std::string& text);
+void copy_file(const std::string& from, const std::string& to);
+std::vector<std::string> lines(const std::string& text);
+
+}  // namespace cnclip::test
