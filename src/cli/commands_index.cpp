@@ -6,7 +6,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include <fstream>
+
 #include "cnclip/indexer.h"
+#include "cnclip/npy.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "options.h"
@@ -149,6 +152,78 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           return 130;
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
+        return 0;
+      };
+    });
+  }
+  {
+    static std::string jsonl, npy, paths_file;
+    static bool wait = false;
+    auto* sub = app.add_subcommand("import", "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
+    sub->add_option("file", jsonl, "JSONL file of {\"path\": ..., \"embedding\": [...]} ('-' = stdin)");
+    sub->add_option("--npy", npy, "float32 [N,D] matrix of embeddings");
+    sub->add_option("--paths", paths_file, "Text file with the N paths of --npy, one per line");
+    sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
+    add_model_options(sub, o);
+    add_index_option(sub, o);
+    sub->callback([&] {
+      action = [&] {
+        if (jsonl.empty() == npy.empty()) {
+          throw Exception(ErrorCode::kInvalidArgument, "import: give a JSONL file, or --npy with --paths");
+        }
+        if (!npy.empty() && paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
+        const BundleManifest bundle = load_bundle_manifest(resolve_model_dir(o.model));
+        std::vector<std::string> paths;
+        std::vector<float> vectors;
+        if (!npy.empty()) {
+          auto m = read_npy(npy);
+          if (!m) throw Exception(m.error());
+          if (m.value().shape.size() != 2 || m.value().shape[1] != bundle.embedding_dim) {
+            throw Exception(ErrorCode::kMismatch, npy + ": expected a [N," + std::to_string(bundle.embedding_dim) +
+                                                      "] matrix for model " + bundle.dir);
+          }
+          vectors = m.value().as_float();
+          std::ifstream in(paths_file);
+          if (!in) throw Exception(errno_error(paths_file, errno, "cannot read"));
+          std::string line;
+          while (std::getline(in, line)) {
+            if (!line.empty()) paths.push_back(line);
+          }
+          if (static_cast<int64_t>(paths.size()) != m.value().shape[0]) {
+            throw Exception(ErrorCode::kMismatch, paths_file + ": " + std::to_string(paths.size()) + " paths for " +
+                                                      std::to_string(m.value().shape[0]) + " embeddings in " + npy);
+          }
+        } else {
+          std::ifstream file;
+          if (jsonl != "-") {
+            file.open(jsonl);
+            if (!file) throw Exception(errno_error(jsonl, errno, "cannot read"));
+          }
+          std::istream& in = jsonl == "-" ? std::cin : file;
+          std::string line;
+          int64_t n = 0;
+          while (std::getline(in, line)) {
+            ++n;
+            if (line.empty()) continue;
+            try {
+              auto j = nlohmann::json::parse(line);
+              auto e = j.at("embedding").get<std::vector<float>>();
+              if (static_cast<int>(e.size()) != bundle.embedding_dim) {
+                throw Exception(ErrorCode::kMismatch, jsonl + ":" + std::to_string(n) + ": embedding has dimension " +
+                                                          std::to_string(e.size()) + ", the model has " +
+                                                          std::to_string(bundle.embedding_dim));
+              }
+              paths.push_back(j.at("path").get<std::string>());
+              vectors.insert(vectors.end(), e.begin(), e.end());
+            } catch (const nlohmann::json::exception& e) {
+              throw Exception(ErrorCode::kCorrupt, jsonl + ":" + std::to_string(n) + ": not an embed-image line (" +
+                                                       e.what() + ")");
+            }
+          }
+        }
+        auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
+        const ImportSummary s = import_embeddings(*store, bundle, paths, vectors);
+        std::cerr << "cnclip: imported " << s.added << " new and " << s.updated << " updated embeddings\n";
         return 0;
       };
     });
