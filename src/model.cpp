@@ -7,6 +7,7 @@
 
 #include <dlfcn.h>
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -162,6 +163,20 @@ std::string compute_backend_description() {
   }
   return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", " + std::to_string(at::get_num_threads()) +
          " intra-op threads";
+}
+
+double measure_sgemm_gflops(int n, int repeats) {
+  torch::InferenceMode guard;
+  auto a = torch::randn({n, n}), b = torch::randn({n, n});
+  auto c = torch::mm(a, b);  // warm-up
+  double best = 0;
+  for (int r = 0; r < repeats; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    c = torch::mm(a, b);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * n * n * n / s / 1e9);
+  }
+  return best;
 }
 
 }  // namespace cnclip

@@ -52,7 +52,11 @@ class Model {
 // Call once before heavy work: LibTorch defaults to 1 thread on some systems.
 void set_compute_threads(int n);
 
-// "LibTorch 1.13.1, BLAS: OpenBLAS, 2 threads"-style description, for benchmarks and `model-info`.
+// "LibTorch 1.13.1, OpenBLAS (...), 2 intra-op threads": what actually computes, for benchmarks.
 std::string compute_backend_description();
+
+// Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s:
+// the roofline the model's speed is compared with.
+double measure_sgemm_gflops(int n, int repeats);
 
 }  // namespace cnclip

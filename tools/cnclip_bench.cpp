@@ -1,0 +1,80 @@
+// cnclip-bench: model-level measurements for scripts/bench.sh (not part of the cnclip CLI).
+//   cnclip-bench sgemm                          -> {"sgemm_gflops": ...}
+//   cnclip-bench image BUNDLE --batch 8 --iters 3  -> {"batch": 8, "ms_per_image": ...}
+//   cnclip-bench text BUNDLE --iters 20         -> {"ms_per_query": ...}
+// One JSON object on stdout; the best of the repeats (least disturbed by a noisy machine).
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <iostream>
+#include <random>
+
+#include "cnclip/model.h"
+
+using namespace cnclip;
+
+static double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+int main(int argc, char** argv) {
+  CLI::App app{"cnclip-bench: model-level measurements for scripts/bench.sh"};
+  app.require_subcommand(1);
+  std::string bundle;
+  int batch = 8, iters = 3, threads = 0, n = 2048;
+  auto* sgemm = app.add_subcommand("sgemm", "float32 matmul GFLOP/s through LibTorch");
+  sgemm->add_option("--n", n);
+  auto* image = app.add_subcommand("image", "image tower ms/image");
+  image->add_option("bundle", bundle)->required();
+  image->add_option("--batch", batch);
+  auto* text = app.add_subcommand("text", "one 13-character text query");
+  text->add_option("bundle", bundle)->required();
+  for (auto* s : {sgemm, image, text}) {
+    s->add_option("--iters", iters);
+    s->add_option("--threads", threads);
+  }
+  CLI11_PARSE(app, argc, argv);
+  try {
+    set_compute_threads(threads);
+    nlohmann::json out{{"backend", compute_backend_description()}};
+    if (*sgemm) {
+      out["sgemm_gflops"] = measure_sgemm_gflops(n, iters);
+    } else if (*image) {
+      auto model = Model::open(bundle, ModelOptions{"cpu", threads});
+      const int r = model->manifest().image.size;
+      std::vector<float> pixels(static_cast<size_t>(batch) * 3 * r * r);
+      std::mt19937 rng(1);
+      std::normal_distribution<float> dist;
+      for (auto& p : pixels) p = dist(rng);
+      model->encode_images(pixels.data(), batch);  // warm-up (and load)
+      double best = 1e30;
+      for (int i = 0; i < iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model->encode_images(pixels.data(), batch);
+        best = std::min(best, seconds_since(t0));
+      }
+      out["batch"] = batch;
+      out["ms_per_image"] = best * 1000 / batch;
+      out["precision"] = model->manifest().precision;
+    } else {
+      auto model = Model::open(bundle, ModelOptions{"cpu", threads});
+      const std::string query = "一只橘猫趴在窗台上晒太阳";
+      auto ids = model->tokenizer().encode(query, model->manifest().context_length);
+      model->encode_token_ids(ids.data(), 1, static_cast<int>(ids.size()));  // warm-up
+      double best = 1e30;
+      for (int i = 0; i < iters; ++i) {
+        const auto t0 = std::chrono::steady_clock::now();
+        model->encode_token_ids(ids.data(), 1, static_cast<int>(ids.size()));  // padding is trimmed
+        best = std::min(best, seconds_since(t0));
+      }
+      out["ms_per_query"] = best * 1000;
+      out["precision"] = model->manifest().precision;
+    }
+    std::cout << out.dump() << std::endl;
+  } catch (const std::exception& e) {
+    std::cerr << "cnclip-bench: error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}
