@@ -129,7 +129,7 @@ TEST(Cli, TokenizeJsonInputReproducesFixture) {
 
 TEST(Cli, PreprocessWritesTheReferenceTensor) {
   test::TempDir dir;
-  auto r = test::run_cnclip("preprocess --ignore-exif " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) +
+  auto r = test::run_cnclip("preprocess --ignore-exif --full-decode " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) +
                             " --npy " + test::shell_quote(dir / "t.npy"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ours = read_npy(dir / "t.npy").value();

@@ -23,7 +23,7 @@ def reference(path):
 
 def ours(path, tmp):
     out = os.path.join(tmp, "out.npy")
-    r = subprocess.run([BINARY, "preprocess", "--ignore-exif", path, "--npy", out], capture_output=True, text=True)
+    r = subprocess.run([BINARY, "preprocess", "--ignore-exif", "--full-decode", path, "--npy", out], capture_output=True, text=True)
     if r.returncode != 0:
         raise AssertionError(r.stderr)
     return np.load(out)

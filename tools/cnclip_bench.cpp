@@ -29,6 +29,11 @@ int main(int argc, char** argv) {
   image->add_option("bundle", bundle)->required();
   image->add_option("--batch", batch);
   auto* text = app.add_subcommand("text", "one 13-character text query");
+  std::vector<std::string> images;
+  int reduce = 0;
+  auto* prep = app.add_subcommand("preprocess", "decode and resize ms per image (one thread)");
+  prep->add_option("images", images)->required();
+  prep->add_option("--reduced-min-side", reduce, "allow JPEG DCT scaling down to this side (0 = full decode)");
   text->add_option("bundle", bundle)->required();
   for (auto* s : {sgemm, image, text}) {
     s->add_option("--iters", iters);
@@ -38,7 +43,29 @@ int main(int argc, char** argv) {
   try {
     set_compute_threads(threads);
     nlohmann::json out{{"backend", compute_backend_description()}};
-    if (*sgemm) {
+    if (*prep) {
+      DecodeOptions d;
+      d.reduced_decode_min_side = reduce;
+      double decode_s = 0, resize_s = 0, read_s = 0;
+      for (int i = 0; i < iters; ++i) {
+        for (const auto& path : images) {
+          auto t0 = std::chrono::steady_clock::now();
+          auto bytes = read_file_bytes(path).value();
+          read_s += seconds_since(t0);
+          t0 = std::chrono::steady_clock::now();
+          auto img = decode_image(bytes, path, d).value();
+          decode_s += seconds_since(t0);
+          t0 = std::chrono::steady_clock::now();
+          std::vector<float> out(3 * 224 * 224);
+          normalize_to_chw(resize_like_pillow(img, 224, 224), Normalization{}, out.data());
+          resize_s += seconds_since(t0);
+        }
+      }
+      const double n = static_cast<double>(images.size()) * iters;
+      out["read_ms"] = read_s * 1000 / n;
+      out["decode_ms"] = decode_s * 1000 / n;
+      out["resize_normalize_ms"] = resize_s * 1000 / n;
+    } else if (*sgemm) {
       out["sgemm_gflops"] = measure_sgemm_gflops(n, iters);
     } else if (*image) {
       auto model = Model::open(bundle, ModelOptions{"cpu", threads});

@@ -73,7 +73,7 @@ struct IndexCommand {
   std::vector<std::string> excludes;
   std::string extensions;
   bool hidden = false, reindex = false, wait = false;
-  int batch_size = 16, jobs = 0;
+  int batch_size = 4, jobs = 0;
 };
 
 std::string iso_time(int64_t t) {
@@ -120,11 +120,11 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
             if (!ext.empty()) opts.walk.extensions.push_back(ext);
           }
         }
-        opts.decode = decode_options(o);
         opts.reindex = c.reindex;
         opts.batch_size = c.batch_size;
         opts.decode_threads = c.jobs;
         auto model = open_model(o);
+        opts.decode = decode_options(o, model->manifest().image.size);
         const std::string dir = resolve_index_dir(o.index);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
         if (opts.paths.empty() && store->catalog().roots().empty()) {

@@ -127,7 +127,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const int dim = model->dim();
         const int r = model->manifest().image.size;
         const size_t per_image = static_cast<size_t>(3) * r * r;
-        const auto decode = decode_options(o);
+        const auto decode = decode_options(o, model->manifest().image.size);
         int failed = 0;
         constexpr size_t kBatch = 8;
         for (size_t i = 0; i < inputs.size(); i += kBatch) {
@@ -167,7 +167,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
         auto bytes = read_file_bytes(image);
         if (!bytes) throw Exception(bytes.error());
-        auto ok = preprocess_image(bytes.value(), image, norm, decode_options(o), pixels.data());
+        auto ok = preprocess_image(bytes.value(), image, norm, decode_options(o, norm.size), pixels.data());
         if (!ok) throw Exception(ok.error());
         write_npy(npy, pixels.data(), {3, norm.size, norm.size});
         return 0;

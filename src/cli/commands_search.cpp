@@ -94,7 +94,7 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const auto inputs = expand_stdin(c.queries);
         const int dim = model->dim();
         const int r = model->manifest().image.size;
-        const auto decode = decode_options(o);
+        const auto decode = decode_options(o, model->manifest().image.size);
         std::vector<std::string> labels, exclude;
         std::vector<float> embeddings;
         int failed = 0;

@@ -22,6 +22,7 @@ struct CommonOptions {
   bool quiet = false;
   // image decoding
   bool ignore_exif = false;
+  bool full_decode = false;
   double max_megapixels = 100;
 };
 
@@ -31,7 +32,8 @@ void add_index_option(CLI::App* sub, CommonOptions& o);
 void add_decode_options(CLI::App* sub, CommonOptions& o);
 
 std::unique_ptr<Model> open_model(const CommonOptions& o);
-DecodeOptions decode_options(const CommonOptions& o);
+// Decoding options for a model whose input side is `input_size`.
+DecodeOptions decode_options(const CommonOptions& o, int input_size);
 
 // Arguments, where a single "-" means: read one item per line from stdin.
 std::vector<std::string> expand_stdin(const std::vector<std::string>& args);
