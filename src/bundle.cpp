@@ -77,6 +77,9 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
       throw Exception(ErrorCode::kMismatch, path + ": unsupported tokenizer");
     }
     m.logit_scale = j.at("logit_scale").get<double>();
+    const auto& source = j.at("source");
+    m.source_id = source.contains("sha256") ? "checkpoint:" + source.at("sha256").get<std::string>()
+                                            : "random-init:" + m.architecture + ":" + source.at("seed").dump();
     for (const auto& [name, f] : j.at("files").items()) {
       m.files[name] = BundleFile{f.at("bytes").get<int64_t>(), f.at("sha256").get<std::string>()};
     }

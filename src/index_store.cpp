@@ -77,10 +77,18 @@ bool IndexStore::model_matches(const BundleManifest& bundle) {
   return !fp || *fp == bundle.fingerprint || catalog_->count() == 0;
 }
 
-void IndexStore::require_model(const BundleManifest& bundle) {
+void IndexStore::require_model(const BundleManifest& bundle, bool allow_other_precision) {
   if (model_matches(bundle)) return;
   const std::string arch = catalog_->meta("model_architecture").value_or("?");
   const std::string precision = catalog_->meta("model_precision").value_or("?");
+  const bool same_source = catalog_->meta("model_source").value_or("") == bundle.source_id;
+  if (same_source && precision != bundle.precision) {
+    if (allow_other_precision) return;
+    throw Exception(ErrorCode::kMismatch,
+                    dir_ + ": index holds " + precision + " embeddings and " + bundle.dir + " is the " +
+                        bundle.precision + " export of the same model; their embeddings differ slightly. "
+                        "Pass --mixed-precision to use it anyway, or rebuild with 'cnclip index --reindex'");
+  }
   throw Exception(ErrorCode::kMismatch,
                   dir_ + ": index was built with another model (" + arch + " " + precision + ", fingerprint " +
                       short_fingerprint(catalog_->meta("model_fingerprint").value_or("")) + ") than " + bundle.dir +
@@ -90,9 +98,13 @@ void IndexStore::require_model(const BundleManifest& bundle) {
 }
 
 void IndexStore::record_model(const BundleManifest& bundle) {
+  // An index keeps the model its embeddings came from; a precision sibling admitted with
+  // --mixed-precision does not take its place.
+  if (catalog_->meta("model_fingerprint") && catalog_->count() > 0) return;
   catalog_->set_meta("model_fingerprint", bundle.fingerprint);
   catalog_->set_meta("model_architecture", bundle.architecture);
   catalog_->set_meta("model_precision", bundle.precision);
+  catalog_->set_meta("model_source", bundle.source_id);
   catalog_->set_meta("embedding_dim", std::to_string(bundle.embedding_dim));
 }
 

@@ -186,7 +186,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     store.record_model(bundle);
     tx.commit();
   } else {
-    store.require_model(bundle);
+    store.require_model(bundle, options.allow_mixed_precision);
   }
 
   // What to look at: folders (walked, and pruned of vanished files) and single files.
@@ -376,14 +376,14 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
 namespace cnclip {
 
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
-                                const std::vector<float>& embeddings) {
+                                const std::vector<float>& embeddings, bool allow_mixed_precision) {
   const int dim = bundle.embedding_dim;
   if (embeddings.size() != paths.size() * static_cast<size_t>(dim)) {
     throw Exception(ErrorCode::kMismatch, "embeddings have dimension " +
                                               std::to_string(paths.empty() ? 0 : embeddings.size() / paths.size()) +
                                               ", the model " + bundle.dir + " has " + std::to_string(dim));
   }
-  store.require_model(bundle);
+  store.require_model(bundle, allow_mixed_precision);
   Catalog& catalog = store.catalog();
   ImportSummary summary;
   constexpr size_t kBatch = 20000;

@@ -1,6 +1,7 @@
 #include "cnclip/model.h"
 
 #include <torch/script.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
 #include <torch/cuda.h>
 #include <ATen/Parallel.h>
@@ -40,6 +41,9 @@ struct Model::Impl {
         }
       }
     }
+    // The exporter freezes the modules, which already applies the graph optimizations; the profiling
+    // executor would spend the first calls (all a one-shot query has) re-profiling them.
+    torch::jit::setGraphExecutorOptimize(false);
     try {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();

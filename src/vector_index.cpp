@@ -89,7 +89,9 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path) {
     ::close(fd);
     throw corrupt("too short");
   }
-  void* base = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd, 0);
+  // MAP_POPULATE reads the whole file in now (callers open it while other work goes on), so the
+  // search itself does not stop on page faults.
+  void* base = ::mmap(nullptr, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
   ::close(fd);
   if (base == MAP_FAILED) throw Exception(errno_error(path, errno, "cannot map vector file"));
   const auto* p = static_cast<const uint8_t*>(base);

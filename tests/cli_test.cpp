@@ -419,3 +419,31 @@ TEST(CliImport, JsonlAndNpyRoundTrip) {
 
 }  // namespace
 }  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+TEST(CliPrecision, Int8SiblingOnlyWhenAskedFor) {
+  test::TempDir dir;
+  const std::string idx = " --index " + test::shell_quote(dir / "i");
+  const std::string int8 = " --model " + test::shell_quote(test::tiny_int8_bundle());
+  auto info = test::run_cnclip("model-info" + int8);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["precision"], "int8");
+  auto r = test::run_cnclip("index -q " + test::shell_quote(test::fixtures("images")) + model_arg() + idx);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cnclip("search-text 皮卡丘 -k 1" + int8 + idx);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--mixed-precision"), std::string::npos) << r.err;
+  r = test::run_cnclip("search-text 皮卡丘 -k 1 --mixed-precision --format jsonl" + int8 + idx);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 1u);
+  // The index keeps its own model: fp32 still matches without the flag.
+  r = test::run_cnclip("index -q --mixed-precision " + test::shell_quote(test::fixtures("images")) + int8 + idx);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cnclip("search-text 皮卡丘 -k 1" + model_arg() + idx);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+}  // namespace
+}  // namespace cnclip

@@ -14,6 +14,7 @@ namespace cnclip::test {
 std::string fixtures(const std::string& rel) { return std::string(CNCLIP_FIXTURES_DIR) + "/" + rel; }
 std::string tiny_bundle() { return std::string(CNCLIP_TEST_DATA) + "/tiny"; }
 std::string random_tiny_bundle() { return std::string(CNCLIP_TEST_DATA) + "/tiny-random"; }
+std::string tiny_int8_bundle() { return std::string(CNCLIP_TEST_DATA) + "/tiny-int8"; }
 
 TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "cnclip-test-XXXXXX").string();

@@ -21,7 +21,8 @@ struct BundleManifest {
   std::string dir;             // the bundle directory, as opened
   std::string architecture;    // "ViT-B-16", "tiny", ...
   std::string precision;       // "fp32" or "int8"
-  std::string fingerprint;     // identifies the weights; an index remembers it
+  std::string fingerprint;     // identifies the exported weights; an index remembers it
+  std::string source_id;       // identifies the checkpoint they came from (same for fp32 and int8)
   int embedding_dim = 0;
   bool normalized = true;      // encoders return L2-normalized embeddings
   Normalization image;         // input size, mean, std

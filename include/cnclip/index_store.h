@@ -37,9 +37,12 @@ class IndexStore {
   // Whether the catalog holds embeddings of another model than `bundle` (its fingerprint differs).
   // An empty index matches any model.
   bool model_matches(const BundleManifest& bundle);
-  // Throws kMismatch with a message naming both models when !model_matches(bundle).
-  void require_model(const BundleManifest& bundle);
-  // Records `bundle` as the index's model (kWrite; inside or outside a transaction).
+  // Throws kMismatch with a message naming both models when !model_matches(bundle). With
+  // `allow_other_precision`, the same checkpoint exported at another precision (fp32/int8) is
+  // accepted: its embeddings differ slightly (cosine ~0.999), so this is never done silently.
+  void require_model(const BundleManifest& bundle, bool allow_other_precision = false);
+  // Records `bundle` as the index's model when the index holds no embeddings yet (kWrite; inside or
+  // outside a transaction).
   void record_model(const BundleManifest& bundle);
   int embedding_dim();
 

@@ -17,6 +17,7 @@ struct IndexOptions {
   WalkOptions walk;
   DecodeOptions decode;
   bool reindex = false;      // drop everything and encode again (e.g. after changing the model)
+  bool allow_mixed_precision = false;  // accept the int8/fp32 sibling of the index's model
   int batch_size = 4;        // images per model call and per committed transaction (larger batches
                              // are no faster on CPU and hold more memory: ~85 MB per ViT-B-16 image)
   int decode_threads = 0;    // 0 = number of cores
@@ -61,6 +62,6 @@ struct ImportSummary {
 // `index` of its folder keeps it), else 0 (so a later `index` re-encodes it). Committed in batches;
 // the index must hold the same model (or be empty). Throws kMismatch for a wrong dimension.
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
-                                const std::vector<float>& embeddings);
+                                const std::vector<float>& embeddings, bool allow_mixed_precision = false);
 
 }  // namespace cnclip

@@ -121,6 +121,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           }
         }
         opts.reindex = c.reindex;
+        opts.allow_mixed_precision = o.mixed_precision;
         opts.batch_size = c.batch_size;
         opts.decode_threads = c.jobs;
         auto model = open_model(o);
@@ -222,7 +223,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           }
         }
         auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
-        const ImportSummary s = import_embeddings(*store, bundle, paths, vectors);
+        const ImportSummary s = import_embeddings(*store, bundle, paths, vectors, o.mixed_precision);
         std::cerr << "cnclip: imported " << s.added << " new and " << s.updated << " updated embeddings\n";
         return 0;
       };

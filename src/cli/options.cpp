@@ -16,6 +16,10 @@ void add_model_options(CLI::App* sub, CommonOptions& o) {
 void add_index_option(CLI::App* sub, CommonOptions& o) {
   sub->add_option("--index", o.index, "Index directory (default: $CNCLIP_INDEX, else "
                                       "${XDG_DATA_HOME:-~/.local/share}/cnclip)");
+  if (sub->get_name() != "info" && sub->get_name() != "remove") {
+    sub->add_flag("--mixed-precision", o.mixed_precision,
+                  "Accept the int8 (or fp32) export of the model the index was built with");
+  }
 }
 
 void add_decode_options(CLI::App* sub, CommonOptions& o) {

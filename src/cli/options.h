@@ -20,6 +20,7 @@ struct CommonOptions {
   int threads = 0;
   std::string format;  // "" = auto
   bool quiet = false;
+  bool mixed_precision = false;
   // image decoding
   bool ignore_exif = false;
   bool full_decode = false;
@@ -28,7 +29,7 @@ struct CommonOptions {
 
 // Added to each subcommand that uses them, so they work after the subcommand name (git style).
 void add_model_options(CLI::App* sub, CommonOptions& o);
-void add_index_option(CLI::App* sub, CommonOptions& o);
+void add_index_option(CLI::App* sub, CommonOptions& o);  // --index and --mixed-precision
 void add_decode_options(CLI::App* sub, CommonOptions& o);
 
 std::unique_ptr<Model> open_model(const CommonOptions& o);
