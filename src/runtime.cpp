@@ -1,8 +1,17 @@
 #include "cnclip/runtime.h"
 
-#include <csignal>
+#include <fcntl.h>
+#include <poll.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <csignal>
+#include <iostream>
+#include <mutex>
+#include <streambuf>
+#include <string>
+#include <thread>
+#include <vector>
 
 namespace cnclip {
 namespace {
@@ -14,6 +23,80 @@ extern "C" void on_signal(int sig) {
   std::signal(sig, SIG_DFL);  // a second Ctrl-C stops immediately
 }
 
+// Writes straight to a file descriptor (the terminal's stderr, saved before fd 2 became the pipe).
+class FdStreamBuf : public std::streambuf {
+ public:
+  explicit FdStreamBuf(int fd) : fd_(fd) {}
+
+ protected:
+  int_type overflow(int_type c) override {
+    if (c == traits_type::eof()) return traits_type::not_eof(c);
+    char ch = static_cast<char>(c);
+    return write_all(&ch, 1) ? c : traits_type::eof();
+  }
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    return write_all(s, static_cast<size_t>(n)) ? n : 0;
+  }
+
+ private:
+  bool write_all(const char* s, size_t n) {
+    while (n > 0) {
+      ssize_t w = ::write(fd_, s, n);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return false;
+      s += w;
+      n -= static_cast<size_t>(w);
+    }
+    return true;
+  }
+  int fd_;
+};
+
+struct Capture {
+  std::mutex mu;                     // guards everything below and the reading of the pipe
+  std::vector<std::string> decoding;  // files being decoded now (a multiset)
+  std::string partial;               // library output not yet ended by a newline
+  int terminal_fd = -1, read_fd = -1;
+  std::thread reader;
+  std::unique_ptr<FdStreamBuf> buf;
+  std::streambuf* old_cerr = nullptr;
+  bool active = false;
+
+  // Reads what is in the pipe now and reports complete lines. Caller holds mu.
+  void drain_locked(bool flush_partial) {
+    char chunk[4096];
+    for (;;) {
+      ssize_t n = ::read(read_fd, chunk, sizeof(chunk));
+      if (n <= 0) break;
+      partial.append(chunk, static_cast<size_t>(n));
+    }
+    size_t nl;
+    while ((nl = partial.find('\n')) != std::string::npos) {
+      report_locked(partial.substr(0, nl));
+      partial.erase(0, nl + 1);
+    }
+    if (flush_partial && !partial.empty()) {
+      report_locked(partial);
+      partial.clear();
+    }
+  }
+
+  void report_locked(std::string line) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (line.empty()) return;
+    std::string who;
+    for (const auto& f : decoding) who += (who.empty() ? "" : ", ") + f;
+    const std::string msg = "cnclip: warning: " + (who.empty() ? std::string("library") : who + ": decoder") +
+                            ": " + line + "\n";
+    (void)!::write(terminal_fd, msg.data(), msg.size());
+  }
+};
+
+Capture& capture() {
+  static Capture* c = new Capture;  // never destroyed: the reader thread may outlive static destructors
+  return *c;
+}
+
 }  // namespace
 
 void install_interrupt_handlers() {
@@ -23,5 +106,68 @@ void install_interrupt_handlers() {
 
 bool interrupt_requested() { return g_interrupted.load(); }
 void request_interrupt() { g_interrupted.store(true); }
+
+void capture_library_stderr() {
+  Capture& c = capture();
+  if (c.active) return;
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) return;  // not fatal: library output then goes to the terminal
+  c.terminal_fd = ::fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (c.terminal_fd < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return;
+  }
+  ::fcntl(fds[0], F_SETFL, O_NONBLOCK);
+  c.read_fd = fds[0];
+  ::dup2(fds[1], STDERR_FILENO);
+  ::close(fds[1]);
+  std::cerr.flush();
+  c.buf = std::make_unique<FdStreamBuf>(c.terminal_fd);
+  c.old_cerr = std::cerr.rdbuf(c.buf.get());
+  c.active = true;
+  c.reader = std::thread([&c] {
+    for (;;) {
+      pollfd p{c.read_fd, POLLIN, 0};
+      if (::poll(&p, 1, -1) < 0 && errno != EINTR) return;
+      std::lock_guard<std::mutex> lock(c.mu);
+      c.drain_locked(false);
+      if (p.revents & (POLLHUP | POLLERR)) {
+        c.drain_locked(true);
+        return;
+      }
+    }
+  });
+}
+
+void release_library_stderr() {
+  Capture& c = capture();
+  if (!c.active) return;
+  c.active = false;
+  std::cerr.flush();
+  ::dup2(c.terminal_fd, STDERR_FILENO);  // closes the pipe's last write end: the reader sees EOF
+  if (c.reader.joinable()) c.reader.join();
+  std::cerr.rdbuf(c.old_cerr);
+  ::close(c.read_fd);
+}
+
+DecodingFile::DecodingFile(const std::string& path) : path_(path) {
+  Capture& c = capture();
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.decoding.push_back(path_);
+}
+
+DecodingFile::~DecodingFile() {
+  Capture& c = capture();
+  std::lock_guard<std::mutex> lock(c.mu);
+  // What the decoder printed is in the pipe already: report it while this file is still named.
+  if (c.active) c.drain_locked(false);
+  for (auto it = c.decoding.begin(); it != c.decoding.end(); ++it) {
+    if (*it == path_) {
+      c.decoding.erase(it);
+      break;
+    }
+  }
+}
 
 }  // namespace cnclip

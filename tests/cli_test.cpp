@@ -447,3 +447,35 @@ TEST(CliPrecision, Int8SiblingOnlyWhenAskedFor) {
 
 }  // namespace
 }  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// libjpeg/libpng print warnings on their own; none may reach the terminal unexplained.
+TEST(CliDecoderNoise, LibraryMessagesNameTheFile) {
+  test::TempDir dir;
+  std::string jpeg = test::read_text(test::fixtures("images/pokemon.jpeg"));
+  for (size_t i = jpeg.size() / 2; i < jpeg.size() / 2 + 200; ++i) {
+    if (static_cast<unsigned char>(jpeg[i]) != 0xFF && static_cast<unsigned char>(jpeg[i - 1]) != 0xFF) {
+      jpeg[i] = static_cast<char>((jpeg[i] * 7 + 3) & 0xFF);
+    }
+  }
+  test::write_text(dir / "corrupt.jpg", jpeg);
+  std::string png = test::read_text(test::fixtures("images/chelsea_rgba.png"));
+  for (size_t i = 5000; i < 5100; ++i) png[i] = static_cast<char>(png[i] ^ 0x55);
+  test::write_text(dir / "corrupt.png", png);
+  auto r = test::run_cnclip("embed-image " + test::shell_quote(dir / "corrupt.jpg") + " " +
+                            test::shell_quote(dir / "corrupt.png") + model_arg());
+  EXPECT_EQ(r.exit_code, 1);  // the PNG cannot be decoded
+  const auto err = test::lines(r.err);
+  ASSERT_FALSE(err.empty());
+  bool named_jpeg = false;
+  for (const auto& line : err) {
+    EXPECT_EQ(line.rfind("cnclip: ", 0), 0u) << "unexplained stderr line: " << line;
+    named_jpeg |= line.find("corrupt.jpg: decoder: Corrupt JPEG data") != std::string::npos;
+  }
+  EXPECT_TRUE(named_jpeg) << r.err;
+}
+
+}  // namespace
+}  // namespace cnclip

@@ -1,5 +1,8 @@
-// Process-wide switches: the Ctrl-C flag that long operations poll between batches.
+// Process-wide switches: the Ctrl-C flag that long operations poll between batches, and the capture
+// of what image libraries print on stderr.
 #pragma once
+
+#include <string>
 
 namespace cnclip {
 
@@ -8,5 +11,27 @@ namespace cnclip {
 void install_interrupt_handlers();
 bool interrupt_requested();
 void request_interrupt();  // what the handler does; also for tests
+
+// libjpeg and libpng print warnings ("Corrupt JPEG data: ...", "libpng error: ...") straight to
+// file descriptor 2, with no file name. After capture_library_stderr(), fd 2 is a pipe read by a
+// thread that prints each such line as "cnclip: warning: FILE: decoder: LINE", FILE being the
+// image(s) being decoded at the time (see DecodingFile); std::cerr keeps writing to the terminal.
+// release_library_stderr() flushes and restores fd 2; call it before exiting. Neither is
+// thread-safe against the other; both are no-ops when repeated.
+void capture_library_stderr();
+void release_library_stderr();
+
+// Marks `path` as being decoded by this thread for the lifetime of the object, so that library
+// output can be attributed to it. Thread-safe; cheap when stderr is not captured.
+class DecodingFile {
+ public:
+  explicit DecodingFile(const std::string& path);
+  ~DecodingFile();
+  DecodingFile(const DecodingFile&) = delete;
+  DecodingFile& operator=(const DecodingFile&) = delete;
+
+ private:
+  std::string path_;
+};
 
 }  // namespace cnclip

@@ -36,13 +36,17 @@ int main(int argc, char** argv) {
     cli::print_error(std::string(e.what()) + " (see 'cnclip --help')");
     return 2;
   }
+  capture_library_stderr();
+  int status = 1;
   try {
-    return action ? action() : 2;
+    status = action ? action() : 2;
   } catch (const Exception& e) {
     cli::print_error(e.what());
-    return e.code() == ErrorCode::kInvalidArgument ? 2 : e.code() == ErrorCode::kInterrupted ? 130 : 1;
+    status = e.code() == ErrorCode::kInvalidArgument ? 2 : e.code() == ErrorCode::kInterrupted ? 130 : 1;
   } catch (const std::exception& e) {
     cli::print_error(std::string("unexpected failure: ") + e.what());
-    return 1;
   }
+  std::cout.flush();
+  release_library_stderr();
+  return status;
 }

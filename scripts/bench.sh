@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# cnclip benchmark: everything in one run, side by side, so that machine noise cancels in the ratios.
+#
+#   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m]
+#
+# Makes its inputs once (cached in build/bench): 64 JPEGs of 12 MP and 4 PNGs made from the fixtures
+# with noise; a full-size ViT-B-16 with random weights in the official checkpoint layout, exported
+# fp32 and int8; 100k and 1M random embeddings imported into two indexes; 10,000 small images indexed
+# with the tiny bundle. Then measures, and prints a Markdown table (also written to DIR/results.md):
+#   - sgemm GFLOP/s (the roofline) and the image tower's ms/image, fp32 and int8
+#   - `cnclip index` images/s vs the Python reference pipeline (Pillow decode + Chinese-CLIP's
+#     transform + the same TorchScript model from /usr/bin/python3, batches of 8), interleaved
+#   - embedding agreement (cosine) between the two, and int8 vs fp32
+#   - cold `search-text` / `search-image` latency (process start to output) on 100k and 1M indexes
+#   - re-running `index` over 10,000 unchanged files
+#   - peak RSS of each
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+work="$repo/build/bench"
+rounds=2
+skip_1m=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --work) work=$2; shift 2 ;;
+    --skip-1m) skip_1m=1; shift ;;
+    *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+py=/usr/bin/python3
+bin="$repo/build/cnclip"
+bench="$repo/build/cnclip-bench"
+helper="$repo/scripts/bench_helper.py"
+[ -x "$bin" ] && [ -x "$bench" ] || { echo "bench.sh: build first (scripts/setup.sh)" >&2; exit 1; }
+mkdir -p "$work"
+log() { echo "bench: $*" >&2; }
+json_field() { "$py" -c "import json,sys; print(json.loads([l for l in sys.stdin.read().splitlines() if l.startswith('{')][-1])['$1'])"; }
+peak_rss_mb() { sed -n 's/^peak_kb=//p' "$1" | awk '{printf "%.0f", $1/1024}'; }
+
+# ---- inputs (cached) -------------------------------------------------------------------------------
+photos="$work/photos"
+[ -d "$photos" ] || { log "making photos"; "$py" "$helper" photos "$photos" --count 64 --png 4; }
+fp32="$work/vitb16-fp32"; int8="$work/vitb16-int8"
+stale() { [ ! -f "$1/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$1/bundle.json" ]; }
+if stale "$fp32" || stale "$int8"; then
+  log "exporting a random ViT-B-16 checkpoint (official layout), fp32 and int8"
+  [ -f "$work/vitb16-random.pt" ] ||
+    "$py" "$repo/scripts/make_random_checkpoint.py" --arch ViT-B-16 --seed 0 --out "$work/vitb16-random.pt"
+  "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$fp32"
+  "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$int8" --precision int8
+  rm -rf "$work"/idx100000 "$work"/idx1000000  # built with the previous export's fingerprint
+fi
+sizes=(100000)
+[ "$skip_1m" = 1 ] || sizes+=(1000000)
+for n in "${sizes[@]}"; do
+  if [ ! -f "$work/idx$n/catalog.sqlite3" ]; then
+    log "building a $n-vector index"
+    "$py" "$helper" vectors "$work/v$n.npy" "$work/p$n.txt" --count "$n"
+    "$bin" import --npy "$work/v$n.npy" --paths "$work/p$n.txt" --model "$fp32" --index "$work/idx$n"
+    rm -f "$work/v$n.npy" "$work/p$n.txt"
+  fi
+done
+tiny="$work/tiny"
+[ -f "$tiny/bundle.json" ] || "$py" "$repo/scripts/export_model.py" --random-init tiny --out "$tiny"
+if [ ! -f "$work/idx10k/catalog.sqlite3" ]; then
+  log "making and indexing 10,000 small images"
+  "$py" - "$work/small" <<'PY'
+import os, sys
+import numpy as np
+from PIL import Image
+root = sys.argv[1]
+rng = np.random.default_rng(2)
+for i in range(10000):
+    d = os.path.join(root, f"{i // 500:02d}")
+    os.makedirs(d, exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(os.path.join(d, f"{i:05d}.png"))
+PY
+  "$bin" index -q "$work/small" --model "$tiny" --index "$work/idx10k"
+fi
+
+# ---- measurements ----------------------------------------------------------------------------------
+timed() {  # timed OUTFILE CMD... : runs CMD, stdout to OUTFILE, peak RSS appended as peak_kb=
+  local out=$1; shift
+  /usr/bin/time -f "peak_kb=%M" -o "$out.time" "$@" > "$out"
+  cat "$out.time" >> "$out"
+}
+backend=$("$bench" sgemm --iters 3)
+sgemm1=$(echo "$backend" | json_field sgemm_gflops)
+log "model-only speed"
+img_fp32=$("$bench" image "$fp32" --batch 4 --iters 3 | json_field ms_per_image)
+img_fp32_b1=$("$bench" image "$fp32" --batch 1 --iters 3 | json_field ms_per_image)
+img_int8=$("$bench" image "$int8" --batch 4 --iters 3 | json_field ms_per_image)
+txt_fp32=$("$bench" text "$fp32" --iters 20 | json_field ms_per_query)
+txt_int8=$("$bench" text "$int8" --iters 20 | json_field ms_per_query)
+sgemm2=$("$bench" sgemm --iters 3 | json_field sgemm_gflops)
+sgemm=$("$py" -c "print(($sgemm1 + $sgemm2) / 2)")
+vit_gflop=35.1  # ViT-B-16 at 224: 12 x (qkv + attention + out + MLP) + patch embedding, multiply-adds x 2
+
+log "indexing: $rounds interleaved rounds of Python reference, cnclip fp32, cnclip int8"
+py_rates=(); fp32_rates=(); int8_rates=()
+for r in $(seq "$rounds"); do
+  timed "$work/ref.json" "$py" "$helper" reference-index "$photos" "$fp32" "$work/ref.npy"
+  py_rates+=("$(json_field images_per_s < "$work/ref.json")"); py_rss=$(peak_rss_mb "$work/ref.json")
+  rm -rf "$work/idx-photos-fp32"
+  timed "$work/fp32.json" "$bin" index -q --format json "$photos" --model "$fp32" --index "$work/idx-photos-fp32"
+  fp32_rates+=("$("$py" -c "import json;d=json.loads(open('$work/fp32.json').readline());print((d['added'])/d['seconds'])")")
+  fp32_rss=$(peak_rss_mb "$work/fp32.json")
+  rm -rf "$work/idx-photos-int8"
+  timed "$work/int8.json" "$bin" index -q --format json "$photos" --model "$int8" --index "$work/idx-photos-int8"
+  int8_rates+=("$("$py" -c "import json;d=json.loads(open('$work/int8.json').readline());print((d['added'])/d['seconds'])")")
+  int8_rss=$(peak_rss_mb "$work/int8.json")
+  log "round $r: python ${py_rates[-1]} img/s, fp32 ${fp32_rates[-1]}, int8 ${int8_rates[-1]}"
+done
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+py_rate=$(median "${py_rates[@]}"); fp32_rate=$(median "${fp32_rates[@]}"); int8_rate=$(median "${int8_rates[@]}")
+cos_ref=$("$py" "$helper" compare-index "$work/idx-photos-fp32/catalog.sqlite3" "$work/ref.npy" "$photos" | json_field min_cosine)
+cos_int8=$("$py" "$helper" compare-catalogs "$work/idx-photos-fp32/catalog.sqlite3" "$work/idx-photos-int8/catalog.sqlite3" | json_field min_cosine)
+
+log "cold queries"
+declare -A st_p50 st_p90 st_rss si_p50 si_p90 si_rss
+for n in "${sizes[@]}"; do
+  out=$("$py" "$helper" time-runs 10 -- "$bin" search-text "一只橘猫趴在窗台上晒太阳" --model "$fp32" --index "$work/idx$n" --format jsonl)
+  st_p50[$n]=$(echo "$out" | json_field p50_s); st_p90[$n]=$(echo "$out" | json_field p90_s); st_rss[$n]=$(echo "$out" | json_field peak_rss_mb)
+  out=$("$py" "$helper" time-runs 10 -- "$bin" search-image "$photos/photo_000.jpg" --model "$fp32" --index "$work/idx$n" --format jsonl)
+  si_p50[$n]=$(echo "$out" | json_field p50_s); si_p90[$n]=$(echo "$out" | json_field p90_s); si_rss[$n]=$(echo "$out" | json_field peak_rss_mb)
+done
+reindex=$("$py" "$helper" time-runs 3 -- "$bin" index -q "$work/small" --model "$tiny" --index "$work/idx10k")
+
+# ---- report ----------------------------------------------------------------------------------------
+f() { "$py" -c "print(format($1, '$2'))"; }
+cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
+{
+  echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --rounds $rounds\` on $(nproc) cores ($cpu), $(echo "$backend" | json_field backend)."
+  echo
+  echo "| what | cnclip | reference | ratio / note |"
+  echo "| --- | --- | --- | --- |"
+  echo "| index 68 photos (64 × 12 MP JPEG + 4 PNG), fp32, images/s | $(f "$fp32_rate" .2f) | Python $(f "$py_rate" .2f) | **$(f "$fp32_rate/$py_rate" .2f)×**, min cosine to Python $(f "$cos_ref" .6f) |"
+  echo "| index, int8, images/s | $(f "$int8_rate" .2f) | Python $(f "$py_rate" .2f) | **$(f "$int8_rate/$py_rate" .2f)×**, min cosine to fp32 $(f "$cos_int8" .5f) |"
+  echo "| peak RSS while indexing | fp32 $fp32_rss MB, int8 $int8_rss MB | Python $py_rss MB | |"
+  echo "| image tower, ms/image (batch 4 / batch 1) | fp32 $(f "$img_fp32" .0f) / $(f "$img_fp32_b1" .0f), int8 $(f "$img_int8" .0f) | roofline $(f "$vit_gflop*1000/$sgemm" .0f) (sgemm $(f "$sgemm" .0f) GFLOP/s) | fp32 at **$(f "100*$vit_gflop*1000/$sgemm/$img_fp32" .0f)%** of roofline |"
+  echo "| text query encoding, ms | fp32 $(f "$txt_fp32" .1f), int8 $(f "$txt_int8" .1f) | ONNX Runtime 57 (issue #6) | padding trimmed |"
+  for n in "${sizes[@]}"; do
+    echo "| search-text cold, $n vectors, p50 / p90 s | $(f "${st_p50[$n]}" .2f) / $(f "${st_p90[$n]}" .2f) | | peak RSS ${st_rss[$n]%.*} MB |"
+    echo "| search-image cold (image not indexed), $n vectors, p50 / p90 s | $(f "${si_p50[$n]}" .2f) / $(f "${si_p90[$n]}" .2f) | | peak RSS ${si_rss[$n]%.*} MB |"
+  done
+  echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
+} | tee "$work/results.md"
