@@ -48,12 +48,16 @@ if stale "$fp32" || stale "$int8"; then
     "$py" "$repo/scripts/make_random_checkpoint.py" --arch ViT-B-16 --seed 0 --out "$work/vitb16-random.pt"
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$fp32"
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$int8" --precision int8
-  rm -rf "$work"/idx100000 "$work"/idx1000000  # built with the previous export's fingerprint
 fi
 sizes=(100000)
 [ "$skip_1m" = 1 ] || sizes+=(1000000)
+fingerprint_of_index() {
+  "$py" -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).execute(\"SELECT value FROM meta WHERE key='model_fingerprint'\").fetchone()[0])" "$1" 2>/dev/null || true
+}
+fp32_fingerprint=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['fingerprint'])" "$fp32/bundle.json")
 for n in "${sizes[@]}"; do
-  if [ ! -f "$work/idx$n/catalog.sqlite3" ]; then
+  if [ "$(fingerprint_of_index "$work/idx$n/catalog.sqlite3")" != "$fp32_fingerprint" ]; then
+    rm -rf "$work/idx$n"  # missing, or built with an earlier export
     log "building a $n-vector index"
     "$py" "$helper" vectors "$work/v$n.npy" "$work/p$n.txt" --count "$n"
     "$bin" import --npy "$work/v$n.npy" --paths "$work/p$n.txt" --model "$fp32" --index "$work/idx$n"

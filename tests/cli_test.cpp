@@ -15,6 +15,7 @@
 #include <random>
 #include <thread>
 
+#include "cnclip/catalog.h"
 #include "cnclip/npy.h"
 #include "test_util.h"
 
@@ -355,23 +356,59 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   EXPECT_EQ(json::parse(finish.out)["unchanged"].get<int64_t>() + json::parse(finish.out)["added"].get<int64_t>(), n);
 
   // Same files, same embeddings as the uninterrupted run.
-  auto dump = [&](const std::string& index) {
-    std::map<std::string, std::vector<float>> m;
-    auto r = test::run_cnclip("search-image - -k 1 --format jsonl --index " + test::shell_quote(index) + model_arg(),
-                              [&] {
-                                std::string s;
-                                for (int i = 0; i < n; ++i) s += photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg\n";
-                                return s;
-                              }());
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    for (const auto& row : json_lines(r.out)) m[row["query"]] = {row["score"].get<float>()};
-    auto info = json::parse(test::run_cnclip("info --format json --index " + test::shell_quote(index)).out);
-    EXPECT_EQ(info["files"], n);
-    return m;
-  };
-  auto a = dump(dir / "ref"), b = dump(idx);
-  EXPECT_EQ(a.size(), static_cast<size_t>(n));
-  EXPECT_EQ(a, b);
+  auto ref = Catalog::open(dir / "ref/catalog.sqlite3", false);
+  auto got = Catalog::open(idx + "/catalog.sqlite3", false);
+  const auto ref_files = ref->files_under(""), got_files = got->files_under("");
+  ASSERT_EQ(ref_files.size(), static_cast<size_t>(n));
+  ASSERT_EQ(got_files.size(), ref_files.size());
+  for (size_t i = 0; i < ref_files.size(); ++i) {
+    ASSERT_EQ(got_files[i].path, ref_files[i].path);
+    EXPECT_EQ(got_files[i].content_hash, ref_files[i].content_hash);
+    const auto a = ref->embedding(ref_files[i].id), b = got->embedding(got_files[i].id);
+    ASSERT_EQ(a.size(), b.size());
+    float diff = 0;
+    for (size_t d = 0; d < a.size(); ++d) diff = std::max(diff, std::fabs(a[d] - b[d]));
+    EXPECT_LE(diff, 1e-5f) << ref_files[i].path;  // batches differ between the runs
+  }
+}
+
+// Ctrl-C: the run stops after the current batch, says so, exits 130, and keeps what it committed.
+TEST(CliCrash, CtrlCStopsAfterTheBatch) {
+  test::TempDir dir;
+  const std::string photos = dir / "photos";
+  const int n = 300;
+  for (int i = 0; i < n; ++i) make_photo(photos + "/p" + std::to_string(i) + ".jpg", 500 + i);
+  const std::string idx = dir / "idx";
+  const std::string err = dir / "err";
+  pid_t pid = fork();
+  if (pid == 0) {
+    int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(fd, 2);
+    execl(CNCLIP_BINARY, "cnclip", "index", "--batch-size", "1", photos.c_str(), "--model", test::tiny_bundle().c_str(),
+          "--index", idx.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until a first batch is committed, then interrupt.
+  for (int i = 0; i < 200 && !fs::exists(idx + "/catalog.sqlite3"); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << test::read_text(err);
+  const std::string text = test::read_text(err);
+  EXPECT_EQ(WEXITSTATUS(status), 130) << text;
+  EXPECT_NE(text.find("interrupted"), std::string::npos) << text;
+  auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  const int64_t kept = json::parse(info.out)["files"];
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, n);
+  auto rest = json::parse(test::run_cnclip("index -q --format json " + test::shell_quote(photos) + model_arg() +
+                                           " --index " + test::shell_quote(idx)).out);
+  EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
+  EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);
 }
 
 }  // namespace
