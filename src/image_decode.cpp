@@ -363,4 +363,11 @@ Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::stri
   return true;
 }
 
+Result<bool> preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
+                                   float* out) {
+  auto bytes = read_file_bytes(path);
+  if (!bytes) return bytes.error();
+  return preprocess_image(bytes.value(), path, norm, options, out);
+}
+
 }  // namespace cnclip

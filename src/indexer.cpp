@@ -276,7 +276,8 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       }
     } join_loader{loader};
     DecodePipeline pipeline(work, bundle, options.decode, vanished, std::min<int>(threads, static_cast<int>(work.size())),
-                            static_cast<size_t>(batch_size) * 2);
+                            // room to decode ahead while the image tower loads (~600 KB per image)
+                            std::max<size_t>(static_cast<size_t>(batch_size) * 2, 32));
     std::vector<Outcome> pending;
     size_t pending_tensors = 0;
     auto flush = [&] {

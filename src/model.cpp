@@ -41,9 +41,6 @@ struct Model::Impl {
         }
       }
     }
-    // The exporter freezes the modules, which already applies the graph optimizations; the profiling
-    // executor would spend the first calls (all a one-shot query has) re-profiling them.
-    torch::jit::setGraphExecutorOptimize(false);
     try {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
@@ -89,6 +86,7 @@ std::unique_ptr<Model> Model::open(const std::string& bundle_dir, const ModelOpt
                                                      ": CUDA is not available (no GPU, or LibTorch built without CUDA)");
   }
   if (options.threads != 0 || at::get_num_threads() == 1) set_compute_threads(options.threads);
+  torch::jit::setGraphExecutorOptimize(options.optimize_for_many_calls);
   return std::unique_ptr<Model>(new Model(std::move(impl)));
 }
 

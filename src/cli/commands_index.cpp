@@ -87,7 +87,8 @@ std::string iso_time(int64_t t) {
 
 void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
   {
-    static IndexCommand c;
+    auto cp = std::make_shared<IndexCommand>();
+    IndexCommand& c = *cp;
     auto* sub = app.add_subcommand("index", "Add photos in folders (recursively) or single files to the index");
     sub->add_option("path", c.paths,
                     "Folders or image files; '-' reads paths from stdin; none = update every folder indexed before");
@@ -103,8 +104,9 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     add_model_options(sub, o);
     add_index_option(sub, o);
     add_decode_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&o, &action, cp] {
+      action = [&o, cp] {
+        IndexCommand& c = *cp;
         IndexOptions opts;
         opts.paths = expand_stdin(c.paths);
         if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
@@ -124,7 +126,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.allow_mixed_precision = o.mixed_precision;
         opts.batch_size = c.batch_size;
         opts.decode_threads = c.jobs;
-        auto model = open_model(o);
+        auto model = open_model(o, /*many_calls=*/true);
         opts.decode = decode_options(o, model->manifest().image.size);
         const std::string dir = resolve_index_dir(o.index);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
@@ -158,8 +160,12 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::string jsonl, npy, paths_file;
-    static bool wait = false;
+    struct ImportArgs {
+      std::string jsonl, npy, paths_file;
+      bool wait = false;
+    };
+    auto a = std::make_shared<ImportArgs>();
+    auto& [jsonl, npy, paths_file, wait] = *a;
     auto* sub = app.add_subcommand("import", "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
     sub->add_option("file", jsonl, "JSONL file of {\"path\": ..., \"embedding\": [...]} ('-' = stdin)");
     sub->add_option("--npy", npy, "float32 [N,D] matrix of embeddings");
@@ -167,8 +173,9 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
     add_model_options(sub, o);
     add_index_option(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&o, &action, a] {
+      action = [&o, a] {
+        auto& [jsonl, npy, paths_file, wait] = *a;
         if (jsonl.empty() == npy.empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "import: give a JSONL file, or --npy with --paths");
         }
@@ -268,14 +275,15 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::vector<std::string> paths;
-    static bool wait = false;
+    auto a = std::make_shared<std::pair<std::vector<std::string>, bool>>();  // paths, --wait
+    auto& [paths, wait] = *a;
     auto* sub = app.add_subcommand("remove", "Drop files or whole folders from the index (the photos are not touched)");
     sub->add_option("path", paths, "Files or folders; '-' reads paths from stdin")->required();
     sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
     add_index_option(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&o, &action, a] {
+      action = [&o, a] {
+        auto& [paths, wait] = *a;
         auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
         Catalog& cat = store->catalog();
         int64_t removed = 0;

@@ -60,29 +60,32 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::vector<std::string> texts;
-    static bool json_input = false;
-    static int context_length = 0;
-    static std::string vocab;
+    struct Args {
+      std::vector<std::string> texts;
+      bool json_input = false;
+      int context_length = 0;
+      std::string vocab;
+    };
+    auto a = std::make_shared<Args>();
     auto* sub = app.add_subcommand("tokenize", "Print Chinese-CLIP token ids of each text as JSON lines");
-    sub->add_option("text", texts, "Texts; '-' reads one text per line from stdin");
-    sub->add_flag("--json-input", json_input, "Read one JSON string per stdin line (any text, newlines included)");
-    sub->add_option("--context-length", context_length, "Number of ids per text (default: the bundle's, 52)");
-    sub->add_option("--vocab", vocab, "vocab.txt to use instead of the model bundle's");
+    sub->add_option("text", a->texts, "Texts; '-' reads one text per line from stdin");
+    sub->add_flag("--json-input", a->json_input, "Read one JSON string per stdin line (any text, newlines included)");
+    sub->add_option("--context-length", a->context_length, "Number of ids per text (default: the bundle's, 52)");
+    sub->add_option("--vocab", a->vocab, "vocab.txt to use instead of the model bundle's");
     add_model_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&, a] {
+      action = [&, a] {
         std::unique_ptr<Tokenizer> tokenizer;
         int length = 52;
-        if (!vocab.empty()) {
-          tokenizer = WordPieceTokenizer::from_vocab_file(vocab);
+        if (!a->vocab.empty()) {
+          tokenizer = WordPieceTokenizer::from_vocab_file(a->vocab);
         } else {
           auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
           tokenizer = WordPieceTokenizer::from_vocab_file(bundle.path_of("vocab.txt"));
           length = bundle.context_length;
         }
-        if (context_length > 0) length = context_length;
-        std::vector<std::string> inputs = json_input ? read_json_strings() : expand_stdin(texts);
+        if (a->context_length > 0) length = a->context_length;
+        std::vector<std::string> inputs = a->json_input ? read_json_strings() : expand_stdin(a->texts);
         if (inputs.empty()) throw Exception(ErrorCode::kInvalidArgument, "tokenize: no text given");
         for (const auto& t : inputs) {
           nlohmann::json j;
@@ -95,14 +98,14 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::vector<std::string> texts;
+    auto texts = std::make_shared<std::vector<std::string>>();
     auto* sub = app.add_subcommand("embed-text", "Print the embedding of each text as JSON lines");
-    sub->add_option("text", texts, "Texts; '-' reads one text per line from stdin")->required();
+    sub->add_option("text", *texts, "Texts; '-' reads one text per line from stdin")->required();
     add_model_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
-        auto model = open_model(o);
-        const auto inputs = expand_stdin(texts);
+    sub->callback([&, texts] {
+      action = [&, texts] {
+        const auto inputs = expand_stdin(*texts);
+        auto model = open_model(o, inputs.size() > 256);
         const int dim = model->dim();
         constexpr size_t kBatch = 64;
         for (size_t i = 0; i < inputs.size(); i += kBatch) {
@@ -115,15 +118,15 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::vector<std::string> files;
+    auto files = std::make_shared<std::vector<std::string>>();
     auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines");
-    sub->add_option("image", files, "Image files; '-' reads one path per line from stdin")->required();
+    sub->add_option("image", *files, "Image files; '-' reads one path per line from stdin")->required();
     add_model_options(sub, o);
     add_decode_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
-        auto model = open_model(o);
-        const auto inputs = expand_stdin(files);
+    sub->callback([&, files] {
+      action = [&, files] {
+        const auto inputs = expand_stdin(*files);
+        auto model = open_model(o, inputs.size() > 16);
         const int dim = model->dim();
         const int r = model->manifest().image.size;
         const size_t per_image = static_cast<size_t>(3) * r * r;
@@ -135,10 +138,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
           std::vector<float> pixels;
           for (size_t k = i; k < std::min(inputs.size(), i + kBatch); ++k) {
             pixels.resize((ok.size() + 1) * per_image);
-            auto bytes = read_file_bytes(inputs[k]);
-            Result<bool> done = bytes ? preprocess_image(bytes.value(), inputs[k], model->manifest().image, decode,
-                                                         &pixels[ok.size() * per_image])
-                                      : Result<bool>(bytes.error());
+            auto done = preprocess_image_file(inputs[k], model->manifest().image, decode, &pixels[ok.size() * per_image]);
             if (!done) {
               print_error(done.error().message);
               ++failed;
@@ -154,20 +154,19 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static std::string image, npy;
+    auto paths = std::make_shared<std::pair<std::string, std::string>>();  // image, npy
     auto* sub = app.add_subcommand("preprocess", "Write the model input tensor of an image as .npy (debugging)");
-    sub->add_option("image", image, "Image file")->required();
-    sub->add_option("--npy", npy, "Output .npy file (float32 [3,R,R])")->required();
+    sub->add_option("image", paths->first, "Image file")->required();
+    sub->add_option("--npy", paths->second, "Output .npy file (float32 [3,R,R])")->required();
     add_model_options(sub, o);
     add_decode_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&, paths] {
+      action = [&, paths] {
+        const auto& [image, npy] = *paths;
         Normalization norm;  // Chinese-CLIP's 224 / mean / std unless a bundle says otherwise
         if (!o.model.empty() || std::getenv("CNCLIP_MODEL")) norm = load_bundle_manifest(resolve_model_dir(o.model)).image;
         std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
-        auto bytes = read_file_bytes(image);
-        if (!bytes) throw Exception(bytes.error());
-        auto ok = preprocess_image(bytes.value(), image, norm, decode_options(o, norm.size), pixels.data());
+        auto ok = preprocess_image_file(image, norm, decode_options(o, norm.size), pixels.data());
         if (!ok) throw Exception(ok.error());
         write_npy(npy, pixels.data(), {3, norm.size, norm.size});
         return 0;

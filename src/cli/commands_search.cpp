@@ -71,12 +71,14 @@ int print(const std::vector<QueryResult>& results, const CommonOptions& o) {
 
 void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
   {
-    static SearchCommand c;
+    auto cp = std::make_shared<SearchCommand>();
+    SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-text", "Find indexed photos matching Chinese (or English) text");
     sub->add_option("query", c.queries, "Texts; '-' reads one query per line from stdin")->required();
     add_search_options(sub, c, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&o, &action, cp] {
+      action = [&o, cp] {
+        SearchCommand& c = *cp;
         auto model = open_model(o);
         auto index = open_in_background(o, model->manifest());
         const auto queries = expand_stdin(c.queries);
@@ -96,14 +98,16 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    static SearchCommand c;
+    auto cp = std::make_shared<SearchCommand>();
+    SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-image", "Find indexed photos that look like an example image");
     sub->add_option("image", c.queries, "Image files (indexed or not); '-' reads one path per line from stdin")->required();
     sub->add_flag("--exclude-self", c.exclude_self, "Leave the query image itself out of its results");
     add_search_options(sub, c, o);
     add_decode_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&o, &action, cp] {
+      action = [&o, cp] {
+        SearchCommand& c = *cp;
         auto model = open_model(o);
         OpenedIndex opened = open_in_background(o, model->manifest()).get();
         IndexStore* store = opened.store.get();
@@ -131,9 +135,7 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
           }
           if (e.size() != static_cast<size_t>(dim)) {
             std::vector<float> pixels(static_cast<size_t>(3) * r * r);
-            auto bytes = read_file_bytes(path);
-            Result<bool> ok = bytes ? preprocess_image(bytes.value(), path, model->manifest().image, decode, pixels.data())
-                                    : Result<bool>(bytes.error());
+            auto ok = preprocess_image_file(path, model->manifest().image, decode, pixels.data());
             if (!ok) {
               print_error(ok.error().message);
               ++failed;

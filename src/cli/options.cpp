@@ -33,8 +33,9 @@ void add_decode_options(CLI::App* sub, CommonOptions& o) {
       ->check(CLI::PositiveNumber);
 }
 
-std::unique_ptr<Model> open_model(const CommonOptions& o) {
+std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls) {
   ModelOptions mo;
+  mo.optimize_for_many_calls = many_calls;
   mo.device = o.device;
   mo.threads = o.threads;
   return Model::open(resolve_model_dir(o.model), mo);

@@ -32,7 +32,8 @@ void add_model_options(CLI::App* sub, CommonOptions& o);
 void add_index_option(CLI::App* sub, CommonOptions& o);  // --index and --mixed-precision
 void add_decode_options(CLI::App* sub, CommonOptions& o);
 
-std::unique_ptr<Model> open_model(const CommonOptions& o);
+// `many_calls`: the command will call the model many times (see ModelOptions).
+std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls = false);
 // Decoding options for a model whose input side is `input_size`.
 DecodeOptions decode_options(const CommonOptions& o, int input_size);
 
