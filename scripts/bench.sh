@@ -7,7 +7,8 @@
 # with noise; a full-size ViT-B-16 with random weights in the official checkpoint layout, exported
 # fp32 and int8; 100k and 1M random embeddings imported into two indexes; 10,000 small images indexed
 # with the tiny bundle. Then measures, and prints a Markdown table (also written to DIR/results.md):
-#   - sgemm GFLOP/s (the roofline) and the image tower's ms/image, fp32 and int8
+#   - sgemm GFLOP/s (the roofline) and the image tower's ms/image, fp32 and int8; text query encoding;
+#     tokenizing 10,000 captions
 #   - `cnclip index` images/s vs the Python reference pipeline (Pillow decode + Chinese-CLIP's
 #     transform + the same TorchScript model from /usr/bin/python3, batches of 8), interleaved
 #   - embedding agreement (cosine) between the two, and int8 vs fp32
@@ -96,6 +97,7 @@ img_fp32_b1=$("$bench" image "$fp32" --batch 1 --iters 3 | json_field ms_per_ima
 img_int8=$("$bench" image "$int8" --batch 4 --iters 3 | json_field ms_per_image)
 txt_fp32=$("$bench" text "$fp32" --iters 20 | json_field ms_per_query)
 txt_int8=$("$bench" text "$int8" --iters 20 | json_field ms_per_query)
+tokenize_s=$("$bench" tokenize "$fp32" --iters 3 | json_field seconds)
 sgemm2=$("$bench" sgemm --iters 3 | json_field sgemm_gflops)
 sgemm=$("$py" -c "print(($sgemm1 + $sgemm2) / 2)")
 vit_gflop=35.1  # ViT-B-16 at 224: 12 x (qkv + attention + out + MLP) + patch embedding, multiply-adds x 2
@@ -143,6 +145,7 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo "| peak RSS while indexing | fp32 $fp32_rss MB, int8 $int8_rss MB | Python $py_rss MB | |"
   echo "| image tower, ms/image (batch 4 / batch 1) | fp32 $(f "$img_fp32" .0f) / $(f "$img_fp32_b1" .0f), int8 $(f "$img_int8" .0f) | roofline $(f "$vit_gflop*1000/$sgemm" .0f) (sgemm $(f "$sgemm" .0f) GFLOP/s) | fp32 at **$(f "100*$vit_gflop*1000/$sgemm/$img_fp32" .0f)%** of roofline |"
   echo "| text query encoding, ms | fp32 $(f "$txt_fp32" .1f), int8 $(f "$txt_int8" .1f) | ONNX Runtime 57 (issue #6) | padding trimmed |"
+  echo "| tokenize 10,000 mixed Chinese/English captions, s | $(f "$tokenize_s" .3f) | | one thread |"
   for n in "${sizes[@]}"; do
     echo "| search-text cold, $n vectors, p50 / p90 s | $(f "${st_p50[$n]}" .2f) / $(f "${st_p90[$n]}" .2f) | | peak RSS ${st_rss[$n]%.*} MB |"
     echo "| search-image cold (image not indexed), $n vectors, p50 / p90 s | $(f "${si_p50[$n]}" .2f) / $(f "${si_p90[$n]}" .2f) | | peak RSS ${si_rss[$n]%.*} MB |"

@@ -151,6 +151,11 @@ void release_library_stderr() {
   ::close(c.read_fd);
 }
 
+int user_stderr_fd() {
+  const Capture& c = capture();
+  return c.active ? c.terminal_fd : STDERR_FILENO;
+}
+
 DecodingFile::DecodingFile(const std::string& path) : path_(path) {
   Capture& c = capture();
   std::lock_guard<std::mutex> lock(c.mu);

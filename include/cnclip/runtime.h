@@ -20,6 +20,8 @@ void request_interrupt();  // what the handler does; also for tests
 // thread-safe against the other; both are no-ops when repeated.
 void capture_library_stderr();
 void release_library_stderr();
+// The descriptor std::cerr writes to: the terminal's stderr even while fd 2 is captured.
+int user_stderr_fd();
 
 // Marks `path` as being decoded by this thread for the lifetime of the object, so that library
 // output can be attributed to it. Thread-safe; cheap when stderr is not captured.

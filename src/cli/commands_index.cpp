@@ -58,12 +58,13 @@ class TerminalObserver : public IndexObserver {
     end_bar();
     std::cerr << "cnclip: skipped: " << e.message << '\n';
   }
-
- private:
+  // Moves past the progress bar so that the next message starts on a line of its own.
   void end_bar() {
     if (bar_shown_) std::cerr << '\n';
     bar_shown_ = false;
   }
+
+ private:
   bool bar_, quiet_, bar_shown_ = false;
   std::chrono::steady_clock::time_point start_;
 };
@@ -136,6 +137,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         install_interrupt_handlers();
         TerminalObserver observer(stderr_is_terminal() && !o.quiet, o.quiet);
         const IndexSummary s = run_index(*store, *model, opts, observer);
+        observer.end_bar();
         if (o.format == "json") {
           nlohmann::json j{{"index", dir},          {"added", s.added},     {"updated", s.updated},
                            {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},

@@ -4,6 +4,8 @@
 
 #include <iostream>
 
+#include "cnclip/runtime.h"
+
 namespace cnclip::cli {
 
 void add_model_options(CLI::App* sub, CommonOptions& o) {
@@ -68,7 +70,7 @@ std::vector<std::string> expand_stdin(const std::vector<std::string>& args) {
 }
 
 bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
-bool stderr_is_terminal() { return ::isatty(STDERR_FILENO) == 1; }
+bool stderr_is_terminal() { return ::isatty(user_stderr_fd()) == 1; }
 
 void print_error(const std::string& message) { std::cerr << "cnclip: error: " << message << std::endl; }
 void print_warning(const std::string& message) { std::cerr << "cnclip: warning: " << message << std::endl; }
