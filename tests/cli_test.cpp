@@ -516,3 +516,29 @@ TEST(CliDecoderNoise, LibraryMessagesNameTheFile) {
 
 }  // namespace
 }  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// On a terminal: a progress bar (done/total, images/s, ETA) and the table format by default.
+TEST(CliTerminal, ProgressBarAndTableOnATerminal) {
+  test::TempDir dir;
+  const std::string idx = " --index " + test::shell_quote(dir / "i");
+  auto in_pty = [&](const std::string& args) {
+    // script(1) runs the command on a pseudo-terminal.
+    const std::string cmd = std::string(CNCLIP_BINARY) + " " + args;
+    const std::string full = "script -qefc " + test::shell_quote(cmd) + " /dev/null > " + test::shell_quote(dir / "tty") +
+                             " 2>&1";
+    EXPECT_EQ(std::system(full.c_str()), 0) << cmd;
+    return test::read_text(dir / "tty");
+  };
+  std::string out = in_pty("index " + test::shell_quote(test::fixtures("images")) + model_arg() + idx);
+  EXPECT_NE(out.find("6/6"), std::string::npos) << out;
+  EXPECT_NE(out.find("img/s"), std::string::npos) << out;
+  EXPECT_NE(out.find("ETA"), std::string::npos) << out;
+  out = in_pty("search-text 皮卡丘 -k 2" + model_arg() + idx);
+  EXPECT_NE(out.find("query: 皮卡丘"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace cnclip
