@@ -321,6 +321,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       pending.clear();
       pending_tensors = 0;
     };
+    bool stopped_early = false;
     while (auto o = pipeline.next()) {
       ++done;
       if (o->kind == Outcome::kFailed) {
@@ -332,14 +333,17 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
         if (static_cast<int>(pending_tensors) >= batch_size || pending.size() >= static_cast<size_t>(batch_size) * 4) {
           flush();
           observer.on_progress(done, static_cast<int64_t>(work.size()));
-          if (interrupt_requested()) break;
+          if (interrupt_requested()) {
+            stopped_early = done < static_cast<int64_t>(work.size());
+            break;
+          }
         }
       }
     }
-    if (!interrupt_requested()) flush();
+    if (!stopped_early) flush();
     pipeline.stop();
     observer.on_progress(done, static_cast<int64_t>(work.size()));
-    summary.interrupted = interrupt_requested() && done < static_cast<int64_t>(work.size());
+    summary.interrupted = stopped_early;
     if (summary.interrupted) {
       // What was decoded but not committed is simply done again next time.
       summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

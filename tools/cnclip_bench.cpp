@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   prep->add_option("images", images)->required();
   prep->add_option("--reduced-min-side", reduce, "allow JPEG DCT scaling down to this side (0 = full decode)");
   text->add_option("bundle", bundle)->required();
-  for (auto* s : {sgemm, image, text}) {
+  for (auto* s : {sgemm, image, text, tok, prep}) {
     s->add_option("--iters", iters);
     s->add_option("--threads", threads);
   }
