@@ -277,7 +277,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     } join_loader{loader};
     DecodePipeline pipeline(work, bundle, options.decode, vanished, std::min<int>(threads, static_cast<int>(work.size())),
                             // room to decode ahead while the image tower loads (~600 KB per image)
-                            std::max<size_t>(static_cast<size_t>(batch_size) * 2, 32));
+                            std::max<size_t>(static_cast<size_t>(batch_size) * 2, 64));
     std::vector<Outcome> pending;
     size_t pending_tensors = 0;
     auto flush = [&] {
