@@ -53,13 +53,14 @@ struct OpenedIndex {
   std::unique_ptr<IndexStore> store;
   std::unique_ptr<Searcher> searcher;
 };
+OpenedIndex open_index(const CommonOptions& o, const BundleManifest& bundle) {
+  OpenedIndex opened;
+  opened.store = open_for_search(o, bundle);
+  opened.searcher = std::make_unique<Searcher>(*opened.store);
+  return opened;
+}
 std::future<OpenedIndex> open_in_background(const CommonOptions& o, const BundleManifest& bundle) {
-  return std::async(std::launch::async, [&o, &bundle] {
-    OpenedIndex opened;
-    opened.store = open_for_search(o, bundle);
-    opened.searcher = std::make_unique<Searcher>(*opened.store);
-    return opened;
-  });
+  return std::async(std::launch::async, [&o, &bundle] { return open_index(o, bundle); });
 }
 
 int print(const std::vector<QueryResult>& results, const CommonOptions& o) {
@@ -109,7 +110,8 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
       action = [&o, cp] {
         SearchCommand& c = *cp;
         auto model = open_model(o);
-        OpenedIndex opened = open_in_background(o, model->manifest()).get();
+        // The index first: a query that is already indexed needs no image tower at all.
+        OpenedIndex opened = open_index(o, model->manifest());
         IndexStore* store = opened.store.get();
         const SearchOptions opts = search_options(c);
         const auto inputs = expand_stdin(c.queries);
