@@ -117,7 +117,9 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
       "  mtime_ns INTEGER NOT NULL, content_hash TEXT NOT NULL, indexed_at INTEGER NOT NULL,"
       "  embedding BLOB NOT NULL);"
       "CREATE INDEX IF NOT EXISTS files_by_hash ON files(content_hash);"
-      "CREATE TABLE IF NOT EXISTS roots(path TEXT PRIMARY KEY);");
+      "CREATE TABLE IF NOT EXISTS roots(path TEXT PRIMARY KEY);"
+      "CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
+      "  mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL);");
   auto version = c->meta("schema_version");
   if (!version) {
     c->set_meta("schema_version", std::to_string(kSchemaVersion));
@@ -244,7 +246,34 @@ int64_t Catalog::remove_under(const std::string& dir) {
   return sqlite3_changes(db_);
 }
 
-void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots;"); }
+void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots; DELETE FROM failures;"); }
+
+std::optional<FileRecord> Catalog::failure(const std::string& path) {
+  Statement s = prepare("SELECT size, mtime_ns, reason FROM failures WHERE path = ?");
+  s.bind(1, path);
+  if (sqlite3_step(s.get()) != SQLITE_ROW) return std::nullopt;
+  return FileRecord{0, path, s.i64(0), s.i64(1), s.text(2), 0};
+}
+
+void Catalog::record_failure(const FileRecord& file, const std::string& reason) {
+  Statement s = prepare("INSERT OR REPLACE INTO failures(path, size, mtime_ns, reason) VALUES(?, ?, ?, ?)");
+  s.bind(1, file.path).bind(2, file.size).bind(3, file.mtime_ns).bind(4, reason);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record failure of " + file.path);
+}
+
+void Catalog::forget_failure(const std::string& path) {
+  Statement s = prepare("DELETE FROM failures WHERE path = ?");
+  s.bind(1, path);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update failures");
+}
+
+int64_t Catalog::forget_failures_under(const std::string& dir) {
+  auto [lo, hi] = prefix_range(dir);
+  Statement s = prepare("DELETE FROM failures WHERE path = ? OR (path >= ? AND path < ?)");
+  s.bind(1, dir).bind(2, lo).bind(3, hi);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update failures");
+  return sqlite3_changes(db_);
+}
 
 void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn) {
   Statement s = prepare("SELECT id, embedding FROM files ORDER BY id");

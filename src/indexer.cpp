@@ -215,9 +215,16 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     if (!seen.insert(f.path).second) return;
     if (existing && existing->size == f.size && existing->mtime_ns == f.mtime_ns) {
       ++summary.unchanged;
-    } else {
-      work.push_back(WorkItem{f, existing});
+      return;
     }
+    if (!options.retry_failed) {
+      auto failed = catalog.failure(f.path);
+      if (failed && failed->size == f.size && failed->mtime_ns == f.mtime_ns) {
+        ++summary.failed_before;
+        return;
+      }
+    }
+    work.push_back(WorkItem{f, existing});
   };
   for (const auto& folder : folders) {
     std::vector<FoundFile> found;
@@ -279,9 +286,10 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
                             // room to decode ahead while the image tower loads (~600 KB per image)
                             std::max<size_t>(static_cast<size_t>(batch_size) * 2, 64));
     std::vector<Outcome> pending;
+    std::vector<Outcome> pending_failures;
     size_t pending_tensors = 0;
     auto flush = [&] {
-      if (pending.empty()) return;
+      if (pending.empty() && pending_failures.empty()) return;
       std::vector<float> pixels;
       pixels.reserve(pending_tensors * static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
       for (const auto& o : pending) {
@@ -290,15 +298,21 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       if (loader.joinable()) loader.join();
       if (load_error) std::rethrow_exception(load_error);
       pipeline.pause();
-      const std::vector<float> embeddings = model.encode_images(pixels.data(), static_cast<int>(pending_tensors));
+      const std::vector<float> embeddings =
+          pending_tensors ? model.encode_images(pixels.data(), static_cast<int>(pending_tensors)) : std::vector<float>();
       pipeline.resume();
       CatalogTransaction tx(catalog);
       if (!model_recorded) {
         store.record_model(bundle);
         model_recorded = true;
       }
+      for (const auto& o : pending_failures) {
+        const WorkItem& item = work[o.item];
+        catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0}, o.error.message);
+      }
       size_t row = 0;
       for (const auto& o : pending) {
+        catalog.forget_failure(work[o.item].file.path);
         const WorkItem& item = work[o.item];
         FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, o.hash, now_seconds()};
         if (o.kind == Outcome::kEncoded) {
@@ -319,6 +333,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       }
       tx.commit();
       pending.clear();
+      pending_failures.clear();
       pending_tensors = 0;
     };
     bool stopped_early = false;
@@ -327,6 +342,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       if (o->kind == Outcome::kFailed) {
         observer.on_file_error(o->error);
         ++summary.failed;
+        pending_failures.push_back(std::move(*o));
       } else {
         if (o->kind == Outcome::kEncoded) ++pending_tensors;
         pending.push_back(std::move(*o));

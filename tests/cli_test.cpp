@@ -167,6 +167,18 @@ TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
   EXPECT_EQ(s["added"], 0);
   EXPECT_EQ(s["updated"], 0);
   EXPECT_EQ(s["unchanged"], 5);
+  EXPECT_EQ(s["failed"], 0);  // broken.jpg is remembered, not decoded and reported again
+  EXPECT_EQ(s["failed_before"], 1);
+  s = index_json(test::shell_quote(photos) + idx_arg() + " --retry-failed");
+  EXPECT_EQ(s["failed"], 1);
+  EXPECT_EQ(s["added"], 0);
+  make_photo(photos + "/家/broken.jpg", 77);  // repaired: tried again because it changed
+  s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["added"], 1);
+  EXPECT_EQ(s["failed_before"], 0);
+  fs::remove(photos + "/家/broken.jpg");
+  s = index_json(test::shell_quote(photos) + idx_arg());
+  EXPECT_EQ(s["removed"], 1);
 
   // Changed content (new size and mtime) is encoded again.
   make_photo(photos + "/家/小狗.jpeg", 40);

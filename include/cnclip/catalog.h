@@ -67,6 +67,13 @@ class Catalog {
   // Calls fn(id, vector) for every file, in id order.
   void for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn);
 
+  // Files that could not be decoded, remembered with their size and mtime so that an unchanged
+  // broken file is not decoded (and reported) again on every run.
+  std::optional<FileRecord> failure(const std::string& path);  // content_hash holds the reason
+  void record_failure(const FileRecord& file, const std::string& reason);
+  void forget_failure(const std::string& path);
+  int64_t forget_failures_under(const std::string& dir);
+
   std::vector<std::string> roots();
   void add_root(const std::string& dir);
   void remove_root(const std::string& dir);

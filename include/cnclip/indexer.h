@@ -18,6 +18,7 @@ struct IndexOptions {
   DecodeOptions decode;
   bool reindex = false;      // drop everything and encode again (e.g. after changing the model)
   bool allow_mixed_precision = false;  // accept the int8/fp32 sibling of the index's model
+  bool retry_failed = false;  // decode again files that failed before and have not changed since
   int batch_size = 4;        // images per model call and per committed transaction (larger batches
                              // are no faster on CPU and hold more memory: ~85 MB per ViT-B-16 image)
   int decode_threads = 0;    // 0 = number of cores
@@ -25,6 +26,7 @@ struct IndexOptions {
 
 struct IndexSummary {
   int64_t added = 0, updated = 0, removed = 0, unchanged = 0, moved = 0, failed = 0;
+  int64_t failed_before = 0;  // unchanged files that failed in an earlier run, not tried again
   double seconds = 0;
   bool interrupted = false;
 };
@@ -44,7 +46,8 @@ class IndexObserver {
 // - Committed in batches: each batch of encoded files is one transaction; an interruption (Ctrl-C,
 //   checked between batches, or a crash) keeps every committed batch, and the next run does the rest.
 // - Files that disappeared from an indexed folder are removed at the end of a complete pass.
-// - A file that cannot be decoded is reported through the observer and counted, never fatal.
+// - A file that cannot be decoded is reported through the observer and counted, never fatal; it is
+//   remembered, and not tried again while its size and mtime stay the same (unless retry_failed).
 // Throws Exception for failures that end the run (model mismatch, unwritable index, missing path).
 IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& options, IndexObserver& observer);
 

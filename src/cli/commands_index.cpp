@@ -73,7 +73,7 @@ struct IndexCommand {
   std::vector<std::string> paths;
   std::vector<std::string> excludes;
   std::string extensions;
-  bool hidden = false, reindex = false, wait = false;
+  bool hidden = false, reindex = false, wait = false, retry_failed = false;
   int batch_size = 4, jobs = 0;
 };
 
@@ -97,6 +97,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->add_option("--exclude", c.excludes, "Skip names or paths matching this glob (repeatable)");
     sub->add_option("--ext", c.extensions, "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
     sub->add_flag("--reindex", c.reindex, "Forget everything and encode all files again (e.g. with another model)");
+    sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
     sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str();
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
@@ -124,6 +125,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           }
         }
         opts.reindex = c.reindex;
+        opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
         opts.batch_size = c.batch_size;
         opts.decode_threads = c.jobs;
@@ -141,7 +143,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (o.format == "json") {
           nlohmann::json j{{"index", dir},          {"added", s.added},     {"updated", s.updated},
                            {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
-                           {"failed", s.failed},    {"interrupted", s.interrupted},
+                           {"failed", s.failed},    {"failed_before", s.failed_before},
+                           {"interrupted", s.interrupted},
                            {"seconds", std::round(s.seconds * 1000) / 1000}};
           std::cout << dump_json(j) << std::endl;
         }
@@ -157,6 +160,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           return 130;
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
+        if (!o.quiet && s.failed_before > 0) {
+          std::cerr << "cnclip: " << s.failed_before
+                    << " unchanged file(s) that failed before were not tried again (--retry-failed)\n";
+        }
         return 0;
       };
     });
@@ -298,6 +305,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
             while (target.size() > 1 && target.back() == '/') target.pop_back();
             const int64_t n = cat.remove_under(target);
             cat.remove_root(target);
+            cat.forget_failures_under(target);
             if (n == 0) print_warning(p + ": not in the index");
             removed += n;
           }
