@@ -238,13 +238,16 @@ void Catalog::remove(int64_t id) {
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot remove file");
 }
 
-int64_t Catalog::remove_under(const std::string& dir) {
+int64_t Catalog::delete_path_and_below(const char* table, const std::string& dir) {
   auto [lo, hi] = prefix_range(dir);
-  Statement s = prepare("DELETE FROM files WHERE path = ? OR (path >= ? AND path < ?)");
+  const std::string sql = std::string("DELETE FROM ") + table + " WHERE path = ? OR (path >= ? AND path < ?)";
+  Statement s = prepare(sql.c_str());
   s.bind(1, dir).bind(2, lo).bind(3, hi);
-  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot remove " + dir);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot remove " + dir + " from " + table);
   return sqlite3_changes(db_);
 }
+
+int64_t Catalog::remove_under(const std::string& dir) { return delete_path_and_below("files", dir); }
 
 void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots; DELETE FROM failures;"); }
 
@@ -267,13 +270,7 @@ void Catalog::forget_failure(const std::string& path) {
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update failures");
 }
 
-int64_t Catalog::forget_failures_under(const std::string& dir) {
-  auto [lo, hi] = prefix_range(dir);
-  Statement s = prepare("DELETE FROM failures WHERE path = ? OR (path >= ? AND path < ?)");
-  s.bind(1, dir).bind(2, lo).bind(3, hi);
-  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update failures");
-  return sqlite3_changes(db_);
-}
+int64_t Catalog::forget_failures_under(const std::string& dir) { return delete_path_and_below("failures", dir); }
 
 void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn) {
   Statement s = prepare("SELECT id, embedding FROM files ORDER BY id");
@@ -302,11 +299,6 @@ void Catalog::add_root(const std::string& dir) {
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record folder " + dir);
 }
 
-void Catalog::remove_root(const std::string& dir) {
-  auto [lo, hi] = prefix_range(dir);
-  Statement s = prepare("DELETE FROM roots WHERE path = ? OR (path >= ? AND path < ?)");
-  s.bind(1, dir).bind(2, lo).bind(3, hi);
-  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot forget folder " + dir);
-}
+void Catalog::remove_root(const std::string& dir) { delete_path_and_below("roots", dir); }
 
 }  // namespace cnclip

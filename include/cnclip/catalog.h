@@ -82,6 +82,8 @@ class Catalog {
   Catalog(sqlite3* db, std::string path);
   sqlite3_stmt* prepare(const char* sql);
   void exec(const char* sql);
+  // DELETE of `dir` itself and every path below it from `table`; returns the rows deleted.
+  int64_t delete_path_and_below(const char* table, const std::string& dir);
   [[noreturn]] void fail(const std::string& what);
 
   sqlite3* db_;
