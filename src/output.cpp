@@ -10,14 +10,14 @@ namespace {
 // Six decimals are far below the model's own noise and keep the output readable.
 double rounded_score(float s) { return std::round(static_cast<double>(s) * 1e6) / 1e6; }
 
-nlohmann::json hit_json(const QueryResult& r, const RankedHit& h) {
-  return nlohmann::json{{"query", r.query}, {"rank", h.rank}, {"path", h.path}, {"score", rounded_score(h.score)}};
+nlohmann::ordered_json hit_json(const QueryResult& r, const RankedHit& h) {
+  return nlohmann::ordered_json{{"query", r.query}, {"rank", h.rank}, {"path", h.path}, {"score", rounded_score(h.score)}};
 }
 
 }  // namespace
 
-std::string dump_json(const nlohmann::json& value) {
-  return value.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+std::string dump_json(const nlohmann::ordered_json& value) {
+  return value.dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
 
 OutputFormat parse_output_format(const std::string& name, bool stdout_is_terminal) {
@@ -32,7 +32,7 @@ OutputFormat parse_output_format(const std::string& name, bool stdout_is_termina
 void print_results(std::ostream& out, const std::vector<QueryResult>& results, OutputFormat format) {
   switch (format) {
     case OutputFormat::kJson: {
-      nlohmann::json all = nlohmann::json::array();
+      nlohmann::ordered_json all = nlohmann::ordered_json::array();
       for (const auto& r : results) {
         for (const auto& h : r.hits) all.push_back(hit_json(r, h));
       }

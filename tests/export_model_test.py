@@ -109,3 +109,17 @@ class ExportTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class LayoutTest(unittest.TestCase):
+    def test_vitb16_layout_matches_cn_clip(self):
+        """Every key and shape of the real ViT-B-16 state_dict (vitb16_keys.json), fp16 rule included."""
+        sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+        import export_model
+        ref = json.load(open(os.path.join(FIXTURES, "vitb16_keys.json")))
+        real = {e["key"]: (tuple(e["shape"]), e["dtype"]) for e in ref["keys"] if e["in_model_state_dict"]}
+        ours = export_model.expected_shapes(export_model.ARCHS["ViT-B-16"])
+        self.assertEqual(set(ours), set(real))
+        for key, shape in ours.items():
+            self.assertEqual(tuple(shape), real[key][0], key)
+            self.assertEqual(export_model.is_fp16_designated(key), real[key][1] == "float16", key)

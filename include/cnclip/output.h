@@ -23,6 +23,7 @@ OutputFormat parse_output_format(const std::string& name, bool stdout_is_termina
 void print_results(std::ostream& out, const std::vector<QueryResult>& results, OutputFormat format);
 
 // Compact JSON text; invalid UTF-8 (possible in file names) becomes U+FFFD instead of an error.
-std::string dump_json(const nlohmann::json& value);
+// Objects printed for users and scripts are ordered_json, so fields come in the documented order.
+std::string dump_json(const nlohmann::ordered_json& value);
 
 }  // namespace cnclip

@@ -141,7 +141,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const IndexSummary s = run_index(*store, *model, opts, observer);
         observer.end_bar();
         if (o.format == "json") {
-          nlohmann::json j{{"index", dir},          {"added", s.added},     {"updated", s.updated},
+          nlohmann::ordered_json j{{"index", dir},  {"added", s.added},     {"updated", s.updated},
                            {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
                            {"failed", s.failed},    {"failed_before", s.failed_before},
                            {"interrupted", s.interrupted},
@@ -256,7 +256,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         Catalog& cat = store->catalog();
         auto vectors = store->load_vectors();
         const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
-        nlohmann::json j{{"index", dir},
+        nlohmann::ordered_json j{{"index", dir},
                          {"model_fingerprint", cat.meta("model_fingerprint").value_or("")},
                          {"model_architecture", cat.meta("model_architecture").value_or("")},
                          {"model_precision", cat.meta("model_precision").value_or("")},

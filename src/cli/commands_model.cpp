@@ -11,7 +11,7 @@ namespace cnclip::cli {
 namespace {
 
 void print_embedding(const char* key, const std::string& value, const float* e, int dim) {
-  nlohmann::json j;
+  nlohmann::ordered_json j;
   j[key] = value;
   j["embedding"] = std::vector<float>(e, e + dim);
   std::cout << dump_json(j) << '\n';
@@ -88,7 +88,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         std::vector<std::string> inputs = a->json_input ? read_json_strings() : expand_stdin(a->texts);
         if (inputs.empty()) throw Exception(ErrorCode::kInvalidArgument, "tokenize: no text given");
         for (const auto& t : inputs) {
-          nlohmann::json j;
+          nlohmann::ordered_json j;
           j["text"] = t;
           j["ids"] = tokenizer->encode(t, length);
           std::cout << dump_json(j) << '\n';
