@@ -109,6 +109,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->callback([&o, &action, cp] {
       action = [&o, cp] {
         IndexCommand& c = *cp;
+        install_interrupt_handlers();  // before the index exists, so Ctrl-C never finds it half-set-up
         IndexOptions opts;
         opts.paths = expand_stdin(c.paths);
         if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
@@ -136,7 +137,6 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (opts.paths.empty() && store->catalog().roots().empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
         }
-        install_interrupt_handlers();
         TerminalObserver observer(stderr_is_terminal() && !o.quiet, o.quiet);
         const IndexSummary s = run_index(*store, *model, opts, observer);
         observer.end_bar();
