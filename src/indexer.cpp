@@ -3,19 +3,17 @@
 #include <opencv2/core/utility.hpp>
 #include <xxhash.h>
 
-#include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
-#include <filesystem>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <ctime>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -290,17 +288,19 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     size_t pending_tensors = 0;
     auto flush = [&] {
       if (pending.empty() && pending_failures.empty()) return;
-      std::vector<float> pixels;
-      pixels.reserve(pending_tensors * static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
-      for (const auto& o : pending) {
-        if (o.kind == Outcome::kEncoded) pixels.insert(pixels.end(), o.pixels.begin(), o.pixels.end());
+      std::vector<float> embeddings;
+      if (pending_tensors > 0) {  // a batch of only moves and failures needs no model
+        std::vector<float> pixels;
+        pixels.reserve(pending_tensors * static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
+        for (const auto& o : pending) {
+          if (o.kind == Outcome::kEncoded) pixels.insert(pixels.end(), o.pixels.begin(), o.pixels.end());
+        }
+        if (loader.joinable()) loader.join();
+        if (load_error) std::rethrow_exception(load_error);
+        pipeline.pause();
+        embeddings = model.encode_images(pixels.data(), static_cast<int>(pending_tensors));
+        pipeline.resume();
       }
-      if (loader.joinable()) loader.join();
-      if (load_error) std::rethrow_exception(load_error);
-      pipeline.pause();
-      const std::vector<float> embeddings =
-          pending_tensors ? model.encode_images(pixels.data(), static_cast<int>(pending_tensors)) : std::vector<float>();
-      pipeline.resume();
       CatalogTransaction tx(catalog);
       if (!model_recorded) {
         store.record_model(bundle);
@@ -312,8 +312,8 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       }
       size_t row = 0;
       for (const auto& o : pending) {
-        catalog.forget_failure(work[o.item].file.path);
         const WorkItem& item = work[o.item];
+        catalog.forget_failure(item.file.path);
         FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, o.hash, now_seconds()};
         if (o.kind == Outcome::kEncoded) {
           const float* e = &embeddings[row++ * static_cast<size_t>(dim)];
@@ -391,10 +391,6 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }
-
-}  // namespace cnclip
-
-namespace cnclip {
 
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
                                 const std::vector<float>& embeddings, bool allow_mixed_precision) {

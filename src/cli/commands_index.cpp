@@ -105,6 +105,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
     add_index_option(sub, o);
+    add_mixed_precision_option(sub, o);
     add_decode_options(sub, o);
     sub->callback([&o, &action, cp] {
       action = [&o, cp] {
@@ -182,6 +183,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
     add_model_options(sub, o);
     add_index_option(sub, o);
+    add_mixed_precision_option(sub, o);
     sub->callback([&o, &action, a] {
       action = [&o, a] {
         auto& [jsonl, npy, paths_file, wait] = *a;

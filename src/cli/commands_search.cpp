@@ -26,6 +26,7 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
       ->check(CLI::IsMember({"table", "json", "jsonl", "paths", "auto"}));
   add_model_options(sub, o);
   add_index_option(sub, o);
+  add_mixed_precision_option(sub, o);
 }
 
 // Opens the index for reading and checks that it was built with the same model.

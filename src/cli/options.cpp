@@ -18,10 +18,11 @@ void add_model_options(CLI::App* sub, CommonOptions& o) {
 void add_index_option(CLI::App* sub, CommonOptions& o) {
   sub->add_option("--index", o.index, "Index directory (default: $CNCLIP_INDEX, else "
                                       "${XDG_DATA_HOME:-~/.local/share}/cnclip)");
-  if (sub->get_name() != "info" && sub->get_name() != "remove") {
-    sub->add_flag("--mixed-precision", o.mixed_precision,
-                  "Accept the int8 (or fp32) export of the model the index was built with");
-  }
+}
+
+void add_mixed_precision_option(CLI::App* sub, CommonOptions& o) {
+  sub->add_flag("--mixed-precision", o.mixed_precision,
+                "Accept the int8 (or fp32) export of the model the index was built with");
 }
 
 void add_decode_options(CLI::App* sub, CommonOptions& o) {
@@ -45,8 +46,8 @@ std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls) {
 
 DecodeOptions decode_options(const CommonOptions& o, int input_size) {
   DecodeOptions d;
-  // Twice the input side keeps the bicubic downscale doing the real work (measured: embeddings within
-  // cosine 0.999 of full decoding, see README) at a fraction of the decoding cost.
+  // Twice the input side keeps the bicubic downscale doing the real work (measured by
+  // scripts/bench.sh: embeddings within cosine 0.99999 of full decoding) at a fraction of the cost.
   d.reduced_decode_min_side = o.full_decode ? 0 : 2 * input_size;
   d.apply_exif_orientation = !o.ignore_exif;
   d.max_pixels = static_cast<int64_t>(o.max_megapixels * 1e6);

@@ -29,7 +29,8 @@ struct CommonOptions {
 
 // Added to each subcommand that uses them, so they work after the subcommand name (git style).
 void add_model_options(CLI::App* sub, CommonOptions& o);
-void add_index_option(CLI::App* sub, CommonOptions& o);  // --index and --mixed-precision
+void add_index_option(CLI::App* sub, CommonOptions& o);
+void add_mixed_precision_option(CLI::App* sub, CommonOptions& o);  // commands that use a model on an index
 void add_decode_options(CLI::App* sub, CommonOptions& o);
 
 // `many_calls`: the command will call the model many times (see ModelOptions).
