@@ -14,6 +14,7 @@
 #include <ctime>
 #include <deque>
 #include <filesystem>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -61,13 +62,19 @@ class DecodePipeline {
   // Next finished outcome; nullopt once every item has been handed out.
   std::optional<Outcome> next() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !queue_.empty() || delivered_ == items_.size(); });
-    if (queue_.empty()) return std::nullopt;
+    cv_.wait(lock, [&] { return !queue_.empty() || delivered_ == items_.size() || stopping_; });
+    if (queue_.empty() || stopping_) return std::nullopt;
     Outcome o = std::move(queue_.front());
     queue_.pop_front();
     ++delivered_;
     cv_.notify_all();
     return o;
+  }
+
+  // Outcomes not yet handed out by next().
+  size_t remaining() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return items_.size() - delivered_;
   }
 
   void stop() {
@@ -81,9 +88,9 @@ class DecodePipeline {
     }
   }
 
-  // While the model runs, decoders wait: LibTorch's OpenMP threads meet at a barrier after every
-  // operation, so a decoder taking a core from one of them stalls all of them (measured: ~20% slower
-  // model). Decoding a batch between model calls costs less than that.
+  // While a multi-threaded model call runs, decoders wait: LibTorch's OpenMP threads meet at a
+  // barrier after every operation, so a decoder taking a core from one of them stalls all of them
+  // (measured: ~20% slower model). Single-threaded model workers need no pause.
   void pause() {
     std::lock_guard<std::mutex> lock(mu_);
     paused_ = true;
@@ -165,6 +172,148 @@ class DecodePipeline {
   bool stopping_ = false;
   bool paused_ = false;
   std::vector<std::thread> workers_;
+};
+
+// A batch of outcomes taken from the decode pipeline, with the embeddings of its decoded images
+// (in order), ready to be committed by the thread that runs the index.
+struct EncodedBatch {
+  std::vector<Outcome> outcomes;
+  std::vector<float> embeddings;
+  std::exception_ptr error;  // the model could not be loaded or failed: ends the run
+};
+
+// How the model is spread over the cores while indexing.
+struct ModelParallelism {
+  int threads = 1;  // compute threads in all
+  int workers = 1;  // concurrent model calls, sharing the threads out
+  int threads_of(int worker) const { return threads / workers + (worker < threads % workers ? 1 : 0); }
+};
+
+// On a CPU, the ViT runs faster as one single-threaded model call per core than as one call over
+// all cores: nothing waits at OpenMP barriers, the small attention matmuls run at single-core BLAS
+// speed instead of paying for a thread team each, and a decoder taking a core delays one call instead
+// of stalling all. Measured with `cnclip-bench image --workers 2` on 2 cores: fp32 ~7% and int8 ~20%
+// faster. Each worker holds its own batch of activations, so their number is capped.
+ModelParallelism choose_parallelism(const Model& model, int requested_workers) {
+  ModelParallelism p;
+  p.threads = std::max(1, compute_threads());
+  if (requested_workers > 0) {
+    p.workers = std::min(requested_workers, p.threads);
+  } else if (model.on_cpu()) {
+    p.workers = std::min(p.threads, 4);
+  }
+  return p;
+}
+
+// Model workers: each takes the next batch from the decode pipeline, runs the image tower on it with
+// its share of the cores, and hands the result to next(). Results may arrive out of order; each is
+// committed on its own.
+class ModelWorkers {
+ public:
+  ModelWorkers(DecodePipeline& pipeline, Model& model, std::shared_future<void> tower_loaded,
+               ModelParallelism parallelism, int batch_size, size_t floats_per_image)
+      : pipeline_(pipeline),
+        model_(model),
+        tower_loaded_(std::move(tower_loaded)),
+        parallelism_(parallelism),
+        batch_size_(batch_size),
+        floats_per_image_(floats_per_image) {
+    for (int w = 0; w < parallelism_.workers; ++w) threads_.emplace_back([this, w] { work(parallelism_.threads_of(w)); });
+  }
+  ~ModelWorkers() { stop(); }
+
+  // The next encoded batch; nullopt once every outcome has been taken.
+  std::optional<EncodedBatch> next() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return !results_.empty() || finished_ == parallelism_.workers; });
+    if (results_.empty()) return std::nullopt;
+    EncodedBatch b = std::move(results_.front());
+    results_.pop_front();
+    cv_.notify_all();
+    return b;
+  }
+
+  // Abandons what is not yet encoded; waits for model calls in progress to end.
+  void stop() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    pipeline_.stop();
+    bool joined = false;
+    for (auto& t : threads_) {
+      if (t.joinable()) {
+        t.join();
+        joined = true;
+      }
+    }
+    // The workers' setting is also LibTorch's default for threads started later: give it back.
+    if (joined) set_compute_threads(parallelism_.threads);
+  }
+
+ private:
+  void work(int threads) {
+    set_compute_threads(threads);
+    std::shared_future<void> tower_loaded = tower_loaded_;  // a copy per thread: get() is not shared-safe
+    const bool pause_decoders = parallelism_.workers == 1 && threads > 1 && model_.on_cpu();
+    for (;;) {
+      EncodedBatch b;
+      size_t tensors = 0;
+      // Near the end, the remaining images are shared out, so that no core idles while another
+      // finishes a full batch alone.
+      const size_t share = (pipeline_.remaining() + parallelism_.workers - 1) / parallelism_.workers;
+      const size_t target = std::clamp<size_t>(share, 1, batch_size_);
+      // Moves and failures need no model: a batch ends at `target` images or 4 x batch_size outcomes.
+      while (tensors < target && b.outcomes.size() < static_cast<size_t>(batch_size_) * 4) {
+        auto o = pipeline_.next();
+        if (!o) break;
+        if (o->kind == Outcome::kEncoded) ++tensors;
+        b.outcomes.push_back(std::move(*o));
+      }
+      if (b.outcomes.empty()) break;
+      if (tensors > 0) {
+        try {
+          std::vector<float> pixels;
+          pixels.reserve(tensors * floats_per_image_);
+          for (auto& o : b.outcomes) {
+            if (o.kind != Outcome::kEncoded) continue;
+            pixels.insert(pixels.end(), o.pixels.begin(), o.pixels.end());
+            std::vector<float>().swap(o.pixels);
+          }
+          tower_loaded.get();
+          if (pause_decoders) pipeline_.pause();
+          b.embeddings = model_.encode_images(pixels.data(), static_cast<int>(tensors));
+          if (pause_decoders) pipeline_.resume();
+        } catch (...) {
+          if (pause_decoders) pipeline_.resume();
+          b.error = std::current_exception();
+        }
+      }
+      std::unique_lock<std::mutex> lock(mu_);
+      // A bounded hand-off: a worker does not run ahead of the commits by more than one batch.
+      cv_.wait(lock, [&] { return results_.size() < static_cast<size_t>(parallelism_.workers) || stopping_; });
+      if (stopping_) break;
+      results_.push_back(std::move(b));
+      cv_.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    ++finished_;
+    cv_.notify_all();
+  }
+
+  DecodePipeline& pipeline_;
+  Model& model_;
+  std::shared_future<void> tower_loaded_;
+  const ModelParallelism parallelism_;
+  const int batch_size_;
+  const size_t floats_per_image_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<EncodedBatch> results_;
+  int finished_ = 0;
+  bool stopping_ = false;
+  std::vector<std::thread> threads_;
 };
 
 int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
@@ -266,57 +415,42 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
   int64_t done = 0;
   if (!work.empty()) {
     // Load the image tower (hundreds of MB) while the first images are decoded.
-    std::exception_ptr load_error;
-    std::thread loader([&] {
-      try {
-        model.load_image_tower();
-      } catch (...) {
-        load_error = std::current_exception();
-      }
-    });
-    struct JoinOnExit {
-      std::thread& t;
-      ~JoinOnExit() {
-        if (t.joinable()) t.join();
-      }
-    } join_loader{loader};
+    std::shared_future<void> tower_loaded =
+        std::async(std::launch::async, [&model] { model.load_image_tower(); }).share();
+    struct WaitOnExit {  // the loader uses `model`: never leave it running
+      std::shared_future<void>& f;
+      ~WaitOnExit() { f.wait(); }
+    } wait_loader{tower_loaded};
+    const ModelParallelism parallelism = choose_parallelism(model, options.model_workers);
     DecodePipeline pipeline(work, bundle, options.decode, vanished, std::min<int>(threads, static_cast<int>(work.size())),
                             // room to decode ahead while the image tower loads (~600 KB per image)
-                            std::max<size_t>(static_cast<size_t>(batch_size) * 2, 64));
-    std::vector<Outcome> pending;
-    std::vector<Outcome> pending_failures;
-    size_t pending_tensors = 0;
-    auto flush = [&] {
-      if (pending.empty() && pending_failures.empty()) return;
-      std::vector<float> embeddings;
-      if (pending_tensors > 0) {  // a batch of only moves and failures needs no model
-        std::vector<float> pixels;
-        pixels.reserve(pending_tensors * static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
-        for (const auto& o : pending) {
-          if (o.kind == Outcome::kEncoded) pixels.insert(pixels.end(), o.pixels.begin(), o.pixels.end());
-        }
-        if (loader.joinable()) loader.join();
-        if (load_error) std::rethrow_exception(load_error);
-        pipeline.pause();
-        embeddings = model.encode_images(pixels.data(), static_cast<int>(pending_tensors));
-        pipeline.resume();
+                            std::max<size_t>(static_cast<size_t>(batch_size) * 2 * parallelism.workers, 64));
+    ModelWorkers workers(pipeline, model, tower_loaded, parallelism, batch_size,
+                         static_cast<size_t>(3) * bundle.image.size * bundle.image.size);
+    bool stopped_early = false;
+    while (auto batch = workers.next()) {
+      if (batch->error) {
+        workers.stop();
+        std::rethrow_exception(batch->error);
       }
       CatalogTransaction tx(catalog);
       if (!model_recorded) {
         store.record_model(bundle);
         model_recorded = true;
       }
-      for (const auto& o : pending_failures) {
-        const WorkItem& item = work[o.item];
-        catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0}, o.error.message);
-      }
       size_t row = 0;
-      for (const auto& o : pending) {
+      for (const auto& o : batch->outcomes) {
         const WorkItem& item = work[o.item];
+        if (o.kind == Outcome::kFailed) {
+          observer.on_file_error(o.error);
+          ++summary.failed;
+          catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0}, o.error.message);
+          continue;
+        }
         catalog.forget_failure(item.file.path);
         FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, o.hash, now_seconds()};
         if (o.kind == Outcome::kEncoded) {
-          const float* e = &embeddings[row++ * static_cast<size_t>(dim)];
+          const float* e = &batch->embeddings[row++ * static_cast<size_t>(dim)];
           if (item.existing) {
             r.id = item.existing->id;
             catalog.update(r, e, dim);
@@ -325,40 +459,21 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
             catalog.insert(r, e, dim);
             ++summary.added;
           }
-        } else if (o.kind == Outcome::kMoved) {
+        } else {
           r.id = o.moved_from.id;
           catalog.update(r, nullptr, dim);
           ++summary.moved;
         }
       }
       tx.commit();
-      pending.clear();
-      pending_failures.clear();
-      pending_tensors = 0;
-    };
-    bool stopped_early = false;
-    while (auto o = pipeline.next()) {
-      ++done;
-      if (o->kind == Outcome::kFailed) {
-        observer.on_file_error(o->error);
-        ++summary.failed;
-        pending_failures.push_back(std::move(*o));
-      } else {
-        if (o->kind == Outcome::kEncoded) ++pending_tensors;
-        pending.push_back(std::move(*o));
-        if (static_cast<int>(pending_tensors) >= batch_size || pending.size() >= static_cast<size_t>(batch_size) * 4) {
-          flush();
-          observer.on_progress(done, static_cast<int64_t>(work.size()));
-          if (interrupt_requested()) {
-            stopped_early = done < static_cast<int64_t>(work.size());
-            break;
-          }
-        }
+      done += static_cast<int64_t>(batch->outcomes.size());
+      observer.on_progress(done, static_cast<int64_t>(work.size()));
+      if (interrupt_requested() && done < static_cast<int64_t>(work.size())) {
+        stopped_early = true;
+        break;
       }
     }
-    if (!stopped_early) flush();
-    pipeline.stop();
-    observer.on_progress(done, static_cast<int64_t>(work.size()));
+    workers.stop();
     summary.interrupted = stopped_early;
     if (summary.interrupted) {
       // What was decoded but not committed is simply done again next time.

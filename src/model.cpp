@@ -102,6 +102,7 @@ void Model::load_text_tower() {
 }
 bool Model::image_tower_loaded() const { return impl_->image != nullptr; }
 bool Model::text_tower_loaded() const { return impl_->text != nullptr; }
+bool Model::on_cpu() const { return impl_->device.is_cpu(); }
 
 const Tokenizer& Model::tokenizer() {
   if (!impl_->tokenizer) {
@@ -150,6 +151,8 @@ void set_compute_threads(int n) {
   if (n <= 0) n = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(n);
 }
+
+int compute_threads() { return at::get_num_threads(); }
 
 std::string compute_backend_description() {
   std::string blas = "unknown BLAS";

@@ -21,8 +21,10 @@ struct ModelOptions {
 };
 
 // Owns the bundle's two TorchScript towers and its tokenizer. Each tower (and the tokenizer) is
-// loaded on first use, so a text search never reads the image tower. Not thread-safe: use one Model
-// from one thread at a time. Failures throw Exception naming the bundle file.
+// loaded on first use, so a text search never reads the image tower. Thread-safety: once a tower is
+// loaded (load_image_tower / load_text_tower), its encode_* calls may run concurrently from several
+// threads, each with the compute threads it set for itself; everything else, one thread at a time.
+// Failures throw Exception naming the bundle file.
 class Model {
  public:
   // Reads and checks bundle.json; loads nothing else yet.
@@ -40,6 +42,8 @@ class Model {
   // Tokenize with the bundle's vocabulary, then encode. Throws for invalid UTF-8.
   std::vector<float> encode_texts(const std::vector<std::string>& texts);
 
+  bool on_cpu() const;
+
   const Tokenizer& tokenizer();
   void load_image_tower();
   void load_text_tower();
@@ -53,8 +57,11 @@ class Model {
 };
 
 // Sets LibTorch's intra-op thread count (which also sizes OpenMP, and so FAISS). n <= 0: all cores.
-// Call once before heavy work: LibTorch defaults to 1 thread on some systems.
+// Call once before heavy work: LibTorch defaults to 1 thread on some systems. OpenMP keeps this per
+// thread: it holds for the calling thread, and for threads that start computing after the call.
 void set_compute_threads(int n);
+// The calling thread's intra-op thread count.
+int compute_threads();
 
 // "LibTorch 1.13.1, OpenBLAS (...), 2 intra-op threads": what actually computes, for benchmarks.
 std::string compute_backend_description();

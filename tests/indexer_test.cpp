@@ -1,0 +1,134 @@
+// run_index as a library: the same embeddings whatever the split of the model over threads, and a
+// model that fails inside a worker ends the run with its error and leaves the index as it was.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <map>
+
+#include "cnclip/error.h"
+#include "cnclip/image.h"
+#include "cnclip/indexer.h"
+#include "test_util.h"
+
+namespace fs = std::filesystem;
+using namespace cnclip;
+
+namespace {
+
+const char* kImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
+                         "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+
+class RecordingObserver : public IndexObserver {
+ public:
+  void on_progress(int64_t done, int64_t total) override {
+    EXPECT_GE(done, last_done);  // progress never goes back, whatever order batches finish in
+    last_done = done;
+    last_total = total;
+  }
+  void on_file_error(const Error& e) override { errors.push_back(e.message); }
+  int64_t last_done = -1, last_total = -1;
+  std::vector<std::string> errors;
+};
+
+// A folder of the fixture images, each under several names (11 photos, one bad file).
+void make_photos(const std::string& dir) {
+  fs::create_directories(dir);
+  int n = 0;
+  for (int copy = 0; copy < 2; ++copy) {
+    for (const char* name : kImages) {
+      if (n++ == 11) break;
+      test::copy_file(test::fixtures(std::string("images/") + name),
+                      dir + "/" + std::to_string(copy) + "_" + name);
+    }
+  }
+  test::write_text(dir + "/broken.jpg", "not a jpeg");
+}
+
+std::map<std::string, std::vector<float>> embeddings_of(IndexStore& store) {
+  std::map<std::string, std::vector<float>> out;
+  for (const auto& f : store.catalog().files_under("")) out[f.path] = store.catalog().embedding(f.id);
+  return out;
+}
+
+std::map<std::string, std::vector<float>> index_with(const std::string& photos, const std::string& index_dir,
+                                                     int workers, int batch_size, RecordingObserver& observer) {
+  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 2});
+  auto store = IndexStore::open(index_dir, IndexAccess::kWrite);
+  IndexOptions options;
+  options.paths = {photos};
+  options.model_workers = workers;
+  options.batch_size = batch_size;
+  IndexSummary summary = run_index(*store, *model, options, observer);
+  EXPECT_EQ(summary.added, 11);
+  EXPECT_EQ(summary.failed, 1);
+  return embeddings_of(*store);
+}
+
+}  // namespace
+
+TEST(Indexer, SameEmbeddingsWhateverTheWorkerSplit) {
+  test::TempDir dir;
+  make_photos(dir / "photos");
+  // Reference: each image encoded alone, on the calling thread.
+  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 2});
+  const int r = model->manifest().image.size;
+  std::map<std::string, std::vector<float>> expected;
+  for (const auto& entry : fs::directory_iterator(dir / "photos")) {
+    if (entry.path().filename() == "broken.jpg") continue;
+    std::vector<float> pixels(static_cast<size_t>(3) * r * r);
+    auto bytes = read_file_bytes(entry.path().string()).value();
+    ASSERT_TRUE(preprocess_image(bytes, entry.path().string(), model->manifest().image, DecodeOptions{}, pixels.data()));
+    expected[fs::canonical(entry.path()).string()] = model->encode_images(pixels.data(), 1);
+  }
+  ASSERT_EQ(expected.size(), 11u);
+
+  int run = 0;
+  for (auto [workers, batch] : std::vector<std::pair<int, int>>{{1, 4}, {2, 4}, {2, 3}, {2, 1}, {0, 4}}) {
+    RecordingObserver observer;
+    auto got = index_with(dir / "photos", dir / ("index" + std::to_string(run++)), workers, batch, observer);
+    EXPECT_EQ(observer.last_done, 12);
+    EXPECT_EQ(observer.last_total, 12);
+    ASSERT_EQ(observer.errors.size(), 1u);
+    EXPECT_NE(observer.errors[0].find("broken.jpg"), std::string::npos) << observer.errors[0];
+    ASSERT_EQ(got.size(), expected.size()) << "workers " << workers << " batch " << batch;
+    for (const auto& [path, e] : expected) {
+      ASSERT_TRUE(got.count(path)) << path;
+      ASSERT_EQ(got[path].size(), e.size());
+      for (size_t d = 0; d < e.size(); ++d) {
+        EXPECT_NEAR(got[path][d], e[d], 1e-5) << path << " workers " << workers << " batch " << batch;
+      }
+    }
+  }
+}
+
+TEST(Indexer, AModelFailingInAWorkerEndsTheRunAndKeepsTheIndex) {
+  test::TempDir dir;
+  make_photos(dir / "photos");
+  RecordingObserver first;
+  auto before = index_with(dir / "photos", dir / "index", 2, 4, first);
+
+  // Another folder, with a bundle whose image tower is damaged: the load fails on the loader
+  // thread and reaches every worker; the run must end with that error, not hang or half-commit.
+  fs::create_directories(dir / "more");
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), dir / "more/new.jpeg");
+  fs::copy(test::tiny_bundle(), dir / "bundle", fs::copy_options::recursive);
+  const std::string tower = dir / "bundle/image_encoder.pt";
+  std::string bytes = test::read_text(tower);
+  test::write_text(tower, bytes.substr(0, bytes.size() / 2));
+  for (int workers : {1, 2}) {
+    try {
+      auto model = Model::open(dir / "bundle", ModelOptions{"cpu", 2});
+      auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+      IndexOptions options;
+      options.paths = {dir / "more"};
+      options.model_workers = workers;
+      RecordingObserver observer;
+      run_index(*store, *model, options, observer);
+      ADD_FAILURE() << "run_index succeeded with a damaged image tower";
+    } catch (const Exception& e) {
+      EXPECT_NE(std::string(e.what()).find("image_encoder.pt"), std::string::npos) << e.what();
+    }
+  }
+  auto store = IndexStore::open(dir / "index", IndexAccess::kRead);
+  EXPECT_EQ(embeddings_of(*store), before);
+}
