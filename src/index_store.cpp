@@ -74,7 +74,12 @@ std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess
 
 bool IndexStore::model_matches(const BundleManifest& bundle) {
   auto fp = catalog_->meta("model_fingerprint");
-  return !fp || *fp == bundle.fingerprint || catalog_->count() == 0;
+  if (!fp || *fp == bundle.fingerprint || catalog_->count() == 0) return true;
+  // The same weights exported again (by a newer exporter, say) give other TorchScript files, hence
+  // another fingerprint, but the same embeddings up to float rounding: still the same model.
+  return !bundle.source_id.empty() && catalog_->meta("model_source").value_or("") == bundle.source_id &&
+         catalog_->meta("model_precision").value_or("") == bundle.precision &&
+         catalog_->meta("model_architecture").value_or("") == bundle.architecture;
 }
 
 void IndexStore::require_model(const BundleManifest& bundle, bool allow_other_precision) {

@@ -123,6 +123,7 @@ class Store : public ::testing::Test {
     bundle.fingerprint = "fp-a";
     bundle.architecture = "tiny";
     bundle.precision = "fp32";
+    bundle.source_id = "checkpoint:abc";
     bundle.embedding_dim = 4;
   }
   void add(IndexStore& s, const std::string& path, float x) {
@@ -199,9 +200,12 @@ TEST_F(Store, OneWriterAtATime) {
 TEST_F(Store, ModelMismatchIsNamed) {
   auto s = IndexStore::open(dir.path(), IndexAccess::kWrite);
   add(*s, "/p/a.jpg", 1);
-  BundleManifest other = bundle;
-  other.fingerprint = "fp-b";
+  BundleManifest reexported = bundle;  // the same checkpoint through another exporter version
+  reexported.fingerprint = "fp-b";
   EXPECT_TRUE(s->model_matches(bundle));
+  EXPECT_TRUE(s->model_matches(reexported));
+  BundleManifest other = reexported;
+  other.source_id = "checkpoint:another";
   EXPECT_FALSE(s->model_matches(other));
   try {
     s->require_model(other);

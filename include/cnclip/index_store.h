@@ -34,7 +34,8 @@ class IndexStore {
   const std::string& dir() const { return dir_; }
   Catalog& catalog() { return *catalog_; }
 
-  // Whether the catalog holds embeddings of another model than `bundle` (its fingerprint differs).
+  // Whether the catalog's embeddings come from the model of `bundle`: the same fingerprint, or the
+  // same source checkpoint, architecture and precision (an export by another exporter version).
   // An empty index matches any model.
   bool model_matches(const BundleManifest& bundle);
   // Throws kMismatch with a message naming both models when !model_matches(bundle). With
