@@ -1,10 +1,12 @@
-// run_index as a library: the same embeddings whatever the split of the model over threads, and a
-// model that fails inside a worker ends the run with its error and leaves the index as it was.
+// run_index and embed_image_files as a library: the same embeddings whatever the split of the model
+// over threads, and a model that fails inside a worker ends the run with its error and leaves the
+// index as it was.
 #include <gtest/gtest.h>
 
 #include <filesystem>
 #include <map>
 
+#include "cnclip/embed_files.h"
 #include "cnclip/error.h"
 #include "cnclip/image.h"
 #include "cnclip/indexer.h"
@@ -131,4 +133,37 @@ TEST(Indexer, AModelFailingInAWorkerEndsTheRunAndKeepsTheIndex) {
   }
   auto store = IndexStore::open(dir / "index", IndexAccess::kRead);
   EXPECT_EQ(embeddings_of(*store), before);
+}
+
+TEST(EmbedImageFiles, InInputOrderWithFailuresInPlace) {
+  test::TempDir dir;
+  test::write_text(dir / "broken.jpg", "not a jpeg");
+  std::vector<std::string> paths;
+  for (int round = 0; round < 3; ++round) {
+    for (const char* name : kImages) paths.push_back(test::fixtures(std::string("images/") + name));
+    paths.push_back(dir / "broken.jpg");
+    paths.push_back(dir / "missing.png");
+  }
+  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 2});
+  const int r = model->manifest().image.size;
+  for (auto [workers, batch] : std::vector<std::pair<int, int>>{{1, 4}, {2, 3}, {2, 1}}) {
+    EmbedFilesOptions options;
+    options.model_workers = workers;
+    options.batch_size = batch;
+    size_t expected_index = 0;
+    embed_image_files(*model, paths, options, [&](size_t i, const float* embedding, const Error* error) {
+      ASSERT_EQ(i, expected_index++);
+      const bool bad = paths[i].find(dir.path()) == 0;
+      ASSERT_EQ(embedding == nullptr, bad) << paths[i];
+      if (bad) {
+        EXPECT_NE(error->message.find(paths[i]), std::string::npos) << error->message;
+        return;
+      }
+      std::vector<float> pixels(static_cast<size_t>(3) * r * r);
+      ASSERT_TRUE(preprocess_image_file(paths[i], model->manifest().image, DecodeOptions{}, pixels.data()));
+      const auto alone = model->encode_images(pixels.data(), 1);
+      for (int d = 0; d < model->dim(); ++d) EXPECT_NEAR(embedding[d], alone[d], 1e-5) << paths[i];
+    });
+    EXPECT_EQ(expected_index, paths.size()) << "workers " << workers << " batch " << batch;
+  }
 }

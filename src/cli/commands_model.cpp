@@ -2,6 +2,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cnclip/embed_files.h"
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
 #include "cnclip/tokenizer.h"
@@ -128,27 +129,17 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const auto inputs = expand_stdin(*files);
         auto model = open_model(o, inputs.size() > 16);
         const int dim = model->dim();
-        const int r = model->manifest().image.size;
-        const size_t per_image = static_cast<size_t>(3) * r * r;
-        const auto decode = decode_options(o, model->manifest().image.size);
+        EmbedFilesOptions options;
+        options.decode = decode_options(o, model->manifest().image.size);
         int failed = 0;
-        constexpr size_t kBatch = 8;
-        for (size_t i = 0; i < inputs.size(); i += kBatch) {
-          std::vector<std::string> ok;
-          std::vector<float> pixels;
-          for (size_t k = i; k < std::min(inputs.size(), i + kBatch); ++k) {
-            pixels.resize((ok.size() + 1) * per_image);
-            auto done = preprocess_image_file(inputs[k], model->manifest().image, decode, &pixels[ok.size() * per_image]);
-            if (!done) {
-              print_error(done.error().message);
-              ++failed;
-              continue;
-            }
-            ok.push_back(inputs[k]);
+        embed_image_files(*model, inputs, options, [&](size_t i, const float* embedding, const Error* error) {
+          if (error) {
+            print_error(error->message);
+            ++failed;
+          } else {
+            print_embedding("path", inputs[i], embedding, dim);
           }
-          const auto e = model->encode_images(pixels.data(), static_cast<int>(ok.size()));
-          for (size_t k = 0; k < ok.size(); ++k) print_embedding("path", ok[k], &e[k * dim], dim);
-        }
+        });
         return failed ? 1 : 0;
       };
     });

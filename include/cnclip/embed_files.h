@@ -1,0 +1,30 @@
+// Embeddings of many image files at once, computed the way `cnclip index` computes them: decoder
+// threads beside one model worker per core. For `cnclip embed-image` and library users.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "cnclip/error.h"
+#include "cnclip/image.h"
+#include "cnclip/model.h"
+
+namespace cnclip {
+
+struct EmbedFilesOptions {
+  DecodeOptions decode;
+  int batch_size = 4;      // images per model call
+  int decode_threads = 0;  // 0 = number of cores
+  int model_workers = 0;   // 0 = chosen for the device (see IndexOptions::model_workers)
+};
+
+// Calls on_result(i, embedding, nullptr) with model.dim() floats, or on_result(i, nullptr, &error)
+// for a file that cannot be read or decoded, once for each path, in the order of `paths`, on the
+// calling thread. Throws Exception when the model cannot be loaded or fails; results already
+// delivered stand.
+void embed_image_files(Model& model, const std::vector<std::string>& paths, const EmbedFilesOptions& options,
+                       const std::function<void(size_t index, const float* embedding, const Error* error)>& on_result);
+
+}  // namespace cnclip

@@ -1,0 +1,66 @@
+// Internal: the machinery that turns many image files into embeddings, shared by `cnclip index`
+// (indexer.cpp) and encode_image_files (embed-image). Decoder threads prepare items into a bounded
+// queue; model workers take batches from it and run the image tower; the owner takes finished
+// batches with next(), in whatever order they finish.
+#pragma once
+
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "cnclip/error.h"
+#include "cnclip/model.h"
+
+namespace cnclip::detail {
+
+// One input item, made ready for the model by the caller's `prepare` function.
+struct PreparedItem {
+  enum Kind {
+    kPixels,   // pixels hold 3*R*R normalized floats: encode them
+    kNoModel,  // nothing to encode (e.g. a moved file that keeps its embedding)
+    kFailed,   // `error` says why
+  } kind = kFailed;
+  size_t index = 0;
+  std::vector<float> pixels;
+  Error error;
+};
+
+struct EncodedBatch {
+  std::vector<PreparedItem> items;
+  std::vector<float> embeddings;  // one row per kPixels item, in order
+  std::exception_ptr error;       // the model could not be loaded or failed: ends the run
+};
+
+struct EncodeSettings {
+  int decode_threads = 0;  // 0 = number of cores
+  int model_workers = 0;   // concurrent model calls sharing the compute threads; 0 = chosen for the
+                           // device (one single-threaded call per core, at most 4, on a CPU)
+  int batch_size = 4;      // kPixels items per model call
+};
+
+// Owns its threads; the Model must outlive it and not be used elsewhere meanwhile. `prepare` runs on
+// decoder threads, once per index in [0, count), concurrently: it must be thread-safe, and should
+// catch its own exceptions (one that escapes becomes a kFailed item). The image tower starts loading
+// at construction. Destruction (or stop) abandons what is not finished and joins every thread, waiting
+// for model calls in progress.
+class EncodePipeline {
+ public:
+  EncodePipeline(Model& model, size_t count, std::function<PreparedItem(size_t)> prepare, const EncodeSettings& settings);
+  ~EncodePipeline();
+  EncodePipeline(const EncodePipeline&) = delete;
+  EncodePipeline& operator=(const EncodePipeline&) = delete;
+
+  // The next finished batch (at most batch_size images, or 4 x batch_size items when most need no
+  // model); nullopt once every item has been delivered.
+  std::optional<EncodedBatch> next();
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cnclip::detail
