@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <dlfcn.h>
+#include <cstdlib>
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -18,6 +19,19 @@ namespace {
 std::string first_line(const std::string& s) {
   auto nl = s.find('\n');
   return nl == std::string::npos ? s : s.substr(0, nl);
+}
+
+// oneDNN caches the primitives it creates (default: 1024). Dynamically quantized Linears bake each
+// call's activation scales into new primitives, so with int8 towers that cache fills with ~1 MB
+// entries that are rarely used again: `cnclip index` of 64 photos peaked at 1.9 GB instead of 0.8 GB,
+// and ran no faster (scripts/bench.sh photos; a text query costs ~3 ms more with the small cache).
+// A user's ONEDNN_PRIMITIVE_CACHE_CAPACITY still wins.
+void limit_onednn_primitive_cache() {
+  if (std::getenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY") || std::getenv("DNNL_PRIMITIVE_CACHE_CAPACITY")) return;
+  using SetCapacity = int (*)(int);  // dnnl_status_t dnnl_set_primitive_cache_capacity(int)
+  if (auto set = reinterpret_cast<SetCapacity>(dlsym(RTLD_DEFAULT, "dnnl_set_primitive_cache_capacity"))) {
+    set(16);
+  }
 }
 
 }  // namespace
@@ -32,6 +46,7 @@ struct Model::Impl {
     check_bundle_file(manifest, file);
     const std::string path = manifest.path_of(file);
     if (manifest.precision == "int8") {
+      limit_onednn_primitive_cache();
       // Dynamic int8 Linear kernels come from the quantized engine chosen before loading.
       const auto engines = at::globalContext().supportedQEngines();
       for (auto engine : {at::QEngine::ONEDNN, at::QEngine::FBGEMM, at::QEngine::QNNPACK}) {
