@@ -1,6 +1,6 @@
 // cnclip-bench: model-level measurements for scripts/bench.sh (not part of the cnclip CLI).
 //   cnclip-bench sgemm [--workers 2]            -> {"sgemm_gflops": ...}
-//   cnclip-bench image BUNDLE --batch 8 --iters 3  -> {"batch": 8, "ms_per_image": ...}
+//   cnclip-bench image BUNDLE --batch 4 [--workers 2] --iters 3  -> {"batch": 4, "ms_per_image": ...}
 //   cnclip-bench text BUNDLE --iters 20         -> {"ms_per_query": ...}
 // One JSON object on stdout; the best of the repeats (least disturbed by a noisy machine).
 #include <CLI/CLI.hpp>

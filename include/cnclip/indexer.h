@@ -23,7 +23,7 @@ struct IndexOptions {
                              // are no faster on CPU and hold more memory: ~85 MB per ViT-B-16 image)
   int decode_threads = 0;    // 0 = number of cores
   int model_workers = 0;     // concurrent model calls sharing the compute threads; 0 = chosen for the
-                             // model and device (one single-threaded call per core for fp32 on CPU)
+                             // device (on a CPU: one single-threaded call per core, at most 4)
 };
 
 struct IndexSummary {
