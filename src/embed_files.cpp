@@ -12,21 +12,13 @@ void embed_image_files(Model& model, const std::vector<std::string>& paths, cons
   const Normalization norm = model.manifest().image;
   const size_t dim = static_cast<size_t>(model.dim());
   auto prepare = [&](size_t i) {
-    detail::PreparedItem p;
-    try {
-      p.pixels.resize(static_cast<size_t>(3) * norm.size * norm.size);
-      auto ok = preprocess_image_file(paths[i], norm, options.decode, p.pixels.data());
-      if (ok) {
-        p.kind = detail::PreparedItem::kPixels;
-      } else {
-        p.pixels.clear();
-        p.error = ok.error();
-      }
-    } catch (const std::exception& e) {
-      p = detail::PreparedItem{};
-      p.error = Error{ErrorCode::kInternal, paths[i] + ": " + e.what()};
+    auto bytes = read_file_bytes(paths[i]);
+    if (!bytes) {
+      detail::PreparedItem failed;
+      failed.error = bytes.error();
+      return failed;
     }
-    return p;
+    return detail::prepare_image(bytes.value(), paths[i], norm, options.decode);
   };
   detail::EncodePipeline pipeline(model, paths.size(), prepare,
                                   detail::EncodeSettings{options.decode_threads, options.model_workers, options.batch_size});

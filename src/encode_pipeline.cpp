@@ -235,6 +235,25 @@ class ModelWorkers {
 
 }  // namespace
 
+PreparedItem prepare_image(const std::vector<uint8_t>& bytes, const std::string& path, const Normalization& norm,
+                           const DecodeOptions& decode) {
+  PreparedItem p;
+  try {
+    p.pixels.resize(static_cast<size_t>(3) * norm.size * norm.size);
+    auto ok = preprocess_image(bytes, path, norm, decode, p.pixels.data());
+    if (ok) {
+      p.kind = PreparedItem::kPixels;
+      return p;
+    }
+    p.error = ok.error();
+  } catch (const std::exception& e) {
+    p.error = Error{ErrorCode::kInternal, path + ": " + e.what()};
+  }
+  p.kind = PreparedItem::kFailed;
+  p.pixels.clear();
+  return p;
+}
+
 struct EncodePipeline::Impl {
   // Declared first, destroyed last: the loader uses the Model, so it is always waited for.
   std::shared_future<void> tower_loaded;
@@ -270,9 +289,6 @@ EncodePipeline::~EncodePipeline() { stop(); }
 
 std::optional<EncodedBatch> EncodePipeline::next() { return impl_->workers->next(); }
 
-void EncodePipeline::stop() {
-  impl_->workers->stop();
-  impl_->queue->stop();
-}
+void EncodePipeline::stop() { impl_->workers->stop(); }  // which stops the decode queue too
 
 }  // namespace cnclip::detail

@@ -9,9 +9,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cnclip/error.h"
+#include "cnclip/image.h"
 #include "cnclip/model.h"
 
 namespace cnclip::detail {
@@ -27,6 +29,11 @@ struct PreparedItem {
   std::vector<float> pixels;
   Error error;
 };
+
+// The item for an image file's bytes: kPixels, or kFailed with an error naming `path` (also for an
+// exception from the decoder).
+PreparedItem prepare_image(const std::vector<uint8_t>& bytes, const std::string& path, const Normalization& norm,
+                           const DecodeOptions& decode);
 
 struct EncodedBatch {
   std::vector<PreparedItem> items;

@@ -135,36 +135,23 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     auto prepare = [&](size_t i) {
       detail::PreparedItem p;
       const WorkItem& item = work[i];
-      try {
-        auto bytes = read_file_bytes(item.file.path);
-        if (!bytes) {
-          p.error = bytes.error();
-          return p;
-        }
-        hashes[i] = content_hash(bytes.value());
-        if (!item.existing) {
-          std::lock_guard<std::mutex> lock(vanished_mu);
-          auto it = vanished.find(hashes[i]);
-          if (it != vanished.end()) {  // a vanished file's content under a new name: a move
-            p.kind = detail::PreparedItem::kNoModel;
-            moved_from[i] = it->second;
-            vanished.erase(it);
-            return p;
-          }
-        }
-        p.pixels.resize(static_cast<size_t>(3) * norm.size * norm.size);
-        auto ok = preprocess_image(bytes.value(), item.file.path, norm, options.decode, p.pixels.data());
-        if (!ok) {
-          p.pixels.clear();
-          p.error = ok.error();
-          return p;
-        }
-        p.kind = detail::PreparedItem::kPixels;
-      } catch (const std::exception& e) {
-        p = detail::PreparedItem{};
-        p.error = Error{ErrorCode::kInternal, item.file.path + ": " + e.what()};
+      auto bytes = read_file_bytes(item.file.path);
+      if (!bytes) {
+        p.error = bytes.error();
+        return p;
       }
-      return p;
+      hashes[i] = content_hash(bytes.value());
+      if (!item.existing) {
+        std::lock_guard<std::mutex> lock(vanished_mu);
+        auto it = vanished.find(hashes[i]);
+        if (it != vanished.end()) {  // a vanished file's content under a new name: a move
+          p.kind = detail::PreparedItem::kNoModel;
+          moved_from[i] = it->second;
+          vanished.erase(it);
+          return p;
+        }
+      }
+      return detail::prepare_image(bytes.value(), item.file.path, norm, options.decode);
     };
     detail::EncodePipeline pipeline(model, work.size(), prepare,
                                     detail::EncodeSettings{options.decode_threads, options.model_workers, options.batch_size});
