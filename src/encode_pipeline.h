@@ -1,5 +1,5 @@
 // Internal: the machinery that turns many image files into embeddings, shared by `cnclip index`
-// (indexer.cpp) and encode_image_files (embed-image). Decoder threads prepare items into a bounded
+// (indexer.cpp) and embed_image_files (embed-image). Decoder threads prepare items into a bounded
 // queue; model workers take batches from it and run the image tower; the owner takes finished
 // batches with next(), in whatever order they finish.
 #pragma once
