@@ -285,7 +285,7 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
     if (!options.apply_exif_orientation) flags |= cv::IMREAD_IGNORE_ORIENTATION;
   }
   cv::Mat raw;
-  DecodingFile attribution(name);  // libjpeg/libpng warnings are reported under this name
+  DecodingFile attribution(name, format_name(format));  // libjpeg/libpng warnings are reported under this name
   try {
     raw = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<uint8_t*>(bytes.data())),
                        flags);

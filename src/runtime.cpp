@@ -4,7 +4,9 @@
 #include <poll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <csignal>
 #include <iostream>
 #include <mutex>
@@ -54,7 +56,10 @@ class FdStreamBuf : public std::streambuf {
 
 struct Capture {
   std::mutex mu;                     // guards everything below and the reading of the pipe
-  std::vector<std::string> decoding;  // files being decoded now (a multiset)
+  struct Decoding {
+    std::string path, decoder;
+  };
+  std::vector<Decoding> decoding;  // files being decoded now (a multiset)
   std::string partial;               // library output not yet ended by a newline
   int terminal_fd = -1, read_fd = -1;
   std::thread reader;
@@ -84,8 +89,21 @@ struct Capture {
   void report_locked(std::string line) {
     while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
     if (line.empty()) return;
+    // libjpeg, libpng and libtiff print no file name, but most of their messages name the format.
+    std::string lower = line;
+    for (auto& ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::string format;
+    for (const char* f : {"png", "jpeg", "tiff", "webp"}) {
+      if (lower.find(f) != std::string::npos) {
+        format = f;
+        break;
+      }
+    }
+    const bool known = std::any_of(decoding.begin(), decoding.end(), [&](const Decoding& d) { return d.decoder == format; });
     std::string who;
-    for (const auto& f : decoding) who += (who.empty() ? "" : ", ") + f;
+    for (const auto& d : decoding) {
+      if (!known || d.decoder == format) who += (who.empty() ? "" : ", ") + d.path;
+    }
     const std::string msg = "cnclip: warning: " + (who.empty() ? std::string("library") : who + ": decoder") +
                             ": " + line + "\n";
     (void)!::write(terminal_fd, msg.data(), msg.size());
@@ -156,10 +174,10 @@ int user_stderr_fd() {
   return c.active ? c.terminal_fd : STDERR_FILENO;
 }
 
-DecodingFile::DecodingFile(const std::string& path) : path_(path) {
+DecodingFile::DecodingFile(const std::string& path, const std::string& decoder) : path_(path), decoder_(decoder) {
   Capture& c = capture();
   std::lock_guard<std::mutex> lock(c.mu);
-  c.decoding.push_back(path_);
+  c.decoding.push_back({path_, decoder_});
 }
 
 DecodingFile::~DecodingFile() {
@@ -168,7 +186,7 @@ DecodingFile::~DecodingFile() {
   // What the decoder printed is in the pipe already: report it while this file is still named.
   if (c.active) c.drain_locked(false);
   for (auto it = c.decoding.begin(); it != c.decoding.end(); ++it) {
-    if (*it == path_) {
+    if (it->path == path_) {
       c.decoding.erase(it);
       break;
     }

@@ -1,14 +1,17 @@
 #include "cnclip/image.h"
 
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <opencv2/imgcodecs.hpp>
 
 #include "cnclip/npy.h"
+#include "cnclip/runtime.h"
 #include "test_util.h"
 
 namespace cnclip {
@@ -198,6 +201,35 @@ TEST(Image, OtherFormatsDecode) {
     cv::Mat out = resize_like_pillow(r.value(), 224, 224);
     EXPECT_EQ(out.type(), CV_8UC3);
   }
+}
+
+// libjpeg and libpng write to fd 2 without naming the file; with several decoders at work, a line
+// that names its format goes to the files of that format only (and an anonymous one to all).
+TEST(DecoderMessages, AttributedToTheFilesOfTheirFormat) {
+  test::TempDir dir;
+  const std::string log = dir / "stderr.txt";
+  std::fflush(stderr);
+  const int saved = ::dup(STDERR_FILENO);
+  const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ASSERT_GE(fd, 0);
+  ::dup2(fd, STDERR_FILENO);
+  ::close(fd);
+  capture_library_stderr();
+  {
+    DecodingFile jpeg("/p/a.jpg", "jpeg"), png("/p/b.png", "png");
+    for (const char* line : {"libpng error: IDAT: invalid distance too far back\n",
+                             "Corrupt JPEG data: 10 extraneous bytes before marker 0xd9\n", "Bogus marker length\n"}) {
+      ASSERT_GT(::write(STDERR_FILENO, line, std::strlen(line)), 0);
+    }
+  }
+  release_library_stderr();
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  EXPECT_EQ(test::lines(test::read_text(log)),
+            (std::vector<std::string>{
+                "cnclip: warning: /p/b.png: decoder: libpng error: IDAT: invalid distance too far back",
+                "cnclip: warning: /p/a.jpg: decoder: Corrupt JPEG data: 10 extraneous bytes before marker 0xd9",
+                "cnclip: warning: /p/a.jpg, /p/b.png: decoder: Bogus marker length"}));
 }
 
 }  // namespace

@@ -24,16 +24,20 @@ void release_library_stderr();
 int user_stderr_fd();
 
 // Marks `path` as being decoded by this thread for the lifetime of the object, so that library
-// output can be attributed to it. Thread-safe; cheap when stderr is not captured.
+// output can be attributed to it. `decoder` ("jpeg", "png", "tiff", ...) narrows that down when
+// several files are decoded at once: a line that names its library ("libpng error: ...", "Corrupt
+// JPEG data: ...") goes to the files of that format only. Thread-safe; cheap when stderr is not
+// captured.
 class DecodingFile {
  public:
-  explicit DecodingFile(const std::string& path);
+  explicit DecodingFile(const std::string& path, const std::string& decoder = "");
   ~DecodingFile();
   DecodingFile(const DecodingFile&) = delete;
   DecodingFile& operator=(const DecodingFile&) = delete;
 
  private:
   std::string path_;
+  std::string decoder_;
 };
 
 }  // namespace cnclip
