@@ -8,6 +8,7 @@
 
 #include <fstream>
 
+#include "cnclip/import.h"
 #include "cnclip/indexer.h"
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
