@@ -1,6 +1,7 @@
 #include "atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -57,6 +58,63 @@ void write_file_atomically(const std::string& path, const std::string& bytes) {
   AtomicFileWriter writer(path);
   writer.write(bytes.data(), bytes.size());
   writer.commit();
+}
+
+namespace {
+
+// Follows `path` through symbolic links (up to 40, as the kernel does) to the name of the file it
+// finally designates, which may not exist yet.
+std::string follow_symlinks(std::string path) {
+  for (int hops = 0; hops < 40; ++hops) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0 || !S_ISLNK(st.st_mode)) return path;
+    std::string target(static_cast<size_t>(st.st_size > 0 ? st.st_size : 4096) + 1, '\0');
+    const ssize_t n = ::readlink(path.c_str(), target.data(), target.size());
+    if (n < 0) throw Exception(errno_error(path, errno, "cannot read the link"));
+    target.resize(static_cast<size_t>(n));
+    if (!target.empty() && target[0] != '/') {
+      const auto slash = path.find_last_of('/');
+      if (slash != std::string::npos) target = path.substr(0, slash + 1) + target;
+    }
+    path = target;
+  }
+  throw Exception(errno_error(path, ELOOP));
+}
+
+}  // namespace
+
+void write_output_file(const std::string& path, const std::string& bytes) {
+  const std::string target = follow_symlinks(path);
+  struct stat st {};
+  if (::stat(target.c_str(), &st) != 0 || S_ISREG(st.st_mode)) {
+    try {
+      write_file_atomically(target, bytes);
+    } catch (const Exception& e) {
+      // Name what the user gave, and the link's target when it is another file.
+      if (target == path) throw;
+      throw Exception(e.code(), path + " (-> " + target + "): " + e.what());
+    }
+    return;
+  }
+  if (S_ISDIR(st.st_mode)) throw Exception(ErrorCode::kIoError, path + ": is a directory");
+  if (S_ISSOCK(st.st_mode)) throw Exception(ErrorCode::kIoError, path + ": is a socket");
+  // A FIFO or a device: written in place (a FIFO waits here for its reader, as `cat > fifo` does).
+  const int fd = ::open(target.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) throw Exception(errno_error(path, errno, "cannot open"));
+  const char* p = bytes.data();
+  size_t left = bytes.size();
+  while (left > 0) {
+    const ssize_t w = ::write(fd, p, left);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) {
+      const int err = w < 0 ? errno : EIO;
+      ::close(fd);
+      throw Exception(errno_error(path, err, "write failed"));
+    }
+    p += w;
+    left -= static_cast<size_t>(w);
+  }
+  if (::close(fd) != 0 && errno != EINTR) throw Exception(errno_error(path, errno, "write failed"));
 }
 
 }  // namespace cnclip

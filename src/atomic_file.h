@@ -10,6 +10,13 @@ namespace cnclip {
 // Throws Exception naming `path` on any failure; the destination is then untouched.
 void write_file_atomically(const std::string& path, const std::string& bytes);
 
+// For a file the user named as an output (preprocess --npy): a new or regular file is replaced
+// atomically as above; a symbolic link is followed (its final target is created or replaced
+// atomically, the link itself stays); a FIFO or a device (/dev/null, /dev/stdout) is opened and
+// written directly, since renaming over it would replace it with a regular file. A directory, a
+// socket, a link loop or a missing parent directory throws Exception naming `path`.
+void write_output_file(const std::string& path, const std::string& bytes);
+
 // For large files written piece by piece. commit() makes the file visible; destruction without
 // commit() removes the temporary file.
 class AtomicFileWriter {

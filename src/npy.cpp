@@ -96,7 +96,7 @@ Result<NpyArray> read_npy(const std::string& path) {
   return arr;
 }
 
-void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+std::string npy_bytes(const float* data, const std::vector<int64_t>& shape) {
   std::string dims;
   int64_t count = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -114,7 +114,11 @@ void write_npy(const std::string& path, const float* data, const std::vector<int
   bytes.push_back(static_cast<char>(header.size() >> 8));
   bytes += header;
   bytes.append(reinterpret_cast<const char*>(data), static_cast<size_t>(count) * sizeof(float));
-  write_file_atomically(path, bytes);
+  return bytes;
+}
+
+void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
+  write_output_file(path, npy_bytes(data, shape));
 }
 
 }  // namespace cnclip

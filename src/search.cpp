@@ -1,5 +1,6 @@
 #include "cnclip/search.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -28,8 +29,10 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
     allowed = [&](int64_t id) { return under_ids.count(id) > 0; };
   }
   const bool any_exclude = std::any_of(exclude.begin(), exclude.end(), [](const std::string& s) { return !s.empty(); });
-  const int k = options.top_k + (any_exclude ? 1 : 0);
-  auto raw = vectors_->search(queries.data(), nq, k, allowed);
+  // In 64 bits and bounded by the index size: -k 2147483647 asks for everything, and one more hit for
+  // the excluded query image must not overflow.
+  const int64_t k = std::min<int64_t>(int64_t{options.top_k} + (any_exclude ? 1 : 0), vectors_->size());
+  auto raw = vectors_->search(queries.data(), nq, static_cast<int>(k), allowed);
 
   std::vector<int64_t> ids;
   for (const auto& hits : raw) {

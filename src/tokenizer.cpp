@@ -283,6 +283,14 @@ std::vector<std::string> WordPieceTokenizer::tokenize(std::string_view text) con
   return pieces;
 }
 
+size_t WordPieceTokenizer::count_pieces(std::string_view text) const {
+  if (auto bad = find_invalid_utf8(text)) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "text is not valid UTF-8 (bad byte at offset " + std::to_string(*bad) + ")");
+  }
+  return tokenize(text).size();
+}
+
 std::vector<int64_t> WordPieceTokenizer::encode(std::string_view text, int context_length) const {
   if (context_length < 2) {
     throw Exception(ErrorCode::kInvalidArgument, "context length must be at least 2, got " +

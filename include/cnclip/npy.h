@@ -24,7 +24,11 @@ struct NpyArray {
 // Errors name the file: missing, not an .npy, Fortran order, unsupported dtype, truncated data.
 Result<NpyArray> read_npy(const std::string& path);
 
-// Writes float32 data with the given shape; the file appears whole or not at all.
+// The .npy file (version 1.0) of float32 data with the given shape.
+std::string npy_bytes(const float* data, const std::vector<int64_t>& shape);
+// Writes npy_bytes to `path`: a new or regular file appears whole or not at all (atomic rename); a
+// symlink is followed and its target replaced the same way; a FIFO or device is written directly; a
+// directory is an error. Throws Exception naming the path.
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape);
 
 }  // namespace cnclip

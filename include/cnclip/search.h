@@ -11,7 +11,7 @@
 namespace cnclip {
 
 struct SearchOptions {
-  int top_k = 10;
+  int top_k = 10;  // hits per query; more than the index holds returns all of them
   std::optional<float> threshold;  // keep hits with score >= threshold
   std::string under;               // canonical folder: only files below it
 };

@@ -21,6 +21,10 @@ class Tokenizer {
   // Throws Exception(kInvalidArgument) when `utf8` is not valid UTF-8 (queries are rejected, not
   // silently altered: a replaced byte would search for something the user did not type).
   virtual std::vector<int64_t> encode(std::string_view utf8, int context_length) const = 0;
+  // How many word pieces `utf8` has before truncation: encode keeps the first context_length - 2
+  // of them, so a text with more was cut (callers warn about that), and one with none is blank.
+  // Throws like encode for invalid UTF-8.
+  virtual size_t count_pieces(std::string_view utf8) const = 0;
 };
 
 // BERT WordPiece over a vocab.txt (one token per line, id = 0-based line number), lower-casing on.
@@ -35,6 +39,7 @@ class WordPieceTokenizer : public Tokenizer {
   explicit WordPieceTokenizer(std::unordered_map<std::string, int64_t> vocab);
 
   std::vector<int64_t> encode(std::string_view utf8, int context_length) const override;
+  size_t count_pieces(std::string_view utf8) const override;
   // The word pieces (before [CLS]/[SEP], truncation and id lookup); for tests and debugging.
   std::vector<std::string> tokenize(std::string_view utf8) const;
   size_t vocab_size() const { return vocab_.size(); }
