@@ -143,11 +143,13 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const IndexSummary s = run_index(*store, *model, opts, observer);
         observer.end_bar();
         if (o.format == "json") {
-          nlohmann::ordered_json j{{"index", dir},  {"added", s.added},     {"updated", s.updated},
+          nlohmann::ordered_json j;
+          set_string_field(j, "index", dir);  // index_bytes when the folder's name is not UTF-8
+          j.update(nlohmann::ordered_json{{"added", s.added},     {"updated", s.updated},
                            {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
                            {"failed", s.failed},    {"failed_before", s.failed_before},
                            {"interrupted", s.interrupted},
-                           {"seconds", std::round(s.seconds * 1000) / 1000}};
+                           {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
         }
         char line[256];
@@ -270,10 +272,30 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                          {"disk_bytes", store->disk_bytes()},
                          {"updated_at", updated ? iso_time(updated) : ""}};
         if (o.format == "json") {
-          std::cout << dump_json(j) << '\n';
+          // Paths that are not UTF-8 come with their exact bytes in hex (see set_string_field).
+          nlohmann::ordered_json out;
+          for (auto& [key, value] : j.items()) {
+            if (key == "index") {
+              set_string_field(out, key, dir);
+            } else if (key == "folders") {
+              out[key] = value;
+              nlohmann::ordered_json bytes = nlohmann::ordered_json::array();
+              bool any = false;
+              for (const auto& r : cat.roots()) {
+                nlohmann::ordered_json one;
+                set_string_field(one, "f", r);
+                any = any || one.contains("f_bytes");
+                bytes.push_back(hex_encode(r));
+              }
+              if (any) out["folders_bytes"] = bytes;
+            } else {
+              out[key] = value;
+            }
+          }
+          std::cout << dump_json(out) << '\n';
           return 0;
         }
-        std::cout << "index:    " << dir << '\n'
+        std::cout << "index:    " << terminal_safe(dir) << '\n'
                   << "model:    " << j["model_architecture"].get<std::string>() << ' '
                   << j["model_precision"].get<std::string>() << " (fingerprint "
                   << j["model_fingerprint"].get<std::string>().substr(0, 16) << ", dim " << store->embedding_dim() << ")\n"
@@ -281,7 +303,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                   << "vectors:  " << vectors->size() << '\n'
                   << "size:     " << store->disk_bytes() / 1024 << " KiB\n"
                   << "updated:  " << j["updated_at"].get<std::string>() << '\n';
-        for (const auto& r : cat.roots()) std::cout << "folder:   " << r << '\n';
+        for (const auto& r : cat.roots()) std::cout << "folder:   " << terminal_safe(r) << '\n';
         return 0;
       };
     });

@@ -7,16 +7,23 @@
 #include "cnclip/output.h"
 #include "cnclip/tokenizer.h"
 #include "options.h"
+#include "text_input.h"
 
 namespace cnclip::cli {
 namespace {
 
+// One JSON line; a path that is not valid UTF-8 gets "path_bytes" (see set_string_field). Stops the
+// command early when stdout has already failed.
 void print_embedding(const char* key, const std::string& value, const float* e, int dim) {
   nlohmann::ordered_json j;
-  j[key] = value;
+  set_string_field(j, key, value);
   j["embedding"] = std::vector<float>(e, e + dim);
   std::cout << dump_json(j) << '\n';
+  check_stdout();
 }
+
+// Chinese-CLIP text towers are BERT models with 512 positions; bundles use 52 of them.
+constexpr int kMaxTextPositions = 512;
 
 // Reads stdin lines that are each one JSON string (so any text, newlines and NUL included, can be given).
 std::vector<std::string> read_json_strings() {
@@ -65,34 +72,50 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
       std::vector<std::string> texts;
       bool json_input = false;
       int context_length = 0;
+      CLI::Option* context_length_option = nullptr;
       std::string vocab;
     };
     auto a = std::make_shared<Args>();
     auto* sub = app.add_subcommand("tokenize", "Print Chinese-CLIP token ids of each text as JSON lines");
     sub->add_option("text", a->texts, "Texts; '-' reads one text per line from stdin");
     sub->add_flag("--json-input", a->json_input, "Read one JSON string per stdin line (any text, newlines included)");
-    sub->add_option("--context-length", a->context_length, "Number of ids per text (default: the bundle's, 52)");
+    a->context_length_option = sub->add_option("--context-length", a->context_length,
+                    "Number of ids per text: 2 up to the bundle's context length (default: that, 52); up to " +
+                        std::to_string(kMaxTextPositions) + " with --vocab");
     sub->add_option("--vocab", a->vocab, "vocab.txt to use instead of the model bundle's");
     add_model_options(sub, o);
     sub->callback([&, a] {
       action = [&, a] {
         std::unique_ptr<Tokenizer> tokenizer;
-        int length = 52;
+        int length = 52, max_length = kMaxTextPositions;
+        std::string limit = "the text tower's positions";
         if (!a->vocab.empty()) {
           tokenizer = WordPieceTokenizer::from_vocab_file(a->vocab);
         } else {
           auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
           tokenizer = WordPieceTokenizer::from_vocab_file(bundle.path_of("vocab.txt"));
-          length = bundle.context_length;
+          length = max_length = bundle.context_length;
+          limit = "the context length of the model " + bundle.dir;
         }
-        if (a->context_length > 0) length = a->context_length;
+        if (a->context_length_option->count() > 0) {
+          // [CLS] and [SEP] take two ids; the tower has no position for more than its maximum.
+          if (a->context_length < 2 || a->context_length > max_length) {
+            throw Exception(ErrorCode::kInvalidArgument,
+                            "--context-length " + std::to_string(a->context_length) + ": must be from 2 to " +
+                                std::to_string(max_length) + " (" + limit + ")");
+          }
+          length = a->context_length;
+        }
         std::vector<std::string> inputs = a->json_input ? read_json_strings() : expand_stdin(a->texts);
         if (inputs.empty()) throw Exception(ErrorCode::kInvalidArgument, "tokenize: no text given");
-        for (const auto& t : inputs) {
+        for (size_t i = 0; i < inputs.size(); ++i) {
+          const auto& t = inputs[i];
+          check_text(*tokenizer, t, length, "text " + std::to_string(i + 1), false);
           nlohmann::ordered_json j;
           j["text"] = t;
           j["ids"] = tokenizer->encode(t, length);
           std::cout << dump_json(j) << '\n';
+          check_stdout();
         }
         return 0;
       };
@@ -108,6 +131,10 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const auto inputs = expand_stdin(*texts);
         auto model = open_model(o, inputs.size() > 256);
         const int dim = model->dim();
+        for (size_t i = 0; i < inputs.size(); ++i) {
+          check_text(model->tokenizer(), inputs[i], model->manifest().context_length, "text " + std::to_string(i + 1),
+                     false);
+        }
         constexpr size_t kBatch = 64;
         for (size_t i = 0; i < inputs.size(); i += kBatch) {
           std::vector<std::string> chunk(inputs.begin() + i, inputs.begin() + std::min(inputs.size(), i + kBatch));
@@ -148,7 +175,10 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto paths = std::make_shared<std::pair<std::string, std::string>>();  // image, npy
     auto* sub = app.add_subcommand("preprocess", "Write the model input tensor of an image as .npy (debugging)");
     sub->add_option("image", paths->first, "Image file")->required();
-    sub->add_option("--npy", paths->second, "Output .npy file (float32 [3,R,R])")->required();
+    sub->add_option("--npy", paths->second,
+                    "Output .npy file (float32 [3,R,R]); '-' writes it to stdout. A regular file is replaced "
+                    "atomically, a symlink's target likewise, a FIFO or device is written directly")
+        ->required();
     add_model_options(sub, o);
     add_decode_options(sub, o);
     sub->callback([&, paths] {
@@ -159,7 +189,15 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
         auto ok = preprocess_image_file(image, norm, decode_options(o, norm.size), pixels.data());
         if (!ok) throw Exception(ok.error());
-        write_npy(npy, pixels.data(), {3, norm.size, norm.size});
+        if (npy == "-") {
+          if (stdout_is_terminal()) {
+            throw Exception(ErrorCode::kInvalidArgument, "--npy -: not writing binary data to a terminal");
+          }
+          std::cout << npy_bytes(pixels.data(), {3, norm.size, norm.size});
+          flush_stdout();
+        } else {
+          write_npy(npy, pixels.data(), {3, norm.size, norm.size});
+        }
         return 0;
       };
     });

@@ -1,14 +1,28 @@
 // search-text, search-image
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <exception>
+#include <fstream>
 #include <future>
+#include <optional>
 #include <iostream>
 
 #include "cnclip/file_walk.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
 #include "options.h"
+#include "stdin_items.h"
+#include "text_input.h"
 
 namespace cnclip::cli {
 namespace {
+
+// An image given as bytes (stdin, a pipe) larger than this is refused before decoding.
+constexpr size_t kMaxStreamedImageBytes = size_t{1} << 30;
 
 struct SearchCommand {
   std::vector<std::string> queries;
@@ -16,14 +30,27 @@ struct SearchCommand {
   double threshold = -2;
   std::string under;
   bool exclude_self = false;
+  bool null_separated = false;
+  std::string paths_from;
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
-  sub->add_option("-k,--top-k", c.top_k, "Results per query")->capture_default_str()->check(CLI::PositiveNumber);
-  sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this");
+  sub->add_option("-k,--top-k", c.top_k, "Results per query (more than the index holds: all of them)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this")
+      ->check(CLI::Validator(
+          [](std::string& s) {
+            double v = 0;
+            if (!CLI::detail::lexical_cast(s, v) || !std::isfinite(v)) return "'" + s + "' is not a finite number";
+            return std::string();
+          },
+          "SCORE"));
   sub->add_option("--under", c.under, "Only files below this folder");
   sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)")
       ->check(CLI::IsMember({"table", "json", "jsonl", "paths", "auto"}));
+  sub->add_flag("-0,--null", c.null_separated,
+                "NUL instead of newline: after each path of --format paths, and between the items read from stdin");
   add_model_options(sub, o);
   add_index_option(sub, o);
   add_mixed_precision_option(sub, o);
@@ -60,13 +87,173 @@ OpenedIndex open_index(const CommonOptions& o, const BundleManifest& bundle) {
   opened.searcher = std::make_unique<Searcher>(*opened.store);
   return opened;
 }
-std::future<OpenedIndex> open_in_background(const CommonOptions& o, const BundleManifest& bundle) {
-  return std::async(std::launch::async, [&o, &bundle] { return open_index(o, bundle); });
+
+ResultPrinter make_printer(const CommonOptions& o, const SearchCommand& c) {
+  PrintOptions p;
+  p.null_separated = c.null_separated;
+  p.terminal = stdout_is_terminal();
+  return ResultPrinter(std::cout, parse_output_format(o.format, p.terminal), p);
 }
 
-int print(const std::vector<QueryResult>& results, const CommonOptions& o) {
-  print_results(std::cout, results, parse_output_format(o.format, stdout_is_terminal()));
+// When a later query fails (a blank stdin line, Ctrl-C), what was printed stays well-formed: the
+// json array is closed.
+struct FinishOnError {
+  ResultPrinter& printer;
+  ~FinishOnError() {
+    if (std::uncaught_exceptions() == 0) return;
+    try {
+      printer.finish();
+    } catch (const std::exception&) {  // stdout itself failed: nothing more to say there
+    }
+  }
+};
+
+int search_text(const CommonOptions& o, const SearchCommand& c) {
+  if (std::count(c.queries.begin(), c.queries.end(), "-") > 1) {
+    throw Exception(ErrorCode::kInvalidArgument, "'-' (queries from stdin) can be given only once");
+  }
+  auto model = open_model(o);
+  auto pending = std::async(std::launch::async, [&o, &model] { return open_index(o, model->manifest()); });
+  const int context = model->manifest().context_length;
+  const Tokenizer& tokenizer = model->tokenizer();
+  // Every query on the command line is checked before anything is searched or printed.
+  for (size_t i = 0; i < c.queries.size(); ++i) {
+    if (c.queries[i] != "-") check_text(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), true);
+  }
+  std::optional<OpenedIndex> opened;
+  auto index = [&]() -> OpenedIndex& {
+    if (!opened) opened = pending.get();
+    return *opened;
+  };
+  const SearchOptions opts = search_options(c);
+  ResultPrinter printer = make_printer(o, c);
+  auto answer = [&](const std::vector<std::string>& queries) {
+    if (queries.empty()) return;
+    const auto embeddings = model->encode_texts(queries);
+    for (const auto& r : index().searcher->search(queries, embeddings, opts)) printer.print(r);
+  };
+  size_t answered = 0;
+  std::vector<std::string> batch;  // consecutive command-line queries, encoded together
+  FinishOnError finish_on_error{printer};
+  for (const auto& q : c.queries) {
+    if (q != "-") {
+      batch.push_back(q);
+      continue;
+    }
+    answer(batch);
+    answered += batch.size();
+    batch.clear();
+    // One query per line, answered as it arrives (flushed before the next line is read).
+    model->load_text_tower();
+    index();
+    ItemReader reader(std::cin, c.null_separated);
+    std::string line;
+    while (reader.next(line)) {
+      check_text(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), true);
+      answer({line});
+      ++answered;
+    }
+  }
+  answer(batch);
+  answered += batch.size();
+  if (answered == 0) throw Exception(ErrorCode::kInvalidArgument, "no query given (stdin was empty)");
+  printer.finish();
   return 0;
+}
+
+// One example image: its embedding, or an error already reported.
+struct ImageQuery {
+  std::vector<float> embedding;
+  std::string self;  // canonical path to leave out with --exclude-self ("" for bytes from a stream)
+};
+
+int search_image(const CommonOptions& o, const SearchCommand& c) {
+  const auto stdin_images = std::count(c.queries.begin(), c.queries.end(), "-");
+  if (stdin_images > 1) throw Exception(ErrorCode::kInvalidArgument, "'-' (an image on stdin) can be given only once");
+  if (stdin_images && c.paths_from == "-") {
+    throw Exception(ErrorCode::kInvalidArgument, "'-' (an image on stdin) and '--paths-from -' both want stdin");
+  }
+  if (stdin_images && ::isatty(STDIN_FILENO) == 1) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "'-' reads the bytes of an image from stdin, which is a terminal (try: cnclip search-image - < photo.jpg)");
+  }
+  if (c.queries.empty() && c.paths_from.empty()) {
+    throw Exception(ErrorCode::kInvalidArgument, "give example images, '-' for one on stdin, or --paths-from FILE");
+  }
+  auto model = open_model(o);
+  // The index first: a query that is already indexed needs no image tower at all.
+  OpenedIndex opened = open_index(o, model->manifest());
+  IndexStore* store = opened.store.get();
+  const SearchOptions opts = search_options(c);
+  const int dim = model->dim();
+  const Normalization& norm = model->manifest().image;
+  const auto decode = decode_options(o, norm.size);
+  ResultPrinter printer = make_printer(o, c);
+
+  auto encode_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name) -> Result<std::vector<float>> {
+    std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
+    auto ok = preprocess_image(bytes, name, norm, decode, pixels.data());
+    if (!ok) return ok.error();
+    return model->encode_images(pixels.data(), 1);
+  };
+  auto embed = [&](const std::string& arg) -> Result<ImageQuery> {
+    if (arg == "-") {
+      auto bytes = read_all_bytes(std::cin, "standard input", kMaxStreamedImageBytes);
+      if (bytes.empty()) return Error{ErrorCode::kCorrupt, "standard input: no image bytes (empty)"};
+      auto e = encode_bytes(bytes, "standard input");
+      if (!e) return e.error();
+      return ImageQuery{std::move(e).value(), ""};
+    }
+    struct stat st {};
+    if (::stat(arg.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
+      // /dev/stdin, a FIFO, <(command): the bytes are read as they come; nothing to exclude.
+      std::ifstream in(arg, std::ios::binary);
+      if (!in) return errno_error(arg, errno, "cannot open");
+      auto e = encode_bytes(read_all_bytes(in, arg, kMaxStreamedImageBytes), arg);
+      if (!e) return e.error();
+      return ImageQuery{std::move(e).value(), ""};
+    }
+    auto canonical = canonical_path(arg);
+    if (!canonical) return canonical.error();
+    auto found = stat_file(canonical.value());
+    if (!found) return found.error();
+    ImageQuery q;
+    q.self = canonical.value();
+    // An indexed, unchanged file already has its embedding: no need to load the image tower.
+    if (auto rec = store->catalog().find(canonical.value());
+        rec && rec->size == found.value().size && rec->mtime_ns == found.value().mtime_ns) {
+      q.embedding = store->catalog().embedding(rec->id);
+    }
+    if (q.embedding.size() != static_cast<size_t>(dim)) {
+      std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
+      auto ok = preprocess_image_file(arg, norm, decode, pixels.data());
+      if (!ok) return ok.error();
+      q.embedding = model->encode_images(pixels.data(), 1);
+    }
+    return q;
+  };
+
+  int failed = 0;
+  FinishOnError finish_on_error{printer};
+  auto answer = [&](const std::string& arg) {
+    auto q = embed(arg);
+    if (!q) {
+      print_error(q.error().message);
+      ++failed;
+      printer.skip(arg);
+      return;
+    }
+    const std::vector<std::string> exclude{c.exclude_self ? q.value().self : ""};
+    printer.print(opened.searcher->search({arg}, q.value().embedding, opts, exclude).at(0));
+  };
+  for (const auto& arg : c.queries) answer(arg);
+  if (!c.paths_from.empty()) {
+    auto reader = ItemReader::open(c.paths_from, c.null_separated);
+    std::string path;
+    while (reader->next(path)) answer(path);
+  }
+  printer.finish();
+  return failed ? 1 : 0;
 }
 
 }  // namespace
@@ -76,84 +263,23 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-text", "Find indexed photos matching Chinese (or English) text");
-    sub->add_option("query", c.queries, "Texts; '-' reads one query per line from stdin")->required();
+    sub->add_option("query", c.queries, "Texts; '-' reads one query per line from stdin, answering each as it comes")
+        ->required();
     add_search_options(sub, c, o);
-    sub->callback([&o, &action, cp] {
-      action = [&o, cp] {
-        SearchCommand& c = *cp;
-        auto model = open_model(o);
-        auto index = open_in_background(o, model->manifest());
-        const auto queries = expand_stdin(c.queries);
-        if (queries.empty()) throw Exception(ErrorCode::kInvalidArgument, "no query given");
-        for (size_t i = 0; i < queries.size(); ++i) {
-          if (auto bad = find_invalid_utf8(queries[i])) {
-            throw Exception(ErrorCode::kInvalidArgument, "query " + std::to_string(i + 1) +
-                                                             " is not valid UTF-8 (bad byte at offset " +
-                                                             std::to_string(*bad) + ")");
-          }
-        }
-        const SearchOptions opts = search_options(c);
-        const auto embeddings = model->encode_texts(queries);
-        OpenedIndex opened = index.get();
-        return print(opened.searcher->search(queries, embeddings, opts), o);
-      };
-    });
+    sub->callback([&o, &action, cp] { action = [&o, cp] { return search_text(o, *cp); }; });
   }
   {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-image", "Find indexed photos that look like an example image");
-    sub->add_option("image", c.queries, "Image files (indexed or not); '-' reads one path per line from stdin")->required();
+    sub->add_option("image", c.queries,
+                    "Image files (indexed or not); '-' reads the bytes of one image from stdin (so does /dev/stdin)");
+    sub->add_option("--paths-from", c.paths_from,
+                    "Read more image paths from this file ('-' = stdin), one per line, or NUL-terminated with -0");
     sub->add_flag("--exclude-self", c.exclude_self, "Leave the query image itself out of its results");
     add_search_options(sub, c, o);
     add_decode_options(sub, o);
-    sub->callback([&o, &action, cp] {
-      action = [&o, cp] {
-        SearchCommand& c = *cp;
-        auto model = open_model(o);
-        // The index first: a query that is already indexed needs no image tower at all.
-        OpenedIndex opened = open_index(o, model->manifest());
-        IndexStore* store = opened.store.get();
-        const SearchOptions opts = search_options(c);
-        const auto inputs = expand_stdin(c.queries);
-        const int dim = model->dim();
-        const int r = model->manifest().image.size;
-        const auto decode = decode_options(o, model->manifest().image.size);
-        std::vector<std::string> labels, exclude;
-        std::vector<float> embeddings;
-        int failed = 0;
-        for (const auto& path : inputs) {
-          auto canonical = canonical_path(path);
-          auto found = canonical ? stat_file(canonical.value()) : Result<FoundFile>(canonical.error());
-          if (!found) {
-            print_error(found.error().message);
-            ++failed;
-            continue;
-          }
-          // An indexed, unchanged file already has its embedding: no need to load the image tower.
-          std::vector<float> e;
-          if (auto rec = store->catalog().find(canonical.value());
-              rec && rec->size == found.value().size && rec->mtime_ns == found.value().mtime_ns) {
-            e = store->catalog().embedding(rec->id);
-          }
-          if (e.size() != static_cast<size_t>(dim)) {
-            std::vector<float> pixels(static_cast<size_t>(3) * r * r);
-            auto ok = preprocess_image_file(path, model->manifest().image, decode, pixels.data());
-            if (!ok) {
-              print_error(ok.error().message);
-              ++failed;
-              continue;
-            }
-            e = model->encode_images(pixels.data(), 1);
-          }
-          labels.push_back(path);
-          exclude.push_back(c.exclude_self ? canonical.value() : "");
-          embeddings.insert(embeddings.end(), e.begin(), e.end());
-        }
-        if (!labels.empty()) print(opened.searcher->search(labels, embeddings, opts, exclude), o);
-        return failed ? 1 : 0;
-      };
-    });
+    sub->callback([&o, &action, cp] { action = [&o, cp] { return search_image(o, *cp); }; });
   }
 }
 

@@ -1,8 +1,10 @@
 // cnclip: find photos by Chinese text or by example image. This file only parses arguments and
 // dispatches to the subcommands; see include/cnclip/ for the library.
+#include <csignal>
 #include <iostream>
 
 #include "cnclip/error.h"
+#include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "options.h"
 
@@ -18,20 +20,36 @@ int main(int argc, char** argv) {
       "  cnclip search-image query.jpg\n"
       "  cnclip search-text 小狗 --format jsonl | jq -r .path\n\n"
       "Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.");
+  install_checked_stdout();  // before anything is printed, --help included
   cli::CommonOptions options;
   cli::Action action;
   cli::register_model_commands(app, options, action);
   cli::register_index_commands(app, options, action);
   cli::register_search_commands(app, options, action);
 
+  // Whatever a command printed must have reached stdout: a failed write (a full disk, /dev/full) is a
+  // failure, exit 1; a reader that went away (EPIPE with SIGPIPE ignored) ends quietly, as SIGPIPE
+  // would end the process (the shell shows 141).
+  auto finish = [](int status) {
+    try {
+      flush_stdout();
+    } catch (const StdoutClosed&) {
+      return status == 0 ? 128 + SIGPIPE : status;
+    } catch (const Exception& e) {
+      if (status != 0) return status;  // the command failed already (most likely on this very write)
+      cli::print_error(e.what());
+      return 1;
+    }
+    return status;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
-    return app.exit(e);
+    return finish(app.exit(e));
   } catch (const CLI::CallForAllHelp& e) {
-    return app.exit(e);
+    return finish(app.exit(e));
   } catch (const CLI::CallForVersion& e) {
-    return app.exit(e);
+    return finish(app.exit(e));
   } catch (const CLI::ParseError& e) {
     cli::print_error(std::string(e.what()) + " (see 'cnclip --help')");
     return 2;
@@ -40,13 +58,15 @@ int main(int argc, char** argv) {
   int status = 1;
   try {
     status = action ? action() : 2;
+  } catch (const StdoutClosed&) {
+    status = 128 + SIGPIPE;
   } catch (const Exception& e) {
     cli::print_error(e.what());
     status = e.code() == ErrorCode::kInvalidArgument ? 2 : e.code() == ErrorCode::kInterrupted ? 130 : 1;
   } catch (const std::exception& e) {
     cli::print_error(std::string("unexpected failure: ") + e.what());
   }
-  std::cout.flush();
+  status = finish(status);
   release_library_stderr();
   return status;
 }

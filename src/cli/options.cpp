@@ -4,6 +4,7 @@
 
 #include <iostream>
 
+#include "cnclip/output.h"
 #include "cnclip/runtime.h"
 
 namespace cnclip::cli {
@@ -73,7 +74,11 @@ std::vector<std::string> expand_stdin(const std::vector<std::string>& args) {
 bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }
 bool stderr_is_terminal() { return ::isatty(user_stderr_fd()) == 1; }
 
-void print_error(const std::string& message) { std::cerr << "cnclip: error: " << message << std::endl; }
-void print_warning(const std::string& message) { std::cerr << "cnclip: warning: " << message << std::endl; }
+// Messages name files, and file names can hold control characters: escaped, so that a name never
+// drives the terminal or splits a message over lines.
+void print_error(const std::string& message) { std::cerr << "cnclip: error: " << terminal_safe(message) << std::endl; }
+void print_warning(const std::string& message) {
+  std::cerr << "cnclip: warning: " << terminal_safe(message) << std::endl;
+}
 
 }  // namespace cnclip::cli
