@@ -259,6 +259,15 @@ TEST(CliMessages, StderrMessagesEscapeControlCharacters) {
   EXPECT_NE(r.err.find("gone\\x1b[31m\\nfake line\\x9b.jpg"), std::string::npos) << r.err;
 }
 
+TEST(CliMessages, IndexReportsOddNamesEscaped) {
+  test::TempDir dir;
+  fs::create_directories(dir / "photos");
+  test::write_text(dir / "photos/broken\x1b[2J\n.jpg", "not an image");
+  auto r = test::run_cnclip("index " + q(dir / "photos") + model_arg() + " --index " + q(dir / "i"));
+  EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("broken\\x1b[2J\\n.jpg"), std::string::npos) << r.err;
+}
+
 // --- streaming queries ----------------------------------------------------------------------
 
 // A child cnclip with pipes on stdin and stdout.

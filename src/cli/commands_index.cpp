@@ -57,7 +57,7 @@ class TerminalObserver : public IndexObserver {
   }
   void on_file_error(const Error& e) override {
     end_bar();
-    std::cerr << "cnclip: skipped: " << e.message << '\n';
+    std::cerr << "cnclip: skipped: " << terminal_safe(e.message) << '\n';
   }
   // Moves past the progress bar so that the next message starts on a line of its own.
   void end_bar() {
