@@ -174,12 +174,22 @@ TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
 
   // info and the index summary name the folder; an index under a non-UTF-8 folder says so exactly.
   const std::string odd_index = *dir / "index-\xff";
-  r = test::run_cnclip("index -q --format json " + q(photos + "/pokemon.jpeg") + model_arg() + " --index " + q(odd_index));
+  const std::string odd_folder = *dir / "folder-\xfe";
+  fs::create_directories(odd_folder);
+  test::copy_file(photos + "/pokemon.jpeg", odd_folder + "/p.jpeg");
+  r = test::run_cnclip("index -q --format json " + q(odd_folder) + model_arg() + " --index " + q(odd_index));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(get_string_field(json::parse(r.out), "index"), odd_index);
   r = test::run_cnclip("info --format json --index " + q(odd_index));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(get_string_field(json::parse(r.out), "index"), odd_index);
+  const auto info = json::parse(r.out);
+  EXPECT_EQ(get_string_field(info, "index"), odd_index);
+  ASSERT_TRUE(info.contains("folders_bytes")) << r.out;
+  ASSERT_EQ(info["folders_bytes"].size(), 1u);
+  EXPECT_EQ(info["folders_bytes"][0], hex_encode(odd_folder));
+  r = test::run_cnclip("info --format json" + idx_arg());  // UTF-8 names: no extra fields
+  EXPECT_FALSE(json::parse(r.out).contains("folders_bytes")) << r.out;
+  EXPECT_FALSE(json::parse(r.out).contains("index_bytes")) << r.out;
 }
 
 TEST_F(Indexed, PathsAreRawBytesAndNulSeparatedWithMinus0) {
