@@ -99,8 +99,9 @@ ResultPrinter make_printer(const CommonOptions& o, const SearchCommand& c) {
 // json array is closed.
 struct FinishOnError {
   ResultPrinter& printer;
+  const size_t& answered;  // nothing answered: nothing to close
   ~FinishOnError() {
-    if (std::uncaught_exceptions() == 0) return;
+    if (std::uncaught_exceptions() == 0 || answered == 0) return;
     try {
       printer.finish();
     } catch (const std::exception&) {  // stdout itself failed: nothing more to say there
@@ -134,7 +135,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   };
   size_t answered = 0;
   std::vector<std::string> batch;  // consecutive command-line queries, encoded together
-  FinishOnError finish_on_error{printer};
+  FinishOnError finish_on_error{printer, answered};
   for (const auto& q : c.queries) {
     if (q != "-") {
       batch.push_back(q);
@@ -234,7 +235,8 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   };
 
   int failed = 0;
-  FinishOnError finish_on_error{printer};
+  size_t answered = 0;
+  FinishOnError finish_on_error{printer, answered};
   auto answer = [&](const std::string& arg) {
     auto q = embed(arg);
     if (!q) {
@@ -245,6 +247,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
     }
     const std::vector<std::string> exclude{c.exclude_self ? q.value().self : ""};
     printer.print(opened.searcher->search({arg}, q.value().embedding, opts, exclude).at(0));
+    ++answered;
   };
   for (const auto& arg : c.queries) answer(arg);
   if (!c.paths_from.empty()) {
