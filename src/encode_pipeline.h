@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -28,6 +29,8 @@ struct PreparedItem {
   size_t index = 0;
   std::vector<float> pixels;
   Error error;
+  std::string content_hash;  // set by callers that need it (index: recognising moved files)
+  int64_t reuse_id = 0;      // kNoModel from index: the catalog id whose embedding this file takes over
 };
 
 // The item for an image file's bytes: kPixels, or kFailed with an error naming `path` (also for an

@@ -2,7 +2,9 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cnclip/file_walk.h"
@@ -42,7 +44,38 @@ class IndexObserver {
   virtual void on_file_error(const Error& /*error*/) {}
 };
 
-// Runs one index pass. What it guarantees:
+// The phases of run_index, public so that planning can be tested without a model.
+
+// One folder or file to look at in a pass, with the walk options that define what it holds.
+struct IndexTarget {
+  std::string path;  // canonical when it exists
+  bool is_file = false;
+  WalkOptions walk;
+};
+
+struct PlannedFile {
+  FoundFile file;
+  std::optional<FileRecord> existing;  // set when the file changed since it was indexed
+};
+
+// What a pass has to do: disk compared with the catalog.
+struct IndexPlan {
+  std::vector<PlannedFile> to_encode;
+  // Indexed files no longer on disk, by content hash: a new file with the same hash takes over the
+  // embedding (a move); the rest are removed at the end of a complete pass.
+  std::unordered_multimap<std::string, FileRecord> vanished;
+  int64_t unchanged = 0, failed_before = 0, failed = 0;
+};
+
+// Phase 1: the folders and files of this pass (the given paths, else the roots indexed before).
+// Throws for a given path that does not exist.
+std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options);
+// Phase 2: walks the targets and compares them with the catalog; reads the disk and the catalog,
+// writes nothing. Problems (unreadable folders, files that cannot be looked at) go to the observer.
+IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, const IndexOptions& options,
+                     IndexObserver& observer);
+
+// Runs one index pass (phases: resolve targets, plan, encode and commit, finish the pass). What it guarantees:
 // - Incremental: only new files and files whose size or mtime changed are decoded; a new file whose
 //   content hash equals that of a file that disappeared takes over its embedding (a move or rename).
 // - Committed in batches: each batch of encoded files is one transaction; an interruption (Ctrl-C,
