@@ -8,7 +8,8 @@
 namespace cnclip {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// 1: files, roots(path), failures, meta. 2: roots carry their kind (folder or file) and walk options.
+constexpr int kSchemaVersion = 2;
 
 // Owns one prepared statement.
 class Statement {
@@ -120,15 +121,37 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
       "CREATE TABLE IF NOT EXISTS roots(path TEXT PRIMARY KEY);"
       "CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
       "  mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL);");
-  auto version = c->meta("schema_version");
-  if (!version) {
-    c->set_meta("schema_version", std::to_string(kSchemaVersion));
-  } else if (*version != std::to_string(kSchemaVersion)) {
-    throw Exception(ErrorCode::kMismatch, path + ": catalog schema version " + *version +
-                                              " is not supported by this cnclip (expects " +
+  c->upgrade_schema();
+  return c;
+}
+
+void Catalog::upgrade_schema() {
+  auto version = [this] {
+    auto v = meta("schema_version");
+    return v ? std::stoi(*v) : 0;  // 0: just created, in the shape of version 1
+  };
+  if (version() == kSchemaVersion) return;
+  if (version() > kSchemaVersion) {
+    throw Exception(ErrorCode::kMismatch, path_ + ": catalog schema version " + std::to_string(version()) +
+                                              " is newer than this cnclip supports (" +
                                               std::to_string(kSchemaVersion) + ")");
   }
-  return c;
+  if (sqlite3_db_readonly(db_, "main") == 1) return;  // readers cope with schema 1 (see root_records)
+  // Upgraded in place, in one transaction; another process may be doing the same, so the version is
+  // read again once the write lock is held.
+  begin();
+  try {
+    const int from = version();
+    if (from < 2) {
+      exec("ALTER TABLE roots ADD COLUMN kind TEXT NOT NULL DEFAULT 'folder';"
+           "ALTER TABLE roots ADD COLUMN options TEXT NOT NULL DEFAULT '';");
+    }
+    if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
+    exec("COMMIT");
+  } catch (...) {
+    rollback();
+    throw;
+  }
 }
 
 std::optional<std::string> Catalog::meta(const std::string& key) {
@@ -288,9 +311,27 @@ void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, cons
 
 std::vector<std::string> Catalog::roots() {
   std::vector<std::string> out;
-  Statement s = prepare("SELECT path FROM roots ORDER BY path");
-  while (sqlite3_step(s.get()) == SQLITE_ROW) out.push_back(s.text(0));
+  for (auto& r : root_records()) out.push_back(std::move(r.path));
   return out;
+}
+
+std::vector<RootRecord> Catalog::root_records() {
+  std::vector<RootRecord> out;
+  sqlite3_stmt* raw = nullptr;
+  // A catalog of schema 1 opened read-only (not upgraded) has only the paths: folders, default options.
+  const bool v1 = sqlite3_prepare_v2(db_, "SELECT path, kind, options FROM roots ORDER BY path", -1, &raw, nullptr) != SQLITE_OK;
+  Statement s = v1 ? prepare("SELECT path, 'folder', '' FROM roots ORDER BY path") : raw;
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(RootRecord{s.text(0), s.text(1) == "file", s.text(2)});
+  if (rc != SQLITE_DONE) fail("cannot list indexed folders");
+  return out;
+}
+
+void Catalog::set_root(const RootRecord& root) {
+  Statement s = prepare("INSERT INTO roots(path, kind, options) VALUES(?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+                        "kind = excluded.kind, options = excluded.options");
+  s.bind(1, root.path).bind(2, std::string(root.is_file ? "file" : "folder")).bind(3, root.options);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record folder " + root.path);
 }
 
 void Catalog::add_root(const std::string& dir) {

@@ -27,6 +27,14 @@ struct FileRecord {
   int64_t indexed_at = 0;  // unix seconds
 };
 
+// A folder or single file indexed as a whole: what `cnclip index` with no path looks at again.
+struct RootRecord {
+  std::string path;      // canonical
+  bool is_file = false;  // a single file given as a root
+  std::string options;   // the walk options that define what it holds, as the indexer wrote them
+                         // ("" = the defaults)
+};
+
 // Not thread-safe: one Catalog per thread. Every write happens inside a transaction (begin/commit)
 // and bumps the generation counter, so readers can tell whether a snapshot is current. SQLite's WAL
 // mode lets searches read the last committed state while an index run writes. Failures throw
@@ -74,12 +82,19 @@ class Catalog {
   void forget_failure(const std::string& path);
   int64_t forget_failures_under(const std::string& dir);
 
+  // Roots (schema 2; a schema-1 catalog opened without upgrading lists its folders with default
+  // options). roots() is their paths.
   std::vector<std::string> roots();
-  void add_root(const std::string& dir);
-  void remove_root(const std::string& dir);
+  std::vector<RootRecord> root_records();
+  void set_root(const RootRecord& root);  // adds, or replaces the kind and options of a known root
+  void add_root(const std::string& dir);  // a folder with default options, unless already a root
+  void remove_root(const std::string& dir);  // `dir` and every root below it
 
  private:
   Catalog(sqlite3* db, std::string path);
+  // Brings a catalog of an older schema to the current one, in place (run on open); throws kMismatch
+  // for a newer schema.
+  void upgrade_schema();
   sqlite3_stmt* prepare(const char* sql);
   void exec(const char* sql);
   // DELETE of `dir` itself and every path below it from `table`; returns the rows deleted.
