@@ -1,5 +1,7 @@
 #include "cnclip/file_walk.h"
 
+#include <unistd.h>
+
 #include <dirent.h>
 #include <fnmatch.h>
 #include <sys/stat.h>
@@ -8,6 +10,8 @@
 #include <cerrno>
 #include <climits>
 #include <cstdlib>
+#include <cstdio>
+#include <nlohmann/json.hpp>
 
 namespace cnclip {
 namespace {
@@ -50,39 +54,149 @@ Result<FoundFile> stat_file(const std::string& path) {
                    static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec};
 }
 
-void walk_folder(const std::string& root, const WalkOptions& options, std::vector<FoundFile>& out,
-                 const std::function<void(const Error&)>& on_error) {
-  DIR* d = ::opendir(root.c_str());
+namespace {
+
+bool hidden(const std::string& name) { return !name.empty() && name[0] == '.'; }
+
+int64_t mtime_ns(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
+
+void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& out) {
+  DIR* d = ::opendir(dir.c_str());
   if (!d) {
-    on_error(errno_error(root, errno, "cannot list folder"));
+    out.unlisted.push_back(dir);
+    out.unlisted_errors.push_back(errno_error(dir, errno, "cannot list folder"));
     return;
   }
   std::vector<std::string> names;
+  errno = 0;
   while (dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
     if (name == "." || name == "..") continue;
-    if (!options.include_hidden && name[0] == '.') continue;
+    if (!options.include_hidden && hidden(name)) continue;
     names.push_back(name);
+    errno = 0;
   }
+  const int read_error = errno;
   ::closedir(d);
+  if (read_error != 0) {  // a listing cut short: what it missed must not look deleted
+    out.unlisted.push_back(dir);
+    out.unlisted_errors.push_back(errno_error(dir, read_error, "cannot list folder"));
+  } else {
+    out.listed.insert(dir);
+  }
   std::sort(names.begin(), names.end());
-  const std::string base = root == "/" ? "" : root;
+  const std::string base = dir == "/" ? "" : dir;
   for (const auto& name : names) {
     const std::string path = base + "/" + name;
     if (excluded(name, path, options.excludes)) continue;
     struct stat lst {};
-    if (::lstat(path.c_str(), &lst) != 0) continue;  // vanished meanwhile
+    if (::lstat(path.c_str(), &lst) != 0) {
+      const int err = errno;
+      if (err == ENOENT) continue;  // deleted since the listing
+      // Otherwise reported whatever its name: it may be a folder (a path over PATH_MAX, most often).
+      out.skipped.push_back(SkippedFile{
+          FoundFile{path, 0, 0},
+          err == ENAMETOOLONG ? Error{ErrorCode::kInvalidArgument, path + ": path longer than the system limit (" +
+                                                                       std::to_string(PATH_MAX) + " bytes); not indexed"}
+                              : errno_error(path, err, "cannot look at file")});
+      continue;
+    }
     if (S_ISDIR(lst.st_mode)) {
-      walk_folder(path, options, out, on_error);
+      walk_into(path, options, out);
+      continue;
+    }
+    if (S_ISLNK(lst.st_mode)) {
+      struct stat st {};
+      if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+        out.links.push_back(path);
+      } else if (options.wants(path)) {
+        if (::stat(path.c_str(), &st) != 0) {
+          out.skipped.push_back(SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
+                                            Error{ErrorCode::kNotFound, path + ": dangling symbolic link; not indexed"}});
+        } else {
+          out.links.push_back(path);
+        }
+      }
       continue;
     }
     if (!options.wants(path)) continue;
-    struct stat st = lst;
-    if (S_ISLNK(lst.st_mode) && ::stat(path.c_str(), &st) != 0) continue;  // dangling link
-    if (!S_ISREG(st.st_mode)) continue;  // never follow directory symlinks; skip fifos, devices
-    out.push_back(FoundFile{path, static_cast<int64_t>(st.st_size),
-                            static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec});
+    if (!S_ISREG(lst.st_mode)) {
+      const char* what = S_ISFIFO(lst.st_mode) ? "a FIFO" : S_ISSOCK(lst.st_mode) ? "a socket"
+                         : S_ISCHR(lst.st_mode) || S_ISBLK(lst.st_mode) ? "a device" : "not a regular file";
+      out.skipped.push_back(SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
+                                        Error{ErrorCode::kUnsupportedFormat,
+                                              path + ": " + what + ", not an image file; not indexed"}});
+      continue;
+    }
+    out.files.push_back(FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)});
   }
+}
+
+std::string shell_word(const std::string& s) {
+  if (!s.empty() && s.find_first_not_of("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.,/:+=@") ==
+                        std::string::npos) {
+    return s;
+  }
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+}  // namespace
+
+WalkResult walk_folder(const std::string& root, const WalkOptions& options) {
+  WalkResult out;
+  walk_into(root, options, out);
+  return out;
+}
+
+bool WalkOptions::holds(const std::string& root, const std::string& path) const {
+  if (path == root) return true;
+  const std::string base = root == "/" ? "/" : root + "/";
+  if (path.compare(0, base.size(), base) != 0) return false;
+  size_t pos = base.size();
+  while (true) {
+    const size_t slash = path.find('/', pos);
+    const std::string name = path.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    if (name.empty() || (!include_hidden && hidden(name))) return false;
+    if (slash == std::string::npos) return wants(path);
+    if (excluded(name, path.substr(0, slash), excludes)) return false;
+    pos = slash + 1;
+  }
+}
+
+std::string WalkOptions::to_json() const {
+  if (*this == WalkOptions{}) return "";
+  nlohmann::ordered_json j{{"hidden", include_hidden}, {"exclude", excludes}, {"ext", extensions}};
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+WalkOptions WalkOptions::from_json(const std::string& text) {
+  WalkOptions o;
+  if (text.empty()) return o;
+  try {
+    const auto j = nlohmann::json::parse(text);
+    o.include_hidden = j.value("hidden", false);
+    o.excludes = j.value("exclude", std::vector<std::string>{});
+    o.extensions = j.value("ext", default_extensions());
+  } catch (const nlohmann::json::exception& e) {
+    throw Exception(ErrorCode::kCorrupt, "stored walk options are damaged (" + std::string(e.what()) + "): " + text);
+  }
+  return o;
+}
+
+std::string WalkOptions::describe() const {
+  std::string d;
+  if (include_hidden) d += " --hidden";
+  for (const auto& e : excludes) d += " --exclude " + shell_word(e);
+  if (extensions != default_extensions()) {
+    std::string list;
+    for (const auto& e : extensions) list += (list.empty() ? "" : ",") + e;
+    d += " --ext " + shell_word(list);
+  }
+  return d.empty() ? "default options" : d.substr(1);
 }
 
 }  // namespace cnclip

@@ -9,7 +9,9 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <cstring>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -124,58 +126,123 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
   return true;
 }
 
-// Phase 4, after a complete pass: forget vanished files that were not moved, remember the folders.
-void finish_pass(IndexStore& store, const BundleManifest& bundle, const std::vector<IndexTarget>& targets,
-                 const IndexPlan& plan, IndexSummary& summary) {
+// Phase 4, after a complete pass: forget files seen to be gone (not moved) and files now excluded,
+// and file roots whose file is gone.
+void finish_pass(IndexStore& store, const IndexPlan& plan, IndexObserver& observer, IndexSummary& summary) {
   Catalog& catalog = store.catalog();
-  const auto known_roots = catalog.roots();
-  bool new_roots = false;
-  for (const auto& t : targets) {
-    if (!t.is_file && std::find(known_roots.begin(), known_roots.end(), t.path) == known_roots.end()) new_roots = true;
-  }
-  if (!plan.vanished.empty() || new_roots) {
+  if (!plan.vanished.empty() || !plan.excluded.empty() || !plan.pruned_roots.empty()) {
     CatalogTransaction tx(catalog);
     for (const auto& [hash, record] : plan.vanished) {
       catalog.remove(record.id);
       ++summary.removed;
     }
-    for (const auto& t : targets) {
-      if (t.is_file) continue;
-      if (::access(t.path.c_str(), F_OK) == 0) catalog.add_root(t.path);
-      else catalog.remove_root(t.path);
+    for (const auto& record : plan.excluded) {
+      catalog.remove(record.id);
+      ++summary.excluded;
     }
-    store.record_model(bundle);
+    for (const auto& root : plan.pruned_roots) catalog.remove_root(root);
     tx.commit();
+  }
+  if (summary.excluded > 0) {
+    observer.on_notice(std::to_string(summary.excluded) +
+                       " indexed file(s) that their folder's options now exclude were removed from the index");
   }
   struct stat st {};
   if (::stat(store.snapshot_path().c_str(), &st) != 0) store.write_snapshot();
 }
 
+std::string quoted(const std::string& path) {
+  std::string out = "'";
+  for (char c : path) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string parent_of(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  return slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+}
+
+bool is_under(const std::string& path, const std::string& root) {
+  if (path == root) return true;
+  if (root == "/") return !path.empty() && path[0] == '/';
+  return path.size() > root.size() && path.compare(0, root.size(), root) == 0 && path[root.size()] == '/';
+}
+
+// errno of lstat(path), 0 when it exists; `st` receives its status.
+int lstat_errno(const std::string& path, struct stat& st) { return ::lstat(path.c_str(), &st) == 0 ? 0 : errno; }
+
+// Whether a file that lstat reports absent is positively gone: the nearest folder above it that
+// exists was listed completely by this walk (so the file, or a folder on its way, is not there).
+bool seen_gone(const std::string& path, const std::string& root, const std::set<std::string>& listed) {
+  std::string dir = parent_of(path);
+  while (true) {
+    struct stat st {};
+    const int err = lstat_errno(dir, st);
+    if (err == 0) return S_ISDIR(st.st_mode) && listed.count(dir) > 0;
+    if (err != ENOENT && err != ENOTDIR) return false;  // cannot tell
+    if (dir == root || dir == "/") return false;        // the root itself is gone: a missing root
+    dir = parent_of(dir);
+  }
+}
+
 }  // namespace
 
-std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options) {
+std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options, bool all_roots) {
   std::vector<IndexTarget> targets;
-  const bool from_roots = options.paths.empty();
-  for (const auto& p : from_roots ? catalog.roots() : options.paths) {
-    auto canonical = canonical_path(p);
-    if (!canonical) {
-      if (!from_roots) throw Exception(canonical.error());
-      targets.push_back(IndexTarget{p, false, options.walk});  // an indexed folder that is gone entirely
-      continue;
+  const std::vector<RootRecord> roots = catalog.root_records();
+  auto stored = [&](const std::string& path) -> const RootRecord* {
+    for (const auto& r : roots) {
+      if (r.path == path) return &r;
     }
+    return nullptr;
+  };
+  for (const auto& p : options.paths) {
+    auto canonical = canonical_path(p);
+    if (!canonical) throw Exception(canonical.error());
+    IndexTarget t;
+    t.path = canonical.value();
     struct stat st {};
-    const bool is_dir = ::stat(canonical.value().c_str(), &st) == 0 && S_ISDIR(st.st_mode);
-    targets.push_back(IndexTarget{canonical.value(), !is_dir, options.walk});
+    t.is_file = !(::stat(t.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
+    const RootRecord* known = stored(t.path);
+    const WalkOptions before = known ? WalkOptions::from_json(known->options) : WalkOptions{};
+    t.walk = options.walk.value_or(before);
+    if (known && !known->is_file && !t.is_file && t.walk != before) t.replaced = before;
+    bool duplicate = false;
+    for (const auto& other : targets) duplicate = duplicate || other.path == t.path;
+    if (!duplicate) targets.push_back(std::move(t));
+  }
+  if (options.paths.empty() || all_roots) {
+    for (const auto& r : roots) {
+      bool given = false;
+      for (const auto& t : targets) given = given || t.path == r.path;
+      if (!given) targets.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+    }
+  }
+  // A file given on its own inside a folder that is a root already (with options that take it) is
+  // looked at, but not kept as a root of its own.
+  for (auto& t : targets) {
+    if (!t.is_file || stored(t.path)) continue;
+    for (const auto& r : roots) {
+      if (!r.is_file && WalkOptions::from_json(r.options).holds(r.path, t.path)) t.record = false;
+    }
+    for (const auto& other : targets) {
+      if (!other.is_file && other.walk.holds(other.path, t.path)) t.record = false;
+    }
   }
   return targets;
 }
 
 IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, const IndexOptions& options,
-                     IndexObserver& observer) {
+                     bool force) {
   IndexPlan plan;
   std::set<std::string> seen;
+  std::set<int64_t> decided;  // entries already classified (nested roots list them twice)
   auto consider = [&](const FoundFile& f, const std::optional<FileRecord>& existing) {
     if (!seen.insert(f.path).second) return;
+    if (force) {
+      plan.to_encode.push_back(PlannedFile{f, existing});
+      return;
+    }
     if (existing && existing->size == f.size && existing->mtime_ns == f.mtime_ns) {
       ++plan.unchanged;
       return;
@@ -189,37 +256,116 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
     }
     plan.to_encode.push_back(PlannedFile{f, existing});
   };
+  auto fail = [&](SkippedFile s) {
+    if (!seen.insert(s.file.path).second) return;
+    if (!options.retry_failed && !force) {
+      auto failed = catalog.failure(s.file.path);
+      if (failed && failed->size == s.file.size && failed->mtime_ns == s.file.mtime_ns) {
+        ++plan.failed_before;
+        return;
+      }
+    }
+    plan.failures.push_back(std::move(s));
+  };
+  // Whether some root (of this run, or stored) takes `path` with its options.
+  const std::vector<RootRecord> stored_roots = catalog.root_records();
+  auto held = [&](const std::string& path) {
+    for (const auto& t : targets) {
+      if (t.walk.holds(t.path, path) && (!t.is_file || t.path == path)) return true;
+    }
+    for (const auto& r : stored_roots) {
+      if (r.is_file ? r.path == path : WalkOptions::from_json(r.options).holds(r.path, path)) return true;
+    }
+    return false;
+  };
+
   for (const auto& target : targets) {
     if (target.is_file) continue;
-    std::vector<FoundFile> found;
-    if (::access(target.path.c_str(), F_OK) == 0) {
-      walk_folder(target.path, target.walk, found, [&](const Error& e) { observer.on_file_error(e); });
-    }
     std::vector<FileRecord> known = catalog.files_under(target.path);
+    struct stat st {};
+    const int err = lstat_errno(target.path, st);
+    if (err != 0 || !S_ISDIR(st.st_mode)) {
+      ++plan.missing;
+      const std::string kept = std::to_string(known.size()) + " entr" + (known.size() == 1 ? "y is" : "ies are");
+      if (err == ENOENT || err == ENOTDIR) {
+        plan.notices.push_back(target.path + ": folder missing; its " + kept + " kept; 'cnclip remove " +
+                               quoted(target.path) + "' drops them");
+      } else {
+        plan.notices.push_back(target.path + ": cannot look at the folder (" +
+                               (err ? std::string(std::strerror(err)) : std::string("not a folder any more")) +
+                               "); its " + kept + " kept");
+      }
+      continue;
+    }
+    WalkResult walk = walk_folder(target.path, target.walk);
+    for (size_t i = 0; i < walk.unlisted.size(); ++i) {
+      ++plan.unreadable_folders;
+      int64_t below = 0;
+      for (const auto& k : known) below += is_under(k.path, walk.unlisted[i]) ? 1 : 0;
+      plan.notices.push_back(walk.unlisted_errors[i].message + "; its " + std::to_string(below) +
+                             " indexed file(s) are kept");
+    }
+    if (!walk.links.empty()) {
+      plan.links += static_cast<int64_t>(walk.links.size());
+      plan.notices.push_back(target.path + ": " + std::to_string(walk.links.size()) +
+                             " symbolic link(s) not followed (first: " + walk.links.front() +
+                             "); cnclip indexes real paths: index a link's target to include it");
+    }
+    for (auto& s : walk.skipped) fail(std::move(s));
     std::unordered_map<std::string, size_t> known_by_path;
     for (size_t i = 0; i < known.size(); ++i) known_by_path.emplace(known[i].path, i);
     std::vector<bool> still_there(known.size(), false);
-    for (const auto& f : found) {
+    for (const auto& f : walk.files) {
       auto it = known_by_path.find(f.path);
       if (it != known_by_path.end()) still_there[it->second] = true;
       consider(f, it == known_by_path.end() ? std::nullopt : std::optional<FileRecord>(known[it->second]));
     }
     for (size_t i = 0; i < known.size(); ++i) {
-      // Files excluded by this run's options but still on disk are left alone.
-      if (!still_there[i] && !seen.count(known[i].path) && ::access(known[i].path.c_str(), F_OK) != 0) {
-        plan.vanished.emplace(known[i].content_hash, known[i]);
+      const FileRecord& k = known[i];
+      if (still_there[i] || seen.count(k.path) || !decided.insert(k.id).second) continue;
+      struct stat kst {};
+      const int kerr = lstat_errno(k.path, kst);
+      if (kerr == 0 && S_ISREG(kst.st_mode)) {
+        if (!held(k.path)) plan.excluded.push_back(k);  // on disk, but no root takes it any more
+        // else: below a folder that could not be listed, or another root's: kept
+      } else if (kerr == 0) {
+        // Now a link, a folder or a special file: not a photo file any more (reported by the walk).
+        if (walk.listed.count(parent_of(k.path))) plan.vanished.emplace(k.content_hash, k);
+      } else if ((kerr == ENOENT || kerr == ENOTDIR) && seen_gone(k.path, target.path, walk.listed)) {
+        plan.vanished.emplace(k.content_hash, k);
       }
+      // else: cannot tell (permissions, I/O error, name too long): kept
     }
   }
   for (const auto& target : targets) {
     if (!target.is_file) continue;
-    auto f = stat_file(target.path);
-    if (!f) {
-      observer.on_file_error(f.error());
-      ++plan.failed;
+    auto existing = catalog.find(target.path);
+    struct stat st {};
+    const int err = lstat_errno(target.path, st);
+    if (err == 0 && S_ISREG(st.st_mode)) {
+      consider(FoundFile{target.path, static_cast<int64_t>(st.st_size),
+                         static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec},
+               existing);
       continue;
     }
-    consider(f.value(), catalog.find(target.path));
+    if (err == ENOENT) {
+      struct stat pst {};
+      if (lstat_errno(parent_of(target.path), pst) == 0 && S_ISDIR(pst.st_mode)) {
+        // Deleted: its folder is there without it.
+        if (existing && decided.insert(existing->id).second) plan.vanished.emplace(existing->content_hash, *existing);
+        plan.pruned_roots.push_back(target.path);
+        continue;
+      }
+      ++plan.missing;
+      plan.notices.push_back(target.path + ": file missing, and so is its folder; its entry is kept; 'cnclip remove " +
+                             quoted(target.path) + "' drops it");
+      continue;
+    }
+    const Error e = err ? errno_error(target.path, err, "cannot look at file")
+                        : Error{ErrorCode::kUnsupportedFormat, target.path + ": not a regular file; not indexed"};
+    fail(SkippedFile{FoundFile{target.path, err ? 0 : static_cast<int64_t>(st.st_size),
+                               err ? 0 : static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec},
+                     e});
   }
   return plan;
 }
@@ -230,27 +376,78 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
   Catalog& catalog = store.catalog();
   IndexSummary summary;
 
-  if (options.reindex) {
-    CatalogTransaction tx(catalog);
-    catalog.remove_all();
-    store.record_model(bundle);
-    tx.commit();
-  } else {
-    store.require_model(bundle, options.allow_mixed_precision);
+  // With another model, the whole index is encoded again (never two models in one index).
+  const bool new_model = options.reindex && !store.model_matches(bundle);
+  if (!options.reindex) store.require_model(bundle, options.allow_mixed_precision);
+
+  const std::vector<IndexTarget> targets = resolve_targets(catalog, options, /*all_roots=*/new_model);
+  if (new_model) {
+    // Every entry must be encoded again from disk; refuse before changing anything if some cannot.
+    std::map<std::string, int64_t> unreachable;  // root (or "") -> entries
+    for (const auto& f : catalog.files_under("")) {
+      const IndexTarget* owner = nullptr;
+      for (const auto& t : targets) {
+        if (is_under(f.path, t.path) && (!owner || t.path.size() > owner->path.size())) owner = &t;
+      }
+      struct stat st {};
+      if (!owner) ++unreachable[""];
+      else if (lstat_errno(owner->path, st) != 0) ++unreachable[owner->path];
+    }
+    if (!unreachable.empty()) {
+      std::string why;
+      for (const auto& [root, n] : unreachable) {
+        why += (why.empty() ? "" : "; ") + std::to_string(n) + " entries " +
+               (root.empty() ? std::string("are under no indexed folder (imported?)") : "are under " + root + ", which is missing");
+      }
+      throw Exception(ErrorCode::kMismatch,
+                      "cannot move the index to the model " + bundle.dir + ": " + why +
+                          ". Reconnect the missing folders, or drop those entries with 'cnclip remove PATH', then "
+                          "run 'cnclip index --reindex' again (nothing was changed)");
+    }
+  }
+  for (const auto& t : targets) {
+    if (t.replaced) {
+      observer.on_notice(t.path + ": its walk options are replaced (were: " + t.replaced->describe() +
+                         "; now: " + t.walk.describe() + ")");
+    }
   }
 
-  const std::vector<IndexTarget> targets = resolve_targets(catalog, options);
-  IndexPlan plan = plan_index(catalog, targets, options, observer);
+  // First transaction: the roots and the model, before any encoding. With a new model the old
+  // embeddings (and remembered failures) go in the same transaction.
+  {
+    CatalogTransaction tx(catalog);
+    if (new_model) catalog.remove_all();
+    for (const auto& t : targets) {
+      struct stat st {};
+      if (t.record && lstat_errno(t.path, st) == 0) catalog.set_root(RootRecord{t.path, t.is_file, t.walk.to_json()});
+    }
+    store.record_model(bundle);
+    tx.commit();
+  }
+
+  IndexPlan plan = plan_index(catalog, targets, options, /*force=*/options.reindex && !new_model);
+  for (const auto& n : plan.notices) observer.on_notice(n);
   summary.unchanged = plan.unchanged;
   summary.failed_before = plan.failed_before;
-  summary.failed = plan.failed;
+  summary.missing = plan.missing;
+  summary.unreadable_folders = plan.unreadable_folders;
+  summary.links = plan.links;
+  if (!plan.failures.empty()) {
+    CatalogTransaction tx(catalog);
+    for (const auto& f : plan.failures) {
+      observer.on_file_error(f.error);
+      ++summary.failed;
+      catalog.record_failure(FileRecord{0, f.file.path, f.file.size, f.file.mtime_ns, "", 0}, f.error.message);
+    }
+    tx.commit();
+  }
   observer.on_plan(static_cast<int64_t>(plan.to_encode.size()), summary.unchanged,
-                   static_cast<int64_t>(plan.vanished.size()));
+                   static_cast<int64_t>(plan.vanished.size() + plan.excluded.size()));
 
   if (!encode_and_commit(store, model, plan, options, observer, summary)) {
     summary.interrupted = true;
   } else {
-    finish_pass(store, bundle, targets, plan, summary);
+    finish_pass(store, plan, observer, summary);
   }
   summary.seconds = seconds_since(start);
   return summary;

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -10,6 +11,8 @@
 
 namespace cnclip {
 
+// What a folder root holds. Stored with the root in the catalog, so that `index` with no path
+// walks each root as it was first given.
 struct WalkOptions {
   bool include_hidden = false;        // names starting with '.' are skipped unless set
   std::vector<std::string> excludes;  // glob patterns matched against each name and full path
@@ -19,6 +22,19 @@ struct WalkOptions {
     return {"jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff"};
   }
   bool wants(const std::string& path) const;  // extension and exclude check for one file
+  // Whether a walk of `root` with these options would take the file `path` (no hidden or excluded
+  // folder on the way, and wants(path)). `path` equal to `root` is a file root: true.
+  bool holds(const std::string& root, const std::string& path) const;
+
+  // JSON form kept in the catalog ("" and "{}" read as the defaults); from_json throws kCorrupt.
+  std::string to_json() const;
+  static WalkOptions from_json(const std::string& json);
+  // As command-line options, e.g. "--hidden --exclude '*.png' --ext jpg" ("default options").
+  std::string describe() const;
+  bool operator==(const WalkOptions& o) const {
+    return include_hidden == o.include_hidden && excludes == o.excludes && extensions == o.extensions;
+  }
+  bool operator!=(const WalkOptions& o) const { return !(*this == o); }
 };
 
 struct FoundFile {
@@ -27,11 +43,33 @@ struct FoundFile {
   int64_t mtime_ns = 0;
 };
 
-// Walks `root` (an absolute canonical directory) recursively in sorted order. Directory symlinks are
-// not followed (so no loops, and every path stays below its root); symlinks to files count as files.
-// Unreadable directories are reported through on_error and skipped.
-void walk_folder(const std::string& root, const WalkOptions& options, std::vector<FoundFile>& out,
-                 const std::function<void(const Error&)>& on_error);
+// An entry the walk could not take, with its lstat size and mtime (0 when lstat failed).
+struct SkippedFile {
+  FoundFile file;
+  Error error;  // names the path
+};
+
+// Everything a walk saw, so that the caller can tell a file that is gone from one it could not see.
+struct WalkResult {
+  std::vector<FoundFile> files;  // regular files the options take, in sorted order
+  // Entries with a wanted name that cannot be indexed: FIFOs, sockets, devices, dangling symbolic
+  // links, paths longer than PATH_MAX, entries lstat(2) failed on. Each error names the path.
+  std::vector<SkippedFile> skipped;
+  // Folders that could not be listed (permissions, I/O error, path too long): what is below them
+  // was not seen.
+  std::vector<std::string> unlisted;
+  std::vector<Error> unlisted_errors;  // one per unlisted folder, naming it
+  // Folders listed completely (the root included when it was).
+  std::set<std::string> listed;
+  // Symbolic links met in the tree, to folders or to files, never followed: cnclip stores real
+  // paths only, so a link would either duplicate its target or reach outside the root.
+  std::vector<std::string> links;
+};
+
+// Walks `root` (an absolute canonical directory) recursively in sorted order, with lstat(2):
+// symbolic links are reported in `links` and not followed (no loops, every path stays below its
+// root and is canonical). Excluded and hidden names are skipped without a report.
+WalkResult walk_folder(const std::string& root, const WalkOptions& options);
 
 // realpath(3); errors name the path.
 Result<std::string> canonical_path(const std::string& path);

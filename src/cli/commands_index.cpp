@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -59,6 +60,10 @@ class TerminalObserver : public IndexObserver {
     end_bar();
     std::cerr << "cnclip: skipped: " << terminal_safe(e.message) << '\n';
   }
+  void on_notice(const std::string& message) override {
+    end_bar();
+    print_warning(message);
+  }
   // Moves past the progress bar so that the next message starts on a line of its own.
   void end_bar() {
     if (bar_shown_) std::cerr << '\n';
@@ -75,6 +80,7 @@ struct IndexCommand {
   std::vector<std::string> excludes;
   std::string extensions;
   bool hidden = false, reindex = false, wait = false, retry_failed = false;
+  CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr;
   int batch_size = 4, jobs = 0;
 };
 
@@ -94,9 +100,15 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto* sub = app.add_subcommand("index", "Add photos in folders (recursively) or single files to the index");
     sub->add_option("path", c.paths,
                     "Folders or image files; '-' reads paths from stdin; none = update every folder indexed before");
-    sub->add_flag("--hidden", c.hidden, "Also index hidden files and folders (names starting with '.')");
-    sub->add_option("--exclude", c.excludes, "Skip names or paths matching this glob (repeatable)");
-    sub->add_option("--ext", c.extensions, "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
+    // Walk options: stored with each given root; any of them given replaces all of a root's options.
+    c.hidden_opt = sub->add_flag("--hidden,!--no-hidden", c.hidden,
+                                 "Also index hidden files and folders (names starting with '.')");
+    c.exclude_opt = sub->add_option("--exclude", c.excludes, "Skip names or paths matching this glob (repeatable: one glob per --exclude)")
+                        ->expected(1)
+                        ->allow_extra_args(false)  // `--exclude GLOB PATH`: PATH is a path
+                        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    c.ext_opt = sub->add_option("--ext", c.extensions,
+                                "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
     sub->add_flag("--reindex", c.reindex, "Forget everything and encode all files again (e.g. with another model)");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
@@ -115,17 +127,27 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         IndexOptions opts;
         opts.paths = expand_stdin(c.paths);
         if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
-        opts.walk.include_hidden = c.hidden;
-        opts.walk.excludes = c.excludes;
-        if (!c.extensions.empty()) {
-          opts.walk.extensions.clear();
+        const std::string dir = resolve_index_dir(o.index);
+        if (opts.paths.empty() && !std::filesystem::exists(dir + "/catalog.sqlite3")) {
+          // Before anything is created: a mistyped --index must not leave an empty index behind.
+          throw Exception(ErrorCode::kInvalidArgument, "nothing to index: " + dir +
+                                                           " holds no index yet; give folders or files (cnclip index PATH...)");
+        }
+        if (c.hidden_opt->count() + c.exclude_opt->count() + c.ext_opt->count() > 0) {
+          opts.walk = WalkOptions{};
+          opts.walk->include_hidden = c.hidden;
+          opts.walk->excludes = c.excludes;
+        }
+        if (opts.walk && !c.extensions.empty()) {
+          opts.walk->extensions.clear();
           std::stringstream ss(c.extensions);
           std::string ext;
           while (std::getline(ss, ext, ',')) {
             while (!ext.empty() && ext[0] == '.') ext.erase(0, 1);
             for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-            if (!ext.empty()) opts.walk.extensions.push_back(ext);
+            if (!ext.empty()) opts.walk->extensions.push_back(ext);
           }
+          if (opts.walk->extensions.empty()) throw Exception(ErrorCode::kInvalidArgument, "--ext: no extension given");
         }
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
@@ -134,7 +156,6 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.decode_threads = c.jobs;
         auto model = open_model(o, /*many_calls=*/true);
         opts.decode = decode_options(o, model->manifest().image.size);
-        const std::string dir = resolve_index_dir(o.index);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
         if (opts.paths.empty() && store->catalog().roots().empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
@@ -148,6 +169,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           j.update(nlohmann::ordered_json{{"added", s.added},     {"updated", s.updated},
                            {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
                            {"failed", s.failed},    {"failed_before", s.failed_before},
+                           {"excluded", s.excluded}, {"missing", s.missing},
+                           {"unreadable_folders", s.unreadable_folders}, {"links", s.links},
                            {"interrupted", s.interrupted},
                            {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
@@ -156,7 +179,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         std::snprintf(line, sizeof(line),
                       "%lld added, %lld updated, %lld removed, %lld moved, %lld unchanged, %lld failed in %.1f s",
                       static_cast<long long>(s.added), static_cast<long long>(s.updated),
-                      static_cast<long long>(s.removed), static_cast<long long>(s.moved),
+                      static_cast<long long>(s.removed + s.excluded), static_cast<long long>(s.moved),
                       static_cast<long long>(s.unchanged), static_cast<long long>(s.failed), s.seconds);
         if (s.interrupted) {
           std::cerr << "cnclip: interrupted; kept what was committed (" << line
