@@ -99,7 +99,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     IndexCommand& c = *cp;
     auto* sub = app.add_subcommand("index", "Add photos in folders (recursively) or single files to the index");
     sub->add_option("path", c.paths,
-                    "Folders or image files; '-' reads paths from stdin; none = update every folder indexed before");
+                    "Folders or image files; '-' reads paths from stdin; none = update every folder and file indexed before");
     // Walk options: stored with each given root; any of them given replaces all of a root's options.
     c.hidden_opt = sub->add_flag("--hidden,!--no-hidden", c.hidden,
                                  "Also index hidden files and folders (names starting with '.')");
@@ -109,7 +109,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     c.ext_opt = sub->add_option("--ext", c.extensions,
                                 "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
-    sub->add_flag("--reindex", c.reindex, "Forget everything and encode all files again (e.g. with another model)");
+    sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
     sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str();
