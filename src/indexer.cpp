@@ -178,7 +178,9 @@ bool seen_gone(const std::string& path, const std::string& root, const std::set<
   while (true) {
     struct stat st {};
     const int err = lstat_errno(dir, st);
-    if (err == 0) return S_ISDIR(st.st_mode) && listed.count(dir) > 0;
+    // A folder listed without what was below it; or something else in the place of a folder, in a
+    // folder listed with it.
+    if (err == 0) return listed.count(S_ISDIR(st.st_mode) ? dir : parent_of(dir)) > 0;
     if (err != ENOENT && err != ENOTDIR) return false;  // cannot tell
     if (dir == root || dir == "/") return false;        // the root itself is gone: a missing root
     dir = parent_of(dir);
@@ -325,7 +327,12 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
       if (still_there[i] || seen.count(k.path) || !decided.insert(k.id).second) continue;
       struct stat kst {};
       const int kerr = lstat_errno(k.path, kst);
-      if (kerr == 0 && S_ISREG(kst.st_mode)) {
+      const auto real = kerr == 0 ? canonical_path(k.path) : Result<std::string>(k.path);
+      if (kerr == 0 && S_ISREG(kst.st_mode) && real && real.value() != k.path) {
+        // Reached only through a link now (a folder on the way was replaced by one): the walk does
+        // not follow it (and reported it), so the entry would never be seen again.
+        plan.vanished.emplace(k.content_hash, k);
+      } else if (kerr == 0 && S_ISREG(kst.st_mode)) {
         if (!held(k.path)) plan.excluded.push_back(k);  // on disk, but no root takes it any more
         // else: below a folder that could not be listed, or another root's: kept
       } else if (kerr == 0) {

@@ -426,6 +426,23 @@ TEST_F(Roots, EntryStoredUnderALinkPathIsNotKeptForever) {
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/real.jpg"}));
 }
 
+TEST_F(Roots, AFolderReplacedByALinkOrAFileDropsItsEntries) {
+  make_photo(a + "/keep.jpg", 1);
+  make_photo(a + "/x/one.jpg", 2);
+  make_photo(a + "/y/two.jpg", 3);
+  index_ok(q(a));
+  ASSERT_EQ(paths().size(), 3u);
+  // x becomes a link to a copy elsewhere (its old paths still resolve, through the link), y a file.
+  fs::rename(a + "/x", dir / "x-elsewhere");
+  fs::create_directory_symlink(dir / "x-elsewhere", a + "/x");
+  fs::remove_all(a + "/y");
+  test::write_text(a + "/y", "a file now");
+  auto s = index_ok("");
+  EXPECT_EQ(s["removed"], 2);
+  EXPECT_EQ(s["links"], 1);
+  EXPECT_EQ(paths(), (std::set<std::string>{a + "/keep.jpg"}));
+}
+
 // --- issue #11: every skip that is not an exclusion is reported and counted ----------------------
 
 TEST_F(Roots, SpecialFilesAndOverlongPathsAreReportedAndCounted) {
