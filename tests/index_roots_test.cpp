@@ -473,7 +473,9 @@ TEST_F(Roots, SpecialFilesAndOverlongPathsAreReportedAndCounted) {
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 2);  // ok.jpg, folder.jpg/inside.jpg
   EXPECT_NE(r.err.find(a + "/fifo.jpg: a FIFO"), std::string::npos) << r.err;
-  if (device) EXPECT_NE(r.err.find(a + "/dev.jpg: a device"), std::string::npos) << r.err;
+  if (device) {
+    EXPECT_NE(r.err.find(a + "/dev.jpg: a device"), std::string::npos) << r.err;
+  }
   // The overlong part: the folder that cannot be listed, or the file, is named on stderr.
   EXPECT_TRUE(r.err.find("File name too long") != std::string::npos ||
               r.err.find("longer than the system limit") != std::string::npos)
@@ -538,8 +540,9 @@ TEST_F(Plan, OnlyFilesSeenGoneAreVanished) {
   EXPECT_TRUE(p.excluded.empty());
 }
 
-TEST_F(Plan, AnUnlistableFolderKeepsWhatIsBelowIt) {
-  // A folder whose path is over PATH_MAX cannot be opened: nothing below it may be called gone.
+TEST_F(Plan, AnEntryThatCannotBeLookedAtIsKept) {
+  // lstat fails with ENAMETOOLONG, not ENOENT: cnclip cannot tell it is gone, so it is kept.
+  // (Folders that cannot be listed: RootsPermissions.UnlistableSubfolderKeepsItsEntries.)
   fs::create_directories(root);
   add(root + "/" + std::string(300, 'x') + "/" + std::string(PATH_MAX, 'y') + "/f.jpg");
   auto p = plan();
@@ -567,6 +570,49 @@ TEST_F(Plan, ExcludedEntriesOnDiskAreExcludedNotVanished) {
   ASSERT_EQ(p.excluded.size(), 1u);
   EXPECT_EQ(p.excluded[0].path, root + "/a.png");
   EXPECT_TRUE(p.vanished.empty());
+}
+
+TEST_F(Plan, AnEntryAnotherRootTakesIsNotExcluded) {
+  // Nested roots with different options: the outer one excludes what the inner one holds.
+  fs::create_directories(root + "/inner");
+  test::write_text(root + "/inner/a.png", "x");
+  add(root + "/inner/a.png");
+  WalkOptions outer;
+  outer.excludes = {"*.png"};
+  IndexOptions o;
+  auto p = plan_index(*catalog,
+                      {IndexTarget{root, false, outer, true, std::nullopt},
+                       IndexTarget{root + "/inner", false, WalkOptions{}, true, std::nullopt}},
+                      o);
+  EXPECT_TRUE(p.excluded.empty());
+  EXPECT_TRUE(p.vanished.empty());
+  ASSERT_EQ(p.to_encode.size(), 1u);  // changed (size and mtime differ from the record)
+  // Only the outer root: now it is excluded.
+  p = plan(outer);
+  ASSERT_EQ(p.excluded.size(), 1u);
+}
+
+TEST_F(Plan, ForceEncodesUnchangedAndFailedFilesAgain) {
+  fs::create_directories(root);
+  test::write_text(root + "/a.jpg", "x");
+  auto f = stat_file(root + "/a.jpg").value();
+  {
+    const float e[2] = {1, 0};
+    CatalogTransaction tx(*catalog);
+    catalog->insert(FileRecord{0, f.path, f.size, f.mtime_ns, "h", 0}, e, 2);
+    test::write_text(root + "/bad.jpg", "y");
+    auto b = stat_file(root + "/bad.jpg").value();
+    catalog->record_failure(FileRecord{0, b.path, b.size, b.mtime_ns, "", 0}, "broken");
+    tx.commit();
+  }
+  IndexOptions o;
+  auto p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt}}, o);
+  EXPECT_EQ(p.unchanged, 1);
+  EXPECT_EQ(p.failed_before, 1);
+  EXPECT_TRUE(p.to_encode.empty());
+  p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt}}, o, /*force=*/true);
+  ASSERT_EQ(p.to_encode.size(), 2u);
+  EXPECT_TRUE(p.to_encode[0].existing.has_value());  // a.jpg: updated in place, not added
 }
 
 TEST(WalkOptionsTest, HoldsMatchesTheWalk) {
