@@ -191,44 +191,46 @@ bool seen_gone(const std::string& path, const std::string& root, const std::set<
 
 std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options, bool all_roots) {
   std::vector<IndexTarget> targets;
-  const std::vector<RootRecord> roots = catalog.root_records();
-  auto stored = [&](const std::string& path) -> const RootRecord* {
-    for (const auto& r : roots) {
-      if (r.path == path) return &r;
-    }
-    return nullptr;
-  };
+  std::unordered_map<std::string, RootRecord> stored;  // by path (many file roots come from `index -`)
+  for (auto& r : catalog.root_records()) stored.emplace(r.path, std::move(r));
+  std::set<std::string> taken;
   for (const auto& p : options.paths) {
     auto canonical = canonical_path(p);
     if (!canonical) throw Exception(canonical.error());
     IndexTarget t;
     t.path = canonical.value();
+    if (!taken.insert(t.path).second) continue;
     struct stat st {};
     t.is_file = !(::stat(t.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
-    const RootRecord* known = stored(t.path);
-    const WalkOptions before = known ? WalkOptions::from_json(known->options) : WalkOptions{};
+    auto known = stored.find(t.path);
+    const WalkOptions before = known != stored.end() ? WalkOptions::from_json(known->second.options) : WalkOptions{};
     t.walk = options.walk.value_or(before);
-    if (known && !known->is_file && !t.is_file && t.walk != before) t.replaced = before;
-    bool duplicate = false;
-    for (const auto& other : targets) duplicate = duplicate || other.path == t.path;
-    if (!duplicate) targets.push_back(std::move(t));
+    if (known != stored.end() && !known->second.is_file && !t.is_file && t.walk != before) t.replaced = before;
+    targets.push_back(std::move(t));
   }
   if (options.paths.empty() || all_roots) {
-    for (const auto& r : roots) {
-      bool given = false;
-      for (const auto& t : targets) given = given || t.path == r.path;
-      if (!given) targets.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+    const auto first_root = static_cast<std::ptrdiff_t>(targets.size());
+    for (const auto& [path, r] : stored) {
+      if (taken.insert(path).second) {
+        targets.push_back(IndexTarget{path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+      }
     }
+    std::sort(targets.begin() + first_root, targets.end(),
+              [](const IndexTarget& x, const IndexTarget& y) { return x.path < y.path; });
   }
   // A file given on its own inside a folder that is a root already (with options that take it) is
   // looked at, but not kept as a root of its own.
+  std::vector<std::pair<std::string, WalkOptions>> folders;
+  for (const auto& [path, r] : stored) {
+    if (!r.is_file) folders.emplace_back(path, WalkOptions::from_json(r.options));
+  }
+  for (const auto& t : targets) {
+    if (!t.is_file) folders.emplace_back(t.path, t.walk);
+  }
   for (auto& t : targets) {
-    if (!t.is_file || stored(t.path)) continue;
-    for (const auto& r : roots) {
-      if (!r.is_file && WalkOptions::from_json(r.options).holds(r.path, t.path)) t.record = false;
-    }
-    for (const auto& other : targets) {
-      if (!other.is_file && other.walk.holds(other.path, t.path)) t.record = false;
+    if (!t.is_file || stored.count(t.path)) continue;
+    for (const auto& [path, walk] : folders) {
+      if (walk.holds(path, t.path)) t.record = false;
     }
   }
   return targets;
@@ -270,15 +272,14 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
     plan.failures.push_back(std::move(s));
   };
   // Whether some root (of this run, or stored) takes `path` with its options.
-  const std::vector<RootRecord> stored_roots = catalog.root_records();
+  std::vector<IndexTarget> stored_roots;
+  for (const auto& r : catalog.root_records()) {
+    stored_roots.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+  }
   auto held = [&](const std::string& path) {
-    for (const auto& t : targets) {
-      if (t.walk.holds(t.path, path) && (!t.is_file || t.path == path)) return true;
-    }
-    for (const auto& r : stored_roots) {
-      if (r.is_file ? r.path == path : WalkOptions::from_json(r.options).holds(r.path, path)) return true;
-    }
-    return false;
+    auto takes = [&](const IndexTarget& t) { return t.is_file ? t.path == path : t.walk.holds(t.path, path); };
+    return std::any_of(targets.begin(), targets.end(), takes) ||
+           std::any_of(stored_roots.begin(), stored_roots.end(), takes);
   };
 
   for (const auto& target : targets) {

@@ -128,7 +128,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.paths = expand_stdin(c.paths);
         if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
         const std::string dir = resolve_index_dir(o.index);
-        if (opts.paths.empty() && !std::filesystem::exists(dir + "/catalog.sqlite3")) {
+        std::error_code no_catalog;
+        if (opts.paths.empty() && !std::filesystem::exists(dir + "/catalog.sqlite3", no_catalog) && !no_catalog) {
           // Before anything is created: a mistyped --index must not leave an empty index behind.
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: " + dir +
                                                            " holds no index yet; give folders or files (cnclip index PATH...)");
