@@ -229,8 +229,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
     store.record_model(bundle);
     tx.commit();
   }
-  struct stat st {};
-  if (::stat(store.snapshot_path().c_str(), &st) != 0) store.write_snapshot();
+  store.ensure_snapshot();  // also replaces a damaged one
   summary.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return summary;
 }
