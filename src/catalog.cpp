@@ -160,7 +160,11 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   if (::stat(path.c_str(), &st) != 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
   auto try_open = [&](const std::string& name, int extra) -> std::unique_ptr<Catalog> {
     sqlite3* db = nullptr;
-    if (sqlite3_open_v2(name.c_str(), &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX | extra, nullptr) != SQLITE_OK) {
+    // READWRITE falls back to read-only by itself when the file cannot be written; where it can,
+    // SQLite may tidy its -wal/-shm files on close as for any connection. query_only keeps this
+    // connection from changing the catalog.
+    if (sqlite3_open_v2(name.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra, nullptr) !=
+        SQLITE_OK) {
       Exception e = db ? sqlite_error(db, path, "cannot open catalog", sqlite3_errmsg(db))
                        : Exception(ErrorCode::kIoError, path + ": cannot open catalog: out of memory");
       sqlite3_close_v2(db);
@@ -168,6 +172,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     }
     std::unique_ptr<Catalog> c(new Catalog(db, path));
     sqlite3_busy_timeout(db, 10000);
+    c->exec("PRAGMA query_only=1");
     return c;
   };
   auto c = try_open(path, 0);

@@ -336,6 +336,10 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       const std::string gen = std::to_string(std::max<int64_t>(old_generation, 0) + 1);
       exec(fresh, "INSERT INTO meta(key, value) VALUES('generation', '" + gen +
                       "') ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+      // Without its meta row the dimension is still known from the embeddings kept.
+      if (dim > 0) {
+        exec(fresh, "INSERT OR IGNORE INTO meta(key, value) VALUES('embedding_dim', '" + std::to_string(dim) + "')");
+      }
       exec(fresh, "COMMIT");
       exec(fresh, "PRAGMA wal_checkpoint(TRUNCATE)");
       sqlite3_close_v2(fresh.db);
