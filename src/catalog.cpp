@@ -3,6 +3,7 @@
 #include <sqlite3.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <sstream>
@@ -79,8 +80,14 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   ErrorCode ec = ErrorCode::kIoError;
   if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
   if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
-  if (code == SQLITE_FULL) ec = ErrorCode::kIoError;
-  return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + msg);
+  const int sys = sqlite3_system_errno(db);
+  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
+    return Exception(ErrorCode::kIoError, path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
+                                              "); what was committed before is kept");
+  }
+  std::string detail = msg;
+  if ((code & 0xff) == SQLITE_IOERR && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
+  return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + detail);
 }
 
 }  // namespace
