@@ -2,9 +2,11 @@
 
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -214,6 +216,12 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     version = c->meta("schema_version");
   }
   if (version && *version != std::to_string(kSchemaVersion)) {
+    // An older schema is brought up to date by a writable open (which migrates), where allowed.
+    if (std::atoi(version->c_str()) < kSchemaVersion && ::access(path.c_str(), W_OK) == 0) {
+      c.reset();
+      Catalog::open(path, false).reset();
+      return open_read_only(path);
+    }
     throw Exception(ErrorCode::kMismatch, path + ": catalog schema version " + *version +
                                               " is not supported by this cnclip (expects " +
                                               std::to_string(kSchemaVersion) + ")");
