@@ -85,7 +85,7 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   const int sys = sqlite3_system_errno(db);
   if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
     return Exception(ErrorCode::kIoError, path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
-                                              "); what was committed before is kept");
+                                              "); what was committed before is kept: free some space and run the command again");
   }
   std::string detail = msg;
   if ((code & 0xff) == SQLITE_IOERR && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
