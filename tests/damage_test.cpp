@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <optional>
 #include <set>
 
 #include "cnclip/index_store.h"
@@ -58,6 +59,14 @@ struct LibraryIndex {
         auto e = unit_vector(rng);
         const int64_t id = s->catalog().insert(FileRecord{0, path, 100 + i, 1000 + i, "h" + std::to_string(i), 1}, e.data(), kDim);
         rows[id] = {path, e};
+      }
+      tx.commit();
+    }
+    {
+      CatalogTransaction tx(s->catalog());
+      for (int i = 0; i < 4; ++i) s->catalog().add_root("/photos/root" + std::to_string(i));
+      for (int i = 0; i < 6; ++i) {
+        s->catalog().record_failure(FileRecord{0, "/photos/bad" + std::to_string(i) + ".jpg", 5, 6, "", 0}, "truncated");
       }
       tx.commit();
     }
@@ -222,6 +231,24 @@ std::map<int64_t, std::pair<std::string, std::vector<float>>> readable_rows(cons
   return out;
 }
 
+// The rows of a small table that a full scan can read (nullopt when the scan fails part-way).
+std::optional<std::set<std::string>> scan_paths(const std::string& db_path, const std::string& table) {
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(db_path.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* s = nullptr;
+  std::optional<std::set<std::string>> out;
+  // NOT INDEXED: the rows themselves, not a copy of their key in an index.
+  if (sqlite3_prepare_v2(db, ("SELECT path FROM " + table + " NOT INDEXED").c_str(), -1, &s, nullptr) == SQLITE_OK) {
+    std::set<std::string> paths;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) paths.insert(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)));
+    if (rc == SQLITE_DONE) out = paths;
+  }
+  sqlite3_finalize(s);
+  sqlite3_close_v2(db);
+  return out;
+}
+
 // 8 KB of random bytes at `count` page-aligned offsets past the first page (SQLite's schema; see README).
 void damage_pages(const std::string& path, int count, unsigned seed) {
   std::mt19937 rng(seed);
@@ -236,6 +263,7 @@ TEST(DamageCatalog, RepairKeepsEveryReadableRow) {
     const int64_t gen_before = IndexStore::open(idx.dir.path(), IndexAccess::kRead)->catalog().generation();
     damage_pages(idx.catalog(), 3, seed);
     const auto readable = readable_rows(idx.catalog(), 400);
+    const auto roots = scan_paths(idx.catalog(), "roots"), failures = scan_paths(idx.catalog(), "failures");
     ASSERT_LT(readable.size(), idx.rows.size()) << "the damage hit no file rows";
     // Writers and info refuse it, naming the recovery command.
     try {
@@ -265,6 +293,15 @@ TEST(DamageCatalog, RepairKeepsEveryReadableRow) {
       EXPECT_EQ(f.path, idx.rows.at(f.id).first);
       EXPECT_EQ(s->catalog().embedding(f.id), idx.rows.at(f.id).second);
     }
+    // Folders and remembered failures that could be read are kept too.
+    if (roots) {
+      const auto got = s->catalog().roots();
+      EXPECT_EQ(std::set<std::string>(got.begin(), got.end()), *roots);
+    }
+    if (failures) {
+      for (const auto& f : *failures) EXPECT_TRUE(s->catalog().failure(f).has_value()) << f;
+    }
+    EXPECT_TRUE(s->catalog().meta("model_fingerprint").has_value() || r.unreadable.at("meta") > 0);
     auto snap = s->open_snapshot();
     ASSERT_NE(snap, nullptr);
     EXPECT_EQ(snap->size(), static_cast<int64_t>(readable.size()));
