@@ -59,8 +59,9 @@ void exec(Db& d, const std::string& sql) {
   if (sqlite3_exec(d.db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errmsg(d.db);
     sqlite3_free(err);
-    const int code = sqlite3_errcode(d.db);
-    throw Exception(code == SQLITE_FULL ? ErrorCode::kIoError : ErrorCode::kIoError, d.path + ": " + msg);
+    const bool full = sqlite3_errcode(d.db) == SQLITE_FULL || sqlite3_system_errno(d.db) == ENOSPC;
+    throw Exception(ErrorCode::kIoError,
+                    d.path + ": " + (full ? "the disk is full (" + msg + "); the index was not changed" : msg));
   }
 }
 
@@ -279,8 +280,8 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       auto old_cols = columns_of(old, table);
       auto new_cols = columns_of(fresh, table);
       if (!old_cols || !new_cols) {
-        report.unreadable[table] += 1;
-        report.kept[table] += 0;
+        report.unreadable[table] += 1;  // its schema could not be read: nothing of it is kept
+        report.kept[table] = 0;
         continue;
       }
       std::vector<std::string> cols;
