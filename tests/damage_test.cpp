@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <optional>
@@ -309,6 +310,36 @@ TEST(DamageCatalog, RepairKeepsEveryReadableRow) {
     s.reset();
     EXPECT_FALSE(repair_index(idx.dir.path()).damaged);
   }
+}
+
+TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
+  LibraryIndex idx(400, 5);
+  test::TempDir d;
+  const std::string disk = d / "disk", dir = disk + "/idx";
+  fs::create_directories(disk);
+  test::TmpfsMount tmpfs(disk, 1u << 20);
+  ASSERT_TRUE(tmpfs.ok()) << tmpfs.why();
+  fs::create_directories(dir);
+  for (const auto& e : fs::directory_iterator(idx.dir.path())) {
+    fs::copy_file(e.path(), dir + "/" + e.path().filename().string());
+  }
+  damage_pages(dir + "/catalog.sqlite3", 2, 5);
+  const std::string damaged = test::read_text(dir + "/catalog.sqlite3");
+  const auto space = fs::space(disk);
+  std::ofstream(disk + "/filler", std::ios::binary) << std::string(static_cast<size_t>(space.available - 4096), 'f');
+  try {
+    repair_index(dir);
+    FAIL() << "repair wrote a catalog on a full disk";
+  } catch (const Exception& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kIoError);
+    const std::string what = e.what();
+    EXPECT_TRUE(what.find("full") != std::string::npos || what.find("No space") != std::string::npos) << what;
+  }
+  EXPECT_EQ(test::read_text(dir + "/catalog.sqlite3"), damaged) << "the catalog was changed";
+  EXPECT_FALSE(fs::exists(dir + "/catalog.sqlite3.repair"));
+  fs::remove(disk + "/filler");
+  EXPECT_TRUE(repair_index(dir).damaged);
 }
 
 // ---- through the binary ----
