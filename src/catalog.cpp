@@ -2,8 +2,13 @@
 
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <sstream>
 
 namespace cnclip {
 namespace {
@@ -62,17 +67,38 @@ constexpr const char* kRecordColumns = "id, path, size, mtime_ns, content_hash, 
 
 }  // namespace
 
+std::string catalog_damage_message(const std::string& path, const std::string& detail) {
+  return path + ": the catalog is damaged (" + detail +
+         "); run 'cnclip repair' to keep every readable entry (the next 'cnclip index' re-encodes the rest)";
+}
+
+namespace {
+
+// The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
+Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
+  const int code = sqlite3_errcode(db);
+  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) {
+    return Exception(ErrorCode::kCorrupt, catalog_damage_message(path, msg));
+  }
+  ErrorCode ec = ErrorCode::kIoError;
+  if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
+  if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
+  const int sys = sqlite3_system_errno(db);
+  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
+    return Exception(ErrorCode::kIoError, path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
+                                              "); what was committed before is kept: free some space and run the command again");
+  }
+  std::string detail = msg;
+  if ((code & 0xff) == SQLITE_IOERR && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
+  return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + detail);
+}
+
+}  // namespace
+
 Catalog::Catalog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 Catalog::~Catalog() { sqlite3_close_v2(db_); }
 
-void Catalog::fail(const std::string& what) {
-  const int code = sqlite3_errcode(db_);
-  ErrorCode ec = ErrorCode::kIoError;
-  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) ec = ErrorCode::kCorrupt;
-  if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
-  if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
-  throw Exception(ec, path_ + ": " + what + ": " + sqlite3_errmsg(db_));
-}
+void Catalog::fail(const std::string& what) { throw sqlite_error(db_, path_, what, sqlite3_errmsg(db_)); }
 
 sqlite3_stmt* Catalog::prepare(const char* sql) {
   sqlite3_stmt* s = nullptr;
@@ -85,11 +111,7 @@ void Catalog::exec(const char* sql) {
   if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : "unknown error";
     sqlite3_free(err);
-    const int code = sqlite3_errcode(db_);
-    ErrorCode ec = code == SQLITE_CORRUPT || code == SQLITE_NOTADB ? ErrorCode::kCorrupt
-                   : code == SQLITE_BUSY                          ? ErrorCode::kBusy
-                                                                  : ErrorCode::kIoError;
-    throw Exception(ec, path_ + ": " + msg);
+    throw sqlite_error(db_, path_, "", msg);
   }
 }
 
@@ -102,8 +124,10 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   const int flags = SQLITE_OPEN_READWRITE | (create ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_NOMUTEX;
   if (sqlite3_open_v2(path.c_str(), &db, flags, nullptr) != SQLITE_OK) {
     std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    Exception e = db ? sqlite_error(db, path, "cannot open catalog", msg)
+                     : Exception(ErrorCode::kIoError, path + ": cannot open catalog: " + msg);
     sqlite3_close_v2(db);
-    throw Exception(ErrorCode::kIoError, path + ": cannot open catalog: " + msg);
+    throw e;
   }
   std::unique_ptr<Catalog> c(new Catalog(db, path));
   sqlite3_busy_timeout(db, 10000);
@@ -154,10 +178,117 @@ void Catalog::upgrade_schema() {
   }
 }
 
+bool embedding_is_valid(const float* v, int dim) {
+  double norm = 0;
+  for (int d = 0; d < dim; ++d) {
+    if (!std::isfinite(v[d])) return false;
+    norm += double(v[d]) * v[d];
+  }
+  return std::fabs(norm - 1.0) < 2e-3;
+}
+
+std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
+  auto try_open = [&](const std::string& name, int extra) -> std::unique_ptr<Catalog> {
+    sqlite3* db = nullptr;
+    // READWRITE falls back to read-only by itself when the file cannot be written; where it can,
+    // SQLite may tidy its -wal/-shm files on close as for any connection. query_only keeps this
+    // connection from changing the catalog.
+    if (sqlite3_open_v2(name.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra, nullptr) !=
+        SQLITE_OK) {
+      Exception e = db ? sqlite_error(db, path, "cannot open catalog", sqlite3_errmsg(db))
+                       : Exception(ErrorCode::kIoError, path + ": cannot open catalog: out of memory");
+      sqlite3_close_v2(db);
+      throw e;
+    }
+    std::unique_ptr<Catalog> c(new Catalog(db, path));
+    sqlite3_busy_timeout(db, 10000);
+    c->exec("PRAGMA query_only=1");
+    return c;
+  };
+  auto c = try_open(path, 0);
+  std::optional<std::string> version;
+  try {
+    version = c->meta("schema_version");
+  } catch (const Exception& e) {
+    if (e.code() != ErrorCode::kPermissionDenied) throw;
+    // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
+    // one where nothing may be written (a read-only mount, another user's folder). Without a
+    // write-ahead log there is nothing to coordinate: no writer can be at work either, and the file
+    // is read as immutable. A log that holds commits cannot be read that way (SQLite would ignore it).
+    struct stat wal {};
+    if (::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0) {
+      throw Exception(ErrorCode::kPermissionDenied,
+                      path + ": cannot read the catalog: its write-ahead log " + path +
+                          "-wal holds commits that need " + path +
+                          "-shm, which cannot be created here (read-only); run 'cnclip info' once where the "
+                          "index is writable");
+    }
+    std::string uri = "file:";
+    for (unsigned char ch : path) {
+      if (ch == '%' || ch == '?' || ch == '#' || ch < 0x20) {
+        char buf[4];
+        std::snprintf(buf, sizeof(buf), "%%%02X", ch);
+        uri += buf;
+      } else {
+        uri += static_cast<char>(ch);
+      }
+    }
+    c = try_open(uri + "?immutable=1", SQLITE_OPEN_URI);
+    version = c->meta("schema_version");
+  }
+  // Readers cope with older schemas (root_records reads schema 1), so an old index on a read-only
+  // mount stays searchable; a writer's open upgrades it. Only a newer schema is refused.
+  if (version && std::atoi(version->c_str()) > kSchemaVersion) {
+    throw Exception(ErrorCode::kMismatch, path + ": catalog schema version " + *version +
+                                              " is newer than this cnclip supports (" +
+                                              std::to_string(kSchemaVersion) + ")");
+  }
+  return c;
+}
+
+std::vector<std::string> Catalog::integrity_problems(bool full) {
+  std::vector<std::string> out;
+  sqlite3_stmt* raw = nullptr;
+  if (sqlite3_prepare_v2(db_, full ? "PRAGMA integrity_check(20)" : "PRAGMA quick_check(20)", -1, &raw, nullptr) !=
+      SQLITE_OK) {
+    out.push_back(sqlite3_errmsg(db_));
+    sqlite3_finalize(raw);
+    return out;
+  }
+  Statement s(raw);
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    // A row can hold several lines ("*** in database main ***\nPage 12: ..."): one problem per line.
+    std::stringstream lines(s.text(0));
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line != "ok" && !line.empty() && line.rfind("*** ", 0) != 0) out.push_back(line);
+    }
+  }
+  if (rc != SQLITE_DONE) {
+    const int code = sqlite3_errcode(db_);
+    if (code != SQLITE_CORRUPT && code != SQLITE_NOTADB) fail("cannot check the catalog");
+    out.push_back(sqlite3_errmsg(db_));
+  }
+  return out;
+}
+
+void Catalog::check(bool full) {
+  const auto problems = integrity_problems(full);
+  if (problems.empty()) return;
+  std::string detail = problems.front();
+  if (problems.size() > 1) detail += ", and " + std::to_string(problems.size() - 1) + " more problem(s)";
+  throw Exception(ErrorCode::kCorrupt, catalog_damage_message(path_, detail));
+}
+
 std::optional<std::string> Catalog::meta(const std::string& key) {
   Statement s = prepare("SELECT value FROM meta WHERE key = ?");
   s.bind(1, key);
-  if (sqlite3_step(s.get()) == SQLITE_ROW) return s.text(0);
+  const int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_ROW) return s.text(0);
+  if (rc != SQLITE_DONE) fail("cannot read metadata");
   return std::nullopt;
 }
 
@@ -217,7 +348,9 @@ std::vector<FileRecord> Catalog::find_by_ids(const std::vector<int64_t>& ids) {
   for (int64_t id : ids) {
     sqlite3_reset(s.get());
     s.bind(1, id);
-    if (sqlite3_step(s.get()) == SQLITE_ROW) out.push_back(read_record(s));
+    const int rc = sqlite3_step(s.get());
+    if (rc == SQLITE_ROW) out.push_back(read_record(s));
+    else if (rc != SQLITE_DONE) fail("cannot read file id " + std::to_string(id));  // damage, never a shorter list
   }
   return out;
 }
@@ -225,7 +358,9 @@ std::vector<FileRecord> Catalog::find_by_ids(const std::vector<int64_t>& ids) {
 std::vector<float> Catalog::embedding(int64_t id) {
   Statement s = prepare("SELECT embedding FROM files WHERE id = ?");
   s.bind(1, id);
-  if (sqlite3_step(s.get()) != SQLITE_ROW) return {};
+  const int rc = sqlite3_step(s.get());
+  if (rc == SQLITE_DONE) return {};
+  if (rc != SQLITE_ROW) fail("cannot read the embedding of file id " + std::to_string(id));
   const auto* p = static_cast<const float*>(sqlite3_column_blob(s.get(), 0));
   const int bytes = sqlite3_column_bytes(s.get(), 0);
   return std::vector<float>(p, p + bytes / static_cast<int>(sizeof(float)));
@@ -300,11 +435,15 @@ void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, cons
   int rc;
   const int expected = dim * static_cast<int>(sizeof(float));
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
-    if (sqlite3_column_bytes(s.get(), 1) != expected) {
-      throw Exception(ErrorCode::kCorrupt, path_ + ": embedding of file id " + std::to_string(s.i64(0)) +
-                                               " has the wrong size");
+    const auto* v = static_cast<const float*>(sqlite3_column_blob(s.get(), 1));
+    if (sqlite3_column_bytes(s.get(), 1) != expected || !embedding_is_valid(v, dim)) {
+      throw Exception(ErrorCode::kCorrupt,
+                      catalog_damage_message(path_, "the embedding of file id " + std::to_string(s.i64(0)) +
+                                                        (sqlite3_column_bytes(s.get(), 1) != expected
+                                                             ? " has the wrong size"
+                                                             : " is not a finite unit vector")));
     }
-    fn(s.i64(0), static_cast<const float*>(sqlite3_column_blob(s.get(), 1)));
+    fn(s.i64(0), v);
   }
   if (rc != SQLITE_DONE) fail("cannot read embeddings");
 }

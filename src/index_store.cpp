@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <iostream>
+#include <mutex>
 
 namespace cnclip {
 namespace {
@@ -24,7 +26,61 @@ void make_dirs(const std::string& dir) {
 
 std::string short_fingerprint(const std::string& f) { return f.substr(0, 12); }
 
+std::mutex warning_mutex;
+std::function<void(const std::string&)>& warning_handler() {
+  static std::function<void(const std::string&)> handler = [](const std::string& m) {
+    std::cerr << "cnclip: warning: " << m << std::endl;
+  };
+  return handler;
+}
+
+void warn(const std::string& message) {
+  std::lock_guard<std::mutex> lock(warning_mutex);
+  if (warning_handler()) warning_handler()(message);
+}
+
 }  // namespace
+
+void set_index_warning_handler(std::function<void(const std::string&)> handler) {
+  std::lock_guard<std::mutex> lock(warning_mutex);
+  warning_handler() = std::move(handler);
+}
+
+void require_writable_index(const std::string& dir) {
+  auto check = [&](const std::string& path) {
+    if (::access(path.c_str(), W_OK) == 0 || errno == ENOENT) return;
+    const int err = errno;
+    if (err != EROFS && err != EACCES && err != EPERM) return;  // other failures are reported where they happen
+    throw Exception(ErrorCode::kPermissionDenied,
+                    dir + ": the index is read-only (" + path + ": " + std::strerror(err) +
+                        "); searches and 'cnclip info' work, but index, remove, import and repair need write access");
+  };
+  check(dir);
+  for (const char* f : {"catalog.sqlite3", "catalog.sqlite3-wal", "catalog.sqlite3-shm", "lock"}) {
+    check(dir + "/" + f);
+  }
+}
+
+int lock_index_for_writing(const std::string& dir, bool wait_for_lock) {
+  make_dirs(dir);
+  require_writable_index(dir);
+  const std::string lock_path = dir + "/lock";
+  int lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd < 0) throw Exception(errno_error(lock_path, errno, "cannot create lock file"));
+  if (::flock(lock_fd, LOCK_EX | (wait_for_lock ? 0 : LOCK_NB)) != 0) {
+    char buf[32] = {0};
+    const ssize_t got = ::pread(lock_fd, buf, sizeof(buf) - 1, 0);
+    ::close(lock_fd);
+    std::string pid;
+    for (ssize_t i = 0; i < got && buf[i] >= '0' && buf[i] <= '9'; ++i) pid += buf[i];
+    const std::string holder = pid.empty() ? "" : " (pid " + pid + ")";
+    throw Exception(ErrorCode::kBusy, dir + ": index is being updated by another cnclip process" + holder +
+                                          "; wait for it or use --wait");
+  }
+  const std::string me = std::to_string(::getpid());
+  if (::ftruncate(lock_fd, 0) == 0) (void)!::pwrite(lock_fd, me.data(), me.size(), 0);
+  return lock_fd;
+}
 
 std::string resolve_index_dir(const std::string& flag) {
   if (!flag.empty()) return flag;
@@ -43,33 +99,27 @@ IndexStore::~IndexStore() {
 
 std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess access, bool wait_for_lock) {
   const std::string catalog_path = dir + "/" + kCatalogFile;
-  int lock_fd = -1;
   if (access == IndexAccess::kRead) {
     struct stat st {};
     if (::stat(catalog_path.c_str(), &st) != 0) {
       throw Exception(ErrorCode::kNotFound, dir + ": no index here yet (run 'cnclip index PATH' first, "
                                                   "or give --index DIR)");
     }
-  } else {
-    make_dirs(dir);
-    const std::string lock_path = dir + "/lock";
-    lock_fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (lock_fd < 0) throw Exception(errno_error(lock_path, errno, "cannot create lock file"));
-    if (::flock(lock_fd, LOCK_EX | (wait_for_lock ? 0 : LOCK_NB)) != 0) {
-      char buf[32] = {0};
-      const ssize_t got = ::pread(lock_fd, buf, sizeof(buf) - 1, 0);
-      ::close(lock_fd);
-      std::string pid;
-      for (ssize_t i = 0; i < got && buf[i] >= '0' && buf[i] <= '9'; ++i) pid += buf[i];
-      const std::string holder = pid.empty() ? "" : " (pid " + pid + ")";
-      throw Exception(ErrorCode::kBusy, dir + ": index is being updated by another cnclip process" + holder +
-                                            "; wait for it or use --wait");
-    }
-    const std::string me = std::to_string(::getpid());
-    if (::ftruncate(lock_fd, 0) == 0) (void)!::pwrite(lock_fd, me.data(), me.size(), 0);
+    return std::unique_ptr<IndexStore>(new IndexStore(dir, Catalog::open_read_only(catalog_path), -1));
   }
-  auto catalog = Catalog::open(catalog_path, access == IndexAccess::kWrite);
-  return std::unique_ptr<IndexStore>(new IndexStore(dir, std::move(catalog), lock_fd));
+  return open_locked(dir, lock_index_for_writing(dir, wait_for_lock));
+}
+
+std::unique_ptr<IndexStore> IndexStore::open_locked(const std::string& dir, int lock_fd) {
+  try {
+    auto catalog = Catalog::open(dir + "/" + kCatalogFile, true);
+    // A writer must not build on damage: SQLite would fail later, half-way through a run.
+    catalog->check();
+    return std::unique_ptr<IndexStore>(new IndexStore(dir, std::move(catalog), lock_fd));
+  } catch (...) {
+    ::close(lock_fd);
+    throw;
+  }
 }
 
 bool IndexStore::model_matches(const BundleManifest& bundle) {
@@ -122,17 +172,29 @@ std::string IndexStore::snapshot_path() {
   return dir_ + "/vectors-" + std::to_string(catalog_->generation()) + ".faiss";
 }
 
-std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
+std::unique_ptr<VectorIndex> IndexStore::open_snapshot(std::string* problem) {
   const int dim = embedding_dim();
   const std::string snapshot = snapshot_path();
   struct stat st {};
-  if (dim > 0 && ::stat(snapshot.c_str(), &st) == 0) {
-    try {
-      auto index = VectorIndex::open_file(snapshot);
-      if (index->dim() == dim) return index;
-    } catch (const Exception&) {
-      // A damaged snapshot is only a cache: fall through and rebuild from the catalog.
-    }
+  if (dim <= 0 || ::stat(snapshot.c_str(), &st) != 0) return nullptr;
+  try {
+    auto index = VectorIndex::open_file(snapshot);
+    if (index->dim() == dim) return index;
+    if (problem) *problem = snapshot + ": vector snapshot has dimension " + std::to_string(index->dim()) +
+                            ", the catalog " + std::to_string(dim);
+  } catch (const Exception& e) {
+    if (problem) *problem = e.what();
+  }
+  return nullptr;
+}
+
+std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
+  const int dim = embedding_dim();
+  std::string problem;
+  if (auto index = open_snapshot(&problem)) return index;
+  if (!problem.empty()) {
+    // Only a cache of the catalog: said once, and the catalog's vectors are used instead.
+    warn(problem + "; using the catalog's vectors instead (the next 'cnclip index' rewrites it)");
   }
   std::vector<int64_t> ids;
   std::vector<float> vectors;
@@ -143,6 +205,12 @@ std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
     });
   }
   return VectorIndex::from_vectors(dim > 0 ? dim : 1, std::move(ids), std::move(vectors));
+}
+
+bool IndexStore::ensure_snapshot() {
+  if (embedding_dim() <= 0 || open_snapshot(nullptr)) return false;
+  write_snapshot();
+  return true;
 }
 
 void IndexStore::write_snapshot() {

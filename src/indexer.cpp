@@ -147,8 +147,7 @@ void finish_pass(IndexStore& store, const IndexPlan& plan, IndexObserver& observ
     observer.on_notice(std::to_string(summary.excluded) +
                        " indexed file(s) that their folder's options now exclude were removed from the index");
   }
-  struct stat st {};
-  if (::stat(store.snapshot_path().c_str(), &st) != 0) store.write_snapshot();
+  store.ensure_snapshot();  // also replaces a damaged one
 }
 
 std::string quoted(const std::string& path) {

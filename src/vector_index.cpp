@@ -8,7 +8,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <xxhash.h>
+
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 
 #include "atomic_file.h"
@@ -22,6 +26,12 @@ namespace {
 // where header = i32 d, i64 ntotal, i64 dummy, i64 dummy, u8 is_trained, i32 metric_type.
 constexpr size_t kHeaderBytes = 4 + 8 + 8 + 8 + 1 + 4;
 constexpr size_t kVectorsOffset = 4 + kHeaderBytes + 4 + kHeaderBytes + 8;
+// cnclip's trailer after the FAISS data (FAISS's reader stops before it):
+//   "CNCLIPX3"  u64 bytes covered (everything before the trailer)  u64 XXH3-64 of those bytes
+constexpr char kTrailerMagic[8] = {'C', 'N', 'C', 'L', 'I', 'P', 'X', '3'};
+constexpr size_t kTrailerBytes = 8 + 8 + 8;
+// A stored embedding is unit length; a score further than this from [-1, 1] means damaged vectors.
+constexpr float kScoreSlack = 1e-3f;
 
 void put_header(std::string& out, const char* fourcc, int32_t d, int64_t ntotal) {
   const int64_t dummy = 1 << 20;
@@ -76,7 +86,7 @@ std::unique_ptr<VectorIndex> VectorIndex::from_vectors(int dim, std::vector<int6
   return std::make_unique<MemoryVectorIndex>(dim, std::move(ids), std::move(vectors));
 }
 
-std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path) {
+std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, bool require_checksum) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw Exception(errno_error(path, errno, "cannot open vector file"));
   struct stat st {};
@@ -118,7 +128,19 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path) {
   const size_t ids_offset = kVectorsOffset + nfloats * 4;
   if (bytes < ids_offset + 8) fail("cut short");
   std::memcpy(&nids, p + ids_offset, 8);
-  if (nids != static_cast<uint64_t>(n) || bytes != ids_offset + 8 + nids * 8) fail("cut short or padded");
+  const size_t data_bytes = ids_offset + 8 + nids * 8;
+  if (nids != static_cast<uint64_t>(n) || bytes < data_bytes) fail("cut short");
+  if (bytes == data_bytes) {
+    if (require_checksum) fail("no checksum");
+  } else {
+    uint64_t covered = 0, stored = 0;
+    if (bytes != data_bytes + kTrailerBytes || std::memcmp(p + data_bytes, kTrailerMagic, 8) != 0) {
+      fail("cut short or padded");
+    }
+    std::memcpy(&covered, p + data_bytes + 8, 8);
+    std::memcpy(&stored, p + data_bytes + 16, 8);
+    if (covered != data_bytes || XXH3_64bits(p, data_bytes) != stored) fail("checksum mismatch");
+  }
   return std::make_unique<MappedVectorIndex>(base, bytes, d, n, reinterpret_cast<const float*>(p + kVectorsOffset),
                                              reinterpret_cast<const int64_t*>(p + ids_offset + 8));
 }
@@ -150,7 +172,16 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
     for (int j = 0; j < k; ++j) {
       const int64_t pos = positions[static_cast<size_t>(q) * k + j];
       if (pos < 0 || pos >= n) continue;
-      out[q].push_back(SearchHit{ids()[pos], scores[static_cast<size_t>(q) * k + j]});
+      float score = scores[static_cast<size_t>(q) * k + j];
+      // Unit vectors give cosines in [-1, 1] up to float rounding; anything else is damage (of the
+      // vectors or of the query), never a result.
+      if (!std::isfinite(score) || std::fabs(score) > 1.0f + kScoreSlack) {
+        throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(ids()[pos]) + " gives score " +
+                                                 std::to_string(score) +
+                                                 ": the vectors or the query are damaged (not unit length)");
+      }
+      score = std::clamp(score, -1.0f, 1.0f);
+      out[q].push_back(SearchHit{ids()[pos], score});
     }
   }
   return out;
@@ -161,7 +192,18 @@ struct VectorFileWriter::Impl {
   int dim;
   int64_t expected, added = 0;
   std::vector<int64_t> ids;
-  Impl(const std::string& path, int d, int64_t count) : file(path), dim(d), expected(count) {}
+  XXH3_state_t* hash = XXH3_createState();
+  uint64_t bytes = 0;
+  Impl(const std::string& path, int d, int64_t count) : file(path), dim(d), expected(count) {
+    if (!hash) throw Exception(ErrorCode::kInternal, "out of memory");
+    XXH3_64bits_reset(hash);
+  }
+  ~Impl() { XXH3_freeState(hash); }
+  void write(const void* data, size_t size) {
+    file.write(data, size);
+    XXH3_64bits_update(hash, data, size);
+    bytes += size;
+  }
 };
 
 VectorFileWriter::VectorFileWriter(const std::string& path, int dim, int64_t count)
@@ -171,7 +213,7 @@ VectorFileWriter::VectorFileWriter(const std::string& path, int dim, int64_t cou
   put_header(head, "IxFI", dim, count);
   const uint64_t nfloats = static_cast<uint64_t>(count) * static_cast<uint64_t>(dim);
   head.append(reinterpret_cast<const char*>(&nfloats), 8);
-  impl_->file.write(head.data(), head.size());
+  impl_->write(head.data(), head.size());
   impl_->ids.reserve(static_cast<size_t>(count));
 }
 
@@ -181,7 +223,13 @@ void VectorFileWriter::add(int64_t id, const float* vector) {
   if (impl_->added == impl_->expected) {
     throw Exception(ErrorCode::kInternal, impl_->file.temp_path() + ": more vectors than announced");
   }
-  impl_->file.write(vector, static_cast<size_t>(impl_->dim) * sizeof(float));
+  for (int d = 0; d < impl_->dim; ++d) {
+    if (!std::isfinite(vector[d])) {
+      throw Exception(ErrorCode::kCorrupt, impl_->file.temp_path() + ": vector of id " + std::to_string(id) +
+                                               " is not finite");
+    }
+  }
+  impl_->write(vector, static_cast<size_t>(impl_->dim) * sizeof(float));
   impl_->ids.push_back(id);
   ++impl_->added;
 }
@@ -191,8 +239,12 @@ void VectorFileWriter::commit() {
     throw Exception(ErrorCode::kInternal, impl_->file.temp_path() + ": fewer vectors than announced");
   }
   const uint64_t n = impl_->ids.size();
-  impl_->file.write(&n, 8);
-  impl_->file.write(impl_->ids.data(), n * 8);
+  impl_->write(&n, 8);
+  impl_->write(impl_->ids.data(), n * 8);
+  const uint64_t covered = impl_->bytes, digest = XXH3_64bits_digest(impl_->hash);
+  impl_->file.write(kTrailerMagic, 8);
+  impl_->file.write(&covered, 8);
+  impl_->file.write(&digest, 8);
   impl_->file.commit();
 }
 

@@ -321,8 +321,8 @@ TEST_F(Photos, PathsFromStdin) {
   EXPECT_EQ(json::parse(r.out)["added"], 2);
 }
 
-// kill -9 at random moments: the index always opens, never loses committed files, and the final
-// state equals an uninterrupted run's.
+// kill -9 at random moments: the index always opens, every batch committed before the kill is kept
+// with its embedding, and the final state equals an uninterrupted run's.
 TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
@@ -334,10 +334,23 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   ASSERT_EQ(reference.exit_code, 0) << reference.err;
 
   const std::string idx = dir / "crashy";
-  int64_t last_count = 0;
+  const std::string catalog_path = idx + "/catalog.sqlite3";
+  // What the catalog holds: path -> embedding (read while the run writes, as a search would).
+  auto committed = [&] {
+    std::map<std::string, std::vector<float>> out;
+    if (!fs::exists(catalog_path)) return out;
+    try {
+      auto c = Catalog::open_read_only(catalog_path);
+      for (const auto& r : c->files_under("")) out[r.path] = c->embedding(r.id);
+    } catch (const Exception&) {
+      // created but not yet initialised by the writer: nothing committed
+    }
+    return out;
+  };
   std::mt19937 rng(42);
-  int kills = 0;
+  int kills = 0, kills_after_commits = 0;
   for (int round = 0; round < 6; ++round) {
+    const size_t before = committed().size();
     pid_t pid = fork();
     if (pid == 0) {
       int devnull = ::open("/dev/null", O_WRONLY);
@@ -347,21 +360,33 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
             test::tiny_bundle().c_str(), "--index", idx.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200 + rng() % 400));
-    if (::kill(pid, SIGKILL) == 0) ++kills;
-    int status = 0;
-    waitpid(pid, &status, 0);
-    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
-    if (info.exit_code != 0) {
-      // Killed before the catalog existed: only acceptable while nothing was committed yet.
-      EXPECT_EQ(last_count, 0) << info.err;
-      continue;
+    // Wait until this run has committed batches of its own (or ended), then a random moment more.
+    std::map<std::string, std::vector<float>> seen;
+    for (int i = 0; i < 500; ++i) {
+      seen = committed();
+      if (seen.size() >= before + 4 || waitpid(pid, nullptr, WNOHANG) == pid) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    std::this_thread::sleep_for(std::chrono::milliseconds(rng() % 150));
+    seen = committed();  // everything committed before the kill
+    if (::kill(pid, SIGKILL) == 0) {
+      ++kills;
+      if (seen.size() > before) ++kills_after_commits;
+    }
+    waitpid(pid, nullptr, 0);
+    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t count = json::parse(info.out)["files"];
-    EXPECT_GE(count, last_count) << "committed files lost";
+    EXPECT_GE(count, static_cast<int64_t>(seen.size())) << "committed files lost";
     EXPECT_EQ(json::parse(info.out)["vectors"], count);
-    last_count = count;
+    const auto after = committed();
+    for (const auto& [path, embedding] : seen) {
+      auto it = after.find(path);
+      ASSERT_NE(it, after.end()) << "committed before the kill, lost after it: " << path;
+      EXPECT_EQ(it->second, embedding) << path;
+    }
   }
+  EXPECT_GT(kills_after_commits, 0) << "no kill landed after a commit";
   EXPECT_GT(kills, 0);
   auto finish = test::run_cnclip("index --format json" + args + " --index " + test::shell_quote(idx));
   ASSERT_EQ(finish.exit_code, 0) << finish.err;

@@ -72,7 +72,8 @@ TEST(VectorFile, FaissWrittenFileIsReadable) {
   for (int i = 0; i < n; ++i) ids[i] = 7 * i + 1;
   idmap.add_with_ids(n, v.data(), ids.data());
   faiss::write_index(&idmap, (dir / "f.faiss").c_str());
-  auto mapped = VectorIndex::open_file(dir / "f.faiss");
+  EXPECT_THROW(VectorIndex::open_file(dir / "f.faiss"), Exception) << "no checksum";
+  auto mapped = VectorIndex::open_file(dir / "f.faiss", /*require_checksum=*/false);
   ASSERT_EQ(mapped->size(), n);
   for (int i = 0; i < n; ++i) EXPECT_EQ(mapped->ids()[i], ids[i]);
 }

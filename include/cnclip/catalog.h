@@ -35,19 +35,37 @@ struct RootRecord {
                          // ("" = the defaults)
 };
 
+// Message for a damaged catalog: what it means and what to do ("...; run 'cnclip repair' ...").
+std::string catalog_damage_message(const std::string& path, const std::string& detail);
+// Whether a stored embedding can be searched: `dim` finite floats of unit length (within 1e-3).
+bool embedding_is_valid(const float* v, int dim);
+
 // Not thread-safe: one Catalog per thread. Every write happens inside a transaction (begin/commit)
 // and bumps the generation counter, so readers can tell whether a snapshot is current. SQLite's WAL
 // mode lets searches read the last committed state while an index run writes. Failures throw
-// Exception naming the database file.
+// Exception naming the database file; damage (SQLITE_CORRUPT / SQLITE_NOTADB from any statement, a
+// stored embedding that is not a finite unit vector) is kCorrupt with catalog_damage_message(), and
+// no query returns fewer rows instead of failing.
 class Catalog {
  public:
   // Opens `path`, creating the database when `create` is true (else a missing file is kNotFound).
   static std::unique_ptr<Catalog> open(const std::string& path, bool create);
+  // Opens `path` for reading only: never writes to it or creates anything, so it works on a read-only
+  // mount or another user's files. SQLite opens an existing -shm read-only; where none exists and
+  // none can be created, a catalog without a pending write-ahead log is opened as immutable, and one
+  // whose -wal holds commits fails (kPermissionDenied) rather than being read without them.
+  static std::unique_ptr<Catalog> open_read_only(const std::string& path);
   ~Catalog();
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;
 
   const std::string& path() const { return path_; }
+
+  // SQLite's own checks: PRAGMA quick_check (`full`: integrity_check), at most 20 problems; empty
+  // when the catalog is sound. quick_check reads every page once (about as long as reading the file).
+  std::vector<std::string> integrity_problems(bool full = false);
+  // Throws kCorrupt (catalog_damage_message) when integrity_problems(full) finds any.
+  void check(bool full = false);
 
   std::optional<std::string> meta(const std::string& key);
   void set_meta(const std::string& key, const std::string& value);

@@ -5,8 +5,17 @@
 // catalog holds exactly the committed batches. A snapshot is named after the catalog generation it
 // was built from and written atomically; a reader uses it only when that generation is current and
 // otherwise builds the vectors from the catalog, so the two can never disagree.
+//
+// Damage: the snapshot carries a checksum verified on every open (vector_index.h); a damaged one is
+// ignored (the catalog's vectors are used), reported once through the warning handler, and
+// rewritten by the next writer (ensure_snapshot). The catalog is checked with SQLite's quick_check
+// whenever a writer opens it, and any SQLite corruption error names 'cnclip repair' (repair.h).
+//
+// Read-only indexes (read-only mount, another user's files): kRead never writes anything, so
+// searches and info work; kWrite fails at once with kPermissionDenied saying the index is read-only.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,14 +30,29 @@ enum class IndexAccess {
   kWrite,  // index/remove/import: creates the directory, holds the lock until destroyed
 };
 
+// Where the store's warnings go (a damaged snapshot, ...): one line each, without the "cnclip: "
+// prefix. The default prints "cnclip: warning: LINE" on stderr. Thread-safe.
+void set_index_warning_handler(std::function<void(const std::string&)> handler);
+
+// Throws kPermissionDenied ("DIR: the index is read-only (...)") when DIR or one of its files exists
+// and cannot be written (read-only file system, no permission).
+void require_writable_index(const std::string& dir);
+// Creates DIR if needed, checks require_writable_index, and takes the writer lock; returns the
+// descriptor that holds it (closing it releases the lock). kBusy as for IndexStore::open.
+int lock_index_for_writing(const std::string& dir, bool wait_for_lock);
+
 // ${CNCLIP_INDEX} if set, else default_data_dir(); `flag` (--index) wins over both.
 std::string resolve_index_dir(const std::string& flag);
 
 class IndexStore {
  public:
   // kRead on a directory without a catalog throws kNotFound ("no index at DIR; run cnclip index").
-  // kWrite when another writer holds the lock: waits when `wait_for_lock`, else throws kBusy.
+  // kWrite when another writer holds the lock: waits when `wait_for_lock`, else throws kBusy; on a
+  // read-only index throws kPermissionDenied; on a damaged catalog (quick_check) throws kCorrupt.
   static std::unique_ptr<IndexStore> open(const std::string& dir, IndexAccess access, bool wait_for_lock = false);
+  // kWrite with the lock already held (`lock_fd` from lock_index_for_writing, owned from now on,
+  // also when this throws).
+  static std::unique_ptr<IndexStore> open_locked(const std::string& dir, int lock_fd);
   ~IndexStore();
 
   const std::string& dir() const { return dir_; }
@@ -47,10 +71,17 @@ class IndexStore {
   void record_model(const BundleManifest& bundle);
   int embedding_dim();
 
-  // The vectors of the current generation: the snapshot file when current, else built from the catalog.
+  // The vectors of the current generation: the snapshot file when current and intact, else built
+  // from the catalog (a damaged snapshot is reported once through the warning handler). Throws
+  // kCorrupt when a catalog embedding is damaged.
   std::unique_ptr<VectorIndex> load_vectors();
+  // The current generation's snapshot when it exists and passes its checks, else null (with the
+  // reason in *problem when it exists but is damaged).
+  std::unique_ptr<VectorIndex> open_snapshot(std::string* problem = nullptr);
   // Writes the snapshot for the current generation and deletes older ones (kWrite).
   void write_snapshot();
+  // write_snapshot() unless the current one is intact; true when it wrote one (kWrite).
+  bool ensure_snapshot();
   // Path of the snapshot for the current generation, whether or not it exists.
   std::string snapshot_path();
   int64_t disk_bytes();

@@ -283,6 +283,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const std::string dir = resolve_index_dir(o.index);
         auto store = IndexStore::open(dir, IndexAccess::kRead);
         Catalog& cat = store->catalog();
+        cat.check();  // SQLite's quick_check: damage is reported with the recovery command, not shown as counts
         auto vectors = store->load_vectors();
         const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
         nlohmann::ordered_json j{{"index", dir},

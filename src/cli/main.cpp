@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   cli::register_model_commands(app, options, action);
   cli::register_index_commands(app, options, action);
   cli::register_search_commands(app, options, action);
+  cli::register_repair_commands(app, options, action);
 
   // Whatever a command printed must have reached stdout: a failed write (a full disk, /dev/full) is a
   // failure, exit 1; a reader that went away (EPIPE with SIGPIPE ignored) ends quietly, as SIGPIPE

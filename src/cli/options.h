@@ -51,5 +51,6 @@ using Action = std::function<int()>;
 void register_model_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_index_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_search_commands(CLI::App& app, CommonOptions& o, Action& action);
+void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action);
 
 }  // namespace cnclip::cli

@@ -1,0 +1,40 @@
+// Recovery of a damaged index: `cnclip repair`.
+//
+// repair_index() takes the writer lock, reads every row of every catalog table that SQLite can still
+// read (row by row, by rowid, stepping over unreadable pages), drops rows that cannot be used (an
+// embedding that is not a finite unit vector of the index's dimension), writes them to a fresh
+// catalog, and puts it in place atomically (rename over catalog.sqlite3). The damaged catalog is kept
+// beside it as catalog.sqlite3.damaged-<UTC time> (with its -wal, if any). File ids are kept, so the
+// vectors of kept files do not change; the snapshot is rebuilt for the new generation. A later
+// `cnclip index` finds the lost files as new (their rows are gone) and re-encodes only those.
+//
+// What cannot be recovered: rows on damaged pages, and everything when the first page (SQLite's
+// schema) is unreadable. A sound catalog is left as it is (only a missing or damaged snapshot is
+// rewritten).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace cnclip {
+
+struct RepairReport {
+  std::string index_dir;
+  bool damaged = false;             // the catalog failed its checks (and was replaced)
+  std::vector<std::string> problems;  // what SQLite's integrity_check and the reads found (at most 20)
+  std::string damaged_copy;         // where the damaged catalog was kept ("" when sound)
+  std::map<std::string, int64_t> kept;         // rows kept per table (files, roots, meta, failures, ...)
+  std::map<std::string, int64_t> unreadable;   // rows (or row positions) SQLite could not read, per table
+  int64_t files_invalid = 0;        // file rows read whose embedding was unusable (dropped)
+  int64_t files_lost_known = 0;     // ids in an intact vector snapshot that could not be kept
+  bool snapshot_rewritten = false;
+};
+
+// Repairs the index in `dir` (see above). Throws kNotFound without a catalog, kBusy when another
+// writer holds the lock (waits with `wait_for_lock`), kPermissionDenied on a read-only index, and
+// kIoError when the fresh catalog cannot be written (a full disk): nothing is changed then.
+RepairReport repair_index(const std::string& dir, bool wait_for_lock = false);
+
+}  // namespace cnclip

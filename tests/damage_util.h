@@ -1,0 +1,123 @@
+// Helpers of the damage, read-only and fault-injection tests: photo folders, byte damage, mounts.
+#pragma once
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "cnclip/catalog.h"
+#include "test_util.h"
+
+namespace cnclip::test {
+
+// A small distinct PNG (random blocks), fast to write and to decode.
+inline void make_small_photo(const std::string& path, unsigned seed) {
+  std::mt19937 rng(seed);
+  cv::Mat img(48, 64, CV_8UC3);
+  for (int y = 0; y < img.rows; y += 8) {
+    for (int x = 0; x < img.cols; x += 8) {
+      img(cv::Rect(x, y, 8, 8)).setTo(cv::Scalar(rng() % 256, rng() % 256, rng() % 256));
+    }
+  }
+  cv::imwrite(path, img);
+}
+
+// Overwrites `n` bytes at `offset` with random bytes (the file keeps its size when it was long enough).
+inline void damage_bytes(const std::string& path, uint64_t offset, size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::string junk(n, '\0');
+  for (auto& c : junk) c = static_cast<char>(rng());
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  f.seekp(static_cast<std::streamoff>(offset));
+  f.write(junk.data(), static_cast<std::streamsize>(n));
+}
+
+// run_cnclip with the binary started through `prefix` (e.g. "runuser -u nobody --"; "" = as is).
+inline RunResult run_cnclip_as(const std::string& prefix, const std::string& args) {
+  TempDir io;
+  const std::string cmd = prefix + " " + std::string(CNCLIP_BINARY) + " " + args + " < /dev/null > " +
+                          shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
+  const int status = std::system(cmd.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(io / "out");
+  r.err = read_text(io / "err");
+  return r;
+}
+
+inline uint64_t file_size(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+}
+
+// path -> embedding of every file in a catalog (opened read-only).
+inline std::map<std::string, std::vector<float>> catalog_entries(const std::string& catalog_path) {
+  std::map<std::string, std::vector<float>> out;
+  auto c = Catalog::open_read_only(catalog_path);
+  for (const auto& r : c->files_under("")) out[r.path] = c->embedding(r.id);
+  return out;
+}
+
+// A read-only bind mount of `dir` over itself, undone when destroyed; ok() is false (with why())
+// when this process may not mount (not root, no CAP_SYS_ADMIN).
+class ReadOnlyMount {
+ public:
+  explicit ReadOnlyMount(const std::string& dir) : dir_(dir) {
+    if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+      why_ = std::string("cannot bind-mount: ") + std::strerror(errno);
+      return;
+    }
+    if (::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+      why_ = std::string("cannot remount read-only: ") + std::strerror(errno);
+      ::umount2(dir.c_str(), MNT_DETACH);
+      return;
+    }
+    ok_ = true;
+  }
+  ~ReadOnlyMount() {
+    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  std::string dir_, why_;
+  bool ok_ = false;
+};
+
+// A tmpfs of `bytes` mounted on `dir`, unmounted when destroyed.
+class TmpfsMount {
+ public:
+  TmpfsMount(const std::string& dir, uint64_t bytes) : dir_(dir) {
+    const std::string opts = "size=" + std::to_string(bytes) + ",mode=0755";
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) != 0) {
+      why_ = std::string("cannot mount a tmpfs: ") + std::strerror(errno);
+      return;
+    }
+    ok_ = true;
+  }
+  ~TmpfsMount() {
+    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  bool ok() const { return ok_; }
+  const std::string& why() const { return why_; }
+
+ private:
+  std::string dir_, why_;
+  bool ok_ = false;
+};
+
+}  // namespace cnclip::test
