@@ -421,13 +421,31 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
 
   // First transaction: the roots and the model, before any encoding. With a new model the old
   // embeddings (and remembered failures) go in the same transaction.
+  // Skipped when it would change nothing: every commit bumps the generation, and a new generation
+  // means a new vector snapshot (2 GB at a million files) for a run that found nothing to do.
+  std::vector<RootRecord> roots_to_record;
   {
-    CatalogTransaction tx(catalog);
-    if (new_model) catalog.remove_all();
+    std::unordered_map<std::string, RootRecord> stored;
+    for (auto& r : catalog.root_records()) stored.emplace(r.path, std::move(r));
     for (const auto& t : targets) {
       struct stat st {};
-      if (t.record && lstat_errno(t.path, st) == 0) catalog.set_root(RootRecord{t.path, t.is_file, t.walk.to_json()});
+      if (!t.record || lstat_errno(t.path, st) != 0) continue;
+      RootRecord wanted{t.path, t.is_file, t.walk.to_json()};
+      auto it = stored.find(t.path);
+      // remove_all() below forgets the roots too, so a new model records every one again.
+      if (new_model || it == stored.end() || it->second.is_file != wanted.is_file ||
+          it->second.options != wanted.options) {
+        roots_to_record.push_back(std::move(wanted));
+      }
     }
+  }
+  const auto recorded_fingerprint = catalog.meta("model_fingerprint");
+  const bool model_to_record =
+      !recorded_fingerprint || (*recorded_fingerprint != bundle.fingerprint && catalog.count() == 0);
+  if (new_model || model_to_record || !roots_to_record.empty()) {
+    CatalogTransaction tx(catalog);
+    if (new_model) catalog.remove_all();
+    for (const auto& r : roots_to_record) catalog.set_root(r);
     store.record_model(bundle);
     tx.commit();
   }

@@ -106,6 +106,22 @@ TEST_F(Roots, ReindexWithoutPathReencodesEveryRootAndKeepsThem) {
   EXPECT_EQ(roots().size(), 3u);
 }
 
+TEST_F(Roots, ARunWithNothingToDoCommitsNothing) {
+  // Every commit is a new generation, and a new generation a new vector snapshot: a run that finds
+  // nothing changed must not rewrite it (2 GB at a million files).
+  for (int i = 0; i < 3; ++i) make_photo(a + "/a" + std::to_string(i) + ".jpg", i);
+  index_ok(q(a) + " --exclude '*.png'");
+  auto generation = [&] { return IndexStore::open(idx, IndexAccess::kRead)->catalog().generation(); };
+  const int64_t before = generation();
+  auto s = index_ok("");
+  EXPECT_EQ(s["unchanged"], 3);
+  EXPECT_EQ(generation(), before) << "index with no path and nothing changed committed something";
+  index_ok(q(a));  // the same root again, its stored options kept
+  EXPECT_EQ(generation(), before);
+  index_ok(q(a) + " --exclude '*.gif'");  // other options: recorded, so a new generation
+  EXPECT_GT(generation(), before);
+}
+
 TEST_F(Roots, ReindexWithAnotherModelMovesTheWholeIndexOrRefuses) {
   for (int i = 0; i < 2; ++i) make_photo(a + "/a" + std::to_string(i) + ".jpg", i);
   for (int i = 0; i < 2; ++i) make_photo(b + "/b" + std::to_string(i) + ".jpg", 10 + i);
