@@ -89,6 +89,22 @@ class ExportTest(unittest.TestCase):
         self.assert_one_line_error(export("--checkpoint", TINY, "--arch", "ViT-Z-99", "--out", self.dir + "/x"),
                                    "ViT-Z-99")
 
+    def test_unknown_architecture_needs_config(self):
+        """The tiny checkpoint's shapes match no released model and do not give its text head count:
+        without --config the exporter refuses instead of guessing (it guessed 1 head; the model has 2)."""
+        out = os.path.join(self.dir, "x")
+        self.assert_one_line_error(export("--checkpoint", TINY, "--out", out), TINY, "--config", "head count")
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual(sorted(os.listdir(self.dir)), [])
+
+    def test_config_head_count_must_divide_the_width(self):
+        cfg = json.load(open(TINY_CONFIG))
+        cfg["text_num_attention_heads"] = 3
+        path = os.path.join(self.dir, "bad_config.json")
+        json.dump(cfg, open(path, "w"))
+        self.assert_one_line_error(export("--checkpoint", TINY, "--config", path, "--out", self.dir + "/x"),
+                                   path, "text_num_attention_heads 3")
+
     def test_wrong_shape_names_the_key(self):
         ckpt = torch.load(TINY, map_location="cpu")
         key = "module.visual.transformer.resblocks.1.mlp.c_fc.weight"
@@ -107,10 +123,6 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(sorted(os.listdir(self.dir)), ["b"])
 
 
-if __name__ == "__main__":
-    unittest.main()
-
-
 class LayoutTest(unittest.TestCase):
     def test_vitb16_layout_matches_cn_clip(self):
         """Every key and shape of the real ViT-B-16 state_dict (vitb16_keys.json), fp16 rule included."""
@@ -123,3 +135,26 @@ class LayoutTest(unittest.TestCase):
         for key, shape in ours.items():
             self.assertEqual(tuple(shape), real[key][0], key)
             self.assertEqual(export_model.is_fp16_designated(key), real[key][1] == "float16", key)
+
+    def test_released_architectures_are_inferred_from_shapes(self):
+        """Shapes alone pick each released architecture; anything else is refused, naming --config."""
+        sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+        import export_model
+        export_model.define_model_classes()
+
+        def shaped(config):
+            return {k: torch.empty(shape, device="meta") for k, shape in export_model.expected_shapes(config).items()}
+
+        for name in export_model.RELEASED:
+            arch, config = export_model.infer_config(shaped(export_model.ARCHS[name]), "ckpt.pt")
+            self.assertEqual(arch, name)
+            self.assertEqual(config, export_model.ARCHS[name])
+        odd = dict(export_model.ARCHS["ViT-B-16"], text_num_hidden_layers=6)
+        for config in (export_model.ARCHS["tiny"], odd):
+            with self.assertRaises(export_model.ExportError) as ctx:
+                export_model.infer_config(shaped(config), "ckpt.pt")
+            self.assertIn("--config", str(ctx.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
