@@ -146,7 +146,7 @@ TEST_F(Broken, OnlyTheBadRowsOfABatchFail) {
 // A bundle whose towers return raw features ("normalized": false) is normalized by the model layer;
 // zeros from it still fail.
 TEST_F(Broken, UnnormalizedBundlesAreNormalizedAndStillChecked) {
-  for (const std::string mode : std::vector<std::string>{"double", "zero"}) {
+  for (const std::string& mode : std::vector<std::string>{"double", "zero"}) {
     const std::string dir = *dir_ / ("raw-" + mode);
     fs::copy(bundle(mode), dir, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
     auto j = nlohmann::json::parse(test::read_text(dir + "/bundle.json"));
@@ -308,7 +308,9 @@ void flip_byte(const std::string& path, std::streamoff at) {
 std::string model_info(const std::string& dir, bool verify, int expected_exit, std::string* err) {
   auto r = test::run_cnclip("model-info --model " + test::shell_quote(dir) + (verify ? " --verify" : ""));
   EXPECT_EQ(r.exit_code, expected_exit) << r.err;
-  if (expected_exit == 0 || verify) EXPECT_NO_THROW(nlohmann::json::parse(r.out)) << r.out;  // the manifest, still
+  if (expected_exit == 0 || verify) {
+    EXPECT_NO_THROW(nlohmann::json::parse(r.out)) << r.out;  // the manifest, still
+  }
   *err = r.err;
   return r.out;
 }
