@@ -414,6 +414,15 @@ def check_state_dict(sd, config, path):
     extra = sorted(set(sd) - set(shapes))
     if extra:
         raise ExportError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected in all)")
+    for key in shapes:
+        # A damaged checkpoint (or an fp32 value beyond fp16's range, rounded as cn_clip does) would
+        # export a bundle whose embeddings are NaN.
+        value = sd[key].float()
+        if is_fp16_designated(key):
+            value = value.half().float()
+        if not bool(torch.isfinite(value).all()):
+            raise ExportError(f"{path}: tensor '{key}' has NaN or infinite values"
+                              + (" (after rounding to fp16, as cn_clip does)" if is_fp16_designated(key) else ""))
 
 
 def random_state_dict(config, seed):

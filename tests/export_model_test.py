@@ -114,6 +114,20 @@ class ExportTest(unittest.TestCase):
         self.assert_one_line_error(export("--checkpoint", bad, "--config", TINY_CONFIG, "--out", self.dir + "/x"),
                                    "visual.transformer.resblocks.1.mlp.c_fc.weight")
 
+    def test_non_finite_weights_are_refused(self):
+        """NaN in a tensor, or an fp32 value that becomes infinite when rounded to fp16 as cn_clip does."""
+        for key, value in (("module.visual.proj", float("nan")), ("module.text_projection", 1e6)):
+            ckpt = torch.load(TINY, map_location="cpu")
+            t = ckpt["state_dict"][key].float()
+            t[0, 0] = value
+            ckpt["state_dict"][key] = t
+            bad = os.path.join(self.dir, "nan.pt")
+            torch.save(ckpt, bad)
+            out = os.path.join(self.dir, "x")
+            self.assert_one_line_error(export("--checkpoint", bad, "--config", TINY_CONFIG, "--out", out),
+                                       bad, key[len("module."):], "NaN or infinite")
+            self.assertFalse(os.path.exists(out))
+
     def test_failed_export_keeps_the_old_bundle(self):
         out = os.path.join(self.dir, "b")
         self.assertEqual(export("--random-init", "tiny", "--out", out).returncode, 0)
