@@ -3,7 +3,8 @@
 were altered would, with bundle.json's fingerprint kept (so an index built with the original accepts it)
 and its file sizes and sha256 updated (so only the embedding check can catch it).
 
-    make_broken_bundle.py GOOD_DIR OUT_DIR [--image MODE] [--text MODE]
+    make_broken_bundle.py GOOD_DIR OUT_DIR [--image MODE] [--text MODE] [--keep-manifest]
+    make_broken_bundle.py --all GOOD_DIR OUT_ROOT   # every bundle model_checks_test.cpp uses, in OUT_ROOT/NAME
 
 Modes: keep; nan, inf, zero (every row); double (length 2 although the bundle says normalized);
 image nan-bright: NaN for images whose mean normalized pixel is > 0 (white fails, black passes);
@@ -65,6 +66,11 @@ def sha256(path):
         return hashlib.sha256(f.read()).hexdigest()
 
 
+# The bundles of model_checks_test.cpp: name -> (image mode, text mode, keep manifest).
+ALL = {"bright": ("nan-bright", "zero-long", False), "stale": ("nan-weight", "keep", True),
+       **{m: (m, m, False) for m in ("nan", "inf", "zero", "double", "nan-weight")}}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("good")
@@ -72,21 +78,34 @@ def main():
     ap.add_argument("--image", default="keep")
     ap.add_argument("--text", default="keep")
     ap.add_argument("--keep-manifest", action="store_true", help="leave bundle.json as it was (stale sha256)")
+    ap.add_argument("--all", action="store_true", help="make every test bundle under OUT (atomically)")
     a = ap.parse_args()
-    shutil.rmtree(a.out, ignore_errors=True)
-    shutil.copytree(a.good, a.out)
-    manifest_path = os.path.join(a.out, "bundle.json")
+    if a.all:
+        tmp = f"{a.out.rstrip('/')}.tmp-{os.getpid()}"
+        os.makedirs(tmp)
+        for name, (image, text, keep) in ALL.items():
+            make(a.good, os.path.join(tmp, name), image, text, keep)
+        shutil.rmtree(a.out, ignore_errors=True)
+        os.rename(tmp, a.out)
+    else:
+        make(a.good, a.out, a.image, a.text, a.keep_manifest)
+
+
+def make(good, out, image, text, keep_manifest):
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(good, out)
+    manifest_path = os.path.join(out, "bundle.json")
     with open(manifest_path, encoding="utf-8") as f:
         manifest = json.load(f)
-    for name, mode in (("image_encoder.pt", a.image), ("text_encoder.pt", a.text)):
+    for name, mode in (("image_encoder.pt", image), ("text_encoder.pt", text)):
         if mode == "keep":
             continue
-        path = os.path.join(a.out, name)
+        path = os.path.join(out, name)
         if mode == "nan-weight":
             write_nan_into_weight(path)
         else:
             torch.jit.script(Broken(torch.jit.load(path), mode)).save(path)
-        if not a.keep_manifest:
+        if not keep_manifest:
             manifest["files"][name] = {"bytes": os.path.getsize(path), "sha256": sha256(path)}
     with open(manifest_path, "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1, ensure_ascii=False)
