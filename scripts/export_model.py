@@ -51,6 +51,8 @@ ARCHS = {
                  text_num_attention_heads=2, text_num_hidden_layers=2, text_intermediate_size=128,
                  text_max_position_embeddings=512, text_type_vocab_size=2),
 }
+# The released Chinese-CLIP ViT architectures: the only ones inferred from tensor shapes.
+RELEASED = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")
 CONFIG_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size",
                "vocab_size", "text_hidden_size", "text_num_attention_heads", "text_num_hidden_layers",
                "text_intermediate_size", "text_max_position_embeddings", "text_type_vocab_size")
@@ -375,10 +377,30 @@ def infer_config(sd, path):
                  text_type_vocab_size=sd["bert.embeddings.token_type_embeddings.weight"].shape[0])
     except KeyError as exc:
         raise ExportError(f"{path}: missing tensor {exc.args[0]!r}; not a ViT Chinese-CLIP checkpoint")
-    for name, known in ARCHS.items():
-        if all(known[k] == c[k] for k in CONFIG_KEYS):
-            return name, known
-    return "custom", c
+    # Shapes give every field but the text tower's attention head count (the vision tower's is
+    # vision_width // 64 by cn_clip's construction). A released architecture with these shapes fixes
+    # it; for anything else it would be a guess, and a wrong guess exports a model that runs but
+    # computes other embeddings (the fixture's tiny checkpoint: 2 heads of 32, not 1 of 64).
+    shape_keys = [k for k in CONFIG_KEYS if k != "text_num_attention_heads"]
+    for name in RELEASED:
+        if all(ARCHS[name][k] == c[k] for k in shape_keys):
+            return name, ARCHS[name]
+    raise ExportError(f"{path}: matches no released architecture ({', '.join(RELEASED)}) and its tensor "
+                      f"shapes do not determine the text attention head count; give --config FILE "
+                      f"(the model's cn_clip config JSON)")
+
+
+def check_config(config, where):
+    """Fields the tensor shapes cannot check."""
+    for k in CONFIG_KEYS:
+        if config[k] <= 0:
+            raise ExportError(f"{where}: {k} must be positive")
+    if config["text_hidden_size"] % config["text_num_attention_heads"]:
+        raise ExportError(f"{where}: text_hidden_size {config['text_hidden_size']} is not a multiple of "
+                          f"text_num_attention_heads {config['text_num_attention_heads']}")
+    if config["vision_width"] % 64:
+        raise ExportError(f"{where}: vision_width {config['vision_width']} is not a multiple of 64 "
+                          f"(cn_clip's vision heads are 64 wide)")
 
 
 def check_state_dict(sd, config, path):
@@ -392,6 +414,15 @@ def check_state_dict(sd, config, path):
     extra = sorted(set(sd) - set(shapes))
     if extra:
         raise ExportError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected in all)")
+    for key in shapes:
+        # A damaged checkpoint (or an fp32 value beyond fp16's range, rounded as cn_clip does) would
+        # export a bundle whose embeddings are NaN.
+        value = sd[key].float()
+        if is_fp16_designated(key):
+            value = value.half().float()
+        if not bool(torch.isfinite(value).all()):
+            raise ExportError(f"{path}: tensor '{key}' has NaN or infinite values"
+                              + (" (after rounding to fp16, as cn_clip does)" if is_fp16_designated(key) else ""))
 
 
 def random_state_dict(config, seed):
@@ -551,8 +582,9 @@ def main(argv=None):
                 with open(args.config, encoding="utf-8") as f:
                     raw = json.load(f)
                 config = {k: int(raw[k]) for k in CONFIG_KEYS}
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ExportError(f"{args.config}: not a usable model config ({exc})")
+            check_config(config, args.config)
         if args.arch and args.arch not in ARCHS:
             raise ExportError(f"unknown architecture '{args.arch}' (known: {', '.join(ARCHS)})")
         if args.random_init:

@@ -27,6 +27,8 @@ packages=(
   libfaiss-dev            # vector index and kNN search
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding
   libcli11-dev nlohmann-json3-dev libutf8proc-dev libsqlite3-dev libxxhash-dev
+  libssl-dev              # sha256 of model bundle files (model-info --verify)
+  libjpeg62-turbo-dev     # CMYK JPEGs decoded without conversion (Pillow parity)
   libgtest-dev googletest
   python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
   python3-pil                   # reference pipeline in tests and scripts/bench.sh

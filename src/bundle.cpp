@@ -1,10 +1,13 @@
 #include "cnclip/bundle.h"
 
+#include <openssl/evp.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -81,7 +84,20 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
     m.source_id = source.contains("sha256") ? "checkpoint:" + source.at("sha256").get<std::string>()
                                             : "random-init:" + m.architecture + ":" + source.at("seed").dump();
     for (const auto& [name, f] : j.at("files").items()) {
-      m.files[name] = BundleFile{f.at("bytes").get<int64_t>(), f.at("sha256").get<std::string>()};
+      BundleFile file{f.at("bytes").get<int64_t>(), f.at("sha256").get<std::string>()};
+      if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
+        throw Exception(ErrorCode::kCorrupt, path + ": lists a file named '" + name + "' (not a plain file name)");
+      }
+      const bool hex = file.sha256.size() == 64 &&
+                       std::all_of(file.sha256.begin(), file.sha256.end(),
+                                   [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+      if (file.bytes < 0 || !hex) {
+        throw Exception(ErrorCode::kCorrupt, path + ": invalid size or sha256 recorded for " + name);
+      }
+      m.files[name] = file;
+    }
+    for (const char* name : kBundleFiles) {
+      if (!m.files.count(name)) throw Exception(ErrorCode::kCorrupt, path + ": does not list " + name);
     }
   } catch (const nlohmann::json::exception& e) {
     throw Exception(ErrorCode::kCorrupt, path + ": missing or invalid field (" + e.what() + ")");
@@ -92,20 +108,72 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
   return m;
 }
 
-void check_bundle_file(const BundleManifest& manifest, const std::string& file) {
+namespace {
+
+// Hex sha256 of a file, or the errno of the failed read.
+Result<std::string> sha256_of(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return errno_error(path, errno, "cannot read model bundle file");
+  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), &EVP_MD_CTX_free);
+  if (!ctx || EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr) != 1) {
+    return Error{ErrorCode::kInternal, "OpenSSL: cannot compute sha256"};
+  }
+  std::vector<char> buf(1 << 20);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    if (in.gcount() > 0) EVP_DigestUpdate(ctx.get(), buf.data(), static_cast<size_t>(in.gcount()));
+  }
+  if (in.bad()) return errno_error(path, errno, "read failed");
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), digest, &len);
+  static const char* kHex = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < len; ++i) {
+    hex += kHex[digest[i] >> 4];
+    hex += kHex[digest[i] & 15];
+  }
+  return hex;
+}
+
+}  // namespace
+
+std::optional<Error> bundle_file_problem(const BundleManifest& manifest, const std::string& file, bool hash) {
   const std::string path = manifest.path_of(file);
   auto it = manifest.files.find(file);
   if (it == manifest.files.end()) {
-    throw Exception(ErrorCode::kCorrupt, manifest.dir + "/bundle.json: does not list " + file);
+    return Error{ErrorCode::kCorrupt, manifest.dir + "/bundle.json: does not list " + file};
   }
   struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    throw Exception(errno_error(path, errno, "model bundle file missing"));
+  if (::stat(path.c_str(), &st) != 0) return errno_error(path, errno, "model bundle file missing");
+  if (!S_ISREG(st.st_mode)) return Error{ErrorCode::kCorrupt, path + ": model bundle file is not a regular file"};
+  const int64_t want = it->second.bytes;
+  if (st.st_size != want) {
+    return Error{st.st_size < want ? ErrorCode::kTruncated : ErrorCode::kCorrupt,
+                 path + ": corrupt model bundle file (" + std::to_string(st.st_size) + " bytes, bundle.json says " +
+                     std::to_string(want) + (st.st_size < want ? "; truncated)" : ")")};
   }
-  if (st.st_size != it->second.bytes) {
-    throw Exception(ErrorCode::kCorrupt, path + ": corrupt model bundle file (" + std::to_string(st.st_size) +
-                                             " bytes, bundle.json says " + std::to_string(it->second.bytes) + ")");
+  if (hash) {
+    auto sum = sha256_of(path);
+    if (!sum) return sum.error();
+    if (sum.value() != it->second.sha256) {
+      return Error{ErrorCode::kCorrupt, path + ": corrupt model bundle file (sha256 " + sum.value() +
+                                            ", bundle.json says " + it->second.sha256 + ")"};
+    }
   }
+  return std::nullopt;
+}
+
+void check_bundle_file(const BundleManifest& manifest, const std::string& file) {
+  if (auto problem = bundle_file_problem(manifest, file, false)) throw Exception(*problem);
+}
+
+std::vector<Error> verify_bundle_files(const BundleManifest& manifest, bool hash) {
+  std::vector<Error> problems;
+  for (const auto& [name, f] : manifest.files) {
+    if (auto problem = bundle_file_problem(manifest, name, hash)) problems.push_back(std::move(*problem));
+  }
+  return problems;
 }
 
 }  // namespace cnclip

@@ -201,8 +201,10 @@ class ModelWorkers {
           }
           tower_loaded.get();
           if (pause_decoders) queue_.pause();
-          b.embeddings = model_.encode_images(pixels.data(), static_cast<int>(images));
+          RowErrors row_errors;
+          b.embeddings = model_.encode_images(pixels.data(), static_cast<int>(images), &row_errors);
           if (pause_decoders) queue_.resume();
+          drop_unusable_rows(b, row_errors);
         } catch (...) {
           if (pause_decoders) queue_.resume();
           b.error = std::current_exception();
@@ -218,6 +220,25 @@ class ModelWorkers {
     std::lock_guard<std::mutex> lock(mu_);
     ++finished_;
     cv_.notify_all();
+  }
+
+  // Items whose embedding the model check refused become kFailed, and their rows leave the batch.
+  void drop_unusable_rows(EncodedBatch& b, const RowErrors& row_errors) {
+    const size_t dim = static_cast<size_t>(model_.dim());
+    size_t row = 0, kept = 0;
+    for (auto& item : b.items) {
+      if (item.kind != PreparedItem::kPixels) continue;
+      if (const auto& error = row_errors[row]) {
+        item.kind = PreparedItem::kFailed;
+        item.error = Error{error->code, (item.label.empty() ? "item " + std::to_string(item.index + 1) : item.label) +
+                                            ": " + error->message};
+      } else {
+        if (kept != row) std::copy_n(&b.embeddings[row * dim], dim, &b.embeddings[kept * dim]);
+        ++kept;
+      }
+      ++row;
+    }
+    b.embeddings.resize(kept * dim);
   }
 
   DecodeQueue& queue_;
@@ -238,6 +259,7 @@ class ModelWorkers {
 PreparedItem prepare_image(const std::vector<uint8_t>& bytes, const std::string& path, const Normalization& norm,
                            const DecodeOptions& decode) {
   PreparedItem p;
+  p.label = path;
   try {
     p.pixels.resize(static_cast<size_t>(3) * norm.size * norm.size);
     auto ok = preprocess_image(bytes, path, norm, decode, p.pixels.data());

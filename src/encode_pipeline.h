@@ -27,6 +27,7 @@ struct PreparedItem {
     kFailed,   // `error` says why
   } kind = kFailed;
   size_t index = 0;
+  std::string label;  // names the item in messages (prepare_image: the path)
   std::vector<float> pixels;
   Error error;
   std::string content_hash;  // set by callers that need it (index: recognising moved files)
@@ -39,6 +40,8 @@ PreparedItem prepare_image(const std::vector<uint8_t>& bytes, const std::string&
                            const DecodeOptions& decode);
 
 struct EncodedBatch {
+  // An image the model returned an unusable embedding for (NaN, zero, ...: Model::encode_images)
+  // comes back kFailed, its error naming the item's label; it has no row in `embeddings`.
   std::vector<PreparedItem> items;
   std::vector<float> embeddings;  // one row per kPixels item, in order
   std::exception_ptr error;       // the model could not be loaded or failed: ends the run

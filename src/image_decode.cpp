@@ -8,7 +8,11 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <jpeglib.h>
+
+#include <csetjmp>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <optional>
 
@@ -61,7 +65,31 @@ struct HeaderInfo {
   bool truncated = false;
   PixelMode mode_hint = PixelMode::kRGB;
   bool mode_known = false;
+  int components = 0;         // JPEG: colour components of the first frame (4: CMYK or YCCK)
+  int exif_orientation = 1;   // JPEG: the EXIF Orientation tag of the first APP1 Exif segment
 };
+
+// The Orientation tag (0x0112) of an APP1 "Exif" segment's first IFD; 1 when absent or unreadable.
+int exif_orientation(const uint8_t* seg, size_t len) {
+  if (len < 14 || std::memcmp(seg, "Exif\0\0", 6) != 0) return 1;
+  const uint8_t* t = seg + 6;
+  const size_t n = len - 6;
+  const bool little = t[0] == 'I' && t[1] == 'I';
+  if (!little && !(t[0] == 'M' && t[1] == 'M')) return 1;
+  auto u16 = [&](size_t at) { return little ? le16(t + at) : be16(t + at); };
+  auto u32 = [&](size_t at) { return little ? le32(t + at) : be32(t + at); };
+  const size_t ifd = u32(4);
+  if (ifd + 2 > n) return 1;
+  const size_t count = u16(ifd);
+  for (size_t e = 0; e < count && ifd + 2 + e * 12 + 12 <= n; ++e) {
+    const size_t at = ifd + 2 + e * 12;
+    if (u16(at) == 0x0112 && u16(at + 2) == 3) {
+      const int v = static_cast<int>(u16(at + 8));
+      return v >= 1 && v <= 8 ? v : 1;
+    }
+  }
+  return 1;
+}
 
 // Walks the JPEG marker structure: the first SOF gives the size, and the file is complete only when
 // the EOI marker is reached after the entropy-coded scans (libjpeg would otherwise pad the missing
@@ -70,6 +98,7 @@ HeaderInfo parse_jpeg(const std::vector<uint8_t>& b) {
   HeaderInfo info;
   size_t i = 2;
   const size_t n = b.size();
+  bool seen_exif = false;
   while (true) {
     while (i < n && b[i] != 0xFF) ++i;  // tolerate junk between segments, as libjpeg does
     while (i < n && b[i] == 0xFF) ++i;  // fill bytes
@@ -90,9 +119,14 @@ HeaderInfo parse_jpeg(const std::vector<uint8_t>& b) {
       return info;
     }
     const bool sof = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-    if (sof && info.width == 0 && len >= 7) {
+    if (sof && info.width == 0 && len >= 8) {
       info.height = be16(&b[i + 3]);
       info.width = be16(&b[i + 5]);
+      info.components = b[i + 7];
+    }
+    if (marker == 0xE1 && !seen_exif && len > 2 && std::memcmp(&b[i + 2], "Exif", std::min<size_t>(4, len - 2)) == 0) {
+      seen_exif = true;  // the first Exif segment, as OpenCV and Pillow read it
+      info.exif_orientation = exif_orientation(&b[i + 2], len - 2);
     }
     i += len;
     if (marker == 0xDA) {  // SOS: skip entropy-coded data up to the next real marker
@@ -203,6 +237,82 @@ Error decode_error(ErrorCode code, const std::string& name, const std::string& w
   return Error{code, name + ": " + why};
 }
 
+// libjpeg reports fatal errors through error_exit, which must not return: jump back to the caller.
+struct JpegErrorManager {
+  jpeg_error_mgr mgr;
+  std::jmp_buf jump;
+  char message[JMSG_LENGTH_MAX];
+};
+
+void jpeg_error_exit(j_common_ptr cinfo) {
+  auto* err = reinterpret_cast<JpegErrorManager*>(cinfo->err);
+  (*cinfo->err->format_message)(cinfo, err->message);
+  std::longjmp(err->jump, 1);
+}
+
+// Runs libjpeg into *out; false with err->message set on a fatal error. Holds the setjmp: no C++
+// object lives in this frame (out is the caller's), so the longjmp skips no destructor.
+bool read_cmyk_scanlines(jpeg_decompress_struct* cinfo, JpegErrorManager* err, const std::vector<uint8_t>& bytes,
+                         int scale_denom, cv::Mat* out) {
+  cinfo->err = jpeg_std_error(&err->mgr);
+  err->mgr.error_exit = jpeg_error_exit;
+  if (setjmp(err->jump)) {
+    jpeg_destroy_decompress(cinfo);
+    return false;
+  }
+  jpeg_create_decompress(cinfo);
+  jpeg_mem_src(cinfo, bytes.data(), static_cast<unsigned long>(bytes.size()));
+  jpeg_read_header(cinfo, TRUE);
+  if (cinfo->num_components != 4) {
+    std::snprintf(err->message, sizeof err->message, "not a 4-component image");
+    jpeg_destroy_decompress(cinfo);
+    return false;
+  }
+  cinfo->out_color_space = JCS_CMYK;
+  cinfo->scale_num = 1;
+  cinfo->scale_denom = static_cast<unsigned int>(scale_denom);
+  jpeg_start_decompress(cinfo);
+  out->create(static_cast<int>(cinfo->output_height), static_cast<int>(cinfo->output_width), CV_8UC4);
+  while (cinfo->output_scanline < cinfo->output_height) {
+    JSAMPROW row = out->ptr<uint8_t>(static_cast<int>(cinfo->output_scanline));
+    jpeg_read_scanlines(cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(cinfo);
+  jpeg_destroy_decompress(cinfo);
+  return true;
+}
+
+// A 4-component (CMYK or YCCK) JPEG as Pillow holds it: libjpeg's CMYK output (same library and
+// defaults as Pillow: islow IDCT, fancy upsampling), inverted as Pillow's "CMYK;I" raw mode does
+// (Pillow assumes Adobe's inverted convention for every CMYK JPEG), scaled by 1/scale_denom with
+// libjpeg's DCT scaling (as OpenCV's IMREAD_REDUCED_*). OpenCV can only give these as RGB, converted
+// before the resize, which is ~2 levels from Pillow's resize-then-convert. Warnings go to stderr as
+// libjpeg prints them (attributed by the caller's DecodingFile).
+Result<cv::Mat> decode_cmyk_jpeg(const std::vector<uint8_t>& bytes, const std::string& name, int scale_denom) {
+  jpeg_decompress_struct cinfo{};
+  JpegErrorManager err{};
+  cv::Mat out;
+  if (!read_cmyk_scanlines(&cinfo, &err, bytes, scale_denom, &out)) {
+    return decode_error(ErrorCode::kCorrupt, name, std::string("cannot decode jpeg (") + err.message + ")");
+  }
+  cv::bitwise_not(out, out);
+  return out;
+}
+
+// EXIF orientation applied the way OpenCV's imdecode applies it to the other JPEGs.
+void apply_exif_orientation(cv::Mat& m, int orientation) {
+  switch (orientation) {
+    case 2: cv::flip(m, m, 1); break;
+    case 3: cv::flip(m, m, -1); break;
+    case 4: cv::flip(m, m, 0); break;
+    case 5: cv::transpose(m, m); break;
+    case 6: cv::transpose(m, m); cv::flip(m, m, 1); break;
+    case 7: cv::transpose(m, m); cv::flip(m, m, -1); break;
+    case 8: cv::transpose(m, m); cv::flip(m, m, 0); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
 Result<std::vector<uint8_t>> read_file_bytes(const std::string& path) {
@@ -274,18 +384,32 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
   }
 
   int flags = cv::IMREAD_UNCHANGED;
+  int scale_denom = 1;  // JPEG: DCT-scaled decoding
   if (format == Format::kJpeg) {
-    flags = cv::IMREAD_COLOR;  // (CMYK and gray JPEGs come out as RGB; gray stays R=G=B)
+    flags = cv::IMREAD_COLOR;  // (gray JPEGs come out as RGB, R=G=B)
     if (options.reduced_decode_min_side > 0 && info.width > 0 && info.height > 0) {
       const int64_t shortest = std::min(info.width, info.height);
-      if (shortest / 8 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_8;
-      else if (shortest / 4 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_4;
-      else if (shortest / 2 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_2;
+      if (shortest / 8 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_8, scale_denom = 8;
+      else if (shortest / 4 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_4, scale_denom = 4;
+      else if (shortest / 2 >= options.reduced_decode_min_side) flags = cv::IMREAD_REDUCED_COLOR_2, scale_denom = 2;
     }
     if (!options.apply_exif_orientation) flags |= cv::IMREAD_IGNORE_ORIENTATION;
   }
   cv::Mat raw;
   DecodingFile attribution(name, format_name(format));  // libjpeg/libpng warnings are reported under this name
+  if (format == Format::kJpeg && info.components == 4) {
+    // CMYK stays CMYK until after the resize, as in Pillow (see decode_cmyk_jpeg).
+    auto cmyk = decode_cmyk_jpeg(bytes, name, scale_denom);
+    if (!cmyk) return cmyk.error();
+    DecodedImage out;
+    out.pixels = std::move(cmyk.value());
+    if (options.apply_exif_orientation) apply_exif_orientation(out.pixels, info.exif_orientation);
+    out.mode = PixelMode::kCMYK;
+    out.format = format_name(format);
+    out.original_width = static_cast<int>(info.width);
+    out.original_height = static_cast<int>(info.height);
+    return out;
+  }
   try {
     raw = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<uint8_t*>(bytes.data())),
                        flags);

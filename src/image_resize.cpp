@@ -186,6 +186,21 @@ cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h) {
     }
     case PixelMode::kRGB:
       return resample_bicubic<3>(in, out_w, out_h);
+    case PixelMode::kCMYK: {
+      // Pillow resizes the 4 inks, then converts (Convert.c cmyk2rgb): nk = 255 - K,
+      // channel = nk - nk * ink / 255 (rounded as MULDIV255).
+      cv::Mat small = resample_bicubic<4>(in, out_w, out_h);
+      rgb.create(out_h, out_w, CV_8UC3);
+      for (int y = 0; y < out_h; ++y) {
+        const uint8_t* s = small.ptr<uint8_t>(y);
+        uint8_t* d = rgb.ptr<uint8_t>(y);
+        for (int x = 0; x < out_w; ++x) {
+          const uint32_t nk = 255 - s[x * 4 + 3];
+          for (int ch = 0; ch < 3; ++ch) d[x * 3 + ch] = static_cast<uint8_t>(nk - muldiv255(s[x * 4 + ch], nk));
+        }
+      }
+      return rgb;
+    }
     case PixelMode::kRGBA: {
       // RGBA -> RGBa (rounded premultiply), resize 4 bands, RGBa -> RGBA (truncating divide), drop A.
       cv::Mat pre = image.alpha_premultiplied ? in : cv::Mat(in.rows, in.cols, CV_8UC4);

@@ -10,6 +10,8 @@
 #include <cstdlib>
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -34,7 +36,32 @@ void limit_onednn_primitive_cache() {
   }
 }
 
+// Below this length an embedding carries no direction (a model that lost its weights returns zeros).
+constexpr double kMinNorm = 1e-6;
+// A normalized embedding's length is 1 up to float rounding (int8 towers normalize in float too).
+constexpr double kNormTolerance = 1e-3;
+
 }  // namespace
+
+std::optional<std::string> embedding_problem(const float* e, int dim, bool normalized) {
+  int nan = 0, inf = 0;
+  double norm = 0;
+  for (int d = 0; d < dim; ++d) {
+    if (std::isnan(e[d])) ++nan;
+    else if (std::isinf(e[d])) ++inf;
+    else norm += double(e[d]) * e[d];
+  }
+  if (nan) return std::to_string(nan) + " of its " + std::to_string(dim) + " values are NaN";
+  if (inf) return std::to_string(inf) + " of its " + std::to_string(dim) + " values are infinite";
+  norm = std::sqrt(norm);
+  char length[32];
+  std::snprintf(length, sizeof length, "%.6g", norm);
+  if (norm < kMinNorm) return std::string("its length is ") + length + ", not a direction";
+  if (normalized && std::abs(norm - 1.0) > kNormTolerance) {
+    return std::string("its length is ") + length + ", and the bundle says its embeddings are normalized";
+  }
+  return std::nullopt;
+}
 
 struct Model::Impl {
   BundleManifest manifest;
@@ -66,7 +93,7 @@ struct Model::Impl {
     }
   }
 
-  std::vector<float> run(torch::jit::Module& module, torch::Tensor input, int batch) {
+  std::vector<float> run(torch::jit::Module& module, torch::Tensor input, int batch, RowErrors* row_errors) {
     // NoGradGuard, not InferenceMode: with InferenceMode the same frozen ViT-B-16 ran ~11% slower
     // here (LibTorch 1.13, measured with cnclip-bench against Python's torch.no_grad()).
     torch::NoGradGuard no_grad;
@@ -81,9 +108,32 @@ struct Model::Impl {
                                                 c10::str(out.sizes()) + ", expected [" + std::to_string(batch) +
                                                 ", " + std::to_string(manifest.embedding_dim) + "]");
     }
-    if (!manifest.normalized) out = out / out.norm(2, 1, true).clamp_min(1e-12);
-    const float* p = out.data_ptr<float>();
-    return std::vector<float>(p, p + out.numel());
+    const int dim = manifest.embedding_dim;
+    std::vector<float> values(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
+    if (row_errors) row_errors->assign(static_cast<size_t>(batch), std::nullopt);
+    for (int b = 0; b < batch; ++b) {
+      float* row = values.data() + static_cast<size_t>(b) * dim;
+      if (!manifest.normalized) {
+        // Raw features: normalized here, unless they cannot be (checked below).
+        double norm = 0;
+        for (int d = 0; d < dim; ++d) norm += double(row[d]) * row[d];
+        norm = std::sqrt(norm);
+        if (std::isfinite(norm) && norm >= kMinNorm) {
+          for (int d = 0; d < dim; ++d) row[d] = static_cast<float>(row[d] / norm);
+        }
+      }
+      auto problem = embedding_problem(row, dim, true);
+      if (!problem) continue;
+      const std::string why = "the model returned an unusable embedding (" + *problem + "); the bundle " +
+                              manifest.dir + " may be damaged ('cnclip model-info --verify' checks it)";
+      if (!row_errors) {
+        throw Exception(ErrorCode::kCorrupt, "input " + std::to_string(b + 1) + " of " + std::to_string(batch) +
+                                                 ": " + why);
+      }
+      (*row_errors)[static_cast<size_t>(b)] = Error{ErrorCode::kCorrupt, why};
+      std::fill(row, row + dim, 0.0f);
+    }
+    return values;
   }
 };
 
@@ -127,15 +177,17 @@ const Tokenizer& Model::tokenizer() {
   return *impl_->tokenizer;
 }
 
-std::vector<float> Model::encode_images(const float* pixels, int batch) {
+std::vector<float> Model::encode_images(const float* pixels, int batch, RowErrors* row_errors) {
+  if (row_errors) row_errors->clear();
   if (batch == 0) return {};
   load_image_tower();
   const int r = impl_->manifest.image.size;
   auto input = torch::from_blob(const_cast<float*>(pixels), {batch, 3, r, r}, torch::kFloat);
-  return impl_->run(*impl_->image, input, batch);
+  return impl_->run(*impl_->image, input, batch, row_errors);
 }
 
-std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int length) {
+std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int length, RowErrors* row_errors) {
+  if (row_errors) row_errors->clear();
   if (batch == 0) return {};
   load_text_tower();
   int used = 1;
@@ -148,10 +200,10 @@ std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int le
     }
   }
   auto full = torch::from_blob(const_cast<int64_t*>(ids), {batch, length}, torch::kLong);
-  return impl_->run(*impl_->text, full.narrow(1, 0, used).contiguous(), batch);
+  return impl_->run(*impl_->text, full.narrow(1, 0, used).contiguous(), batch, row_errors);
 }
 
-std::vector<float> Model::encode_texts(const std::vector<std::string>& texts) {
+std::vector<float> Model::encode_texts(const std::vector<std::string>& texts, RowErrors* row_errors) {
   const int len = impl_->manifest.context_length;
   std::vector<int64_t> ids;
   ids.reserve(texts.size() * static_cast<size_t>(len));
@@ -159,7 +211,7 @@ std::vector<float> Model::encode_texts(const std::vector<std::string>& texts) {
     auto row = tokenizer().encode(t, len);
     ids.insert(ids.end(), row.begin(), row.end());
   }
-  return encode_token_ids(ids.data(), static_cast<int>(texts.size()), len);
+  return encode_token_ids(ids.data(), static_cast<int>(texts.size()), len, row_errors);
 }
 
 void set_compute_threads(int n) {

@@ -89,6 +89,22 @@ class ExportTest(unittest.TestCase):
         self.assert_one_line_error(export("--checkpoint", TINY, "--arch", "ViT-Z-99", "--out", self.dir + "/x"),
                                    "ViT-Z-99")
 
+    def test_unknown_architecture_needs_config(self):
+        """The tiny checkpoint's shapes match no released model and do not give its text head count:
+        without --config the exporter refuses instead of guessing (it guessed 1 head; the model has 2)."""
+        out = os.path.join(self.dir, "x")
+        self.assert_one_line_error(export("--checkpoint", TINY, "--out", out), TINY, "--config", "head count")
+        self.assertFalse(os.path.exists(out))
+        self.assertEqual(sorted(os.listdir(self.dir)), [])
+
+    def test_config_head_count_must_divide_the_width(self):
+        cfg = json.load(open(TINY_CONFIG))
+        cfg["text_num_attention_heads"] = 3
+        path = os.path.join(self.dir, "bad_config.json")
+        json.dump(cfg, open(path, "w"))
+        self.assert_one_line_error(export("--checkpoint", TINY, "--config", path, "--out", self.dir + "/x"),
+                                   path, "text_num_attention_heads 3")
+
     def test_wrong_shape_names_the_key(self):
         ckpt = torch.load(TINY, map_location="cpu")
         key = "module.visual.transformer.resblocks.1.mlp.c_fc.weight"
@@ -98,6 +114,20 @@ class ExportTest(unittest.TestCase):
         self.assert_one_line_error(export("--checkpoint", bad, "--config", TINY_CONFIG, "--out", self.dir + "/x"),
                                    "visual.transformer.resblocks.1.mlp.c_fc.weight")
 
+    def test_non_finite_weights_are_refused(self):
+        """NaN in a tensor, or an fp32 value that becomes infinite when rounded to fp16 as cn_clip does."""
+        for key, value in (("module.visual.proj", float("nan")), ("module.text_projection", 1e6)):
+            ckpt = torch.load(TINY, map_location="cpu")
+            t = ckpt["state_dict"][key].float()
+            t[0, 0] = value
+            ckpt["state_dict"][key] = t
+            bad = os.path.join(self.dir, "nan.pt")
+            torch.save(ckpt, bad)
+            out = os.path.join(self.dir, "x")
+            self.assert_one_line_error(export("--checkpoint", bad, "--config", TINY_CONFIG, "--out", out),
+                                       bad, key[len("module."):], "NaN or infinite")
+            self.assertFalse(os.path.exists(out))
+
     def test_failed_export_keeps_the_old_bundle(self):
         out = os.path.join(self.dir, "b")
         self.assertEqual(export("--random-init", "tiny", "--out", out).returncode, 0)
@@ -105,10 +135,6 @@ class ExportTest(unittest.TestCase):
         self.assertEqual(export("--checkpoint", "/nonexistent.pt", "--out", out).returncode, 1)
         self.assertEqual(open(os.path.join(out, "bundle.json")).read(), before)
         self.assertEqual(sorted(os.listdir(self.dir)), ["b"])
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 class LayoutTest(unittest.TestCase):
@@ -123,3 +149,26 @@ class LayoutTest(unittest.TestCase):
         for key, shape in ours.items():
             self.assertEqual(tuple(shape), real[key][0], key)
             self.assertEqual(export_model.is_fp16_designated(key), real[key][1] == "float16", key)
+
+    def test_released_architectures_are_inferred_from_shapes(self):
+        """Shapes alone pick each released architecture; anything else is refused, naming --config."""
+        sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+        import export_model
+        export_model.define_model_classes()
+
+        def shaped(config):
+            return {k: torch.empty(shape, device="meta") for k, shape in export_model.expected_shapes(config).items()}
+
+        for name in export_model.RELEASED:
+            arch, config = export_model.infer_config(shaped(export_model.ARCHS[name]), "ckpt.pt")
+            self.assertEqual(arch, name)
+            self.assertEqual(config, export_model.ARCHS[name])
+        odd = dict(export_model.ARCHS["ViT-B-16"], text_num_hidden_layers=6)
+        for config in (export_model.ARCHS["tiny"], odd):
+            with self.assertRaises(export_model.ExportError) as ctx:
+                export_model.infer_config(shaped(config), "ckpt.pt")
+            self.assertIn("--config", str(ctx.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -232,5 +232,84 @@ TEST(DecoderMessages, AttributedToTheFilesOfTheirFormat) {
                 "cnclip: warning: /p/a.jpg, /p/b.png: decoder: Bogus marker length"}));
 }
 
+// CMYK JPEGs stay CMYK until after the resize (Pillow's order; the exact comparison with Pillow is in
+// pillow_parity_test.py). Made with Pillow: 300x200 with real black ink, EXIF orientation 6.
+class CmykJpeg : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    path_ = dir_ / "cmyk.jpg";
+    const std::string script =
+        "import numpy as np, sys\n"
+        "from PIL import Image\n"
+        "rng = np.random.default_rng(1)\n"
+        "a = np.clip(np.linspace(0, 255, 300 * 200 * 4).reshape(200, 300, 4) + rng.normal(0, 40, (200, 300, 4)), 0, 255)\n"
+        "e = Image.Exif(); e[0x0112] = 6\n"
+        "Image.fromarray(a.astype(np.uint8), 'CMYK').save(sys.argv[1], quality=90, exif=e.tobytes())\n";
+    test::write_text(dir_ / "make.py", script);
+    const std::string cmd = std::string(CNCLIP_PYTHON) + " " + test::shell_quote(dir_ / "make.py") + " " +
+                            test::shell_quote(path_);
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+  }
+  test::TempDir dir_;
+  std::string path_;
+};
+
+TEST_F(CmykJpeg, DecodesAsCmykWithOrientationAndScaling) {
+  DecodeOptions raw;
+  raw.apply_exif_orientation = false;
+  auto stored = decode_image_file(path_, raw);
+  ASSERT_TRUE(stored.ok()) << stored.error().message;
+  EXPECT_EQ(stored.value().mode, PixelMode::kCMYK);
+  EXPECT_EQ(stored.value().pixels.type(), CV_8UC4);
+  EXPECT_EQ(stored.value().pixels.cols, 300);
+  EXPECT_EQ(stored.value().pixels.rows, 200);
+
+  // Orientation 6 (rotate 90 clockwise), as OpenCV applies it to the other JPEGs.
+  auto upright = decode_image_file(path_, DecodeOptions{});
+  ASSERT_TRUE(upright.ok());
+  cv::Mat want;
+  cv::transpose(stored.value().pixels, want);
+  cv::flip(want, want, 1);
+  ASSERT_EQ(upright.value().pixels.size(), want.size());
+  EXPECT_EQ(cv::norm(upright.value().pixels, want, cv::NORM_INF), 0.0);
+  EXPECT_EQ(upright.value().original_width, 300);
+
+  // DCT scaling: 1/2 keeps both sides >= 100.
+  DecodeOptions reduced = raw;
+  reduced.reduced_decode_min_side = 100;
+  auto half = decode_image_file(path_, reduced);
+  ASSERT_TRUE(half.ok());
+  EXPECT_EQ(half.value().mode, PixelMode::kCMYK);
+  EXPECT_EQ(half.value().pixels.cols, 150);
+  EXPECT_EQ(half.value().pixels.rows, 100);
+
+  // Pillow's CMYK -> RGB after the resize: no ink is white, full black ink is black.
+  DecodedImage flat{cv::Mat(10, 10, CV_8UC4, cv::Scalar(0, 0, 0, 0)), PixelMode::kCMYK, "jpeg"};
+  EXPECT_EQ(resize_like_pillow(flat, 4, 4).at<cv::Vec3b>(0, 0), cv::Vec3b(255, 255, 255));
+  flat.pixels.setTo(cv::Scalar(0, 0, 0, 255));
+  EXPECT_EQ(resize_like_pillow(flat, 4, 4).at<cv::Vec3b>(0, 0), cv::Vec3b(0, 0, 0));
+  flat.pixels.setTo(cv::Scalar(255, 0, 128, 0));
+  EXPECT_EQ(resize_like_pillow(flat, 4, 4).at<cv::Vec3b>(0, 0), cv::Vec3b(0, 255, 127));
+}
+
+// A CMYK JPEG libjpeg refuses (12-bit samples in the frame header) is a clean error naming the file.
+TEST_F(CmykJpeg, UndecodableIsAnErrorNamingTheFile) {
+  auto bytes = read_file_bytes(path_).value();
+  size_t sof = 0;
+  for (size_t i = 2; i + 9 < bytes.size(); ++i) {
+    if (bytes[i] == 0xFF && bytes[i + 1] == 0xC0) {
+      sof = i;
+      break;
+    }
+  }
+  ASSERT_GT(sof, 0u);
+  ASSERT_EQ(bytes[sof + 9], 4);  // components
+  bytes[sof + 4] = 12;           // precision
+  auto r = decode_image(bytes, "bad-cmyk.jpg", DecodeOptions{});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+  EXPECT_EQ(r.error().message.rfind("bad-cmyk.jpg: cannot decode jpeg (", 0), 0u) << r.error().message;
+}
+
 }  // namespace
 }  // namespace cnclip

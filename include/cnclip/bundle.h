@@ -4,7 +4,9 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "cnclip/image.h"
 
@@ -35,12 +37,26 @@ struct BundleManifest {
   std::string path_of(const std::string& file) const { return dir + "/" + file; }
 };
 
+// The files every bundle lists in bundle.json.
+inline constexpr const char* kBundleFiles[] = {"image_encoder.pt", "text_encoder.pt", "vocab.txt"};
+
 // Reads DIR/bundle.json and checks its fields. Throws Exception naming the file: missing directory
-// or manifest, invalid JSON, another format version, missing fields.
+// or manifest, invalid JSON, another format version, missing fields, a listed file with a name that
+// is not a plain file name, a negative size or a malformed sha256, or one of kBundleFiles not listed.
+// Reads only bundle.json: the files themselves are checked when used (check_bundle_file).
 BundleManifest load_bundle_manifest(const std::string& dir);
 
-// Checks that a bundle file exists with the size the manifest records; throws naming the file.
+// What is wrong with one file the manifest lists, or std::nullopt: missing (kNotFound), not a
+// regular file, or another size than recorded (kTruncated when shorter, kCorrupt when longer), and,
+// with `hash`, another sha256 than recorded (kCorrupt; reads the whole file). The Error names the file.
+std::optional<Error> bundle_file_problem(const BundleManifest& manifest, const std::string& file, bool hash);
+
+// Throws bundle_file_problem(manifest, file, false) if there is one: called before a file is loaded,
+// so a missing or truncated encoder or vocabulary is named instead of failing inside LibTorch.
 void check_bundle_file(const BundleManifest& manifest, const std::string& file);
+
+// bundle_file_problem for every file the manifest lists, in name order (empty: all is well).
+std::vector<Error> verify_bundle_files(const BundleManifest& manifest, bool hash);
 
 // The bundle to use: `flag` (--model) if given, else $CNCLIP_MODEL, else
 // ${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default.

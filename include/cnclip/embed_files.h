@@ -21,7 +21,8 @@ struct EmbedFilesOptions {
 };
 
 // Calls on_result(i, embedding, nullptr) with model.dim() floats, or on_result(i, nullptr, &error)
-// for a file that cannot be read or decoded, once for each path, in the order of `paths`, on the
+// for a file that cannot be read or decoded or whose embedding the model check refused (see
+// Model::encode_images: a damaged bundle), once for each path, in the order of `paths`, on the
 // calling thread. Throws Exception when the model cannot be loaded or fails; results already
 // delivered stand.
 void embed_image_files(Model& model, const std::vector<std::string>& paths, const EmbedFilesOptions& options,

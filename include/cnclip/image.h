@@ -23,6 +23,7 @@ enum class PixelMode {
   kRGB,      // "RGB"
   kRGBA,     // "RGBA": resized premultiplied, alpha then dropped without compositing
   kPalette,  // "P" or "1": Pillow forces NEAREST resampling
+  kCMYK,     // "CMYK" (4-component JPEG): the 4 inks resized, then Pillow's CMYK -> RGB conversion
 };
 
 struct DecodeOptions {
@@ -37,7 +38,8 @@ struct DecodeOptions {
 };
 
 struct DecodedImage {
-  cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order
+  cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order;
+                   // kCMYK: CV_8UC4 C, M, Y, K as Pillow holds them (0 = no ink)
   PixelMode mode = PixelMode::kRGB;
   std::string format;  // "jpeg", "png", "webp", "bmp", "tiff"
   // kRGBA only: colour already multiplied by alpha (libtiff's RGBA reader does that for TIFF).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -20,6 +21,13 @@ struct ModelOptions {
   bool optimize_for_many_calls = false;
 };
 
+// Per input of one encode call: std::nullopt for a usable embedding, else why it is not.
+using RowErrors = std::vector<std::optional<Error>>;
+
+// Why an embedding cannot be used, or std::nullopt: a value that is NaN or infinite, a length of ~0,
+// or (when `normalized`, i.e. the bundle promises L2-normalized output) a length other than 1.
+std::optional<std::string> embedding_problem(const float* embedding, int dim, bool normalized);
+
 // Owns the bundle's two TorchScript towers and its tokenizer. Each tower (and the tokenizer) is
 // loaded on first use, so a text search never reads the image tower. Thread-safety: once a tower is
 // loaded (load_image_tower / load_text_tower), its encode_* calls may run concurrently from several
@@ -34,13 +42,20 @@ class Model {
   const BundleManifest& manifest() const;
   int dim() const { return manifest().embedding_dim; }
 
+  // Every embedding a tower returns is checked here, for every caller (embedding_problem): a damaged
+  // bundle can return NaN, infinities or zeros, which must never be printed or stored. With
+  // row_errors == nullptr, one bad embedding makes the call throw Exception (kCorrupt, naming the
+  // bundle and the input's position). With row_errors, the call fails only the inputs concerned:
+  // row_errors gets one entry per input (an Error of code kCorrupt for a bad one, whose row of the
+  // result is zeros and must not be used), and throws only when the model itself fails.
+
   // pixels: float [batch,3,R,R] (see image.h). Returns batch*dim L2-normalized floats.
-  std::vector<float> encode_images(const float* pixels, int batch);
+  std::vector<float> encode_images(const float* pixels, int batch, RowErrors* row_errors = nullptr);
   // ids: `batch` rows of `length` token ids (0 = padding). Trailing columns that are padding in every
   // row are not computed (the attention mask makes them irrelevant). Returns batch*dim floats.
-  std::vector<float> encode_token_ids(const int64_t* ids, int batch, int length);
+  std::vector<float> encode_token_ids(const int64_t* ids, int batch, int length, RowErrors* row_errors = nullptr);
   // Tokenize with the bundle's vocabulary, then encode. Throws for invalid UTF-8.
-  std::vector<float> encode_texts(const std::vector<std::string>& texts);
+  std::vector<float> encode_texts(const std::vector<std::string>& texts, RowErrors* row_errors = nullptr);
 
   bool on_cpu() const;
 

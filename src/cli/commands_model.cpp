@@ -55,15 +55,28 @@ std::vector<std::string> read_json_strings() {
 
 void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
   {
+    auto verify = std::make_shared<bool>(false);
     auto* sub = app.add_subcommand("model-info", "Print the model bundle's manifest as JSON");
+    sub->add_flag("--verify", *verify,
+                  "Also check every bundle file's sha256 against the manifest (one error line per bad file, exit 1)");
     add_model_options(sub, o);
-    sub->callback([&] {
-      action = [&] {
+    sub->callback([&, verify] {
+      action = [&, verify] {
         auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
         auto j = nlohmann::json::parse(bundle.json);
         j["path"] = bundle.dir;
         std::cout << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
-        return 0;
+        // Sizes always (cheap); contents only when asked (reads every byte: seconds for ViT-B-16).
+        const auto problems = verify_bundle_files(bundle, *verify);
+        for (const auto& p : problems) {
+          if (*verify) print_error(p.message);
+          else print_warning(p.message);
+        }
+        if (*verify && problems.empty()) {
+          std::cerr << "cnclip: " << bundle.dir << ": all " << bundle.files.size()
+                    << " files match bundle.json (size and sha256)" << std::endl;
+        }
+        return *verify && !problems.empty() ? 1 : 0;
       };
     });
   }
@@ -136,12 +149,23 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
                      false);
         }
         constexpr size_t kBatch = 64;
+        int failed = 0;
         for (size_t i = 0; i < inputs.size(); i += kBatch) {
           std::vector<std::string> chunk(inputs.begin() + i, inputs.begin() + std::min(inputs.size(), i + kBatch));
-          const auto e = model->encode_texts(chunk);
-          for (size_t k = 0; k < chunk.size(); ++k) print_embedding("text", chunk[k], &e[k * dim], dim);
+          RowErrors row_errors;
+          const auto e = model->encode_texts(chunk, &row_errors);
+          for (size_t k = 0; k < chunk.size(); ++k) {
+            if (row_errors[k]) {
+              // The text goes through JSON quoting, so any text names itself on one line.
+              print_error("text " + std::to_string(i + k + 1) + " " + dump_json(nlohmann::ordered_json(chunk[k])) + ": " +
+                          row_errors[k]->message);
+              ++failed;
+            } else {
+              print_embedding("text", chunk[k], &e[k * dim], dim);
+            }
+          }
         }
-        return 0;
+        return failed ? 1 : 0;
       };
     });
   }
