@@ -243,7 +243,7 @@ std::string on_terminal(const std::string& args) {
 }
 
 TEST_F(Indexed, ControlCharactersAreEscapedOnATerminalOnly) {
-  for (const std::string& format : {"paths", "table"}) {
+  for (const std::string& format : std::vector<std::string>{"paths", "table"}) {
     const std::string out = on_terminal("search-text 猫 -k 100 --format " + format + with_index());
     EXPECT_EQ(out.find('\x1b'), std::string::npos) << format << ": " << out;
     EXPECT_EQ(out.find('\x07'), std::string::npos) << format;
@@ -373,7 +373,7 @@ TEST_F(Indexed, StdinQueriesAreCheckedLineByLine) {
 // --- search inputs ----------------------------------------------------------------------------
 
 TEST_F(Indexed, EmptyAndBlankQueriesAreUsageErrors) {
-  for (const std::string& query : {"''", "'   '", "$'\\t\\n'", "'　'", "$'\\x01'"}) {  // ideographic space too
+  for (const std::string& query : std::vector<std::string>{"''", "'   '", "$'\\t\\n'", "'　'", "$'\\x01'"}) {  // ideographic space too
     auto r = sh(kBin + " search-text 猫 " + query + with_index());
     EXPECT_EQ(r.exit_code, 2) << query << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << query << r.err;
@@ -405,7 +405,7 @@ TEST_F(Indexed, ALongQueryIsCutWithAWarning) {
 }
 
 TEST_F(Indexed, TopKBeyondTheIndexReturnsEverything) {
-  for (const std::string& k : {"2147483647", "1000", "6"}) {
+  for (const std::string& k : std::vector<std::string>{"2147483647", "1000", "6"}) {
     auto r = test::run_cnclip("search-text 猫 -k " + k + with_index());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json_lines(r.out).size(), static_cast<size_t>(kFiles)) << k;
@@ -415,14 +415,14 @@ TEST_F(Indexed, TopKBeyondTheIndexReturnsEverything) {
     EXPECT_EQ(rows.size(), static_cast<size_t>(kFiles - 1)) << k;
     for (const auto& row : rows) EXPECT_NE(row["path"], photos + "/pokemon.jpeg");
   }
-  for (const std::string& k : {"0", "-1", "2147483648", "x"}) {
+  for (const std::string& k : std::vector<std::string>{"0", "-1", "2147483648", "x"}) {
     auto r = test::run_cnclip("search-text 猫 -k " + k + with_index());
     EXPECT_EQ(r.exit_code, 2) << k << r.err;
   }
 }
 
 TEST_F(Indexed, ThresholdMustBeAFiniteNumber) {
-  for (const std::string& t : {"nan", "NaN", "inf", "-inf", "infinity", "1e999", "abc"}) {
+  for (const std::string& t : std::vector<std::string>{"nan", "NaN", "inf", "-inf", "infinity", "1e999", "abc"}) {
     auto r = test::run_cnclip("search-text 猫 --threshold " + t + with_index());
     EXPECT_EQ(r.exit_code, 2) << t << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << t << r.err;
@@ -486,14 +486,16 @@ TEST_F(Indexed, SearchImagePathListsAreLinesOrNulTerminated) {
 // --- tokenize and preprocess ------------------------------------------------------------------
 
 TEST(CliTokenize, ContextLengthIsBoundedByTheModel) {
-  for (const std::string& n : {"0", "-1", "1", "53", "512", "2147483647", "-2147483648"}) {
+  for (const std::string& n : std::vector<std::string>{"0", "-1", "1", "53", "512", "2147483647", "-2147483648"}) {
     const auto start = std::chrono::steady_clock::now();
     auto r = test::run_cnclip("tokenize 小狗 --context-length " + n + model_arg());
     EXPECT_EQ(r.exit_code, 2) << n << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << n << r.err;
     EXPECT_EQ(r.out, "") << n;
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(20)) << n;
-    if (n == "53") EXPECT_NE(r.err.find("52"), std::string::npos) << r.err;
+    if (n == "53") {
+      EXPECT_NE(r.err.find("52"), std::string::npos) << r.err;
+    }
   }
   for (int n : {2, 10, 52}) {
     auto r = test::run_cnclip("tokenize 小狗 --context-length " + std::to_string(n) + model_arg());

@@ -59,7 +59,7 @@ TEST(StringField, NonUtf8GetsExactBytesThatReadBack) {
   EXPECT_FALSE(j.contains("path_bytes"));
   EXPECT_EQ(get_string_field(json::parse(dump_json(j)), "path"), "/photos/夕阳.jpg");
 
-  for (const std::string name : {std::string("/p/\xff\xfe.jpg"), std::string("/p/latin1-\xe9t\xe9.jpg"),
+  for (const std::string& name : {std::string("/p/\xff\xfe.jpg"), std::string("/p/latin1-\xe9t\xe9.jpg"),
                                  std::string("/p/\xed\xa0\x80surrogate"), std::string("/p/cut\xe5\xa4")}) {
     nlohmann::ordered_json k;
     set_string_field(k, "path", name);
