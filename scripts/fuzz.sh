@@ -2,6 +2,7 @@
 # Builds the libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined, in build-fuzz/) and runs
 # each for SECONDS with a seed corpus. Usage:
 #   scripts/fuzz.sh SECONDS [TARGET...]      targets: tokenizer image npy bundle jsonl (default: all)
+# (jsonl: once include/cnclip/import.h declares read_embeddings_jsonl)
 # Environment: CNCLIP_FUZZ_BUILD (build dir, default build-fuzz), CNCLIP_FIXTURES_DIR (default
 # ../shared/fixtures), CNCLIP_FUZZ_JOBS (parallel build jobs, default 2).
 # The corpus each run grows is kept in $build/corpus/TARGET; the committed seeds and regression
@@ -14,13 +15,6 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 seconds=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
 shift
 [[ "$seconds" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS must be a number, got '$seconds'" >&2; exit 2; }
-all_targets=(tokenizer image npy bundle jsonl)
-targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
-for t in "${targets[@]}"; do
-  [[ " ${all_targets[*]} " == *" $t "* ]] || { echo "fuzz.sh: unknown target '$t' (${all_targets[*]})" >&2; exit 2; }
-done
-
 build=${CNCLIP_FUZZ_BUILD:-$repo/build-fuzz}
 fixtures=${CNCLIP_FIXTURES_DIR:-$repo/../shared/fixtures}
 jobs=${CNCLIP_FUZZ_JOBS:-2}
@@ -30,6 +24,27 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
   command -v ninja >/dev/null && generator=(-G Ninja)
   cmake -S "$repo" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCNCLIP_FUZZ=ON -DCNCLIP_BUILD_TESTS=OFF >&2
+fi
+# The targets this source tree has (fuzz/CMakeLists.txt lists them when configuring).
+cmake "$build" >/dev/null
+read -r -a all_targets <"$build/fuzz/targets.txt"
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
+for t in "${targets[@]}"; do
+  [[ " ${all_targets[*]} " == *" $t "* ]] || { echo "fuzz.sh: unknown target '$t' (${all_targets[*]})" >&2; exit 2; }
+done
+# CNCLIP_FUZZ_SKIP_KNOWN=1 (scripts/test.sh): leave out a target with inputs in fuzz/known-crashes/
+# (a crash found whose fix is pending), which would fail within seconds.
+if [ "${CNCLIP_FUZZ_SKIP_KNOWN:-0}" = 1 ]; then
+  kept=()
+  for t in "${targets[@]}"; do
+    if compgen -G "$repo/fuzz/known-crashes/$t/*" >/dev/null; then
+      echo "fuzz: $t left out: known crashes waiting for a fix in fuzz/known-crashes/$t (see its README)"
+    else
+      kept+=("$t")
+    fi
+  done
+  targets=("${kept[@]}")
 fi
 build_targets=()
 for t in "${targets[@]}"; do build_targets+=("fuzz_$t"); done
