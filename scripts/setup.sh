@@ -32,6 +32,8 @@ packages=(
   libgtest-dev googletest
   python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
   python3-pil                   # reference pipeline in tests and scripts/bench.sh
+  clang libclang-rt-14-dev      # scripts/fuzz.sh: libFuzzer with ASan+UBSan
+  clang-format clang-tidy       # .clang-format, .clang-tidy
 )
 
 sudo_cmd=()

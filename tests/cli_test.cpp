@@ -425,8 +425,9 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
           "--index", idx.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  // Wait until a first batch is committed, then interrupt.
-  for (int i = 0; i < 200 && !fs::exists(idx + "/catalog.sqlite3"); ++i) {
+  // Wait until a first batch is committed, then interrupt. Up to a minute: a sanitizer build starts
+  // much slower, and a SIGINT before the handler is installed kills the process instead.
+  for (int i = 0; i < 3000 && !fs::exists(idx + "/catalog.sqlite3"); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(100));

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets (clang, -fsanitize=fuzzer,address,undefined, in build-fuzz/) and runs
+# each for SECONDS with a seed corpus. Usage:
+#   scripts/fuzz.sh SECONDS [TARGET...]      targets: tokenizer image npy bundle jsonl (default: all)
+# (jsonl: once include/cnclip/import.h declares read_embeddings_jsonl)
+# Environment: CNCLIP_FUZZ_BUILD (build dir, default build-fuzz), CNCLIP_FIXTURES_DIR (default
+# ../shared/fixtures), CNCLIP_FUZZ_JOBS (parallel build jobs, default 2).
+# The corpus each run grows is kept in $build/corpus/TARGET; the committed seeds and regression
+# inputs in fuzz/corpus/TARGET and seeds from the fixtures (fuzz/make_seeds.py) are always included.
+# A crash stops that target: its input is saved as $build/crash-TARGET-* and the script exits 1.
+# Each target's last status line (executions/s, cov, ft) is printed in a summary at the end.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+seconds=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
+shift
+[[ "$seconds" =~ ^[0-9]+$ ]] || { echo "fuzz.sh: SECONDS must be a number, got '$seconds'" >&2; exit 2; }
+build=${CNCLIP_FUZZ_BUILD:-$repo/build-fuzz}
+fixtures=${CNCLIP_FIXTURES_DIR:-$repo/../shared/fixtures}
+jobs=${CNCLIP_FUZZ_JOBS:-2}
+
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  generator=()
+  command -v ninja >/dev/null && generator=(-G Ninja)
+  cmake -S "$repo" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DCNCLIP_FUZZ=ON -DCNCLIP_BUILD_TESTS=OFF >&2
+fi
+# The targets this source tree has (fuzz/CMakeLists.txt lists them when configuring).
+cmake "$build" >/dev/null
+read -r -a all_targets <"$build/fuzz/targets.txt"
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
+for t in "${targets[@]}"; do
+  [[ " ${all_targets[*]} " == *" $t "* ]] || { echo "fuzz.sh: unknown target '$t' (${all_targets[*]})" >&2; exit 2; }
+done
+# CNCLIP_FUZZ_SKIP_KNOWN=1 (scripts/test.sh): leave out a target with inputs in fuzz/known-crashes/
+# (a crash found whose fix is pending), which would fail within seconds.
+if [ "${CNCLIP_FUZZ_SKIP_KNOWN:-0}" = 1 ]; then
+  kept=()
+  for t in "${targets[@]}"; do
+    if compgen -G "$repo/fuzz/known-crashes/$t/*" >/dev/null; then
+      echo "fuzz: $t left out: known crashes waiting for a fix in fuzz/known-crashes/$t (see its README)"
+    else
+      kept+=("$t")
+    fi
+  done
+  targets=("${kept[@]}")
+fi
+build_targets=()
+for t in "${targets[@]}"; do build_targets+=("fuzz_$t"); done
+cmake --build "$build" -j"$jobs" --target "${build_targets[@]}" >&2
+
+# Seeds: the committed corpus fuzz/corpus/TARGET (small generated files of every format and
+# variant, and the regression inputs of crashes found before), plus what comes from the fixtures.
+seeds="$build/seeds"
+rm -rf "$seeds"
+bundle_json=/nonexistent
+for b in "$repo/models/tiny/bundle.json" "$repo/build/test-data/tiny/bundle.json"; do
+  if [ -f "$b" ]; then bundle_json=$b; break; fi
+done
+/usr/bin/python3 "$repo/fuzz/make_seeds.py" fixtures "$seeds" "$fixtures" "$bundle_json"
+
+# The image target must not be able to make OpenCV allocate more than this (its own check, after
+# ours: the target refuses headers over 4 MP, and a lying header must not get past either).
+export OPENCV_IO_MAX_IMAGE_PIXELS=16777216
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_may_return_null=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
+
+status=0
+summary=()
+for t in "${targets[@]}"; do
+  corpus="$build/corpus/$t"
+  mkdir -p "$corpus"
+  dirs=("$corpus" "$repo/fuzz/corpus/$t")
+  if [ -d "$seeds/$t" ]; then dirs+=("$seeds/$t"); fi
+  log="$build/fuzz-$t.log"
+  echo "fuzz: $t for ${seconds}s (log $log)" >&2
+  set +e
+  "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=2560 -max_len=262144 -timeout=25 \
+    -print_final_stats=1 -artifact_prefix="$build/crash-$t-" "${dirs[@]}" >"$log" 2>&1
+  rc=$?
+  set -e
+  last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
+  execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
+  if [ $rc -ne 0 ]; then
+    status=1
+    echo "fuzz: $t FAILED (exit $rc); the end of $log:" >&2
+    tail -40 "$log" >&2
+    summary+=("$t: FAILED, see $log")
+  else
+    summary+=("$t: ${execs:-?} runs in ${seconds}s; last: $last")
+  fi
+done
+echo "fuzz summary:"
+printf '  %s\n' "${summary[@]}"
+exit $status
