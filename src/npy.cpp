@@ -17,7 +17,7 @@ int64_t NpyArray::count() const {
 std::vector<float> NpyArray::as_float() const {
   std::vector<float> out(static_cast<size_t>(count()));
   if (dtype == "<f4") {
-    std::memcpy(out.data(), data.data(), out.size() * 4);
+    if (!out.empty()) std::memcpy(out.data(), data.data(), out.size() * 4);
   } else if (dtype == "<f8") {
     const double* d = reinterpret_cast<const double*>(data.data());
     for (size_t i = 0; i < out.size(); ++i) out[i] = static_cast<float>(d[i]);
@@ -30,7 +30,7 @@ std::vector<float> NpyArray::as_float() const {
 std::vector<int64_t> NpyArray::as_int64() const {
   std::vector<int64_t> out(static_cast<size_t>(count()));
   if (dtype == "<i8") {
-    std::memcpy(out.data(), data.data(), out.size() * 8);
+    if (!out.empty()) std::memcpy(out.data(), data.data(), out.size() * 8);
   } else if (dtype == "<i4") {
     const int32_t* d = reinterpret_cast<const int32_t*>(data.data());
     for (size_t i = 0; i < out.size(); ++i) out[i] = d[i];
@@ -56,6 +56,14 @@ Result<NpyArray> read_npy(const std::string& path) {
     uint8_t b[4];
     in.read(reinterpret_cast<char*>(b), 4);
     header_len = b[0] | (b[1] << 8) | (b[2] << 16) | (uint32_t{b[3]} << 24);
+  }
+  // The header must fit in the file: a lying length must not allocate gigabytes.
+  const std::streamoff header_at = in.tellg();
+  in.seekg(0, std::ios::end);
+  const std::streamoff file_end = in.tellg();
+  in.seekg(header_at);
+  if (!in || header_at < 0 || static_cast<uint64_t>(file_end - header_at) < header_len) {
+    return Error{ErrorCode::kTruncated, path + ": truncated .npy header"};
   }
   std::string header(header_len, '\0');
   if (!in.read(header.data(), header_len)) return Error{ErrorCode::kTruncated, path + ": truncated .npy header"};
@@ -84,11 +92,43 @@ Result<NpyArray> read_npy(const std::string& path) {
   }
   std::stringstream dims(shape.substr(open + 1, close - open - 1));
   std::string item;
+  const size_t item_size = arr.dtype[2] == '8' ? 8 : 4;
+  // The data must fit in what is left of the file: this bounds every dimension and their product
+  // (no overflow in count(), no allocation the file cannot fill). Zero dimensions aside, the
+  // product must fit too, so that count() cannot overflow on the way to 0.
+  const std::streamoff here = in.tellg();
+  in.seekg(0, std::ios::end);
+  const std::streamoff end = in.tellg();
+  in.seekg(here);
+  const uint64_t max_items = here >= 0 && end >= here ? static_cast<uint64_t>(end - here) / item_size : 0;
+  constexpr uint64_t kSaturated = uint64_t{1} << 62;
+  uint64_t nonzero_items = 1;
+  bool empty = false;
   while (std::getline(dims, item, ',')) {
     if (item.find_first_not_of(" ") == std::string::npos) continue;
-    arr.shape.push_back(std::stoll(item));
+    size_t used = 0;
+    long long d = -1;
+    try {
+      d = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      d = -1;
+    }
+    if (d < 0 || item.find_first_not_of(" ", used) != std::string::npos) {
+      return Error{ErrorCode::kCorrupt, path + ": .npy header has an invalid shape"};
+    }
+    arr.shape.push_back(d);
+    if (d == 0) {
+      empty = true;
+    } else if (nonzero_items > kSaturated / static_cast<uint64_t>(d)) {
+      nonzero_items = kSaturated;
+    } else {
+      nonzero_items *= static_cast<uint64_t>(d);
+    }
   }
-  const size_t item_size = arr.dtype[2] == '8' ? 8 : 4;
+  if (nonzero_items > (empty ? kSaturated - 1 : max_items)) {
+    return Error{empty ? ErrorCode::kCorrupt : ErrorCode::kTruncated,
+                 path + (empty ? ": .npy header has an invalid shape" : ": .npy data ends early")};
+  }
   arr.data.resize(static_cast<size_t>(arr.count()) * item_size);
   if (!in.read(reinterpret_cast<char*>(arr.data.data()), static_cast<std::streamsize>(arr.data.size()))) {
     return Error{ErrorCode::kTruncated, path + ": .npy data ends early"};

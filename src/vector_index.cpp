@@ -63,12 +63,18 @@ class MemoryVectorIndex : public VectorIndex {
 
 class MappedVectorIndex : public VectorIndex {
  public:
-  MappedVectorIndex(void* base, size_t bytes, int dim, int64_t n, const float* vectors, const int64_t* ids)
-      : base_(base), bytes_(bytes), dim_(dim), n_(n), vectors_(vectors), ids_(ids) {}
+  // The ids start at an offset of the file that is not 8-byte aligned (FAISS's layout), so they are
+  // copied out (8 MB at a million vectors, against 2 GB of vectors that stay mapped).
+  MappedVectorIndex(void* base, size_t bytes, int dim, int64_t n, const float* vectors, const uint8_t* ids)
+      : base_(base), bytes_(bytes), dim_(dim), n_(n), vectors_(vectors), ids_(static_cast<size_t>(n)) {
+    if (n > 0) std::memcpy(ids_.data(), ids, static_cast<size_t>(n) * sizeof(int64_t));
+  }
   ~MappedVectorIndex() override { ::munmap(base_, bytes_); }
+  MappedVectorIndex(const MappedVectorIndex&) = delete;
+  MappedVectorIndex& operator=(const MappedVectorIndex&) = delete;
   int dim() const override { return dim_; }
   int64_t size() const override { return n_; }
-  const int64_t* ids() const override { return ids_; }
+  const int64_t* ids() const override { return ids_.data(); }
   const float* vectors() const override { return vectors_; }
 
  private:
@@ -77,7 +83,7 @@ class MappedVectorIndex : public VectorIndex {
   int dim_;
   int64_t n_;
   const float* vectors_;
-  const int64_t* ids_;
+  std::vector<int64_t> ids_;
 };
 
 }  // namespace
@@ -142,7 +148,7 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, boo
     if (covered != data_bytes || XXH3_64bits(p, data_bytes) != stored) fail("checksum mismatch");
   }
   return std::make_unique<MappedVectorIndex>(base, bytes, d, n, reinterpret_cast<const float*>(p + kVectorsOffset),
-                                             reinterpret_cast<const int64_t*>(p + ids_offset + 8));
+                                             p + ids_offset + 8);
 }
 
 std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, int nq, int k,
