@@ -111,10 +111,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                                 "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
-    sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
-    sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str();
+    whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
+    whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0, kMaxThreads);
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
-    sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)")->check(CLI::IsMember({"text", "json"}));
+    one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
     add_index_option(sub, o);
@@ -276,7 +276,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
   }
   {
     auto* sub = app.add_subcommand("info", "Show where the index is, its model and what it holds");
-    sub->add_option("--format", o.format, "text or json")->check(CLI::IsMember({"text", "json"}));
+    one_of(sub->add_option("--format", o.format, "text or json"), {"text", "json"});
     add_index_option(sub, o);
     sub->callback([&] {
       action = [&] {
