@@ -152,7 +152,7 @@ std::optional<int> handle_before_subcommand(const CLI::App& app, int argc, char*
     return 0;
   }
   if (!first.empty() && first[0] == '-') {
-    for (const char* own : {"-h", "--help", "--help-all", "-V", "--version"}) {
+    for (const char* own : {"-h", "--help", "-V", "--version"}) {
       if (first == own) return std::nullopt;
     }
     for (int k = 1; k < argc; ++k) {
@@ -207,6 +207,21 @@ std::string explain_parse_error(const CLI::App& app, const CLI::ParseError& e) {
                help_hint(sub);
       }
       return sub->get_name() + " needs " + opt->get_name() + ": " + opt->get_description() + help_hint(sub);
+    }
+  }
+  if (dynamic_cast<const CLI::ConversionError*>(&e)) {
+    // "Could not convert: NAME = VALUE": a switch given a value (the numbers have checks of their own).
+    const std::string head = "Could not convert: ";
+    const size_t eq = what.find(" = ");
+    if (what.rfind(head, 0) == 0 && eq != std::string::npos) {
+      const std::string name = what.substr(head.size(), eq - head.size());
+      const std::string value = what.substr(eq + 3);
+      const CLI::Option* opt = sub->get_option_no_throw(name);
+      if (opt && opt->get_items_expected_max() == 0) {
+        return name + " is a switch and takes no value, not '" + value + "' (write " + name + " alone)" + help_hint(sub);
+      }
+      const std::string accepts = opt ? accepted_values(opt) : "";
+      if (!accepts.empty()) return name + ": expects " + accepts + ", not '" + value + "'" + help_hint(sub);
     }
   }
   // Validation errors come from the checks of options.cpp, already in plain words.
