@@ -102,7 +102,7 @@ TEST(FrontOptions, ArgumentsThatLookLikeOptionsExplainDoubleDash) {
 
 TEST(FrontOptions, MissingRepeatedAndExtraArgumentsInPlainWords) {
   expect_usage_error("search-text --top-k",
-                     "--top-k needs a value (a whole number of at least 1) (see 'cnclip search-text --help')");
+                     "--top-k needs a value (a whole number from 1 to 2147483647) (see 'cnclip search-text --help')");
   expect_usage_error("search-text -k 1 -k 2 x", "--top-k is given 2 times; give it once (see 'cnclip search-text --help')");
   expect_usage_error("search-text --under a --under b x",
                      "--under is given 2 times; give it once (see 'cnclip search-text --help')");
@@ -127,8 +127,8 @@ TEST(FrontOptions, EveryNumericOptionRefusesNonsense) {
   // Each value is refused by the same check everywhere; every option gets 0, -1, 2^31-1 (or its
   // overflow), nan and inf, and the checks' other refusals are spread over them.
   const std::vector<Case> cases = {
-      {"search-text x", "--top-k", "a whole number of at least 1", {"0", "-1", "2147483648", "nan", "1.5", "''"}},
-      {"search-image x.jpg", "-k", "a whole number of at least 1", {"0", "inf"}},
+      {"search-text x", "--top-k", "a whole number from 1 to 2147483647", {"0", "-1", "2147483648", "nan", "1.5", "''"}},
+      {"search-image x.jpg", "-k", "a whole number from 1 to 2147483647", {"0", "inf"}},
       {"search-text x", "--threshold", "a number (not nan or inf)", {"nan", "inf", "-inf", "1e999", "0.5x", "''"}},
       {"index p", "--batch-size", "a whole number from 1 to 1024", {"0", "-1", "2147483647", "nan", "abc"}},
       {"index p", "-j", "a whole number from 0 to 1024", {"-1", "2147483647", "inf"}},
@@ -136,7 +136,7 @@ TEST(FrontOptions, EveryNumericOptionRefusesNonsense) {
       {"embed-image x.jpg", "--max-pixels", "a number greater than 0 and at most 1000000", {"-inf"}},
       {"search-text x", "--threads", "a whole number from 0 to 1024", {"-1", "2147483647", "nan", "inf"}},
       {"import f.jsonl", "--threads", "a whole number from 0 to 1024", {"-1"}},
-      {"tokenize x", "--context-length", "", {"-1", "nan", "inf"}},
+      {"tokenize x", "--context-length", "", {"-1", "nan", "inf", "2147483648"}},
   };
   for (const auto& c : cases) {
     for (const auto& v : c.bad) {

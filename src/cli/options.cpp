@@ -25,6 +25,8 @@ std::map<const CLI::Option*, std::string>& accepted() {
   return m;
 }
 
+constexpr double kAnyNumber = 1e300;  // a range this wide means: any finite number
+
 std::string number_text(double v) {
   if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<long long>(v));
   std::ostringstream ss;
@@ -45,7 +47,6 @@ CLI::Option* add_check(CLI::Option* opt, std::string accepts, std::string short_
 }
 
 std::string whole_number_words(long long min, long long max) {
-  if (max == LLONG_MAX || max == INT_MAX) return "a whole number of at least " + std::to_string(min);
   return "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
 }
 
@@ -62,9 +63,11 @@ CLI::Option* whole_number(CLI::Option* opt, long long min, long long max) {
 }
 
 CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_exclusive) {
-  const std::string words = std::string("a number ") + (min_exclusive ? "greater than " : "from ") + number_text(min) +
-                            (min_exclusive ? " and at most " : " to ") + number_text(max);
-  const std::string desc = (min_exclusive ? ">" + number_text(min) + ",<=" : number_text(min) + "..") + number_text(max);
+  const bool any = min <= -kAnyNumber && max >= kAnyNumber;
+  const std::string words = any ? std::string("a number (not nan or inf)")
+                                : std::string("a number ") + (min_exclusive ? "greater than " : "from ") +
+                                      number_text(min) + (min_exclusive ? " and at most " : " to ") + number_text(max);
+  const std::string desc = any ? "" : (min_exclusive ? ">" + number_text(min) + ",<=" : number_text(min) + "..") + number_text(max);
   return add_check(opt, words, desc, [min, max, min_exclusive](const std::string& v) {
     if (v.empty() || std::isspace(static_cast<unsigned char>(v[0]))) return false;
     char* end = nullptr;
@@ -99,7 +102,7 @@ void check_unchecked_numbers(CLI::App& app) {
     if (accepted().count(opt) || opt->get_items_expected_max() == 0) continue;
     const std::string type = opt->get_type_name();
     if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) whole_number(opt, 0, INT_MAX);
-    else if (type.rfind("FLOAT", 0) == 0 || type.rfind("NUMBER", 0) == 0) real_number(opt, -1e300, 1e300);
+    else if (type.rfind("FLOAT", 0) == 0 || type.rfind("NUMBER", 0) == 0) real_number(opt, -kAnyNumber, kAnyNumber);
   }
 }
 
