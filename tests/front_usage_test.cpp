@@ -107,8 +107,7 @@ TEST(FrontOptions, MissingRepeatedAndExtraArgumentsInPlainWords) {
   expect_usage_error("search-text --under a --under b x",
                      "--under is given 2 times; give it once (see 'cnclip search-text --help')");
   expect_usage_error("search-text", "search-text needs at least one query (see 'cnclip search-text --help')");
-  expect_usage_error("preprocess a.jpg",
-                     "preprocess needs --npy: Output .npy file (float32 [3,R,R]) (see 'cnclip preprocess --help')");
+  expect_usage_error("preprocess a.jpg", "preprocess needs the option --npy (see 'cnclip preprocess --help')");
   expect_usage_error("index --hidden=maybe photos",
                      "--hidden is a switch and takes no value, not 'maybe' (write --hidden alone) (see 'cnclip index --help')");
   expect_usage_error("info extra", "info takes no arguments, but was given 'extra' (see 'cnclip info --help')");

@@ -206,7 +206,7 @@ std::string explain_parse_error(const CLI::App& app, const CLI::ParseError& e) {
         return sub->get_name() + " needs " + (many ? "at least one " + opt->get_name() : with_article(opt->get_name())) +
                help_hint(sub);
       }
-      return sub->get_name() + " needs " + opt->get_name() + ": " + opt->get_description() + help_hint(sub);
+      return sub->get_name() + " needs the option " + opt->get_name() + help_hint(sub);
     }
   }
   if (dynamic_cast<const CLI::ConversionError*>(&e)) {
