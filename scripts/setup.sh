@@ -83,11 +83,23 @@ if [ -n "$checkpoint" ]; then
   if export_needed "$real_bundle" || [ "$checkpoint" -nt "$real_bundle/bundle.json" ]; then
     "$py" "$repo/scripts/export_model.py" --checkpoint "$checkpoint" --out "$real_bundle" >&2
   fi
-  default_link="${XDG_DATA_HOME:-$HOME/.local/share}/cnclip/models/default"
-  if [ ! -e "$default_link" ]; then
-    mkdir -p "$(dirname "$default_link")"
-    ln -s "$real_bundle" "$default_link"
-    echo "setup: $default_link -> $real_bundle (the default model)" >&2
+  # The same data home as cnclip (XDG Base Directory rule): an absolute XDG_DATA_HOME, else an
+  # absolute $HOME/.local/share; relative values are ignored, and without either there is no link.
+  data_home=""
+  case "${XDG_DATA_HOME:-}" in /*) data_home="$XDG_DATA_HOME" ;; esac
+  if [ -z "$data_home" ]; then
+    case "${HOME:-}" in /*) data_home="$HOME/.local/share" ;; esac
+  fi
+  if [ -z "$data_home" ]; then
+    echo "setup: cannot find a place for the default model: HOME is not set (or not absolute);" \
+         "set CNCLIP_MODEL=$real_bundle instead" >&2
+  else
+    default_link="$data_home/cnclip/models/default"
+    if [ ! -e "$default_link" ]; then
+      mkdir -p "$(dirname "$default_link")"
+      ln -s "$real_bundle" "$default_link"
+      echo "setup: $default_link -> $real_bundle (the default model)" >&2
+    fi
   fi
 fi
 

@@ -11,20 +11,22 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cnclip/runtime.h"
+
 namespace cnclip {
 
-std::string default_data_dir() {
-  const char* xdg = std::getenv("XDG_DATA_HOME");
-  if (xdg && *xdg) return std::string(xdg) + "/cnclip";
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : ".") + "/.local/share/cnclip";
-}
+std::string default_data_dir() { return xdg_data_home().value() + "/cnclip"; }
 
 std::string resolve_model_dir(const std::string& flag) {
   if (!flag.empty()) return flag;
   const char* env = std::getenv("CNCLIP_MODEL");
   if (env && *env) return env;
-  return default_data_dir() + "/models/default";
+  auto home = xdg_data_home();
+  if (!home) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "cannot find the model: " + home.error().message + "; give --model DIR or set CNCLIP_MODEL");
+  }
+  return home.value() + "/cnclip/models/default";
 }
 
 BundleManifest load_bundle_manifest(const std::string& dir) {

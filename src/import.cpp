@@ -1,18 +1,196 @@
 #include "cnclip/import.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <ctime>
 #include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "cnclip/file_walk.h"
+#include "cnclip/npy.h"
 
 namespace cnclip {
 namespace {
 
 int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
 
+enum class LineRead { kLine, kEnd, kTooLong };
+
+// std::getline with a length limit, so that a file without newlines cannot take all memory.
+LineRead read_line(std::istream& in, std::string& line, size_t limit) {
+  line.clear();
+  std::streambuf* buf = in.rdbuf();
+  for (;;) {
+    const int c = buf->sbumpc();
+    if (c == std::char_traits<char>::eof()) {
+      in.setstate(std::ios::eofbit);
+      break;
+    }
+    if (c == '\n') return LineRead::kLine;
+    if (line.size() >= limit) return LineRead::kTooLong;
+    line.push_back(static_cast<char>(c));
+  }
+  return line.empty() ? LineRead::kEnd : LineRead::kLine;
+}
+
+void strip_cr(std::string& line) {
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+}
+
+// Refuses what cannot be read as a file before opening it (a directory opens, then reads nothing).
+void require_regular_input(const std::string& path, const char* what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Exception(errno_error(path, errno, std::string("cannot read ") + what));
+  if (S_ISDIR(st.st_mode)) {
+    throw Exception(ErrorCode::kInvalidArgument, path + ": is a directory, not " + std::string(what));
+  }
+}
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// Checks one row; returns the reason it cannot be imported, or "".
+std::string bad_row(const float* e, int dim) {
+  double norm = 0;
+  for (int d = 0; d < dim; ++d) {
+    if (!std::isfinite(e[d])) return "value " + std::to_string(d) + " is not a finite number";
+    norm += double(e[d]) * e[d];
+  }
+  if (!(norm > 0)) return "the embedding is all zeros";
+  if (!std::isfinite(norm)) return "the embedding's values are too large";
+  return "";
+}
+
+std::string parse_path(const nlohmann::json& j, const std::string& where) {
+  auto fail = [&](const std::string& why) { return Exception(ErrorCode::kCorrupt, where + why); };
+  std::string path;
+  if (auto it = j.find("path_bytes"); it != j.end()) {
+    if (!it->is_string()) throw fail("\"path_bytes\" is not a string");
+    const std::string& hex = it->get_ref<const std::string&>();
+    if (hex.size() % 2 != 0) throw fail("\"path_bytes\" is not hex (odd length)");
+    for (size_t i = 0; i < hex.size(); i += 2) {
+      const int hi = hex_value(hex[i]), lo = hex_value(hex[i + 1]);
+      if (hi < 0 || lo < 0) throw fail("\"path_bytes\" is not hex ('" + hex.substr(i, 2) + "')");
+      path.push_back(static_cast<char>(hi * 16 + lo));
+    }
+    if (path.empty()) throw fail("\"path_bytes\" is empty");
+  } else {
+    auto p = j.find("path");
+    if (p == j.end()) throw fail("no \"path\" field");
+    if (!p->is_string()) throw fail("\"path\" is not a string");
+    path = p->get<std::string>();
+    if (path.empty()) throw fail("\"path\" is empty");
+  }
+  if (path.find('\0') != std::string::npos) throw fail("the path contains a NUL character");
+  return path;
+}
+
 }  // namespace
+
+ImportRows read_embeddings_jsonl(std::istream& in, const std::string& name, int dim) {
+  ImportRows rows;
+  std::string line;
+  std::vector<float> e(static_cast<size_t>(dim));
+  for (int64_t n = 1;; ++n) {
+    const LineRead r = read_line(in, line, kMaxImportLineBytes);
+    const std::string where = name + ":" + std::to_string(n) + ": ";
+    if (r == LineRead::kEnd) break;
+    if (r == LineRead::kTooLong) {
+      throw Exception(ErrorCode::kCorrupt, where + "line longer than " + std::to_string(kMaxImportLineBytes >> 20) +
+                                               " MiB; not an embed-image line");
+    }
+    strip_cr(line);
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::parse_error& err) {
+      throw Exception(ErrorCode::kCorrupt, where + "not valid JSON (at byte " + std::to_string(err.byte) + ")");
+    } catch (const nlohmann::json::exception&) {  // out_of_range: a number beyond double
+      throw Exception(ErrorCode::kCorrupt, where + "a number is out of range");
+    }
+    if (!j.is_object()) {
+      throw Exception(ErrorCode::kCorrupt, where + "not a JSON object like {\"path\": ..., \"embedding\": [...]}");
+    }
+    const std::string path = parse_path(j, where);
+    auto emb = j.find("embedding");
+    if (emb == j.end()) throw Exception(ErrorCode::kCorrupt, where + "no \"embedding\" field");
+    if (!emb->is_array()) throw Exception(ErrorCode::kCorrupt, where + "\"embedding\" is not an array");
+    if (emb->size() != static_cast<size_t>(dim)) {
+      throw Exception(ErrorCode::kMismatch, where + "embedding has dimension " + std::to_string(emb->size()) +
+                                                ", the model has " + std::to_string(dim));
+    }
+    for (int d = 0; d < dim; ++d) {
+      const auto& v = (*emb)[static_cast<size_t>(d)];
+      if (!v.is_number()) {
+        throw Exception(ErrorCode::kCorrupt, where + "\"embedding\" value " + std::to_string(d) + " is not a number");
+      }
+      e[d] = static_cast<float>(v.get<double>());
+    }
+    if (auto why = bad_row(e.data(), dim); !why.empty()) throw Exception(ErrorCode::kCorrupt, where + why);
+    rows.paths.push_back(path);
+    rows.embeddings.insert(rows.embeddings.end(), e.begin(), e.end());
+  }
+  if (in.bad()) throw Exception(ErrorCode::kIoError, name + ": read error");
+  return rows;
+}
+
+ImportRows read_embeddings_jsonl_file(const std::string& path, int dim) {
+  if (path == "-") return read_embeddings_jsonl(std::cin, "stdin", dim);
+  require_regular_input(path, "a JSONL file");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw Exception(errno_error(path, errno, "cannot read"));
+  return read_embeddings_jsonl(file, path, dim);
+}
+
+ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim) {
+  require_regular_input(npy_path, "an .npy file");
+  require_regular_input(paths_file, "a file of paths");
+  auto m = read_npy(npy_path);
+  if (!m) throw Exception(m.error());
+  const NpyArray& a = m.value();
+  if (a.shape.size() != 2 || a.shape[1] != dim) {
+    std::string shape;
+    for (auto s : a.shape) shape += (shape.empty() ? "" : ",") + std::to_string(s);
+    throw Exception(ErrorCode::kMismatch, npy_path + ": expected a [N," + std::to_string(dim) + "] matrix, not [" +
+                                              shape + "]");
+  }
+  ImportRows rows;
+  rows.embeddings = a.as_float();
+  std::ifstream in(paths_file, std::ios::binary);
+  if (!in) throw Exception(errno_error(paths_file, errno, "cannot read"));
+  std::string line;
+  for (int64_t n = 1;; ++n) {
+    const LineRead r = read_line(in, line, 1u << 20);
+    if (r == LineRead::kEnd) break;
+    const std::string where = paths_file + ":" + std::to_string(n) + ": ";
+    if (r == LineRead::kTooLong) throw Exception(ErrorCode::kCorrupt, where + "line longer than 1 MiB; not a path");
+    strip_cr(line);
+    if (line.empty()) continue;
+    if (line.find('\0') != std::string::npos) throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
+    rows.paths.push_back(line);
+  }
+  if (in.bad()) throw Exception(ErrorCode::kIoError, paths_file + ": read error");
+  if (static_cast<int64_t>(rows.paths.size()) != a.shape[0]) {
+    throw Exception(ErrorCode::kMismatch, paths_file + ": " + std::to_string(rows.paths.size()) + " paths for " +
+                                              std::to_string(a.shape[0]) + " embeddings in " + npy_path);
+  }
+  for (size_t i = 0; i < rows.paths.size(); ++i) {
+    if (auto why = bad_row(&rows.embeddings[i * dim], dim); !why.empty()) {
+      throw Exception(ErrorCode::kCorrupt, npy_path + ": row " + std::to_string(i + 1) + " (" + rows.paths[i] + "): " + why);
+    }
+  }
+  return rows;
+}
 
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
                                 const std::vector<float>& embeddings, bool allow_mixed_precision) {
@@ -21,6 +199,15 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
     throw Exception(ErrorCode::kMismatch, "embeddings have dimension " +
                                               std::to_string(paths.empty() ? 0 : embeddings.size() / paths.size()) +
                                               ", the model " + bundle.dir + " has " + std::to_string(dim));
+  }
+  // Every row is checked before the first is written, so a bad one leaves the index as it was.
+  for (size_t i = 0; i < paths.size(); ++i) {
+    if (paths[i].empty()) {
+      throw Exception(ErrorCode::kInvalidArgument, "embedding " + std::to_string(i + 1) + " has an empty path");
+    }
+    if (auto why = bad_row(&embeddings[i * dim], dim); !why.empty()) {
+      throw Exception(ErrorCode::kCorrupt, paths[i] + ": " + why);
+    }
   }
   store.require_model(bundle, allow_mixed_precision);
   Catalog& catalog = store.catalog();
@@ -34,9 +221,6 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
       const float* e = &embeddings[i * dim];
       double norm = 0;
       for (int d = 0; d < dim; ++d) norm += double(e[d]) * e[d];
-      if (!(norm > 0) || !std::isfinite(norm)) {
-        throw Exception(ErrorCode::kCorrupt, paths[i] + ": embedding is zero or not finite");
-      }
       for (int d = 0; d < dim; ++d) row[d] = static_cast<float>(e[d] / std::sqrt(norm));
       std::string path = std::filesystem::absolute(paths[i]).lexically_normal().string();
       FileRecord r{0, path, 0, 0, "", now_seconds()};

@@ -13,6 +13,8 @@
 #include <iostream>
 #include <mutex>
 
+#include "cnclip/runtime.h"
+
 namespace cnclip {
 namespace {
 
@@ -86,7 +88,12 @@ std::string resolve_index_dir(const std::string& flag) {
   if (!flag.empty()) return flag;
   const char* env = std::getenv("CNCLIP_INDEX");
   if (env && *env) return env;
-  return default_data_dir();
+  auto home = xdg_data_home();
+  if (!home) {
+    throw Exception(ErrorCode::kInvalidArgument, "cannot find a place for the index: " + home.error().message +
+                                                     "; give --index DIR or set CNCLIP_INDEX");
+  }
+  return home.value() + "/cnclip";
 }
 
 IndexStore::IndexStore(std::string dir, std::unique_ptr<Catalog> catalog, int lock_fd)

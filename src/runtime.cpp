@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cctype>
 #include <csignal>
+#include <cstdlib>
 #include <iostream>
 #include <mutex>
 #include <streambuf>
@@ -116,6 +117,16 @@ Capture& capture() {
 }
 
 }  // namespace
+
+Result<std::string> xdg_data_home() {
+  const char* xdg = std::getenv("XDG_DATA_HOME");
+  if (xdg && xdg[0] == '/') return std::string(xdg);
+  const char* home = std::getenv("HOME");
+  if (home && home[0] == '/') return std::string(home) + "/.local/share";
+  std::string why = !home || !*home ? "HOME is not set" : "HOME is not an absolute path ('" + std::string(home) + "')";
+  if (xdg && *xdg) why += ", and XDG_DATA_HOME is not an absolute path ('" + std::string(xdg) + "')";
+  return Error{ErrorCode::kInvalidArgument, why};
+}
 
 void install_interrupt_handlers() {
   std::signal(SIGINT, on_signal);

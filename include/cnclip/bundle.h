@@ -59,10 +59,12 @@ void check_bundle_file(const BundleManifest& manifest, const std::string& file);
 std::vector<Error> verify_bundle_files(const BundleManifest& manifest, bool hash);
 
 // The bundle to use: `flag` (--model) if given, else $CNCLIP_MODEL, else
-// ${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default.
+// <data home>/cnclip/models/default (see xdg_data_home in runtime.h). Throws kInvalidArgument
+// ("cannot find the model: HOME is not set; give --model DIR or set CNCLIP_MODEL") when none applies.
 std::string resolve_model_dir(const std::string& flag);
 
-// ${XDG_DATA_HOME:-$HOME/.local/share}/cnclip
+// <data home>/cnclip (xdg_data_home() in runtime.h: an absolute XDG_DATA_HOME, else
+// $HOME/.local/share); throws kInvalidArgument naming the reason when there is none.
 std::string default_data_dir();
 
 }  // namespace cnclip

@@ -41,7 +41,9 @@ void require_writable_index(const std::string& dir);
 // descriptor that holds it (closing it releases the lock). kBusy as for IndexStore::open.
 int lock_index_for_writing(const std::string& dir, bool wait_for_lock);
 
-// ${CNCLIP_INDEX} if set, else default_data_dir(); `flag` (--index) wins over both.
+// ${CNCLIP_INDEX} if set, else <data home>/cnclip (xdg_data_home() in runtime.h); `flag` (--index)
+// wins over both. Throws kInvalidArgument ("cannot find a place for the index: HOME is not set; give
+// --index DIR or set CNCLIP_INDEX") when no place can be derived.
 std::string resolve_index_dir(const std::string& flag);
 
 class IndexStore {

@@ -4,7 +4,16 @@
 
 #include <string>
 
+#include "cnclip/error.h"
+
 namespace cnclip {
+
+// The XDG Base Directory data home: $XDG_DATA_HOME when it is an absolute path (relative values
+// are ignored, as the specification requires), else $HOME/.local/share when HOME is an absolute
+// path. When neither gives a place, the error (kInvalidArgument) says why, e.g. "HOME is not set",
+// for the caller to say what the place was for and how else to give it. Reads the environment on
+// each call; thread-safe as long as nothing changes the environment meanwhile.
+Result<std::string> xdg_data_home();
 
 // Installs SIGINT/SIGTERM handlers that set the interrupt flag; a second signal ends the process
 // at once (the default action).

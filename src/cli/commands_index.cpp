@@ -7,11 +7,9 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include <fstream>
 
 #include "cnclip/import.h"
 #include "cnclip/indexer.h"
-#include "cnclip/npy.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "options.h"
@@ -111,10 +109,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                                 "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
-    sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str()->check(CLI::Range(1, 1024));
-    sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str();
+    whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
+    whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0, kMaxThreads);
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
-    sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)")->check(CLI::IsMember({"text", "json"}));
+    one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
     add_index_option(sub, o);
@@ -218,57 +216,13 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           throw Exception(ErrorCode::kInvalidArgument, "import: give a JSONL file, or --npy with --paths");
         }
         if (!npy.empty() && paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
+        if (npy.empty() && !paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
         const BundleManifest bundle = load_bundle_manifest(resolve_model_dir(o.model));
-        std::vector<std::string> paths;
-        std::vector<float> vectors;
-        if (!npy.empty()) {
-          auto m = read_npy(npy);
-          if (!m) throw Exception(m.error());
-          if (m.value().shape.size() != 2 || m.value().shape[1] != bundle.embedding_dim) {
-            throw Exception(ErrorCode::kMismatch, npy + ": expected a [N," + std::to_string(bundle.embedding_dim) +
-                                                      "] matrix for model " + bundle.dir);
-          }
-          vectors = m.value().as_float();
-          std::ifstream in(paths_file);
-          if (!in) throw Exception(errno_error(paths_file, errno, "cannot read"));
-          std::string line;
-          while (std::getline(in, line)) {
-            if (!line.empty()) paths.push_back(line);
-          }
-          if (static_cast<int64_t>(paths.size()) != m.value().shape[0]) {
-            throw Exception(ErrorCode::kMismatch, paths_file + ": " + std::to_string(paths.size()) + " paths for " +
-                                                      std::to_string(m.value().shape[0]) + " embeddings in " + npy);
-          }
-        } else {
-          std::ifstream file;
-          if (jsonl != "-") {
-            file.open(jsonl);
-            if (!file) throw Exception(errno_error(jsonl, errno, "cannot read"));
-          }
-          std::istream& in = jsonl == "-" ? std::cin : file;
-          std::string line;
-          int64_t n = 0;
-          while (std::getline(in, line)) {
-            ++n;
-            if (line.empty()) continue;
-            try {
-              auto j = nlohmann::json::parse(line);
-              auto e = j.at("embedding").get<std::vector<float>>();
-              if (static_cast<int>(e.size()) != bundle.embedding_dim) {
-                throw Exception(ErrorCode::kMismatch, jsonl + ":" + std::to_string(n) + ": embedding has dimension " +
-                                                          std::to_string(e.size()) + ", the model has " +
-                                                          std::to_string(bundle.embedding_dim));
-              }
-              paths.push_back(j.at("path").get<std::string>());
-              vectors.insert(vectors.end(), e.begin(), e.end());
-            } catch (const nlohmann::json::exception& e) {
-              throw Exception(ErrorCode::kCorrupt, jsonl + ":" + std::to_string(n) + ": not an embed-image line (" +
-                                                       e.what() + ")");
-            }
-          }
-        }
+        // Everything is read and checked before the index is opened: a bad line changes nothing.
+        const ImportRows rows = npy.empty() ? read_embeddings_jsonl_file(jsonl, bundle.embedding_dim)
+                                            : read_embeddings_npy(npy, paths_file, bundle.embedding_dim);
         auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
-        const ImportSummary s = import_embeddings(*store, bundle, paths, vectors, o.mixed_precision);
+        const ImportSummary s = import_embeddings(*store, bundle, rows.paths, rows.embeddings, o.mixed_precision);
         std::cerr << "cnclip: imported " << s.added << " new and " << s.updated << " updated embeddings\n";
         return 0;
       };
@@ -276,7 +230,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
   }
   {
     auto* sub = app.add_subcommand("info", "Show where the index is, its model and what it holds");
-    sub->add_option("--format", o.format, "text or json")->check(CLI::IsMember({"text", "json"}));
+    one_of(sub->add_option("--format", o.format, "text or json"), {"text", "json"});
     add_index_option(sub, o);
     sub->callback([&] {
       action = [&] {
@@ -343,12 +297,20 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->callback([&o, &action, a] {
       action = [&o, a] {
         auto& [paths, wait] = *a;
-        auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
+        const std::vector<std::string> given = expand_stdin(paths);
+        if (given.empty()) throw Exception(ErrorCode::kInvalidArgument, "remove: no paths on stdin");
+        for (const auto& p : given) {
+          // "" would be made absolute as the current directory, and remove all of it.
+          if (p.empty()) throw Exception(ErrorCode::kInvalidArgument, "remove: an empty path names nothing");
+        }
+        const std::string dir = resolve_index_dir(o.index);
+        IndexStore::open(dir, IndexAccess::kRead);  // no index there: say so rather than create one
+        auto store = IndexStore::open(dir, IndexAccess::kWrite, wait);
         Catalog& cat = store->catalog();
         int64_t removed = 0;
         {
           CatalogTransaction tx(cat);
-          for (const auto& p : expand_stdin(paths)) {
+          for (const auto& p : given) {
             auto canonical = canonical_path(p);
             // A path that is gone from disk is matched as written (made absolute).
             std::string target = canonical ? canonical.value() : std::filesystem::absolute(p).lexically_normal().string();

@@ -10,6 +10,7 @@
 #include <future>
 #include <optional>
 #include <iostream>
+#include <limits>
 
 #include "cnclip/file_walk.h"
 #include "cnclip/output.h"
@@ -35,20 +36,15 @@ struct SearchCommand {
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
-  sub->add_option("-k,--top-k", c.top_k, "Results per query (more than the index holds: all of them)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this")
-      ->check(CLI::Validator(
-          [](std::string& s) {
-            double v = 0;
-            if (!CLI::detail::lexical_cast(s, v) || !std::isfinite(v)) return "'" + s + "' is not a finite number";
-            return std::string();
-          },
-          "SCORE"));
+  whole_number(sub->add_option("-k,--top-k", c.top_k, "Results per query (more than the index holds: all of them)")
+                   ->capture_default_str(),
+               1, INT_MAX);
+  // Any finite number: 2 keeps nothing, -1 everything.
+  real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
+              -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
   sub->add_option("--under", c.under, "Only files below this folder");
-  sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)")
-      ->check(CLI::IsMember({"table", "json", "jsonl", "paths", "auto"}));
+  one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
+         {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
                 "NUL instead of newline: after each path of --format paths, and between the items read from stdin");
   add_model_options(sub, o);

@@ -7,11 +7,12 @@
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "options.h"
+#include "usage.h"
 
 int main(int argc, char** argv) {
   using namespace cnclip;
   CLI::App app{"cnclip: find photos by Chinese text or by example image (Chinese-CLIP)", "cnclip"};
-  app.set_version_flag("--version", std::string("cnclip ") + CNCLIP_VERSION);
+  app.set_version_flag("-V,--version", std::string("cnclip ") + CNCLIP_VERSION);
   app.require_subcommand(1);
   app.footer(
       "Examples:\n"
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
       "  cnclip search-text \"夕阳、大海、沙滩\"\n"
       "  cnclip search-image query.jpg\n"
       "  cnclip search-text 小狗 --format jsonl | jq -r .path\n\n"
+      "'cnclip COMMAND --help' or 'cnclip help COMMAND' shows what a command takes; options go after it.\n"
       "Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.");
   install_checked_stdout();  // before anything is printed, --help included
   cli::CommonOptions options;
@@ -27,6 +29,8 @@ int main(int argc, char** argv) {
   cli::register_index_commands(app, options, action);
   cli::register_search_commands(app, options, action);
   cli::register_repair_commands(app, options, action);
+  cli::check_unchecked_numbers(app);
+  if (auto status = cli::handle_before_subcommand(app, argc, argv)) return *status;
 
   // Whatever a command printed must have reached stdout: a failed write (a full disk, /dev/full) is a
   // failure, exit 1; a reader that went away (EPIPE with SIGPIPE ignored) ends quietly, as SIGPIPE
@@ -52,7 +56,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return finish(app.exit(e));
   } catch (const CLI::ParseError& e) {
-    cli::print_error(std::string(e.what()) + " (see 'cnclip --help')");
+    cli::print_error(cli::explain_parse_error(app, e));
     return 2;
   }
   capture_library_stderr();

@@ -2,18 +2,116 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <iostream>
+#include <map>
+#include <sstream>
 
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 
 namespace cnclip::cli {
+namespace {
+
+// What each checked option accepts, in words. Options live as long as the App; written only while
+// the subcommands are registered, before parsing.
+std::map<const CLI::Option*, std::string>& accepted() {
+  static std::map<const CLI::Option*, std::string> m;
+  return m;
+}
+
+constexpr double kAnyNumber = 1e300;  // a range this wide means: any finite number
+
+std::string number_text(double v) {
+  if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<long long>(v));
+  std::ostringstream ss;
+  ss << v;
+  return ss.str();
+}
+
+CLI::Option* add_check(CLI::Option* opt, std::string accepts, std::string short_desc,
+                       std::function<bool(const std::string&)> ok) {
+  accepted()[opt] = accepts;
+  opt->check(CLI::Validator(
+      [accepts, ok](std::string& value) -> std::string {
+        if (ok(value)) return "";
+        return "expects " + accepts + ", not '" + value + "'";
+      },
+      short_desc, "cnclip-plain"));
+  return opt;
+}
+
+std::string whole_number_words(long long min, long long max) {
+  return "a whole number from " + std::to_string(min) + " to " + std::to_string(max);
+}
+
+}  // namespace
+
+CLI::Option* whole_number(CLI::Option* opt, long long min, long long max) {
+  const std::string desc = max == INT_MAX ? ">=" + std::to_string(min) : std::to_string(min) + ".." + std::to_string(max);
+  return add_check(opt, whole_number_words(min, max), desc, [min, max](const std::string& v) {
+    long long n = 0;
+    const char* end = v.data() + v.size();
+    auto [p, ec] = std::from_chars(v.data(), end, n);
+    return !v.empty() && ec == std::errc() && p == end && n >= min && n <= max;
+  });
+}
+
+CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_exclusive) {
+  const bool any = min <= -kAnyNumber && max >= kAnyNumber;
+  const std::string words = any ? std::string("a number (not nan or inf)")
+                                : std::string("a number ") + (min_exclusive ? "greater than " : "from ") +
+                                      number_text(min) + (min_exclusive ? " and at most " : " to ") + number_text(max);
+  const std::string desc = any ? "" : (min_exclusive ? ">" + number_text(min) + ",<=" : number_text(min) + "..") + number_text(max);
+  return add_check(opt, words, desc, [min, max, min_exclusive](const std::string& v) {
+    if (v.empty() || std::isspace(static_cast<unsigned char>(v[0]))) return false;
+    char* end = nullptr;
+    errno = 0;
+    const double d = std::strtod(v.c_str(), &end);
+    if (end != v.c_str() + v.size() || errno == ERANGE || !std::isfinite(d)) return false;
+    return (min_exclusive ? d > min : d >= min) && d <= max;
+  });
+}
+
+CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices) {
+  std::string words, desc;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    words += (i == 0 ? "" : i + 1 == choices.size() ? " or " : ", ") + choices[i];
+    desc += (i == 0 ? "" : ",") + choices[i];
+  }
+  return add_check(opt, words, "{" + desc + "}", [choices](const std::string& v) {
+    return std::find(choices.begin(), choices.end(), v) != choices.end();
+  });
+}
+
+std::string accepted_values(const CLI::Option* opt) {
+  auto it = accepted().find(opt);
+  return it == accepted().end() ? "" : it->second;
+}
+
+void check_unchecked_numbers(CLI::App& app) {
+  for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) {
+    check_unchecked_numbers(*sub);
+  }
+  for (CLI::Option* opt : app.get_options([](CLI::Option*) { return true; })) {
+    if (accepted().count(opt) || opt->get_items_expected_max() == 0) continue;
+    const std::string type = opt->get_type_name();
+    if (type.rfind("INT", 0) == 0 || type.rfind("UINT", 0) == 0) whole_number(opt, 0, INT_MAX);
+    else if (type.rfind("FLOAT", 0) == 0 || type.rfind("NUMBER", 0) == 0) real_number(opt, -kAnyNumber, kAnyNumber);
+  }
+}
 
 void add_model_options(CLI::App* sub, CommonOptions& o) {
   sub->add_option("--model", o.model, "Model bundle directory (default: $CNCLIP_MODEL, else "
                                       "${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default)");
   sub->add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
-  sub->add_option("--threads", o.threads, "Compute threads (0 = all cores)")->capture_default_str();
+  whole_number(sub->add_option("--threads", o.threads, "Compute threads (0 = all cores)")->capture_default_str(), 0,
+               kMaxThreads);
 }
 
 void add_index_option(CLI::App* sub, CommonOptions& o) {
@@ -32,9 +130,9 @@ void add_decode_options(CLI::App* sub, CommonOptions& o) {
   sub->add_flag("--full-decode", o.full_decode,
                 "Decode large JPEGs at full size (default: libjpeg DCT scaling while the image stays at least "
                 "twice the model input; --full-decode --ignore-exif gives bit parity with Chinese-CLIP)");
-  sub->add_option("--max-pixels", o.max_megapixels, "Refuse images larger than this many megapixels")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  real_number(sub->add_option("--max-pixels", o.max_megapixels, "Refuse images larger than this many megapixels")
+                  ->capture_default_str(),
+              0, 1e6, /*min_exclusive=*/true);
 }
 
 std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls) {

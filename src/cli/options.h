@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <climits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,22 @@ struct CommonOptions {
   bool full_decode = false;
   double max_megapixels = 100;
 };
+
+// The most threads (--threads, --jobs) a command accepts: more is a typing mistake, not a machine.
+constexpr int kMaxThreads = 1024;
+
+// Checks for option values that answer in plain sentences, naming the option and what it accepts
+// ("--jobs: expects a whole number from 0 to 1024, not '-1'"). Each returns `opt` for chaining and
+// records what the option accepts (accepted_values) for the other usage messages. Whole numbers
+// accept only digits with an optional '-'; numbers also decimals and exponents, never nan or inf.
+CLI::Option* whole_number(CLI::Option* opt, long long min, long long max);
+CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_exclusive = false);
+CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices);
+// What `opt` accepts in words ("a whole number from 1 to 1024"), or "" when no check above set it.
+std::string accepted_values(const CLI::Option* opt);
+// Gives every numeric option of every subcommand of `app` that has none of the checks above a
+// default one: a whole number from 0 to 2^31-1, or a finite number. Call once, after registering.
+void check_unchecked_numbers(CLI::App& app);
 
 // Added to each subcommand that uses them, so they work after the subcommand name (git style).
 void add_model_options(CLI::App* sub, CommonOptions& o);
