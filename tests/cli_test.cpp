@@ -583,5 +583,47 @@ TEST(CliTerminal, ProgressBarAndTableOnATerminal) {
   EXPECT_NE(out.find("query: 皮卡丘"), std::string::npos) << out;
 }
 
+// The progress bar fits the terminal it is drawn on: narrow, medium and wide windows.
+TEST(CliTerminal, ProgressBarFitsTheTerminalWidth) {
+  for (int columns : {24, 60, 200}) {
+    test::TempDir dir;
+    const std::string cmd = "stty cols " + std::to_string(columns) + " rows 30; " + CNCLIP_BINARY + " index " +
+                            test::shell_quote(test::fixtures("images")) + model_arg() + " --index " +
+                            test::shell_quote(dir / "i");
+    const std::string full = "script -qefc " + test::shell_quote(cmd) + " /dev/null > " +
+                             test::shell_quote(dir / "tty") + " 2>&1 < /dev/null";
+    ASSERT_EQ(std::system(full.c_str()), 0) << cmd;
+    const std::string out = test::read_text(dir / "tty");
+    // Each redraw starts with \r and ends with erase-to-end-of-line.
+    std::vector<std::string> drawn;
+    size_t at = 0;
+    while ((at = out.find('\r', at)) != std::string::npos) {
+      const size_t end = out.find("\x1b[K", at);
+      if (end == std::string::npos) break;
+      std::string line = out.substr(at + 1, end - at - 1);
+      const size_t nl = line.find_last_of("\r\n");  // a pty writes "\r\n" for each newline
+      if (nl != std::string::npos) line.erase(0, nl + 1);
+      drawn.push_back(line);
+      at = end;
+    }
+    ASSERT_FALSE(drawn.empty()) << columns << " columns: " << out;
+    for (const auto& line : drawn) {
+      EXPECT_LT(static_cast<int>(line.size()), columns) << columns << " columns: '" << line << "'";
+    }
+    const std::string& last = drawn.back();
+    EXPECT_NE(last.find("6/6"), std::string::npos) << columns << " columns: '" << last << "'";
+    const size_t bar_end = last.find("] ");
+    if (columns == 24) {
+      EXPECT_EQ(last[0], '6') << "no room for a bar: figures only: '" << last << "'";
+    } else if (columns == 60) {
+      ASSERT_EQ(last[0], '[') << last;
+      EXPECT_EQ(static_cast<int>(last.size()), columns - 1) << "the bar takes the room left: '" << last << "'";
+    } else {
+      ASSERT_EQ(last[0], '[') << last;
+      EXPECT_EQ(bar_end, 51u) << "the bar stops growing at 50: '" << last << "'";
+    }
+  }
+}
+
 }  // namespace
 }  // namespace cnclip

@@ -31,6 +31,8 @@ void capture_library_stderr();
 void release_library_stderr();
 // The descriptor std::cerr writes to: the terminal's stderr even while fd 2 is captured.
 int user_stderr_fd();
+// Width of the terminal on `fd` (TIOCGWINSZ), else $COLUMNS when it is a positive number, else 80.
+int terminal_columns(int fd);
 
 // Marks `path` as being decoded by this thread for the lifetime of the object, so that library
 // output can be attributed to it. `decoder` ("jpeg", "png", "tiff", ...) narrows that down when

@@ -27,6 +27,26 @@ std::string format_duration(double s) {
   return buf;
 }
 
+// The progress line for a terminal `columns` wide: "[====>   ] done/total  rate img/s  ETA t", the bar
+// taking what the figures leave (at most 50), left out below 10 columns, the whole line kept
+// within columns - 1 (writing the last column makes some terminals wrap).
+std::string progress_line(int64_t done, int64_t total, double rate, int columns) {
+  char figures[128];
+  std::snprintf(figures, sizeof(figures), "%lld/%lld  %.1f img/s  ETA %s", static_cast<long long>(done),
+                static_cast<long long>(total), rate, rate > 0 ? format_duration((total - done) / rate).c_str() : "?");
+  const int room = std::max(columns - 1, 1);
+  std::string line = figures;
+  const int bar_width = std::min(50, room - static_cast<int>(line.size()) - 3);
+  if (bar_width >= 10) {
+    const int filled = static_cast<int>(bar_width * done / total);
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < bar_width) bar += '>' + std::string(static_cast<size_t>(bar_width - filled - 1), ' ');
+    line = "[" + bar + "] " + line;
+  }
+  if (static_cast<int>(line.size()) > room) line.resize(static_cast<size_t>(room));
+  return line;
+}
+
 // Progress bar and per-file errors on stderr.
 class TerminalObserver : public IndexObserver {
  public:
@@ -43,15 +63,9 @@ class TerminalObserver : public IndexObserver {
     if (!bar_ || total == 0) return;
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     const double rate = secs > 0 ? done / secs : 0;
-    const int width = 30;
-    const int filled = static_cast<int>(width * done / total);
-    std::string bar(static_cast<size_t>(filled), '=');
-    if (filled < width) bar += '>' + std::string(static_cast<size_t>(width - filled - 1), ' ');
-    char line[160];
-    std::snprintf(line, sizeof(line), "\r[%s] %lld/%lld  %.1f img/s  ETA %s ", bar.c_str(),
-                  static_cast<long long>(done), static_cast<long long>(total), rate,
-                  rate > 0 ? format_duration((total - done) / rate).c_str() : "?");
-    std::cerr << line << std::flush;
+    // Asked on every update, so a resized window is followed; erase-to-end-of-line clears what a
+    // wider line left behind.
+    std::cerr << '\r' << progress_line(done, total, rate, terminal_columns(user_stderr_fd())) << "\x1b[K" << std::flush;
     bar_shown_ = true;
   }
   void on_file_error(const Error& e) override {
