@@ -376,10 +376,13 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
                         std::string("truncated ") + format_name(format) + " (file ends early)");
   }
   if (info.width < 0 || info.height < 0) return decode_error(ErrorCode::kCorrupt, name, "invalid image size");
-  if (info.width * info.height > options.max_pixels) {
+  // In double: header sizes go up to 2^32 each (TIFF), whose product overflows int64; the limit
+  // (at most 1e12 pixels) is exact in double.
+  const double pixels = static_cast<double>(info.width) * static_cast<double>(info.height);
+  if (pixels > static_cast<double>(options.max_pixels)) {
     return decode_error(ErrorCode::kTooLarge, name,
                         "image is " + std::to_string(info.width) + "x" + std::to_string(info.height) + " (" +
-                            std::to_string(info.width * info.height / 1'000'000) + " MP), over the limit of " +
+                            std::to_string(static_cast<long long>(pixels / 1e6)) + " MP), over the limit of " +
                             std::to_string(options.max_pixels / 1'000'000) + " MP (--max-pixels)");
   }
 

@@ -171,6 +171,14 @@ TEST_F(HostileFiles, DecompressionBombRefusedBeforeDecoding) {
   EXPECT_EQ(decode_error(test::fixtures("images/coffee_2048x1366_exif6.jpg"), 1'000'000).code, ErrorCode::kTooLarge);
 }
 
+TEST_F(HostileFiles, HeaderSizesWhoseProductOverflowsAreRefusedAsTooLarge) {
+  // Found by fuzz_image: a TIFF claiming 4278190081 x 2560071317 pixels, whose product does not fit
+  // in int64 (it wrapped and passed the limit, or was undefined behaviour under UBSan).
+  Error e = decode_error(std::string(CNCLIP_SOURCE_DIR) + "/fuzz/corpus/image/tiff-size-product-overflows-int64.tif");
+  EXPECT_EQ(e.code, ErrorCode::kTooLarge) << e.message;
+  EXPECT_NE(e.message.find("4278190081x2560071317"), std::string::npos) << e.message;
+}
+
 TEST_F(HostileFiles, GifIsUnsupported) {
   test::write_text(dir / "a.gif", std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00;", 13));
   Error e = decode_error(dir / "a.gif");
