@@ -318,7 +318,7 @@ TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {
   test::TempDir d;
   const std::string disk = d / "disk", dir = disk + "/idx";
   fs::create_directories(disk);
-  test::TmpfsMount tmpfs(disk, 1u << 20);
+  auto tmpfs = test::ScopedMount::tmpfs(disk, 1u << 20);
   ASSERT_TRUE(tmpfs.ok()) << tmpfs.why();
   fs::create_directories(dir);
   for (const auto& e : fs::directory_iterator(idx.dir.path())) {
@@ -466,7 +466,7 @@ void expect_read_only_behaviour(const PhotoIndex& p, const std::string& prefix, 
 TEST(ReadOnlyIndex, ReadOnlyMountIsSearchableAndWritersSaySo) {
   if (::geteuid() != 0) GTEST_SKIP() << "a read-only bind mount needs root";
   PhotoIndex p(12);
-  test::ReadOnlyMount ro(p.idx);
+  auto ro = test::ScopedMount::read_only(p.idx);
   ASSERT_TRUE(ro.ok()) << ro.why();
   expect_read_only_behaviour(p, "", 12);
   EXPECT_FALSE(fs::exists(p.idx + "/catalog.sqlite3.repair"));
@@ -500,7 +500,7 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 0u);
   std::system(("chmod -R a+rX " + test::shell_quote(p.dir.path())).c_str());
   {
-    test::ReadOnlyMount ro(copy);
+    auto ro = test::ScopedMount::read_only(copy);
     ASSERT_TRUE(ro.ok()) << ro.why();
     for (const std::string& prefix : std::vector<std::string>{"", "runuser -u nobody --"}) {
       if (!prefix.empty() && !user_exists("nobody")) continue;
@@ -515,7 +515,7 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   // Without its -shm the log cannot be read on a read-only mount: a clear error, not a silent
   // older state.
   fs::remove(copy + "/catalog.sqlite3-shm");
-  test::ReadOnlyMount ro(copy);
+  auto ro = test::ScopedMount::read_only(copy);
   ASSERT_TRUE(ro.ok()) << ro.why();
   auto r = test::run_cnclip("info --format json --index " + test::shell_quote(copy));
   EXPECT_EQ(r.exit_code, 1);

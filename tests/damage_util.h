@@ -45,19 +45,6 @@ inline void damage_bytes(const std::string& path, uint64_t offset, size_t n, uns
   f.write(junk.data(), static_cast<std::streamsize>(n));
 }
 
-// run_cnclip with the binary started through `prefix` (e.g. "runuser -u nobody --"; "" = as is).
-inline RunResult run_cnclip_as(const std::string& prefix, const std::string& args) {
-  TempDir io;
-  const std::string cmd = prefix + " " + std::string(CNCLIP_BINARY) + " " + args + " < /dev/null > " +
-                          shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_text(io / "out");
-  r.err = read_text(io / "err");
-  return r;
-}
-
 inline uint64_t file_size(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
@@ -71,51 +58,44 @@ inline std::map<std::string, std::vector<float>> catalog_entries(const std::stri
   return out;
 }
 
-// A read-only bind mount of `dir` over itself, undone when destroyed; ok() is false (with why())
-// when this process may not mount (not root, no CAP_SYS_ADMIN).
-class ReadOnlyMount {
+// A mount on `dir` for the lifetime of the object (unmounted when destroyed); ok() is false, with
+// why(), when this process may not mount (not root, no CAP_SYS_ADMIN).
+class ScopedMount {
  public:
-  explicit ReadOnlyMount(const std::string& dir) : dir_(dir) {
+  // A read-only bind mount of `dir` over itself.
+  static ScopedMount read_only(const std::string& dir) {
+    ScopedMount m(dir);
     if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) != 0) {
-      why_ = std::string("cannot bind-mount: ") + std::strerror(errno);
-      return;
-    }
-    if (::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
-      why_ = std::string("cannot remount read-only: ") + std::strerror(errno);
+      m.fail("cannot bind-mount");
+    } else if (::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+      m.fail("cannot remount read-only");
       ::umount2(dir.c_str(), MNT_DETACH);
-      return;
+    } else {
+      m.ok_ = true;
     }
-    ok_ = true;
+    return m;
   }
-  ~ReadOnlyMount() {
-    if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool ok() const { return ok_; }
-  const std::string& why() const { return why_; }
-
- private:
-  std::string dir_, why_;
-  bool ok_ = false;
-};
-
-// A tmpfs of `bytes` mounted on `dir`, unmounted when destroyed.
-class TmpfsMount {
- public:
-  TmpfsMount(const std::string& dir, uint64_t bytes) : dir_(dir) {
+  // A tmpfs of `bytes` on `dir`.
+  static ScopedMount tmpfs(const std::string& dir, uint64_t bytes) {
+    ScopedMount m(dir);
     const std::string opts = "size=" + std::to_string(bytes) + ",mode=0755";
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) != 0) {
-      why_ = std::string("cannot mount a tmpfs: ") + std::strerror(errno);
-      return;
-    }
-    ok_ = true;
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) != 0) m.fail("cannot mount a tmpfs");
+    else m.ok_ = true;
+    return m;
   }
-  ~TmpfsMount() {
+  ScopedMount(ScopedMount&& o) noexcept : dir_(std::move(o.dir_)), why_(std::move(o.why_)), ok_(o.ok_) { o.ok_ = false; }
+  ScopedMount(const ScopedMount&) = delete;
+  ScopedMount& operator=(const ScopedMount&) = delete;
+  ScopedMount& operator=(ScopedMount&&) = delete;
+  ~ScopedMount() {
     if (ok_) ::umount2(dir_.c_str(), MNT_DETACH);
   }
   bool ok() const { return ok_; }
   const std::string& why() const { return why_; }
 
  private:
+  explicit ScopedMount(std::string dir) : dir_(std::move(dir)) {}
+  void fail(const char* what) { why_ = std::string(what) + ": " + std::strerror(errno); }
   std::string dir_, why_;
   bool ok_ = false;
 };

@@ -55,8 +55,8 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
   fs::create_directories(photos);
   fs::create_directories(disk);
   // The index on a small disk of its own, so that it can be filled.
-  std::unique_ptr<test::TmpfsMount> tmpfs;
-  if (::geteuid() == 0) tmpfs = std::make_unique<test::TmpfsMount>(disk, 8u << 20);
+  std::unique_ptr<test::ScopedMount> tmpfs;
+  if (::geteuid() == 0) tmpfs = std::make_unique<test::ScopedMount>(test::ScopedMount::tmpfs(disk, 8u << 20));
   const bool can_fill = tmpfs && tmpfs->ok();
   if (!can_fill) {
     std::cout << "fault injection: full-disk rounds skipped: "

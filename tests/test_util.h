@@ -29,6 +29,9 @@ struct RunResult {
 };
 // Runs the cnclip binary with `args` (already shell-quoted where needed) and optional stdin text.
 RunResult run_cnclip(const std::string& args, const std::string& stdin_text = "");
+// The same with the binary started through `prefix` (e.g. "runuser -u nobody --"); the shell
+// (this process's user) opens the redirected files.
+RunResult run_cnclip_as(const std::string& prefix, const std::string& args, const std::string& stdin_text = "");
 std::string shell_quote(const std::string& s);
 
 std::string read_text(const std::string& path);
