@@ -157,6 +157,8 @@ struct Server::Impl {
   std::unique_ptr<IndexStore> store;
   std::unique_ptr<Searcher> searcher;
   int64_t generation = -1;
+  std::chrono::steady_clock::time_point loaded_at;
+  static constexpr std::chrono::seconds kReloadInterval{2};
 
   std::mutex image_tower_mu;
 
@@ -175,11 +177,16 @@ struct Server::Impl {
     }
     if (store) {
       const int64_t g = store->catalog().generation();
-      if (g != generation || !searcher) {
+      // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
+      // yet): reloaded at most every kReloadInterval then; a finished run's snapshot at once.
+      const auto now = std::chrono::steady_clock::now();
+      if (!searcher || (g != generation && (now - loaded_at >= kReloadInterval ||
+                                            ::access(store->snapshot_path().c_str(), F_OK) == 0))) {
         store->require_model(model->manifest(), options.mixed_precision);
         searcher.reset();
         searcher = std::make_unique<Searcher>(*store);
         generation = g;
+        loaded_at = now;
       }
     }
     return fn(store.get(), searcher.get());
