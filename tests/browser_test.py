@@ -66,13 +66,13 @@ class Server:
         return self.proc.returncode
 
 
-def make_driver():
+def make_driver(lang="en-US"):
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--lang=en-US",
+    for arg in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--lang=" + lang,
                 "--window-size=1280,860", "--hide-scrollbars", "--force-device-scale-factor=1"]:
         options.add_argument(arg)
-    options.add_experimental_option("prefs", {"intl.accept_languages": "en-US,en"})
+    options.add_experimental_option("prefs", {"intl.accept_languages": lang})
     service = Service(shutil.which("chromedriver") or "/usr/bin/chromedriver")
     return webdriver.Chrome(service=service, options=options)
 
@@ -188,6 +188,67 @@ class PageTest(unittest.TestCase):
             self.wait(lambda: "No matching photos" in self.driver.find_element(By.ID, "status").text)
         finally:
             self.assertEqual(empty.stop(), 0)
+
+    def test_more_results_load_on_scroll(self):
+        # 54 photos: the page asks for 40, then for the rest when the end of the grid comes into view.
+        many = os.path.join(self.tmp, "many")
+        os.makedirs(many)
+        for i in range(9):
+            for name in PHOTOS:
+                shutil.copy(os.path.join(FIXTURES, "images", name), os.path.join(many, f"{i}_{name}"))
+        index = os.path.join(self.tmp, "many-index")
+        subprocess.run([BINARY, "index", "-q", "--model", MODEL, "--index", index, many], check=True)
+        server = Server(index)
+        try:
+            d = self.driver
+            d.set_window_size(1280, 860)
+            d.get(server.url + "?q=" + urllib.parse.quote("海边"))
+            self.wait(lambda: len(self.tiles()) == 40 and "scroll for more" in d.find_element(By.ID, "status").text)
+            time.sleep(0.5)
+            self.assertEqual(len(self.tiles()), 40)  # nothing more until the grid's end is near
+            d.execute_script("window.scrollTo(0, document.body.scrollHeight)")
+            self.wait(lambda: len(self.tiles()) == 54)
+            ranks = [int(e.text) for e in d.find_elements(By.CSS_SELECTOR, ".tile .rank")]
+            self.assertEqual(ranks, list(range(1, 55)))
+            self.assertIn("54 photos", d.find_element(By.ID, "status").text)
+        finally:
+            self.assertEqual(server.stop(), 0)
+
+    def test_drop_and_paste_an_image(self):
+        d = self.driver
+        d.set_window_size(1280, 860)
+        d.get(self.server.url + "?q=x")
+        self.wait(lambda: self.loaded_thumbnails() == len(PHOTOS))
+        pokemon = [t for t in self.tiles() if t.get_attribute("title").endswith("pokemon.jpeg")][0]
+        image_url = d.execute_script("return arguments[0].querySelector('img').src.replace('/thumb/', '/image/')", pokemon)
+        # The same events a person's drop and paste make, with a real File in a DataTransfer.
+        for event in ["drop", "paste"]:
+            d.get(self.server.url + "?q=x")
+            self.wait(lambda: self.loaded_thumbnails() == len(PHOTOS))
+            d.execute_async_script("""
+                const [url, kind, done] = arguments;
+                fetch(url).then(r => r.blob()).then(blob => {
+                  const dt = new DataTransfer();
+                  dt.items.add(new File([blob], 'example.jpeg', {type: 'image/jpeg'}));
+                  const e = kind === 'drop' ? new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true})
+                                            : new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true});
+                  (kind === 'drop' ? window : document).dispatchEvent(e);
+                  done();
+                });""", image_url, event)
+            self.wait(lambda: d.current_url.endswith("/?image") and self.loaded_thumbnails() == len(PHOTOS))
+            self.assertTrue(self.tiles()[0].get_attribute("title").endswith("pokemon.jpeg"), event)
+            self.assertEqual(d.find_elements(By.CSS_SELECTOR, ".tile .badge")[0].text, "1.000")
+
+    def test_chinese_labels_for_a_chinese_browser(self):
+        zh = make_driver("zh-CN")
+        try:
+            zh.get(self.server.url)
+            WebDriverWait(zh, 30).until(lambda d: "已索引 6 张照片" in d.find_element(By.ID, "status").text)
+            self.assertIn("描述", zh.find_element(By.ID, "q").get_attribute("placeholder"))
+            self.assertEqual(zh.find_element(By.CSS_SELECTOR, "button.go").text, "搜索")
+            self.assertEqual(zh.execute_script("return document.documentElement.lang"), "zh-CN")
+        finally:
+            zh.quit()
 
 
 if __name__ == "__main__":
