@@ -89,11 +89,11 @@ std::string multipart(const std::string& field, const std::string& filename, con
 // `cnclip serve --port 0 ARGS` in the background; stopped (SIGTERM, then SIGKILL) when destroyed.
 class ServeProcess {
  public:
-  explicit ServeProcess(const std::string& args) {
+  explicit ServeProcess(const std::string& args, int port = 0) {
     err_path_ = dir_ / "stderr";
     pid_ = ::fork();
     if (pid_ == 0) {
-      const std::string cmd = std::string("exec ") + CNCLIP_BINARY + " serve --port 0 " + args + " 2> " +
+      const std::string cmd = std::string("exec ") + CNCLIP_BINARY + " serve --port " + std::to_string(port) + " " + args + " 2> " +
                               test::shell_quote(err_path_) + " > /dev/null < /dev/null";
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
@@ -112,6 +112,7 @@ class ServeProcess {
   }
   ~ServeProcess() { stop(); }
   int port() const { return port_; }
+  bool exited() const { return pid_ < 0; }
   std::string err() const { return test::read_text(err_path_); }
   // SIGTERM; returns the exit status (or -1 when it had to be killed).
   int stop() {
@@ -508,6 +509,16 @@ TEST(ServeEmpty, BadOptionsAreUsageErrors) {
                        test::shell_quote(tmp / "index"));
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+  // A port in use: one line naming it, exit 1.
+  ServeProcess first(common);
+  ASSERT_GT(first.port(), 0) << first.err();
+  ServeProcess second(common, first.port());
+  EXPECT_TRUE(second.exited());
+  EXPECT_EQ(second.port(), 0);
+  EXPECT_EQ(second.stop(), 1);
+  EXPECT_NE(second.err().find("cannot listen on 127.0.0.1:" + std::to_string(first.port())), std::string::npos)
+      << second.err();
+  EXPECT_EQ(test::lines(second.err()).size(), 1u) << second.err();
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -575,6 +576,12 @@ struct Server::Impl {
       } catch (...) {
         send_error(res, 500, "internal", "unexpected failure");
       }
+    });
+    // httplib's default also sets SO_REUSEPORT, which lets a second server (of the same user) bind the
+    // same port and silently take half of the connections: a port in use must be an error instead.
+    http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
     });
     const int workers = std::max(1, options.workers);
     http.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
