@@ -261,6 +261,40 @@ TEST_F(Serve, FilesOnlyByCatalogIdEverythingElse404) {
   }
 }
 
+// What sits at an indexed path now is served only if it is still that file: a symbolic link swapped
+// in (to a file the index never held), a folder swapped for a link, or a changed file give 404.
+TEST_F(Serve, SwappedOrChangedFilesAreNotServed) {
+  ServeProcess server(common());
+  ASSERT_GT(server.port(), 0) << server.err();
+  std::map<std::string, int64_t> id_of;
+  const json all = request(server.port(), "GET", "/api/v1/search?q=x&k=10").body_json();
+  for (const auto& h : all["results"]) {
+    id_of[std::filesystem::path(h["path"].get<std::string>()).filename()] = h["id"];
+  }
+  ASSERT_EQ(id_of.size(), 6u);
+  const std::string secret = tmp_ / "secret.txt";
+  test::write_text(secret, std::string(6220, 's'));  // the size of pokemon.jpeg
+  auto swap_for_link = [&](const std::string& name) {
+    const std::string p = photos_ + "/" + name;
+    std::filesystem::remove(p);
+    std::filesystem::create_symlink(secret, p);
+  };
+  swap_for_link("pokemon.jpeg");
+  test::write_text(photos_ + "/rocket_rgb16_17x9.png", "changed");
+  // The folder itself swapped for a link to a copy elsewhere.
+  const std::string moved = tmp_ / "moved";
+  std::filesystem::rename(photos_, moved);
+  std::filesystem::create_directory_symlink(moved, photos_);
+  for (const std::string& name : {std::string("pokemon.jpeg"), std::string("rocket_rgb16_17x9.png"),
+                                  std::string("chelsea_rgba.png")}) {
+    for (const std::string kind : {"image", "thumb"}) {
+      auto r = request(server.port(), "GET", "/api/v1/" + kind + "/" + std::to_string(id_of[name]));
+      EXPECT_EQ(r.status, 404) << kind << " " << name << ": " << r.body.substr(0, 200);
+      EXPECT_EQ(r.body.find("sss"), std::string::npos);
+    }
+  }
+}
+
 TEST_F(Serve, ThumbnailsAreUprightBoundedAndCached) {
   ServeProcess server(common());
   ASSERT_GT(server.port(), 0) << server.err();

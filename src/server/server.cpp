@@ -24,6 +24,7 @@
 
 #include "atomic_file.h"
 #include "cnclip/bundle.h"
+#include "cnclip/file_walk.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
@@ -258,6 +259,16 @@ struct Server::Impl {
     });
   }
 
+  // A file is served only while it is still the file that was indexed: its path resolves to itself
+  // (no symbolic link swapped in anywhere since), it is a regular file, and its size is the one
+  // recorded. Otherwise 404: whatever now sits at that path was never indexed.
+  static bool still_indexed(const FileRecord& rec) {
+    auto real = canonical_path(rec.path);
+    struct stat st {};
+    return real && real.value() == rec.path && ::lstat(rec.path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+           static_cast<int64_t>(st.st_size) == rec.size;
+  }
+
   void handle_search_text(const httplib::Request& req, httplib::Response& res) {
     if (!req.has_param("q")) throw Exception(ErrorCode::kInvalidArgument, "parameter 'q' (the query text) is missing");
     const std::string q = req.get_param_value("q");
@@ -390,8 +401,11 @@ struct Server::Impl {
     const int64_t id = std::stoll(req.matches[1]);
     auto rec = record(id);
     if (!rec) return send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
-    auto bytes = read_file_bytes(rec->path);
-    if (!bytes) return send_error(res, 404, "not_found", "file " + std::to_string(id) + " cannot be read any more");
+    auto bytes = still_indexed(*rec) ? read_file_bytes(rec->path) : Result<std::vector<uint8_t>>(Error{});
+    if (!bytes || static_cast<int64_t>(bytes.value().size()) != rec->size) {
+      return send_error(res, 404, "not_found",
+                        "file " + std::to_string(id) + " is gone or changed since it was indexed (run cnclip index)");
+    }
     const auto& b = bytes.value();
     res.set_header("Cache-Control", "private, max-age=60");
     res.set_content(std::string(b.begin(), b.end()), sniff_image_type(b).c_str());
@@ -413,6 +427,10 @@ struct Server::Impl {
     if (auto bytes = read_file_bytes(cached); bytes) {
       res.set_content(std::string(bytes.value().begin(), bytes.value().end()), "image/jpeg");
       return;
+    }
+    if (!still_indexed(*rec)) {
+      return send_error(res, 404, "not_found",
+                        "file " + std::to_string(id) + " is gone or changed since it was indexed (run cnclip index)");
     }
     DecodeOptions d;
     d.apply_exif_orientation = true;
