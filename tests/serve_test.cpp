@@ -11,7 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <map>
 #include <fstream>
@@ -89,11 +91,12 @@ std::string multipart(const std::string& field, const std::string& filename, con
 // `cnclip serve --port 0 ARGS` in the background; stopped (SIGTERM, then SIGKILL) when destroyed.
 class ServeProcess {
  public:
-  explicit ServeProcess(const std::string& args, int port = 0) {
+  // `prefix` runs the binary through another command that execs it (setpriv, to run as another user).
+  explicit ServeProcess(const std::string& args, int port = 0, const std::string& prefix = "") {
     err_path_ = dir_ / "stderr";
     pid_ = ::fork();
     if (pid_ == 0) {
-      const std::string cmd = std::string("exec ") + CNCLIP_BINARY + " serve --port " + std::to_string(port) + " " + args + " 2> " +
+      const std::string cmd = "exec " + prefix + CNCLIP_BINARY + " serve --port " + std::to_string(port) + " " + args + " 2> " +
                               test::shell_quote(err_path_) + " > /dev/null < /dev/null";
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
@@ -500,6 +503,45 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   r = test::run_cnclip("remove " + test::shell_quote(later) + " --index " + test::shell_quote(index_));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"].size(), 6u);
+}
+
+// A read-only index (another user's files, a read-only mount) is served: searches, info, images and
+// thumbnails (made but not cached), with nothing written into it.
+TEST_F(Serve, ReadOnlyIndexIsServed) {
+  std::string prefix;
+  if (::geteuid() == 0) {
+    // As root every file is writable: serve as another user, who cannot write the index.
+    // setpriv execs the binary (runuser would stay its parent and turn SIGTERM into exit 143).
+    prefix = "setpriv --reuid=nobody --regid=nogroup --clear-groups -- ";
+    if (std::system((prefix + "true 2>/dev/null").c_str()) != 0) {
+      GTEST_SKIP() << "root, and cannot run as the user 'nobody' (setpriv): no other user to prove read-only";
+    }
+  }
+  const auto before = cli_search("小狗", 6);
+  ASSERT_EQ(std::system(("chmod -R a+rX " + test::shell_quote(tmp_.path()) + " && chmod a-w " +
+                         test::shell_quote(index_) + " " + test::shell_quote(index_) + "/*")
+                            .c_str()),
+            0);
+  std::vector<std::string> listing;
+  for (const auto& e : std::filesystem::directory_iterator(index_)) listing.push_back(e.path().filename());
+  ServeProcess server(common(), 0, prefix);
+  ASSERT_GT(server.port(), 0) << server.err();
+  auto r = request(server.port(), "GET", "/api/v1/search?q=" + url_encode("小狗") + "&k=6");
+  ASSERT_EQ(r.status, 200) << r.body;
+  expect_same_results(r.body_json(), before);
+  EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 6);
+  const std::string thumb = r.body_json()["results"][0]["thumbnail"];
+  auto t = request(server.port(), "GET", thumb);
+  EXPECT_EQ(t.status, 200) << t.body;
+  EXPECT_NE(t.head.find("Content-Type: image/jpeg"), std::string::npos);
+  EXPECT_EQ(request(server.port(), "GET", r.body_json()["results"][0]["image"]).status, 200);
+  EXPECT_EQ(server.stop(), 0) << server.err();
+  std::vector<std::string> after;
+  for (const auto& e : std::filesystem::directory_iterator(index_)) after.push_back(e.path().filename());
+  std::sort(listing.begin(), listing.end());
+  std::sort(after.begin(), after.end());
+  EXPECT_EQ(after, listing);  // no thumbs/, no -wal or -shm left behind
+  std::system(("chmod -R u+w " + test::shell_quote(tmp_.path())).c_str());
 }
 
 TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
