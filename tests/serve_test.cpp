@@ -298,6 +298,17 @@ TEST_F(Serve, SwappedOrChangedFilesAreNotServed) {
   }
 }
 
+TEST_F(Serve, InfoIsWhatCnclipInfoPrints) {
+  ServeProcess server(common());
+  ASSERT_GT(server.port(), 0) << server.err();
+  auto r = request(server.port(), "GET", "/api/v1/info");
+  ASSERT_EQ(r.status, 200) << r.body;
+  auto cli = test::run_cnclip("info --format json --index " + test::shell_quote(index_));
+  ASSERT_EQ(cli.exit_code, 0) << cli.err;
+  EXPECT_EQ(r.body_json(), json::parse(cli.out));
+  EXPECT_EQ(r.body_json()["files"], 6);
+}
+
 TEST_F(Serve, ThumbnailsAreUprightBoundedAndCached) {
   ServeProcess server(common());
   ASSERT_GT(server.port(), 0) << server.err();
