@@ -489,7 +489,11 @@ TEST_F(Serve, ParallelMixedQueriesAllCorrect) {
     }));
   }
   int ok = 0;
-  for (auto& j : jobs) ok += j.get() ? 1 : 0;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const bool same = jobs[i].get();
+    ok += same ? 1 : 0;
+    EXPECT_TRUE(same) << "parallel request " << i << " (kind " << i % 4 << ") differs from its serial answer";
+  }
   EXPECT_EQ(ok, 20);
   EXPECT_NE(image_body.find("\"rank\":4"), std::string::npos) << image_body;
 }
