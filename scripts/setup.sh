@@ -30,6 +30,8 @@ packages=(
   libssl-dev              # sha256 of model bundle files (model-info --verify)
   libjpeg62-turbo-dev     # CMYK JPEGs decoded without conversion (Pillow parity)
   libgtest-dev googletest
+  libcpp-httplib-dev            # cnclip serve: the HTTP server
+  chromium chromium-driver python3-selenium fonts-wqy-microhei  # the browser test of cnclip serve's page
   python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
   python3-pil                   # reference pipeline in tests and scripts/bench.sh
   clang libclang-rt-14-dev      # scripts/fuzz.sh: libFuzzer with ASan+UBSan

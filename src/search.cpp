@@ -48,7 +48,7 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
       auto it = path_of.find(h.id);
       if (it == path_of.end()) continue;  // removed since the vectors were read
       if (q < static_cast<int>(exclude.size()) && !exclude[q].empty() && it->second == exclude[q]) continue;
-      results[q].hits.push_back(RankedHit{static_cast<int>(results[q].hits.size()) + 1, it->second, h.score});
+      results[q].hits.push_back(RankedHit{static_cast<int>(results[q].hits.size()) + 1, it->second, h.score, h.id});
     }
   }
   return results;

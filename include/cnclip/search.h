@@ -22,6 +22,7 @@ struct RankedHit {
   int rank = 0;  // 1-based
   std::string path;
   float score = 0;  // cosine similarity
+  int64_t id = 0;   // the file's catalog id (what `cnclip serve` names it by)
 };
 
 struct QueryResult {

@@ -32,11 +32,16 @@ std::string shell_word(const std::string& s) {
   return out + "'";
 }
 
-// Names close to `word`: within a few edits, or starting with it (at least 3 characters typed).
+// Names close to `word`: starting with it (at least 3 characters typed: 'search' means the
+// search-* commands even though 'serve' is closer by edits), else within a few edits.
 std::vector<std::string> nearest(const std::string& word, const std::vector<std::string>& names) {
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    if (word.size() >= 3 && n.size() > word.size() && n.compare(0, word.size(), word) == 0) out.push_back(n);
+  }
+  if (!out.empty()) return out;
   const size_t limit = std::max<size_t>(1, std::min<size_t>(3, word.size() / 3));
   size_t best = limit + 1;
-  std::vector<std::string> out;
   for (const auto& n : names) {
     const size_t d = edit_distance(word, n);
     if (d < best) {

@@ -1,0 +1,690 @@
+// cnclip serve: request handling over the library (see include/cnclip/server.h).
+#include "cnclip/server.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <set>
+#include <thread>
+
+#include "atomic_file.h"
+#include "cnclip/bundle.h"
+#include "cnclip/file_walk.h"
+#include "cnclip/index_store.h"
+#include "cnclip/output.h"
+#include "cnclip/search.h"
+#include "server/web_assets.h"
+
+namespace cnclip {
+namespace {
+
+using ojson = nlohmann::ordered_json;
+
+constexpr int kMaxResultsPerPage = 1000;
+constexpr int kMaxOffset = 100000;
+constexpr size_t kMaxHeaders = 64;
+
+// An error response: {"error": {"code", "message"}}.
+void send_error(httplib::Response& res, int status, const std::string& code, const std::string& message) {
+  ojson j;
+  j["error"]["code"] = code;
+  j["error"]["message"] = message;
+  res.status = status;
+  res.set_content(dump_json(j), "application/json; charset=utf-8");
+}
+
+// Library errors as HTTP statuses.
+void send_exception(httplib::Response& res, const Exception& e) {
+  switch (e.code()) {
+    case ErrorCode::kInvalidArgument: send_error(res, 400, "bad_request", e.what()); return;
+    case ErrorCode::kNotFound: send_error(res, 404, "not_found", e.what()); return;
+    case ErrorCode::kTooLarge: send_error(res, 413, "too_large", e.what()); return;
+    default: send_error(res, 500, error_code_name(e.code()), e.what());
+  }
+}
+
+void send_json(httplib::Response& res, const ojson& j) {
+  res.set_content(dump_json(j), "application/json; charset=utf-8");
+}
+
+// The score as the CLI prints it (six decimals), as a JSON number; null when not finite.
+ojson score_value(float s) {
+  if (!std::isfinite(s)) return nullptr;
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6f", static_cast<double>(s));
+  return std::strtod(buf, nullptr);
+}
+
+std::string host_name_of(const std::string& host_header) {
+  // "name:port", "[v6]:port", "name"
+  if (!host_header.empty() && host_header[0] == '[') {
+    auto end = host_header.find(']');
+    return end == std::string::npos ? host_header : host_header.substr(1, end - 1);
+  }
+  auto colon = host_header.find(':');
+  std::string name = colon == std::string::npos ? host_header : host_header.substr(0, colon);
+  for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return name;
+}
+
+bool is_ip_literal(const std::string& s) {
+  unsigned char buf[16];
+  return inet_pton(AF_INET, s.c_str(), buf) == 1 || inet_pton(AF_INET6, s.c_str(), buf) == 1;
+}
+
+bool constant_time_equal(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+// Content type of an image file from its first bytes (the formats cnclip indexes).
+std::string sniff_image_type(const std::vector<uint8_t>& b) {
+  auto starts = [&](const char* magic, size_t n, size_t at = 0) {
+    return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
+  };
+  if (starts("\xFF\xD8\xFF", 3)) return "image/jpeg";
+  if (starts("\x89PNG\r\n\x1a\n", 8)) return "image/png";
+  if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return "image/webp";
+  if (starts("BM", 2)) return "image/bmp";
+  if (starts("II*\0", 4) || starts("MM\0*", 4)) return "image/tiff";
+  return "application/octet-stream";
+}
+
+// Parses a whole decimal integer parameter in [lo, hi]; throws kInvalidArgument naming it.
+int64_t int_param(const httplib::Request& req, const char* name, int64_t fallback, int64_t lo, int64_t hi) {
+  if (!req.has_param(name)) return fallback;
+  const std::string v = req.get_param_value(name);
+  char* end = nullptr;
+  errno = 0;
+  long long n = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
+    throw Exception(ErrorCode::kInvalidArgument, std::string("parameter '") + name + "' must be an integer from " +
+                                                     std::to_string(lo) + " to " + std::to_string(hi));
+  }
+  return n;
+}
+
+}  // namespace
+
+bool is_loopback_host(const std::string& host) {
+  std::string h = host;
+  if (h.size() > 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
+  if (h == "localhost" || h == "::1") return true;
+  unsigned char v4[4];
+  if (inet_pton(AF_INET, h.c_str(), v4) == 1) return v4[0] == 127;
+  return false;
+}
+
+std::string generate_token() {
+  unsigned char buf[16];
+  int fd = ::open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 || ::read(fd, buf, sizeof(buf)) != static_cast<ssize_t>(sizeof(buf))) {
+    if (fd >= 0) ::close(fd);
+    throw Exception(ErrorCode::kIoError, "/dev/urandom: cannot read random bytes for a token");
+  }
+  ::close(fd);
+  return hex_encode(std::string_view(reinterpret_cast<const char*>(buf), sizeof(buf)));
+}
+
+struct Server::Impl {
+  ServerOptions options;
+  std::unique_ptr<Model> model;
+  httplib::Server http;
+  int port = 0;
+  std::set<std::string> allowed_hosts;  // Host header names accepted
+  bool wildcard = false;                // bound to every address: any IP literal is accepted too
+  std::atomic<bool> stopping{false};
+
+  // The index: opened when first needed, reloaded when the catalog's generation changes. Catalog and
+  // Searcher are single-threaded, so requests take turns here (a search is milliseconds; the model
+  // calls and file work happen outside the lock).
+  std::mutex index_mu;
+  std::unique_ptr<IndexStore> store;
+  std::unique_ptr<Searcher> searcher;
+  int64_t generation = -1;
+  std::chrono::steady_clock::time_point loaded_at;
+  static constexpr std::chrono::seconds kReloadInterval{2};
+
+  std::mutex image_tower_mu;
+
+  // Runs fn(store, searcher) under the index lock with the vectors current; both are null when there
+  // is no index yet (answered as an empty index).
+  template <class Fn>
+  auto with_index(Fn&& fn) {
+    std::lock_guard<std::mutex> lock(index_mu);
+    if (!store) {
+      try {
+        store = IndexStore::open(options.index_dir, IndexAccess::kRead);
+      } catch (const Exception& e) {
+        if (e.code() != ErrorCode::kNotFound) throw;
+      }
+      generation = -1;
+    }
+    if (store) {
+      const int64_t g = store->catalog().generation();
+      // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
+      // yet): reloaded at most every kReloadInterval then; a finished run's snapshot at once.
+      const auto now = std::chrono::steady_clock::now();
+      if (!searcher || (g != generation && (now - loaded_at >= kReloadInterval ||
+                                            ::access(store->snapshot_path().c_str(), F_OK) == 0))) {
+        store->require_model(model->manifest(), options.mixed_precision);
+        searcher.reset();
+        searcher = std::make_unique<Searcher>(*store);
+        generation = g;
+        loaded_at = now;
+      }
+    }
+    return fn(store.get(), searcher.get());
+  }
+
+  ojson results_json(const std::string& query, const std::vector<RankedHit>& hits, size_t from) {
+    ojson j;
+    set_string_field(j, "query", query);
+    j["results"] = ojson::array();
+    for (size_t i = from; i < hits.size(); ++i) {
+      const RankedHit& h = hits[i];
+      ojson r;
+      r["id"] = h.id;
+      r["rank"] = h.rank;
+      set_string_field(r, "path", h.path);
+      r["score"] = score_value(h.score);
+      r["thumbnail"] = "/api/v1/thumb/" + std::to_string(h.id);
+      r["image"] = "/api/v1/image/" + std::to_string(h.id);
+      j["results"].push_back(std::move(r));
+    }
+    return j;
+  }
+
+  // Search options from the query string; `offset` is returned separately (the search asks for
+  // offset + k hits and the first offset are dropped, so ranks and scores are the CLI's).
+  SearchOptions search_options(const httplib::Request& req, int& offset) {
+    SearchOptions s;
+    const int k = static_cast<int>(int_param(req, "k", 10, 1, kMaxResultsPerPage));
+    offset = static_cast<int>(int_param(req, "offset", 0, 0, kMaxOffset));
+    s.top_k = k + offset;
+    if (req.has_param("threshold")) {
+      const std::string v = req.get_param_value("threshold");
+      char* end = nullptr;
+      double t = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !std::isfinite(t)) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'threshold' must be a finite number");
+      }
+      s.threshold = static_cast<float>(t);
+    }
+    if (req.has_param("under")) {
+      // A filter on catalog paths, never opened: made absolute-normal lexically, not resolved on disk.
+      const std::string v = req.get_param_value("under");
+      if (v.empty() || v[0] != '/' || v.find('\0') != std::string::npos) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'under' must be an absolute folder path");
+      }
+      std::string u = std::filesystem::path(v).lexically_normal().string();
+      while (u.size() > 1 && u.back() == '/') u.pop_back();
+      s.under = u;
+    }
+    return s;
+  }
+
+  ojson search(const std::string& label, const std::vector<float>& embedding, const SearchOptions& s, int offset,
+               const std::string& exclude = "") {
+    return with_index([&](IndexStore*, Searcher* searcher) {
+      std::vector<RankedHit> hits;
+      if (searcher) hits = searcher->search({label}, embedding, s, {exclude}).at(0).hits;
+      return results_json(label, hits, std::min<size_t>(hits.size(), static_cast<size_t>(offset)));
+    });
+  }
+
+  std::optional<FileRecord> record(int64_t id) {
+    return with_index([&](IndexStore* st, Searcher*) -> std::optional<FileRecord> {
+      if (!st) return std::nullopt;
+      auto found = st->catalog().find_by_ids({id});
+      if (found.empty()) return std::nullopt;
+      return found.front();
+    });
+  }
+
+  // A file is served only while it is still the file that was indexed: its path resolves to itself
+  // (no symbolic link swapped in anywhere since), it is a regular file, and its size is the one
+  // recorded. Otherwise 404: whatever now sits at that path was never indexed.
+  static bool still_indexed(const FileRecord& rec) {
+    auto real = canonical_path(rec.path);
+    struct stat st {};
+    return real && real.value() == rec.path && ::lstat(rec.path.c_str(), &st) == 0 && S_ISREG(st.st_mode) &&
+           static_cast<int64_t>(st.st_size) == rec.size;
+  }
+
+  void handle_search_text(const httplib::Request& req, httplib::Response& res) {
+    if (!req.has_param("q")) throw Exception(ErrorCode::kInvalidArgument, "parameter 'q' (the query text) is missing");
+    const std::string q = req.get_param_value("q");
+    int offset = 0;
+    const SearchOptions s = search_options(req, offset);
+    if (model->tokenizer().count_pieces(q) == 0) {
+      throw Exception(ErrorCode::kInvalidArgument, "the query is empty or has no words");
+    }
+    const auto embedding = model->encode_texts({q});
+    send_json(res, search(q, embedding, s, offset));
+  }
+
+  void handle_search_image(const httplib::Request& req, httplib::Response& res) {
+    std::string bytes, label = "upload";
+    const std::string type = req.get_header_value("Content-Type");
+    if (req.is_multipart_form_data()) {
+      if (!req.has_file("image")) {
+        throw Exception(ErrorCode::kInvalidArgument, "the multipart request has no field 'image'");
+      }
+      auto f = req.get_file_value("image");
+      bytes = std::move(f.content);
+      if (!f.filename.empty()) label = f.filename;
+    } else {
+      if (!type.empty() && type.rfind("image/", 0) != 0 && type.rfind("application/octet-stream", 0) != 0) {
+        send_error(res, 415, "unsupported_media_type",
+                   "send the image as the request body (image/* or application/octet-stream) or as a multipart field 'image'");
+        return;
+      }
+      bytes = req.body;
+    }
+    if (bytes.size() > options.max_upload_bytes) {
+      send_error(res, 413, "too_large", "the image is larger than the upload limit (" +
+                                            std::to_string(options.max_upload_bytes >> 20) + " MB)");
+      return;
+    }
+    if (bytes.empty()) throw Exception(ErrorCode::kInvalidArgument, "no image in the request (empty body)");
+    int offset = 0;
+    const SearchOptions s = search_options(req, offset);
+    const Normalization& norm = model->manifest().image;
+    std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
+    const std::vector<uint8_t> data(bytes.begin(), bytes.end());
+    auto ok = preprocess_image(data, label, norm, options.decode, pixels.data());
+    if (!ok) {
+      if (ok.error().code == ErrorCode::kTooLarge) {
+        send_error(res, 413, "too_large", ok.error().message);
+      } else {
+        send_error(res, 400, "bad_image", ok.error().message);
+      }
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(image_tower_mu);  // loaded once, by the first image query
+      model->load_image_tower();
+    }
+    const auto embedding = model->encode_images(pixels.data(), 1);
+    send_json(res, search(label, embedding, s, offset));
+  }
+
+  void handle_similar(const httplib::Request& req, httplib::Response& res) {
+    const int64_t id = std::stoll(req.matches[1]);
+    int offset = 0;
+    const SearchOptions s = search_options(req, offset);
+    std::string path;
+    const auto embedding = with_index([&](IndexStore* st, Searcher*) {
+      std::vector<float> e;
+      if (!st) return e;
+      auto found = st->catalog().find_by_ids({id});
+      if (found.empty()) return e;
+      path = found.front().path;
+      return st->catalog().embedding(id);
+    });
+    if (embedding.empty()) {
+      send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
+      return;
+    }
+    send_json(res, search(path, embedding, s, offset, path));
+  }
+
+  void handle_info(const httplib::Request&, httplib::Response& res) {
+    // The fields of `cnclip info --format json`.
+    ojson j = with_index([&](IndexStore* st, Searcher* searcher) {
+      ojson out;
+      set_string_field(out, "index", options.index_dir);
+      if (!st) {
+        out["model_fingerprint"] = "";
+        out["model_architecture"] = "";
+        out["model_precision"] = "";
+        out["embedding_dim"] = 0;
+        out["files"] = 0;
+        out["vectors"] = 0;
+        out["folders"] = ojson::array();
+        out["disk_bytes"] = 0;
+        out["updated_at"] = "";
+        return out;
+      }
+      Catalog& cat = st->catalog();
+      out["model_fingerprint"] = cat.meta("model_fingerprint").value_or("");
+      out["model_architecture"] = cat.meta("model_architecture").value_or("");
+      out["model_precision"] = cat.meta("model_precision").value_or("");
+      out["embedding_dim"] = st->embedding_dim();
+      out["files"] = cat.count();
+      out["vectors"] = searcher ? searcher->size() : 0;
+      const auto roots = cat.roots();
+      out["folders"] = roots;
+      bool any = false;
+      ojson bytes = ojson::array();
+      for (const auto& r : roots) {
+        ojson one;
+        set_string_field(one, "f", r);
+        any = any || one.contains("f_bytes");
+        bytes.push_back(hex_encode(r));
+      }
+      if (any) out["folders_bytes"] = bytes;
+      out["disk_bytes"] = st->disk_bytes();
+      const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
+      std::string when;
+      if (updated) {
+        char buf[32];
+        std::time_t tt = static_cast<std::time_t>(updated);
+        std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
+        when = buf;
+      }
+      out["updated_at"] = when;
+      return out;
+    });
+    send_json(res, j);
+  }
+
+  void handle_image(const httplib::Request& req, httplib::Response& res) {
+    const int64_t id = std::stoll(req.matches[1]);
+    auto rec = record(id);
+    if (!rec) return send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
+    auto bytes = still_indexed(*rec) ? read_file_bytes(rec->path) : Result<std::vector<uint8_t>>(Error{});
+    if (!bytes || static_cast<int64_t>(bytes.value().size()) != rec->size) {
+      return send_error(res, 404, "not_found",
+                        "file " + std::to_string(id) + " is gone or changed since it was indexed (run cnclip index)");
+    }
+    const auto& b = bytes.value();
+    res.set_header("Cache-Control", "private, max-age=60");
+    res.set_content(std::string(b.begin(), b.end()), sniff_image_type(b).c_str());
+  }
+
+  // Thumbnails are cached by content hash (INDEX/thumbs/HASH-SIZE.jpg), so a changed photo gets a new
+  // one and copies of a photo share one. A read-only index serves them without caching.
+  void handle_thumb(const httplib::Request& req, httplib::Response& res) {
+    const int64_t id = std::stoll(req.matches[1]);
+    auto rec = record(id);
+    if (!rec) return send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
+    std::string key = rec->content_hash;
+    const bool hex_key = !key.empty() && key.size() <= 64 &&
+                         key.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!hex_key) key = "id" + std::to_string(id) + "-" + std::to_string(rec->size) + "-" + std::to_string(rec->mtime_ns);
+    const std::string dir = options.index_dir + "/thumbs";
+    const std::string cached = dir + "/" + key + "-" + std::to_string(options.thumb_size) + ".jpg";
+    res.set_header("Cache-Control", "private, max-age=60");
+    if (auto bytes = read_file_bytes(cached); bytes) {
+      res.set_content(std::string(bytes.value().begin(), bytes.value().end()), "image/jpeg");
+      return;
+    }
+    if (!still_indexed(*rec)) {
+      return send_error(res, 404, "not_found",
+                        "file " + std::to_string(id) + " is gone or changed since it was indexed (run cnclip index)");
+    }
+    DecodeOptions d;
+    d.apply_exif_orientation = true;
+    d.max_pixels = options.decode.max_pixels;
+    d.reduced_decode_min_side = options.thumb_size;
+    auto decoded = decode_image_file(rec->path, d);
+    if (!decoded) {
+      const ErrorCode c = decoded.error().code;
+      if (c == ErrorCode::kNotFound || c == ErrorCode::kPermissionDenied) {
+        return send_error(res, 404, "not_found", "file " + std::to_string(id) + " cannot be read any more");
+      }
+      return send_error(res, 500, error_code_name(c), decoded.error().message);
+    }
+    cv::Mat bgr;
+    const cv::Mat& px = decoded.value().pixels;
+    if (px.channels() == 1) {
+      bgr = px;
+    } else if (px.channels() == 4) {
+      cv::cvtColor(px, bgr, cv::COLOR_RGBA2BGR);
+    } else {
+      cv::cvtColor(px, bgr, cv::COLOR_RGB2BGR);
+    }
+    const int longest = std::max(bgr.cols, bgr.rows);
+    if (longest > options.thumb_size) {
+      const double f = static_cast<double>(options.thumb_size) / longest;
+      cv::Mat small;
+      cv::resize(bgr, small, cv::Size(std::max(1, static_cast<int>(std::lround(bgr.cols * f))),
+                                      std::max(1, static_cast<int>(std::lround(bgr.rows * f)))),
+                 0, 0, cv::INTER_AREA);
+      bgr = small;
+    }
+    std::vector<uchar> jpeg;
+    if (!cv::imencode(".jpg", bgr, jpeg, {cv::IMWRITE_JPEG_QUALITY, 85})) {
+      return send_error(res, 500, "internal", "file " + std::to_string(id) + ": the thumbnail could not be encoded");
+    }
+    std::string out(jpeg.begin(), jpeg.end());
+    try {
+      ::mkdir(dir.c_str(), 0755);
+      write_file_atomically(cached, out);
+    } catch (const Exception&) {
+      // A read-only index: served, not cached.
+    }
+    res.set_content(std::move(out), "image/jpeg");
+  }
+
+  void handle_asset(const httplib::Request& req, httplib::Response& res) {
+    const std::string path = req.path == "/" ? "/index.html" : req.path;
+    for (size_t i = 0; i < web::kAssetCount; ++i) {
+      const auto& a = web::kAssets[i];
+      if (path == a.path) {
+        res.set_header("Content-Security-Policy",
+                       "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+                       "frame-ancestors 'none'; base-uri 'none'; form-action 'self'");
+        res.set_header("Cache-Control", "no-cache");
+        res.set_content(reinterpret_cast<const char*>(a.data), a.size, a.type);
+        return;
+      }
+    }
+    send_error(res, 404, "not_found", "no such page");
+  }
+
+  // Host, token and Origin, before a request's body is read.
+  httplib::Server::HandlerResponse check_request(const httplib::Request& req, httplib::Response& res) {
+    if (req.headers.size() > kMaxHeaders) {
+      send_error(res, 431, "too_many_headers", "the request has more than " + std::to_string(kMaxHeaders) + " headers");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    auto host_ok = [&](const std::string& name) {
+      return allowed_hosts.count(name) > 0 || (wildcard && is_ip_literal(name));
+    };
+    const std::string host = host_name_of(req.get_header_value("Host"));
+    if (!host_ok(host)) {
+      send_error(res, 403, "bad_host", "the Host header must name this server (" + options.host + " or localhost)");
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (req.method != "GET" && req.method != "HEAD" && req.has_header("Origin")) {
+      const std::string origin = req.get_header_value("Origin");
+      const std::string prefix = "http://";
+      bool ok = origin.rfind(prefix, 0) == 0;
+      if (ok) {
+        const std::string rest = origin.substr(prefix.size());
+        const auto colon = rest.rfind(':');
+        const bool has_port = colon != std::string::npos && rest.find(']', colon) == std::string::npos;
+        const std::string port_text = has_port ? rest.substr(colon + 1) : "80";
+        ok = host_ok(host_name_of(rest)) && port_text == std::to_string(port);
+      }
+      if (!ok) {
+        send_error(res, 403, "bad_origin", "requests from another site are refused");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    if (!options.token.empty()) {
+      bool ok = false;
+      const std::string auth = req.get_header_value("Authorization");
+      if (auth.rfind("Bearer ", 0) == 0) ok = constant_time_equal(auth.substr(7), options.token);
+      const std::string cookies = req.get_header_value("Cookie");
+      for (size_t pos = 0; !ok && pos < cookies.size();) {
+        size_t end = cookies.find(';', pos);
+        if (end == std::string::npos) end = cookies.size();
+        std::string c = cookies.substr(pos, end - pos);
+        while (!c.empty() && c.front() == ' ') c.erase(0, 1);
+        if (c.rfind("cnclip_token=", 0) == 0) ok = constant_time_equal(c.substr(13), options.token);
+        pos = end + 1;
+      }
+      if (!ok && req.has_param("token") && constant_time_equal(req.get_param_value("token"), options.token)) {
+        ok = true;
+        res.set_header("Set-Cookie", "cnclip_token=" + options.token + "; Path=/; HttpOnly; SameSite=Strict");
+      }
+      if (!ok) {
+        send_error(res, 401, "unauthorized", "a valid token is required (open the URL printed by cnclip serve)");
+        return httplib::Server::HandlerResponse::Handled;
+      }
+    }
+    return httplib::Server::HandlerResponse::Unhandled;
+  }
+
+  template <class Method>
+  httplib::Server::Handler guarded(Method m) {
+    return [this, m](const httplib::Request& req, httplib::Response& res) {
+      try {
+        (this->*m)(req, res);
+      } catch (const Exception& e) {
+        send_exception(res, e);
+      } catch (const std::exception& e) {
+        send_error(res, 500, "internal", std::string("unexpected failure: ") + e.what());
+      }
+    };
+  }
+
+  void setup_routes() {
+    http.set_default_headers({{"X-Content-Type-Options", "nosniff"}, {"Referrer-Policy", "no-referrer"},
+                              {"X-Frame-Options", "DENY"}});
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      return check_request(req, res);
+    });
+    http.Get("/api/v1/search", guarded(&Impl::handle_search_text));
+    http.Post("/api/v1/search/image", guarded(&Impl::handle_search_image));
+    http.Get(R"(/api/v1/similar/(\d{1,18}))", guarded(&Impl::handle_similar));
+    http.Get("/api/v1/info", guarded(&Impl::handle_info));
+    http.Get(R"(/api/v1/thumb/(\d{1,18}))", guarded(&Impl::handle_thumb));
+    http.Get(R"(/api/v1/image/(\d{1,18}))", guarded(&Impl::handle_image));
+    http.Get(R"(/[A-Za-z0-9_.-]*)", guarded(&Impl::handle_asset));
+    // Whatever httplib answers by itself (no route: 404; a body over the limit: 413; ...) gets a JSON body.
+    http.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      switch (res.status) {
+        case 404: send_error(res, 404, "not_found", "no such route"); break;
+        case 413:
+          send_error(res, 413, "too_large", "the request is larger than the upload limit (" +
+                                                std::to_string(options.max_upload_bytes >> 20) + " MB)");
+          break;
+        case 400: send_error(res, 400, "bad_request", "malformed request"); break;
+        default: send_error(res, res.status, "error", "the request failed (HTTP " + std::to_string(res.status) + ")");
+      }
+    });
+    http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        send_error(res, 500, "internal", std::string("unexpected failure: ") + e.what());
+      } catch (...) {
+        send_error(res, 500, "internal", "unexpected failure");
+      }
+    });
+    // httplib's default also sets SO_REUSEPORT, which lets a second server (of the same user) bind the
+    // same port and silently take half of the connections: a port in use must be an error instead.
+    http.set_socket_options([](socket_t sock) {
+      int yes = 1;
+      ::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    });
+    const int workers = std::max(1, options.workers);
+    http.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
+    // Multipart framing around the largest accepted image; the image itself is checked exactly.
+    http.set_payload_max_length(options.max_upload_bytes + (size_t{64} << 10));
+    http.set_read_timeout(10, 0);
+    http.set_write_timeout(30, 0);
+    http.set_keep_alive_timeout(2);
+    http.set_keep_alive_max_count(100);
+  }
+};
+
+std::unique_ptr<Server> Server::create(const ServerOptions& options) {
+  if (options.port < 0 || options.port > 65535) {
+    throw Exception(ErrorCode::kInvalidArgument, "--port must be from 0 to 65535");
+  }
+  if (!is_loopback_host(options.host) && options.token.empty()) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "--host " + options.host + " is reachable from other machines: give --token");
+  }
+  if (options.max_upload_bytes == 0) throw Exception(ErrorCode::kInvalidArgument, "the upload limit must be positive");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  impl->model = Model::open(options.model_dir, options.model);
+  impl->model->load_text_tower();
+  // A model that does not fit the index is reported now rather than on the first query.
+  impl->with_index([](IndexStore*, Searcher*) { return 0; });
+
+  std::string bound = options.host;
+  if (bound.size() > 2 && bound.front() == '[' && bound.back() == ']') bound = bound.substr(1, bound.size() - 2);
+  for (auto& ch : bound) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  impl->allowed_hosts = {"localhost", "127.0.0.1", "::1", bound};
+  impl->wildcard = bound == "0.0.0.0" || bound == "::";
+  if (impl->wildcard) {
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) == 0 && name[0]) {
+      std::string n = name;
+      for (auto& ch : n) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      impl->allowed_hosts.insert(n);
+      impl->allowed_hosts.insert(n + ".local");
+    }
+  }
+  impl->setup_routes();
+  if (options.port == 0) {
+    impl->port = impl->http.bind_to_any_port(bound);
+  } else {
+    impl->port = impl->http.bind_to_port(bound, options.port) ? options.port : -1;
+  }
+  if (impl->port <= 0) {
+    throw Exception(ErrorCode::kIoError, "cannot listen on " + options.host + ":" + std::to_string(options.port) +
+                                             " (address in use, or not an address of this machine)");
+  }
+  return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Server::~Server() { stop(); }
+
+int Server::port() const { return impl_->port; }
+
+std::string Server::url() const {
+  std::string h = impl_->options.host;
+  if (h.find(':') != std::string::npos && h.front() != '[') h = "[" + h + "]";
+  return "http://" + h + ":" + std::to_string(impl_->port) + "/";
+}
+
+void Server::run(const std::function<bool()>& should_stop) {
+  std::atomic<bool> done{false};
+  std::thread watcher([&] {
+    while (!done.load()) {
+      if (impl_->stopping.load() || (should_stop && should_stop())) {
+        impl_->http.stop();
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  });
+  impl_->http.listen_after_bind();
+  done = true;
+  watcher.join();
+}
+
+void Server::stop() {
+  impl_->stopping = true;
+  impl_->http.stop();
+}
+
+}  // namespace cnclip
