@@ -56,12 +56,12 @@ void register_serve_command(CLI::App& app, CommonOptions& o, Action& action) {
   auto* sub = app.add_subcommand("serve", "Web page and JSON API over the index (search by text or image in a browser)");
   sub->add_option("--host", c.host, "Address to listen on (not loopback: needs --token, or one is generated)")
       ->capture_default_str();
-  sub->add_option("--port", c.port, "Port (0: any free port, printed)")->capture_default_str()->check(CLI::Range(0, 65535));
-  sub->add_option("--max-upload-mb", c.max_upload_mb, "Largest example image accepted, in MB")
-      ->capture_default_str()
-      ->check(CLI::Range(0.001, 4096.0));
+  whole_number(sub->add_option("--port", c.port, "Port (0: any free port, printed)")->capture_default_str(), 0, 65535);
+  real_number(sub->add_option("--max-upload-mb", c.max_upload_mb, "Largest example image accepted, in MB")
+                  ->capture_default_str(),
+              0.001, 4096.0);
   sub->add_option("--token", c.token, "Secret every request must carry (Bearer header, cookie, or ?token=)");
-  sub->add_option("--workers", c.workers, "Request threads")->capture_default_str()->check(CLI::Range(1, 64));
+  whole_number(sub->add_option("--workers", c.workers, "Request threads")->capture_default_str(), 1, 64);
   add_model_options(sub, o);
   add_index_option(sub, o);
   add_mixed_precision_option(sub, o);
