@@ -363,11 +363,13 @@ TEST_F(Indexed, StdinQueriesAreCheckedLineByLine) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   // Queries with -0 may hold newlines.
-  r = test::run_cnclip("search-text - -0 -k 1" + with_index(), std::string("小狗\n猫\0海边\0", 20));
+  static const char kNulSeparated[] = "小狗\n猫\0海边\0";
+  r = test::run_cnclip("search-text - -0 -k 1" + with_index(), std::string(kNulSeparated, sizeof kNulSeparated - 1));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), 2u);
   EXPECT_EQ(rows[0]["query"], "小狗\n猫");
+  EXPECT_EQ(rows[1]["query"], "海边");
 }
 
 // --- search inputs ----------------------------------------------------------------------------

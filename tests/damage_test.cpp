@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <cstring>
 #include <random>
 #include <optional>
 #include <set>
@@ -92,7 +93,10 @@ void expect_catalog_vectors(const VectorIndex& v, const LibraryIndex& idx) {
   for (int64_t i = 0; i < v.size(); ++i) {
     auto it = idx.rows.find(v.ids()[i]);
     ASSERT_NE(it, idx.rows.end());
-    for (int d = 0; d < kDim; ++d) ASSERT_EQ(v.vectors()[i * kDim + d], it->second.second[d]);
+    // A mapped snapshot's floats are not 4-byte aligned (see VectorIndex::vectors): copy them out.
+    float row[kDim];
+    std::memcpy(row, v.vectors() + i * kDim, sizeof row);
+    for (int d = 0; d < kDim; ++d) ASSERT_EQ(row[d], it->second.second[d]);
   }
 }
 

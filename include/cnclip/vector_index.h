@@ -42,6 +42,12 @@ class VectorIndex {
   virtual int dim() const = 0;
   virtual int64_t size() const = 0;
   virtual const int64_t* ids() const = 0;
+  // The n * dim floats, row i at vectors() + i * dim. Alignment: an in-memory index's are aligned,
+  // but a memory-mapped snapshot's start at file offset 82 (FAISS's IndexIDMap2/IndexFlatIP layout,
+  // which cnclip keeps so `faiss::read_index` reads the file), so they are only 2-byte aligned:
+  // copy a row out with memcpy, or hand the pointer to FAISS/BLAS, which load unaligned data;
+  // never dereference it as float. (Copying 2 GB at a million vectors into aligned memory would
+  // give up the shared page cache that makes a warm query cheap.)
   virtual const float* vectors() const = 0;
 
   // For each of the nq queries (nq * dim floats), up to k hits, best first. When `allowed` is given,
