@@ -2,19 +2,16 @@
 # The test sequence (what CI runs after scripts/setup.sh), each part bounded in time:
 #   1. release     the whole suite on the Release build in build/ (scripts/setup.sh builds it)
 #   2. asan-ubsan  the whole suite (but the `full` ViT-B-16 test) under AddressSanitizer+UBSan
-#                  (by name only for now: two tests still fail under it, see README)
 #   3. tsan        the tests that run threads of ours under ThreadSanitizer (CMakePresets.json)
 #   4. fuzz        every libFuzzer target for a short while (scripts/fuzz.sh)
-# Usage: scripts/test.sh [PART...]  (default: release, tsan, fuzz, in that order). Environment:
+# Usage: scripts/test.sh [PART...]  (default: all four, in that order). Environment:
 # CNCLIP_FUZZ_SECONDS (per target, default 20). Exits 1 when a part fails or runs out of time.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 parts=("$@")
-# asan-ubsan is not in the default sequence yet: two tests still fail under it (README, "What
-# scripts/test.sh runs"); run it by name.
-[ ${#parts[@]} -gt 0 ] || parts=(release tsan fuzz)
+[ ${#parts[@]} -gt 0 ] || parts=(release asan-ubsan tsan fuzz)
 fuzz_seconds=${CNCLIP_FUZZ_SECONDS:-20}
 
 # Time limits (seconds) of each part, builds included; on 2 cores with a warm ccache each takes
