@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 #include "atomic_file.h"
 #include "cnclip/error.h"
@@ -159,8 +160,10 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
   k = static_cast<int>(std::min<int64_t>(k, n));
   std::vector<float> scores(static_cast<size_t>(nq) * k);
   std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
-  // A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes.
-  faiss::distance_compute_blas_threshold = 1;
+  // A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes. FAISS keeps
+  // this threshold in a global: set it once, so concurrent searches do not write it (a data race).
+  static std::once_flag blas_threshold_set;
+  std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
   std::vector<uint8_t> bitmap;
   std::unique_ptr<faiss::IDSelectorBitmap> selector;
   if (allowed) {
