@@ -292,8 +292,15 @@ struct EncodePipeline::Impl {
 EncodePipeline::EncodePipeline(Model& model, size_t count, std::function<PreparedItem(size_t)> prepare,
                                const EncodeSettings& settings)
     : impl_(std::make_unique<Impl>()) {
-  // Load the image tower (hundreds of MB) while the first images are decoded.
-  impl_->tower_loaded = std::async(std::launch::async, [&model] { model.load_image_tower(); }).share();
+  // Load the image tower (hundreds of MB) while the first images are decoded; with nothing to encode
+  // (an index run that found no new or changed file) not at all, nor LibTorch with it (model.h).
+  if (count > 0) {
+    impl_->tower_loaded = std::async(std::launch::async, [&model] { model.load_image_tower(); }).share();
+  } else {
+    std::promise<void> nothing_to_load;
+    nothing_to_load.set_value();
+    impl_->tower_loaded = nothing_to_load.get_future().share();
+  }
   const ModelParallelism parallelism = choose_parallelism(model, settings.model_workers);
   const int batch_size = std::max(1, settings.batch_size);
   const int decode_threads = settings.decode_threads > 0

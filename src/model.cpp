@@ -1,3 +1,5 @@
+// The LibTorch half of Model, built only into the model module (libcnclip_model.so, see
+// model_module.h); the core library loads it when a Model first needs a tower.
 #include "cnclip/model.h"
 
 #include <torch/script.h>
@@ -14,6 +16,8 @@
 #include <cstdio>
 #include <cstring>
 #include <thread>
+
+#include "model_module.h"
 
 namespace cnclip {
 namespace {
@@ -38,36 +42,34 @@ void limit_onednn_primitive_cache() {
 
 // Below this length an embedding carries no direction (a model that lost its weights returns zeros).
 constexpr double kMinNorm = 1e-6;
-// A normalized embedding's length is 1 up to float rounding (int8 towers normalize in float too).
-constexpr double kNormTolerance = 1e-3;
 
 }  // namespace
 
-std::optional<std::string> embedding_problem(const float* e, int dim, bool normalized) {
-  int nan = 0, inf = 0;
-  double norm = 0;
-  for (int d = 0; d < dim; ++d) {
-    if (std::isnan(e[d])) ++nan;
-    else if (std::isinf(e[d])) ++inf;
-    else norm += double(e[d]) * e[d];
-  }
-  if (nan) return std::to_string(nan) + " of its " + std::to_string(dim) + " values are NaN";
-  if (inf) return std::to_string(inf) + " of its " + std::to_string(dim) + " values are infinite";
-  norm = std::sqrt(norm);
-  char length[32];
-  std::snprintf(length, sizeof length, "%.6g", norm);
-  if (norm < kMinNorm) return std::string("its length is ") + length + ", not a direction";
-  if (normalized && std::abs(norm - 1.0) > kNormTolerance) {
-    return std::string("its length is ") + length + ", and the bundle says its embeddings are normalized";
-  }
-  return std::nullopt;
-}
+// The towers of one Model (model_module.h); the bundle's manifest is already checked, the tokenizer
+// stays in the core.
+class TorchModel final : public detail::ModelBackend {
+ public:
+  struct Impl;
+  explicit TorchModel(std::unique_ptr<Impl> impl);
+  ~TorchModel() override;
+  static std::unique_ptr<detail::ModelBackend> open(const BundleManifest& manifest, const ModelOptions& options);
 
-struct Model::Impl {
+  void load_image_tower() override;
+  void load_text_tower() override;
+  bool image_tower_loaded() const override;
+  bool text_tower_loaded() const override;
+  bool on_cpu() const override;
+  std::vector<float> encode_images(const float* pixels, int batch, RowErrors* row_errors) override;
+  std::vector<float> encode_token_ids(const int64_t* ids, int batch, int length, RowErrors* row_errors) override;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+struct TorchModel::Impl {
   BundleManifest manifest;
   torch::Device device{torch::kCPU};
   std::unique_ptr<torch::jit::Module> image, text;
-  std::unique_ptr<WordPieceTokenizer> tokenizer;
 
   std::unique_ptr<torch::jit::Module> load(const std::string& file) {
     check_bundle_file(manifest, file);
@@ -137,12 +139,12 @@ struct Model::Impl {
   }
 };
 
-Model::Model(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Model::~Model() = default;
+TorchModel::TorchModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+TorchModel::~TorchModel() = default;
 
-std::unique_ptr<Model> Model::open(const std::string& bundle_dir, const ModelOptions& options) {
+std::unique_ptr<detail::ModelBackend> TorchModel::open(const BundleManifest& manifest, const ModelOptions& options) {
   auto impl = std::make_unique<Impl>();
-  impl->manifest = load_bundle_manifest(bundle_dir);
+  impl->manifest = manifest;
   try {
     impl->device = torch::Device(options.device);
   } catch (const c10::Error&) {
@@ -154,30 +156,24 @@ std::unique_ptr<Model> Model::open(const std::string& bundle_dir, const ModelOpt
   }
   if (options.threads != 0 || at::get_num_threads() == 1) set_compute_threads(options.threads);
   torch::jit::setGraphExecutorOptimize(options.optimize_for_many_calls);
-  return std::unique_ptr<Model>(new Model(std::move(impl)));
+  return std::make_unique<TorchModel>(std::move(impl));
 }
 
-const BundleManifest& Model::manifest() const { return impl_->manifest; }
+std::unique_ptr<detail::ModelBackend> open_torch_model(const BundleManifest& manifest, const ModelOptions& options) {
+  return TorchModel::open(manifest, options);
+}
 
-void Model::load_image_tower() {
+void TorchModel::load_image_tower() {
   if (!impl_->image) impl_->image = impl_->load("image_encoder.pt");
 }
-void Model::load_text_tower() {
+void TorchModel::load_text_tower() {
   if (!impl_->text) impl_->text = impl_->load("text_encoder.pt");
 }
-bool Model::image_tower_loaded() const { return impl_->image != nullptr; }
-bool Model::text_tower_loaded() const { return impl_->text != nullptr; }
-bool Model::on_cpu() const { return impl_->device.is_cpu(); }
+bool TorchModel::image_tower_loaded() const { return impl_->image != nullptr; }
+bool TorchModel::text_tower_loaded() const { return impl_->text != nullptr; }
+bool TorchModel::on_cpu() const { return impl_->device.is_cpu(); }
 
-const Tokenizer& Model::tokenizer() {
-  if (!impl_->tokenizer) {
-    check_bundle_file(impl_->manifest, "vocab.txt");
-    impl_->tokenizer = WordPieceTokenizer::from_vocab_file(impl_->manifest.path_of("vocab.txt"));
-  }
-  return *impl_->tokenizer;
-}
-
-std::vector<float> Model::encode_images(const float* pixels, int batch, RowErrors* row_errors) {
+std::vector<float> TorchModel::encode_images(const float* pixels, int batch, RowErrors* row_errors) {
   if (row_errors) row_errors->clear();
   if (batch == 0) return {};
   load_image_tower();
@@ -186,7 +182,7 @@ std::vector<float> Model::encode_images(const float* pixels, int batch, RowError
   return impl_->run(*impl_->image, input, batch, row_errors);
 }
 
-std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int length, RowErrors* row_errors) {
+std::vector<float> TorchModel::encode_token_ids(const int64_t* ids, int batch, int length, RowErrors* row_errors) {
   if (row_errors) row_errors->clear();
   if (batch == 0) return {};
   load_text_tower();
@@ -201,17 +197,6 @@ std::vector<float> Model::encode_token_ids(const int64_t* ids, int batch, int le
   }
   auto full = torch::from_blob(const_cast<int64_t*>(ids), {batch, length}, torch::kLong);
   return impl_->run(*impl_->text, full.narrow(1, 0, used).contiguous(), batch, row_errors);
-}
-
-std::vector<float> Model::encode_texts(const std::vector<std::string>& texts, RowErrors* row_errors) {
-  const int len = impl_->manifest.context_length;
-  std::vector<int64_t> ids;
-  ids.reserve(texts.size() * static_cast<size_t>(len));
-  for (const auto& t : texts) {
-    auto row = tokenizer().encode(t, len);
-    ids.insert(ids.end(), row.begin(), row.end());
-  }
-  return encode_token_ids(ids.data(), static_cast<int>(texts.size()), len, row_errors);
 }
 
 void set_compute_threads(int n) {

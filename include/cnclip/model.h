@@ -1,5 +1,17 @@
 // The Chinese-CLIP encoders of a model bundle, run by LibTorch. LibTorch stays behind this header
-// (pimpl), so code that only needs embeddings compiles without its heavy headers.
+// (pimpl), so code that only needs embeddings compiles without its heavy headers, and out of the
+// program: everything that needs it is in the model module, libcnclip_model.so, which the library
+// loads (dlopen) the first time a Model needs a tower (a load_*_tower or encode_* call, or a device
+// other than "cpu"), and the functions below that say so. Loading LibTorch's ~290 shared libraries
+// takes ~0.3-0.5 s, which commands that never encode (info, tokenize, remove, ...) do not pay.
+//
+// Where the module is: $CNCLIP_MODEL_MODULE (its full path) when set and not empty; else, when cnclip
+// was configured with CNCLIP_MODEL_MODULE_DIR (relative to the executable's directory, or absolute)
+// and the module is there, that; else next to the executable (/proc/self/exe), as in a build tree.
+// A module that cannot be loaded (missing, not a shared library, missing LibTorch libraries, or built
+// for another cnclip) makes the call that needed it throw Exception, one line naming the module's
+// path and dlerror(): kNotFound (no such file), kCorrupt (dlopen failed), kMismatch (another build).
+// A failed load is tried again on the next call; a loaded module stays loaded.
 #pragma once
 
 #include <memory>
@@ -35,7 +47,8 @@ std::optional<std::string> embedding_problem(const float* embedding, int dim, bo
 // Failures throw Exception naming the bundle file.
 class Model {
  public:
-  // Reads and checks bundle.json; loads nothing else yet.
+  // Reads and checks bundle.json; loads nothing else yet (for a device other than "cpu": loads the
+  // model module and checks the device, kInvalidArgument if it does not exist).
   static std::unique_ptr<Model> open(const std::string& bundle_dir, const ModelOptions& options = {});
   ~Model();
 
@@ -71,6 +84,13 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// The model module's path, as found by the rule above (whether or not it exists).
+std::string model_module_path();
+// Whether this process has loaded the model module (and so LibTorch). Thread-safe.
+bool model_module_loaded();
+
+// Before the model module is loaded, these two act on OpenMP alone (what FAISS computes with), and
+// the module applies the last count set when it loads. Thread-safe.
 // Sets LibTorch's intra-op thread count (which also sizes OpenMP, and so FAISS). n <= 0: all cores.
 // Call once before heavy work: LibTorch defaults to 1 thread on some systems. OpenMP keeps this per
 // thread: it holds for the calling thread, and for threads that start computing after the call.
@@ -79,6 +99,7 @@ void set_compute_threads(int n);
 int compute_threads();
 
 // "LibTorch 1.13.1, OpenBLAS (...), 2 intra-op threads": what actually computes, for benchmarks.
+// Loads the model module (as does measure_sgemm_gflops); throws Exception if it cannot.
 std::string compute_backend_description();
 
 // Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s:
