@@ -61,6 +61,7 @@ class LazyLoad : public ::testing::Test {
     EXPECT_FALSE(mentions(t.linker_log, "libtorch")) << "LibTorch was loaded";
     EXPECT_FALSE(mentions(t.linker_log, "libc10")) << "LibTorch was loaded";
     EXPECT_FALSE(mentions(t.linker_log, "libcnclip_model")) << "the model module was loaded";
+    EXPECT_EQ(mentions(t.linker_log, "libopencv_imgcodecs"), decodes_images) << "image codecs loaded or not";
   }
   void expect_libtorch(const std::string& args, const std::string& stdin_text = "") {
     SCOPED_TRACE("cnclip " + args);
