@@ -145,6 +145,7 @@ struct Model::Impl {
   BundleManifest manifest;
   ModelOptions options;
   bool on_cpu = true;
+  std::mutex tokenizer_mu;  // tokenizer() may be called from several threads (cnclip serve's queries)
   std::unique_ptr<WordPieceTokenizer> tokenizer;
   std::unique_ptr<detail::ModelBackend> backend;  // the towers, from the module, once needed
 
@@ -179,6 +180,7 @@ bool Model::text_tower_loaded() const { return impl_->backend && impl_->backend-
 bool Model::on_cpu() const { return impl_->on_cpu; }
 
 const Tokenizer& Model::tokenizer() {
+  std::lock_guard<std::mutex> lock(impl_->tokenizer_mu);
   if (!impl_->tokenizer) {
     check_bundle_file(impl_->manifest, "vocab.txt");
     impl_->tokenizer = WordPieceTokenizer::from_vocab_file(impl_->manifest.path_of("vocab.txt"));

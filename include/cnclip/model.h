@@ -43,7 +43,8 @@ std::optional<std::string> embedding_problem(const float* embedding, int dim, bo
 // Owns the bundle's two TorchScript towers and its tokenizer. Each tower (and the tokenizer) is
 // loaded on first use, so a text search never reads the image tower. Thread-safety: once a tower is
 // loaded (load_image_tower / load_text_tower), its encode_* calls may run concurrently from several
-// threads, each with the compute threads it set for itself; everything else, one thread at a time.
+// threads, each with the compute threads it set for itself, and so may tokenizer(), manifest(),
+// dim() and on_cpu() at any time; everything else, one thread at a time.
 // Failures throw Exception naming the bundle file.
 class Model {
  public:
