@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cnclip benchmark: everything in one run, side by side, so that machine noise cancels in the ratios.
 #
-#   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m]
+#   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m] [--startup-only]
 #
 # Makes its inputs once (cached in build/bench): 64 JPEGs of 12 MP and 4 PNGs made from the fixtures
 # with noise; a full-size ViT-B-16 with random weights in the official checkpoint layout, exported
@@ -15,16 +15,20 @@
 #   - cold `search-text` / `search-image` latency (process start to output) on 100k and 1M indexes
 #   - re-running `index` over 10,000 unchanged files
 #   - peak RSS of each
+#   - start-up of commands that load no model (--version, tokenize, info) against one that loads
+#     LibTorch (--startup-only: just that, in a minute)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="$repo/build/bench"
 rounds=2
 skip_1m=0
+startup_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     --skip-1m) skip_1m=1; shift ;;
+    --startup-only) startup_only=1; shift ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -37,6 +41,32 @@ mkdir -p "$work"
 log() { echo "bench: $*" >&2; }
 json_field() { "$py" -c "import json,sys; print(json.loads([l for l in sys.stdin.read().splitlines() if l.startswith('{')][-1])['$1'])"; }
 peak_rss_mb() { sed -n 's/^peak_kb=//p' "$1" | awk '{printf "%.0f", $1/1024}'; }
+
+# ---- start-up (issue #12): LibTorch is loaded only by commands that run a model ----------------------
+# p50 wall time of 15 runs of each (process start to exit), and the shared objects each maps.
+startup_rows() {
+  local tiny="$work/tiny" idx="$work/idx-startup"
+  [ -f "$tiny/bundle.json" ] || "$py" "$repo/scripts/export_model.py" --random-init tiny --out "$tiny" >&2
+  if [ ! -f "$idx/catalog.sqlite3" ]; then
+    local dim; dim=$("$py" -c "import json,sys; print(json.load(open(sys.argv[1]))['embedding_dim'])" "$tiny/bundle.json")
+    "$py" "$helper" vectors "$work/vs.npy" "$work/ps.txt" --count 10000 --dim "$dim"
+    "$bin" import --npy "$work/vs.npy" --paths "$work/ps.txt" --model "$tiny" --index "$idx" >&2
+    rm -f "$work/vs.npy" "$work/ps.txt"
+  fi
+  ms() { "$py" "$helper" time-runs 15 -- "$@" | json_field p50_s | awk '{printf "%.1f", $1 * 1000}'; }
+  objects() { LD_DEBUG=files "$@" 2>&1 >/dev/null | grep -c 'file=.*needed by\|file=.*dynamically loaded by' || true; }
+  local v t i m
+  v=$(ms "$bin" --version)
+  t=$(ms "$bin" tokenize 夕阳、大海、沙滩 --model "$tiny")
+  i=$(ms "$bin" info --index "$idx")
+  m=$(ms "$bin" embed-text 夕阳 --model "$tiny")
+  echo "| start-up, p50 ms: \`cnclip --version\` / \`tokenize\` / \`info\` (10,000 files) | $v / $t / $i | \`embed-text\` (loads LibTorch, tiny model) $m | **$("$py" -c "print(format($m / $v, '.0f'))")×** faster; shared objects loaded: $(objects "$bin" --version) vs $(objects "$bin" embed-text 夕阳 --model "$tiny") |"
+}
+if [ "$startup_only" = 1 ]; then
+  log "start-up only"
+  startup_rows | tee "$work/startup.md"
+  exit 0
+fi
 
 # ---- inputs (cached) -------------------------------------------------------------------------------
 photos="$work/photos"
@@ -158,4 +188,5 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
     echo "| search-image cold (image not indexed), $n vectors, p50 / p90 s | $(f "${si_p50[$n]}" .2f) / $(f "${si_p90[$n]}" .2f) | | peak RSS ${si_rss[$n]%.*} MB |"
   done
   echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
+  startup_rows
 } | tee "$work/results.md"

@@ -105,7 +105,7 @@ if [ -n "$checkpoint" ]; then
   fi
 fi
 
-echo "cnclip binary: $build_dir/cnclip"
+echo "cnclip binary: $build_dir/cnclip (its model module, $build_dir/libcnclip_model.so, stays next to it)"
 echo "tiny random bundle (tests, demo): $repo/models/tiny"
 if [ -n "$real_bundle" ]; then
   echo "ViT-B-16 bundle: $real_bundle"
