@@ -184,7 +184,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                            {"failed", s.failed},    {"failed_before", s.failed_before},
                            {"excluded", s.excluded}, {"missing", s.missing},
                            {"unreadable_folders", s.unreadable_folders}, {"links", s.links},
-                           {"interrupted", s.interrupted},
+                           {"paired", s.paired}, {"interrupted", s.interrupted},
                            {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
         }
@@ -200,6 +200,11 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           return 130;
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
+        if (!o.quiet && s.paired > 0) {
+          std::cerr << "cnclip: " << s.paired
+                    << " RAW file(s) next to a JPEG of the same name were left out (a RAW+JPEG pair is indexed as "
+                       "its JPEG)\n";
+        }
         if (!o.quiet && s.failed_before > 0) {
           std::cerr << "cnclip: " << s.failed_before
                     << " unchanged file(s) that failed before were not tried again (--retry-failed)\n";
