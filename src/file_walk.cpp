@@ -81,7 +81,8 @@ void pair_raw_with_jpeg(size_t first, WalkResult& out) {
     if (std::find(raws.begin(), raws.end(), ext) != raws.end() && jpeg_stems.count(stem_of(out.files[i].path))) {
       out.paired.push_back(out.files[i].path);
     } else {
-      out.files[kept++] = std::move(out.files[i]);
+      if (kept != i) out.files[kept] = std::move(out.files[i]);  // (a self-move would empty the path)
+      ++kept;
     }
   }
   out.files.resize(kept);

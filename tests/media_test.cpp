@@ -170,7 +170,8 @@ TEST(MediaWalk, DefaultExtensionsTakeEveryFormat) {
 
 TEST(MediaWalk, RawNextToItsJpegIsPaired) {
   test::TempDir d;
-  for (const char* n : {"IMG_1.CR2", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.dng", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
+  // (A_first.png comes before every pair: files kept in place must keep their paths.)
+  for (const char* n : {"A_first.png", "IMG_1.CR2", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.dng", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
                         "IMG_5.orf", "img_5.jpg", "sub/IMG_1.CR2", "IMG_6.raf", "IMG_6.jpe"}) {
     fs::create_directories(fs::path(d / n).parent_path());
     test::write_text(d / n, n);
@@ -182,7 +183,7 @@ TEST(MediaWalk, RawNextToItsJpegIsPaired) {
   std::sort(paired.begin(), paired.end());
   // Paired: same folder, same stem (case matters in the stem: img_5 is not IMG_5), a JPEG extension.
   EXPECT_EQ(paired, (std::vector<std::string>{"IMG_1.CR2", "IMG_3.dng", "IMG_6.raf"}));
-  EXPECT_EQ(files, (std::vector<std::string>{"IMG_1.JPG", "IMG_2.NEF", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
+  EXPECT_EQ(files, (std::vector<std::string>{"A_first.png", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
                                              "IMG_5.orf", "IMG_6.jpe", "img_5.jpg", "sub/IMG_1.CR2"}));
   // A JPEG the walk does not take (excluded, or not in --ext) pairs nothing.
   WalkOptions no_jpeg;
