@@ -48,10 +48,11 @@ bool palette_needed(const ColorMapObject* map) {
 }
 
 Error gif_error(const std::string& name, int code) {
+  if (code == D_GIF_ERR_READ_FAILED || code == D_GIF_ERR_EOF_TOO_SOON) {
+    return Error{ErrorCode::kTruncated, name + ": truncated gif (file ends early)"};
+  }
   const char* why = GifErrorString(code);
-  const ErrorCode ec = code == D_GIF_ERR_READ_FAILED || code == D_GIF_ERR_EOF_TOO_SOON ? ErrorCode::kTruncated
-                                                                                         : ErrorCode::kCorrupt;
-  return Error{ec, name + ": cannot decode gif (" + std::string(why ? why : "unknown giflib error") + ")"};
+  return Error{ErrorCode::kCorrupt, name + ": cannot decode gif (" + std::string(why ? why : "unknown giflib error") + ")"};
 }
 
 }  // namespace
@@ -105,7 +106,8 @@ Result<DecodedImage> decode_gif(const std::vector<uint8_t>& bytes, const std::st
                   cv::Scalar(transparency >= 0 ? transparency : 0));
   std::vector<GifPixelType> line(static_cast<size_t>(fw));
   auto read_row = [&](int y) -> bool {
-    if (fw > 0 && DGifGetLine(gif.get(), line.data(), fw) == GIF_ERROR) return false;
+    if (fw == 0) return true;  // an empty frame (its rows have no pixels)
+    if (DGifGetLine(gif.get(), line.data(), fw) == GIF_ERROR) return false;
     std::memcpy(indices.ptr<uint8_t>(y0 + y) + x0, line.data(), line.size());
     return true;
   };

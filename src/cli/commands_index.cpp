@@ -119,8 +119,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                         ->expected(1)
                         ->allow_extra_args(false)  // `--exclude GLOB PATH`: PATH is a path
                         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    std::string default_ext;
+    for (const auto& e : WalkOptions::default_extensions()) default_ext += (default_ext.empty() ? "" : ",") + e;
     c.ext_opt = sub->add_option("--ext", c.extensions,
-                                "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
+                                "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
