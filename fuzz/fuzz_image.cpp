@@ -1,4 +1,5 @@
-// libFuzzer target: any bytes as an image file (JPEG, PNG, WebP, BMP, TIFF, or anything else), through
+// libFuzzer target: any bytes as an image file (JPEG, PNG, WebP and its animations, BMP, TIFF, GIF,
+// HEIF/AVIF through libheif, camera RAW through LibRaw, or anything else), through
 // decode_image and the whole preprocessing (Pillow-exact resize, normalization) the index runs.
 // It must return a typed error, or a tensor of finite values in the range Normalize can produce.
 // The pixel limit is 4 MP (the index's default is 100 MP) so that a header announcing a huge image is
@@ -19,6 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   options.max_pixels = 4'000'000;
   options.apply_exif_orientation = flags & 1;
   options.reduced_decode_min_side = (flags & 2) ? 16 << ((flags >> 2) & 3) : 0;
+  options.raw_preview_min_side = (flags & 0x20) ? 8 : 448;  // RAW: the preview path or the demosaic
 
   cnclip::Normalization norm;
   norm.size = (flags & 0x10) ? 7 : 32;  // small outputs keep executions fast; odd sizes included

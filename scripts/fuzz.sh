@@ -64,6 +64,8 @@ done
 # ours: the target refuses headers over 4 MP, and a lying header must not get past either).
 export OPENCV_IO_MAX_IMAGE_PIXELS=16777216
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_may_return_null=1}
+# Leaks inside Debian's libraries (not ours), as in the asan-ubsan build: tests/sanitizers/lsan.supp.
+export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$repo/tests/sanitizers/lsan.supp:print_suppressions=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 status=0

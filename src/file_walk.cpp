@@ -12,6 +12,9 @@
 #include <cstdlib>
 #include <cstdio>
 #include <nlohmann/json.hpp>
+#include <unordered_set>
+
+#include "cnclip/image.h"
 
 namespace cnclip {
 namespace {
@@ -62,6 +65,29 @@ int64_t mtime_ns(const struct stat& st) {
   return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
 }
 
+// The RAW+JPEG rule (WalkResult::paired) over the files one folder gave, from index `first` on.
+void pair_raw_with_jpeg(size_t first, WalkResult& out) {
+  const auto& raws = raw_extensions();
+  auto stem_of = [](const std::string& path) { return path.substr(0, path.find_last_of('.')); };
+  std::unordered_set<std::string> jpeg_stems;
+  for (size_t i = first; i < out.files.size(); ++i) {
+    const std::string ext = lower_extension(out.files[i].path);
+    if (ext == "jpg" || ext == "jpeg" || ext == "jpe") jpeg_stems.insert(stem_of(out.files[i].path));
+  }
+  if (jpeg_stems.empty()) return;
+  size_t kept = first;
+  for (size_t i = first; i < out.files.size(); ++i) {
+    const std::string ext = lower_extension(out.files[i].path);
+    if (std::find(raws.begin(), raws.end(), ext) != raws.end() && jpeg_stems.count(stem_of(out.files[i].path))) {
+      out.paired.push_back(out.files[i].path);
+    } else {
+      if (kept != i) out.files[kept] = std::move(out.files[i]);  // (a self-move would empty the path)
+      ++kept;
+    }
+  }
+  out.files.resize(kept);
+}
+
 void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& out) {
   DIR* d = ::opendir(dir.c_str());
   if (!d) {
@@ -88,6 +114,9 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
   }
   std::sort(names.begin(), names.end());
   const std::string base = dir == "/" ? "" : dir;
+  // This folder's files are appended from here, with its sub-folders' (already paired) between them;
+  // a pair's stems include the folder, so only files of one folder pair.
+  const size_t first = out.files.size();
   for (const auto& name : names) {
     const std::string path = base + "/" + name;
     if (excluded(name, path, options.excludes)) continue;
@@ -132,6 +161,7 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
     }
     out.files.push_back(FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)});
   }
+  pair_raw_with_jpeg(first, out);
 }
 
 std::string shell_word(const std::string& s) {

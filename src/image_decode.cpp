@@ -18,18 +18,70 @@
 
 #include "cnclip/image.h"
 #include "cnclip/runtime.h"
+#include "image_formats.h"
 
 namespace cnclip {
 namespace {
 
-enum class Format { kUnknown, kJpeg, kPng, kWebp, kBmp, kTiff, kGif, kHeic };
+enum class Format { kUnknown, kJpeg, kPng, kWebp, kBmp, kTiff, kGif, kHeif, kAvif, kRaw };
 
 uint32_t be16(const uint8_t* p) { return (uint32_t{p[0]} << 8) | p[1]; }
 uint32_t be32(const uint8_t* p) { return (be16(p) << 16) | be16(p + 2); }
 uint32_t le16(const uint8_t* p) { return (uint32_t{p[1]} << 8) | p[0]; }
 uint32_t le32(const uint8_t* p) { return (le16(p + 2) << 16) | le16(p); }
 
-Format sniff(const std::vector<uint8_t>& b) {
+bool has_brand(const uint8_t* p, std::initializer_list<const char*> brands) {
+  for (const char* brand : brands) {
+    if (std::memcmp(p, brand, 4) == 0) return true;
+  }
+  return false;
+}
+
+// ISO base media files (HEIF, AVIF, Canon CR3) by their ftyp box: the major brand, then the
+// compatible brands (a "mif1" file holding AV1 images lists "avif").
+Format sniff_ftyp(const std::vector<uint8_t>& b) {
+  if (b.size() < 16 || std::memcmp(&b[4], "ftyp", 4) != 0) return Format::kUnknown;
+  const size_t box = std::min<size_t>(be32(&b[0]), b.size());
+  if (has_brand(&b[8], {"crx "})) return Format::kRaw;
+  if (has_brand(&b[8], {"avif", "avis"})) return Format::kAvif;
+  const bool hevc = has_brand(&b[8], {"heic", "heix", "hevc", "hevx", "heim", "heis", "hevm", "hevs"});
+  if (hevc) return Format::kHeif;
+  bool mif = has_brand(&b[8], {"mif1", "msf1"}), av1 = false;
+  for (size_t at = 16; at + 4 <= box; at += 4) {
+    if (has_brand(&b[at], {"heic", "heix", "hevc", "hevx"})) return Format::kHeif;
+    av1 |= has_brand(&b[at], {"avif", "avis"});
+    mif |= has_brand(&b[at], {"mif1", "msf1"});
+  }
+  if (av1) return Format::kAvif;
+  if (mif) return Format::kHeif;
+  return Format::kUnknown;
+}
+
+// File name extensions of RAW formats that are TIFF files inside (NEF, ARW, PEF...): those have no
+// signature of their own, and their first IFD is only a thumbnail, so the name decides.
+bool raw_name(const std::string& name) {
+  const auto dot = name.find_last_of('.');
+  if (dot == std::string::npos || name.find('/', dot) != std::string::npos) return false;
+  std::string ext = name.substr(dot + 1);
+  for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto& raws = raw_extensions();
+  return std::find(raws.begin(), raws.end(), ext) != raws.end();
+}
+
+// A TIFF whose first IFD has the DNGVersion tag (50706) is a DNG.
+bool tiff_is_dng(const std::vector<uint8_t>& b) {
+  const bool little = b[0] == 'I';
+  auto u16 = [&](size_t at) { return little ? le16(&b[at]) : be16(&b[at]); };
+  const size_t ifd = little ? le32(&b[4]) : be32(&b[4]);
+  if (b.size() < 8 || ifd + 2 > b.size()) return false;
+  const size_t count = u16(ifd);
+  for (size_t e = 0; e < count && ifd + 2 + e * 12 + 12 <= b.size(); ++e) {
+    if (u16(ifd + 2 + e * 12) == 50706) return true;
+  }
+  return false;
+}
+
+Format sniff(const std::vector<uint8_t>& b, const std::string& name) {
   auto starts = [&](const char* magic, size_t n, size_t at = 0) {
     return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
   };
@@ -37,13 +89,19 @@ Format sniff(const std::vector<uint8_t>& b) {
   if (starts("\x89PNG\r\n\x1a\n", 8)) return Format::kPng;
   if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return Format::kWebp;
   if (starts("BM", 2) && b.size() >= 30) return Format::kBmp;
-  if (starts("II*\0", 4) || starts("MM\0*", 4)) return Format::kTiff;
-  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return Format::kGif;
-  if (starts("ftypheic", 8, 4) || starts("ftypheix", 8, 4) || starts("ftypmif1", 8, 4) ||
-      starts("ftypavif", 8, 4)) {
-    return Format::kHeic;
+  if (starts("II*\0", 4) || starts("MM\0*", 4)) {
+    if (starts("CR\x02", 3, 8) || (b.size() >= 8 && tiff_is_dng(b)) || raw_name(name)) return Format::kRaw;
+    return Format::kTiff;
   }
-  return Format::kUnknown;
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return Format::kGif;
+  // RAW formats with their own signature: Olympus ORF, Panasonic RW2, Fujifilm RAF, Canon CRW,
+  // Minolta MRW, Sigma X3F.
+  if (starts("IIRO", 4) || starts("IIRS", 4) || starts("MMOR", 4) || starts("IIU\0", 4) ||
+      starts("FUJIFILMCCD-RAW", 15) || starts("II\x1a\0\0\0HEAPCCDR", 14) || starts("\0MRM", 4) ||
+      starts("FOVb", 4)) {
+    return Format::kRaw;
+  }
+  return sniff_ftyp(b);
 }
 
 const char* format_name(Format f) {
@@ -54,7 +112,9 @@ const char* format_name(Format f) {
     case Format::kBmp: return "bmp";
     case Format::kTiff: return "tiff";
     case Format::kGif: return "gif";
-    case Format::kHeic: return "heic/avif";
+    case Format::kHeif: return "heif";
+    case Format::kAvif: return "avif";
+    case Format::kRaw: return "raw";
     case Format::kUnknown: break;
   }
   return "unknown";
@@ -67,6 +127,7 @@ struct HeaderInfo {
   bool mode_known = false;
   int components = 0;         // JPEG: colour components of the first frame (4: CMYK or YCCK)
   int exif_orientation = 1;   // JPEG: the EXIF Orientation tag of the first APP1 Exif segment
+  bool animated = false;      // WebP: the VP8X header's animation flag
 };
 
 // The Orientation tag (0x0112) of an APP1 "Exif" segment's first IFD; 1 when absent or unreadable.
@@ -188,6 +249,7 @@ HeaderInfo parse_webp(const std::vector<uint8_t>& b) {
   } else if (std::memcmp(&b[12], "VP8X", 4) == 0) {
     info.width = (b[24] | (b[25] << 8) | (b[26] << 16)) + 1;
     info.height = (b[27] | (b[28] << 8) | (b[29] << 16)) + 1;
+    info.animated = (b[20] & 0x02) != 0;
   }
   return info;
 }
@@ -315,6 +377,34 @@ void apply_exif_orientation(cv::Mat& m, int orientation) {
 
 }  // namespace
 
+namespace detail {
+
+Error too_large_error(const std::string& name, int64_t width, int64_t height, int64_t max_pixels) {
+  const double pixels = static_cast<double>(width) * static_cast<double>(height);
+  return decode_error(ErrorCode::kTooLarge, name,
+                      "image is " + std::to_string(width) + "x" + std::to_string(height) + " (" +
+                          std::to_string(static_cast<long long>(pixels / 1e6)) + " MP), over the limit of " +
+                          std::to_string(max_pixels / 1'000'000) + " MP (--max-pixels)");
+}
+
+bool jpeg_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height) {
+  if (sniff(bytes, "") != Format::kJpeg) return false;
+  const HeaderInfo info = parse_jpeg(bytes);
+  if (info.width <= 0 || info.height <= 0) return false;
+  *width = info.width;
+  *height = info.height;
+  return true;
+}
+
+}  // namespace detail
+
+const std::vector<std::string>& raw_extensions() {
+  static const std::vector<std::string> extensions{"dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf",
+                                                   "sr2", "orf", "rw2", "raf", "pef", "srw", "rwl", "x3f",
+                                                   "3fr", "erf", "kdc", "dcr", "mef", "mos", "mrw", "iiq"};
+  return extensions;
+}
+
 Result<std::vector<uint8_t>> read_file_bytes(const std::string& path) {
   // O_NONBLOCK: a FIFO named like a photo must not hang the run (regular files ignore the flag).
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -355,7 +445,7 @@ Result<std::vector<uint8_t>> read_file_bytes(const std::string& path) {
 Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::string& name,
                                   const DecodeOptions& options) {
   if (bytes.empty()) return decode_error(ErrorCode::kCorrupt, name, "empty file (0 bytes)");
-  const Format format = sniff(bytes);
+  const Format format = sniff(bytes, name);
   HeaderInfo info;
   switch (format) {
     case Format::kJpeg: info = parse_jpeg(bytes); break;
@@ -364,12 +454,18 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
     case Format::kBmp: info = parse_bmp(bytes); break;
     case Format::kTiff: info = parse_tiff(bytes); break;
     case Format::kGif:
-    case Format::kHeic:
-      return decode_error(ErrorCode::kUnsupportedFormat, name,
-                          std::string("unsupported format (") + format_name(format) + ")");
+    case Format::kHeif:
+    case Format::kAvif:
+    case Format::kRaw: {
+      // Their decoders check the size in the header (and refuse it over the limit) before decoding.
+      DecodingFile attribution(name, format_name(format));
+      if (format == Format::kGif) return detail::decode_gif(bytes, name, options);
+      if (format == Format::kRaw) return detail::decode_raw(bytes, name, options);
+      return detail::decode_heif(bytes, name, options, format_name(format));
+    }
     case Format::kUnknown:
       return decode_error(ErrorCode::kUnsupportedFormat, name,
-                          "unsupported format (not JPEG, PNG, WebP, BMP or TIFF)");
+                          "unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
   }
   if (info.truncated) {
     return decode_error(ErrorCode::kTruncated, name,
@@ -380,10 +476,12 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
   // (at most 1e12 pixels) is exact in double.
   const double pixels = static_cast<double>(info.width) * static_cast<double>(info.height);
   if (pixels > static_cast<double>(options.max_pixels)) {
-    return decode_error(ErrorCode::kTooLarge, name,
-                        "image is " + std::to_string(info.width) + "x" + std::to_string(info.height) + " (" +
-                            std::to_string(static_cast<long long>(pixels / 1e6)) + " MP), over the limit of " +
-                            std::to_string(options.max_pixels / 1'000'000) + " MP (--max-pixels)");
+    return detail::too_large_error(name, info.width, info.height, options.max_pixels);
+  }
+
+  if (format == Format::kWebp && info.animated) {
+    DecodingFile attribution(name, format_name(format));
+    return detail::decode_webp_animation(bytes, name, options);
   }
 
   int flags = cv::IMREAD_UNCHANGED;

@@ -16,6 +16,7 @@
 #include <optional>
 #include <set>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "cnclip/runtime.h"
 #include "encode_pipeline.h"
@@ -130,7 +131,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
 // and file roots whose file is gone.
 void finish_pass(IndexStore& store, const IndexPlan& plan, IndexObserver& observer, IndexSummary& summary) {
   Catalog& catalog = store.catalog();
-  if (!plan.vanished.empty() || !plan.excluded.empty() || !plan.pruned_roots.empty()) {
+  if (!plan.vanished.empty() || !plan.excluded.empty() || !plan.pruned_roots.empty() || !plan.superseded.empty()) {
     CatalogTransaction tx(catalog);
     for (const auto& [hash, record] : plan.vanished) {
       catalog.remove(record.id);
@@ -140,11 +141,20 @@ void finish_pass(IndexStore& store, const IndexPlan& plan, IndexObserver& observ
       catalog.remove(record.id);
       ++summary.excluded;
     }
+    for (const auto& record : plan.superseded) {
+      catalog.remove(record.id);
+      ++summary.excluded;
+    }
     for (const auto& root : plan.pruned_roots) catalog.remove_root(root);
     tx.commit();
   }
-  if (summary.excluded > 0) {
-    observer.on_notice(std::to_string(summary.excluded) +
+  if (!plan.superseded.empty()) {
+    observer.on_notice(std::to_string(plan.superseded.size()) +
+                       " indexed RAW file(s) now next to a JPEG of the same name were removed from the index "
+                       "(a RAW+JPEG pair is indexed as its JPEG)");
+  }
+  if (summary.excluded > static_cast<int64_t>(plan.superseded.size())) {
+    observer.on_notice(std::to_string(summary.excluded - static_cast<int64_t>(plan.superseded.size())) +
                        " indexed file(s) that their folder's options now exclude were removed from the index");
   }
   store.ensure_snapshot();  // also replaces a damaged one
@@ -281,6 +291,10 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
            std::any_of(stored_roots.begin(), stored_roots.end(), takes);
   };
 
+  // Given as a file of its own in this run: indexed even when the RAW+JPEG rule leaves it out of a walk.
+  auto file_target = [&](const std::string& path) {
+    return std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.is_file && t.path == path; });
+  };
   for (const auto& target : targets) {
     if (target.is_file) continue;
     std::vector<FileRecord> known = catalog.files_under(target.path);
@@ -314,6 +328,8 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
                              "); cnclip indexes real paths: index a link's target to include it");
     }
     for (auto& s : walk.skipped) fail(std::move(s));
+    plan.paired += static_cast<int64_t>(walk.paired.size());
+    const std::unordered_set<std::string> paired(walk.paired.begin(), walk.paired.end());
     std::unordered_map<std::string, size_t> known_by_path;
     for (size_t i = 0; i < known.size(); ++i) known_by_path.emplace(known[i].path, i);
     std::vector<bool> still_there(known.size(), false);
@@ -325,6 +341,10 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
     for (size_t i = 0; i < known.size(); ++i) {
       const FileRecord& k = known[i];
       if (still_there[i] || seen.count(k.path) || !decided.insert(k.id).second) continue;
+      if (paired.count(k.path) && !file_target(k.path)) {
+        plan.superseded.push_back(k);  // its JPEG is indexed instead (WalkResult::paired)
+        continue;
+      }
       struct stat kst {};
       const int kerr = lstat_errno(k.path, kst);
       const auto real = kerr == 0 ? canonical_path(k.path) : Result<std::string>(k.path);
@@ -457,6 +477,7 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
   summary.missing = plan.missing;
   summary.unreadable_folders = plan.unreadable_folders;
   summary.links = plan.links;
+  summary.paired = plan.paired;
   if (!plan.failures.empty()) {
     CatalogTransaction tx(catalog);
     for (const auto& f : plan.failures) {

@@ -179,11 +179,15 @@ TEST_F(HostileFiles, HeaderSizesWhoseProductOverflowsAreRefusedAsTooLarge) {
   EXPECT_NE(e.message.find("4278190081x2560071317"), std::string::npos) << e.message;
 }
 
-TEST_F(HostileFiles, GifIsUnsupported) {
-  test::write_text(dir / "a.gif", std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00;", 13));
+TEST_F(HostileFiles, GifWithoutAnImage) {  // (GIF is read since issue 14: tests/media_test.cpp)
+  test::write_text(dir / "a.gif", std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00;", 13));  // ends early
   Error e = decode_error(dir / "a.gif");
-  EXPECT_EQ(e.code, ErrorCode::kUnsupportedFormat);
-  EXPECT_NE(e.message.find("gif"), std::string::npos);
+  EXPECT_EQ(e.code, ErrorCode::kTruncated);
+  EXPECT_NE(e.message.find("truncated gif (file ends early)"), std::string::npos) << e.message;
+  test::write_text(dir / "b.gif", std::string("GIF89a\x01\x00\x01\x00\x00\x00\x00;", 14));  // no frame
+  e = decode_error(dir / "b.gif");
+  EXPECT_EQ(e.code, ErrorCode::kCorrupt);
+  EXPECT_NE(e.message.find("gif (no image in the file)"), std::string::npos) << e.message;
 }
 
 TEST_F(HostileFiles, GarbageAfterJpegMagic) {

@@ -18,8 +18,11 @@ struct WalkOptions {
   std::vector<std::string> excludes;  // glob patterns matched against each name and full path
   std::vector<std::string> extensions = default_extensions();  // lower case, without the dot
 
+  // Every format decode_image reads: the camera RAW ones are image.h's raw_extensions().
   static std::vector<std::string> default_extensions() {
-    return {"jpg", "jpeg", "jpe", "png", "webp", "bmp", "tif", "tiff"};
+    return {"jpg", "jpeg", "jpe", "png", "apng", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "hif",
+            "avif", "dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "orf", "rw2", "raf",
+            "pef", "srw", "rwl", "x3f", "3fr", "erf", "kdc", "dcr", "mef", "mos", "mrw", "iiq"};
   }
   bool wants(const std::string& path) const;  // extension and exclude check for one file
   // Whether a walk of `root` with these options would take the file `path` (no hidden or excluded
@@ -64,6 +67,11 @@ struct WalkResult {
   // Symbolic links met in the tree, to folders or to files, never followed: cnclip stores real
   // paths only, so a link would either duplicate its target or reach outside the root.
   std::vector<std::string> links;
+  // RAW+JPEG pairs: a camera RAW file (an extension of raw_extensions()) next to a JPEG of the same
+  // name but for the extension (IMG_1.CR2 and IMG_1.JPG; jpg, jpeg or jpe in any case) that the walk
+  // takes is left out, so a photo shot as RAW+JPEG is indexed once, as its JPEG (the camera's
+  // rendering, and the file people share). The RAW files left out are listed here, not in `files`.
+  std::vector<std::string> paired;
 };
 
 // Walks `root` (an absolute canonical directory) recursively in sorted order, with lstat(2):

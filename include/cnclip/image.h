@@ -35,13 +35,17 @@ struct DecodeOptions {
   // When > 0, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) as long as both
   // sides of the reduced image stay >= this many pixels. 0 decodes at full size (exact parity).
   int reduced_decode_min_side = 0;
+  // Camera RAW: decode the embedded JPEG preview when its shorter side is at least this many pixels
+  // (the CLI passes twice the model's input side, 448 for ViT-B-16), else demosaic the raw data at
+  // half size. 0 always demosaics.
+  int raw_preview_min_side = 448;
 };
 
 struct DecodedImage {
   cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order;
                    // kCMYK: CV_8UC4 C, M, Y, K as Pillow holds them (0 = no ink)
   PixelMode mode = PixelMode::kRGB;
-  std::string format;  // "jpeg", "png", "webp", "bmp", "tiff"
+  std::string format;  // "jpeg", "png", "webp", "bmp", "tiff", "gif", "heif", "avif", "raw"
   // kRGBA only: colour already multiplied by alpha (libtiff's RGBA reader does that for TIFF).
   bool alpha_premultiplied = false;
   int original_width = 0, original_height = 0;  // as stored, before any reduced decode
@@ -54,11 +58,19 @@ struct Normalization {
   std::array<float, 3> std{0.26862954f, 0.26130258f, 0.27577711f};
 };
 
+// File name extensions (lower case, no dot) of the camera RAW formats decoded through LibRaw.
+const std::vector<std::string>& raw_extensions();
+
 // Reads a whole file; errors name the file (missing, a directory, unreadable, empty).
 Result<std::vector<uint8_t>> read_file_bytes(const std::string& path);
 
-// Decodes image bytes. `name` is used in error messages only. Errors: kUnsupportedFormat,
-// kTruncated, kCorrupt, kTooLarge.
+// Decodes image bytes; the format is found from the content. `name` is used in error messages, and
+// decides only for TIFF-based RAW files without a signature of their own (NEF, ARW, PEF...: a TIFF
+// named with one of raw_extensions() is decoded as RAW). Formats: JPEG, PNG (an APNG's default
+// image, Pillow's first frame), WebP (an animation's first frame), BMP, TIFF and GIF (first frame),
+// as Pillow 9.4 reads them; HEIF/HEIC and AVIF (libheif: primary image), camera RAW (LibRaw).
+// The size in the header is checked against max_pixels before any pixel is decoded. Errors:
+// kUnsupportedFormat, kTruncated, kCorrupt, kTooLarge.
 Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::string& name,
                                   const DecodeOptions& options);
 Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOptions& options);

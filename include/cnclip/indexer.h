@@ -45,6 +45,7 @@ struct IndexSummary {
   int64_t missing = 0;        // roots not found (entries kept)
   int64_t unreadable_folders = 0;  // folders that could not be listed (entries below them kept)
   int64_t links = 0;          // symbolic links met and not followed
+  int64_t paired = 0;         // RAW files left out for a JPEG of the same name (WalkResult::paired)
   double seconds = 0;
   bool interrupted = false;
 };
@@ -90,7 +91,8 @@ struct IndexPlan {
   std::vector<SkippedFile> failures;  // to report, count and remember as failed
   std::vector<std::string> notices;   // missing roots, unreadable folders, links not followed
   std::vector<std::string> pruned_roots;  // file roots whose file is gone (their entry is in vanished)
-  int64_t unchanged = 0, failed_before = 0, missing = 0, unreadable_folders = 0, links = 0;
+  std::vector<FileRecord> superseded;  // RAW files indexed before, now paired with a JPEG: removed
+  int64_t unchanged = 0, failed_before = 0, missing = 0, unreadable_folders = 0, links = 0, paired = 0;
 };
 
 // Phase 1: the folders and files of this pass: the given paths (canonical; throws for one that does

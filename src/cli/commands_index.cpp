@@ -119,8 +119,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                         ->expected(1)
                         ->allow_extra_args(false)  // `--exclude GLOB PATH`: PATH is a path
                         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    std::string default_ext;
+    for (const auto& e : WalkOptions::default_extensions()) default_ext += (default_ext.empty() ? "" : ",") + e;
     c.ext_opt = sub->add_option("--ext", c.extensions,
-                                "Comma-separated extensions to index (default: jpg,jpeg,jpe,png,webp,bmp,tif,tiff)");
+                                "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
@@ -184,7 +186,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                            {"failed", s.failed},    {"failed_before", s.failed_before},
                            {"excluded", s.excluded}, {"missing", s.missing},
                            {"unreadable_folders", s.unreadable_folders}, {"links", s.links},
-                           {"interrupted", s.interrupted},
+                           {"paired", s.paired}, {"interrupted", s.interrupted},
                            {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
         }
@@ -200,6 +202,11 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           return 130;
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
+        if (!o.quiet && s.paired > 0) {
+          std::cerr << "cnclip: " << s.paired
+                    << " RAW file(s) next to a JPEG of the same name were left out (a RAW+JPEG pair is indexed as "
+                       "its JPEG)\n";
+        }
         if (!o.quiet && s.failed_before > 0) {
           std::cerr << "cnclip: " << s.failed_before
                     << " unchanged file(s) that failed before were not tried again (--retry-failed)\n";

@@ -148,6 +148,7 @@ DecodeOptions decode_options(const CommonOptions& o, int input_size) {
   // Twice the input side keeps the bicubic downscale doing the real work (measured by
   // scripts/bench.sh: embeddings within cosine 0.99999 of full decoding) at a fraction of the cost.
   d.reduced_decode_min_side = o.full_decode ? 0 : 2 * input_size;
+  d.raw_preview_min_side = 2 * input_size;  // RAW: the embedded preview when it is this large
   d.apply_exif_orientation = !o.ignore_exif;
   d.max_pixels = static_cast<int64_t>(o.max_megapixels * 1e6);
   return d;
