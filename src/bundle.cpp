@@ -110,6 +110,20 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
   return m;
 }
 
+std::optional<std::string> read_bundle_origin(const BundleManifest& manifest) {
+  const std::string path = manifest.path_of(kBundleOriginFile);
+  std::ifstream in(path);
+  if (!in) {
+    if (errno == ENOENT) return std::nullopt;
+    throw Exception(errno_error(path, errno, "cannot read"));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (!j.is_object()) throw Exception(ErrorCode::kCorrupt, path + ": not a JSON object");
+  return j.dump();
+}
+
 namespace {
 
 // Hex sha256 of a file, or the errno of the failed read.
