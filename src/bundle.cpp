@@ -34,7 +34,7 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
   if (::stat(dir.c_str(), &st) != 0) {
     throw Exception(ErrorCode::kNotFound,
                     dir + ": model bundle not found (give --model DIR or set CNCLIP_MODEL; "
-                          "scripts/export_model.py makes one)");
+                          "scripts/setup.sh --model ViT-B-16 installs one)");
   }
   if (!S_ISDIR(st.st_mode)) throw Exception(ErrorCode::kInvalidArgument, dir + ": model bundle is not a directory");
   const std::string path = dir + "/bundle.json";

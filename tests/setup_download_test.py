@@ -398,6 +398,15 @@ class SetupDownload(unittest.TestCase):
         self.assertTrue(line.startswith(f"download_model.py: could not reach {endpoint}{RESOLVE} ("), line)
         self.assertTrue(line.endswith("; download the file by hand and run scripts/setup.sh --checkpoint FILE"), line)
         self.assert_nothing_installed()
+        # cnclip, left without a model, says how to install one.
+        env = {k: v for k, v in os.environ.items() if k != "CNCLIP_MODEL"}
+        env.update(HOME=self.home, XDG_DATA_HOME=self.data)
+        r = subprocess.run([os.environ["CNCLIP_BINARY"], "embed-text", "狗"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertEqual(self.one_line(r.stderr),
+                         f"cnclip: error: {self.data}/cnclip/models/default: model bundle not found (give --model DIR or "
+                         "set CNCLIP_MODEL; scripts/setup.sh --model ViT-B-16 installs one)")
 
     def test_modelscope_layout(self):
         self.seed_bundle()
