@@ -73,6 +73,8 @@ UNREACHABLE = {5, 6, 7, 28, 35, 60}
 # curl exit codes after which a resumed try may succeed: partial file, receive error, empty reply,
 # HTTP/2 stream error, timeout, connection refused while a download was under way.
 RETRYABLE = {7, 18, 28, 52, 55, 56, 92}
+CURL_WORDS = {7: "connection refused", 18: "the connection closed early", 28: "too slow or timed out",
+              52: "empty reply", 55: "send error", 56: "receive error", 92: "HTTP/2 stream error"}
 
 
 class Failure(Exception):
@@ -285,7 +287,9 @@ def fetch(meta, part):
             stdout=subprocess.PIPE, stderr=None if sys.stderr.isatty() else subprocess.PIPE, text=True)
         if proc.returncode == 0:
             return
-        reason = curl_reason(proc) if proc.stderr is not None else f"curl exit status {proc.returncode}"
+        # On a terminal curl has printed its own message above its progress bar.
+        reason = curl_reason(proc) if proc.stderr is not None else CURL_WORDS.get(
+            proc.returncode, f"curl exit status {proc.returncode}")
         now = os.path.getsize(part) if os.path.exists(part) else 0
         code = proc.stdout.strip()[-3:]
         if proc.returncode in (33, 36) or (proc.returncode == 22 and code == "416"):

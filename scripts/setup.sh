@@ -19,7 +19,7 @@ checkpoint="${CNCLIP_CHECKPOINT:-}"
 model="" source="huggingface" precision="fp32" arch=""
 do_build=1 do_packages=1
 usage() { echo "setup.sh: $1 (see scripts/setup.sh --help)" >&2; exit 2; }
-need() { [ $# -ge 2 ] && [ -n "$2" ] || usage "$1 needs a value"; }
+need() { if [ $# -lt 2 ] || [ -z "$2" ]; then usage "$1 needs a value"; fi; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --checkpoint|--model|--source|--precision|--arch|--build-dir)
