@@ -159,17 +159,21 @@ def free_port():
         return s.getsockname()[1]
 
 
-class SetupDownload(unittest.TestCase):
+class HubTestCase(unittest.TestCase):
+    """The hub server, a checkpoint it serves, its direct export, temporary XDG homes; no tests."""
+    ARCH = "tiny"                 # the checkpoint's configuration (make_random_checkpoint.py --arch)
+    ARCH_ARGS = ("--arch", "tiny")  # what setup is told: a reduced checkpoint is not the ViT-B-16 it asks for
+
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.mkdtemp(prefix="cnclip-setup-download-")
         ckpt = os.path.join(cls.tmp, FILE)
-        subprocess.run([PY, f"{REPO}/scripts/make_random_checkpoint.py", "--arch", "tiny", "--seed", "5",
+        subprocess.run([PY, f"{REPO}/scripts/make_random_checkpoint.py", "--arch", cls.ARCH, "--seed", "5",
                         "--out", ckpt], check=True)
         with open(ckpt, "rb") as f:
             cls.hub = Hub(f.read())
         assert len(cls.hub.data) > 2 * CUT, len(cls.hub.data)
-        subprocess.run([PY, f"{REPO}/scripts/export_model.py", "--checkpoint", ckpt, "--arch", "tiny",
+        subprocess.run([PY, f"{REPO}/scripts/export_model.py", "--checkpoint", ckpt, "--arch", cls.ARCH,
                         "--out", os.path.join(cls.tmp, "direct")], check=True)
         cls.direct = cls.manifest(os.path.join(cls.tmp, "direct"))
         Handler.hub = cls.hub
@@ -212,7 +216,7 @@ class SetupDownload(unittest.TestCase):
         shutil.copytree(os.path.join(self.tmp, "direct"), os.path.join(self.data, "cnclip", "models", "ViT-B-16"))
 
     def install(self, *args, **kw):
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny", *args, **kw)
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS, *args, **kw)
         self.assertEqual(r.returncode, 0, r.stderr)
         return r
 
@@ -250,6 +254,10 @@ class SetupDownload(unittest.TestCase):
         lines = [l for l in stderr.splitlines() if l.strip()]
         self.assertEqual(len(lines), 1, stderr)
         return lines[0]
+
+
+class SetupDownload(HubTestCase):
+    """The reduced checkpoint (fast enough for the normal suite)."""
 
     def test_installs_the_default_model_and_a_second_run_makes_no_request(self):
         r = self.install()
@@ -351,7 +359,7 @@ class SetupDownload(unittest.TestCase):
 
     def test_a_partial_file_from_an_earlier_run_is_resumed(self):
         self.hub.cuts, self.hub.down_after_cut = 1, True
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny")
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("HTTP 503", r.stderr)
         part = os.path.join(self.cache, "cnclip", "checkpoints", FILE + ".part")
@@ -373,7 +381,7 @@ class SetupDownload(unittest.TestCase):
 
     def test_a_wrong_checksum_is_refused_and_nothing_is_installed(self):
         self.hub.published_sha = hashlib.sha256(b"another file").hexdigest()
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny")
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS)
         self.assertEqual(r.returncode, 1, r.stderr)
         line = [l for l in r.stderr.splitlines() if "refused" in l]
         self.assertEqual(len(line), 1, r.stderr)
@@ -385,14 +393,14 @@ class SetupDownload(unittest.TestCase):
         for published in (len(self.hub.data) + 1000, len(self.hub.data) - 1000):
             with self.subTest(published=published):
                 self.hub.published_size = published
-                r = self.setup("--model", "ViT-B-16", "--arch", "tiny")
+                r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS)
                 self.assertEqual(r.returncode, 1, r.stderr)
                 self.assertIn("refused and deleted, nothing installed", r.stderr)
                 self.assert_nothing_installed()
 
     def test_an_unreachable_hub_gives_one_line(self):
         endpoint = f"http://127.0.0.1:{free_port()}"
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny", endpoint=endpoint)
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS, endpoint=endpoint)
         self.assertEqual(r.returncode, 1, r.stderr)
         line = self.one_line(r.stderr)
         self.assertTrue(line.startswith(f"download_model.py: could not reach {endpoint}{RESOLVE} ("), line)
@@ -422,7 +430,7 @@ class SetupDownload(unittest.TestCase):
 
     def test_modelscope_wrong_checksum_is_refused(self):
         self.hub.published_sha = "f" * 64
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny", "--source", "modelscope")
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS, "--source", "modelscope")
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("modelscope publishes " + "f" * 64, r.stderr)
         self.assert_nothing_installed()
@@ -437,7 +445,7 @@ class SetupDownload(unittest.TestCase):
         self.setUp()
         self.hub.etag_headers = False
         self.hub.published_sha = "0" * 64
-        r = self.setup("--model", "ViT-B-16", "--arch", "tiny")
+        r = self.setup("--model", "ViT-B-16", *self.ARCH_ARGS)
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("(tree API lfs.oid): refused", r.stderr)
         self.assert_nothing_installed()
@@ -452,7 +460,7 @@ class SetupDownload(unittest.TestCase):
         self.assertEqual(self.model_info()["origin"]["sha256"], self.hub.sha)
 
     def test_a_local_checkpoint_is_installed_the_same_way(self):
-        r = self.setup("--checkpoint", self.ckpt, "--arch", "tiny")
+        r = self.setup("--checkpoint", self.ckpt, *self.ARCH_ARGS)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.hub.log, [])
         self.assert_default_is_the_checkpoint()
@@ -471,6 +479,26 @@ class SetupDownload(unittest.TestCase):
                 self.assertEqual(r.returncode, 2, r.stderr)
                 self.assertIn(message, self.one_line(r.stderr))
                 self.assertEqual(self.hub.log, [])
+
+
+class SetupDownloadFullSize(HubTestCase):
+    """A full-size ViT-B-16 checkpoint (random weights, released layout, 376 MB) installed by
+    `setup.sh --model ViT-B-16` with nothing else: exported as ViT-B-16, searched with. ctest label
+    `full` (setup_download_full_size_py)."""
+    ARCH = "ViT-B-16"
+    ARCH_ARGS = ()
+
+    def test_the_released_layout_installs_as_vit_b_16(self):
+        self.install()
+        m = self.assert_default_is_the_checkpoint()
+        self.assertEqual((m["architecture"], m["embedding_dim"]), ("ViT-B-16", 512))
+        self.assertEqual(self.model_info()["origin"]["sha256"], self.hub.sha)
+        env = {k: v for k, v in os.environ.items() if k != "CNCLIP_MODEL"}
+        env.update(HOME=self.home, XDG_DATA_HOME=self.data)
+        r = subprocess.run([os.environ["CNCLIP_BINARY"], "embed-text", "小狗"], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(json.loads(r.stdout)["embedding"]), 512)
 
 
 if __name__ == "__main__":
