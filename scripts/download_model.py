@@ -107,10 +107,9 @@ def curl_base():
     return ["curl", "-q", "--connect-timeout", "20", "--user-agent", "cnclip-setup (curl)"]
 
 
-def run_curl(args, capture=True):
+def run_curl(args):
     try:
-        return subprocess.run(curl_base() + args, stdout=subprocess.PIPE if capture else None,
-                              stderr=subprocess.PIPE, text=True)
+        return subprocess.run(curl_base() + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     except FileNotFoundError:
         raise Failure("curl is not installed (apt-get install curl, or run scripts/setup.sh without --no-packages)")
 
@@ -163,7 +162,7 @@ def get_json(url):
 
 
 def http_failure(url, status, source, kept=""):
-    what = {401: "needs a login", 403: "access refused", 404: "not found"}.get(status, "failed")
+    what = {401: "not found or needs a login", 403: "access refused", 404: "not found"}.get(status, "failed")
     other = "modelscope" if source == "huggingface" else "huggingface"
     later = "try again later, or " if status == 429 or status >= 500 else ""
     return Failure(f"{url}: {what} (HTTP {status}) on {source}{kept}; {later}try --source {other}, or "
@@ -335,11 +334,11 @@ def download(name, source, cache_dir):
             return target
         log(f"{target}: its sha256 is no longer the one recorded when it was downloaded; downloading it again")
         remove(target, record_path)
-    if os.path.isfile(target):
+    adopted = os.path.isfile(target)
+    if adopted:
         # Complete but unrecorded (a run stopped between the two renames, or put there by hand):
         # check it like a download that has just finished.
         os.replace(target, part)
-        remove(part_meta_path)
 
     meta = hf_metadata(repo, file) if source == "huggingface" else ms_metadata(repo, file)
     meta["source"] = source
@@ -351,10 +350,10 @@ def download(name, source, cache_dir):
                           f"{mb(free)} free)")
     # A partial file is resumed only against the same published file.
     part_meta = read_json(part_meta_path)
-    if os.path.exists(part) and part_meta != {"url": meta["url"], "bytes": meta["bytes"], "sha256": meta["sha256"]}:
-        if part_meta is not None:
-            log(f"{part}: started from another published file; starting again")
-            remove(part)
+    if os.path.exists(part) and not adopted and part_meta != {"url": meta["url"], "bytes": meta["bytes"],
+                                                              "sha256": meta["sha256"]}:
+        log(f"{part}: not a part of the file {source} publishes now; starting again")
+        remove(part)
     write_json_atomic(part_meta_path, {"url": meta["url"], "bytes": meta["bytes"], "sha256": meta["sha256"]})
 
     fetch(meta, part)
