@@ -206,6 +206,16 @@ PY
     default_bundle="$models_home/$name-int8"
   fi
 
+  # With the binary just built, the bundle must encode a query before it becomes the default.
+  if [ "$do_build" = 1 ]; then
+    if "$build_dir/cnclip" embed-text --model "$default_bundle" 小狗 >/dev/null; then
+      echo "setup: checked: $build_dir/cnclip encodes a query with $default_bundle" >&2
+    else
+      echo "setup: $default_bundle does not work with $build_dir/cnclip (above); the default model is unchanged" >&2
+      exit 1
+    fi
+  fi
+
   # Point the default-model link at it (atomically: a new link renamed over the old one). Something
   # other than a link there is the user's own: left alone.
   default_link="$models_home/default"
