@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --build-dir=*) build_dir="${1#*=}"; shift ;;
     --no-build) do_build=0; shift ;;
     --no-packages) do_packages=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) usage "unknown argument '$1'" ;;
   esac
 done
