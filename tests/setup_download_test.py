@@ -468,6 +468,32 @@ class SetupDownload(HubTestCase):
         self.assertEqual((origin["source"], origin["file"], origin["sha256"]), ("file", FILE, self.hub.sha))
         self.assertEqual(origin["checkpoint"], self.ckpt)
 
+    def test_the_default_link_follows_the_latest_install_but_a_directory_is_left_alone(self):
+        self.seed_bundle()
+        self.install()
+        models = os.path.join(self.data, "cnclip", "models")
+        # Another model installed later becomes the default (the link is replaced).
+        r = self.setup("--checkpoint", self.ckpt, "--model", "ViT-L-14", *self.ARCH_ARGS)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.readlink(os.path.join(models, "default")), os.path.join(models, "ViT-L-14"))
+        self.assertEqual(self.manifest(os.path.join(models, "ViT-L-14"))["fingerprint"], self.direct["fingerprint"])
+        # A directory there is the user's own.
+        os.remove(os.path.join(models, "default"))
+        os.mkdir(os.path.join(models, "default"))
+        r = self.install()
+        self.assertIn(f"{models}/default is not a link (left alone)", r.stderr)
+        self.assertTrue(os.path.isdir(os.path.join(models, "default")) and
+                        not os.path.islink(os.path.join(models, "default")))
+        self.assertEqual(os.listdir(os.path.join(models, "default")), [])
+
+    def test_help(self):
+        r = subprocess.run(["bash", f"{REPO}/scripts/setup.sh", "--help"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("scripts/setup.sh [--model NAME]", r.stdout)
+        self.assertIn("HF_ENDPOINT", r.stdout)
+        self.assertNotIn("set -e", r.stdout)
+
     def test_usage_errors(self):
         for args, message in [(["--model", "ViT-B-32"], "unknown model 'ViT-B-32'"),
                               (["--model", "ViT-B-16", "--source", "github"], "unknown source 'github'"),
