@@ -57,6 +57,7 @@ class Hub:
         self.cuts = 0                # how many downloads to drop after CUT bytes
         self.down_after_cut = False  # after a drop, answer 503 to everything
         self.down = False
+        self.ranges = True           # honour Range requests (else answer 200 with the whole file)
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -124,7 +125,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def file(self, head):
         data, start = self.hub.data, 0
-        rng = self.headers.get("Range")
+        rng = self.headers.get("Range") if self.hub.ranges else None
         if rng:
             first, _, last = rng.removeprefix("bytes=").partition("-")
             start = int(first)
@@ -355,6 +356,14 @@ class SetupDownload(HubTestCase):
         self.install()
         gets = self.requests(CDN)
         self.assertEqual([rng for _, _, rng in gets], [None, f"bytes={CUT}-"])
+        self.assert_default_is_the_checkpoint()
+
+    def test_a_server_that_cannot_resume_gets_the_whole_file_again(self):
+        self.seed_bundle()
+        self.hub.cuts, self.hub.ranges = 1, False
+        r = self.install()
+        self.assertIn("the server cannot resume", r.stderr)
+        self.assertEqual([rng for _, _, rng in self.requests(CDN)], [None, f"bytes={CUT}-", None])
         self.assert_default_is_the_checkpoint()
 
     def test_a_partial_file_from_an_earlier_run_is_resumed(self):
