@@ -34,7 +34,7 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
   if (::stat(dir.c_str(), &st) != 0) {
     throw Exception(ErrorCode::kNotFound,
                     dir + ": model bundle not found (give --model DIR or set CNCLIP_MODEL; "
-                          "scripts/export_model.py makes one)");
+                          "scripts/setup.sh --model ViT-B-16 installs one)");
   }
   if (!S_ISDIR(st.st_mode)) throw Exception(ErrorCode::kInvalidArgument, dir + ": model bundle is not a directory");
   const std::string path = dir + "/bundle.json";
@@ -108,6 +108,20 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
     throw Exception(ErrorCode::kCorrupt, path + ": invalid sizes in manifest");
   }
   return m;
+}
+
+std::optional<std::string> read_bundle_origin(const BundleManifest& manifest) {
+  const std::string path = manifest.path_of(kBundleOriginFile);
+  std::ifstream in(path);
+  if (!in) {
+    if (errno == ENOENT) return std::nullopt;
+    throw Exception(errno_error(path, errno, "cannot read"));
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j = nlohmann::json::parse(ss.str(), nullptr, false);
+  if (!j.is_object()) throw Exception(ErrorCode::kCorrupt, path + ": not a JSON object");
+  return j.dump();
 }
 
 namespace {

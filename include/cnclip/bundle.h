@@ -58,6 +58,15 @@ void check_bundle_file(const BundleManifest& manifest, const std::string& file);
 // bundle_file_problem for every file the manifest lists, in name order (empty: all is well).
 std::vector<Error> verify_bundle_files(const BundleManifest& manifest, bool hash);
 
+// The file scripts/setup.sh writes beside bundle.json: where the checkpoint came from (source, URL,
+// file, size, sha256, dates). Informational only: nothing loads or checks it but `model-info`.
+inline constexpr const char* kBundleOriginFile = "origin.json";
+
+// DIR/origin.json of the bundle, parsed, as a JSON text; std::nullopt when the bundle has none.
+// Throws Exception naming the file when it exists but cannot be read (errno_error's code) or is not
+// a JSON object (kCorrupt).
+std::optional<std::string> read_bundle_origin(const BundleManifest& manifest);
+
 // The bundle to use: `flag` (--model) if given, else $CNCLIP_MODEL, else
 // <data home>/cnclip/models/default (see xdg_data_home in runtime.h). Throws kInvalidArgument
 // ("cannot find the model: HOME is not set; give --model DIR or set CNCLIP_MODEL") when none applies.

@@ -65,8 +65,17 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         auto bundle = load_bundle_manifest(resolve_model_dir(o.model));
         auto j = nlohmann::json::parse(bundle.json);
         j["path"] = bundle.dir;
+        // Where the checkpoint came from, as scripts/setup.sh recorded it (informational: a bad
+        // record is a warning, the bundle itself is fine).
+        std::optional<Error> origin_problem;
+        try {
+          if (auto origin = read_bundle_origin(bundle)) j["origin"] = nlohmann::json::parse(*origin);
+        } catch (const Exception& e) {
+          origin_problem = e.error();
+        }
         std::cout << j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) << '\n';
         // Sizes always (cheap); contents only when asked (reads every byte: seconds for ViT-B-16).
+        if (origin_problem) print_warning(origin_problem->message);
         const auto problems = verify_bundle_files(bundle, *verify);
         for (const auto& p : problems) {
           if (*verify) print_error(p.message);
