@@ -20,7 +20,7 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
-    export_model.define_model_classes()
+    export_model.load_torch()
     torch = export_model.torch
     config = export_model.ARCHS[args.arch]
     sd = export_model.random_state_dict(config, args.seed)

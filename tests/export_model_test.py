@@ -154,7 +154,7 @@ class LayoutTest(unittest.TestCase):
         """Shapes alone pick each released architecture; anything else is refused, naming --config."""
         sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
         import export_model
-        export_model.define_model_classes()
+        export_model.load_torch()
 
         def shaped(config):
             return {k: torch.empty(shape, device="meta") for k, shape in export_model.expected_shapes(config).items()}
