@@ -14,6 +14,7 @@ MEAN and STD are the image normalization every released Chinese-CLIP model uses;
 them into bundle.json, where the C++ side and the Python tools read them.
 """
 import math
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -201,16 +202,117 @@ class Bert(nn.Module):
         self.encoder = BertEncoder(c["text_hidden_size"], c["text_num_attention_heads"],
                                    c["text_intermediate_size"], c["text_num_hidden_layers"])
 
+class Bottleneck(nn.Module):
+    """cn_clip's (OpenAI CLIP's) anti-aliased bottleneck: 1x1, 3x3, then an average pool when strided,
+    then 1x1; the shortcut is average pool + 1x1 when the shape changes. Each BatchNorm is folded into
+    the convolution before it (the exporter's fold_batchnorm), so every convolution has a bias."""
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1)
+        # cn_clip's AvgPool2d(1) for stride 1 is the identity: leave the pass out.
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1)
+        self.downsample = None
+        if stride > 1 or inplanes != planes * self.expansion:
+            self.downsample = nn.Sequential(OrderedDict([
+                ("-1", nn.AvgPool2d(stride) if stride > 1 else nn.Identity()),
+                ("0", nn.Conv2d(inplanes, planes * self.expansion, 1)),
+            ]))
+
+    def forward(self, x):
+        out = torch.relu_(self.conv1(x))
+        out = self.avgpool(torch.relu_(self.conv2(out)))
+        out = self.conv3(out)
+        out += x if self.downsample is None else self.downsample(x)
+        return torch.relu_(out)
+
+
+class AttentionPool2d(nn.Module):
+    """cn_clip's attention pooling: the mean of the feature map prepended as a token, positional
+    embeddings added, one multi-head attention layer, and its output at that first token. Only that
+    token's query is computed (the other 49 rows of cn_clip's attention output are discarded), which
+    is the same arithmetic per row."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, heads: int, output_dim: int):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.zeros(spacial_dim ** 2 + 1, embed_dim))
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.heads = heads
+        self.head_dim = embed_dim // heads
+
+    def fold_constants(self):
+        """Moves the 1/sqrt(head_dim) of the scores into q_proj (1/8 for cn_clip's 64-wide heads: exact)."""
+        scale = float(self.head_dim) ** -0.5
+        self.q_proj.weight.mul_(scale)
+        self.q_proj.bias.mul_(scale)
+
+    def forward(self, x):
+        b, c = x.shape[0], x.shape[1]
+        x = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1) + self.positional_embedding
+        n = x.shape[1]
+        q = self.q_proj(x[:, 0]).reshape(b, self.heads, 1, self.head_dim)  # pre-scaled (fold_constants)
+        k = self.k_proj(x).reshape(b, n, self.heads, self.head_dim).permute(0, 2, 3, 1)  # [B,h,d,N]
+        v = self.v_proj(x).reshape(b, n, self.heads, self.head_dim).transpose(1, 2)  # [B,h,N,d]
+        attn = torch.softmax(torch.matmul(q, k), dim=-1)  # [B,h,1,N]
+        return self.c_proj(torch.matmul(attn, v).reshape(b, c))
+
+
+class ModifiedResNet(nn.Module):
+    """cn_clip's RN50 image tower (OpenAI CLIP's ModifiedResNet): a stem of three 3x3 convolutions
+    and an average pool, four stages of Bottlenecks (stride 2 from the second on), attention pooling.
+    BatchNorms folded into the convolutions (see Bottleneck)."""
+
+    def __init__(self, layers, output_dim: int, heads: int, resolution: int, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width // 2, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, 3, padding=1)
+        self.conv3 = nn.Conv2d(width // 2, width, 3, padding=1)
+        self.avgpool = nn.AvgPool2d(2)
+        inplanes = width
+        for i, blocks in enumerate(layers):
+            planes, stride = width * 2 ** i, 1 if i == 0 else 2
+            stage = [Bottleneck(inplanes, planes, stride)]
+            inplanes = planes * Bottleneck.expansion
+            stage += [Bottleneck(inplanes, planes) for _ in range(1, blocks)]
+            self.add_module(f"layer{i + 1}", nn.Sequential(*stage))
+        self.attnpool = AttentionPool2d(resolution // 32, width * 32, heads, output_dim)
+
+    def forward(self, x):
+        x = torch.relu_(self.conv1(x))
+        x = torch.relu_(self.conv2(x))
+        x = self.avgpool(torch.relu_(self.conv3(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.attnpool(x)
+
+
+def is_resnet(c):
+    """cn_clip's rule: a list of four stage depths in vision_layers makes a ModifiedResNet."""
+    return isinstance(c["vision_layers"], (list, tuple))
+
+
 class ImageEncoder(nn.Module):
     """float [B,3,R,R] (normalized pixels) -> L2-normalized float [B,D]."""
 
     def __init__(self, c):
         super().__init__()
-        self.visual = VisualTransformer(c["image_resolution"], c["vision_patch_size"],
-                                        c["vision_width"], c["vision_layers"], c["embed_dim"])
+        if is_resnet(c):
+            # As cn_clip: vision_heads = vision_width * 32 // 64 (64-wide heads over width * 32 channels).
+            self.visual = ModifiedResNet(c["vision_layers"], c["embed_dim"], c["vision_width"] * 32 // 64,
+                                         c["image_resolution"], c["vision_width"])
+        else:
+            self.visual = VisualTransformer(c["image_resolution"], c["vision_patch_size"],
+                                            c["vision_width"], c["vision_layers"], c["embed_dim"])
 
     def forward(self, pixels):
         return F.normalize(self.visual(pixels), dim=-1)
+
 
 class TextEncoder(nn.Module):
     """int64 token ids [B,L] (0 = padding) -> L2-normalized float [B,D]."""
