@@ -17,6 +17,8 @@ import subprocess
 import sys
 import tempfile
 import unittest
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import torch
@@ -161,9 +163,16 @@ class RN50Tiny(unittest.TestCase):
         r = export("--checkpoint", ckpt, "--config", self.config, "--precision", "int8", "--out", int8)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(read_json(os.path.join(int8, "bundle.json"))["precision"], "int8")
+        # The image tower stays fp32 (int8 would reach only the attention pool and did not pay); the
+        # text tower is quantized.
         pixels = torch.randn(2, 3, 64, 64)
         a = torch.jit.load(os.path.join(fp32, "image_encoder.pt"))(pixels)
         b = torch.jit.load(os.path.join(int8, "image_encoder.pt"))(pixels)
+        self.assertTrue(torch.equal(a, b))
+        ids = torch.tensor([[101, 1911, 7345, 510, 102, 0, 0], [101, 3345, 2225, 7991, 4638, 2207, 102]])
+        a = torch.jit.load(os.path.join(fp32, "text_encoder.pt"))(ids)
+        b = torch.jit.load(os.path.join(int8, "text_encoder.pt"))(ids)
+        self.assertFalse(torch.equal(a, b))
         self.assertGreater(float((a * b).sum(-1).min()), 0.98)
 
     def test_checkpoint_variants_cn_clip_accepts(self):
@@ -342,6 +351,27 @@ class RN50FullSize(unittest.TestCase):
         r = run(BINARY, "import", rows, "--model", self.bundle, "--index", index)
         self.assertNotEqual(r.returncode, 0)
         self.assertIn("1024", r.stderr)
+        # serve: the same index and model, the same answer.
+        server = subprocess.Popen([BINARY, "serve", "--port", "0", "--model", self.bundle, "--index", index],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            url = None
+            for line in server.stderr:
+                if "listening on " in line:
+                    url = line.split("listening on ", 1)[1].strip().rstrip("/")
+                    break
+            self.assertIsNotNone(url, "serve did not start")
+            with urllib.request.urlopen(url + "/api/v1/info", timeout=120) as resp:
+                self.assertEqual(json.load(resp)["embedding_dim"], 1024)
+            query = urllib.parse.quote(self.cases[0]["text"])
+            with urllib.request.urlopen(f"{url}/api/v1/search?q={query}", timeout=120) as resp:
+                body = json.load(resp)
+            first = body["results"][0]
+            self.assertEqual(first["path"], "/elsewhere/a.jpg")
+            self.assertAlmostEqual(first["score"], top["score"], places=5)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
 
 
 class ReducedDepth(unittest.TestCase):
