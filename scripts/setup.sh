@@ -81,7 +81,9 @@ if export_needed "$repo/models/tiny"; then
 fi
 real_bundle=""
 if [ -n "$checkpoint" ]; then
-  real_bundle="$repo/models/ViT-B-16"
+  # Any released model (RN50, ViT-B-16, ViT-L-14, ViT-L-14-336, ViT-H-14): models/ARCH.
+  arch=$("$py" "$repo/scripts/export_model.py" --checkpoint "$checkpoint" --print-architecture)
+  real_bundle="$repo/models/$arch"
   if export_needed "$real_bundle" || [ "$checkpoint" -nt "$real_bundle/bundle.json" ]; then
     "$py" "$repo/scripts/export_model.py" --checkpoint "$checkpoint" --out "$real_bundle" >&2
   fi
@@ -108,7 +110,7 @@ fi
 echo "cnclip binary: $build_dir/cnclip"
 echo "tiny random bundle (tests, demo): $repo/models/tiny"
 if [ -n "$real_bundle" ]; then
-  echo "ViT-B-16 bundle: $real_bundle"
+  echo "$arch bundle: $real_bundle"
 else
-  echo "no real model: scripts/setup.sh --checkpoint clip_cn_vit-b-16.pt exports one (see README)"
+  echo "no real model: scripts/setup.sh --checkpoint clip_cn_vit-b-16.pt (or clip_cn_rn50.pt, ...) exports one (see README)"
 fi
