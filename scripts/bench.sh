@@ -17,18 +17,23 @@
 #   - peak RSS of each
 #   - start-up of commands that load no model (--version, tokenize, info) against one that loads
 #     LibTorch (--startup-only: just that, in a minute)
+#   - RN50 rows: a full-size random RN50 (fp32, int8) next to ViT-B-16 in the same run: `index` of the
+#     same photos, interleaved, the towers alone, and a cold search-text on the photos' index.
+#     `scripts/bench.sh --models` runs only this block (and the inputs it needs): a few minutes.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="$repo/build/bench"
 rounds=2
 skip_1m=0
 startup_only=0
+models_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
     --work) work=$2; shift 2 ;;
     --skip-1m) skip_1m=1; shift ;;
     --startup-only) startup_only=1; shift ;;
+    --models) models_only=1; shift ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -80,6 +85,61 @@ if stale "$fp32" || stale "$int8"; then
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$fp32"
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$int8" --precision int8
 fi
+# ---- RN50 rows: the model sizes side by side ---------------------------------------------------------
+rn50_fp32="$work/rn50-fp32"; rn50_int8="$work/rn50-int8"
+if stale "$rn50_fp32" || stale "$rn50_int8"; then
+  log "exporting a random RN50 checkpoint (official layout), fp32 and int8"
+  [ -f "$work/rn50-random.pt" ] ||
+    "$py" "$repo/scripts/make_random_checkpoint.py" --arch RN50 --seed 0 --out "$work/rn50-random.pt"
+  "$py" "$repo/scripts/export_model.py" --checkpoint "$work/rn50-random.pt" --out "$rn50_fp32"
+  "$py" "$repo/scripts/export_model.py" --checkpoint "$work/rn50-random.pt" --out "$rn50_int8" --precision int8
+fi
+model_rows() {  # prints the RN50 rows (Markdown), ViT-B-16 fp32 measured alongside
+  local names=(vitb16-fp32 vitb16-int8 rn50-fp32 rn50-int8) n r
+  local -A rates idx_s ms_img ms_txt cold
+  local w=$(( $(nproc) < 4 ? $(nproc) : 4 ))
+  for r in $(seq "$rounds"); do
+    for n in "${names[@]}"; do
+      rm -rf "$work/idx-models-$n"
+      timed "$work/m-$n.json" "$bin" index -q --format json "$photos" --model "$work/$n" --index "$work/idx-models-$n"
+      rates[$n]+=" $("$py" -c "import json;d=json.loads(open('$work/m-$n.json').readline());print(d['added']/d['seconds'])")"
+    done
+    log "models round $r: $(for n in "${names[@]}"; do printf '%s %s  ' "$n" "${rates[$n]##* }"; done)"
+  done
+  for n in "${names[@]}"; do
+    # shellcheck disable=SC2086
+    idx_s[$n]=$(median ${rates[$n]})
+    ms_img[$n]=$("$bench" image "$work/$n" --batch 4 --workers "$w" --iters 3 | json_field ms_per_image)
+    ms_txt[$n]=$("$bench" text "$work/$n" --iters 20 | json_field ms_per_query)
+    cold[$n]=$("$py" "$helper" time-runs 7 -- "$bin" search-text "一只橘猫趴在窗台上晒太阳" --model "$work/$n" \
+                 --index "$work/idx-models-$n" --format jsonl | json_field p50_s)
+  done
+  local cos_rn50
+  cos_rn50=$("$py" "$helper" compare-catalogs "$work/idx-models-rn50-fp32/catalog.sqlite3" \
+               "$work/idx-models-rn50-int8/catalog.sqlite3" | json_field min_cosine)
+  echo "| RN50 rows: index 68 photos, images/s (median of $rounds interleaved rounds) | RN50 fp32 $(f "${idx_s[rn50-fp32]}" .2f), int8 $(f "${idx_s[rn50-int8]}" .2f) | ViT-B-16 fp32 $(f "${idx_s[vitb16-fp32]}" .2f), int8 $(f "${idx_s[vitb16-int8]}" .2f) | RN50 fp32 **$(f "${idx_s[rn50-fp32]}/${idx_s[vitb16-fp32]}" .2f)×** ViT-B-16 fp32; RN50 int8 min cosine to fp32 $(f "$cos_rn50" .5f) |"
+  echo "| RN50 rows: image tower, ms/image ($w calls of 4) | RN50 fp32 $(f "${ms_img[rn50-fp32]}" .0f), int8 $(f "${ms_img[rn50-int8]}" .0f) | ViT-B-16 fp32 $(f "${ms_img[vitb16-fp32]}" .0f), int8 $(f "${ms_img[vitb16-int8]}" .0f) | |"
+  echo "| RN50 rows: text query encoding, ms | RN50 fp32 $(f "${ms_txt[rn50-fp32]}" .1f), int8 $(f "${ms_txt[rn50-int8]}" .1f) | ViT-B-16 fp32 $(f "${ms_txt[vitb16-fp32]}" .1f), int8 $(f "${ms_txt[vitb16-int8]}" .1f) | RBT3 text tower: 3 layers, not 12 |"
+  echo "| RN50 rows: search-text cold, the 68 photos' index, p50 s | RN50 fp32 $(f "${cold[rn50-fp32]}" .2f), int8 $(f "${cold[rn50-int8]}" .2f) | ViT-B-16 fp32 $(f "${cold[vitb16-fp32]}" .2f), int8 $(f "${cold[vitb16-int8]}" .2f) | |"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+f() { "$py" -c "print(format($1, '$2'))"; }
+timed() {  # timed OUTFILE CMD... : runs CMD, stdout to OUTFILE, peak RSS appended as peak_kb=
+  local out=$1; shift
+  /usr/bin/time -f "peak_kb=%M" -o "$out.time" "$@" > "$out"
+  cat "$out.time" >> "$out"
+}
+if [ "$models_only" = 1 ]; then
+  {
+    echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --models --rounds $rounds\` on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)); full-size random weights."
+    echo
+    echo "| what | RN50 | ViT-B-16 | note |"
+    echo "| --- | --- | --- | --- |"
+    model_rows
+  } | tee "$work/results-models.md"
+  exit 0
+fi
+
 sizes=(100000)
 [ "$skip_1m" = 1 ] || sizes+=(1000000)
 fingerprint_of_index() {
@@ -114,11 +174,6 @@ PY
 fi
 
 # ---- measurements ----------------------------------------------------------------------------------
-timed() {  # timed OUTFILE CMD... : runs CMD, stdout to OUTFILE, peak RSS appended as peak_kb=
-  local out=$1; shift
-  /usr/bin/time -f "peak_kb=%M" -o "$out.time" "$@" > "$out"
-  cat "$out.time" >> "$out"
-}
 backend=$("$bench" sgemm --iters 3)
 sgemm1=$(echo "$backend" | json_field sgemm_gflops)
 log "model-only speed"
@@ -154,7 +209,6 @@ for r in $(seq "$rounds"); do
   int8_rss=$(peak_rss_mb "$work/int8.json")
   log "round $r: python ${py_rates[-1]} img/s, fp32 ${fp32_rates[-1]}, int8 ${int8_rates[-1]}"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 py_rate=$(median "${py_rates[@]}"); fp32_rate=$(median "${fp32_rates[@]}"); int8_rate=$(median "${int8_rates[@]}")
 cos_ref=$("$py" "$helper" compare-index "$work/idx-photos-fp32/catalog.sqlite3" "$work/ref.npy" "$photos" | json_field min_cosine)
 cos_int8=$("$py" "$helper" compare-catalogs "$work/idx-photos-fp32/catalog.sqlite3" "$work/idx-photos-int8/catalog.sqlite3" | json_field min_cosine)
@@ -170,7 +224,6 @@ done
 reindex=$("$py" "$helper" time-runs 3 -- "$bin" index -q "$work/small" --model "$tiny" --index "$work/idx10k")
 
 # ---- report ----------------------------------------------------------------------------------------
-f() { "$py" -c "print(format($1, '$2'))"; }
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 {
   echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --rounds $rounds\` on $(nproc) cores ($cpu), $(echo "$backend" | json_field backend)."
@@ -189,4 +242,5 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   done
   echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
   startup_rows
+  model_rows
 } | tee "$work/results.md"

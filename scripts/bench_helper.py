@@ -19,8 +19,6 @@ import time
 
 import numpy as np
 
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "fixtures", "images")
 
 
@@ -64,12 +62,15 @@ def cmd_vectors(a):
             f.write(f"/bench/library/{i // 1000:04d}/img_{i:07d}.jpg\n")
 
 
-def cn_clip_transform(path):
-    """Chinese-CLIP's image_transform: Resize((224,224), BICUBIC) on the PIL image, RGB, ToTensor, Normalize."""
+def cn_clip_transform(path, image):
+    """Chinese-CLIP's image_transform: Resize((R,R), BICUBIC) on the PIL image, RGB, ToTensor, Normalize,
+    with R, mean and std from the bundle's manifest (`image` of bundle.json)."""
     from PIL import Image
-    img = Image.open(path).resize((224, 224), Image.BICUBIC).convert("RGB")
+    size = image["size"]
+    img = Image.open(path).resize((size, size), Image.BICUBIC).convert("RGB")
     x = np.asarray(img, dtype=np.float32) / np.float32(255)
-    return ((x - MEAN) / STD).transpose(2, 0, 1)
+    mean, std = np.array(image["mean"], dtype=np.float32), np.array(image["std"], dtype=np.float32)
+    return ((x - mean) / std).transpose(2, 0, 1)
 
 
 def cmd_reference_index(a):
@@ -78,10 +79,12 @@ def cmd_reference_index(a):
     paths = list_photos(a.photos)
     t0 = time.time()
     model = torch.jit.load(os.path.join(a.bundle, "image_encoder.pt"))
+    with open(os.path.join(a.bundle, "bundle.json"), encoding="utf-8") as f:
+        image = json.load(f)["image"]
     out = []
     with torch.no_grad():
         for s in range(0, len(paths), a.batch):
-            batch = torch.from_numpy(np.stack([cn_clip_transform(p) for p in paths[s:s + a.batch]]))
+            batch = torch.from_numpy(np.stack([cn_clip_transform(p, image) for p in paths[s:s + a.batch]]))
             out.append(model(batch).numpy())
     secs = time.time() - t0
     np.save(a.out, np.concatenate(out))

@@ -2,12 +2,15 @@
 """Turn a Chinese-CLIP checkpoint into a cnclip model bundle.
 
     export_model.py --checkpoint clip_cn_vit-b-16.pt --out models/vit-b-16 [--arch ViT-B-16] [--precision fp32|int8]
+    export_model.py --checkpoint clip_cn_rn50.pt --print-architecture      # prints RN50
     export_model.py --checkpoint tiny.pt --config tiny_config.json --out DIR
     export_model.py --random-init tiny|ViT-B-16 --seed N --out DIR
 
-Needs only torch (Debian's python3-torch): the architectures below are our own PyTorch definition of
-Chinese-CLIP's, computing exactly what cn_clip computes (see ../shared/fixtures/README.md), and the
-encoders are written as TorchScript so that cnclip (LibTorch) runs them without Python.
+Needs only torch (Debian's python3-torch): the towers (cnclip_towers.py) are our own PyTorch definition
+of Chinese-CLIP's, computing what cn_clip computes (see ../shared/fixtures/README.md), and the encoders
+are written as TorchScript so that cnclip (LibTorch) runs them without Python. Every released model:
+RN50 (ModifiedResNet + RBT3, BatchNorm folded into the convolutions), ViT-B-16, ViT-L-14, ViT-L-14-336
+and ViT-H-14, recognised from the checkpoint's tensor shapes.
 
 The bundle directory holds image_encoder.pt, text_encoder.pt, vocab.txt and bundle.json. Nothing is
 written unless everything succeeds: the bundle is assembled in a temporary directory next to --out and
@@ -18,14 +21,12 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 
 BUNDLE_FORMAT_VERSION = 1
-CONTEXT_LENGTH = 52
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_VOCAB = os.path.join(HERE, "..", "models", "vocab.txt")
 
@@ -36,7 +37,12 @@ TEXT_BASE = dict(vocab_size=21128, text_hidden_size=768, text_num_attention_head
 TEXT_LARGE = dict(vocab_size=21128, text_hidden_size=1024, text_num_attention_heads=16,
                   text_num_hidden_layers=24, text_intermediate_size=4096,
                   text_max_position_embeddings=512, text_type_vocab_size=2)
+# RN50's text tower: RBT3, the base BERT cut to 3 layers (cn_clip's RBT3-chinese.json).
+TEXT_RBT3 = dict(TEXT_BASE, text_num_hidden_layers=3)
 ARCHS = {
+    # vision_layers as a list of stage depths makes cn_clip build a ModifiedResNet (RN50.json).
+    "RN50": dict(embed_dim=1024, image_resolution=224, vision_layers=[3, 4, 6, 3], vision_width=64,
+                 vision_patch_size=None, **TEXT_RBT3),
     "ViT-B-16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768,
                      vision_patch_size=16, **TEXT_BASE),
     "ViT-L-14": dict(embed_dim=768, image_resolution=224, vision_layers=24, vision_width=1024,
@@ -51,8 +57,8 @@ ARCHS = {
                  text_num_attention_heads=2, text_num_hidden_layers=2, text_intermediate_size=128,
                  text_max_position_embeddings=512, text_type_vocab_size=2),
 }
-# The released Chinese-CLIP ViT architectures: the only ones inferred from tensor shapes.
-RELEASED = ("ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")
+# The released Chinese-CLIP architectures: the only ones inferred from tensor shapes.
+RELEASED = ("RN50", "ViT-B-16", "ViT-L-14", "ViT-L-14-336", "ViT-H-14")
 CONFIG_KEYS = ("embed_dim", "image_resolution", "vision_layers", "vision_width", "vision_patch_size",
                "vocab_size", "text_hidden_size", "text_num_attention_heads", "text_num_hidden_layers",
                "text_intermediate_size", "text_max_position_embeddings", "text_type_vocab_size")
@@ -67,236 +73,41 @@ def fail(message):
     sys.exit(1)
 
 
-# Import torch only after argument parsing so that --help works without it.
+# Imported only after argument parsing so that --help works without torch (see load_torch).
 torch = None
 nn = None
 F = None
+towers = None
 
 
-QUICK_GELU_FACTOR = 1.702
+def load_torch():
+    """Imports torch and the tower classes (scripts/cnclip_towers.py); returns the towers module."""
+    global torch, nn, F, towers
+    if towers is None:
+        import torch as _torch
+        sys.path.insert(0, HERE)
+        import cnclip_towers
+        torch, nn, F, towers = _torch, _torch.nn, _torch.nn.functional, cnclip_towers
+    return towers
 
 
-def define_model_classes():
-    """Our own definition of Chinese-CLIP's towers, batch-first, with plain nn.Linear everywhere
-    (so that dynamic int8 quantization reaches the attention projections too)."""
-    global torch, nn, F
-    import torch as _torch
-    torch = _torch
-    nn = torch.nn
-    F = torch.nn.functional
-
-    class VisionAttention(nn.Module):
-        """Multi-head self-attention over rows laid out as [B*N, W] (see VisualTransformer)."""
-
-        def __init__(self, width: int, heads: int):
-            super().__init__()
-            self.heads = heads
-            self.head_dim = width // heads
-            self.scale = float(self.head_dim) ** -0.5
-            self.in_proj = nn.Linear(width, 3 * width)
-            self.out_proj = nn.Linear(width, width)
-
-        def fold_constants(self):
-            """Moves the 1/sqrt(head_dim) of q into the q rows of in_proj (see fold_constants)."""
-            w = self.in_proj.weight.shape[1]
-            self.in_proj.weight[:w].mul_(self.scale)
-            self.in_proj.bias[:w].mul_(self.scale)
-
-        def forward(self, x, n: int):
-            bn, w = x.shape
-            qkv = self.in_proj(x).reshape(bn // n, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]  # q is already scaled (fold_constants)
-            attn = torch.softmax(torch.matmul(q, k.transpose(-2, -1)), dim=-1)
-            out = torch.matmul(attn, v).transpose(1, 2).reshape(bn, w)
-            return self.out_proj(out)
-
-    class QuickGELU(nn.Module):
-        """x * sigmoid(1.702 x), as cn_clip. fold_constants replaces it with SiLU (one pass, no temporary)."""
-        def forward(self, x):
-            return torch.sigmoid(x * QUICK_GELU_FACTOR).mul_(x)
-
-    class ResidualAttentionBlock(nn.Module):
-        def __init__(self, width: int, heads: int):
-            super().__init__()
-            self.attn = VisionAttention(width, heads)
-            self.ln_1 = nn.LayerNorm(width, eps=1e-5)
-            self.mlp = nn.Sequential()
-            self.mlp.add_module("c_fc", nn.Linear(width, width * 4))
-            self.mlp.add_module("gelu", QuickGELU())
-            self.mlp.add_module("c_proj", nn.Linear(width * 4, width))
-            self.ln_2 = nn.LayerNorm(width, eps=1e-5)
-
-        def fold_constants(self):
-            """QuickGELU(x) = x * sigmoid(1.702 x) = SiLU(1.702 x) / 1.702: the 1.702 goes into c_fc and
-            the 1/1.702 into c_proj's weights, and the MLP needs one elementwise pass instead of three."""
-            self.mlp.c_fc.weight.mul_(QUICK_GELU_FACTOR)
-            self.mlp.c_fc.bias.mul_(QUICK_GELU_FACTOR)
-            self.mlp.c_proj.weight.div_(QUICK_GELU_FACTOR)
-            self.mlp.gelu = nn.SiLU()
-
-        def forward(self, x, n: int):
-            x = x + self.attn(self.ln_1(x), n)
-            return x + self.mlp(self.ln_2(x))
-
-    class VisualTransformer(nn.Module):
-        def __init__(self, resolution: int, patch: int, width: int, layers: int, output_dim: int):
-            super().__init__()
-            heads = width // 64  # as cn_clip: vision_heads = vision_width // 64
-            self.conv1 = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=False)
-            grid = resolution // patch
-            self.class_embedding = nn.Parameter(torch.zeros(width))
-            self.positional_embedding = nn.Parameter(torch.zeros(grid * grid + 1, width))
-            self.ln_pre = nn.LayerNorm(width, eps=1e-5)
-            self.transformer = nn.Module()
-            self.transformer.resblocks = nn.ModuleList(
-                [ResidualAttentionBlock(width, heads) for _ in range(layers)])
-            self.ln_post = nn.LayerNorm(width, eps=1e-5)
-            self.proj = nn.Parameter(torch.zeros(width, output_dim))
-
-        def forward(self, x):
-            x = self.conv1(x)
-            x = x.flatten(2).transpose(1, 2)
-            cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, x.shape[-1])
-            x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
-            b, n, w = x.shape
-            # Rows as a [B*N, W] matrix: every Linear is then one plain GEMM.
-            x = self.ln_pre(x).reshape(b * n, w)
-            for block in self.transformer.resblocks:
-                x = block(x, n)
-            return self.ln_post(x.reshape(b, n, w)[:, 0, :]) @ self.proj
-
-    class BertSelfAttention(nn.Module):
-        def __init__(self, hidden: int, heads: int):
-            super().__init__()
-            self.heads = heads
-            self.head_dim = hidden // heads
-            self.scale = 1.0 / math.sqrt(self.head_dim)
-            self.query = nn.Linear(hidden, hidden)
-            self.key = nn.Linear(hidden, hidden)
-            self.value = nn.Linear(hidden, hidden)
-
-        def split(self, x):
-            b, n, _ = x.shape
-            return x.reshape(b, n, self.heads, self.head_dim).transpose(1, 2)
-
-        def fold_constants(self):
-            """Moves the 1/sqrt(head_dim) of the scores into the query projection (see fold_constants)."""
-            self.query.weight.mul_(self.scale)
-            self.query.bias.mul_(self.scale)
-
-        def forward(self, x, additive_mask):
-            q, k, v = self.split(self.query(x)), self.split(self.key(x)), self.split(self.value(x))
-            scores = torch.matmul(q, k.transpose(-1, -2)) + additive_mask  # q is pre-scaled
-            ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
-            b, h, n, d = ctx.shape
-            return ctx.transpose(1, 2).reshape(b, n, h * d)
-
-    class BertDenseLayerNorm(nn.Module):
-        def __init__(self, d_in: int, d_out: int):
-            super().__init__()
-            self.dense = nn.Linear(d_in, d_out)
-            self.LayerNorm = nn.LayerNorm(d_out, eps=1e-12)
-
-        def forward(self, x, residual):
-            return self.LayerNorm(self.dense(x) + residual)
-
-    class BertAttention(nn.Module):
-        def __init__(self, hidden: int, heads: int):
-            super().__init__()
-            self.self = BertSelfAttention(hidden, heads)
-            self.output = BertDenseLayerNorm(hidden, hidden)
-
-        def forward(self, x, additive_mask):
-            return self.output(self.self(x, additive_mask), x)
-
-    class BertIntermediate(nn.Module):
-        def __init__(self, hidden: int, inter: int):
-            super().__init__()
-            self.dense = nn.Linear(hidden, inter)
-
-        def forward(self, x):
-            return F.gelu(self.dense(x))
-
-    class BertLayer(nn.Module):
-        def __init__(self, hidden: int, heads: int, inter: int):
-            super().__init__()
-            self.attention = BertAttention(hidden, heads)
-            self.intermediate = BertIntermediate(hidden, inter)
-            self.output = BertDenseLayerNorm(inter, hidden)
-
-        def forward(self, x, additive_mask):
-            a = self.attention(x, additive_mask)
-            return self.output(self.intermediate(a), a)
-
-    class BertEmbeddings(nn.Module):
-        def __init__(self, vocab: int, hidden: int, max_pos: int, type_vocab: int):
-            super().__init__()
-            self.word_embeddings = nn.Embedding(vocab, hidden)
-            self.position_embeddings = nn.Embedding(max_pos, hidden)
-            self.token_type_embeddings = nn.Embedding(type_vocab, hidden)
-            self.LayerNorm = nn.LayerNorm(hidden, eps=1e-12)
-
-        def forward(self, ids):
-            positions = torch.arange(ids.shape[1], dtype=torch.long, device=ids.device)
-            x = (self.word_embeddings(ids) + self.position_embeddings(positions).unsqueeze(0)
-                 + self.token_type_embeddings.weight[0])
-            return self.LayerNorm(x)
-
-    class BertEncoder(nn.Module):
-        def __init__(self, hidden: int, heads: int, inter: int, layers: int):
-            super().__init__()
-            self.layer = nn.ModuleList([BertLayer(hidden, heads, inter) for _ in range(layers)])
-
-        def forward(self, x, additive_mask):
-            for layer in self.layer:
-                x = layer(x, additive_mask)
-            return x
-
-    class Bert(nn.Module):
-        def __init__(self, c):
-            super().__init__()
-            self.embeddings = BertEmbeddings(c["vocab_size"], c["text_hidden_size"],
-                                             c["text_max_position_embeddings"],
-                                             c["text_type_vocab_size"])
-            self.encoder = BertEncoder(c["text_hidden_size"], c["text_num_attention_heads"],
-                                       c["text_intermediate_size"], c["text_num_hidden_layers"])
-
-    class ImageEncoder(nn.Module):
-        """float [B,3,R,R] (normalized pixels) -> L2-normalized float [B,D]."""
-
-        def __init__(self, c):
-            super().__init__()
-            self.visual = VisualTransformer(c["image_resolution"], c["vision_patch_size"],
-                                            c["vision_width"], c["vision_layers"], c["embed_dim"])
-
-        def forward(self, pixels):
-            return F.normalize(self.visual(pixels), dim=-1)
-
-    class TextEncoder(nn.Module):
-        """int64 token ids [B,L] (0 = padding) -> L2-normalized float [B,D]."""
-
-        def __init__(self, c):
-            super().__init__()
-            self.bert = Bert(c)
-            self.text_projection = nn.Parameter(torch.zeros(c["text_hidden_size"], c["embed_dim"]))
-
-        def forward(self, ids):
-            mask = (ids != 0).to(torch.float32)
-            additive = ((1.0 - mask) * -10000.0)[:, None, None, :]
-            x = self.bert.embeddings(ids)
-            x = self.bert.encoder(x, additive)
-            return F.normalize(x[:, 0, :] @ self.text_projection, dim=-1)
-
-    return ImageEncoder, TextEncoder
+def is_resnet(config):
+    """A list of stage depths in vision_layers: cn_clip's ModifiedResNet (cnclip_towers.is_resnet)."""
+    return load_torch().is_resnet(config)
 
 
 def is_fp16_designated(key):
-    """cn_clip's convert_weights makes these fp16; everything else stays fp32."""
+    """cn_clip's convert_weights makes these fp16 (the weight and bias of every Conv2d and Linear of the
+    image tower, the ViT attention's in_proj, visual.proj, text_projection, all of bert); everything
+    else stays fp32, the RN50's BatchNorm parameters and buffers and attention-pool positional
+    embedding included."""
     if key.startswith("bert.") or key in ("text_projection", "visual.proj", "visual.conv1.weight"):
         return True
     if key.startswith("visual.transformer.") and (".attn." in key or ".mlp." in key):
         return True
-    return False
+    if re.fullmatch(r"visual\.(layer\d+\.\d+\.)?(conv\d|downsample\.0)\.weight", key):
+        return True  # RN50 convolutions (bias-free in cn_clip)
+    return bool(re.fullmatch(r"visual\.attnpool\.[qkvc]_proj\.(weight|bias)", key))
 
 
 def model_key_for(checkpoint_key):
@@ -305,20 +116,52 @@ def model_key_for(checkpoint_key):
         "attn.in_proj_bias", "attn.in_proj.bias")
 
 
-def expected_shapes(c):
-    """Every cn_clip state_dict key with its shape, for config c."""
-    w, p, e = c["vision_width"], c["vision_patch_size"], c["embed_dim"]
+BN_STATS = ("weight", "bias", "running_mean", "running_var")
+# Keys cn_clip's loader does not require: BatchNorm fills in a missing num_batches_tracked (the
+# 'module.'-stripped dict has no version metadata), and nothing computes with it.
+OPTIONAL_SUFFIX = ".num_batches_tracked"
+
+
+def resnet_convs(c):
+    """(conv key prefix, BatchNorm key prefix, out channels, in channels, kernel) of every RN50
+    convolution, in cn_clip's ModifiedResNet order."""
+    w = c["vision_width"]
+    convs = [("visual.conv1", "visual.bn1", w // 2, 3, 3), ("visual.conv2", "visual.bn2", w // 2, w // 2, 3),
+             ("visual.conv3", "visual.bn3", w, w // 2, 3)]
+    inplanes = w
+    for i, blocks in enumerate(c["vision_layers"]):
+        planes = w * 2 ** i
+        for j in range(blocks):
+            b = f"visual.layer{i + 1}.{j}."
+            convs += [(b + "conv1", b + "bn1", planes, inplanes, 1), (b + "conv2", b + "bn2", planes, planes, 3),
+                      (b + "conv3", b + "bn3", planes * 4, planes, 1)]
+            if j == 0 and (i > 0 or inplanes != planes * 4):
+                convs.append((b + "downsample.0", b + "downsample.1", planes * 4, inplanes, 1))
+            inplanes = planes * 4
+    return convs
+
+
+def vision_shapes(c):
+    """The image tower's cn_clip state_dict keys with their shapes."""
+    e, w = c["embed_dim"], c["vision_width"]
+    if is_resnet(c):
+        shapes = {}
+        for conv, bn, out, inp, k in resnet_convs(c):
+            shapes[conv + ".weight"] = (out, inp, k, k)
+            shapes.update({f"{bn}.{n}": (out,) for n in BN_STATS})
+            shapes[bn + OPTIONAL_SUFFIX] = ()
+        d, grid = w * 32, c["image_resolution"] // 32
+        shapes["visual.attnpool.positional_embedding"] = (grid * grid + 1, d)
+        for n in ("q", "k", "v"):
+            shapes.update({f"visual.attnpool.{n}_proj.weight": (d, d), f"visual.attnpool.{n}_proj.bias": (d,)})
+        shapes.update({"visual.attnpool.c_proj.weight": (e, d), "visual.attnpool.c_proj.bias": (e,)})
+        return shapes
+    p = c["vision_patch_size"]
     grid = c["image_resolution"] // p
-    h, inter = c["text_hidden_size"], c["text_intermediate_size"]
     shapes = {
-        "logit_scale": (), "text_projection": (h, e), "visual.class_embedding": (w,),
-        "visual.positional_embedding": (grid * grid + 1, w), "visual.proj": (w, e),
+        "visual.class_embedding": (w,), "visual.positional_embedding": (grid * grid + 1, w), "visual.proj": (w, e),
         "visual.conv1.weight": (w, 3, p, p), "visual.ln_pre.weight": (w,), "visual.ln_pre.bias": (w,),
         "visual.ln_post.weight": (w,), "visual.ln_post.bias": (w,),
-        "bert.embeddings.word_embeddings.weight": (c["vocab_size"], h),
-        "bert.embeddings.position_embeddings.weight": (c["text_max_position_embeddings"], h),
-        "bert.embeddings.token_type_embeddings.weight": (c["text_type_vocab_size"], h),
-        "bert.embeddings.LayerNorm.weight": (h,), "bert.embeddings.LayerNorm.bias": (h,),
     }
     for i in range(c["vision_layers"]):
         b = f"visual.transformer.resblocks.{i}."
@@ -329,6 +172,21 @@ def expected_shapes(c):
             b + "mlp.c_fc.weight": (4 * w, w), b + "mlp.c_fc.bias": (4 * w,),
             b + "mlp.c_proj.weight": (w, 4 * w), b + "mlp.c_proj.bias": (w,),
         })
+    return shapes
+
+
+def expected_shapes(c):
+    """Every cn_clip state_dict key with its shape, for config c (keys ending in OPTIONAL_SUFFIX may
+    be absent)."""
+    h, inter = c["text_hidden_size"], c["text_intermediate_size"]
+    shapes = {
+        "logit_scale": (), "text_projection": (h, c["embed_dim"]),
+        "bert.embeddings.word_embeddings.weight": (c["vocab_size"], h),
+        "bert.embeddings.position_embeddings.weight": (c["text_max_position_embeddings"], h),
+        "bert.embeddings.token_type_embeddings.weight": (c["text_type_vocab_size"], h),
+        "bert.embeddings.LayerNorm.weight": (h,), "bert.embeddings.LayerNorm.bias": (h,),
+    }
+    shapes.update(vision_shapes(c))
     for i in range(c["text_num_hidden_layers"]):
         b = f"bert.encoder.layer.{i}."
         for name in ("query", "key", "value"):
@@ -361,22 +219,33 @@ def load_checkpoint(path):
     return sd
 
 
+def count_indices(sd, prefix):
+    """How many numbered children prefix has (prefix + 'N.…' keys)."""
+    return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
+
+
 def infer_config(sd, path):
     """Derive the architecture from tensor shapes; returns (name, config)."""
     try:
-        w, _, p, _ = sd["visual.conv1.weight"].shape
-        grid = int(round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1)))
         vocab, h = sd["bert.embeddings.word_embeddings.weight"].shape
-        c = dict(embed_dim=sd["visual.proj"].shape[1], image_resolution=grid * p,
-                 vision_layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
-                 vision_width=w, vision_patch_size=p, vocab_size=vocab, text_hidden_size=h,
-                 text_num_attention_heads=h // 64,
-                 text_num_hidden_layers=len({k.split(".")[3] for k in sd if k.startswith("bert.encoder.layer.")}),
+        c = dict(vocab_size=vocab, text_hidden_size=h, text_num_attention_heads=h // 64,
+                 text_num_hidden_layers=count_indices(sd, "bert.encoder.layer."),
                  text_intermediate_size=sd["bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
                  text_max_position_embeddings=sd["bert.embeddings.position_embeddings.weight"].shape[0],
                  text_type_vocab_size=sd["bert.embeddings.token_type_embeddings.weight"].shape[0])
+        if "visual.layer1.0.conv1.weight" in sd or "visual.attnpool.c_proj.weight" in sd:  # ModifiedResNet
+            grid = int(round(math.sqrt(sd["visual.attnpool.positional_embedding"].shape[0] - 1)))
+            c.update(embed_dim=sd["visual.attnpool.c_proj.weight"].shape[0], image_resolution=grid * 32,
+                     vision_layers=[count_indices(sd, f"visual.layer{i}.") for i in range(1, 5)],
+                     vision_width=sd["visual.conv3.weight"].shape[0], vision_patch_size=None)
+        else:
+            w, _, p, _ = sd["visual.conv1.weight"].shape
+            grid = int(round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1)))
+            c.update(embed_dim=sd["visual.proj"].shape[1], image_resolution=grid * p,
+                     vision_layers=count_indices(sd, "visual.transformer.resblocks."),
+                     vision_width=w, vision_patch_size=p)
     except KeyError as exc:
-        raise ExportError(f"{path}: missing tensor {exc.args[0]!r}; not a ViT Chinese-CLIP checkpoint")
+        raise ExportError(f"{path}: missing tensor {exc.args[0]!r}; not a Chinese-CLIP checkpoint")
     # Shapes give every field but the text tower's attention head count (the vision tower's is
     # vision_width // 64 by cn_clip's construction). A released architecture with these shapes fixes
     # it; for anything else it would be a guess, and a wrong guess exports a model that runs but
@@ -390,24 +259,67 @@ def infer_config(sd, path):
                       f"(the model's cn_clip config JSON)")
 
 
+def parse_config(raw, where):
+    """A cn_clip model config (vision and text fields merged) -> our config dict. vision_layers is a
+    number (ViT) or four stage depths (ModifiedResNet), as a list or, as cn_clip's RN50.json has it,
+    a string "[3,4,6,3]"; vision_patch_size is null for a ModifiedResNet."""
+    try:
+        config = {}
+        for k in CONFIG_KEYS:
+            v = raw[k]
+            if k == "vision_layers" and isinstance(v, str):
+                v = json.loads(v)
+            if k == "vision_layers" and isinstance(v, list):
+                if len(v) != 4 or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+                    raise ValueError(f"vision_layers {raw[k]!r} is not four stage depths")
+                config[k] = v
+            elif k == "vision_patch_size" and v is None:
+                config[k] = None
+            else:
+                if isinstance(v, bool) or not isinstance(v, (int, float, str)) or int(v) != float(v):
+                    raise ValueError(f"{k} {v!r} is not a whole number")
+                config[k] = int(v)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ExportError(f"{where}: not a usable model config ({type(exc).__name__}: {exc})")
+    return config
+
+
 def check_config(config, where):
     """Fields the tensor shapes cannot check."""
+    resnet = is_resnet(config)
     for k in CONFIG_KEYS:
-        if config[k] <= 0:
+        if k == "vision_layers" and resnet:
+            if min(config[k]) <= 0:
+                raise ExportError(f"{where}: every stage of vision_layers must have a block")
+        elif k == "vision_patch_size" and resnet:
+            if config[k] is not None:
+                raise ExportError(f"{where}: vision_patch_size must be null for a ResNet (vision_layers a list)")
+        elif config[k] is None or config[k] <= 0:
             raise ExportError(f"{where}: {k} must be positive")
     if config["text_hidden_size"] % config["text_num_attention_heads"]:
         raise ExportError(f"{where}: text_hidden_size {config['text_hidden_size']} is not a multiple of "
                           f"text_num_attention_heads {config['text_num_attention_heads']}")
-    if config["vision_width"] % 64:
+    if resnet:
+        if config["vision_width"] % 2 or config["image_resolution"] % 32:
+            raise ExportError(f"{where}: a ResNet needs an even vision_width and an image_resolution that is a "
+                              f"multiple of 32 (it has {config['vision_width']} and {config['image_resolution']})")
+    elif config["vision_width"] % 64:
         raise ExportError(f"{where}: vision_width {config['vision_width']} is not a multiple of 64 "
                           f"(cn_clip's vision heads are 64 wide)")
 
 
 def check_state_dict(sd, config, path):
+    """Checks every tensor against config (names the first bad one); returns the state dict with a
+    scalar stored as shape [1] made a scalar, as PyTorch's load_state_dict (and so cn_clip) accepts."""
     shapes = expected_shapes(config)
+    sd = dict(sd)
     for key, shape in shapes.items():
         if key not in sd:
+            if key.endswith(OPTIONAL_SUFFIX):
+                continue
             raise ExportError(f"{path}: missing tensor '{key}'")
+        if tuple(shape) == () and tuple(sd[key].shape) == (1,):
+            sd[key] = sd[key].reshape(())
         if tuple(sd[key].shape) != tuple(shape):
             raise ExportError(f"{path}: tensor '{key}' has shape {list(sd[key].shape)}, "
                               f"expected {list(shape)} for this architecture")
@@ -415,6 +327,8 @@ def check_state_dict(sd, config, path):
     if extra:
         raise ExportError(f"{path}: unexpected tensor '{extra[0]}' ({len(extra)} unexpected in all)")
     for key in shapes:
+        if key not in sd:
+            continue
         # A damaged checkpoint (or an fp32 value beyond fp16's range, rounded as cn_clip does) would
         # export a bundle whose embeddings are NaN.
         value = sd[key].float()
@@ -423,6 +337,9 @@ def check_state_dict(sd, config, path):
         if not bool(torch.isfinite(value).all()):
             raise ExportError(f"{path}: tensor '{key}' has NaN or infinite values"
                               + (" (after rounding to fp16, as cn_clip does)" if is_fp16_designated(key) else ""))
+        if key.endswith(".running_var") and bool((value < 0).any()):
+            raise ExportError(f"{path}: tensor '{key}' has negative values (a BatchNorm variance)")
+    return sd
 
 
 def random_state_dict(config, seed):
@@ -432,7 +349,17 @@ def random_state_dict(config, seed):
     for key, shape in expected_shapes(config).items():
         if key == "logit_scale":
             t = torch.tensor(math.log(1 / 0.07))
-        elif key.endswith("LayerNorm.weight") or ".ln_" in key and key.endswith("weight"):
+        elif key.endswith(OPTIONAL_SUFFIX):
+            sd[key] = torch.tensor(1000, dtype=torch.long)
+            continue
+        elif key.endswith("running_var"):
+            t = 0.5 + torch.rand(shape, generator=gen)
+        elif re.search(r"\.bn3\.weight$", key) and key.startswith("visual.layer"):
+            # Small gains at the end of each residual branch, as trained ResNets have (and cn_clip's
+            # initialization, zeros): activations then stay in a realistic range over 16 blocks.
+            t = 0.25 * (1.0 + 0.1 * torch.randn(shape, generator=gen))
+        elif (key.endswith("LayerNorm.weight") or ".ln_" in key and key.endswith("weight")
+              or re.search(r"\.(bn\d|downsample\.1)\.weight$", key)):
             t = 1.0 + 0.1 * torch.randn(shape, generator=gen)
         elif len(shape) >= 2 and "embedding" not in key:
             t = torch.randn(shape, generator=gen) / math.sqrt(shape[-1] if len(shape) == 2 else
@@ -440,12 +367,62 @@ def random_state_dict(config, seed):
         else:
             t = 0.1 * torch.randn(shape, generator=gen)
         sd[key] = t.half() if is_fp16_designated(key) else t.float()
+    if is_resnet(config):
+        calibrate_batchnorm(sd, config, gen)
     return sd
 
 
+def calibrate_batchnorm(sd, config, gen):
+    """Sets each BatchNorm's running mean and variance to the statistics of its input over a batch of
+    smooth random images, as a trained network's are to its data. With arbitrary statistics a random
+    ResNet's output is dominated by constant offsets (cosine 0.99999 between any two images); with
+    these, embeddings differ from image to image as a real model's do, so comparisons mean something."""
+    res = config["image_resolution"]
+    pixels = F.interpolate(torch.randn(8, 3, 7, 7, generator=gen), size=(res, res), mode="bicubic",
+                           align_corners=False)
+    model = towers.ImageEncoder(config).eval()
+    convs = {conv: bn for conv, bn, *_ in resnet_convs(config)}
+    own = {model_key_for(k): v.float() for k, v in sd.items() if k.startswith("visual.")}
+    for conv in convs:
+        own[conv + ".bias"] = torch.zeros(own[conv + ".weight"].shape[0])
+    for bn in convs.values():
+        for n in BN_STATS + (OPTIONAL_SUFFIX[1:],):
+            own.pop(f"{bn}.{n}")
+    model.load_state_dict(own)
+
+    def hook(conv):
+        bn = convs[conv]
+
+        def apply(_module, _inputs, out):
+            mean, var = out.mean(dim=(0, 2, 3)), out.var(dim=(0, 2, 3), unbiased=False)
+            sd[bn + ".running_mean"], sd[bn + ".running_var"] = mean.clone(), var.clone()
+            return F.batch_norm(out, mean, var, sd[bn + ".weight"].float(), sd[bn + ".bias"].float(),
+                                training=False, eps=1e-5)
+        return apply
+
+    for name, module in model.named_modules():
+        if name in convs:
+            module.register_forward_hook(hook(name))
+    with torch.no_grad():
+        model(pixels)
+
+
+def fold_batchnorm(own, config):
+    """Folds each BatchNorm of the ModifiedResNet into the convolution before it (in place on `own`,
+    our model's state dict): W' = W·γ/√(σ²+ε), b' = β − μ·γ/√(σ²+ε), computed in float64 and rounded
+    to float32 once. cn_clip computes conv, then BatchNorm, each rounded in float32; the folded
+    convolution differs by float rounding only (measured on the full-size random RN50: see README)."""
+    eps = 1e-5  # nn.BatchNorm2d's default, which cn_clip uses
+    for conv, bn, *_ in resnet_convs(config):
+        gamma, beta, mean, var = (own.pop(f"{bn}.{n}").double() for n in BN_STATS)
+        own.pop(bn + OPTIONAL_SUFFIX, None)
+        scale = gamma / torch.sqrt(var + eps)
+        own[conv + ".weight"] = (own[conv + ".weight"].double() * scale[:, None, None, None]).float()
+        own[conv + ".bias"] = (beta - mean * scale).float()
+
+
 def build_encoders(sd, config):
-    ImageEncoder, TextEncoder = define_model_classes()
-    image, text = ImageEncoder(config), TextEncoder(config)
+    image, text = towers.ImageEncoder(config), towers.TextEncoder(config)
     for module, prefix_ok in ((image, lambda k: k.startswith("visual.")),
                               (text, lambda k: k.startswith("bert.") or k == "text_projection")):
         own = {}
@@ -457,24 +434,14 @@ def build_encoders(sd, config):
                 # cn_clip converts the model to fp16 before loading, so fp32 checkpoints are rounded too.
                 value = value.half().float()
             own[model_key_for(key)] = value
+        if module is image and is_resnet(config):
+            fold_batchnorm(own, config)
         missing, unexpected = module.load_state_dict(own, strict=False)
         if missing or unexpected:
             raise ExportError(f"internal: state mismatch, missing {missing[:3]}, unexpected {unexpected[:3]}")
-        fold_constants(module)
+        towers.fold_constants(module)
         module.eval()
     return image, text
-
-
-def fold_constants(module):
-    """Moves constant factors of the forward pass into the weights next to them, so the traced graph
-    makes fewer elementwise passes over the activations (LibTorch on CPU cannot fuse them): ~3% of
-    the ViT-B-16 image tower. The attention scales are 1/8 for 64-dimensional heads, a power of two,
-    so that fold is exact; the QuickGELU fold changes results by float rounding only (max abs 1e-7
-    on a ViT-B-16 embedding)."""
-    with torch.no_grad():
-        for m in list(module.modules()):  # each once: the attention folds itself, not via its block
-            if m is not module and hasattr(m, "fold_constants"):
-                m.fold_constants()
 
 
 def to_torchscript(module, example, precision):
@@ -506,7 +473,13 @@ def write_bundle(out, sd, config, arch, precision, vocab_path, source):
     tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         with torch.no_grad():
-            img_ts = to_torchscript(image, torch.zeros(2, 3, res, res), precision)
+            # Dynamic int8 reaches only Linear layers: in a ModifiedResNet just the attention pool's, 7% of
+            # its multiply-adds (0.43 of 5.79 G), so it can save at most a few percent of the image
+            # tower's time, and bench.sh --models measured no gain beyond the noise of a loaded machine
+            # (RN50 index, 3 rounds: fp32 0.74/1.22/0.72 images/s, int8 0.88/0.91/1.04), while rounding
+            # costs accuracy. Its image tower stays fp32; the RBT3 text tower is quantized.
+            image_precision = "fp32" if is_resnet(config) else precision
+            img_ts = to_torchscript(image, torch.zeros(2, 3, res, res), image_precision)
             txt_ts = to_torchscript(text, torch.tensor([[101, 2207, 102, 0], [101, 102, 0, 0]]), precision)
         img_ts.save(os.path.join(tmp, "image_encoder.pt"))
         txt_ts.save(os.path.join(tmp, "text_encoder.pt"))
@@ -526,9 +499,9 @@ def write_bundle(out, sd, config, arch, precision, vocab_path, source):
             "embedding_dim": config["embed_dim"],
             "normalized": True,
             "precision": precision,
-            "image": {"size": res, "mean": list(MEAN), "std": list(STD), "resize": "squash",
+            "image": {"size": res, "mean": list(towers.MEAN), "std": list(towers.STD), "resize": "squash",
                       "interpolation": "bicubic-pillow", "input": "float32 [B,3,R,R]"},
-            "text": {"context_length": CONTEXT_LENGTH, "tokenizer": "bert-wordpiece",
+            "text": {"context_length": towers.CONTEXT_LENGTH, "tokenizer": "bert-wordpiece",
                      "lower_case": True, "max_chars_per_word": 200, "input": "int64 [B,L], 0 = padding"},
             "logit_scale": float(sd["logit_scale"].float().exp()),
             "source": source,
@@ -559,19 +532,23 @@ def main(argv=None):
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="official Chinese-CLIP checkpoint (.pt)")
     src.add_argument("--random-init", metavar="ARCH", help="random weights: " + ", ".join(ARCHS))
-    ap.add_argument("--out", required=True, help="bundle directory to write")
+    ap.add_argument("--out", help="bundle directory to write (required unless --print-architecture)")
+    ap.add_argument("--print-architecture", action="store_true",
+                    help="check the checkpoint, print its architecture name (RN50, ViT-B-16, ...) and exit")
     ap.add_argument("--arch", help="architecture name (default: inferred from tensor shapes)")
     ap.add_argument("--config", help="cn_clip model config JSON (vision and text fields merged)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
     ap.add_argument("--seed", type=int, default=0, help="seed for --random-init")
     ap.add_argument("--vocab", default=DEFAULT_VOCAB, help="vocab.txt (default: models/vocab.txt)")
     args = ap.parse_args(argv)
+    if not args.out and not args.print_architecture:
+        ap.error("the following arguments are required: --out")
 
     try:
         import torch as _t  # noqa: F401
     except ImportError:
         fail("torch is not importable; run with Debian's /usr/bin/python3 (python3-torch)")
-    define_model_classes()
+    load_torch()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     try:
         if not os.path.isfile(args.vocab):
@@ -581,9 +558,11 @@ def main(argv=None):
             try:
                 with open(args.config, encoding="utf-8") as f:
                     raw = json.load(f)
-                config = {k: int(raw[k]) for k in CONFIG_KEYS}
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError) as exc:
                 raise ExportError(f"{args.config}: not a usable model config ({exc})")
+            if not isinstance(raw, dict):
+                raise ExportError(f"{args.config}: not a usable model config (not a JSON object)")
+            config = parse_config(raw, args.config)
             check_config(config, args.config)
         if args.arch and args.arch not in ARCHS:
             raise ExportError(f"unknown architecture '{args.arch}' (known: {', '.join(ARCHS)})")
@@ -592,6 +571,9 @@ def main(argv=None):
                 raise ExportError(f"unknown architecture '{args.random_init}' (known: {', '.join(ARCHS)})")
             arch = args.random_init
             config = config or ARCHS[arch]
+            if args.print_architecture:
+                print(arch)
+                return
             sd = random_state_dict(config, args.seed)
             source = {"kind": "random-init", "seed": args.seed}
         else:
@@ -603,7 +585,10 @@ def main(argv=None):
                 arch, config = args.arch, ARCHS[args.arch]
             else:
                 arch, config = infer_config(sd, args.checkpoint)
-            check_state_dict(sd, config, args.checkpoint)
+            sd = check_state_dict(sd, config, args.checkpoint)
+            if args.print_architecture:
+                print(arch)
+                return
             source = {"kind": "checkpoint", "file": os.path.basename(args.checkpoint),
                       "sha256": sha256_file(args.checkpoint)}
         manifest = write_bundle(args.out, sd, config, arch, args.precision, args.vocab, source)

@@ -144,6 +144,7 @@ if [ -n "$model" ] || [ -n "$checkpoint" ]; then
         clip_cn_vit-b-16.pt) model=ViT-B-16 ;; clip_cn_vit-l-14.pt) model=ViT-L-14 ;;
         clip_cn_vit-l-14-336.pt) model=ViT-L-14-336 ;; clip_cn_vit-h-14.pt) model=ViT-H-14 ;;
         clip_cn_rn50.pt) model=RN50 ;;
+        *) model=$("$py" "$repo/scripts/export_model.py" --checkpoint "$checkpoint" --print-architecture 2>/dev/null || true) ;;
       esac
     fi
     name="${model:-$(basename "$checkpoint" .pt)}"

@@ -66,6 +66,22 @@ class ExportTest(unittest.TestCase):
         tb = torch.jit.load(os.path.join(b, "text_encoder.pt"))(ids)
         self.assertTrue(torch.equal(ta, tb))
 
+    def test_logit_scale_of_shape_1_is_accepted(self):
+        """PyTorch's load_state_dict (so cn_clip's loader) takes a [1] tensor for a scalar parameter."""
+        ckpt = torch.load(TINY, map_location="cpu")
+        ckpt["state_dict"]["module.logit_scale"] = ckpt["state_dict"]["module.logit_scale"].reshape(1)
+        path = os.path.join(self.dir, "scale1.pt")
+        torch.save(ckpt, path)
+        out = os.path.join(self.dir, "b")
+        r = export("--checkpoint", path, "--config", TINY_CONFIG, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(os.path.join(out, "bundle.json")) as f:
+            self.assertAlmostEqual(json.load(f)["logit_scale"], 13.809393882751465, places=5)
+        ckpt["state_dict"]["module.logit_scale"] = ckpt["state_dict"]["module.logit_scale"].reshape(1, 1)
+        torch.save(ckpt, path)
+        self.assert_one_line_error(export("--checkpoint", path, "--config", TINY_CONFIG, "--out", out + "2"),
+                                   "logit_scale", "shape [1, 1]")
+
     def test_random_init(self):
         out = os.path.join(self.dir, "r")
         r = export("--random-init", "tiny", "--seed", "3", "--out", out)
@@ -154,7 +170,7 @@ class LayoutTest(unittest.TestCase):
         """Shapes alone pick each released architecture; anything else is refused, naming --config."""
         sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
         import export_model
-        export_model.define_model_classes()
+        export_model.load_torch()
 
         def shaped(config):
             return {k: torch.empty(shape, device="meta") for k, shape in export_model.expected_shapes(config).items()}

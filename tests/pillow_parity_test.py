@@ -3,6 +3,7 @@ not cover. The reference is cn_clip's transform: resize((224,224), BICUBIC) in t
 convert('RGB'), /255, normalize, all in float32."""
 import os
 import subprocess
+import sys
 import tempfile
 import unittest
 
@@ -10,8 +11,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 BINARY = os.environ["CNCLIP_BINARY"]
-MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
-STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from cnclip_towers import MEAN, STD  # noqa: E402  (the one Python copy; bundles carry it in bundle.json)
+MEAN = np.array(MEAN, dtype=np.float32)
+STD = np.array(STD, dtype=np.float32)
 
 
 def reference(path, exif=False, draft=1):
