@@ -165,8 +165,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
-        opts.batch_size = c.batch_size;
-        opts.decode_threads = c.jobs;
+        opts.encode.batch_size = c.batch_size;
+        opts.encode.decode_threads = c.jobs;
         auto model = open_model(o, /*many_calls=*/true);
         opts.decode = decode_options(o, model->manifest().image.size);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
