@@ -135,7 +135,7 @@ void register_eval_command(CLI::App& app, CommonOptions& o, Action& action) {
       }
       if (!o.quiet) {
         char line[160];
-        std::snprintf(line, sizeof(line), "cnclip: eval: %lld images in %.1f s (%.1f img/s)",
+        std::snprintf(line, sizeof(line), "cnclip: eval: %lld images in %.1f s (%.2f img/s)",
                       static_cast<long long>(r.images), r.image_seconds,
                       r.image_seconds > 0 ? r.images / r.image_seconds : 0.0);
         std::cerr << line << '\n';
