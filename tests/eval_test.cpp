@@ -7,6 +7,7 @@
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
@@ -407,6 +408,28 @@ TEST(EvalCommand, UnusableInputsStopWithOneLine) {
   auto no_texts = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + model_arg());
   EXPECT_EQ(no_texts.exit_code, 2);
   EXPECT_NE(no_texts.err.find("--texts"), std::string::npos) << no_texts.err;
+  // An image file given as IMAGES is a usage error, not a TSV of garbage lines.
+  auto image = test::run_cnclip("eval --images " + test::shell_quote(set.folder + "/3.png") + " --texts " +
+                                test::shell_quote(set.texts) + model_arg());
+  EXPECT_EQ(image.exit_code, 2);
+  EXPECT_NE(image.err.find("3.png: an image file; --images takes a folder"), std::string::npos) << image.err;
+  // TEXTS given the TSV: the first 100 problems one by one, then one line, and the total.
+  auto swapped = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
+                                  test::shell_quote(set.tsv) + model_arg());
+  EXPECT_EQ(swapped.exit_code, 1);
+  EXPECT_NE(swapped.err.find("valid_imgs.tsv line 36: not a JSON object"), std::string::npos) << swapped.err;
+  EXPECT_NE(swapped.err.find("valid_imgs.tsv: no usable text line"), std::string::npos) << swapped.err;
+  std::string junk;
+  for (int i = 0; i < 150; ++i) junk += "x\n";
+  test::write_text(set.dir / "junk.jsonl", junk);
+  auto flood = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
+                                test::shell_quote(set.dir / "junk.jsonl") + model_arg());
+  EXPECT_EQ(flood.exit_code, 1);
+  const auto flood_lines = test::lines(flood.err);
+  EXPECT_EQ(std::count_if(flood_lines.begin(), flood_lines.end(),
+                          [](const std::string& l) { return l.find("not a JSON object") != std::string::npos; }),
+            100);
+  EXPECT_NE(flood.err.find("more data problems: not shown one by one"), std::string::npos) << flood.err;
   // A file name that is not an id is reported and left out; the rest is evaluated.
   test::copy_file(set.folder + "/3.png", set.folder + "/cat.png");
   auto named = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +

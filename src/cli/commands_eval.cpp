@@ -19,9 +19,13 @@ class EvalTerminal : public EvalObserver {
  public:
   EvalTerminal(bool bar) : bar_(bar), start_(std::chrono::steady_clock::now()) {}
   ~EvalTerminal() override { end_bar(); }
+  // The first kShown problems, one line each; a file of the wrong kind (TEXTS given a TSV, say) would
+  // otherwise print a line per line of it. The summary line gives the total.
+  static constexpr int kShown = 100;
   void on_problem(const std::string& message) override {
     end_bar();
-    print_warning(terminal_safe(message));
+    if (++problems_ <= kShown) print_warning(terminal_safe(message));
+    if (problems_ == kShown + 1) print_warning("more data problems: not shown one by one");
   }
   void on_progress(int64_t done, int64_t total) override {
     if (!bar_ || total == 0) return;
@@ -37,6 +41,7 @@ class EvalTerminal : public EvalObserver {
 
  private:
   bool bar_, shown_ = false;
+  int64_t problems_ = 0;
   std::chrono::steady_clock::time_point start_;
 };
 
