@@ -12,6 +12,7 @@
 #   - `cnclip index` images/s vs the Python reference pipeline (Pillow decode + Chinese-CLIP's
 #     transform + the same TorchScript model from /usr/bin/python3, batches of 8), interleaved
 #   - embedding agreement (cosine) between the two, and int8 vs fp32
+#   - `cnclip eval` images/s on the same photos (a labelled set made over them), beside `index`
 #   - cold `search-text` / `search-image` latency (process start to output) on 100k and 1M indexes
 #   - re-running `index` over 10,000 unchanged files
 #   - peak RSS of each
@@ -213,6 +214,17 @@ py_rate=$(median "${py_rates[@]}"); fp32_rate=$(median "${fp32_rates[@]}"); int8
 cos_ref=$("$py" "$helper" compare-index "$work/idx-photos-fp32/catalog.sqlite3" "$work/ref.npy" "$photos" | json_field min_cosine)
 cos_int8=$("$py" "$helper" compare-catalogs "$work/idx-photos-fp32/catalog.sqlite3" "$work/idx-photos-int8/catalog.sqlite3" | json_field min_cosine)
 
+log "eval: the same photos as a labelled set"
+"$py" "$helper" eval-set "$photos" "$work/evalset"
+eval_rates=()
+for r in $(seq "$rounds"); do
+  "$bin" eval --images "$work/evalset/imgs" --texts "$work/evalset/texts.jsonl" --model "$fp32" --format json \
+    > "$work/eval.json" 2> "$work/eval.err"
+  eval_rates+=("$(sed -n 's/^cnclip: eval: .*(\([0-9.]*\) img\/s)$/\1/p' "$work/eval.err")")
+  log "round $r: eval fp32 ${eval_rates[-1]} img/s"
+done
+eval_rate=$(median "${eval_rates[@]}")
+
 log "cold queries"
 declare -A st_p50 st_p90 st_rss si_p50 si_p90 si_rss
 for n in "${sizes[@]}"; do
@@ -232,6 +244,7 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo "| --- | --- | --- | --- |"
   echo "| index 68 photos (64 × 12 MP JPEG + 4 PNG), fp32, images/s | $(f "$fp32_rate" .2f) | Python $(f "$py_rate" .2f) | **$(f "$fp32_rate/$py_rate" .2f)×**, min cosine to Python $(f "$cos_ref" .6f) |"
   echo "| index, int8, images/s | $(f "$int8_rate" .2f) | Python $(f "$py_rate" .2f) | **$(f "$int8_rate/$py_rate" .2f)×**, min cosine to fp32 $(f "$cos_int8" .5f) |"
+  echo "| eval 68 photos + 68 texts, fp32, images/s (image phase) | $(f "$eval_rate" .2f) | index fp32 $(f "$fp32_rate" .2f) | same pipeline: $(f "$eval_rate/$fp32_rate" .2f)× |"
   echo "| peak RSS while indexing | fp32 $fp32_rss MB, int8 $int8_rss MB | Python $py_rss MB | |"
   echo "| image tower, ms/image: as \`index\` runs it ($workers calls of 4 images, cores shared out) / one call of 4 / one call of 1 | fp32 $(f "$img_fp32" .0f) / $(f "$img_fp32_one" .0f) / $(f "$img_fp32_b1" .0f), int8 $(f "$img_int8" .0f) | roofline $(f "$vit_gflop*1000/$sgemm" .0f) (sgemm $(f "$sgemm" .0f) GFLOP/s) | fp32 at **$(f "100*$vit_gflop*1000/$sgemm/$img_fp32" .0f)%** of roofline |"
   echo "| text query encoding, ms | fp32 $(f "$txt_fp32" .1f), int8 $(f "$txt_int8" .1f) | ONNX Runtime 57 (issue #6) | padding trimmed |"

@@ -92,6 +92,19 @@ def cmd_reference_index(a):
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
+def cmd_eval_set(a):
+    """A labelled set in Chinese-CLIP's layout over the bench photos, for `cnclip eval`: a folder of
+    <image_id>.<ext> (symbolic links to the photos) and one text per photo naming it."""
+    imgs = os.path.join(a.out, "imgs")
+    os.makedirs(imgs, exist_ok=True)
+    with open(os.path.join(a.out, "texts.jsonl"), "w", encoding="utf-8") as f:
+        for i, path in enumerate(list_photos(a.photos)):
+            link = os.path.join(imgs, str(i) + os.path.splitext(path)[1])
+            if not os.path.lexists(link):
+                os.symlink(os.path.abspath(path), link)
+            f.write(json.dumps({"text_id": i, "text": "照片%d" % i, "image_ids": [i]}, ensure_ascii=False) + "\n")
+
+
 def catalog_embeddings(path):
     con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     rows = con.execute("SELECT path, embedding FROM files").fetchall()
@@ -141,6 +154,7 @@ def main():
     s.add_argument("--batch", type=int, default=8)
     s = sub.add_parser("compare-index"); s.add_argument("catalog"); s.add_argument("reference"); s.add_argument("photos")
     s = sub.add_parser("compare-catalogs"); s.add_argument("a"); s.add_argument("b")
+    s = sub.add_parser("eval-set"); s.add_argument("photos"); s.add_argument("out")
     s = sub.add_parser("time-runs"); s.add_argument("n", type=int); s.add_argument("command", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     if a.cmd == "time-runs" and a.command and a.command[0] == "--":

@@ -20,8 +20,7 @@ void embed_image_files(Model& model, const std::vector<std::string>& paths, cons
     }
     return detail::prepare_image(bytes.value(), paths[i], norm, options.decode);
   };
-  detail::EncodePipeline pipeline(model, paths.size(), prepare,
-                                  detail::EncodeSettings{options.decode_threads, options.model_workers, options.batch_size});
+  detail::EncodePipeline pipeline(model, paths.size(), prepare, options.encode);
   // Batches finish out of order; results wait here until every earlier one has been delivered. The
   // pipeline's bounded queues keep this small.
   struct Result {

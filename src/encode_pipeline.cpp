@@ -106,29 +106,6 @@ class DecodeQueue {
   std::vector<std::thread> threads_;
 };
 
-// How the model is spread over the cores.
-struct ModelParallelism {
-  int threads = 1;  // compute threads in all
-  int workers = 1;  // concurrent model calls, sharing the threads out
-  int threads_of(int worker) const { return threads / workers + (worker < threads % workers ? 1 : 0); }
-};
-
-// On a CPU, the ViT runs faster as one single-threaded model call per core than as one call over
-// all cores: nothing waits at OpenMP barriers, the small attention matmuls run at single-core BLAS
-// speed instead of paying for a thread team each, and a decoder taking a core delays one call instead
-// of stalling all. Measured with `cnclip-bench image --workers 2` on 2 cores: fp32 ~7% and int8 ~20%
-// faster. Each worker holds its own batch of activations, so their number is capped.
-ModelParallelism choose_parallelism(const Model& model, int requested_workers) {
-  ModelParallelism p;
-  p.threads = std::max(1, compute_threads());
-  if (requested_workers > 0) {
-    p.workers = std::min(requested_workers, p.threads);
-  } else if (model.on_cpu()) {
-    p.workers = std::min(p.threads, 4);
-  }
-  return p;
-}
-
 // Model workers: each takes the next batch from the decode queue, runs the image tower on it with
 // its share of the cores, and hands the result to next().
 class ModelWorkers {
@@ -290,7 +267,7 @@ struct EncodePipeline::Impl {
 };
 
 EncodePipeline::EncodePipeline(Model& model, size_t count, std::function<PreparedItem(size_t)> prepare,
-                               const EncodeSettings& settings)
+                               const EncodeOptions& options)
     : impl_(std::make_unique<Impl>()) {
   // Load the image tower (hundreds of MB) while the first images are decoded; with nothing to encode
   // (an index run that found no new or changed file) not at all, nor LibTorch with it (model.h).
@@ -301,10 +278,10 @@ EncodePipeline::EncodePipeline(Model& model, size_t count, std::function<Prepare
     nothing_to_load.set_value();
     impl_->tower_loaded = nothing_to_load.get_future().share();
   }
-  const ModelParallelism parallelism = choose_parallelism(model, settings.model_workers);
-  const int batch_size = std::max(1, settings.batch_size);
-  const int decode_threads = settings.decode_threads > 0
-                                 ? settings.decode_threads
+  const ModelParallelism parallelism = choose_parallelism(compute_threads(), model.on_cpu(), options.model_workers);
+  const int batch_size = std::max(1, options.batch_size);
+  const int decode_threads = options.decode_threads > 0
+                                 ? options.decode_threads
                                  : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   cv::setNumThreads(0);  // one decode per decoder thread; OpenCV's own threads would oversubscribe
   impl_->queue = std::make_unique<DecodeQueue>(

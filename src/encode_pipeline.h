@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "cnclip/encode_options.h"
 #include "cnclip/error.h"
 #include "cnclip/image.h"
 #include "cnclip/model.h"
@@ -47,13 +48,6 @@ struct EncodedBatch {
   std::exception_ptr error;       // the model could not be loaded or failed: ends the run
 };
 
-struct EncodeSettings {
-  int decode_threads = 0;  // 0 = number of cores
-  int model_workers = 0;   // concurrent model calls sharing the compute threads; 0 = chosen for the
-                           // device (one single-threaded call per core, at most 4, on a CPU)
-  int batch_size = 4;      // kPixels items per model call
-};
-
 // Owns its threads; the Model must outlive it and not be used elsewhere meanwhile. `prepare` runs on
 // decoder threads, once per index in [0, count), concurrently: it must be thread-safe, and should
 // catch its own exceptions (one that escapes becomes a kFailed item). The image tower starts loading
@@ -61,12 +55,12 @@ struct EncodeSettings {
 // for model calls in progress.
 class EncodePipeline {
  public:
-  EncodePipeline(Model& model, size_t count, std::function<PreparedItem(size_t)> prepare, const EncodeSettings& settings);
+  EncodePipeline(Model& model, size_t count, std::function<PreparedItem(size_t)> prepare, const EncodeOptions& options);
   ~EncodePipeline();
   EncodePipeline(const EncodePipeline&) = delete;
   EncodePipeline& operator=(const EncodePipeline&) = delete;
 
-  // The next finished batch (at most batch_size images, or 4 x batch_size items when most need no
+  // The next finished batch (at most options.batch_size images, or 4 x batch_size items when most need no
   // model); nullopt once every item has been delivered.
   std::optional<EncodedBatch> next();
   void stop();

@@ -73,8 +73,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
     p.content_hash = std::move(hash);
     return p;
   };
-  detail::EncodePipeline pipeline(model, plan.to_encode.size(), prepare,
-                                  detail::EncodeSettings{options.decode_threads, options.model_workers, options.batch_size});
+  detail::EncodePipeline pipeline(model, plan.to_encode.size(), prepare, options.encode);
   bool model_recorded = false;
   int64_t done = 0;
   const auto total = static_cast<int64_t>(plan.to_encode.size());

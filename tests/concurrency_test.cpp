@@ -85,9 +85,9 @@ TEST(Concurrency, SearchDuringAnIndexRunSeesOnlyCommittedStates) {
 
   IndexOptions options;
   options.paths = {photos};
-  options.batch_size = 2;
-  options.decode_threads = 2;
-  options.model_workers = 2;
+  options.encode.batch_size = 2;
+  options.encode.decode_threads = 2;
+  options.encode.model_workers = 2;
   IndexObserver observer;
   IndexSummary summary;
   try {

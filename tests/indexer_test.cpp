@@ -58,8 +58,8 @@ std::map<std::string, std::vector<float>> index_with(const std::string& photos, 
   auto store = IndexStore::open(index_dir, IndexAccess::kWrite);
   IndexOptions options;
   options.paths = {photos};
-  options.model_workers = workers;
-  options.batch_size = batch_size;
+  options.encode.model_workers = workers;
+  options.encode.batch_size = batch_size;
   IndexSummary summary = run_index(*store, *model, options, observer);
   EXPECT_EQ(summary.added, 11);
   EXPECT_EQ(summary.failed, 1);
@@ -123,7 +123,7 @@ TEST(Indexer, AModelFailingInAWorkerEndsTheRunAndKeepsTheIndex) {
       auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
       IndexOptions options;
       options.paths = {dir / "more"};
-      options.model_workers = workers;
+      options.encode.model_workers = workers;
       RecordingObserver observer;
       run_index(*store, *model, options, observer);
       ADD_FAILURE() << "run_index succeeded with a damaged image tower";
@@ -148,8 +148,8 @@ TEST(EmbedImageFiles, InInputOrderWithFailuresInPlace) {
   const int r = model->manifest().image.size;
   for (auto [workers, batch] : std::vector<std::pair<int, int>>{{1, 4}, {2, 3}, {2, 1}}) {
     EmbedFilesOptions options;
-    options.model_workers = workers;
-    options.batch_size = batch;
+    options.encode.model_workers = workers;
+    options.encode.batch_size = batch;
     size_t expected_index = 0;
     embed_image_files(*model, paths, options, [&](size_t i, const float* embedding, const Error* error) {
       ASSERT_EQ(i, expected_index++);

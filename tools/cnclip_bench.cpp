@@ -11,6 +11,7 @@
 #include <random>
 #include <thread>
 
+#include "cnclip/encode_options.h"
 #include "cnclip/model.h"
 
 using namespace cnclip;
@@ -122,18 +123,20 @@ int main(int argc, char** argv) {
           best = std::min(best, seconds_since(t0));
         }
       } else {
-        const int total = compute_threads();  // shared out as `cnclip index` does
+        // The threads shared out by the encode pipeline's own rule, as `cnclip index` runs them.
+        const ModelParallelism split = choose_parallelism(compute_threads(), model->on_cpu(), workers);
+        workers = split.workers;
         for (int i = 0; i < iters; ++i) {
           const auto t0 = std::chrono::steady_clock::now();
           std::vector<std::thread> pool;
-          for (int w = 0; w < workers; ++w) {
+          for (int w = 0; w < split.workers; ++w) {
             pool.emplace_back([&, w] {
-              set_compute_threads(std::max(1, total / workers + (w < total % workers ? 1 : 0)));
+              set_compute_threads(split.threads_of(w));
               model->encode_images(pixels.data(), batch);
             });
           }
           for (auto& t : pool) t.join();
-          best = std::min(best, seconds_since(t0) / workers);
+          best = std::min(best, seconds_since(t0) / split.workers);
         }
       }
       out["batch"] = batch;

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "cnclip/encode_options.h"
 #include "cnclip/error.h"
 #include "cnclip/image.h"
 #include "cnclip/model.h"
@@ -15,9 +16,7 @@ namespace cnclip {
 
 struct EmbedFilesOptions {
   DecodeOptions decode;
-  int batch_size = 4;      // images per model call
-  int decode_threads = 0;  // 0 = number of cores
-  int model_workers = 0;   // 0 = chosen for the device (see IndexOptions::model_workers)
+  EncodeOptions encode;  // batch size, decoder threads, model workers (defaults documented there)
 };
 
 // Calls on_result(i, embedding, nullptr) with model.dim() floats, or on_result(i, nullptr, &error)

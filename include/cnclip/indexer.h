@@ -7,6 +7,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "cnclip/encode_options.h"
 #include "cnclip/file_walk.h"
 #include "cnclip/image.h"
 #include "cnclip/index_store.h"
@@ -30,11 +31,8 @@ struct IndexOptions {
   bool reindex = false;
   bool allow_mixed_precision = false;  // accept the int8/fp32 sibling of the index's model
   bool retry_failed = false;  // decode again files that failed before and have not changed since
-  int batch_size = 4;        // images per model call and per committed transaction (larger batches
-                             // are no faster on CPU and hold more memory: ~85 MB per ViT-B-16 image)
-  int decode_threads = 0;    // 0 = number of cores
-  int model_workers = 0;     // concurrent model calls sharing the compute threads; 0 = chosen for the
-                             // device (on a CPU: one single-threaded call per core, at most 4)
+  EncodeOptions encode;  // batch size (also the images per committed transaction), decoder threads,
+                         // model workers: defaults and why in encode_options.h
 };
 
 struct IndexSummary {

@@ -13,39 +13,10 @@
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "options.h"
+#include "progress.h"
 
 namespace cnclip::cli {
 namespace {
-
-std::string format_duration(double s) {
-  if (!std::isfinite(s) || s < 0) return "?";
-  char buf[32];
-  const long t = static_cast<long>(s + 0.5);
-  if (t >= 3600) std::snprintf(buf, sizeof(buf), "%ldh%02ldm", t / 3600, (t / 60) % 60);
-  else if (t >= 60) std::snprintf(buf, sizeof(buf), "%ldm%02lds", t / 60, t % 60);
-  else std::snprintf(buf, sizeof(buf), "%lds", t);
-  return buf;
-}
-
-// The progress line for a terminal `columns` wide: "[====>   ] done/total  rate img/s  ETA t", the bar
-// taking what the figures leave (at most 50), left out below 10 columns, the whole line kept
-// within columns - 1 (writing the last column makes some terminals wrap).
-std::string progress_line(int64_t done, int64_t total, double rate, int columns) {
-  char figures[128];
-  std::snprintf(figures, sizeof(figures), "%lld/%lld  %.1f img/s  ETA %s", static_cast<long long>(done),
-                static_cast<long long>(total), rate, rate > 0 ? format_duration((total - done) / rate).c_str() : "?");
-  const int room = std::max(columns - 1, 1);
-  std::string line = figures;
-  const int bar_width = std::min(50, room - static_cast<int>(line.size()) - 3);
-  if (bar_width >= 10) {
-    const int filled = static_cast<int>(bar_width * done / total);
-    std::string bar(static_cast<size_t>(filled), '=');
-    if (filled < bar_width) bar += '>' + std::string(static_cast<size_t>(bar_width - filled - 1), ' ');
-    line = "[" + bar + "] " + line;
-  }
-  if (static_cast<int>(line.size()) > room) line.resize(static_cast<size_t>(room));
-  return line;
-}
 
 // Progress bar and per-file errors on stderr.
 class TerminalObserver : public IndexObserver {
@@ -167,8 +138,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
-        opts.batch_size = c.batch_size;
-        opts.decode_threads = c.jobs;
+        opts.encode.batch_size = c.batch_size;
+        opts.encode.decode_threads = c.jobs;
         auto model = open_model(o, /*many_calls=*/true);
         opts.decode = decode_options(o, model->manifest().image.size);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
