@@ -25,6 +25,7 @@
 #include "atomic_file.h"
 #include "cnclip/bundle.h"
 #include "cnclip/file_walk.h"
+#include "cnclip/info.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
@@ -348,53 +349,13 @@ struct Server::Impl {
   }
 
   void handle_info(const httplib::Request&, httplib::Response& res) {
-    // The fields of `cnclip info --format json`.
-    ojson j = with_index([&](IndexStore* st, Searcher* searcher) {
-      ojson out;
-      set_string_field(out, "index", options.index_dir);
-      if (!st) {
-        out["model_fingerprint"] = "";
-        out["model_architecture"] = "";
-        out["model_precision"] = "";
-        out["embedding_dim"] = 0;
-        out["files"] = 0;
-        out["vectors"] = 0;
-        out["folders"] = ojson::array();
-        out["disk_bytes"] = 0;
-        out["updated_at"] = "";
-        return out;
-      }
-      Catalog& cat = st->catalog();
-      out["model_fingerprint"] = cat.meta("model_fingerprint").value_or("");
-      out["model_architecture"] = cat.meta("model_architecture").value_or("");
-      out["model_precision"] = cat.meta("model_precision").value_or("");
-      out["embedding_dim"] = st->embedding_dim();
-      out["files"] = cat.count();
-      out["vectors"] = searcher ? searcher->size() : 0;
-      const auto roots = cat.roots();
-      out["folders"] = roots;
-      bool any = false;
-      ojson bytes = ojson::array();
-      for (const auto& r : roots) {
-        ojson one;
-        set_string_field(one, "f", r);
-        any = any || one.contains("f_bytes");
-        bytes.push_back(hex_encode(r));
-      }
-      if (any) out["folders_bytes"] = bytes;
-      out["disk_bytes"] = st->disk_bytes();
-      const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
-      std::string when;
-      if (updated) {
-        char buf[32];
-        std::time_t tt = static_cast<std::time_t>(updated);
-        std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-        when = buf;
-      }
-      out["updated_at"] = when;
-      return out;
-    });
-    send_json(res, j);
+    // The fields of `cnclip info --format json`, from the same library call.
+    send_json(res, with_index([&](IndexStore* st, Searcher* searcher) {
+      if (!st) return index_info_json(empty_index_info(options.index_dir));
+      IndexInfo info = index_info(*st, searcher ? searcher->size() : 0);
+      info.index = options.index_dir;
+      return index_info_json(info);
+    }));
   }
 
   void handle_image(const httplib::Request& req, httplib::Response& res) {
