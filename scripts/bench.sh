@@ -14,6 +14,7 @@
 #   - embedding agreement (cosine) between the two, and int8 vs fp32
 #   - cold `search-text` / `search-image` latency (process start to output) on 100k and 1M indexes
 #   - re-running `index` over 10,000 unchanged files
+#   - `cnclip serve` (scripts/bench_serve.sh): warm API queries, thumbnails, search-text routed
 #   - peak RSS of each
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -139,6 +140,10 @@ for n in "${sizes[@]}"; do
 done
 reindex=$("$py" "$helper" time-runs 3 -- "$bin" index -q "$work/small" --model "$tiny" --index "$work/idx10k")
 
+# cnclip serve: warm API queries, thumbnails, search-text routed through a running server.
+idx_args=(); for n in "${sizes[@]}"; do idx_args+=("$work/idx$n"); done
+serve_rows=$("$repo/scripts/bench_serve.sh" "$work/serve" "$fp32" "$work/idx-photos-fp32" "${idx_args[@]}")
+
 # ---- report ----------------------------------------------------------------------------------------
 f() { "$py" -c "print(format($1, '$2'))"; }
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
@@ -157,5 +162,6 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
     echo "| search-text cold, $n vectors, p50 / p90 s | $(f "${st_p50[$n]}" .2f) / $(f "${st_p90[$n]}" .2f) | | peak RSS ${st_rss[$n]%.*} MB |"
     echo "| search-image cold (image not indexed), $n vectors, p50 / p90 s | $(f "${si_p50[$n]}" .2f) / $(f "${si_p90[$n]}" .2f) | | peak RSS ${si_rss[$n]%.*} MB |"
   done
+  echo "$serve_rows"
   echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
 } | tee "$work/results.md"
