@@ -319,8 +319,12 @@ TEST_F(Route, ServerFailuresFallBackToLocalAnswers) {
     SCOPED_TRACE(mode);
     httplib::Server fake;
     fake.Get("/route/v1/hello", [&](const httplib::Request&, httplib::Response& res) {
-      res.set_content(json{{"protocol", 1}, {"index", {{"s", canonical}}}, {"model_fingerprint", bundle.fingerprint},
-                           {"model_precision", bundle.precision}, {"device", "cpu"}, {"pid", 1}}
+      res.set_content(json{{"protocol", 1},
+                           {"index", {{"s", canonical}}},
+                           {"model_fingerprint", bundle.fingerprint},
+                           {"model_precision", bundle.precision},
+                           {"device", "cpu"},
+                           {"pid", 1}}
                           .dump(),
                       "application/json");
     });
@@ -349,9 +353,10 @@ TEST_F(Route, ServerFailuresFallBackToLocalAnswers) {
     ASSERT_TRUE(fake.bind_to_port(index_ + "/serve.sock", 80));
     std::thread t([&] { fake.listen_after_bind(); });
     while (!fake.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    for (const std::string& args : std::vector<std::string>{"search-text 小狗 火箭 - -k 3 --format json",
-                                   "search-image " + shell_quote(photos_ + "/pokemon.jpeg") + " " +
-                                       shell_quote(outside_ + "/copy-\xe9.jpeg") + " -k 2"}) {
+    for (const std::string& args :
+         std::vector<std::string>{"search-text 小狗 火箭 - -k 3 --format json",
+                                  "search-image " + shell_quote(photos_ + "/pokemon.jpeg") + " " +
+                                      shell_quote(outside_ + "/copy-\xe9.jpeg") + " -k 2"}) {
       auto routed = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), "猫\n");
       auto local = test::run_cnclip(args + " --no-server " + common(), "猫\n");
       EXPECT_NE(routed.err.find("through the server"), std::string::npos) << routed.err;

@@ -14,11 +14,11 @@
 namespace cnclip {
 
 struct IndexInfo {
-  std::string index;  // the index folder, as given
+  std::string index;                                                   // the index folder, as given
   std::string model_fingerprint, model_architecture, model_precision;  // "" before the first embedding
   int embedding_dim = 0;
-  int64_t files = 0;    // catalog entries
-  int64_t vectors = 0;  // vectors a search sees (the snapshot's, or the catalog's)
+  int64_t files = 0;                 // catalog entries
+  int64_t vectors = 0;               // vectors a search sees (the snapshot's, or the catalog's)
   std::vector<std::string> folders;  // the roots, as stored (bytes: not necessarily UTF-8)
   int64_t disk_bytes = 0;            // catalog, its write-ahead log and the snapshot
   std::string updated_at;            // "2026-11-29T05:45:11Z" (UTC) of the last write, "" never

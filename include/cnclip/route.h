@@ -81,8 +81,8 @@ class RouteClient {
   // An image as bytes, decoded by the server with `decode` and named `name` in its errors ("standard
   // input", the path as given); `label` is the query as given ("-", the path).
   Answer search_image_bytes(const std::string& label, const std::string& name, const std::vector<uint8_t>& bytes,
-                            const DecodeOptions& decode,
-                            const std::string& exclude, const SearchOptions& options, bool mixed_precision);
+                            const DecodeOptions& decode, const std::string& exclude, const SearchOptions& options,
+                            bool mixed_precision);
 
   // Why the last call was kUnavailable (for CNCLIP_ROUTE_DEBUG).
   const std::string& last_problem() const;

@@ -87,7 +87,8 @@ std::unique_ptr<RouteClient> RouteClient::connect(const std::string& index_dir, 
       return nullptr;
     }
     // The advert must be a socket of the index's owner: nobody else can pose as the server.
-    struct stat sock_st {}, catalog_st {};
+    struct stat sock_st {
+    }, catalog_st{};
     if (::fstatat(impl->dir_fd, kServeSocketName, &sock_st, AT_SYMLINK_NOFOLLOW) != 0) {
       why = "no server advertised (" + std::string(std::strerror(errno)) + ")";
       return nullptr;
@@ -115,8 +116,7 @@ std::unique_ptr<RouteClient> RouteClient::connect(const std::string& index_dir, 
       }
       ucred peer{};
       socklen_t len = sizeof(peer);
-      const bool same_user =
-          ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 && peer.uid == sock_st.st_uid;
+      const bool same_user = ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) == 0 && peer.uid == sock_st.st_uid;
       ::close(fd);
       if (!same_user) {
         why = "the process listening on " + std::string(kServeSocketName) + " is not the index owner's";
@@ -247,8 +247,8 @@ RouteClient::Answer RouteClient::search_indexed_image(const std::string& label, 
 
 RouteClient::Answer RouteClient::search_image_bytes(const std::string& label, const std::string& name,
                                                     const std::vector<uint8_t>& bytes, const DecodeOptions& decode,
-                                                    const std::string& exclude,
-                                                    const SearchOptions& options, bool mixed_precision) {
+                                                    const std::string& exclude, const SearchOptions& options,
+                                                    bool mixed_precision) {
   nlohmann::ordered_json head;
   head["label"] = route::bytes_field(label);
   head["name"] = route::bytes_field(name);

@@ -49,7 +49,8 @@ inline SearchOptions options_from_json(const nlohmann::json& j) {
 }
 
 inline nlohmann::ordered_json decode_json(const DecodeOptions& d) {
-  return {{"apply_exif_orientation", d.apply_exif_orientation}, {"max_pixels", d.max_pixels},
+  return {{"apply_exif_orientation", d.apply_exif_orientation},
+          {"max_pixels", d.max_pixels},
           {"reduced_decode_min_side", d.reduced_decode_min_side}};
 }
 

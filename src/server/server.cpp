@@ -249,9 +249,9 @@ struct Server::Impl {
 
   ojson search(const std::string& label, const std::vector<float>& embedding, const SearchOptions& s, int offset,
                const std::string& exclude = "") {
-    return with_index([&](IndexStore*, Searcher* searcher) {
+    return with_index([&](IndexStore*, Searcher* loaded) {
       std::vector<RankedHit> hits;
-      if (searcher) hits = searcher->search({label}, embedding, s, {exclude}).at(0).hits;
+      if (loaded) hits = loaded->search({label}, embedding, s, {exclude}).at(0).hits;
       return results_json(label, hits, std::min<size_t>(hits.size(), static_cast<size_t>(offset)));
     });
   }
@@ -355,9 +355,9 @@ struct Server::Impl {
 
   void handle_info(const httplib::Request&, httplib::Response& res) {
     // The fields of `cnclip info --format json`, from the same library call.
-    send_json(res, with_index([&](IndexStore* st, Searcher* searcher) {
+    send_json(res, with_index([&](IndexStore* st, Searcher* loaded) {
       if (!st) return index_info_json(empty_index_info(options.index_dir));
-      IndexInfo info = index_info(*st, searcher ? searcher->size() : 0);
+      IndexInfo info = index_info(*st, loaded ? loaded->size() : 0);
       info.index = options.index_dir;
       return index_info_json(info);
     }));
@@ -475,11 +475,11 @@ struct Server::Impl {
   template <class Fn>
   auto with_search_index(bool mixed, Fn&& fn) {
     return with_index(
-        [&](IndexStore* st, Searcher* searcher) {
-          if (!st || !searcher) throw Exception(ErrorCode::kNotFound, "no index yet");
+        [&](IndexStore* st, Searcher* loaded) {
+          if (!st || !loaded) throw Exception(ErrorCode::kNotFound, "no index yet");
           if (st->catalog().count() == 0) throw Exception(ErrorCode::kNotFound, "the index is empty");
           st->require_model(model->manifest(), mixed);
-          return fn(st, searcher);
+          return fn(st, loaded);
         },
         /*fresh=*/true);
   }
@@ -534,8 +534,8 @@ struct Server::Impl {
     // The batch as the CLI would encode it (one call: the same padding, so the same floats).
     const auto embeddings = model->encode_texts(queries);
     ojson j;
-    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* searcher) {
-      return searcher->search(queries, embeddings, s);
+    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
+      return loaded->search(queries, embeddings, s);
     }));
     res.set_content(dump_json(j), "application/json");
   }
@@ -584,8 +584,8 @@ struct Server::Impl {
       embedding = model->encode_images(pixels.data(), 1);
     }
     ojson j;
-    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* searcher) {
-      return searcher->search({label}, embedding, s, {exclude});
+    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
+      return loaded->search({label}, embedding, s, {exclude});
     }));
     res.set_content(dump_json(j), "application/json");
   }
