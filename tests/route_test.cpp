@@ -140,28 +140,47 @@ class Route : public ::testing::Test {
   int compared_ = 0, succeeded_ = 0;
 };
 
-TEST_F(Route, EveryQueryRoutedPrintsWhatItPrintsAlone) {
+// Split in four so that each stays well within the per-test time limit on a loaded machine (each
+// command runs twice, and each run loads LibTorch until the model loads on demand).
+TEST_F(Route, TextQueriesInEveryFormatPrintWhatTheyPrintAlone) {
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
   EXPECT_TRUE(is_socket(index_ + "/serve.sock"));
   EXPECT_NE(server.err().find("are answered here"), std::string::npos) << server.err();
-
   const std::string under = " --under " + shell_quote(photos_);
   for (const std::string fmt : {"jsonl", "json", "paths", "table"}) {
-    expect_same("search-text 小狗 --format " + fmt);
     expect_same("search-text 小狗 'a cat on a sofa' 火箭 -k 3 --format " + fmt);
     expect_same("search-text 夕阳、大海、沙滩 -k 100 --threshold -0.05 --format " + fmt + under);
-    expect_same("search-image " + shell_quote(photos_ + "/pokemon.jpeg") + " --format " + fmt);
   }
   // Several queries, stdin lines between command-line ones, NUL-separated stdin, -0 output.
   expect_same("search-text 猫 - 狗 -k 2", "一只猫\nrocket launch\n\n");
   expect_same("search-text - -0 --format paths -k 2", std::string("小狗\0火箭\0", 14));
   // A long query (cut to the context length: the warning is printed by the client).
   expect_same("search-text " + shell_quote(std::string(300, 'a') + " 狗") + " -k 2");
-  // search-image: indexed (stored embedding), not indexed (encoded by the server), stdin bytes,
-  // --exclude-self, --paths-from, non-UTF-8 paths, the decoding options.
+  EXPECT_EQ(succeeded_, compared_);
+}
+
+TEST_F(Route, TextQueryErrorsAreTheLocalOnes) {
+  ServeProcess server(common());
+  ASSERT_TRUE(server.running()) << server.err();
+  expect_same("search-text '' 狗");
+  expect_same("search-text 狗 '   '");
+  expect_same("search-text - -k 1", "狗\n\xff\xfe\n猫\n");  // a bad line after an answered one
+  expect_same("search-text 狗 --under " + shell_quote(tmp_ / "no-such-folder"));
+  expect_same("search-text 狗 -k 0", "", /*expect_routed=*/false);  // a usage error before anything
+  EXPECT_EQ(succeeded_, 0);
+}
+
+TEST_F(Route, ImageQueriesPrintWhatTheyPrintAlone) {
+  ServeProcess server(common());
+  ASSERT_TRUE(server.running()) << server.err();
+  // Indexed (stored embedding), not indexed (encoded by the server), stdin bytes, --exclude-self,
+  // --paths-from, non-UTF-8 paths, the decoding options, every format.
   const std::string indexed = shell_quote(photos_ + "/pokemon.jpeg");
   const std::string copy = shell_quote(outside_ + "/copy-\xe9.jpeg");
+  for (const std::string fmt : {"jsonl", "json", "paths", "table"}) {
+    expect_same("search-image " + indexed + " " + copy + " --format " + fmt);
+  }
   expect_same("search-image " + indexed + " --exclude-self -k 3");
   expect_same("search-image " + copy + " " + shell_quote(photos_ + "/rocket-\xff\xfe.png") + " --exclude-self");
   expect_same("search-image " + copy + " --ignore-exif --full-decode -k 4 --format json");
@@ -172,20 +191,21 @@ TEST_F(Route, EveryQueryRoutedPrintsWhatItPrintsAlone) {
   // A changed indexed file is encoded again, not answered from its stale embedding.
   test::copy_file(test::fixtures("images/astronaut_palette.png"), photos_ + "/pokemon.jpeg");
   expect_same("search-image " + indexed + " -k 3");
+  EXPECT_EQ(succeeded_, compared_);
+}
 
-  // Errors: each query's own error, and the exit status, as alone.
+TEST_F(Route, ImageQueryErrorsAreTheLocalOnes) {
+  ServeProcess server(common());
+  ASSERT_TRUE(server.running()) << server.err();
+  const std::string indexed = shell_quote(photos_ + "/pokemon.jpeg");
+  const std::string copy = shell_quote(outside_ + "/copy-\xe9.jpeg");
+  // Each image's own error, the others answered, and the exit status, as alone.
   expect_same("search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + copy + " --format jsonl");
-  expect_same("search-image " + shell_quote(outside_ + "/missing.jpg") + " " + indexed);
+  expect_same("search-image " + shell_quote(outside_ + "/missing.jpg") + " " + indexed + " --format paths");
   expect_same("search-image " + shell_quote(photos_) + " -k 1");  // a folder
   expect_same("search-image --max-pixels 0.001 " + copy);
   expect_same("search-image - -k 3", "");  // empty stdin
-  expect_same("search-text '' 狗");
-  expect_same("search-text 狗 '   '");
-  expect_same("search-text - -k 1", "狗\n\xff\xfe\n猫\n");  // a bad line after an answered one
-  expect_same("search-text 狗 --under " + shell_quote(tmp_ / "no-such-folder"));
-  expect_same("search-text 狗 -k 0", "", /*expect_routed=*/false);  // a usage error before anything
-  EXPECT_GE(compared_, 30);
-  EXPECT_GE(succeeded_, 20);  // most of them answered something
+  EXPECT_EQ(succeeded_, 0);
 }
 
 TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
