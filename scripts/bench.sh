@@ -15,6 +15,7 @@
 #   - `cnclip eval` images/s on the same photos (a labelled set made over them), beside `index`
 #   - cold `search-text` / `search-image` latency (process start to output) on 100k and 1M indexes
 #   - re-running `index` over 10,000 unchanged files
+#   - `cnclip serve` (scripts/bench_serve.sh): warm API queries, thumbnails, search-text routed
 #   - peak RSS of each
 #   - start-up of commands that load no model (--version, tokenize, info) against one that loads
 #     LibTorch (--startup-only: just that, in a minute)
@@ -235,6 +236,10 @@ for n in "${sizes[@]}"; do
 done
 reindex=$("$py" "$helper" time-runs 3 -- "$bin" index -q "$work/small" --model "$tiny" --index "$work/idx10k")
 
+# cnclip serve: warm API queries, thumbnails, search-text routed through a running server.
+idx_args=(); for n in "${sizes[@]}"; do idx_args+=("$work/idx$n"); done
+serve_rows=$("$repo/scripts/bench_serve.sh" "$work/serve" "$fp32" "$work/idx-photos-fp32" "${idx_args[@]}")
+
 # ---- report ----------------------------------------------------------------------------------------
 cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
 {
@@ -253,6 +258,7 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
     echo "| search-text cold, $n vectors, p50 / p90 s | $(f "${st_p50[$n]}" .2f) / $(f "${st_p90[$n]}" .2f) | | peak RSS ${st_rss[$n]%.*} MB |"
     echo "| search-image cold (image not indexed), $n vectors, p50 / p90 s | $(f "${si_p50[$n]}" .2f) / $(f "${si_p90[$n]}" .2f) | | peak RSS ${si_rss[$n]%.*} MB |"
   done
+  echo "$serve_rows"
   echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
   startup_rows
   model_rows

@@ -229,4 +229,20 @@ std::string WalkOptions::describe() const {
   return d.empty() ? "default options" : d.substr(1);
 }
 
+std::vector<std::string> parse_extension_list(const std::string& list, const std::string& what) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= list.size()) {
+    size_t end = list.find(',', start);
+    if (end == std::string::npos) end = list.size();
+    std::string ext = list.substr(start, end - start);
+    start = end + 1;
+    while (!ext.empty() && ext[0] == '.') ext.erase(0, 1);
+    for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (!ext.empty()) out.push_back(ext);
+  }
+  if (out.empty()) throw Exception(ErrorCode::kInvalidArgument, what + ": no extension given");
+  return out;
+}
+
 }  // namespace cnclip

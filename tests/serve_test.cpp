@@ -175,10 +175,11 @@ class Serve : public ::testing::Test {
   std::string common() const {
     return "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(index_);
   }
-  // search-text's jsonl lines as JSON objects.
+  // search-text's jsonl lines as JSON objects, answered by the CLI itself (not routed to the server
+  // under test).
   std::vector<json> cli_search(const std::string& q, int k, const std::string& extra = "") {
     auto r = test::run_cnclip("search-text " + test::shell_quote(q) + " -k " + std::to_string(k) +
-                              " --format jsonl " + extra + " " + common());
+                              " --format jsonl --no-server " + extra + " " + common());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::vector<json> out;
     for (const auto& l : test::lines(r.out)) out.push_back(json::parse(l));
@@ -347,7 +348,7 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const std::string big = test::read_text(photos_ + "/coffee_2048x1366_exif6.jpg");  // 150 KB
   // search-image gives the same ranking for the same bytes.
   auto cli = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                              " -k 3 --format jsonl " + common());
+                              " -k 3 --format jsonl --no-server " + common());
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   std::vector<json> expected;
   for (const auto& l : test::lines(cli.out)) expected.push_back(json::parse(l));
@@ -392,7 +393,7 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   auto sim = request(server.port(), "GET", "/api/v1/similar/" + std::to_string(id) + "?k=10");
   ASSERT_EQ(sim.status, 200) << sim.body;
   auto cli_sim = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                                  " --exclude-self -k 10 --format jsonl " + common());
+                                  " --exclude-self -k 10 --format jsonl --no-server " + common());
   std::vector<json> expected_sim;
   for (const auto& l : test::lines(cli_sim.out)) expected_sim.push_back(json::parse(l));
   expect_same_results(sim.body_json(), expected_sim);

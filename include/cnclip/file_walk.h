@@ -85,4 +85,9 @@ Result<std::string> canonical_path(const std::string& path);
 // Size and mtime of a file (following symlinks).
 Result<FoundFile> stat_file(const std::string& path);
 
+// The extensions of a comma-separated list as `index --ext` takes it ("JPG,.png,,webp" gives jpg,
+// png, webp): leading dots dropped, lower-cased (ASCII), empty items skipped. Throws
+// Exception(kInvalidArgument, "WHAT: no extension given") when nothing is left.
+std::vector<std::string> parse_extension_list(const std::string& list, const std::string& what = "--ext");
+
 }  // namespace cnclip

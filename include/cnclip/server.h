@@ -41,6 +41,10 @@ struct ServerOptions {
   std::string token;
   int workers = 8;        // fixed pool of request threads
   int thumb_size = 320;   // longest side of thumbnails, in pixels
+  // Advertise the server in the index folder (INDEX/serve.sock, see route.h) so that `search-text`
+  // and `search-image` on this index send their queries here. Best effort: without the advert
+  // (a read-only index, another live server's advert) the server runs all the same.
+  bool advertise = true;
 };
 
 // Whether `host` is a loopback address or name (127.0.0.0/8, ::1, localhost).
@@ -54,6 +58,8 @@ std::string generate_token();
 // what a concurrent `cnclip index` commits is found without a restart. The image tower is loaded on
 // the first image query. Errors (bad options, a port in use, a model that does not match the index)
 // throw Exception: kInvalidArgument for options, kIoError for the socket, others from the library.
+// The advert (route.h) is made by create() and withdrawn when run() returns or the Server is
+// destroyed; a server started before its index folder exists makes it once the folder appears.
 // Thread-safety: stop() may be called from any thread (a signal watcher); the rest from one thread.
 class Server {
  public:
@@ -63,6 +69,9 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   int port() const;         // the bound port (the chosen one for port 0)
+  // The advert's path while this server owns it, else "" with the reason in advert_note().
+  std::string advert() const;
+  std::string advert_note() const;
   std::string url() const;  // "http://HOST:PORT/"
   // Serves until stop() or until `should_stop` (polled every 100 ms; may be empty) returns true.
   void run(const std::function<bool()>& should_stop = {});

@@ -9,6 +9,9 @@
 
 
 #include "cnclip/import.h"
+#include "cnclip/info.h"
+#include "cnclip/file_walk.h"
+#include "cnclip/remove.h"
 #include "cnclip/indexer.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
@@ -67,12 +70,6 @@ struct IndexCommand {
   int batch_size = 4, jobs = 0;
 };
 
-std::string iso_time(int64_t t) {
-  char buf[32];
-  std::time_t tt = static_cast<std::time_t>(t);
-  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-  return buf;
-}
 
 }  // namespace
 
@@ -124,17 +121,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           opts.walk->include_hidden = c.hidden;
           opts.walk->excludes = c.excludes;
         }
-        if (opts.walk && !c.extensions.empty()) {
-          opts.walk->extensions.clear();
-          std::stringstream ss(c.extensions);
-          std::string ext;
-          while (std::getline(ss, ext, ',')) {
-            while (!ext.empty() && ext[0] == '.') ext.erase(0, 1);
-            for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-            if (!ext.empty()) opts.walk->extensions.push_back(ext);
-          }
-          if (opts.walk->extensions.empty()) throw Exception(ErrorCode::kInvalidArgument, "--ext: no extension given");
-        }
+        if (opts.walk && !c.extensions.empty()) opts.walk->extensions = parse_extension_list(c.extensions);
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
@@ -226,55 +213,19 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     add_index_option(sub, o);
     sub->callback([&] {
       action = [&] {
-        const std::string dir = resolve_index_dir(o.index);
-        auto store = IndexStore::open(dir, IndexAccess::kRead);
-        Catalog& cat = store->catalog();
-        cat.check();  // SQLite's quick_check: damage is reported with the recovery command, not shown as counts
-        auto vectors = store->load_vectors();
-        const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
-        nlohmann::ordered_json j{{"index", dir},
-                         {"model_fingerprint", cat.meta("model_fingerprint").value_or("")},
-                         {"model_architecture", cat.meta("model_architecture").value_or("")},
-                         {"model_precision", cat.meta("model_precision").value_or("")},
-                         {"embedding_dim", store->embedding_dim()},
-                         {"files", cat.count()},
-                         {"vectors", vectors->size()},
-                         {"folders", cat.roots()},
-                         {"disk_bytes", store->disk_bytes()},
-                         {"updated_at", updated ? iso_time(updated) : ""}};
+        const IndexInfo info = read_index_info(resolve_index_dir(o.index));
         if (o.format == "json") {
-          // Paths that are not UTF-8 come with their exact bytes in hex (see set_string_field).
-          nlohmann::ordered_json out;
-          for (auto& [key, value] : j.items()) {
-            if (key == "index") {
-              set_string_field(out, key, dir);
-            } else if (key == "folders") {
-              out[key] = value;
-              nlohmann::ordered_json bytes = nlohmann::ordered_json::array();
-              bool any = false;
-              for (const auto& r : cat.roots()) {
-                nlohmann::ordered_json one;
-                set_string_field(one, "f", r);
-                any = any || one.contains("f_bytes");
-                bytes.push_back(hex_encode(r));
-              }
-              if (any) out["folders_bytes"] = bytes;
-            } else {
-              out[key] = value;
-            }
-          }
-          std::cout << dump_json(out) << '\n';
+          std::cout << dump_json(index_info_json(info)) << '\n';
           return 0;
         }
-        std::cout << "index:    " << terminal_safe(dir) << '\n'
-                  << "model:    " << j["model_architecture"].get<std::string>() << ' '
-                  << j["model_precision"].get<std::string>() << " (fingerprint "
-                  << j["model_fingerprint"].get<std::string>().substr(0, 16) << ", dim " << store->embedding_dim() << ")\n"
-                  << "files:    " << cat.count() << '\n'
-                  << "vectors:  " << vectors->size() << '\n'
-                  << "size:     " << store->disk_bytes() / 1024 << " KiB\n"
-                  << "updated:  " << j["updated_at"].get<std::string>() << '\n';
-        for (const auto& r : cat.roots()) std::cout << "folder:   " << terminal_safe(r) << '\n';
+        std::cout << "index:    " << terminal_safe(info.index) << '\n'
+                  << "model:    " << info.model_architecture << ' ' << info.model_precision << " (fingerprint "
+                  << info.model_fingerprint.substr(0, 16) << ", dim " << info.embedding_dim << ")\n"
+                  << "files:    " << info.files << '\n'
+                  << "vectors:  " << info.vectors << '\n'
+                  << "size:     " << info.disk_bytes / 1024 << " KiB\n"
+                  << "updated:  " << info.updated_at << '\n';
+        for (const auto& r : info.folders) std::cout << "folder:   " << terminal_safe(r) << '\n';
         return 0;
       };
     });
@@ -290,32 +241,13 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
       action = [&o, a] {
         auto& [paths, wait] = *a;
         const std::vector<std::string> given = expand_stdin(paths);
-        if (given.empty()) throw Exception(ErrorCode::kInvalidArgument, "remove: no paths on stdin");
-        for (const auto& p : given) {
-          // "" would be made absolute as the current directory, and remove all of it.
-          if (p.empty()) throw Exception(ErrorCode::kInvalidArgument, "remove: an empty path names nothing");
-        }
+        check_remove_paths(given);
         const std::string dir = resolve_index_dir(o.index);
         IndexStore::open(dir, IndexAccess::kRead);  // no index there: say so rather than create one
         auto store = IndexStore::open(dir, IndexAccess::kWrite, wait);
-        Catalog& cat = store->catalog();
-        int64_t removed = 0;
-        {
-          CatalogTransaction tx(cat);
-          for (const auto& p : given) {
-            auto canonical = canonical_path(p);
-            // A path that is gone from disk is matched as written (made absolute).
-            std::string target = canonical ? canonical.value() : std::filesystem::absolute(p).lexically_normal().string();
-            while (target.size() > 1 && target.back() == '/') target.pop_back();
-            const int64_t n = cat.remove_under(target);
-            cat.remove_root(target);
-            cat.forget_failures_under(target);
-            if (n == 0) print_warning(p + ": not in the index");
-            removed += n;
-          }
-          tx.commit();
-        }
-        store->write_snapshot();
+        const RemoveSummary summary = remove_paths(*store, given);
+        for (const auto& p : summary.not_found) print_warning(p + ": not in the index");
+        const int64_t removed = summary.removed;
         std::cerr << "cnclip: removed " << removed << " file(s) from the index\n";
         return 0;
       };

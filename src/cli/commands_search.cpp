@@ -13,6 +13,8 @@
 #include <limits>
 
 #include "cnclip/file_walk.h"
+#include "cnclip/image_query.h"
+#include "cnclip/route.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
 #include "options.h"
@@ -33,6 +35,7 @@ struct SearchCommand {
   bool exclude_self = false;
   bool null_separated = false;
   std::string paths_from;
+  bool no_server = false;
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -47,9 +50,36 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
                 "NUL instead of newline: after each path of --format paths, and between the items read from stdin");
+  sub->add_flag("--no-server", c.no_server,
+                "Answer here even when a 'cnclip serve' runs for the index (default: send the query to it)");
   add_model_options(sub, o);
   add_index_option(sub, o);
   add_mixed_precision_option(sub, o);
+}
+
+// The server advertised for the index when it may answer these queries (route.h), else null; with
+// CNCLIP_ROUTE_DEBUG set, says on stderr which way the queries go. No model is loaded here.
+std::unique_ptr<RouteClient> connect_route(const CommonOptions& o, const SearchCommand& c,
+                                           std::optional<BundleManifest>& bundle) {
+  if (c.no_server) return nullptr;
+  std::string why;
+  std::unique_ptr<RouteClient> route;
+  try {
+    bundle = load_bundle_manifest(resolve_model_dir(o.model));
+    route = RouteClient::connect(resolve_index_dir(o.index), *bundle, o.device, &why);
+  } catch (const Exception& e) {
+    why = e.what();  // the local path reports it, in its place
+  }
+  if (std::getenv("CNCLIP_ROUTE_DEBUG")) {
+    std::cerr << "cnclip: route: " << (route ? "through the server" : "local: " + terminal_safe(why)) << std::endl;
+  }
+  return route;
+}
+
+void route_debug(const RouteClient& route) {
+  if (std::getenv("CNCLIP_ROUTE_DEBUG")) {
+    std::cerr << "cnclip: route: local from here: " << terminal_safe(route.last_problem()) << std::endl;
+  }
 }
 
 // Opens the index for reading and checks that it was built with the same model.
@@ -109,10 +139,26 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   if (std::count(c.queries.begin(), c.queries.end(), "-") > 1) {
     throw Exception(ErrorCode::kInvalidArgument, "'-' (queries from stdin) can be given only once");
   }
-  auto model = open_model(o);
-  auto pending = std::async(std::launch::async, [&o, &model] { return open_index(o, model->manifest()); });
-  const int context = model->manifest().context_length;
-  const Tokenizer& tokenizer = model->tokenizer();
+  // Routed (route.h): the queries are checked here as below, answered by the server; the model is
+  // loaded only when the server cannot answer (then from that query on, so the output is the same).
+  std::optional<BundleManifest> bundle;
+  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
+  std::unique_ptr<Model> model;
+  std::future<OpenedIndex> pending;
+  std::unique_ptr<Tokenizer> route_tokenizer;
+  auto go_local = [&] {
+    route.reset();
+    if (model) return;
+    model = open_model(o);
+    pending = std::async(std::launch::async, [&o, &model] { return open_index(o, model->manifest()); });
+  };
+  if (route) {
+    route_tokenizer = WordPieceTokenizer::from_vocab_file(bundle->path_of("vocab.txt"));
+  } else {
+    go_local();
+  }
+  const int context = route ? bundle->context_length : model->manifest().context_length;
+  const Tokenizer& tokenizer = route ? *route_tokenizer : model->tokenizer();
   // Every query on the command line is checked before anything is searched or printed.
   for (size_t i = 0; i < c.queries.size(); ++i) {
     if (c.queries[i] != "-") check_text(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), true);
@@ -126,6 +172,15 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   ResultPrinter printer = make_printer(o, c);
   auto answer = [&](const std::vector<std::string>& queries) {
     if (queries.empty()) return;
+    if (route) {
+      auto a = route->search_texts(queries, opts, o.mixed_precision);
+      if (a.status == RouteClient::Status::kAnswered) {
+        for (const auto& r : a.results) printer.print(r);
+        return;
+      }
+      route_debug(*route);
+      go_local();
+    }
     const auto embeddings = model->encode_texts(queries);
     for (const auto& r : index().searcher->search(queries, embeddings, opts)) printer.print(r);
   };
@@ -140,9 +195,16 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     answer(batch);
     answered += batch.size();
     batch.clear();
-    // One query per line, answered as it arrives (flushed before the next line is read).
-    model->load_text_tower();
-    index();
+    // One query per line, answered as it arrives (flushed before the next line is read). What could
+    // fail before the first line fails now.
+    if (route && route->check(opts, o.mixed_precision).status != RouteClient::Status::kAnswered) {
+      route_debug(*route);
+      go_local();
+    }
+    if (!route) {
+      model->load_text_tower();
+      index();
+    }
     ItemReader reader(std::cin, c.null_separated);
     std::string line;
     while (reader.next(line)) {
@@ -158,12 +220,6 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   return 0;
 }
 
-// One example image: its embedding, or an error already reported.
-struct ImageQuery {
-  std::vector<float> embedding;
-  std::string self;  // canonical path to leave out with --exclude-self ("" for bytes from a stream)
-};
-
 int search_image(const CommonOptions& o, const SearchCommand& c) {
   const auto stdin_images = std::count(c.queries.begin(), c.queries.end(), "-");
   if (stdin_images > 1) throw Exception(ErrorCode::kInvalidArgument, "'-' (an image on stdin) can be given only once");
@@ -177,72 +233,106 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   if (c.queries.empty() && c.paths_from.empty()) {
     throw Exception(ErrorCode::kInvalidArgument, "give example images, '-' for one on stdin, or --paths-from FILE");
   }
-  auto model = open_model(o);
-  // The index first: a query that is already indexed needs no image tower at all.
-  OpenedIndex opened = open_index(o, model->manifest());
-  IndexStore* store = opened.store.get();
+  // Routed (route.h): the files are read here, with this user's permissions, and the server
+  // answers from the stored embedding of an indexed, unchanged file or encodes the bytes sent.
+  std::optional<BundleManifest> bundle;
+  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
   const SearchOptions opts = search_options(c);
-  const int dim = model->dim();
-  const Normalization& norm = model->manifest().image;
+  if (route && route->check(opts, o.mixed_precision).status != RouteClient::Status::kAnswered) {
+    route_debug(*route);
+    route.reset();
+  }
+  std::unique_ptr<Model> model;
+  std::optional<OpenedIndex> opened;
+  auto go_local = [&] {
+    route.reset();
+    if (model) return;
+    model = open_model(o);
+    // The index first: a query that is already indexed needs no image tower at all.
+    opened = open_index(o, model->manifest());
+  };
+  if (!route) go_local();
+  const Normalization norm = route ? bundle->image : model->manifest().image;
   const auto decode = decode_options(o, norm.size);
   ResultPrinter printer = make_printer(o, c);
 
+  // One query's answer: the hits, or an error to report (the image cannot be used).
+  auto search_embedding = [&](const std::string& label, const std::vector<float>& embedding,
+                              const std::string& self) -> QueryResult {
+    const std::vector<std::string> exclude{c.exclude_self ? self : ""};
+    return opened->searcher->search({label}, embedding, opts, exclude).at(0);
+  };
   auto encode_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name) -> Result<std::vector<float>> {
     std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
     auto ok = preprocess_image(bytes, name, norm, decode, pixels.data());
     if (!ok) return ok.error();
     return model->encode_images(pixels.data(), 1);
   };
-  auto embed = [&](const std::string& arg) -> Result<ImageQuery> {
+  // Bytes of an image that is not (or no longer) indexed: sent to the server, else encoded here.
+  auto answer_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name, const std::string& label,
+                          const std::string& self) -> Result<QueryResult> {
+    if (route) {
+      auto a = route->search_image_bytes(label, name, bytes, decode, c.exclude_self ? self : "", opts, o.mixed_precision);
+      if (a.status == RouteClient::Status::kAnswered) return std::move(a.results.at(0));
+      if (a.status == RouteClient::Status::kImageError) return a.error;
+      route_debug(*route);
+      go_local();
+    }
+    auto e = encode_bytes(bytes, name);
+    if (!e) return e.error();
+    return search_embedding(label, e.value(), self);
+  };
+  auto answer_one = [&](const std::string& arg) -> Result<QueryResult> {
     if (arg == "-") {
       auto bytes = read_all_bytes(std::cin, "standard input", kMaxStreamedImageBytes);
       if (bytes.empty()) return Error{ErrorCode::kCorrupt, "standard input: no image bytes (empty)"};
-      auto e = encode_bytes(bytes, "standard input");
-      if (!e) return e.error();
-      return ImageQuery{std::move(e).value(), ""};
+      return answer_bytes(bytes, "standard input", arg, "");
     }
     struct stat st {};
     if (::stat(arg.c_str(), &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
       // /dev/stdin, a FIFO, <(command): the bytes are read as they come; nothing to exclude.
       std::ifstream in(arg, std::ios::binary);
       if (!in) return errno_error(arg, errno, "cannot open");
-      auto e = encode_bytes(read_all_bytes(in, arg, kMaxStreamedImageBytes), arg);
-      if (!e) return e.error();
-      return ImageQuery{std::move(e).value(), ""};
+      return answer_bytes(read_all_bytes(in, arg, kMaxStreamedImageBytes), arg, arg, "");
     }
     auto canonical = canonical_path(arg);
     if (!canonical) return canonical.error();
     auto found = stat_file(canonical.value());
     if (!found) return found.error();
-    ImageQuery q;
-    q.self = canonical.value();
-    // An indexed, unchanged file already has its embedding: no need to load the image tower.
-    if (auto rec = store->catalog().find(canonical.value());
-        rec && rec->size == found.value().size && rec->mtime_ns == found.value().mtime_ns) {
-      q.embedding = store->catalog().embedding(rec->id);
+    const std::string& self = canonical.value();
+    if (route) {
+      auto a = route->search_indexed_image(arg, self, found.value(), c.exclude_self ? self : "", opts,
+                                           o.mixed_precision);
+      if (a.status == RouteClient::Status::kAnswered) return std::move(a.results.at(0));
+      if (a.status == RouteClient::Status::kImageError) return a.error;
+      if (a.status == RouteClient::Status::kUnavailable) {
+        route_debug(*route);
+        go_local();
+      }
     }
-    if (q.embedding.size() != static_cast<size_t>(dim)) {
-      std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
-      auto ok = preprocess_image_file(arg, norm, decode, pixels.data());
-      if (!ok) return ok.error();
-      q.embedding = model->encode_images(pixels.data(), 1);
+    if (!route) {
+      // An indexed, unchanged file already has its embedding: no need to load the image tower.
+      auto stored = stored_embedding_if_unchanged(opened->store->catalog(), self, found.value(), model->dim());
+      if (!stored.empty()) return search_embedding(arg, stored, self);
     }
-    return q;
+    // Read as preprocess_image_file reads it: the same errors, naming the file as given.
+    auto bytes = read_file_bytes(arg);
+    if (!bytes) return bytes.error();
+    return answer_bytes(bytes.value(), arg, arg, self);
   };
 
   int failed = 0;
   size_t answered = 0;
   FinishOnError finish_on_error{printer, answered};
   auto answer = [&](const std::string& arg) {
-    auto q = embed(arg);
-    if (!q) {
-      print_error(q.error().message);
+    auto r = answer_one(arg);
+    if (!r) {
+      print_error(r.error().message);
       ++failed;
       printer.skip(arg);
       return;
     }
-    const std::vector<std::string> exclude{c.exclude_self ? q.value().self : ""};
-    printer.print(opened.searcher->search({arg}, q.value().embedding, opts, exclude).at(0));
+    printer.print(r.value());
     ++answered;
   };
   for (const auto& arg : c.queries) answer(arg);

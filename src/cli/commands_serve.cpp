@@ -42,6 +42,12 @@ int serve(const CommonOptions& o, const ServeCommand& c) {
   auto server = Server::create(s);
   std::cerr << "cnclip: serving " << terminal_safe(s.index_dir) << '\n';
   if (generated) std::cerr << "cnclip: token: " << s.token << " (open the page with ?token=" << s.token << ")\n";
+  if (!server->advert().empty()) {
+    std::cerr << "cnclip: search-text and search-image on this index are answered here (" << terminal_safe(server->advert())
+              << "; --no-server skips it)\n";
+  } else {
+    std::cerr << "cnclip: CLI queries are not routed here: " << terminal_safe(server->advert_note()) << '\n';
+  }
   std::cerr << "listening on " << server->url() << std::endl;
   server->run([] { return interrupt_requested(); });
   std::cerr << "cnclip: stopped\n";

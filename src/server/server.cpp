@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <httplib.h>
@@ -25,9 +26,13 @@
 #include "atomic_file.h"
 #include "cnclip/bundle.h"
 #include "cnclip/file_walk.h"
+#include "cnclip/image_query.h"
+#include "cnclip/info.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
+#include "cnclip/route.h"
+#include "server/route_protocol.h"
 #include "server/web_assets.h"
 
 namespace cnclip {
@@ -165,9 +170,10 @@ struct Server::Impl {
   std::mutex image_tower_mu;
 
   // Runs fn(store, searcher) under the index lock with the vectors current; both are null when there
-  // is no index yet (answered as an empty index).
+  // is no index yet (answered as an empty index). `fresh`: reload whenever the catalog changed, even
+  // during an index run (a routed CLI query must see what a local one would).
   template <class Fn>
-  auto with_index(Fn&& fn) {
+  auto with_index(Fn&& fn, bool fresh = false) {
     std::lock_guard<std::mutex> lock(index_mu);
     if (!store) {
       try {
@@ -182,7 +188,7 @@ struct Server::Impl {
       // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
       // yet): reloaded at most every kReloadInterval then; a finished run's snapshot at once.
       const auto now = std::chrono::steady_clock::now();
-      if (!searcher || (g != generation && (now - loaded_at >= kReloadInterval ||
+      if (!searcher || (g != generation && (fresh || now - loaded_at >= kReloadInterval ||
                                             ::access(store->snapshot_path().c_str(), F_OK) == 0))) {
         store->require_model(model->manifest(), options.mixed_precision);
         searcher.reset();
@@ -243,9 +249,9 @@ struct Server::Impl {
 
   ojson search(const std::string& label, const std::vector<float>& embedding, const SearchOptions& s, int offset,
                const std::string& exclude = "") {
-    return with_index([&](IndexStore*, Searcher* searcher) {
+    return with_index([&](IndexStore*, Searcher* loaded) {
       std::vector<RankedHit> hits;
-      if (searcher) hits = searcher->search({label}, embedding, s, {exclude}).at(0).hits;
+      if (loaded) hits = loaded->search({label}, embedding, s, {exclude}).at(0).hits;
       return results_json(label, hits, std::min<size_t>(hits.size(), static_cast<size_t>(offset)));
     });
   }
@@ -348,53 +354,13 @@ struct Server::Impl {
   }
 
   void handle_info(const httplib::Request&, httplib::Response& res) {
-    // The fields of `cnclip info --format json`.
-    ojson j = with_index([&](IndexStore* st, Searcher* searcher) {
-      ojson out;
-      set_string_field(out, "index", options.index_dir);
-      if (!st) {
-        out["model_fingerprint"] = "";
-        out["model_architecture"] = "";
-        out["model_precision"] = "";
-        out["embedding_dim"] = 0;
-        out["files"] = 0;
-        out["vectors"] = 0;
-        out["folders"] = ojson::array();
-        out["disk_bytes"] = 0;
-        out["updated_at"] = "";
-        return out;
-      }
-      Catalog& cat = st->catalog();
-      out["model_fingerprint"] = cat.meta("model_fingerprint").value_or("");
-      out["model_architecture"] = cat.meta("model_architecture").value_or("");
-      out["model_precision"] = cat.meta("model_precision").value_or("");
-      out["embedding_dim"] = st->embedding_dim();
-      out["files"] = cat.count();
-      out["vectors"] = searcher ? searcher->size() : 0;
-      const auto roots = cat.roots();
-      out["folders"] = roots;
-      bool any = false;
-      ojson bytes = ojson::array();
-      for (const auto& r : roots) {
-        ojson one;
-        set_string_field(one, "f", r);
-        any = any || one.contains("f_bytes");
-        bytes.push_back(hex_encode(r));
-      }
-      if (any) out["folders_bytes"] = bytes;
-      out["disk_bytes"] = st->disk_bytes();
-      const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
-      std::string when;
-      if (updated) {
-        char buf[32];
-        std::time_t tt = static_cast<std::time_t>(updated);
-        std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&tt));
-        when = buf;
-      }
-      out["updated_at"] = when;
-      return out;
-    });
-    send_json(res, j);
+    // The fields of `cnclip info --format json`, from the same library call.
+    send_json(res, with_index([&](IndexStore* st, Searcher* loaded) {
+      if (!st) return index_info_json(empty_index_info(options.index_dir));
+      IndexInfo info = index_info(*st, loaded ? loaded->size() : 0);
+      info.index = options.index_dir;
+      return index_info_json(info);
+    }));
   }
 
   void handle_image(const httplib::Request& req, httplib::Response& res) {
@@ -490,6 +456,250 @@ struct Server::Impl {
       }
     }
     send_error(res, 404, "not_found", "no such page");
+  }
+
+  // --- Routed CLI queries (include/cnclip/route.h) over INDEX/serve.sock ---------------------------
+  httplib::Server route_http;
+  std::thread route_thread;
+  std::string canonical_index;  // the index folder's realpath when advertised
+  std::string advert_path;      // INDEX/serve.sock while this server owns it
+  dev_t advert_dev = 0;
+  ino_t advert_ino = 0;
+  int advert_dir_fd = -1;
+  std::string advert_note;  // why there is no advert (for the CLI to say), "" when there is one
+  std::chrono::steady_clock::time_point advert_tried;
+  bool advert_retry = false;
+  std::atomic<bool> route_done{false};
+
+  // The index as a search needs it (open_for_search's checks), with the vectors current.
+  template <class Fn>
+  auto with_search_index(bool mixed, Fn&& fn) {
+    return with_index(
+        [&](IndexStore* st, Searcher* loaded) {
+          if (!st || !loaded) throw Exception(ErrorCode::kNotFound, "no index yet");
+          if (st->catalog().count() == 0) throw Exception(ErrorCode::kNotFound, "the index is empty");
+          st->require_model(model->manifest(), mixed);
+          return fn(st, loaded);
+        },
+        /*fresh=*/true);
+  }
+
+  static void route_error(httplib::Response& res, int status, const Error& e) {
+    ojson j;
+    j["error"] = route::error_json(e);
+    res.status = status;
+    res.set_content(dump_json(j), "application/json");
+  }
+
+  template <class Method>
+  httplib::Server::Handler route_guarded(Method m) {
+    return [this, m](const httplib::Request& req, httplib::Response& res) {
+      try {
+        (this->*m)(req, res);
+      } catch (const Exception& e) {
+        route_error(res, e.code() == ErrorCode::kInvalidArgument ? 400 : 500, e.error());
+      } catch (const std::exception& e) {
+        route_error(res, 500, Error{ErrorCode::kInternal, std::string("unexpected failure: ") + e.what()});
+      }
+    };
+  }
+
+  void route_hello(const httplib::Request&, httplib::Response& res) {
+    ojson j;
+    j["protocol"] = route::kProtocol;
+    j["index"] = route::bytes_field(canonical_index);
+    j["model_fingerprint"] = model->manifest().fingerprint;
+    j["model_precision"] = model->manifest().precision;
+    j["device"] = options.model.device;
+    j["pid"] = static_cast<int64_t>(::getpid());
+    res.set_content(dump_json(j), "application/json");
+  }
+
+  void route_check(const httplib::Request& req, httplib::Response& res) {
+    const auto body = nlohmann::json::parse(req.body);
+    const bool mixed = body.at("mixed_precision").get<bool>();
+    route::options_from_json(body.at("options"));
+    with_search_index(mixed, [](IndexStore*, Searcher*) { return 0; });
+    res.set_content("{}", "application/json");
+  }
+
+  void route_search_text(const httplib::Request& req, httplib::Response& res) {
+    const auto body = nlohmann::json::parse(req.body);
+    const SearchOptions s = route::options_from_json(body.at("options"));
+    const bool mixed = body.at("mixed_precision").get<bool>();
+    std::vector<std::string> queries;
+    for (const auto& q : body.at("queries")) queries.push_back(route::from_bytes_field(q));
+    if (queries.empty()) throw Exception(ErrorCode::kInvalidArgument, "no queries");
+    with_search_index(mixed, [](IndexStore*, Searcher*) { return 0; });
+    // The batch as the CLI would encode it (one call: the same padding, so the same floats).
+    const auto embeddings = model->encode_texts(queries);
+    ojson j;
+    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
+      return loaded->search(queries, embeddings, s);
+    }));
+    res.set_content(dump_json(j), "application/json");
+  }
+
+  void route_search_image(const httplib::Request& req, httplib::Response& res) {
+    const auto eol = req.body.find('\n');
+    if (eol == std::string::npos) throw Exception(ErrorCode::kInvalidArgument, "no request line");
+    const auto head = nlohmann::json::parse(req.body.substr(0, eol));
+    const SearchOptions s = route::options_from_json(head.at("options"));
+    const bool mixed = head.at("mixed_precision").get<bool>();
+    const std::string label = route::from_bytes_field(head.at("label"));
+    const std::string exclude = route::from_bytes_field(head.at("exclude"));
+    const int dim = model->dim();
+    std::vector<float> embedding;
+    if (!head.at("has_bytes").get<bool>()) {
+      // An indexed, unchanged file: its stored embedding, as search-image uses it locally. The path
+      // is only a catalog key here, never opened.
+      FoundFile now;
+      now.path = route::from_bytes_field(head.at("path"));
+      now.size = head.at("size").get<int64_t>();
+      now.mtime_ns = head.at("mtime_ns").get<int64_t>();
+      embedding = with_search_index(mixed, [&](IndexStore* st, Searcher*) {
+        return stored_embedding_if_unchanged(st->catalog(), now.path, now, dim);
+      });
+      if (embedding.empty()) {
+        res.set_content(R"({"need_bytes":true})", "application/json");
+        return;
+      }
+    } else {
+      with_search_index(mixed, [](IndexStore*, Searcher*) { return 0; });
+      const Normalization& norm = model->manifest().image;
+      std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
+      const std::vector<uint8_t> bytes(req.body.begin() + static_cast<std::ptrdiff_t>(eol) + 1, req.body.end());
+      const std::string name = route::from_bytes_field(head.at("name"));
+      auto ok = preprocess_image(bytes, name, norm, route::decode_from_json(head.at("decode")), pixels.data());
+      if (!ok) {
+        ojson j;
+        j["image_error"] = route::error_json(ok.error());
+        res.set_content(dump_json(j), "application/json");
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(image_tower_mu);
+        model->load_image_tower();
+      }
+      embedding = model->encode_images(pixels.data(), 1);
+    }
+    ojson j;
+    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
+      return loaded->search({label}, embedding, s, {exclude});
+    }));
+    res.set_content(dump_json(j), "application/json");
+  }
+
+  // Whether a live server answers on the socket at `address`.
+  static bool socket_answers(const std::string& address) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return false;
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, address.c_str(), std::min(address.size() + 1, sizeof(addr.sun_path)));
+    const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+    ::close(fd);
+    return ok;
+  }
+
+  std::string unix_address(const std::string& dir, const std::string& name) const {
+    const std::string full = dir + "/" + name;
+    if (full.size() < sizeof(sockaddr_un{}.sun_path)) return full;
+    return "/proc/self/fd/" + std::to_string(advert_dir_fd) + "/" + name;
+  }
+
+  // Makes INDEX/serve.sock: binds a temporary name, gives it the folder's permissions, and links it
+  // into place (replacing a stale advert, never a live one). Best effort: returns false with
+  // advert_note saying why (no index folder yet, a read-only index, another live server).
+  bool advertise() {
+    advert_tried = std::chrono::steady_clock::now();
+    auto canonical = canonical_path(options.index_dir);
+    if (!canonical) {
+      advert_note = "no index folder yet";
+      advert_retry = true;  // tried again while serving, once the folder appears
+      return false;
+    }
+    advert_retry = false;
+    const std::string dir = canonical.value();
+    struct stat dir_st {};
+    if (::stat(dir.c_str(), &dir_st) != 0 || !S_ISDIR(dir_st.st_mode)) {
+      advert_note = dir + " is not a folder";
+      return false;
+    }
+    if (advert_dir_fd < 0) advert_dir_fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    const std::string tmp_name = ".serve-" + std::to_string(::getpid()) + ".sock";
+    const std::string tmp = dir + "/" + tmp_name, final_path = dir + "/" + kServeSocketName;
+    ::unlink(tmp.c_str());
+    route_http.set_address_family(AF_UNIX);
+    if (!route_http.bind_to_port(unix_address(dir, tmp_name), 80)) {
+      advert_note = dir + ": cannot create " + kServeSocketName + " (" + std::strerror(errno) + ")";
+      return false;
+    }
+    // Read-write for each class that may read and enter the folder: who can read the index can
+    // query it, nobody else.
+    mode_t mode = S_IRUSR | S_IWUSR;
+    if ((dir_st.st_mode & (S_IRGRP | S_IXGRP)) == (S_IRGRP | S_IXGRP)) mode |= S_IRGRP | S_IWGRP;
+    if ((dir_st.st_mode & (S_IROTH | S_IXOTH)) == (S_IROTH | S_IXOTH)) mode |= S_IROTH | S_IWOTH;
+    ::chmod(tmp.c_str(), mode);
+    bool linked = false;
+    for (int attempt = 0; attempt < 2 && !linked; ++attempt) {
+      if (::link(tmp.c_str(), final_path.c_str()) == 0) {
+        linked = true;
+        break;
+      }
+      if (errno != EEXIST) {
+        advert_note = final_path + ": " + std::strerror(errno);
+        break;
+      }
+      struct stat old {};
+      if (::lstat(final_path.c_str(), &old) != 0 || !S_ISSOCK(old.st_mode)) {
+        advert_note = final_path + " exists and is not a socket: left alone";
+        break;
+      }
+      if (socket_answers(unix_address(dir, kServeSocketName))) {
+        advert_note = "another cnclip serve answers the CLI's queries on this index";
+        break;
+      }
+      ::unlink(final_path.c_str());  // stale: its server was killed
+    }
+    struct stat st {};
+    if (linked && ::lstat(final_path.c_str(), &st) == 0) {
+      advert_path = final_path;
+      advert_dev = st.st_dev;
+      advert_ino = st.st_ino;
+      canonical_index = dir;
+      advert_note.clear();
+    }
+    ::unlink(tmp.c_str());
+    if (!linked) {
+      route_http.stop();
+      return false;
+    }
+    return true;
+  }
+
+  // Removes the advert if it is still this server's.
+  void withdraw_advert() {
+    if (advert_path.empty()) return;
+    struct stat st {};
+    if (::lstat(advert_path.c_str(), &st) == 0 && st.st_dev == advert_dev && st.st_ino == advert_ino) {
+      ::unlink(advert_path.c_str());
+    }
+    advert_path.clear();
+  }
+
+  void setup_route_server() {
+    route_http.Get("/route/v1/hello", route_guarded(&Impl::route_hello));
+    route_http.Post("/route/v1/check", route_guarded(&Impl::route_check));
+    route_http.Post("/route/v1/search-text", route_guarded(&Impl::route_search_text));
+    route_http.Post("/route/v1/search-image", route_guarded(&Impl::route_search_image));
+    const int workers = std::max(2, std::min(options.workers, 8));
+    route_http.new_task_queue = [workers] { return new httplib::ThreadPool(static_cast<size_t>(workers)); };
+    // An image from stdin may be up to 1 GB, as search-image reads it locally.
+    route_http.set_payload_max_length((size_t{1} << 30) + (size_t{1} << 20));
+    route_http.set_read_timeout(60, 0);
+    route_http.set_write_timeout(60, 0);
+    route_http.set_keep_alive_timeout(5);
   }
 
   // Host, token and Origin, before a request's body is read.
@@ -652,11 +862,22 @@ std::unique_ptr<Server> Server::create(const ServerOptions& options) {
     throw Exception(ErrorCode::kIoError, "cannot listen on " + options.host + ":" + std::to_string(options.port) +
                                              " (address in use, or not an address of this machine)");
   }
+  if (options.advertise) {
+    impl->setup_route_server();
+    impl->advertise();
+  }
   return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 
 Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+  impl_->withdraw_advert();
+  if (impl_->advert_dir_fd >= 0) ::close(impl_->advert_dir_fd);
+}
+
+std::string Server::advert() const { return impl_->advert_path; }
+std::string Server::advert_note() const { return impl_->advert_note; }
 
 int Server::port() const { return impl_->port; }
 
@@ -668,11 +889,25 @@ std::string Server::url() const {
 
 void Server::run(const std::function<bool()>& should_stop) {
   std::atomic<bool> done{false};
+  auto start_route = [this] {
+    if (!impl_->advert_path.empty() && !impl_->route_thread.joinable()) {
+      impl_->route_thread = std::thread([this] {
+        impl_->route_http.listen_after_bind();
+        impl_->route_done = true;
+      });
+    }
+  };
+  start_route();
   std::thread watcher([&] {
     while (!done.load()) {
       if (impl_->stopping.load() || (should_stop && should_stop())) {
         impl_->http.stop();
         break;
+      }
+      // A server started before the index folder existed advertises itself once it appears.
+      if (impl_->advert_retry && impl_->options.advertise &&
+          std::chrono::steady_clock::now() - impl_->advert_tried >= std::chrono::seconds(1) && impl_->advertise()) {
+        start_route();
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
@@ -680,11 +915,21 @@ void Server::run(const std::function<bool()>& should_stop) {
   impl_->http.listen_after_bind();
   done = true;
   watcher.join();
+  impl_->withdraw_advert();  // no new routed query from here on
+  if (impl_->route_thread.joinable()) {
+    // stop() only stops a server that is listening: wait until it is (or gave up).
+    for (int i = 0; i < 200 && !impl_->route_http.is_running() && !impl_->route_done; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    impl_->route_http.stop();
+    impl_->route_thread.join();
+  }
 }
 
 void Server::stop() {
   impl_->stopping = true;
   impl_->http.stop();
+  impl_->route_http.stop();
 }
 
 }  // namespace cnclip

@@ -1,0 +1,44 @@
+// What `cnclip info` shows about an index, as one value: the CLI prints it (text or JSON) and
+// `cnclip serve` answers GET /api/v1/info with the same JSON (index_info_json), so the two agree
+// field for field.
+#pragma once
+
+#include <nlohmann/json_fwd.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "cnclip/index_store.h"
+
+namespace cnclip {
+
+struct IndexInfo {
+  std::string index;                                                   // the index folder, as given
+  std::string model_fingerprint, model_architecture, model_precision;  // "" before the first embedding
+  int embedding_dim = 0;
+  int64_t files = 0;                 // catalog entries
+  int64_t vectors = 0;               // vectors a search sees (the snapshot's, or the catalog's)
+  std::vector<std::string> folders;  // the roots, as stored (bytes: not necessarily UTF-8)
+  int64_t disk_bytes = 0;            // catalog, its write-ahead log and the snapshot
+  std::string updated_at;            // "2026-11-29T05:45:11Z" (UTC) of the last write, "" never
+};
+
+// The info of an open index. `vectors` is the count a caller already holds (a server's loaded
+// vectors); a negative value loads the vectors to count them. Throws what the catalog and the
+// vector loading throw (kCorrupt for damage).
+IndexInfo index_info(IndexStore& store, int64_t vectors = -1);
+// The info of the index at `dir` as `cnclip info` shows it: opened read-only, the catalog checked
+// with SQLite's quick_check first (damage is reported with the recovery command rather than shown
+// as counts). Throws kNotFound when there is no index at `dir`.
+IndexInfo read_index_info(const std::string& dir);
+// What an index folder without an index yet shows (a server started before the first `index`).
+IndexInfo empty_index_info(const std::string& dir);
+
+// `cnclip info --format json`, field order as documented: index, model_fingerprint,
+// model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,
+// updated_at. A folder name or index path that is not UTF-8 is printed with U+FFFD and its exact
+// bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it).
+nlohmann::ordered_json index_info_json(const IndexInfo& info);
+
+}  // namespace cnclip

@@ -1,0 +1,77 @@
+#include "cnclip/info.h"
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+#include "cnclip/output.h"
+
+namespace cnclip {
+namespace {
+
+std::string iso_time(int64_t t) {
+  char buf[32];
+  std::time_t tt = static_cast<std::time_t>(t);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace
+
+IndexInfo index_info(IndexStore& store, int64_t vectors) {
+  Catalog& cat = store.catalog();
+  IndexInfo info;
+  info.index = store.dir();
+  info.model_fingerprint = cat.meta("model_fingerprint").value_or("");
+  info.model_architecture = cat.meta("model_architecture").value_or("");
+  info.model_precision = cat.meta("model_precision").value_or("");
+  info.embedding_dim = store.embedding_dim();
+  info.files = cat.count();
+  info.vectors = vectors >= 0 ? vectors : store.load_vectors()->size();
+  info.folders = cat.roots();
+  info.disk_bytes = store.disk_bytes();
+  const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
+  info.updated_at = updated ? iso_time(updated) : "";
+  return info;
+}
+
+IndexInfo read_index_info(const std::string& dir) {
+  auto store = IndexStore::open(dir, IndexAccess::kRead);
+  store->catalog().check();
+  IndexInfo info = index_info(*store);
+  info.index = dir;
+  return info;
+}
+
+IndexInfo empty_index_info(const std::string& dir) {
+  IndexInfo info;
+  info.index = dir;
+  return info;
+}
+
+nlohmann::ordered_json index_info_json(const IndexInfo& info) {
+  nlohmann::ordered_json out;
+  set_string_field(out, "index", info.index);
+  out["model_fingerprint"] = info.model_fingerprint;
+  out["model_architecture"] = info.model_architecture;
+  out["model_precision"] = info.model_precision;
+  out["embedding_dim"] = info.embedding_dim;
+  out["files"] = info.files;
+  out["vectors"] = info.vectors;
+  out["folders"] = info.folders;
+  bool any = false;
+  nlohmann::ordered_json bytes = nlohmann::ordered_json::array();
+  for (const auto& r : info.folders) {
+    nlohmann::ordered_json one;
+    set_string_field(one, "f", r);
+    any = any || one.contains("f_bytes");
+    bytes.push_back(hex_encode(r));
+  }
+  if (any) out["folders_bytes"] = bytes;
+  out["disk_bytes"] = info.disk_bytes;
+  out["updated_at"] = info.updated_at;
+  return out;
+}
+
+}  // namespace cnclip
