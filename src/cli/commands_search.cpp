@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <future>
@@ -14,6 +15,7 @@
 
 #include "cnclip/file_walk.h"
 #include "cnclip/output.h"
+#include "cnclip/query.h"
 #include "cnclip/search.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -33,6 +35,9 @@ struct SearchCommand {
   bool exclude_self = false;
   bool null_separated = false;
   std::string paths_from;
+  std::vector<std::string> not_texts;  // --not
+  double not_threshold = kDefaultNotThreshold;
+  bool plain = false;  // search-text --plain: no combined-query syntax
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -43,6 +48,12 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
   real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
               -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
   sub->add_option("--under", c.under, "Only files below this folder");
+  sub->add_option("--not", c.not_texts,
+                  "Leave out results that look like this text (cosine >= --not-threshold); repeatable");
+  real_number(sub->add_option("--not-threshold", c.not_threshold,
+                              "Cosine similarity to a --not text from which a result is left out")
+                  ->capture_default_str(),
+              -1, 1);
   one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
@@ -69,6 +80,37 @@ SearchOptions search_options(const SearchCommand& c) {
   if (c.threshold > -2) s.threshold = static_cast<float>(c.threshold);
   if (!c.under.empty()) s.under = canonical_path(c.under).value();
   return s;
+}
+
+// --not TEXT...: checked like queries, encoded in one batch.
+void add_not_filter(SearchOptions& s, Model& model, const SearchCommand& c) {
+  if (c.not_texts.empty()) return;
+  for (size_t i = 0; i < c.not_texts.size(); ++i) {
+    check_text(model.tokenizer(), c.not_texts[i], model.manifest().context_length,
+               "--not text " + std::to_string(i + 1), true);
+  }
+  const auto e = model.encode_texts(c.not_texts);
+  const size_t dim = static_cast<size_t>(model.dim());
+  for (size_t i = 0; i < c.not_texts.size(); ++i) {
+    s.not_like.emplace_back(e.begin() + static_cast<std::ptrdiff_t>(i * dim),
+                            e.begin() + static_cast<std::ptrdiff_t>((i + 1) * dim));
+  }
+  s.not_threshold = static_cast<float>(c.not_threshold);
+}
+
+// A query of search-text: plain text, or (unless --plain) a combined query whose text terms are
+// checked one by one (query.h).
+void check_query(const Tokenizer& tokenizer, const std::string& q, int context, const std::string& what, bool plain) {
+  const auto terms = plain ? std::vector<QueryTerm>{} : parse_combined_query(q);
+  if (terms.empty()) {
+    check_text(tokenizer, q, context, what, true);
+    return;
+  }
+  for (size_t t = 0; t < terms.size(); ++t) {
+    if (terms[t].kind == QueryTerm::Kind::kText) {
+      check_text(tokenizer, terms[t].value, context, what + " " + term_name(t, terms[t]), true);
+    }
+  }
 }
 
 // The index opened and its vectors mapped on another thread, while the model loads: for a cold
@@ -115,18 +157,44 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   const Tokenizer& tokenizer = model->tokenizer();
   // Every query on the command line is checked before anything is searched or printed.
   for (size_t i = 0; i < c.queries.size(); ++i) {
-    if (c.queries[i] != "-") check_text(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), true);
+    if (c.queries[i] != "-") check_query(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), c.plain);
   }
   std::optional<OpenedIndex> opened;
   auto index = [&]() -> OpenedIndex& {
     if (!opened) opened = pending.get();
     return *opened;
   };
-  const SearchOptions opts = search_options(c);
+  SearchOptions opts = search_options(c);
+  add_not_filter(opts, *model, c);
   ResultPrinter printer = make_printer(o, c);
+  const DecodeOptions decode = decode_options(o, model->manifest().image.size);
+  // Image terms of combined queries: the stored embedding of an indexed, unchanged file, else the
+  // file decoded and encoded.
+  const ImageTermEmbedder image_term = [&](const std::string& path) -> std::vector<float> {
+    std::string p = path;
+    if (p.rfind("~/", 0) == 0) {
+      const char* home = std::getenv("HOME");
+      if (!home || !*home) {
+        throw Exception(ErrorCode::kInvalidArgument, path + ": HOME is not set, so '~' means nothing");
+      }
+      p = std::string(home) + p.substr(1);
+    }
+    return image_file_embedding(*model, &index().store->catalog(), p, decode).value();
+  };
   auto answer = [&](const std::vector<std::string>& queries) {
     if (queries.empty()) return;
-    const auto embeddings = model->encode_texts(queries);
+    const bool combined = !c.plain && std::any_of(queries.begin(), queries.end(), [](const std::string& q) {
+      return !parse_combined_query(q).empty();
+    });
+    std::vector<float> embeddings;
+    if (!combined) {
+      embeddings = model->encode_texts(queries);
+    } else {
+      for (const auto& q : queries) {
+        const auto e = encode_query(*model, q, image_term);
+        embeddings.insert(embeddings.end(), e.begin(), e.end());
+      }
+    }
     for (const auto& r : index().searcher->search(queries, embeddings, opts)) printer.print(r);
   };
   size_t answered = 0;
@@ -146,7 +214,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     ItemReader reader(std::cin, c.null_separated);
     std::string line;
     while (reader.next(line)) {
-      check_text(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), true);
+      check_query(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), c.plain);
       answer({line});
       ++answered;
     }
@@ -181,7 +249,8 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   // The index first: a query that is already indexed needs no image tower at all.
   OpenedIndex opened = open_index(o, model->manifest());
   IndexStore* store = opened.store.get();
-  const SearchOptions opts = search_options(c);
+  SearchOptions opts = search_options(c);
+  add_not_filter(opts, *model, c);
   const int dim = model->dim();
   const Normalization& norm = model->manifest().image;
   const auto decode = decode_options(o, norm.size);
@@ -262,9 +331,13 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-text", "Find indexed photos matching Chinese (or English) text");
-    sub->add_option("query", c.queries, "Texts; '-' reads one query per line from stdin, answering each as it comes")
+    sub->add_option("query", c.queries,
+                    "Texts; '-' reads one query per line from stdin, answering each as it comes. A query with ' + ' "
+                    "or ' - ' combines terms: \"2:海边 + ./pool.jpg - 人群\" (README: Combined queries)")
         ->required();
+    sub->add_flag("--plain", c.plain, "Take every query as plain text, even with ' + ' or ' - ' in it");
     add_search_options(sub, c, o);
+    add_decode_options(sub, o);  // for the image terms of combined queries
     sub->callback([&o, &action, cp] { action = [&o, cp] { return search_text(o, *cp); }; });
   }
   {

@@ -27,6 +27,7 @@
 #include "cnclip/file_walk.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
+#include "cnclip/query.h"
 #include "cnclip/search.h"
 #include "server/web_assets.h"
 
@@ -277,7 +278,24 @@ struct Server::Impl {
     if (model->tokenizer().count_pieces(q) == 0) {
       throw Exception(ErrorCode::kInvalidArgument, "the query is empty or has no words");
     }
-    const auto embedding = model->encode_texts({q});
+    // q may be a combined query (query.h), unless plain=1. Its image terms must be indexed photos,
+    // named by their path in the index: their stored embeddings are used, no file is ever read.
+    const bool plain = req.has_param("plain") && req.get_param_value("plain") == "1";
+    const auto embedding = plain ? model->encode_texts({q}) : encode_query(*model, q, [&](const std::string& path) {
+      return with_index([&](IndexStore* st, Searcher*) {
+        std::vector<float> e;
+        if (st) {
+          if (auto rec = st->catalog().find(std::filesystem::path(path).lexically_normal().string())) {
+            e = st->catalog().embedding(rec->id);
+          }
+        }
+        if (e.empty()) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "'" + path + "' is not an indexed photo (image terms are the paths of indexed photos)");
+        }
+        return e;
+      });
+    });
     send_json(res, search(q, embedding, s, offset));
   }
 
