@@ -114,6 +114,7 @@ class ClassificationPrinter {
   std::ostream& out_;
   OutputFormat format_;
   const std::vector<std::string>& labels_;
+  std::vector<std::string> label_json_;  // each label as a JSON string
   size_t printed_ = 0;
   bool finished_ = false;
 };

@@ -108,7 +108,7 @@ void check_query(const Tokenizer& tokenizer, const std::string& q, int context, 
   }
   for (size_t t = 0; t < terms.size(); ++t) {
     if (terms[t].kind == QueryTerm::Kind::kText) {
-      check_text(tokenizer, terms[t].value, context, what + " " + term_name(t, terms[t]), true);
+      check_text(tokenizer, terms[t].value, context, what + " term " + std::to_string(t + 1), true);
     }
   }
 }
