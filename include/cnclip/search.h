@@ -10,9 +10,9 @@
 
 namespace cnclip {
 
-// Default of --not-threshold. Chinese-CLIP ViT-B-16 gives a photo and a text about what it shows a
-// cosine of roughly 0.3 to 0.45, and unrelated pairs 0.1 to 0.2 (see README "Negative queries"):
-// 0.25 drops what plausibly shows the unwanted thing and keeps the rest.
+// Default of --not-threshold: between the cosines CLIP-family models give a photo and a caption
+// that describes it (around 0.3) and unrelated pairs (0.1 to 0.2); see README "Combined and
+// negative queries" for the sources. Not measured on the real weights.
 inline constexpr float kDefaultNotThreshold = 0.25f;
 
 struct SearchOptions {
