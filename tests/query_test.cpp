@@ -101,6 +101,38 @@ TEST(QuerySyntax, MalformedCombinedQueriesAreRefused) {
   }
 }
 
+TEST(QuerySyntax, RandomQueriesParseOrFailCleanly) {
+  // Strings over the syntax's own characters: every query is plain, or parses into non-empty terms
+  // with finite non-zero weights, or is refused with kInvalidArgument; and it is combined exactly
+  // when it holds a spaced operator outside quotes.
+  const std::vector<std::string> pieces = {" ", "+", "-", "\"", ":", "2", "0", ".", "/", "~", "猫", "a", "\t", "./"};
+  std::mt19937 rng(7);
+  for (int round = 0; round < 20000; ++round) {
+    std::string q;
+    const int n = static_cast<int>(rng() % 12);
+    for (int i = 0; i < n; ++i) q += pieces[rng() % pieces.size()];
+    bool spaced_operator = false, quoted = false;
+    for (size_t i = 0; i < q.size(); ++i) {
+      if (q[i] == '"') quoted = !quoted;
+      const auto space = [&](size_t j) { return q[j] == ' ' || q[j] == '\t'; };
+      if (!quoted && (q[i] == '+' || q[i] == '-') && i > 0 && i + 1 < q.size() && space(i - 1) && space(i + 1)) {
+        spaced_operator = true;
+      }
+    }
+    try {
+      const auto terms = parse_combined_query(q);
+      EXPECT_EQ(!terms.empty(), spaced_operator) << "'" << q << "'";
+      for (const auto& t : terms) {
+        EXPECT_FALSE(t.value.empty()) << "'" << q << "'";
+        EXPECT_TRUE(std::isfinite(t.weight) && t.weight != 0) << "'" << q << "'";
+      }
+    } catch (const Exception& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << "'" << q << "'";
+      EXPECT_TRUE(spaced_operator) << "a plain query was refused: '" << q << "': " << e.what();
+    }
+  }
+}
+
 TEST(QuerySyntax, WeightedSumOfNormalizedTerms) {
   // Terms of different lengths count by their weights only.
   std::vector<QueryTerm> terms(3);
