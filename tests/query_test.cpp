@@ -427,6 +427,18 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
   EXPECT_EQ(status, 400) << body;
   EXPECT_EQ(json::parse(body)["error"]["message"],
             "'" + pokemon + "' is not an indexed photo (image terms are the paths of indexed photos)");
+  // not= and not_threshold=, as --not and --not-threshold.
+  std::tie(status, body) =
+      http_get(server->port(), "/api/v1/search?k=60&q=" + url_encode("猫") + "&not=" + url_encode("狗") +
+                                   "&not=" + url_encode("人群") + "&not_threshold=0.1");
+  ASSERT_EQ(status, 200) << body;
+  const auto filtered = search("猫 --not 狗 --not 人群 --not-threshold 0.1 -k 60");
+  const json filtered_api = json::parse(body);
+  ASSERT_EQ(filtered_api["results"].size(), filtered.first.size());
+  EXPECT_LT(filtered.first.size(), 60u);
+  for (size_t i = 0; i < filtered.first.size(); ++i) EXPECT_EQ(filtered_api["results"][i]["path"], filtered.first[i]);
+  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + url_encode("猫") + "&not_threshold=2");
+  EXPECT_EQ(status, 400) << body;
   std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + url_encode("猫 - 猫"));
   EXPECT_EQ(status, 400) << body;
   EXPECT_EQ(json::parse(body)["error"]["code"], "bad_request");

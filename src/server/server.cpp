@@ -274,9 +274,26 @@ struct Server::Impl {
     if (!req.has_param("q")) throw Exception(ErrorCode::kInvalidArgument, "parameter 'q' (the query text) is missing");
     const std::string q = req.get_param_value("q");
     int offset = 0;
-    const SearchOptions s = search_options(req, offset);
+    SearchOptions s = search_options(req, offset);
     if (model->tokenizer().count_pieces(q) == 0) {
       throw Exception(ErrorCode::kInvalidArgument, "the query is empty or has no words");
+    }
+    // not=TEXT (repeatable) and not_threshold=S: the CLI's --not and --not-threshold.
+    for (size_t i = 0; i < req.get_param_value_count("not"); ++i) {
+      const std::string t = req.get_param_value("not", i);
+      if (find_invalid_utf8(t) || model->tokenizer().count_pieces(t) == 0) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'not' must be a text with some words");
+      }
+      s.not_like.push_back(model->encode_texts({t}));
+    }
+    if (req.has_param("not_threshold")) {
+      const std::string v = req.get_param_value("not_threshold");
+      char* end = nullptr;
+      const double t = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(t >= -1 && t <= 1)) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'not_threshold' must be a number from -1 to 1");
+      }
+      s.not_threshold = static_cast<float>(t);
     }
     // q may be a combined query (query.h), unless plain=1. Its image terms must be indexed photos,
     // named by their path in the index: their stored embeddings are used, no file is ever read.
