@@ -1,5 +1,7 @@
 #include "cnclip/search.h"
 
+#include <faiss/utils/distances.h>
+
 #include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
@@ -27,6 +29,26 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
   if (!options.under.empty()) {
     for (const auto& r : store_.catalog().files_under(options.under)) under_ids.insert(r.id);
     allowed = [&](int64_t id) { return under_ids.count(id) > 0; };
+  }
+  // --not: the ids too close to an unwanted text, found in one pass over the vectors.
+  std::unordered_set<int64_t> unwanted;
+  for (const auto& v : options.not_like) {
+    if (v.size() != static_cast<size_t>(vectors_->dim())) {
+      throw Exception(ErrorCode::kMismatch, store_.dir() + ": a --not embedding has dimension " +
+                                                std::to_string(v.size()) + ", the index has " +
+                                                std::to_string(vectors_->dim()));
+    }
+    std::vector<float> ip(static_cast<size_t>(vectors_->size()));
+    faiss::fvec_inner_products_ny(ip.data(), v.data(), vectors_->vectors(), static_cast<size_t>(vectors_->dim()),
+                                  ip.size());
+    for (size_t r = 0; r < ip.size(); ++r) {
+      if (ip[r] >= options.not_threshold) unwanted.insert(vectors_->ids()[r]);
+    }
+  }
+  if (!unwanted.empty()) {
+    allowed = [&unwanted, within = std::move(allowed)](int64_t id) {
+      return unwanted.count(id) == 0 && (!within || within(id));
+    };
   }
   const bool any_exclude = std::any_of(exclude.begin(), exclude.end(), [](const std::string& s) { return !s.empty(); });
   // In 64 bits and bounded by the index size: -k 2147483647 asks for everything, and one more hit for

@@ -10,10 +10,20 @@
 
 namespace cnclip {
 
+// Default of --not-threshold: between the cosines CLIP-family models give a photo and a caption
+// that describes it (around 0.3) and unrelated pairs (0.1 to 0.2); see README "Combined and
+// negative queries" for the sources. Not measured on the real weights.
+inline constexpr float kDefaultNotThreshold = 0.25f;
+
 struct SearchOptions {
   int top_k = 10;  // hits per query; more than the index holds returns all of them
   std::optional<float> threshold;  // keep hits with score >= threshold
   std::string under;               // canonical folder: only files below it
+  // --not: results whose cosine similarity to any of these unit vectors (each of the index's
+  // dimension) is >= not_threshold are dropped before the top k are taken, so k results still come
+  // when k others exist.
+  std::vector<std::vector<float>> not_like;
+  float not_threshold = kDefaultNotThreshold;
 };
 
 struct SearchHit;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <fstream>
 #include <future>
@@ -16,6 +17,7 @@
 #include "cnclip/image_query.h"
 #include "cnclip/route.h"
 #include "cnclip/output.h"
+#include "cnclip/query.h"
 #include "cnclip/search.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -36,6 +38,9 @@ struct SearchCommand {
   bool null_separated = false;
   std::string paths_from;
   bool no_server = false;
+  std::vector<std::string> not_texts;  // --not
+  double not_threshold = kDefaultNotThreshold;
+  bool plain = false;  // search-text --plain: no combined-query syntax
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -46,6 +51,12 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
   real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
               -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
   sub->add_option("--under", c.under, "Only files below this folder");
+  sub->add_option("--not", c.not_texts,
+                  "Leave out results that look like this text (cosine >= --not-threshold); repeatable");
+  real_number(sub->add_option("--not-threshold", c.not_threshold,
+                              "Cosine similarity to a --not text from which a result is left out")
+                  ->capture_default_str(),
+              -1, 1);
   one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
@@ -101,6 +112,37 @@ SearchOptions search_options(const SearchCommand& c) {
   return s;
 }
 
+// --not TEXT...: checked like queries, encoded in one batch.
+void add_not_filter(SearchOptions& s, Model& model, const SearchCommand& c) {
+  if (c.not_texts.empty()) return;
+  for (size_t i = 0; i < c.not_texts.size(); ++i) {
+    check_text(model.tokenizer(), c.not_texts[i], model.manifest().context_length,
+               "--not text " + std::to_string(i + 1), true);
+  }
+  const auto e = model.encode_texts(c.not_texts);
+  const size_t dim = static_cast<size_t>(model.dim());
+  for (size_t i = 0; i < c.not_texts.size(); ++i) {
+    s.not_like.emplace_back(e.begin() + static_cast<std::ptrdiff_t>(i * dim),
+                            e.begin() + static_cast<std::ptrdiff_t>((i + 1) * dim));
+  }
+  s.not_threshold = static_cast<float>(c.not_threshold);
+}
+
+// A query of search-text: plain text, or (unless --plain) a combined query whose text terms are
+// checked one by one (query.h).
+void check_query(const Tokenizer& tokenizer, const std::string& q, int context, const std::string& what, bool plain) {
+  const auto terms = plain ? std::vector<QueryTerm>{} : parse_combined_query(q);
+  if (terms.empty()) {
+    check_text(tokenizer, q, context, what, true);
+    return;
+  }
+  for (size_t t = 0; t < terms.size(); ++t) {
+    if (terms[t].kind == QueryTerm::Kind::kText) {
+      check_text(tokenizer, terms[t].value, context, what + " term " + std::to_string(t + 1), true);
+    }
+  }
+}
+
 // The index opened and its vectors mapped on another thread, while the model loads: for a cold
 // query the two take about as long as each other.
 struct OpenedIndex {
@@ -142,7 +184,8 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   // Routed (route.h): the queries are checked here as below, answered by the server; the model is
   // loaded only when the server cannot answer (then from that query on, so the output is the same).
   std::optional<BundleManifest> bundle;
-  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
+  // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
+  std::unique_ptr<RouteClient> route = c.not_texts.empty() ? connect_route(o, c, bundle) : nullptr;
   std::unique_ptr<Model> model;
   std::future<OpenedIndex> pending;
   std::unique_ptr<Tokenizer> route_tokenizer;
@@ -161,17 +204,37 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   const Tokenizer& tokenizer = route ? *route_tokenizer : model->tokenizer();
   // Every query on the command line is checked before anything is searched or printed.
   for (size_t i = 0; i < c.queries.size(); ++i) {
-    if (c.queries[i] != "-") check_text(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), true);
+    if (c.queries[i] != "-") check_query(tokenizer, c.queries[i], context, "query " + std::to_string(i + 1), c.plain);
   }
   std::optional<OpenedIndex> opened;
   auto index = [&]() -> OpenedIndex& {
     if (!opened) opened = pending.get();
     return *opened;
   };
-  const SearchOptions opts = search_options(c);
+  SearchOptions opts = search_options(c);
+  if (model) add_not_filter(opts, *model, c);  // a routed search has no --not (above)
   ResultPrinter printer = make_printer(o, c);
+  const DecodeOptions decode = decode_options(o, bundle ? bundle->image.size : model->manifest().image.size);
+  // Image terms of combined queries: the stored embedding of an indexed, unchanged file, else the
+  // file decoded and encoded.
+  const ImageTermEmbedder image_term = [&](const std::string& path) -> std::vector<float> {
+    std::string p = path;
+    if (p.rfind("~/", 0) == 0) {
+      const char* home = std::getenv("HOME");
+      if (!home || !*home) {
+        throw Exception(ErrorCode::kInvalidArgument, path + ": HOME is not set, so '~' means nothing");
+      }
+      p = std::string(home) + p.substr(1);
+    }
+    return image_file_embedding(*model, &index().store->catalog(), p, decode).value();
+  };
   auto answer = [&](const std::vector<std::string>& queries) {
     if (queries.empty()) return;
+    const bool combined = !c.plain && std::any_of(queries.begin(), queries.end(), [](const std::string& q) {
+      return !parse_combined_query(q).empty();
+    });
+    // Combined queries (query.h) are not in the route protocol: they, and every later query, run here.
+    if (route && combined) go_local();
     if (route) {
       auto a = route->search_texts(queries, opts, o.mixed_precision);
       if (a.status == RouteClient::Status::kAnswered) {
@@ -181,7 +244,15 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
       route_debug(*route);
       go_local();
     }
-    const auto embeddings = model->encode_texts(queries);
+    std::vector<float> embeddings;
+    if (!combined) {
+      embeddings = model->encode_texts(queries);
+    } else {
+      for (const auto& q : queries) {
+        const auto e = encode_query(*model, q, image_term);
+        embeddings.insert(embeddings.end(), e.begin(), e.end());
+      }
+    }
     for (const auto& r : index().searcher->search(queries, embeddings, opts)) printer.print(r);
   };
   size_t answered = 0;
@@ -208,7 +279,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     ItemReader reader(std::cin, c.null_separated);
     std::string line;
     while (reader.next(line)) {
-      check_text(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), true);
+      check_query(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), c.plain);
       answer({line});
       ++answered;
     }
@@ -236,8 +307,9 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   // Routed (route.h): the files are read here, with this user's permissions, and the server
   // answers from the stored embedding of an indexed, unchanged file or encodes the bytes sent.
   std::optional<BundleManifest> bundle;
-  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
-  const SearchOptions opts = search_options(c);
+  // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
+  std::unique_ptr<RouteClient> route = c.not_texts.empty() ? connect_route(o, c, bundle) : nullptr;
+  SearchOptions opts = search_options(c);
   if (route && route->check(opts, o.mixed_precision).status != RouteClient::Status::kAnswered) {
     route_debug(*route);
     route.reset();
@@ -252,6 +324,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
     opened = open_index(o, model->manifest());
   };
   if (!route) go_local();
+  if (model) add_not_filter(opts, *model, c);  // a routed search has no --not (above)
   const Normalization norm = route ? bundle->image : model->manifest().image;
   const auto decode = decode_options(o, norm.size);
   ResultPrinter printer = make_printer(o, c);
@@ -352,9 +425,13 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-text", "Find indexed photos matching Chinese (or English) text");
-    sub->add_option("query", c.queries, "Texts; '-' reads one query per line from stdin, answering each as it comes")
+    sub->add_option("query", c.queries,
+                    "Texts; '-' reads one query per line from stdin, answering each as it comes. A query with ' + ' "
+                    "or ' - ' combines terms: \"2:海边 + ./pool.jpg - 人群\" (README: Combined queries)")
         ->required();
+    sub->add_flag("--plain", c.plain, "Take every query as plain text, even with ' + ' or ' - ' in it");
     add_search_options(sub, c, o);
+    add_decode_options(sub, o);  // for the image terms of combined queries
     sub->callback([&o, &action, cp] { action = [&o, cp] { return search_text(o, *cp); }; });
   }
   {

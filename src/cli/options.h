@@ -71,5 +71,6 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_serve_command(CLI::App& app, CommonOptions& o, Action& action);
 void register_eval_command(CLI::App& app, CommonOptions& o, Action& action);
+void register_classify_command(CLI::App& app, CommonOptions& o, Action& action);
 
 }  // namespace cnclip::cli

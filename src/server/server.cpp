@@ -30,6 +30,7 @@
 #include "cnclip/info.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
+#include "cnclip/query.h"
 #include "cnclip/search.h"
 #include "cnclip/route.h"
 #include "server/route_protocol.h"
@@ -279,11 +280,45 @@ struct Server::Impl {
     if (!req.has_param("q")) throw Exception(ErrorCode::kInvalidArgument, "parameter 'q' (the query text) is missing");
     const std::string q = req.get_param_value("q");
     int offset = 0;
-    const SearchOptions s = search_options(req, offset);
+    SearchOptions s = search_options(req, offset);
     if (model->tokenizer().count_pieces(q) == 0) {
       throw Exception(ErrorCode::kInvalidArgument, "the query is empty or has no words");
     }
-    const auto embedding = model->encode_texts({q});
+    // not=TEXT (repeatable) and not_threshold=S: the CLI's --not and --not-threshold.
+    for (size_t i = 0; i < req.get_param_value_count("not"); ++i) {
+      const std::string t = req.get_param_value("not", i);
+      if (find_invalid_utf8(t) || model->tokenizer().count_pieces(t) == 0) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'not' must be a text with some words");
+      }
+      s.not_like.push_back(model->encode_texts({t}));
+    }
+    if (req.has_param("not_threshold")) {
+      const std::string v = req.get_param_value("not_threshold");
+      char* end = nullptr;
+      const double t = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !(t >= -1 && t <= 1)) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 'not_threshold' must be a number from -1 to 1");
+      }
+      s.not_threshold = static_cast<float>(t);
+    }
+    // q may be a combined query (query.h), unless plain=1. Its image terms must be indexed photos,
+    // named by their path in the index: their stored embeddings are used, no file is ever read.
+    const bool plain = req.has_param("plain") && req.get_param_value("plain") == "1";
+    const auto embedding = plain ? model->encode_texts({q}) : encode_query(*model, q, [&](const std::string& path) {
+      return with_index([&](IndexStore* st, Searcher*) {
+        std::vector<float> e;
+        if (st) {
+          if (auto rec = st->catalog().find(std::filesystem::path(path).lexically_normal().string())) {
+            e = st->catalog().embedding(rec->id);
+          }
+        }
+        if (e.empty()) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "'" + path + "' is not an indexed photo (image terms are the paths of indexed photos)");
+        }
+        return e;
+      });
+    });
     send_json(res, search(q, embedding, s, offset));
   }
 
