@@ -14,6 +14,7 @@
 
 #include "cnclip/file_walk.h"
 #include "cnclip/output.h"
+#include "cnclip/photo_meta.h"
 #include "cnclip/search.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -33,6 +34,9 @@ struct SearchCommand {
   bool exclude_self = false;
   bool null_separated = false;
   std::string paths_from;
+  std::string after, before;  // --after/--before as given
+  std::string sort = "score";
+  long long offset = 0;
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -43,6 +47,16 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
   real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
               -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
   sub->add_option("--under", c.under, "Only files below this folder");
+  sub->add_option("--after", c.after,
+                  "Only photos taken at or after this date or time (2024-05-01, 2024-05-01T08:30, +08:00...; "
+                  "without an offset: local time)");
+  sub->add_option("--before", c.before, "Only photos taken before this date or time (as --after)");
+  one_of(sub->add_option("--sort", c.sort, "score (best first) or date (newest first; needs --threshold)")
+             ->capture_default_str(),
+         {"score", "date"});
+  whole_number(sub->add_option("--offset", c.offset, "Skip this many results first (pages: --offset 0, k, 2k...)")
+                   ->capture_default_str(),
+               0, INT_MAX);
   one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
@@ -68,6 +82,15 @@ SearchOptions search_options(const SearchCommand& c) {
   s.top_k = c.top_k;
   if (c.threshold > -2) s.threshold = static_cast<float>(c.threshold);
   if (!c.under.empty()) s.under = canonical_path(c.under).value();
+  if (!c.after.empty()) s.after = parse_time_bound(c.after, "--after").value();
+  if (!c.before.empty()) s.before = parse_time_bound(c.before, "--before").value();
+  s.sort = parse_sort_order(c.sort, "--sort");
+  if (s.sort == SortOrder::kDate && !s.threshold) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "--sort date orders the results above --threshold by capture time: give --threshold too "
+                    "(--threshold -1 keeps every photo)");
+  }
+  s.offset = c.offset;
   return s;
 }
 
@@ -106,6 +129,7 @@ struct FinishOnError {
 };
 
 int search_text(const CommonOptions& o, const SearchCommand& c) {
+  const SearchOptions opts = search_options(c);  // bad values stop before anything is opened
   if (std::count(c.queries.begin(), c.queries.end(), "-") > 1) {
     throw Exception(ErrorCode::kInvalidArgument, "'-' (queries from stdin) can be given only once");
   }
@@ -122,7 +146,6 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     if (!opened) opened = pending.get();
     return *opened;
   };
-  const SearchOptions opts = search_options(c);
   ResultPrinter printer = make_printer(o, c);
   auto answer = [&](const std::vector<std::string>& queries) {
     if (queries.empty()) return;
@@ -177,11 +200,11 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   if (c.queries.empty() && c.paths_from.empty()) {
     throw Exception(ErrorCode::kInvalidArgument, "give example images, '-' for one on stdin, or --paths-from FILE");
   }
+  const SearchOptions opts = search_options(c);
   auto model = open_model(o);
   // The index first: a query that is already indexed needs no image tower at all.
   OpenedIndex opened = open_index(o, model->manifest());
   IndexStore* store = opened.store.get();
-  const SearchOptions opts = search_options(c);
   const int dim = model->dim();
   const Normalization& norm = model->manifest().image;
   const auto decode = decode_options(o, norm.size);

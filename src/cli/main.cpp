@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   cli::register_search_commands(app, options, action);
   cli::register_repair_commands(app, options, action);
   cli::register_serve_command(app, options, action);
+  cli::register_dups_command(app, options, action);
   cli::check_unchecked_numbers(app);
   if (auto status = cli::handle_before_subcommand(app, argc, argv)) return *status;
 

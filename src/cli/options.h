@@ -70,5 +70,6 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_search_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_serve_command(CLI::App& app, CommonOptions& o, Action& action);
+void register_dups_command(CLI::App& app, CommonOptions& o, Action& action);
 
 }  // namespace cnclip::cli
