@@ -2,6 +2,7 @@
 // the schema 2 -> 3 migration of an index made by the previous release.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -17,6 +18,8 @@
 #include <map>
 #include <random>
 #include <set>
+#include <thread>
+#include <tuple>
 
 #include "cnclip/catalog.h"
 #include "cnclip/dups.h"
@@ -24,6 +27,7 @@
 #include "cnclip/index_store.h"
 #include "cnclip/photo_meta.h"
 #include "cnclip/search.h"
+#include "cnclip/server.h"
 #include "test_util.h"
 
 namespace cnclip {
@@ -423,6 +427,50 @@ TEST_F(Filters, BadValuesAreUsageErrors) {
     EXPECT_EQ(r.exit_code, 2) << args;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   }
+}
+
+// serve's API takes the same filters and order, through the same library call.
+TEST_F(Filters, ServeTakesAfterBeforeAndSort) {
+  ServerOptions o;
+  o.port = 0;
+  o.index_dir = index();
+  o.model_dir = test::tiny_bundle();
+  o.workers = 2;
+  auto server = Server::create(o);
+  std::thread serving([&] { server->run(); });
+  httplib::Client client("127.0.0.1", server->port());
+  auto get = [&](const std::string& target) {
+    auto r = client.Get(target.c_str());
+    EXPECT_TRUE(r) << target;
+    return r ? std::make_pair(r->status, json::parse(r->body)) : std::make_pair(0, json());
+  };
+  const std::string q = "/api/v1/search?q=%E6%B5%B7%E8%BE%B9&k=100";  // 海边
+  auto [status, j] = get(q + "&after=2024-05-01&before=2024-06-01");
+  EXPECT_EQ(status, 200);
+  const auto cli = hits("search-text 海边 -k 100 --after 2024-05-01 --before 2024-06-01");
+  ASSERT_EQ(j["results"].size(), cli.size());
+  for (size_t i = 0; i < cli.size(); ++i) {
+    EXPECT_EQ(j["results"][i]["path"], cli[i]["path"]);
+    EXPECT_EQ(j["results"][i]["time"], cli[i]["time"]);
+    EXPECT_EQ(j["results"][i]["width"], cli[i]["width"]);
+  }
+  std::tie(status, j) = get("/api/v1/search?q=%E6%B5%B7%E8%BE%B9&sort=date&threshold=-1&k=3&offset=1");
+  EXPECT_EQ(status, 200);
+  const auto by_date = hits("search-text 海边 -k 4 --sort date --threshold -1");
+  ASSERT_EQ(j["results"].size(), 3u);
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(j["results"][i]["path"], by_date[i + 1]["path"]);
+  for (const auto& [target, says] : std::vector<std::pair<std::string, std::string>>{
+           {q + "&after=2024-13-01", "parameter 'after': expects a date"},
+           {q + "&before=x", "parameter 'before': expects a date"},
+           {q + "&sort=name", "parameter 'sort': expects score or date, not 'name'"},
+           {q + "&sort=date", "sorting by date needs a score threshold"}}) {
+    std::tie(status, j) = get(target);
+    EXPECT_EQ(status, 400) << target;
+    EXPECT_EQ(j["error"]["code"], "bad_request") << target;
+    EXPECT_NE(j["error"]["message"].get<std::string>().find(says), std::string::npos) << j.dump();
+  }
+  server->stop();
+  serving.join();
 }
 
 // --- Migration ----------------------------------------------------------------------------------
