@@ -67,7 +67,8 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
   // each block of queries is compared with the files from its first on (half of all pairs). A block
   // at a time bounds the memory the pairs take even at a low threshold.
   constexpr int64_t kBlock = 256;
-  faiss::distance_compute_blas_threshold = 1;
+  // (Blocks of queries go through BLAS at FAISS's default threshold of 20 queries; its global is not
+  // written here, as searches may run in other threads.)
   const float radius = std::nextafter(options.threshold, -3.0f);  // FAISS keeps scores > radius
   for (int64_t from = 0; from < n; from += kBlock) {
     const int64_t count = std::min(kBlock, n - from);

@@ -48,6 +48,13 @@ void put_header(std::string& out, const char* fourcc, int32_t d, int64_t ntotal)
   out.append(reinterpret_cast<const char*>(&metric), 4);
 }
 
+// A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes. FAISS keeps
+// this threshold in a global: set it once, so concurrent searches do not write it (a data race).
+void use_blas_for_single_queries() {
+  static std::once_flag blas_threshold_set;
+  std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
+}
+
 class MemoryVectorIndex : public VectorIndex {
  public:
   MemoryVectorIndex(int dim, std::vector<int64_t> ids, std::vector<float> vectors)
@@ -161,10 +168,7 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
   k = static_cast<int>(std::min<int64_t>(k, n));
   std::vector<float> scores(static_cast<size_t>(nq) * k);
   std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
-  // A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes. FAISS keeps
-  // this threshold in a global: set it once, so concurrent searches do not write it (a data race).
-  static std::once_flag blas_threshold_set;
-  std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
+  use_blas_for_single_queries();
   std::vector<uint8_t> bitmap;
   std::unique_ptr<faiss::IDSelectorBitmap> selector;
   if (allowed) {
@@ -202,7 +206,7 @@ std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float* queri
   std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
   const int64_t n = size();
   if (nq <= 0 || n == 0) return out;
-  faiss::distance_compute_blas_threshold = 1;
+  use_blas_for_single_queries();
   std::vector<uint8_t> bitmap;
   std::unique_ptr<faiss::IDSelectorBitmap> selector;
   if (allowed) {
