@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -480,10 +481,17 @@ std::string Catalog::record_columns() const {
 std::vector<FileRecord> Catalog::files_without_meta() {
   std::vector<FileRecord> out;
   if (!has_meta_) return out;
-  Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE taken_source IS NULL ORDER BY path").c_str());
-  int rc;
-  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(read_record(s));
-  if (rc != SQLITE_DONE) fail("cannot list files");
+  // Through files_by_time (taken_at is NULL exactly when the time is not known): every index run
+  // asks, and a scan of the table would read every embedding.
+  std::vector<int64_t> ids;
+  {
+    Statement s = prepare("SELECT id FROM files INDEXED BY files_by_time WHERE taken_at IS NULL");
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) ids.push_back(s.i64(0));
+    if (rc != SQLITE_DONE) fail("cannot list files");
+  }
+  out = find_by_ids(ids);
+  std::sort(out.begin(), out.end(), [](const FileRecord& a, const FileRecord& b) { return a.path < b.path; });
   return out;
 }
 
