@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -14,7 +15,10 @@ namespace cnclip {
 namespace {
 
 // 1: files, roots(path), failures, meta. 2: roots carry their kind (folder or file) and walk options.
-constexpr int kSchemaVersion = 2;
+// 3: files carry their capture time (taken_at, unix seconds; taken_source "exif", "exif-local" or
+//    "mtime"; taken_offset, minutes east of UTC, for "exif") and upright width and height; NULL until
+//    filled in (the next index run does it without the model).
+constexpr int kSchemaVersion = 3;
 
 // Owns one prepared statement.
 class Statement {
@@ -60,10 +64,30 @@ FileRecord read_record(const Statement& s) {
   r.mtime_ns = s.i64(3);
   r.content_hash = s.text(4);
   r.indexed_at = s.i64(5);
+  r.meta.source = time_source_from_name(s.text(7));
+  if (r.meta.source != TimeSource::kNone) {
+    r.meta.taken_at = s.i64(6);
+    if (sqlite3_column_type(s.get(), 8) != SQLITE_NULL) r.meta.offset_minutes = static_cast<int>(s.i64(8));
+  }
+  r.meta.width = static_cast<int>(s.i64(9));
+  r.meta.height = static_cast<int>(s.i64(10));
   return r;
 }
 
-constexpr const char* kRecordColumns = "id, path, size, mtime_ns, content_hash, indexed_at";
+// Binds a PhotoMeta to parameters first..first+4 (taken_at, taken_source, taken_offset, width,
+// height); an unknown time is NULL.
+void bind_meta(Statement& s, int first, const PhotoMeta& m) {
+  if (m.source == TimeSource::kNone) {
+    sqlite3_bind_null(s.get(), first);
+    sqlite3_bind_null(s.get(), first + 1);
+  } else {
+    s.bind(first, m.taken_at).bind(first + 1, std::string(time_source_name(m.source)));
+  }
+  if (m.offset_minutes && m.source != TimeSource::kNone) s.bind(first + 2, int64_t{*m.offset_minutes});
+  else sqlite3_bind_null(s.get(), first + 2);
+  if (m.width > 0 && m.height > 0) s.bind(first + 3, int64_t{m.width}).bind(first + 4, int64_t{m.height});
+  else sqlite3_bind_null(s.get(), first + 3), sqlite3_bind_null(s.get(), first + 4);
+}
 
 }  // namespace
 
@@ -146,6 +170,8 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
       "CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
       "  mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL);");
   c->upgrade_schema();
+  const auto version = c->meta("schema_version");  // not upgraded when the file is read-only
+  c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
   return c;
 }
 
@@ -169,6 +195,15 @@ void Catalog::upgrade_schema() {
     if (from < 2) {
       exec("ALTER TABLE roots ADD COLUMN kind TEXT NOT NULL DEFAULT 'folder';"
            "ALTER TABLE roots ADD COLUMN options TEXT NOT NULL DEFAULT '';");
+    }
+    if (from < 3) {
+      // Only new columns (NULL in existing rows): no row is rewritten, so this is instant at any size.
+      exec("ALTER TABLE files ADD COLUMN taken_at INTEGER;"
+           "ALTER TABLE files ADD COLUMN taken_source TEXT;"
+           "ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
+           "ALTER TABLE files ADD COLUMN width INTEGER;"
+           "ALTER TABLE files ADD COLUMN height INTEGER;"
+           "CREATE INDEX files_by_time ON files(taken_at, mtime_ns);");
     }
     if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
     exec("COMMIT");
@@ -245,6 +280,8 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
                                               " is newer than this cnclip supports (" +
                                               std::to_string(kSchemaVersion) + ")");
   }
+  // An older schema read as it is (no migration writes here): capture times default to the mtime.
+  c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
   return c;
 }
 
@@ -321,7 +358,7 @@ int64_t Catalog::count() {
 
 std::vector<FileRecord> Catalog::files_under(const std::string& dir) {
   std::vector<FileRecord> out;
-  std::string sql = std::string("SELECT ") + kRecordColumns + " FROM files";
+  std::string sql = "SELECT " + record_columns() + " FROM files";
   if (!dir.empty()) sql += " WHERE path >= ? AND path < ?";
   sql += " ORDER BY path";
   Statement s = prepare(sql.c_str());
@@ -336,7 +373,7 @@ std::vector<FileRecord> Catalog::files_under(const std::string& dir) {
 }
 
 std::optional<FileRecord> Catalog::find(const std::string& path) {
-  Statement s = prepare((std::string("SELECT ") + kRecordColumns + " FROM files WHERE path = ?").c_str());
+  Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE path = ?").c_str());
   s.bind(1, path);
   if (sqlite3_step(s.get()) == SQLITE_ROW) return read_record(s);
   return std::nullopt;
@@ -344,7 +381,7 @@ std::optional<FileRecord> Catalog::find(const std::string& path) {
 
 std::vector<FileRecord> Catalog::find_by_ids(const std::vector<int64_t>& ids) {
   std::vector<FileRecord> out;
-  Statement s = prepare((std::string("SELECT ") + kRecordColumns + " FROM files WHERE id = ?").c_str());
+  Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE id = ?").c_str());
   for (int64_t id : ids) {
     sqlite3_reset(s.get());
     s.bind(1, id);
@@ -368,24 +405,29 @@ std::vector<float> Catalog::embedding(int64_t id) {
 
 int64_t Catalog::insert(const FileRecord& r, const float* embedding, int dim) {
   Statement s = prepare(
-      "INSERT INTO files(path, size, mtime_ns, content_hash, indexed_at, embedding) VALUES(?, ?, ?, ?, ?, ?)");
+      "INSERT INTO files(path, size, mtime_ns, content_hash, indexed_at, embedding, taken_at, taken_source, "
+      "taken_offset, width, height) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
   s.bind(1, r.path).bind(2, r.size).bind(3, r.mtime_ns).bind(4, r.content_hash).bind(5, r.indexed_at);
   s.bind_blob(6, embedding, static_cast<size_t>(dim) * sizeof(float));
+  bind_meta(s, 7, r.meta);
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot add " + r.path);
   return sqlite3_last_insert_rowid(db_);
 }
 
 void Catalog::update(const FileRecord& r, const float* embedding, int dim) {
   Statement s = prepare(embedding ? "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
+                                    "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ?, "
                                     "embedding = ? WHERE id = ?"
-                                  : "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ? "
+                                  : "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
+                                    "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? "
                                     "WHERE id = ?");
   s.bind(1, r.path).bind(2, r.size).bind(3, r.mtime_ns).bind(4, r.content_hash).bind(5, r.indexed_at);
+  bind_meta(s, 6, r.meta);
   if (embedding) {
-    s.bind_blob(6, embedding, static_cast<size_t>(dim) * sizeof(float));
-    s.bind(7, r.id);
+    s.bind_blob(11, embedding, static_cast<size_t>(dim) * sizeof(float));
+    s.bind(12, r.id);
   } else {
-    s.bind(6, r.id);
+    s.bind(11, r.id);
   }
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot update " + r.path);
 }
@@ -429,6 +471,54 @@ void Catalog::forget_failure(const std::string& path) {
 }
 
 int64_t Catalog::forget_failures_under(const std::string& dir) { return delete_path_and_below("failures", dir); }
+
+std::string Catalog::record_columns() const {
+  return has_meta_ ? "id, path, size, mtime_ns, content_hash, indexed_at, taken_at, taken_source, taken_offset, "
+                     "width, height"
+                   : "id, path, size, mtime_ns, content_hash, indexed_at, NULL, NULL, NULL, NULL, NULL";
+}
+
+std::vector<FileRecord> Catalog::files_without_meta() {
+  std::vector<FileRecord> out;
+  if (!has_meta_) return out;
+  // Through files_by_time (taken_at is NULL exactly when the time is not known): every index run
+  // asks, and a scan of the table would read every embedding.
+  std::vector<int64_t> ids;
+  {
+    Statement s = prepare("SELECT id FROM files INDEXED BY files_by_time WHERE taken_at IS NULL");
+    int rc;
+    while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) ids.push_back(s.i64(0));
+    if (rc != SQLITE_DONE) fail("cannot list files");
+  }
+  out = find_by_ids(ids);
+  std::sort(out.begin(), out.end(), [](const FileRecord& a, const FileRecord& b) { return a.path < b.path; });
+  return out;
+}
+
+void Catalog::set_photo_meta(int64_t id, const PhotoMeta& meta) {
+  Statement s = prepare("UPDATE files SET taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? WHERE id = ?");
+  bind_meta(s, 1, meta);
+  s.bind(6, id);
+  if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record the capture time of file id " + std::to_string(id));
+}
+
+std::unordered_map<int64_t, int64_t> Catalog::capture_times(std::optional<int64_t> after, std::optional<int64_t> before) {
+  // The mtime in whole seconds, rounded down (also before 1970).
+  const std::string t = has_meta_ ? "COALESCE(taken_at, (mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)"
+                                  : "((mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)";
+  std::string sql = "SELECT id, " + t + " AS t FROM files";
+  if (after || before) sql += " WHERE 1";
+  if (after) sql += " AND t >= ?1";
+  if (before) sql += " AND t < ?2";
+  Statement s = prepare(sql.c_str());
+  if (after) s.bind(1, *after);
+  if (before) s.bind(2, *before);
+  std::unordered_map<int64_t, int64_t> out;
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.emplace(s.i64(0), s.i64(1));
+  if (rc != SQLITE_DONE) fail("cannot read capture times");
+  return out;
+}
 
 void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn) {
   Statement s = prepare("SELECT id, embedding FROM files ORDER BY id");

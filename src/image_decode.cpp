@@ -573,6 +573,22 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
   return out;
 }
 
+Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const std::string& name) {
+  const Format format = bytes.empty() ? Format::kUnknown : sniff(bytes, name);
+  HeaderInfo info;
+  switch (format) {
+    case Format::kJpeg: info = parse_jpeg(bytes); break;
+    case Format::kPng: info = parse_png(bytes); break;
+    case Format::kWebp: info = parse_webp(bytes); break;
+    case Format::kBmp: info = parse_bmp(bytes); break;
+    case Format::kTiff: info = parse_tiff(bytes); break;
+    default:
+      return decode_error(ErrorCode::kUnsupportedFormat, name, std::string("unsupported format (") + format_name(format) + ")");
+  }
+  return ImageHeader{format_name(format), std::max<int64_t>(info.width, 0), std::max<int64_t>(info.height, 0),
+                     info.exif_orientation};
+}
+
 Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOptions& options) {
   auto bytes = read_file_bytes(path);
   if (!bytes) return bytes.error();

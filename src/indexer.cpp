@@ -48,6 +48,9 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
   Catalog& catalog = store.catalog();
   std::mutex vanished_mu;  // plan.vanished: a move takes its source out, from a decoder thread
   const Normalization norm = bundle.image;
+  // Capture time and size, from the bytes read for the model anyway; one slot per file, each written
+  // by the one decoder thread that prepares that file.
+  std::vector<PhotoMeta> metas(plan.to_encode.size());
   auto prepare = [&](size_t i) {
     const PlannedFile& item = plan.to_encode[i];
     auto bytes = read_file_bytes(item.file.path);
@@ -56,6 +59,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
       p.error = bytes.error();
       return p;
     }
+    metas[i] = read_photo_meta(bytes.value(), item.file.mtime_ns);
     std::string hash = content_hash(bytes.value());
     if (!item.existing) {
       std::lock_guard<std::mutex> lock(vanished_mu);
@@ -97,7 +101,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
         continue;
       }
       catalog.forget_failure(item.file.path);
-      FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, p.content_hash, now_seconds()};
+      FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, p.content_hash, now_seconds(), metas[p.index]};
       if (p.kind == detail::PreparedItem::kPixels) {
         const float* e = &batch->embeddings[row++ * static_cast<size_t>(dim)];
         if (item.existing) {
@@ -123,6 +127,46 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
     }
   }
   pipeline.stop();
+  return true;
+}
+
+// Files indexed before capture times and sizes were stored (an index upgraded from schema 2) get
+// them from their bytes, without the model: only files still there unchanged, and not about to be
+// encoded anyway. One transaction per 256 files; a file that cannot be read now keeps counting as
+// taken at its mtime and is tried again by the next run. Returns false when interrupted.
+bool fill_photo_meta(Catalog& catalog, const IndexPlan& plan, IndexObserver& observer, IndexSummary& summary) {
+  std::vector<FileRecord> missing = catalog.files_without_meta();
+  if (missing.empty()) return true;
+  std::set<std::string> encoding;
+  for (const auto& f : plan.to_encode) encoding.insert(f.file.path);
+  std::vector<std::pair<int64_t, PhotoMeta>> found;
+  observer.on_notice("reading the capture time and size of " + std::to_string(missing.size()) +
+                     " file(s) indexed before cnclip stored them (no re-encoding)");
+  auto flush = [&] {
+    if (found.empty()) return;
+    CatalogTransaction tx(catalog);
+    for (const auto& [id, meta] : found) catalog.set_photo_meta(id, meta);
+    tx.commit();
+    summary.filled += static_cast<int64_t>(found.size());
+    found.clear();
+  };
+  for (const auto& f : missing) {
+    if (interrupt_requested()) {
+      flush();
+      return false;
+    }
+    if (encoding.count(f.path)) continue;
+    struct stat st {};
+    if (::lstat(f.path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_size != f.size ||
+        static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec != f.mtime_ns) {
+      continue;  // gone, changed, or unreachable: left to the pass
+    }
+    auto meta = read_photo_meta_file(f.path, f.mtime_ns);
+    if (!meta) continue;
+    found.emplace_back(f.id, meta.value());
+    if (found.size() == 256) flush();
+  }
+  flush();
   return true;
 }
 
@@ -489,7 +533,8 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
   observer.on_plan(static_cast<int64_t>(plan.to_encode.size()), summary.unchanged,
                    static_cast<int64_t>(plan.vanished.size() + plan.excluded.size()));
 
-  if (!encode_and_commit(store, model, plan, options, observer, summary)) {
+  if (!fill_photo_meta(catalog, plan, observer, summary) ||
+      !encode_and_commit(store, model, plan, options, observer, summary)) {
     summary.interrupted = true;
   } else {
     finish_pass(store, plan, observer, summary);

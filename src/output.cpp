@@ -212,7 +212,13 @@ std::string hit_json(const std::string& query, const RankedHit& hit) {
   if (!valid_utf8(query)) s += ",\"query_bytes\":\"" + hex_encode(query) + "\"";
   s += ",\"rank\":" + std::to_string(hit.rank) + ",\"path\":" + json_string(hit.path);
   if (!valid_utf8(hit.path)) s += ",\"path_bytes\":\"" + hex_encode(hit.path) + "\"";
-  s += ",\"score\":" + score_text(hit.score) + "}";
+  s += ",\"score\":" + score_text(hit.score);
+  // Capture time and size (search results; absent for hits made elsewhere, and size when unknown).
+  if (hit.taken_at) s += ",\"time\":\"" + format_time(*hit.taken_at, hit.meta.source == TimeSource::kExif ? hit.meta.offset_minutes : std::nullopt) + "\"";
+  if (hit.meta.width > 0 && hit.meta.height > 0) {
+    s += ",\"width\":" + std::to_string(hit.meta.width) + ",\"height\":" + std::to_string(hit.meta.height);
+  }
+  s += "}";
   return s;
 }
 

@@ -3,32 +3,61 @@
 #include <faiss/utils/distances.h>
 
 #include <algorithm>
+#include <limits>
 #include <unordered_map>
 #include <unordered_set>
 
 namespace cnclip {
+
+SortOrder parse_sort_order(const std::string& name, const std::string& what) {
+  if (name == "score") return SortOrder::kScore;
+  if (name == "date") return SortOrder::kDate;
+  throw Exception(ErrorCode::kInvalidArgument, what + ": expects score or date, not '" + name + "'");
+}
 
 Searcher::Searcher(IndexStore& store) : store_(store), vectors_(store.load_vectors()) {}
 Searcher::~Searcher() = default;
 
 int64_t Searcher::size() const { return vectors_->size(); }
 
+namespace {
+
+int64_t mtime_seconds(int64_t mtime_ns) { return mtime_ns / 1'000'000'000 - (mtime_ns % 1'000'000'000 < 0 ? 1 : 0); }
+
+}  // namespace
+
 std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels, const std::vector<float>& queries,
                                           const SearchOptions& options, const std::vector<std::string>& exclude) {
   const int nq = static_cast<int>(labels.size());
   std::vector<QueryResult> results(labels.size());
   for (int q = 0; q < nq; ++q) results[q].query = labels[q];
-  if (nq == 0 || vectors_->size() == 0 || options.top_k <= 0) return results;
+  if (options.sort == SortOrder::kDate && !options.threshold) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "sorting by date needs a score threshold, to say which results to order by date "
+                    "(-1 keeps every photo)");
+  }
+  if (options.offset < 0) throw Exception(ErrorCode::kInvalidArgument, "the offset cannot be negative");
+  const int64_t n = vectors_->size();
+  if (nq == 0 || n == 0 || options.top_k <= 0) return results;
   if (queries.size() != static_cast<size_t>(nq) * vectors_->dim()) {
     throw Exception(ErrorCode::kMismatch, store_.dir() + ": query embeddings have dimension " +
                                               std::to_string(queries.size() / nq) + ", the index has " +
                                               std::to_string(vectors_->dim()));
   }
-  std::function<bool(int64_t)> allowed;
+  Catalog& catalog = store_.catalog();
+  // Filters, applied inside the search (FAISS's ID selector), before the top k.
+  const bool by_time = options.after || options.before;
+  std::unordered_map<int64_t, int64_t> times;  // id -> capture time: the files in range, or all of them
+  if (by_time || options.sort == SortOrder::kDate) times = catalog.capture_times(options.after, options.before);
   std::unordered_set<int64_t> under_ids;
   if (!options.under.empty()) {
-    for (const auto& r : store_.catalog().files_under(options.under)) under_ids.insert(r.id);
-    allowed = [&](int64_t id) { return under_ids.count(id) > 0; };
+    for (const auto& r : catalog.files_under(options.under)) under_ids.insert(r.id);
+  }
+  std::function<bool(int64_t)> allowed;
+  if (!options.under.empty() || by_time) {
+    allowed = [&](int64_t id) {
+      return (options.under.empty() || under_ids.count(id) > 0) && (!by_time || times.count(id) > 0);
+    };
   }
   // --not: the ids too close to an unwanted text, found in one pass over the vectors.
   std::unordered_set<int64_t> unwanted;
@@ -50,27 +79,80 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
       return unwanted.count(id) == 0 && (!within || within(id));
     };
   }
-  const bool any_exclude = std::any_of(exclude.begin(), exclude.end(), [](const std::string& s) { return !s.empty(); });
-  // In 64 bits and bounded by the index size: -k 2147483647 asks for everything, and one more hit for
-  // the excluded query image must not overflow.
-  const int64_t k = std::min<int64_t>(int64_t{options.top_k} + (any_exclude ? 1 : 0), vectors_->size());
-  auto raw = vectors_->search(queries.data(), nq, static_cast<int>(k), allowed);
-
-  std::vector<int64_t> ids;
-  for (const auto& hits : raw) {
-    for (const auto& h : hits) ids.push_back(h.id);
+  // The ids left out per query (--exclude-self), by path.
+  std::vector<int64_t> excluded(labels.size(), -1);
+  int64_t extra = 0;
+  for (int q = 0; q < nq && q < static_cast<int>(exclude.size()); ++q) {
+    if (exclude[q].empty()) continue;
+    if (auto r = catalog.find(exclude[q])) excluded[q] = r->id, extra = 1;
   }
-  std::unordered_map<int64_t, std::string> path_of;
-  for (auto& r : store_.catalog().find_by_ids(ids)) path_of.emplace(r.id, std::move(r.path));
+  // In 64 bits and bounded by the index size: -k 2147483647 asks for everything.
+  const int64_t want = std::min<int64_t>(options.offset + int64_t{options.top_k} + extra, n);
 
+  std::vector<std::vector<SearchHit>> raw;
+  if (options.sort == SortOrder::kScore) {
+    // One more than wanted, to see whether the last wanted hit ties with the next: FAISS keeps any of
+    // equal scores (exact copies of a photo have equal embeddings), so the list is extended until the
+    // tie is complete, and then ordered by (score, id): the same order at any k and offset.
+    int64_t k = std::min<int64_t>(want + 1, n);
+    while (true) {
+      raw = vectors_->search(queries.data(), nq, static_cast<int>(std::min<int64_t>(k, INT32_MAX)), allowed);
+      bool tie = false;
+      for (const auto& hits : raw) {
+        const auto got = static_cast<int64_t>(hits.size());
+        if (got == k && got > want && want > 0 && hits[got - 1].score == hits[want - 1].score) tie = true;
+      }
+      if (!tie || k >= n || k >= INT32_MAX) break;
+      k = std::min<int64_t>(k * 2, n);
+    }
+    for (auto& hits : raw) {
+      std::sort(hits.begin(), hits.end(), [](const SearchHit& a, const SearchHit& b) {
+        return a.score != b.score ? a.score > b.score : a.id < b.id;
+      });
+    }
+  } else {
+    raw = vectors_->range_search(queries.data(), nq, *options.threshold, allowed);
+    for (auto& hits : raw) {
+      std::sort(hits.begin(), hits.end(), [&](const SearchHit& a, const SearchHit& b) {
+        const int64_t ta = times.at(a.id), tb = times.at(b.id);
+        return ta != tb ? ta > tb : a.id < b.id;
+      });
+    }
+  }
+
+  // The page of each query: skip `offset` results of the whole list, take top_k.
+  std::vector<std::vector<SearchHit>> pages(labels.size());
+  std::vector<int64_t> ids;
   for (int q = 0; q < nq; ++q) {
+    int64_t position = 0;
     for (const auto& h : raw[q]) {
-      if (static_cast<int>(results[q].hits.size()) == options.top_k) break;
-      if (options.threshold && h.score < *options.threshold) break;  // hits come best first
-      auto it = path_of.find(h.id);
-      if (it == path_of.end()) continue;  // removed since the vectors were read
-      if (q < static_cast<int>(exclude.size()) && !exclude[q].empty() && it->second == exclude[q]) continue;
-      results[q].hits.push_back(RankedHit{static_cast<int>(results[q].hits.size()) + 1, it->second, h.score, h.id});
+      if (static_cast<int64_t>(pages[q].size()) == options.top_k) break;
+      if (options.threshold && h.score < *options.threshold) {
+        if (options.sort == SortOrder::kScore) break;  // best first: the rest are lower
+        continue;
+      }
+      if (h.id == excluded[q]) continue;
+      if (position++ < options.offset) continue;
+      pages[q].push_back(h);
+      ids.push_back(h.id);
+    }
+  }
+  std::unordered_map<int64_t, FileRecord> record_of;
+  for (auto& r : catalog.find_by_ids(ids)) record_of.emplace(r.id, std::move(r));
+  for (int q = 0; q < nq; ++q) {
+    for (const auto& h : pages[q]) {
+      auto it = record_of.find(h.id);
+      if (it == record_of.end()) continue;  // removed since the vectors were read
+      RankedHit hit;
+      hit.rank = static_cast<int>(std::min<int64_t>(options.offset + static_cast<int64_t>(results[q].hits.size()) + 1,
+                                                    std::numeric_limits<int>::max()));
+      hit.path = it->second.path;
+      hit.score = h.score;
+      hit.id = h.id;
+      hit.meta = it->second.meta;
+      if (hit.meta.source != TimeSource::kNone) hit.taken_at = hit.meta.taken_at;
+      else if (it->second.mtime_ns != 0) hit.taken_at = mtime_seconds(it->second.mtime_ns);  // 0: imported, no file
+      results[q].hits.push_back(std::move(hit));
     }
   }
   return results;

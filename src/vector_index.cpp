@@ -1,6 +1,7 @@
 #include "cnclip/vector_index.h"
 
 #include <faiss/MetricType.h>
+#include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/IDSelector.h>
 #include <faiss/utils/distances.h>
 #include <fcntl.h>
@@ -45,6 +46,13 @@ void put_header(std::string& out, const char* fourcc, int32_t d, int64_t ntotal)
   out.append(reinterpret_cast<const char*>(&dummy), 8);
   out.append(reinterpret_cast<const char*>(&trained), 1);
   out.append(reinterpret_cast<const char*>(&metric), 4);
+}
+
+// A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes. FAISS keeps
+// this threshold in a global: set it once, so concurrent searches do not write it (a data race).
+void use_blas_for_single_queries() {
+  static std::once_flag blas_threshold_set;
+  std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
 }
 
 class MemoryVectorIndex : public VectorIndex {
@@ -160,10 +168,7 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
   k = static_cast<int>(std::min<int64_t>(k, n));
   std::vector<float> scores(static_cast<size_t>(nq) * k);
   std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
-  // A single query is still fastest through BLAS (multi-threaded sgemm) on large indexes. FAISS keeps
-  // this threshold in a global: set it once, so concurrent searches do not write it (a data race).
-  static std::once_flag blas_threshold_set;
-  std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
+  use_blas_for_single_queries();
   std::vector<uint8_t> bitmap;
   std::unique_ptr<faiss::IDSelectorBitmap> selector;
   if (allowed) {
@@ -190,6 +195,45 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
                                                  ": the vectors or the query are damaged (not unit length)");
       }
       score = std::clamp(score, -1.0f, 1.0f);
+      out[q].push_back(SearchHit{ids()[pos], score});
+    }
+  }
+  return out;
+}
+
+std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float* queries, int nq, float min_score,
+                                                              const std::function<bool(int64_t)>& allowed) const {
+  std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
+  const int64_t n = size();
+  if (nq <= 0 || n == 0) return out;
+  use_blas_for_single_queries();
+  std::vector<uint8_t> bitmap;
+  std::unique_ptr<faiss::IDSelectorBitmap> selector;
+  if (allowed) {
+    bitmap.assign(static_cast<size_t>((n + 7) / 8), 0);
+    const int64_t* id = ids();
+    for (int64_t i = 0; i < n; ++i) {
+      if (allowed(id[i])) bitmap[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
+    }
+    selector = std::make_unique<faiss::IDSelectorBitmap>(bitmap.size(), bitmap.data());
+  }
+  // FAISS keeps inner products strictly above the radius.
+  const float radius = std::nextafter(std::max(min_score, -2.0f), -3.0f);
+  faiss::RangeSearchResult result(static_cast<size_t>(nq));
+  faiss::range_search_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
+                                    static_cast<size_t>(n), radius, &result, selector.get());
+  for (int q = 0; q < nq; ++q) {
+    for (size_t j = result.lims[q]; j < result.lims[q + 1]; ++j) {
+      const int64_t pos = result.labels[j];
+      if (pos < 0 || pos >= n) continue;
+      float score = result.distances[j];
+      if (!std::isfinite(score) || std::fabs(score) > 1.0f + kScoreSlack) {
+        throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(ids()[pos]) + " gives score " +
+                                                 std::to_string(score) +
+                                                 ": the vectors or the query are damaged (not unit length)");
+      }
+      score = std::clamp(score, -1.0f, 1.0f);
+      if (score < min_score) continue;
       out[q].push_back(SearchHit{ids()[pos], score});
     }
   }

@@ -60,6 +60,16 @@ struct Normalization {
 
 // File name extensions (lower case, no dot) of the camera RAW formats decoded through LibRaw.
 const std::vector<std::string>& raw_extensions();
+// What the header alone says (no decoding): the format ("jpeg", ...), the size as stored, and a
+// JPEG's EXIF orientation (1 when absent; the decoder turns JPEGs by it). Bytes that stop early (a
+// file's first part) are fine: width and height are 0 when the header was not reached. Errors:
+// kUnsupportedFormat (not a format the decoder reads).
+struct ImageHeader {
+  std::string format;
+  int64_t width = 0, height = 0;
+  int exif_orientation = 1;
+};
+Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const std::string& name);
 
 // Reads a whole file; errors name the file (missing, a directory, unreadable, empty).
 Result<std::vector<uint8_t>> read_file_bytes(const std::string& path);

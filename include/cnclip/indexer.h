@@ -44,6 +44,7 @@ struct IndexSummary {
   int64_t unreadable_folders = 0;  // folders that could not be listed (entries below them kept)
   int64_t links = 0;          // symbolic links met and not followed
   int64_t paired = 0;         // RAW files left out for a JPEG of the same name (WalkResult::paired)
+  int64_t filled = 0;         // files indexed before capture times were stored, given theirs (no model)
   double seconds = 0;
   bool interrupted = false;
 };
@@ -113,6 +114,8 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
 //   be listed, a file that cannot be looked at keep their entries (and are reported). At the end of
 //   a complete pass, files seen to be gone and files the roots' options now exclude are removed; a
 //   file root whose file is gone (its folder being there) is removed with its entry.
+// - Capture time and size (photo_meta.h) are stored with every file encoded or moved; files indexed
+//   before they were stored get them from their bytes without the model (`filled`).
 // - A file that cannot be decoded is reported through the observer and counted, never fatal; it is
 //   remembered, and not tried again while its size and mtime stay the same (unless retry_failed).
 // Throws Exception for failures that end the run (model mismatch, unwritable index, missing path).

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cnclip/index_store.h"
+#include "cnclip/photo_meta.h"
 
 namespace cnclip {
 
@@ -14,6 +15,10 @@ namespace cnclip {
 // that describes it (around 0.3) and unrelated pairs (0.1 to 0.2); see README "Combined and
 // negative queries" for the sources. Not measured on the real weights.
 inline constexpr float kDefaultNotThreshold = 0.25f;
+enum class SortOrder {
+  kScore,  // best score first (ties: lower catalog id first)
+  kDate,   // newest capture time first (ties: lower catalog id first); needs a threshold
+};
 
 struct SearchOptions {
   int top_k = 10;  // hits per query; more than the index holds returns all of them
@@ -24,7 +29,20 @@ struct SearchOptions {
   // when k others exist.
   std::vector<std::vector<float>> not_like;
   float not_threshold = kDefaultNotThreshold;
+  // Only photos taken at or after `after` and before `before` (unix seconds; photo_meta.h says which
+  // time a photo has). Applied before the top k, like `under`: a filtered search still returns k
+  // results when k photos pass the filters.
+  std::optional<int64_t> after, before;
+  // The whole list of a query is every photo that passes the filters and the threshold, in this
+  // order; `offset` skips its first results and top_k takes the next ones, so pages (offset 0, k,
+  // 2k, ...) joined are exactly the whole list. kDate orders by capture time, so it needs `threshold`
+  // to say which results to order (kInvalidArgument without it; -1 keeps every photo).
+  SortOrder sort = SortOrder::kScore;
+  int64_t offset = 0;
 };
+
+// "score" or "date"; kInvalidArgument naming `what` otherwise.
+SortOrder parse_sort_order(const std::string& name, const std::string& what);
 
 struct SearchHit;
 
@@ -33,6 +51,9 @@ struct RankedHit {
   std::string path;
   float score = 0;  // cosine similarity
   int64_t id = 0;   // the file's catalog id (what `cnclip serve` names it by)
+  // Set by Searcher: the capture time (unix seconds; photo_meta.h), the mtime when not known yet.
+  std::optional<int64_t> taken_at = std::nullopt;
+  PhotoMeta meta{};  // as stored (source kNone: not known yet; width/height 0: unknown)
 };
 
 struct QueryResult {
@@ -49,7 +70,8 @@ class Searcher {
 
   int64_t size() const;
   // queries: labels.size() embeddings of the index's dimension. exclude[i], when not empty, is a
-  // path that must not appear in query i's results (search-image --exclude-self).
+  // path that must not appear in query i's results (search-image --exclude-self). Ranks count from
+  // the start of the whole list (offset 20: the first hit has rank 21).
   std::vector<QueryResult> search(const std::vector<std::string>& labels, const std::vector<float>& queries,
                                   const SearchOptions& options, const std::vector<std::string>& exclude = {});
 

@@ -56,6 +56,10 @@ class VectorIndex {
   // or query that is not unit length: damage) throws Exception(kCorrupt) instead of being returned.
   std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
                                              const std::function<bool(int64_t)>& allowed = nullptr) const;
+  // For each query, every hit with score >= min_score (FAISS range search), in no particular order;
+  // the same checks and clamping as search().
+  std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
+                                                   const std::function<bool(int64_t)>& allowed = nullptr) const;
 };
 
 // Writes a vector file atomically, with its checksum trailer; `count` vectors must be added before

@@ -18,6 +18,7 @@
 #include "cnclip/route.h"
 #include "cnclip/output.h"
 #include "cnclip/query.h"
+#include "cnclip/photo_meta.h"
 #include "cnclip/search.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -41,6 +42,9 @@ struct SearchCommand {
   std::vector<std::string> not_texts;  // --not
   double not_threshold = kDefaultNotThreshold;
   bool plain = false;  // search-text --plain: no combined-query syntax
+  std::string after, before;  // --after/--before as given
+  std::string sort = "score";
+  long long offset = 0;
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -57,6 +61,16 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
                               "Cosine similarity to a --not text from which a result is left out")
                   ->capture_default_str(),
               -1, 1);
+  sub->add_option("--after", c.after,
+                  "Only photos taken at or after this date or time (2024-05-01, 2024-05-01T08:30, +08:00...; "
+                  "without an offset: local time)");
+  sub->add_option("--before", c.before, "Only photos taken before this date or time (as --after)");
+  one_of(sub->add_option("--sort", c.sort, "score (best first) or date (newest first; needs --threshold)")
+             ->capture_default_str(),
+         {"score", "date"});
+  whole_number(sub->add_option("--offset", c.offset, "Skip this many results first (pages: --offset 0, k, 2k...)")
+                   ->capture_default_str(),
+               0, INT_MAX);
   one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
@@ -109,6 +123,15 @@ SearchOptions search_options(const SearchCommand& c) {
   s.top_k = c.top_k;
   if (c.threshold > -2) s.threshold = static_cast<float>(c.threshold);
   if (!c.under.empty()) s.under = canonical_path(c.under).value();
+  if (!c.after.empty()) s.after = parse_time_bound(c.after, "--after").value();
+  if (!c.before.empty()) s.before = parse_time_bound(c.before, "--before").value();
+  s.sort = parse_sort_order(c.sort, "--sort");
+  if (s.sort == SortOrder::kDate && !s.threshold) {
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "--sort date orders the results above --threshold by capture time: give --threshold too "
+                    "(--threshold -1 keeps every photo)");
+  }
+  s.offset = c.offset;
   return s;
 }
 
@@ -178,6 +201,7 @@ struct FinishOnError {
 };
 
 int search_text(const CommonOptions& o, const SearchCommand& c) {
+  SearchOptions opts = search_options(c);  // bad values stop before anything is opened
   if (std::count(c.queries.begin(), c.queries.end(), "-") > 1) {
     throw Exception(ErrorCode::kInvalidArgument, "'-' (queries from stdin) can be given only once");
   }
@@ -211,7 +235,6 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     if (!opened) opened = pending.get();
     return *opened;
   };
-  SearchOptions opts = search_options(c);
   if (model) add_not_filter(opts, *model, c);  // a routed search has no --not (above)
   ResultPrinter printer = make_printer(o, c);
   const DecodeOptions decode = decode_options(o, bundle ? bundle->image.size : model->manifest().image.size);

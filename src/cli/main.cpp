@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   cli::register_serve_command(app, options, action);
   cli::register_eval_command(app, options, action);
   cli::register_classify_command(app, options, action);
+  cli::register_dups_command(app, options, action);
   cli::check_unchecked_numbers(app);
   if (auto status = cli::handle_before_subcommand(app, argc, argv)) return *status;
 

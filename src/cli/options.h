@@ -72,5 +72,6 @@ void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action);
 void register_serve_command(CLI::App& app, CommonOptions& o, Action& action);
 void register_eval_command(CLI::App& app, CommonOptions& o, Action& action);
 void register_classify_command(CLI::App& app, CommonOptions& o, Action& action);
+void register_dups_command(CLI::App& app, CommonOptions& o, Action& action);
 
 }  // namespace cnclip::cli

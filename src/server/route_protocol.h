@@ -28,7 +28,7 @@ constexpr int kProtocol = 1;
 
 // Every field of SearchOptions must travel, or a routed query would silently ignore an option: a
 // new field must be added to options_json / options_from_json below (and this size updated).
-static_assert(sizeof(SearchOptions) == 80,
+static_assert(sizeof(SearchOptions) == 128,
               "SearchOptions changed: send the new field in src/server/route_protocol.h (options_json and "
               "options_from_json), then update this size");
 
@@ -37,6 +37,10 @@ inline nlohmann::ordered_json options_json(const SearchOptions& o) {
   j["top_k"] = o.top_k;
   if (o.threshold) j["threshold"] = static_cast<double>(*o.threshold);
   set_string_field(j, "under", o.under);
+  if (o.after) j["after"] = *o.after;
+  if (o.before) j["before"] = *o.before;
+  j["sort"] = o.sort == SortOrder::kDate ? "date" : "score";
+  j["offset"] = o.offset;
   // --not vectors travel too (floats as JSON doubles round-trip exactly), though the CLI does not
   // route a search with --not: it would need the model to encode the texts.
   if (!o.not_like.empty()) {
@@ -51,6 +55,10 @@ inline SearchOptions options_from_json(const nlohmann::json& j) {
   o.top_k = j.at("top_k").get<int>();
   if (j.contains("threshold")) o.threshold = static_cast<float>(j.at("threshold").get<double>());
   o.under = get_string_field(j, "under");
+  if (j.contains("after")) o.after = j.at("after").get<int64_t>();
+  if (j.contains("before")) o.before = j.at("before").get<int64_t>();
+  o.sort = j.at("sort").get<std::string>() == "date" ? SortOrder::kDate : SortOrder::kScore;
+  o.offset = j.at("offset").get<int64_t>();
   if (j.contains("not_like")) {
     o.not_like = j.at("not_like").get<std::vector<std::vector<float>>>();
     o.not_threshold = static_cast<float>(j.at("not_threshold").get<double>());

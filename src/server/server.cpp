@@ -31,6 +31,7 @@
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
 #include "cnclip/query.h"
+#include "cnclip/photo_meta.h"
 #include "cnclip/search.h"
 #include "cnclip/route.h"
 #include "server/route_protocol.h"
@@ -214,6 +215,14 @@ struct Server::Impl {
       r["score"] = score_value(h.score);
       r["thumbnail"] = "/api/v1/thumb/" + std::to_string(h.id);
       r["image"] = "/api/v1/image/" + std::to_string(h.id);
+      // As in the CLI's JSON: capture time, and size when known.
+      if (h.taken_at) {
+        r["time"] = format_time(*h.taken_at, h.meta.source == TimeSource::kExif ? h.meta.offset_minutes : std::nullopt);
+      }
+      if (h.meta.width > 0 && h.meta.height > 0) {
+        r["width"] = h.meta.width;
+        r["height"] = h.meta.height;
+      }
       j["results"].push_back(std::move(r));
     }
     return j;
@@ -245,6 +254,10 @@ struct Server::Impl {
       while (u.size() > 1 && u.back() == '/') u.pop_back();
       s.under = u;
     }
+    // Capture-time filters and the order, as the CLI's --after, --before and --sort.
+    if (req.has_param("after")) s.after = parse_time_bound(req.get_param_value("after"), "parameter 'after'").value();
+    if (req.has_param("before")) s.before = parse_time_bound(req.get_param_value("before"), "parameter 'before'").value();
+    if (req.has_param("sort")) s.sort = parse_sort_order(req.get_param_value("sort"), "parameter 'sort'");
     return s;
   }
 
