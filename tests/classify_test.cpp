@@ -365,7 +365,7 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   const auto err = test::lines(r.err);
   ASSERT_EQ(err.size(), 3u) << r.err;
   EXPECT_EQ(err[0], "cnclip: error: " + dir / "missing.jpg" + ": cannot open: No such file or directory");
-  EXPECT_EQ(err[1], "cnclip: error: " + dir / "text.jpg" + ": unsupported format (not JPEG, PNG, WebP, BMP or TIFF)");
+  EXPECT_EQ(err[1], "cnclip: error: " + dir / "text.jpg" + ": unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
   EXPECT_NE(err[2].find(dir / "folder.jpg"), std::string::npos);
   const auto out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u);

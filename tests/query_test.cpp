@@ -346,7 +346,7 @@ TEST_F(Combined, BadInputOneLineEach) {
   // A file that is not an image and not indexed.
   test::write_text(dir_ / "notes.jpg", "text");
   refused(test::shell_quote("猫 + " + fs::canonical(dir_.path()).string() + "/notes.jpg"), 1,
-          fs::canonical(dir_.path()).string() + "/notes.jpg: unsupported format (not JPEG, PNG, WebP, BMP or TIFF)");
+          fs::canonical(dir_.path()).string() + "/notes.jpg: unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
   EXPECT_EQ(search("猫 -k 100").first.size(), 60u);  // nothing lost
 }
 

@@ -166,7 +166,8 @@ TEST_F(Route, TextQueryErrorsAreTheLocalOnes) {
   expect_same("search-text '' 狗");
   expect_same("search-text 狗 '   '");
   expect_same("search-text - -k 1", "狗\n\xff\xfe\n猫\n");  // a bad line after an answered one
-  expect_same("search-text 狗 --under " + shell_quote(tmp_ / "no-such-folder"));
+  // A folder that does not exist is refused while the options are read, before any route is tried.
+  expect_same("search-text 狗 --under " + shell_quote(tmp_ / "no-such-folder"), "", false);
   expect_same("search-text 狗 -k 0", "", /*expect_routed=*/false);  // a usage error before anything
   EXPECT_EQ(succeeded_, 0);
 }

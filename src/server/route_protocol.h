@@ -28,6 +28,9 @@ constexpr int kProtocol = 1;
 
 // Every field of SearchOptions must travel, or a routed query would silently ignore an option: a
 // new field must be added to options_json / options_from_json below (and this size updated).
+// The same for the fields of a hit (results_json / results_from_json).
+static_assert(sizeof(RankedHit) == 104, "RankedHit changed: send the new field in src/server/route_protocol.h "
+                                        "(results_json and results_from_json), then update this size");
 static_assert(sizeof(SearchOptions) == 128,
               "SearchOptions changed: send the new field in src/server/route_protocol.h (options_json and "
               "options_from_json), then update this size");
@@ -100,6 +103,13 @@ inline nlohmann::ordered_json results_json(const std::vector<QueryResult>& resul
       hit["path"] = bytes_field(h.path);
       hit["score"] = static_cast<double>(h.score);
       hit["id"] = h.id;
+      // What the printers show of a photo besides path and score (photo_meta.h).
+      if (h.taken_at) hit["taken_at"] = *h.taken_at;
+      hit["meta"] = {{"taken_at", h.meta.taken_at},
+                     {"source", static_cast<int>(h.meta.source)},
+                     {"width", h.meta.width},
+                     {"height", h.meta.height}};
+      if (h.meta.offset_minutes) hit["meta"]["offset_minutes"] = *h.meta.offset_minutes;
       q["hits"].push_back(std::move(hit));
     }
     out.push_back(std::move(q));
@@ -118,6 +128,13 @@ inline std::vector<QueryResult> results_from_json(const nlohmann::json& j) {
       hit.path = from_bytes_field(h.at("path"));
       hit.score = static_cast<float>(h.at("score").get<double>());
       hit.id = h.at("id").get<int64_t>();
+      if (h.contains("taken_at")) hit.taken_at = h.at("taken_at").get<int64_t>();
+      const auto& m = h.at("meta");
+      hit.meta.taken_at = m.at("taken_at").get<int64_t>();
+      hit.meta.source = static_cast<TimeSource>(m.at("source").get<int>());
+      hit.meta.width = m.at("width").get<int>();
+      hit.meta.height = m.at("height").get<int>();
+      if (m.contains("offset_minutes")) hit.meta.offset_minutes = m.at("offset_minutes").get<int>();
       r.hits.push_back(std::move(hit));
     }
     out.push_back(std::move(r));
