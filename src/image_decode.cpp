@@ -442,31 +442,36 @@ Result<std::vector<uint8_t>> read_file_bytes(const std::string& path) {
   return bytes;
 }
 
+// The header of a format cnclip parses itself (JPEG, PNG, WebP, BMP, TIFF); nullopt for the others.
+static std::optional<HeaderInfo> parse_header(Format format, const std::vector<uint8_t>& bytes) {
+  switch (format) {
+    case Format::kJpeg: return parse_jpeg(bytes);
+    case Format::kPng: return parse_png(bytes);
+    case Format::kWebp: return parse_webp(bytes);
+    case Format::kBmp: return parse_bmp(bytes);
+    case Format::kTiff: return parse_tiff(bytes);
+    default: return std::nullopt;
+  }
+}
+
 Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::string& name,
                                   const DecodeOptions& options) {
   if (bytes.empty()) return decode_error(ErrorCode::kCorrupt, name, "empty file (0 bytes)");
   const Format format = sniff(bytes, name);
-  HeaderInfo info;
-  switch (format) {
-    case Format::kJpeg: info = parse_jpeg(bytes); break;
-    case Format::kPng: info = parse_png(bytes); break;
-    case Format::kWebp: info = parse_webp(bytes); break;
-    case Format::kBmp: info = parse_bmp(bytes); break;
-    case Format::kTiff: info = parse_tiff(bytes); break;
-    case Format::kGif:
-    case Format::kHeif:
-    case Format::kAvif:
-    case Format::kRaw: {
-      // Their decoders check the size in the header (and refuse it over the limit) before decoding.
-      DecodingFile attribution(name, format_name(format));
-      if (format == Format::kGif) return detail::decode_gif(bytes, name, options);
-      if (format == Format::kRaw) return detail::decode_raw(bytes, name, options);
-      return detail::decode_heif(bytes, name, options, format_name(format));
-    }
-    case Format::kUnknown:
+  const std::optional<HeaderInfo> parsed = parse_header(format, bytes);
+  if (!parsed) {
+    if (format == Format::kUnknown) {
       return decode_error(ErrorCode::kUnsupportedFormat, name,
                           "unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
+    }
+    // GIF, HEIF, AVIF, RAW: their decoders check the size in the header (and refuse it over the
+    // limit) before decoding.
+    DecodingFile attribution(name, format_name(format));
+    if (format == Format::kGif) return detail::decode_gif(bytes, name, options);
+    if (format == Format::kRaw) return detail::decode_raw(bytes, name, options);
+    return detail::decode_heif(bytes, name, options, format_name(format));
   }
+  const HeaderInfo& info = *parsed;
   if (info.truncated) {
     return decode_error(ErrorCode::kTruncated, name,
                         std::string("truncated ") + format_name(format) + " (file ends early)");
@@ -575,16 +580,11 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
 
 Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const std::string& name) {
   const Format format = bytes.empty() ? Format::kUnknown : sniff(bytes, name);
-  HeaderInfo info;
-  switch (format) {
-    case Format::kJpeg: info = parse_jpeg(bytes); break;
-    case Format::kPng: info = parse_png(bytes); break;
-    case Format::kWebp: info = parse_webp(bytes); break;
-    case Format::kBmp: info = parse_bmp(bytes); break;
-    case Format::kTiff: info = parse_tiff(bytes); break;
-    default:
-      return decode_error(ErrorCode::kUnsupportedFormat, name, std::string("unsupported format (") + format_name(format) + ")");
+  const std::optional<HeaderInfo> parsed = parse_header(format, bytes);
+  if (!parsed) {
+    return decode_error(ErrorCode::kUnsupportedFormat, name, std::string("unsupported format (") + format_name(format) + ")");
   }
+  const HeaderInfo& info = *parsed;
   return ImageHeader{format_name(format), std::max<int64_t>(info.width, 0), std::max<int64_t>(info.height, 0),
                      info.exif_orientation};
 }

@@ -95,6 +95,25 @@ class MappedVectorIndex : public VectorIndex {
   std::vector<int64_t> ids_;
 };
 
+// The rows whose ids `allowed` accepts, as FAISS's ID selector (over row positions); no selector
+// (every row) when `allowed` is empty.
+class RowSelection {
+ public:
+  RowSelection(const int64_t* ids, int64_t n, const std::function<bool(int64_t)>& allowed) {
+    if (!allowed) return;
+    bitmap_.assign(static_cast<size_t>((n + 7) / 8), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      if (allowed(ids[i])) bitmap_[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
+    }
+    selector_ = std::make_unique<faiss::IDSelectorBitmap>(bitmap_.size(), bitmap_.data());
+  }
+  const faiss::IDSelector* selector() const { return selector_.get(); }
+
+ private:
+  std::vector<uint8_t> bitmap_;
+  std::unique_ptr<faiss::IDSelectorBitmap> selector_;
+};
+
 }  // namespace
 
 std::unique_ptr<VectorIndex> VectorIndex::from_vectors(int dim, std::vector<int64_t> ids, std::vector<float> vectors) {
@@ -169,19 +188,10 @@ std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, in
   std::vector<float> scores(static_cast<size_t>(nq) * k);
   std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
   use_blas_for_single_queries();
-  std::vector<uint8_t> bitmap;
-  std::unique_ptr<faiss::IDSelectorBitmap> selector;
-  if (allowed) {
-    bitmap.assign(static_cast<size_t>((n + 7) / 8), 0);
-    const int64_t* id = ids();
-    for (int64_t i = 0; i < n; ++i) {
-      if (allowed(id[i])) bitmap[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
-    }
-    selector = std::make_unique<faiss::IDSelectorBitmap>(bitmap.size(), bitmap.data());
-  }
+  const RowSelection selection(ids(), n, allowed);
   faiss::knn_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
                            static_cast<size_t>(n), static_cast<size_t>(k), scores.data(), positions.data(),
-                           selector.get());
+                           selection.selector());
   for (int q = 0; q < nq; ++q) {
     for (int j = 0; j < k; ++j) {
       const int64_t pos = positions[static_cast<size_t>(q) * k + j];
@@ -207,21 +217,12 @@ std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float* queri
   const int64_t n = size();
   if (nq <= 0 || n == 0) return out;
   use_blas_for_single_queries();
-  std::vector<uint8_t> bitmap;
-  std::unique_ptr<faiss::IDSelectorBitmap> selector;
-  if (allowed) {
-    bitmap.assign(static_cast<size_t>((n + 7) / 8), 0);
-    const int64_t* id = ids();
-    for (int64_t i = 0; i < n; ++i) {
-      if (allowed(id[i])) bitmap[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
-    }
-    selector = std::make_unique<faiss::IDSelectorBitmap>(bitmap.size(), bitmap.data());
-  }
+  const RowSelection selection(ids(), n, allowed);
   // FAISS keeps inner products strictly above the radius.
   const float radius = std::nextafter(std::max(min_score, -2.0f), -3.0f);
   faiss::RangeSearchResult result(static_cast<size_t>(nq));
   faiss::range_search_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
-                                    static_cast<size_t>(n), radius, &result, selector.get());
+                                    static_cast<size_t>(n), radius, &result, selection.selector());
   for (int q = 0; q < nq; ++q) {
     for (size_t j = result.lims[q]; j < result.lims[q + 1]; ++j) {
       const int64_t pos = result.labels[j];
