@@ -16,7 +16,7 @@ fuzz_seconds=${CNCLIP_FUZZ_SECONDS:-20}
 
 # Time limits (seconds) of each part, builds included; on 2 cores with a warm ccache each takes
 # well under half of its limit (README, "Tests").
-declare -A limit=([release]=900 [asan-ubsan]=1500 [tsan]=900 [fuzz]=900)
+declare -A limit=([release]=900 [asan-ubsan]=1800 [tsan]=900 [fuzz]=900)
 
 summary=()
 passed=0   # tests (ctest) and fuzz targets that passed
