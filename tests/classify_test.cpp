@@ -302,7 +302,9 @@ void expect_refused(const std::string& args, int status, const std::string& mess
   auto r = test::run_cnclip("classify " + args + model_arg(), in);
   EXPECT_EQ(r.exit_code, status);
   EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
-  if (status == 2) EXPECT_EQ(r.out, "");
+  if (status == 2) {
+    EXPECT_EQ(r.out, "");
+  }
 }
 
 TEST(Classify, BadLabelsGetOneLineEach) {
