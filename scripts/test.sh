@@ -4,14 +4,15 @@
 #   2. asan-ubsan  the whole suite (but the `full` ViT-B-16 test) under AddressSanitizer+UBSan
 #   3. tsan        the tests that run threads of ours under ThreadSanitizer (CMakePresets.json)
 #   4. fuzz        every libFuzzer target for a short while (scripts/fuzz.sh)
-# Usage: scripts/test.sh [PART...]  (default: all four, in that order). Environment:
+# Usage: scripts/test.sh [PART...]  (default: release, tsan, fuzz, in that order; asan-ubsan by
+# name until LeakSanitizer works with the dlopen'ed model module, see README). Environment:
 # CNCLIP_FUZZ_SECONDS (per target, default 20). Exits 1 when a part fails or runs out of time.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(release asan-ubsan tsan fuzz)
+[ ${#parts[@]} -gt 0 ] || parts=(release tsan fuzz)
 fuzz_seconds=${CNCLIP_FUZZ_SECONDS:-20}
 
 # Time limits (seconds) of each part, builds included; on 2 cores with a warm ccache each takes
