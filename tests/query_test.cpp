@@ -373,21 +373,6 @@ std::pair<int, std::string> http_get(int port, const std::string& target) {
   return {std::stoi(raw.substr(9, 3)), raw.substr(end + 4)};
 }
 
-std::string url_encode(const std::string& s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 TEST_F(Combined, ServeReadsTheSameSyntax) {
   ServerOptions so;
   so.port = 0;
@@ -406,7 +391,7 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
   } stop{*server, runner};
 
   const std::string q = "2:海边 + " + paths_[3] + " - 人群";
-  auto [status, body] = http_get(server->port(), "/api/v1/search?k=7&q=" + url_encode(q));
+  auto [status, body] = http_get(server->port(), "/api/v1/search?k=7&q=" + test::url_encode(q));
   ASSERT_EQ(status, 200) << body;
   const json api = json::parse(body);
   const auto cli = search(test::shell_quote(q) + " -k 7");
@@ -416,30 +401,30 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
     EXPECT_EQ(api["results"][i]["score"].get<double>(), cli.second[i]);
   }
   // plain=1: the same text as one plain query.
-  std::tie(status, body) = http_get(server->port(), "/api/v1/search?k=5&plain=1&q=" + url_encode("猫 - 海边"));
+  std::tie(status, body) = http_get(server->port(), "/api/v1/search?k=5&plain=1&q=" + test::url_encode("猫 - 海边"));
   ASSERT_EQ(status, 200) << body;
   const auto plain = search("--plain " + test::shell_quote("猫 - 海边") + " -k 5");
   const json plain_api = json::parse(body);
   for (size_t i = 0; i < plain.first.size(); ++i) EXPECT_EQ(plain_api["results"][i]["path"], plain.first[i]);
   // An image term must be an indexed photo: the API never reads a file it was not given by the index.
   const std::string pokemon = test::fixtures("images/pokemon.jpeg");
-  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + url_encode("猫 + " + pokemon));
+  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + test::url_encode("猫 + " + pokemon));
   EXPECT_EQ(status, 400) << body;
   EXPECT_EQ(json::parse(body)["error"]["message"],
             "'" + pokemon + "' is not an indexed photo (image terms are the paths of indexed photos)");
   // not= and not_threshold=, as --not and --not-threshold.
   std::tie(status, body) =
-      http_get(server->port(), "/api/v1/search?k=60&q=" + url_encode("猫") + "&not=" + url_encode("狗") +
-                                   "&not=" + url_encode("人群") + "&not_threshold=0.1");
+      http_get(server->port(), "/api/v1/search?k=60&q=" + test::url_encode("猫") + "&not=" + test::url_encode("狗") +
+                                   "&not=" + test::url_encode("人群") + "&not_threshold=0.1");
   ASSERT_EQ(status, 200) << body;
   const auto filtered = search("猫 --not 狗 --not 人群 --not-threshold 0.1 -k 60");
   const json filtered_api = json::parse(body);
   ASSERT_EQ(filtered_api["results"].size(), filtered.first.size());
   EXPECT_LT(filtered.first.size(), 60u);
   for (size_t i = 0; i < filtered.first.size(); ++i) EXPECT_EQ(filtered_api["results"][i]["path"], filtered.first[i]);
-  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + url_encode("猫") + "&not_threshold=2");
+  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + test::url_encode("猫") + "&not_threshold=2");
   EXPECT_EQ(status, 400) << body;
-  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + url_encode("猫 - 猫"));
+  std::tie(status, body) = http_get(server->port(), "/api/v1/search?q=" + test::url_encode("猫 - 猫"));
   EXPECT_EQ(status, 400) << body;
   EXPECT_EQ(json::parse(body)["error"]["code"], "bad_request");
 }

@@ -143,21 +143,6 @@ class ServeProcess {
   int status_ = 0;
 };
 
-std::string url_encode(const std::string& s) {
-  static const char* hex = "0123456789ABCDEF";
-  std::string out;
-  for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
-      out += static_cast<char>(c);
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
 // An index of the fixture photos, built with the tiny bundle.
 class Serve : public ::testing::Test {
  protected:
@@ -210,19 +195,19 @@ TEST_F(Serve, TextResultsEqualSearchText) {
   EXPECT_NE(server.err().find("listening on http://127.0.0.1:"), std::string::npos);
   for (const std::string& q : std::vector<std::string>{"小狗", "夕阳、大海、沙滩", "a cat on a sofa", "火箭"}) {
     for (int k : {1, 3, 10}) {
-      auto r = request(server.port(), "GET", "/api/v1/search?q=" + url_encode(q) + "&k=" + std::to_string(k));
+      auto r = request(server.port(), "GET", "/api/v1/search?q=" + test::url_encode(q) + "&k=" + std::to_string(k));
       ASSERT_EQ(r.status, 200) << r.body;
       json j = r.body_json();
       EXPECT_EQ(j["query"], q);
       expect_same_results(j, cli_search(q, k));
     }
     // offset pages through the same ranking: ranks 3..4 of -k 4.
-    auto r = request(server.port(), "GET", "/api/v1/search?q=" + url_encode(q) + "&k=2&offset=2");
+    auto r = request(server.port(), "GET", "/api/v1/search?q=" + test::url_encode(q) + "&k=2&offset=2");
     ASSERT_EQ(r.status, 200) << r.body;
     expect_same_results(r.body_json(), cli_search(q, 4), 2);
     // under and threshold filter as the CLI's options do.
     r = request(server.port(), "GET",
-                "/api/v1/search?q=" + url_encode(q) + "&k=10&threshold=-0.05&under=" + url_encode(photos_));
+                "/api/v1/search?q=" + test::url_encode(q) + "&k=10&threshold=-0.05&under=" + test::url_encode(photos_));
     ASSERT_EQ(r.status, 200) << r.body;
     expect_same_results(r.body_json(), cli_search(q, 10, "--threshold -0.05 --under " + test::shell_quote(photos_)));
   }
@@ -245,7 +230,7 @@ TEST_F(Serve, FilesOnlyByCatalogIdEverythingElse404) {
   const std::string secret = test::read_text("/etc/passwd").substr(0, 10);
   for (const std::string& target : std::vector<std::string>{"/../../../etc/passwd", "/api/v1/image/../../../../etc/passwd", "/api/v1/thumb/..%2f..%2fetc%2fpasswd",
         "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/v1/image//etc/passwd",
-        "/api/v1/image/" + url_encode(photos_ + "/pokemon.jpeg"), "/etc/passwd", "/api/v1/image/1%00",
+        "/api/v1/image/" + test::url_encode(photos_ + "/pokemon.jpeg"), "/etc/passwd", "/api/v1/image/1%00",
         "/api/v1/thumb/1%00.jpg", "/index.html%00.js", "/api/v1/image/999999", "/api/v1/thumb/999999",
         "/api/v1/similar/999999", "/api/v1/image/-1", "/api/v1/image/99999999999999999999999",
         "/api/v1/nothing", "/api/v2/search?q=x"}) {
@@ -483,7 +468,7 @@ TEST_F(Serve, ParallelMixedQueriesAllCorrect) {
   const std::vector<std::string> texts{"小狗", "夕阳、大海、沙滩", "猫", "rocket", "咖啡"};
   std::map<std::string, std::string> expected;  // target -> body, answered one at a time
   for (const auto& q : texts) {
-    const std::string t = "/api/v1/search?q=" + url_encode(q) + "&k=4";
+    const std::string t = "/api/v1/search?q=" + test::url_encode(q) + "&k=4";
     expected[t] = request(port, "GET", t).body;
   }
   const std::string img = test::read_text(photos_ + "/chelsea_rgba.png");
@@ -559,7 +544,7 @@ TEST_F(Serve, ReadOnlyIndexIsServed) {
   for (const auto& e : std::filesystem::directory_iterator(index_)) listing.push_back(e.path().filename());
   ServeProcess server(common(), 0, prefix);
   ASSERT_GT(server.port(), 0) << server.err();
-  auto r = request(server.port(), "GET", "/api/v1/search?q=" + url_encode("小狗") + "&k=6");
+  auto r = request(server.port(), "GET", "/api/v1/search?q=" + test::url_encode("小狗") + "&k=6");
   ASSERT_EQ(r.status, 200) << r.body;
   expect_same_results(r.body_json(), before);
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 6);

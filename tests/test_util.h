@@ -33,6 +33,8 @@ RunResult run_cnclip(const std::string& args, const std::string& stdin_text = ""
 // (this process's user) opens the redirected files.
 RunResult run_cnclip_as(const std::string& prefix, const std::string& args, const std::string& stdin_text = "");
 std::string shell_quote(const std::string& s);
+// Percent-encodes everything but RFC 3986 unreserved characters (for URL query values).
+std::string url_encode(const std::string& s);
 
 std::string read_text(const std::string& path);
 void write_text(const std::string& path, const std::string& text);
