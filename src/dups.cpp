@@ -35,6 +35,7 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
     if (!h.empty()) by_hash[h].push_back(id);
   }
   std::unordered_set<int64_t> copies;  // members of an exact group after its first
+  std::unordered_map<int64_t, const std::vector<int64_t>*> copies_of;  // an exact group's first -> the group
   for (const auto& [hash, ids] : by_hash) {
     if (ids.size() < 2) continue;
     DupGroup g;
@@ -45,9 +46,27 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
       g.scores.push_back(1.0f);
       if (id != ids.front()) copies.insert(id);
     }
+    copies_of.emplace(ids.front(), &ids);
     groups.push_back(std::move(g));
   }
   std::sort(groups.begin(), groups.end(), [](const DupGroup& a, const DupGroup& b) { return a.ids[0] < b.ids[0]; });
+  // A file whose exact group joins a near group: that group takes its copies too (each file is in one
+  // group only), and the exact group is dropped.
+  std::unordered_set<int64_t> absorbed;
+  auto add_member = [&](DupGroup& g, int64_t id, float score) {
+    g.ids.push_back(id);
+    g.paths.push_back(files.at(id).path);
+    g.scores.push_back(score);
+    auto it = copies_of.find(id);
+    if (it == copies_of.end()) return;
+    absorbed.insert(id);
+    for (int64_t copy : *it->second) {
+      if (copy == id) continue;
+      g.ids.push_back(copy);
+      g.paths.push_back(files.at(copy).path);
+      g.scores.push_back(score);
+    }
+  };
 
   // 2. Near duplicates, among the rest (one file per exact group).
   std::vector<int64_t> ids;
@@ -59,7 +78,7 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
     data.insert(data.end(), v, v + dim);
   }
   const auto n = static_cast<int64_t>(ids.size());
-  if (n < 2) return groups;
+  if (n < 2) return groups;  // nothing to compare: no near group can absorb an exact one
   std::unordered_set<int64_t> grouped;
   std::vector<DupGroup> near;
   // Leaders in id order. When a file leads, every file indexed before it is grouped already or led
@@ -90,18 +109,19 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
         return a.score != b.score ? a.score > b.score : a.id < b.id;
       });
       DupGroup g;
-      g.ids.push_back(leader);
-      g.paths.push_back(files.at(leader).path);
-      g.scores.push_back(1.0f);
+      add_member(g, leader, 1.0f);
       grouped.insert(leader);
       for (const auto& m : members) {
-        g.ids.push_back(m.id);
-        g.paths.push_back(files.at(m.id).path);
-        g.scores.push_back(m.score);
+        add_member(g, m.id, m.score);
         grouped.insert(m.id);
       }
       near.push_back(std::move(g));
     }
+  }
+  if (!absorbed.empty()) {
+    groups.erase(std::remove_if(groups.begin(), groups.end(),
+                                [&](const DupGroup& g) { return g.exact && absorbed.count(g.ids.front()); }),
+                 groups.end());
   }
   for (auto& g : near) groups.push_back(std::move(g));
   return groups;

@@ -38,21 +38,25 @@ std::string term_name(size_t index, const QueryTerm& term) {
 
 std::vector<QueryTerm> parse_combined_query(std::string_view query) {
   // Operator positions: '+' or '-' with whitespace on both sides, outside double quotes.
+  // With an unbalanced '"' the quoting is unknown: an operator anywhere makes it an error (whichever
+  // side the missing quote is on), none leaves it a plain query ('5" 相框' is text).
   std::vector<size_t> ops;
-  bool quoted = false;
+  bool quoted = false, any_operator = false;
   for (size_t i = 0; i < query.size(); ++i) {
     const char c = query[i];
     if (c == '"') {
       quoted = !quoted;
-    } else if (!quoted && (c == '+' || c == '-') && i > 0 && i + 1 < query.size() && is_space(query[i - 1]) &&
+    } else if ((c == '+' || c == '-') && i > 0 && i + 1 < query.size() && is_space(query[i - 1]) &&
                is_space(query[i + 1])) {
-      ops.push_back(i);
+      any_operator = true;
+      if (!quoted) ops.push_back(i);
     }
   }
-  if (ops.empty()) return {};
+  if (!any_operator) return {};
   if (quoted) {
     throw Exception(ErrorCode::kInvalidArgument, "the combined query has an unbalanced '\"'");
   }
+  if (ops.empty()) return {};  // every operator quoted: one plain term
   std::vector<QueryTerm> terms;
   size_t start = 0;
   for (size_t k = 0; k <= ops.size(); ++k) {

@@ -109,8 +109,12 @@ TEST_F(Indexed, AFailedWriteToStdoutIsExit1ForEveryCommand) {
       "info --format json" + idx_arg(),
       "index -q --format json " + q(photos) + with_index(),
       "preprocess " + img + " --npy -",
+      "classify " + img + " --labels 猫,狗" + model_arg(),
       "--help",
       "search-text --help",
+      "help",  // answered before parsing, as are the two below
+      "help search-text",
+      "--version",
   };
   for (const auto& c : commands) {
     auto r = sh(kBin + " " + c + " > /dev/full");

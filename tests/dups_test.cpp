@@ -117,7 +117,7 @@ TEST_F(Dups, TheFirstIndexedLeadsAndTakesOnlyItsOwnNeighbours) {
   EXPECT_EQ(g[1]["group"], 2);
 }
 
-TEST_F(Dups, ExactCopiesComeFirstAndTheirFirstJoinsItsNearDuplicates) {
+TEST_F(Dups, ExactCopiesComeFirstAndANearGroupTakesThemWhole) {
   load({{"/p/near.jpg", at_cosine(2, 3, 0.99), "h-near"},
         {"/p/orig.jpg", at_cosine(2, 3, 1.0), "h1"},
         {"/p/copy.jpg", at_cosine(2, 3, 1.0), "h1"},
@@ -126,18 +126,37 @@ TEST_F(Dups, ExactCopiesComeFirstAndTheirFirstJoinsItsNearDuplicates) {
         {"/p/same-bytes-a.jpg", at_cosine(11, 12, 1.0), "h3"},
         {"/p/same-bytes-b.jpg", at_cosine(11, 12, 1.0), "h3"}});
   auto g = groups();
-  ASSERT_EQ(g.size(), 3u);
+  ASSERT_EQ(g.size(), 2u);
   EXPECT_EQ(g[0]["exact"], true);
-  EXPECT_EQ(g[0]["paths"], json({"/p/orig.jpg", "/p/copy.jpg", "/p/copy2.jpg"}));
-  EXPECT_EQ(g[0]["scores"], json({1.0, 1.0, 1.0}));
-  EXPECT_EQ(g[1]["exact"], true);
-  EXPECT_EQ(g[1]["paths"], json({"/p/same-bytes-a.jpg", "/p/same-bytes-b.jpg"}));
-  // near.jpg (indexed first) leads; of the copies only their first is compared.
-  EXPECT_EQ(g[2]["exact"], false);
-  EXPECT_EQ(g[2]["paths"], json({"/p/near.jpg", "/p/orig.jpg"}));
-  EXPECT_NEAR(g[2]["scores"][1].get<double>(), 0.99, 1e-6);
-  // Exact copies are found whatever the threshold.
-  EXPECT_EQ(groups(" --threshold 1").size(), 2u);
+  EXPECT_EQ(g[0]["paths"], json({"/p/same-bytes-a.jpg", "/p/same-bytes-b.jpg"}));
+  EXPECT_EQ(g[0]["scores"], json({1.0, 1.0}));
+  // near.jpg (indexed first) leads; orig.jpg's copies come with it, at its score, and their exact
+  // group is not listed as well: each file is in one group only (a "keep the first of each group"
+  // script must never delete every copy).
+  EXPECT_EQ(g[1]["exact"], false);
+  EXPECT_EQ(g[1]["paths"], json({"/p/near.jpg", "/p/orig.jpg", "/p/copy.jpg", "/p/copy2.jpg"}));
+  for (int i = 1; i < 4; ++i) EXPECT_NEAR(g[1]["scores"][i].get<double>(), 0.99, 1e-6) << i;
+  std::set<std::string> seen;
+  for (const auto& group : g) {
+    for (const auto& p : group["paths"]) EXPECT_TRUE(seen.insert(p.get<std::string>()).second) << p << " twice";
+  }
+  // Exact copies are found whatever the threshold; then nothing absorbs them.
+  auto exact_only = groups(" --threshold 1");
+  ASSERT_EQ(exact_only.size(), 2u);
+  EXPECT_EQ(exact_only[0]["paths"], json({"/p/orig.jpg", "/p/copy.jpg", "/p/copy2.jpg"}));
+  EXPECT_EQ(exact_only[0]["exact"], true);
+}
+
+TEST_F(Dups, AnExactGroupJoiningAsLeaderKeepsItsCopiesAtScoreOne) {
+  load({{"/p/orig.jpg", at_cosine(2, 3, 1.0), "h1"},
+        {"/p/copy.jpg", at_cosine(2, 3, 1.0), "h1"},
+        {"/p/near.jpg", at_cosine(2, 3, 0.98), "h-near"}});
+  auto g = groups();
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_EQ(g[0]["exact"], false);
+  EXPECT_EQ(g[0]["paths"], json({"/p/orig.jpg", "/p/copy.jpg", "/p/near.jpg"}));
+  EXPECT_NEAR(g[0]["scores"][1].get<double>(), 1.0, 1e-6);
+  EXPECT_NEAR(g[0]["scores"][2].get<double>(), 0.98, 1e-6);
 }
 
 TEST_F(Dups, UnderLimitsBothMembersAndEveryFormatPrintsTheGroups) {
@@ -253,33 +272,22 @@ for name in ['pokemon.jpeg', 'chelsea_rgba.png', 'astronaut_palette.png', 'coffe
   const double t = (same_min + other_max) / 2;
   r = test::run_cnclip("dups --format jsonl --threshold " + std::to_string(t) + idx);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  std::vector<std::set<std::string>> got;
-  bool first_exact = false;
+  std::set<std::set<std::string>> got;
   for (const auto& line : test::lines(r.out)) {
     const json g = json::parse(line);
-    if (got.empty()) first_exact = g["exact"];
+    EXPECT_FALSE(g["exact"]) << line;  // the exact pair is inside pokemon's near group
     std::set<std::string> names;
     for (const auto& p : g["paths"]) names.insert(fs::path(p.get<std::string>()).stem().string());
-    got.push_back(names);
+    got.insert(names);
   }
-  EXPECT_TRUE(first_exact);
-  ASSERT_EQ(got.size(), 5u) << r.out;
-  EXPECT_EQ(got[0], (std::set<std::string>{"pokemon", "pokemon-copy"}));
-  std::set<std::set<std::string>> near(got.begin() + 1, got.end());
   std::set<std::set<std::string>> want;
-  for (const char* base : {"pokemon", "chelsea_rgba", "astronaut_palette", "coffee_2048x1366_exif6"}) {
+  for (const char* base : {"chelsea_rgba", "astronaut_palette", "coffee_2048x1366_exif6"}) {
     const std::string b = base;
-    // The first of the exact copies stands for both (pokemon indexed before pokemon-copy? by path
-    // order the walk indexes "pokemon-copy.png" first): whichever came first.
     want.insert({b, b + "-half", b + "-q60"});
   }
-  // pokemon's group has whichever of pokemon / pokemon-copy was indexed first.
-  std::set<std::set<std::string>> normalized;
-  for (auto g : near) {
-    if (g.erase("pokemon-copy")) g.insert("pokemon");
-    normalized.insert(g);
-  }
-  EXPECT_EQ(normalized, want);
+  // The exact copies (pokemon, pokemon-copy) come whole with their near duplicates, in one group.
+  want.insert({"pokemon", "pokemon-copy", "pokemon-half", "pokemon-q60"});
+  EXPECT_EQ(got, want) << r.out;
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 // checks of every numeric option (exit 2 and one line naming the option and what it accepts).
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -66,6 +67,18 @@ TEST(FrontCommands, HelpVersionAndNoArguments) {
   EXPECT_EQ(r.err.rfind("usage: cnclip COMMAND", 0), 0u) << r.err;
   for (const char* sub : {"index", "search-text", "search-image", "import", "remove", "info", "tokenize"}) {
     EXPECT_NE(r.err.find("\n  " + std::string(sub) + " "), std::string::npos) << sub;
+  }
+}
+
+TEST(FrontOptions, AFolderWhereAnImageIsExpectedIsAUsageError) {
+  test::TempDir dir;
+  const std::string folder = dir / "照片";
+  std::filesystem::create_directories(folder);
+  for (const std::string command : {"embed-image", "search-image", "classify --labels a,b", "preprocess --npy x.npy"}) {
+    const std::string head = command.substr(0, command.find(' '));
+    expect_usage_error(command + " " + test::shell_quote(folder),
+                       "image: '" + folder + "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip " +
+                           head + " --help')");
   }
 }
 

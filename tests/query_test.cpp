@@ -88,6 +88,9 @@ TEST(QuerySyntax, MalformedCombinedQueriesAreRefused) {
       {"猫 + 0.0:狗", "term 2 of the combined query has the weight 0.0: a weight must be a number greater than 0"},
       {"猫 + 2: ", "term 2 of the combined query is empty"},
       {"猫 + \"狗", "the combined query has an unbalanced '\"'"},
+      {"\"猫 + 狗", "the combined query has an unbalanced '\"'"},  // the quote hides the operator
+      {"猫 + 狗\"", "the combined query has an unbalanced '\"'"},
+      {"\"猫 - 狗 + 鸟", "the combined query has an unbalanced '\"'"},
       {"猫 + \"\"", "term 2 of the combined query is empty"},
   };
   for (const auto& [query, message] : bad) {
@@ -103,20 +106,22 @@ TEST(QuerySyntax, MalformedCombinedQueriesAreRefused) {
 
 TEST(QuerySyntax, RandomQueriesParseOrFailCleanly) {
   // Strings over the syntax's own characters: every query is plain, or parses into non-empty terms
-  // with finite non-zero weights, or is refused with kInvalidArgument; and it is combined exactly
-  // when it holds a spaced operator outside quotes.
+  // with finite non-zero weights, or is refused with kInvalidArgument; it is combined exactly when it
+  // holds a spaced operator outside quotes, and refused only when it holds one somewhere (with an
+  // unbalanced quote, which side is quoted is unknown).
   const std::vector<std::string> pieces = {" ", "+", "-", "\"", ":", "2", "0", ".", "/", "~", "猫", "a", "\t", "./"};
   std::mt19937 rng(7);
   for (int round = 0; round < 20000; ++round) {
     std::string q;
     const int n = static_cast<int>(rng() % 12);
     for (int i = 0; i < n; ++i) q += pieces[rng() % pieces.size()];
-    bool spaced_operator = false, quoted = false;
+    bool spaced_operator = false, any_operator = false, quoted = false;
     for (size_t i = 0; i < q.size(); ++i) {
       if (q[i] == '"') quoted = !quoted;
       const auto space = [&](size_t j) { return q[j] == ' ' || q[j] == '\t'; };
-      if (!quoted && (q[i] == '+' || q[i] == '-') && i > 0 && i + 1 < q.size() && space(i - 1) && space(i + 1)) {
-        spaced_operator = true;
+      if ((q[i] == '+' || q[i] == '-') && i > 0 && i + 1 < q.size() && space(i - 1) && space(i + 1)) {
+        any_operator = true;
+        if (!quoted) spaced_operator = true;
       }
     }
     try {
@@ -128,7 +133,7 @@ TEST(QuerySyntax, RandomQueriesParseOrFailCleanly) {
       }
     } catch (const Exception& e) {
       EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << "'" << q << "'";
-      EXPECT_TRUE(spaced_operator) << "a plain query was refused: '" << q << "': " << e.what();
+      EXPECT_TRUE(any_operator) << "a plain query was refused: '" << q << "': " << e.what();
     }
   }
 }

@@ -3,7 +3,10 @@
 //
 // How groups are made:
 //   1. Exact copies first: files with the same content hash (XXH3-128 of the bytes) form a group,
-//      scores 1. Only the first of each (lowest catalog id) takes part in step 2.
+//      scores 1. Only the first of each (lowest catalog id) takes part in step 2; when it joins a
+//      near-duplicate group, that group lists its copies right after it (with its score) and the
+//      exact group is not listed: every file is in one group at most, so a script that keeps the
+//      first of each group and deletes the rest never deletes every copy of a photo.
 //   2. Near duplicates: a FAISS range search of every embedding against all the others keeps the
 //      pairs with cosine >= threshold. Files are then taken in catalog id order (the order they were
 //      indexed, so usually the original before its copies); each file not yet in a group starts one
@@ -30,7 +33,7 @@ struct DupsOptions {
 };
 
 struct DupGroup {
-  bool exact = false;  // same bytes (content hash)
+  bool exact = false;  // same bytes (content hash); a near group may also hold exact copies
   std::vector<int64_t> ids;
   std::vector<std::string> paths;  // the group's first, then the others by score (best first), then id
   std::vector<float> scores;       // cosine of each member to the first (1 for the first)

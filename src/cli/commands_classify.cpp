@@ -191,8 +191,8 @@ void register_classify_command(CLI::App& app, CommonOptions& o, Action& action) 
   auto cp = std::make_shared<ClassifyCommand>();
   ClassifyCommand& c = *cp;
   auto* sub = app.add_subcommand("classify", "Zero-shot labels: how likely each of your labels is for each image");
-  sub->add_option("image", c.images,
-                  "Image files; '-' reads the bytes of one image from stdin (so do /dev/stdin, FIFOs)");
+  image_files(sub->add_option("image", c.images,
+                              "Image files; '-' reads the bytes of one image from stdin (so do /dev/stdin, FIFOs)"));
   c.labels_opt = sub->add_option("--labels", c.labels,
                                  "The labels, separated by ',' or '，' (e.g. 杰尼龟,妙蛙种子,小火龙,皮卡丘)");
   c.labels_file_opt =

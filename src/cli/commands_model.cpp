@@ -181,7 +181,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
   {
     auto files = std::make_shared<std::vector<std::string>>();
     auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines");
-    sub->add_option("image", *files, "Image files; '-' reads one path per line from stdin")->required();
+    image_files(sub->add_option("image", *files, "Image files; '-' reads one path per line from stdin"))->required();
     add_model_options(sub, o);
     add_decode_options(sub, o);
     sub->callback([&, files] {
@@ -207,7 +207,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
   {
     auto paths = std::make_shared<std::pair<std::string, std::string>>();  // image, npy
     auto* sub = app.add_subcommand("preprocess", "Write the model input tensor of an image as .npy (debugging)");
-    sub->add_option("image", paths->first, "Image file")->required();
+    image_files(sub->add_option("image", paths->first, "Image file"))->required();
     sub->add_option("--npy", paths->second,
                     "Output .npy file (float32 [3,R,R]); '-' writes it to stdout. A regular file is replaced "
                     "atomically, a symlink's target likewise, a FIFO or device is written directly")

@@ -461,8 +461,8 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-image", "Find indexed photos that look like an example image");
-    sub->add_option("image", c.queries,
-                    "Image files (indexed or not); '-' reads the bytes of one image from stdin (so does /dev/stdin)");
+    image_files(sub->add_option("image", c.queries,
+                                "Image files (indexed or not); '-' reads the bytes of one image from stdin (so does /dev/stdin)"));
     sub->add_option("--paths-from", c.paths_from,
                     "Read more image paths from this file ('-' = stdin), one per line, or NUL-terminated with -0");
     sub->add_flag("--exclude-self", c.exclude_self, "Leave the query image itself out of its results");

@@ -34,7 +34,6 @@ int main(int argc, char** argv) {
   cli::register_classify_command(app, options, action);
   cli::register_dups_command(app, options, action);
   cli::check_unchecked_numbers(app);
-  if (auto status = cli::handle_before_subcommand(app, argc, argv)) return *status;
 
   // Whatever a command printed must have reached stdout: a failed write (a full disk, /dev/full) is a
   // failure, exit 1; a reader that went away (EPIPE with SIGPIPE ignored) ends quietly, as SIGPIPE
@@ -51,6 +50,8 @@ int main(int argc, char** argv) {
     }
     return status;
   };
+  // `cnclip help [COMMAND]` and the answers to a mistyped command print before any parsing.
+  if (auto status = cli::handle_before_subcommand(app, argc, argv)) return finish(*status);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -1,5 +1,6 @@
 #include "options.h"
 
+#include <filesystem>
 #include <unistd.h>
 
 #include <algorithm>
@@ -87,6 +88,19 @@ CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices) {
   return add_check(opt, words, "{" + desc + "}", [choices](const std::string& v) {
     return std::find(choices.begin(), choices.end(), v) != choices.end();
   });
+}
+
+CLI::Option* image_files(CLI::Option* opt) {
+  // Checked when parsed, so that a folder is a usage error (exit 2) before any model is loaded; a
+  // path that does not exist or is not an image is the command's to report (exit 1, or counted).
+  opt->check(CLI::Validator(
+      [](std::string& path) -> std::string {
+        std::error_code ec;
+        if (path == "-" || !std::filesystem::is_directory(path, ec)) return "";
+        return "'" + path + "' is a folder; give image files ('cnclip index' takes folders)";
+      },
+      "", "cnclip-image-file"));
+  return opt;
 }
 
 std::string accepted_values(const CLI::Option* opt) {

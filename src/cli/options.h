@@ -38,6 +38,8 @@ constexpr int kMaxThreads = 1024;
 CLI::Option* whole_number(CLI::Option* opt, long long min, long long max);
 CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_exclusive = false);
 CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices);
+// Image-file arguments: a folder is a usage error naming it ("-" and other paths pass).
+CLI::Option* image_files(CLI::Option* opt);
 // What `opt` accepts in words ("a whole number from 1 to 1024"), or "" when no check above set it.
 std::string accepted_values(const CLI::Option* opt);
 // Gives every numeric option of every subcommand of `app` that has none of the checks above a
