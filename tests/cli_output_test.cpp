@@ -489,6 +489,32 @@ TEST_F(Indexed, SearchImagePathListsAreLinesOrNulTerminated) {
   EXPECT_EQ(rows[1]["query"], photos + "/camera.png");
 }
 
+// `find -print0 | cnclip index - -0`: every command whose '-' reads a list takes -0; NUL-separated input
+// read as lines is an error that says so (it once indexed only the first name, exit 0).
+TEST_F(Indexed, NulSeparatedListsOnStdinForIndexRemoveEmbedAndTokenize) {
+  std::string list;
+  for (const auto& name : {kNewline, std::string("pokemon.jpeg"), kLatin1}) list += photos + "/" + name + '\0';
+  test::TempDir d;
+  const std::string other = " --index " + q(d / "i");
+  auto r = test::run_cnclip("index - -q --format json" + model_arg() + other, list);
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("holds a NUL byte; for NUL-separated input (find -print0) add -0"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d / "i/catalog.sqlite3")) << "nothing is created for a refused list";
+  r = test::run_cnclip("index - -0 -q --format json" + model_arg() + other, list);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["added"], 3) << r.out;
+  r = test::run_cnclip("embed-image - --null" + model_arg(), list);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 3u);
+  r = test::run_cnclip("tokenize - -0" + model_arg(), std::string("a\nb") + '\0' + "c" + '\0');
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json_lines(r.out).size(), 2u);
+  r = test::run_cnclip("remove - -0" + other, photos + "/" + kNewline + '\0');
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cnclip("info --format json" + other);
+  EXPECT_EQ(json::parse(r.out)["files"], 2) << r.out;
+}
+
 // --- tokenize and preprocess ------------------------------------------------------------------
 
 TEST(CliTokenize, ContextLengthIsBoundedByTheModel) {

@@ -96,6 +96,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
     whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0, kMaxThreads);
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
+    add_null_input_option(sub, o, "paths");
     one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
@@ -107,7 +108,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         IndexCommand& c = *cp;
         install_interrupt_handlers();  // before the index exists, so Ctrl-C never finds it half-set-up
         IndexOptions opts;
-        opts.paths = expand_stdin(c.paths);
+        opts.paths = expand_stdin(c.paths, o.null_input);
         if (!c.paths.empty() && opts.paths.empty()) throw Exception(ErrorCode::kInvalidArgument, "no paths on stdin");
         const std::string dir = resolve_index_dir(o.index);
         std::error_code no_catalog;
@@ -231,20 +232,23 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    auto a = std::make_shared<std::pair<std::vector<std::string>, bool>>();  // paths, --wait
-    auto& [paths, wait] = *a;
+    struct RemoveCommand {
+      std::vector<std::string> paths;
+      bool wait = false;
+    };
+    auto a = std::make_shared<RemoveCommand>();
     auto* sub = app.add_subcommand("remove", "Drop files or whole folders from the index (the photos are not touched)");
-    sub->add_option("path", paths, "Files or folders; '-' reads paths from stdin")->required();
-    sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
+    sub->add_option("path", a->paths, "Files or folders; '-' reads paths from stdin")->required();
+    sub->add_flag("--wait", a->wait, "Wait for a running index instead of failing");
+    add_null_input_option(sub, o, "paths");
     add_index_option(sub, o);
     sub->callback([&o, &action, a] {
       action = [&o, a] {
-        auto& [paths, wait] = *a;
-        const std::vector<std::string> given = expand_stdin(paths);
+        const std::vector<std::string> given = expand_stdin(a->paths, o.null_input);
         check_remove_paths(given);
         const std::string dir = resolve_index_dir(o.index);
         IndexStore::open(dir, IndexAccess::kRead);  // no index there: say so rather than create one
-        auto store = IndexStore::open(dir, IndexAccess::kWrite, wait);
+        auto store = IndexStore::open(dir, IndexAccess::kWrite, a->wait);
         const RemoveSummary summary = remove_paths(*store, given);
         for (const auto& p : summary.not_found) print_warning(p + ": not in the index");
         const int64_t removed = summary.removed;

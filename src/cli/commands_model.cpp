@@ -101,6 +101,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto* sub = app.add_subcommand("tokenize", "Print Chinese-CLIP token ids of each text as JSON lines");
     sub->add_option("text", a->texts, "Texts; '-' reads one text per line from stdin");
     sub->add_flag("--json-input", a->json_input, "Read one JSON string per stdin line (any text, newlines included)");
+    add_null_input_option(sub, o, "texts");
     a->context_length_option = sub->add_option("--context-length", a->context_length,
                     "Number of ids per text: 2 up to the bundle's context length (default: that, 52); up to " +
                         std::to_string(kMaxTextPositions) + " with --vocab");
@@ -128,7 +129,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
           }
           length = a->context_length;
         }
-        std::vector<std::string> inputs = a->json_input ? read_json_strings() : expand_stdin(a->texts);
+        std::vector<std::string> inputs = a->json_input ? read_json_strings() : expand_stdin(a->texts, o.null_input);
         if (inputs.empty()) throw Exception(ErrorCode::kInvalidArgument, "tokenize: no text given");
         for (size_t i = 0; i < inputs.size(); ++i) {
           const auto& t = inputs[i];
@@ -147,10 +148,11 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto texts = std::make_shared<std::vector<std::string>>();
     auto* sub = app.add_subcommand("embed-text", "Print the embedding of each text as JSON lines");
     sub->add_option("text", *texts, "Texts; '-' reads one text per line from stdin")->required();
+    add_null_input_option(sub, o, "texts");
     add_model_options(sub, o);
     sub->callback([&, texts] {
       action = [&, texts] {
-        const auto inputs = expand_stdin(*texts);
+        const auto inputs = expand_stdin(*texts, o.null_input);
         auto model = open_model(o, inputs.size() > 256);
         const int dim = model->dim();
         for (size_t i = 0; i < inputs.size(); ++i) {
@@ -182,11 +184,12 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto files = std::make_shared<std::vector<std::string>>();
     auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines");
     image_files(sub->add_option("image", *files, "Image files; '-' reads one path per line from stdin"))->required();
+    add_null_input_option(sub, o, "paths");
     add_model_options(sub, o);
     add_decode_options(sub, o);
     sub->callback([&, files] {
       action = [&, files] {
-        const auto inputs = expand_stdin(*files);
+        const auto inputs = expand_stdin(*files, o.null_input);
         auto model = open_model(o, inputs.size() > 16);
         const int dim = model->dim();
         EmbedFilesOptions options;

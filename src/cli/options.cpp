@@ -1,6 +1,5 @@
 #include "options.h"
 
-#include <filesystem>
 #include <unistd.h>
 
 #include <algorithm>
@@ -9,12 +8,14 @@
 #include <climits>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <map>
 #include <sstream>
 
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
+#include "stdin_items.h"
 
 namespace cnclip::cli {
 namespace {
@@ -168,20 +169,23 @@ DecodeOptions decode_options(const CommonOptions& o, int input_size) {
   return d;
 }
 
-std::vector<std::string> expand_stdin(const std::vector<std::string>& args) {
+std::vector<std::string> expand_stdin(const std::vector<std::string>& args, bool null_separated) {
   std::vector<std::string> out;
   for (const auto& a : args) {
     if (a != "-") {
       out.push_back(a);
       continue;
     }
-    std::string line;
-    while (std::getline(std::cin, line)) {
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      if (!line.empty()) out.push_back(line);
-    }
+    ItemReader reader(std::cin, null_separated);
+    std::string item;
+    while (reader.next(item)) out.push_back(item);
   }
   return out;
+}
+
+void add_null_input_option(CLI::App* sub, CommonOptions& o, const std::string& what) {
+  sub->add_flag("-0,--null", o.null_input,
+                "With '-': " + what + " on stdin end with NUL, not newline (find -print0; names may hold newlines)");
 }
 
 bool stdout_is_terminal() { return ::isatty(STDOUT_FILENO) == 1; }

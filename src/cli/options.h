@@ -26,6 +26,8 @@ struct CommonOptions {
   bool ignore_exif = false;
   bool full_decode = false;
   double max_megapixels = 100;
+  // -0/--null of the commands whose '-' reads a list from stdin (index, remove, embed-image, embed-text)
+  bool null_input = false;
 };
 
 // The most threads (--threads, --jobs) a command accepts: more is a typing mistake, not a machine.
@@ -58,7 +60,9 @@ std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls = fals
 DecodeOptions decode_options(const CommonOptions& o, int input_size);
 
 // Arguments, where a single "-" means: read one item per line from stdin.
-std::vector<std::string> expand_stdin(const std::vector<std::string>& args);
+std::vector<std::string> expand_stdin(const std::vector<std::string>& args, bool null_separated);
+// -0/--null for a command whose '-' reads a list of `what` ("paths") from stdin.
+void add_null_input_option(CLI::App* sub, CommonOptions& o, const std::string& what);
 
 bool stdout_is_terminal();
 bool stderr_is_terminal();

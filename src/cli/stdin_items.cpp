@@ -12,7 +12,7 @@ std::unique_ptr<ItemReader> ItemReader::open(const std::string& source, bool nul
   if (source == "-") return std::make_unique<ItemReader>(std::cin, null_separated);
   auto file = std::make_unique<std::ifstream>(source, std::ios::binary);
   if (!*file) throw Exception(errno_error(source, errno, "cannot read"));
-  auto reader = std::make_unique<ItemReader>(*file, null_separated);
+  auto reader = std::make_unique<ItemReader>(*file, null_separated, source);
   reader->file_ = std::move(file);
   return reader;
 }
@@ -21,9 +21,13 @@ bool ItemReader::next(std::string& item) {
   while (std::getline(in_, item, null_separated_ ? '\0' : '\n')) {
     ++position_;
     if (!null_separated_ && !item.empty() && item.back() == '\r') item.pop_back();
+    if (!null_separated_ && item.find('\0') != std::string::npos) {
+      throw Exception(ErrorCode::kInvalidArgument, name_ + ": line " + std::to_string(position_) +
+                                                       " holds a NUL byte; for NUL-separated input (find -print0) add -0");
+    }
     if (!item.empty()) return true;
   }
-  if (in_.bad()) throw Exception(ErrorCode::kIoError, "standard input: read failed");
+  if (in_.bad()) throw Exception(ErrorCode::kIoError, name_ + ": read failed");
   return false;
 }
 

@@ -8,16 +8,19 @@
 #include <istream>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace cnclip::cli {
 
 // One item at a time from a stream. Line mode: a trailing CR (from CRLF files) is dropped and empty
-// lines are skipped. NUL mode (`-0`, as `find -print0` writes): items end with NUL, newlines are part
+// lines are skipped; a line holding a NUL byte (no path or text can) is an error that points at -0,
+// since it means NUL-separated input (`find -print0`) read as lines. NUL mode (`-0`, as `find -print0` writes): items end with NUL, newlines are part
 // of the item, empty items are skipped; a last item without its NUL still counts.
 class ItemReader {
  public:
-  ItemReader(std::istream& in, bool null_separated) : in_(in), null_separated_(null_separated) {}
+  ItemReader(std::istream& in, bool null_separated, std::string name = "standard input")
+      : in_(in), null_separated_(null_separated), name_(std::move(name)) {}
   // Opens `source` ("-" = stdin); throws Exception naming the file when it cannot be read.
   static std::unique_ptr<ItemReader> open(const std::string& source, bool null_separated);
   // The next item, or false at the end of the input. Blocks until a whole item has arrived.
@@ -29,6 +32,7 @@ class ItemReader {
   std::unique_ptr<std::ifstream> file_;  // when reading a named file
   std::istream& in_;
   bool null_separated_;
+  std::string name_;  // for messages
   int64_t position_ = 0;
 };
 
