@@ -28,6 +28,10 @@ Error errno_error(const std::string& path, int err, const std::string& what) {
   if (err == ENOENT || err == ENOTDIR) code = ErrorCode::kNotFound;
   if (err == EACCES || err == EPERM) code = ErrorCode::kPermissionDenied;
   std::string message = path + ": ";
+  if (err == ENOSPC || err == EDQUOT) {
+    // Said the same way wherever it happens (the catalog says it too, catalog.cpp).
+    return Error{code, message + "the disk is full (" + (what.empty() ? "" : what + ": ") + std::strerror(err) + ")"};
+  }
   if (!what.empty()) message += what + ": ";
   message += std::strerror(err);
   return Error{code, message};

@@ -223,12 +223,9 @@ bool IndexStore::ensure_snapshot() {
 void IndexStore::write_snapshot() {
   const int dim = embedding_dim();
   const std::string path = snapshot_path();
-  if (dim > 0) {
-    VectorFileWriter writer(path, dim, catalog_->count());
-    catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
-    writer.commit();
-  }
-  // Older snapshots (and temporary files of interrupted writes) are stale now.
+  // Older snapshots (and temporary files of interrupted writes) are stale: deleted first, so that
+  // their space is free for the new one on a nearly full disk (a reader meanwhile reads the catalog;
+  // one that has the old file open or mapped keeps it until it closes).
   const std::string keep = path.substr(path.find_last_of('/') + 1);
   if (DIR* d = ::opendir(dir_.c_str())) {
     while (dirent* e = ::readdir(d)) {
@@ -236,6 +233,19 @@ void IndexStore::write_snapshot() {
       if (name.rfind("vectors-", 0) == 0 && name != keep) ::unlink((dir_ + "/" + name).c_str());
     }
     ::closedir(d);
+  }
+  if (dim > 0) {
+    try {
+      VectorFileWriter writer(path, dim, catalog_->count());
+      catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
+      writer.commit();
+    } catch (const Exception& e) {
+      if (e.code() == ErrorCode::kCorrupt || e.code() == ErrorCode::kInterrupted) throw;
+      // The snapshot is derived: nothing committed depends on it.
+      throw Exception(e.code(), std::string(e.what()) +
+                                    "; every committed entry is kept in the catalog (searches read it until the "
+                                    "next 'cnclip index' writes the vector snapshot)");
+    }
   }
 }
 
