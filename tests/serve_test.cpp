@@ -324,6 +324,21 @@ TEST_F(Serve, ThumbnailsAreUprightBoundedAndCached) {
     EXPECT_EQ(e.path().extension(), ".jpg");
   }
   EXPECT_EQ(count, 6);
+  // A damaged cached thumbnail (garbage, empty, cut short) is made again, not served.
+  const std::string first = hits[0]["thumbnail"];
+  const std::string good = request(server.port(), "GET", first).body;
+  std::string cached;
+  for (const auto& e : std::filesystem::directory_iterator(index_ + "/thumbs")) {
+    if (test::read_text(e.path().string()) == good) cached = e.path().string();
+  }
+  ASSERT_FALSE(cached.empty());
+  for (const std::string& damage : {std::string("garbage\n"), std::string(), good.substr(0, good.size() / 2)}) {
+    test::write_text(cached, damage);
+    auto r = request(server.port(), "GET", first);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, good) << "damage of " << damage.size() << " bytes served";
+    EXPECT_EQ(test::read_text(cached), good) << "the cache is repaired";
+  }
 }
 
 TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {

@@ -425,6 +425,11 @@ struct Server::Impl {
     res.set_content(std::string(b.begin(), b.end()), sniff_image_type(b).c_str());
   }
 
+  static bool looks_like_whole_jpeg(const std::vector<uint8_t>& b) {
+    return b.size() >= 4 && b[0] == 0xFF && b[1] == 0xD8 && b[2] == 0xFF && b[b.size() - 2] == 0xFF &&
+           b[b.size() - 1] == 0xD9;
+  }
+
   // Thumbnails are cached by content hash (INDEX/thumbs/HASH-SIZE.jpg), so a changed photo gets a new
   // one and copies of a photo share one. A read-only index serves them without caching.
   void handle_thumb(const httplib::Request& req, httplib::Response& res) {
@@ -438,7 +443,9 @@ struct Server::Impl {
     const std::string dir = options.index_dir + "/thumbs";
     const std::string cached = dir + "/" + key + "-" + std::to_string(options.thumb_size) + ".jpg";
     res.set_header("Cache-Control", "private, max-age=60");
-    if (auto bytes = read_file_bytes(cached); bytes) {
+    // A cached file is served only when framed as the JPEG this function writes (SOI ... EOI): a
+    // truncated or overwritten one (a full disk, a stray write) is made again and replaced.
+    if (auto bytes = read_file_bytes(cached); bytes && looks_like_whole_jpeg(bytes.value())) {
       res.set_content(std::string(bytes.value().begin(), bytes.value().end()), "image/jpeg");
       return;
     }
