@@ -21,8 +21,10 @@ namespace cnclip {
 namespace {
 
 std::atomic<bool> g_interrupted{false};
+std::atomic<int> g_interrupt_signal{0};
 
 extern "C" void on_signal(int sig) {
+  g_interrupt_signal.store(sig);
   g_interrupted.store(true);
   std::signal(sig, SIG_DFL);  // a second Ctrl-C stops immediately
 }
@@ -135,6 +137,7 @@ void install_interrupt_handlers() {
 }
 
 bool interrupt_requested() { return g_interrupted.load(); }
+int interrupt_signal() { return g_interrupt_signal.load(); }
 void request_interrupt() { g_interrupted.store(true); }
 
 void capture_library_stderr() {

@@ -19,6 +19,8 @@ Result<std::string> xdg_data_home();
 // at once (the default action).
 void install_interrupt_handlers();
 bool interrupt_requested();
+// The signal that requested the interrupt (SIGINT, SIGTERM), or 0 (none, or request_interrupt()).
+int interrupt_signal();
 void request_interrupt();  // what the handler does; also for tests
 
 // libjpeg and libpng print warnings ("Corrupt JPEG data: ...", "libpng error: ...") straight to

@@ -158,7 +158,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (s.interrupted) {
           std::cerr << "cnclip: interrupted; kept what was committed (" << line
                     << "); run the same command again to finish\n";
-          return 130;
+          return interrupt_signal() > 0 ? 128 + interrupt_signal() : 130;  // 143 for SIGTERM
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
         if (!o.quiet && s.paired > 0) {

@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
       "  cnclip search-image query.jpg\n"
       "  cnclip search-text 小狗 --format jsonl | jq -r .path\n\n"
       "'cnclip COMMAND --help' or 'cnclip help COMMAND' shows what a command takes; options go after it.\n"
-      "Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.");
+      "Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted (143 by SIGTERM).");
   install_checked_stdout();  // before anything is printed, --help included
   cli::CommonOptions options;
   cli::Action action;
@@ -72,7 +72,12 @@ int main(int argc, char** argv) {
     status = 128 + SIGPIPE;
   } catch (const Exception& e) {
     cli::print_error(e.what());
-    status = e.code() == ErrorCode::kInvalidArgument ? 2 : e.code() == ErrorCode::kInterrupted ? 130 : 1;
+    // Interrupted: 128 + the signal, as the shell reports a process that signal ended (130 for
+    // Ctrl-C, 143 for SIGTERM), after what was committed is kept.
+    const int sig = interrupt_signal();
+    status = e.code() == ErrorCode::kInvalidArgument ? 2
+             : e.code() == ErrorCode::kInterrupted   ? (sig > 0 ? 128 + sig : 130)
+                                                     : 1;
   } catch (const std::exception& e) {
     cli::print_error(std::string("unexpected failure: ") + e.what());
   }
