@@ -224,7 +224,7 @@ void IndexStore::write_snapshot() {
   const int dim = embedding_dim();
   const std::string path = snapshot_path();
   if (dim > 0) {
-    VectorFileWriter writer(path, dim, catalog_->count());
+    VectorFileWriter writer(path, dim, catalog_->vector_count());
     catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
     writer.commit();
   }
