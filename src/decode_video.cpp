@@ -2,8 +2,8 @@
 // Debian's libavformat, libavcodec and libswscale need 132 shared libraries (ldd: x264, x265, dav1d,
 // vpx, the GnuTLS stack, ...); mapping them at start-up (LD_PRELOAD of the three, 15 runs, p50)
 // made `cnclip --version` take 212-222 ms instead of 55-76 ms on the loaded 2-core machine, a cost
-// every command would pay, as with OpenCV's imgcodecs (imgcodecs_loader.cpp). The functions are the C API of the headers; their
-// addresses are looked up by name in the libraries of the SONAMEs the headers were built against.
+// every command would pay, as with OpenCV's imgcodecs (imgcodecs_loader.cpp). The functions are the C API of the
+// headers; their addresses are looked up by name in the libraries of the SONAMEs the headers were built against.
 extern "C" {
 #include <libavcodec/avcodec.h>
 #include <libavformat/avformat.h>
@@ -51,36 +51,36 @@ namespace {
 #define CNCLIP_SONAME(lib, major) "lib" #lib ".so." AV_STRINGIFY(major)
 
 // X(library index, function)
-#define CNCLIP_AV_FUNCTIONS(X)            \
-  X(0, av_frame_alloc)                    \
-  X(0, av_frame_free)                     \
-  X(0, av_frame_unref)                    \
-  X(0, av_strerror)                       \
-  X(0, av_log_set_callback)               \
-  X(0, av_dict_get)                       \
-  X(0, av_display_rotation_get)           \
-  X(1, sws_getCachedContext)              \
-  X(1, sws_scale)                         \
-  X(1, sws_freeContext)                   \
-  X(1, sws_getCoefficients)               \
-  X(1, sws_setColorspaceDetails)          \
-  X(2, avcodec_find_decoder)              \
-  X(2, avcodec_alloc_context3)            \
-  X(2, avcodec_parameters_to_context)     \
-  X(2, avcodec_open2)                     \
-  X(2, avcodec_send_packet)               \
-  X(2, avcodec_receive_frame)             \
-  X(2, avcodec_free_context)              \
-  X(2, avcodec_flush_buffers)             \
-  X(2, av_packet_alloc)                   \
-  X(2, av_packet_free)                    \
-  X(2, av_packet_unref)                   \
-  X(3, avformat_open_input)               \
-  X(3, avformat_find_stream_info)         \
-  X(3, av_find_best_stream)               \
-  X(3, av_read_frame)                     \
-  X(3, av_seek_frame)                     \
-  X(3, avformat_close_input)              \
+#define CNCLIP_AV_FUNCTIONS(X)        \
+  X(0, av_frame_alloc)                \
+  X(0, av_frame_free)                 \
+  X(0, av_frame_unref)                \
+  X(0, av_strerror)                   \
+  X(0, av_log_set_callback)           \
+  X(0, av_dict_get)                   \
+  X(0, av_display_rotation_get)       \
+  X(1, sws_getCachedContext)          \
+  X(1, sws_scale)                     \
+  X(1, sws_freeContext)               \
+  X(1, sws_getCoefficients)           \
+  X(1, sws_setColorspaceDetails)      \
+  X(2, avcodec_find_decoder)          \
+  X(2, avcodec_alloc_context3)        \
+  X(2, avcodec_parameters_to_context) \
+  X(2, avcodec_open2)                 \
+  X(2, avcodec_send_packet)           \
+  X(2, avcodec_receive_frame)         \
+  X(2, avcodec_free_context)          \
+  X(2, avcodec_flush_buffers)         \
+  X(2, av_packet_alloc)               \
+  X(2, av_packet_free)                \
+  X(2, av_packet_unref)               \
+  X(3, avformat_open_input)           \
+  X(3, avformat_find_stream_info)     \
+  X(3, av_find_best_stream)           \
+  X(3, av_read_frame)                 \
+  X(3, av_seek_frame)                 \
+  X(3, avformat_close_input)          \
   X(3, av_stream_get_side_data)
 
 struct Av {
@@ -108,10 +108,9 @@ const Av& av() {
   static Av fns;
   static std::string failure;
   std::call_once(once, [] {
-    const char* sonames[] = {CNCLIP_SONAME(avutil, LIBAVUTIL_VERSION_MAJOR),
-                             CNCLIP_SONAME(swscale, LIBSWSCALE_VERSION_MAJOR),
-                             CNCLIP_SONAME(avcodec, LIBAVCODEC_VERSION_MAJOR),
-                             CNCLIP_SONAME(avformat, LIBAVFORMAT_VERSION_MAJOR)};
+    const char* sonames[] = {
+        CNCLIP_SONAME(avutil, LIBAVUTIL_VERSION_MAJOR), CNCLIP_SONAME(swscale, LIBSWSCALE_VERSION_MAJOR),
+        CNCLIP_SONAME(avcodec, LIBAVCODEC_VERSION_MAJOR), CNCLIP_SONAME(avformat, LIBAVFORMAT_VERSION_MAJOR)};
     void* handles[4] = {};
     for (int i = 0; i < 4; ++i) {
       handles[i] = ::dlopen(sonames[i], RTLD_NOW | RTLD_LOCAL);
@@ -122,11 +121,11 @@ const Av& av() {
         return;
       }
     }
-#define CNCLIP_AV_LOOKUP(lib, name)                                                                    \
-  fns.name = reinterpret_cast<decltype(&::name)>(::dlsym(handles[lib], #name));                        \
-  if (!fns.name) {                                                                                     \
-    failure = std::string("cannot load FFmpeg: ") + sonames[lib] + " has no " #name;                   \
-    return;                                                                                            \
+#define CNCLIP_AV_LOOKUP(lib, name)                                                  \
+  fns.name = reinterpret_cast<decltype(&::name)>(::dlsym(handles[lib], #name));      \
+  if (!fns.name) {                                                                   \
+    failure = std::string("cannot load FFmpeg: ") + sonames[lib] + " has no " #name; \
+    return;                                                                          \
   }
     CNCLIP_AV_FUNCTIONS(CNCLIP_AV_LOOKUP)
 #undef CNCLIP_AV_LOOKUP
@@ -222,7 +221,8 @@ class Reader {
     if (rc < 0) return error(ErrorCode::kCorrupt, with_log(av_error_text(f_, rc)));
     codec_->thread_count = 1;  // the model is the bottleneck; one thread keeps FFmpeg's log on ours
     rc = f_.avcodec_open2(codec_, decoder, nullptr);
-    if (rc < 0) return error(ErrorCode::kUnsupportedFormat, "cannot open its " + std::string(decoder->name) + " decoder");
+    if (rc < 0)
+      return error(ErrorCode::kUnsupportedFormat, "cannot open its " + std::string(decoder->name) + " decoder");
     frame_ = f_.av_frame_alloc();
     packet_ = f_.av_packet_alloc();
     if (!frame_ || !packet_) return error(ErrorCode::kInternal, "out of memory");
@@ -292,9 +292,9 @@ class Reader {
   // The scene-analysis thumbnail (64x36 luma) of frame_.
   const cv::Mat& thumbnail() {
     constexpr int kW = 64, kH = 36;
-    thumb_sws_ = f_.sws_getCachedContext(thumb_sws_, frame_->width, frame_->height,
-                                         static_cast<AVPixelFormat>(frame_->format), kW, kH, AV_PIX_FMT_GRAY8,
-                                         SWS_AREA, nullptr, nullptr, nullptr);
+    thumb_sws_ =
+        f_.sws_getCachedContext(thumb_sws_, frame_->width, frame_->height, static_cast<AVPixelFormat>(frame_->format),
+                                kW, kH, AV_PIX_FMT_GRAY8, SWS_AREA, nullptr, nullptr, nullptr);
     if (thumb_.empty()) thumb_.create(kH, kW, CV_8UC1);
     if (thumb_sws_) {
       uint8_t* dst[4] = {thumb_.data, nullptr, nullptr, nullptr};
@@ -313,16 +313,18 @@ class Reader {
       w = std::max(1, static_cast<int>(std::lround(w * s)));
       h = std::max(1, static_cast<int>(std::lround(h * s)));
     }
-    rgb_sws_ = f_.sws_getCachedContext(rgb_sws_, frame_->width, frame_->height, static_cast<AVPixelFormat>(frame_->format),
-                                       w, h, AV_PIX_FMT_RGB24, SWS_AREA | SWS_ACCURATE_RND, nullptr, nullptr, nullptr);
+    rgb_sws_ =
+        f_.sws_getCachedContext(rgb_sws_, frame_->width, frame_->height, static_cast<AVPixelFormat>(frame_->format), w,
+                                h, AV_PIX_FMT_RGB24, SWS_AREA | SWS_ACCURATE_RND, nullptr, nullptr, nullptr);
     if (!rgb_sws_) return error(ErrorCode::kUnsupportedFormat, "cannot convert its pixel format to RGB");
     // The frame's own colour matrix and range (HD video is BT.709; swscale assumes BT.601).
     int space = SWS_CS_DEFAULT;
     if (frame_->colorspace == AVCOL_SPC_BT709) space = SWS_CS_ITU709;
-    else if (frame_->colorspace == AVCOL_SPC_BT2020_NCL || frame_->colorspace == AVCOL_SPC_BT2020_CL) space = SWS_CS_BT2020;
+    else if (frame_->colorspace == AVCOL_SPC_BT2020_NCL || frame_->colorspace == AVCOL_SPC_BT2020_CL)
+      space = SWS_CS_BT2020;
     const int src_range = frame_->color_range == AVCOL_RANGE_JPEG ? 1 : 0;
-    f_.sws_setColorspaceDetails(rgb_sws_, f_.sws_getCoefficients(space), src_range, f_.sws_getCoefficients(SWS_CS_DEFAULT),
-                                1, 0, 1 << 16, 1 << 16);
+    f_.sws_setColorspaceDetails(rgb_sws_, f_.sws_getCoefficients(space), src_range,
+                                f_.sws_getCoefficients(SWS_CS_DEFAULT), 1, 0, 1 << 16, 1 << 16);
     cv::Mat out(h, w, CV_8UC3);
     uint8_t* dst[4] = {out.data, nullptr, nullptr, nullptr};
     int stride[4] = {static_cast<int>(out.step[0]), 0, 0, 0};

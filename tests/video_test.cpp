@@ -5,11 +5,11 @@
 // Every video is made by the test with FFmpeg's lavfi sources (Debian's ffmpeg).
 #include <gtest/gtest.h>
 #include <httplib.h>
-#include <opencv2/imgcodecs.hpp>
 #include <signal.h>
 #include <sqlite3.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <opencv2/imgcodecs.hpp>
 
 #include <chrono>
 #include <cmath>
@@ -46,7 +46,8 @@ std::string model_arg() { return " --model " + q(test::tiny_bundle()); }
 // Three scenes of 3 s at 25 fps, 320x240: red, FFmpeg's moving test pattern, blue.
 void make_scenes(const std::string& out, const std::string& codec = "-c:v libx264 -pix_fmt yuv420p") {
   sh(ffmpeg() + "-f lavfi -i color=c=red:s=320x240:d=3:r=25 -f lavfi -i testsrc=s=320x240:d=3:r=25 " +
-     "-f lavfi -i color=c=blue:s=320x240:d=3:r=25 -filter_complex '[0][1][2]concat=n=3:v=1:a=0' " + codec + " " + q(out));
+     "-f lavfi -i color=c=blue:s=320x240:d=3:r=25 -filter_complex '[0][1][2]concat=n=3:v=1:a=0' " + codec + " " +
+     q(out));
 }
 
 struct Kept {
@@ -136,8 +137,9 @@ TEST_F(Videos, ContainersAndCodecs) {
     const char* name;
     const char* codec;
   };
-  for (const Case& c : {Case{"a.mkv", "-c:v libx264 -pix_fmt yuv420p"}, Case{"a.webm", "-c:v libvpx-vp9 -deadline realtime -cpu-used 8"},
-                        Case{"a.avi", "-c:v mpeg4"}, Case{"a.mov", "-c:v mjpeg"}, Case{"A.MP4", "-c:v libx264"}}) {
+  for (const Case& c : {Case{"a.mkv", "-c:v libx264 -pix_fmt yuv420p"},
+                        Case{"a.webm", "-c:v libvpx-vp9 -deadline realtime -cpu-used 8"}, Case{"a.avi", "-c:v mpeg4"},
+                        Case{"a.mov", "-c:v mjpeg"}, Case{"A.MP4", "-c:v libx264"}}) {
     make_scenes(file(c.name), c.codec);
     auto f = kept_frames(file(c.name));
     ASSERT_TRUE(f) << c.name << ": " << f.error().message;
@@ -270,9 +272,12 @@ TEST(VideoMerge, AdjacentFramesOfOneVideoMerge) {
   for (int s = 1; s <= 5; ++s) map.frames[kFrameIdBase + s] = FramePosition{7, 2000 * s, s};
   map.frames[kFrameIdBase + 10] = FramePosition{9, 2000, 1};
   map.videos = {7, 9};
-  const std::vector<SearchHit> hits{{kFrameIdBase + 2, 0.9f}, {3, 0.8f},  // 3: a photo
-                                    {kFrameIdBase + 1, 0.7f}, {kFrameIdBase + 5, 0.6f},
-                                    {7, 0.5f},                {kFrameIdBase + 10, 0.4f}};
+  const std::vector<SearchHit> hits{{kFrameIdBase + 2, 0.9f},
+                                    {3, 0.8f},  // 3: a photo
+                                    {kFrameIdBase + 1, 0.7f},
+                                    {kFrameIdBase + 5, 0.6f},
+                                    {7, 0.5f},
+                                    {kFrameIdBase + 10, 0.4f}};
   const auto m = merge_video_hits(hits, map);
   ASSERT_EQ(m.size(), 4u);
   // Frames 0, 1, 2 of video 7: one result at the best (frame 2, 4 s), from 0 to 4 s.
@@ -325,7 +330,8 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
     const auto frames = c->frames_of(v->id);
     ASSERT_EQ(frames.size(), 5u);
     const int64_t want[] = {2000, 3000, 5000, 6000, 8000};
-    for (size_t i = 0; i < 5; ++i) EXPECT_NEAR(static_cast<double>(frames[i].time_ms), static_cast<double>(want[i]), 45);
+    for (size_t i = 0; i < 5; ++i)
+      EXPECT_NEAR(static_cast<double>(frames[i].time_ms), static_cast<double>(want[i]), 45);
   }
   // Every frame matches (threshold -1): they are adjacent, so the video is one result spanning 0-8 s.
   r = test::run_cnclip("search-text 红色 -k 10 --threshold -1 --format jsonl --no-server" + common());
@@ -363,8 +369,9 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
   r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format paths --no-server" + common());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::smatch m;
-  ASSERT_TRUE(std::regex_match(r.out, m, std::regex(std::regex_replace(media_, std::regex("[.^$|()\\[\\]{}*+?\\\\]"), "\\$&") +
-                                                    "/scenes\\.mp4#t=([0-9.]+)\n")))
+  ASSERT_TRUE(std::regex_match(r.out, m,
+                               std::regex(std::regex_replace(media_, std::regex("[.^$|()\\[\\]{}*+?\\\\]"), "\\$&") +
+                                          "/scenes\\.mp4#t=([0-9.]+)\n")))
       << r.out;
   EXPECT_NEAR(std::stod(m[1]), best["time"].get<double>(), 1e-3);
   r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format table --no-server" + common());
@@ -375,7 +382,8 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
   ASSERT_EQ(arr.size(), 1u);
   EXPECT_EQ(arr[0]["time"], best["time"]);
   // The time filter and --under see videos through their rows.
-  r = test::run_cnclip("search-image " + q(frame) + " -k 5 --under " + q(media_) + " --format jsonl --no-server" + common());
+  r = test::run_cnclip("search-image " + q(frame) + " -k 5 --under " + q(media_) + " --format jsonl --no-server" +
+                       common());
   EXPECT_EQ(test::lines(r.out).size(), 2u) << r.out;
   // Unchanged: nothing decoded again; removed: its frames go with it.
   r = index();
@@ -418,7 +426,8 @@ TEST_F(VideoIndex, ChangedMovedBrokenAndNoVideo) {
   r = test::run_cnclip("index --format json " + q(media_) + common());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["failed"], 2) << r.out;
-  EXPECT_NE(r.err.find("cnclip: skipped: " + media_ + "/junk.mkv: cannot read the video ("), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cnclip: skipped: " + media_ + "/junk.mkv: cannot read the video ("), std::string::npos)
+      << r.err;
   EXPECT_NE(r.err.find("cnclip: skipped: " + media_ + "/cut.mp4: cannot read the video (the file ends early"),
             std::string::npos)
       << r.err;
@@ -442,7 +451,8 @@ TEST(VideoWalk, DefaultExtensionsTakeVideos) {
   for (const auto& e : video_extensions()) EXPECT_NE(std::find(d.begin(), d.end(), e), d.end()) << e;
   test::TempDir tmp;
   fs::create_directories(tmp / "m");
-  for (const char* n : {"a.mp4", "b.MOV", "c.mkv", "d.webm", "e.avi", "f.m4v", "g.txt"}) std::ofstream((tmp / "m") + "/" + n) << "x";
+  for (const char* n : {"a.mp4", "b.MOV", "c.mkv", "d.webm", "e.avi", "f.m4v", "g.txt"})
+    std::ofstream((tmp / "m") + "/" + n) << "x";
   EXPECT_EQ(walk_folder(tmp / "m", WalkOptions{}).files.size(), 6u);
 }
 
@@ -549,7 +559,8 @@ TEST(VideoCrash, KillMidVideoThenResume) {
       }
     }
     EXPECT_LT(kept, static_cast<size_t>(n)) << "the run ended before the signal";
-    r = test::run_cnclip("index -q --format json --frame-interval 0.1 " + q(media) + model_arg() + " --index " + q(idx));
+    r = test::run_cnclip("index -q --format json --frame-interval 0.1 " + q(media) + model_arg() + " --index " +
+                         q(idx));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json::parse(r.out)["added"].get<size_t>(), n - kept) << r.out;
     auto c = Catalog::open_read_only(cat);
@@ -654,7 +665,8 @@ TEST_F(VideoIndex, ServePosterRangeAndMediaTypes) {
   ASSERT_TRUE(tail);
   EXPECT_EQ(tail->status, 206);
   EXPECT_EQ(tail->body, original.substr(original.size() - 50));
-  auto beyond = http.Get(v["video"].get<std::string>(), httplib::Headers{{"Range", "bytes=" + std::to_string(original.size() + 10) + "-"}});
+  auto beyond = http.Get(v["video"].get<std::string>(),
+                         httplib::Headers{{"Range", "bytes=" + std::to_string(original.size() + 10) + "-"}});
   ASSERT_TRUE(beyond);
   EXPECT_EQ(beyond->status, 416);
   for (const auto& [name, type] : std::map<std::string, std::string>{

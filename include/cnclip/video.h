@@ -45,11 +45,11 @@ struct VideoOptions {
 struct VideoFrame {
   double time = 0;  // seconds from the start of the video (the first kept frame is 0)
   bool scene_change = false;
-  cv::Mat rgb;      // CV_8UC3, R, G, B order, upright
+  cv::Mat rgb;  // CV_8UC3, R, G, B order, upright
 };
 
 struct VideoInfo {
-  double duration = 0;  // seconds, as the container says (0 when it does not)
+  double duration = 0;        // seconds, as the container says (0 when it does not)
   int width = 0, height = 0;  // upright, as stored
   int64_t frames_decoded = 0;
   int64_t frames_kept = 0;
