@@ -22,6 +22,10 @@
 #   - RN50 rows: a full-size random RN50 (fp32, int8) next to ViT-B-16 in the same run: `index` of the
 #     same photos, interleaved, the towers alone, and a cold search-text on the photos' index.
 #     `scripts/bench.sh --models` runs only this block (and the inputs it needs): a few minutes.
+#   - video (--video: only this, a few minutes): hours of video indexed per CPU hour (user + system
+#     time of `cnclip index`), on a 720p H.264 video of 60 s with scene cuts (made by ffmpeg), at the
+#     default --frame-interval 2, with ViT-B-16 fp32 (random weights) and with the tiny model (which
+#     leaves mostly the decoding: its share of the cost).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="$repo/build/bench"
@@ -29,6 +33,7 @@ rounds=2
 skip_1m=0
 startup_only=0
 models_only=0
+video_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -36,6 +41,7 @@ while [ $# -gt 0 ]; do
     --skip-1m) skip_1m=1; shift ;;
     --startup-only) startup_only=1; shift ;;
     --models) models_only=1; shift ;;
+    --video) video_only=1; shift ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -77,10 +83,10 @@ fi
 
 # ---- inputs (cached) -------------------------------------------------------------------------------
 photos="$work/photos"
-[ -d "$photos" ] || { log "making photos"; "$py" "$helper" photos "$photos" --count 64 --png 4; }
+[ -d "$photos" ] || [ "$video_only" = 1 ] || { log "making photos"; "$py" "$helper" photos "$photos" --count 64 --png 4; }
 fp32="$work/vitb16-fp32"; int8="$work/vitb16-int8"
 stale() { [ ! -f "$1/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$1/bundle.json" ]; }
-if stale "$fp32" || stale "$int8"; then
+if stale "$fp32" || { [ "$video_only" = 0 ] && stale "$int8"; }; then
   log "exporting a random ViT-B-16 checkpoint (official layout), fp32 and int8"
   [ -f "$work/vitb16-random.pt" ] ||
     "$py" "$repo/scripts/make_random_checkpoint.py" --arch ViT-B-16 --seed 0 --out "$work/vitb16-random.pt"
@@ -89,7 +95,7 @@ if stale "$fp32" || stale "$int8"; then
 fi
 # ---- RN50 rows: the model sizes side by side ---------------------------------------------------------
 rn50_fp32="$work/rn50-fp32"; rn50_int8="$work/rn50-int8"
-if stale "$rn50_fp32" || stale "$rn50_int8"; then
+if [ "$video_only" = 0 ] && { stale "$rn50_fp32" || stale "$rn50_int8"; }; then
   log "exporting a random RN50 checkpoint (official layout), fp32 and int8"
   [ -f "$work/rn50-random.pt" ] ||
     "$py" "$repo/scripts/make_random_checkpoint.py" --arch RN50 --seed 0 --out "$work/rn50-random.pt"
@@ -131,6 +137,42 @@ timed() {  # timed OUTFILE CMD... : runs CMD, stdout to OUTFILE, peak RSS append
   /usr/bin/time -f "peak_kb=%M" -o "$out.time" "$@" > "$out"
   cat "$out.time" >> "$out"
 }
+# ---- video (issue 14): hours of video per CPU hour -----------------------------------------------------
+video_rows() {
+  local clip="$work/video/clip.mp4" n m
+  if [ ! -f "$clip" ]; then
+    log "making a 60 s 720p video with scene cuts"
+    mkdir -p "$work/video"
+    # testsrc2 (moving) cut with plain colour shots every 10 s: 6 scenes.
+    ffmpeg -nostdin -hide_banner -loglevel error -y \
+      -f lavfi -i testsrc2=s=1280x720:r=30:d=10 -f lavfi -i color=c=orange:s=1280x720:r=30:d=10 \
+      -f lavfi -i mandelbrot=s=1280x720:r=30 -f lavfi -i color=c=navy:s=1280x720:r=30:d=10 \
+      -f lavfi -i testsrc=s=1280x720:r=30:d=10 -f lavfi -i smptebars=s=1280x720:r=30:d=10 \
+      -filter_complex "[2]trim=duration=10,setpts=PTS-STARTPTS[m];[0][1][m][3][4][5]concat=n=6:v=1:a=0" \
+      -c:v libx264 -preset veryfast -pix_fmt yuv420p "$clip"
+  fi
+  local tiny="$work/tiny"
+  [ -f "$tiny/bundle.json" ] || "$py" "$repo/scripts/export_model.py" --random-init tiny --out "$tiny" >&2
+  for m in "$fp32" "$tiny"; do
+    local name; name=$(basename "$m")
+    local -a rates=() frames=()
+    for n in $(seq "$rounds"); do
+      rm -rf "$work/idx-video-$name"
+      /usr/bin/time -f "cpu_s=%U %S" -o "$work/video-$name.time" \
+        "$bin" index -q --format json "$work/video" --model "$m" --index "$work/idx-video-$name" > "$work/video-$name.json"
+      local cpu; cpu=$(sed -n 's/^cpu_s=//p' "$work/video-$name.time" | awk '{print $1 + $2}')
+      frames+=("$(json_field video_frames < "$work/video-$name.json")")
+      rates+=("$("$py" -c "print(60.0 / $cpu)")")
+      log "video $name round $n: ${frames[-1]} frames, $cpu CPU s"
+    done
+    # shellcheck disable=SC2086
+    echo "| video: 60 s of 720p H.264 (6 scenes), --frame-interval 2, $(basename "$m"): video hours per CPU hour (median of $rounds) | **$(f "$(median ${rates[*]})" .1f)** | ${frames[0]} frames stored | $(nproc) cores, user + system time |"
+  done
+}
+if [ "$video_only" = 1 ]; then
+  video_rows | tee "$work/video.md"
+  exit 0
+fi
 if [ "$models_only" = 1 ]; then
   {
     echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --models --rounds $rounds\` on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)); full-size random weights."

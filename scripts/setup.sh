@@ -68,6 +68,7 @@ packages=(
   libssl-dev              # sha256 of model bundle files (model-info --verify)
   libjpeg62-turbo-dev     # CMYK JPEGs decoded without conversion (Pillow parity)
   libheif-dev libraw-dev libgif-dev libwebp-dev libheif-examples libavif-bin libraw-bin  # HEIF/AVIF, RAW, GIF, animated WebP; their test tools
+  libavformat-dev libavcodec-dev libavutil-dev libswscale-dev ffmpeg  # videos (FFmpeg, loaded on first use); ffmpeg makes the test videos
   libgtest-dev googletest
   libcpp-httplib-dev            # cnclip serve: the HTTP server
   chromium chromium-driver python3-selenium fonts-wqy-microhei  # the browser test of cnclip serve's page

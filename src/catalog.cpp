@@ -18,7 +18,9 @@ namespace {
 // 3: files carry their capture time (taken_at, unix seconds; taken_source "exif", "exif-local" or
 //    "mtime"; taken_offset, minutes east of UTC, for "exif") and upright width and height; NULL until
 //    filled in (the next index run does it without the model).
-constexpr int kSchemaVersion = 3;
+// 4: frames: the frames of a video after its first (whose embedding is the video's own row), each
+//    with its time; deleted with their video (ON DELETE CASCADE).
+constexpr int kSchemaVersion = 4;
 
 // Owns one prepared statement.
 class Statement {
@@ -172,6 +174,7 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   c->upgrade_schema();
   const auto version = c->meta("schema_version");  // not upgraded when the file is read-only
   c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
+  c->has_frames_ = version && std::atoi(version->c_str()) >= 4;
   return c;
 }
 
@@ -204,6 +207,13 @@ void Catalog::upgrade_schema() {
            "ALTER TABLE files ADD COLUMN width INTEGER;"
            "ALTER TABLE files ADD COLUMN height INTEGER;"
            "CREATE INDEX files_by_time ON files(taken_at, mtime_ns);");
+    }
+    if (from < 4) {
+      // A new table only: existing rows are untouched (photos have no frames).
+      exec("CREATE TABLE IF NOT EXISTS frames(id INTEGER PRIMARY KEY,"
+           "  file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,"
+           "  time_ms INTEGER NOT NULL, embedding BLOB NOT NULL);"
+           "CREATE INDEX IF NOT EXISTS frames_by_file ON frames(file_id, time_ms);");
     }
     if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
     exec("COMMIT");
@@ -282,6 +292,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   }
   // An older schema read as it is (no migration writes here): capture times default to the mtime.
   c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
+  c->has_frames_ = version && std::atoi(version->c_str()) >= 4;
   return c;
 }
 
@@ -536,6 +547,62 @@ void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, cons
     fn(s.i64(0), v);
   }
   if (rc != SQLITE_DONE) fail("cannot read embeddings");
+  if (!has_frames_) return;
+  Statement f = prepare("SELECT id, embedding FROM frames ORDER BY id");
+  while ((rc = sqlite3_step(f.get())) == SQLITE_ROW) {
+    const auto* v = static_cast<const float*>(sqlite3_column_blob(f.get(), 1));
+    if (sqlite3_column_bytes(f.get(), 1) != expected || !embedding_is_valid(v, dim)) {
+      throw Exception(ErrorCode::kCorrupt,
+                      catalog_damage_message(path_, "the embedding of video frame id " + std::to_string(f.i64(0)) +
+                                                        " is not a finite unit vector of the index's dimension"));
+    }
+    fn(kFrameIdBase + f.i64(0), v);
+  }
+  if (rc != SQLITE_DONE) fail("cannot read the embeddings of video frames");
+}
+
+int64_t Catalog::vector_count() {
+  int64_t n = count();
+  if (!has_frames_) return n;
+  Statement s = prepare("SELECT COUNT(*) FROM frames");
+  if (sqlite3_step(s.get()) != SQLITE_ROW) fail("cannot count video frames");
+  return n + s.i64(0);
+}
+
+void Catalog::set_frames(int64_t file_id, const std::vector<int64_t>& times_ms, const float* embeddings, int dim) {
+  {
+    Statement d = prepare("DELETE FROM frames WHERE file_id = ?");
+    d.bind(1, file_id);
+    if (sqlite3_step(d.get()) != SQLITE_DONE) fail("cannot replace the frames of file id " + std::to_string(file_id));
+  }
+  Statement s = prepare("INSERT INTO frames(file_id, time_ms, embedding) VALUES(?, ?, ?)");
+  for (size_t i = 0; i < times_ms.size(); ++i) {
+    sqlite3_reset(s.get());
+    s.bind(1, file_id).bind(2, times_ms[i]);
+    s.bind_blob(3, embeddings + i * static_cast<size_t>(dim), static_cast<size_t>(dim) * sizeof(float));
+    if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot add a frame of file id " + std::to_string(file_id));
+  }
+}
+
+std::vector<FrameRecord> Catalog::frames() {
+  std::vector<FrameRecord> out;
+  if (!has_frames_) return out;
+  Statement s = prepare("SELECT id, file_id, time_ms FROM frames ORDER BY file_id, time_ms");
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
+  if (rc != SQLITE_DONE) fail("cannot list video frames");
+  return out;
+}
+
+std::vector<FrameRecord> Catalog::frames_of(int64_t file_id) {
+  std::vector<FrameRecord> out;
+  if (!has_frames_) return out;
+  Statement s = prepare("SELECT id, file_id, time_ms FROM frames WHERE file_id = ? ORDER BY time_ms");
+  s.bind(1, file_id);
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
+  if (rc != SQLITE_DONE) fail("cannot list the frames of file id " + std::to_string(file_id));
+  return out;
 }
 
 std::vector<std::string> Catalog::roots() {

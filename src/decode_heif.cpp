@@ -47,6 +47,20 @@ Error heif_failure(const std::string& name, const char* format, const heif_error
 
 }  // namespace
 
+bool heif_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height) {
+  std::unique_ptr<heif_context, CtxFree> ctx(heif_context_alloc());
+  if (!ctx) return false;
+  if (heif_context_read_from_memory_without_copy(ctx.get(), bytes.data(), bytes.size(), nullptr).code != heif_error_Ok) {
+    return false;
+  }
+  heif_image_handle* raw_handle = nullptr;
+  if (heif_context_get_primary_image_handle(ctx.get(), &raw_handle).code != heif_error_Ok) return false;
+  std::unique_ptr<heif_image_handle, HandleFree> handle(raw_handle);
+  *width = heif_image_handle_get_width(handle.get());
+  *height = heif_image_handle_get_height(handle.get());
+  return *width > 0 && *height > 0;
+}
+
 Result<DecodedImage> decode_heif(const std::vector<uint8_t>& bytes, const std::string& name,
                                  const DecodeOptions& options, const char* format) {
   std::unique_ptr<heif_context, CtxFree> ctx(heif_context_alloc());

@@ -50,6 +50,18 @@ struct MemImageFree {
 
 }  // namespace
 
+bool raw_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height) {
+  auto raw = std::make_unique<LibRaw>(LIBRAW_OPTIONS_NONE);
+  raw->set_dataerror_handler(quiet_data_error, nullptr);
+  raw->set_memerror_handler(quiet_memory_error, nullptr);
+  if (raw->open_buffer(const_cast<uint8_t*>(bytes.data()), bytes.size()) != LIBRAW_SUCCESS) return false;
+  const libraw_image_sizes_t& sizes = raw->imgdata.sizes;
+  const bool turned = (sizes.flip & 4) != 0;
+  *width = turned ? sizes.height : sizes.width;
+  *height = turned ? sizes.width : sizes.height;
+  return *width > 0 && *height > 0;
+}
+
 Result<DecodedImage> decode_raw(const std::vector<uint8_t>& bytes, const std::string& name,
                                 const DecodeOptions& options) {
   auto raw = std::make_unique<LibRaw>(LIBRAW_OPTIONS_NONE);

@@ -581,6 +581,17 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
 Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const std::string& name) {
   const Format format = bytes.empty() ? Format::kUnknown : sniff(bytes, name);
   const std::optional<HeaderInfo> parsed = parse_header(format, bytes);
+  // Formats read by other libraries: the size where it is cheap to get (container boxes, RAW
+  // metadata, GIF's logical screen), already upright; 0 when the bytes do not reach it.
+  if (!parsed && (format == Format::kHeif || format == Format::kAvif || format == Format::kRaw || format == Format::kGif)) {
+    int64_t w = 0, h = 0;
+    if (format == Format::kGif) {
+      if (bytes.size() >= 10) w = le16(bytes.data() + 6), h = le16(bytes.data() + 8);
+    } else if (!(format == Format::kRaw ? detail::raw_size(bytes, &w, &h) : detail::heif_size(bytes, &w, &h))) {
+      w = h = 0;
+    }
+    return ImageHeader{format_name(format), w, h, 1};
+  }
   if (!parsed) {
     return decode_error(ErrorCode::kUnsupportedFormat, name, std::string("unsupported format (") + format_name(format) + ")");
   }

@@ -28,6 +28,13 @@ Result<DecodedImage> decode_gif(const std::vector<uint8_t>& bytes, const std::st
 Result<DecodedImage> decode_webp_animation(const std::vector<uint8_t>& bytes, const std::string& name,
                                            const DecodeOptions& options);
 
+// The upright size of a HEIF/AVIF file's primary image (its transformations applied), from the
+// container's boxes alone (nothing is decoded); false when libheif cannot read them.
+bool heif_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height);
+// The upright size of a camera RAW image (LibRaw's metadata parse, nothing unpacked); false when
+// LibRaw cannot open it.
+bool raw_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height);
+
 // A JPEG's size from its first frame header; false when the header is not found.
 bool jpeg_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height);
 

@@ -236,7 +236,7 @@ void IndexStore::write_snapshot() {
   }
   if (dim > 0) {
     try {
-      VectorFileWriter writer(path, dim, catalog_->count());
+      VectorFileWriter writer(path, dim, catalog_->vector_count());
       catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
       writer.commit();
     } catch (const Exception& e) {

@@ -15,10 +15,12 @@
 #include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "cnclip/runtime.h"
+#include "cnclip/video.h"
 #include "encode_pipeline.h"
 
 namespace cnclip {
@@ -32,10 +34,208 @@ std::string content_hash(const std::vector<uint8_t>& bytes) {
   return hex;
 }
 
+// XXH3-128 of a whole file read in 1 MiB pieces (videos are not read into memory at once).
+Result<std::string> file_content_hash(const std::string& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f) return errno_error(path, errno, "cannot read file");
+  std::unique_ptr<XXH3_state_t, XXH_errorcode (*)(XXH3_state_t*)> state(XXH3_createState(), &XXH3_freeState);
+  XXH3_128bits_reset(state.get());
+  std::vector<char> buf(1 << 20);
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) XXH3_128bits_update(state.get(), buf.data(), n);
+  if (std::ferror(f.get())) return errno_error(path, errno, "cannot read file");
+  const XXH128_hash_t h = XXH3_128bits_digest(state.get());
+  char hex[33];
+  std::snprintf(hex, sizeof(hex), "%016llx%016llx", static_cast<unsigned long long>(h.high64),
+                static_cast<unsigned long long>(h.low64));
+  return std::string(hex);
+}
+
 int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// The videos of the plan (plan.to_encode from `first` on): each decoded (decode_video: a frame every
+// frame_interval seconds plus scene changes), its frames encoded in batches, and committed in one
+// transaction: the video's row (its first frame's embedding) with its other frames. An interruption
+// abandons the video in progress (nothing of it is written). Returns false when interrupted.
+bool encode_videos(IndexStore& store, Model& model, IndexPlan& plan, size_t first, const IndexOptions& options,
+                   IndexObserver& observer, IndexSummary& summary) {
+  const BundleManifest& bundle = model.manifest();
+  const int dim = bundle.embedding_dim;
+  const Normalization norm = bundle.image;
+  const size_t image_floats = 3 * static_cast<size_t>(norm.size) * static_cast<size_t>(norm.size);
+  const int batch_size = std::max(1, options.encode.batch_size);
+  Catalog& catalog = store.catalog();
+  model.load_image_tower();  // before concurrent calls (model.h)
+  const ModelParallelism parallelism = choose_parallelism(compute_threads(), model.on_cpu(), options.encode.model_workers);
+  VideoOptions vo;
+  vo.frame_interval = options.frame_interval;
+  vo.reduced_min_side = options.decode.reduced_decode_min_side;
+  vo.apply_rotation = options.decode.apply_exif_orientation;
+  vo.max_pixels = options.decode.max_pixels;
+  const auto total = static_cast<int64_t>(plan.to_encode.size());
+  int64_t done = static_cast<int64_t>(first);
+  bool model_recorded = false;
+  auto fail = [&](const PlannedFile& item, const Error& e) {
+    observer.on_file_error(e);
+    ++summary.failed;
+    CatalogTransaction tx(catalog);
+    catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0}, e.message);
+    tx.commit();
+  };
+  for (size_t i = first; i < plan.to_encode.size(); ++i) {
+    if (interrupt_requested()) return false;
+    const PlannedFile& item = plan.to_encode[i];
+    auto hash = file_content_hash(item.file.path);
+    if (!hash) {
+      fail(item, hash.error());
+      observer.on_progress(++done, total);
+      continue;
+    }
+    if (!item.existing) {
+      auto it = plan.vanished.find(hash.value());
+      if (it != plan.vanished.end()) {  // a vanished video under a new name: its row and frames move
+        FileRecord r = it->second;
+        plan.vanished.erase(it);
+        r.path = item.file.path;
+        r.size = item.file.size;
+        r.mtime_ns = item.file.mtime_ns;
+        r.indexed_at = now_seconds();
+        CatalogTransaction tx(catalog);
+        catalog.forget_failure(item.file.path);
+        catalog.update(r, nullptr, dim);
+        tx.commit();
+        ++summary.moved;
+        observer.on_progress(++done, total);
+        continue;
+      }
+    }
+    std::vector<int64_t> times_ms;
+    std::vector<float> embeddings, pixels;
+    std::optional<Error> model_error;
+    std::exception_ptr model_failure;  // the model failed (not one frame): ends the run, as for photos
+    // A chunk of frames is encoded as the photo pipeline does (one single-threaded call per core,
+    // see choose_parallelism), while the next chunk is decoded on this thread.
+    struct Part {
+      std::vector<float> pixels, embeddings;
+      RowErrors errors;
+      std::exception_ptr failure;
+    };
+    std::vector<Part> parts;
+    std::vector<std::thread> running;
+    auto wait = [&] {
+      for (auto& t : running) t.join();
+      running.clear();
+      for (auto& part : parts) {
+        if (part.failure) std::rethrow_exception(part.failure);  // the model failed: ends the run
+        for (const auto& err : part.errors) {
+          if (err && !model_error) model_error = Error{err->code, item.file.path + ": a frame: " + err->message};
+        }
+        embeddings.insert(embeddings.end(), part.embeddings.begin(), part.embeddings.end());
+      }
+      parts.clear();
+    };
+    auto flush = [&] {
+      wait();
+      const size_t n = pixels.size() / image_floats;
+      if (n == 0) return;
+      const size_t per = (n + static_cast<size_t>(parallelism.workers) - 1) / static_cast<size_t>(parallelism.workers);
+      parts.resize((n + per - 1) / per);
+      for (size_t w = 0; w < parts.size(); ++w) {
+        const size_t from = w * per, count = std::min(per, n - from);
+        parts[w].pixels.assign(pixels.begin() + static_cast<std::ptrdiff_t>(from * image_floats),
+                               pixels.begin() + static_cast<std::ptrdiff_t>((from + count) * image_floats));
+      }
+      pixels.clear();
+      for (size_t w = 0; w < parts.size(); ++w) {
+        running.emplace_back([&model, &parallelism, part = &parts[w], w, image_floats] {
+          try {
+            set_compute_threads(parallelism.threads_of(static_cast<int>(w)));
+            part->embeddings = model.encode_images(part->pixels.data(),
+                                                   static_cast<int>(part->pixels.size() / image_floats), &part->errors);
+          } catch (...) {
+            part->failure = std::current_exception();
+          }
+        });
+      }
+    };
+    struct Joiner {  // no thread is left running when this video ends early (an error, an interruption)
+      std::vector<std::thread>& threads;
+      ~Joiner() {
+        for (auto& t : threads) {
+          if (t.joinable()) t.join();
+        }
+      }
+    } joiner{running};
+    auto decoded = decode_video(item.file.path, vo, [&](const VideoFrame& frame) {
+      if (interrupt_requested()) return false;
+      DecodedImage image;
+      image.pixels = frame.rgb;
+      image.mode = PixelMode::kRGB;
+      image.format = "video";
+      const cv::Mat rgb = resize_like_pillow(image, norm.size, norm.size);
+      pixels.resize(pixels.size() + image_floats);
+      normalize_to_chw(rgb, norm, &pixels[pixels.size() - image_floats]);
+      times_ms.push_back(static_cast<int64_t>(std::llround(frame.time * 1000)));
+      if (pixels.size() / image_floats >= static_cast<size_t>(batch_size * parallelism.workers)) {
+        try {
+          flush();
+        } catch (...) {
+          model_failure = std::current_exception();
+          return false;
+        }
+      }
+      return true;
+    });
+    if (model_failure) std::rethrow_exception(model_failure);
+    if (!decoded && decoded.error().code == ErrorCode::kInterrupted) return false;
+    if (decoded) flush();
+    wait();
+    if (!decoded || model_error) {
+      fail(item, decoded ? *model_error : decoded.error());
+      observer.on_progress(++done, total);
+      continue;
+    }
+    const VideoInfo& info = decoded.value();
+    PhotoMeta meta;
+    meta.width = info.width;
+    meta.height = info.height;
+    if (info.creation_time) {  // the container's creation_time is UTC
+      meta.taken_at = *info.creation_time;
+      meta.source = TimeSource::kExif;
+      meta.offset_minutes = 0;
+    } else {
+      meta.taken_at = item.file.mtime_ns / 1'000'000'000 - (item.file.mtime_ns % 1'000'000'000 < 0 ? 1 : 0);
+      meta.source = TimeSource::kMtime;
+    }
+    CatalogTransaction tx(catalog);
+    if (!model_recorded) {
+      store.record_model(bundle);
+      model_recorded = true;
+    }
+    catalog.forget_failure(item.file.path);
+    FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, hash.value(), now_seconds(), meta};
+    if (item.existing) {
+      r.id = item.existing->id;
+      catalog.update(r, embeddings.data(), dim);
+      ++summary.updated;
+    } else {
+      r.id = catalog.insert(r, embeddings.data(), dim);
+      ++summary.added;
+    }
+    // The first frame is the row's own embedding; the others go to the frames table.
+    std::vector<int64_t> rest(times_ms.begin() + 1, times_ms.end());
+    catalog.set_frames(r.id, rest, embeddings.data() + dim, dim);
+    tx.commit();
+    ++summary.video_frames;
+    summary.video_frames += static_cast<int64_t>(rest.size());
+    summary.video_seconds += info.duration;
+    observer.on_progress(++done, total);
+  }
+  return true;
 }
 
 // Phase 3: decode, encode and commit the plan's files, one transaction per batch. Returns false when
@@ -43,6 +243,10 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const IndexOptions& options,
                        IndexObserver& observer, IndexSummary& summary) {
   if (plan.to_encode.empty()) return true;
+  // Photos first, through the pipeline; then videos, one at a time (encode_videos).
+  const auto first_video = std::stable_partition(plan.to_encode.begin(), plan.to_encode.end(),
+                                                 [](const PlannedFile& f) { return !is_video_path(f.file.path); });
+  const auto photos = static_cast<size_t>(first_video - plan.to_encode.begin());
   const BundleManifest& bundle = model.manifest();
   const int dim = bundle.embedding_dim;
   Catalog& catalog = store.catalog();
@@ -50,7 +254,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
   const Normalization norm = bundle.image;
   // Capture time and size, from the bytes read for the model anyway; one slot per file, each written
   // by the one decoder thread that prepares that file.
-  std::vector<PhotoMeta> metas(plan.to_encode.size());
+  std::vector<PhotoMeta> metas(photos);
   auto prepare = [&](size_t i) {
     const PlannedFile& item = plan.to_encode[i];
     auto bytes = read_file_bytes(item.file.path);
@@ -77,10 +281,11 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
     p.content_hash = std::move(hash);
     return p;
   };
-  detail::EncodePipeline pipeline(model, plan.to_encode.size(), prepare, options.encode);
+  const auto total = static_cast<int64_t>(plan.to_encode.size());
+  if (photos == 0) return encode_videos(store, model, plan, 0, options, observer, summary);
+  detail::EncodePipeline pipeline(model, photos, prepare, options.encode);
   bool model_recorded = false;
   int64_t done = 0;
-  const auto total = static_cast<int64_t>(plan.to_encode.size());
   while (auto batch = pipeline.next()) {
     if (batch->error) {
       pipeline.stop();
@@ -127,7 +332,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
     }
   }
   pipeline.stop();
-  return true;
+  return photos == plan.to_encode.size() || encode_videos(store, model, plan, photos, options, observer, summary);
 }
 
 // Files indexed before capture times and sizes were stored (an index upgraded from schema 2) get

@@ -205,6 +205,27 @@ std::string terminal_safe(std::string_view text) {
   return out;
 }
 
+// Seconds into a video, to the millisecond, without trailing zeros: "12", "2.5", "3.04".
+static std::string seconds_text(double t) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3f", t);
+  std::string s = buf;
+  while (s.back() == '0') s.pop_back();
+  if (s.back() == '.') s.pop_back();
+  return s;
+}
+
+// "1:02.5" (minutes, seconds) for the table.
+static std::string clock_text(double t) {
+  const auto ms = static_cast<int64_t>(std::llround(t * 1000));
+  char buf[48];
+  const int64_t h = ms / 3'600'000, m = ms / 60'000 % 60;
+  const double sec = static_cast<double>(ms % 60'000) / 1000.0;
+  if (h > 0) std::snprintf(buf, sizeof buf, "%lld:%02lld:%04.1f", static_cast<long long>(h), static_cast<long long>(m), sec);
+  else std::snprintf(buf, sizeof buf, "%lld:%04.1f", static_cast<long long>(m), sec);
+  return buf;
+}
+
 std::string hit_json(const std::string& query, const RankedHit& hit) {
   // Written by hand rather than through nlohmann::json, which prints 1.0 as "1.0" and 0.5 as "0.5":
   // the README promises six decimals.
@@ -213,8 +234,17 @@ std::string hit_json(const std::string& query, const RankedHit& hit) {
   s += ",\"rank\":" + std::to_string(hit.rank) + ",\"path\":" + json_string(hit.path);
   if (!valid_utf8(hit.path)) s += ",\"path_bytes\":\"" + hex_encode(hit.path) + "\"";
   s += ",\"score\":" + score_text(hit.score);
+  // A video: the matching moment (seconds), and the range of the adjacent matching frames merged
+  // into it; its capture time is then "taken".
+  if (hit.time) {
+    s += ",\"time\":" + seconds_text(*hit.time) + ",\"start\":" + seconds_text(hit.start.value_or(*hit.time)) +
+         ",\"end\":" + seconds_text(hit.end.value_or(*hit.time));
+  }
   // Capture time and size (search results; absent for hits made elsewhere, and size when unknown).
-  if (hit.taken_at) s += ",\"time\":\"" + format_time(*hit.taken_at, hit.meta.source == TimeSource::kExif ? hit.meta.offset_minutes : std::nullopt) + "\"";
+  if (hit.taken_at) {
+    s += std::string(hit.time ? ",\"taken\":\"" : ",\"time\":\"") +
+         format_time(*hit.taken_at, hit.meta.source == TimeSource::kExif ? hit.meta.offset_minutes : std::nullopt) + "\"";
+  }
   if (hit.meta.width > 0 && hit.meta.height > 0) {
     s += ",\"width\":" + std::to_string(hit.meta.width) + ",\"height\":" + std::to_string(hit.meta.height);
   }
@@ -245,7 +275,11 @@ void ResultPrinter::print(const QueryResult& r) {
       break;
     case OutputFormat::kPaths:
       if (blocks_) out_ << end;  // an empty line (record) between one query's paths and the next's
-      for (const auto& h : r.hits) out_ << (options_.terminal ? terminal_safe(h.path) : h.path) << end;
+      for (const auto& h : r.hits) {
+        out_ << (options_.terminal ? terminal_safe(h.path) : h.path);
+        if (h.time) out_ << "#t=" << seconds_text(*h.time);  // a media fragment, as browsers and players take it
+        out_ << end;
+      }
       break;
     case OutputFormat::kTable:
       if (blocks_) out_ << '\n';
@@ -255,7 +289,12 @@ void ResultPrinter::print(const QueryResult& r) {
         char head[64];
         // %9.6f: "-0.041000" and " 0.312000" take the same width, so the paths line up.
         std::snprintf(head, sizeof(head), "%4d  %9.6f  ", h.rank, static_cast<double>(h.score));
-        out_ << head << terminal_safe(h.path) << '\n';
+        out_ << head << terminal_safe(h.path);
+        if (h.time) {
+          out_ << "  @ " << clock_text(*h.time);
+          if (h.start && h.end && *h.end > *h.start) out_ << " (" << clock_text(*h.start) << "-" << clock_text(*h.end) << ")";
+        }
+        out_ << '\n';
       }
       break;
   }

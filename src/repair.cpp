@@ -316,6 +316,15 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
           if (!ok) ++report.files_invalid;
           return ok;
         };
+      } else if (table == "frames" && emb_col > 0) {
+        // Video frames (schema 4): the same check of their embeddings; frames left without their
+        // video's row are dropped below.
+        accept = [&, emb_col](sqlite3_stmt* row) {
+          const bool ok = dim > 0 && sqlite3_column_bytes(row, emb_col) == dim * static_cast<int>(sizeof(float)) &&
+                          embedding_is_valid(static_cast<const float*>(sqlite3_column_blob(row, emb_col)), dim);
+          if (!ok) ++report.files_invalid;
+          return ok;
+        };
       }
       const int64_t hint = table == "files" && !snapshot.ids.empty() ? *snapshot.ids.rbegin() : 0;
       CopyResult r = copy_table(old, fresh, table, cols, hint, accept);
@@ -323,6 +332,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       report.unreadable[table] = r.unreadable;
       if (table == "files") kept_files = r.rowids;
     }
+    exec(fresh, "DELETE FROM frames WHERE file_id NOT IN (SELECT id FROM files)");
     report.damaged = !report.problems.empty() || report.files_invalid > 0;
     for (const auto& [t, n] : report.unreadable) {
       if (n > 0) report.damaged = true;
@@ -330,6 +340,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
     if (report.damaged) {
       std::sort(kept_files.begin(), kept_files.end());
       for (int64_t id : snapshot.ids) {
+        if (id >= kFrameIdBase) continue;  // a video frame, not a file
         if (!std::binary_search(kept_files.begin(), kept_files.end(), id)) ++report.files_lost_known;
       }
       if (report.problems.empty()) report.problems.push_back("unreadable rows or unusable embeddings");

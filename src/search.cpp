@@ -1,5 +1,7 @@
 #include "cnclip/search.h"
 
+#include "cnclip/video.h"
+
 #include <faiss/utils/distances.h>
 
 #include <algorithm>
@@ -26,6 +28,98 @@ int64_t mtime_seconds(int64_t mtime_ns) { return mtime_ns / 1'000'000'000 - (mti
 
 }  // namespace
 
+FrameMap load_frame_map(Catalog& catalog) {
+  FrameMap map;
+  int64_t file = -1;
+  int seq = 0;
+  for (const auto& f : catalog.frames()) {  // by file, then time
+    if (f.file_id != file) file = f.file_id, seq = 0;
+    map.frames.emplace(f.vector_id, FramePosition{f.file_id, f.time_ms, ++seq});
+    map.videos.insert(f.file_id);
+  }
+  return map;
+}
+
+std::vector<MergedHit> merge_video_hits(const std::vector<SearchHit>& hits, const FrameMap& frames,
+                                        size_t max_results, size_t* used) {
+  std::vector<MergedHit> out;
+  struct Frame {
+    int seq;
+    int64_t time_ms;
+    size_t position;
+  };
+  // The prefix of `hits` that makes at most max_results results: a hit that would start one more
+  // result ends it (a frame next to one taken joins its result; one between two joins both).
+  size_t n = hits.size();
+  if (max_results < hits.size()) {
+    std::unordered_map<int64_t, std::unordered_set<int>> taken;  // video -> frame positions taken
+    size_t results = 0;
+    n = 0;
+    for (; n < hits.size(); ++n) {
+      const int64_t id = hits[n].id;
+      int64_t file = id;
+      int seq = 0;
+      if (id >= kFrameIdBase) {
+        auto it = frames.frames.find(id);
+        if (it == frames.frames.end()) continue;
+        file = it->second.file_id;
+        seq = it->second.seq;
+      } else if (!frames.videos.count(id)) {
+        if (results == max_results) break;
+        ++results;
+        continue;
+      }
+      auto& seqs = taken[file];
+      const size_t next = results + 1 - seqs.count(seq - 1) - seqs.count(seq + 1);
+      if (next > max_results) break;
+      results = next;
+      seqs.insert(seq);
+    }
+  }
+  if (used) *used = n;
+  std::unordered_map<int64_t, std::vector<Frame>> of_video;  // file id -> its frames among the hits
+  for (size_t i = 0; i < n; ++i) {
+    const int64_t id = hits[i].id;
+    if (id >= kFrameIdBase) {
+      auto it = frames.frames.find(id);
+      if (it == frames.frames.end()) continue;  // removed since the vectors were read
+      of_video[it->second.file_id].push_back(Frame{it->second.seq, it->second.time_ms, i});
+    } else if (frames.videos.count(id)) {
+      of_video[id].push_back(Frame{0, 0, i});
+    } else {
+      MergedHit m;
+      m.file_id = id;
+      m.score = hits[i].score;
+      m.best_id = id;
+      m.position = i;
+      out.push_back(m);
+    }
+  }
+  for (auto& [file, list] : of_video) {
+    std::sort(list.begin(), list.end(), [](const Frame& a, const Frame& b) { return a.seq < b.seq; });
+    for (size_t a = 0; a < list.size();) {
+      size_t b = a + 1;
+      while (b < list.size() && list[b].seq == list[b - 1].seq + 1) ++b;
+      MergedHit m;
+      m.file_id = file;
+      m.has_frames = true;
+      m.start_ms = list[a].time_ms;
+      m.end_ms = list[b - 1].time_ms;
+      m.position = list[a].position;
+      m.time_ms = list[a].time_ms;
+      for (size_t k = a; k < b; ++k) {
+        if (list[k].position < m.position) m.position = list[k].position, m.time_ms = list[k].time_ms;
+      }
+      m.score = hits[m.position].score;
+      m.best_id = hits[m.position].id;
+      out.push_back(m);
+      a = b;
+    }
+  }
+  std::sort(out.begin(), out.end(), [](const MergedHit& x, const MergedHit& y) { return x.position < y.position; });
+  return out;
+}
+
 std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels, const std::vector<float>& queries,
                                           const SearchOptions& options, const std::vector<std::string>& exclude) {
   const int nq = static_cast<int>(labels.size());
@@ -45,6 +139,10 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
                                               std::to_string(vectors_->dim()));
   }
   Catalog& catalog = store_.catalog();
+  // Video frames after a video's first are vectors of their own (kFrameIdBase ids): filters and
+  // --exclude-self apply to their video.
+  const FrameMap frame_map = vectors_->size() > catalog.count() ? load_frame_map(catalog) : FrameMap{};
+  auto file_of = [&frame_map](int64_t id) { return frame_map.file_of(id); };
   // Filters, applied inside the search (FAISS's ID selector), before the top k.
   const bool by_time = options.after || options.before;
   std::unordered_map<int64_t, int64_t> times;  // id -> capture time: the files in range, or all of them
@@ -55,7 +153,8 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
   }
   std::function<bool(int64_t)> allowed;
   if (!options.under.empty() || by_time) {
-    allowed = [&](int64_t id) {
+    allowed = [&](int64_t vector_id) {
+      const int64_t id = file_of(vector_id);
       return (options.under.empty() || under_ids.count(id) > 0) && (!by_time || times.count(id) > 0);
     };
   }
@@ -89,69 +188,108 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
   // In 64 bits and bounded by the index size: -k 2147483647 asks for everything.
   const int64_t want = std::min<int64_t>(options.offset + int64_t{options.top_k} + extra, n);
 
-  std::vector<std::vector<SearchHit>> raw;
+  // The hits that count (threshold, --exclude-self), with a video's adjacent frames merged.
+  auto merge = [&](const std::vector<SearchHit>& hits, int q, size_t max_results, bool* all_used) {
+    std::vector<SearchHit> kept;
+    kept.reserve(hits.size());
+    for (const auto& h : hits) {
+      if (options.threshold && h.score < *options.threshold) {
+        if (options.sort == SortOrder::kScore) break;  // best first: the rest are lower
+        continue;
+      }
+      const int64_t id = file_of(h.id);
+      if (id < 0 || id == excluded[q]) continue;
+      kept.push_back(h);
+    }
+    size_t used = 0;
+    auto out = merge_video_hits(kept, frame_map, max_results, &used);
+    if (all_used) *all_used = used == kept.size();
+    return out;
+  };
+  // A frame counts as matching when it ranks above the last result wanted: the hits merged are those
+  // before the first that would make one result more than offset + k.
+  const auto limit = static_cast<size_t>(std::min<int64_t>(options.offset + int64_t{options.top_k}, n));
+  std::vector<std::vector<MergedHit>> merged(labels.size());
   if (options.sort == SortOrder::kScore) {
     // One more than wanted, to see whether the last wanted hit ties with the next: FAISS keeps any of
     // equal scores (exact copies of a photo have equal embeddings), so the list is extended until the
-    // tie is complete, and then ordered by (score, id): the same order at any k and offset.
+    // tie is complete, and then ordered by (score, id): the same order at any k and offset. With
+    // video frames, also until `want` results are left after merging.
     int64_t k = std::min<int64_t>(want + 1, n);
+    std::vector<std::vector<SearchHit>> raw;
     while (true) {
       raw = vectors_->search(queries.data(), nq, static_cast<int>(std::min<int64_t>(k, INT32_MAX)), allowed);
-      bool tie = false;
-      for (const auto& hits : raw) {
+      bool more = false;
+      for (int q = 0; q < nq; ++q) {
+        auto& hits = raw[q];
         const auto got = static_cast<int64_t>(hits.size());
-        if (got == k && got > want && want > 0 && hits[got - 1].score == hits[want - 1].score) tie = true;
+        if (got == k && got > want && want > 0 && hits[got - 1].score == hits[want - 1].score) more = true;
+        std::sort(hits.begin(), hits.end(), [](const SearchHit& a, const SearchHit& b) {
+          return a.score != b.score ? a.score > b.score : a.id < b.id;
+        });
+        if (!frame_map.frames.empty()) {
+          bool all_used = false;
+          merged[q] = merge(hits, q, limit, &all_used);
+          const bool below = options.threshold && !hits.empty() && hits.back().score < *options.threshold;
+          // Every hit taken (and the list may go on): more hits may still join or add results.
+          // Too few results, or every hit taken (the next ones may still extend a result): fetch more.
+          if (got == k && !below && (merged[q].size() < limit || all_used)) more = true;
+        }
       }
-      if (!tie || k >= n || k >= INT32_MAX) break;
+      if (!more || k >= n || k >= INT32_MAX) break;
       k = std::min<int64_t>(k * 2, n);
     }
-    for (auto& hits : raw) {
-      std::sort(hits.begin(), hits.end(), [](const SearchHit& a, const SearchHit& b) {
-        return a.score != b.score ? a.score > b.score : a.id < b.id;
-      });
+    if (frame_map.frames.empty()) {
+      for (int q = 0; q < nq; ++q) merged[q] = merge(raw[q], q, SIZE_MAX, nullptr);
     }
   } else {
-    raw = vectors_->range_search(queries.data(), nq, *options.threshold, allowed);
-    for (auto& hits : raw) {
-      std::sort(hits.begin(), hits.end(), [&](const SearchHit& a, const SearchHit& b) {
-        const int64_t ta = times.at(a.id), tb = times.at(b.id);
-        return ta != tb ? ta > tb : a.id < b.id;
+    auto raw = vectors_->range_search(queries.data(), nq, *options.threshold, allowed);
+    for (int q = 0; q < nq; ++q) {
+      std::sort(raw[q].begin(), raw[q].end(), [](const SearchHit& a, const SearchHit& b) {
+        return a.score != b.score ? a.score > b.score : a.id < b.id;
+      });
+      merged[q] = merge(raw[q], q, SIZE_MAX, nullptr);  // every frame over the threshold matches
+      std::stable_sort(merged[q].begin(), merged[q].end(), [&](const MergedHit& a, const MergedHit& b) {
+        const int64_t ta = times.at(a.file_id), tb = times.at(b.file_id);
+        if (ta != tb) return ta > tb;
+        if (a.file_id != b.file_id) return a.file_id < b.file_id;
+        return a.start_ms < b.start_ms;
       });
     }
   }
 
   // The page of each query: skip `offset` results of the whole list, take top_k.
-  std::vector<std::vector<SearchHit>> pages(labels.size());
+  std::vector<std::vector<MergedHit>> pages(labels.size());
   std::vector<int64_t> ids;
   for (int q = 0; q < nq; ++q) {
     int64_t position = 0;
-    for (const auto& h : raw[q]) {
+    for (const auto& h : merged[q]) {
       if (static_cast<int64_t>(pages[q].size()) == options.top_k) break;
-      if (options.threshold && h.score < *options.threshold) {
-        if (options.sort == SortOrder::kScore) break;  // best first: the rest are lower
-        continue;
-      }
-      if (h.id == excluded[q]) continue;
       if (position++ < options.offset) continue;
       pages[q].push_back(h);
-      ids.push_back(h.id);
+      ids.push_back(h.file_id);
     }
   }
   std::unordered_map<int64_t, FileRecord> record_of;
   for (auto& r : catalog.find_by_ids(ids)) record_of.emplace(r.id, std::move(r));
   for (int q = 0; q < nq; ++q) {
     for (const auto& h : pages[q]) {
-      auto it = record_of.find(h.id);
+      auto it = record_of.find(h.file_id);
       if (it == record_of.end()) continue;  // removed since the vectors were read
       RankedHit hit;
       hit.rank = static_cast<int>(std::min<int64_t>(options.offset + static_cast<int64_t>(results[q].hits.size()) + 1,
                                                     std::numeric_limits<int>::max()));
       hit.path = it->second.path;
       hit.score = h.score;
-      hit.id = h.id;
+      hit.id = h.file_id;
       hit.meta = it->second.meta;
       if (hit.meta.source != TimeSource::kNone) hit.taken_at = hit.meta.taken_at;
       else if (it->second.mtime_ns != 0) hit.taken_at = mtime_seconds(it->second.mtime_ns);  // 0: imported, no file
+      if (h.has_frames || is_video_path(hit.path)) {
+        hit.time = h.time_ms / 1000.0;
+        hit.start = h.start_ms / 1000.0;
+        hit.end = h.end_ms / 1000.0;
+      }
       results[q].hits.push_back(std::move(hit));
     }
   }

@@ -554,7 +554,7 @@ TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheMode
       r.err.find("reading the capture time and size of 3 file(s) indexed before cnclip stored them (no re-encoding)"),
       std::string::npos)
       << r.err;
-  EXPECT_EQ(schema_version(), "3");
+  EXPECT_EQ(schema_version(), "4");  // the current schema (4: video frames)
   EXPECT_EQ(embeddings(), embeddings_before_) << "no embedding is touched";
   auto c = Catalog::open_read_only(catalog());
   std::map<std::string, FileRecord> by_name;

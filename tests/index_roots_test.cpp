@@ -676,7 +676,8 @@ TEST(CatalogSchema, Version1CatalogIsUpgradedInPlace) {
   sqlite3_close(db);
 
   auto c = Catalog::open(path, false);
-  EXPECT_EQ(c->meta("schema_version"), "3");  // straight to the current schema (3: capture times)
+  EXPECT_EQ(c->meta("schema_version"), "4");  // straight to the current schema (4: video frames)
+  EXPECT_TRUE(c->frames().empty());
   EXPECT_EQ(c->generation(), 7);
   EXPECT_EQ(c->count(), 1);
   auto roots = c->root_records();

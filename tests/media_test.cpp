@@ -165,7 +165,8 @@ TEST(MediaWalk, DefaultExtensionsTakeEveryFormat) {
   EXPECT_TRUE(o.wants("/p/IMG_0001.HEIC"));
   EXPECT_TRUE(o.wants("/p/DSC_0001.NEF"));
   EXPECT_TRUE(o.wants("/p/cat.gif"));
-  EXPECT_FALSE(o.wants("/p/clip.mp4"));
+  EXPECT_TRUE(o.wants("/p/clip.mp4"));  // videos too (video_test.cpp)
+  EXPECT_FALSE(o.wants("/p/notes.txt"));
 }
 
 TEST(MediaWalk, RawNextToItsJpegIsPaired) {

@@ -40,6 +40,16 @@ struct RootRecord {
                          // ("" = the defaults)
 };
 
+// Schema 4: a stored video frame after the video's first (the first frame is the video's own files
+// row, at time 0). Its vector id (in the vector snapshot and search hits) is kFrameIdBase + its row
+// id, so file ids (below 2^40) and frame ids never meet in one index.
+inline constexpr int64_t kFrameIdBase = int64_t{1} << 40;
+struct FrameRecord {
+  int64_t vector_id = 0;  // kFrameIdBase + row id
+  int64_t file_id = 0;    // the video's files row
+  int64_t time_ms = 0;    // from the start of the video
+};
+
 // Message for a damaged catalog: what it means and what to do ("...; run 'cnclip repair' ...").
 std::string catalog_damage_message(const std::string& path, const std::string& detail);
 // Whether a stored embedding can be searched: `dim` finite floats of unit length (within 1e-3).
@@ -106,8 +116,19 @@ class Catalog {
   std::unordered_map<int64_t, int64_t> capture_times(std::optional<int64_t> after = std::nullopt,
                                                      std::optional<int64_t> before = std::nullopt);
 
-  // Calls fn(id, vector) for every file, in id order.
+  // Calls fn(id, vector) for every file, in id order, then for every stored video frame after a
+  // video's first (id kFrameIdBase + frame row id, in that order).
   void for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn);
+  // The vectors for_each_embedding gives: files and video frames.
+  int64_t vector_count();
+
+  // Schema 4: video frames. set_frames replaces the frames of the video `file_id` (its files row must
+  // exist) by times_ms.size() frames, embeddings row by row (call inside the transaction that writes
+  // the video's row, so a video's frames are committed together). Removing a file removes its frames.
+  void set_frames(int64_t file_id, const std::vector<int64_t>& times_ms, const float* embeddings, int dim);
+  // Every stored frame, by file id then time (empty below schema 4); the frames of one video.
+  std::vector<FrameRecord> frames();
+  std::vector<FrameRecord> frames_of(int64_t file_id);
 
   // Files that could not be decoded, remembered with their size and mtime so that an unchanged
   // broken file is not decoded (and reported) again on every run.
@@ -139,6 +160,7 @@ class Catalog {
   sqlite3* db_;
   std::string path_;
   bool has_meta_ = false;  // the files table has the schema-3 columns
+  bool has_frames_ = false;  // schema 4: the frames table exists
 };
 
 // RAII transaction: rolls back unless commit() was called.

@@ -31,6 +31,9 @@ struct IndexOptions {
   bool reindex = false;
   bool allow_mixed_precision = false;  // accept the int8/fp32 sibling of the index's model
   bool retry_failed = false;  // decode again files that failed before and have not changed since
+  // Videos (video.h): a frame every frame_interval seconds, plus scene changes (> 0; default 2 s).
+  // Stored videos keep the frames they were indexed with until they change or --reindex.
+  double frame_interval = 2.0;
   EncodeOptions encode;  // batch size (also the images per committed transaction), decoder threads,
                          // model workers: defaults and why in encode_options.h
 };
@@ -45,6 +48,8 @@ struct IndexSummary {
   int64_t links = 0;          // symbolic links met and not followed
   int64_t paired = 0;         // RAW files left out for a JPEG of the same name (WalkResult::paired)
   int64_t filled = 0;         // files indexed before capture times were stored, given theirs (no model)
+  int64_t video_frames = 0;   // frames stored for the videos added or updated (video.h)
+  double video_seconds = 0;   // their duration
   double seconds = 0;
   bool interrupted = false;
 };

@@ -6,7 +6,13 @@
 #include <string>
 #include <vector>
 
+#include <cstdint>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "cnclip/catalog.h"
 #include "cnclip/index_store.h"
+#include "cnclip/vector_index.h"
 #include "cnclip/photo_meta.h"
 
 namespace cnclip {
@@ -44,8 +50,6 @@ struct SearchOptions {
 // "score" or "date"; kInvalidArgument naming `what` otherwise.
 SortOrder parse_sort_order(const std::string& name, const std::string& what);
 
-struct SearchHit;
-
 struct RankedHit {
   int rank = 0;  // 1-based
   std::string path;
@@ -54,7 +58,49 @@ struct RankedHit {
   // Set by Searcher: the capture time (unix seconds; photo_meta.h), the mtime when not known yet.
   std::optional<int64_t> taken_at = std::nullopt;
   PhotoMeta meta{};  // as stored (source kNone: not known yet; width/height 0: unknown)
+  // Videos: the matching moment, in seconds from the start: `time` of the best frame, and the range
+  // [start, end] of the adjacent matching frames merged into this result (merge_video_hits). Unset
+  // for photos.
+  std::optional<double> time = std::nullopt, start = std::nullopt, end = std::nullopt;
 };
+
+// Where a stored vector sits in its video: the video's files row is frame 0 at time 0, the frames
+// table's rows (catalog.h, kFrameIdBase ids) follow in time order.
+struct FramePosition {
+  int64_t file_id = 0;
+  int64_t time_ms = 0;
+  int seq = 0;  // 0 for the video's own row
+};
+// Vector id -> position, for every stored frame after a video's first; `videos` holds the file ids
+// that have such frames. Built from Catalog::frames() (one indexed pass, ~0.1 s per 100,000 frames).
+struct FrameMap {
+  std::unordered_map<int64_t, FramePosition> frames;
+  std::unordered_set<int64_t> videos;
+  int64_t file_of(int64_t vector_id) const {
+    if (vector_id < kFrameIdBase) return vector_id;
+    auto it = frames.find(vector_id);
+    return it == frames.end() ? -1 : it->second.file_id;
+  }
+};
+FrameMap load_frame_map(Catalog& catalog);
+
+// One result of a search after merging: a photo, or a moment of a video.
+struct MergedHit {
+  int64_t file_id = 0;
+  float score = 0;        // the best frame's
+  int64_t best_id = 0;    // its vector id
+  size_t position = 0;    // its position in the hits given
+  bool has_frames = false;  // a video with frames after its first (times below are set)
+  int64_t time_ms = 0, start_ms = 0, end_ms = 0;
+};
+// Merges the frames of one video that are adjacent in the video (consecutive frame positions) and
+// all in `hits` into one result: score and time of the best of them, start and end the first and the
+// last one's times. Frames of one video that are not adjacent stay separate results. Results come in
+// the order of their best hit in `hits` (pass them best first). With max_results, only the hits
+// before the first one that would make more results than that are merged (a frame ranked below the
+// last result wanted is not a match); *used receives how many were.
+std::vector<MergedHit> merge_video_hits(const std::vector<SearchHit>& hits, const FrameMap& frames,
+                                        size_t max_results = SIZE_MAX, size_t* used = nullptr);
 
 struct QueryResult {
   std::string query;  // the text, or the image path as given

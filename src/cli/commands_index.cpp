@@ -1,4 +1,5 @@
 // index, info, remove
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <ctime>
@@ -15,6 +16,7 @@
 #include "cnclip/indexer.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
+#include "cnclip/video.h"
 #include "options.h"
 #include "progress.h"
 
@@ -65,8 +67,9 @@ struct IndexCommand {
   std::vector<std::string> paths;
   std::vector<std::string> excludes;
   std::string extensions;
-  bool hidden = false, reindex = false, wait = false, retry_failed = false;
-  CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr;
+  bool hidden = false, reindex = false, wait = false, retry_failed = false, no_video = false;
+  double frame_interval = kDefaultFrameInterval;
+  CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr, *no_video_opt = nullptr;
   int batch_size = 4, jobs = 0;
 };
 
@@ -91,6 +94,16 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     for (const auto& e : WalkOptions::default_extensions()) default_ext += (default_ext.empty() ? "" : ",") + e;
     c.ext_opt = sub->add_option("--ext", c.extensions,
                                 "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
+    c.no_video_opt = sub->add_flag("--no-video", c.no_video,
+                                   "Leave videos (" + [] {
+                                     std::string v;
+                                     for (const auto& e : video_extensions()) v += (v.empty() ? "" : ",") + e;
+                                     return v;
+                                   }() + ") out: stored with the folder like --ext");
+    sub->add_option("--frame-interval", c.frame_interval,
+                    "Videos: seconds between indexed frames (scene changes are indexed too)")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
@@ -117,12 +130,20 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: " + dir +
                                                            " holds no index yet; give folders or files (cnclip index PATH...)");
         }
-        if (c.hidden_opt->count() + c.exclude_opt->count() + c.ext_opt->count() > 0) {
+        if (c.hidden_opt->count() + c.exclude_opt->count() + c.ext_opt->count() + c.no_video_opt->count() > 0) {
           opts.walk = WalkOptions{};
           opts.walk->include_hidden = c.hidden;
           opts.walk->excludes = c.excludes;
         }
         if (opts.walk && !c.extensions.empty()) opts.walk->extensions = parse_extension_list(c.extensions);
+        if (opts.walk && c.no_video) {
+          auto& exts = opts.walk->extensions;
+          exts.erase(std::remove_if(exts.begin(), exts.end(),
+                                    [](const std::string& e) { return is_video_path("." + e); }),
+                     exts.end());
+          if (exts.empty()) throw Exception(ErrorCode::kInvalidArgument, "--no-video: --ext names only videos");
+        }
+        opts.frame_interval = c.frame_interval;
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
@@ -145,7 +166,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                            {"failed", s.failed},    {"failed_before", s.failed_before},
                            {"excluded", s.excluded}, {"missing", s.missing},
                            {"unreadable_folders", s.unreadable_folders}, {"links", s.links},
-                           {"paired", s.paired}, {"interrupted", s.interrupted},
+                           {"paired", s.paired}, {"video_frames", s.video_frames}, {"interrupted", s.interrupted},
                            {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
         }

@@ -10,7 +10,9 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,6 +36,7 @@
 #include "cnclip/photo_meta.h"
 #include "cnclip/search.h"
 #include "cnclip/route.h"
+#include "cnclip/video.h"
 #include "server/route_protocol.h"
 #include "server/web_assets.h"
 
@@ -102,16 +105,53 @@ bool constant_time_equal(const std::string& a, const std::string& b) {
 }
 
 // Content type of an image file from its first bytes (the formats cnclip indexes).
-std::string sniff_image_type(const std::vector<uint8_t>& b) {
+// The media type of an original, from its first bytes (and, for camera RAW files, which are TIFF
+// inside or formats of their own, from the name).
+std::string sniff_media_type(const std::vector<uint8_t>& b, const std::string& path) {
   auto starts = [&](const char* magic, size_t n, size_t at = 0) {
     return b.size() >= at + n && std::memcmp(b.data() + at, magic, n) == 0;
   };
+  std::string ext;
+  if (const auto dot = path.find_last_of("./"); dot != std::string::npos && path[dot] == '.') {
+    ext = path.substr(dot + 1);
+    for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  const auto& raw = raw_extensions();
+  if (std::find(raw.begin(), raw.end(), ext) != raw.end()) return ext == "dng" ? "image/x-adobe-dng" : "image/x-" + ext;
   if (starts("\xFF\xD8\xFF", 3)) return "image/jpeg";
-  if (starts("\x89PNG\r\n\x1a\n", 8)) return "image/png";
+  if (starts("\x89PNG\r\n\x1a\n", 8)) return ext == "apng" ? "image/apng" : "image/png";
   if (starts("RIFF", 4) && starts("WEBP", 4, 8)) return "image/webp";
+  if (starts("RIFF", 4) && starts("AVI ", 4, 8)) return "video/x-msvideo";
+  if (starts("GIF87a", 6) || starts("GIF89a", 6)) return "image/gif";
   if (starts("BM", 2)) return "image/bmp";
   if (starts("II*\0", 4) || starts("MM\0*", 4)) return "image/tiff";
+  if (starts("\x1A\x45\xDF\xA3", 4)) {  // EBML: WebM is Matroska with the DocType "webm"
+    const std::string head(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(std::min<size_t>(b.size(), 64)));
+    return head.find("webm") != std::string::npos ? "video/webm" : "video/x-matroska";
+  }
+  if (starts("ftyp", 4, 4) && b.size() >= 12) {  // ISO base media: the major brand says what it holds
+    const std::string brand(b.begin() + 8, b.begin() + 12);
+    if (brand == "avif" || brand == "avis") return "image/avif";
+    if (brand == "heic" || brand == "heix" || brand == "heim" || brand == "heis" || brand == "hevc" || brand == "hevx") {
+      return "image/heic";
+    }
+    if (brand == "mif1" || brand == "msf1") return ext == "avif" ? "image/avif" : "image/heif";
+    if (brand == "qt  ") return "video/quicktime";
+    return "video/mp4";  // isom, iso2, mp41, mp42, avc1, M4V , dash, ...
+  }
   return "application/octet-stream";
+}
+
+// Whether browsers show the original of this path themselves (else the page shows a large thumbnail).
+bool browser_shows(const std::string& path) {
+  std::string ext;
+  if (const auto dot = path.find_last_of("./"); dot != std::string::npos && path[dot] == '.') {
+    ext = path.substr(dot + 1);
+    for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  }
+  static const std::set<std::string> shown{"jpg", "jpeg", "jpe", "png", "apng", "webp", "gif", "bmp", "avif",
+                                           "mp4", "m4v", "mov", "webm", "mkv"};
+  return shown.count(ext) > 0;
 }
 
 // Parses a whole decimal integer parameter in [lo, hi]; throws kInvalidArgument naming it.
@@ -215,9 +255,21 @@ struct Server::Impl {
       r["score"] = score_value(h.score);
       r["thumbnail"] = "/api/v1/thumb/" + std::to_string(h.id);
       r["image"] = "/api/v1/image/" + std::to_string(h.id);
-      // As in the CLI's JSON: capture time, and size when known.
+      r["viewable"] = browser_shows(h.path);  // false: the page shows the thumbnail, and links the original
+      // As in the CLI's JSON: capture time, and size when known. A video: the matching moment (its
+      // poster is the frame there), the merged range, and its capture time as "taken".
+      if (h.time) {
+        char t[32];
+        std::snprintf(t, sizeof t, "%.3f", *h.time);
+        r["video"] = "/api/v1/image/" + std::to_string(h.id);
+        r["thumbnail"] = "/api/v1/thumb/" + std::to_string(h.id) + "?t=" + t;
+        r["time"] = std::round(*h.time * 1000) / 1000;
+        r["start"] = std::round(h.start.value_or(*h.time) * 1000) / 1000;
+        r["end"] = std::round(h.end.value_or(*h.time) * 1000) / 1000;
+      }
       if (h.taken_at) {
-        r["time"] = format_time(*h.taken_at, h.meta.source == TimeSource::kExif ? h.meta.offset_minutes : std::nullopt);
+        r[h.time ? "taken" : "time"] =
+            format_time(*h.taken_at, h.meta.source == TimeSource::kExif ? h.meta.offset_minutes : std::nullopt);
       }
       if (h.meta.width > 0 && h.meta.height > 0) {
         r["width"] = h.meta.width;
@@ -411,18 +463,48 @@ struct Server::Impl {
     }));
   }
 
+  // The original, with its media type, streamed from the file: Range requests (a video player seeking,
+  // a resumed download) get 206 with only the bytes asked for (cpp-httplib applies the ranges to the
+  // content provider). The file is opened once, so a file replaced during the transfer is not mixed in.
   void handle_image(const httplib::Request& req, httplib::Response& res) {
     const int64_t id = std::stoll(req.matches[1]);
     auto rec = record(id);
     if (!rec) return send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
-    auto bytes = still_indexed(*rec) ? read_file_bytes(rec->path) : Result<std::vector<uint8_t>>(Error{});
-    if (!bytes || static_cast<int64_t>(bytes.value().size()) != rec->size) {
+    const int fd = still_indexed(*rec) ? ::open(rec->path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW) : -1;
+    struct stat st {};
+    if (fd < 0 || ::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<int64_t>(st.st_size) != rec->size) {
+      if (fd >= 0) ::close(fd);
       return send_error(res, 404, "not_found",
                         "file " + std::to_string(id) + " is gone or changed since it was indexed (run cnclip index)");
     }
-    const auto& b = bytes.value();
+    // A range that starts past the end cannot be served: 416 with the size, as RFC 9110 says (left to
+    // cpp-httplib, it would drop the connection).
+    const auto size = static_cast<ssize_t>(st.st_size);
+    for (const auto& [first, last] : req.ranges) {
+      if ((first >= 0 && first >= size) || (first < 0 && last == 0) || (first >= 0 && last >= 0 && last < first)) {
+        ::close(fd);
+        res.status = 416;
+        res.set_header("Content-Range", "bytes */" + std::to_string(size));
+        return;
+      }
+    }
+    auto file = std::shared_ptr<int>(new int(fd), [](int* f) {
+      ::close(*f);
+      delete f;
+    });
+    std::vector<uint8_t> head(64);
+    const ssize_t got = ::pread(fd, head.data(), head.size(), 0);
+    head.resize(got > 0 ? static_cast<size_t>(got) : 0);
     res.set_header("Cache-Control", "private, max-age=60");
-    res.set_content(std::string(b.begin(), b.end()), sniff_image_type(b).c_str());
+    res.set_header("Accept-Ranges", "bytes");
+    res.set_content_provider(static_cast<size_t>(st.st_size), sniff_media_type(head, rec->path),
+                             [file](size_t offset, size_t length, httplib::DataSink& sink) {
+                               std::vector<char> buf(std::min<size_t>(length, 1 << 16));
+                               const ssize_t n = ::pread(*file, buf.data(), buf.size(), static_cast<off_t>(offset));
+                               if (n <= 0) return false;  // the file shrank: the connection is closed
+                               sink.write(buf.data(), static_cast<size_t>(n));
+                               return true;
+                             });
   }
 
   static bool looks_like_whole_jpeg(const std::vector<uint8_t>& b) {
@@ -440,6 +522,19 @@ struct Server::Impl {
     const bool hex_key = !key.empty() && key.size() <= 64 &&
                          key.find_first_not_of("0123456789abcdef") == std::string::npos;
     if (!hex_key) key = "id" + std::to_string(id) + "-" + std::to_string(rec->size) + "-" + std::to_string(rec->mtime_ns);
+    // A video's poster: the frame at ?t=SECONDS (to the millisecond; default the first frame).
+    const bool video = is_video_path(rec->path);
+    int64_t at_ms = 0;
+    if (video && req.has_param("t")) {
+      const std::string v = req.get_param_value("t");
+      char* end = nullptr;
+      const double t = std::strtod(v.c_str(), &end);
+      if (v.empty() || *end != '\0' || !std::isfinite(t) || t < 0 || t > 1e7) {
+        throw Exception(ErrorCode::kInvalidArgument, "parameter 't' must be a number of seconds from 0");
+      }
+      at_ms = std::llround(t * 1000);
+    }
+    if (video) key += "-t" + std::to_string(at_ms);
     const std::string dir = options.index_dir + "/thumbs";
     const std::string cached = dir + "/" + key + "-" + std::to_string(options.thumb_size) + ".jpg";
     res.set_header("Cache-Control", "private, max-age=60");
@@ -457,7 +552,22 @@ struct Server::Impl {
     d.apply_exif_orientation = true;
     d.max_pixels = options.decode.max_pixels;
     d.reduced_decode_min_side = options.thumb_size;
-    auto decoded = decode_image_file(rec->path, d);
+    Result<DecodedImage> decoded = Error{};
+    if (video) {
+      VideoOptions vo;
+      vo.reduced_min_side = options.thumb_size;
+      vo.max_pixels = options.decode.max_pixels;
+      auto frame = video_frame_at(rec->path, static_cast<double>(at_ms) / 1000.0, vo);
+      if (frame) {
+        DecodedImage image;
+        image.pixels = std::move(frame.value().rgb);
+        decoded = std::move(image);
+      } else {
+        decoded = frame.error();
+      }
+    } else {
+      decoded = decode_image_file(rec->path, d);
+    }
     if (!decoded) {
       const ErrorCode c = decoded.error().code;
       if (c == ErrorCode::kNotFound || c == ErrorCode::kPermissionDenied) {

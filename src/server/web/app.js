@@ -26,7 +26,7 @@ const PAGE = 40;
 const $ = id => document.getElementById(id);
 const els = {
   form: $('search'), q: $('q'), file: $('file'), pick: $('pick'), grid: $('grid'), status: $('status'),
-  more: $('more'), drop: $('drop'), viewer: $('viewer'), full: $('full'), path: $('path'), score: $('score'),
+  more: $('more'), drop: $('drop'), viewer: $('viewer'), full: $('full'), video: $('video'), path: $('path'), score: $('score'),
   copy: $('copy'), like: $('like'), open: $('open'), close: $('close'), queryImage: $('query-image'),
   queryThumb: $('query-thumb'), queryLabel: $('query-label'),
 };
@@ -90,6 +90,12 @@ function tile(hit, index) {
   rank.className = 'rank';
   rank.textContent = hit.rank;
   b.append(img, rank, score);
+  if (hit.video) {  // a video: the poster is the matching frame; the badge says where it is
+    const moment = document.createElement('span');
+    moment.className = 'moment';
+    moment.textContent = '▶ ' + clock(hit.time);
+    b.append(moment);
+  }
   b.addEventListener('click', () => openViewer(index));
   return b;
 }
@@ -206,15 +212,36 @@ function searchImage(blob, name) {
   navigate({kind: 'image', blob, name: name || ''});
 }
 
+// Seconds as m:ss (h:mm:ss past an hour).
+function clock(t) {
+  const s = Math.floor(t % 60), m = Math.floor(t / 60) % 60, h = Math.floor(t / 3600);
+  const ss = String(s).padStart(2, '0');
+  return h ? `${h}:${String(m).padStart(2, '0')}:${ss}` : `${m}:${ss}`;
+}
+
 // --- the large view ---------------------------------------------------------------------
 function openViewer(index) {
   const hit = results[index];
   if (!hit) return;
   viewing = index;
-  els.full.src = hit.image;
+  if (hit.video) {
+    // Played from the matching moment (a media fragment; the server answers the Range requests).
+    els.full.hidden = true;
+    els.full.removeAttribute('src');
+    els.video.hidden = false;
+    els.video.poster = hit.thumbnail;
+    els.video.src = `${hit.video}#t=${hit.time}`;
+  } else {
+    els.video.hidden = true;
+    els.video.removeAttribute('src');
+    els.full.hidden = false;
+    // A format browsers do not show (HEIC, TIFF, camera RAW): the thumbnail, the original linked.
+    els.full.src = hit.viewable === false ? hit.thumbnail : hit.image;
+  }
   els.full.alt = hit.path;
   els.path.textContent = hit.path;
-  els.score.textContent = hit.score === null ? '' : `#${hit.rank} · ${hit.score.toFixed(4)}`;
+  els.score.textContent = (hit.score === null ? '' : `#${hit.rank} · ${hit.score.toFixed(4)}`) +
+    (hit.video ? ` · ${clock(hit.start)}–${clock(hit.end)}` : '');
   els.open.href = hit.image;
   els.copy.textContent = T.copy;
   els.viewer.hidden = false;
@@ -225,6 +252,9 @@ function closeViewer(focusTile = true) {
   if (els.viewer.hidden) return;
   els.viewer.hidden = true;
   els.full.removeAttribute('src');
+  els.video.pause();
+  els.video.removeAttribute('src');
+  els.video.load();
   if (focusTile && els.grid.children[viewing]) els.grid.children[viewing].focus();
   viewing = -1;
 }
