@@ -65,7 +65,7 @@ struct IndexCommand {
   std::vector<std::string> paths;
   std::vector<std::string> excludes;
   std::string extensions;
-  bool hidden = false, reindex = false, wait = false, retry_failed = false;
+  bool hidden = false, reindex = false, wait = false, retry_failed = false, confirm_removal = false;
   CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr;
   int batch_size = 4, jobs = 0;
 };
@@ -91,6 +91,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     for (const auto& e : WalkOptions::default_extensions()) default_ext += (default_ext.empty() ? "" : ",") + e;
     c.ext_opt = sub->add_option("--ext", c.extensions,
                                 "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
+    sub->add_flag("--confirm-removal", c.confirm_removal,
+                  "Let new walk options remove all of a folder's indexed files, or more than half of 10 or more (refused otherwise)");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
@@ -123,6 +125,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           opts.walk->excludes = c.excludes;
         }
         if (opts.walk && !c.extensions.empty()) opts.walk->extensions = parse_extension_list(c.extensions);
+        if (opts.walk) check_walk_options(*opts.walk);  // before the model loads: a usage error is quick
+        opts.confirm_removal = c.confirm_removal;
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;
