@@ -547,12 +547,13 @@ TEST_F(Plan, OnlyFilesSeenGoneAreVanished) {
   fs::create_directories(root + "/emptied");
   add(root + "/kept.jpg");
   add(root + "/gone.jpg");            // its folder was listed without it
-  add(root + "/emptied/gone2.jpg");   // likewise
+  add(root + "/emptied/gone2.jpg");   // its folder is empty now (an unmounted share?): kept, missing
   add(root + "/deleted-dir/g3.jpg");  // its folder is gone, and the root was listed without it
   auto p = plan();
   std::set<std::string> vanished;
   for (const auto& [h, r] : p.vanished) vanished.insert(r.path);
-  EXPECT_EQ(vanished, (std::set<std::string>{root + "/gone.jpg", root + "/emptied/gone2.jpg", root + "/deleted-dir/g3.jpg"}));
+  EXPECT_EQ(vanished, (std::set<std::string>{root + "/gone.jpg", root + "/deleted-dir/g3.jpg"}));
+  EXPECT_EQ(p.missing, 1);
   ASSERT_EQ(p.to_encode.size(), 1u);  // kept.jpg changed (size 1 vs the file's)
   EXPECT_TRUE(p.excluded.empty());
 }
