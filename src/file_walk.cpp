@@ -261,9 +261,11 @@ void check_walk_options(const WalkOptions& options) {
                                                        ": '[' without a closing ']' (to match a '[' itself, write '[[]')");
     }
     if (g.find('/') != std::string::npos && g[0] != '/' && g[0] != '*' && g[0] != '?' && g[0] != '[') {
+      char cwd[PATH_MAX];
+      const std::string absolute = (::getcwd(cwd, sizeof(cwd)) ? std::string(cwd) : std::string("/full/path")) + "/" + g;
       throw Exception(ErrorCode::kInvalidArgument,
                       "--exclude " + shell_word(g) + ": a pattern with a '/' is matched against absolute paths, so this one "
-                      "never matches; write '/full/path/" + g + "' or '*/" + g + "'");
+                      "never matches; write " + shell_word(absolute) + " or " + shell_word("*/" + g));
     }
   }
 }
