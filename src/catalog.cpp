@@ -103,7 +103,13 @@ namespace {
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
   const int code = sqlite3_errcode(db);
-  if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB) {
+  // Damage shows as SQLITE_CORRUPT or SQLITE_NOTADB, or, when the pages holding the schema are lost
+  // (a zeroed header, a write-ahead log whose later frames were dropped after a bad checksum), as a
+  // plain SQLITE_ERROR about tables, columns or a schema cnclip always creates.
+  auto starts = [&](const char* prefix) { return msg.rfind(prefix, 0) == 0; };
+  if ((code & 0xff) == SQLITE_CORRUPT || (code & 0xff) == SQLITE_NOTADB ||
+      ((code & 0xff) == SQLITE_ERROR && (starts("no such table") || starts("no such column") ||
+                                         msg.find("malformed database schema") != std::string::npos))) {
     return Exception(ErrorCode::kCorrupt, catalog_damage_message(path, msg));
   }
   ErrorCode ec = ErrorCode::kIoError;

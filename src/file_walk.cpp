@@ -96,10 +96,12 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
     return;
   }
   std::vector<std::string> names;
+  size_t entries = 0;  // hidden ones included
   errno = 0;
   while (dirent* e = ::readdir(d)) {
     const std::string name = e->d_name;
     if (name == "." || name == "..") continue;
+    ++entries;
     if (!options.include_hidden && hidden(name)) continue;
     names.push_back(name);
     errno = 0;
@@ -111,6 +113,7 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
     out.unlisted_errors.push_back(errno_error(dir, read_error, "cannot list folder"));
   } else {
     out.listed.insert(dir);
+    if (entries == 0) out.empty.insert(dir);
   }
   std::sort(names.begin(), names.end());
   const std::string base = dir == "/" ? "" : dir;
@@ -133,6 +136,10 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
       continue;
     }
     if (S_ISDIR(lst.st_mode)) {
+      if (is_index_folder(path)) {
+        out.index_folders.push_back(path);
+        continue;
+      }
       walk_into(path, options, out);
       continue;
     }
@@ -178,8 +185,89 @@ std::string shell_word(const std::string& s) {
 
 WalkResult walk_folder(const std::string& root, const WalkOptions& options) {
   WalkResult out;
+  if (is_index_folder(root)) {
+    out.index_folders.push_back(root);
+    return out;
+  }
   walk_into(root, options, out);
   return out;
+}
+
+bool is_index_folder(const std::string& dir) {
+  struct stat st {};
+  const std::string catalog = (dir == "/" ? std::string() : dir) + "/catalog.sqlite3";
+  return ::lstat(catalog.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+bool WalkOptions::enters(const std::string& root, const std::string& dir) const {
+  if (dir == root) return true;
+  const std::string base = root == "/" ? "/" : root + "/";
+  if (dir.compare(0, base.size(), base) != 0) return false;
+  size_t pos = base.size();
+  while (true) {
+    const size_t slash = dir.find('/', pos);
+    const std::string name = dir.substr(pos, slash == std::string::npos ? std::string::npos : slash - pos);
+    if (name.empty() || (!include_hidden && hidden(name))) return false;
+    const std::string so_far = slash == std::string::npos ? dir : dir.substr(0, slash);
+    if (excluded(name, so_far, excludes)) return false;
+    if (slash == std::string::npos) return true;
+    pos = slash + 1;
+  }
+}
+
+namespace {
+
+// Whether every '[' of a glob opens a bracket expression that closes (fnmatch(3) takes an unclosed
+// one as a literal '[', which is never what was meant).
+bool brackets_closed(const std::string& glob) {
+  for (size_t i = 0; i < glob.size(); ++i) {
+    if (glob[i] == '\\') {
+      ++i;
+      continue;
+    }
+    if (glob[i] != '[') continue;
+    size_t j = i + 1;
+    if (j < glob.size() && (glob[j] == '!' || glob[j] == '^')) ++j;
+    if (j < glob.size() && glob[j] == ']') ++j;  // a ']' first is a member
+    while (j < glob.size() && glob[j] != ']') ++j;
+    if (j >= glob.size()) return false;
+    i = j;
+  }
+  return true;
+}
+
+}  // namespace
+
+void check_walk_options(const WalkOptions& options) {
+  const std::vector<std::string> readable = WalkOptions::default_extensions();
+  std::vector<std::string> unknown;
+  for (const auto& e : options.extensions) {
+    if (std::find(readable.begin(), readable.end(), e) == readable.end()) unknown.push_back(e);
+  }
+  if (!unknown.empty()) {
+    std::string list, known;
+    for (const auto& e : unknown) list += (list.empty() ? "" : ", ") + shell_word(e);
+    for (const auto& e : readable) known += (known.empty() ? "" : ",") + e;
+    throw Exception(ErrorCode::kInvalidArgument, "--ext: cnclip reads no files with the extension" +
+                                                     std::string(unknown.size() > 1 ? "s " : " ") + list +
+                                                     "; the extensions it reads: " + known);
+  }
+  for (const auto& g : options.excludes) {
+    if (g.empty()) {
+      throw Exception(ErrorCode::kInvalidArgument, "--exclude '': an empty pattern excludes nothing; give a glob such as '*.png'");
+    }
+    if (!brackets_closed(g)) {
+      throw Exception(ErrorCode::kInvalidArgument, "--exclude " + shell_word(g) +
+                                                       ": '[' without a closing ']' (to match a '[' itself, write '[[]')");
+    }
+    if (g.find('/') != std::string::npos && g[0] != '/' && g[0] != '*' && g[0] != '?' && g[0] != '[') {
+      char cwd[PATH_MAX];
+      const std::string absolute = (::getcwd(cwd, sizeof(cwd)) ? std::string(cwd) : std::string("/full/path")) + "/" + g;
+      throw Exception(ErrorCode::kInvalidArgument,
+                      "--exclude " + shell_word(g) + ": a pattern with a '/' is matched against absolute paths, so this one "
+                      "never matches; write " + shell_word(absolute) + " or " + shell_word("*/" + g));
+    }
+  }
 }
 
 bool WalkOptions::holds(const std::string& root, const std::string& path) const {

@@ -447,6 +447,7 @@ bool seen_gone(const std::string& path, const std::string& root, const std::set<
 }  // namespace
 
 std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options, bool all_roots) {
+  if (options.walk) check_walk_options(*options.walk);
   std::vector<IndexTarget> targets;
   std::unordered_map<std::string, RootRecord> stored;  // by path (many file roots come from `index -`)
   for (auto& r : catalog.root_records()) stored.emplace(r.path, std::move(r));
@@ -460,6 +461,35 @@ std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& o
     struct stat st {};
     t.is_file = !(::stat(t.path.c_str(), &st) == 0 && S_ISDIR(st.st_mode));
     auto known = stored.find(t.path);
+    if (known == stored.end() && !t.is_file) {
+      // A folder inside an indexed folder root: that root's options say what it holds.
+      const RootRecord* owner = nullptr;
+      for (const auto& [path, r] : stored) {
+        if (!r.is_file && path != t.path && is_under(t.path, path) && (!owner || path.size() > owner->path.size())) {
+          owner = &r;
+        }
+      }
+      if (owner) {
+        const WalkOptions root_walk = WalkOptions::from_json(owner->options);
+        if (options.walk) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          t.path + ": inside the indexed folder " + owner->path + ", whose options (" +
+                              root_walk.describe() + ") say what all of it holds; give new options with that folder " +
+                              "('cnclip index " + quoted(owner->path) + " OPTIONS'), or index this folder without options");
+        }
+        if (!root_walk.enters(owner->path, t.path)) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          t.path + ": inside the indexed folder " + owner->path + ", whose options (" +
+                              root_walk.describe() + ") leave it out; to index it, change that folder's options " +
+                              "('cnclip index " + quoted(owner->path) + " OPTIONS')");
+        }
+        t.walk = root_walk;
+        t.record = false;
+        t.within = owner->path;
+        targets.push_back(std::move(t));
+        continue;
+      }
+    }
     const WalkOptions before = known != stored.end() ? WalkOptions::from_json(known->second.options) : WalkOptions{};
     t.walk = options.walk.value_or(before);
     if (known != stored.end() && !known->second.is_file && !t.is_file && t.walk != before) t.replaced = before;
@@ -469,7 +499,7 @@ std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& o
     const auto first_root = static_cast<std::ptrdiff_t>(targets.size());
     for (const auto& [path, r] : stored) {
       if (taken.insert(path).second) {
-        targets.push_back(IndexTarget{path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+        targets.push_back(IndexTarget{path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt, ""});
       }
     }
     std::sort(targets.begin() + first_root, targets.end(),
@@ -531,7 +561,11 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
   // Whether some root (of this run, or stored) takes `path` with its options.
   std::vector<IndexTarget> stored_roots;
   for (const auto& r : catalog.root_records()) {
-    stored_roots.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt});
+    // A root given in this run is held by its new options only.
+    if (std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
+      continue;
+    }
+    stored_roots.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt, ""});
   }
   auto held = [&](const std::string& path) {
     auto takes = [&](const IndexTarget& t) { return t.is_file ? t.path == path : t.walk.holds(t.path, path); };
@@ -575,11 +609,26 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
                              " symbolic link(s) not followed (first: " + walk.links.front() +
                              "); cnclip indexes real paths: index a link's target to include it");
     }
+    if (!walk.index_folders.empty()) {
+      plan.notices.push_back(target.path + ": " + std::to_string(walk.index_folders.size()) +
+                             " cnclip index folder(s) not entered (first: " + walk.index_folders.front() +
+                             "): an index's own files, thumbnails included, are not photos to index");
+    }
     for (auto& s : walk.skipped) fail(std::move(s));
     plan.paired += static_cast<int64_t>(walk.paired.size());
     const std::unordered_set<std::string> paired(walk.paired.begin(), walk.paired.end());
     std::unordered_map<std::string, size_t> known_by_path;
     for (size_t i = 0; i < known.size(); ++i) known_by_path.emplace(known[i].path, i);
+    // The folder now empty (WalkResult::empty) that a gone entry was below, if any.
+    auto emptied_above = [&](const std::string& path) -> std::string {
+      if (walk.empty.empty()) return "";
+      for (std::string dir = parent_of(path); is_under(dir, target.path); dir = parent_of(dir)) {
+        if (walk.empty.count(dir)) return dir;
+        if (dir == target.path || dir == "/") break;
+      }
+      return "";
+    };
+    std::map<std::string, int64_t> emptied;  // empty folder -> entries kept below it
     std::vector<bool> still_there(known.size(), false);
     for (const auto& f : walk.files) {
       auto it = known_by_path.find(f.path);
@@ -589,6 +638,11 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
     for (size_t i = 0; i < known.size(); ++i) {
       const FileRecord& k = known[i];
       if (still_there[i] || seen.count(k.path) || !decided.insert(k.id).second) continue;
+      if (std::any_of(walk.index_folders.begin(), walk.index_folders.end(),
+                      [&](const std::string& d) { return is_under(k.path, d); })) {
+        plan.excluded.push_back(k);  // a file of an index folder (a thumbnail), never a photo to keep
+        continue;
+      }
       if (paired.count(k.path) && !file_target(k.path)) {
         plan.superseded.push_back(k);  // its JPEG is indexed instead (WalkResult::paired)
         continue;
@@ -607,9 +661,17 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
         // Now a link, a folder or a special file: not a photo file any more (reported by the walk).
         if (walk.listed.count(parent_of(k.path))) plan.vanished.emplace(k.content_hash, k);
       } else if ((kerr == ENOENT || kerr == ENOTDIR) && seen_gone(k.path, target.path, walk.listed)) {
-        plan.vanished.emplace(k.content_hash, k);
+        const std::string empty_dir = emptied_above(k.path);
+        if (!empty_dir.empty()) ++emptied[empty_dir];  // an unmounted share, most often: kept
+        else plan.vanished.emplace(k.content_hash, k);
       }
       // else: cannot tell (permissions, I/O error, name too long): kept
+    }
+    for (const auto& [dir, n] : emptied) {
+      ++plan.missing;
+      plan.notices.push_back(dir + ": folder empty now (an unmounted drive or share?); its " + std::to_string(n) +
+                             " indexed file(s) are kept and counted as missing; if they were deleted, 'cnclip remove " +
+                             quoted(dir) + "' drops them");
     }
   }
   for (const auto& target : targets) {
@@ -643,6 +705,47 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
                      e});
   }
   return plan;
+}
+
+// From this many entries on, new options may not remove more than half of a root without
+// confirmation (below, only all of it is refused: in a folder of a few photos, dropping most by one
+// format is an ordinary narrowing).
+constexpr int64_t kLargeRoot = 10;
+
+void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, const IndexOptions& options) {
+  if (options.confirm_removal) return;
+  std::vector<IndexTarget> others;  // folder roots after this run, each with the options it will have
+  for (const auto& r : catalog.root_records()) {
+    if (r.is_file) continue;
+    if (std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
+      continue;
+    }
+    others.push_back(IndexTarget{r.path, false, WalkOptions::from_json(r.options), true, std::nullopt, ""});
+  }
+  for (const auto& t : targets) {
+    if (!t.is_file && t.record) others.push_back(t);
+  }
+  for (const auto& t : targets) {
+    if (!t.replaced) continue;
+    const std::vector<FileRecord> known = catalog.files_under(t.path);
+    int64_t going = 0;
+    for (const auto& k : known) {
+      if (t.walk.holds(t.path, k.path)) continue;
+      const bool held_elsewhere = std::any_of(others.begin(), others.end(), [&](const IndexTarget& o) {
+        return o.path != t.path && o.walk.holds(o.path, k.path);
+      });
+      if (!held_elsewhere) ++going;
+    }
+    const auto total = static_cast<int64_t>(known.size());
+    if (going > 0 && (going == total || (total >= kLargeRoot && going * 2 > total))) {
+      throw Exception(ErrorCode::kInvalidArgument,
+                      t.path + ": the new options (" + t.walk.describe() + ") would remove " +
+                          (going == total ? "all " + std::to_string(total) : std::to_string(going) + " of the " +
+                                                                                 std::to_string(total)) +
+                          " indexed file(s) of this folder (its options were: " + t.replaced->describe() +
+                          "); nothing was changed. Check the options, or add --confirm-removal to remove them");
+    }
+  }
 }
 
 IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& options, IndexObserver& observer) {
@@ -680,7 +783,12 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
                           "run 'cnclip index --reindex' again (nothing was changed)");
     }
   }
+  check_removals(catalog, targets, options);
   for (const auto& t : targets) {
+    if (!t.within.empty()) {
+      observer.on_notice(t.path + ": inside the indexed folder " + t.within + "; indexed with its options (" +
+                         t.walk.describe() + ")");
+    }
     if (t.replaced) {
       observer.on_notice(t.path + ": its walk options are replaced (were: " + t.replaced->describe() +
                          "; now: " + t.walk.describe() + ")");

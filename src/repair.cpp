@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
+#include <functional>
 #include <optional>
 #include <set>
 #include <sstream>
@@ -101,6 +103,43 @@ std::string utc_stamp() {
   const std::time_t t = std::time(nullptr);
   std::strftime(buf, sizeof(buf), "%Y%m%dT%H%M%SZ", std::gmtime(&t));
   return buf;
+}
+
+constexpr char kSqliteHeader[16] = {'S', 'Q', 'L', 'i', 't', 'e', ' ', 'f', 'o', 'r', 'm', 'a', 't', ' ', '3', '\0'};
+
+// Whether the file starts with SQLite's 16-byte header (an empty file counts as one: SQLite takes it
+// as an empty database).
+bool has_sqlite_header(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return true;  // open_db reports it
+  char buf[16];
+  const ssize_t n = ::pread(fd, buf, sizeof(buf), 0);
+  ::close(fd);
+  return n == 0 || (n == 16 && std::memcmp(buf, kSqliteHeader, 16) == 0);
+}
+
+// A copy of `path` (and its -wal) at `copy`, with SQLite's header written back. Throws kIoError
+// (a full disk, most often) with nothing else changed.
+std::string restored_copy(const std::string& path, const std::string& copy) {
+  std::error_code ec;
+  for (const char* suffix : {"", "-wal"}) {
+    remove_file(copy + suffix);
+    if (*suffix && !exists(path + suffix)) continue;
+    std::filesystem::copy_file(path + suffix, copy + suffix, std::filesystem::copy_options::overwrite_existing, ec);
+    if (ec) {
+      for (const char* s : {"", "-wal"}) remove_file(copy + s);
+      throw Exception(ErrorCode::kIoError, copy + suffix + ": cannot copy the damaged catalog to read it (" +
+                                               ec.message() + "); the index was not changed");
+    }
+  }
+  const int fd = ::open(copy.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 || ::pwrite(fd, kSqliteHeader, 16, 0) != 16) {
+    const int err = errno;
+    if (fd >= 0) ::close(fd);
+    throw Exception(errno_error(copy, err, "cannot restore the header of the copy"));
+  }
+  ::close(fd);
+  return copy;
 }
 
 // Ids and generation of the newest intact snapshot, to tell which files were lost.
@@ -243,9 +282,17 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
   const int lock_fd = lock_index_for_writing(dir, wait_for_lock);
   bool lock_owned = true;
   try {
-    // 1. What SQLite's own checks say, and whether every embedding can be used.
+    // 1. What SQLite's own checks say, and whether every embedding can be used. A catalog whose file
+    // header was overwritten reads as "not a database" although every page may be intact: it is read
+    // from a copy with the header written back (the damaged file itself stays as it was).
+    std::string source = catalog_path;
+    if (!has_sqlite_header(catalog_path)) {
+      source = restored_copy(catalog_path, catalog_path + ".repair-src");
+      report.header_restored = true;
+      report.problems.push_back("the file header was overwritten (rows read through a copy with it restored)");
+    }
     Db old;
-    open_db(old, catalog_path, SQLITE_OPEN_READWRITE);
+    open_db(old, source, SQLITE_OPEN_READWRITE);
     {
       Stmt st;
       if (sqlite3_prepare_v2(old.db, "PRAGMA integrity_check(20)", -1, &st.s, nullptr) != SQLITE_OK) {
@@ -333,6 +380,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       if (table == "files") kept_files = r.rowids;
     }
     exec(fresh, "DELETE FROM frames WHERE file_id NOT IN (SELECT id FROM files)");
+    report.roots_lost = report.unreadable["roots"] > 0;
     report.damaged = !report.problems.empty() || report.files_invalid > 0;
     for (const auto& [t, n] : report.unreadable) {
       if (n > 0) report.damaged = true;
@@ -370,6 +418,9 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       sqlite3_db_config(old.db, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
       sqlite3_close_v2(old.db);
       old.db = nullptr;
+      if (source != catalog_path) {
+        for (const char* suffix : {"", "-wal", "-shm"}) remove_file(source + suffix);
+      }
       // 3. Swap: keep the damaged catalog under another name, then rename the fresh one over it.
       std::string kept = catalog_path + ".damaged-" + utc_stamp();
       for (int i = 1; exists(kept); ++i) kept = catalog_path + ".damaged-" + utc_stamp() + "-" + std::to_string(i);
@@ -393,7 +444,10 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       report.problems.clear();
     }
   } catch (...) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) remove_file(dir + "/" + kCatalogFile + ".repair" + suffix);
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      remove_file(dir + "/" + kCatalogFile + ".repair" + suffix);
+      remove_file(dir + "/" + kCatalogFile + ".repair-src" + suffix);
+    }
     if (lock_owned) ::close(lock_fd);
     throw;
   }

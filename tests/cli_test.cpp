@@ -186,9 +186,14 @@ TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
   EXPECT_EQ(s["updated"], 1);
   EXPECT_EQ(s["unchanged"], 4);
 
-  // A deleted file is removed.
+  // A deleted file is removed; as the only one of its folder, once the folder is gone too (a folder
+  // left empty is what an unmounted share leaves: its entries are kept, see store_trust_test.cpp).
   fs::remove(photos + "/2024 旅行/山/cat.jpg");
   s = index_json("" + idx_arg());  // no path: every folder indexed before
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(s["missing"], 1);
+  fs::remove(photos + "/2024 旅行/山");
+  s = index_json("" + idx_arg());
   EXPECT_EQ(s["removed"], 1);
 
   // A moved folder: embeddings are reused by content hash, nothing is encoded.

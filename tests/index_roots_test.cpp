@@ -322,7 +322,8 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
   EXPECT_EQ(s["added"], 0);
 
   // Other options replace them (said on stderr); newly excluded entries go, newly included come.
-  auto r = index("--exclude '*.jpg' --hidden " + q(a));
+  // (All of the root's entries go: confirmed, see store_trust_test.cpp.)
+  auto r = index("--exclude '*.jpg' --hidden --confirm-removal " + q(a));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_NE(r.err.find("walk options are replaced (were: --exclude '*.png' --exclude raw; now: --hidden --exclude '*.jpg')"),
@@ -333,7 +334,7 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
   EXPECT_EQ(s["excluded"], 1);  // x.jpg
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/y.png"}));
 
-  r = index("--no-hidden --ext jpg " + q(a));
+  r = index("--no-hidden --ext jpg --confirm-removal " + q(a));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/raw/z.jpg", a + "/x.jpg"}));
   s = index_ok("");
@@ -546,12 +547,13 @@ TEST_F(Plan, OnlyFilesSeenGoneAreVanished) {
   fs::create_directories(root + "/emptied");
   add(root + "/kept.jpg");
   add(root + "/gone.jpg");            // its folder was listed without it
-  add(root + "/emptied/gone2.jpg");   // likewise
+  add(root + "/emptied/gone2.jpg");   // its folder is empty now (an unmounted share?): kept, missing
   add(root + "/deleted-dir/g3.jpg");  // its folder is gone, and the root was listed without it
   auto p = plan();
   std::set<std::string> vanished;
   for (const auto& [h, r] : p.vanished) vanished.insert(r.path);
-  EXPECT_EQ(vanished, (std::set<std::string>{root + "/gone.jpg", root + "/emptied/gone2.jpg", root + "/deleted-dir/g3.jpg"}));
+  EXPECT_EQ(vanished, (std::set<std::string>{root + "/gone.jpg", root + "/deleted-dir/g3.jpg"}));
+  EXPECT_EQ(p.missing, 1);
   ASSERT_EQ(p.to_encode.size(), 1u);  // kept.jpg changed (size 1 vs the file's)
   EXPECT_TRUE(p.excluded.empty());
 }

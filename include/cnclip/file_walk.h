@@ -30,6 +30,9 @@ struct WalkOptions {
   // Whether a walk of `root` with these options would take the file `path` (no hidden or excluded
   // folder on the way, and wants(path)). `path` equal to `root` is a file root: true.
   bool holds(const std::string& root, const std::string& path) const;
+  // Whether a walk of `root` with these options would enter the folder `dir` below it (no hidden or
+  // excluded folder on the way, `dir` included). `dir` equal to `root`: true.
+  bool enters(const std::string& root, const std::string& dir) const;
 
   // JSON form kept in the catalog ("" and "{}" read as the defaults); from_json throws kCorrupt.
   std::string to_json() const;
@@ -74,7 +77,23 @@ struct WalkResult {
   // takes is left out, so a photo shot as RAW+JPEG is indexed once, as its JPEG (the camera's
   // rendering, and the file people share). The RAW files left out are listed here, not in `files`.
   std::vector<std::string> paired;
+  // Folders listed completely that hold nothing at all (not even hidden names): an unmounted share's
+  // mount point looks like this, so entries below one are kept rather than taken as deleted.
+  std::set<std::string> empty;
+  // cnclip index folders met below the root (is_index_folder) and not entered.
+  std::vector<std::string> index_folders;
 };
+
+// Throws Exception(kInvalidArgument) naming the option and the reason when `options` cannot do
+// what was meant: an extension that no decoder reads (the message lists the readable ones, from
+// default_extensions()); an empty --exclude; a glob with an unclosed '['; a glob with a '/' that
+// does not start with '/' or a wildcard (globs with a '/' are matched against absolute paths, so
+// 'photos/a' would never match anything).
+void check_walk_options(const WalkOptions& options);
+
+// Whether `dir` is a cnclip index folder (it holds a catalog.sqlite3 file). The walk never enters
+// one: its thumbnails and files are not photos to index.
+bool is_index_folder(const std::string& dir);
 
 // Walks `root` (an absolute canonical directory) recursively in sorted order, with lstat(2):
 // symbolic links are reported in `links` and not followed (no loops, every path stays below its

@@ -20,7 +20,15 @@ struct IndexOptions {
   // What the given folders hold. nullopt: a root indexed before keeps the options stored with it, a
   // new one gets the defaults. Set: they become the options of every given root (replacing stored
   // ones, which the observer is told). Roots looked at without being given keep their own.
+  // Checked with check_walk_options (kInvalidArgument). A folder inside an indexed folder root is
+  // walked with that root's options and not recorded as a root of its own; options given for one
+  // are refused (kInvalidArgument: a root's options say what all of it holds).
   std::optional<WalkOptions> walk;
+  // New options that would remove every indexed file of a root (a typo such as '--exclude "*"'), or
+  // more than half of a root of 10 entries or more, are refused with kInvalidArgument, nothing
+  // changed, unless this is set. An intended narrowing (one format, one subfolder less) removes a
+  // minority; in a folder of a few photos, dropping most of them by one format is ordinary.
+  bool confirm_removal = false;
   DecodeOptions decode;
   // Encode again every file of the given paths (none given: of every root), ignoring sizes, mtimes
   // and remembered failures. With the index's own model, embeddings are replaced in place and other
@@ -43,7 +51,7 @@ struct IndexSummary {
   int64_t failed = 0;         // files not indexed for a reason other than exclusion (each reported)
   int64_t failed_before = 0;  // unchanged files that failed in an earlier run, not tried again
   int64_t excluded = 0;       // entries removed because their root's options no longer take them
-  int64_t missing = 0;        // roots not found (entries kept)
+  int64_t missing = 0;        // roots not found, and folders now empty with entries below (entries kept)
   int64_t unreadable_folders = 0;  // folders that could not be listed (entries below them kept)
   int64_t links = 0;          // symbolic links met and not followed
   int64_t paired = 0;         // RAW files left out for a JPEG of the same name (WalkResult::paired)
@@ -77,6 +85,7 @@ struct IndexTarget {
   WalkOptions walk;
   bool record = true;  // kept as a root (false: a file that a folder root already holds)
   std::optional<WalkOptions> replaced;  // the stored options this run replaces, if any
+  std::string within;  // a folder given inside this indexed folder root, whose options it uses
 };
 
 struct PlannedFile {
@@ -96,16 +105,25 @@ struct IndexPlan {
   std::vector<std::string> notices;   // missing roots, unreadable folders, links not followed
   std::vector<std::string> pruned_roots;  // file roots whose file is gone (their entry is in vanished)
   std::vector<FileRecord> superseded;  // RAW files indexed before, now paired with a JPEG: removed
+  // Entries below a folder that is now empty (an unmounted share's mount point, most often) are kept
+  // and counted in `missing` (once per folder); entries inside a cnclip index folder met by the walk
+  // (an index's own thumbnails) are in `excluded`.
   int64_t unchanged = 0, failed_before = 0, missing = 0, unreadable_folders = 0, links = 0, paired = 0;
 };
 
 // Phase 1: the folders and files of this pass: the given paths (canonical; throws for one that does
 // not exist), else every root indexed before; with `all_roots`, every root in addition to the paths.
+// Throws kInvalidArgument for bad walk options, and for a folder inside an indexed folder root that
+// the root's options leave out, or that was given with options of its own.
 std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& options, bool all_roots = false);
 // Phase 2: walks the targets and compares them with the catalog. Reads the disk and the catalog,
 // writes nothing. `force`: every file found is to be encoded (--reindex with the index's model).
 IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, const IndexOptions& options,
                      bool force = false);
+
+// Throws kInvalidArgument (nothing changed) when the targets' new options would remove every indexed
+// file of a root, or more than half of one of 10 or more, and options.confirm_removal is not set.
+void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, const IndexOptions& options);
 
 // Runs one index pass (phases: resolve targets, plan, encode and commit, finish the pass).
 // What it guarantees:

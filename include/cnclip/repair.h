@@ -8,8 +8,11 @@
 // vectors of kept files do not change; the snapshot is rebuilt for the new generation. A later
 // `cnclip index` finds the lost files as new (their rows are gone) and re-encodes only those.
 //
+// A catalog whose 16-byte file header ("SQLite format 3") was overwritten is read from a copy with
+// the header written back (the original is kept as it was), so its rows are not lost with it.
 // What cannot be recovered: rows on damaged pages, and everything when the first page (SQLite's
-// schema) is unreadable. A sound catalog is left as it is (only a missing or damaged snapshot is
+// schema) is unreadable. When the roots (the indexed folders) are lost, `roots_lost` says so: a
+// plain `cnclip index` then has nothing to walk, and the folders must be given again. A sound catalog is left as it is (only a missing or damaged snapshot is
 // rewritten).
 #pragma once
 
@@ -30,6 +33,8 @@ struct RepairReport {
   int64_t files_invalid = 0;        // file rows read whose embedding was unusable (dropped)
   int64_t files_lost_known = 0;     // ids in an intact vector snapshot that could not be kept
   bool snapshot_rewritten = false;
+  bool header_restored = false;     // the file header was overwritten; read through a restored copy
+  bool roots_lost = false;          // some or all indexed folders could not be read back
 };
 
 // Repairs the index in `dir` (see above). Throws kNotFound without a catalog, kBusy when another

@@ -67,7 +67,7 @@ struct IndexCommand {
   std::vector<std::string> paths;
   std::vector<std::string> excludes;
   std::string extensions;
-  bool hidden = false, reindex = false, wait = false, retry_failed = false, no_video = false;
+  bool hidden = false, reindex = false, wait = false, retry_failed = false, no_video = false, confirm_removal = false;
   double frame_interval = kDefaultFrameInterval;
   CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr, *no_video_opt = nullptr;
   int batch_size = 4, jobs = 0;
@@ -104,6 +104,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                     "Videos: seconds between indexed frames (scene changes are indexed too)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
+    sub->add_flag("--confirm-removal", c.confirm_removal,
+                  "Let new walk options remove all of a folder's indexed files, or more than half of 10 or more (refused otherwise)");
     sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
     whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
@@ -144,6 +146,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           if (exts.empty()) throw Exception(ErrorCode::kInvalidArgument, "--no-video: --ext names only videos");
         }
         opts.frame_interval = c.frame_interval;
+        if (opts.walk) check_walk_options(*opts.walk);  // before the model loads: a usage error is quick
+        opts.confirm_removal = c.confirm_removal;
         opts.reindex = c.reindex;
         opts.retry_failed = c.retry_failed;
         opts.allow_mixed_precision = o.mixed_precision;

@@ -33,7 +33,9 @@ void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action) {
                                  {"unreadable", r.unreadable},
                                  {"files_invalid", r.files_invalid},
                                  {"files_lost_known", r.files_lost_known},
-                                 {"snapshot_rewritten", r.snapshot_rewritten}};
+                                 {"snapshot_rewritten", r.snapshot_rewritten},
+                                 {"header_restored", r.header_restored},
+                                 {"roots_lost", r.roots_lost}};
         std::cout << dump_json(j) << '\n';
       }
       if (!r.damaged) {
@@ -51,7 +53,10 @@ void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action) {
       for (const auto& [t, n] : r.unreadable) unreadable += n;
       std::cerr << "cnclip: lost: " << r.files_lost_known << " files known to the vector snapshot, "
                 << unreadable << " unreadable row position(s), " << r.files_invalid
-                << " damaged embedding(s); the next 'cnclip index' re-encodes what was lost\n";
+                << " damaged embedding(s); "
+                << (r.roots_lost ? "the list of indexed folders was lost too: give the folders again "
+                                   "('cnclip index FOLDER...', with their options) to re-encode what was lost\n"
+                                 : "the next 'cnclip index' re-encodes what was lost\n");
       std::cerr << "cnclip: the damaged catalog is kept as " << r.damaged_copy << '\n';
       return 0;
     };

@@ -1,0 +1,428 @@
+// Store integrity: nothing indexed is lost or corrupted, silently or otherwise, by a typo in the walk
+// options, an unmounted share, an index folder inside a root, a subfolder given on its own, or a
+// damaged catalog (issue "store integrity bugs a new-user probe reproduced", points 1-6).
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "cnclip/catalog.h"
+#include "cnclip/error.h"
+#include "cnclip/file_walk.h"
+#include "cnclip/index_store.h"
+#include "cnclip/indexer.h"
+#include "damage_util.h"
+#include "test_util.h"
+
+namespace cnclip {
+namespace {
+
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+std::string q(const std::string& s) { return test::shell_quote(s); }
+
+class Trust : public ::testing::Test {
+ protected:
+  test::TempDir dir;
+  std::string idx = dir / "index";
+  std::string root = dir / "photos";
+
+  std::string idx_arg() const { return " --index " + q(idx); }
+  test::RunResult index(const std::string& args) {
+    return test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + idx_arg() + " " + args);
+  }
+  json index_ok(const std::string& args) {
+    auto r = index(args);
+    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+    return r.out.empty() ? json{} : json::parse(r.out);
+  }
+  std::set<std::string> paths() {
+    auto store = IndexStore::open(idx, IndexAccess::kRead);
+    std::set<std::string> out;
+    for (const auto& f : store->catalog().files_under("")) out.insert(f.path);
+    return out;
+  }
+  std::vector<RootRecord> roots() {
+    auto store = IndexStore::open(idx, IndexAccess::kRead);
+    return store->catalog().root_records();
+  }
+  void photos(const std::string& folder, int n, unsigned seed, const std::string& ext = "png") {
+    fs::create_directories(folder);
+    for (int i = 0; i < n; ++i) {
+      test::make_small_photo(folder + "/p" + std::to_string(seed + i) + "." + ext, seed + static_cast<unsigned>(i));
+    }
+  }
+};
+
+// --- 1. options that cannot be meant ------------------------------------------------------------
+
+TEST(TrustOptions, EveryDefaultExtensionIsAcceptedAndAnyOtherIsRefusedWithTheReadableList) {
+  WalkOptions o;  // the default list, whatever it holds (another format may be added to it)
+  EXPECT_NO_THROW(check_walk_options(o));
+  for (const auto& e : WalkOptions::default_extensions()) {
+    o.extensions = {e};
+    EXPECT_NO_THROW(check_walk_options(o)) << e;
+  }
+  for (const std::string bad : {"jgp", "txt", "pngg", "j"}) {
+    o.extensions = {"jpg", bad};
+    try {
+      check_walk_options(o);
+      ADD_FAILURE() << bad << " accepted";
+    } catch (const Exception& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      const std::string m = e.what();
+      EXPECT_NE(m.find(bad), std::string::npos) << m;
+      for (const auto& known : WalkOptions::default_extensions()) EXPECT_NE(m.find(known), std::string::npos) << m;
+    }
+  }
+}
+
+TEST(TrustOptions, ExcludesThatCannotBeMeantAreRefusedAndUsefulOnesAccepted) {
+  for (const std::string bad : {"", "[", "*.[jp", "photos/a", "a/*.png", "sub/"}) {
+    WalkOptions o;
+    o.excludes = {"*.png", bad};
+    try {
+      check_walk_options(o);
+      ADD_FAILURE() << "'" << bad << "' accepted";
+    } catch (const Exception& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find("--exclude"), std::string::npos) << e.what();
+    }
+  }
+  for (const std::string good : {"*.png", "[[]x", "*/photos/a", "/abs/photos/a", "?a/b", "[ab]/c", "[]]x", "IMG_*"}) {
+    WalkOptions o;
+    o.excludes = {good};
+    EXPECT_NO_THROW(check_walk_options(o)) << good;
+  }
+}
+
+TEST_F(Trust, ExtensionTypoIsAUsageErrorAndChangesNothing) {
+  photos(root, 4, 1);
+  index_ok(q(root));
+  const auto before = roots();
+  for (const std::string ext : {"jgp", "png,jgp", ".PNJ"}) {
+    auto r = index(q(root) + " --ext " + q(ext));
+    EXPECT_EQ(r.exit_code, 2) << ext << "\n" << r.err;
+    EXPECT_NE(r.err.find("cnclip reads no files with the extension"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("jpg,jpeg"), std::string::npos) << "the readable ones are listed: " << r.err;
+    EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+    EXPECT_EQ(paths().size(), 4u);
+    EXPECT_EQ(roots()[0].options, before[0].options);
+  }
+}
+
+TEST_F(Trust, BadExcludePatternsAreUsageErrors) {
+  photos(root, 2, 1);
+  index_ok(q(root));
+  for (const std::string g : {"", "[", "photos/a"}) {
+    auto r = index(q(root) + " --exclude " + q(g));
+    EXPECT_EQ(r.exit_code, 2) << "'" << g << "'\n" << r.err;
+    EXPECT_NE(r.err.find("--exclude"), std::string::npos) << r.err;
+    EXPECT_EQ(paths().size(), 2u);
+  }
+}
+
+TEST_F(Trust, OptionsThatWouldRemoveMostOfARootAreRefusedUntilConfirmed) {
+  photos(root, 12, 1, "png");
+  photos(root + "/sub", 1, 100, "jpg");
+  index_ok(q(root));
+  ASSERT_EQ(paths().size(), 13u);
+  const std::string options_before = roots()[0].options;
+  // All of them (a too-broad glob, a glob on every full path), most of them (a format that is not the
+  // main one): refused, exit 2, nothing changed; the message says how many and how to confirm.
+  for (const std::string opts : {"--exclude '*'", "--exclude '*/photos/*'", "--ext jpg", "--exclude '*.png'"}) {
+    auto r = index(q(root) + " " + opts);
+    EXPECT_EQ(r.exit_code, 2) << opts << "\n" << r.err;
+    EXPECT_NE(r.err.find("would remove"), std::string::npos) << r.err;
+    const std::string count = opts.find("'*") != std::string::npos && opts.find("png") == std::string::npos
+                                  ? "would remove all 13" : "would remove 12 of the 13";
+    EXPECT_NE(r.err.find(count), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("--confirm-removal"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("nothing was changed"), std::string::npos) << r.err;
+    EXPECT_EQ(paths().size(), 13u) << opts;
+    EXPECT_EQ(roots()[0].options, options_before) << opts;
+  }
+  // A narrowing that removes a minority goes through.
+  auto s = index_ok(q(root) + " --exclude 'p1.png'");
+  EXPECT_EQ(s["excluded"], 1);
+  EXPECT_EQ(paths().size(), 12u);
+  // Confirmed: done.
+  EXPECT_EQ(index(q(root) + " --ext jpg").exit_code, 2);  // 11 of the 12 left
+  s = index_ok(q(root) + " --ext jpg --confirm-removal");
+  EXPECT_EQ(s["excluded"], 11);
+  EXPECT_EQ(paths().size(), 1u);
+}
+
+TEST_F(Trust, InASmallRootOnlyRemovingEverythingIsRefused) {
+  photos(root, 3, 1, "png");
+  photos(root, 1, 10, "jpg");
+  index_ok(q(root));
+  auto r = index(q(root) + " --exclude '*'");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("would remove all 4"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 4u);
+  auto s = index_ok(q(root) + " --ext jpg");  // 3 of 4: an ordinary choice in a small folder
+  EXPECT_EQ(s["excluded"], 3);
+  r = index(q(root) + " --ext png");  // the last one
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_EQ(paths().size(), 1u);
+}
+
+// --- 2. an unmounted share, an emptied folder ------------------------------------------------------
+
+TEST_F(Trust, UnmountedRootKeepsItsEntriesAsMissing) {
+  const std::string mnt = dir / "mnt";
+  fs::create_directories(mnt);
+  {
+    auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
+    ASSERT_TRUE(m.ok()) << m.why();
+    photos(mnt, 5, 1, "jpg");
+    EXPECT_EQ(index_ok(q(mnt))["added"], 5);
+  }  // unmounted: the mount point is an empty folder
+  ASSERT_TRUE(fs::is_empty(mnt));
+  auto r = index("");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto s = json::parse(r.out);
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(s["missing"], 1);
+  EXPECT_NE(r.err.find("folder empty now"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cnclip remove"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 5u);
+  // The same with the root given again: kept.
+  s = index_ok(q(mnt));
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(paths().size(), 5u);
+  // Mounted again with the same files: nothing to do.
+  auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  photos(mnt, 5, 1, "jpg");  // same bytes, new mtimes: encoded again in place, never added twice
+  s = index_ok("");
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(paths().size(), 5u);
+}
+
+TEST_F(Trust, UnmountedShareBelowARootKeepsItsEntries) {
+  photos(root, 2, 1);
+  const std::string mnt = root + "/nas";
+  fs::create_directories(mnt);
+  auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  photos(mnt + "/2024", 3, 20);
+  index_ok(q(root));
+  ASSERT_EQ(paths().size(), 5u);
+  ASSERT_EQ(::umount2(mnt.c_str(), MNT_DETACH), 0);
+  auto r = index("");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto s = json::parse(r.out);
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(s["missing"], 1);
+  EXPECT_NE(r.err.find(mnt), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 5u);
+}
+
+TEST_F(Trust, EmptiedFolderKeepsItsEntriesUntilRemovedButSingleDeletionsStillGo) {
+  photos(root, 2, 1);
+  photos(root + "/trip", 3, 10);
+  index_ok(q(root));
+  ASSERT_EQ(paths().size(), 5u);
+  // One photo deleted in a folder that still holds others: gone from the index.
+  fs::remove(root + "/p1.png");
+  auto s = index_ok("");
+  EXPECT_EQ(s["removed"], 1);
+  EXPECT_EQ(paths().size(), 4u);
+  // Every photo of a folder deleted, the folder left empty: kept, counted as missing, said once.
+  for (const auto& e : fs::directory_iterator(root + "/trip")) fs::remove(e.path());
+  auto r = index("");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  s = json::parse(r.out);
+  EXPECT_EQ(s["removed"], 0);
+  EXPECT_EQ(s["missing"], 1);
+  EXPECT_EQ(paths().size(), 4u);
+  size_t notices = 0;
+  for (size_t at = 0; (at = r.err.find("folder empty now", at)) != std::string::npos; ++at) ++notices;
+  EXPECT_EQ(notices, 1u) << r.err;
+  // The next step the notice names drops them.
+  auto rm = test::run_cnclip("remove" + idx_arg() + " " + q(root + "/trip"));
+  EXPECT_EQ(rm.exit_code, 0) << rm.err;
+  EXPECT_EQ(paths().size(), 1u);
+  // A folder holding only a hidden file is not empty: its photos are seen deleted.
+  photos(root + "/b", 2, 30);
+  index_ok("");
+  ASSERT_EQ(paths().size(), 3u);
+  for (const auto& e : fs::directory_iterator(root + "/b")) fs::remove(e.path());
+  test::write_text(root + "/b/.DS_Store", "x");
+  s = index_ok("");
+  EXPECT_EQ(s["removed"], 2);
+  EXPECT_EQ(paths().size(), 1u);
+}
+
+// --- 3. index folders inside a root --------------------------------------------------------------
+
+TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
+  photos(root, 3, 1, "jpg");
+  const std::string in_use = root + "/idx";
+  // The index in use inside the root, with thumbnails as `serve` writes them.
+  auto r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use) + " " +
+                            q(root));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["added"], 3);
+  fs::create_directories(in_use + "/thumbs");
+  for (const auto& e : fs::directory_iterator(root)) {
+    if (e.is_regular_file()) fs::copy_file(e.path(), in_use + "/thumbs/" + e.path().filename().string());
+  }
+  r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto s = json::parse(r.out);
+  EXPECT_EQ(s["added"], 0) << r.err;
+  EXPECT_NE(r.err.find("index folder"), std::string::npos) << r.err;
+  // Another index folder met by a walk (recognized by its catalog), also with photos in it.
+  photos(root + "/old-index", 2, 40, "jpg");
+  test::write_text(root + "/old-index/catalog.sqlite3", "");
+  s = index_ok(q(root));
+  EXPECT_EQ(s["added"], 3);
+  for (const auto& p : paths()) {
+    EXPECT_EQ(p.find("/idx/"), std::string::npos) << p;
+    EXPECT_EQ(p.find("/old-index/"), std::string::npos) << p;
+  }
+  // A folder indexed before it became an index folder: its entries go.
+  fs::create_directories(root + "/later");
+  photos(root + "/later", 1, 50, "jpg");
+  EXPECT_EQ(index_ok("")["added"], 1);
+  test::write_text(root + "/later/catalog.sqlite3", "");
+  s = index_ok("");
+  EXPECT_EQ(s["excluded"], 1);
+  EXPECT_EQ(paths().size(), 3u);
+}
+
+// --- 4. a subfolder of a root --------------------------------------------------------------------
+
+TEST_F(Trust, SubfolderUsesItsRootsOptionsAndIsNoRootOfItsOwn) {
+  photos(root + "/a", 2, 1, "png");
+  photos(root + "/a", 2, 10, "jpg");
+  photos(root + "/b", 1, 20, "png");
+  photos(root + "/b", 1, 30, "jpg");
+  photos(root + "/.hidden", 1, 40, "jpg");
+  index_ok(q(root) + " --exclude '*.png'");
+  ASSERT_EQ(paths().size(), 3u);
+  const auto before = roots();
+  auto r = index(q(root + "/a"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["added"], 0);
+  EXPECT_NE(r.err.find("inside the indexed folder"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 3u);
+  auto after = roots();
+  ASSERT_EQ(after.size(), before.size());
+  EXPECT_EQ(after[0].path, before[0].path);
+  EXPECT_EQ(after[0].options, before[0].options);
+  // --reindex of a subfolder: its files, with the root's options.
+  r = index("--reindex " + q(root + "/b"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto s = json::parse(r.out);
+  EXPECT_EQ(s["updated"], 1);
+  EXPECT_EQ(s["added"], 0);
+  EXPECT_EQ(roots().size(), 1u);
+  // Options of its own for a subfolder: refused, naming the root to give them to.
+  r = index(q(root + "/a") + " --ext png");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(root), std::string::npos) << r.err;
+  // A subfolder the root's options leave out (hidden): refused rather than indexed with others.
+  r = index(q(root + "/.hidden"));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("leave it out"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 3u);
+  EXPECT_EQ(roots().size(), 1u);
+}
+
+// --- 5. repair --------------------------------------------------------------------------------------
+
+TEST_F(Trust, RepairAfterTheHeaderIsOverwrittenKeepsEverythingAndIndexWorksAgain) {
+  photos(root, 4, 1);
+  index_ok(q(root));
+  test::damage_bytes(idx + "/catalog.sqlite3", 0, 16, 7);
+  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = json::parse(r.out);
+  EXPECT_TRUE(j["damaged"]);
+  EXPECT_TRUE(j["header_restored"]);
+  EXPECT_FALSE(j["roots_lost"]);
+  EXPECT_EQ(j["kept"]["files"], 4);
+  EXPECT_EQ(j["kept"]["roots"], 1);
+  EXPECT_EQ(r.err.find("give the folders again"), std::string::npos) << r.err;
+  auto s = index_ok("");
+  EXPECT_EQ(s["unchanged"], 4);
+  EXPECT_EQ(s["added"], 0);
+}
+
+TEST_F(Trust, RepairThatLosesTheRootsSaysToGiveTheFoldersAgain) {
+  photos(root, 4, 1);
+  index_ok(q(root));
+  // The whole first page (the schema) overwritten: nothing can be read.
+  test::damage_bytes(idx + "/catalog.sqlite3", 0, 4096, 7);
+  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = json::parse(r.out);
+  EXPECT_TRUE(j["roots_lost"]);
+  EXPECT_NE(r.err.find("give the folders again"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cnclip index FOLDER"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("the next 'cnclip index' re-encodes"), std::string::npos) << r.err;
+  // What it says works.
+  auto s = index_ok(q(root));
+  EXPECT_EQ(s["added"], 4);
+}
+
+// --- 6. SQLite errors that mean damage ------------------------------------------------------------
+
+TEST_F(Trust, MissingTablesReadAsDamageInEveryReadingCommand) {
+  photos(root, 3, 1);
+  index_ok(q(root));
+  for (const std::string table : {"meta", "files", "roots"}) {
+    test::TempDir copy;
+    for (const auto& e : fs::directory_iterator(idx)) fs::copy(e.path(), copy / e.path().filename().string());
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((copy / "catalog.sqlite3").c_str(), &db), SQLITE_OK);
+    // Emptied out of SQLite's schema as lost pages would leave it (the writable schema is the
+    // simplest way to drop a table without running a command cnclip would then repeat).
+    ASSERT_EQ(sqlite3_exec(db, ("DROP TABLE " + table).c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
+    sqlite3_close(db);
+    for (const std::string& cmd : std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
+      auto r = test::run_cnclip(cmd + " --index " + q(copy.path()));
+      // Searches and dups never read the roots; every other case must fail.
+      if (table == "roots" && cmd != "info") continue;
+      EXPECT_EQ(r.exit_code, 1) << table << " / " << cmd << "\n" << r.err;
+      EXPECT_NE(r.err.find("the catalog is damaged"), std::string::npos) << table << " / " << cmd << "\n" << r.err;
+      EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;
+    }
+  }
+}
+
+TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
+  // A run killed before any checkpoint: everything it committed is only in the -wal. Copy the index
+  // while a writer holds it open (as kill -9 leaves it), then flip a byte in the log's first frame:
+  // SQLite replays no frame from there on, so the catalog has no tables at all.
+  photos(root, 2, 1);
+  const std::string copy = dir / "copy";
+  {
+    auto store = IndexStore::open(idx, IndexAccess::kWrite);
+    store->catalog().set_meta("probe", "1");
+    fs::create_directories(copy);
+    for (const auto& e : fs::directory_iterator(idx)) fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
+  }
+  ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 32u + 24u + 200u);
+  test::damage_bytes(copy + "/catalog.sqlite3-wal", 32 + 24 + 100, 4, 3);
+  for (const std::string& cmd : std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
+    auto r = test::run_cnclip(cmd + " --index " + q(copy));
+    EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
+    EXPECT_NE(r.err.find("the catalog is damaged"), std::string::npos) << cmd << "\n" << r.err;
+    EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;
+  }
+}
+
+}  // namespace
+}  // namespace cnclip
