@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -32,15 +33,20 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// "12" -> 12; nullopt for anything but ASCII digits, or more than 18 of them.
-std::optional<int64_t> whole(const std::string& s) {
-  if (s.empty() || s.size() > 18) return std::nullopt;
-  int64_t v = 0;
+// "12" -> 12, "-3" -> -3 (with `negative`); nullopt for anything else, or beyond int64.
+std::optional<int64_t> whole(const std::string& s, bool negative = false) {
+  if (negative && !s.empty() && s[0] == '-') {
+    auto v = whole(s.substr(1));
+    return v ? std::optional<int64_t>(-*v) : std::nullopt;
+  }
+  if (s.empty() || s.size() > 19) return std::nullopt;
+  uint64_t v = 0;
   for (char c : s) {
     if (c < '0' || c > '9') return std::nullopt;
-    v = v * 10 + (c - '0');
+    v = v * 10 + static_cast<uint64_t>(c - '0');
   }
-  return v;
+  if (v > static_cast<uint64_t>(INT64_MAX)) return std::nullopt;
+  return static_cast<int64_t>(v);
 }
 
 std::string lexically_absolute(const std::string& path) { return fs::absolute(path).lexically_normal().string(); }
@@ -157,8 +163,7 @@ std::optional<std::pair<std::vector<SavedRow>, std::vector<float>>> read_chunk(c
     const auto t2 = t1 == std::string::npos ? t1 : line.find('\t', t1 + 1);
     if (t2 == std::string::npos) return std::nullopt;
     auto size = whole(line.substr(0, t1));
-    auto mtime = line[t1 + 1] == '-' ? std::optional<int64_t>(-whole(line.substr(t1 + 2, t2 - t1 - 2)).value_or(1))
-                                     : whole(line.substr(t1 + 1, t2 - t1 - 1));
+    auto mtime = whole(line.substr(t1 + 1, t2 - t1 - 1), /*negative=*/true);
     if (!size || !mtime) return std::nullopt;
     rows.push_back(SavedRow{*size, *mtime, line.substr(t2 + 1)});
   }

@@ -246,14 +246,14 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
       double save_every = 30;
       bool hidden = false;
       int batch_size = 4, jobs = 0;
-      CLI::Option* save_every_opt = nullptr;
+      CLI::Option *save_every_opt = nullptr, *shard_opt = nullptr;
     };
     auto a = std::make_shared<EmbedImageArgs>();
     auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines, or write a shard of a collection");
     sub->add_option("image", a->files,
                     "Image files, or folders (walked as index walks them); '-' reads one path per line from stdin")
         ->required();
-    sub->add_option("--shard", a->shard,
+    a->shard_opt = sub->add_option("--shard", a->shard,
                     "K/N: only the files of shard K of N (1 <= K <= N), split by a hash of each path relative to its "
                     "root, the same on every machine");
     sub->add_option("--root", a->root,
@@ -282,7 +282,8 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->callback([&o, &action, a] {
       action = [&o, a] {
         // Everything the command line says is checked before the model is loaded.
-        const ShardSpec shard = a->shard.empty() ? ShardSpec{} : parse_shard_spec(a->shard);
+        const bool sharded = a->shard_opt->count() > 0;
+        const ShardSpec shard = sharded ? parse_shard_spec(a->shard) : ShardSpec{};
         if (a->save_every_opt->count() > 0 && a->out.empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "--save-every goes with --out (only written shards are resumed)");
         }
@@ -296,7 +297,7 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (given.empty()) throw Exception(ErrorCode::kInvalidArgument, "embed-image: no paths on stdin");
         if (!a->out.empty()) install_interrupt_handlers();
         const ShardSelection selection = select_shard(given, shard, a->root, walk);
-        if (!a->shard.empty() && !o.quiet) {
+        if (sharded && !o.quiet) {
           std::cerr << "cnclip: shard " << shard.to_string() << ": " << selection.files.size() << " of "
                     << selection.total << " files\n";
         }
