@@ -675,3 +675,61 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
 
 }  // namespace
 }  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// An import stopped by Ctrl-C keeps the batches it committed and says how to finish; the same
+// command then imports the rest and skips what is there.
+TEST(ShardImport, InterruptedImportIsFinishedByRunningItAgain) {
+  test::TempDir dir;
+  const int n = 100000, dim = 32;
+  std::vector<float> rows(static_cast<size_t>(n) * dim);
+  std::string paths;
+  uint32_t x = 12345;
+  for (int i = 0; i < n; ++i) {
+    for (int d = 0; d < dim; ++d) {
+      x = x * 1664525u + 1013904223u;
+      rows[static_cast<size_t>(i) * dim + d] = static_cast<float>(x >> 8) / 16777216.0f - 0.5f;  // normalized by import
+    }
+    paths += "/remote/d" + std::to_string(i % 100) + "/f" + std::to_string(i) + ".jpg\n";
+  }
+  write_npy(dir / "big.npy", rows.data(), {n, dim});
+  test::write_text(dir / "big.paths", paths);
+  const std::string index = dir / "idx";
+  const pid_t pid = start_shard({"import", dir / "big.npy", "--model", test::tiny_bundle(), "--index", index}, dir / "err");
+  auto committed = [&]() -> int64_t {
+    try {
+      return Catalog::open_read_only(index + "/catalog.sqlite3")->count();
+    } catch (const Exception&) {
+      return 0;
+    }
+  };
+  for (int i = 0; i < 6000 && committed() == 0; ++i) {
+    if (waitpid(pid, nullptr, WNOHANG) == pid) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ::kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  const std::string err = test::read_text(dir / "err");
+  ASSERT_TRUE(WIFEXITED(status)) << err;
+  ASSERT_EQ(WEXITSTATUS(status), 130) << "the import ended before the signal: " << err;
+  const int64_t kept = committed();
+  EXPECT_GT(kept, 0);
+  EXPECT_LT(kept, n);
+  EXPECT_EQ(kept % 20000, 0) << "committed in batches of 20,000";
+  EXPECT_EQ(err, "cnclip: error: import interrupted: " + std::to_string(kept) +
+                     " embeddings written so far are kept; run the same command again to finish (what is there already "
+                     "is skipped)\n");
+  auto r = test::run_cnclip("import " + q(dir / "big.npy") + model_arg() + " --index " + q(index));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.err, "cnclip: imported " + std::to_string(n - kept) + " new and 0 updated embeddings, " +
+                       std::to_string(kept) + " unchanged (already there)\n");
+  EXPECT_EQ(committed(), n);
+  auto info = test::run_cnclip("info --format json --index " + q(index));
+  EXPECT_EQ(json::parse(info.out)["vectors"], n);
+}
+
+}  // namespace
+}  // namespace cnclip

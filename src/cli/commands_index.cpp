@@ -249,7 +249,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
             std::cerr << "cnclip: " << terminal_safe(name) << ": " << s.added << " new, " << s.updated << " updated, "
                       << s.unchanged << " unchanged\n";
           }
-          if (s.interrupted || interrupt_requested()) {
+          if (s.interrupted || (interrupt_requested() && &in != &inputs.back())) {
             throw Exception(ErrorCode::kInterrupted,
                             "import interrupted: " + std::to_string(total.added + total.updated) +
                                 " embeddings written so far are kept; run the same command again to finish (what is "
