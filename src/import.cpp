@@ -176,8 +176,8 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
   if (a.shape.size() != 2 || a.shape[1] != dim) {
     std::string shape;
     for (auto s : a.shape) shape += (shape.empty() ? "" : ",") + std::to_string(s);
-    throw Exception(ErrorCode::kMismatch, npy_path + ": expected a [N," + std::to_string(dim) + "] matrix, not [" +
-                                              shape + "]");
+    throw Exception(ErrorCode::kMismatch,
+                    npy_path + ": expected a [N," + std::to_string(dim) + "] matrix, not [" + shape + "]");
   }
   ImportRows rows;
   rows.embeddings = a.as_float();
@@ -191,7 +191,8 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
     if (r == LineRead::kTooLong) throw Exception(ErrorCode::kCorrupt, where + "line longer than 1 MiB; not a path");
     strip_cr(line);
     if (line.empty()) continue;
-    if (line.find('\0') != std::string::npos) throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
+    if (line.find('\0') != std::string::npos)
+      throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
     rows.paths.push_back(line);
   }
   if (in.bad()) throw Exception(ErrorCode::kIoError, paths_file + ": read error");
@@ -201,21 +202,66 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
   }
   for (size_t i = 0; i < rows.paths.size(); ++i) {
     if (auto why = bad_row(&rows.embeddings[i * dim], dim); !why.empty()) {
-      throw Exception(ErrorCode::kCorrupt, npy_path + ": row " + std::to_string(i + 1) + " (" + rows.paths[i] + "): " + why);
+      throw Exception(ErrorCode::kCorrupt,
+                      npy_path + ": row " + std::to_string(i + 1) + " (" + rows.paths[i] + "): " + why);
     }
   }
   return rows;
 }
 
+PrefixMap parse_prefix_map(const std::string& text) {
+  const auto eq = text.find('=');
+  const std::string what = "--map-prefix " + text;
+  if (eq == std::string::npos) {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": expects FROM=TO, e.g. /shared/photos=/home/me/photos");
+  }
+  std::string from = text.substr(0, eq), to = text.substr(eq + 1);
+  if (from.empty() || to.empty()) {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": both sides of FROM=TO must be given");
+  }
+  if (from[0] != '/') {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": FROM must be an absolute path, as the imported paths are");
+  }
+  auto normal = [](const std::string& p) {
+    std::string n = std::filesystem::absolute(p).lexically_normal().string();
+    while (n.size() > 1 && n.back() == '/') n.pop_back();
+    return n;
+  };
+  return PrefixMap{normal(from), normal(to)};
+}
+
+std::vector<int64_t> map_path_prefixes(std::vector<std::string>& paths, const std::vector<PrefixMap>& maps) {
+  std::vector<int64_t> counts(maps.size(), 0);
+  for (auto& p : paths) {
+    for (size_t m = 0; m < maps.size(); ++m) {
+      const std::string& from = maps[m].from;
+      // `rest` is what follows FROM: "" or "/..." (for FROM "/", the whole path).
+      const bool below =
+          from == "/" ? !p.empty() && p[0] == '/'
+                      : p.compare(0, from.size(), from) == 0 && (p.size() == from.size() || p[from.size()] == '/');
+      if (!below) continue;
+      const std::string rest = from == "/" ? p : p.substr(from.size());
+      const std::string& to = maps[m].to;
+      p = to == "/" ? (rest.empty() ? "/" : rest) : to + rest;
+      ++counts[m];
+      break;
+    }
+  }
+  return counts;
+}
+
 NpyImportFiles npy_import_files(const std::string& npy) {
   NpyImportFiles f;
   f.npy = npy;
-  const std::string prefix = npy.size() > 4 && npy.compare(npy.size() - 4, 4, ".npy") == 0 ? npy.substr(0, npy.size() - 4) : npy;
+  const std::string prefix =
+      npy.size() > 4 && npy.compare(npy.size() - 4, 4, ".npy") == 0 ? npy.substr(0, npy.size() - 4) : npy;
   f.paths = prefix + ".paths";
   struct stat st {};
   if (::stat(f.paths.c_str(), &st) != 0) {
-    throw Exception(ErrorCode::kNotFound, npy + ": no " + f.paths + " beside it (the paths of its rows, one per line); "
-                                                "give another file with --npy " + npy + " --paths FILE");
+    throw Exception(ErrorCode::kNotFound, npy + ": no " + f.paths +
+                                              " beside it (the paths of its rows, one per line); "
+                                              "give another file with --npy " +
+                                              npy + " --paths FILE");
   }
   if (::stat((prefix + ".json").c_str(), &st) == 0) f.manifest = prefix + ".json";
   return f;
@@ -238,8 +284,9 @@ void check_shard_manifest(const std::string& manifest, const BundleManifest& bun
   };
   if (!j.is_object() || str(j, "format") != "cnclip-shard" || !j.contains("settings") || !j["settings"].is_object() ||
       !j["settings"].contains("model") || !j["settings"]["model"].is_object()) {
-    throw Exception(ErrorCode::kCorrupt, manifest + ": not the manifest embed-image --out writes (no \"format\": "
-                                                    "\"cnclip-shard\" with its settings)");
+    throw Exception(ErrorCode::kCorrupt, manifest +
+                                             ": not the manifest embed-image --out writes (no \"format\": "
+                                             "\"cnclip-shard\" with its settings)");
   }
   const nlohmann::json& m = j["settings"]["model"];
   const std::string fingerprint = str(m, "fingerprint"), source = str(m, "source"), precision = str(m, "precision");
@@ -247,20 +294,23 @@ void check_shard_manifest(const std::string& manifest, const BundleManifest& bun
       !(allow_mixed_precision && !source.empty() && source == bundle.source_id && precision != bundle.precision)) {
     const bool sibling = !source.empty() && source == bundle.source_id && precision != bundle.precision;
     throw Exception(ErrorCode::kMismatch,
-                    manifest + ": the embeddings come from " + str(m, "architecture") + " " + precision + " (fingerprint " +
-                        fingerprint.substr(0, 16) + "), not from the model " + bundle.dir + " (" + bundle.architecture +
-                        " " + bundle.precision + ", fingerprint " + bundle.fingerprint.substr(0, 16) + "); " +
+                    manifest + ": the embeddings come from " + str(m, "architecture") + " " + precision +
+                        " (fingerprint " + fingerprint.substr(0, 16) + "), not from the model " + bundle.dir + " (" +
+                        bundle.architecture + " " + bundle.precision + ", fingerprint " +
+                        bundle.fingerprint.substr(0, 16) + "); " +
                         (sibling ? "pass --mixed-precision to import them anyway"
                                  : "import them with that model (--model), or embed again with this one"));
   }
-  if (rows >= 0 && j.contains("embedded") && j["embedded"].is_number_integer() && j["embedded"].get<int64_t>() != rows) {
+  if (rows >= 0 && j.contains("embedded") && j["embedded"].is_number_integer() &&
+      j["embedded"].get<int64_t>() != rows) {
     throw Exception(ErrorCode::kCorrupt, manifest + ": records " + std::to_string(j["embedded"].get<int64_t>()) +
                                              " embeddings, the .npy beside it holds " + std::to_string(rows));
   }
 }
 
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
-                                const std::vector<float>& embeddings, bool allow_mixed_precision, bool update_snapshot) {
+                                const std::vector<float>& embeddings, bool allow_mixed_precision,
+                                bool update_snapshot) {
   const int dim = bundle.embedding_dim;
   if (embeddings.size() != paths.size() * static_cast<size_t>(dim)) {
     throw Exception(ErrorCode::kMismatch, "embeddings have dimension " +

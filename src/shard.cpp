@@ -10,8 +10,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <filesystem>
@@ -86,8 +86,8 @@ std::string describe_settings(const nlohmann::json& s) {
   if (s.contains("decode") && s["decode"].is_object()) {
     const auto& d = s["decode"];
     out += std::string(d.value("apply_exif_orientation", true) ? "" : ", --ignore-exif") +
-           (d.value("reduced_decode_min_side", 0) == 0 ? ", --full-decode" : "") +
-           ", --max-pixels " + std::to_string(d.value("max_pixels", int64_t(0)) / 1'000'000);
+           (d.value("reduced_decode_min_side", 0) == 0 ? ", --full-decode" : "") + ", --max-pixels " +
+           std::to_string(d.value("max_pixels", int64_t(0)) / 1'000'000);
   }
   return out;
 }
@@ -150,7 +150,7 @@ std::vector<int64_t> chunk_numbers(const std::string& dir) {
 // chunk of another dimension, a list that does not match its matrix): such a chunk is simply
 // encoded again.
 std::optional<std::pair<std::vector<SavedRow>, std::vector<float>>> read_chunk(const std::string& dir, int64_t n,
-                                                                              int dim) {
+                                                                               int dim) {
   const std::string npy = chunk_name(dir, n, "npy");
   if (!exists(npy)) return std::nullopt;
   auto m = read_npy(npy);
@@ -190,7 +190,8 @@ class PartialDir {
     if (::mkdir(dir_.c_str(), 0777) != 0 && errno != EEXIST) throw Exception(errno_error(dir_, errno, "cannot create"));
     struct stat st {};
     if (::stat(dir_.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-      throw Exception(ErrorCode::kInvalidArgument, dir_ + ": is not a folder (embed-image keeps unfinished work there)");
+      throw Exception(ErrorCode::kInvalidArgument,
+                      dir_ + ": is not a folder (embed-image keeps unfinished work there)");
     }
     const std::string lock = dir_ + "/lock";
     fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
@@ -224,7 +225,11 @@ class PartialDir {
       for (const auto& n : names) remove_file(dir_ + "/" + n);
     }
     remove_file(dir_ + "/lock");
-    if (::rmdir(dir_.c_str()) != 0 && errno != ENOENT) throw Exception(errno_error(dir_, errno, "cannot delete"));
+    // ENOTEMPTY: a second run of the shard started meanwhile; it removes the folder when it finds the
+    // outputs complete.
+    if (::rmdir(dir_.c_str()) != 0 && errno != ENOENT && errno != ENOTEMPTY) {
+      throw Exception(errno_error(dir_, errno, "cannot delete"));
+    }
     sync_parent_directory(dir_);
   }
 
@@ -255,7 +260,8 @@ ShardSpec parse_shard_spec(const std::string& text, const std::string& what) {
   if (slash == std::string::npos) throw Exception(ErrorCode::kInvalidArgument, shown + expects);
   const auto k = whole(text.substr(0, slash)), n = whole(text.substr(slash + 1));
   if (!k || !n) throw Exception(ErrorCode::kInvalidArgument, shown + expects);
-  if (*n == 0) throw Exception(ErrorCode::kInvalidArgument, what + " " + text + ": the number of shards N must be at least 1");
+  if (*n == 0)
+    throw Exception(ErrorCode::kInvalidArgument, what + " " + text + ": the number of shards N must be at least 1");
   if (*n > kMaxShards) {
     throw Exception(ErrorCode::kInvalidArgument,
                     what + " " + text + ": at most " + std::to_string(kMaxShards) + " shards");
@@ -265,8 +271,8 @@ ShardSpec parse_shard_spec(const std::string& text, const std::string& what) {
                                                      std::to_string(*n) + " is 1/" + std::to_string(*n) + ")");
   }
   if (*k > *n) {
-    throw Exception(ErrorCode::kInvalidArgument, what + " " + text + ": there are only " + std::to_string(*n) +
-                                                     " shards (K must be at most N)");
+    throw Exception(ErrorCode::kInvalidArgument,
+                    what + " " + text + ": there are only " + std::to_string(*n) + " shards (K must be at most N)");
   }
   return ShardSpec{*k, *n};
 }
@@ -283,8 +289,9 @@ ShardSelection select_shard(const std::vector<std::string>& inputs, const ShardS
   auto key_below_root = [&](const std::string& path, const std::string& input) {
     auto rel = relative_to(lexically_absolute(path), abs_root);
     if (!rel) {
-      throw Exception(ErrorCode::kInvalidArgument,
-                      input + ": not below --root " + root + " (every input must be, so that its key is the same everywhere)");
+      throw Exception(
+          ErrorCode::kInvalidArgument,
+          input + ": not below --root " + root + " (every input must be, so that its key is the same everywhere)");
     }
     return *rel;
   };
@@ -299,9 +306,10 @@ ShardSelection select_shard(const std::vector<std::string>& inputs, const ShardS
       if (!canonical) throw Exception(canonical.error());
       // Keys of a walked folder: relative to --root when given (through the folder as given, so a
       // root reached through a link still counts), else to the folder.
-      const std::string base = abs_root.empty() ? "" : (input == abs_root || lexically_absolute(input) == abs_root
-                                                            ? std::string()
-                                                            : key_below_root(input, input) + "/");
+      const std::string base = abs_root.empty() ? ""
+                                                : (input == abs_root || lexically_absolute(input) == abs_root
+                                                       ? std::string()
+                                                       : key_below_root(input, input) + "/");
       WalkResult w = walk_folder(canonical.value(), walk);
       for (size_t i = 0; i < w.unlisted.size(); ++i) out.problems.push_back(w.unlisted_errors[i]);
       for (auto& s : w.skipped) {
@@ -319,8 +327,8 @@ ShardSelection select_shard(const std::vector<std::string>& inputs, const ShardS
   return out;
 }
 
-ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const ShardSpec& shard, const std::string& prefix,
-                          const ShardRunOptions& options, ShardObserver& observer) {
+ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const ShardSpec& shard,
+                          const std::string& prefix, const ShardRunOptions& options, ShardObserver& observer) {
   const ShardOutputPaths out(prefix);
   const BundleManifest& bundle = model.manifest();
   const int dim = bundle.embedding_dim;
@@ -345,15 +353,15 @@ ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const S
   // done; another shard or model is refused (never overwritten); other files are embedded again.
   if (exists(out.npy) && !exists(out.json)) {
     throw Exception(ErrorCode::kMismatch, out.npy + ": exists and is not the output of embed-image --shard (no " +
-                                               out.json + " beside it); give another prefix");
+                                              out.json + " beside it); give another prefix");
   }
   if (exists(out.json) && exists(out.npy)) {
     const nlohmann::json done = read_json_file(out.json);
     const nlohmann::json done_settings = done.contains("settings") ? done["settings"] : nlohmann::json();
     if (done_settings != settings_plain) {
       throw Exception(ErrorCode::kMismatch, prefix + ": the outputs there are " + describe_settings(done_settings) +
-                                                 ", not " + describe_settings(settings_plain) +
-                                                 "; give another prefix, or delete " + out.npy + " to replace them");
+                                                ", not " + describe_settings(settings_plain) +
+                                                "; give another prefix, or delete " + out.npy + " to replace them");
     }
     std::unordered_set<std::string> had;
     {
@@ -372,9 +380,16 @@ ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const S
     bool same = had.size() == files.size();
     for (size_t i = 0; same && i < files.size(); ++i) same = had.count(files[i].path) > 0;
     if (same && !exists(partial_settings)) {
+      if (exists(out.partial)) {
+        try {  // left by a run that ended while this one started: nothing of value is in it
+          PartialDir(out.partial).remove_all();
+        } catch (const Exception&) {
+        }
+      }
       summary.already_complete = true;
       summary.embedded = done.value("embedded", int64_t(0));
-      summary.failed = done.contains("failed") && done["failed"].is_array() ? static_cast<int64_t>(done["failed"].size()) : 0;
+      summary.failed =
+          done.contains("failed") && done["failed"].is_array() ? static_cast<int64_t>(done["failed"].size()) : 0;
       return summary;
     }
   }
@@ -421,9 +436,9 @@ ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const S
   for (size_t i = 0; i < files.size(); ++i) {
     const ShardFile& f = files[i];
     if (!fits_a_line(f.path)) {
-      fail(f.path, Error{ErrorCode::kInvalidArgument,
-                         f.path + ": the name holds a line break, which a line of " + out.paths +
-                             " cannot carry (embed-image without --out prints JSONL, which can)"});
+      fail(f.path,
+           Error{ErrorCode::kInvalidArgument, f.path + ": the name holds a line break, which a line of " + out.paths +
+                                                  " cannot carry (embed-image without --out prints JSONL, which can)"});
       continue;
     }
     auto st = stat_file(f.path);

@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "cnclip/catalog.h"
+#include "cnclip/import.h"
 #include "cnclip/npy.h"
 #include "cnclip/shard.h"
 #include "test_util.h"
@@ -81,13 +82,15 @@ std::map<std::string, std::pair<uintmax_t, fs::file_time_type>> tree_state(const
   std::map<std::string, std::pair<uintmax_t, fs::file_time_type>> out;
   for (const auto& e : fs::recursive_directory_iterator(dir)) {
     // An index's lock file is written by every writer that takes it; it holds no data.
-    if (e.is_regular_file() && e.path().filename() != "lock") out[e.path().string()] = {e.file_size(), e.last_write_time()};
+    if (e.is_regular_file() && e.path().filename() != "lock")
+      out[e.path().string()] = {e.file_size(), e.last_write_time()};
   }
   return out;
 }
 
 // The key of every file in shard K of N, for K = 1..N, through select_shard.
-std::vector<std::set<std::string>> split(const std::vector<std::string>& inputs, int64_t n, const std::string& root = "") {
+std::vector<std::set<std::string>> split(const std::vector<std::string>& inputs, int64_t n,
+                                         const std::string& root = "") {
   std::vector<std::set<std::string>> out;
   for (int64_t k = 1; k <= n; ++k) {
     std::set<std::string> keys;
@@ -133,8 +136,8 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
   };
   for (const auto& [value, message] : cases) {
     SCOPED_TRACE(value);
-    auto r = test::run_cnclip("embed-image --shard " + q(value) + " " + q(dir / "p") + " --model " + q(dir / "no-model") +
-                              " --out " + q(dir / "s"));
+    auto r = test::run_cnclip("embed-image --shard " + q(value) + " " + q(dir / "p") + " --model " +
+                              q(dir / "no-model") + " --out " + q(dir / "s"));
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");
@@ -145,8 +148,8 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
       {"--shard 1/2 --save-every 5", "--save-every goes with --out (only written shards are resumed)"},
       {"--shard 1/2 --out " + q(dir / "nowhere/s"),
        "--out " + dir / "nowhere/s" + ": no folder " + dir / "nowhere (No such file or directory)"},
-      {"--shard 1/2 --out " + q(dir / "p/"), "--out " + dir / "p/: give a prefix for the file names (e.g. " + dir / "p/" +
-                                                 "shard-1), not a folder"},
+      {"--shard 1/2 --out " + q(dir / "p/"),
+       "--out " + dir / "p/: give a prefix for the file names (e.g. " + dir / "p/" + "shard-1), not a folder"},
       {"--shard 1/2 --root " + q(dir / "p/a.jpg"), "--root: " + dir / "p/a.jpg is not a folder"},
       {"--shard 1/2 --root " + q(dir / "elsewhere"),
        "--root: no folder " + dir / "elsewhere (No such file or directory)"},
@@ -183,7 +186,8 @@ TEST(ShardSplit, EveryFileInExactlyOneShard) {
   const std::string photos = dir / "photos";
   std::set<std::string> all;
   for (int i = 0; i < 400; ++i) {
-    const std::string rel = "d" + std::to_string(i % 9) + "/e" + std::to_string(i % 4) + "/f" + std::to_string(i) + ".jpg";
+    const std::string rel =
+        "d" + std::to_string(i % 9) + "/e" + std::to_string(i % 4) + "/f" + std::to_string(i) + ".jpg";
     fs::create_directories(fs::path(photos + "/" + rel).parent_path());
     test::write_text(photos + "/" + rel, "x");  // the split never opens a file
     all.insert(rel);
@@ -265,8 +269,9 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
     int failed_listed = 0;
     for (int k = 1; k <= n; ++k) {
       const std::string prefix = dir / ("n" + std::to_string(n) + "-" + std::to_string(k));
-      auto r = test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/" + std::to_string(n) + " --batch-size " +
-                                std::to_string(1 + k % 3) + " --out " + q(prefix) + " " + q(photos) + model_arg());
+      auto r =
+          test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/" + std::to_string(n) + " --batch-size " +
+                           std::to_string(1 + k % 3) + " --out " + q(prefix) + " " + q(photos) + model_arg());
       ASSERT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(r.out, "");  // nothing on stdout: the outputs are the files
       const json manifest = json::parse(test::read_text(prefix + ".json"));
@@ -322,7 +327,26 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   ASSERT_EQ(n.exit_code, 0) << n.err;
   const auto rows = shard_rows(dir / "s");
   EXPECT_EQ(test::lines(j.out).size(), rows.size());
-  EXPECT_NE(j.err.find("cnclip: shard 2/3: " + std::to_string(rows.size()) + " of 20 files"), std::string::npos) << j.err;
+  EXPECT_NE(j.err.find("cnclip: shard 2/3: " + std::to_string(rows.size()) + " of 20 files"), std::string::npos)
+      << j.err;
+  // A folder without --shard: every photo of it, in the walk's sorted order; the three shards' lines
+  // together are exactly those lines.
+  auto all = test::run_cnclip("embed-image " + q(photos) + model_arg());
+  ASSERT_EQ(all.exit_code, 0) << all.err;
+  const auto all_lines = test::lines(all.out);
+  ASSERT_EQ(all_lines.size(), 20u);
+  std::vector<std::string> sorted_paths, shard_lines;
+  for (const auto& l : all_lines) sorted_paths.push_back(json::parse(l)["path"]);
+  EXPECT_TRUE(std::is_sorted(sorted_paths.begin(), sorted_paths.end()));
+  for (int k = 1; k <= 3; ++k) {
+    auto part = test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/3 " + q(photos) + model_arg());
+    ASSERT_EQ(part.exit_code, 0) << part.err;
+    for (const auto& l : test::lines(part.out)) shard_lines.push_back(l);
+  }
+  std::vector<std::string> sorted_all = all_lines;
+  std::sort(sorted_all.begin(), sorted_all.end());
+  std::sort(shard_lines.begin(), shard_lines.end());
+  EXPECT_EQ(shard_lines, sorted_all);
   ASSERT_EQ(test::run_cnclip("import " + q(dir / "s.jsonl") + model_arg() + " --index " + q(dir / "a")).exit_code, 0);
   ASSERT_EQ(test::run_cnclip("import " + q(dir / "s.npy") + model_arg() + " --index " + q(dir / "b")).exit_code, 0);
   EXPECT_EQ(index_rows(dir / "a"), rows);
@@ -338,8 +362,8 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   std::vector<std::string> npys;
   for (int k = 1; k <= 3; ++k) {
     const std::string prefix = dir / ("s" + std::to_string(k));
-    ASSERT_EQ(test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/3 --out " + q(prefix) + " " + q(photos) +
-                               model_arg())
+    ASSERT_EQ(test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/3 --out " + q(prefix) + " " +
+                               q(photos) + model_arg())
                   .exit_code,
               0);
     npys.push_back(q(prefix + ".npy"));
@@ -351,7 +375,8 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   auto snapshot_of = [&] {
     auto c = Catalog::open_read_only(index + "/catalog.sqlite3");
     std::vector<std::tuple<int64_t, std::string, int64_t, int64_t, int64_t, std::vector<float>>> rows;
-    for (const auto& r : c->files_under("")) rows.emplace_back(r.id, r.path, r.size, r.mtime_ns, r.indexed_at, c->embedding(r.id));
+    for (const auto& r : c->files_under(""))
+      rows.emplace_back(r.id, r.path, r.size, r.mtime_ns, r.indexed_at, c->embedding(r.id));
     return std::make_pair(c->generation(), rows);
   };
   const auto before = snapshot_of();
@@ -411,8 +436,8 @@ class ShardResume : public ::testing::Test {
     ASSERT_EQ(clean_.size(), 90u);
   }
   std::vector<std::string> args() const {
-    return {"embed-image", "--out", prefix_, "--save-every", "0", "--batch-size", "1", "-j", "1", photos_, "--model",
-            test::tiny_bundle()};
+    return {"embed-image", "--out", prefix_, "--save-every", "0",       "--batch-size",
+            "1",           "-j",    "1",     photos_,        "--model", test::tiny_bundle()};
   }
   // Starts a run and stops it with `signal` once it saved a few chunks; true when it was stopped
   // before the end (the test is void otherwise).
@@ -436,8 +461,9 @@ class ShardResume : public ::testing::Test {
     ASSERT_LT(saved_rows, 90u);
     auto r = test::run_cnclip("embed-image --out " + q(prefix_) + " " + q(photos_) + model_arg());
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.err.find("cnclip: " + std::to_string(saved_rows) + " embeddings saved by an interrupted run are used again; " +
-                         std::to_string(90 - saved_rows) + " to embed"),
+    EXPECT_NE(r.err.find("cnclip: " + std::to_string(saved_rows) +
+                         " embeddings saved by an interrupted run are used again; " + std::to_string(90 - saved_rows) +
+                         " to embed"),
               std::string::npos)
         << r.err;
     EXPECT_NE(r.err.find("cnclip: wrote 90 embeddings to " + prefix_ + ".npy (" + std::to_string(saved_rows) +
@@ -501,8 +527,8 @@ TEST_F(ShardResume, TornChunksAndChangedFilesAreEncodedAgain) {
   ASSERT_GE(npys.size(), 2u);
   fs::remove(npys.back());  // the torn chunk: its .list stays
   // A file saved in the first chunk now holds another picture.
-  const std::string changed = test::lines(test::read_text(fs::path(npys.front()).replace_extension(".list").string()))[0]
-                                  .substr(0);
+  const std::string changed =
+      test::lines(test::read_text(fs::path(npys.front()).replace_extension(".list").string()))[0].substr(0);
   const std::string changed_path = changed.substr(changed.rfind('\t') + 1);
   const std::string other = dir_ / "other.jpg";
   make_photo(other, 9999);
@@ -552,7 +578,8 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   const std::string photos = dir / "photos";
   make_photos(photos, 10, 500);
   const std::string prefix = dir / "s";
-  ASSERT_EQ(test::run_cnclip("embed-image --shard 1/2 --out " + q(prefix) + " " + q(photos) + model_arg()).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip("embed-image --shard 1/2 --out " + q(prefix) + " " + q(photos) + model_arg()).exit_code,
+            0);
   const auto state = tree_state(dir.path());
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--shard 2/2" + model_arg(), "not shard 2/2 of tiny fp32"},
@@ -565,10 +592,12 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
     auto r = test::run_cnclip("embed-image " + args + " --out " + q(prefix) + " " + q(photos));
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_EQ(test::lines(r.err).size(), 2u) << r.err;  // "shard K/N: n of m files", then the error
-    EXPECT_NE(r.err.find("cnclip: error: " + prefix + ": the outputs there are shard 1/2 of tiny fp32"), std::string::npos)
+    EXPECT_NE(r.err.find("cnclip: error: " + prefix + ": the outputs there are shard 1/2 of tiny fp32"),
+              std::string::npos)
         << r.err;
     EXPECT_NE(r.err.find(what), std::string::npos) << r.err;
-    EXPECT_NE(r.err.find("give another prefix, or delete " + prefix + ".npy to replace them"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("give another prefix, or delete " + prefix + ".npy to replace them"), std::string::npos)
+        << r.err;
     EXPECT_EQ(tree_state(dir.path()), state);
   }
   // An .npy that embed-image did not write.
@@ -600,7 +629,8 @@ TEST(ShardOutputs, ASecondRunOfTheSameShardIsRefused) {
   auto r = test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
   ::close(fd);
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, "cnclip: error: " + dir / "s.partial" + ": another embed-image is writing this shard; wait for it to end\n");
+  EXPECT_EQ(r.err, "cnclip: error: " + dir / "s.partial" +
+                       ": another embed-image is writing this shard; wait for it to end\n");
   r = test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 3u);
@@ -614,7 +644,8 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
   make_photos(photos, 4, 700);
   make_photo(photos + "/two\nlines.jpg", 7);
   make_photo(dir / "cr.jpg\r", 8);  // listed by name: a walk would not take the extension "jpg\r"
-  auto r = test::run_cnclip("embed-image --out " + q(dir / "s") + " " + q(photos) + " " + q(dir / "cr.jpg\r") + model_arg());
+  auto r =
+      test::run_cnclip("embed-image --out " + q(dir / "s") + " " + q(photos) + " " + q(dir / "cr.jpg\r") + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("the name holds a line break"), std::string::npos) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 4u);
@@ -635,14 +666,16 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
 TEST(ShardImport, ManifestAndPathsAreChecked) {
   test::TempDir dir;
   make_photos(dir / "photos", 5, 800);
-  ASSERT_EQ(test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg()).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg()).exit_code,
+            0);
   const std::string npy = q(dir / "s.npy");
   auto r = test::run_cnclip("import " + npy + " --model " + q(test::random_tiny_bundle()) + " --index " + q(dir / "a"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("cnclip: error: " + dir / "s.json" + ": the embeddings come from tiny fp32 (fingerprint "),
             std::string::npos)
       << r.err;
-  EXPECT_NE(r.err.find("import them with that model (--model), or embed again with this one"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("import them with that model (--model), or embed again with this one"), std::string::npos)
+      << r.err;
   EXPECT_FALSE(fs::exists(dir / "a"));
   r = test::run_cnclip("import " + npy + " --model " + q(test::tiny_int8_bundle()) + " --index " + q(dir / "b"));
   EXPECT_EQ(r.exit_code, 1);
@@ -664,12 +697,13 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   r = test::run_cnclip("import " + npy + " " + q(dir / "t.npy") + model_arg() + " --index " + q(dir / "d"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.npy" + ": no " + dir / "t.paths" +
-                       " beside it (the paths of its rows, one per line); give another file with --npy " + dir / "t.npy" +
-                       " --paths FILE\n");
+                       " beside it (the paths of its rows, one per line); give another file with --npy " +
+                       dir / "t.npy" + " --paths FILE\n");
   EXPECT_FALSE(fs::exists(dir / "d"));
   r = test::run_cnclip("import " + npy + " " + q(dir / "missing.jsonl") + model_arg() + " --index " + q(dir / "d"));
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, "cnclip: error: " + dir / "missing.jsonl" + ": cannot read a JSONL file: No such file or directory\n");
+  EXPECT_EQ(r.err,
+            "cnclip: error: " + dir / "missing.jsonl" + ": cannot read a JSONL file: No such file or directory\n");
   EXPECT_FALSE(fs::exists(dir / "d"));
 }
 
@@ -697,7 +731,8 @@ TEST(ShardImport, InterruptedImportIsFinishedByRunningItAgain) {
   write_npy(dir / "big.npy", rows.data(), {n, dim});
   test::write_text(dir / "big.paths", paths);
   const std::string index = dir / "idx";
-  const pid_t pid = start_shard({"import", dir / "big.npy", "--model", test::tiny_bundle(), "--index", index}, dir / "err");
+  const pid_t pid =
+      start_shard({"import", dir / "big.npy", "--model", test::tiny_bundle(), "--index", index}, dir / "err");
   auto committed = [&]() -> int64_t {
     try {
       return Catalog::open_read_only(index + "/catalog.sqlite3")->count();
@@ -729,6 +764,75 @@ TEST(ShardImport, InterruptedImportIsFinishedByRunningItAgain) {
   EXPECT_EQ(committed(), n);
   auto info = test::run_cnclip("info --format json --index " + q(index));
   EXPECT_EQ(json::parse(info.out)["vectors"], n);
+}
+
+}  // namespace
+}  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// Shards embedded where the photos are mounted at one place, merged on a machine where they are at
+// another: --map-prefix stores them under the local path, with the local files' size and mtime, so
+// that a later `index` of the local folder finds them all unchanged and encodes nothing.
+TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
+  test::TempDir dir;
+  const std::string cluster = dir / "cluster/shared/photos", here = dir / "laptop/photos";
+  make_photos(cluster, 12, 900);
+  fs::create_directories(here);
+  fs::copy(cluster, here, fs::copy_options::recursive);
+  for (int k = 1; k <= 2; ++k) {
+    ASSERT_EQ(test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/2 --out " +
+                               q(dir / ("s" + std::to_string(k))) + " " + q(cluster) + model_arg())
+                  .exit_code,
+              0);
+  }
+  const std::string index = dir / "idx";
+  auto r = test::run_cnclip("import " + q(dir / "s1.npy") + " " + q(dir / "s2.npy") + " --map-prefix " +
+                            q(dir / "elsewhere=/x") + " --map-prefix " + q(cluster + "/=" + here) + model_arg() +
+                            " --index " + q(index));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("cnclip: warning: --map-prefix " + dir / "elsewhere=/x: no imported path is below " +
+                       dir / "elsewhere"),
+            std::string::npos)
+      << r.err;
+  const auto rows = index_rows(index);
+  ASSERT_EQ(rows.size(), 12u);
+  const auto shard1 = shard_rows(dir / "s1");
+  for (const auto& [path, e] : shard1) {
+    const std::string local = here + path.substr(cluster.size());
+    ASSERT_EQ(rows.count(local), 1u) << local;
+    EXPECT_EQ(rows.at(local), e);
+  }
+  auto idx = test::run_cnclip("index -q --format json " + q(here) + model_arg() + " --index " + q(index));
+  ASSERT_EQ(idx.exit_code, 0) << idx.err;
+  EXPECT_EQ(json::parse(idx.out)["unchanged"], 12) << idx.out;
+  EXPECT_EQ(json::parse(idx.out)["added"], 0) << idx.out;
+  // Malformed maps are usage errors naming the option.
+  for (const auto& [map, why] : std::vector<std::pair<std::string, std::string>>{
+           {"/a", "expects FROM=TO, e.g. /shared/photos=/home/me/photos"},
+           {"=/b", "both sides of FROM=TO must be given"},
+           {"/a=", "both sides of FROM=TO must be given"},
+           {"a=/b", "FROM must be an absolute path, as the imported paths are"}}) {
+    auto bad = test::run_cnclip("import " + q(dir / "s1.npy") + " --map-prefix " + q(map) + model_arg() + " --index " +
+                                q(dir / "other"));
+    EXPECT_EQ(bad.exit_code, 2) << map;
+    EXPECT_EQ(bad.err, "cnclip: error: --map-prefix " + map + ": " + why + "\n");
+    EXPECT_FALSE(fs::exists(dir / "other"));
+  }
+}
+
+TEST(ShardImport, MapPrefixRewritesWholeComponentsOnly) {
+  std::vector<std::string> paths{"/data/photos/a.jpg", "/data/photos", "/data/photos2/b.jpg", "/other/c.jpg",
+                                 "rel/d.jpg"};
+  const auto counts =
+      map_path_prefixes(paths, {parse_prefix_map("/data/photos/=/home/me/p"), parse_prefix_map("/=/mnt")});
+  EXPECT_EQ(paths, (std::vector<std::string>{"/home/me/p/a.jpg", "/home/me/p", "/mnt/data/photos2/b.jpg",
+                                             "/mnt/other/c.jpg", "rel/d.jpg"}));
+  EXPECT_EQ(counts, (std::vector<int64_t>{2, 2}));
+  std::vector<std::string> to_root{"/x/y/z.jpg"};
+  map_path_prefixes(to_root, {parse_prefix_map("/x=/")});
+  EXPECT_EQ(to_root, std::vector<std::string>{"/y/z.jpg"});
 }
 
 }  // namespace

@@ -73,6 +73,18 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
                                 const std::vector<float>& embeddings, bool allow_mixed_precision = false,
                                 bool update_snapshot = true);
 
+// `import --map-prefix FROM=TO`: rows embedded on another machine, where the photos are mounted
+// elsewhere (a cluster's /shared/photos, the laptop's /home/me/photos).
+struct PrefixMap {
+  std::string from, to;  // both absolute and lexically normal, without a trailing '/' (but "/")
+};
+// Parses "FROM=TO" (the first '=' splits; TO is made absolute). Throws Exception(kInvalidArgument)
+// naming the option for a missing '=', an empty side, or a FROM that is not absolute.
+PrefixMap parse_prefix_map(const std::string& text);
+// Rewrites each path that is FROM or lies below it (FROM + "/...") to lie below TO instead, the first
+// map that matches winning; other paths stay. Returns, for each map, how many paths it rewrote.
+std::vector<int64_t> map_path_prefixes(std::vector<std::string>& paths, const std::vector<PrefixMap>& maps);
+
 // An .npy named on its own (`cnclip import shard-1.npy`): its paths file PREFIX.paths, and the
 // manifest PREFIX.json that `embed-image --out PREFIX` writes beside them ("" when there is none).
 struct NpyImportFiles {

@@ -91,10 +91,10 @@ struct ShardRunOptions {
 };
 
 struct ShardRunSummary {
-  int64_t files = 0;      // in this shard
-  int64_t embedded = 0;   // rows of PREFIX.npy
-  int64_t reused = 0;     // of those, taken from an interrupted run's saved work
-  int64_t failed = 0;     // files that could not be embedded (listed in PREFIX.json)
+  int64_t files = 0;              // in this shard
+  int64_t embedded = 0;           // rows of PREFIX.npy
+  int64_t reused = 0;             // of those, taken from an interrupted run's saved work
+  int64_t failed = 0;             // files that could not be embedded (listed in PREFIX.json)
   bool already_complete = false;  // the outputs were there and current: nothing was done
   bool interrupted = false;       // stopped by interrupt_requested(); saved work stays in PREFIX.partial/
 };
@@ -126,7 +126,7 @@ struct ShardOutputPaths {
 // overwritten: choose another prefix or delete them); kIoError/kPermissionDenied naming the file that
 // cannot be written; what the model throws. Saved work and complete older outputs are never lost to
 // a failure.
-ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const ShardSpec& shard, const std::string& prefix,
-                          const ShardRunOptions& options, ShardObserver& observer);
+ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const ShardSpec& shard,
+                          const std::string& prefix, const ShardRunOptions& options, ShardObserver& observer);
 
 }  // namespace cnclip

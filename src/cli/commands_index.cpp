@@ -178,15 +178,23 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     struct ImportArgs {
       std::vector<std::string> files;
       std::string npy, paths_file;
+      std::vector<std::string> maps;
       bool wait = false;
     };
     auto a = std::make_shared<ImportArgs>();
-    auto* sub = app.add_subcommand("import", "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
+    auto* sub = app.add_subcommand("import",
+                                   "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
     sub->add_option("file", a->files,
                     "JSONL files of {\"path\": ..., \"embedding\": [...]} ('-' = stdin), or PREFIX.npy files with "
                     "PREFIX.paths (and PREFIX.json) beside them, as embed-image --out PREFIX writes");
     sub->add_option("--npy", a->npy, "float32 [N,D] matrix of embeddings");
     sub->add_option("--paths", a->paths_file, "Text file with the N paths of --npy, one per line");
+    sub->add_option("--map-prefix", a->maps,
+                    "FROM=TO: store paths below FROM (where the rows were embedded) below TO (where the photos are "
+                    "here) instead; repeatable, the first that matches wins")
+        ->expected(1)
+        ->allow_extra_args(false)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     sub->add_flag("--wait", a->wait, "Wait for a running index instead of failing");
     add_model_options(sub, o);
     add_index_option(sub, o);
@@ -196,11 +204,16 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (a->files.empty() && a->npy.empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "import: give a JSONL file, or --npy with --paths");
         }
-        if (!a->npy.empty() && a->paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
-        if (a->npy.empty() && !a->paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
+        if (!a->npy.empty() && a->paths_file.empty())
+          throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
+        if (a->npy.empty() && !a->paths_file.empty())
+          throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
         if (std::count(a->files.begin(), a->files.end(), "-") > 1) {
           throw Exception(ErrorCode::kInvalidArgument, "import: '-' (stdin) can be given once");
         }
+        std::vector<PrefixMap> maps;
+        for (const auto& m : a->maps) maps.push_back(parse_prefix_map(m));
+        std::vector<int64_t> mapped(maps.size(), 0);
         install_interrupt_handlers();
         const BundleManifest bundle = load_bundle_manifest(resolve_model_dir(o.model));
         // What each input is, and the cheap checks (files there, manifests of the same model) for all
@@ -239,9 +252,11 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           if (!in.npy.manifest.empty()) {
             check_shard_manifest(in.npy.manifest, bundle, o.mixed_precision, static_cast<int64_t>(rows.paths.size()));
           }
+          const auto counts = map_path_prefixes(rows.paths, maps);
+          for (size_t m = 0; m < maps.size(); ++m) mapped[m] += counts[m];
           if (!store) store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, a->wait);
-          const ImportSummary s =
-              import_embeddings(*store, bundle, rows.paths, rows.embeddings, o.mixed_precision, /*update_snapshot=*/false);
+          const ImportSummary s = import_embeddings(*store, bundle, rows.paths, rows.embeddings, o.mixed_precision,
+                                                    /*update_snapshot=*/false);
           total.added += s.added;
           total.updated += s.updated;
           total.unchanged += s.unchanged;
@@ -256,13 +271,18 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                                 "there already is skipped)");
           }
         }
+        for (size_t m = 0; m < maps.size(); ++m) {
+          if (mapped[m] == 0)
+            print_warning("--map-prefix " + a->maps[m] + ": no imported path is below " + maps[m].from);
+        }
         if (total.added + total.updated > 0) {
           store->write_snapshot();
         } else {
           store->ensure_snapshot();
         }
         std::cerr << "cnclip: imported " << total.added << " new and " << total.updated << " updated embeddings"
-                  << (total.unchanged ? ", " + std::to_string(total.unchanged) + " unchanged (already there)" : "") << '\n';
+                  << (total.unchanged ? ", " + std::to_string(total.unchanged) + " unchanged (already there)" : "")
+                  << '\n';
         return 0;
       };
     });

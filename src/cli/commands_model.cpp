@@ -104,8 +104,8 @@ class ShardProgress : public ShardObserver {
 // --out PREFIX: its folder must exist, and PREFIX must name files in it (not end in '/').
 void check_output_prefix(const std::string& prefix) {
   if (prefix.back() == '/') {
-    throw Exception(ErrorCode::kInvalidArgument, "--out " + prefix + ": give a prefix for the file names (e.g. " + prefix +
-                                                     "shard-1), not a folder");
+    throw Exception(ErrorCode::kInvalidArgument, "--out " + prefix + ": give a prefix for the file names (e.g. " +
+                                                     prefix + "shard-1), not a folder");
   }
   const auto slash = prefix.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : prefix.substr(0, slash);
@@ -249,19 +249,22 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
       CLI::Option *save_every_opt = nullptr, *shard_opt = nullptr;
     };
     auto a = std::make_shared<EmbedImageArgs>();
-    auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines, or write a shard of a collection");
+    auto* sub = app.add_subcommand("embed-image",
+                                   "Print the embedding of each image as JSON lines, or write a shard of a collection");
     sub->add_option("image", a->files,
                     "Image files, or folders (walked as index walks them); '-' reads one path per line from stdin")
         ->required();
-    a->shard_opt = sub->add_option("--shard", a->shard,
-                    "K/N: only the files of shard K of N (1 <= K <= N), split by a hash of each path relative to its "
-                    "root, the same on every machine");
+    a->shard_opt = sub->add_option(
+        "--shard", a->shard,
+        "K/N: only the files of shard K of N (1 <= K <= N), split by a hash of each path relative to its "
+        "root, the same on every machine");
     sub->add_option("--root", a->root,
                     "Split by paths relative to this folder (every input must be below it); default: a walked file's "
                     "path relative to the folder given, a listed file's path as given");
-    sub->add_option("--out", a->out,
-                    "Write PREFIX.npy, PREFIX.paths and PREFIX.json (for cnclip import) instead of printing JSON lines; "
-                    "an interrupted run is resumed by running it again");
+    sub->add_option(
+        "--out", a->out,
+        "Write PREFIX.npy, PREFIX.paths and PREFIX.json (for cnclip import) instead of printing JSON lines; "
+        "an interrupted run is resumed by running it again");
     a->save_every_opt = real_number(sub->add_option("--save-every", a->save_every,
                                                     "With --out: save finished work for a resumed run at least this "
                                                     "often, in seconds (0: after every batch)")
@@ -273,9 +276,10 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         ->allow_extra_args(false)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     sub->add_option("--ext", a->extensions, "Comma-separated extensions to take from folders (default: as index)");
-    whole_number(sub->add_option("--batch-size", a->batch_size, "Images per model call")->capture_default_str(), 1, 1024);
-    whole_number(sub->add_option("-j,--jobs", a->jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0,
-                 kMaxThreads);
+    whole_number(sub->add_option("--batch-size", a->batch_size, "Images per model call")->capture_default_str(), 1,
+                 1024);
+    whole_number(sub->add_option("-j,--jobs", a->jobs, "Decoding threads (0 = number of cores)")->capture_default_str(),
+                 0, kMaxThreads);
     sub->add_flag("-q,--quiet", o.quiet, "No progress output (--out)");
     add_model_options(sub, o);
     add_decode_options(sub, o);
@@ -285,7 +289,8 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         const bool sharded = a->shard_opt->count() > 0;
         const ShardSpec shard = sharded ? parse_shard_spec(a->shard) : ShardSpec{};
         if (a->save_every_opt->count() > 0 && a->out.empty()) {
-          throw Exception(ErrorCode::kInvalidArgument, "--save-every goes with --out (only written shards are resumed)");
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "--save-every goes with --out (only written shards are resumed)");
         }
         if (!a->out.empty()) check_output_prefix(a->out);
         if (!a->root.empty()) require_folder(a->root, "--root");
