@@ -104,14 +104,14 @@ done
 [ "$state" = idle ] || fail "the node did not come up (sinfo says '$state')"
 echo "slurm_test: one-node cluster up (slurmctld :$ctld_port, slurmd :$slurmd_port)" >&2
 
-# Photos: 30 small JPEGs and PNGs in nested folders, and a broken one.
-photos="$work/photos"
-"$py" - "$photos" <<'EOF'
+# Photos: N small JPEGs and PNGs in nested folders, and a broken one.
+make_photos() {  # DIR N
+  "$py" - "$1" "$2" <<'EOF'
 import os, random, sys
 from PIL import Image
-root = sys.argv[1]
+root, n = sys.argv[1], int(sys.argv[2])
 rng = random.Random(7)
-for i in range(30):
+for i in range(n):
     d = os.path.join(root, "y%d" % (2020 + i % 3), "m%d" % (i % 4))
     os.makedirs(d, exist_ok=True)
     img = Image.new("RGB", (64 + i, 48 + i), (rng.randrange(256), rng.randrange(256), rng.randrange(256)))
@@ -121,6 +121,9 @@ for i in range(30):
     img.save(os.path.join(d, "p%d.%s" % (i, "png" if i % 4 == 3 else "jpg")))
 open(os.path.join(root, "y2021", "broken.jpg"), "w").write("not an image")
 EOF
+}
+photos="$work/photos"
+make_photos "$photos" 30
 "$cnclip" index -q "$photos" --model "$bundle" --index "$work/ref" || fail "cnclip index failed"
 
 run_recipe() {  # OUT INDEX EXTRA-ARGS...
@@ -134,17 +137,17 @@ run_recipe() {  # OUT INDEX EXTRA-ARGS...
 }
 
 # Same paths with the same embeddings, bit for bit, in both indexes.
-compare() {  # INDEX
-  "$py" - "$work/ref/catalog.sqlite3" "$1/catalog.sqlite3" <<'EOF' || fail "the merged index differs from cnclip index's"
+compare() {  # INDEX [REF COUNT]
+  "$py" - "${2:-$work/ref}/catalog.sqlite3" "$1/catalog.sqlite3" "${3:-30}" <<'EOF' || fail "the merged index differs from cnclip index's"
 import sqlite3, sys
 def rows(p):
     return {path: emb for path, emb in sqlite3.connect(p).execute("SELECT path, embedding FROM files")}
 ref, got = rows(sys.argv[1]), rows(sys.argv[2])
-assert len(ref) == 30, len(ref)
+assert len(ref) == int(sys.argv[3]), len(ref)
 assert set(ref) == set(got), sorted(set(ref) ^ set(got))
 bad = [p for p in ref if ref[p] != got[p]]
 assert not bad, bad
-print("slurm_test: 30 paths, embeddings bit-identical to cnclip index's", file=sys.stderr)
+print("slurm_test: %d paths, embeddings bit-identical to cnclip index's" % len(ref), file=sys.stderr)
 EOF
 }
 
@@ -171,8 +174,12 @@ after=$(stat -c '%n %s %Y' "$work"/idx/* "$work"/emb/shard-* | grep -v '/lock ' 
 
 # 3. A shard stopped by its time limit or preemption (scancel --signal=TERM, what Slurm sends):
 # it saves its work and exits; resubmitting that task alone continues it, and the import completes.
+# 300 photos, one per model call, saved after each: the signal lands long before the end.
+photos3="$work/photos3"
+make_photos "$photos3" 300
+"$cnclip" index -q "$photos3" --model "$bundle" --index "$work/ref3" || fail "cnclip index failed"
 job=$("$src/scripts/slurm_embed.sh" --shards 1 --out "$work/emb1" --cnclip "$cnclip" --model "$bundle" \
-  -- "$photos" --batch-size 1 --save-every 0 -j 1 2>/dev/null | head -1)
+  -- "$photos3" --batch-size 1 --save-every 0 -j 1 2>/dev/null | head -1)
 for i in $(seq 1 600); do
   ls "$work"/emb1/shard-1-of-1.partial/*.npy >/dev/null 2>&1 && break
   sleep 0.05
@@ -183,14 +190,13 @@ for i in $(seq 1 200); do
   case "$st" in COMPLETED|FAILED|CANCELLED) break ;; esac
   sleep 0.2
 done
-if [ -f "$work/emb1/shard-1-of-1.npy" ]; then
-  echo "slurm_test: note: the single shard finished before SIGTERM reached it; the resume part proves nothing this time" >&2
-else
+[ ! -f "$work/emb1/shard-1-of-1.npy" ] || fail "the shard finished before SIGTERM reached it"
+{
   grep -q "interrupted: the finished embeddings are saved" "$work/emb1/logs/shard-1-of-1.log" ||
     fail "the stopped task did not save its work: $(cat "$work/emb1/logs/shard-1-of-1.log")"
   run_recipe_1() {
     "$src/scripts/slurm_embed.sh" --shards 1 --tasks 1 --out "$work/emb1" --index "$work/idx1" --model "$bundle" \
-      --cnclip "$cnclip" --wait -- "$photos" --batch-size 1 > /dev/null 2> "$work/recipe.err" || {
+      --cnclip "$cnclip" --wait -- "$photos3" --batch-size 1 > /dev/null 2> "$work/recipe.err" || {
       cat "$work/recipe.err" >&2
       fail "the resubmitted shard failed"
     }
@@ -198,6 +204,6 @@ else
   run_recipe_1
   grep -q "saved by an interrupted run are used again" "$work/emb1/logs/shard-1-of-1.log" ||
     fail "the resubmitted task started over: $(cat "$work/emb1/logs/shard-1-of-1.log")"
-  compare "$work/idx1"
-fi
+  compare "$work/idx1" "$work/ref3" 300
+}
 echo "slurm_test: passed" >&2
