@@ -329,9 +329,15 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   EXPECT_EQ(test::lines(j.out).size(), rows.size());
   EXPECT_NE(j.err.find("cnclip: shard 2/3: " + std::to_string(rows.size()) + " of 20 files"), std::string::npos)
       << j.err;
-  // A folder without --shard: every photo of it, in the walk's sorted order; the three shards' lines
+  // A folder is a collection only with --shard or --out (among images to print, it is a mistake);
+  // --shard 1/1 gives every photo of it, in the walk's sorted order, and the three shards' lines
   // together are exactly those lines.
-  auto all = test::run_cnclip("embed-image " + q(photos) + model_arg());
+  auto plain = test::run_cnclip("embed-image " + q(photos) + model_arg());
+  EXPECT_EQ(plain.exit_code, 2);
+  EXPECT_EQ(plain.err, "cnclip: error: image: '" + photos +
+                           "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip embed-image "
+                           "--help')\n");
+  auto all = test::run_cnclip("embed-image -q --shard 1/1 " + q(photos) + model_arg());
   ASSERT_EQ(all.exit_code, 0) << all.err;
   const auto all_lines = test::lines(all.out);
   ASSERT_EQ(all_lines.size(), 20u);

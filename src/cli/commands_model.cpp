@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -252,7 +253,8 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto* sub = app.add_subcommand("embed-image",
                                    "Print the embedding of each image as JSON lines, or write a shard of a collection");
     sub->add_option("image", a->files,
-                    "Image files, or folders (walked as index walks them); '-' reads one path per line from stdin")
+                    "Image files; '-' reads one path per line from stdin; with --shard or --out also folders (walked "
+                    "as index walks them)")
         ->required();
     a->shard_opt = sub->add_option(
         "--shard", a->shard,
@@ -300,6 +302,19 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (!a->extensions.empty()) walk.extensions = parse_extension_list(a->extensions);
         const auto given = expand_stdin(a->files);
         if (given.empty()) throw Exception(ErrorCode::kInvalidArgument, "embed-image: no paths on stdin");
+        // Folders are walked for a collection (--shard, --out); a folder among images to print is
+        // a mistake, as in the other commands that take images (options.h: image_files).
+        if (!sharded && a->out.empty()) {
+          for (const auto& path : given) {
+            std::error_code ec;
+            if (path != "-" && std::filesystem::is_directory(path, ec)) {
+              throw Exception(ErrorCode::kInvalidArgument,
+                              "image: '" + path +
+                                  "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip "
+                                  "embed-image --help')");
+            }
+          }
+        }
         if (!a->out.empty()) install_interrupt_handlers();
         const ShardSelection selection = select_shard(given, shard, a->root, walk);
         if (sharded && !o.quiet) {
