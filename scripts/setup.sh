@@ -75,6 +75,8 @@ packages=(
   python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
   python3-pil                   # reference pipeline in tests and scripts/bench.sh
   curl ca-certificates          # --model: downloads the checkpoint (progress, resume, HTTPS)
+  slurm-wlm                     # tests/slurm_test.sh: the Slurm recipe (scripts/slurm_embed.sh) on a one-node
+                                # cluster the test starts; the daemons stay off without /etc/slurm/slurm.conf
   clang libclang-rt-14-dev      # scripts/fuzz.sh: libFuzzer with ASan+UBSan
   clang-format clang-tidy       # .clang-format, .clang-tidy
 )

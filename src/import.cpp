@@ -13,6 +13,7 @@
 
 #include "cnclip/file_walk.h"
 #include "cnclip/npy.h"
+#include "cnclip/runtime.h"
 
 namespace cnclip {
 namespace {
@@ -42,15 +43,6 @@ void strip_cr(std::string& line) {
   if (!line.empty() && line.back() == '\r') line.pop_back();
 }
 
-// Refuses what cannot be read as a file before opening it (a directory opens, then reads nothing).
-void require_regular_input(const std::string& path, const char* what) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw Exception(errno_error(path, errno, std::string("cannot read ") + what));
-  if (S_ISDIR(st.st_mode)) {
-    throw Exception(ErrorCode::kInvalidArgument, path + ": is a directory, not " + std::string(what));
-  }
-}
-
 int hex_value(char c) {
   if (c >= '0' && c <= '9') return c - '0';
   if (c >= 'a' && c <= 'f') return c - 'a' + 10;
@@ -68,6 +60,21 @@ std::string bad_row(const float* e, int dim) {
   if (!(norm > 0)) return "the embedding is all zeros";
   if (!std::isfinite(norm)) return "the embedding's values are too large";
   return "";
+}
+
+// The row as the index stores it: a unit vector. One that is already of unit length up to float
+// rounding (|length - 1| <= 1e-5, as every model's output is: the towers normalize in float) is kept
+// bit for bit, so that an embedding computed elsewhere is stored exactly as `cnclip index` would
+// have stored it; any other is divided by its length.
+std::vector<float> stored_form(const float* e, int dim) {
+  double norm = 0;
+  for (int d = 0; d < dim; ++d) norm += double(e[d]) * e[d];
+  norm = std::sqrt(norm);
+  std::vector<float> out(e, e + dim);
+  if (std::fabs(norm - 1.0) > kUnitLengthTolerance) {
+    for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(e[d] / norm);
+  }
+  return out;
 }
 
 std::string parse_path(const nlohmann::json& j, const std::string& where) {
@@ -95,6 +102,14 @@ std::string parse_path(const nlohmann::json& j, const std::string& where) {
 }
 
 }  // namespace
+
+void require_input_file(const std::string& path, const char* what) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw Exception(errno_error(path, errno, std::string("cannot read ") + what));
+  if (S_ISDIR(st.st_mode)) {
+    throw Exception(ErrorCode::kInvalidArgument, path + ": is a directory, not " + std::string(what));
+  }
+}
 
 ImportRows read_embeddings_jsonl(std::istream& in, const std::string& name, int dim) {
   ImportRows rows;
@@ -146,23 +161,23 @@ ImportRows read_embeddings_jsonl(std::istream& in, const std::string& name, int 
 
 ImportRows read_embeddings_jsonl_file(const std::string& path, int dim) {
   if (path == "-") return read_embeddings_jsonl(std::cin, "stdin", dim);
-  require_regular_input(path, "a JSONL file");
+  require_input_file(path, "a JSONL file");
   std::ifstream file(path, std::ios::binary);
   if (!file) throw Exception(errno_error(path, errno, "cannot read"));
   return read_embeddings_jsonl(file, path, dim);
 }
 
 ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim) {
-  require_regular_input(npy_path, "an .npy file");
-  require_regular_input(paths_file, "a file of paths");
+  require_input_file(npy_path, "an .npy file");
+  require_input_file(paths_file, "a file of paths");
   auto m = read_npy(npy_path);
   if (!m) throw Exception(m.error());
   const NpyArray& a = m.value();
   if (a.shape.size() != 2 || a.shape[1] != dim) {
     std::string shape;
     for (auto s : a.shape) shape += (shape.empty() ? "" : ",") + std::to_string(s);
-    throw Exception(ErrorCode::kMismatch, npy_path + ": expected a [N," + std::to_string(dim) + "] matrix, not [" +
-                                              shape + "]");
+    throw Exception(ErrorCode::kMismatch,
+                    npy_path + ": expected a [N," + std::to_string(dim) + "] matrix, not [" + shape + "]");
   }
   ImportRows rows;
   rows.embeddings = a.as_float();
@@ -176,7 +191,8 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
     if (r == LineRead::kTooLong) throw Exception(ErrorCode::kCorrupt, where + "line longer than 1 MiB; not a path");
     strip_cr(line);
     if (line.empty()) continue;
-    if (line.find('\0') != std::string::npos) throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
+    if (line.find('\0') != std::string::npos)
+      throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
     rows.paths.push_back(line);
   }
   if (in.bad()) throw Exception(ErrorCode::kIoError, paths_file + ": read error");
@@ -186,14 +202,115 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
   }
   for (size_t i = 0; i < rows.paths.size(); ++i) {
     if (auto why = bad_row(&rows.embeddings[i * dim], dim); !why.empty()) {
-      throw Exception(ErrorCode::kCorrupt, npy_path + ": row " + std::to_string(i + 1) + " (" + rows.paths[i] + "): " + why);
+      throw Exception(ErrorCode::kCorrupt,
+                      npy_path + ": row " + std::to_string(i + 1) + " (" + rows.paths[i] + "): " + why);
     }
   }
   return rows;
 }
 
+PrefixMap parse_prefix_map(const std::string& text) {
+  const auto eq = text.find('=');
+  const std::string what = "--map-prefix " + text;
+  if (eq == std::string::npos) {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": expects FROM=TO, e.g. /shared/photos=/home/me/photos");
+  }
+  std::string from = text.substr(0, eq), to = text.substr(eq + 1);
+  if (from.empty() || to.empty()) {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": both sides of FROM=TO must be given");
+  }
+  if (from[0] != '/') {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": FROM must be an absolute path, as the imported paths are");
+  }
+  auto normal = [](const std::string& p) {
+    std::string n = std::filesystem::absolute(p).lexically_normal().string();
+    while (n.size() > 1 && n.back() == '/') n.pop_back();
+    return n;
+  };
+  return PrefixMap{normal(from), normal(to)};
+}
+
+std::vector<int64_t> map_path_prefixes(std::vector<std::string>& paths, const std::vector<PrefixMap>& maps) {
+  std::vector<int64_t> counts(maps.size(), 0);
+  for (auto& p : paths) {
+    for (size_t m = 0; m < maps.size(); ++m) {
+      const std::string& from = maps[m].from;
+      // `rest` is what follows FROM: "" or "/..." (for FROM "/", the whole path).
+      const bool below =
+          from == "/" ? !p.empty() && p[0] == '/'
+                      : p.compare(0, from.size(), from) == 0 && (p.size() == from.size() || p[from.size()] == '/');
+      if (!below) continue;
+      const std::string rest = from == "/" ? p : p.substr(from.size());
+      const std::string& to = maps[m].to;
+      p = to == "/" ? (rest.empty() ? "/" : rest) : to + rest;
+      ++counts[m];
+      break;
+    }
+  }
+  return counts;
+}
+
+NpyImportFiles npy_import_files(const std::string& npy) {
+  NpyImportFiles f;
+  f.npy = npy;
+  const std::string prefix =
+      npy.size() > 4 && npy.compare(npy.size() - 4, 4, ".npy") == 0 ? npy.substr(0, npy.size() - 4) : npy;
+  f.paths = prefix + ".paths";
+  struct stat st {};
+  if (::stat(f.paths.c_str(), &st) != 0) {
+    throw Exception(ErrorCode::kNotFound, npy + ": no " + f.paths +
+                                              " beside it (the paths of its rows, one per line); "
+                                              "give another file with --npy " +
+                                              npy + " --paths FILE");
+  }
+  if (::stat((prefix + ".json").c_str(), &st) == 0) f.manifest = prefix + ".json";
+  return f;
+}
+
+void check_shard_manifest(const std::string& manifest, const BundleManifest& bundle, bool allow_mixed_precision,
+                          int64_t rows) {
+  require_input_file(manifest, "a manifest");
+  std::ifstream in(manifest, std::ios::binary);
+  if (!in) throw Exception(errno_error(manifest, errno, "cannot read"));
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception&) {
+    throw Exception(ErrorCode::kCorrupt, manifest + ": not valid JSON (the manifest embed-image --out writes)");
+  }
+  auto str = [](const nlohmann::json& o, const char* key) {
+    auto it = o.find(key);
+    return it != o.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  if (!j.is_object() || str(j, "format") != "cnclip-shard" || !j.contains("settings") || !j["settings"].is_object() ||
+      !j["settings"].contains("model") || !j["settings"]["model"].is_object()) {
+    throw Exception(ErrorCode::kCorrupt, manifest +
+                                             ": not the manifest embed-image --out writes (no \"format\": "
+                                             "\"cnclip-shard\" with its settings)");
+  }
+  const nlohmann::json& m = j["settings"]["model"];
+  const std::string fingerprint = str(m, "fingerprint"), source = str(m, "source"), precision = str(m, "precision");
+  if (fingerprint != bundle.fingerprint &&
+      !(allow_mixed_precision && !source.empty() && source == bundle.source_id && precision != bundle.precision)) {
+    const bool sibling = !source.empty() && source == bundle.source_id && precision != bundle.precision;
+    throw Exception(ErrorCode::kMismatch,
+                    manifest + ": the embeddings come from " + str(m, "architecture") + " " + precision +
+                        " (fingerprint " + fingerprint.substr(0, 16) + "), not from the model " + bundle.dir + " (" +
+                        bundle.architecture + " " + bundle.precision + ", fingerprint " +
+                        bundle.fingerprint.substr(0, 16) + "); " +
+                        (sibling ? "pass --mixed-precision to import them anyway"
+                                 : "import them with that model (--model), or embed again with this one"));
+  }
+  if (rows >= 0 && j.contains("embedded") && j["embedded"].is_number_integer() &&
+      j["embedded"].get<int64_t>() != rows) {
+    throw Exception(ErrorCode::kCorrupt, manifest + ": records " + std::to_string(j["embedded"].get<int64_t>()) +
+                                             " embeddings, the .npy beside it holds " + std::to_string(rows));
+  }
+}
+
 ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle, const std::vector<std::string>& paths,
-                                const std::vector<float>& embeddings, bool allow_mixed_precision) {
+                                const std::vector<float>& embeddings, bool allow_mixed_precision,
+                                bool update_snapshot) {
   const int dim = bundle.embedding_dim;
   if (embeddings.size() != paths.size() * static_cast<size_t>(dim)) {
     throw Exception(ErrorCode::kMismatch, "embeddings have dimension " +
@@ -213,18 +330,21 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
   Catalog& catalog = store.catalog();
   ImportSummary summary;
   constexpr size_t kBatch = 20000;
-  std::vector<float> row(static_cast<size_t>(dim));
+  struct Row {
+    FileRecord record;
+    std::vector<float> embedding;
+  };
+  std::vector<Row> changed;
   for (size_t start = 0; start < paths.size(); start += kBatch) {
-    CatalogTransaction tx(catalog);
-    store.record_model(bundle);
+    // What the index would hold after this batch, compared with what it holds: only rows that differ
+    // are written, and a batch with none opens no transaction (the generation stays, and so does
+    // the snapshot).
+    changed.clear();
     for (size_t i = start; i < std::min(paths.size(), start + kBatch); ++i) {
-      const float* e = &embeddings[i * dim];
-      double norm = 0;
-      for (int d = 0; d < dim; ++d) norm += double(e[d]) * e[d];
-      for (int d = 0; d < dim; ++d) row[d] = static_cast<float>(e[d] / std::sqrt(norm));
-      std::string path = std::filesystem::absolute(paths[i]).lexically_normal().string();
-      FileRecord r{0, path, 0, 0, "", now_seconds()};
-      if (auto canonical = canonical_path(path)) {
+      Row row{FileRecord{0, std::filesystem::absolute(paths[i]).lexically_normal().string(), 0, 0, "", now_seconds()},
+              stored_form(&embeddings[i * dim], dim)};
+      FileRecord& r = row.record;
+      if (auto canonical = canonical_path(r.path)) {
         r.path = canonical.value();
         if (auto st = stat_file(r.path)) {
           r.size = st.value().size;
@@ -233,16 +353,44 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
       }
       if (auto existing = catalog.find(r.path)) {
         r.id = existing->id;
-        catalog.update(r, row.data(), dim);
-        ++summary.updated;
-      } else {
-        catalog.insert(r, row.data(), dim);
-        ++summary.added;
+        if (existing->size == r.size && existing->mtime_ns == r.mtime_ns && catalog.embedding(r.id) == row.embedding) {
+          ++summary.unchanged;
+          continue;
+        }
       }
+      changed.push_back(std::move(row));
     }
-    tx.commit();
+    if (!changed.empty()) {
+      CatalogTransaction tx(catalog);
+      store.record_model(bundle);
+      for (const Row& row : changed) {
+        // A path given twice in one batch: the second is an update of the first.
+        FileRecord r = row.record;
+        if (r.id == 0) {
+          if (auto existing = catalog.find(r.path)) r.id = existing->id;
+        }
+        if (r.id != 0) {
+          catalog.update(r, row.embedding.data(), dim);
+          ++summary.updated;
+        } else {
+          catalog.insert(r, row.embedding.data(), dim);
+          ++summary.added;
+        }
+      }
+      tx.commit();
+    }
+    if (interrupt_requested() && start + kBatch < paths.size()) {
+      summary.interrupted = true;
+      return summary;
+    }
   }
-  store.write_snapshot();
+  if (update_snapshot) {
+    if (summary.added + summary.updated > 0) {
+      store.write_snapshot();
+    } else {
+      store.ensure_snapshot();
+    }
+  }
   return summary;
 }
 

@@ -136,13 +136,9 @@ Result<NpyArray> read_npy(const std::string& path) {
   return arr;
 }
 
-std::string npy_bytes(const float* data, const std::vector<int64_t>& shape) {
+std::string npy_header(const std::vector<int64_t>& shape) {
   std::string dims;
-  int64_t count = 1;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    dims += (i ? ", " : "") + std::to_string(shape[i]);
-    count *= shape[i];
-  }
+  for (size_t i = 0; i < shape.size(); ++i) dims += (i ? ", " : "") + std::to_string(shape[i]);
   if (shape.size() == 1) dims += ",";  // a 1-tuple, as Python writes it
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }";
   const size_t total = 10 + header.size() + 1;
@@ -153,6 +149,13 @@ std::string npy_bytes(const float* data, const std::vector<int64_t>& shape) {
   bytes.push_back(static_cast<char>(header.size() & 0xFF));
   bytes.push_back(static_cast<char>(header.size() >> 8));
   bytes += header;
+  return bytes;
+}
+
+std::string npy_bytes(const float* data, const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (auto s : shape) count *= s;
+  std::string bytes = npy_header(shape);
   bytes.append(reinterpret_cast<const char*>(data), static_cast<size_t>(count) * sizeof(float));
   return bytes;
 }

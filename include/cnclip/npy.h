@@ -26,6 +26,8 @@ Result<NpyArray> read_npy(const std::string& path);
 
 // The .npy file (version 1.0) of float32 data with the given shape.
 std::string npy_bytes(const float* data, const std::vector<int64_t>& shape);
+// Its header alone (magic, version, dict, padding to 64 bytes), for data written after it in pieces.
+std::string npy_header(const std::vector<int64_t>& shape);
 // Writes npy_bytes to `path`: a new or regular file appears whole or not at all (atomic rename); a
 // symlink is followed and its target replaced the same way; a FIFO or device is written directly; a
 // directory is an error. Throws Exception naming the path.

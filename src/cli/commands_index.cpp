@@ -201,34 +201,113 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
   }
   {
     struct ImportArgs {
-      std::string jsonl, npy, paths_file;
+      std::vector<std::string> files;
+      std::string npy, paths_file;
+      std::vector<std::string> maps;
       bool wait = false;
     };
     auto a = std::make_shared<ImportArgs>();
-    auto& [jsonl, npy, paths_file, wait] = *a;
-    auto* sub = app.add_subcommand("import", "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
-    sub->add_option("file", jsonl, "JSONL file of {\"path\": ..., \"embedding\": [...]} ('-' = stdin)");
-    sub->add_option("--npy", npy, "float32 [N,D] matrix of embeddings");
-    sub->add_option("--paths", paths_file, "Text file with the N paths of --npy, one per line");
-    sub->add_flag("--wait", wait, "Wait for a running index instead of failing");
+    auto* sub = app.add_subcommand("import",
+                                   "Add embeddings computed elsewhere (JSONL as embed-image prints, or .npy + paths)");
+    sub->add_option("file", a->files,
+                    "JSONL files of {\"path\": ..., \"embedding\": [...]} ('-' = stdin), or PREFIX.npy files with "
+                    "PREFIX.paths (and PREFIX.json) beside them, as embed-image --out PREFIX writes");
+    sub->add_option("--npy", a->npy, "float32 [N,D] matrix of embeddings");
+    sub->add_option("--paths", a->paths_file, "Text file with the N paths of --npy, one per line");
+    sub->add_option("--map-prefix", a->maps,
+                    "FROM=TO: store paths below FROM (where the rows were embedded) below TO (where the photos are "
+                    "here) instead; repeatable, the first that matches wins")
+        ->expected(1)
+        ->allow_extra_args(false)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    sub->add_flag("--wait", a->wait, "Wait for a running index instead of failing");
     add_model_options(sub, o);
     add_index_option(sub, o);
     add_mixed_precision_option(sub, o);
     sub->callback([&o, &action, a] {
       action = [&o, a] {
-        auto& [jsonl, npy, paths_file, wait] = *a;
-        if (jsonl.empty() == npy.empty()) {
+        if (a->files.empty() && a->npy.empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "import: give a JSONL file, or --npy with --paths");
         }
-        if (!npy.empty() && paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
-        if (npy.empty() && !paths_file.empty()) throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
+        if (!a->npy.empty() && a->paths_file.empty())
+          throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
+        if (a->npy.empty() && !a->paths_file.empty())
+          throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
+        if (std::count(a->files.begin(), a->files.end(), "-") > 1) {
+          throw Exception(ErrorCode::kInvalidArgument, "import: '-' (stdin) can be given once");
+        }
+        std::vector<PrefixMap> maps;
+        for (const auto& m : a->maps) maps.push_back(parse_prefix_map(m));
+        std::vector<int64_t> mapped(maps.size(), 0);
+        install_interrupt_handlers();
         const BundleManifest bundle = load_bundle_manifest(resolve_model_dir(o.model));
-        // Everything is read and checked before the index is opened: a bad line changes nothing.
-        const ImportRows rows = npy.empty() ? read_embeddings_jsonl_file(jsonl, bundle.embedding_dim)
-                                            : read_embeddings_npy(npy, paths_file, bundle.embedding_dim);
-        auto store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, wait);
-        const ImportSummary s = import_embeddings(*store, bundle, rows.paths, rows.embeddings, o.mixed_precision);
-        std::cerr << "cnclip: imported " << s.added << " new and " << s.updated << " updated embeddings\n";
+        // What each input is, and the cheap checks (files there, manifests of the same model) for all
+        // of them before anything is written.
+        struct Input {
+          std::string jsonl;
+          NpyImportFiles npy;
+        };
+        std::vector<Input> inputs;
+        for (const auto& f : a->files) {
+          if (f.size() > 4 && f.compare(f.size() - 4, 4, ".npy") == 0) {
+            inputs.push_back(Input{"", npy_import_files(f)});
+          } else {
+            inputs.push_back(Input{f, {}});
+          }
+        }
+        if (!a->npy.empty()) inputs.push_back(Input{"", NpyImportFiles{a->npy, a->paths_file, ""}});
+        for (const auto& in : inputs) {
+          if (!in.jsonl.empty()) {
+            if (in.jsonl != "-") require_input_file(in.jsonl, "a JSONL file");
+            continue;
+          }
+          require_input_file(in.npy.npy, "an .npy file");
+          require_input_file(in.npy.paths, "a file of paths");
+          if (!in.npy.manifest.empty()) check_shard_manifest(in.npy.manifest, bundle, o.mixed_precision);
+        }
+        // Each file is read and checked whole before its rows are written: a bad line changes
+        // nothing of that file, and the files before it stay imported (importing them again is a
+        // no-op, so the same command can simply be run again once the bad file is fixed).
+        std::unique_ptr<IndexStore> store;
+        ImportSummary total;
+        for (const auto& in : inputs) {
+          const std::string name = in.jsonl.empty() ? in.npy.npy : in.jsonl;
+          ImportRows rows = !in.jsonl.empty() ? read_embeddings_jsonl_file(in.jsonl, bundle.embedding_dim)
+                                              : read_embeddings_npy(in.npy.npy, in.npy.paths, bundle.embedding_dim);
+          if (!in.npy.manifest.empty()) {
+            check_shard_manifest(in.npy.manifest, bundle, o.mixed_precision, static_cast<int64_t>(rows.paths.size()));
+          }
+          const auto counts = map_path_prefixes(rows.paths, maps);
+          for (size_t m = 0; m < maps.size(); ++m) mapped[m] += counts[m];
+          if (!store) store = IndexStore::open(resolve_index_dir(o.index), IndexAccess::kWrite, a->wait);
+          const ImportSummary s = import_embeddings(*store, bundle, rows.paths, rows.embeddings, o.mixed_precision,
+                                                    /*update_snapshot=*/false);
+          total.added += s.added;
+          total.updated += s.updated;
+          total.unchanged += s.unchanged;
+          if (inputs.size() > 1) {
+            std::cerr << "cnclip: " << terminal_safe(name) << ": " << s.added << " new, " << s.updated << " updated, "
+                      << s.unchanged << " unchanged\n";
+          }
+          if (s.interrupted || (interrupt_requested() && &in != &inputs.back())) {
+            throw Exception(ErrorCode::kInterrupted,
+                            "import interrupted: " + std::to_string(total.added + total.updated) +
+                                " embeddings written so far are kept; run the same command again to finish (what is "
+                                "there already is skipped)");
+          }
+        }
+        for (size_t m = 0; m < maps.size(); ++m) {
+          if (mapped[m] == 0)
+            print_warning("--map-prefix " + a->maps[m] + ": no imported path is below " + maps[m].from);
+        }
+        if (total.added + total.updated > 0) {
+          store->write_snapshot();
+        } else {
+          store->ensure_snapshot();
+        }
+        std::cerr << "cnclip: imported " << total.added << " new and " << total.updated << " updated embeddings"
+                  << (total.unchanged ? ", " + std::to_string(total.unchanged) + " unchanged (already there)" : "")
+                  << '\n';
         return 0;
       };
     });

@@ -1,12 +1,21 @@
 // model-info, tokenize, embed-text, embed-image, preprocess
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "cnclip/embed_files.h"
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
+#include "cnclip/runtime.h"
+#include "cnclip/shard.h"
 #include "cnclip/tokenizer.h"
 #include "options.h"
+#include "progress.h"
 #include "text_input.h"
 
 namespace cnclip::cli {
@@ -20,6 +29,15 @@ void print_embedding(const char* key, const std::string& value, const float* e, 
   j["embedding"] = std::vector<float>(e, e + dim);
   std::cout << dump_json(j) << '\n';
   check_stdout();
+}
+
+// A folder the command line names: exists and is a folder, else a usage error naming it.
+void require_folder(const std::string& dir, const std::string& what) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0) {
+    throw Exception(ErrorCode::kInvalidArgument, what + ": no folder " + dir + " (" + std::strerror(errno) + ")");
+  }
+  if (!S_ISDIR(st.st_mode)) throw Exception(ErrorCode::kInvalidArgument, what + ": " + dir + " is not a folder");
 }
 
 // Chinese-CLIP text towers are BERT models with 512 positions; bundles use 52 of them.
@@ -49,6 +67,50 @@ std::vector<std::string> read_json_strings() {
     }
   }
   return out;
+}
+
+// embed-image --out's progress on a terminal: the bar of `index`.
+class ShardProgress : public ShardObserver {
+ public:
+  explicit ShardProgress(bool bar) : bar_(bar), start_(std::chrono::steady_clock::now()) {}
+  void on_start(int64_t to_encode, int64_t reused) override {
+    if (reused > 0) {
+      end_bar();
+      std::cerr << "cnclip: " << reused << " embeddings saved by an interrupted run are used again; " << to_encode
+                << " to embed\n";
+    }
+    start_ = std::chrono::steady_clock::now();
+  }
+  void on_progress(int64_t done, int64_t total) override {
+    if (!bar_ || total == 0) return;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    std::cerr << '\r' << progress_line(done, total, secs > 0 ? done / secs : 0, terminal_columns(user_stderr_fd()))
+              << "\x1b[K" << std::flush;
+    shown_ = true;
+  }
+  void on_file_error(const Error& e) override {
+    end_bar();
+    print_error(e.message);
+  }
+  void end_bar() {
+    if (shown_) std::cerr << '\n';
+    shown_ = false;
+  }
+
+ private:
+  bool bar_, shown_ = false;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// --out PREFIX: its folder must exist, and PREFIX must name files in it (not end in '/').
+void check_output_prefix(const std::string& prefix) {
+  if (prefix.back() == '/') {
+    throw Exception(ErrorCode::kInvalidArgument, "--out " + prefix + ": give a prefix for the file names (e.g. " +
+                                                     prefix + "shard-1), not a folder");
+  }
+  const auto slash = prefix.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : prefix.substr(0, slash);
+  require_folder(dir, "--out " + prefix);
 }
 
 }  // namespace
@@ -181,29 +243,138 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     });
   }
   {
-    auto files = std::make_shared<std::vector<std::string>>();
-    auto* sub = app.add_subcommand("embed-image", "Print the embedding of each image as JSON lines");
-    image_files(sub->add_option("image", *files, "Image files; '-' reads one path per line from stdin"))->required();
+    struct EmbedImageArgs {
+      std::vector<std::string> files, excludes;
+      std::string shard, root, out, extensions;
+      double save_every = 30;
+      bool hidden = false;
+      int batch_size = 4, jobs = 0;
+      CLI::Option *save_every_opt = nullptr, *shard_opt = nullptr;
+    };
+    auto a = std::make_shared<EmbedImageArgs>();
+    auto* sub = app.add_subcommand("embed-image",
+                                   "Print the embedding of each image as JSON lines, or write a shard of a collection");
+    sub->add_option("image", a->files,
+                    "Image files; '-' reads one path per line from stdin; with --shard or --out also folders (walked "
+                    "as index walks them)")
+        ->required();
+    a->shard_opt = sub->add_option(
+        "--shard", a->shard,
+        "K/N: only the files of shard K of N (1 <= K <= N), split by a hash of each path relative to its "
+        "root, the same on every machine");
+    sub->add_option("--root", a->root,
+                    "Split by paths relative to this folder (every input must be below it); default: a walked file's "
+                    "path relative to the folder given, a listed file's path as given");
+    sub->add_option(
+        "--out", a->out,
+        "Write PREFIX.npy, PREFIX.paths and PREFIX.json (for cnclip import) instead of printing JSON lines; "
+        "an interrupted run is resumed by running it again");
+    a->save_every_opt = real_number(sub->add_option("--save-every", a->save_every,
+                                                    "With --out: save finished work for a resumed run at least this "
+                                                    "often, in seconds (0: after every batch)")
+                                        ->capture_default_str(),
+                                    0, 86400);
+    sub->add_flag("--hidden", a->hidden, "Also take hidden files and folders (names starting with '.') of folders");
+    sub->add_option("--exclude", a->excludes, "Skip names or paths matching this glob in folders (repeatable)")
+        ->expected(1)
+        ->allow_extra_args(false)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+    sub->add_option("--ext", a->extensions, "Comma-separated extensions to take from folders (default: as index)");
+    whole_number(sub->add_option("--batch-size", a->batch_size, "Images per model call")->capture_default_str(), 1,
+                 1024);
+    whole_number(sub->add_option("-j,--jobs", a->jobs, "Decoding threads (0 = number of cores)")->capture_default_str(),
+                 0, kMaxThreads);
+    sub->add_flag("-q,--quiet", o.quiet, "No progress output (--out)");
     add_null_input_option(sub, o, "paths");
     add_model_options(sub, o);
     add_decode_options(sub, o);
-    sub->callback([&, files] {
-      action = [&, files] {
-        const auto inputs = expand_stdin(*files, o.null_input);
-        auto model = open_model(o, inputs.size() > 16);
-        const int dim = model->dim();
-        EmbedFilesOptions options;
-        options.decode = decode_options(o, model->manifest().image.size);
-        int failed = 0;
-        embed_image_files(*model, inputs, options, [&](size_t i, const float* embedding, const Error* error) {
-          if (error) {
-            print_error(error->message);
-            ++failed;
-          } else {
-            print_embedding("path", inputs[i], embedding, dim);
+    sub->callback([&o, &action, a] {
+      action = [&o, a] {
+        // Everything the command line says is checked before the model is loaded.
+        const bool sharded = a->shard_opt->count() > 0;
+        const ShardSpec shard = sharded ? parse_shard_spec(a->shard) : ShardSpec{};
+        if (a->save_every_opt->count() > 0 && a->out.empty()) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "--save-every goes with --out (only written shards are resumed)");
+        }
+        if (!a->out.empty()) check_output_prefix(a->out);
+        if (!a->root.empty()) require_folder(a->root, "--root");
+        WalkOptions walk;
+        walk.include_hidden = a->hidden;
+        walk.excludes = a->excludes;
+        if (!a->extensions.empty()) walk.extensions = parse_extension_list(a->extensions);
+        const auto given = expand_stdin(a->files, o.null_input);
+        if (given.empty()) throw Exception(ErrorCode::kInvalidArgument, "embed-image: no paths on stdin");
+        // Folders are walked for a collection (--shard, --out); a folder among images to print is
+        // a mistake, as in the other commands that take images (options.h: image_files).
+        if (!sharded && a->out.empty()) {
+          for (const auto& path : given) {
+            std::error_code ec;
+            if (path != "-" && std::filesystem::is_directory(path, ec)) {
+              throw Exception(ErrorCode::kInvalidArgument,
+                              "image: '" + path +
+                                  "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip "
+                                  "embed-image --help')");
+            }
           }
-        });
-        return failed ? 1 : 0;
+        }
+        if (!a->out.empty()) install_interrupt_handlers();
+        const ShardSelection selection = select_shard(given, shard, a->root, walk);
+        if (sharded && !o.quiet) {
+          std::cerr << "cnclip: shard " << shard.to_string() << ": " << selection.files.size() << " of "
+                    << selection.total << " files\n";
+        }
+        EmbedFilesOptions options;
+        options.encode.batch_size = a->batch_size;
+        options.encode.decode_threads = a->jobs;
+        if (a->out.empty()) {
+          // JSON lines on stdout, in input order.
+          int failed = 0;
+          for (const auto& e : selection.problems) {
+            print_error(e.message);
+            ++failed;
+          }
+          if (selection.files.empty()) return failed ? 1 : 0;
+          std::vector<std::string> inputs;
+          for (const auto& f : selection.files) inputs.push_back(f.path);
+          auto model = open_model(o, inputs.size() > 16);
+          const int dim = model->dim();
+          options.decode = decode_options(o, model->manifest().image.size);
+          embed_image_files(*model, inputs, options, [&](size_t i, const float* embedding, const Error* error) {
+            if (error) {
+              print_error(error->message);
+              ++failed;
+            } else {
+              print_embedding("path", inputs[i], embedding, dim);
+            }
+          });
+          return failed ? 1 : 0;
+        }
+        for (const auto& e : selection.problems) print_warning(e.message);
+        auto model = open_model(o, /*many_calls=*/true);
+        options.decode = decode_options(o, model->manifest().image.size);
+        ShardRunOptions run;
+        run.embed = options;
+        run.save_every_seconds = a->save_every;
+        ShardProgress progress(stderr_is_terminal() && !o.quiet);
+        const ShardRunSummary s = run_shard(*model, selection, shard, a->out, run, progress);
+        progress.end_bar();
+        const ShardOutputPaths out(a->out);
+        if (s.interrupted) {
+          throw Exception(ErrorCode::kInterrupted, "interrupted: the finished embeddings are saved in " + out.partial +
+                                                       "; run the same command again to continue");
+        }
+        if (!o.quiet) {
+          if (s.already_complete) {
+            std::cerr << "cnclip: " << terminal_safe(out.npy) << ": already complete (" << s.embedded << " embeddings, "
+                      << s.failed << " failed); nothing to do\n";
+          } else {
+            std::cerr << "cnclip: wrote " << s.embedded << " embeddings to " << terminal_safe(out.npy) << " ("
+                      << s.reused << " saved by an earlier run), " << s.failed << " failed"
+                      << (s.failed ? " (listed in " + terminal_safe(out.json) + ")" : std::string()) << '\n';
+          }
+        }
+        return 0;
       };
     });
   }
