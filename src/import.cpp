@@ -242,7 +242,7 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
     }
     tx.commit();
   }
-  store.write_snapshot();
+  store.ensure_snapshot();
   return summary;
 }
 
