@@ -540,9 +540,12 @@ TEST(ScaleBench, DISABLED_Build) {
   const double secs = seconds_since(start);
   struct stat st {};
   ::stat(store->snapshot_path().c_str(), &st);
-  nlohmann::json j{{"phase", "build"},       {"type", type},
-                   {"resolved", store->wanted_vector_type()}, {"seconds", secs},
-                   {"bytes", static_cast<int64_t>(st.st_size)}, {"tuning", store->snapshot_report()}};
+  nlohmann::json j{{"phase", "build"},
+                   {"type", type},
+                   {"resolved", store->wanted_vector_type()},
+                   {"seconds", secs},
+                   {"bytes", static_cast<int64_t>(st.st_size)},
+                   {"tuning", store->snapshot_report()}};
   std::printf("SCALE %s\n", j.dump().c_str());
 }
 

@@ -96,8 +96,9 @@ class VectorIndex {
 // with cnclip's re-scoring of kCandidates(10) candidates, is at least kTargetRecall on queries made
 // from the index's own vectors (see build_snapshot).
 struct VectorSpec {
-  // auto switches to IVF above this size: flat's warm query costs ~0.1 ms per thousand vectors here
-  // (memory bandwidth), so ~50 ms at 500,000, the budget for a warm query (README "Scale").
+  // auto switches to IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB, ~50 ms
+  // at ~20 GB/s, the budget for a warm query. An estimate, not yet measured by
+  // `scripts/bench.sh --scale` (README "Scale").
   static constexpr int64_t kAutoApproximateAbove = 500'000;
   static constexpr double kTargetRecall = 0.95;
   // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
