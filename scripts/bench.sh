@@ -2,6 +2,7 @@
 # cnclip benchmark: everything in one run, side by side, so that machine noise cancels in the ratios.
 #
 #   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m] [--startup-only]
+#   scripts/bench.sh --scale N [TYPE...]   snapshot types at N vectors (scripts/bench_scale.sh)
 #
 # Makes its inputs once (cached in build/bench): 64 JPEGs of 12 MP and 4 PNGs made from the fixtures
 # with noise; a full-size ViT-B-16 with random weights in the official checkpoint layout, exported
@@ -34,6 +35,7 @@ skip_1m=0
 startup_only=0
 models_only=0
 video_only=0
+if [ "${1:-}" = --scale ]; then shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench_scale.sh" "$@"; fi
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;

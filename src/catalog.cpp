@@ -178,6 +178,7 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
       "CREATE TABLE IF NOT EXISTS failures(path TEXT PRIMARY KEY, size INTEGER NOT NULL,"
       "  mtime_ns INTEGER NOT NULL, reason TEXT NOT NULL);");
   c->upgrade_schema();
+  c->ensure_change_log();
   const auto version = c->meta("schema_version");  // not upgraded when the file is read-only
   c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
   c->has_frames_ = version && std::atoi(version->c_str()) >= 4;
@@ -535,6 +536,131 @@ std::unordered_map<int64_t, int64_t> Catalog::capture_times(std::optional<int64_
   while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.emplace(s.i64(0), s.i64(1));
   if (rc != SQLITE_DONE) fail("cannot read capture times");
   return out;
+}
+
+bool Catalog::has_table(const char* name) {
+  Statement s = prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?");
+  s.bind(1, std::string(name));
+  const int rc = sqlite3_step(s.get());
+  if (rc != SQLITE_ROW && rc != SQLITE_DONE) fail("cannot read the schema");
+  return rc == SQLITE_ROW;
+}
+
+void Catalog::ensure_change_log() {
+  if (sqlite3_db_readonly(db_, "main") == 1) return;
+  if (has_table("changes")) {
+    ensure_frame_change_triggers();
+    return;
+  }
+  // The generation a change commits as is the stored one plus one: Catalog::commit() bumps it last.
+  const std::string next = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1";
+  const std::string upsert = " ON CONFLICT(id) DO UPDATE SET generation = excluded.generation; END;";
+  exec("BEGIN IMMEDIATE");
+  try {
+    if (!has_table("changes")) {  // another writer may have created it meanwhile
+      exec(("CREATE TABLE changes(id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);"
+            "CREATE INDEX changes_by_generation ON changes(generation);"
+            "CREATE TRIGGER changes_on_insert AFTER INSERT ON files BEGIN "
+            "INSERT INTO changes(id, generation) VALUES(NEW.id, " + next + ")" + upsert +
+            "CREATE TRIGGER changes_on_update AFTER UPDATE OF embedding ON files BEGIN "
+            "INSERT INTO changes(id, generation) VALUES(NEW.id, " + next + ")" + upsert +
+            "CREATE TRIGGER changes_on_delete AFTER DELETE ON files BEGIN "
+            "INSERT INTO changes(id, generation) VALUES(OLD.id, " + next + ")" + upsert +
+            "INSERT INTO meta(key, value) VALUES('changes_since', "
+            "COALESCE((SELECT value FROM meta WHERE key = 'generation'), '0')) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value;").c_str());
+    }
+    exec("COMMIT");
+  } catch (...) {
+    rollback();
+    throw;
+  }
+}
+  ensure_frame_change_triggers();
+}
+
+// Video frames are vectors of their own (kFrameIdBase + row id): their inserts and deletes (set_frames
+// replaces a video's frames; deleting a file deletes them) are logged like the files' rows.
+void Catalog::ensure_frame_change_triggers() {
+  if (!has_table("frames") || !has_table("changes")) return;
+  Statement t = prepare("SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'changes_on_frame_delete'");
+  if (sqlite3_step(t.get()) == SQLITE_ROW) return;
+  const std::string next = "COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), 0) + 1";
+  const std::string upsert = " ON CONFLICT(id) DO UPDATE SET generation = excluded.generation; END;";
+  const std::string base = std::to_string(kFrameIdBase);
+  exec(("CREATE TRIGGER IF NOT EXISTS changes_on_frame_insert AFTER INSERT ON frames BEGIN "
+        "INSERT INTO changes(id, generation) VALUES(" + base + " + NEW.id, " + next + ")" + upsert +
+        "CREATE TRIGGER IF NOT EXISTS changes_on_frame_delete AFTER DELETE ON frames BEGIN "
+        "INSERT INTO changes(id, generation) VALUES(" + base + " + OLD.id, " + next + ")" + upsert)
+           .c_str());
+}
+
+std::optional<int64_t> Catalog::changes_since() {
+  if (!has_table("changes")) return std::nullopt;
+  auto v = meta("changes_since");
+  if (!v) return std::nullopt;
+  return std::stoll(*v);
+}
+
+std::vector<int64_t> Catalog::changed_since(int64_t generation) {
+  Statement s = prepare("SELECT id FROM changes WHERE generation > ? ORDER BY id");
+  s.bind(1, generation);
+  std::vector<int64_t> out;
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(s.i64(0));
+  if (rc != SQLITE_DONE) fail("cannot read the change log");
+  return out;
+}
+
+void Catalog::prune_changes(int64_t generation) {
+  if (!has_table("changes")) return;
+  exec("BEGIN IMMEDIATE");
+  try {
+    Statement s = prepare("DELETE FROM changes WHERE generation <= ?");
+    s.bind(1, generation);
+    if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot prune the change log");
+    if (changes_since().value_or(0) < generation) set_meta("changes_since", std::to_string(generation));
+    exec("COMMIT");
+  } catch (...) {
+    rollback();
+    throw;
+  }
+}
+
+bool Catalog::begin_read() {
+  if (!sqlite3_get_autocommit(db_)) return false;
+  exec("BEGIN");
+  return true;
+}
+
+void Catalog::end_read() { exec("COMMIT"); }
+
+void Catalog::for_each_embedding_of(const std::vector<int64_t>& ids, int dim,
+                                    const std::function<void(int64_t, const float*)>& fn) {
+  Statement s = prepare("SELECT embedding FROM files WHERE id = ?");
+  std::optional<Statement> frame;  // video frames: kFrameIdBase + their row id
+  const int expected = dim * static_cast<int>(sizeof(float));
+  for (int64_t id : ids) {
+    if (id >= kFrameIdBase && !frame) {
+      if (!has_table("frames")) continue;
+      frame.emplace(prepare("SELECT embedding FROM frames WHERE id = ?"));
+    }
+    Statement& st = id >= kFrameIdBase ? *frame : s;
+    sqlite3_reset(st.get());
+    st.bind(1, id >= kFrameIdBase ? id - kFrameIdBase : id);
+    const int rc = sqlite3_step(st.get());
+    if (rc == SQLITE_DONE) continue;
+    if (rc != SQLITE_ROW) fail("cannot read the embedding of file id " + std::to_string(id));
+    const auto* v = static_cast<const float*>(sqlite3_column_blob(st.get(), 0));
+    const int bytes = sqlite3_column_bytes(st.get(), 0);
+    if (bytes != expected || !embedding_is_valid(v, dim)) {
+      throw Exception(ErrorCode::kCorrupt,
+                      catalog_damage_message(path_, "the embedding of file id " + std::to_string(id) +
+                                                        (bytes != expected ? " has the wrong size"
+                                                                           : " is not a finite unit vector")));
+    }
+    fn(id, v);
+  }
 }
 
 void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, const float*)>& fn) {

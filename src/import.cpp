@@ -391,6 +391,7 @@ ImportSummary import_embeddings(IndexStore& store, const BundleManifest& bundle,
       store.ensure_snapshot();
     }
   }
+  store.ensure_snapshot();
   return summary;
 }
 

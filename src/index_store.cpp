@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -109,8 +110,9 @@ std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess
   if (access == IndexAccess::kRead) {
     struct stat st {};
     if (::stat(catalog_path.c_str(), &st) != 0) {
-      throw Exception(ErrorCode::kNotFound, dir + ": no index here yet (run 'cnclip index PATH' first, "
-                                                  "or give --index DIR)");
+      throw Exception(ErrorCode::kNotFound, dir +
+                                                ": no index here yet (run 'cnclip index PATH' first, "
+                                                "or give --index DIR)");
     }
     return std::unique_ptr<IndexStore>(new IndexStore(dir, Catalog::open_read_only(catalog_path), -1));
   }
@@ -148,7 +150,8 @@ void IndexStore::require_model(const BundleManifest& bundle, bool allow_other_pr
     if (allow_other_precision) return;
     throw Exception(ErrorCode::kMismatch,
                     dir_ + ": index holds " + precision + " embeddings and " + bundle.dir + " is the " +
-                        bundle.precision + " export of the same model; their embeddings differ slightly. "
+                        bundle.precision +
+                        " export of the same model; their embeddings differ slightly. "
                         "Pass --mixed-precision to use it anyway, or rebuild with 'cnclip index --reindex'");
   }
   throw Exception(ErrorCode::kMismatch,
@@ -175,34 +178,65 @@ int IndexStore::embedding_dim() {
   return d ? std::stoi(*d) : 0;
 }
 
-std::string IndexStore::snapshot_path() {
-  return dir_ + "/vectors-" + std::to_string(catalog_->generation()) + ".faiss";
+std::string IndexStore::snapshot_path(int64_t generation) {
+  return dir_ + "/vectors-" + std::to_string(generation) + ".faiss";
 }
 
-std::unique_ptr<VectorIndex> IndexStore::open_snapshot(std::string* problem) {
+std::string IndexStore::snapshot_path() { return snapshot_path(catalog_->generation()); }
+
+std::vector<int64_t> IndexStore::snapshot_generations() {
+  std::vector<int64_t> out;
+  if (DIR* d = ::opendir(dir_.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      // vectors-<digits>.faiss exactly (temporary files of writes in progress have other names)
+      if (name.size() <= 14 || name.rfind("vectors-", 0) != 0 || name.compare(name.size() - 6, 6, ".faiss") != 0) {
+        continue;
+      }
+      const std::string digits = name.substr(8, name.size() - 14);
+      if (digits.empty() || digits.size() > 18 || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      out.push_back(std::stoll(digits));
+    }
+    ::closedir(d);
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+VectorSpec IndexStore::vector_spec() {
+  VectorSpec spec;
+  spec.text = catalog_->meta("vectors").value_or("flat");
+  return spec;
+}
+
+void IndexStore::set_vector_spec(const VectorSpec& spec) { catalog_->set_meta("vectors", spec.text); }
+
+std::string IndexStore::wanted_vector_type() { return vector_spec().resolve(catalog_->count()); }
+
+std::unique_ptr<VectorIndex> IndexStore::open_snapshot_of(int64_t generation, std::string* problem) {
   const int dim = embedding_dim();
-  const std::string snapshot = snapshot_path();
+  const std::string snapshot = snapshot_path(generation);
   struct stat st {};
   if (dim <= 0 || ::stat(snapshot.c_str(), &st) != 0) return nullptr;
   try {
     auto index = VectorIndex::open_file(snapshot);
     if (index->dim() == dim) return index;
-    if (problem) *problem = snapshot + ": vector snapshot has dimension " + std::to_string(index->dim()) +
-                            ", the catalog " + std::to_string(dim);
+    if (problem)
+      *problem = snapshot + ": vector snapshot has dimension " + std::to_string(index->dim()) + ", the catalog " +
+                 std::to_string(dim);
   } catch (const Exception& e) {
+    if (e.code() != ErrorCode::kCorrupt && e.code() != ErrorCode::kIoError) throw;
     if (problem) *problem = e.what();
   }
   return nullptr;
 }
 
-std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
+std::unique_ptr<VectorIndex> IndexStore::open_snapshot(std::string* problem) {
+  return open_snapshot_of(catalog_->generation(), problem);
+}
+
+std::unique_ptr<VectorIndex> IndexStore::catalog_vectors() {
   const int dim = embedding_dim();
-  std::string problem;
-  if (auto index = open_snapshot(&problem)) return index;
-  if (!problem.empty()) {
-    // Only a cache of the catalog: said once, and the catalog's vectors are used instead.
-    warn(problem + "; using the catalog's vectors instead (the next 'cnclip index' rewrites it)");
-  }
   std::vector<int64_t> ids;
   std::vector<float> vectors;
   if (dim > 0) {
@@ -214,15 +248,90 @@ std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
   return VectorIndex::from_vectors(dim > 0 ? dim : 1, std::move(ids), std::move(vectors));
 }
 
+std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
+  std::string problem;
+  if (auto index = open_snapshot(&problem)) {
+    if (index->vectors()) return index;  // flat: rows to read
+  } else if (!problem.empty()) {
+    // Only a cache of the catalog: said once, and the catalog's vectors are used instead.
+    warn(problem + "; using the catalog's vectors instead (the next 'cnclip index' rewrites it)");
+  }
+  return catalog_vectors();
+}
+
+std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact) {
+  const int dim = embedding_dim();
+  if (dim <= 0) return catalog_vectors();
+  // One committed state for the generation, the log's horizon and the delta.
+  const bool reading = catalog_->begin_read();
+  struct EndRead {
+    Catalog& c;
+    bool on;
+    ~EndRead() {
+      if (on) try {
+          c.end_read();
+        } catch (...) {
+        }
+    }
+  } end_read{*catalog_, reading};
+  const int64_t generation = catalog_->generation();
+  const std::optional<int64_t> since = catalog_->changes_since();
+  for (const int64_t g : snapshot_generations()) {
+    if (g > generation) continue;  // written after this read began: its changes are not in this view
+    if (g != generation && (!since || g < *since)) break;  // the log does not reach back that far
+    std::string problem;
+    auto snapshot = open_snapshot_of(g, &problem);
+    if (!snapshot) {
+      if (!problem.empty()) {
+        warn(problem + "; using the catalog's vectors instead (the next 'cnclip index' rewrites it)");
+      }
+      break;
+    }
+    if (exact && !snapshot->exact()) break;
+    if (g == generation) return snapshot;
+    std::vector<int64_t> changed = catalog_->changed_since(g);
+    std::vector<int64_t> ids;
+    std::vector<float> vectors;
+    catalog_->for_each_embedding_of(changed, dim, [&](int64_t id, const float* v) {
+      ids.push_back(id);
+      vectors.insert(vectors.end(), v, v + dim);
+    });
+    return VectorIndex::with_delta(std::move(snapshot), std::move(changed),
+                                   VectorIndex::from_vectors(dim, std::move(ids), std::move(vectors)));
+  }
+  return catalog_vectors();
+}
+
 bool IndexStore::ensure_snapshot() {
-  if (embedding_dim() <= 0 || open_snapshot(nullptr)) return false;
+  const int dim = embedding_dim();
+  if (dim <= 0) return false;
+  const std::string want = canonical_vector_type(wanted_vector_type(), dim);
+  if (auto current = open_snapshot(nullptr)) {
+    if (current->type() == want) return false;
+  }
+  if (want != "flat") {
+    // An approximate snapshot is kept with its delta until the delta drifts past the limit.
+    const int64_t generation = catalog_->generation();
+    const auto since = catalog_->changes_since();
+    for (const int64_t g : snapshot_generations()) {
+      if (g >= generation) continue;
+      if (!since || g < *since) break;
+      auto old = open_snapshot_of(g, nullptr);
+      if (!old || old->type() != want) break;
+      const auto changed = static_cast<int64_t>(catalog_->changed_since(g).size());
+      if (changed <= std::max<int64_t>(kDeltaRebuildAbove, old->size() / 100)) return false;
+      break;
+    }
+  }
   write_snapshot();
   return true;
 }
 
 void IndexStore::write_snapshot() {
   const int dim = embedding_dim();
-  const std::string path = snapshot_path();
+  const int64_t generation = catalog_->generation();
+  const std::string path = snapshot_path(generation);
+  snapshot_report_.clear();
   // Older snapshots (and temporary files of interrupted writes) are stale: deleted first, so that
   // their space is free for the new one on a nearly full disk (a reader meanwhile reads the catalog;
   // one that has the old file open or mapped keeps it until it closes).
@@ -236,9 +345,18 @@ void IndexStore::write_snapshot() {
   }
   if (dim > 0) {
     try {
-      VectorFileWriter writer(path, dim, catalog_->vector_count());
-      catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
-      writer.commit();
+      const std::string type = wanted_vector_type();
+      const int64_t n = catalog_->vector_count();  // files and video frames
+      if (canonical_vector_type(type, dim) == "flat") {
+        VectorFileWriter writer(path, dim, n);
+        catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
+        writer.commit();
+      } else {
+        build_snapshot(
+            path, type, dim, n,
+            [&](const std::function<void(int64_t, const float*)>& fn) { catalog_->for_each_embedding(dim, fn); },
+            &snapshot_report_);
+      }
     } catch (const Exception& e) {
       if (e.code() == ErrorCode::kCorrupt || e.code() == ErrorCode::kInterrupted) throw;
       // The snapshot is derived: nothing committed depends on it.
@@ -246,6 +364,8 @@ void IndexStore::write_snapshot() {
                                     "; every committed entry is kept in the catalog (searches read it until the "
                                     "next 'cnclip index' writes the vector snapshot)");
     }
+    // Readers of this snapshot need the log only after it.
+    catalog_->prune_changes(generation);
   }
 }
 

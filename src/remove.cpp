@@ -31,7 +31,7 @@ RemoveSummary remove_paths(IndexStore& store, const std::vector<std::string>& pa
     }
     tx.commit();
   }
-  store.write_snapshot();
+  store.ensure_snapshot();
   return summary;
 }
 

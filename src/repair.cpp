@@ -324,6 +324,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
     // meta first: it says the embedding dimension.
     std::stable_partition(tables.begin(), tables.end(), [](const std::string& t) { return t == "meta"; });
     for (const auto& table : tables) {
+      if (table == "changes") continue;  // the log of the old catalog's generations: starts afresh below
       auto old_cols = columns_of(old, table);
       auto new_cols = columns_of(fresh, table);
       if (!old_cols || !new_cols) {
@@ -351,8 +352,8 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
           const std::string key(reinterpret_cast<const char*>(k)), value(reinterpret_cast<const char*>(v));
           if (key == "embedding_dim") dim = std::atoi(value.c_str());
           if (key == "generation") old_generation = std::max<int64_t>(old_generation, std::atoll(value.c_str()));
-          // The fresh catalog has its own schema version and generation.
-          return key != "schema_version" && key != "generation";
+          // The fresh catalog has its own schema version, generation and change log (catalog.h).
+          return key != "schema_version" && key != "generation" && key != "changes_since";
         };
       } else if (table == "files" && emb_col > 0) {
         accept = [&, emb_col, path_col](sqlite3_stmt* row) {
@@ -395,6 +396,9 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       // A generation above every old snapshot's, so none of them is mistaken for current.
       const std::string gen = std::to_string(std::max<int64_t>(old_generation, 0) + 1);
       exec(fresh, "INSERT INTO meta(key, value) VALUES('generation', '" + gen +
+                      "') ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+      // The log starts at the new generation: no older snapshot can be combined with it.
+      exec(fresh, "DELETE FROM changes; INSERT INTO meta(key, value) VALUES('changes_since', '" + gen +
                       "') ON CONFLICT(key) DO UPDATE SET value = excluded.value");
       // Without its meta row the dimension is still known from the embeddings kept.
       if (dim > 0) {

@@ -1,8 +1,19 @@
 #include "cnclip/vector_index.h"
 
+#include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIDMap.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/MetricType.h>
 #include <faiss/impl/AuxIndexStructures.h>
+#include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
+#include <faiss/impl/io.h>
+#include <faiss/index_factory.h>
+#include <faiss/index_io.h>
 #include <faiss/utils/distances.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -16,6 +27,10 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <random>
+#include <regex>
+#include <typeinfo>
+#include <unordered_set>
 
 #include "atomic_file.h"
 #include "cnclip/error.h"
@@ -34,6 +49,9 @@ constexpr char kTrailerMagic[8] = {'C', 'N', 'C', 'L', 'I', 'P', 'X', '3'};
 constexpr size_t kTrailerBytes = 8 + 8 + 8;
 // A stored embedding is unit length; a score further than this from [-1, 1] means damaged vectors.
 constexpr float kScoreSlack = 1e-3f;
+// Quantized types (fp16, SQ8, PQ) score within this of the exact cosine; damage is caught by the
+// checksum, so this only keeps an absurd score from being returned.
+constexpr float kApproximateScoreSlack = 0.1f;
 
 void put_header(std::string& out, const char* fourcc, int32_t d, int64_t ntotal) {
   const int64_t dummy = 1 << 20;
@@ -55,7 +73,123 @@ void use_blas_for_single_queries() {
   std::call_once(blas_threshold_set, [] { faiss::distance_compute_blas_threshold = 1; });
 }
 
-class MemoryVectorIndex : public VectorIndex {
+// The rows whose ids `allowed` accepts (and, when `keep` is given, whose bit is set there), as
+// FAISS's ID selector over row positions; no selector (every row) when neither is given.
+class RowSelection {
+ public:
+  RowSelection(const int64_t* ids, int64_t n, const std::function<bool(int64_t)>& allowed,
+               const std::vector<uint8_t>* keep = nullptr) {
+    if (!allowed && !keep) return;
+    if (keep) bitmap_ = *keep;
+    else bitmap_.assign(static_cast<size_t>((n + 7) / 8), 0xff);
+    if (allowed) {
+      for (int64_t i = 0; i < n; ++i) {
+        if (!allowed(ids[i])) bitmap_[static_cast<size_t>(i >> 3)] &= static_cast<uint8_t>(~(1u << (i & 7)));
+      }
+    }
+    selector_ = std::make_unique<faiss::IDSelectorBitmap>(bitmap_.size(), bitmap_.data());
+  }
+  faiss::IDSelector* selector() const { return selector_.get(); }
+
+ private:
+  std::vector<uint8_t> bitmap_;
+  std::unique_ptr<faiss::IDSelectorBitmap> selector_;
+};
+
+[[noreturn]] void damaged_score(int64_t id, float score) {
+  throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(id) + " gives score " + std::to_string(score) +
+                                           ": the vectors or the query are damaged (not unit length)");
+}
+
+// Every concrete index: searches over row positions, which search()/range_search() turn into ids.
+class RowIndex : public VectorIndex {
+ public:
+  // Top k rows per query accepted by `sel` (null: all), best first; -1 rows pad a short list.
+  virtual void search_rows(const float* queries, int nq, int k, const faiss::IDSelector* sel, float* scores,
+                           int64_t* rows) const = 0;
+  // Rows scoring above `radius`, per query.
+  virtual void range_rows(const float* queries, int nq, float radius, const faiss::IDSelector* sel,
+                          faiss::RangeSearchResult* result) const = 0;
+  virtual float slack() const { return kScoreSlack; }
+
+  std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
+                                             const std::function<bool(int64_t)>& allowed) const override {
+    const RowSelection selection(ids(), size(), allowed);
+    return search_selected(queries, nq, k, selection.selector());
+  }
+  std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
+                                                   const std::function<bool(int64_t)>& allowed) const override {
+    const RowSelection selection(ids(), size(), allowed);
+    return range_selected(queries, nq, min_score, selection.selector());
+  }
+
+  std::vector<std::vector<SearchHit>> search_selected(const float* queries, int nq, int k,
+                                                      const faiss::IDSelector* sel) const {
+    std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
+    const int64_t n = size();
+    if (nq <= 0 || k <= 0 || n == 0) return out;
+    k = static_cast<int>(std::min<int64_t>(k, n));
+    std::vector<float> scores(static_cast<size_t>(nq) * k);
+    std::vector<int64_t> rows(static_cast<size_t>(nq) * k, -1);
+    search_rows(queries, nq, k, sel, scores.data(), rows.data());
+    for (int q = 0; q < nq; ++q) {
+      for (int j = 0; j < k; ++j) {
+        const int64_t row = rows[static_cast<size_t>(q) * k + j];
+        if (row < 0 || row >= n) continue;
+        out[q].push_back(SearchHit{ids()[row], checked(ids()[row], scores[static_cast<size_t>(q) * k + j])});
+      }
+    }
+    return out;
+  }
+
+  std::vector<std::vector<SearchHit>> range_selected(const float* queries, int nq, float min_score,
+                                                     const faiss::IDSelector* sel) const {
+    std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
+    const int64_t n = size();
+    if (nq <= 0 || n == 0) return out;
+    // FAISS keeps inner products strictly above the radius.
+    const float radius = std::nextafter(std::max(min_score, -2.0f), -3.0f);
+    faiss::RangeSearchResult result(static_cast<size_t>(nq));
+    range_rows(queries, nq, radius, sel, &result);
+    for (int q = 0; q < nq; ++q) {
+      for (size_t j = result.lims[q]; j < result.lims[q + 1]; ++j) {
+        const int64_t row = result.labels[j];
+        if (row < 0 || row >= n) continue;
+        const float score = checked(ids()[row], result.distances[j]);
+        if (score < min_score) continue;
+        out[q].push_back(SearchHit{ids()[row], score});
+      }
+    }
+    return out;
+  }
+
+ private:
+  // Unit vectors give cosines in [-1, 1] up to rounding (or quantization); anything else is damage
+  // (of the vectors or of the query), never a result.
+  float checked(int64_t id, float score) const {
+    if (!std::isfinite(score) || std::fabs(score) > 1.0f + slack()) damaged_score(id, score);
+    return std::clamp(score, -1.0f, 1.0f);
+  }
+};
+
+// Exact fp32 rows, searched with FAISS's brute-force kernels (BLAS).
+class FlatRowIndex : public RowIndex {
+ public:
+  void search_rows(const float* queries, int nq, int k, const faiss::IDSelector* sel, float* scores,
+                   int64_t* rows) const override {
+    use_blas_for_single_queries();
+    faiss::knn_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
+                             static_cast<size_t>(size()), static_cast<size_t>(k), scores, rows, sel);
+  }
+  void range_rows(const float* queries, int nq, float radius, const faiss::IDSelector* sel,
+                  faiss::RangeSearchResult* result) const override {
+    use_blas_for_single_queries();
+    faiss::range_search_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
+                                      static_cast<size_t>(size()), radius, result, sel);
+  }
+};
+
+class MemoryVectorIndex : public FlatRowIndex {
  public:
   MemoryVectorIndex(int dim, std::vector<int64_t> ids, std::vector<float> vectors)
       : dim_(dim), ids_(std::move(ids)), vectors_(std::move(vectors)) {}
@@ -70,7 +204,7 @@ class MemoryVectorIndex : public VectorIndex {
   std::vector<float> vectors_;
 };
 
-class MappedVectorIndex : public VectorIndex {
+class MappedVectorIndex : public FlatRowIndex {
  public:
   // The ids start at an offset of the file that is not 8-byte aligned (FAISS's layout), so they are
   // copied out (8 MB at a million vectors, against 2 GB of vectors that stay mapped).
@@ -95,30 +229,373 @@ class MappedVectorIndex : public VectorIndex {
   std::vector<int64_t> ids_;
 };
 
-// The rows whose ids `allowed` accepts, as FAISS's ID selector (over row positions); no selector
-// (every row) when `allowed` is empty.
-class RowSelection {
- public:
-  RowSelection(const int64_t* ids, int64_t n, const std::function<bool(int64_t)>& allowed) {
-    if (!allowed) return;
-    bitmap_.assign(static_cast<size_t>((n + 7) / 8), 0);
-    for (int64_t i = 0; i < n; ++i) {
-      if (allowed(ids[i])) bitmap_[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
+// The canonical name of a FAISS index's structure (what VectorIndex::type() returns): the same
+// string for a snapshot read back and for an empty index the factory builds from the same spec.
+std::string describe(const faiss::Index* index) {
+  auto sq_name = [](faiss::ScalarQuantizer::QuantizerType t) -> std::string {
+    switch (t) {
+      case faiss::ScalarQuantizer::QT_fp16: return "SQfp16";
+      case faiss::ScalarQuantizer::QT_8bit: return "SQ8";
+      case faiss::ScalarQuantizer::QT_4bit: return "SQ4";
+      case faiss::ScalarQuantizer::QT_6bit: return "SQ6";
+      case faiss::ScalarQuantizer::QT_8bit_uniform: return "SQ8_uniform";
+      default: return "SQ" + std::to_string(static_cast<int>(t));
     }
-    selector_ = std::make_unique<faiss::IDSelectorBitmap>(bitmap_.size(), bitmap_.data());
+  };
+  if (dynamic_cast<const faiss::IndexFlat*>(index)) return "flat";
+  if (const auto* sq = dynamic_cast<const faiss::IndexScalarQuantizer*>(index)) {
+    const std::string q = sq_name(sq->sq.qtype);
+    return q == "SQfp16" ? "flat-fp16" : q == "SQ8" ? "flat-sq8" : q;
   }
-  const faiss::IDSelector* selector() const { return selector_.get(); }
+  if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index)) {
+    std::string codes = "?";
+    if (const auto* s = dynamic_cast<const faiss::IndexIVFScalarQuantizer*>(ivf)) codes = sq_name(s->sq.qtype);
+    else if (dynamic_cast<const faiss::IndexIVFFlat*>(ivf)) codes = "Flat";
+    else if (const auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
+      codes = "PQ" + std::to_string(pq->pq.M) + (pq->pq.nbits != 8 ? "x" + std::to_string(pq->pq.nbits) : "");
+    }
+    return "IVF" + std::to_string(ivf->nlist) + "," + codes;
+  }
+  if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index)) {
+    const std::string storage = hnsw->storage ? describe(hnsw->storage) : "flat";
+    return "HNSW" + std::to_string(hnsw->hnsw.nb_neighbors(1)) +
+           (storage == "flat"        ? ""
+            : storage == "flat-fp16" ? ",SQfp16"
+            : storage == "flat-sq8"  ? ",SQ8"
+                                     : "," + storage);
+  }
+  return std::string("faiss:") + typeid(*index).name();
+}
+
+// A snapshot of any other type: FAISS's own index (positions as labels), with the ids beside it.
+class FaissVectorIndex : public RowIndex {
+ public:
+  FaissVectorIndex(std::unique_ptr<faiss::Index> index, std::vector<int64_t> ids)
+      : index_(std::move(index)), ids_(std::move(ids)), type_(describe(index_.get())) {}
+  int dim() const override { return index_->d; }
+  int64_t size() const override { return static_cast<int64_t>(ids_.size()); }
+  const int64_t* ids() const override { return ids_.data(); }
+  const float* vectors() const override { return nullptr; }
+  std::string type() const override { return type_; }
+  bool exact() const override { return false; }
+  float slack() const override { return kApproximateScoreSlack; }
+
+  void search_rows(const float* queries, int nq, int k, const faiss::IDSelector* sel, float* scores,
+                   int64_t* rows) const override {
+    std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(nq) * k, -1);
+    faiss_call([&] {
+      auto params = parameters(sel);
+      index_->search(nq, queries, k, scores, labels.data(), params.get());
+    });
+    std::copy(labels.begin(), labels.end(), rows);
+  }
+
+  void range_rows(const float* queries, int nq, float radius, const faiss::IDSelector* sel,
+                  faiss::RangeSearchResult* result) const override {
+    if (dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+      faiss_call([&] {
+        auto params = parameters(sel);
+        index_->range_search(nq, queries, radius, result, params.get());
+      });
+      return;
+    }
+    // FAISS 1.7.3 has no range search for scalar-quantized flat or HNSW indexes: top-k searches with
+    // a growing k until the last score is below the radius (or every row is in).
+    faiss::RangeSearchPartialResult partial(result);
+    for (int q = 0; q < nq; ++q) {
+      const float* query = queries + static_cast<size_t>(q) * dim();
+      int64_t k = std::min<int64_t>(256, size());
+      std::vector<float> scores;
+      std::vector<int64_t> rows;
+      while (true) {
+        scores.assign(static_cast<size_t>(k), 0);
+        rows.assign(static_cast<size_t>(k), -1);
+        search_rows(query, 1, static_cast<int>(k), sel, scores.data(), rows.data());
+        if (k >= size() || k >= INT32_MAX / 2 || rows[k - 1] < 0 || scores[k - 1] <= radius) break;
+        k = std::min<int64_t>(k * 4, size());
+      }
+      auto& res = partial.new_result(q);
+      for (int64_t j = 0; j < k; ++j) {
+        if (rows[j] >= 0 && scores[j] > radius) res.add(scores[j], rows[j]);
+      }
+    }
+    partial.finalize();
+  }
 
  private:
-  std::vector<uint8_t> bitmap_;
-  std::unique_ptr<faiss::IDSelectorBitmap> selector_;
+  template <typename F>
+  static void faiss_call(F&& f) {
+    try {
+      f();
+    } catch (const faiss::FaissException& e) {
+      throw Exception(ErrorCode::kInternal, std::string("FAISS: ") + e.what());
+    }
+  }
+  // The search parameters stored in the snapshot (nprobe, efSearch), with the row selector.
+  std::unique_ptr<faiss::SearchParameters> parameters(const faiss::IDSelector* sel) const {
+    std::unique_ptr<faiss::SearchParameters> p;
+    if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+      auto q = std::make_unique<faiss::SearchParametersIVF>();
+      q->nprobe = ivf->nprobe;
+      q->max_codes = ivf->max_codes;
+      p = std::move(q);
+    } else if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index_.get())) {
+      auto q = std::make_unique<faiss::SearchParametersHNSW>();
+      q->efSearch = hnsw->hnsw.efSearch;
+      p = std::move(q);
+    } else {
+      p = std::make_unique<faiss::SearchParameters>();
+    }
+    p->sel = const_cast<faiss::IDSelector*>(sel);
+    return p;
+  }
+
+  std::unique_ptr<faiss::Index> index_;
+  std::vector<int64_t> ids_;
+  std::string type_;
 };
 
+// A snapshot plus the changes committed after it (VectorIndex::with_delta).
+class DeltaVectorIndex : public VectorIndex {
+ public:
+  DeltaVectorIndex(std::unique_ptr<VectorIndex> base, const std::vector<int64_t>& changed,
+                   std::unique_ptr<VectorIndex> fresh)
+      : base_(std::move(base)), fresh_(std::move(fresh)) {
+    row_base_ = dynamic_cast<const RowIndex*>(base_.get());
+    if (!row_base_) throw Exception(ErrorCode::kInternal, "a delta needs a snapshot as its base");
+    const std::unordered_set<int64_t> masked(changed.begin(), changed.end());
+    const int64_t n = base_->size();
+    keep_.assign(static_cast<size_t>((n + 7) / 8), 0);
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      if (masked.count(base_->ids()[i]) == 0) {
+        keep_[static_cast<size_t>(i >> 3)] |= static_cast<uint8_t>(1u << (i & 7));
+        ++kept;
+      }
+    }
+    size_ = kept + fresh_->size();
+  }
+  int dim() const override { return base_->dim(); }
+  int64_t size() const override { return size_; }
+  const int64_t* ids() const override { return nullptr; }
+  const float* vectors() const override { return nullptr; }
+  std::string type() const override { return base_->type(); }
+  bool exact() const override { return base_->exact() && fresh_->exact(); }
+
+  std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
+                                             const std::function<bool(int64_t)>& allowed) const override {
+    const RowSelection selection(base_->ids(), base_->size(), allowed, &keep_);
+    auto hits = row_base_->search_selected(queries, nq, k, selection.selector());
+    auto more = fresh_->search(queries, nq, k, allowed);
+    for (int q = 0; q < nq; ++q) {
+      auto& h = hits[q];
+      h.insert(h.end(), more[q].begin(), more[q].end());
+      std::sort(h.begin(), h.end(), [](const SearchHit& a, const SearchHit& b) {
+        return a.score != b.score ? a.score > b.score : a.id < b.id;
+      });
+      if (static_cast<int64_t>(h.size()) > k) h.resize(static_cast<size_t>(std::max(k, 0)));
+    }
+    return hits;
+  }
+  std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
+                                                   const std::function<bool(int64_t)>& allowed) const override {
+    const RowSelection selection(base_->ids(), base_->size(), allowed, &keep_);
+    auto hits = row_base_->range_selected(queries, nq, min_score, selection.selector());
+    auto more = fresh_->range_search(queries, nq, min_score, allowed);
+    for (int q = 0; q < nq; ++q) hits[q].insert(hits[q].end(), more[q].begin(), more[q].end());
+    return hits;
+  }
+
+ private:
+  std::unique_ptr<VectorIndex> base_;
+  std::unique_ptr<VectorIndex> fresh_;
+  const RowIndex* row_base_ = nullptr;
+  std::vector<uint8_t> keep_;  // bit per base row: not changed since the snapshot
+  int64_t size_ = 0;
+};
+
+// FAISS's reader over a mapped file.
+struct MemoryReader : faiss::IOReader {
+  const uint8_t* data;
+  size_t size, at = 0;
+  MemoryReader(const uint8_t* d, size_t n) : data(d), size(n) {}
+  size_t operator()(void* ptr, size_t item, size_t count) override {
+    if (item == 0 || count == 0) return 0;
+    const size_t fit = std::min(count, (size - at) / item);
+    std::memcpy(ptr, data + at, fit * item);
+    at += fit * item;
+    return fit;
+  }
+};
+
+// FAISS's writer into an AtomicFileWriter, hashing what passes.
+struct HashingWriter : faiss::IOWriter {
+  AtomicFileWriter file;
+  XXH3_state_t* hash = XXH3_createState();
+  uint64_t bytes = 0;
+  explicit HashingWriter(const std::string& path) : file(path) {
+    if (!hash) throw Exception(ErrorCode::kInternal, "out of memory");
+    XXH3_64bits_reset(hash);
+  }
+  ~HashingWriter() override { XXH3_freeState(hash); }
+  size_t operator()(const void* ptr, size_t item, size_t count) override {
+    file.write(ptr, item * count);
+    XXH3_64bits_update(hash, ptr, item * count);
+    bytes += item * count;
+    return count;
+  }
+  void commit() {
+    const uint64_t covered = bytes, digest = XXH3_64bits_digest(hash);
+    file.write(kTrailerMagic, 8);
+    file.write(&covered, 8);
+    file.write(&digest, 8);
+    file.commit();
+  }
+};
+
+// The factory string FAISS builds for a resolved type.
+std::string factory_string(const std::string& type) {
+  if (type == "flat-fp16") return "SQfp16";
+  if (type == "flat-sq8") return "SQ8";
+  return type;
+}
+
+std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const std::string& shown = "") {
+  try {
+    return std::unique_ptr<faiss::Index>(
+        faiss::index_factory(dim, factory_string(type).c_str(), faiss::METRIC_INNER_PRODUCT));
+  } catch (const faiss::FaissException& e) {
+    std::string why = e.what();
+    // FAISS's message starts with "Error in <function> at <file>:<line>: ": keep the reason.
+    const auto colon = why.rfind(": ");
+    if (colon != std::string::npos) why = why.substr(colon + 2);
+    throw Exception(ErrorCode::kInvalidArgument, "--vectors: FAISS's index factory cannot build '" +
+                                                     (shown.empty() ? type : shown) + "' (" + why + ")");
+  }
+}
+
+// "IVF," (no list count) gets ivf_nlist(n).
+std::string fill_nlist(const std::string& text, int64_t n) {
+  static const std::regex bare_ivf("(^|,)IVF(,|$)");
+  return std::regex_replace(text, bare_ivf, "$1IVF" + std::to_string(ivf_nlist(n)) + "$2");
+}
+
+// Queries for tuning: vectors of the index moved away from themselves, half to a cosine of 0.8
+// (a similar photo as the query) and half to 0.5 (further out, as text queries are: Chinese-CLIP's
+// text and image embeddings meet at cosines of ~0.3-0.5), so the tuning does not count on queries
+// that sit on an indexed vector.
+std::vector<float> tuning_queries(const std::vector<float>& sample, int dim, int count, std::mt19937& rng) {
+  const int64_t ns = static_cast<int64_t>(sample.size()) / dim;
+  std::normal_distribution<float> normal;
+  std::vector<float> out(static_cast<size_t>(count) * dim);
+  for (int q = 0; q < count; ++q) {
+    const float* x = &sample[static_cast<size_t>(rng() % static_cast<uint64_t>(ns)) * dim];
+    std::vector<float> noise(static_cast<size_t>(dim));
+    double dot = 0, norm = 0;
+    for (auto& v : noise) v = normal(rng);
+    for (int d = 0; d < dim; ++d) dot += noise[d] * x[d];
+    for (int d = 0; d < dim; ++d) noise[d] -= static_cast<float>(dot) * x[d];  // orthogonal to x
+    for (float v : noise) norm += double{v} * v;
+    const double cosine = q % 2 == 0 ? 0.8 : 0.5, r = std::sqrt(1 / (cosine * cosine) - 1);
+    double total = 0;
+    float* o = &out[static_cast<size_t>(q) * dim];
+    for (int d = 0; d < dim; ++d)
+      total += std::pow(o[d] = x[d] + static_cast<float>(r * noise[d] / std::sqrt(norm)), 2);
+    for (int d = 0; d < dim; ++d) o[d] = static_cast<float>(o[d] / std::sqrt(total));
+  }
+  return out;
+}
+
 }  // namespace
+
+int ivf_nlist(int64_t n) {
+  const double root = std::sqrt(static_cast<double>(std::max<int64_t>(n, 1)));
+  int nlist = 16;
+  while (nlist < 65536 &&
+         std::fabs(std::log2(nlist * 2.0) - std::log2(root)) < std::fabs(std::log2(nlist) - std::log2(root))) {
+    nlist *= 2;
+  }
+  return nlist;
+}
+
+VectorSpec VectorSpec::parse(const std::string& text, int dim) {
+  VectorSpec spec;
+  spec.text = text;
+  for (const char* keyword : {"auto", "flat", "flat-fp16", "flat-sq8", "ivf"}) {
+    if (text == keyword) return spec;
+  }
+  if (text.empty()) throw Exception(ErrorCode::kInvalidArgument, "--vectors: the index type is empty");
+  make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
+  return spec;
+}
+
+std::string VectorSpec::resolve(int64_t n) const {
+  if (text == "flat" || text == "flat-fp16" || text == "flat-sq8") return text;
+  if (text == "ivf" || (text == "auto" && n > kAutoApproximateAbove))
+    return "IVF" + std::to_string(ivf_nlist(n)) + ",SQ8";
+  if (text == "auto") return "flat";
+  return fill_nlist(text, n);
+}
+
+std::string canonical_vector_type(const std::string& type, int dim) {
+  if (type == "flat") return type;
+  return describe(make_index(type, dim).get());
+}
 
 std::unique_ptr<VectorIndex> VectorIndex::from_vectors(int dim, std::vector<int64_t> ids, std::vector<float> vectors) {
   return std::make_unique<MemoryVectorIndex>(dim, std::move(ids), std::move(vectors));
 }
+
+std::unique_ptr<VectorIndex> VectorIndex::with_delta(std::unique_ptr<VectorIndex> base, std::vector<int64_t> changed,
+                                                     std::unique_ptr<VectorIndex> fresh) {
+  return std::make_unique<DeltaVectorIndex>(std::move(base), changed, std::move(fresh));
+}
+
+std::vector<std::vector<SearchHit>> VectorIndex::search(const float*, int nq, int,
+                                                        const std::function<bool(int64_t)>&) const {
+  return std::vector<std::vector<SearchHit>>(static_cast<size_t>(std::max(nq, 0)));
+}
+
+std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float*, int nq, float,
+                                                              const std::function<bool(int64_t)>&) const {
+  return std::vector<std::vector<SearchHit>>(static_cast<size_t>(std::max(nq, 0)));
+}
+
+namespace {
+
+// A snapshot written by build_snapshot: the trailer checked, then FAISS's reader over the mapping.
+std::unique_ptr<VectorIndex> open_faiss_file(const std::string& path, const uint8_t* p, size_t bytes) {
+  auto corrupt = [&](const std::string& why) {
+    return Exception(ErrorCode::kCorrupt, path + ": not a usable vector file (" + why + ")");
+  };
+  if (bytes < kTrailerBytes || std::memcmp(p + bytes - kTrailerBytes, kTrailerMagic, 8) != 0) {
+    throw corrupt("no checksum, or cut short or padded");
+  }
+  uint64_t covered = 0, stored = 0;
+  std::memcpy(&covered, p + bytes - 16, 8);
+  std::memcpy(&stored, p + bytes - 8, 8);
+  if (covered != bytes - kTrailerBytes) throw corrupt("cut short or padded");
+  if (XXH3_64bits(p, covered) != stored) throw corrupt("checksum mismatch");
+  std::unique_ptr<faiss::Index> read;
+  try {
+    MemoryReader reader(p, covered);
+    read.reset(faiss::read_index(&reader));
+  } catch (const faiss::FaissException& e) {
+    throw corrupt(std::string("FAISS cannot read it: ") + e.what());
+  }
+  auto* idmap = dynamic_cast<faiss::IndexIDMap*>(read.get());
+  if (!idmap || !idmap->index) throw corrupt("not a FAISS IndexIDMap");
+  std::unique_ptr<faiss::Index> inner(idmap->index);
+  idmap->own_fields = false;
+  if (inner->metric_type != faiss::METRIC_INNER_PRODUCT || inner->d <= 0 ||
+      static_cast<int64_t>(idmap->id_map.size()) != inner->ntotal || idmap->ntotal != inner->ntotal) {
+    throw corrupt("inconsistent header");
+  }
+  std::vector<int64_t> ids(idmap->id_map.begin(), idmap->id_map.end());
+  return std::make_unique<FaissVectorIndex>(std::move(inner), std::move(ids));
+}
+
+}  // namespace
 
 std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, bool require_checksum) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -143,12 +620,20 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, boo
     ::munmap(base, bytes);
     throw corrupt(why);
   };
+  if (std::memcmp(p, "IxM2", 4) != 0 || std::memcmp(p + 4 + kHeaderBytes, "IxFI", 4) != 0) {
+    // Another type: FAISS reads it into memory, and the mapping goes.
+    try {
+      auto index = open_faiss_file(path, p, bytes);
+      ::munmap(base, bytes);
+      return index;
+    } catch (...) {
+      ::munmap(base, bytes);
+      throw;
+    }
+  }
   int32_t d = 0, d2 = 0, metric = 0;
   int64_t n = 0, n2 = 0;
   uint64_t nfloats = 0, nids = 0;
-  if (std::memcmp(p, "IxM2", 4) != 0 || std::memcmp(p + 4 + kHeaderBytes, "IxFI", 4) != 0) {
-    fail("not a FAISS IndexIDMap2 over IndexFlatIP");
-  }
   std::memcpy(&d, p + 4, 4);
   std::memcpy(&n, p + 8, 8);
   std::memcpy(&d2, p + 4 + kHeaderBytes + 4, 4);
@@ -179,66 +664,155 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, boo
                                              p + ids_offset + 8);
 }
 
-std::vector<std::vector<SearchHit>> VectorIndex::search(const float* queries, int nq, int k,
-                                                        const std::function<bool(int64_t)>& allowed) const {
-  std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
-  const int64_t n = size();
-  if (nq <= 0 || k <= 0 || n == 0) return out;
-  k = static_cast<int>(std::min<int64_t>(k, n));
-  std::vector<float> scores(static_cast<size_t>(nq) * k);
-  std::vector<int64_t> positions(static_cast<size_t>(nq) * k, -1);
-  use_blas_for_single_queries();
-  const RowSelection selection(ids(), n, allowed);
-  faiss::knn_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
-                           static_cast<size_t>(n), static_cast<size_t>(k), scores.data(), positions.data(),
-                           selection.selector());
-  for (int q = 0; q < nq; ++q) {
-    for (int j = 0; j < k; ++j) {
-      const int64_t pos = positions[static_cast<size_t>(q) * k + j];
-      if (pos < 0 || pos >= n) continue;
-      float score = scores[static_cast<size_t>(q) * k + j];
-      // Unit vectors give cosines in [-1, 1] up to float rounding; anything else is damage (of the
-      // vectors or of the query), never a result.
-      if (!std::isfinite(score) || std::fabs(score) > 1.0f + kScoreSlack) {
-        throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(ids()[pos]) + " gives score " +
-                                                 std::to_string(score) +
-                                                 ": the vectors or the query are damaged (not unit length)");
+void build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n, const VectorSource& fill,
+                    std::string* report) {
+  std::unique_ptr<faiss::Index> index = make_index(type, dim);
+  auto* ivf = dynamic_cast<faiss::IndexIVF*>(index.get());
+  auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(index.get());
+  const bool tune = (ivf || hnsw) && n > 0;
+  // The training sample: every (n / ns)-th vector in id order. IVF k-means gets 64 vectors per list
+  // (FAISS's warning floor is 39), capped by n; other quantizers (SQ ranges, PQ codebooks) 65,536.
+  std::vector<float> sample;
+  std::mt19937 rng(20261129);
+  int64_t ns =
+      std::min<int64_t>(n, std::max<int64_t>(65'536, ivf ? int64_t{64} * static_cast<int64_t>(ivf->nlist) : 0));
+  if ((!index->is_trained || tune) && n > 0) {
+    sample.reserve(static_cast<size_t>(ns) * dim);
+    int64_t i = 0, taken = 0;
+    fill([&](int64_t, const float* v) {
+      if (taken < ns && i * ns / n == taken) {
+        sample.insert(sample.end(), v, v + dim);
+        ++taken;
       }
-      score = std::clamp(score, -1.0f, 1.0f);
-      out[q].push_back(SearchHit{ids()[pos], score});
+      ++i;
+    });
+    ns = taken;
+    if (!index->is_trained) {
+      if (ivf) {
+        ivf->cp.niter = 10;  // k-means iterations: FAISS's default 25 costs 2.5x for little (README "Scale")
+        ivf->cp.max_points_per_centroid = 1 << 30;  // the sample above is the training set as it is
+        ivf->cp.seed = 1234;
+      }
+      try {
+        index->train(ns, sample.data());
+      } catch (const faiss::FaissException& e) {
+        throw Exception(ErrorCode::kInvalidArgument, "--vectors " + type + ": cannot train it on " +
+                                                         std::to_string(ns) + " vectors (" + e.what() + ")");
+      }
     }
   }
-  return out;
-}
-
-std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float* queries, int nq, float min_score,
-                                                              const std::function<bool(int64_t)>& allowed) const {
-  std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
-  const int64_t n = size();
-  if (nq <= 0 || n == 0) return out;
-  use_blas_for_single_queries();
-  const RowSelection selection(ids(), n, allowed);
-  // FAISS keeps inner products strictly above the radius.
-  const float radius = std::nextafter(std::max(min_score, -2.0f), -3.0f);
-  faiss::RangeSearchResult result(static_cast<size_t>(nq));
-  faiss::range_search_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
-                                    static_cast<size_t>(n), radius, &result, selection.selector());
-  for (int q = 0; q < nq; ++q) {
-    for (size_t j = result.lims[q]; j < result.lims[q + 1]; ++j) {
-      const int64_t pos = result.labels[j];
-      if (pos < 0 || pos >= n) continue;
-      float score = result.distances[j];
-      if (!std::isfinite(score) || std::fabs(score) > 1.0f + kScoreSlack) {
-        throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(ids()[pos]) + " gives score " +
-                                                 std::to_string(score) +
-                                                 ": the vectors or the query are damaged (not unit length)");
+  // Ground truth for tuning, gathered while adding: the exact top 10 of each tuning query.
+  constexpr int kTuningQueries = 200, kTop = 10;
+  const int nq = tune ? kTuningQueries : 0;
+  const std::vector<float> queries = tune ? tuning_queries(sample, dim, nq, rng) : std::vector<float>{};
+  sample.clear();
+  sample.shrink_to_fit();
+  std::vector<float> truth_scores(static_cast<size_t>(nq) * kTop, -2.0f);
+  std::vector<int64_t> truth_rows(static_cast<size_t>(nq) * kTop, -1);
+  faiss::IndexIDMap idmap(index.get());
+  std::vector<float> batch;
+  std::vector<faiss::Index::idx_t> batch_ids;
+  int64_t added = 0;
+  constexpr int64_t kBatch = 65'536;
+  auto flush = [&] {
+    const auto count = static_cast<int64_t>(batch_ids.size());
+    if (count == 0) return;
+    if (tune) {
+      std::vector<float> s(static_cast<size_t>(nq) * kTop);
+      std::vector<int64_t> r(static_cast<size_t>(nq) * kTop);
+      use_blas_for_single_queries();
+      faiss::knn_inner_product(queries.data(), batch.data(), static_cast<size_t>(dim), static_cast<size_t>(nq),
+                               static_cast<size_t>(count), kTop, s.data(), r.data());
+      for (int q = 0; q < nq; ++q) {
+        std::vector<std::pair<float, int64_t>> merged;
+        for (int j = 0; j < kTop; ++j) {
+          const size_t at = static_cast<size_t>(q) * kTop + j;
+          if (truth_rows[at] >= 0) merged.emplace_back(truth_scores[at], truth_rows[at]);
+          if (r[at] >= 0) merged.emplace_back(s[at], added + r[at]);
+        }
+        std::partial_sort(merged.begin(), merged.begin() + std::min<size_t>(kTop, merged.size()), merged.end(),
+                          [](const auto& a, const auto& b) { return a.first > b.first; });
+        for (int j = 0; j < kTop && j < static_cast<int>(merged.size()); ++j) {
+          truth_scores[static_cast<size_t>(q) * kTop + j] = merged[j].first;
+          truth_rows[static_cast<size_t>(q) * kTop + j] = merged[j].second;
+        }
       }
-      score = std::clamp(score, -1.0f, 1.0f);
-      if (score < min_score) continue;
-      out[q].push_back(SearchHit{ids()[pos], score});
+    }
+    idmap.add_with_ids(count, batch.data(), batch_ids.data());
+    added += count;
+    batch.clear();
+    batch_ids.clear();
+  };
+  fill([&](int64_t id, const float* v) {
+    for (int d = 0; d < dim; ++d) {
+      if (!std::isfinite(v[d])) {
+        throw Exception(ErrorCode::kCorrupt, path + ": vector of id " + std::to_string(id) + " is not finite");
+      }
+    }
+    batch.insert(batch.end(), v, v + dim);
+    batch_ids.push_back(id);
+    if (static_cast<int64_t>(batch_ids.size()) == kBatch) flush();
+  });
+  flush();
+  if (added != n)
+    throw Exception(ErrorCode::kInternal, path + ": " + std::to_string(added) + " vectors, not " + std::to_string(n));
+  if (tune) {
+    // The smallest search parameter whose recall@10 (the share of the exact top 10 among the
+    // candidates that cnclip re-scores exactly) reaches the target.
+    const int k = static_cast<int>(std::min<int64_t>(candidates_for(kTop), n));
+    std::vector<float> s(static_cast<size_t>(nq) * k);
+    std::vector<faiss::Index::idx_t> r(static_cast<size_t>(nq) * k);
+    auto recall = [&] {
+      index->search(nq, queries.data(), k, s.data(), r.data());
+      int64_t found = 0, total = 0;
+      for (int q = 0; q < nq; ++q) {
+        const std::unordered_set<int64_t> got(r.begin() + static_cast<ptrdiff_t>(q) * k,
+                                              r.begin() + static_cast<ptrdiff_t>(q + 1) * k);
+        for (int j = 0; j < kTop; ++j) {
+          const int64_t want = truth_rows[static_cast<size_t>(q) * kTop + j];
+          if (want < 0) continue;
+          ++total;
+          found += got.count(want);
+        }
+      }
+      return total ? static_cast<double>(found) / static_cast<double>(total) : 1.0;
+    };
+    // A margin over the target: the recall of 200 queries is itself a sample.
+    const double target = VectorSpec::kTargetRecall + 0.01;
+    double got = 0;
+    std::string name;
+    int64_t value = 0;
+    if (ivf) {
+      name = "nprobe";
+      for (value = 1;; value *= 2) {
+        ivf->nprobe = static_cast<size_t>(std::min<int64_t>(value, static_cast<int64_t>(ivf->nlist)));
+        got = recall();
+        if (got >= target || value >= static_cast<int64_t>(ivf->nlist)) break;
+      }
+      value = static_cast<int64_t>(ivf->nprobe);
+    } else {
+      name = "efSearch";
+      for (value = 16;; value *= 2) {
+        hnsw->hnsw.efSearch = static_cast<int>(std::max<int64_t>(value, k));
+        got = recall();
+        if (got >= target || value >= 4096) break;
+      }
+      value = hnsw->hnsw.efSearch;
+    }
+    if (report) {
+      char line[256];
+      std::snprintf(line, sizeof line, "%s: %s %lld, recall@10 %.3f against flat on %d queries made from its vectors",
+                    describe(index.get()).c_str(), name.c_str(), static_cast<long long>(value), got, nq);
+      *report = line;
     }
   }
-  return out;
+  HashingWriter out(path);
+  try {
+    faiss::write_index(&idmap, &out);
+  } catch (const faiss::FaissException& e) {
+    throw Exception(ErrorCode::kIoError, out.file.temp_path() + ": cannot write the snapshot (" + e.what() + ")");
+  }
+  out.commit();
 }
 
 struct VectorFileWriter::Impl {
@@ -279,8 +853,8 @@ void VectorFileWriter::add(int64_t id, const float* vector) {
   }
   for (int d = 0; d < impl_->dim; ++d) {
     if (!std::isfinite(vector[d])) {
-      throw Exception(ErrorCode::kCorrupt, impl_->file.temp_path() + ": vector of id " + std::to_string(id) +
-                                               " is not finite");
+      throw Exception(ErrorCode::kCorrupt,
+                      impl_->file.temp_path() + ": vector of id " + std::to_string(id) + " is not finite");
     }
   }
   impl_->write(vector, static_cast<size_t>(impl_->dim) * sizeof(float));

@@ -129,6 +129,28 @@ class Catalog {
   // Every stored frame, by file id then time (empty below schema 4); the frames of one video.
   std::vector<FrameRecord> frames();
   std::vector<FrameRecord> frames_of(int64_t file_id);
+  // Calls fn(id, vector) for each of `ids` that is in the catalog (others are skipped), in the
+  // order given; one indexed lookup each. kCorrupt for a damaged embedding, as for_each_embedding.
+  void for_each_embedding_of(const std::vector<int64_t>& ids, int dim,
+                             const std::function<void(int64_t, const float*)>& fn);
+
+  // The change log, for readers that combine an older vector snapshot with what changed since
+  // (index_store.h). SQLite triggers on `files` record, for each id inserted, whose embedding was
+  // updated, or deleted, the generation its transaction commits as (table `changes`, one row per
+  // id, its latest change). Created by a writer's open on any catalog that lacks it: additive, no
+  // schema version of its own, and older cnclip versions that write the catalog update it too.
+  // The generation from which on the log is complete (the log holds every change committed after
+  // it), or nullopt when the catalog has no log (an old catalog opened read-only).
+  std::optional<int64_t> changes_since();
+  // Ids changed in generations after `generation` (which must be >= changes_since()).
+  std::vector<int64_t> changed_since(int64_t generation);
+  // Forgets the changes up to `generation` (a snapshot of it was written), in a transaction of its
+  // own that does not bump the generation (nothing the snapshot holds changes). Not inside begin().
+  void prune_changes(int64_t generation);
+  // A read transaction: everything read until end_read() sees one committed state. Does nothing
+  // (returns false) when a transaction is already open; end_read() only when it returned true.
+  bool begin_read();
+  void end_read();
 
   // Files that could not be decoded, remembered with their size and mtime so that an unchanged
   // broken file is not decoded (and reported) again on every run.
@@ -150,6 +172,10 @@ class Catalog {
   // Brings a catalog of an older schema to the current one, in place (run on open); throws kMismatch
   // for a newer schema.
   void upgrade_schema();
+  // Creates the change log (changes_since) when missing; writable catalogs only.
+  void ensure_change_log();
+  void ensure_frame_change_triggers();
+  bool has_table(const char* name);
   sqlite3_stmt* prepare(const char* sql);
   void exec(const char* sql);
   // DELETE of `dir` itself and every path below it from `table`; returns the rows deleted.

@@ -1,10 +1,14 @@
 // An index directory: the catalog (catalog.sqlite3, the source of truth), a vector snapshot derived
-// from it (vectors-<generation>.faiss), and a lock file that admits one writer at a time.
+// from it (vectors-<generation>.faiss, of the type the catalog's setting asks for: vector_index.h),
+// and a lock file that admits one writer at a time.
 //
 // Crash safety: every batch of work is one SQLite transaction, so after a crash (even kill -9) the
 // catalog holds exactly the committed batches. A snapshot is named after the catalog generation it
-// was built from and written atomically; a reader uses it only when that generation is current and
-// otherwise builds the vectors from the catalog, so the two can never disagree.
+// was built from and written atomically. A search uses the newest snapshot plus the catalog's
+// change log since its generation (catalog.h): the ids changed since are masked out of the
+// snapshot and their current vectors read from the catalog (the delta), so the two can never
+// disagree, and a search during a long index run (or after an interrupted one) reads only the
+// delta from SQLite, not every embedding.
 //
 // Damage: the snapshot carries a checksum verified on every open (vector_index.h); a damaged one is
 // ignored (the catalog's vectors are used), reported once through the warning handler, and
@@ -18,6 +22,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "cnclip/bundle.h"
 #include "cnclip/catalog.h"
@@ -73,16 +78,41 @@ class IndexStore {
   void record_model(const BundleManifest& bundle);
   int embedding_dim();
 
-  // The vectors of the current generation: the snapshot file when current and intact, else built
-  // from the catalog (a damaged snapshot is reported once through the warning handler). Throws
-  // kCorrupt when a catalog embedding is damaged.
+  // Exact fp32 vectors of the current generation, with contiguous rows (vectors() and ids() set):
+  // the flat snapshot file when current and intact, else built from the catalog (a damaged snapshot
+  // is reported once through the warning handler). Throws kCorrupt when a catalog embedding is
+  // damaged. For callers that read rows (classify, dups); searches use search_vectors().
   std::unique_ptr<VectorIndex> load_vectors();
+  // What searches use: the newest intact snapshot of a generation the change log covers, with the
+  // delta since (VectorIndex::with_delta; none when it is current), else the catalog's vectors.
+  // All read in one read transaction, so snapshot, delta and the generation agree. With `exact`,
+  // only a flat snapshot is used (another type gives way to the catalog's vectors: seconds at a
+  // million). A damaged snapshot is reported through the warning handler.
+  std::unique_ptr<VectorIndex> search_vectors(bool exact = false);
+
+  // The snapshot type setting (`cnclip index --vectors`): "flat" unless set.
+  VectorSpec vector_spec();
+  // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it.
+  void set_vector_spec(const VectorSpec& spec);
+  // The concrete type a snapshot written now would have (vector_spec() resolved for count()).
+  std::string wanted_vector_type();
+  // One line on the last snapshot built by this store (its tuning), or "".
+  const std::string& snapshot_report() const { return snapshot_report_; }
+  // Above this many changed ids (and above 1% of the snapshot), an approximate snapshot is rebuilt
+  // rather than kept with its delta: a delta of 10,000 ViT-B-16 vectors is 20 MB read from SQLite
+  // by each search that opens the index (~50 ms), against a rebuild of the whole IVF.
+  static constexpr int64_t kDeltaRebuildAbove = 10'000;
   // The current generation's snapshot when it exists and passes its checks, else null (with the
   // reason in *problem when it exists but is damaged).
   std::unique_ptr<VectorIndex> open_snapshot(std::string* problem = nullptr);
-  // Writes the snapshot for the current generation and deletes older ones (kWrite).
+  // Writes the snapshot for the current generation (of wanted_vector_type(); approximate types are
+  // trained from the catalog's vectors and tuned, vector_index.h), prunes the change log up to it
+  // and deletes older snapshots (kWrite).
   void write_snapshot();
-  // write_snapshot() unless the current one is intact; true when it wrote one (kWrite).
+  // write_snapshot() unless the current one is intact and of the wanted type, or (approximate types
+  // only) an older intact one of the wanted type has a delta of at most kDeltaRebuildAbove ids (or
+  // 1% of its size): an approximate snapshot is rebuilt when its delta has drifted that far, or when
+  // the wanted type changes (auto's list count follows the size). True when it wrote one (kWrite).
   bool ensure_snapshot();
   // Path of the snapshot for the current generation, whether or not it exists.
   std::string snapshot_path();
@@ -93,6 +123,13 @@ class IndexStore {
   std::string dir_;
   std::unique_ptr<Catalog> catalog_;
   int lock_fd_;
+  std::string snapshot_report_;
+  // Snapshot generations present on disk, newest first.
+  std::vector<int64_t> snapshot_generations();
+  std::string snapshot_path(int64_t generation);
+  // The snapshot of `generation` when intact and of the index's dimension, else null (and the reason).
+  std::unique_ptr<VectorIndex> open_snapshot_of(int64_t generation, std::string* problem);
+  std::unique_ptr<VectorIndex> catalog_vectors();
 };
 
 }  // namespace cnclip

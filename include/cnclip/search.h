@@ -107,11 +107,17 @@ struct QueryResult {
   std::vector<RankedHit> hits;
 };
 
-// Searches one index. Loads the vectors on construction (memory-mapped snapshot, or built from the
-// catalog when the snapshot is not current). Not thread-safe.
+// Searches one index. Loads the vectors on construction (IndexStore::search_vectors: the newest
+// snapshot with the delta since, or the catalog's vectors). On an approximate snapshot (flat-fp16,
+// flat-sq8, IVF, HNSW: VectorIndex::exact() false) each query takes candidates_for(offset + k)
+// candidates from it and re-scores them with the catalog's embeddings, so every score returned is
+// the exact cosine and the order is exact among the candidates; recall@10 against flat is what the
+// snapshot was tuned to (>= 0.95, README "Scale"), and filters (--under, times) apply inside the
+// approximate search. With `exact` (--exact), only a flat snapshot is used: on an index of another
+// type the vectors come from the catalog. Not thread-safe.
 class Searcher {
  public:
-  explicit Searcher(IndexStore& store);
+  explicit Searcher(IndexStore& store, bool exact = false);
   ~Searcher();
 
   int64_t size() const;

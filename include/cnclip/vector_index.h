@@ -1,9 +1,13 @@
-// Exhaustive inner-product search over L2-normalized embeddings (so scores are cosine similarities).
-// On disk the vectors are a FAISS index file, IndexIDMap2 over IndexFlatIP (ids = catalog ids), which
-// faiss::read_index reads like any other; cnclip memory-maps it instead, because FAISS 1.7.3 copies a
-// flat index into memory on load (about 1.5 s for a million vectors) and cannot map it.
+// Inner-product search over L2-normalized embeddings (so scores are cosine similarities), in one of
+// several snapshot types (VectorSpec below). The default, exact type is "flat": on disk a FAISS index
+// file, IndexIDMap2 over IndexFlatIP (ids = catalog ids), which faiss::read_index reads like any
+// other; cnclip memory-maps it instead, because FAISS 1.7.3 copies a flat index into memory on load
+// (about 1.5 s for a million vectors) and cannot map it. Every other type is whatever
+// faiss::index_factory builds from its factory string ("SQfp16", "IVF1024,SQ8", "HNSW32", ...),
+// written by faiss::write_index as an IndexIDMap over it (ids = catalog ids) and read back with
+// faiss::read_index (a copy: 0.5 GB at a million vectors for IVF,SQ8; see the README's scale table).
 //
-// Integrity: VectorFileWriter appends a 24-byte trailer after the FAISS data ("CNCLIPX3", the number
+// Integrity: every snapshot carries a 24-byte trailer after the FAISS data ("CNCLIPX3", the number
 // of bytes covered, and the XXH3-64 of all of them; FAISS's own reader stops before it), and
 // open_file verifies it on every open, so random bytes anywhere (header, vectors, ids), a cut or an
 // extended file are all caught before a search uses the data. Why a full hash on every open: XXH3
@@ -15,6 +19,7 @@
 // every block; verifying once and recording it would miss damage done after that.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -32,6 +37,8 @@ struct SearchHit {
 class VectorIndex {
  public:
   virtual ~VectorIndex() = default;
+  // A snapshot of another type, or a snapshot with a delta (with_delta), has no contiguous float
+  // rows: vectors() and ids() are then null.
   // Copies `ids` (n) and `vectors` (n * dim) into an in-memory index.
   static std::unique_ptr<VectorIndex> from_vectors(int dim, std::vector<int64_t> ids, std::vector<float> vectors);
   // Memory-maps a file written by VectorFileWriter (or, with !require_checksum, by faiss::write_index
@@ -49,18 +56,75 @@ class VectorIndex {
   // never dereference it as float. (Copying 2 GB at a million vectors into aligned memory would
   // give up the shared page cache that makes a warm query cheap.)
   virtual const float* vectors() const = 0;
+  // "flat" (exact fp32), "flat-fp16", "flat-sq8", or the FAISS factory string of an approximate
+  // type ("IVF1024,SQ8", "HNSW32", ...), as VectorSpec names them.
+  virtual std::string type() const { return "flat"; }
+  // Whether search() ranks by exact fp32 cosines (flat, and flat with a flat delta). Other types
+  // return approximate scores: callers re-score their candidates from the catalog (search.h).
+  virtual bool exact() const { return true; }
+
+  // The snapshot `base` with its newer changes: every id of `changed` (added, re-encoded or removed
+  // since the snapshot was written) is masked out of `base`, and `fresh` holds the current vectors
+  // of those still present. Searches merge both. exact() when both parts are exact.
+  static std::unique_ptr<VectorIndex> with_delta(std::unique_ptr<VectorIndex> base, std::vector<int64_t> changed,
+                                                 std::unique_ptr<VectorIndex> fresh);
 
   // For each of the nq queries (nq * dim floats), up to k hits, best first. When `allowed` is given,
   // only ids it accepts are considered. Scores are cosines of unit vectors, always within [-1, 1]:
   // rounding past the bounds is clamped, and a score that is not finite or lies further out (a vector
   // or query that is not unit length: damage) throws Exception(kCorrupt) instead of being returned.
-  std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
-                                             const std::function<bool(int64_t)>& allowed = nullptr) const;
+  // Approximate types may return fewer than k hits when the probed part of the index holds fewer
+  // allowed vectors, and their scores are within ~1e-2 (SQ8) of the exact cosine.
+  virtual std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
+                                                     const std::function<bool(int64_t)>& allowed = nullptr) const;
   // For each query, every hit with score >= min_score (FAISS range search), in no particular order;
   // the same checks and clamping as search().
-  std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
-                                                   const std::function<bool(int64_t)>& allowed = nullptr) const;
+  virtual std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
+                                                           const std::function<bool(int64_t)>& allowed = nullptr) const;
 };
+
+// Which snapshot type an index keeps (`cnclip index --vectors SPEC`, stored in the catalog).
+//   flat        exact fp32 (the default): 4 bytes per dimension, mapped, no training.
+//   flat-fp16   FAISS "SQfp16": half the memory and bandwidth; scores within ~1e-3.
+//   flat-sq8    FAISS "SQ8": a quarter; scores within ~1e-2.
+//   ivf         "IVF{nlist},SQ8" with nlist = ivf_nlist(n): the approximate type (README "Scale").
+//   auto        flat below kAutoApproximateAbove vectors, else ivf.
+//   anything else: a FAISS factory string (inner-product metric), e.g. "HNSW32", "IVF4096,PQ64";
+//   "IVF," without a list count gets ivf_nlist(n).
+// Approximate types are trained from the catalog's vectors, and their search parameter (nprobe,
+// efSearch) is tuned when the snapshot is built: the smallest value whose recall@10 against flat,
+// with cnclip's re-scoring of kCandidates(10) candidates, is at least kTargetRecall on queries made
+// from the index's own vectors (see build_snapshot).
+struct VectorSpec {
+  // auto switches to IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB, ~50 ms
+  // at ~20 GB/s, the budget for a warm query. An estimate, not yet measured by
+  // `scripts/bench.sh --scale` (README "Scale").
+  static constexpr int64_t kAutoApproximateAbove = 500'000;
+  static constexpr double kTargetRecall = 0.95;
+  // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
+  // factory cannot build it (checked at dimension `dim`).
+  static VectorSpec parse(const std::string& text, int dim);
+  // The concrete type for an index of n vectors: "flat", or a factory string with counts filled in.
+  std::string resolve(int64_t n) const;
+  std::string text = "flat";
+};
+// The canonical name of a resolved type, as VectorIndex::type() gives it for a snapshot of it
+// ("SQfp16" and "flat-fp16" are both "flat-fp16"); kInvalidArgument as VectorSpec::parse.
+std::string canonical_vector_type(const std::string& type, int dim);
+// Lists of an IVF for n vectors: the power of two nearest to sqrt(n), within [16, 65536]
+// (k-means cost grows with lists x sample, and the sample with the lists: README "Scale").
+int ivf_nlist(int64_t n);
+// How many candidates an approximate search takes for `want` results before re-scoring.
+inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(want, 32); }
+
+// Builds a snapshot of `type` (VectorSpec::resolve's output; not "flat") from the n vectors that
+// `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
+// to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
+// receives one line on the tuning (search parameter and measured recall). Throws like
+// VectorFileWriter, kInvalidArgument for a type FAISS cannot build.
+using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
+void build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n, const VectorSource& fill,
+                    std::string* report = nullptr);
 
 // Writes a vector file atomically, with its checksum trailer; `count` vectors must be added before
 // commit(). add() refuses a vector that is not finite (kCorrupt).

@@ -71,6 +71,7 @@ struct IndexCommand {
   double frame_interval = kDefaultFrameInterval;
   CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr, *no_video_opt = nullptr;
   int batch_size = 4, jobs = 0;
+  std::string vectors;  // --vectors TYPE ("" = keep the index's setting)
 };
 
 
@@ -112,6 +113,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0, kMaxThreads);
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
     add_null_input_option(sub, o, "paths");
+    sub->add_option("--vectors", c.vectors,
+                    "Snapshot type kept for searches: flat (exact, the default), flat-fp16, flat-sq8, ivf, auto (flat up "
+                    "to 500,000 vectors, then ivf) or a FAISS factory string (IVF4096,SQ8, HNSW32...); remembered. "
+                    "Without paths: only rebuild the snapshot (no model needed)");
     one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
@@ -131,6 +136,32 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           // Before anything is created: a mistyped --index must not leave an empty index behind.
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: " + dir +
                                                            " holds no index yet; give folders or files (cnclip index PATH...)");
+        }
+        if (opts.paths.empty() && !c.vectors.empty()) {
+          // Only the snapshot: from the catalog's vectors, whatever filled it (index or import).
+          auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
+          store->set_vector_spec(VectorSpec::parse(c.vectors, store->embedding_dim()));
+          const auto start = std::chrono::steady_clock::now();
+          store->write_snapshot();
+          const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          const std::string type = store->wanted_vector_type();
+          if (o.format == "json") {
+            nlohmann::ordered_json j;
+            j["vectors"] = c.vectors;
+            j["type"] = type;
+            j["count"] = store->catalog().count();
+            j["seconds"] = secs;
+            j["tuning"] = store->snapshot_report();
+            std::cout << j.dump() << std::endl;
+          } else if (!o.quiet) {
+            std::ostringstream line;
+            line.precision(1);
+            line << std::fixed << "cnclip: vector snapshot rebuilt as " << type << " (" << store->catalog().count()
+                 << " vectors, " << secs << " s)";
+            if (!store->snapshot_report().empty()) line << "; " << store->snapshot_report();
+            std::cerr << line.str() << '\n';
+          }
+          return 0;
         }
         if (c.hidden_opt->count() + c.exclude_opt->count() + c.ext_opt->count() + c.no_video_opt->count() > 0) {
           opts.walk = WalkOptions{};
@@ -159,6 +190,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (opts.paths.empty() && store->catalog().roots().empty()) {
           throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
         }
+        // Built by the run's last step (IndexStore::ensure_snapshot).
+        if (!c.vectors.empty()) store->set_vector_spec(VectorSpec::parse(c.vectors, model->dim()));
         TerminalObserver observer(stderr_is_terminal() && !o.quiet, o.quiet);
         const IndexSummary s = run_index(*store, *model, opts, observer);
         observer.end_bar();

@@ -45,6 +45,7 @@ struct SearchCommand {
   std::string after, before;  // --after/--before as given
   std::string sort = "score";
   long long offset = 0;
+  bool exact = false;  // --exact: a flat search whatever the index's snapshot type
 };
 
 void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
@@ -75,6 +76,9 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
          {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
                 "NUL instead of newline: after each path of --format paths, and between the items read from stdin");
+  sub->add_flag("--exact", c.exact,
+                "Exact search even when the index keeps approximate vectors (cnclip index --vectors): its flat "
+                "snapshot, or the catalog's vectors (slower)");
   sub->add_flag("--no-server", c.no_server,
                 "Answer here even when a 'cnclip serve' runs for the index (default: send the query to it)");
   add_model_options(sub, o);
@@ -172,10 +176,10 @@ struct OpenedIndex {
   std::unique_ptr<IndexStore> store;
   std::unique_ptr<Searcher> searcher;
 };
-OpenedIndex open_index(const CommonOptions& o, const BundleManifest& bundle) {
+OpenedIndex open_index(const CommonOptions& o, const BundleManifest& bundle, bool exact) {
   OpenedIndex opened;
   opened.store = open_for_search(o, bundle);
-  opened.searcher = std::make_unique<Searcher>(*opened.store);
+  opened.searcher = std::make_unique<Searcher>(*opened.store, exact);
   return opened;
 }
 
@@ -209,7 +213,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   // loaded only when the server cannot answer (then from that query on, so the output is the same).
   std::optional<BundleManifest> bundle;
   // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
-  std::unique_ptr<RouteClient> route = c.not_texts.empty() ? connect_route(o, c, bundle) : nullptr;
+  std::unique_ptr<RouteClient> route = c.not_texts.empty() && !c.exact ? connect_route(o, c, bundle) : nullptr;
   std::unique_ptr<Model> model;
   std::future<OpenedIndex> pending;
   std::unique_ptr<Tokenizer> route_tokenizer;
@@ -217,7 +221,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     route.reset();
     if (model) return;
     model = open_model(o);
-    pending = std::async(std::launch::async, [&o, &model] { return open_index(o, model->manifest()); });
+    pending = std::async(std::launch::async, [&o, &c, &model] { return open_index(o, model->manifest(), c.exact); });
   };
   if (route) {
     route_tokenizer = WordPieceTokenizer::from_vocab_file(bundle->path_of("vocab.txt"));
@@ -331,7 +335,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   // answers from the stored embedding of an indexed, unchanged file or encodes the bytes sent.
   std::optional<BundleManifest> bundle;
   // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
-  std::unique_ptr<RouteClient> route = c.not_texts.empty() ? connect_route(o, c, bundle) : nullptr;
+  std::unique_ptr<RouteClient> route = c.not_texts.empty() && !c.exact ? connect_route(o, c, bundle) : nullptr;
   SearchOptions opts = search_options(c);
   if (route && route->check(opts, o.mixed_precision).status != RouteClient::Status::kAnswered) {
     route_debug(*route);
@@ -344,7 +348,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
     if (model) return;
     model = open_model(o);
     // The index first: a query that is already indexed needs no image tower at all.
-    opened = open_index(o, model->manifest());
+    opened = open_index(o, model->manifest(), c.exact);
   };
   if (!route) go_local();
   if (model) add_not_filter(opts, *model, c);  // a routed search has no --not (above)
