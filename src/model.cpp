@@ -263,7 +263,9 @@ std::string compute_backend_description() {
       std::string f = info.dli_fname;
       char real[4096];
       if (realpath(f.c_str(), real)) f = real;
-      blas = f.find("openblas") != std::string::npos ? "OpenBLAS (" + f + ")" : "reference BLAS (" + f + ")";
+      blas = f.find("openblas") != std::string::npos ? "OpenBLAS (" + f + ")"
+             : f.find("blis") != std::string::npos   ? "BLIS (" + f + ")"
+                                                     : "reference BLAS (" + f + ")";
       // OpenBLAS picks its kernels from the CPU, unless OPENBLAS_CORETYPE forces others: name them.
       using CoreName = char* (*)();
       if (auto core = reinterpret_cast<CoreName>(dlsym(h, "openblas_get_corename"))) {

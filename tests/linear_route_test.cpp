@@ -3,14 +3,18 @@
 // embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
 // features, and at cosine >= 0.99999 to the BLAS route's.
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "cnclip/model.h"
 #include "cnclip/npy.h"
+#include "cnclip/runtime.h"
 #include "test_util.h"
 
 namespace cnclip {
@@ -104,6 +108,43 @@ TEST(LinearRoute, Int8BundleIgnoresTheRoute) {
   const auto text_ref =
       normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
   EXPECT_GE(min_cosine(model->encode_token_ids(ids.data(), 20, 52), text_ref, 32), 0.99);
+}
+
+}  // namespace
+}  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// restart_with_short_openmp_spin (runtime.h), run in a child process with `env` set: what the
+// program it execs (a shell) sees as GOMP_SPINCOUNT, or "returned" when it did not exec.
+std::string spin_seen_after_restart(const char* name, const char* value) {
+  test::TempDir dir;
+  const std::string out = dir / "out";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    unsetenv("OMP_WAIT_POLICY");
+    unsetenv("GOMP_SPINCOUNT");
+    if (name) setenv(name, value, 1);
+    const std::string script = "printf %s \"$GOMP_SPINCOUNT\" > '" + out + "'";
+    char* argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"), const_cast<char*>(script.c_str()), nullptr};
+    restart_with_short_openmp_spin(argv, "/bin/sh");
+    FILE* f = fopen(out.c_str(), "w");
+    if (f) {
+      fputs("returned", f);
+      fclose(f);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return test::read_text(out);
+}
+
+TEST(OpenMpSpin, RestartsWithAShortSpinUnlessTheUserChose) {
+  EXPECT_EQ(spin_seen_after_restart(nullptr, nullptr), "1000");
+  EXPECT_EQ(spin_seen_after_restart("GOMP_SPINCOUNT", "5"), "returned");
+  EXPECT_EQ(spin_seen_after_restart("OMP_WAIT_POLICY", "active"), "returned");
 }
 
 }  // namespace

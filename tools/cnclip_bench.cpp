@@ -19,6 +19,7 @@
 
 #include "cnclip/encode_options.h"
 #include "cnclip/model.h"
+#include "cnclip/runtime.h"
 
 using namespace cnclip;
 
@@ -68,6 +69,7 @@ __attribute__((target("avx2,fma"))) double fma_gflops_avx2(long iters) {
 }
 
 int main(int argc, char** argv) {
+  restart_with_short_openmp_spin(argv);  // as `cnclip` runs its model commands (runtime.h)
   CLI::App app{"cnclip-bench: model-level measurements for scripts/bench.sh"};
   app.require_subcommand(1);
   std::string bundle;
@@ -229,6 +231,9 @@ int main(int argc, char** argv) {
         return q;
       };
       const int len = model->manifest().context_length;
+      const auto t_load = std::chrono::steady_clock::now();
+      model->load_text_tower();  // for a float32 bundle, with the Linear route of many-call commands
+      out["load_ms"] = seconds_since(t_load) * 1000;
       auto ids = model->tokenizer().encode(query(iters), len);
       model->encode_token_ids(ids.data(), 1, len);  // warm-up
       double best = 1e30;

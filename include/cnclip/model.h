@@ -30,6 +30,17 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
+  // fp32 Linear layers: with this set, a float32 bundle's text tower (on CPU) runs its Linears through
+  // XNNPACK with the weights packed once at load, instead of through BLAS, which repacks the weight
+  // matrix on every call: a 15-token query multiplies 15 rows by each matrix, and packing dominates
+  // (cnclip-bench text: ~0.7-0.8x the time). Packing costs ~1 s of load for ViT-B-16's text tower
+  // on the loaded 2-core test machine, so one-shot commands keep BLAS. The image tower always uses
+  // BLAS (its 788-row products: XNNPACK took ~1.2x the time). XNNPACK picks its kernels from the
+  // CPU at run time (AVX-512, AVX2+FMA, AVX, SSE); results agree with BLAS's to float rounding
+  // (cosine >= 0.99999, tests/linear_route_test.cpp). XNNPACK computes in LibTorch's one
+  // process-wide thread pool, sized by the last set_compute_threads call of any thread, so
+  // concurrent text encodes share its threads. Environment CNCLIP_FP32_LINEAR=blas|xnnpack forces
+  // a route for both towers (measurements; xnnpack then fails the load if it cannot be applied).
   bool optimize_for_many_calls = false;
 };
 
@@ -99,12 +110,12 @@ void set_compute_threads(int n);
 // The calling thread's intra-op thread count.
 int compute_threads();
 
-// "LibTorch 1.13.1, OpenBLAS (...), 2 intra-op threads": what actually computes, for benchmarks.
+// "LibTorch 1.13.1, OpenBLAS (PATH, Cooperlake kernels), 2 intra-op threads": what actually computes
+// (OpenBLAS's kernels as it chose them for the CPU, or as OPENBLAS_CORETYPE forced), for benchmarks.
 // Loads the model module (as does measure_sgemm_gflops); throws Exception if it cannot.
 std::string compute_backend_description();
 
-// Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s:
-// the roofline the model's speed is compared with.
+// Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s.
 double measure_sgemm_gflops(int n, int repeats);
 
 }  // namespace cnclip
