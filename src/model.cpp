@@ -51,11 +51,13 @@ LinearRoute linear_route(bool text_tower, bool many_calls) {
     if (std::strcmp(env, "blas") == 0) return LinearRoute::kBlas;
     if (std::strcmp(env, "xnnpack") == 0) return LinearRoute::kXnnpack;
   }
-  // The text tower's Linears multiply ~15 rows by the weights: BLAS repacks each weight matrix on
-  // every call, XNNPACK packs them once at load (cnclip-bench text: ~0.7x the time). Packing costs
-  // time at load, so only for commands that encode many texts. The image tower's 788-row products
-  // are faster through BLAS (XNNPACK: ~1.14x the time).
-  return text_tower && many_calls ? LinearRoute::kXnnpack : LinearRoute::kBlas;
+  // BLAS for both towers. XNNPACK with weights packed at load ran a 15-token query single-threaded
+  // in 0.6-0.8x BLAS's time (BLAS repacks each weight matrix per call), but with 2 threads on a busy
+  // machine its thread pool, which spins like libgomp's default, made it 2-5x slower than BLAS; and
+  // the image tower's 788-row products took 1.2x the time (scripts/bench.sh --peer, README).
+  (void)text_tower;
+  (void)many_calls;
+  return LinearRoute::kBlas;
 }
 
 // Below this length an embedding carries no direction (a model that lost its weights returns zeros).

@@ -1,5 +1,5 @@
 // The float32 towers' Linear routes (model.h, "fp32 Linear layers"): BLAS, and XNNPACK with weights
-// packed at load (the default for the text tower of many-call commands). Whatever route runs, the
+// packed at load (CNCLIP_FP32_LINEAR=xnnpack). Whatever route runs, the
 // embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
 // features, and at cosine >= 0.99999 to the BLAS route's.
 #include <gtest/gtest.h>

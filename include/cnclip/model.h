@@ -30,17 +30,13 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
-  // fp32 Linear layers: with this set, a float32 bundle's text tower (on CPU) runs its Linears through
-  // XNNPACK with the weights packed once at load, instead of through BLAS, which repacks the weight
-  // matrix on every call: a 15-token query multiplies 15 rows by each matrix, and packing dominates
-  // (cnclip-bench text: ~0.7-0.8x the time). Packing costs ~1 s of load for ViT-B-16's text tower
-  // on the loaded 2-core test machine, so one-shot commands keep BLAS. The image tower always uses
-  // BLAS (its 788-row products: XNNPACK took ~1.2x the time). XNNPACK picks its kernels from the
-  // CPU at run time (AVX-512, AVX2+FMA, AVX, SSE); results agree with BLAS's to float rounding
-  // (cosine >= 0.99999, tests/linear_route_test.cpp). XNNPACK computes in LibTorch's one
-  // process-wide thread pool, sized by the last set_compute_threads call of any thread, so
-  // concurrent text encodes share its threads. Environment CNCLIP_FP32_LINEAR=blas|xnnpack forces
-  // a route for both towers (measurements; xnnpack then fails the load if it cannot be applied).
+  // fp32 Linear layers run through BLAS (OpenBLAS, with the kernels it picks for the CPU). The
+  // environment variable CNCLIP_FP32_LINEAR=xnnpack instead packs a float32 bundle's Linear weights
+  // once at load for XNNPACK (which picks its kernels from the CPU at run time); it adds ~1 s to
+  // loading ViT-B-16's text tower and fails the load if it cannot be applied. Measured routes and
+  // why BLAS stays the default: README "Performance". Both routes agree to float rounding (cosine
+  // >= 0.99999, tests/linear_route_test.cpp). XNNPACK computes in LibTorch's one process-wide
+  // thread pool, sized by the last set_compute_threads call of any thread.
   bool optimize_for_many_calls = false;
 };
 

@@ -27,7 +27,6 @@ int serve(const CommonOptions& o, const ServeCommand& c) {
   s.model_dir = resolve_model_dir(o.model);
   s.model.device = o.device;
   s.model.threads = o.threads;
-  s.model.optimize_for_many_calls = true;  // a server encodes query after query (ModelOptions)
   s.mixed_precision = o.mixed_precision;
   s.max_upload_bytes = static_cast<size_t>(c.max_upload_mb * 1024 * 1024);
   s.workers = c.workers;
