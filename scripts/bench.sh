@@ -8,7 +8,7 @@
 # with noise; a full-size ViT-B-16 with random weights in the official checkpoint layout, exported
 # fp32 and int8; 100k and 1M random embeddings imported into two indexes; 10,000 small images indexed
 # with the tiny bundle. Then measures, and prints a Markdown table (also written to DIR/results.md):
-#   - sgemm GFLOP/s (the roofline) and the image tower's ms/image, fp32 and int8; text query encoding;
+#   - the image tower's ms/image, fp32 and int8; text query encoding;
 #     tokenizing 10,000 captions
 #   - `cnclip index` images/s vs the Python reference pipeline (Pillow decode + Chinese-CLIP's
 #     transform + the same TorchScript model from /usr/bin/python3, batches of 8), interleaved
@@ -27,7 +27,15 @@
 #     time of `cnclip index`), on a 720p H.264 video of 60 s with scene cuts (made by ffmpeg), at the
 #     default --frame-interval 2, with ViT-B-16 fp32 (random weights) and with the tiny model (which
 #     leaves mostly the decoding: its share of the cost).
+#   - the peer: ONNX Runtime (npm onnxruntime-node, installed into DIR/ort-node) running the same
+#     ViT-B-16 towers exported to ONNX, fp32 and its dynamic int8, interleaved with cnclip-bench: same
+#     threads, batch 4, 15-token queries; the ratios, the CPU's ISA, the BLAS kernels, and the CPU's
+#     float32 limit (cnclip-bench peak). `scripts/bench.sh --peer [--threads N]` runs only this block.
+#
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset for the bench's commands: users run OpenBLAS with
+# the kernels it picks for their CPU (the test suite may force others; that is the suite's business).
 set -euo pipefail
+unset OPENBLAS_CORETYPE OPENBLAS_L2_SIZE
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="$repo/build/bench"
 rounds=2
@@ -36,6 +44,8 @@ startup_only=0
 models_only=0
 video_only=0
 if [ "${1:-}" = --scale ]; then shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench_scale.sh" "$@"; fi
+peer_only=0
+peer_threads=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -44,6 +54,8 @@ while [ $# -gt 0 ]; do
     --startup-only) startup_only=1; shift ;;
     --models) models_only=1; shift ;;
     --video) video_only=1; shift ;;
+    --peer) peer_only=1; shift ;;
+    --threads) peer_threads=$2; shift 2 ;;
     *) echo "bench.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -95,9 +107,83 @@ if stale "$fp32" || { [ "$video_only" = 0 ] && stale "$int8"; }; then
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$fp32"
   "$py" "$repo/scripts/export_model.py" --checkpoint "$work/vitb16-random.pt" --out "$int8" --precision int8
 fi
+
+# ---- the peer: ONNX Runtime on the same towers (issue #20) ---------------------------------------------
+# Prints Markdown rows. The towers are exported from the bundle's TorchScript files (bench_helper.py
+# onnx-export; agreement checked and printed), ORT's dynamic int8 made from them (onnx-int8), and each
+# measurement alternates cnclip-bench and scripts/bench_ort.mjs, `rounds` times; medians and ratios.
+cpu_isa() {
+  local flags; flags=$(grep -m1 '^flags' /proc/cpuinfo)
+  local has=() f
+  for f in avx512f avx512_vnni avx512_bf16 amx_tile; do [[ " $flags " == *" $f "* ]] && has+=("$f"); done
+  if [[ " ${has[*]} " == *" avx512f "* ]]; then
+    echo "AVX-512$( [ ${#has[@]} -gt 1 ] && printf ' (%s)' "$(printf '%s ' "${has[@]:1}" | sed 's/ $//; s/avx512_//g; s/ /, /g; s/vnni/VNNI/; s/bf16/BF16/; s/amx_tile/AMX/')")"
+  elif [[ " $flags " == *" avx2 "* ]]; then echo "AVX2$([[ " $flags " == *" fma "* ]] && echo '+FMA')"
+  else echo "no AVX2"; fi
+}
+peer_rows() {
+  local threads=${1:-$(nproc)}
+  local ortdir="$work/ort-node" onnx="$work/onnx"
+  command -v node > /dev/null && command -v npm > /dev/null || { echo "bench.sh: --peer needs node and npm (scripts/setup.sh installs them)" >&2; return 1; }
+  if [ ! -d "$ortdir/node_modules/onnxruntime-node" ]; then
+    log "installing onnxruntime-node into $ortdir (its bundled CPU library: ONNXRUNTIME_NODE_INSTALL=skip)"
+    mkdir -p "$ortdir"; [ -f "$ortdir/package.json" ] || echo '{"private": true}' > "$ortdir/package.json"
+    (cd "$ortdir" && ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund --loglevel=error onnxruntime-node >&2)
+  fi
+  if [ ! -f "$onnx/text-int8.onnx" ] || [ "$fp32/bundle.json" -nt "$onnx/image.onnx" ]; then
+    log "exporting the ViT-B-16 towers to ONNX (torch.onnx.export of the TorchScript files) and ORT's dynamic int8"
+    "$py" "$helper" onnx-export "$fp32" "$onnx" 2> "$onnx.log" >&2 || { cat "$onnx.log" >&2; return 1; }
+    "$py" "$helper" onnx-int8 "$onnx/image.onnx" "$onnx/image-int8.onnx" >&2
+    "$py" "$helper" onnx-int8 "$onnx/text.onnx" "$onnx/text-int8.onnx" >&2
+  fi
+  local ort=(node "$repo/scripts/bench_ort.mjs" --ort "$ortdir")
+  local agree_img agree_txt int8_img int8_txt
+  agree_img=$("${ort[@]}" check "$onnx/image.onnx" "$onnx/check-image" --threads "$threads" | json_field max_abs_diff)
+  agree_txt=$("${ort[@]}" check "$onnx/text.onnx" "$onnx/check-text" --threads "$threads" | json_field max_abs_diff)
+  int8_img=$("${ort[@]}" check "$onnx/image-int8.onnx" "$onnx/check-image" --threads "$threads" | json_field min_cosine)
+  int8_txt=$("${ort[@]}" check "$onnx/text-int8.onnx" "$onnx/check-text" --threads "$threads" | json_field min_cosine)
+  log "ONNX fp32 outputs vs TorchScript: max abs difference image $agree_img, text $agree_txt"
+  "$py" -c "import sys; sys.exit(0 if max($agree_img, $agree_txt) <= 1e-6 else 1)" ||
+    { echo "bench.sh: the ONNX export disagrees with the TorchScript towers ($agree_img, $agree_txt)" >&2; return 1; }
+  local -A c o
+  local r p k
+  for r in $(seq "$rounds"); do
+    for p in fp32 int8; do
+      local b="$fp32" m="$onnx/image.onnx" t="$onnx/text.onnx"
+      [ "$p" = int8 ] && { b="$int8"; m="$onnx/image-int8.onnx"; t="$onnx/text-int8.onnx"; }
+      c[img-$p]+=" $("$bench" image "$b" --batch 4 --threads "$threads" --iters 3 | json_field ms_per_image)"
+      o[img-$p]+=" $("${ort[@]}" image "$m" --batch 4 --threads "$threads" --iters 3 | json_field ms_per_image)"
+      c[txt-$p]+=" $("$bench" text "$b" --threads "$threads" --iters 20 | json_field ms_per_query)"
+      o[txt-$p]+=" $("${ort[@]}" text "$t" --length 15 --threads "$threads" --iters 20 | json_field ms_per_query)"
+    done
+    log "peer round $r: $(for k in img-fp32 txt-fp32 img-int8 txt-int8; do printf '%s cnclip %.1f ORT %.1f  ' "$k" "${c[$k]##* }" "${o[$k]##* }"; done)"
+  done
+  local -A cm om
+  # shellcheck disable=SC2086
+  for k in img-fp32 txt-fp32 img-int8 txt-int8; do cm[$k]=$(median ${c[$k]}); om[$k]=$(median ${o[$k]}); done
+  # The CPU's float32 limit: FLOP per cycle of one core (FMA chains in registers, rounded to the power
+  # of two it is: load only lowers it) x clock x cores; or the measured figure if higher (turbo).
+  local one all mhz limit
+  one=$(for r in 1 2 3; do "$bench" peak --workers 1 --iters 2 | json_field peak_gflops; done | sort -g | tail -1)
+  all=$("$bench" peak --iters 2 | json_field peak_gflops)
+  mhz=$(sed -n 's/^cpu MHz\s*: //p' /proc/cpuinfo | head -1)
+  # On a machine too busy to show it, the ISA's least per core: 32 FLOP/cycle with AVX-512 (one
+  # 512-bit FMA unit, or two 256-bit as on Zen 4), 16 with FMA (Zen 1's two 128-bit units), else 8.
+  local isa_min=8
+  if grep -qw avx512f /proc/cpuinfo; then isa_min=32; elif grep -qw fma /proc/cpuinfo; then isa_min=16; fi
+  limit=$("$py" -c "import math; fpc = max(2 ** round(math.log2($one * 1000 / $mhz)), $isa_min); print(max(fpc * $mhz / 1000 * $(nproc), $all), fpc)")
+  local vit_gflop=35.1 blas lim  # ViT-B-16 at 224: multiply-adds x 2; lim: the limit of `threads` cores
+  lim=$("$py" -c "print(${limit% *} * min($threads, $(nproc)) / $(nproc))")
+  blas=$("$bench" sgemm --iters 1 --n 256 | json_field backend)
+  echo "| peer: CPU $(cpu_isa), $(nproc) cores at $(f "$mhz/1000" .2f) GHz; $blas | float32 limit $(f "${limit% *}" .0f) GFLOP/s ($(f "${limit#* }" .0f) FLOP/cycle/core measured by FMA chains; all cores measured at once now: $(f "$all" .0f)) | | ONNX export agrees with TorchScript to $(f "$agree_img" .1e) (image) / $(f "$agree_txt" .1e) (text); ORT int8 cosine to fp32 ≥ $(f "$int8_img" .5f) / $(f "$int8_txt" .5f) |"
+  echo "| peer: image tower fp32, ms/image (one call of 4, threads: $threads) | $(f "${cm[img-fp32]}" .0f) ($(f "100*$vit_gflop*1000/${cm[img-fp32]}/$lim" .0f)% of the limit of $threads cores) | ONNX Runtime $(f "${om[img-fp32]}" .0f) ($(f "100*$vit_gflop*1000/${om[img-fp32]}/$lim" .0f)%) | **$(f "${cm[img-fp32]}/${om[img-fp32]}" .2f)×** ORT's time |"
+  echo "| peer: text query fp32, 15 tokens, ms (threads: $threads) | $(f "${cm[txt-fp32]}" .1f) | ONNX Runtime $(f "${om[txt-fp32]}" .1f) | **$(f "${cm[txt-fp32]}/${om[txt-fp32]}" .2f)×** |"
+  echo "| peer: image tower int8, ms/image | $(f "${cm[img-int8]}" .0f) | ORT dynamic int8 $(f "${om[img-int8]}" .0f) | **$(f "${cm[img-int8]}/${om[img-int8]}" .2f)×** |"
+  echo "| peer: text query int8, ms | $(f "${cm[txt-int8]}" .1f) | ORT dynamic int8 $(f "${om[txt-int8]}" .1f) | **$(f "${cm[txt-int8]}/${om[txt-int8]}" .2f)×** |"
+}
 # ---- RN50 rows: the model sizes side by side ---------------------------------------------------------
 rn50_fp32="$work/rn50-fp32"; rn50_int8="$work/rn50-int8"
-if [ "$video_only" = 0 ] && { stale "$rn50_fp32" || stale "$rn50_int8"; }; then
+if [ "$video_only" = 0 ] && [ "$peer_only" = 0 ] && { stale "$rn50_fp32" || stale "$rn50_int8"; }; then
   log "exporting a random RN50 checkpoint (official layout), fp32 and int8"
   [ -f "$work/rn50-random.pt" ] ||
     "$py" "$repo/scripts/make_random_checkpoint.py" --arch RN50 --seed 0 --out "$work/rn50-random.pt"
@@ -175,6 +261,16 @@ if [ "$video_only" = 1 ]; then
   video_rows | tee "$work/video.md"
   exit 0
 fi
+if [ "$peer_only" = 1 ]; then
+  {
+    echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --peer --rounds $rounds\` on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)); full-size random ViT-B-16 weights."
+    echo
+    echo "| what | cnclip | ONNX Runtime | ratio / note |"
+    echo "| --- | --- | --- | --- |"
+    peer_rows "$peer_threads"
+  } | tee "$work/results-peer.md"
+  exit 0
+fi
 if [ "$models_only" = 1 ]; then
   {
     echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --models --rounds $rounds\` on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)); full-size random weights."
@@ -220,8 +316,7 @@ PY
 fi
 
 # ---- measurements ----------------------------------------------------------------------------------
-backend=$("$bench" sgemm --iters 3)
-sgemm1=$(echo "$backend" | json_field sgemm_gflops)
+backend=$("$bench" sgemm --iters 1 --n 256)
 log "model-only speed"
 # As `cnclip index` runs the model: one single-threaded call of 4 images per core (at most 4 calls);
 # and one call of 4, and of 1 (a search-image query), over all cores.
@@ -233,12 +328,6 @@ img_int8=$("$bench" image "$int8" --batch 4 --workers "$workers" --iters 3 | jso
 txt_fp32=$("$bench" text "$fp32" --iters 20 | json_field ms_per_query)
 txt_int8=$("$bench" text "$int8" --iters 20 | json_field ms_per_query)
 tokenize_s=$("$bench" tokenize "$fp32" --iters 3 | json_field seconds)
-sgemm2=$("$bench" sgemm --iters 3 | json_field sgemm_gflops)
-# The roofline is the faster way to run big matmuls here: one call over all cores, or one
-# single-threaded call per core side by side (as the indexing workers do).
-sgemm_w=$("$bench" sgemm --iters 3 --workers "$workers" | json_field sgemm_gflops)
-sgemm=$("$py" -c "print(max(($sgemm1 + $sgemm2) / 2, $sgemm_w))")
-vit_gflop=35.1  # ViT-B-16 at 224: 12 x (qkv + attention + out + MLP) + patch embedding, multiply-adds x 2
 
 log "indexing: $rounds interleaved rounds of Python reference, cnclip fp32, cnclip int8"
 py_rates=(); fp32_rates=(); int8_rates=()
@@ -295,8 +384,8 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo "| index, int8, images/s | $(f "$int8_rate" .2f) | Python $(f "$py_rate" .2f) | **$(f "$int8_rate/$py_rate" .2f)×**, min cosine to fp32 $(f "$cos_int8" .5f) |"
   echo "| eval 68 photos + 68 texts, fp32, images/s (image phase) | $(f "$eval_rate" .2f) | index fp32 $(f "$fp32_rate" .2f) | same pipeline: $(f "$eval_rate/$fp32_rate" .2f)× |"
   echo "| peak RSS while indexing | fp32 $fp32_rss MB, int8 $int8_rss MB | Python $py_rss MB | |"
-  echo "| image tower, ms/image: as \`index\` runs it ($workers calls of 4 images, cores shared out) / one call of 4 / one call of 1 | fp32 $(f "$img_fp32" .0f) / $(f "$img_fp32_one" .0f) / $(f "$img_fp32_b1" .0f), int8 $(f "$img_int8" .0f) | roofline $(f "$vit_gflop*1000/$sgemm" .0f) (sgemm $(f "$sgemm" .0f) GFLOP/s) | fp32 at **$(f "100*$vit_gflop*1000/$sgemm/$img_fp32" .0f)%** of roofline |"
-  echo "| text query encoding, ms | fp32 $(f "$txt_fp32" .1f), int8 $(f "$txt_int8" .1f) | ONNX Runtime 57 (issue #6) | padding trimmed |"
+  echo "| image tower, ms/image: as \`index\` runs it ($workers calls of 4 images, cores shared out) / one call of 4 / one call of 1 | fp32 $(f "$img_fp32" .0f) / $(f "$img_fp32_one" .0f) / $(f "$img_fp32_b1" .0f), int8 $(f "$img_int8" .0f) | ONNX Runtime: the peer rows below | |"
+  echo "| text query encoding, ms | fp32 $(f "$txt_fp32" .1f), int8 $(f "$txt_int8" .1f) | ONNX Runtime: the peer rows below | padding trimmed |"
   echo "| tokenize 10,000 mixed Chinese/English captions, s | $(f "$tokenize_s" .3f) | | one thread |"
   for n in "${sizes[@]}"; do
     echo "| search-text cold, $n vectors, p50 / p90 s | $(f "${st_p50[$n]}" .2f) / $(f "${st_p90[$n]}" .2f) | | peak RSS ${st_rss[$n]%.*} MB |"
@@ -306,4 +395,5 @@ cpu=$(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)
   echo "| re-index 10,000 unchanged files, p50 s | $(f "$(echo "$reindex" | json_field p50_s)" .2f) | | |"
   startup_rows
   model_rows
+  peer_rows "$peer_threads"
 } | tee "$work/results.md"

@@ -7,6 +7,9 @@
     bench_helper.py compare-index CATALOG.sqlite3 REF.npy PHOTOS         -> min/mean cosine
     bench_helper.py compare-catalogs A.sqlite3 B.sqlite3                  -> min/mean cosine
     bench_helper.py time-runs N -- COMMAND...                            -> p50/p90 seconds, peak RSS
+    bench_helper.py onnx-export BUNDLE OUTDIR   -> image.onnx, text.onnx (+ check inputs/outputs)
+    bench_helper.py onnx-int8 IN.onnx OUT.onnx  -> ONNX Runtime's dynamic int8 form of IN
+    bench_helper.py peak-flops                  -> the CPU's fp32 peak from its ISA, clock and cores
 """
 import argparse
 import json
@@ -143,6 +146,98 @@ def cmd_time_runs(a):
     print(json.dumps({"runs": a.n, "p50_s": p(0.5), "p90_s": p(0.9), "peak_rss_mb": max(rss) / 1024}))
 
 
+def cmd_onnx_export(a):
+    """The bundle's TorchScript towers as ONNX (torch.onnx.export of the very files cnclip runs), with
+    dynamic batch (and text length), plus a check set for scripts/bench_ort.mjs: fixed inputs and the
+    TorchScript outputs for them (raw little-endian files), so that ONNX Runtime's agreement is shown."""
+    import torch
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.bundle, "bundle.json"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    r = manifest["image"]["size"]
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randn(4, 3, r, r, generator=g)
+    ids = torch.randint(1000, 20000, (2, 15), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    ids[1, 9:] = 0  # a shorter second query: padding and its mask exported too
+    ids[1, 8] = 102
+    torch.set_num_threads(os.cpu_count())
+    report = {}
+    for name, x, axes in (("image", pixels, {0: "batch"}), ("text", ids, {0: "batch", 1: "length"})):
+        ts = torch.jit.load(os.path.join(a.bundle, f"{name}_encoder.pt")).eval()
+        out_path = os.path.join(a.out, f"{name}.onnx")
+        with torch.no_grad():
+            expected = ts(x)
+            torch.onnx.export(ts, (x,), out_path, input_names=["input"], output_names=["embedding"],
+                              dynamic_axes={"input": axes, "embedding": {0: "batch"}}, opset_version=14,
+                              do_constant_folding=True)
+        x.numpy().tofile(os.path.join(a.out, f"check-{name}.in"))
+        expected.numpy().astype(np.float32).tofile(os.path.join(a.out, f"check-{name}.out"))
+        with open(os.path.join(a.out, f"check-{name}.json"), "w") as f:
+            json.dump({"shape": list(x.shape), "dtype": "int64" if x.dtype == torch.int64 else "float32",
+                       "out_shape": list(expected.shape)}, f)
+        report[name] = out_path
+    print(json.dumps(report))
+
+
+def cmd_onnx_int8(a):
+    """ONNX Runtime's dynamic int8 for the exported towers, as onnxruntime.quantization.quantize_dynamic
+    leaves them after ORT's own graph fusion: every MatMul/Gemm with a constant weight becomes
+    com.microsoft.DynamicQuantizeMatMul (activations quantized to uint8 per call, weights int8). The
+    Python onnxruntime package (which has quantize_dynamic) is not in Debian, so this rewrite is done
+    with Debian's python3-onnx. Weights are symmetric int8 per output channel, like cnclip's int8
+    bundles (quantize_dynamic's per_channel=True); the rest of the graph is untouched."""
+    import onnx
+    from onnx import helper, numpy_helper
+    model = onnx.load(a.input)
+    graph = model.graph
+    # Constant weights are initializers, or (in towers frozen by the exporter) Constant nodes.
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    nodes, replaced, used_weights = [], 0, set()
+    for node in graph.node:
+        attrs = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+        weight = node.input[1] if len(node.input) > 1 else None
+        ok = node.op_type in ("MatMul", "Gemm") and weight in consts
+        if node.op_type == "Gemm":
+            ok = ok and attrs.get("transA", 0) == 0 and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if not ok:
+            nodes.append(node)
+            continue
+        w = consts[weight].astype(np.float32)
+        if node.op_type == "Gemm" and attrs.get("transB", 0):
+            w = w.T
+        if w.ndim != 2:
+            nodes.append(node)
+            continue
+        scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # per output column of [K, N]
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        base = f"{node.name or weight}_int8_{replaced}"
+        graph.initializer.extend([numpy_helper.from_array(q, base + "_w"),
+                                  numpy_helper.from_array(scale.astype(np.float32), base + "_scale"),
+                                  numpy_helper.from_array(np.zeros(q.shape[1], np.int8), base + "_zp")])
+        ins = [node.input[0], base + "_w", base + "_scale", base + "_zp"]
+        if node.op_type == "Gemm" and len(node.input) > 2 and node.input[2]:
+            ins.append(node.input[2])
+        nodes.append(helper.make_node("DynamicQuantizeMatMul", ins, list(node.output), name=base, domain="com.microsoft"))
+        used_weights.add(weight)
+        replaced += 1
+    still_used = {i for n in nodes for i in n.input}
+    nodes = [n for n in nodes if not (n.op_type == "Constant" and n.output[0] in used_weights
+                                      and n.output[0] not in still_used)]
+    keep = [i for i in graph.initializer if i.name not in used_weights or i.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, a.output)
+    print(json.dumps({"quantized_matmuls": replaced, "out": a.output}))
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -156,6 +251,8 @@ def main():
     s = sub.add_parser("compare-catalogs"); s.add_argument("a"); s.add_argument("b")
     s = sub.add_parser("eval-set"); s.add_argument("photos"); s.add_argument("out")
     s = sub.add_parser("time-runs"); s.add_argument("n", type=int); s.add_argument("command", nargs=argparse.REMAINDER)
+    s = sub.add_parser("onnx-export"); s.add_argument("bundle"); s.add_argument("out")
+    s = sub.add_parser("onnx-int8"); s.add_argument("input"); s.add_argument("output")
     a = ap.parse_args()
     if a.cmd == "time-runs" and a.command and a.command[0] == "--":
         a.command = a.command[1:]

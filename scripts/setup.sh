@@ -74,6 +74,7 @@ packages=(
   chromium chromium-driver python3-selenium fonts-wqy-microhei  # the browser test of cnclip serve's page
   python3-torch python3-numpy   # scripts/export_model.py (export only, never at run time)
   python3-pil                   # reference pipeline in tests and scripts/bench.sh
+  nodejs npm python3-onnx       # scripts/bench.sh's peer: ONNX Runtime (npm onnxruntime-node), its int8 graph
   curl ca-certificates          # --model: downloads the checkpoint (progress, resume, HTTPS)
   slurm-wlm                     # tests/slurm_test.sh: the Slurm recipe (scripts/slurm_embed.sh) on a one-node
                                 # cluster the test starts; the daemons stay off without /etc/slurm/slurm.conf

@@ -575,7 +575,6 @@ void Catalog::ensure_change_log() {
     rollback();
     throw;
   }
-}
   ensure_frame_change_triggers();
 }
 

@@ -3,6 +3,7 @@
 #include "cnclip/model.h"
 
 #include <torch/script.h>
+#include <torch/csrc/jit/passes/xnnpack_rewrite.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
 #include <torch/cuda.h>
@@ -40,6 +41,25 @@ void limit_onednn_primitive_cache() {
   }
 }
 
+// How a float32 tower's Linear layers run (see model.h, "fp32 Linear layers"). CNCLIP_FP32_LINEAR
+// (blas | xnnpack) overrides the choice, for measurement (scripts/bench.sh) and for a user whose CPU
+// disagrees with the default; anything else is the default.
+enum class LinearRoute { kBlas, kXnnpack };
+
+LinearRoute linear_route(bool text_tower, bool many_calls) {
+  if (const char* env = std::getenv("CNCLIP_FP32_LINEAR")) {
+    if (std::strcmp(env, "blas") == 0) return LinearRoute::kBlas;
+    if (std::strcmp(env, "xnnpack") == 0) return LinearRoute::kXnnpack;
+  }
+  // BLAS for both towers. XNNPACK with weights packed at load ran a 15-token query single-threaded
+  // in 0.6-0.8x BLAS's time (BLAS repacks each weight matrix per call), but with 2 threads on a busy
+  // machine its thread pool, which spins like libgomp's default, made it 2-5x slower than BLAS; and
+  // the image tower's 788-row products took 1.2x the time (scripts/bench.sh --peer, README).
+  (void)text_tower;
+  (void)many_calls;
+  return LinearRoute::kBlas;
+}
+
 // Below this length an embedding carries no direction (a model that lost its weights returns zeros).
 constexpr double kMinNorm = 1e-6;
 
@@ -69,6 +89,7 @@ class TorchModel final : public detail::ModelBackend {
 struct TorchModel::Impl {
   BundleManifest manifest;
   torch::Device device{torch::kCPU};
+  bool many_calls = false;
   std::unique_ptr<torch::jit::Module> image, text;
 
   std::unique_ptr<torch::jit::Module> load(const std::string& file) {
@@ -88,10 +109,37 @@ struct TorchModel::Impl {
     try {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
+      if (manifest.precision == "fp32" && device.is_cpu() &&
+          linear_route(file == "text_encoder.pt", many_calls) == LinearRoute::kXnnpack) {
+        const char* forced = std::getenv("CNCLIP_FP32_LINEAR");
+        prepack_linears(*module, forced && std::strcmp(forced, "xnnpack") == 0);
+      }
       return module;
     } catch (const c10::Error& e) {
       throw Exception(ErrorCode::kCorrupt,
                       path + ": corrupt model bundle file (cannot load TorchScript: " + first_line(e.msg()) + ")");
+    }
+  }
+
+  // Every Linear with constant weights becomes XNNPACK's prepacked linear (weights packed once, here);
+  // XNNPACK picks its kernels from the CPU at run time (AVX-512, AVX2/FMA, AVX, SSE). Same float32
+  // arithmetic in another order: embeddings within 3e-7 of BLAS's. If the rewrite fails (a LibTorch
+  // built without XNNPACK), the module stays as loaded.
+  // `required` (CNCLIP_FP32_LINEAR=xnnpack): a failure is an error instead.
+  void prepack_linears(torch::jit::Module& module, bool required) {
+    try {
+      using torch::jit::MobileOptimizerType;
+      // Only the prepacking: the other mobile passes concern convolutions, dropout and ReLU.
+      torch::jit::Module packed = torch::jit::optimizeForMobile(
+          module, {MobileOptimizerType::CONV_BN_FUSION, MobileOptimizerType::REMOVE_DROPOUT,
+                   MobileOptimizerType::FUSE_ADD_RELU, MobileOptimizerType::HOIST_CONV_PACKED_PARAMS,
+                   MobileOptimizerType::CONV_1D_TO_2D});
+      module = std::move(packed);
+    } catch (const c10::Error& e) {
+      if (required) {
+        throw Exception(ErrorCode::kInternal, manifest.dir + ": CNCLIP_FP32_LINEAR=xnnpack: cannot prepack the Linear "
+                                              "layers for XNNPACK (" + first_line(e.msg()) + ")");
+      }
     }
   }
 
@@ -156,6 +204,7 @@ std::unique_ptr<detail::ModelBackend> TorchModel::open(const BundleManifest& man
   }
   if (options.threads != 0 || at::get_num_threads() == 1) set_compute_threads(options.threads);
   torch::jit::setGraphExecutorOptimize(options.optimize_for_many_calls);
+  impl->many_calls = options.optimize_for_many_calls;
   return std::make_unique<TorchModel>(std::move(impl));
 }
 
@@ -216,7 +265,14 @@ std::string compute_backend_description() {
       std::string f = info.dli_fname;
       char real[4096];
       if (realpath(f.c_str(), real)) f = real;
-      blas = f.find("openblas") != std::string::npos ? "OpenBLAS (" + f + ")" : "reference BLAS (" + f + ")";
+      blas = f.find("openblas") != std::string::npos ? "OpenBLAS (" + f + ")"
+             : f.find("blis") != std::string::npos   ? "BLIS (" + f + ")"
+                                                     : "reference BLAS (" + f + ")";
+      // OpenBLAS picks its kernels from the CPU, unless OPENBLAS_CORETYPE forces others: name them.
+      using CoreName = char* (*)();
+      if (auto core = reinterpret_cast<CoreName>(dlsym(h, "openblas_get_corename"))) {
+        blas.insert(blas.size() - 1, std::string(", ") + core() + " kernels");
+      }
     }
     dlclose(h);
   }

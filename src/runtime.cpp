@@ -219,4 +219,10 @@ int terminal_columns(int fd) {
   return 80;
 }
 
+void restart_with_short_openmp_spin(char** argv, const char* exe) {
+  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (setenv("GOMP_SPINCOUNT", "1000", 1) != 0) return;
+  execv(exe, argv);  // returns only on failure: go on with libgomp as it is
+}
+
 }  // namespace cnclip

@@ -30,6 +30,13 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
+  // fp32 Linear layers run through BLAS (OpenBLAS, with the kernels it picks for the CPU). The
+  // environment variable CNCLIP_FP32_LINEAR=xnnpack instead packs a float32 bundle's Linear weights
+  // once at load for XNNPACK (which picks its kernels from the CPU at run time); it adds ~1 s to
+  // loading ViT-B-16's text tower and fails the load if it cannot be applied. Measured routes and
+  // why BLAS stays the default: README "Performance". Both routes agree to float rounding (cosine
+  // >= 0.99999, tests/linear_route_test.cpp). XNNPACK computes in LibTorch's one process-wide
+  // thread pool, sized by the last set_compute_threads call of any thread.
   bool optimize_for_many_calls = false;
 };
 
@@ -99,12 +106,12 @@ void set_compute_threads(int n);
 // The calling thread's intra-op thread count.
 int compute_threads();
 
-// "LibTorch 1.13.1, OpenBLAS (...), 2 intra-op threads": what actually computes, for benchmarks.
+// "LibTorch 1.13.1, OpenBLAS (PATH, Cooperlake kernels), 2 intra-op threads": what actually computes
+// (OpenBLAS's kernels as it chose them for the CPU, or as OPENBLAS_CORETYPE forced), for benchmarks.
 // Loads the model module (as does measure_sgemm_gflops); throws Exception if it cannot.
 std::string compute_backend_description();
 
-// Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s:
-// the roofline the model's speed is compared with.
+// Measured float32 matrix-multiply throughput (n x n times n x n, through LibTorch), in GFLOP/s.
 double measure_sgemm_gflops(int n, int repeats);
 
 }  // namespace cnclip

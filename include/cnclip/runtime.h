@@ -53,4 +53,16 @@ class DecodingFile {
   std::string decoder_;
 };
 
+// libgomp, the OpenMP runtime LibTorch and FAISS compute with, reads its wait policy once, when it is
+// loaded (before main). By default its idle threads spin for ~300,000 rounds after every parallel
+// region; on a machine whose cores are also busy with other work, spinning threads take the CPU
+// from the one that must finish the region, and every operation waits for a scheduler time slice:
+// a 15-token query over 2 threads took 4.6-10 s instead of ~0.1 s (README "Performance"). When
+// neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, this sets GOMP_SPINCOUNT=1000 (the short spin
+// libgomp itself uses when it has more threads than cores) and executes `exe` again with `argv`, so
+// that the new process's libgomp starts with it; it returns without doing anything when either is
+// set (the user's choice), and returns after setting it when the exec fails. Call first in main,
+// before any thread starts (it changes the environment).
+void restart_with_short_openmp_spin(char** argv, const char* exe = "/proc/self/exe");
+
 }  // namespace cnclip

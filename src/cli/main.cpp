@@ -1,6 +1,7 @@
 // cnclip: find photos by Chinese text or by example image. This file only parses arguments and
 // dispatches to the subcommands; see include/cnclip/ for the library.
 #include <csignal>
+#include <cstring>
 #include <iostream>
 
 #include "cnclip/error.h"
@@ -11,6 +12,15 @@
 
 int main(int argc, char** argv) {
   using namespace cnclip;
+  // Commands that run the model compute with OpenMP: started again with a short OpenMP spin, unless
+  // the user set one (runtime.h). The others do not pay for a second start.
+  if (argc > 1) {
+    static const char* const kModelCommands[] = {"index",      "search-text", "search-image", "embed-text",
+                                                 "embed-image", "serve",       "eval",         "classify"};
+    for (const char* c : kModelCommands) {
+      if (std::strcmp(argv[1], c) == 0) restart_with_short_openmp_spin(argv);
+    }
+  }
   CLI::App app{"cnclip: find photos by Chinese text or by example image (Chinese-CLIP)", "cnclip"};
   app.set_version_flag("-V,--version", std::string("cnclip ") + CNCLIP_VERSION);
   app.require_subcommand(1);

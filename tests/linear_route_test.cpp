@@ -1,0 +1,151 @@
+// The float32 towers' Linear routes (model.h, "fp32 Linear layers"): BLAS, and XNNPACK with weights
+// packed at load (CNCLIP_FP32_LINEAR=xnnpack). Whatever route runs, the
+// embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
+// features, and at cosine >= 0.99999 to the BLAS route's.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cnclip/model.h"
+#include "cnclip/npy.h"
+#include "cnclip/runtime.h"
+#include "test_util.h"
+
+namespace cnclip {
+namespace {
+
+struct RouteEnv {
+  explicit RouteEnv(const char* route) { setenv("CNCLIP_FP32_LINEAR", route, 1); }
+  ~RouteEnv() { unsetenv("CNCLIP_FP32_LINEAR"); }
+};
+
+std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
+  for (size_t r = 0; r < v.size() / dim; ++r) {
+    double n = 0;
+    for (size_t i = 0; i < dim; ++i) n += double(v[r * dim + i]) * v[r * dim + i];
+    for (size_t i = 0; i < dim; ++i) v[r * dim + i] = static_cast<float>(v[r * dim + i] / std::sqrt(n));
+  }
+  return v;
+}
+
+double min_cosine(const std::vector<float>& a, const std::vector<float>& b, size_t dim) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 1;
+  for (size_t r = 0; r < std::min(a.size(), b.size()) / dim; ++r) {
+    double dot = 0, na = 0, nb = 0;
+    for (size_t i = r * dim; i < (r + 1) * dim; ++i) {
+      dot += double(a[i]) * b[i];
+      na += double(a[i]) * a[i];
+      nb += double(b[i]) * b[i];
+    }
+    worst = std::min(worst, dot / std::sqrt(na * nb));
+  }
+  return worst;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+struct Embeddings {
+  std::vector<float> texts_batch, text_each, images;
+};
+
+// The reference texts as one padded batch and one at a time (the 15-token-query shape), and the
+// reference images, through a tower loaded under `route`, as a many-call command loads it.
+Embeddings embed_with(const char* route) {
+  RouteEnv env(route);
+  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 0, /*optimize_for_many_calls=*/true});
+  Embeddings e;
+  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+  e.texts_batch = model->encode_token_ids(ids.data(), 20, 52);
+  for (int t = 0; t < 20; ++t) {
+    const auto one = model->encode_token_ids(ids.data() + t * 52, 1, 52);
+    e.text_each.insert(e.text_each.end(), one.begin(), one.end());
+  }
+  std::vector<float> pixels;
+  for (const char* name : {"astronaut_palette", "camera_gray_1000x100", "chelsea_rgba", "coffee_2048x1366_exif6",
+                           "pokemon", "rocket_rgb16_17x9"}) {
+    auto t = read_npy(test::fixtures(std::string("preprocess/") + name + ".npy")).value().as_float();
+    pixels.insert(pixels.end(), t.begin(), t.end());
+  }
+  e.images = model->encode_images(pixels.data(), 6);
+  return e;
+}
+
+TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
+  const auto text_ref =
+      normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  const auto image_ref =
+      normalized_rows(read_npy(test::fixtures("reference/image_features.npy")).value().as_float(), 32);
+  const Embeddings blas = embed_with("blas");
+  for (const char* route : {"blas", "xnnpack", "auto"}) {  // blas against itself: the references hold
+    SCOPED_TRACE(route);
+    const Embeddings e = embed_with(route);
+    EXPECT_LE(max_abs_diff(e.texts_batch, text_ref), 1e-5f);
+    EXPECT_LE(max_abs_diff(e.text_each, text_ref), 1e-5f);
+    EXPECT_LE(max_abs_diff(e.images, image_ref), 1e-5f);
+    EXPECT_GE(min_cosine(e.texts_batch, blas.texts_batch, 32), 0.99999);
+    EXPECT_GE(min_cosine(e.text_each, blas.text_each, 32), 0.99999);
+    EXPECT_GE(min_cosine(e.images, blas.images, 32), 0.99999);
+  }
+}
+
+// An int8 bundle has no float32 Linears to route: a forced route changes nothing there.
+TEST(LinearRoute, Int8BundleIgnoresTheRoute) {
+  RouteEnv env("xnnpack");
+  auto model = Model::open(test::tiny_int8_bundle(), ModelOptions{"cpu", 0, true});
+  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+  const auto text_ref =
+      normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  EXPECT_GE(min_cosine(model->encode_token_ids(ids.data(), 20, 52), text_ref, 32), 0.99);
+}
+
+}  // namespace
+}  // namespace cnclip
+
+namespace cnclip {
+namespace {
+
+// restart_with_short_openmp_spin (runtime.h), run in a child process with `env` set: what the
+// program it execs (a shell) sees as GOMP_SPINCOUNT, or "returned" when it did not exec.
+std::string spin_seen_after_restart(const char* name, const char* value) {
+  test::TempDir dir;
+  const std::string out = dir / "out";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    unsetenv("OMP_WAIT_POLICY");
+    unsetenv("GOMP_SPINCOUNT");
+    if (name) setenv(name, value, 1);
+    const std::string script = "printf %s \"$GOMP_SPINCOUNT\" > '" + out + "'";
+    char* argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"), const_cast<char*>(script.c_str()), nullptr};
+    restart_with_short_openmp_spin(argv, "/bin/sh");
+    FILE* f = fopen(out.c_str(), "w");
+    if (f) {
+      fputs("returned", f);
+      fclose(f);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return test::read_text(out);
+}
+
+TEST(OpenMpSpin, RestartsWithAShortSpinUnlessTheUserChose) {
+  EXPECT_EQ(spin_seen_after_restart(nullptr, nullptr), "1000");
+  EXPECT_EQ(spin_seen_after_restart("GOMP_SPINCOUNT", "5"), "returned");
+  EXPECT_EQ(spin_seen_after_restart("OMP_WAIT_POLICY", "active"), "returned");
+}
+
+}  // namespace
+}  // namespace cnclip
