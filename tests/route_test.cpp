@@ -203,7 +203,7 @@ TEST_F(Route, ImageQueryErrorsAreTheLocalOnes) {
   // Each image's own error, the others answered, and the exit status, as alone.
   expect_same("search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + copy + " --format jsonl");
   expect_same("search-image " + shell_quote(outside_ + "/missing.jpg") + " " + indexed + " --format paths");
-  expect_same("search-image " + shell_quote(photos_) + " -k 1");  // a folder
+  // (A folder is a usage error of the parser, before any routing: FrontOptions.AFolderWhereAnImage...)
   expect_same("search-image --max-pixels 0.001 " + copy);
   expect_same("search-image - -k 3", "");  // empty stdin
   EXPECT_EQ(succeeded_, 0);
