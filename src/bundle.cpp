@@ -32,9 +32,9 @@ std::string resolve_model_dir(const std::string& flag) {
 BundleManifest load_bundle_manifest(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0) {
-    throw Exception(ErrorCode::kNotFound,
-                    dir + ": model bundle not found (give --model DIR or set CNCLIP_MODEL; "
-                          "scripts/setup.sh --model ViT-B-16 installs one)");
+    throw Exception(ErrorCode::kNotFound, dir +
+                                              ": model bundle not found (give --model DIR or set CNCLIP_MODEL; "
+                                              "scripts/setup.sh --model ViT-B-16 installs one)");
   }
   if (!S_ISDIR(st.st_mode)) throw Exception(ErrorCode::kInvalidArgument, dir + ": model bundle is not a directory");
   const std::string path = dir + "/bundle.json";
@@ -58,8 +58,8 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
     const int version = j.at("format_version").get<int>();
     if (version != kBundleFormatVersion) {
       throw Exception(ErrorCode::kMismatch, path + ": bundle format version " + std::to_string(version) +
-                                                " is not supported (expected " +
-                                                std::to_string(kBundleFormatVersion) + "); re-export it");
+                                                " is not supported (expected " + std::to_string(kBundleFormatVersion) +
+                                                "); re-export it");
     }
     m.architecture = j.at("architecture").get<std::string>();
     m.precision = j.at("precision").get<std::string>();
@@ -90,9 +90,9 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
       if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
         throw Exception(ErrorCode::kCorrupt, path + ": lists a file named '" + name + "' (not a plain file name)");
       }
-      const bool hex = file.sha256.size() == 64 &&
-                       std::all_of(file.sha256.begin(), file.sha256.end(),
-                                   [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+      const bool hex = file.sha256.size() == 64 && std::all_of(file.sha256.begin(), file.sha256.end(), [](char c) {
+                         return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+                       });
       if (file.bytes < 0 || !hex) {
         throw Exception(ErrorCode::kCorrupt, path + ": invalid size or sha256 recorded for " + name);
       }

@@ -117,8 +117,9 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
   const int sys = sqlite3_system_errno(db);
   if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
-    return Exception(ErrorCode::kIoError, path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
-                                              "); what was committed before is kept: free some space and run the command again");
+    return Exception(ErrorCode::kIoError,
+                     path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
+                         "); what was committed before is kept: free some space and run the command again");
   }
   std::string detail = msg;
   if ((code & 0xff) == SQLITE_IOERR && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
@@ -193,8 +194,8 @@ void Catalog::upgrade_schema() {
   if (version() == kSchemaVersion) return;
   if (version() > kSchemaVersion) {
     throw Exception(ErrorCode::kMismatch, path_ + ": catalog schema version " + std::to_string(version()) +
-                                              " is newer than this cnclip supports (" +
-                                              std::to_string(kSchemaVersion) + ")");
+                                              " is newer than this cnclip supports (" + std::to_string(kSchemaVersion) +
+                                              ")");
   }
   if (sqlite3_db_readonly(db_, "main") == 1) return;  // readers cope with schema 1 (see root_records)
   // Upgraded in place, in one transaction; another process may be doing the same, so the version is
@@ -203,24 +204,27 @@ void Catalog::upgrade_schema() {
   try {
     const int from = version();
     if (from < 2) {
-      exec("ALTER TABLE roots ADD COLUMN kind TEXT NOT NULL DEFAULT 'folder';"
-           "ALTER TABLE roots ADD COLUMN options TEXT NOT NULL DEFAULT '';");
+      exec(
+          "ALTER TABLE roots ADD COLUMN kind TEXT NOT NULL DEFAULT 'folder';"
+          "ALTER TABLE roots ADD COLUMN options TEXT NOT NULL DEFAULT '';");
     }
     if (from < 3) {
       // Only new columns (NULL in existing rows): no row is rewritten, so this is instant at any size.
-      exec("ALTER TABLE files ADD COLUMN taken_at INTEGER;"
-           "ALTER TABLE files ADD COLUMN taken_source TEXT;"
-           "ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
-           "ALTER TABLE files ADD COLUMN width INTEGER;"
-           "ALTER TABLE files ADD COLUMN height INTEGER;"
-           "CREATE INDEX files_by_time ON files(taken_at, mtime_ns);");
+      exec(
+          "ALTER TABLE files ADD COLUMN taken_at INTEGER;"
+          "ALTER TABLE files ADD COLUMN taken_source TEXT;"
+          "ALTER TABLE files ADD COLUMN taken_offset INTEGER;"
+          "ALTER TABLE files ADD COLUMN width INTEGER;"
+          "ALTER TABLE files ADD COLUMN height INTEGER;"
+          "CREATE INDEX files_by_time ON files(taken_at, mtime_ns);");
     }
     if (from < 4) {
       // A new table only: existing rows are untouched (photos have no frames).
-      exec("CREATE TABLE IF NOT EXISTS frames(id INTEGER PRIMARY KEY,"
-           "  file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,"
-           "  time_ms INTEGER NOT NULL, embedding BLOB NOT NULL);"
-           "CREATE INDEX IF NOT EXISTS frames_by_file ON frames(file_id, time_ms);");
+      exec(
+          "CREATE TABLE IF NOT EXISTS frames(id INTEGER PRIMARY KEY,"
+          "  file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,"
+          "  time_ms INTEGER NOT NULL, embedding BLOB NOT NULL);"
+          "CREATE INDEX IF NOT EXISTS frames_by_file ON frames(file_id, time_ms);");
     }
     if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
     exec("COMMIT");
@@ -247,8 +251,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     // READWRITE falls back to read-only by itself when the file cannot be written; where it can,
     // SQLite may tidy its -wal/-shm files on close as for any connection. query_only keeps this
     // connection from changing the catalog.
-    if (sqlite3_open_v2(name.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra, nullptr) !=
-        SQLITE_OK) {
+    if (sqlite3_open_v2(name.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra, nullptr) != SQLITE_OK) {
       Exception e = db ? sqlite_error(db, path, "cannot open catalog", sqlite3_errmsg(db))
                        : Exception(ErrorCode::kIoError, path + ": cannot open catalog: out of memory");
       sqlite3_close_v2(db);
@@ -294,8 +297,8 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   // mount stays searchable; a writer's open upgrades it. Only a newer schema is refused.
   if (version && std::atoi(version->c_str()) > kSchemaVersion) {
     throw Exception(ErrorCode::kMismatch, path + ": catalog schema version " + *version +
-                                              " is newer than this cnclip supports (" +
-                                              std::to_string(kSchemaVersion) + ")");
+                                              " is newer than this cnclip supports (" + std::to_string(kSchemaVersion) +
+                                              ")");
   }
   // An older schema read as it is (no migration writes here): capture times default to the mtime.
   c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
@@ -348,7 +351,8 @@ std::optional<std::string> Catalog::meta(const std::string& key) {
 }
 
 void Catalog::set_meta(const std::string& key, const std::string& value) {
-  Statement s = prepare("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
+  Statement s =
+      prepare("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value");
   s.bind(1, key).bind(2, value);
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot write metadata");
 }
@@ -433,12 +437,13 @@ int64_t Catalog::insert(const FileRecord& r, const float* embedding, int dim) {
 }
 
 void Catalog::update(const FileRecord& r, const float* embedding, int dim) {
-  Statement s = prepare(embedding ? "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
-                                    "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ?, "
-                                    "embedding = ? WHERE id = ?"
-                                  : "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
-                                    "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? "
-                                    "WHERE id = ?");
+  Statement s =
+      prepare(embedding ? "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
+                          "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ?, "
+                          "embedding = ? WHERE id = ?"
+                        : "UPDATE files SET path = ?, size = ?, mtime_ns = ?, content_hash = ?, indexed_at = ?, "
+                          "taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? "
+                          "WHERE id = ?");
   s.bind(1, r.path).bind(2, r.size).bind(3, r.mtime_ns).bind(4, r.content_hash).bind(5, r.indexed_at);
   bind_meta(s, 6, r.meta);
   if (embedding) {
@@ -514,16 +519,19 @@ std::vector<FileRecord> Catalog::files_without_meta() {
 }
 
 void Catalog::set_photo_meta(int64_t id, const PhotoMeta& meta) {
-  Statement s = prepare("UPDATE files SET taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? WHERE id = ?");
+  Statement s =
+      prepare("UPDATE files SET taken_at = ?, taken_source = ?, taken_offset = ?, width = ?, height = ? WHERE id = ?");
   bind_meta(s, 1, meta);
   s.bind(6, id);
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record the capture time of file id " + std::to_string(id));
 }
 
-std::unordered_map<int64_t, int64_t> Catalog::capture_times(std::optional<int64_t> after, std::optional<int64_t> before) {
+std::unordered_map<int64_t, int64_t> Catalog::capture_times(std::optional<int64_t> after,
+                                                            std::optional<int64_t> before) {
   // The mtime in whole seconds, rounded down (also before 1970).
-  const std::string t = has_meta_ ? "COALESCE(taken_at, (mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)"
-                                  : "((mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)";
+  const std::string t =
+      has_meta_ ? "COALESCE(taken_at, (mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)"
+                : "((mtime_ns - ((mtime_ns % 1000000000) + 1000000000) % 1000000000) / 1000000000)";
   std::string sql = "SELECT id, " + t + " AS t FROM files";
   if (after || before) sql += " WHERE 1";
   if (after) sql += " AND t >= ?1";
@@ -561,14 +569,18 @@ void Catalog::ensure_change_log() {
       exec(("CREATE TABLE changes(id INTEGER PRIMARY KEY, generation INTEGER NOT NULL);"
             "CREATE INDEX changes_by_generation ON changes(generation);"
             "CREATE TRIGGER changes_on_insert AFTER INSERT ON files BEGIN "
-            "INSERT INTO changes(id, generation) VALUES(NEW.id, " + next + ")" + upsert +
+            "INSERT INTO changes(id, generation) VALUES(NEW.id, " +
+            next + ")" + upsert +
             "CREATE TRIGGER changes_on_update AFTER UPDATE OF embedding ON files BEGIN "
-            "INSERT INTO changes(id, generation) VALUES(NEW.id, " + next + ")" + upsert +
+            "INSERT INTO changes(id, generation) VALUES(NEW.id, " +
+            next + ")" + upsert +
             "CREATE TRIGGER changes_on_delete AFTER DELETE ON files BEGIN "
-            "INSERT INTO changes(id, generation) VALUES(OLD.id, " + next + ")" + upsert +
+            "INSERT INTO changes(id, generation) VALUES(OLD.id, " +
+            next + ")" + upsert +
             "INSERT INTO meta(key, value) VALUES('changes_since', "
             "COALESCE((SELECT value FROM meta WHERE key = 'generation'), '0')) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value;").c_str());
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value;")
+               .c_str());
     }
     exec("COMMIT");
   } catch (...) {
@@ -588,9 +600,11 @@ void Catalog::ensure_frame_change_triggers() {
   const std::string upsert = " ON CONFLICT(id) DO UPDATE SET generation = excluded.generation; END;";
   const std::string base = std::to_string(kFrameIdBase);
   exec(("CREATE TRIGGER IF NOT EXISTS changes_on_frame_insert AFTER INSERT ON frames BEGIN "
-        "INSERT INTO changes(id, generation) VALUES(" + base + " + NEW.id, " + next + ")" + upsert +
+        "INSERT INTO changes(id, generation) VALUES(" +
+        base + " + NEW.id, " + next + ")" + upsert +
         "CREATE TRIGGER IF NOT EXISTS changes_on_frame_delete AFTER DELETE ON frames BEGIN "
-        "INSERT INTO changes(id, generation) VALUES(" + base + " + OLD.id, " + next + ")" + upsert)
+        "INSERT INTO changes(id, generation) VALUES(" +
+        base + " + OLD.id, " + next + ")" + upsert)
            .c_str());
 }
 
@@ -654,9 +668,9 @@ void Catalog::for_each_embedding_of(const std::vector<int64_t>& ids, int dim,
     const int bytes = sqlite3_column_bytes(st.get(), 0);
     if (bytes != expected || !embedding_is_valid(v, dim)) {
       throw Exception(ErrorCode::kCorrupt,
-                      catalog_damage_message(path_, "the embedding of file id " + std::to_string(id) +
-                                                        (bytes != expected ? " has the wrong size"
-                                                                           : " is not a finite unit vector")));
+                      catalog_damage_message(
+                          path_, "the embedding of file id " + std::to_string(id) +
+                                     (bytes != expected ? " has the wrong size" : " is not a finite unit vector")));
     }
     fn(id, v);
   }
@@ -670,10 +684,10 @@ void Catalog::for_each_embedding(int dim, const std::function<void(int64_t, cons
     const auto* v = static_cast<const float*>(sqlite3_column_blob(s.get(), 1));
     if (sqlite3_column_bytes(s.get(), 1) != expected || !embedding_is_valid(v, dim)) {
       throw Exception(ErrorCode::kCorrupt,
-                      catalog_damage_message(path_, "the embedding of file id " + std::to_string(s.i64(0)) +
-                                                        (sqlite3_column_bytes(s.get(), 1) != expected
-                                                             ? " has the wrong size"
-                                                             : " is not a finite unit vector")));
+                      catalog_damage_message(
+                          path_, "the embedding of file id " + std::to_string(s.i64(0)) +
+                                     (sqlite3_column_bytes(s.get(), 1) != expected ? " has the wrong size"
+                                                                                   : " is not a finite unit vector")));
     }
     fn(s.i64(0), v);
   }
@@ -720,7 +734,8 @@ std::vector<FrameRecord> Catalog::frames() {
   if (!has_frames_) return out;
   Statement s = prepare("SELECT id, file_id, time_ms FROM frames ORDER BY file_id, time_ms");
   int rc;
-  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW)
+    out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
   if (rc != SQLITE_DONE) fail("cannot list video frames");
   return out;
 }
@@ -731,7 +746,8 @@ std::vector<FrameRecord> Catalog::frames_of(int64_t file_id) {
   Statement s = prepare("SELECT id, file_id, time_ms FROM frames WHERE file_id = ? ORDER BY time_ms");
   s.bind(1, file_id);
   int rc;
-  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW)
+    out.push_back(FrameRecord{kFrameIdBase + s.i64(0), s.i64(1), s.i64(2)});
   if (rc != SQLITE_DONE) fail("cannot list the frames of file id " + std::to_string(file_id));
   return out;
 }
@@ -746,17 +762,20 @@ std::vector<RootRecord> Catalog::root_records() {
   std::vector<RootRecord> out;
   sqlite3_stmt* raw = nullptr;
   // A catalog of schema 1 opened read-only (not upgraded) has only the paths: folders, default options.
-  const bool v1 = sqlite3_prepare_v2(db_, "SELECT path, kind, options FROM roots ORDER BY path", -1, &raw, nullptr) != SQLITE_OK;
+  const bool v1 =
+      sqlite3_prepare_v2(db_, "SELECT path, kind, options FROM roots ORDER BY path", -1, &raw, nullptr) != SQLITE_OK;
   Statement s = v1 ? prepare("SELECT path, 'folder', '' FROM roots ORDER BY path") : raw;
   int rc;
-  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) out.push_back(RootRecord{s.text(0), s.text(1) == "file", s.text(2)});
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW)
+    out.push_back(RootRecord{s.text(0), s.text(1) == "file", s.text(2)});
   if (rc != SQLITE_DONE) fail("cannot list indexed folders");
   return out;
 }
 
 void Catalog::set_root(const RootRecord& root) {
-  Statement s = prepare("INSERT INTO roots(path, kind, options) VALUES(?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
-                        "kind = excluded.kind, options = excluded.options");
+  Statement s = prepare(
+      "INSERT INTO roots(path, kind, options) VALUES(?, ?, ?) ON CONFLICT(path) DO UPDATE SET "
+      "kind = excluded.kind, options = excluded.options");
   s.bind(1, root.path).bind(2, std::string(root.is_file ? "file" : "folder")).bind(3, root.options);
   if (sqlite3_step(s.get()) != SQLITE_DONE) fail("cannot record folder " + root.path);
 }

@@ -52,7 +52,8 @@ Error gif_error(const std::string& name, int code) {
     return Error{ErrorCode::kTruncated, name + ": truncated gif (file ends early)"};
   }
   const char* why = GifErrorString(code);
-  return Error{ErrorCode::kCorrupt, name + ": cannot decode gif (" + std::string(why ? why : "unknown giflib error") + ")"};
+  return Error{ErrorCode::kCorrupt,
+               name + ": cannot decode gif (" + std::string(why ? why : "unknown giflib error") + ")"};
 }
 
 }  // namespace

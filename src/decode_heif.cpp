@@ -41,8 +41,8 @@ Error heif_failure(const std::string& name, const char* format, const heif_error
   if (e.code == heif_error_Memory_allocation_error && e.subcode == heif_suberror_Security_limit_exceeded) {
     code = ErrorCode::kTooLarge;
   }
-  return Error{code, name + ": cannot decode " + format + " (libheif: " +
-                         std::string(e.message && *e.message ? e.message : "unknown error") + ")"};
+  return Error{code, name + ": cannot decode " + format +
+                         " (libheif: " + std::string(e.message && *e.message ? e.message : "unknown error") + ")"};
 }
 
 }  // namespace
@@ -50,7 +50,8 @@ Error heif_failure(const std::string& name, const char* format, const heif_error
 bool heif_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height) {
   std::unique_ptr<heif_context, CtxFree> ctx(heif_context_alloc());
   if (!ctx) return false;
-  if (heif_context_read_from_memory_without_copy(ctx.get(), bytes.data(), bytes.size(), nullptr).code != heif_error_Ok) {
+  if (heif_context_read_from_memory_without_copy(ctx.get(), bytes.data(), bytes.size(), nullptr).code !=
+      heif_error_Ok) {
     return false;
   }
   heif_image_handle* raw_handle = nullptr;
@@ -109,8 +110,7 @@ Result<DecodedImage> decode_heif(const std::vector<uint8_t>& bytes, const std::s
   out.mode = alpha ? PixelMode::kRGBA : PixelMode::kRGB;
   out.alpha_premultiplied = alpha && heif_image_is_premultiplied_alpha(image.get()) != 0;
   // Copied out: the plane belongs to the heif_image released on return.
-  cv::Mat(out_h, out_w, CV_8UC(channels), const_cast<uint8_t*>(plane), static_cast<size_t>(stride))
-      .copyTo(out.pixels);
+  cv::Mat(out_h, out_w, CV_8UC(channels), const_cast<uint8_t*>(plane), static_cast<size_t>(stride)).copyTo(out.pixels);
   return out;
 }
 

@@ -5,13 +5,12 @@
 // resize still has twice the detail it keeps). A camera's preview is its own rendering of the photo
 // (white balance, tone curve) and costs a JPEG decode. Measured (`cnclip preprocess`, CPU time less
 // the process start-up, 2026-11-29) on a 24 MP uncompressed DNG: its 6 MP preview 0.1 s, the
-// half-size demosaic 0.4 s (a full-size one would cost several times that). Otherwise (no preview, a small one, or a format LibRaw gives as a
-// bitmap) the raw data is demosaiced at half size (LibRaw's half_size: one RGB pixel per 2x2 Bayer
-// block, no interpolation), with the camera's white balance, sRGB output, 8 bits and LibRaw's default
-// BT.709 gamma and auto-brightness (what `dcraw_emu -w -h` writes).
-// Orientation: the RAW's own orientation (LibRaw's flip, from the file's EXIF or maker notes) is
-// applied to either, unless options.apply_exif_orientation is off; a preview's own EXIF is ignored
-// (previews are stored in sensor orientation).
+// half-size demosaic 0.4 s (a full-size one would cost several times that). Otherwise (no preview, a small one, or a
+// format LibRaw gives as a bitmap) the raw data is demosaiced at half size (LibRaw's half_size: one RGB pixel per 2x2
+// Bayer block, no interpolation), with the camera's white balance, sRGB output, 8 bits and LibRaw's default BT.709
+// gamma and auto-brightness (what `dcraw_emu -w -h` writes). Orientation: the RAW's own orientation (LibRaw's flip,
+// from the file's EXIF or maker notes) is applied to either, unless options.apply_exif_orientation is off; a preview's
+// own EXIF is ignored (previews are stored in sensor orientation).
 #include <libraw/libraw.h>
 
 #include <opencv2/core.hpp>
@@ -76,12 +75,13 @@ Result<DecodedImage> decode_raw(const std::vector<uint8_t>& bytes, const std::st
   if (static_cast<double>(rw) * static_cast<double>(rh) > static_cast<double>(options.max_pixels)) {
     return too_large_error(name, rw, rh, options.max_pixels);
   }
-  if (sizes.width <= 0 || sizes.height <= 0) return Error{ErrorCode::kCorrupt, name + ": cannot decode raw (no image size)"};
+  if (sizes.width <= 0 || sizes.height <= 0)
+    return Error{ErrorCode::kCorrupt, name + ": cannot decode raw (no image size)"};
   const int flip = options.apply_exif_orientation ? sizes.flip : 0;
 
-  if (options.raw_preview_min_side > 0 && raw->imgdata.thumbnail.tlength > 0 &&
-      raw->unpack_thumb() == LIBRAW_SUCCESS && raw->imgdata.thumbnail.tformat == LIBRAW_THUMBNAIL_JPEG &&
-      raw->imgdata.thumbnail.thumb && raw->imgdata.thumbnail.tlength > 0) {
+  if (options.raw_preview_min_side > 0 && raw->imgdata.thumbnail.tlength > 0 && raw->unpack_thumb() == LIBRAW_SUCCESS &&
+      raw->imgdata.thumbnail.tformat == LIBRAW_THUMBNAIL_JPEG && raw->imgdata.thumbnail.thumb &&
+      raw->imgdata.thumbnail.tlength > 0) {
     const auto* t = reinterpret_cast<const uint8_t*>(raw->imgdata.thumbnail.thumb);
     std::vector<uint8_t> preview(t, t + raw->imgdata.thumbnail.tlength);
     int64_t pw = 0, ph = 0;
@@ -110,9 +110,8 @@ Result<DecodedImage> decode_raw(const std::vector<uint8_t>& bytes, const std::st
   int err = 0;
   std::unique_ptr<libraw_processed_image_t, MemImageFree> img(raw->dcraw_make_mem_image(&err));
   if (!img) return raw_failure(name, err ? err : LIBRAW_UNSPECIFIED_ERROR);
-  if (img->type != LIBRAW_IMAGE_BITMAP || img->bits != 8 || (img->colors != 3 && img->colors != 1) ||
-      img->width == 0 || img->height == 0 ||
-      size_t{img->width} * img->height * img->colors > img->data_size) {
+  if (img->type != LIBRAW_IMAGE_BITMAP || img->bits != 8 || (img->colors != 3 && img->colors != 1) || img->width == 0 ||
+      img->height == 0 || size_t{img->width} * img->height * img->colors > img->data_size) {
     return Error{ErrorCode::kCorrupt, name + ": cannot decode raw (LibRaw gave no 8-bit image)"};
   }
   DecodedImage out;

@@ -34,7 +34,7 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
     const std::string& h = files.at(id).content_hash;
     if (!h.empty()) by_hash[h].push_back(id);
   }
-  std::unordered_set<int64_t> copies;  // members of an exact group after its first
+  std::unordered_set<int64_t> copies;                                  // members of an exact group after its first
   std::unordered_map<int64_t, const std::vector<int64_t>*> copies_of;  // an exact group's first -> the group
   for (const auto& [hash, ids] : by_hash) {
     if (ids.size() < 2) continue;

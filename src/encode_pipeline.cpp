@@ -117,7 +117,8 @@ class ModelWorkers {
         tower_loaded_(std::move(tower_loaded)),
         parallelism_(parallelism),
         batch_size_(batch_size) {
-    for (int w = 0; w < parallelism_.workers; ++w) threads_.emplace_back([this, w] { work(parallelism_.threads_of(w)); });
+    for (int w = 0; w < parallelism_.workers; ++w)
+      threads_.emplace_back([this, w] { work(parallelism_.threads_of(w)); });
   }
   ~ModelWorkers() { stop(); }
 

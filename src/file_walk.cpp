@@ -9,8 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
@@ -129,10 +129,10 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
       if (err == ENOENT) continue;  // deleted since the listing
       // Otherwise reported whatever its name: it may be a folder (a path over PATH_MAX, most often).
       out.skipped.push_back(SkippedFile{
-          FoundFile{path, 0, 0},
-          err == ENAMETOOLONG ? Error{ErrorCode::kInvalidArgument, path + ": path longer than the system limit (" +
-                                                                       std::to_string(PATH_MAX) + " bytes); not indexed"}
-                              : errno_error(path, err, "cannot look at file")});
+          FoundFile{path, 0, 0}, err == ENAMETOOLONG ? Error{ErrorCode::kInvalidArgument,
+                                                             path + ": path longer than the system limit (" +
+                                                                 std::to_string(PATH_MAX) + " bytes); not indexed"}
+                                                     : errno_error(path, err, "cannot look at file")});
       continue;
     }
     if (S_ISDIR(lst.st_mode)) {
@@ -149,8 +149,9 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
         out.links.push_back(path);
       } else if (options.wants(path)) {
         if (::stat(path.c_str(), &st) != 0) {
-          out.skipped.push_back(SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
-                                            Error{ErrorCode::kNotFound, path + ": dangling symbolic link; not indexed"}});
+          out.skipped.push_back(
+              SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
+                          Error{ErrorCode::kNotFound, path + ": dangling symbolic link; not indexed"}});
         } else {
           out.links.push_back(path);
         }
@@ -159,11 +160,13 @@ void walk_into(const std::string& dir, const WalkOptions& options, WalkResult& o
     }
     if (!options.wants(path)) continue;
     if (!S_ISREG(lst.st_mode)) {
-      const char* what = S_ISFIFO(lst.st_mode) ? "a FIFO" : S_ISSOCK(lst.st_mode) ? "a socket"
-                         : S_ISCHR(lst.st_mode) || S_ISBLK(lst.st_mode) ? "a device" : "not a regular file";
-      out.skipped.push_back(SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
-                                        Error{ErrorCode::kUnsupportedFormat,
-                                              path + ": " + what + ", not an image file; not indexed"}});
+      const char* what = S_ISFIFO(lst.st_mode)                          ? "a FIFO"
+                         : S_ISSOCK(lst.st_mode)                        ? "a socket"
+                         : S_ISCHR(lst.st_mode) || S_ISBLK(lst.st_mode) ? "a device"
+                                                                        : "not a regular file";
+      out.skipped.push_back(
+          SkippedFile{FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)},
+                      Error{ErrorCode::kUnsupportedFormat, path + ": " + what + ", not an image file; not indexed"}});
       continue;
     }
     out.files.push_back(FoundFile{path, static_cast<int64_t>(lst.st_size), mtime_ns(lst)});
@@ -254,18 +257,23 @@ void check_walk_options(const WalkOptions& options) {
   }
   for (const auto& g : options.excludes) {
     if (g.empty()) {
-      throw Exception(ErrorCode::kInvalidArgument, "--exclude '': an empty pattern excludes nothing; give a glob such as '*.png'");
+      throw Exception(ErrorCode::kInvalidArgument,
+                      "--exclude '': an empty pattern excludes nothing; give a glob such as '*.png'");
     }
     if (!brackets_closed(g)) {
-      throw Exception(ErrorCode::kInvalidArgument, "--exclude " + shell_word(g) +
-                                                       ": '[' without a closing ']' (to match a '[' itself, write '[[]')");
+      throw Exception(
+          ErrorCode::kInvalidArgument,
+          "--exclude " + shell_word(g) + ": '[' without a closing ']' (to match a '[' itself, write '[[]')");
     }
     if (g.find('/') != std::string::npos && g[0] != '/' && g[0] != '*' && g[0] != '?' && g[0] != '[') {
       char cwd[PATH_MAX];
-      const std::string absolute = (::getcwd(cwd, sizeof(cwd)) ? std::string(cwd) : std::string("/full/path")) + "/" + g;
+      const std::string absolute =
+          (::getcwd(cwd, sizeof(cwd)) ? std::string(cwd) : std::string("/full/path")) + "/" + g;
       throw Exception(ErrorCode::kInvalidArgument,
-                      "--exclude " + shell_word(g) + ": a pattern with a '/' is matched against absolute paths, so this one "
-                      "never matches; write " + shell_word(absolute) + " or " + shell_word("*/" + g));
+                      "--exclude " + shell_word(g) +
+                          ": a pattern with a '/' is matched against absolute paths, so this one "
+                          "never matches; write " +
+                          shell_word(absolute) + " or " + shell_word("*/" + g));
     }
   }
 }

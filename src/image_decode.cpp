@@ -10,8 +10,8 @@
 
 #include <jpeglib.h>
 
-#include <csetjmp>
 #include <cerrno>
+#include <csetjmp>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -97,8 +97,7 @@ Format sniff(const std::vector<uint8_t>& b, const std::string& name) {
   // RAW formats with their own signature: Olympus ORF, Panasonic RW2, Fujifilm RAF, Canon CRW,
   // Minolta MRW, Sigma X3F.
   if (starts("IIRO", 4) || starts("IIRS", 4) || starts("MMOR", 4) || starts("IIU\0", 4) ||
-      starts("FUJIFILMCCD-RAW", 15) || starts("II\x1a\0\0\0HEAPCCDR", 14) || starts("\0MRM", 4) ||
-      starts("FOVb", 4)) {
+      starts("FUJIFILMCCD-RAW", 15) || starts("II\x1a\0\0\0HEAPCCDR", 14) || starts("\0MRM", 4) || starts("FOVb", 4)) {
     return Format::kRaw;
   }
   return sniff_ftyp(b);
@@ -125,9 +124,9 @@ struct HeaderInfo {
   bool truncated = false;
   PixelMode mode_hint = PixelMode::kRGB;
   bool mode_known = false;
-  int components = 0;         // JPEG: colour components of the first frame (4: CMYK or YCCK)
-  int exif_orientation = 1;   // JPEG: the EXIF Orientation tag of the first APP1 Exif segment
-  bool animated = false;      // WebP: the VP8X header's animation flag
+  int components = 0;        // JPEG: colour components of the first frame (4: CMYK or YCCK)
+  int exif_orientation = 1;  // JPEG: the EXIF Orientation tag of the first APP1 Exif segment
+  bool animated = false;     // WebP: the VP8X header's animation flag
 };
 
 // The Orientation tag (0x0112) of an APP1 "Exif" segment's first IFD; 1 when absent or unreadable.
@@ -168,7 +167,7 @@ HeaderInfo parse_jpeg(const std::vector<uint8_t>& b) {
       return info;
     }
     const uint8_t marker = b[i++];
-    if (marker == 0xD9) return info;                         // EOI
+    if (marker == 0xD9) return info;                                     // EOI
     if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length
     if (i + 2 > n) {
       info.truncated = true;
@@ -214,7 +213,8 @@ HeaderInfo parse_png(const std::vector<uint8_t>& b) {
   switch (colour) {
     case 0: info.mode_hint = depth == 1 ? PixelMode::kPalette : PixelMode::kGray; break;
     case 3: info.mode_hint = PixelMode::kPalette; break;
-    case 4: case 6: info.mode_hint = PixelMode::kRGBA; break;
+    case 4:
+    case 6: info.mode_hint = PixelMode::kRGBA; break;
     default: info.mode_hint = PixelMode::kRGB; break;
   }
   size_t i = 8;
@@ -368,9 +368,18 @@ void apply_exif_orientation(cv::Mat& m, int orientation) {
     case 3: cv::flip(m, m, -1); break;
     case 4: cv::flip(m, m, 0); break;
     case 5: cv::transpose(m, m); break;
-    case 6: cv::transpose(m, m); cv::flip(m, m, 1); break;
-    case 7: cv::transpose(m, m); cv::flip(m, m, -1); break;
-    case 8: cv::transpose(m, m); cv::flip(m, m, 0); break;
+    case 6:
+      cv::transpose(m, m);
+      cv::flip(m, m, 1);
+      break;
+    case 7:
+      cv::transpose(m, m);
+      cv::flip(m, m, -1);
+      break;
+    case 8:
+      cv::transpose(m, m);
+      cv::flip(m, m, 0);
+      break;
     default: break;
   }
 }
@@ -517,15 +526,14 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
     return out;
   }
   try {
-    raw = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<uint8_t*>(bytes.data())),
-                       flags);
+    raw = cv::imdecode(cv::Mat(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<uint8_t*>(bytes.data())), flags);
   } catch (const cv::Exception& e) {
-    return decode_error(ErrorCode::kCorrupt, name, std::string("cannot decode ") + format_name(format) +
-                                                       " (" + e.err + ")");
+    return decode_error(ErrorCode::kCorrupt, name,
+                        std::string("cannot decode ") + format_name(format) + " (" + e.err + ")");
   }
   if (raw.empty()) {
-    return decode_error(ErrorCode::kCorrupt, name, std::string("cannot decode ") + format_name(format) +
-                                                       " (corrupt or unsupported variant)");
+    return decode_error(ErrorCode::kCorrupt, name,
+                        std::string("cannot decode ") + format_name(format) + " (corrupt or unsupported variant)");
   }
   if (raw.depth() == CV_16U) {
     // Pillow 9.4 keeps the high byte of each 16-bit sample.
@@ -546,7 +554,9 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
   out.original_height = static_cast<int>(info.height > 0 ? info.height : raw.rows);
   const int ch = raw.channels();
   PixelMode mode = info.mode_known ? info.mode_hint
-                                   : (ch == 1 ? PixelMode::kGray : ch == 4 ? PixelMode::kRGBA : PixelMode::kRGB);
+                                   : (ch == 1   ? PixelMode::kGray
+                                      : ch == 4 ? PixelMode::kRGBA
+                                                : PixelMode::kRGB);
   if (format == Format::kBmp && ch == 4) mode = PixelMode::kRGB;  // Pillow reads 32-bit BMP as RGB
   if (mode == PixelMode::kGray && ch != 1) mode = ch == 4 ? PixelMode::kRGBA : PixelMode::kRGB;
   switch (ch) {
@@ -570,8 +580,7 @@ Result<DecodedImage> decode_image(const std::vector<uint8_t>& bytes, const std::
       }
       break;
     default:
-      return decode_error(ErrorCode::kUnsupportedFormat, name,
-                          "unsupported channel count " + std::to_string(ch));
+      return decode_error(ErrorCode::kUnsupportedFormat, name, "unsupported channel count " + std::to_string(ch));
   }
   out.mode = mode;
   out.alpha_premultiplied = mode == PixelMode::kRGBA && format == Format::kTiff;
@@ -583,7 +592,8 @@ Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const s
   const std::optional<HeaderInfo> parsed = parse_header(format, bytes);
   // Formats read by other libraries: the size where it is cheap to get (container boxes, RAW
   // metadata, GIF's logical screen), already upright; 0 when the bytes do not reach it.
-  if (!parsed && (format == Format::kHeif || format == Format::kAvif || format == Format::kRaw || format == Format::kGif)) {
+  if (!parsed &&
+      (format == Format::kHeif || format == Format::kAvif || format == Format::kRaw || format == Format::kGif)) {
     int64_t w = 0, h = 0;
     if (format == Format::kGif) {
       if (bytes.size() >= 10) w = le16(bytes.data() + 6), h = le16(bytes.data() + 8);
@@ -593,7 +603,8 @@ Result<ImageHeader> read_image_header(const std::vector<uint8_t>& bytes, const s
     return ImageHeader{format_name(format), w, h, 1};
   }
   if (!parsed) {
-    return decode_error(ErrorCode::kUnsupportedFormat, name, std::string("unsupported format (") + format_name(format) + ")");
+    return decode_error(ErrorCode::kUnsupportedFormat, name,
+                        std::string("unsupported format (") + format_name(format) + ")");
   }
   const HeaderInfo& info = *parsed;
   return ImageHeader{format_name(format), std::max<int64_t>(info.width, 0), std::max<int64_t>(info.height, 0),
@@ -606,8 +617,8 @@ Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOpti
   return decode_image(bytes.value(), path, options);
 }
 
-Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name,
-                              const Normalization& norm, const DecodeOptions& options, float* out) {
+Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
+                              const DecodeOptions& options, float* out) {
   auto decoded = decode_image(bytes, name, options);
   if (!decoded) return decoded.error();
   cv::Mat rgb = resize_like_pillow(decoded.value(), norm.size, norm.size);

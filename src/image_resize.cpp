@@ -59,9 +59,8 @@ Coefficients precompute(int in_size, int out_size) {
     }
     for (int x = 0; x < xmax; ++x) {
       const double w = ww != 0.0 ? k[x] / ww : k[x];
-      c.weights[static_cast<size_t>(xx) * c.ksize + x] =
-          w < 0 ? static_cast<int32_t>(-0.5 + w * (1 << kPrecisionBits))
-                : static_cast<int32_t>(0.5 + w * (1 << kPrecisionBits));
+      c.weights[static_cast<size_t>(xx) * c.ksize + x] = w < 0 ? static_cast<int32_t>(-0.5 + w * (1 << kPrecisionBits))
+                                                               : static_cast<int32_t>(0.5 + w * (1 << kPrecisionBits));
     }
     c.first[xx] = xmin;
     c.count[xx] = xmax;
@@ -184,8 +183,7 @@ cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h) {
       cv::merge(std::vector<cv::Mat>{g, g, g}, rgb);
       return rgb;
     }
-    case PixelMode::kRGB:
-      return resample_bicubic<3>(in, out_w, out_h);
+    case PixelMode::kRGB: return resample_bicubic<3>(in, out_w, out_h);
     case PixelMode::kCMYK: {
       // Pillow resizes the 4 inks, then converts (Convert.c cmyk2rgb): nk = 255 - K,
       // channel = nk - nk * ink / 255 (rounded as MULDIV255).

@@ -8,8 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <ctime>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <map>
 #include <mutex>
@@ -70,7 +70,8 @@ bool encode_videos(IndexStore& store, Model& model, IndexPlan& plan, size_t firs
   const int batch_size = std::max(1, options.encode.batch_size);
   Catalog& catalog = store.catalog();
   model.load_image_tower();  // before concurrent calls (model.h)
-  const ModelParallelism parallelism = choose_parallelism(compute_threads(), model.on_cpu(), options.encode.model_workers);
+  const ModelParallelism parallelism =
+      choose_parallelism(compute_threads(), model.on_cpu(), options.encode.model_workers);
   VideoOptions vo;
   vo.frame_interval = options.frame_interval;
   vo.reduced_min_side = options.decode.reduced_decode_min_side;
@@ -302,11 +303,13 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
       if (p.kind == detail::PreparedItem::kFailed) {
         observer.on_file_error(p.error);
         ++summary.failed;
-        catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0}, p.error.message);
+        catalog.record_failure(FileRecord{0, item.file.path, item.file.size, item.file.mtime_ns, "", 0},
+                               p.error.message);
         continue;
       }
       catalog.forget_failure(item.file.path);
-      FileRecord r{0, item.file.path, item.file.size, item.file.mtime_ns, p.content_hash, now_seconds(), metas[p.index]};
+      FileRecord r{
+          0, item.file.path, item.file.size, item.file.mtime_ns, p.content_hash, now_seconds(), metas[p.index]};
       if (p.kind == detail::PreparedItem::kPixels) {
         const float* e = &batch->embeddings[row++ * static_cast<size_t>(dim)];
         if (item.existing) {
@@ -475,7 +478,8 @@ std::vector<IndexTarget> resolve_targets(Catalog& catalog, const IndexOptions& o
           throw Exception(ErrorCode::kInvalidArgument,
                           t.path + ": inside the indexed folder " + owner->path + ", whose options (" +
                               root_walk.describe() + ") say what all of it holds; give new options with that folder " +
-                              "('cnclip index " + quoted(owner->path) + " OPTIONS'), or index this folder without options");
+                              "('cnclip index " + quoted(owner->path) +
+                              " OPTIONS'), or index this folder without options");
         }
         if (!root_walk.enters(owner->path, t.path)) {
           throw Exception(ErrorCode::kInvalidArgument,
@@ -562,7 +566,8 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
   std::vector<IndexTarget> stored_roots;
   for (const auto& r : catalog.root_records()) {
     // A root given in this run is held by its new options only.
-    if (std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
+    if (std::any_of(targets.begin(), targets.end(),
+                    [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
       continue;
     }
     stored_roots.push_back(IndexTarget{r.path, r.is_file, WalkOptions::from_json(r.options), true, std::nullopt, ""});
@@ -575,7 +580,8 @@ IndexPlan plan_index(Catalog& catalog, const std::vector<IndexTarget>& targets, 
 
   // Given as a file of its own in this run: indexed even when the RAW+JPEG rule leaves it out of a walk.
   auto file_target = [&](const std::string& path) {
-    return std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.is_file && t.path == path; });
+    return std::any_of(targets.begin(), targets.end(),
+                       [&](const IndexTarget& t) { return t.is_file && t.path == path; });
   };
   for (const auto& target : targets) {
     if (target.is_file) continue;
@@ -717,7 +723,8 @@ void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, c
   std::vector<IndexTarget> others;  // folder roots after this run, each with the options it will have
   for (const auto& r : catalog.root_records()) {
     if (r.is_file) continue;
-    if (std::any_of(targets.begin(), targets.end(), [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
+    if (std::any_of(targets.begin(), targets.end(),
+                    [&](const IndexTarget& t) { return t.record && t.path == r.path; })) {
       continue;
     }
     others.push_back(IndexTarget{r.path, false, WalkOptions::from_json(r.options), true, std::nullopt, ""});
@@ -740,8 +747,8 @@ void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, c
     if (going > 0 && (going == total || (total >= kLargeRoot && going * 2 > total))) {
       throw Exception(ErrorCode::kInvalidArgument,
                       t.path + ": the new options (" + t.walk.describe() + ") would remove " +
-                          (going == total ? "all " + std::to_string(total) : std::to_string(going) + " of the " +
-                                                                                 std::to_string(total)) +
+                          (going == total ? "all " + std::to_string(total)
+                                          : std::to_string(going) + " of the " + std::to_string(total)) +
                           " indexed file(s) of this folder (its options were: " + t.replaced->describe() +
                           "); nothing was changed. Check the options, or add --confirm-removal to remove them");
     }
@@ -775,7 +782,8 @@ IndexSummary run_index(IndexStore& store, Model& model, const IndexOptions& opti
       std::string why;
       for (const auto& [root, n] : unreachable) {
         why += (why.empty() ? "" : "; ") + std::to_string(n) + " entries " +
-               (root.empty() ? std::string("are under no indexed folder (imported?)") : "are under " + root + ", which is missing");
+               (root.empty() ? std::string("are under no indexed folder (imported?)")
+                             : "are under " + root + ", which is missing");
       }
       throw Exception(ErrorCode::kMismatch,
                       "cannot move the index to the model " + bundle.dir + ": " + why +

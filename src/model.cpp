@@ -2,19 +2,19 @@
 // model_module.h); the core library loads it when a Model first needs a tower.
 #include "cnclip/model.h"
 
-#include <torch/script.h>
+#include <ATen/Parallel.h>
 #include <torch/csrc/jit/passes/xnnpack_rewrite.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
-#include <torch/version.h>
 #include <torch/cuda.h>
-#include <ATen/Parallel.h>
+#include <torch/script.h>
+#include <torch/version.h>
 
 #include <dlfcn.h>
-#include <cstdlib>
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -131,14 +131,16 @@ struct TorchModel::Impl {
       using torch::jit::MobileOptimizerType;
       // Only the prepacking: the other mobile passes concern convolutions, dropout and ReLU.
       torch::jit::Module packed = torch::jit::optimizeForMobile(
-          module, {MobileOptimizerType::CONV_BN_FUSION, MobileOptimizerType::REMOVE_DROPOUT,
-                   MobileOptimizerType::FUSE_ADD_RELU, MobileOptimizerType::HOIST_CONV_PACKED_PARAMS,
-                   MobileOptimizerType::CONV_1D_TO_2D});
+          module,
+          {MobileOptimizerType::CONV_BN_FUSION, MobileOptimizerType::REMOVE_DROPOUT, MobileOptimizerType::FUSE_ADD_RELU,
+           MobileOptimizerType::HOIST_CONV_PACKED_PARAMS, MobileOptimizerType::CONV_1D_TO_2D});
       module = std::move(packed);
     } catch (const c10::Error& e) {
       if (required) {
-        throw Exception(ErrorCode::kInternal, manifest.dir + ": CNCLIP_FP32_LINEAR=xnnpack: cannot prepack the Linear "
-                                              "layers for XNNPACK (" + first_line(e.msg()) + ")");
+        throw Exception(ErrorCode::kInternal, manifest.dir +
+                                                  ": CNCLIP_FP32_LINEAR=xnnpack: cannot prepack the Linear "
+                                                  "layers for XNNPACK (" +
+                                                  first_line(e.msg()) + ")");
       }
     }
   }
@@ -154,9 +156,9 @@ struct TorchModel::Impl {
       throw Exception(ErrorCode::kInternal, manifest.dir + ": model failed: " + first_line(e.msg()));
     }
     if (out.dim() != 2 || out.size(0) != batch || out.size(1) != manifest.embedding_dim) {
-      throw Exception(ErrorCode::kMismatch, manifest.dir + ": encoder returned shape " +
-                                                c10::str(out.sizes()) + ", expected [" + std::to_string(batch) +
-                                                ", " + std::to_string(manifest.embedding_dim) + "]");
+      throw Exception(ErrorCode::kMismatch, manifest.dir + ": encoder returned shape " + c10::str(out.sizes()) +
+                                                ", expected [" + std::to_string(batch) + ", " +
+                                                std::to_string(manifest.embedding_dim) + "]");
     }
     const int dim = manifest.embedding_dim;
     std::vector<float> values(out.data_ptr<float>(), out.data_ptr<float>() + out.numel());
@@ -177,8 +179,8 @@ struct TorchModel::Impl {
       const std::string why = "the model returned an unusable embedding (" + *problem + "); the bundle " +
                               manifest.dir + " may be damaged ('cnclip model-info --verify' checks it)";
       if (!row_errors) {
-        throw Exception(ErrorCode::kCorrupt, "input " + std::to_string(b + 1) + " of " + std::to_string(batch) +
-                                                 ": " + why);
+        throw Exception(ErrorCode::kCorrupt,
+                        "input " + std::to_string(b + 1) + " of " + std::to_string(batch) + ": " + why);
       }
       (*row_errors)[static_cast<size_t>(b)] = Error{ErrorCode::kCorrupt, why};
       std::fill(row, row + dim, 0.0f);
@@ -199,8 +201,8 @@ std::unique_ptr<detail::ModelBackend> TorchModel::open(const BundleManifest& man
     throw Exception(ErrorCode::kInvalidArgument, "unknown device '" + options.device + "' (use cpu or cuda)");
   }
   if (impl->device.is_cuda() && !torch::cuda::is_available()) {
-    throw Exception(ErrorCode::kInvalidArgument, "--device " + options.device +
-                                                     ": CUDA is not available (no GPU, or LibTorch built without CUDA)");
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "--device " + options.device + ": CUDA is not available (no GPU, or LibTorch built without CUDA)");
   }
   if (options.threads != 0 || at::get_num_threads() == 1) set_compute_threads(options.threads);
   torch::jit::setGraphExecutorOptimize(options.optimize_for_many_calls);

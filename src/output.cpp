@@ -221,7 +221,8 @@ static std::string clock_text(double t) {
   char buf[48];
   const int64_t h = ms / 3'600'000, m = ms / 60'000 % 60;
   const double sec = static_cast<double>(ms % 60'000) / 1000.0;
-  if (h > 0) std::snprintf(buf, sizeof buf, "%lld:%02lld:%04.1f", static_cast<long long>(h), static_cast<long long>(m), sec);
+  if (h > 0)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%04.1f", static_cast<long long>(h), static_cast<long long>(m), sec);
   else std::snprintf(buf, sizeof buf, "%lld:%04.1f", static_cast<long long>(m), sec);
   return buf;
 }
@@ -243,7 +244,8 @@ std::string hit_json(const std::string& query, const RankedHit& hit) {
   // Capture time and size (search results; absent for hits made elsewhere, and size when unknown).
   if (hit.taken_at) {
     s += std::string(hit.time ? ",\"taken\":\"" : ",\"time\":\"") +
-         format_time(*hit.taken_at, hit.meta.source == TimeSource::kExif ? hit.meta.offset_minutes : std::nullopt) + "\"";
+         format_time(*hit.taken_at, hit.meta.source == TimeSource::kExif ? hit.meta.offset_minutes : std::nullopt) +
+         "\"";
   }
   if (hit.meta.width > 0 && hit.meta.height > 0) {
     s += ",\"width\":" + std::to_string(hit.meta.width) + ",\"height\":" + std::to_string(hit.meta.height);
@@ -292,7 +294,8 @@ void ResultPrinter::print(const QueryResult& r) {
         out_ << head << terminal_safe(h.path);
         if (h.time) {
           out_ << "  @ " << clock_text(*h.time);
-          if (h.start && h.end && *h.end > *h.start) out_ << " (" << clock_text(*h.start) << "-" << clock_text(*h.end) << ")";
+          if (h.start && h.end && *h.end > *h.start)
+            out_ << " (" << clock_text(*h.start) << "-" << clock_text(*h.end) << ")";
         }
         out_ << '\n';
       }

@@ -94,7 +94,8 @@ std::vector<std::string> tables_of(Db& d) {
                          &st.s, nullptr) != SQLITE_OK) {
     throw Exception(ErrorCode::kInternal, d.path + ": " + sqlite3_errmsg(d.db));
   }
-  while (sqlite3_step(st.s) == SQLITE_ROW) out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0)));
+  while (sqlite3_step(st.s) == SQLITE_ROW)
+    out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0)));
   return out;
 }
 
@@ -192,7 +193,8 @@ CopyResult copy_table(Db& from, Db& to, const std::string& table, const std::vec
     list += (i ? ", " : "") + quote_id(cols[i]);
     marks += (i ? ", ?" : "?");
   }
-  const std::string select_cols = "SELECT rowid" + (cols.empty() ? std::string() : ", " + list) + " FROM " + quote_id(table);
+  const std::string select_cols =
+      "SELECT rowid" + (cols.empty() ? std::string() : ", " + list) + " FROM " + quote_id(table);
   Stmt scan, probe, insert;
   if (sqlite3_prepare_v2(from.db, (select_cols + " WHERE rowid > ? ORDER BY rowid").c_str(), -1, &scan.s, nullptr) !=
           SQLITE_OK ||
@@ -223,7 +225,8 @@ CopyResult copy_table(Db& from, Db& to, const std::string& table, const std::vec
       return;
     }
     sqlite3_reset(insert.s);
-    for (int c = 0; c <= static_cast<int>(cols.size()); ++c) sqlite3_bind_value(insert.s, c + 1, sqlite3_column_value(row, c));
+    for (int c = 0; c <= static_cast<int>(cols.size()); ++c)
+      sqlite3_bind_value(insert.s, c + 1, sqlite3_column_value(row, c));
     const int rc = sqlite3_step(insert.s);
     if (rc != SQLITE_DONE) {
       const int code = sqlite3_errcode(to.db);

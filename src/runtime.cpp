@@ -59,12 +59,12 @@ class FdStreamBuf : public std::streambuf {
 };
 
 struct Capture {
-  std::mutex mu;                     // guards everything below and the reading of the pipe
+  std::mutex mu;  // guards everything below and the reading of the pipe
   struct Decoding {
     std::string path, decoder;
   };
   std::vector<Decoding> decoding;  // files being decoded now (a multiset)
-  std::string partial;               // library output not yet ended by a newline
+  std::string partial;             // library output not yet ended by a newline
   int terminal_fd = -1, read_fd = -1;
   std::thread reader;
   std::unique_ptr<FdStreamBuf> buf;
@@ -103,13 +103,14 @@ struct Capture {
         break;
       }
     }
-    const bool known = std::any_of(decoding.begin(), decoding.end(), [&](const Decoding& d) { return d.decoder == format; });
+    const bool known =
+        std::any_of(decoding.begin(), decoding.end(), [&](const Decoding& d) { return d.decoder == format; });
     std::string who;
     for (const auto& d : decoding) {
       if (!known || d.decoder == format) who += (who.empty() ? "" : ", ") + d.path;
     }
-    const std::string msg = "cnclip: warning: " + (who.empty() ? std::string("library") : who + ": decoder") +
-                            ": " + line + "\n";
+    const std::string msg =
+        "cnclip: warning: " + (who.empty() ? std::string("library") : who + ": decoder") + ": " + line + "\n";
     (void)!::write(terminal_fd, msg.data(), msg.size());
   }
 };

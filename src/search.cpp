@@ -46,8 +46,8 @@ FrameMap load_frame_map(Catalog& catalog) {
   return map;
 }
 
-std::vector<MergedHit> merge_video_hits(const std::vector<SearchHit>& hits, const FrameMap& frames,
-                                        size_t max_results, size_t* used) {
+std::vector<MergedHit> merge_video_hits(const std::vector<SearchHit>& hits, const FrameMap& frames, size_t max_results,
+                                        size_t* used) {
   std::vector<MergedHit> out;
   struct Frame {
     int seq;

@@ -58,12 +58,24 @@ bool is_cased(char32_t c) {
 }
 bool is_case_ignorable(char32_t c) {
   switch (c) {  // Word_Break = MidLetter, MidNumLet or Single_Quote
-    case 0x27: case 0x2E: case 0x3A: case 0xB7: case 0x387: case 0x55F: case 0x5F4: case 0x2018:
-    case 0x2019: case 0x2024: case 0x2027: case 0xFE13: case 0xFE52: case 0xFE55: case 0xFF07:
-    case 0xFF0E: case 0xFF1A:
-      return true;
-    default:
-      break;
+    case 0x27:
+    case 0x2E:
+    case 0x3A:
+    case 0xB7:
+    case 0x387:
+    case 0x55F:
+    case 0x5F4:
+    case 0x2018:
+    case 0x2019:
+    case 0x2024:
+    case 0x2027:
+    case 0xFE13:
+    case 0xFE52:
+    case 0xFE55:
+    case 0xFF07:
+    case 0xFF0E:
+    case 0xFF1A: return true;
+    default: break;
   }
   auto cat = category(c);
   return cat == UTF8PROC_CATEGORY_MN || cat == UTF8PROC_CATEGORY_ME || cat == UTF8PROC_CATEGORY_CF ||
@@ -169,8 +181,8 @@ std::unique_ptr<WordPieceTokenizer> WordPieceTokenizer::from_vocab_file(const st
   ss << in.rdbuf();
   const std::string data = ss.str();
   if (auto bad = find_invalid_utf8(data)) {
-    throw Exception(ErrorCode::kCorrupt, path + ": vocabulary is not valid UTF-8 (offset " +
-                                             std::to_string(*bad) + ")");
+    throw Exception(ErrorCode::kCorrupt,
+                    path + ": vocabulary is not valid UTF-8 (offset " + std::to_string(*bad) + ")");
   }
   // Python's text-mode readline (universal newlines: \n, \r\n, \r) then str.strip(); a later
   // duplicate of a token wins, as in Chinese-CLIP's load_vocab.
@@ -202,8 +214,7 @@ std::unique_ptr<WordPieceTokenizer> WordPieceTokenizer::from_vocab_file(const st
 }
 
 WordPieceTokenizer::WordPieceTokenizer(std::unordered_map<std::string, int64_t> vocab)
-    : vocab_(std::move(vocab)), cls_id_(vocab_.at("[CLS]")), sep_id_(vocab_.at("[SEP]")),
-      unk_id_(vocab_.at("[UNK]")) {}
+    : vocab_(std::move(vocab)), cls_id_(vocab_.at("[CLS]")), sep_id_(vocab_.at("[SEP]")), unk_id_(vocab_.at("[UNK]")) {}
 
 void WordPieceTokenizer::wordpiece(const std::u32string& word, std::vector<std::string>& out) const {
   if (word.size() > kMaxCharsPerWord) {
@@ -293,8 +304,8 @@ size_t WordPieceTokenizer::count_pieces(std::string_view text) const {
 
 std::vector<int64_t> WordPieceTokenizer::encode(std::string_view text, int context_length) const {
   if (context_length < 2) {
-    throw Exception(ErrorCode::kInvalidArgument, "context length must be at least 2, got " +
-                                                     std::to_string(context_length));
+    throw Exception(ErrorCode::kInvalidArgument,
+                    "context length must be at least 2, got " + std::to_string(context_length));
   }
   if (auto bad = find_invalid_utf8(text)) {
     throw Exception(ErrorCode::kInvalidArgument,

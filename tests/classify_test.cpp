@@ -55,7 +55,8 @@ TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
   ASSERT_EQ(got.size(), 4u);
 
   const auto probs = read_npy(test::fixtures("reference/pokemon_label_probs.npy")).value().as_float();
-  const auto logits = read_npy(test::fixtures("reference/logits_per_image.npy")).value().as_float();  // [6 images, 20 texts]
+  const auto logits =
+      read_npy(test::fixtures("reference/logits_per_image.npy")).value().as_float();  // [6 images, 20 texts]
   const json manifest = json::parse(test::read_text(test::fixtures("reference/manifest.json")));
   const auto texts = manifest["texts"].get<std::vector<std::string>>();
   const auto images = manifest["image_order"].get<std::vector<std::string>>();
@@ -81,16 +82,17 @@ TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
 }
 
 TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
-  auto r = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --templates zh --format json --ignore-exif --full-decode" +
-                            model_arg());
+  auto r = test::run_cnclip(
+      "classify " + test::shell_quote(pokemon_jpeg()) +
+      " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --templates zh --format json --ignore-exif --full-decode" + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json out = json::parse(r.out);
   ASSERT_EQ(out.size(), 1u);
   const auto got = by_label(out[0]);
 
-  std::string cmd = std::string(CNCLIP_PYTHON) + " " + test::shell_quote(std::string(CNCLIP_SOURCE_DIR) + "/tests/classify_zh_reference.py") +
-                    " " + test::shell_quote(CNCLIP_BINARY) + " " + test::shell_quote(test::tiny_bundle()) + " " +
+  std::string cmd = std::string(CNCLIP_PYTHON) + " " +
+                    test::shell_quote(std::string(CNCLIP_SOURCE_DIR) + "/tests/classify_zh_reference.py") + " " +
+                    test::shell_quote(CNCLIP_BINARY) + " " + test::shell_quote(test::tiny_bundle()) + " " +
                     test::shell_quote(test::fixtures("preprocess/pokemon.npy"));
   for (const auto& l : kPokemon) cmd += " " + l;
   FILE* p = ::popen(cmd.c_str(), "r");
@@ -164,8 +166,8 @@ TEST(Classify, ClassifierSoftmaxTopAndTies) {
   std::vector<float> labels(3 * 4, 0.0f);
   labels[0 * 4 + 0] = labels[1 * 4 + 1] = labels[2 * 4 + 2] = 1.0f;
   const Classifier c({"a", "b", "c"}, labels, 4, 10.0);
-  const float x[4] = {0.6f, 0.0f, 0.0f, 0.8f};                 // cos 0.6, 0, 0
-  const float y[4] = {0.0f, 0.6f, 0.6f, std::sqrt(0.28f)};    // a tie between b and c
+  const float x[4] = {0.6f, 0.0f, 0.0f, 0.8f};              // cos 0.6, 0, 0
+  const float y[4] = {0.0f, 0.6f, 0.6f, std::sqrt(0.28f)};  // a tie between b and c
   std::vector<float> both(x, x + 4);
   both.insert(both.end(), y, y + 4);
   const auto all = c.classify(both.data(), 2, 0);
@@ -197,9 +199,11 @@ class ClassifyIndexed : public ::testing::Test {
     std::string jsonl;
     fs::create_directories(dir_ / "photos/a");
     fs::create_directories(dir_ / "photos/b");
-    const std::vector<std::pair<std::string, double>> photos = {
-        {photo("a/1.jpg"), 0.9}, {photo("a/2.jpg"), 0.2}, {photo("a/3.jpg"), 0.6},
-        {photo("b/4.jpg"), 0.1}, {photo("b/5.jpg"), 0.75}};
+    const std::vector<std::pair<std::string, double>> photos = {{photo("a/1.jpg"), 0.9},
+                                                                {photo("a/2.jpg"), 0.2},
+                                                                {photo("a/3.jpg"), 0.6},
+                                                                {photo("b/4.jpg"), 0.1},
+                                                                {photo("b/5.jpg"), 0.75}};
     for (const auto& [path, t] : photos) {
       std::vector<double> e(kDim);
       double n = 0;
@@ -326,10 +330,12 @@ TEST(Classify, BadLabelsGetOneLineEach) {
   expect_refused(img + " --labels 狗," + han48 + " --template 一张{}的照片", 2,
                  "label 2 '猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫…' is too long: its prompt '一张" + han48 +
                      "的照片' has 53 tokens, the model reads 50");
-  expect_refused(img + " --labels 猫 --template 照片", 2, "the template '照片' must hold '{}' exactly once, where the label goes");
+  expect_refused(img + " --labels 猫 --template 照片", 2,
+                 "the template '照片' must hold '{}' exactly once, where the label goes");
   expect_refused(img + " --labels 猫 --template '{}和{}'", 2,
                  "the template '{}和{}' must hold '{}' exactly once, where the label goes");
-  expect_refused(img + " --labels 猫 --template 一张{}的照片 --templates zh", 2, "give --template or --templates, not both");
+  expect_refused(img + " --labels 猫 --template 一张{}的照片 --templates zh", 2,
+                 "give --template or --templates, not both");
   expect_refused(img, 2, "give the labels: --labels a,b,c or --labels-file FILE");
   test::write_text(dir / "labels.txt", "猫\n狗\n");
   expect_refused(img + " --labels 猫 --labels-file " + test::shell_quote(dir / "labels.txt"), 2,
@@ -340,7 +346,8 @@ TEST(Classify, BadLabelsGetOneLineEach) {
   expect_refused(img + " --labels-file " + test::shell_quote(dir / "empty.txt"), 2,
                  dir / "empty.txt" + ": no labels in the file");
   test::write_text(dir / "blank.txt", "猫\n   \n狗\n");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "blank.txt"), 2, "label 2 '   ' is blank: it has no words");
+  expect_refused(img + " --labels-file " + test::shell_quote(dir / "blank.txt"), 2,
+                 "label 2 '   ' is blank: it has no words");
   expect_refused(img + " --labels 猫,狗 --format paths", 2,
                  "--format: expects table, json, jsonl or auto, not 'paths' (see 'cnclip classify --help')");
 }
@@ -360,13 +367,15 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   test::TempDir dir;
   test::write_text(dir / "text.jpg", "not an image\n");
   // (A folder is a usage error before anything is classified: FrontOptions.AFolderWhereAnImage...)
-  auto r = test::run_cnclip("classify " + test::shell_quote(dir / "missing.jpg") + " " + test::shell_quote(dir / "text.jpg") +
-                            " " + test::shell_quote(pokemon_jpeg()) + " --labels 猫,狗 --format jsonl" + model_arg());
+  auto r = test::run_cnclip("classify " + test::shell_quote(dir / "missing.jpg") + " " +
+                            test::shell_quote(dir / "text.jpg") + " " + test::shell_quote(pokemon_jpeg()) +
+                            " --labels 猫,狗 --format jsonl" + model_arg());
   EXPECT_EQ(r.exit_code, 1);
   const auto err = test::lines(r.err);
   ASSERT_EQ(err.size(), 2u) << r.err;
   EXPECT_EQ(err[0], "cnclip: error: " + dir / "missing.jpg" + ": cannot open: No such file or directory");
-  EXPECT_EQ(err[1], "cnclip: error: " + dir / "text.jpg" + ": unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
+  EXPECT_EQ(err[1], "cnclip: error: " + dir / "text.jpg" +
+                        ": unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
   const auto out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(json::parse(out[0])["path"], pokemon_jpeg());
@@ -381,8 +390,10 @@ TEST(Classify, UsageMistakes) {
   expect_refused(img + " --under /tmp --labels 猫,狗", 2, "--under goes with --indexed (it picks indexed photos)");
   expect_refused("- - --labels 猫,狗", 2, "'-' (an image on stdin) can be given only once");
   expect_refused("- --labels-file - ", 2, "'-' (an image on stdin) and '--labels-file -' both want stdin");
-  expect_refused(img + " --labels 猫 --templates en", 2, "--templates: expects zh, not 'en' (see 'cnclip classify --help')");
-  expect_refused(img + " --labels 猫 --top 0", 2, "--top: expects a whole number from 1 to 2147483647, not '0' (see 'cnclip classify --help')");
+  expect_refused(img + " --labels 猫 --templates en", 2,
+                 "--templates: expects zh, not 'en' (see 'cnclip classify --help')");
+  expect_refused(img + " --labels 猫 --top 0", 2,
+                 "--top: expects a whole number from 1 to 2147483647, not '0' (see 'cnclip classify --help')");
   test::TempDir dir;
   expect_refused("--indexed --labels 猫,狗 --index " + test::shell_quote(dir / "none"), 1,
                  dir / "none" + ": no index here yet (run 'cnclip index PATH' first, or give --index DIR)");

@@ -81,8 +81,8 @@ TEST_F(ExifInCommands, Preprocess) {
 
 TEST_F(ExifInCommands, EmbedImage) {
   for (bool upright : {true, false}) {
-    auto r = test::run_cnclip("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                              model_arg);
+    auto r =
+        test::run_cnclip("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto row = json::parse(r.out);
     EXPECT_LT(max_diff(row["embedding"].get<std::vector<float>>(), embedding(upright)), 1e-5)
@@ -93,8 +93,8 @@ TEST_F(ExifInCommands, EmbedImage) {
 TEST_F(ExifInCommands, IndexStoresWhatTheOptionSays) {
   for (bool upright : {true, false}) {
     const std::string idx = dir / (upright ? "up" : "side");
-    auto r = test::run_cnclip("index " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                              " --index " + test::shell_quote(idx) + model_arg);
+    auto r = test::run_cnclip("index " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + " --index " +
+                              test::shell_quote(idx) + model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     auto record = store->catalog().find(std::filesystem::canonical(photo()).string());  // as indexed

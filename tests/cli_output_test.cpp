@@ -31,7 +31,8 @@ test::RunResult sh(const std::string& command, const std::string& stdin_text = "
   test::TempDir io;
   test::write_text(io / "in", stdin_text);
   test::write_text(io / "cmd", command);
-  const std::string full = "bash " + q(io / "cmd") + " < " + q(io / "in") + " > " + q(io / "out") + " 2> " + q(io / "err");
+  const std::string full =
+      "bash " + q(io / "cmd") + " < " + q(io / "in") + " > " + q(io / "out") + " 2> " + q(io / "err");
   const int status = std::system(full.c_str());
   test::RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
@@ -65,7 +66,7 @@ class Indexed : public ::testing::Test {
   static inline test::TempDir* dir = nullptr;
   static inline std::string photos, idx;
   static inline const std::string kLatin1 = "\xe9t\xe9 \xff.png";           // not UTF-8
-  static inline const std::string kNewline = "two\nlines.jpg";               // a newline in the name
+  static inline const std::string kNewline = "two\nlines.jpg";              // a newline in the name
   static inline const std::string kEscape = "\x1b]0;owned\x07\x1b[2J.png";  // terminal escapes
   static constexpr int kFiles = 6;
 
@@ -134,8 +135,9 @@ TEST_F(Indexed, AReaderThatGoesAwayEndsTheCommandQuietly) {
   for (int i = 0; i < 3000; ++i) many += "第" + std::to_string(i) + "行 some words to make the line longer\n";
   // SIGPIPE ignored (as some parents leave it): the write fails with EPIPE, which ends cnclip quietly.
   for (const std::string& trap : {std::string("trap '' PIPE; "), std::string()}) {
-    auto r = sh(trap + kBin + " tokenize -" + model_arg() + " | head -c 10 > /dev/null; echo \"status ${PIPESTATUS[0]}\"",
-                many);
+    auto r =
+        sh(trap + kBin + " tokenize -" + model_arg() + " | head -c 10 > /dev/null; echo \"status ${PIPESTATUS[0]}\"",
+           many);
     EXPECT_EQ(r.out, "status 141\n") << trap << r.err;
     EXPECT_EQ(r.err, "") << trap;
   }
@@ -379,7 +381,8 @@ TEST_F(Indexed, StdinQueriesAreCheckedLineByLine) {
 // --- search inputs ----------------------------------------------------------------------------
 
 TEST_F(Indexed, EmptyAndBlankQueriesAreUsageErrors) {
-  for (const std::string& query : std::vector<std::string>{"''", "'   '", "$'\\t\\n'", "'　'", "$'\\x01'"}) {  // ideographic space too
+  for (const std::string& query :
+       std::vector<std::string>{"''", "'   '", "$'\\t\\n'", "'　'", "$'\\x01'"}) {  // ideographic space too
     auto r = sh(kBin + " search-text 猫 " + query + with_index());
     EXPECT_EQ(r.exit_code, 2) << query << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << query << r.err;
@@ -396,7 +399,7 @@ TEST_F(Indexed, ALongQueryIsCutWithAWarning) {
   EXPECT_EQ(json_lines(r.out).size(), 1u);
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find("warning"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("夕阳大海"), std::string::npos) << r.err;  // names the query
+  EXPECT_NE(r.err.find("夕阳大海"), std::string::npos) << r.err;   // names the query
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;  // how many tokens were kept
   // A query that fits says nothing; tokenize and embed-text warn too.
   r = test::run_cnclip("search-text 夕阳大海 -k 1" + with_index());

@@ -55,8 +55,8 @@ json index_json(const std::string& args) {
 TEST(Cli, HelpVersionAndUsageErrors) {
   auto r = test::run_cnclip("--help");
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* sub : {"index", "search-text", "search-image", "embed-text", "embed-image", "model-info",
-                          "tokenize", "preprocess", "info", "remove"}) {
+  for (const char* sub : {"index", "search-text", "search-image", "embed-text", "embed-image", "model-info", "tokenize",
+                          "preprocess", "info", "remove"}) {
     EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
   }
   r = test::run_cnclip("--version");
@@ -130,8 +130,9 @@ TEST(Cli, TokenizeJsonInputReproducesFixture) {
 
 TEST(Cli, PreprocessWritesTheReferenceTensor) {
   test::TempDir dir;
-  auto r = test::run_cnclip("preprocess --ignore-exif --full-decode " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) +
-                            " --npy " + test::shell_quote(dir / "t.npy"));
+  auto r = test::run_cnclip("preprocess --ignore-exif --full-decode " +
+                            test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " --npy " +
+                            test::shell_quote(dir / "t.npy"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ours = read_npy(dir / "t.npy").value();
   EXPECT_EQ(ours.shape, (std::vector<int64_t>{3, 224, 224}));
@@ -218,7 +219,7 @@ TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
 
 TEST_F(Photos, HiddenExcludeAndExtensions) {
   auto s = index_json(test::shell_quote(photos) + idx_arg() + " --hidden --exclude '山' --ext jpg,.JPEG");
-  EXPECT_EQ(s["added"], 3);  // sunset 1.jpg, 小狗.jpeg and .hidden/secret.jpg; not 山/cat.jpg, not x.webp
+  EXPECT_EQ(s["added"], 3);   // sunset 1.jpg, 小狗.jpeg and .hidden/secret.jpg; not 山/cat.jpg, not x.webp
   EXPECT_EQ(s["failed"], 1);  // broken.jpg
   s = index_json(test::shell_quote(photos) + " --index " + test::shell_quote(dir / "default-options"));
   EXPECT_EQ(s["added"], 5);  // hidden folder skipped, webp included
@@ -290,14 +291,16 @@ TEST_F(Photos, ClearErrorsForEmptyMissingAndMismatchedIndexes) {
   r = test::run_cnclip("search-text 猫 --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--reindex"), std::string::npos) << r.err;
-  r = test::run_cnclip("index " + test::shell_quote(photos) + " --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip("index " + test::shell_quote(photos) + " --model " +
+                       test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   r = test::run_cnclip("index -q --reindex --format json " + test::shell_quote(photos) + " --model " +
                        test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 5);
 
-  r = test::run_cnclip("search-text - --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg(), "ab\xff\n");
+  r = test::run_cnclip("search-text - --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg(),
+                       "ab\xff\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("UTF-8"), std::string::npos) << r.err;
 
@@ -332,7 +335,8 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
   const int n = 160;
-  for (int i = 0; i < n; ++i) make_photo(photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg", 100 + i);
+  for (int i = 0; i < n; ++i)
+    make_photo(photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg", 100 + i);
   const std::string args = " -q --batch-size 2 " + test::shell_quote(photos) + model_arg();
 
   auto reference = test::run_cnclip("index" + args + " --index " + test::shell_quote(dir / "ref"));
@@ -452,7 +456,8 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
     EXPECT_GT(kept, 0);
     EXPECT_LT(kept, n);
     auto rest = json::parse(test::run_cnclip("index -q --format json " + test::shell_quote(photos) + model_arg() +
-                                             " --index " + test::shell_quote(idx)).out);
+                                             " --index " + test::shell_quote(idx))
+                                .out);
     EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
     EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);
   }
@@ -486,15 +491,15 @@ TEST(CliImport, JsonlAndNpyRoundTrip) {
   for (int i = 0; i < 3; ++i) m[i * 32 + i] = 1.0f;
   write_npy(dir / "m.npy", m.data(), {3, 32});
   test::write_text(dir / "p.txt", "/remote/a.jpg\n/remote/b.jpg\n/remote/c.jpg\n");
-  r = test::run_cnclip("import --npy " + test::shell_quote(dir / "m.npy") + " --paths " + test::shell_quote(dir / "p.txt") +
-                       model_arg() + " --index " + test::shell_quote(dir / "i2"));
+  r = test::run_cnclip("import --npy " + test::shell_quote(dir / "m.npy") + " --paths " +
+                       test::shell_quote(dir / "p.txt") + model_arg() + " --index " + test::shell_quote(dir / "i2"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto info = json::parse(test::run_cnclip("info --format json --index " + test::shell_quote(dir / "i2")).out);
   EXPECT_EQ(info["files"], 3);
   write_npy(dir / "bad.npy", m.data(), {6, 16});
   test::write_text(dir / "p6.txt", "a\nb\nc\nd\ne\nf\n");
-  r = test::run_cnclip("import --npy " + test::shell_quote(dir / "bad.npy") + " --paths " + test::shell_quote(dir / "p6.txt") +
-                       model_arg() + " --index " + test::shell_quote(dir / "i2"));
+  r = test::run_cnclip("import --npy " + test::shell_quote(dir / "bad.npy") + " --paths " +
+                       test::shell_quote(dir / "p6.txt") + model_arg() + " --index " + test::shell_quote(dir / "i2"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("bad.npy"), std::string::npos) << r.err;
   info = json::parse(test::run_cnclip("info --format json --index " + test::shell_quote(dir / "i2")).out);
@@ -579,8 +584,8 @@ TEST(CliTerminal, ProgressBarAndTableOnATerminal) {
   auto in_pty = [&](const std::string& args) {
     // script(1) runs the command on a pseudo-terminal.
     const std::string cmd = std::string(CNCLIP_BINARY) + " " + args;
-    const std::string full = "script -qefc " + test::shell_quote(cmd) + " /dev/null > " + test::shell_quote(dir / "tty") +
-                             " 2>&1";
+    const std::string full =
+        "script -qefc " + test::shell_quote(cmd) + " /dev/null > " + test::shell_quote(dir / "tty") + " 2>&1";
     EXPECT_EQ(std::system(full.c_str()), 0) << cmd;
     return test::read_text(dir / "tty");
   };

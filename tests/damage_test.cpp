@@ -7,12 +7,12 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <cstring>
-#include <random>
 #include <optional>
+#include <random>
 #include <set>
 
 #include "cnclip/index_store.h"
@@ -59,7 +59,8 @@ struct LibraryIndex {
       for (int i = start; i < std::min(n, start + 50); ++i) {
         const std::string path = "/photos/" + std::to_string(i) + ".jpg";
         auto e = unit_vector(rng);
-        const int64_t id = s->catalog().insert(FileRecord{0, path, 100 + i, 1000 + i, "h" + std::to_string(i), 1}, e.data(), kDim);
+        const int64_t id =
+            s->catalog().insert(FileRecord{0, path, 100 + i, 1000 + i, "h" + std::to_string(i), 1}, e.data(), kDim);
         rows[id] = {path, e};
       }
       tx.commit();
@@ -68,7 +69,8 @@ struct LibraryIndex {
       CatalogTransaction tx(s->catalog());
       for (int i = 0; i < 4; ++i) s->catalog().add_root("/photos/root" + std::to_string(i));
       for (int i = 0; i < 6; ++i) {
-        s->catalog().record_failure(FileRecord{0, "/photos/bad" + std::to_string(i) + ".jpg", 5, 6, "", 0}, "truncated");
+        s->catalog().record_failure(FileRecord{0, "/photos/bad" + std::to_string(i) + ".jpg", 5, 6, "", 0},
+                                    "truncated");
       }
       tx.commit();
     }
@@ -440,24 +442,26 @@ TEST(DamageCli, DamagedCatalogIsReportedRepairedAndOnlyTheLostAreEncodedAgain) {
   for (const auto& [path, e] : after) EXPECT_EQ(final_entries.at(path), e) << path;
 }
 
-bool user_exists(const char* name) { return std::system((std::string("id -u ") + name + " >/dev/null 2>&1").c_str()) == 0; }
+bool user_exists(const char* name) {
+  return std::system((std::string("id -u ") + name + " >/dev/null 2>&1").c_str()) == 0;
+}
 
 // Every reader works and every writer says "read-only" in one line; `prefix` runs the binary as
 // another user.
 void expect_read_only_behaviour(const PhotoIndex& p, const std::string& prefix, int files) {
-  auto run = [&](const std::string& args) {
-    return test::run_cnclip_as(prefix, args);
-  };
+  auto run = [&](const std::string& args) { return test::run_cnclip_as(prefix, args); };
   auto r = run("search-text 小狗 -k 5 --format jsonl" + model_arg() + p.idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 5u);
-  r = run("search-image " + test::shell_quote(p.photos + "/p1.png") + " -k 1 --format paths" + model_arg() + p.idx_arg());
+  r = run("search-image " + test::shell_quote(p.photos + "/p1.png") + " -k 1 --format paths" + model_arg() +
+          p.idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   r = run("info --format json" + p.idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["files"], files);
   test::write_text(p.dir / "in.jsonl", "");
-  for (const std::string& cmd : std::vector<std::string>{"index -q" + model_arg(), "index -q " + test::shell_quote(p.photos) + model_arg(),
+  for (const std::string& cmd :
+       std::vector<std::string>{"index -q" + model_arg(), "index -q " + test::shell_quote(p.photos) + model_arg(),
                                 "remove " + test::shell_quote(p.photos + "/p1.png"), std::string("repair"),
                                 "import " + test::shell_quote(p.dir / "in.jsonl") + model_arg()}) {
     r = run(cmd + p.idx_arg());
@@ -499,7 +503,8 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
     s->catalog().remove_under(p.photos + "/p1.png");
     tx.commit();
     fs::create_directories(copy);
-    for (const auto& e : fs::directory_iterator(p.idx)) fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(p.idx))
+      fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
   }
   ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 0u);
   std::system(("chmod -R a+rX " + test::shell_quote(p.dir.path())).c_str());
@@ -511,7 +516,8 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
       auto r = test::run_cnclip_as(prefix, "info --format json --index " + test::shell_quote(copy));
       ASSERT_EQ(r.exit_code, 0) << prefix << r.err;
       EXPECT_EQ(json::parse(r.out)["files"], 11) << "the commit in the -wal is seen";
-      r = test::run_cnclip_as(prefix, "search-text 小狗 -k 20 --format paths" + model_arg() + " --index " + test::shell_quote(copy));
+      r = test::run_cnclip_as(
+          prefix, "search-text 小狗 -k 20 --format paths" + model_arg() + " --index " + test::shell_quote(copy));
       EXPECT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(test::lines(r.out).size(), 11u);
     }

@@ -83,7 +83,9 @@ class ScopedMount {
     else m.ok_ = true;
     return m;
   }
-  ScopedMount(ScopedMount&& o) noexcept : dir_(std::move(o.dir_)), why_(std::move(o.why_)), ok_(o.ok_) { o.ok_ = false; }
+  ScopedMount(ScopedMount&& o) noexcept : dir_(std::move(o.dir_)), why_(std::move(o.why_)), ok_(o.ok_) {
+    o.ok_ = false;
+  }
   ScopedMount(const ScopedMount&) = delete;
   ScopedMount& operator=(const ScopedMount&) = delete;
   ScopedMount& operator=(ScopedMount&&) = delete;

@@ -10,9 +10,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fcntl.h>
 #include <chrono>
 #include <cstdlib>
-#include <fcntl.h>
 
 #include <filesystem>
 #include <fstream>
@@ -71,7 +71,8 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
   add_photos(40);
   const std::string model = test::tiny_bundle();
   auto index_args = [&](const char* batch) {
-    return std::vector<std::string>{"cnclip", "index", "-q", "--batch-size", batch, photos, "--model", model, "--index", idx};
+    return std::vector<std::string>{"cnclip", "index",   "-q",  "--batch-size", batch,
+                                    photos,   "--model", model, "--index",      idx};
   };
   auto spawn = [&](const std::vector<std::string>& args, const std::string& err_path) {
     pid_t pid = fork();
@@ -137,14 +138,9 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
         const uint64_t size = test::file_size(e.path());
         ++damages;
         switch (rng() % 3) {
-          case 0:
-            test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, rng());
-            break;
-          case 1:
-            fs::resize_file(e.path(), rng() % size);
-            break;
-          default:
-            std::ofstream(e.path(), std::ios::binary | std::ios::app) << std::string(1 + rng() % 100, 'x');
+          case 0: test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, rng()); break;
+          case 1: fs::resize_file(e.path(), rng() % size); break;
+          default: std::ofstream(e.path(), std::ios::binary | std::ios::app) << std::string(1 + rng() % 100, 'x');
         }
       }
     } else {
@@ -196,9 +192,8 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
   EXPECT_EQ(lost, 0);
   EXPECT_GT(kills, 0);
   std::cout << "fault injection: " << rounds << " rounds (seed " << seed << "): " << kills << " kills, " << damages
-            << " snapshot damages, " << full_disks << " full disks (" << full_disk_errors
-            << " runs stopped by it), " << searches << " searches, " << checked
-            << " committed-entry checks; entries lost: " << lost << std::endl;
+            << " snapshot damages, " << full_disks << " full disks (" << full_disk_errors << " runs stopped by it), "
+            << searches << " searches, " << checked << " committed-entry checks; entries lost: " << lost << std::endl;
 }
 
 }  // namespace

@@ -58,8 +58,9 @@ TEST(FrontEnv, NoHomeAndNoXdgIsAClearUsageError) {
     ScopedEnv h("HOME", home), x("XDG_DATA_HOME", std::nullopt);
     auto r = test::run_cnclip("info");
     EXPECT_EQ(r.exit_code, 2);
-    EXPECT_EQ(r.err, "cnclip: error: cannot find a place for the index: HOME is not set; give --index DIR or set "
-                     "CNCLIP_INDEX\n");
+    EXPECT_EQ(r.err,
+              "cnclip: error: cannot find a place for the index: HOME is not set; give --index DIR or set "
+              "CNCLIP_INDEX\n");
     r = test::run_cnclip("embed-text 狗");
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err, "cnclip: error: cannot find the model: HOME is not set; give --model DIR or set CNCLIP_MODEL\n");
@@ -68,9 +69,10 @@ TEST(FrontEnv, NoHomeAndNoXdgIsAClearUsageError) {
     ScopedEnv h("HOME", std::string("relative/home")), x("XDG_DATA_HOME", std::string("data"));
     auto r = test::run_cnclip("search-text 狗 --model " + test::shell_quote(test::tiny_bundle()));
     EXPECT_EQ(r.exit_code, 2);
-    EXPECT_EQ(r.err, "cnclip: error: cannot find a place for the index: HOME is not an absolute path "
-                     "('relative/home'), and XDG_DATA_HOME is not an absolute path ('data'); give --index DIR or set "
-                     "CNCLIP_INDEX\n");
+    EXPECT_EQ(r.err,
+              "cnclip: error: cannot find a place for the index: HOME is not an absolute path "
+              "('relative/home'), and XDG_DATA_HOME is not an absolute path ('data'); give --index DIR or set "
+              "CNCLIP_INDEX\n");
   }
   // Nothing was made under the current directory.
   EXPECT_TRUE(fs::is_empty(cwd.path()));

@@ -70,25 +70,58 @@ TEST_F(FrontImport, MalformedJsonlLinesNameFileAndLine) {
     int status = 1;
   };
   const std::vector<Case> cases = {
-      {"empty-path", good + R"({"path": "", "embedding": [1]})" "\n", "2: \"path\" is empty"},
-      {"no-path", good + R"({"embedding": [1]})" "\n", "2: no \"path\" field"},
-      {"path-number", R"({"path": 7, "embedding": []})" "\n", "1: \"path\" is not a string"},
-      {"path-nul", R"({"path": "a\u0000b", "embedding": []})" "\n", "1: the path contains a NUL character"},
-      {"no-embedding", R"({"path": "/a.jpg"})" "\n", "1: no \"embedding\" field"},
-      {"embedding-string", R"({"path": "/a.jpg", "embedding": "0.1,0.2"})" "\n", "1: \"embedding\" is not an array"},
-      {"embedding-short", "\n\n" R"({"path": "/a.jpg", "embedding": [0.1, 0.2]})" "\n",
+      {"empty-path",
+       good + R"({"path": "", "embedding": [1]})"
+              "\n",
+       "2: \"path\" is empty"},
+      {"no-path",
+       good + R"({"embedding": [1]})"
+              "\n",
+       "2: no \"path\" field"},
+      {"path-number",
+       R"({"path": 7, "embedding": []})"
+       "\n",
+       "1: \"path\" is not a string"},
+      {"path-nul",
+       R"({"path": "a\u0000b", "embedding": []})"
+       "\n",
+       "1: the path contains a NUL character"},
+      {"no-embedding",
+       R"({"path": "/a.jpg"})"
+       "\n",
+       "1: no \"embedding\" field"},
+      {"embedding-string",
+       R"({"path": "/a.jpg", "embedding": "0.1,0.2"})"
+       "\n",
+       "1: \"embedding\" is not an array"},
+      {"embedding-short",
+       "\n\n"
+       R"({"path": "/a.jpg", "embedding": [0.1, 0.2]})"
+       "\n",
        "3: embedding has dimension 2, the model has 32"},
       {"embedding-null", json{{"path", "/a.jpg"}, {"embedding", std::vector<json>(kDim, nullptr)}}.dump() + "\n",
        "1: \"embedding\" value 0 is not a number"},
       {"embedding-zero", json{{"path", "/a.jpg"}, {"embedding", zeros}}.dump() + "\n", "1: the embedding is all zeros"},
-      {"embedding-nan", R"({"path": "/a.jpg", "embedding": [NaN]})" "\n", "1: not valid JSON (at byte 34)"},
+      {"embedding-nan",
+       R"({"path": "/a.jpg", "embedding": [NaN]})"
+       "\n",
+       "1: not valid JSON (at byte 34)"},
       {"embedding-overflow", json{{"path", "/a.jpg"}, {"embedding", std::vector<double>(kDim, 1e39)}}.dump() + "\n",
        "1: value 0 is not a finite number"},
-      {"number-out-of-range", R"({"path": "/a.jpg", "embedding": [1e999]})" "\n", "1: a number is out of range"},
+      {"number-out-of-range",
+       R"({"path": "/a.jpg", "embedding": [1e999]})"
+       "\n",
+       "1: a number is out of range"},
       {"not-json", good + good + "path,embedding\n", "3: not valid JSON (at byte 1)"},
       {"not-object", "[\"/a.jpg\", [0.1]]\n", "1: not a JSON object like {\"path\": ..., \"embedding\": [...]}"},
-      {"path-bytes-odd", R"({"path_bytes": "2f6", "embedding": []})" "\n", "1: \"path_bytes\" is not hex (odd length)"},
-      {"path-bytes-nonhex", R"({"path_bytes": "2fzz", "embedding": []})" "\n", "1: \"path_bytes\" is not hex ('zz')"},
+      {"path-bytes-odd",
+       R"({"path_bytes": "2f6", "embedding": []})"
+       "\n",
+       "1: \"path_bytes\" is not hex (odd length)"},
+      {"path-bytes-nonhex",
+       R"({"path_bytes": "2fzz", "embedding": []})"
+       "\n",
+       "1: \"path_bytes\" is not hex ('zz')"},
       {"huge-line", good + huge, "2: line longer than 16 MiB; not an embed-image line"},
   };
   for (const auto& c : cases) {
@@ -100,16 +133,17 @@ TEST_F(FrontImport, MalformedJsonlLinesNameFileAndLine) {
 
 TEST_F(FrontImport, DirectoriesAreRefusedNotImportedAsNothing) {
   fs::create_directories(dir_ / "folder");
-  expect_refused("import " + test::shell_quote(dir_ / "folder"), 2, dir_ / "folder" + ": is a directory, not a JSONL file");
+  expect_refused("import " + test::shell_quote(dir_ / "folder"), 2,
+                 dir_ / "folder" + ": is a directory, not a JSONL file");
   std::vector<float> m(kDim, 0.5f);
   write_npy(dir_ / "m.npy", m.data(), {1, kDim});
   test::write_text(dir_ / "p.txt", "/remote/x.jpg\n");
-  expect_refused("import --npy " + test::shell_quote(dir_ / "folder") + " --paths " + test::shell_quote(dir_ / "p.txt"), 2,
-                 dir_ / "folder" + ": is a directory, not an .npy file");
-  expect_refused("import --npy " + test::shell_quote(dir_ / "m.npy") + " --paths " + test::shell_quote(dir_ / "folder"), 2,
-                 dir_ / "folder" + ": is a directory, not a file of paths");
-  expect_refused("import --paths " + test::shell_quote(dir_ / "p.txt") + " " + test::shell_quote(dir_ / "good.jsonl"), 2,
-                 "import: --paths goes with --npy");
+  expect_refused("import --npy " + test::shell_quote(dir_ / "folder") + " --paths " + test::shell_quote(dir_ / "p.txt"),
+                 2, dir_ / "folder" + ": is a directory, not an .npy file");
+  expect_refused("import --npy " + test::shell_quote(dir_ / "m.npy") + " --paths " + test::shell_quote(dir_ / "folder"),
+                 2, dir_ / "folder" + ": is a directory, not a file of paths");
+  expect_refused("import --paths " + test::shell_quote(dir_ / "p.txt") + " " + test::shell_quote(dir_ / "good.jsonl"),
+                 2, "import: --paths goes with --npy");
 }
 
 TEST_F(FrontImport, PathsFilesWithCrlfLoseTheCr) {
@@ -136,20 +170,24 @@ TEST_F(FrontImport, NpyRowsAndCountsAreCheckedBeforeWriting) {
   m[kDim + 3] = std::numeric_limits<float>::infinity();
   write_npy(dir_ / "inf.npy", m.data(), {2, kDim});
   test::write_text(dir_ / "p2.txt", "/remote/a.jpg\n/remote/b.jpg\n");
-  expect_refused("import --npy " + test::shell_quote(dir_ / "inf.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
-                 dir_ / "inf.npy" + ": row 2 (/remote/b.jpg): value 3 is not a finite number");
+  expect_refused(
+      "import --npy " + test::shell_quote(dir_ / "inf.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
+      dir_ / "inf.npy" + ": row 2 (/remote/b.jpg): value 3 is not a finite number");
   std::vector<float> z(2 * kDim, 0.0f);
   z[0] = 1;
   write_npy(dir_ / "zero.npy", z.data(), {2, kDim});
-  expect_refused("import --npy " + test::shell_quote(dir_ / "zero.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
-                 dir_ / "zero.npy" + ": row 2 (/remote/b.jpg): the embedding is all zeros");
+  expect_refused(
+      "import --npy " + test::shell_quote(dir_ / "zero.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
+      dir_ / "zero.npy" + ": row 2 (/remote/b.jpg): the embedding is all zeros");
   test::write_text(dir_ / "p3.txt", "/remote/a.jpg\n/remote/b.jpg\n/remote/c.jpg\n");
   write_npy(dir_ / "ok.npy", m.data(), {1, kDim});
-  expect_refused("import --npy " + test::shell_quote(dir_ / "ok.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
-                 dir_ / "p3.txt" + ": 3 paths for 1 embeddings in " + dir_ / "ok.npy");
+  expect_refused(
+      "import --npy " + test::shell_quote(dir_ / "ok.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
+      dir_ / "p3.txt" + ": 3 paths for 1 embeddings in " + dir_ / "ok.npy");
   write_npy(dir_ / "wide.npy", m.data(), {1, 2 * kDim});
-  expect_refused("import --npy " + test::shell_quote(dir_ / "wide.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
-                 dir_ / "wide.npy" + ": expected a [N,32] matrix, not [1,64]");
+  expect_refused(
+      "import --npy " + test::shell_quote(dir_ / "wide.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
+      dir_ / "wide.npy" + ": expected a [N,32] matrix, not [1,64]");
 }
 
 // embed-image's JSON gives "path_bytes" (lower-case hex of the raw bytes) for a path that is not
@@ -163,8 +201,8 @@ TEST_F(FrontImport, PathBytesGiveTheExactPath) {
     std::snprintf(b, sizeof(b), "%02x", c);
     hex += b;
   }
-  const std::string line = R"({"path": "/remote/caf\ufffd-\ufffd.jpg", "path_bytes": ")" + hex +
-                           R"(", "embedding": )" + json(e).dump() + "}\n";
+  const std::string line = R"({"path": "/remote/caf\ufffd-\ufffd.jpg", "path_bytes": ")" + hex + R"(", "embedding": )" +
+                           json(e).dump() + "}\n";
   test::write_text(dir_ / "bytes.jsonl", line);
   auto r = run("import " + test::shell_quote(dir_ / "bytes.jsonl"));
   ASSERT_EQ(r.exit_code, 0) << r.err;

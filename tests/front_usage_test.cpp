@@ -37,7 +37,8 @@ void expect_usage_error_with(const std::string& args, const std::vector<std::str
 }
 
 TEST(FrontCommands, UnknownCommandsGetTheNearestOne) {
-  expect_usage_error("serach-text x", "unknown command 'serach-text'; did you mean 'search-text'? (see 'cnclip --help')");
+  expect_usage_error("serach-text x",
+                     "unknown command 'serach-text'; did you mean 'search-text'? (see 'cnclip --help')");
   expect_usage_error("indx photos", "unknown command 'indx'; did you mean 'index'? (see 'cnclip --help')");
   expect_usage_error("search x",
                      "unknown command 'search'; did you mean 'search-text' or 'search-image'? (see 'cnclip --help')");
@@ -77,8 +78,9 @@ TEST(FrontOptions, AFolderWhereAnImageIsExpectedIsAUsageError) {
   for (const std::string command : {"embed-image", "search-image", "classify --labels a,b", "preprocess --npy x.npy"}) {
     const std::string head = command.substr(0, command.find(' '));
     expect_usage_error(command + " " + test::shell_quote(folder),
-                       "image: '" + folder + "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip " +
-                           head + " --help')");
+                       "image: '" + folder +
+                           "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip " + head +
+                           " --help')");
   }
 }
 
@@ -93,10 +95,12 @@ TEST(FrontOptions, UnknownOptionsSuggestTheNearestOfThatCommand) {
   expect_usage_error("search-text --treshold 0.3 x",
                      "unknown option '--treshold' for search-text; did you mean '--threshold'? "
                      "(see 'cnclip search-text --help')");
-  expect_usage_error("search-text --topk=3 x",
-                     "unknown option '--topk' for search-text; did you mean '--top-k'? (see 'cnclip search-text --help')");
-  expect_usage_error("index --batchsize 8 photos",
-                     "unknown option '--batchsize' for index; did you mean '--batch-size'? (see 'cnclip index --help')");
+  expect_usage_error(
+      "search-text --topk=3 x",
+      "unknown option '--topk' for search-text; did you mean '--top-k'? (see 'cnclip search-text --help')");
+  expect_usage_error(
+      "index --batchsize 8 photos",
+      "unknown option '--batchsize' for index; did you mean '--batch-size'? (see 'cnclip index --help')");
   // --top-k belongs to the search commands only: index has nothing close.
   expect_usage_error_with("info --top-k 3", {"unknown option '--top-k' for info", "(see 'cnclip info --help')"});
 }
@@ -116,16 +120,19 @@ TEST(FrontOptions, ArgumentsThatLookLikeOptionsExplainDoubleDash) {
 TEST(FrontOptions, MissingRepeatedAndExtraArgumentsInPlainWords) {
   expect_usage_error("search-text --top-k",
                      "--top-k needs a value (a whole number from 1 to 2147483647) (see 'cnclip search-text --help')");
-  expect_usage_error("search-text -k 1 -k 2 x", "--top-k is given 2 times; give it once (see 'cnclip search-text --help')");
+  expect_usage_error("search-text -k 1 -k 2 x",
+                     "--top-k is given 2 times; give it once (see 'cnclip search-text --help')");
   expect_usage_error("search-text --under a --under b x",
                      "--under is given 2 times; give it once (see 'cnclip search-text --help')");
   expect_usage_error("search-text", "search-text needs at least one query (see 'cnclip search-text --help')");
   expect_usage_error("preprocess a.jpg", "preprocess needs the option --npy (see 'cnclip preprocess --help')");
-  expect_usage_error("index --hidden=maybe photos",
-                     "--hidden is a switch and takes no value, not 'maybe' (write --hidden alone) (see 'cnclip index --help')");
+  expect_usage_error(
+      "index --hidden=maybe photos",
+      "--hidden is a switch and takes no value, not 'maybe' (write --hidden alone) (see 'cnclip index --help')");
   expect_usage_error("info extra", "info takes no arguments, but was given 'extra' (see 'cnclip info --help')");
-  expect_usage_error("search-text x --format xml",
-                     "--format: expects table, json, jsonl, paths or auto, not 'xml' (see 'cnclip search-text --help')");
+  expect_usage_error(
+      "search-text x --format xml",
+      "--format: expects table, json, jsonl, paths or auto, not 'xml' (see 'cnclip search-text --help')");
   expect_usage_error("info --format yaml", "--format: expects text or json, not 'yaml' (see 'cnclip info --help')");
 }
 
@@ -139,12 +146,18 @@ TEST(FrontOptions, EveryNumericOptionRefusesNonsense) {
   // Each value is refused by the same check everywhere; every option gets 0, -1, 2^31-1 (or its
   // overflow), nan and inf, and the checks' other refusals are spread over them.
   const std::vector<Case> cases = {
-      {"search-text x", "--top-k", "a whole number from 1 to 2147483647", {"0", "-1", "2147483648", "nan", "1.5", "''"}},
+      {"search-text x",
+       "--top-k",
+       "a whole number from 1 to 2147483647",
+       {"0", "-1", "2147483648", "nan", "1.5", "''"}},
       {"search-image x.jpg", "-k", "a whole number from 1 to 2147483647", {"0", "inf"}},
       {"search-text x", "--threshold", "a number (not nan or inf)", {"nan", "inf", "-inf", "1e999", "0.5x", "''"}},
       {"index p", "--batch-size", "a whole number from 1 to 1024", {"0", "-1", "2147483647", "nan", "abc"}},
       {"index p", "-j", "a whole number from 0 to 1024", {"-1", "2147483647", "inf"}},
-      {"index p", "--max-pixels", "a number greater than 0 and at most 1000000", {"0", "-1", "2147483647", "nan", "inf"}},
+      {"index p",
+       "--max-pixels",
+       "a number greater than 0 and at most 1000000",
+       {"0", "-1", "2147483647", "nan", "inf"}},
       {"embed-image x.jpg", "--max-pixels", "a number greater than 0 and at most 1000000", {"-inf"}},
       {"search-text x", "--threads", "a whole number from 0 to 1024", {"-1", "2147483647", "nan", "inf"}},
       {"import f.jsonl", "--threads", "a whole number from 0 to 1024", {"-1"}},
@@ -153,7 +166,9 @@ TEST(FrontOptions, EveryNumericOptionRefusesNonsense) {
   for (const auto& c : cases) {
     for (const auto& v : c.bad) {
       const std::string shown = v == "''" ? "" : v;
-      std::vector<std::string> parts = {"--" + std::string(c.option == "-k" ? "top-k" : c.option == "-j" ? "jobs" : c.option.substr(2)),
+      std::vector<std::string> parts = {"--" + std::string(c.option == "-k"   ? "top-k"
+                                                           : c.option == "-j" ? "jobs"
+                                                                              : c.option.substr(2)),
                                         "not '" + shown + "'"};
       if (!c.accepts.empty()) parts.push_back(c.accepts);
       expect_usage_error_with(c.command + " " + c.option + " " + v, parts);

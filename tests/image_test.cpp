@@ -1,7 +1,7 @@
 #include "cnclip/image.h"
 
-#include <gtest/gtest.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,8 +17,9 @@
 namespace cnclip {
 namespace {
 
-const char* kFixtureImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
-                                "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+const char* kFixtureImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png",
+                                "chelsea_rgba.png",      "coffee_2048x1366_exif6.jpg",
+                                "pokemon.jpeg",          "rocket_rgb16_17x9.png"};
 
 std::string stem(const std::string& name) { return name.substr(0, name.find('.')); }
 
@@ -254,12 +255,13 @@ class CmykJpeg : public ::testing::Test {
         "import numpy as np, sys\n"
         "from PIL import Image\n"
         "rng = np.random.default_rng(1)\n"
-        "a = np.clip(np.linspace(0, 255, 300 * 200 * 4).reshape(200, 300, 4) + rng.normal(0, 40, (200, 300, 4)), 0, 255)\n"
+        "a = np.clip(np.linspace(0, 255, 300 * 200 * 4).reshape(200, 300, 4) + rng.normal(0, 40, (200, 300, 4)), 0, "
+        "255)\n"
         "e = Image.Exif(); e[0x0112] = 6\n"
         "Image.fromarray(a.astype(np.uint8), 'CMYK').save(sys.argv[1], quality=90, exif=e.tobytes())\n";
     test::write_text(dir_ / "make.py", script);
-    const std::string cmd = std::string(CNCLIP_PYTHON) + " " + test::shell_quote(dir_ / "make.py") + " " +
-                            test::shell_quote(path_);
+    const std::string cmd =
+        std::string(CNCLIP_PYTHON) + " " + test::shell_quote(dir_ / "make.py") + " " + test::shell_quote(path_);
     ASSERT_EQ(std::system(cmd.c_str()), 0);
   }
   test::TempDir dir_;

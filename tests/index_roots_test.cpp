@@ -1,13 +1,13 @@
 // Roots and the walk: what `cnclip index` keeps, re-encodes and removes in everyday situations
 // (issue #10 items 1-7, and the walk/index points of issue #11). CLI-level where a user sees it,
 // plus unit tests of the plan (no model) and of the catalog's schema upgrade.
+#include <fcntl.h>
 #include <gtest/gtest.h>
-#include <sqlite3.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -50,7 +50,9 @@ class Roots : public ::testing::Test {
   std::string b = dir / "B";
 
   std::string idx_arg() const { return " --index " + q(idx); }
-  test::RunResult index(const std::string& args) { return test::run_cnclip("index --format json -q" + model_arg() + idx_arg() + " " + args); }
+  test::RunResult index(const std::string& args) {
+    return test::run_cnclip("index --format json -q" + model_arg() + idx_arg() + " " + args);
+  }
   // Runs `index ARGS`, expects exit 0, returns the summary.
   json index_ok(const std::string& args) {
     auto r = index(args);
@@ -233,7 +235,8 @@ TEST(RootsPermissions, UnlistableSubfolderKeepsItsEntries) {
   ::chmod(io.path().c_str(), 0777);
   for (int i = 0; i < 3; ++i) make_photo(photos + "/locked/l" + std::to_string(i) + ".jpg", i);
   make_photo(photos + "/open/o.jpg", 7);
-  ASSERT_EQ(std::system(("chmod -R a+rX " + q(photos) + " && mkdir -p " + q(idx) + " && chown nobody " + q(idx)).c_str()), 0);
+  ASSERT_EQ(
+      std::system(("chmod -R a+rX " + q(photos) + " && mkdir -p " + q(idx) + " && chown nobody " + q(idx)).c_str()), 0);
   // The tiny bundle must be readable by nobody: copy it into the world-readable temp dir.
   fs::copy(test::tiny_bundle(), dir / "tiny", fs::copy_options::recursive);
   ASSERT_EQ(std::system(("chmod -R a+rX " + q(dir / "tiny")).c_str()), 0);
@@ -326,10 +329,12 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
   auto r = index("--exclude '*.jpg' --hidden --confirm-removal " + q(a));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
-  EXPECT_NE(r.err.find("walk options are replaced (were: --exclude '*.png' --exclude raw; now: --hidden --exclude '*.jpg')"),
-            std::string::npos)
+  EXPECT_NE(
+      r.err.find("walk options are replaced (were: --exclude '*.png' --exclude raw; now: --hidden --exclude '*.jpg')"),
+      std::string::npos)
       << r.err;
-  EXPECT_NE(r.err.find("1 indexed file(s) that their folder's options now exclude were removed"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 indexed file(s) that their folder's options now exclude were removed"), std::string::npos)
+      << r.err;
   EXPECT_EQ(s["added"], 1);     // y.png
   EXPECT_EQ(s["excluded"], 1);  // x.jpg
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/y.png"}));
@@ -349,7 +354,8 @@ TEST_F(Roots, ExcludeTakesOneValuePerFlag) {
   EXPECT_EQ(s["added"], 1);
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/x.jpg"}));
   test::TempDir other;
-  auto r = test::run_cnclip("index -q --format json --exclude=*.jpg " + q(a) + model_arg() + " --index " + q(other / "i"));
+  auto r =
+      test::run_cnclip("index -q --format json --exclude=*.jpg " + q(a) + model_arg() + " --index " + q(other / "i"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 1);  // y.png only
 }
@@ -402,9 +408,9 @@ TEST_F(Roots, SymlinksAreReportedNeverDuplicatedAndLoopsEnd) {
   make_photo(a + "/real.jpg", 1);
   make_photo(dir / "outside/o.jpg", 2);
   fs::create_directories(a + "/sub");
-  fs::create_symlink(a + "/real.jpg", a + "/link-to-real.jpg");      // duplicate of its target
-  fs::create_symlink(dir / "outside/o.jpg", a + "/link-out.jpg");    // outside the root
-  fs::create_directory_symlink(a, a + "/sub/loop");                  // a loop
+  fs::create_symlink(a + "/real.jpg", a + "/link-to-real.jpg");       // duplicate of its target
+  fs::create_symlink(dir / "outside/o.jpg", a + "/link-out.jpg");     // outside the root
+  fs::create_directory_symlink(a, a + "/sub/loop");                   // a loop
   fs::create_directory_symlink(dir / "outside", a + "/outside-dir");  // a folder outside
   fs::create_symlink(dir / "nowhere.jpg", a + "/dangling.jpg");
   auto r = index(q(a));
@@ -701,7 +707,12 @@ TEST(CatalogSchema, Version1CatalogIsUpgradedInPlace) {
 TEST(CatalogSchema, NewerSchemaIsRefused) {
   test::TempDir dir;
   const std::string path = dir / "catalog.sqlite3";
-  { auto c = Catalog::open(path, true); c->begin(); c->set_meta("schema_version", "99"); c->commit(); }
+  {
+    auto c = Catalog::open(path, true);
+    c->begin();
+    c->set_meta("schema_version", "99");
+    c->commit();
+  }
   try {
     Catalog::open(path, false);
     FAIL() << "a newer schema was accepted";

@@ -17,8 +17,9 @@ using namespace cnclip;
 
 namespace {
 
-const char* kImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
-                         "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+const char* kImages[] = {"astronaut_palette.png", "camera_gray_1000x100.png",
+                         "chelsea_rgba.png",      "coffee_2048x1366_exif6.jpg",
+                         "pokemon.jpeg",          "rocket_rgb16_17x9.png"};
 
 class RecordingObserver : public IndexObserver {
  public:
@@ -39,8 +40,7 @@ void make_photos(const std::string& dir) {
   for (int copy = 0; copy < 2; ++copy) {
     for (const char* name : kImages) {
       if (n++ == 11) break;
-      test::copy_file(test::fixtures(std::string("images/") + name),
-                      dir + "/" + std::to_string(copy) + "_" + name);
+      test::copy_file(test::fixtures(std::string("images/") + name), dir + "/" + std::to_string(copy) + "_" + name);
     }
   }
   test::write_text(dir + "/broken.jpg", "not a jpeg");
@@ -79,7 +79,8 @@ TEST(Indexer, SameEmbeddingsWhateverTheWorkerSplit) {
     if (entry.path().filename() == "broken.jpg") continue;
     std::vector<float> pixels(static_cast<size_t>(3) * r * r);
     auto bytes = read_file_bytes(entry.path().string()).value();
-    ASSERT_TRUE(preprocess_image(bytes, entry.path().string(), model->manifest().image, DecodeOptions{}, pixels.data()));
+    ASSERT_TRUE(
+        preprocess_image(bytes, entry.path().string(), model->manifest().image, DecodeOptions{}, pixels.data()));
     expected[fs::canonical(entry.path()).string()] = model->encode_images(pixels.data(), 1);
   }
   ASSERT_EQ(expected.size(), 11u);

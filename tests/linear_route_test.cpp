@@ -83,8 +83,7 @@ Embeddings embed_with(const char* route) {
 }
 
 TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
-  const auto text_ref =
-      normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  const auto text_ref = normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
   const auto image_ref =
       normalized_rows(read_npy(test::fixtures("reference/image_features.npy")).value().as_float(), 32);
   const Embeddings blas = embed_with("blas");
@@ -105,8 +104,7 @@ TEST(LinearRoute, Int8BundleIgnoresTheRoute) {
   RouteEnv env("xnnpack");
   auto model = Model::open(test::tiny_int8_bundle(), ModelOptions{"cpu", 0, true});
   const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
-  const auto text_ref =
-      normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
+  const auto text_ref = normalized_rows(read_npy(test::fixtures("reference/text_features.npy")).value().as_float(), 32);
   EXPECT_GE(min_cosine(model->encode_token_ids(ids.data(), 20, 52), text_ref, 32), 0.99);
 }
 

@@ -29,7 +29,8 @@ std::vector<uint8_t> read_bytes(const std::string& path) {
   return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), {});
 }
 void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
-  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  std::ofstream(path, std::ios::binary)
+      .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
 }
 void sh(const std::string& cmd) { ASSERT_EQ(std::system((cmd + " >/dev/null 2>&1").c_str()), 0) << cmd; }
 
@@ -51,12 +52,15 @@ class MediaFiles : public ::testing::Test {
     make_png(d + "/src.png", 120, 90, 1);
     sh("heif-enc -q 80 -o " + q(d + "/a.heic") + " " + q(d + "/src.png"));
     sh("avifenc " + q(d + "/src.png") + " " + q(d + "/a.avif"));
-    const std::string py = std::string(CNCLIP_PYTHON) + " " + q(std::string(CNCLIP_SOURCE_DIR) + "/tests/media_files.py");
+    const std::string py =
+        std::string(CNCLIP_PYTHON) + " " + q(std::string(CNCLIP_SOURCE_DIR) + "/tests/media_files.py");
     sh(py + " gif " + q(d + "/a.gif"));
     sh(py + " dng " + q(d + "/a.dng"));
     sh(std::string(CNCLIP_PYTHON) + " -c " +
-       q("from PIL import Image; im = Image.open('" + d + "/src.png'); "
-         "im.save('" + d + "/anim.webp', save_all=True, append_images=[im.rotate(90)], quality=80)"));
+       q("from PIL import Image; im = Image.open('" + d +
+         "/src.png'); "
+         "im.save('" +
+         d + "/anim.webp', save_all=True, append_images=[im.rotate(90)], quality=80)"));
   }
   static void TearDownTestSuite() { delete dir_; }
   static std::string file(const std::string& name) { return dir_->path() + "/" + name; }
@@ -69,8 +73,8 @@ class MediaFiles : public ::testing::Test {
 test::TempDir* MediaFiles::dir_ = nullptr;
 
 TEST_F(MediaFiles, EachDecodesToItsFormat) {
-  const std::map<std::string, std::string> format{{"a.heic", "heif"}, {"a.avif", "avif"}, {"a.gif", "gif"},
-                                                  {"a.dng", "raw"}, {"anim.webp", "webp"}};
+  const std::map<std::string, std::string> format{
+      {"a.heic", "heif"}, {"a.avif", "avif"}, {"a.gif", "gif"}, {"a.dng", "raw"}, {"anim.webp", "webp"}};
   for (const auto& n : names()) {
     auto r = decode_image_file(file(n), DecodeOptions{});
     ASSERT_TRUE(r) << n << ": " << r.error().message;
@@ -172,8 +176,8 @@ TEST(MediaWalk, DefaultExtensionsTakeEveryFormat) {
 TEST(MediaWalk, RawNextToItsJpegIsPaired) {
   test::TempDir d;
   // (A_first.png comes before every pair: files kept in place must keep their paths.)
-  for (const char* n : {"A_first.png", "IMG_1.CR2", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.dng", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
-                        "IMG_5.orf", "img_5.jpg", "sub/IMG_1.CR2", "IMG_6.raf", "IMG_6.jpe"}) {
+  for (const char* n : {"A_first.png", "IMG_1.CR2", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.dng", "IMG_3.jpeg", "IMG_4.arw",
+                        "IMG_4.png", "IMG_5.orf", "img_5.jpg", "sub/IMG_1.CR2", "IMG_6.raf", "IMG_6.jpe"}) {
     fs::create_directories(fs::path(d / n).parent_path());
     test::write_text(d / n, n);
   }
@@ -184,8 +188,8 @@ TEST(MediaWalk, RawNextToItsJpegIsPaired) {
   std::sort(paired.begin(), paired.end());
   // Paired: same folder, same stem (case matters in the stem: img_5 is not IMG_5), a JPEG extension.
   EXPECT_EQ(paired, (std::vector<std::string>{"IMG_1.CR2", "IMG_3.dng", "IMG_6.raf"}));
-  EXPECT_EQ(files, (std::vector<std::string>{"A_first.png", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.jpeg", "IMG_4.arw", "IMG_4.png",
-                                             "IMG_5.orf", "IMG_6.jpe", "img_5.jpg", "sub/IMG_1.CR2"}));
+  EXPECT_EQ(files, (std::vector<std::string>{"A_first.png", "IMG_1.JPG", "IMG_2.NEF", "IMG_3.jpeg", "IMG_4.arw",
+                                             "IMG_4.png", "IMG_5.orf", "IMG_6.jpe", "img_5.jpg", "sub/IMG_1.CR2"}));
   // A JPEG the walk does not take (excluded, or not in --ext) pairs nothing.
   WalkOptions no_jpeg;
   no_jpeg.excludes = {"*.JPG", "*.jpeg", "*.jpe"};
@@ -217,9 +221,9 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   r = test::run_cnclip("index" + common + " " + q(photos));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
-  EXPECT_EQ(s["added"], 1);      // the JPEG
-  EXPECT_EQ(s["paired"], 1);     // its RAW
-  EXPECT_EQ(s["excluded"], 1);   // the RAW's entry, indexed before, is removed
+  EXPECT_EQ(s["added"], 1);     // the JPEG
+  EXPECT_EQ(s["paired"], 1);    // its RAW
+  EXPECT_EQ(s["excluded"], 1);  // the RAW's entry, indexed before, is removed
   EXPECT_NE(r.err.find("RAW+JPEG"), std::string::npos) << r.err;
   auto search = test::run_cnclip("search-text 照片 -k 10 --format paths --model " + q(test::tiny_bundle()) +
                                  " --index " + q(d / "idx"));
@@ -237,7 +241,8 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
 
 TEST(MediaCli, UnsupportedAndBrokenFilesOneLine) {
   test::TempDir d;
-  std::vector<uint8_t> heic_like{0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c', 0, 0, 0, 0, 'm', 'i', 'f', '1', 'h', 'e', 'i', 'c'};
+  std::vector<uint8_t> heic_like{0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c',
+                                 0, 0, 0, 0,  'm', 'i', 'f', '1', 'h', 'e', 'i', 'c'};
   write_bytes(d / "broken.heic", heic_like);
   auto r = test::run_cnclip("preprocess " + q(d / "broken.heic") + " --npy " + q(d / "o.npy"));
   EXPECT_EQ(r.exit_code, 1);

@@ -34,8 +34,9 @@ class Broken : public ::testing::Test {
         load_bundle_manifest(bundle("stale")).fingerprint == load_bundle_manifest(test::tiny_bundle()).fingerprint) {
       return;
     }
-    const std::string cmd = std::string(CNCLIP_PYTHON) + " " + CNCLIP_SOURCE_DIR + "/tests/make_broken_bundle.py --all " +
-                            test::shell_quote(test::tiny_bundle()) + " " + test::shell_quote(root());
+    const std::string cmd = std::string(CNCLIP_PYTHON) + " " + CNCLIP_SOURCE_DIR +
+                            "/tests/make_broken_bundle.py --all " + test::shell_quote(test::tiny_bundle()) + " " +
+                            test::shell_quote(root());
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   }
   static std::string root() { return std::string(CNCLIP_TEST_DATA) + "/broken"; }
@@ -49,9 +50,7 @@ void write_png(const std::string& path, int level) {
   ASSERT_TRUE(cv::imwrite(path, m));
 }
 
-std::vector<float> pixels_of(int level) {
-  return std::vector<float>(3 * 224 * 224, (level / 255.0f - 0.46f) / 0.27f);
-}
+std::vector<float> pixels_of(int level) { return std::vector<float>(3 * 224 * 224, (level / 255.0f - 0.46f) / 0.27f); }
 
 bool all_finite(const std::vector<float>& v) {
   for (float x : v) {
@@ -81,9 +80,11 @@ TEST(EmbeddingProblem, NamesWhatIsWrong) {
 // Every kind of bad output, from both towers: one bad input throws without row_errors, and with
 // row_errors fails that input only, with zeros in its row.
 TEST_F(Broken, EveryBadKindIsCaughtInBothTowers) {
-  const std::map<std::string, std::string> reasons = {
-      {"nan", "values are NaN"},       {"inf", "values are infinite"},  {"zero", "its length is 0,"},
-      {"double", "its length is 2,"}, {"nan-weight", "values are NaN"}};
+  const std::map<std::string, std::string> reasons = {{"nan", "values are NaN"},
+                                                      {"inf", "values are infinite"},
+                                                      {"zero", "its length is 0,"},
+                                                      {"double", "its length is 2,"},
+                                                      {"nan-weight", "values are NaN"}};
   const auto pixels = pixels_of(30);
   for (const auto& [mode, reason] : reasons) {
     SCOPED_TRACE(mode);
@@ -192,17 +193,20 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
   auto out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
   EXPECT_EQ(nlohmann::json::parse(out[0])["path"], photos / "black.png");
-  EXPECT_NE(r.err.find(photos / "white.png" + ": the model returned an unusable embedding"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(photos / "white.png" + ": the model returned an unusable embedding"), std::string::npos)
+      << r.err;
 
   r = test::run_cnclip("embed-text --model " + test::shell_quote(bundle("bright")) + " 猫 一只可爱的小狗");
   EXPECT_EQ(r.exit_code, 1) << r.err;
   out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
   EXPECT_EQ(nlohmann::json::parse(out[0])["text"], "猫");
-  EXPECT_NE(r.err.find("text 2 \"一只可爱的小狗\": the model returned an unusable embedding"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("text 2 \"一只可爱的小狗\": the model returned an unusable embedding"), std::string::npos)
+      << r.err;
 
   // Every input bad (a NaN written into a weight): nothing on stdout, no null anywhere.
-  for (const std::string& cmd : std::vector<std::string>{"embed-text 猫 狗", "embed-image " + test::shell_quote(photos / "black.png"),
+  for (const std::string& cmd :
+       std::vector<std::string>{"embed-text 猫 狗", "embed-image " + test::shell_quote(photos / "black.png"),
                                 "search-text 猫 --index " + test::shell_quote(photos / "index")}) {
     r = test::run_cnclip(cmd + " --model " + test::shell_quote(bundle("nan-weight")));
     EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.err;
@@ -214,7 +218,8 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
 std::map<std::string, std::vector<float>> catalog_embeddings(const std::string& index_dir) {
   auto store = IndexStore::open(index_dir, IndexAccess::kRead);
   std::map<std::string, std::vector<float>> out;
-  for (const auto& f : store->catalog().files_under("")) out[fs::path(f.path).filename()] = store->catalog().embedding(f.id);
+  for (const auto& f : store->catalog().files_under(""))
+    out[fs::path(f.path).filename()] = store->catalog().embedding(f.id);
   return out;
 }
 
@@ -246,7 +251,8 @@ TEST_F(Broken, IndexStoresNoBadEmbeddingAndKeepsWhatItHad) {
   EXPECT_EQ(second.value("updated", -1), 0) << r2.out;
   EXPECT_EQ(second.value("failed", -1), 2) << r2.out;
   EXPECT_NE(r2.err.find(photos + "/white.png: the model returned an unusable embedding"), std::string::npos) << r2.err;
-  EXPECT_NE(r2.err.find(photos + "/changes.png: the model returned an unusable embedding"), std::string::npos) << r2.err;
+  EXPECT_NE(r2.err.find(photos + "/changes.png: the model returned an unusable embedding"), std::string::npos)
+      << r2.err;
 
   auto after = catalog_embeddings(index);
   EXPECT_EQ(after.size(), 4u);

@@ -16,10 +16,12 @@
 namespace cnclip {
 namespace {
 
-const std::vector<std::string> kImageOrder = {"astronaut_palette", "camera_gray_1000x100", "chelsea_rgba",
-                                              "coffee_2048x1366_exif6", "pokemon", "rocket_rgb16_17x9"};
-const std::vector<std::string> kImageFiles = {"astronaut_palette.png", "camera_gray_1000x100.png", "chelsea_rgba.png",
-                                              "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"};
+const std::vector<std::string> kImageOrder = {"astronaut_palette", "camera_gray_1000x100",
+                                              "chelsea_rgba",      "coffee_2048x1366_exif6",
+                                              "pokemon",           "rocket_rgb16_17x9"};
+const std::vector<std::string> kImageFiles = {"astronaut_palette.png", "camera_gray_1000x100.png",
+                                              "chelsea_rgba.png",      "coffee_2048x1366_exif6.jpg",
+                                              "pokemon.jpeg",          "rocket_rgb16_17x9.png"};
 
 std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
   for (size_t r = 0; r < v.size() / dim; ++r) {

@@ -41,13 +41,19 @@ TEST(TerminalSafe, EscapesControlsAndKeepsText) {
   EXPECT_EQ(terminal_safe("del\x7f"), "del\\x7f");
   EXPECT_EQ(terminal_safe("back\\slash"), "back\\\\slash");
   // C1 controls encoded in UTF-8 (U+009B is CSI on many terminals), separators, bidi overrides.
-  EXPECT_EQ(terminal_safe("c1\xc2\x9b" "2J"), "c1\\u009b2J");
+  EXPECT_EQ(terminal_safe("c1\xc2\x9b"
+                          "2J"),
+            "c1\\u009b2J");
   EXPECT_EQ(terminal_safe("\xc2\x85"), "\\u0085");
-  EXPECT_EQ(terminal_safe("gpj.\xe2\x80\xae" "exe"), "gpj.\\u202eexe");
+  EXPECT_EQ(terminal_safe("gpj.\xe2\x80\xae"
+                          "exe"),
+            "gpj.\\u202eexe");
   EXPECT_EQ(terminal_safe("\xe2\x80\xa8"), "\\u2028");
   // Bytes that are not UTF-8 (a raw 0x9b byte too), overlong forms and surrogates.
   EXPECT_EQ(terminal_safe("bad\xff\xfe"), "bad\\xff\\xfe");
-  EXPECT_EQ(terminal_safe("\x9b" "2J"), "\\x9b2J");
+  EXPECT_EQ(terminal_safe("\x9b"
+                          "2J"),
+            "\\x9b2J");
   EXPECT_EQ(terminal_safe("\xc0\xaf"), "\\xc0\\xaf");
   EXPECT_EQ(terminal_safe("\xed\xa0\x80"), "\\xed\\xa0\\x80");
   EXPECT_EQ(terminal_safe("cut\xe5\xa4"), "cut\\xe5\\xa4");
@@ -60,12 +66,12 @@ TEST(StringField, NonUtf8GetsExactBytesThatReadBack) {
   EXPECT_EQ(get_string_field(json::parse(dump_json(j)), "path"), "/photos/夕阳.jpg");
 
   for (const std::string& name : {std::string("/p/\xff\xfe.jpg"), std::string("/p/latin1-\xe9t\xe9.jpg"),
-                                 std::string("/p/\xed\xa0\x80surrogate"), std::string("/p/cut\xe5\xa4")}) {
+                                  std::string("/p/\xed\xa0\x80surrogate"), std::string("/p/cut\xe5\xa4")}) {
     nlohmann::ordered_json k;
     set_string_field(k, "path", name);
     ASSERT_TRUE(k.contains("path_bytes")) << name;
     const std::string text = dump_json(k);
-    const json back = json::parse(text);  // valid JSON
+    const json back = json::parse(text);                                                 // valid JSON
     EXPECT_NE(back["path"].get<std::string>().find("\xef\xbf\xbd"), std::string::npos);  // U+FFFD
     EXPECT_EQ(back["path_bytes"], hex_encode(name));
     EXPECT_EQ(get_string_field(back, "path"), name);
@@ -95,8 +101,8 @@ TEST(ResultPrinter, ScoresHaveSixDecimalsInEveryFormat) {
 }
 
 TEST(ResultPrinter, TableAlignsNegativeScores) {
-  const auto table = printed({result("q", {{"/pos.jpg", 0.25f}, {"/neg.jpg", -0.25f}, {"/one.jpg", -1.0f}})},
-                             OutputFormat::kTable);
+  const auto table =
+      printed({result("q", {{"/pos.jpg", 0.25f}, {"/neg.jpg", -0.25f}, {"/one.jpg", -1.0f}})}, OutputFormat::kTable);
   std::vector<size_t> columns;
   for (const auto& line : test::lines(table)) {
     if (line.find(".jpg") != std::string::npos) columns.push_back(line.find('/'));
@@ -109,8 +115,8 @@ TEST(ResultPrinter, TableAlignsNegativeScores) {
 TEST(ResultPrinter, JsonIsOneArrayAndEmptyIsAnEmptyArray) {
   EXPECT_EQ(printed({}, OutputFormat::kJson), "[]\n");
   EXPECT_EQ(printed({result("a", {})}, OutputFormat::kJson), "[]\n");
-  const auto two = json::parse(printed({result("a", {{"/1", 0.1f}}), result("b", {}), result("c", {{"/2", 0.2f}})},
-                                       OutputFormat::kJson));
+  const auto two = json::parse(
+      printed({result("a", {{"/1", 0.1f}}), result("b", {}), result("c", {{"/2", 0.2f}})}, OutputFormat::kJson));
   ASSERT_EQ(two.size(), 2u);
   EXPECT_EQ(two[0]["query"], "a");
   EXPECT_EQ(two[1]["query"], "c");

@@ -144,7 +144,7 @@ TEST(QuerySyntax, WeightedSumOfNormalizedTerms) {
   terms[0].weight = 2;
   terms[1].weight = 1;
   terms[2].weight = -1;
-  const std::vector<float> e = {10, 0, 0,  0, 0.5f, 0,  0, 0, 3};
+  const std::vector<float> e = {10, 0, 0, 0, 0.5f, 0, 0, 0, 3};
   const auto v = combine_term_embeddings(terms, e, 3);
   const double n = std::sqrt(4.0 + 1 + 1);
   EXPECT_NEAR(v[0], 2 / n, 1e-7);
@@ -266,12 +266,14 @@ TEST_F(Combined, RankingEqualsNumpy) {
   {
     SCOPED_TRACE("a quoted path holding ' - '");
     ASSERT_NE(trip.find(" - "), std::string::npos);
-    expect_same(search(test::shell_quote("\"" + trip + "\" + 3:猫") + " -k 5"), numpy({{1, vectors_[trip]}, {3, cat}}, 5));
+    expect_same(search(test::shell_quote("\"" + trip + "\" + 3:猫") + " -k 5"),
+                numpy({{1, vectors_[trip]}, {3, cat}}, 5));
   }
   {
     SCOPED_TRACE("an image that is not indexed is decoded and encoded");
     const std::string pokemon = test::fixtures("images/pokemon.jpeg");
-    expect_same(search(test::shell_quote(pokemon + " - 猫") + " -k 8"), numpy({{1, image_embedding(pokemon)}, {-1, cat}}, 8));
+    expect_same(search(test::shell_quote(pokemon + " - 猫") + " -k 8"),
+                numpy({{1, image_embedding(pokemon)}, {-1, cat}}, 8));
   }
   {
     SCOPED_TRACE("--plain, and a plain query in the same call");
@@ -340,18 +342,22 @@ TEST_F(Combined, BadInputOneLineEach) {
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");
   };
-  refused(test::shell_quote("猫 + " + photos_ + "/missing.jpg"), 1, photos_ + "/missing.jpg: No such file or directory");
+  refused(test::shell_quote("猫 + " + photos_ + "/missing.jpg"), 1,
+          photos_ + "/missing.jpg: No such file or directory");
   refused(test::shell_quote("猫 - 猫"), 2, "the terms of the combined query cancel out: nothing is left to search for");
   refused(test::shell_quote("猫 + \u200b"), 2, "query 1 term 2 '\u200b' is blank: give some words to search for");
-  refused(test::shell_quote("猫 + + 狗"), 2, "term 2 of the combined query is empty (two operators in a row, or one at an end?)");
-  refused(test::shell_quote("猫 + 0:狗"), 2, "term 2 of the combined query has the weight 0: a weight must be a number greater than 0");
+  refused(test::shell_quote("猫 + + 狗"), 2,
+          "term 2 of the combined query is empty (two operators in a row, or one at an end?)");
+  refused(test::shell_quote("猫 + 0:狗"), 2,
+          "term 2 of the combined query has the weight 0: a weight must be a number greater than 0");
   refused("猫 --not ''", 2, "--not text 1 is empty: give some words to search for");
   refused("猫 --not 狗 --not-threshold 1.5", 2,
           "--not-threshold: expects a number from -1 to 1, not '1.5' (see 'cnclip search-text --help')");
   // A file that is not an image and not indexed.
   test::write_text(dir_ / "notes.jpg", "text");
   refused(test::shell_quote("猫 + " + fs::canonical(dir_.path()).string() + "/notes.jpg"), 1,
-          fs::canonical(dir_.path()).string() + "/notes.jpg: unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
+          fs::canonical(dir_.path()).string() +
+              "/notes.jpg: unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
   EXPECT_EQ(search("猫 -k 100").first.size(), 60u);  // nothing lost
 }
 
@@ -366,8 +372,8 @@ std::pair<int, std::string> http_get(int port, const std::string& target) {
     ::close(fd);
     return {0, ""};
   }
-  const std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) +
-                          "\r\nConnection: close\r\n\r\n";
+  const std::string req =
+      "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port) + "\r\nConnection: close\r\n\r\n";
   (void)!::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
   std::string raw;
   char buf[65536];

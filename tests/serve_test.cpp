@@ -13,13 +13,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 #include <fstream>
 #include <future>
+#include <map>
 #include <nlohmann/json.hpp>
-#include <cmath>
 #include <opencv2/imgcodecs.hpp>
 #include <regex>
 #include <thread>
@@ -58,9 +58,10 @@ Response request(int port, const std::string& method, const std::string& target,
     has_host = has_host || h.rfind("Host:", 0) == 0;
   }
   if (!has_host) req += "Host: 127.0.0.1:" + std::to_string(port) + "\r\n";
- bool has_length = false;
+  bool has_length = false;
   for (const auto& h : headers) has_length = has_length || h.rfind("Content-Length:", 0) == 0;
-  if (!has_length && (!body.empty() || method == "POST")) req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  if (!has_length && (!body.empty() || method == "POST"))
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   req += "Connection: close\r\n\r\n" + body;
   size_t sent = 0;
   while (sent < req.size()) {
@@ -97,8 +98,8 @@ class ServeProcess {
     err_path_ = dir_ / "stderr";
     pid_ = ::fork();
     if (pid_ == 0) {
-      const std::string cmd = "exec " + prefix + CNCLIP_BINARY + " serve --port " + std::to_string(port) + " " + args + " 2> " +
-                              test::shell_quote(err_path_) + " > /dev/null < /dev/null";
+      const std::string cmd = "exec " + prefix + CNCLIP_BINARY + " serve --port " + std::to_string(port) + " " + args +
+                              " 2> " + test::shell_quote(err_path_) + " > /dev/null < /dev/null";
       ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
       ::_exit(127);
     }
@@ -212,13 +213,15 @@ TEST_F(Serve, TextResultsEqualSearchText) {
     expect_same_results(r.body_json(), cli_search(q, 10, "--threshold -0.05 --under " + test::shell_quote(photos_)));
   }
   // Bad parameters are 400 with a JSON error naming the parameter.
-  for (const std::string& target : std::vector<std::string>{"/api/v1/search", "/api/v1/search?q=", "/api/v1/search?q=%20%20",
-                                   "/api/v1/search?q=x&k=0", "/api/v1/search?q=x&k=abc", "/api/v1/search?q=x&k=1001",
-                                   "/api/v1/search?q=x&offset=-1", "/api/v1/search?q=x&threshold=nan",
-                                   "/api/v1/search?q=%FF%FE", "/api/v1/search?q=x&under=relative/dir"}) {
+  for (const std::string& target : std::vector<std::string>{
+           "/api/v1/search", "/api/v1/search?q=", "/api/v1/search?q=%20%20", "/api/v1/search?q=x&k=0",
+           "/api/v1/search?q=x&k=abc", "/api/v1/search?q=x&k=1001", "/api/v1/search?q=x&offset=-1",
+           "/api/v1/search?q=x&threshold=nan", "/api/v1/search?q=%FF%FE", "/api/v1/search?q=x&under=relative/dir"}) {
     auto r = request(server.port(), "GET", target);
     EXPECT_EQ(r.status, 400) << target << ": " << r.body;
-    if (r.status == 400) { EXPECT_EQ(r.body_json()["error"]["code"], "bad_request") << target; }
+    if (r.status == 400) {
+      EXPECT_EQ(r.body_json()["error"]["code"], "bad_request") << target;
+    }
   }
   EXPECT_EQ(server.stop(), 0) << server.err();
   EXPECT_NE(server.err().find("stopped"), std::string::npos);
@@ -228,16 +231,19 @@ TEST_F(Serve, FilesOnlyByCatalogIdEverythingElse404) {
   ServeProcess server(common());
   ASSERT_GT(server.port(), 0) << server.err();
   const std::string secret = test::read_text("/etc/passwd").substr(0, 10);
-  for (const std::string& target : std::vector<std::string>{"/../../../etc/passwd", "/api/v1/image/../../../../etc/passwd", "/api/v1/thumb/..%2f..%2fetc%2fpasswd",
-        "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/v1/image//etc/passwd",
-        "/api/v1/image/" + test::url_encode(photos_ + "/pokemon.jpeg"), "/etc/passwd", "/api/v1/image/1%00",
-        "/api/v1/thumb/1%00.jpg", "/index.html%00.js", "/api/v1/image/999999", "/api/v1/thumb/999999",
-        "/api/v1/similar/999999", "/api/v1/image/-1", "/api/v1/image/99999999999999999999999",
-        "/api/v1/nothing", "/api/v2/search?q=x"}) {
+  for (const std::string& target : std::vector<std::string>{
+           "/../../../etc/passwd", "/api/v1/image/../../../../etc/passwd", "/api/v1/thumb/..%2f..%2fetc%2fpasswd",
+           "/%2e%2e/%2e%2e/etc/passwd", "/api/v1/image/%2e%2e%2f%2e%2e%2fetc%2fpasswd", "/api/v1/image//etc/passwd",
+           "/api/v1/image/" + test::url_encode(photos_ + "/pokemon.jpeg"), "/etc/passwd", "/api/v1/image/1%00",
+           "/api/v1/thumb/1%00.jpg", "/index.html%00.js", "/api/v1/image/999999", "/api/v1/thumb/999999",
+           "/api/v1/similar/999999", "/api/v1/image/-1", "/api/v1/image/99999999999999999999999", "/api/v1/nothing",
+           "/api/v2/search?q=x"}) {
     auto r = request(server.port(), "GET", target);
     EXPECT_EQ(r.status, 404) << target << ": " << r.body;
     EXPECT_EQ(r.body.find(secret), std::string::npos) << target;
-    if (r.status == 404) { EXPECT_EQ(r.body_json()["error"]["code"], "not_found") << target; }
+    if (r.status == 404) {
+      EXPECT_EQ(r.body_json()["error"]["code"], "not_found") << target;
+    }
   }
   // The image of a real id is the file itself, with its type.
   auto hits = request(server.port(), "GET", "/api/v1/search?q=x&k=10").body_json()["results"];
@@ -246,7 +252,8 @@ TEST_F(Serve, FilesOnlyByCatalogIdEverythingElse404) {
     auto r = request(server.port(), "GET", h["image"].get<std::string>());
     ASSERT_EQ(r.status, 200);
     EXPECT_EQ(r.body, test::read_text(h["path"].get<std::string>())) << h["path"];
-    const std::string type = h["path"].get<std::string>().find(".png") != std::string::npos ? "image/png" : "image/jpeg";
+    const std::string type =
+        h["path"].get<std::string>().find(".png") != std::string::npos ? "image/png" : "image/jpeg";
     EXPECT_NE(r.head.find("Content-Type: " + type), std::string::npos) << r.head;
   }
 }
@@ -275,8 +282,8 @@ TEST_F(Serve, SwappedOrChangedFilesAreNotServed) {
   const std::string moved = tmp_ / "moved";
   std::filesystem::rename(photos_, moved);
   std::filesystem::create_directory_symlink(moved, photos_);
-  for (const std::string& name : {std::string("pokemon.jpeg"), std::string("rocket_rgb16_17x9.png"),
-                                  std::string("chelsea_rgba.png")}) {
+  for (const std::string& name :
+       {std::string("pokemon.jpeg"), std::string("rocket_rgb16_17x9.png"), std::string("chelsea_rgba.png")}) {
     for (const std::string kind : {"image", "thumb"}) {
       auto r = request(server.port(), "GET", "/api/v1/" + kind + "/" + std::to_string(id_of[name]));
       EXPECT_EQ(r.status, 404) << kind << " " << name << ": " << r.body.substr(0, 200);
@@ -344,7 +351,7 @@ TEST_F(Serve, ThumbnailsAreUprightBoundedAndCached) {
 TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   ServeProcess server(common() + " --max-upload-mb 0.05");
   ASSERT_GT(server.port(), 0) << server.err();
-  const std::string small = test::read_text(photos_ + "/pokemon.jpeg");  // 6 KB
+  const std::string small = test::read_text(photos_ + "/pokemon.jpeg");              // 6 KB
   const std::string big = test::read_text(photos_ + "/coffee_2048x1366_exif6.jpg");  // 150 KB
   // search-image gives the same ranking for the same bytes.
   auto cli = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
@@ -366,11 +373,14 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   // Over the limit: 413, raw or multipart.
   auto r = request(server.port(), "POST", "/api/v1/search/image", big, {"Content-Type: image/jpeg"});
   EXPECT_EQ(r.status, 413) << r.body;
-  if (r.status == 413) { EXPECT_EQ(r.body_json()["error"]["code"], "too_large"); }
+  if (r.status == 413) {
+    EXPECT_EQ(r.body_json()["error"]["code"], "too_large");
+  }
   body = multipart("image", "coffee.jpg", big, type);
   EXPECT_EQ(request(server.port(), "POST", "/api/v1/search/image", body, {type}).status, 413);
   // A declared length far over the limit is refused before any body is read.
-  r = request(server.port(), "POST", "/api/v1/search/image", "", {"Content-Type: image/jpeg", "Content-Length: 9999999999"});
+  r = request(server.port(), "POST", "/api/v1/search/image", "",
+              {"Content-Type: image/jpeg", "Content-Length: 9999999999"});
   EXPECT_EQ(r.status, 413) << r.body;
   r = request(server.port(), "POST", "/api/v1/search/image", "", {"Content-Type: image/jpeg"});
   EXPECT_EQ(r.status, 400) << r.body;  // empty body
@@ -378,7 +388,9 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const std::string text = "this is a text file, not a photo\n";
   r = request(server.port(), "POST", "/api/v1/search/image", text, {"Content-Type: application/octet-stream"});
   EXPECT_EQ(r.status, 400) << r.body;
-  if (r.status == 400) { EXPECT_EQ(r.body_json()["error"]["code"], "bad_image"); }
+  if (r.status == 400) {
+    EXPECT_EQ(r.body_json()["error"]["code"], "bad_image");
+  }
   body = multipart("image", "notes.jpg", text, type);
   EXPECT_EQ(request(server.port(), "POST", "/api/v1/search/image", body, {type}).status, 400);
   body = multipart("other", "pokemon.jpeg", small, type);
@@ -386,7 +398,8 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   r = request(server.port(), "POST", "/api/v1/search/image", text, {"Content-Type: text/plain"});
   EXPECT_EQ(r.status, 415) << r.body;
   const std::string truncated = small.substr(0, small.size() / 2);
-  EXPECT_EQ(request(server.port(), "POST", "/api/v1/search/image", truncated, {"Content-Type: image/jpeg"}).status, 400);
+  EXPECT_EQ(request(server.port(), "POST", "/api/v1/search/image", truncated, {"Content-Type: image/jpeg"}).status,
+            400);
 
   // similar/ID: the stored embedding's neighbours, itself left out.
   const int64_t id = raw.body_json()["results"][0]["id"];
@@ -406,17 +419,22 @@ TEST_F(Serve, HostOriginAndToken) {
     ASSERT_GT(server.port(), 0) << server.err();
     const std::string p = std::to_string(server.port());
     // DNS rebinding: a page of another name that resolves to 127.0.0.1 sends its own Host.
-    for (const std::string& host : std::vector<std::string>{"Host: evil.example:" + p, "Host: evil.example", "Host: 127.0.0.1.evil.example"}) {
+    for (const std::string& host :
+         std::vector<std::string>{"Host: evil.example:" + p, "Host: evil.example", "Host: 127.0.0.1.evil.example"}) {
       auto r = request(server.port(), "GET", "/api/v1/info", "", {host});
       EXPECT_EQ(r.status, 403) << host;
-      if (r.status == 403) { EXPECT_EQ(r.body_json()["error"]["code"], "bad_host"); }
+      if (r.status == 403) {
+        EXPECT_EQ(r.body_json()["error"]["code"], "bad_host");
+      }
     }
-    for (const std::string& host : std::vector<std::string>{"Host: localhost:" + p, "Host: 127.0.0.1:" + p, "Host: [::1]:" + p}) {
+    for (const std::string& host :
+         std::vector<std::string>{"Host: localhost:" + p, "Host: 127.0.0.1:" + p, "Host: [::1]:" + p}) {
       EXPECT_EQ(request(server.port(), "GET", "/api/v1/info", "", {host}).status, 200) << host;
     }
     const std::string img = test::read_text(photos_ + "/pokemon.jpeg");
-    for (const std::string& origin : std::vector<std::string>{"Origin: http://evil.example", "Origin: null", "Origin: http://127.0.0.1:1",
-                                     "Origin: https://evil.example:" + p}) {
+    for (const std::string& origin :
+         std::vector<std::string>{"Origin: http://evil.example", "Origin: null", "Origin: http://127.0.0.1:1",
+                                  "Origin: https://evil.example:" + p}) {
       auto r = request(server.port(), "POST", "/api/v1/search/image", img, {origin, "Content-Type: image/jpeg"});
       EXPECT_EQ(r.status, 403) << origin;
     }
@@ -436,10 +454,12 @@ TEST_F(Serve, HostOriginAndToken) {
     EXPECT_EQ(request(server.port(), "GET", "/").status, 401);
     EXPECT_EQ(request(server.port(), "GET", "/api/v1/info", "", {"Authorization: Bearer wrong"}).status, 401);
     EXPECT_EQ(request(server.port(), "GET", "/api/v1/info", "", {"Authorization: Bearer s3cret-token"}).status, 200);
-    EXPECT_EQ(request(server.port(), "GET", "/api/v1/info", "", {"Cookie: a=b; cnclip_token=s3cret-token"}).status, 200);
+    EXPECT_EQ(request(server.port(), "GET", "/api/v1/info", "", {"Cookie: a=b; cnclip_token=s3cret-token"}).status,
+              200);
     auto r = request(server.port(), "GET", "/?token=s3cret-token");
     EXPECT_EQ(r.status, 200);
-    EXPECT_NE(r.head.find("Set-Cookie: cnclip_token=s3cret-token; Path=/; HttpOnly; SameSite=Strict"), std::string::npos);
+    EXPECT_NE(r.head.find("Set-Cookie: cnclip_token=s3cret-token; Path=/; HttpOnly; SameSite=Strict"),
+              std::string::npos);
   }
   {
     // Not loopback and no token: one is generated and printed.
@@ -579,8 +599,8 @@ TEST_F(Serve, ReadOnlyIndexIsServed) {
 
 TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
   TempDir tmp;
-  const std::string common = "--model " + test::shell_quote(test::tiny_bundle()) + " --index " +
-                             test::shell_quote(tmp / "index");
+  const std::string common =
+      "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(tmp / "index");
   ServeProcess server(common);
   ASSERT_GT(server.port(), 0) << server.err();
   auto r = request(server.port(), "GET", "/api/v1/search?q=%E5%B0%8F%E7%8B%97");
@@ -604,8 +624,8 @@ TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
 
 TEST(ServeEmpty, BadOptionsAreUsageErrors) {
   TempDir tmp;
-  const std::string common = "--model " + test::shell_quote(test::tiny_bundle()) + " --index " +
-                             test::shell_quote(tmp / "index");
+  const std::string common =
+      "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(tmp / "index");
   auto r = test::run_cnclip("serve --port 70000 " + common);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   r = test::run_cnclip("serve --max-upload-mb 0 " + common);

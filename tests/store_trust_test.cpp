@@ -141,7 +141,8 @@ TEST_F(Trust, OptionsThatWouldRemoveMostOfARootAreRefusedUntilConfirmed) {
     EXPECT_EQ(r.exit_code, 2) << opts << "\n" << r.err;
     EXPECT_NE(r.err.find("would remove"), std::string::npos) << r.err;
     const std::string count = opts.find("'*") != std::string::npos && opts.find("png") == std::string::npos
-                                  ? "would remove all 13" : "would remove 12 of the 13";
+                                  ? "would remove all 13"
+                                  : "would remove 12 of the 13";
     EXPECT_NE(r.err.find(count), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("--confirm-removal"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("nothing was changed"), std::string::npos) << r.err;
@@ -391,7 +392,8 @@ TEST_F(Trust, MissingTablesReadAsDamageInEveryReadingCommand) {
     // simplest way to drop a table without running a command cnclip would then repeat).
     ASSERT_EQ(sqlite3_exec(db, ("DROP TABLE " + table).c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
-    for (const std::string& cmd : std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
+    for (const std::string& cmd :
+         std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
       auto r = test::run_cnclip(cmd + " --index " + q(copy.path()));
       // Searches and dups never read the roots; every other case must fail.
       if (table == "roots" && cmd != "info") continue;
@@ -412,11 +414,13 @@ TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
     auto store = IndexStore::open(idx, IndexAccess::kWrite);
     store->catalog().set_meta("probe", "1");
     fs::create_directories(copy);
-    for (const auto& e : fs::directory_iterator(idx)) fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
+    for (const auto& e : fs::directory_iterator(idx))
+      fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
   }
   ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 32u + 24u + 200u);
   test::damage_bytes(copy + "/catalog.sqlite3-wal", 32 + 24 + 100, 4, 3);
-  for (const std::string& cmd : std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
+  for (const std::string& cmd :
+       std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
     auto r = test::run_cnclip(cmd + " --index " + q(copy));
     EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find("the catalog is damaged"), std::string::npos) << cmd << "\n" << r.err;

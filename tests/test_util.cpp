@@ -68,8 +68,8 @@ RunResult run_cnclip(const std::string& args, const std::string& stdin_text) {
 RunResult run_cnclip_as(const std::string& prefix, const std::string& args, const std::string& stdin_text) {
   TempDir io;
   write_text(io / "in", stdin_text);
-  const std::string cmd = (prefix.empty() ? "" : prefix + " ") + std::string(CNCLIP_BINARY) + " " + args + " < " + shell_quote(io / "in") + " > " +
-                          shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
+  const std::string cmd = (prefix.empty() ? "" : prefix + " ") + std::string(CNCLIP_BINARY) + " " + args + " < " +
+                          shell_quote(io / "in") + " > " + shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
   const int status = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);

@@ -7,9 +7,9 @@
 namespace cnclip::test {
 
 std::string fixtures(const std::string& rel);  // ../shared/fixtures/<rel>
-std::string tiny_bundle();                      // exported from the fixture checkpoint by ctest
-std::string random_tiny_bundle();               // another tiny model (other weights)
-std::string tiny_int8_bundle();                 // the fixture checkpoint exported as int8
+std::string tiny_bundle();                     // exported from the fixture checkpoint by ctest
+std::string random_tiny_bundle();              // another tiny model (other weights)
+std::string tiny_int8_bundle();                // the fixture checkpoint exported as int8
 
 // A fresh directory, removed when the object goes away.
 class TempDir {

@@ -29,8 +29,8 @@ TEST(Tokenizer, ReproducesEveryFixtureCase) {
     ++cases;
     if (got != expected) {
       ++wrong;
-      ADD_FAILURE() << "text " << nlohmann::json(text).dump() << ": " << nlohmann::json(got).dump() << " != "
-                    << nlohmann::json(expected).dump();
+      ADD_FAILURE() << "text " << nlohmann::json(text).dump() << ": " << nlohmann::json(got).dump()
+                    << " != " << nlohmann::json(expected).dump();
     }
   }
   EXPECT_EQ(cases, 404);

@@ -127,8 +127,9 @@ int main(int argc, char** argv) {
     nlohmann::json out{{"backend", compute_backend_description()}};
     if (*tok) {
       auto tokenizer = WordPieceTokenizer::from_vocab_file(load_bundle_manifest(bundle).path_of("vocab.txt"));
-      const char* parts[] = {"一只橘猫趴在窗台上晒太阳", "A photo of a CAT at the café", "雨后的城市街道倒映着霓虹灯",
-                             "Crème brûlée, 2024年", "两个小孩在公园里放风筝 kite flying!", "夕阳、大海、沙滩"};
+      const char* parts[] = {
+          "一只橘猫趴在窗台上晒太阳", "A photo of a CAT at the café",        "雨后的城市街道倒映着霓虹灯",
+          "Crème brûlée, 2024年",     "两个小孩在公园里放风筝 kite flying!", "夕阳、大海、沙滩"};
       std::vector<std::string> captions;
       for (int i = 0; i < 10000; ++i) {
         captions.push_back(std::string(parts[i % 6]) + " " + parts[(i / 6) % 6] + " #" + std::to_string(i));

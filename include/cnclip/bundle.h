@@ -20,19 +20,19 @@ struct BundleFile {
 };
 
 struct BundleManifest {
-  std::string dir;             // the bundle directory, as opened
-  std::string architecture;    // "ViT-B-16", "tiny", ...
-  std::string precision;       // "fp32" or "int8"
-  std::string fingerprint;     // identifies the exported weights; an index remembers it
-  std::string source_id;       // identifies the checkpoint they came from (same for fp32 and int8)
+  std::string dir;           // the bundle directory, as opened
+  std::string architecture;  // "ViT-B-16", "tiny", ...
+  std::string precision;     // "fp32" or "int8"
+  std::string fingerprint;   // identifies the exported weights; an index remembers it
+  std::string source_id;     // identifies the checkpoint they came from (same for fp32 and int8)
   int embedding_dim = 0;
-  bool normalized = true;      // encoders return L2-normalized embeddings
-  Normalization image;         // input size, mean, std
+  bool normalized = true;  // encoders return L2-normalized embeddings
+  Normalization image;     // input size, mean, std
   int context_length = 52;
   bool lower_case = true;
   double logit_scale = 100.0;  // exp(logit_scale) of the checkpoint
   std::map<std::string, BundleFile> files;
-  std::string json;            // bundle.json as written, for `cnclip model-info`
+  std::string json;  // bundle.json as written, for `cnclip model-info`
 
   std::string path_of(const std::string& file) const { return dir + "/" + file; }
 };

@@ -86,8 +86,8 @@ class Catalog {
   void set_meta(const std::string& key, const std::string& value);
   int64_t generation();
 
-  void begin();     // BEGIN IMMEDIATE
-  void commit();    // bumps the generation, then COMMIT
+  void begin();   // BEGIN IMMEDIATE
+  void commit();  // bumps the generation, then COMMIT
   void rollback();
 
   int64_t count();
@@ -163,8 +163,8 @@ class Catalog {
   // options). roots() is their paths.
   std::vector<std::string> roots();
   std::vector<RootRecord> root_records();
-  void set_root(const RootRecord& root);  // adds, or replaces the kind and options of a known root
-  void add_root(const std::string& dir);  // a folder with default options, unless already a root
+  void set_root(const RootRecord& root);     // adds, or replaces the kind and options of a known root
+  void add_root(const std::string& dir);     // a folder with default options, unless already a root
   void remove_root(const std::string& dir);  // `dir` and every root below it
 
  private:
@@ -185,7 +185,7 @@ class Catalog {
 
   sqlite3* db_;
   std::string path_;
-  bool has_meta_ = false;  // the files table has the schema-3 columns
+  bool has_meta_ = false;    // the files table has the schema-3 columns
   bool has_frames_ = false;  // schema 4: the frames table exists
 };
 

@@ -14,17 +14,17 @@ namespace cnclip {
 // What a folder root holds. Stored with the root in the catalog, so that `index` with no path
 // walks each root as it was first given.
 struct WalkOptions {
-  bool include_hidden = false;        // names starting with '.' are skipped unless set
-  std::vector<std::string> excludes;  // glob patterns matched against each name and full path
+  bool include_hidden = false;                                 // names starting with '.' are skipped unless set
+  std::vector<std::string> excludes;                           // glob patterns matched against each name and full path
   std::vector<std::string> extensions = default_extensions();  // lower case, without the dot
 
   // Every format decode_image reads: the camera RAW ones are image.h's raw_extensions(); then the
   // videos (video.h's video_extensions(), which `index --no-video` leaves out).
   static std::vector<std::string> default_extensions() {
-    return {"jpg", "jpeg", "jpe", "png", "apng", "webp", "bmp", "tif", "tiff", "gif", "heic", "heif", "hif",
-            "avif", "dng", "cr2", "cr3", "crw", "nef", "nrw", "arw", "srf", "sr2", "orf", "rw2", "raf",
-            "pef", "srw", "rwl", "x3f", "3fr", "erf", "kdc", "dcr", "mef", "mos", "mrw", "iiq",
-            "mp4", "m4v", "mov", "mkv", "webm", "avi"};
+    return {"jpg",  "jpeg", "jpe",  "png", "apng", "webp", "bmp", "tif", "tiff", "gif",  "heic",
+            "heif", "hif",  "avif", "dng", "cr2",  "cr3",  "crw", "nef", "nrw",  "arw",  "srf",
+            "sr2",  "orf",  "rw2",  "raf", "pef",  "srw",  "rwl", "x3f", "3fr",  "erf",  "kdc",
+            "dcr",  "mef",  "mos",  "mrw", "iiq",  "mp4",  "m4v", "mov", "mkv",  "webm", "avi"};
   }
   bool wants(const std::string& path) const;  // extension and exclude check for one file
   // Whether a walk of `root` with these options would take the file `path` (no hidden or excluded

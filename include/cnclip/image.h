@@ -92,8 +92,8 @@ cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h);
 void normalize_to_chw(const cv::Mat& rgb, const Normalization& norm, float* out);
 
 // decode + resize + normalize; `out` holds 3*R*R floats.
-Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name,
-                              const Normalization& norm, const DecodeOptions& options, float* out);
+Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
+                              const DecodeOptions& options, float* out);
 // The same from a file (read errors name it too).
 Result<bool> preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
                                    float* out);

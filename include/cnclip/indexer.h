@@ -38,7 +38,7 @@ struct IndexOptions {
   // again (a missing root, or entries under no root, e.g. imported).
   bool reindex = false;
   bool allow_mixed_precision = false;  // accept the int8/fp32 sibling of the index's model
-  bool retry_failed = false;  // decode again files that failed before and have not changed since
+  bool retry_failed = false;           // decode again files that failed before and have not changed since
   // Videos (video.h): a frame every frame_interval seconds, plus scene changes (> 0; default 2 s).
   // Stored videos keep the frames they were indexed with until they change or --reindex.
   double frame_interval = 2.0;
@@ -48,16 +48,16 @@ struct IndexOptions {
 
 struct IndexSummary {
   int64_t added = 0, updated = 0, removed = 0, unchanged = 0, moved = 0;
-  int64_t failed = 0;         // files not indexed for a reason other than exclusion (each reported)
-  int64_t failed_before = 0;  // unchanged files that failed in an earlier run, not tried again
-  int64_t excluded = 0;       // entries removed because their root's options no longer take them
-  int64_t missing = 0;        // roots not found, and folders now empty with entries below (entries kept)
+  int64_t failed = 0;              // files not indexed for a reason other than exclusion (each reported)
+  int64_t failed_before = 0;       // unchanged files that failed in an earlier run, not tried again
+  int64_t excluded = 0;            // entries removed because their root's options no longer take them
+  int64_t missing = 0;             // roots not found, and folders now empty with entries below (entries kept)
   int64_t unreadable_folders = 0;  // folders that could not be listed (entries below them kept)
-  int64_t links = 0;          // symbolic links met and not followed
-  int64_t paired = 0;         // RAW files left out for a JPEG of the same name (WalkResult::paired)
-  int64_t filled = 0;         // files indexed before capture times were stored, given theirs (no model)
-  int64_t video_frames = 0;   // frames stored for the videos added or updated (video.h)
-  double video_seconds = 0;   // their duration
+  int64_t links = 0;               // symbolic links met and not followed
+  int64_t paired = 0;              // RAW files left out for a JPEG of the same name (WalkResult::paired)
+  int64_t filled = 0;              // files indexed before capture times were stored, given theirs (no model)
+  int64_t video_frames = 0;        // frames stored for the videos added or updated (video.h)
+  double video_seconds = 0;        // their duration
   double seconds = 0;
   bool interrupted = false;
 };
@@ -83,9 +83,9 @@ struct IndexTarget {
   std::string path;  // canonical
   bool is_file = false;
   WalkOptions walk;
-  bool record = true;  // kept as a root (false: a file that a folder root already holds)
+  bool record = true;                   // kept as a root (false: a file that a folder root already holds)
   std::optional<WalkOptions> replaced;  // the stored options this run replaces, if any
-  std::string within;  // a folder given inside this indexed folder root, whose options it uses
+  std::string within;                   // a folder given inside this indexed folder root, whose options it uses
 };
 
 struct PlannedFile {
@@ -100,11 +100,11 @@ struct IndexPlan {
   // was listed completely, or the path is no longer a regular file), by content hash: a new file with
   // the same hash takes over the embedding (a move); the rest are removed after a complete pass.
   std::unordered_multimap<std::string, FileRecord> vanished;
-  std::vector<FileRecord> excluded;  // on disk, but no root's options take them any more
-  std::vector<SkippedFile> failures;  // to report, count and remember as failed
-  std::vector<std::string> notices;   // missing roots, unreadable folders, links not followed
+  std::vector<FileRecord> excluded;       // on disk, but no root's options take them any more
+  std::vector<SkippedFile> failures;      // to report, count and remember as failed
+  std::vector<std::string> notices;       // missing roots, unreadable folders, links not followed
   std::vector<std::string> pruned_roots;  // file roots whose file is gone (their entry is in vanished)
-  std::vector<FileRecord> superseded;  // RAW files indexed before, now paired with a JPEG: removed
+  std::vector<FileRecord> superseded;     // RAW files indexed before, now paired with a JPEG: removed
   // Entries below a folder that is now empty (an unmounted share's mount point, most often) are kept
   // and counted in `missing` (once per folder); entries inside a cnclip index folder met by the walk
   // (an index's own thumbnails) are in `excluded`.

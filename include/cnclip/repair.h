@@ -12,8 +12,8 @@
 // the header written back (the original is kept as it was), so its rows are not lost with it.
 // What cannot be recovered: rows on damaged pages, and everything when the first page (SQLite's
 // schema) is unreadable. When the roots (the indexed folders) are lost, `roots_lost` says so: a
-// plain `cnclip index` then has nothing to walk, and the folders must be given again. A sound catalog is left as it is (only a missing or damaged snapshot is
-// rewritten).
+// plain `cnclip index` then has nothing to walk, and the folders must be given again. A sound catalog is left as it is
+// (only a missing or damaged snapshot is rewritten).
 #pragma once
 
 #include <cstdint>
@@ -25,16 +25,16 @@ namespace cnclip {
 
 struct RepairReport {
   std::string index_dir;
-  bool damaged = false;             // the catalog failed its checks (and was replaced)
-  std::vector<std::string> problems;  // what SQLite's integrity_check and the reads found (at most 20)
-  std::string damaged_copy;         // where the damaged catalog was kept ("" when sound)
-  std::map<std::string, int64_t> kept;         // rows kept per table (files, roots, meta, failures, ...)
-  std::map<std::string, int64_t> unreadable;   // rows (or row positions) SQLite could not read, per table
-  int64_t files_invalid = 0;        // file rows read whose embedding was unusable (dropped)
-  int64_t files_lost_known = 0;     // ids in an intact vector snapshot that could not be kept
+  bool damaged = false;                       // the catalog failed its checks (and was replaced)
+  std::vector<std::string> problems;          // what SQLite's integrity_check and the reads found (at most 20)
+  std::string damaged_copy;                   // where the damaged catalog was kept ("" when sound)
+  std::map<std::string, int64_t> kept;        // rows kept per table (files, roots, meta, failures, ...)
+  std::map<std::string, int64_t> unreadable;  // rows (or row positions) SQLite could not read, per table
+  int64_t files_invalid = 0;                  // file rows read whose embedding was unusable (dropped)
+  int64_t files_lost_known = 0;               // ids in an intact vector snapshot that could not be kept
   bool snapshot_rewritten = false;
-  bool header_restored = false;     // the file header was overwritten; read through a restored copy
-  bool roots_lost = false;          // some or all indexed folders could not be read back
+  bool header_restored = false;  // the file header was overwritten; read through a restored copy
+  bool roots_lost = false;       // some or all indexed folders could not be read back
 };
 
 // Repairs the index in `dir` (see above). Throws kNotFound without a catalog, kBusy when another

@@ -12,8 +12,8 @@
 
 #include "cnclip/catalog.h"
 #include "cnclip/index_store.h"
-#include "cnclip/vector_index.h"
 #include "cnclip/photo_meta.h"
+#include "cnclip/vector_index.h"
 
 namespace cnclip {
 
@@ -27,7 +27,7 @@ enum class SortOrder {
 };
 
 struct SearchOptions {
-  int top_k = 10;  // hits per query; more than the index holds returns all of them
+  int top_k = 10;                  // hits per query; more than the index holds returns all of them
   std::optional<float> threshold;  // keep hits with score >= threshold
   std::string under;               // canonical folder: only files below it
   // --not: results whose cosine similarity to any of these unit vectors (each of the index's
@@ -87,9 +87,9 @@ FrameMap load_frame_map(Catalog& catalog);
 // One result of a search after merging: a photo, or a moment of a video.
 struct MergedHit {
   int64_t file_id = 0;
-  float score = 0;        // the best frame's
-  int64_t best_id = 0;    // its vector id
-  size_t position = 0;    // its position in the hits given
+  float score = 0;          // the best frame's
+  int64_t best_id = 0;      // its vector id
+  size_t position = 0;      // its position in the hits given
   bool has_frames = false;  // a video with frames after its first (times below are set)
   int64_t time_ms = 0, start_ms = 0, end_ms = 0;
 };

@@ -33,14 +33,14 @@ struct ServerOptions {
   std::string index_dir;           // the index folder (resolved: resolve_index_dir)
   std::string model_dir;           // the model bundle (resolved: resolve_model_dir)
   ModelOptions model;
-  bool mixed_precision = false;    // as --mixed-precision: accept the other precision's index
-  DecodeOptions decode;            // how uploaded example images are decoded
+  bool mixed_precision = false;                // as --mixed-precision: accept the other precision's index
+  DecodeOptions decode;                        // how uploaded example images are decoded
   size_t max_upload_bytes = size_t{32} << 20;  // larger request bodies get 413
   // Required (non-empty) when `host` is not a loopback address. Accepted as "Authorization: Bearer
   // T", as the cookie cnclip_token=T, or as ?token=T (which also sets the cookie, for the page).
   std::string token;
-  int workers = 8;        // fixed pool of request threads
-  int thumb_size = 320;   // longest side of thumbnails, in pixels
+  int workers = 8;       // fixed pool of request threads
+  int thumb_size = 320;  // longest side of thumbnails, in pixels
   // Advertise the server in the index folder (INDEX/serve.sock, see route.h) so that `search-text`
   // and `search-image` on this index send their queries here. Best effort: without the advert
   // (a read-only index, another live server's advert) the server runs all the same.
@@ -68,7 +68,7 @@ class Server {
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  int port() const;         // the bound port (the chosen one for port 0)
+  int port() const;  // the bound port (the chosen one for port 0)
   // The advert's path while this server owns it, else "" with the reason in advert_note().
   std::string advert() const;
   std::string advert_note() const;

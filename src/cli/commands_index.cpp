@@ -8,13 +8,12 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-
-#include "cnclip/import.h"
-#include "cnclip/info.h"
 #include "cnclip/file_walk.h"
-#include "cnclip/remove.h"
+#include "cnclip/import.h"
 #include "cnclip/indexer.h"
+#include "cnclip/info.h"
 #include "cnclip/output.h"
+#include "cnclip/remove.h"
 #include "cnclip/runtime.h"
 #include "cnclip/video.h"
 #include "options.h"
@@ -74,7 +73,6 @@ struct IndexCommand {
   std::string vectors;  // --vectors TYPE ("" = keep the index's setting)
 };
 
-
 }  // namespace
 
 void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
@@ -82,41 +80,51 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<IndexCommand>();
     IndexCommand& c = *cp;
     auto* sub = app.add_subcommand("index", "Add photos in folders (recursively) or single files to the index");
-    sub->add_option("path", c.paths,
-                    "Folders or image files; '-' reads paths from stdin; none = update every folder and file indexed before");
+    sub->add_option(
+        "path", c.paths,
+        "Folders or image files; '-' reads paths from stdin; none = update every folder and file indexed before");
     // Walk options: stored with each given root; any of them given replaces all of a root's options.
     c.hidden_opt = sub->add_flag("--hidden,!--no-hidden", c.hidden,
                                  "Also index hidden files and folders (names starting with '.')");
-    c.exclude_opt = sub->add_option("--exclude", c.excludes, "Skip names or paths matching this glob (repeatable: one glob per --exclude)")
+    c.exclude_opt = sub->add_option("--exclude", c.excludes,
+                                    "Skip names or paths matching this glob (repeatable: one glob per --exclude)")
                         ->expected(1)
                         ->allow_extra_args(false)  // `--exclude GLOB PATH`: PATH is a path
                         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     std::string default_ext;
     for (const auto& e : WalkOptions::default_extensions()) default_ext += (default_ext.empty() ? "" : ",") + e;
-    c.ext_opt = sub->add_option("--ext", c.extensions,
-                                "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
-    c.no_video_opt = sub->add_flag("--no-video", c.no_video,
-                                   "Leave videos (" + [] {
-                                     std::string v;
-                                     for (const auto& e : video_extensions()) v += (v.empty() ? "" : ",") + e;
-                                     return v;
-                                   }() + ") out: stored with the folder like --ext");
+    c.ext_opt = sub->add_option(
+        "--ext", c.extensions,
+        "Comma-separated extensions to index (default: every format cnclip reads: " + default_ext + ")");
+    c.no_video_opt = sub->add_flag(
+        "--no-video", c.no_video, "Leave videos (" + [] {
+          std::string v;
+          for (const auto& e : video_extensions()) v += (v.empty() ? "" : ",") + e;
+          return v;
+        }() + ") out: stored with the folder like --ext");
     sub->add_option("--frame-interval", c.frame_interval,
                     "Videos: seconds between indexed frames (scene changes are indexed too)")
         ->capture_default_str()
         ->check(CLI::PositiveNumber);
     sub->add_flag("--confirm-removal", c.confirm_removal,
-                  "Let new walk options remove all of a folder's indexed files, or more than half of 10 or more (refused otherwise)");
-    sub->add_flag("--reindex", c.reindex, "Encode again every file of the given paths (none: of every root); with another model, the whole index");
+                  "Let new walk options remove all of a folder's indexed files, or more than half of 10 or more "
+                  "(refused otherwise)");
+    sub->add_flag(
+        "--reindex", c.reindex,
+        "Encode again every file of the given paths (none: of every root); with another model, the whole index");
     sub->add_flag("--retry-failed", c.retry_failed, "Try again files that failed before, even if unchanged");
-    whole_number(sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1, 1024);
-    whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(), 0, kMaxThreads);
+    whole_number(
+        sub->add_option("--batch-size", c.batch_size, "Images per model call and per commit")->capture_default_str(), 1,
+        1024);
+    whole_number(sub->add_option("-j,--jobs", c.jobs, "Decoding threads (0 = number of cores)")->capture_default_str(),
+                 0, kMaxThreads);
     sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
     add_null_input_option(sub, o, "paths");
-    sub->add_option("--vectors", c.vectors,
-                    "Snapshot type kept for searches: flat (exact, the default), flat-fp16, flat-sq8, ivf, auto (flat up "
-                    "to 500,000 vectors, then ivf) or a FAISS factory string (IVF4096,SQ8, HNSW32...); remembered. "
-                    "Without paths: only rebuild the snapshot (no model needed)");
+    sub->add_option(
+        "--vectors", c.vectors,
+        "Snapshot type kept for searches: flat (exact, the default), flat-fp16, flat-sq8, ivf, auto (flat up "
+        "to 500,000 vectors, then ivf) or a FAISS factory string (IVF4096,SQ8, HNSW32...); remembered. "
+        "Without paths: only rebuild the snapshot (no model needed)");
     one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
     sub->add_flag("-q,--quiet", o.quiet, "No progress output");
     add_model_options(sub, o);
@@ -134,8 +142,9 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         std::error_code no_catalog;
         if (opts.paths.empty() && !std::filesystem::exists(dir + "/catalog.sqlite3", no_catalog) && !no_catalog) {
           // Before anything is created: a mistyped --index must not leave an empty index behind.
-          throw Exception(ErrorCode::kInvalidArgument, "nothing to index: " + dir +
-                                                           " holds no index yet; give folders or files (cnclip index PATH...)");
+          throw Exception(
+              ErrorCode::kInvalidArgument,
+              "nothing to index: " + dir + " holds no index yet; give folders or files (cnclip index PATH...)");
         }
         if (opts.paths.empty() && !c.vectors.empty()) {
           // Only the snapshot: from the catalog's vectors, whatever filled it (index or import).
@@ -171,9 +180,9 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (opts.walk && !c.extensions.empty()) opts.walk->extensions = parse_extension_list(c.extensions);
         if (opts.walk && c.no_video) {
           auto& exts = opts.walk->extensions;
-          exts.erase(std::remove_if(exts.begin(), exts.end(),
-                                    [](const std::string& e) { return is_video_path("." + e); }),
-                     exts.end());
+          exts.erase(
+              std::remove_if(exts.begin(), exts.end(), [](const std::string& e) { return is_video_path("." + e); }),
+              exts.end());
           if (exts.empty()) throw Exception(ErrorCode::kInvalidArgument, "--no-video: --ext names only videos");
         }
         opts.frame_interval = c.frame_interval;
@@ -188,7 +197,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         opts.decode = decode_options(o, model->manifest().image.size);
         auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
         if (opts.paths.empty() && store->catalog().roots().empty()) {
-          throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "nothing to index: give folders or files (cnclip index PATH...)");
         }
         // Built by the run's last step (IndexStore::ensure_snapshot).
         if (!c.vectors.empty()) store->set_vector_spec(VectorSpec::parse(c.vectors, model->dim()));
@@ -198,13 +208,21 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (o.format == "json") {
           nlohmann::ordered_json j;
           set_string_field(j, "index", dir);  // index_bytes when the folder's name is not UTF-8
-          j.update(nlohmann::ordered_json{{"added", s.added},     {"updated", s.updated},
-                           {"removed", s.removed},  {"moved", s.moved},     {"unchanged", s.unchanged},
-                           {"failed", s.failed},    {"failed_before", s.failed_before},
-                           {"excluded", s.excluded}, {"missing", s.missing},
-                           {"unreadable_folders", s.unreadable_folders}, {"links", s.links},
-                           {"paired", s.paired}, {"video_frames", s.video_frames}, {"interrupted", s.interrupted},
-                           {"seconds", std::round(s.seconds * 1000) / 1000}});
+          j.update(nlohmann::ordered_json{{"added", s.added},
+                                          {"updated", s.updated},
+                                          {"removed", s.removed},
+                                          {"moved", s.moved},
+                                          {"unchanged", s.unchanged},
+                                          {"failed", s.failed},
+                                          {"failed_before", s.failed_before},
+                                          {"excluded", s.excluded},
+                                          {"missing", s.missing},
+                                          {"unreadable_folders", s.unreadable_folders},
+                                          {"links", s.links},
+                                          {"paired", s.paired},
+                                          {"video_frames", s.video_frames},
+                                          {"interrupted", s.interrupted},
+                                          {"seconds", std::round(s.seconds * 1000) / 1000}});
           std::cout << dump_json(j) << std::endl;
         }
         char line[256];

@@ -164,9 +164,10 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
     sub->add_option("text", a->texts, "Texts; '-' reads one text per line from stdin");
     sub->add_flag("--json-input", a->json_input, "Read one JSON string per stdin line (any text, newlines included)");
     add_null_input_option(sub, o, "texts");
-    a->context_length_option = sub->add_option("--context-length", a->context_length,
-                    "Number of ids per text: 2 up to the bundle's context length (default: that, 52); up to " +
-                        std::to_string(kMaxTextPositions) + " with --vocab");
+    a->context_length_option =
+        sub->add_option("--context-length", a->context_length,
+                        "Number of ids per text: 2 up to the bundle's context length (default: that, 52); up to " +
+                            std::to_string(kMaxTextPositions) + " with --vocab");
     sub->add_option("--vocab", a->vocab, "vocab.txt to use instead of the model bundle's");
     add_model_options(sub, o);
     sub->callback([&, a] {
@@ -185,9 +186,9 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (a->context_length_option->count() > 0) {
           // [CLS] and [SEP] take two ids; the tower has no position for more than its maximum.
           if (a->context_length < 2 || a->context_length > max_length) {
-            throw Exception(ErrorCode::kInvalidArgument,
-                            "--context-length " + std::to_string(a->context_length) + ": must be from 2 to " +
-                                std::to_string(max_length) + " (" + limit + ")");
+            throw Exception(ErrorCode::kInvalidArgument, "--context-length " + std::to_string(a->context_length) +
+                                                             ": must be from 2 to " + std::to_string(max_length) +
+                                                             " (" + limit + ")");
           }
           length = a->context_length;
         }
@@ -230,8 +231,8 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
           for (size_t k = 0; k < chunk.size(); ++k) {
             if (row_errors[k]) {
               // The text goes through JSON quoting, so any text names itself on one line.
-              print_error("text " + std::to_string(i + k + 1) + " " + dump_json(nlohmann::ordered_json(chunk[k])) + ": " +
-                          row_errors[k]->message);
+              print_error("text " + std::to_string(i + k + 1) + " " + dump_json(nlohmann::ordered_json(chunk[k])) +
+                          ": " + row_errors[k]->message);
               ++failed;
             } else {
               print_embedding("text", chunk[k], &e[k * dim], dim);
@@ -392,7 +393,8 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
       action = [&, paths] {
         const auto& [image, npy] = *paths;
         Normalization norm;  // Chinese-CLIP's 224 / mean / std unless a bundle says otherwise
-        if (!o.model.empty() || std::getenv("CNCLIP_MODEL")) norm = load_bundle_manifest(resolve_model_dir(o.model)).image;
+        if (!o.model.empty() || std::getenv("CNCLIP_MODEL"))
+          norm = load_bundle_manifest(resolve_model_dir(o.model)).image;
         std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
         auto ok = preprocess_image_file(image, norm, decode_options(o, norm.size), pixels.data());
         if (!ok) throw Exception(ok.error());

@@ -12,7 +12,8 @@ namespace cnclip::cli {
 void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action) {
   auto wait = std::make_shared<bool>(false);
   auto* sub = app.add_subcommand(
-      "repair", "Rebuild a damaged index: keep every readable entry, set the damaged catalog aside, rewrite the vectors");
+      "repair",
+      "Rebuild a damaged index: keep every readable entry, set the damaged catalog aside, rewrite the vectors");
   sub->add_flag("--wait", *wait, "Wait for a running index instead of failing");
   sub->add_option("--format", o.format, "Report format: text (stderr) or json (stdout)")
       ->check(CLI::IsMember({"text", "json"}));
@@ -51,9 +52,8 @@ void register_repair_commands(CLI::App& app, CommonOptions& o, Action& action) {
                 << count(r.kept, "meta") << " settings\n";
       int64_t unreadable = 0;
       for (const auto& [t, n] : r.unreadable) unreadable += n;
-      std::cerr << "cnclip: lost: " << r.files_lost_known << " files known to the vector snapshot, "
-                << unreadable << " unreadable row position(s), " << r.files_invalid
-                << " damaged embedding(s); "
+      std::cerr << "cnclip: lost: " << r.files_lost_known << " files known to the vector snapshot, " << unreadable
+                << " unreadable row position(s), " << r.files_invalid << " damaged embedding(s); "
                 << (r.roots_lost ? "the list of indexed folders was lost too: give the folders again "
                                    "('cnclip index FOLDER...', with their options) to re-encode what was lost\n"
                                  : "the next 'cnclip index' re-encodes what was lost\n");

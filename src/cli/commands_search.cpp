@@ -9,16 +9,16 @@
 #include <exception>
 #include <fstream>
 #include <future>
-#include <optional>
 #include <iostream>
 #include <limits>
+#include <optional>
 
 #include "cnclip/file_walk.h"
 #include "cnclip/image_query.h"
-#include "cnclip/route.h"
 #include "cnclip/output.h"
-#include "cnclip/query.h"
 #include "cnclip/photo_meta.h"
+#include "cnclip/query.h"
+#include "cnclip/route.h"
 #include "cnclip/search.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -41,7 +41,7 @@ struct SearchCommand {
   bool no_server = false;
   std::vector<std::string> not_texts;  // --not
   double not_threshold = kDefaultNotThreshold;
-  bool plain = false;  // search-text --plain: no combined-query syntax
+  bool plain = false;         // search-text --plain: no combined-query syntax
   std::string after, before;  // --after/--before as given
   std::string sort = "score";
   long long offset = 0;
@@ -72,8 +72,9 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
   whole_number(sub->add_option("--offset", c.offset, "Skip this many results first (pages: --offset 0, k, 2k...)")
                    ->capture_default_str(),
                0, INT_MAX);
-  one_of(sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
-         {"table", "json", "jsonl", "paths", "auto"});
+  one_of(
+      sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
+      {"table", "json", "jsonl", "paths", "auto"});
   sub->add_flag("-0,--null", c.null_separated,
                 "NUL instead of newline: after each path of --format paths, and between the items read from stdin");
   sub->add_flag("--exact", c.exact,
@@ -325,8 +326,9 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
     throw Exception(ErrorCode::kInvalidArgument, "'-' (an image on stdin) and '--paths-from -' both want stdin");
   }
   if (stdin_images && ::isatty(STDIN_FILENO) == 1) {
-    throw Exception(ErrorCode::kInvalidArgument,
-                    "'-' reads the bytes of an image from stdin, which is a terminal (try: cnclip search-image - < photo.jpg)");
+    throw Exception(
+        ErrorCode::kInvalidArgument,
+        "'-' reads the bytes of an image from stdin, which is a terminal (try: cnclip search-image - < photo.jpg)");
   }
   if (c.queries.empty() && c.paths_from.empty()) {
     throw Exception(ErrorCode::kInvalidArgument, "give example images, '-' for one on stdin, or --paths-from FILE");
@@ -372,7 +374,8 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   auto answer_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name, const std::string& label,
                           const std::string& self) -> Result<QueryResult> {
     if (route) {
-      auto a = route->search_image_bytes(label, name, bytes, decode, c.exclude_self ? self : "", opts, o.mixed_precision);
+      auto a =
+          route->search_image_bytes(label, name, bytes, decode, c.exclude_self ? self : "", opts, o.mixed_precision);
       if (a.status == RouteClient::Status::kAnswered) return std::move(a.results.at(0));
       if (a.status == RouteClient::Status::kImageError) return a.error;
       route_debug(*route);
@@ -401,8 +404,8 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
     if (!found) return found.error();
     const std::string& self = canonical.value();
     if (route) {
-      auto a = route->search_indexed_image(arg, self, found.value(), c.exclude_self ? self : "", opts,
-                                           o.mixed_precision);
+      auto a =
+          route->search_indexed_image(arg, self, found.value(), c.exclude_self ? self : "", opts, o.mixed_precision);
       if (a.status == RouteClient::Status::kAnswered) return std::move(a.results.at(0));
       if (a.status == RouteClient::Status::kImageError) return a.error;
       if (a.status == RouteClient::Status::kUnavailable) {
@@ -465,8 +468,9 @@ void register_search_commands(CLI::App& app, CommonOptions& o, Action& action) {
     auto cp = std::make_shared<SearchCommand>();
     SearchCommand& c = *cp;
     auto* sub = app.add_subcommand("search-image", "Find indexed photos that look like an example image");
-    image_files(sub->add_option("image", c.queries,
-                                "Image files (indexed or not); '-' reads the bytes of one image from stdin (so does /dev/stdin)"));
+    image_files(sub->add_option(
+        "image", c.queries,
+        "Image files (indexed or not); '-' reads the bytes of one image from stdin (so does /dev/stdin)"));
     sub->add_option("--paths-from", c.paths_from,
                     "Read more image paths from this file ('-' = stdin), one per line, or NUL-terminated with -0");
     sub->add_flag("--exclude-self", c.exclude_self, "Leave the query image itself out of its results");

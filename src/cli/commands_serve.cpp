@@ -43,8 +43,8 @@ int serve(const CommonOptions& o, const ServeCommand& c) {
   std::cerr << "cnclip: serving " << terminal_safe(s.index_dir) << '\n';
   if (generated) std::cerr << "cnclip: token: " << s.token << " (open the page with ?token=" << s.token << ")\n";
   if (!server->advert().empty()) {
-    std::cerr << "cnclip: search-text and search-image on this index are answered here (" << terminal_safe(server->advert())
-              << "; --no-server skips it)\n";
+    std::cerr << "cnclip: search-text and search-image on this index are answered here ("
+              << terminal_safe(server->advert()) << "; --no-server skips it)\n";
   } else {
     std::cerr << "cnclip: CLI queries are not routed here: " << terminal_safe(server->advert_note()) << '\n';
   }
@@ -59,7 +59,8 @@ int serve(const CommonOptions& o, const ServeCommand& c) {
 void register_serve_command(CLI::App& app, CommonOptions& o, Action& action) {
   auto cp = std::make_shared<ServeCommand>();
   ServeCommand& c = *cp;
-  auto* sub = app.add_subcommand("serve", "Web page and JSON API over the index (search by text or image in a browser)");
+  auto* sub =
+      app.add_subcommand("serve", "Web page and JSON API over the index (search by text or image in a browser)");
   sub->add_option("--host", c.host, "Address to listen on (not loopback: needs --token, or one is generated)")
       ->capture_default_str();
   whole_number(sub->add_option("--port", c.port, "Port (0: any free port, printed)")->capture_default_str(), 0, 65535);

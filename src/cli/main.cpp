@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   // Commands that run the model compute with OpenMP: started again with a short OpenMP spin, unless
   // the user set one (runtime.h). The others do not pay for a second start.
   if (argc > 1) {
-    static const char* const kModelCommands[] = {"index",      "search-text", "search-image", "embed-text",
+    static const char* const kModelCommands[] = {"index",       "search-text", "search-image", "embed-text",
                                                  "embed-image", "serve",       "eval",         "classify"};
     for (const char* c : kModelCommands) {
       if (std::strcmp(argv[1], c) == 0) restart_with_short_openmp_spin(argv);

@@ -55,7 +55,8 @@ std::string whole_number_words(long long min, long long max) {
 }  // namespace
 
 CLI::Option* whole_number(CLI::Option* opt, long long min, long long max) {
-  const std::string desc = max == INT_MAX ? ">=" + std::to_string(min) : std::to_string(min) + ".." + std::to_string(max);
+  const std::string desc =
+      max == INT_MAX ? ">=" + std::to_string(min) : std::to_string(min) + ".." + std::to_string(max);
   return add_check(opt, whole_number_words(min, max), desc, [min, max](const std::string& v) {
     long long n = 0;
     const char* end = v.data() + v.size();
@@ -69,7 +70,8 @@ CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_excl
   const std::string words = any ? std::string("a number (not nan or inf)")
                                 : std::string("a number ") + (min_exclusive ? "greater than " : "from ") +
                                       number_text(min) + (min_exclusive ? " and at most " : " to ") + number_text(max);
-  const std::string desc = any ? "" : (min_exclusive ? ">" + number_text(min) + ",<=" : number_text(min) + "..") + number_text(max);
+  const std::string desc =
+      any ? "" : (min_exclusive ? ">" + number_text(min) + ",<=" : number_text(min) + "..") + number_text(max);
   return add_check(opt, words, desc, [min, max, min_exclusive](const std::string& v) {
     if (v.empty() || std::isspace(static_cast<unsigned char>(v[0]))) return false;
     char* end = nullptr;
@@ -122,16 +124,18 @@ void check_unchecked_numbers(CLI::App& app) {
 }
 
 void add_model_options(CLI::App* sub, CommonOptions& o) {
-  sub->add_option("--model", o.model, "Model bundle directory (default: $CNCLIP_MODEL, else "
-                                      "${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default)");
+  sub->add_option("--model", o.model,
+                  "Model bundle directory (default: $CNCLIP_MODEL, else "
+                  "${XDG_DATA_HOME:-~/.local/share}/cnclip/models/default)");
   sub->add_option("--device", o.device, "cpu or cuda[:N]")->capture_default_str();
   whole_number(sub->add_option("--threads", o.threads, "Compute threads (0 = all cores)")->capture_default_str(), 0,
                kMaxThreads);
 }
 
 void add_index_option(CLI::App* sub, CommonOptions& o) {
-  sub->add_option("--index", o.index, "Index directory (default: $CNCLIP_INDEX, else "
-                                      "${XDG_DATA_HOME:-~/.local/share}/cnclip)");
+  sub->add_option("--index", o.index,
+                  "Index directory (default: $CNCLIP_INDEX, else "
+                  "${XDG_DATA_HOME:-~/.local/share}/cnclip)");
 }
 
 void add_mixed_precision_option(CLI::App* sub, CommonOptions& o) {

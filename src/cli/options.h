@@ -15,8 +15,8 @@
 namespace cnclip::cli {
 
 struct CommonOptions {
-  std::string model;   // --model (else CNCLIP_MODEL, else the default location)
-  std::string index;   // --index (else CNCLIP_INDEX, else the default location)
+  std::string model;  // --model (else CNCLIP_MODEL, else the default location)
+  std::string index;  // --index (else CNCLIP_INDEX, else the default location)
   std::string device = "cpu";
   int threads = 0;
   std::string format;  // "" = auto

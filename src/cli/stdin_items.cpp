@@ -22,8 +22,9 @@ bool ItemReader::next(std::string& item) {
     ++position_;
     if (!null_separated_ && !item.empty() && item.back() == '\r') item.pop_back();
     if (!null_separated_ && item.find('\0') != std::string::npos) {
-      throw Exception(ErrorCode::kInvalidArgument, name_ + ": line " + std::to_string(position_) +
-                                                       " holds a NUL byte; for NUL-separated input (find -print0) add -0");
+      throw Exception(ErrorCode::kInvalidArgument,
+                      name_ + ": line " + std::to_string(position_) +
+                          " holds a NUL byte; for NUL-separated input (find -print0) add -0");
     }
     if (!item.empty()) return true;
   }
@@ -45,8 +46,8 @@ std::vector<uint8_t> read_all_bytes(std::istream& in, const std::string& name, s
   while (in.read(chunk, sizeof(chunk)) || in.gcount() > 0) {
     bytes.insert(bytes.end(), chunk, chunk + in.gcount());
     if (bytes.size() > max_bytes) {
-      throw Exception(ErrorCode::kTooLarge, name + ": more than " + std::to_string(max_bytes >> 20) +
-                                                " MiB, too large for an image");
+      throw Exception(ErrorCode::kTooLarge,
+                      name + ": more than " + std::to_string(max_bytes >> 20) + " MiB, too large for an image");
     }
   }
   if (in.bad()) throw Exception(ErrorCode::kIoError, name + ": read failed");

@@ -15,8 +15,8 @@ namespace cnclip::cli {
 
 // One item at a time from a stream. Line mode: a trailing CR (from CRLF files) is dropped and empty
 // lines are skipped; a line holding a NUL byte (no path or text can) is an error that points at -0,
-// since it means NUL-separated input (`find -print0`) read as lines. NUL mode (`-0`, as `find -print0` writes): items end with NUL, newlines are part
-// of the item, empty items are skipped; a last item without its NUL still counts.
+// since it means NUL-separated input (`find -print0`) read as lines. NUL mode (`-0`, as `find -print0` writes): items
+// end with NUL, newlines are part of the item, empty items are skipped; a last item without its NUL still counts.
 class ItemReader {
  public:
   ItemReader(std::istream& in, bool null_separated, std::string name = "standard input")

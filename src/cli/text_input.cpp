@@ -21,15 +21,14 @@ void check_text(const Tokenizer& tokenizer, const std::string& text, int context
   }
   const size_t pieces = tokenizer.count_pieces(text);
   if (require_words && pieces == 0) {
-    throw Exception(ErrorCode::kInvalidArgument,
-                    what + (text.empty() ? " is empty" : " " + quote_text(text) + " is blank") +
-                        ": give some words to search for");
+    throw Exception(
+        ErrorCode::kInvalidArgument,
+        what + (text.empty() ? " is empty" : " " + quote_text(text) + " is blank") + ": give some words to search for");
   }
   const size_t room = context_length > 2 ? static_cast<size_t>(context_length - 2) : 0;
   if (pieces > room) {
     print_warning(what + " " + quote_text(text) + " was cut to fit the model's " + std::to_string(context_length) +
-                  " tokens: its first " + std::to_string(room) + " of " + std::to_string(pieces) +
-                  " tokens were kept");
+                  " tokens: its first " + std::to_string(room) + " of " + std::to_string(pieces) + " tokens were kept");
   }
 }
 

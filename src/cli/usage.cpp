@@ -120,7 +120,8 @@ size_t edit_distance(const std::string& a, const std::string& b) {
     for (size_t j = 1; j <= b.size(); ++j) {
       const size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
       d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
-      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1]) d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
     }
   }
   return d[a.size()][b.size()];
@@ -208,8 +209,8 @@ std::string explain_parse_error(const CLI::App& app, const CLI::ParseError& e) {
       if (!opt->get_required() || opt->count() > 0) continue;
       if (opt->get_positional()) {
         const bool many = opt->get_items_expected_max() > 1;
-        return sub->get_name() + " needs " + (many ? "at least one " + opt->get_name() : with_article(opt->get_name())) +
-               help_hint(sub);
+        return sub->get_name() + " needs " +
+               (many ? "at least one " + opt->get_name() : with_article(opt->get_name())) + help_hint(sub);
       }
       return sub->get_name() + " needs the option " + opt->get_name() + help_hint(sub);
     }
@@ -223,7 +224,8 @@ std::string explain_parse_error(const CLI::App& app, const CLI::ParseError& e) {
       const std::string value = what.substr(eq + 3);
       const CLI::Option* opt = sub->get_option_no_throw(name);
       if (opt && opt->get_items_expected_max() == 0) {
-        return name + " is a switch and takes no value, not '" + value + "' (write " + name + " alone)" + help_hint(sub);
+        return name + " is a switch and takes no value, not '" + value + "' (write " + name + " alone)" +
+               help_hint(sub);
       }
       const std::string accepts = opt ? accepted_values(opt) : "";
       if (!accepts.empty()) return name + ": expects " + accepts + ", not '" + value + "'" + help_hint(sub);

@@ -29,8 +29,9 @@ constexpr int kProtocol = 1;
 // Every field of SearchOptions must travel, or a routed query would silently ignore an option: a
 // new field must be added to options_json / options_from_json below (and this size updated).
 // The same for the fields of a hit (results_json / results_from_json).
-static_assert(sizeof(RankedHit) == 152, "RankedHit changed: send the new field in src/server/route_protocol.h "
-                                        "(results_json and results_from_json), then update this size");
+static_assert(sizeof(RankedHit) == 152,
+              "RankedHit changed: send the new field in src/server/route_protocol.h "
+              "(results_json and results_from_json), then update this size");
 static_assert(sizeof(SearchOptions) == 128,
               "SearchOptions changed: send the new field in src/server/route_protocol.h (options_json and "
               "options_from_json), then update this size");
@@ -111,7 +112,8 @@ inline nlohmann::ordered_json results_json(const std::vector<QueryResult>& resul
                      {"height", h.meta.height}};
       if (h.meta.offset_minutes) hit["meta"]["offset_minutes"] = *h.meta.offset_minutes;
       // A video's moment (seconds) and merged range.
-      if (h.time) hit["video"] = {{"time", *h.time}, {"start", h.start.value_or(*h.time)}, {"end", h.end.value_or(*h.time)}};
+      if (h.time)
+        hit["video"] = {{"time", *h.time}, {"start", h.start.value_or(*h.time)}, {"end", h.end.value_or(*h.time)}};
       q["hits"].push_back(std::move(hit));
     }
     out.push_back(std::move(q));

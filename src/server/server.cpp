@@ -29,13 +29,13 @@
 #include "cnclip/bundle.h"
 #include "cnclip/file_walk.h"
 #include "cnclip/image_query.h"
-#include "cnclip/info.h"
 #include "cnclip/index_store.h"
+#include "cnclip/info.h"
 #include "cnclip/output.h"
-#include "cnclip/query.h"
 #include "cnclip/photo_meta.h"
-#include "cnclip/search.h"
+#include "cnclip/query.h"
 #include "cnclip/route.h"
+#include "cnclip/search.h"
 #include "cnclip/video.h"
 #include "server/route_protocol.h"
 #include "server/web_assets.h"
@@ -132,7 +132,8 @@ std::string sniff_media_type(const std::vector<uint8_t>& b, const std::string& p
   if (starts("ftyp", 4, 4) && b.size() >= 12) {  // ISO base media: the major brand says what it holds
     const std::string brand(b.begin() + 8, b.begin() + 12);
     if (brand == "avif" || brand == "avis") return "image/avif";
-    if (brand == "heic" || brand == "heix" || brand == "heim" || brand == "heis" || brand == "hevc" || brand == "hevx") {
+    if (brand == "heic" || brand == "heix" || brand == "heim" || brand == "heis" || brand == "hevc" ||
+        brand == "hevx") {
       return "image/heic";
     }
     if (brand == "mif1" || brand == "msf1") return ext == "avif" ? "image/avif" : "image/heif";
@@ -149,8 +150,8 @@ bool browser_shows(const std::string& path) {
     ext = path.substr(dot + 1);
     for (auto& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   }
-  static const std::set<std::string> shown{"jpg", "jpeg", "jpe", "png", "apng", "webp", "gif", "bmp", "avif",
-                                           "mp4", "m4v", "mov", "webm", "mkv"};
+  static const std::set<std::string> shown{"jpg", "jpeg", "jpe", "png", "apng", "webp", "gif",
+                                           "bmp", "avif", "mp4", "m4v", "mov",  "webm", "mkv"};
   return shown.count(ext) > 0;
 }
 
@@ -308,7 +309,8 @@ struct Server::Impl {
     }
     // Capture-time filters and the order, as the CLI's --after, --before and --sort.
     if (req.has_param("after")) s.after = parse_time_bound(req.get_param_value("after"), "parameter 'after'").value();
-    if (req.has_param("before")) s.before = parse_time_bound(req.get_param_value("before"), "parameter 'before'").value();
+    if (req.has_param("before"))
+      s.before = parse_time_bound(req.get_param_value("before"), "parameter 'before'").value();
     if (req.has_param("sort")) s.sort = parse_sort_order(req.get_param_value("sort"), "parameter 'sort'");
     return s;
   }
@@ -399,15 +401,17 @@ struct Server::Impl {
       if (!f.filename.empty()) label = f.filename;
     } else {
       if (!type.empty() && type.rfind("image/", 0) != 0 && type.rfind("application/octet-stream", 0) != 0) {
-        send_error(res, 415, "unsupported_media_type",
-                   "send the image as the request body (image/* or application/octet-stream) or as a multipart field 'image'");
+        send_error(
+            res, 415, "unsupported_media_type",
+            "send the image as the request body (image/* or application/octet-stream) or as a multipart field 'image'");
         return;
       }
       bytes = req.body;
     }
     if (bytes.size() > options.max_upload_bytes) {
-      send_error(res, 413, "too_large", "the image is larger than the upload limit (" +
-                                            std::to_string(options.max_upload_bytes >> 20) + " MB)");
+      send_error(
+          res, 413, "too_large",
+          "the image is larger than the upload limit (" + std::to_string(options.max_upload_bytes >> 20) + " MB)");
       return;
     }
     if (bytes.empty()) throw Exception(ErrorCode::kInvalidArgument, "no image in the request (empty body)");
@@ -456,11 +460,11 @@ struct Server::Impl {
   void handle_info(const httplib::Request&, httplib::Response& res) {
     // The fields of `cnclip info --format json`, from the same library call.
     send_json(res, with_index([&](IndexStore* st, Searcher* loaded) {
-      if (!st) return index_info_json(empty_index_info(options.index_dir));
-      IndexInfo info = index_info(*st, loaded ? loaded->size() : 0);
-      info.index = options.index_dir;
-      return index_info_json(info);
-    }));
+                if (!st) return index_info_json(empty_index_info(options.index_dir));
+                IndexInfo info = index_info(*st, loaded ? loaded->size() : 0);
+                info.index = options.index_dir;
+                return index_info_json(info);
+              }));
   }
 
   // The original, with its media type, streamed from the file: Range requests (a video player seeking,
@@ -519,9 +523,10 @@ struct Server::Impl {
     auto rec = record(id);
     if (!rec) return send_error(res, 404, "not_found", "no file with id " + std::to_string(id) + " in the index");
     std::string key = rec->content_hash;
-    const bool hex_key = !key.empty() && key.size() <= 64 &&
-                         key.find_first_not_of("0123456789abcdef") == std::string::npos;
-    if (!hex_key) key = "id" + std::to_string(id) + "-" + std::to_string(rec->size) + "-" + std::to_string(rec->mtime_ns);
+    const bool hex_key =
+        !key.empty() && key.size() <= 64 && key.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (!hex_key)
+      key = "id" + std::to_string(id) + "-" + std::to_string(rec->size) + "-" + std::to_string(rec->mtime_ns);
     // A video's poster: the frame at ?t=SECONDS (to the millisecond; default the first frame).
     const bool video = is_video_path(rec->path);
     int64_t at_ms = 0;
@@ -588,8 +593,9 @@ struct Server::Impl {
     if (longest > options.thumb_size) {
       const double f = static_cast<double>(options.thumb_size) / longest;
       cv::Mat small;
-      cv::resize(bgr, small, cv::Size(std::max(1, static_cast<int>(std::lround(bgr.cols * f))),
-                                      std::max(1, static_cast<int>(std::lround(bgr.rows * f)))),
+      cv::resize(bgr, small,
+                 cv::Size(std::max(1, static_cast<int>(std::lround(bgr.cols * f))),
+                          std::max(1, static_cast<int>(std::lround(bgr.rows * f)))),
                  0, 0, cv::INTER_AREA);
       bgr = small;
     }
@@ -699,9 +705,8 @@ struct Server::Impl {
     // The batch as the CLI would encode it (one call: the same padding, so the same floats).
     const auto embeddings = model->encode_texts(queries);
     ojson j;
-    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
-      return loaded->search(queries, embeddings, s);
-    }));
+    j["results"] = route::results_json(with_search_index(
+        mixed, [&](IndexStore*, Searcher* loaded) { return loaded->search(queries, embeddings, s); }));
     res.set_content(dump_json(j), "application/json");
   }
 
@@ -749,9 +754,8 @@ struct Server::Impl {
       embedding = model->encode_images(pixels.data(), 1);
     }
     ojson j;
-    j["results"] = route::results_json(with_search_index(mixed, [&](IndexStore*, Searcher* loaded) {
-      return loaded->search({label}, embedding, s, {exclude});
-    }));
+    j["results"] = route::results_json(with_search_index(
+        mixed, [&](IndexStore*, Searcher* loaded) { return loaded->search({label}, embedding, s, {exclude}); }));
     res.set_content(dump_json(j), "application/json");
   }
 
@@ -936,11 +940,10 @@ struct Server::Impl {
   }
 
   void setup_routes() {
-    http.set_default_headers({{"X-Content-Type-Options", "nosniff"}, {"Referrer-Policy", "no-referrer"},
-                              {"X-Frame-Options", "DENY"}});
-    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      return check_request(req, res);
-    });
+    http.set_default_headers(
+        {{"X-Content-Type-Options", "nosniff"}, {"Referrer-Policy", "no-referrer"}, {"X-Frame-Options", "DENY"}});
+    http.set_pre_routing_handler(
+        [this](const httplib::Request& req, httplib::Response& res) { return check_request(req, res); });
     http.Get("/api/v1/search", guarded(&Impl::handle_search_text));
     http.Post("/api/v1/search/image", guarded(&Impl::handle_search_image));
     http.Get(R"(/api/v1/similar/(\d{1,18}))", guarded(&Impl::handle_similar));
@@ -954,8 +957,9 @@ struct Server::Impl {
       switch (res.status) {
         case 404: send_error(res, 404, "not_found", "no such route"); break;
         case 413:
-          send_error(res, 413, "too_large", "the request is larger than the upload limit (" +
-                                                std::to_string(options.max_upload_bytes >> 20) + " MB)");
+          send_error(res, 413, "too_large",
+                     "the request is larger than the upload limit (" + std::to_string(options.max_upload_bytes >> 20) +
+                         " MB)");
           break;
         case 400: send_error(res, 400, "bad_request", "malformed request"); break;
         default: send_error(res, res.status, "error", "the request failed (HTTP " + std::to_string(res.status) + ")");
