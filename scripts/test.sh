@@ -4,20 +4,21 @@
 #   2. asan-ubsan  the whole suite (but the `full` ViT-B-16 test) under AddressSanitizer+UBSan
 #   3. tsan        the tests that run threads of ours under ThreadSanitizer (CMakePresets.json)
 #   4. fuzz        every libFuzzer target for a short while (scripts/fuzz.sh)
-# Usage: scripts/test.sh [PART...]  (default: release, tsan, fuzz, in that order; asan-ubsan by
-# name until LeakSanitizer works with the dlopen'ed model module, see README). Environment:
+#   and first, format: scripts/format.sh --check (the C++ sources in .clang-format's style; seconds)
+# Usage: scripts/test.sh [PART...]  (default: format, release, tsan, fuzz, in that order; asan-ubsan
+# by name until the merged suite has had a whole clean run under it, see README). Environment:
 # CNCLIP_FUZZ_SECONDS (per target, default 20). Exits 1 when a part fails or runs out of time.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 parts=("$@")
-[ ${#parts[@]} -gt 0 ] || parts=(release tsan fuzz)
+[ ${#parts[@]} -gt 0 ] || parts=(format release tsan fuzz)
 fuzz_seconds=${CNCLIP_FUZZ_SECONDS:-20}
 
 # Time limits (seconds) of each part, builds included; on 2 cores with a warm ccache each takes
 # well under half of its limit (README, "Tests").
-declare -A limit=([release]=900 [asan-ubsan]=1800 [tsan]=900 [fuzz]=900)
+declare -A limit=([format]=120 [release]=900 [asan-ubsan]=1800 [tsan]=900 [fuzz]=900)
 
 summary=()
 passed=0   # tests (ctest) and fuzz targets that passed
@@ -55,6 +56,8 @@ run_part() {  # name, command...
 
 for part in "${parts[@]}"; do
   case "$part" in
+    format)
+      run_part format scripts/format.sh --check ;;
     release)
       run_part release bash -c 'set -e; [ -f build/CMakeCache.txt ] || cmake --preset release
         cmake --build build -j2
@@ -71,7 +74,7 @@ for part in "${parts[@]}"; do
       # Targets with inputs in fuzz/known-crashes/ (a crash found, its fix pending) are left out.
       run_part fuzz env CNCLIP_FUZZ_SKIP_KNOWN=1 scripts/fuzz.sh "$fuzz_seconds" ;;
     *)
-      echo "test.sh: unknown part '$part' (release, asan-ubsan, tsan, fuzz)" >&2
+      echo "test.sh: unknown part '$part' (format, release, asan-ubsan, tsan, fuzz)" >&2
       exit 2 ;;
   esac
 done
