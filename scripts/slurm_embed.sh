@@ -35,7 +35,7 @@ if [ "${1:-}" = "--run-task" ]; then
   k="${SLURM_ARRAY_TASK_ID:?--run-task runs as a task of a Slurm job array}"
   echo "slurm_embed: task $k of $n on $(hostname) (job ${SLURM_JOB_ID:-?})" >&2
   # exec: the signals Slurm sends (SIGTERM at the time limit or on preemption) reach cnclip itself,
-  # which saves what it finished and exits 130.
+  # which saves what it finished and exits 143 (128 + SIGTERM).
   exec "$cnclip" embed-image --shard "$k/$n" --out "$out/shard-$k-of-$n" "$@"
 fi
 if [ "${1:-}" = "--run-import" ]; then

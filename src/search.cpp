@@ -177,7 +177,8 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
   std::unordered_set<int64_t> unwanted;
   if (exact) {
     for (const auto& v : options.not_like) {
-      for (const auto& h : vectors_->range_search(v.data(), 1, options.not_threshold)[0]) unwanted.insert(h.id);
+      const auto near = vectors_->range_search(v.data(), 1, options.not_threshold);  // kept: the loop reads [0]
+      for (const auto& h : near[0]) unwanted.insert(h.id);
     }
   }
   if (!unwanted.empty()) {
