@@ -88,6 +88,12 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 if [ "$do_packages" = 1 ]; then
   missing=()
   for p in "${packages[@]}"; do
+    # Node.js from elsewhere (e.g. NodeSource's nodejs, which bundles npm and conflicts with Debian's
+    # npm package) serves the bench as well: only a missing command is installed.
+    case "$p" in
+      nodejs) command -v node >/dev/null && continue ;;
+      npm) command -v npm >/dev/null && continue ;;
+    esac
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
