@@ -93,16 +93,16 @@ CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices) {
   });
 }
 
+std::string folder_given_as_image(const std::string& path) {
+  std::error_code ec;
+  if (path == "-" || !std::filesystem::is_directory(path, ec)) return "";
+  return "'" + path + "' is a folder; give image files ('cnclip index' takes folders)";
+}
+
 CLI::Option* image_files(CLI::Option* opt) {
   // Checked when parsed, so that a folder is a usage error (exit 2) before any model is loaded; a
   // path that does not exist or is not an image is the command's to report (exit 1, or counted).
-  opt->check(CLI::Validator(
-      [](std::string& path) -> std::string {
-        std::error_code ec;
-        if (path == "-" || !std::filesystem::is_directory(path, ec)) return "";
-        return "'" + path + "' is a folder; give image files ('cnclip index' takes folders)";
-      },
-      "", "cnclip-image-file"));
+  opt->check(CLI::Validator([](std::string& path) { return folder_given_as_image(path); }, "", "cnclip-image-file"));
   return opt;
 }
 

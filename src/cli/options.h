@@ -42,6 +42,8 @@ CLI::Option* real_number(CLI::Option* opt, double min, double max, bool min_excl
 CLI::Option* one_of(CLI::Option* opt, const std::vector<std::string>& choices);
 // Image-file arguments: a folder is a usage error naming it ("-" and other paths pass).
 CLI::Option* image_files(CLI::Option* opt);
+// The check image_files makes: "" when `path` may be an image, else the message saying it is a folder.
+std::string folder_given_as_image(const std::string& path);
 // What `opt` accepts in words ("a whole number from 1 to 1024"), or "" when no check above set it.
 std::string accepted_values(const CLI::Option* opt);
 // Gives every numeric option of every subcommand of `app` that has none of the checks above a
