@@ -17,7 +17,7 @@ namespace {
 // Bad data and the progress bar on stderr.
 class EvalTerminal : public EvalObserver {
  public:
-  EvalTerminal(bool bar) : bar_(bar), start_(std::chrono::steady_clock::now()) {}
+  explicit EvalTerminal(bool bar) : bar_(bar) {}
   ~EvalTerminal() override { end_bar(); }
   // The first kShown problems, one line each; a file of the wrong kind (TEXTS given a TSV, say) would
   // otherwise print a line per line of it. The summary line gives the total.
@@ -27,22 +27,12 @@ class EvalTerminal : public EvalObserver {
     if (++problems_ <= kShown) print_warning(terminal_safe(message));
     if (problems_ == kShown + 1) print_warning("more data problems: not shown one by one");
   }
-  void on_progress(int64_t done, int64_t total) override {
-    if (!bar_ || total == 0) return;
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    std::cerr << '\r' << progress_line(done, total, secs > 0 ? done / secs : 0, terminal_columns(user_stderr_fd()))
-              << "\x1b[K" << std::flush;
-    shown_ = true;
-  }
-  void end_bar() {
-    if (shown_) std::cerr << '\n';
-    shown_ = false;
-  }
+  void on_progress(int64_t done, int64_t total) override { bar_.update(done, total); }
+  void end_bar() { bar_.end(); }
 
  private:
-  bool bar_, shown_ = false;
+  ProgressBar bar_;
   int64_t problems_ = 0;
-  std::chrono::steady_clock::time_point start_;
 };
 
 nlohmann::ordered_json recall_json(const Recall& r) {

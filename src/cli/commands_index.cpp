@@ -25,24 +25,16 @@ namespace {
 // Progress bar and per-file errors on stderr.
 class TerminalObserver : public IndexObserver {
  public:
-  TerminalObserver(bool bar, bool quiet) : bar_(bar), quiet_(quiet), start_(std::chrono::steady_clock::now()) {}
+  TerminalObserver(bool bar, bool quiet) : bar_(bar), quiet_(quiet) {}
   ~TerminalObserver() override { end_bar(); }
 
   void on_plan(int64_t to_encode, int64_t unchanged, int64_t gone) override {
     if (!quiet_ && (to_encode > 0 || gone > 0)) {
       std::cerr << "cnclip: " << to_encode << " to index, " << unchanged << " unchanged, " << gone << " gone\n";
     }
-    start_ = std::chrono::steady_clock::now();
+    bar_.restart();
   }
-  void on_progress(int64_t done, int64_t total) override {
-    if (!bar_ || total == 0) return;
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    const double rate = secs > 0 ? done / secs : 0;
-    // Asked on every update, so a resized window is followed; erase-to-end-of-line clears what a
-    // wider line left behind.
-    std::cerr << '\r' << progress_line(done, total, rate, terminal_columns(user_stderr_fd())) << "\x1b[K" << std::flush;
-    bar_shown_ = true;
-  }
+  void on_progress(int64_t done, int64_t total) override { bar_.update(done, total); }
   void on_file_error(const Error& e) override {
     end_bar();
     std::cerr << "cnclip: skipped: " << terminal_safe(e.message) << '\n';
@@ -52,14 +44,11 @@ class TerminalObserver : public IndexObserver {
     print_warning(message);
   }
   // Moves past the progress bar so that the next message starts on a line of its own.
-  void end_bar() {
-    if (bar_shown_) std::cerr << '\n';
-    bar_shown_ = false;
-  }
+  void end_bar() { bar_.end(); }
 
  private:
-  bool bar_, quiet_, bar_shown_ = false;
-  std::chrono::steady_clock::time_point start_;
+  ProgressBar bar_;
+  bool quiet_;
 };
 
 struct IndexCommand {

@@ -72,34 +72,24 @@ std::vector<std::string> read_json_strings() {
 // embed-image --out's progress on a terminal: the bar of `index`.
 class ShardProgress : public ShardObserver {
  public:
-  explicit ShardProgress(bool bar) : bar_(bar), start_(std::chrono::steady_clock::now()) {}
+  explicit ShardProgress(bool bar) : bar_(bar) {}
   void on_start(int64_t to_encode, int64_t reused) override {
     if (reused > 0) {
       end_bar();
       std::cerr << "cnclip: " << reused << " embeddings saved by an interrupted run are used again; " << to_encode
                 << " to embed\n";
     }
-    start_ = std::chrono::steady_clock::now();
+    bar_.restart();
   }
-  void on_progress(int64_t done, int64_t total) override {
-    if (!bar_ || total == 0) return;
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-    std::cerr << '\r' << progress_line(done, total, secs > 0 ? done / secs : 0, terminal_columns(user_stderr_fd()))
-              << "\x1b[K" << std::flush;
-    shown_ = true;
-  }
+  void on_progress(int64_t done, int64_t total) override { bar_.update(done, total); }
   void on_file_error(const Error& e) override {
     end_bar();
     print_error(e.message);
   }
-  void end_bar() {
-    if (shown_) std::cerr << '\n';
-    shown_ = false;
-  }
+  void end_bar() { bar_.end(); }
 
  private:
-  bool bar_, shown_ = false;
-  std::chrono::steady_clock::time_point start_;
+  ProgressBar bar_;
 };
 
 // --out PREFIX: its folder must exist, and PREFIX must name files in it (not end in '/').
@@ -310,12 +300,9 @@ void register_model_commands(CLI::App& app, CommonOptions& o, Action& action) {
         // a mistake, as in the other commands that take images (options.h: image_files).
         if (!sharded && a->out.empty()) {
           for (const auto& path : given) {
-            std::error_code ec;
-            if (path != "-" && std::filesystem::is_directory(path, ec)) {
-              throw Exception(ErrorCode::kInvalidArgument,
-                              "image: '" + path +
-                                  "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip "
-                                  "embed-image --help')");
+            const std::string folder = folder_given_as_image(path);
+            if (!folder.empty()) {
+              throw Exception(ErrorCode::kInvalidArgument, "image: " + folder + " (see 'cnclip embed-image --help')");
             }
           }
         }

@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iostream>
+
+#include "cnclip/runtime.h"
 
 namespace cnclip::cli {
 
@@ -31,6 +34,21 @@ std::string progress_line(int64_t done, int64_t total, double rate, int columns)
   }
   if (static_cast<int>(line.size()) > room) line.resize(static_cast<size_t>(room));
   return line;
+}
+
+void ProgressBar::update(int64_t done, int64_t total) {
+  if (!enabled_ || total == 0) return;
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double rate = secs > 0 ? done / secs : 0;
+  // The width is asked on every update, so a resized window is followed; erase-to-end-of-line clears
+  // what a wider line left behind.
+  std::cerr << '\r' << progress_line(done, total, rate, terminal_columns(user_stderr_fd())) << "\x1b[K" << std::flush;
+  shown_ = true;
+}
+
+void ProgressBar::end() {
+  if (shown_) std::cerr << '\n';
+  shown_ = false;
 }
 
 }  // namespace cnclip::cli
