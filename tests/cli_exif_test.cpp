@@ -56,17 +56,11 @@ class ExifInCommands : public ::testing::Test {
     }
     return cached[upright];
   }
-  static double max_diff(const std::vector<float>& a, const std::vector<float>& b) {
-    EXPECT_EQ(a.size(), b.size());
-    double d = 0;
-    for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) d = std::max(d, std::fabs(double(a[i]) - b[i]));
-    return d;
-  }
 };
 
 TEST_F(ExifInCommands, TheTwoReadingsDifferSoEachCheckBelowCanFail) {
-  EXPECT_GT(max_diff(pixels(true), pixels(false)), 0.5);
-  EXPECT_GT(max_diff(embedding(true), embedding(false)), 1e-3);
+  EXPECT_GT(test::max_abs_diff(pixels(true), pixels(false)), 0.5);
+  EXPECT_GT(test::max_abs_diff(embedding(true), embedding(false)), 1e-3);
 }
 
 TEST_F(ExifInCommands, Preprocess) {
@@ -85,7 +79,7 @@ TEST_F(ExifInCommands, EmbedImage) {
         test::run_cnclip("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto row = json::parse(r.out);
-    EXPECT_LT(max_diff(row["embedding"].get<std::vector<float>>(), embedding(upright)), 1e-5)
+    EXPECT_LT(test::max_abs_diff(row["embedding"].get<std::vector<float>>(), embedding(upright)), 1e-5)
         << (upright ? "default" : "--ignore-exif");
   }
 }
@@ -99,7 +93,7 @@ TEST_F(ExifInCommands, IndexStoresWhatTheOptionSays) {
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     auto record = store->catalog().find(std::filesystem::canonical(photo()).string());  // as indexed
     ASSERT_TRUE(record.has_value());
-    EXPECT_LT(max_diff(store->catalog().embedding(record->id), embedding(upright)), 1e-5)
+    EXPECT_LT(test::max_abs_diff(store->catalog().embedding(record->id), embedding(upright)), 1e-5)
         << (upright ? "default" : "--ignore-exif");
   }
 }

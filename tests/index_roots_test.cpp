@@ -64,12 +64,7 @@ class Roots : public ::testing::Test {
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
-  std::set<std::string> paths() {
-    auto store = IndexStore::open(idx, IndexAccess::kRead);
-    std::set<std::string> out;
-    for (const auto& f : store->catalog().files_under("")) out.insert(f.path);
-    return out;
-  }
+  std::set<std::string> paths() { return test::indexed_paths(idx); }
   std::vector<RootRecord> roots() {
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     return store->catalog().root_records();
@@ -543,7 +538,7 @@ class Plan : public ::testing::Test {
   }
   IndexPlan plan(const WalkOptions& walk = {}) {
     IndexOptions o;
-    return plan_index(*catalog, {IndexTarget{root, false, walk, true, std::nullopt}}, o);
+    return plan_index(*catalog, {IndexTarget{root, false, walk, true, std::nullopt, ""}}, o);
   }
 };
 
@@ -605,8 +600,8 @@ TEST_F(Plan, AnEntryAnotherRootTakesIsNotExcluded) {
   outer.excludes = {"*.png"};
   IndexOptions o;
   auto p = plan_index(*catalog,
-                      {IndexTarget{root, false, outer, true, std::nullopt},
-                       IndexTarget{root + "/inner", false, WalkOptions{}, true, std::nullopt}},
+                      {IndexTarget{root, false, outer, true, std::nullopt, ""},
+                       IndexTarget{root + "/inner", false, WalkOptions{}, true, std::nullopt, ""}},
                       o);
   EXPECT_TRUE(p.excluded.empty());
   EXPECT_TRUE(p.vanished.empty());
@@ -630,11 +625,11 @@ TEST_F(Plan, ForceEncodesUnchangedAndFailedFilesAgain) {
     tx.commit();
   }
   IndexOptions o;
-  auto p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt}}, o);
+  auto p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt, ""}}, o);
   EXPECT_EQ(p.unchanged, 1);
   EXPECT_EQ(p.failed_before, 1);
   EXPECT_TRUE(p.to_encode.empty());
-  p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt}}, o, /*force=*/true);
+  p = plan_index(*catalog, {IndexTarget{root, false, WalkOptions{}, true, std::nullopt, ""}}, o, /*force=*/true);
   ASSERT_EQ(p.to_encode.size(), 2u);
   EXPECT_TRUE(p.to_encode[0].existing.has_value());  // a.jpg: updated in place, not added
 }

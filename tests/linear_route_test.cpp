@@ -49,12 +49,7 @@ double min_cosine(const std::vector<float>& a, const std::vector<float>& b, size
   return worst;
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using test::max_abs_diff;
 
 struct Embeddings {
   std::vector<float> texts_batch, text_each, images;

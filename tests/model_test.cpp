@@ -32,12 +32,7 @@ std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
   return v;
 }
 
-float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  float m = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
-  return m;
-}
+using test::max_abs_diff;
 
 std::vector<float> reference_pixels() {
   std::vector<float> pixels;

@@ -204,7 +204,9 @@ TEST(ScaleTypes, RecallFloorAndExactScoresOnAGeneratedSet) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - built).count(),
                 store->snapshot_report().c_str());
     EXPECT_GE(r, 0.95);
-    if (std::string(type) == "flat") EXPECT_EQ(r, 1.0);
+    if (std::string(type) == "flat") {
+      EXPECT_EQ(r, 1.0);
+    }
     for (size_t q = 0; q < got.size(); ++q) {
       for (const auto& h : got[q]) {  // the exact cosine, whatever the type
         const auto v = reader->catalog().embedding(h.id);
@@ -400,7 +402,9 @@ TEST(ScaleDelta, AddsChangesAndRemovesDuringARun) {
     EXPECT_EQ(store->ensure_snapshot(), std::string(type) == "flat");
     auto reader = IndexStore::open(dir / "index", IndexAccess::kRead);
     EXPECT_EQ(reader->search_vectors()->size(), reader->catalog().count());
-    if (std::string(type) == "flat") EXPECT_TRUE(reader->catalog().changed_since(snapshot_generation).empty());
+    if (std::string(type) == "flat") {
+      EXPECT_TRUE(reader->catalog().changed_since(snapshot_generation).empty());
+    }
   }
 }
 

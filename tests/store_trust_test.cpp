@@ -42,12 +42,7 @@ class Trust : public ::testing::Test {
     EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
-  std::set<std::string> paths() {
-    auto store = IndexStore::open(idx, IndexAccess::kRead);
-    std::set<std::string> out;
-    for (const auto& f : store->catalog().files_under("")) out.insert(f.path);
-    return out;
-  }
+  std::set<std::string> paths() { return test::indexed_paths(idx); }
   std::vector<RootRecord> roots() {
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     return store->catalog().root_records();

@@ -1,14 +1,20 @@
 #include "test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
+
+#include "cnclip/index_store.h"
 
 namespace cnclip::test {
 
@@ -90,6 +96,20 @@ std::string url_encode(const std::string& s) {
       out += hex[c & 15];
     }
   }
+  return out;
+}
+
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) m = std::max(m, std::fabs(a[i] - b[i]));
+  return m;
+}
+
+std::set<std::string> indexed_paths(const std::string& index_dir) {
+  auto store = IndexStore::open(index_dir, IndexAccess::kRead);
+  std::set<std::string> out;
+  for (const auto& f : store->catalog().files_under("")) out.insert(f.path);
   return out;
 }
 

@@ -1,6 +1,7 @@
 // Helpers shared by the tests: fixture paths, temporary directories, running the cnclip binary.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -40,5 +41,10 @@ std::string read_text(const std::string& path);
 void write_text(const std::string& path, const std::string& text);
 void copy_file(const std::string& from, const std::string& to);
 std::vector<std::string> lines(const std::string& text);
+
+// The largest |a[i] - b[i]|; vectors of different sizes are a test failure.
+float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b);
+// The paths of the files an index holds (opened read-only).
+std::set<std::string> indexed_paths(const std::string& index_dir);
 
 }  // namespace cnclip::test
