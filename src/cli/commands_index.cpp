@@ -223,7 +223,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         if (s.interrupted) {
           std::cerr << "cnclip: interrupted; kept what was committed (" << line
                     << "); run the same command again to finish\n";
-          return interrupt_signal() > 0 ? 128 + interrupt_signal() : 130;  // 143 for SIGTERM
+          return interrupted_status();
         }
         if (!o.quiet) std::cerr << "cnclip: indexed: " << line << '\n';
         if (!o.quiet && s.paired > 0) {

@@ -82,11 +82,8 @@ int main(int argc, char** argv) {
     status = 128 + SIGPIPE;
   } catch (const Exception& e) {
     cli::print_error(e.what());
-    // Interrupted: 128 + the signal, as the shell reports a process that signal ended (130 for
-    // Ctrl-C, 143 for SIGTERM), after what was committed is kept.
-    const int sig = interrupt_signal();
     status = e.code() == ErrorCode::kInvalidArgument ? 2
-             : e.code() == ErrorCode::kInterrupted   ? (sig > 0 ? 128 + sig : 130)
+             : e.code() == ErrorCode::kInterrupted   ? cli::interrupted_status()
                                                      : 1;
   } catch (const std::exception& e) {
     cli::print_error(std::string("unexpected failure: ") + e.what());

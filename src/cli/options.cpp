@@ -197,6 +197,11 @@ bool stderr_is_terminal() { return ::isatty(user_stderr_fd()) == 1; }
 
 // Messages name files, and file names can hold control characters: escaped, so that a name never
 // drives the terminal or splits a message over lines.
+int interrupted_status() {
+  const int sig = interrupt_signal();
+  return sig > 0 ? 128 + sig : 130;
+}
+
 void print_error(const std::string& message) { std::cerr << "cnclip: error: " << terminal_safe(message) << std::endl; }
 void print_warning(const std::string& message) {
   std::cerr << "cnclip: warning: " << terminal_safe(message) << std::endl;

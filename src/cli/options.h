@@ -70,6 +70,9 @@ bool stdout_is_terminal();
 bool stderr_is_terminal();
 void print_error(const std::string& message);    // "cnclip: error: ..." to stderr
 void print_warning(const std::string& message);  // "cnclip: warning: ..." to stderr
+// The exit status of a command the user interrupted, after what was committed is kept: 128 + the
+// signal, as a shell reports a process that signal ended (130 Ctrl-C, 143 SIGTERM; 130 otherwise).
+int interrupted_status();
 
 // The subcommands; each registers itself and sets `action` when chosen.
 using Action = std::function<int()>;
