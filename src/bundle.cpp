@@ -12,8 +12,13 @@
 #include <sstream>
 
 #include "cnclip/runtime.h"
+#include "json_number.h"
 
 namespace cnclip {
+
+using detail::json_double;
+using detail::json_float;
+using detail::json_integer;
 
 std::string default_data_dir() { return xdg_data_home().value() + "/cnclip"; }
 
@@ -55,7 +60,7 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
     if (j.value("format", "") != "cnclip-bundle") {
       throw Exception(ErrorCode::kCorrupt, path + ": not a cnclip bundle manifest");
     }
-    const int version = j.at("format_version").get<int>();
+    const int version = json_integer<int>(j.at("format_version"), "format_version");
     if (version != kBundleFormatVersion) {
       throw Exception(ErrorCode::kMismatch, path + ": bundle format version " + std::to_string(version) +
                                                 " is not supported (expected " + std::to_string(kBundleFormatVersion) +
@@ -64,29 +69,30 @@ BundleManifest load_bundle_manifest(const std::string& dir) {
     m.architecture = j.at("architecture").get<std::string>();
     m.precision = j.at("precision").get<std::string>();
     m.fingerprint = j.at("fingerprint").get<std::string>();
-    m.embedding_dim = j.at("embedding_dim").get<int>();
+    m.embedding_dim = json_integer<int>(j.at("embedding_dim"), "embedding_dim");
     m.normalized = j.at("normalized").get<bool>();
     const auto& image = j.at("image");
-    m.image.size = image.at("size").get<int>();
+    m.image.size = json_integer<int>(image.at("size"), "image.size");
     for (int c = 0; c < 3; ++c) {
-      m.image.mean[c] = image.at("mean").at(c).get<float>();
-      m.image.std[c] = image.at("std").at(c).get<float>();
+      m.image.mean[c] = json_float(image.at("mean").at(c), "image.mean");
+      m.image.std[c] = json_float(image.at("std").at(c), "image.std");
     }
     if (image.value("interpolation", "") != "bicubic-pillow" || image.value("resize", "") != "squash") {
       throw Exception(ErrorCode::kMismatch, path + ": unsupported image preprocessing");
     }
     const auto& text = j.at("text");
-    m.context_length = text.at("context_length").get<int>();
+    m.context_length = json_integer<int>(text.at("context_length"), "text.context_length");
     m.lower_case = text.at("lower_case").get<bool>();
     if (text.value("tokenizer", "") != "bert-wordpiece" || !m.lower_case) {
       throw Exception(ErrorCode::kMismatch, path + ": unsupported tokenizer");
     }
-    m.logit_scale = j.at("logit_scale").get<double>();
+    m.logit_scale = json_double(j.at("logit_scale"), "logit_scale");
     const auto& source = j.at("source");
     m.source_id = source.contains("sha256") ? "checkpoint:" + source.at("sha256").get<std::string>()
                                             : "random-init:" + m.architecture + ":" + source.at("seed").dump();
     for (const auto& [name, f] : j.at("files").items()) {
-      BundleFile file{f.at("bytes").get<int64_t>(), f.at("sha256").get<std::string>()};
+      BundleFile file{json_integer<int64_t>(f.at("bytes"), "files." + name + ".bytes"),
+                      f.at("sha256").get<std::string>()};
       if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos) {
         throw Exception(ErrorCode::kCorrupt, path + ": lists a file named '" + name + "' (not a plain file name)");
       }

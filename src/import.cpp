@@ -4,16 +4,19 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cfloat>
 #include <cmath>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "cnclip/file_walk.h"
 #include "cnclip/npy.h"
 #include "cnclip/runtime.h"
+#include "json_number.h"
 
 namespace cnclip {
 namespace {
@@ -149,7 +152,9 @@ ImportRows read_embeddings_jsonl(std::istream& in, const std::string& name, int 
       if (!v.is_number()) {
         throw Exception(ErrorCode::kCorrupt, where + "\"embedding\" value " + std::to_string(d) + " is not a number");
       }
-      e[d] = static_cast<float>(v.get<double>());
+      const double x = v.get<double>();
+      // A cast of a double beyond FLT_MAX to float is undefined; bad_row names the non-finite value.
+      e[d] = std::fabs(x) <= FLT_MAX ? static_cast<float>(x) : std::numeric_limits<float>::infinity();
     }
     if (auto why = bad_row(e.data(), dim); !why.empty()) throw Exception(ErrorCode::kCorrupt, where + why);
     rows.paths.push_back(path);

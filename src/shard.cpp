@@ -27,6 +27,7 @@
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
 #include "encode_pipeline.h"
+#include "json_number.h"
 
 namespace cnclip {
 namespace {
@@ -86,8 +87,8 @@ std::string describe_settings(const nlohmann::json& s) {
   if (s.contains("decode") && s["decode"].is_object()) {
     const auto& d = s["decode"];
     out += std::string(d.value("apply_exif_orientation", true) ? "" : ", --ignore-exif") +
-           (d.value("reduced_decode_min_side", 0) == 0 ? ", --full-decode" : "") + ", --max-pixels " +
-           std::to_string(d.value("max_pixels", int64_t(0)) / 1'000'000);
+           (detail::json_integer_or<int>(d, "reduced_decode_min_side", 0) == 0 ? ", --full-decode" : "") +
+           ", --max-pixels " + std::to_string(detail::json_integer_or<int64_t>(d, "max_pixels", 0) / 1'000'000);
   }
   return out;
 }
@@ -387,7 +388,7 @@ ShardRunSummary run_shard(Model& model, const ShardSelection& selection, const S
         }
       }
       summary.already_complete = true;
-      summary.embedded = done.value("embedded", int64_t(0));
+      summary.embedded = detail::json_integer_or<int64_t>(done, "embedded", 0);
       summary.failed =
           done.contains("failed") && done["failed"].is_array() ? static_cast<int64_t>(done["failed"].size()) : 0;
       return summary;

@@ -183,6 +183,49 @@ TEST_F(BrokenBundle, BadManifestNamed) {
   EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
 }
 
+// Numbers in bundle.json that the field's type cannot hold (the bundle fuzzer found 8.9e71 read as an
+// int, undefined behaviour) are a damaged manifest naming the field, never cast into range.
+TEST_F(BrokenBundle, ManifestNumbersThatDoNotFitNamed) {
+  const auto good = nlohmann::json::parse(test::read_text(bundle + "/bundle.json"));
+  struct Case {
+    nlohmann::json::json_pointer field;
+    nlohmann::json value;
+    std::string named;
+  };
+  const std::vector<Case> cases = {
+      {nlohmann::json::json_pointer("/format_version"), 8.88889e71, "format_version"},
+      {nlohmann::json::json_pointer("/format_version"), -1e300, "format_version"},
+      {nlohmann::json::json_pointer("/embedding_dim"), 512.5, "embedding_dim"},
+      {nlohmann::json::json_pointer("/embedding_dim"), 4294967328ULL, "embedding_dim"},
+      {nlohmann::json::json_pointer("/embedding_dim"), true, "embedding_dim"},
+      {nlohmann::json::json_pointer("/image/size"), 1e10, "image.size"},
+      {nlohmann::json::json_pointer("/image/mean/1"), 1e300, "image.mean"},
+      {nlohmann::json::json_pointer("/image/std/0"), -3.5e38, "image.std"},
+      {nlohmann::json::json_pointer("/text/context_length"), 52.000001, "text.context_length"},
+      {nlohmann::json::json_pointer("/logit_scale"), "4.6", "logit_scale"},
+      {nlohmann::json::json_pointer("/files/vocab.txt/bytes"), 9.3e18, "vocab.txt"},
+  };
+  for (const auto& c : cases) {
+    auto j = good;
+    j[c.field] = c.value;
+    test::write_text(bundle + "/bundle.json", j.dump());
+    try {
+      load_bundle_manifest(bundle);
+      ADD_FAILURE() << c.field.to_string() << " = " << c.value.dump() << " accepted";
+    } catch (const Exception& e) {
+      const std::string msg = e.what();
+      EXPECT_EQ(e.code(), ErrorCode::kCorrupt) << msg;
+      EXPECT_NE(msg.find("bundle.json"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(c.named), std::string::npos) << msg;
+    }
+  }
+  // The same numbers written as integral floats are what they say.
+  auto j = good;
+  j["embedding_dim"] = static_cast<double>(good["embedding_dim"].get<int>());
+  test::write_text(bundle + "/bundle.json", j.dump());
+  EXPECT_EQ(load_bundle_manifest(bundle).embedding_dim, good["embedding_dim"].get<int>());
+}
+
 TEST_F(BrokenBundle, MissingVocabNamed) {
   std::filesystem::remove(bundle + "/vocab.txt");
   auto model = Model::open(bundle);

@@ -393,6 +393,41 @@ TEST_F(Route, ServerFailuresFallBackToLocalAnswers) {
   }
 }
 
+// A route request whose numbers the fields cannot hold (a float top_k, 1e72 as an offset, 1e300 as
+// a float) is a 400 naming the field, never cast into range; the server goes on answering.
+TEST_F(Route, RequestNumbersThatDoNotFitAreRejected) {
+  ServeProcess server(common());
+  ASSERT_TRUE(server.running()) << server.err();
+  httplib::Client client(index_ + "/serve.sock");
+  client.set_address_family(AF_UNIX);
+  const json good_options = {{"top_k", 3}, {"sort", "score"}, {"offset", 0}, {"under", ""}};
+  auto post = [&](const json& options) {
+    return client.Post("/route/v1/search-text",
+                       json{{"options", options}, {"mixed_precision", false}, {"queries", {{{"s", "小狗"}}}}}.dump(),
+                       "application/json");
+  };
+  auto ok = post(good_options);
+  ASSERT_TRUE(ok) << httplib::to_string(ok.error());
+  ASSERT_EQ(ok->status, 200) << ok->body;
+  EXPECT_EQ(json::parse(ok->body)["results"][0]["hits"].size(), 3u) << ok->body;
+  const std::vector<std::pair<std::string, json>> bad = {
+      {"top_k", 2.5},      {"top_k", 8.88889e71}, {"top_k", "3"}, {"offset", 1e72},
+      {"offset", -9.3e18}, {"threshold", 1e300},  {"after", 1.5}, {"not_like", json::array({json::array({1e39})})}};
+  for (const auto& [field, value] : bad) {
+    json options = good_options;
+    options[field] = value;
+    if (field == "not_like") options["not_threshold"] = 0.5;
+    auto r = post(options);
+    ASSERT_TRUE(r) << field << ": " << httplib::to_string(r.error());
+    EXPECT_EQ(r->status, 400) << field << " = " << value.dump() << ": " << r->body;
+    EXPECT_NE(r->body.find(field), std::string::npos) << r->body;
+  }
+  auto again = post(good_options);
+  ASSERT_TRUE(again);
+  EXPECT_EQ(again->status, 200);
+  EXPECT_EQ(again->body, ok->body);
+}
+
 // The index info the CLI prints and the server answers come from one library call: equal field by
 // field, also for a folder whose name is not UTF-8.
 TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {

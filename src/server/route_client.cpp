@@ -138,7 +138,7 @@ std::unique_ptr<RouteClient> RouteClient::connect(const std::string& index_dir, 
     }
     const json& h = *hello;
     auto canonical = canonical_path(index_dir);
-    if (h.value("protocol", 0) != route::kProtocol) {
+    if (detail::json_integer_or<int>(h, "protocol", 0) != route::kProtocol) {
       why = "the server speaks another protocol version";
     } else if (!canonical || route::from_bytes_field(h.at("index")) != canonical.value()) {
       why = "the server serves another index";

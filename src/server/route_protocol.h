@@ -21,6 +21,7 @@
 #include "cnclip/image.h"
 #include "cnclip/output.h"
 #include "cnclip/search.h"
+#include "json_number.h"
 
 namespace cnclip::route {
 
@@ -56,16 +57,16 @@ inline nlohmann::ordered_json options_json(const SearchOptions& o) {
 
 inline SearchOptions options_from_json(const nlohmann::json& j) {
   SearchOptions o;
-  o.top_k = j.at("top_k").get<int>();
-  if (j.contains("threshold")) o.threshold = static_cast<float>(j.at("threshold").get<double>());
+  o.top_k = detail::json_integer<int>(j.at("top_k"), "top_k");
+  if (j.contains("threshold")) o.threshold = detail::json_float(j.at("threshold"), "threshold");
   o.under = get_string_field(j, "under");
-  if (j.contains("after")) o.after = j.at("after").get<int64_t>();
-  if (j.contains("before")) o.before = j.at("before").get<int64_t>();
+  if (j.contains("after")) o.after = detail::json_integer<int64_t>(j.at("after"), "after");
+  if (j.contains("before")) o.before = detail::json_integer<int64_t>(j.at("before"), "before");
   o.sort = j.at("sort").get<std::string>() == "date" ? SortOrder::kDate : SortOrder::kScore;
-  o.offset = j.at("offset").get<int64_t>();
+  o.offset = detail::json_integer<int64_t>(j.at("offset"), "offset");
   if (j.contains("not_like")) {
-    o.not_like = j.at("not_like").get<std::vector<std::vector<float>>>();
-    o.not_threshold = static_cast<float>(j.at("not_threshold").get<double>());
+    for (const auto& e : j.at("not_like")) o.not_like.push_back(detail::json_floats(e, "not_like"));
+    o.not_threshold = detail::json_float(j.at("not_threshold"), "not_threshold");
   }
   return o;
 }
@@ -79,8 +80,8 @@ inline nlohmann::ordered_json decode_json(const DecodeOptions& d) {
 inline DecodeOptions decode_from_json(const nlohmann::json& j) {
   DecodeOptions d;
   d.apply_exif_orientation = j.at("apply_exif_orientation").get<bool>();
-  d.max_pixels = j.at("max_pixels").get<int64_t>();
-  d.reduced_decode_min_side = j.at("reduced_decode_min_side").get<int>();
+  d.max_pixels = detail::json_integer<int64_t>(j.at("max_pixels"), "max_pixels");
+  d.reduced_decode_min_side = detail::json_integer<int>(j.at("reduced_decode_min_side"), "reduced_decode_min_side");
   return d;
 }
 
@@ -128,22 +129,23 @@ inline std::vector<QueryResult> results_from_json(const nlohmann::json& j) {
     r.query = from_bytes_field(q.at("query"));
     for (const auto& h : q.at("hits")) {
       RankedHit hit;
-      hit.rank = h.at("rank").get<int>();
+      hit.rank = detail::json_integer<int>(h.at("rank"), "rank");
       hit.path = from_bytes_field(h.at("path"));
-      hit.score = static_cast<float>(h.at("score").get<double>());
-      hit.id = h.at("id").get<int64_t>();
-      if (h.contains("taken_at")) hit.taken_at = h.at("taken_at").get<int64_t>();
+      hit.score = detail::json_float(h.at("score"), "score");
+      hit.id = detail::json_integer<int64_t>(h.at("id"), "id");
+      if (h.contains("taken_at")) hit.taken_at = detail::json_integer<int64_t>(h.at("taken_at"), "taken_at");
       const auto& m = h.at("meta");
-      hit.meta.taken_at = m.at("taken_at").get<int64_t>();
-      hit.meta.source = static_cast<TimeSource>(m.at("source").get<int>());
-      hit.meta.width = m.at("width").get<int>();
-      hit.meta.height = m.at("height").get<int>();
-      if (m.contains("offset_minutes")) hit.meta.offset_minutes = m.at("offset_minutes").get<int>();
+      hit.meta.taken_at = detail::json_integer<int64_t>(m.at("taken_at"), "taken_at");
+      hit.meta.source = static_cast<TimeSource>(detail::json_integer<int>(m.at("source"), "source"));
+      hit.meta.width = detail::json_integer<int>(m.at("width"), "width");
+      hit.meta.height = detail::json_integer<int>(m.at("height"), "height");
+      if (m.contains("offset_minutes"))
+        hit.meta.offset_minutes = detail::json_integer<int>(m.at("offset_minutes"), "offset_minutes");
       if (h.contains("video")) {
         const auto& v = h.at("video");
-        hit.time = v.at("time").get<double>();
-        hit.start = v.at("start").get<double>();
-        hit.end = v.at("end").get<double>();
+        hit.time = detail::json_double(v.at("time"), "time");
+        hit.start = detail::json_double(v.at("start"), "start");
+        hit.end = detail::json_double(v.at("end"), "end");
       }
       r.hits.push_back(std::move(hit));
     }

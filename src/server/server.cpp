@@ -669,6 +669,8 @@ struct Server::Impl {
         (this->*m)(req, res);
       } catch (const Exception& e) {
         route_error(res, e.code() == ErrorCode::kInvalidArgument ? 400 : 500, e.error());
+      } catch (const nlohmann::json::exception& e) {  // fields missing or of the wrong type or range
+        route_error(res, 400, Error{ErrorCode::kInvalidArgument, std::string("malformed route request: ") + e.what()});
       } catch (const std::exception& e) {
         route_error(res, 500, Error{ErrorCode::kInternal, std::string("unexpected failure: ") + e.what()});
       }
@@ -725,8 +727,8 @@ struct Server::Impl {
       // is only a catalog key here, never opened.
       FoundFile now;
       now.path = route::from_bytes_field(head.at("path"));
-      now.size = head.at("size").get<int64_t>();
-      now.mtime_ns = head.at("mtime_ns").get<int64_t>();
+      now.size = detail::json_integer<int64_t>(head.at("size"), "size");
+      now.mtime_ns = detail::json_integer<int64_t>(head.at("mtime_ns"), "mtime_ns");
       embedding = with_search_index(mixed, [&](IndexStore* st, Searcher*) {
         return stored_embedding_if_unchanged(st->catalog(), now.path, now, dim);
       });
