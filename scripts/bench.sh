@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # cnclip benchmark: everything in one run, side by side, so that machine noise cancels in the ratios.
 #
-#   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m] [--startup-only]
+#   scripts/bench.sh [--rounds N] [--work DIR] [--skip-1m] [--startup-only | --models | --large | --video | --peer]
 #   scripts/bench.sh --scale N [TYPE...]   snapshot types at N vectors (scripts/bench_scale.sh)
 #
 # Makes its inputs once (cached in build/bench): 64 JPEGs of 12 MP and 4 PNGs made from the fixtures
@@ -23,6 +23,9 @@
 #   - RN50 rows: a full-size random RN50 (fp32, int8) next to ViT-B-16 in the same run: `index` of the
 #     same photos, interleaved, the towers alone, and a cold search-text on the photos' index.
 #     `scripts/bench.sh --models` runs only this block (and the inputs it needs): a few minutes.
+#   - larger ViTs (--large: only this; ~10 GB of checkpoints and bundles in DIR, export ~10 minutes,
+#     then ~5 minutes a round): ViT-L-14, ViT-L-14-336 and ViT-H-14 (fp32, int8) with random weights,
+#     `index` of 16 of the photos interleaved with ViT-B-16 fp32, and a cold search-text on each index.
 #   - video (--video: only this, a few minutes): hours of video indexed per CPU hour (user + system
 #     time of `cnclip index`), on a 720p H.264 video of 60 s with scene cuts (made by ffmpeg), at the
 #     default --frame-interval 2, with ViT-B-16 fp32 (random weights) and with the tiny model (which
@@ -42,6 +45,7 @@ rounds=2
 skip_1m=0
 startup_only=0
 models_only=0
+large_only=0
 video_only=0
 if [ "${1:-}" = --scale ]; then shift; exec "$(dirname "${BASH_SOURCE[0]}")/bench_scale.sh" "$@"; fi
 peer_only=0
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
     --skip-1m) skip_1m=1; shift ;;
     --startup-only) startup_only=1; shift ;;
     --models) models_only=1; shift ;;
+    --large) large_only=1; shift ;;
     --video) video_only=1; shift ;;
     --peer) peer_only=1; shift ;;
     --threads) peer_threads=$2; shift 2 ;;
@@ -183,7 +188,7 @@ peer_rows() {
 }
 # ---- RN50 rows: the model sizes side by side ---------------------------------------------------------
 rn50_fp32="$work/rn50-fp32"; rn50_int8="$work/rn50-int8"
-if [ "$video_only" = 0 ] && [ "$peer_only" = 0 ] && { stale "$rn50_fp32" || stale "$rn50_int8"; }; then
+if [ "$video_only" = 0 ] && [ "$peer_only" = 0 ] && [ "$large_only" = 0 ] && { stale "$rn50_fp32" || stale "$rn50_int8"; }; then
   log "exporting a random RN50 checkpoint (official layout), fp32 and int8"
   [ -f "$work/rn50-random.pt" ] ||
     "$py" "$repo/scripts/make_random_checkpoint.py" --arch RN50 --seed 0 --out "$work/rn50-random.pt"
@@ -269,6 +274,66 @@ if [ "$peer_only" = 1 ]; then
     echo "| --- | --- | --- | --- |"
     peer_rows "$peer_threads"
   } | tee "$work/results-peer.md"
+  exit 0
+fi
+# ---- larger ViTs: the rest of the model table ----------------------------------------------------------
+# Each index is of the same 16 photos (a larger model at ~1 image/s or less makes the 68 too slow);
+# ViT-B-16 fp32 is measured in the same rounds, so each model's rate also reads as a ratio to it.
+large_rows() {
+  local names=(vitb16-fp32) arch p n r
+  for arch in ViT-L-14 ViT-L-14-336 ViT-H-14; do
+    local lower; lower=$(tr 'A-Z' 'a-z' <<<"$arch" | tr -d '-')
+    for p in fp32 int8; do
+      if stale "$work/$lower-$p"; then
+        [ -f "$work/$lower-random.pt" ] || { log "writing a random $arch checkpoint (official layout)";
+          "$py" "$repo/scripts/make_random_checkpoint.py" --arch "$arch" --seed 0 --out "$work/$lower-random.pt"; }
+        log "exporting $arch $p"
+        "$py" "$repo/scripts/export_model.py" --checkpoint "$work/$lower-random.pt" --out "$work/$lower-$p" \
+          $([ "$p" = int8 ] && echo --precision int8)
+      fi
+      names+=("$lower-$p")
+    done
+  done
+  local few="$work/photos-16"
+  if [ ! -d "$few" ]; then
+    mkdir -p "$few"
+    find "$photos" -maxdepth 1 -type f -name '*.jpg' | sort | head -16 | xargs -I{} cp {} "$few/"
+  fi
+  # Wall-clock rates, and CPU seconds per image (user + system of the whole process): on a machine
+  # shared with other work the second is the fairer comparison between models.
+  local -A rates cpu cold
+  for r in $(seq "$rounds"); do
+    for n in "${names[@]}"; do
+      rm -rf "$work/idx-large-$n"
+      /usr/bin/time -f "cpu_s=%U %S" -o "$work/l-$n.cpu" \
+        "$bin" index -q --format json "$few" --model "$work/$n" --index "$work/idx-large-$n" > "$work/l-$n.json"
+      rates[$n]+=" $("$py" -c "import json;d=json.loads(open('$work/l-$n.json').readline());print(d['added']/d['seconds'])")"
+      cpu[$n]+=" $(sed -n 's/^cpu_s=//p' "$work/l-$n.cpu" | awk '{print ($1 + $2) / 16}')"
+    done
+    log "large round $r (images/s, CPU s/image): $(for n in "${names[@]}"; do printf '%s %.3f %.2f  ' "$n" "${rates[$n]##* }" "${cpu[$n]##* }"; done)"
+  done
+  local base base_cpu
+  # shellcheck disable=SC2086
+  base=$(median ${rates[vitb16-fp32]}); base_cpu=$(median ${cpu[vitb16-fp32]})
+  for n in "${names[@]}"; do
+    cold[$n]=$("$py" "$helper" time-runs 5 -- "$bin" search-text "一只橘猫趴在窗台上晒太阳" --model "$work/$n" \
+                 --index "$work/idx-large-$n" --format jsonl | json_field p50_s)
+  done
+  for n in "${names[@]}"; do
+    local rate c
+    # shellcheck disable=SC2086
+    rate=$(median ${rates[$n]}); c=$(median ${cpu[$n]})
+    echo "| $n: index 16 photos (12 MP JPEG), CPU s per image / images per s, medians of $rounds interleaved rounds | $(f "$c" .2f) / $(f "$rate" .2f) | CPU time $(f "$c/$base_cpu" .2f)× ViT-B-16 fp32's (wall $(f "$base/$rate" .2f)×) | cold search-text p50 $(f "${cold[$n]}" .2f) s |"
+  done
+}
+if [ "$large_only" = 1 ]; then
+  {
+    echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --large --rounds $rounds\` on $(nproc) cores ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)); full-size random weights."
+    echo
+    echo "| what | cnclip | ratio | note |"
+    echo "| --- | --- | --- | --- |"
+    large_rows
+  } | tee "$work/results-large.md"
   exit 0
 fi
 if [ "$models_only" = 1 ]; then
