@@ -1072,8 +1072,12 @@ void Server::run(const std::function<bool()>& should_stop) {
   std::thread watcher([&] {
     while (!done.load()) {
       if (impl_->stopping.load() || (should_stop && should_stop())) {
+        // httplib's stop() does nothing until listen_after_bind has started listening: a SIGTERM
+        // right after start-up was lost and the server ran on. Repeated until listening ends.
+        impl_->stopping = true;
         impl_->http.stop();
-        break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
       }
       // A server started before the index folder existed advertises itself once it appears.
       if (impl_->advert_retry && impl_->options.advertise &&
