@@ -11,7 +11,8 @@
 #     tower's call differs per query), p50/p90 of curl's total time on loopback
 #   - thumbnail latency of every photo: cold (made on request) and cached (INDEX/thumbs)
 #   - `search-text` routed through the running server vs alone (--no-server), 10 different queries
-#     interleaved, on the first index, p50 (p90) of the whole process
+#     interleaved, on the first index, p50 (p90) of the whole process; and routed with GOMP_SPINCOUNT
+#     already set, which skips the self-restart that model commands make (its cost)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 4 ] || { echo "usage: bench_serve.sh WORK MODEL PHOTO_INDEX INDEX..." >&2; exit 2; }
@@ -54,22 +55,27 @@ for index in "$@"; do
   if [ "$first" = 1 ]; then
     first=0
     log "serve: search-text routed vs alone on $n vectors"
-    routed=(); alone=()
+    routed=(); alone=(); no_restart=()
     for q in "${queries[@]:0:10}"; do
       routed+=("$("$py" "$helper" time-runs 1 -- "$bin" search-text "$q" --model "$model" --index "$index" --format jsonl | json_field p50_s)")
+      # The same with GOMP_SPINCOUNT already set: the process does not restart itself (runtime.h).
+      no_restart+=("$("$py" "$helper" time-runs 1 -- env GOMP_SPINCOUNT=1000 "$bin" search-text "$q" --model "$model" --index "$index" --format jsonl | json_field p50_s)")
       alone+=("$("$py" "$helper" time-runs 1 -- "$bin" search-text "$q" --no-server --model "$model" --index "$index" --format jsonl | json_field p50_s)")
     done
     r50=$(printf '%s\n' "${routed[@]}" | pct 0.5); r90=$(printf '%s\n' "${routed[@]}" | pct 0.9)
     a50=$(printf '%s\n' "${alone[@]}" | pct 0.5)
+    n50=$(printf '%s\n' "${no_restart[@]}" | pct 0.5)
     echo "| search-text, $n vectors, routed through a running \`serve\` vs alone (\`--no-server\`), p50 s | $(f "$r50" .3f) (p90 $(f "$r90" .3f)) | alone $(f "$a50" .2f) | **$(f "$a50/$r50" .1f)×** faster |"
+    echo "| search-text routed, $n vectors, with GOMP_SPINCOUNT set (no self-restart), p50 s | $(f "$n50" .3f) | routed as users run it $(f "$r50" .3f) | the restart for libgomp's spin setting costs $(f "($r50-$n50)*1000" .0f) ms of it |"
   fi
   serve_stop
 done
 
 log "serve: thumbnails"
 rm -rf "$photo_index/thumbs"
-serve_start "$photo_index"
+# The ids before the server starts (a read beside the starting server once met a locked catalog).
 ids=$("$py" -c "import sqlite3,sys; print(' '.join(str(r[0]) for r in sqlite3.connect(sys.argv[1]).execute('SELECT id FROM files ORDER BY id')))" "$photo_index/catalog.sqlite3")
+serve_start "$photo_index"
 thumb() { for id in $ids; do curl -s -o /dev/null -w '%{time_total}\n' "http://127.0.0.1:$serve_port/api/v1/thumb/$id"; done; }
 cold=$(thumb); cached=$(thumb)
 count=$(echo "$ids" | wc -w)

@@ -27,10 +27,11 @@ Int json_integer(const Json& v, const std::string& what) {
   static_assert(std::is_integral_v<Int> && !std::is_same_v<Int, bool>);
   using Limits = std::numeric_limits<Int>;
   auto out_of_range = [&] {
-    return nlohmann::json::out_of_range::create(
-        406, what + ": " + v.dump() + " is not an integer from " + std::to_string(Limits::min()) + " to " +
-                 std::to_string(Limits::max()),
-        nullptr);
+    return nlohmann::json::out_of_range::create(406,
+                                                what + ": " + v.dump() + " is not an integer from " +
+                                                    std::to_string(Limits::min()) + " to " +
+                                                    std::to_string(Limits::max()),
+                                                nullptr);
   };
   if (v.is_number_unsigned()) {
     const auto u = v.template get<std::uint64_t>();
@@ -91,8 +92,8 @@ Int json_integer_or(const Json& obj, const char* key, Int fallback) {
 template <class Json>
 std::vector<float> json_floats(const Json& array, const std::string& what) {
   if (!array.is_array()) {
-    throw nlohmann::json::type_error::create(
-        302, what + ": must be an array, but is " + std::string(array.type_name()), nullptr);
+    throw nlohmann::json::type_error::create(302, what + ": must be an array, but is " + std::string(array.type_name()),
+                                             nullptr);
   }
   std::vector<float> out;
   out.reserve(array.size());

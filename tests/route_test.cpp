@@ -232,6 +232,33 @@ TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
   EXPECT_EQ(env_off.exit_code, 1) << env_off.err;
 }
 
+// Model commands restart once with a short OpenMP spin (runtime.h); a routed query needs no OpenMP
+// and skips that second start (~25 ms of a ~150 ms query), a local one still makes it, with stdin
+// and stderr intact; a spin the user set is kept. CNCLIP_ROUTE_DEBUG prints what the process saw.
+TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
+  const std::string env = "env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY CNCLIP_ROUTE_DEBUG=1";
+  {
+    ServeProcess server(common());
+    ASSERT_TRUE(server.running()) << server.err();
+    auto routed = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+    EXPECT_EQ(routed.exit_code, 0) << routed.err;
+    EXPECT_NE(routed.err.find("route: through the server (GOMP_SPINCOUNT unset)"), std::string::npos) << routed.err;
+    EXPECT_EQ(test::lines(routed.out).size(), 12u) << routed.out;  // two queries, 6 photos each
+  }
+  // No server now: answered here, after the restart. Stdin (read after it) and stderr survive it.
+  auto local = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+  EXPECT_EQ(local.exit_code, 0) << local.err;
+  EXPECT_NE(local.err.find("route: local: "), std::string::npos) << local.err;
+  EXPECT_NE(local.err.find("(GOMP_SPINCOUNT 1000)"), std::string::npos) << local.err;
+  EXPECT_EQ(test::lines(local.err).size(), 1u) << local.err;  // said once, by the restarted process
+  EXPECT_EQ(test::lines(local.out).size(), 12u) << local.out;
+  auto bad = test::run_cnclip_as(env, "search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + common());
+  EXPECT_EQ(bad.exit_code, 1) << bad.err;
+  EXPECT_NE(bad.err.find("not-an-image.jpg"), std::string::npos) << bad.err;  // the error on the user's stderr
+  auto user_spin = test::run_cnclip_as("env GOMP_SPINCOUNT=77 CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
+  EXPECT_NE(user_spin.err.find("(GOMP_SPINCOUNT 77)"), std::string::npos) << user_spin.err;
+}
+
 TEST_F(Route, StaleAdvertIsIgnoredQuicklyAndReplacedByTheNextServe) {
   {
     ServeProcess server(common());

@@ -61,8 +61,9 @@ class DecodingFile {
 // neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, this sets GOMP_SPINCOUNT=1000 (the short spin
 // libgomp itself uses when it has more threads than cores) and executes `exe` again with `argv`, so
 // that the new process's libgomp starts with it; it returns without doing anything when either is
-// set (the user's choice), and returns after setting it when the exec fails. Call first in main,
-// before any thread starts (it changes the environment).
+// set (the user's choice), and returns after setting it when the exec fails. Call while no other
+// thread runs (it changes the environment): first in main, or later once every thread has ended
+// (search-text and search-image restart only when they answer without a server; src/cli/options.h).
 void restart_with_short_openmp_spin(char** argv, const char* exe = "/proc/self/exe");
 
 }  // namespace cnclip

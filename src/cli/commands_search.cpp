@@ -88,10 +88,16 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
 }
 
 // The server advertised for the index when it may answer these queries (route.h), else null; with
-// CNCLIP_ROUTE_DEBUG set, says on stderr which way the queries go. No model is loaded here.
+// CNCLIP_ROUTE_DEBUG set, says on stderr which way the queries go. No model is loaded here. When
+// the queries are answered here, the process first restarts for the model (options.h): nothing has
+// been read or printed yet. --not texts are encoded here and the route protocol does not carry them,
+// and --exact asks for this process's own snapshot choice: such searches run locally.
 std::unique_ptr<RouteClient> connect_route(const CommonOptions& o, const SearchCommand& c,
                                            std::optional<BundleManifest>& bundle) {
-  if (c.no_server) return nullptr;
+  if (c.no_server || !c.not_texts.empty() || c.exact) {
+    restart_before_local_model();
+    return nullptr;
+  }
   std::string why;
   std::unique_ptr<RouteClient> route;
   try {
@@ -100,8 +106,11 @@ std::unique_ptr<RouteClient> connect_route(const CommonOptions& o, const SearchC
   } catch (const Exception& e) {
     why = e.what();  // the local path reports it, in its place
   }
+  if (!route) restart_before_local_model();
   if (std::getenv("CNCLIP_ROUTE_DEBUG")) {
-    std::cerr << "cnclip: route: " << (route ? "through the server" : "local: " + terminal_safe(why)) << std::endl;
+    const char* spin = std::getenv("GOMP_SPINCOUNT");
+    std::cerr << "cnclip: route: " << (route ? "through the server" : "local: " + terminal_safe(why))
+              << " (GOMP_SPINCOUNT " << (spin ? terminal_safe(spin) : "unset") << ")" << std::endl;
   }
   return route;
 }
@@ -213,8 +222,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
   // Routed (route.h): the queries are checked here as below, answered by the server; the model is
   // loaded only when the server cannot answer (then from that query on, so the output is the same).
   std::optional<BundleManifest> bundle;
-  // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
-  std::unique_ptr<RouteClient> route = c.not_texts.empty() && !c.exact ? connect_route(o, c, bundle) : nullptr;
+  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
   std::unique_ptr<Model> model;
   std::future<OpenedIndex> pending;
   std::unique_ptr<Tokenizer> route_tokenizer;
@@ -336,8 +344,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   // Routed (route.h): the files are read here, with this user's permissions, and the server
   // answers from the stored embedding of an indexed, unchanged file or encodes the bytes sent.
   std::optional<BundleManifest> bundle;
-  // --not texts are encoded here and the route protocol does not carry them: such searches run locally.
-  std::unique_ptr<RouteClient> route = c.not_texts.empty() && !c.exact ? connect_route(o, c, bundle) : nullptr;
+  std::unique_ptr<RouteClient> route = connect_route(o, c, bundle);
   SearchOptions opts = search_options(c);
   if (route && route->check(opts, o.mixed_precision).status != RouteClient::Status::kAnswered) {
     route_debug(*route);

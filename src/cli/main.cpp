@@ -13,10 +13,11 @@
 int main(int argc, char** argv) {
   using namespace cnclip;
   // Commands that run the model compute with OpenMP: started again with a short OpenMP spin, unless
-  // the user set one (runtime.h). The others do not pay for a second start.
+  // the user set one (runtime.h). The others do not pay for a second start; search-text and
+  // search-image restart only when they answer without a server (options.h).
+  cli::set_restart_argv(argv);
   if (argc > 1) {
-    static const char* const kModelCommands[] = {"index",       "search-text", "search-image", "embed-text",
-                                                 "embed-image", "serve",       "eval",         "classify"};
+    static const char* const kModelCommands[] = {"index", "embed-text", "embed-image", "serve", "eval", "classify"};
     for (const char* c : kModelCommands) {
       if (std::strcmp(argv[1], c) == 0) restart_with_short_openmp_spin(argv);
     }

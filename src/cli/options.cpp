@@ -202,6 +202,21 @@ int interrupted_status() {
   return sig > 0 ? 128 + sig : 130;
 }
 
+namespace {
+char** g_restart_argv = nullptr;
+}  // namespace
+
+void set_restart_argv(char** argv) { g_restart_argv = argv; }
+
+void restart_before_local_model() {
+  if (!g_restart_argv || std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;  // as runtime.h
+  // The new process must find the user's stderr on fd 2, not the capture's pipe, and no thread of
+  // ours may run while the environment changes: the capture (and its reader thread) ends first.
+  release_library_stderr();
+  restart_with_short_openmp_spin(g_restart_argv);
+  capture_library_stderr();  // the exec failed: go on with libgomp as it is
+}
+
 void print_error(const std::string& message) { std::cerr << "cnclip: error: " << terminal_safe(message) << std::endl; }
 void print_warning(const std::string& message) {
   std::cerr << "cnclip: warning: " << terminal_safe(message) << std::endl;
