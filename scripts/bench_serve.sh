@@ -11,8 +11,7 @@
 #     tower's call differs per query), p50/p90 of curl's total time on loopback
 #   - thumbnail latency of every photo: cold (made on request) and cached (INDEX/thumbs)
 #   - `search-text` routed through the running server vs alone (--no-server), 10 different queries
-#     interleaved, on the first index, p50 (p90) of the whole process; and routed with GOMP_SPINCOUNT
-#     already set, which skips the self-restart that model commands make (its cost)
+#     interleaved, on the first index, p50 (p90) of the whole process
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 [ $# -ge 4 ] || { echo "usage: bench_serve.sh WORK MODEL PHOTO_INDEX INDEX..." >&2; exit 2; }
@@ -55,18 +54,14 @@ for index in "$@"; do
   if [ "$first" = 1 ]; then
     first=0
     log "serve: search-text routed vs alone on $n vectors"
-    routed=(); alone=(); no_restart=()
+    routed=(); alone=()
     for q in "${queries[@]:0:10}"; do
       routed+=("$("$py" "$helper" time-runs 1 -- "$bin" search-text "$q" --model "$model" --index "$index" --format jsonl | json_field p50_s)")
-      # The same with GOMP_SPINCOUNT already set: the process does not restart itself (runtime.h).
-      no_restart+=("$("$py" "$helper" time-runs 1 -- env GOMP_SPINCOUNT=1000 "$bin" search-text "$q" --model "$model" --index "$index" --format jsonl | json_field p50_s)")
       alone+=("$("$py" "$helper" time-runs 1 -- "$bin" search-text "$q" --no-server --model "$model" --index "$index" --format jsonl | json_field p50_s)")
     done
     r50=$(printf '%s\n' "${routed[@]}" | pct 0.5); r90=$(printf '%s\n' "${routed[@]}" | pct 0.9)
     a50=$(printf '%s\n' "${alone[@]}" | pct 0.5)
-    n50=$(printf '%s\n' "${no_restart[@]}" | pct 0.5)
     echo "| search-text, $n vectors, routed through a running \`serve\` vs alone (\`--no-server\`), p50 s | $(f "$r50" .3f) (p90 $(f "$r90" .3f)) | alone $(f "$a50" .2f) | **$(f "$a50/$r50" .1f)×** faster |"
-    echo "| search-text routed, $n vectors, with GOMP_SPINCOUNT set (no self-restart), p50 s | $(f "$n50" .3f) | routed as users run it $(f "$r50" .3f) | the restart for libgomp's spin setting costs $(f "($r50-$n50)*1000" .0f) ms of it |"
   fi
   serve_stop
 done
