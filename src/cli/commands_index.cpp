@@ -370,7 +370,9 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                   << "vectors:  " << info.vectors << '\n'
                   << "size:     " << info.disk_bytes / 1024 << " KiB\n"
                   << "updated:  " << info.updated_at << '\n';
-        for (const auto& r : info.folders) std::cout << "folder:   " << terminal_safe(r) << '\n';
+        for (size_t i = 0; i < info.folders.size(); ++i) {
+          std::cout << (info.folder_is_file[i] ? "file:     " : "folder:   ") << terminal_safe(info.folders[i]) << '\n';
+        }
         return 0;
       };
     });
