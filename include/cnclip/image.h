@@ -41,6 +41,10 @@ struct DecodeOptions {
   int raw_preview_min_side = 448;
 };
 
+// A pixel count in megapixels as --max-pixels takes it, for messages: "100", "12.192768", "0.000001"
+// (at most six decimals, trailing zeros dropped; a count below half a pixel's millionth shows as "0").
+std::string megapixels_text(double pixels);
+
 struct DecodedImage {
   cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order;
                    // kCMYK: CV_8UC4 C, M, Y, K as Pillow holds them (0 = no ink)
