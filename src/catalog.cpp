@@ -394,6 +394,12 @@ std::vector<FileRecord> Catalog::files_under(const std::string& dir) {
   return out;
 }
 
+std::vector<FileRecord> Catalog::files_at_or_under(const std::string& path) {
+  std::vector<FileRecord> out = files_under(path);
+  if (auto self = find(path)) out.insert(out.begin(), std::move(*self));  // sorts before its "path/..."
+  return out;
+}
+
 std::optional<FileRecord> Catalog::find(const std::string& path) {
   Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE path = ?").c_str());
   s.bind(1, path);

@@ -93,6 +93,9 @@ class Catalog {
   int64_t count();
   // Files whose path is `dir` + "/" + anything (all files when dir is empty), without embeddings.
   std::vector<FileRecord> files_under(const std::string& dir);
+  // The file at `path` itself, or the files below it when it is a folder: what --under PATH selects
+  // (a file given as a folder to look in means just that file). Without embeddings.
+  std::vector<FileRecord> files_at_or_under(const std::string& path);
   std::optional<FileRecord> find(const std::string& path);
   std::vector<FileRecord> find_by_ids(const std::vector<int64_t>& ids);
   // Embedding of one file (empty when absent).

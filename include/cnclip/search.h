@@ -29,7 +29,7 @@ enum class SortOrder {
 struct SearchOptions {
   int top_k = 10;                  // hits per query; more than the index holds returns all of them
   std::optional<float> threshold;  // keep hits with score >= threshold
-  std::string under;               // canonical folder: only files below it
+  std::string under;               // canonical path: only the files below that folder, or that file
   // --not: results whose cosine similarity to any of these unit vectors (each of the index's
   // dimension) is >= not_threshold are dropped before the top k are taken, so k results still come
   // when k others exist.

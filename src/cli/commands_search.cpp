@@ -55,7 +55,7 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
   // Any finite number: 2 keeps nothing, -1 everything.
   real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
               -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
-  sub->add_option("--under", c.under, "Only files below this folder");
+  sub->add_option("--under", c.under, "Only files below this folder (or only this file)");
   sub->add_option("--not", c.not_texts,
                   "Leave out results that look like this text (cosine >= --not-threshold); repeatable");
   real_number(sub->add_option("--not-threshold", c.not_threshold,

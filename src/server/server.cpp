@@ -309,7 +309,8 @@ struct Server::Impl {
       // A filter on catalog paths, never opened: made absolute-normal lexically, not resolved on disk.
       const std::string v = req.get_param_value("under");
       if (v.empty() || v[0] != '/' || v.find('\0') != std::string::npos) {
-        throw Exception(ErrorCode::kInvalidArgument, "parameter 'under' must be an absolute folder path");
+        throw Exception(ErrorCode::kInvalidArgument,
+                        "parameter 'under' must be an absolute path (a folder, or a file)");
       }
       std::string u = std::filesystem::path(v).lexically_normal().string();
       while (u.size() > 1 && u.back() == '/') u.pop_back();
