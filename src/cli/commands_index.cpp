@@ -253,7 +253,10 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
                     "JSONL files of {\"path\": ..., \"embedding\": [...]} ('-' = stdin), or PREFIX.npy files with "
                     "PREFIX.paths (and PREFIX.json) beside them, as embed-image --out PREFIX writes");
     sub->add_option("--npy", a->npy, "float32 [N,D] matrix of embeddings");
-    sub->add_option("--paths", a->paths_file, "Text file with the N paths of --npy, one per line");
+    sub->add_option("--paths", a->paths_file,
+                    "Text file with the N paths of --npy, one per line ('-' = stdin; -0: NUL-terminated)");
+    sub->add_flag("-0,--null", o.null_input,
+                  "The paths of --paths end with NUL, not newline (find -print0; names may hold newlines)");
     sub->add_option("--map-prefix", a->maps,
                     "FROM=TO: store paths below FROM (where the rows were embedded) below TO (where the photos are "
                     "here) instead; repeatable, the first that matches wins")
@@ -273,8 +276,12 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
           throw Exception(ErrorCode::kInvalidArgument, "import: --npy needs --paths");
         if (a->npy.empty() && !a->paths_file.empty())
           throw Exception(ErrorCode::kInvalidArgument, "import: --paths goes with --npy");
-        if (std::count(a->files.begin(), a->files.end(), "-") > 1) {
+        if (std::count(a->files.begin(), a->files.end(), "-") + (a->paths_file == "-") > 1) {
           throw Exception(ErrorCode::kInvalidArgument, "import: '-' (stdin) can be given once");
+        }
+        if (o.null_input && a->paths_file.empty()) {
+          throw Exception(ErrorCode::kInvalidArgument,
+                          "import: -0 goes with --paths (JSONL input is one object per line)");
         }
         std::vector<PrefixMap> maps;
         for (const auto& m : a->maps) maps.push_back(parse_prefix_map(m));
@@ -286,6 +293,7 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         struct Input {
           std::string jsonl;
           NpyImportFiles npy;
+          bool null_separated_paths = false;  // --paths with -0 (a PREFIX.paths is one per line)
         };
         std::vector<Input> inputs;
         for (const auto& f : a->files) {
@@ -295,14 +303,14 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
             inputs.push_back(Input{f, {}});
           }
         }
-        if (!a->npy.empty()) inputs.push_back(Input{"", NpyImportFiles{a->npy, a->paths_file, ""}});
+        if (!a->npy.empty()) inputs.push_back(Input{"", NpyImportFiles{a->npy, a->paths_file, ""}, o.null_input});
         for (const auto& in : inputs) {
           if (!in.jsonl.empty()) {
             if (in.jsonl != "-") require_input_file(in.jsonl, "a JSONL file");
             continue;
           }
           require_input_file(in.npy.npy, "an .npy file");
-          require_input_file(in.npy.paths, "a file of paths");
+          if (in.npy.paths != "-") require_input_file(in.npy.paths, "a file of paths");
           if (!in.npy.manifest.empty()) check_shard_manifest(in.npy.manifest, bundle, o.mixed_precision);
         }
         // Each file is read and checked whole before its rows are written: a bad line changes
@@ -313,7 +321,8 @@ void register_index_commands(CLI::App& app, CommonOptions& o, Action& action) {
         for (const auto& in : inputs) {
           const std::string name = in.jsonl.empty() ? in.npy.npy : in.jsonl;
           ImportRows rows = !in.jsonl.empty() ? read_embeddings_jsonl_file(in.jsonl, bundle.embedding_dim)
-                                              : read_embeddings_npy(in.npy.npy, in.npy.paths, bundle.embedding_dim);
+                                              : read_embeddings_npy(in.npy.npy, in.npy.paths, bundle.embedding_dim,
+                                                                    in.null_separated_paths);
           if (!in.npy.manifest.empty()) {
             check_shard_manifest(in.npy.manifest, bundle, o.mixed_precision, static_cast<int64_t>(rows.paths.size()));
           }
