@@ -628,17 +628,17 @@ Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOpti
   return decode_image(bytes.value(), path, options);
 }
 
-Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
-                              const DecodeOptions& options, float* out) {
+Status preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
+                        const DecodeOptions& options, float* out) {
   auto decoded = decode_image(bytes, name, options);
   if (!decoded) return decoded.error();
   cv::Mat rgb = resize_like_pillow(decoded.value(), norm.size, norm.size);
   normalize_to_chw(rgb, norm, out);
-  return true;
+  return {};
 }
 
-Result<bool> preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
-                                   float* out) {
+Status preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
+                             float* out) {
   auto bytes = read_file_bytes(path);
   if (!bytes) return bytes.error();
   return preprocess_image(bytes.value(), path, norm, options, out);

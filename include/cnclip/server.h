@@ -23,7 +23,7 @@
 #include <memory>
 #include <string>
 
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/model.h"
 
 namespace cnclip {

@@ -11,6 +11,7 @@
 #include "cnclip/classify.h"
 #include "cnclip/embed_files.h"
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 #include "cnclip/output.h"
 #include "options.h"
 #include "stdin_items.h"

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cnclip/embed_files.h"
+#include "cnclip/image.h"
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"

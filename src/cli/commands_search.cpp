@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 #include "cnclip/image_query.h"
 #include "cnclip/output.h"
 #include "cnclip/photo_meta.h"
