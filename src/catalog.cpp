@@ -27,6 +27,9 @@ class Statement {
  public:
   Statement(sqlite3_stmt* s) : s_(s) {}  // NOLINT
   ~Statement() { sqlite3_finalize(s_); }
+  // Finalized once, by its one owner.
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
   sqlite3_stmt* get() const { return s_; }
   Statement& bind(int i, int64_t v) {
     sqlite3_bind_int64(s_, i, v);
@@ -480,11 +483,11 @@ int64_t Catalog::remove_under(const std::string& dir) { return delete_path_and_b
 
 void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots; DELETE FROM failures;"); }
 
-std::optional<FileRecord> Catalog::failure(const std::string& path) {
+std::optional<FailureRecord> Catalog::failure(const std::string& path) {
   Statement s = prepare("SELECT size, mtime_ns, reason FROM failures WHERE path = ?");
   s.bind(1, path);
   if (sqlite3_step(s.get()) != SQLITE_ROW) return std::nullopt;
-  return FileRecord{0, path, s.i64(0), s.i64(1), s.text(2), 0};
+  return FailureRecord{path, s.i64(0), s.i64(1), s.text(2)};
 }
 
 void Catalog::record_failure(const FileRecord& file, const std::string& reason) {
