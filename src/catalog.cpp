@@ -27,6 +27,9 @@ class Statement {
  public:
   Statement(sqlite3_stmt* s) : s_(s) {}  // NOLINT
   ~Statement() { sqlite3_finalize(s_); }
+  // Finalized once, by its one owner.
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
   sqlite3_stmt* get() const { return s_; }
   Statement& bind(int i, int64_t v) {
     sqlite3_bind_int64(s_, i, v);
@@ -394,6 +397,12 @@ std::vector<FileRecord> Catalog::files_under(const std::string& dir) {
   return out;
 }
 
+std::vector<FileRecord> Catalog::files_at_or_under(const std::string& path) {
+  std::vector<FileRecord> out = files_under(path);
+  if (auto self = find(path)) out.insert(out.begin(), std::move(*self));  // sorts before its "path/..."
+  return out;
+}
+
 std::optional<FileRecord> Catalog::find(const std::string& path) {
   Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE path = ?").c_str());
   s.bind(1, path);
@@ -474,11 +483,11 @@ int64_t Catalog::remove_under(const std::string& dir) { return delete_path_and_b
 
 void Catalog::remove_all() { exec("DELETE FROM files; DELETE FROM roots; DELETE FROM failures;"); }
 
-std::optional<FileRecord> Catalog::failure(const std::string& path) {
+std::optional<FailureRecord> Catalog::failure(const std::string& path) {
   Statement s = prepare("SELECT size, mtime_ns, reason FROM failures WHERE path = ?");
   s.bind(1, path);
   if (sqlite3_step(s.get()) != SQLITE_ROW) return std::nullopt;
-  return FileRecord{0, path, s.i64(0), s.i64(1), s.text(2), 0};
+  return FailureRecord{path, s.i64(0), s.i64(1), s.text(2)};
 }
 
 void Catalog::record_failure(const FileRecord& file, const std::string& reason) {

@@ -330,7 +330,7 @@ void classify_indexed(IndexStore& store, const Classifier& classifier, const std
   std::unordered_map<int64_t, int64_t> row_of;
   row_of.reserve(static_cast<size_t>(vectors->size()));
   for (int64_t r = 0; r < vectors->size(); ++r) row_of.emplace(vectors->ids()[r], r);
-  const auto files = store.catalog().files_under(under);
+  const auto files = store.catalog().files_at_or_under(under);
   const size_t dim = static_cast<size_t>(classifier.dim());
   std::vector<float> chunk;
   std::vector<const FileRecord*> chunk_files;

@@ -28,6 +28,7 @@ extern "C" {
 #include <mutex>
 #include <string>
 
+#include "cnclip/image.h"
 #include "cnclip/video.h"
 
 namespace cnclip {
@@ -212,8 +213,9 @@ class Reader {
     if (par->width <= 0 || par->height <= 0) return error(ErrorCode::kCorrupt, "its video stream has no frame size");
     if (int64_t{par->width} * par->height > options_.max_pixels) {
       return Error{ErrorCode::kTooLarge, path_ + ": video frames of " + std::to_string(par->width) + "x" +
-                                             std::to_string(par->height) + " are over the pixel limit of " +
-                                             std::to_string(options_.max_pixels)};
+                                             std::to_string(par->height) + " are over the limit of " +
+                                             megapixels_text(static_cast<double>(options_.max_pixels)) +
+                                             " MP (--max-pixels)"};
     }
     codec_ = f_.avcodec_alloc_context3(decoder);
     if (!codec_) return error(ErrorCode::kInternal, "out of memory");

@@ -17,7 +17,7 @@ std::vector<DupGroup> find_duplicates(IndexStore& store, const DupsOptions& opti
   }
   std::unique_ptr<VectorIndex> vectors = store.load_vectors();
   std::unordered_map<int64_t, FileRecord> files;
-  for (auto& r : store.catalog().files_under(options.under)) files.emplace(r.id, std::move(r));
+  for (auto& r : store.catalog().files_at_or_under(options.under)) files.emplace(r.id, std::move(r));
   const int dim = vectors->dim();
 
   // Files that have a vector, in id order.

@@ -2,6 +2,7 @@
 
 #include <map>
 
+#include "cnclip/image.h"
 #include "encode_pipeline.h"
 
 namespace cnclip {

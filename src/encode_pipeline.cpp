@@ -9,6 +9,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include "cnclip/image.h"
 
 namespace cnclip::detail {
 namespace {

@@ -24,6 +24,7 @@
 
 #include "atomic_file.h"
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 #include "cnclip/runtime.h"
 #include "encode_pipeline.h"
 

@@ -386,14 +386,25 @@ void apply_exif_orientation(cv::Mat& m, int orientation) {
 
 }  // namespace
 
+std::string megapixels_text(double pixels) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.6f", pixels / 1e6);
+  std::string out = buf;
+  while (out.back() == '0') out.pop_back();
+  if (out.back() == '.') out.pop_back();
+  return out;
+}
+
 namespace detail {
 
 Error too_large_error(const std::string& name, int64_t width, int64_t height, int64_t max_pixels) {
+  // Both in megapixels with the decimals they need: a limit under 1 MP (--max-pixels 0.5) and an
+  // image just over a whole limit must not both read "0 MP" or "100 MP".
   const double pixels = static_cast<double>(width) * static_cast<double>(height);
   return decode_error(ErrorCode::kTooLarge, name,
                       "image is " + std::to_string(width) + "x" + std::to_string(height) + " (" +
-                          std::to_string(static_cast<long long>(pixels / 1e6)) + " MP), over the limit of " +
-                          std::to_string(max_pixels / 1'000'000) + " MP (--max-pixels)");
+                          megapixels_text(pixels) + " MP), over the limit of " +
+                          megapixels_text(static_cast<double>(max_pixels)) + " MP (--max-pixels)");
 }
 
 bool jpeg_size(const std::vector<uint8_t>& bytes, int64_t* width, int64_t* height) {
@@ -617,17 +628,17 @@ Result<DecodedImage> decode_image_file(const std::string& path, const DecodeOpti
   return decode_image(bytes.value(), path, options);
 }
 
-Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
-                              const DecodeOptions& options, float* out) {
+Status preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
+                        const DecodeOptions& options, float* out) {
   auto decoded = decode_image(bytes, name, options);
   if (!decoded) return decoded.error();
   cv::Mat rgb = resize_like_pillow(decoded.value(), norm.size, norm.size);
   normalize_to_chw(rgb, norm, out);
-  return true;
+  return {};
 }
 
-Result<bool> preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
-                                   float* out) {
+Status preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
+                             float* out) {
   auto bytes = read_file_bytes(path);
   if (!bytes) return bytes.error();
   return preprocess_image(bytes.value(), path, norm, options, out);

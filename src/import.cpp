@@ -26,7 +26,7 @@ int64_t now_seconds() { return static_cast<int64_t>(std::time(nullptr)); }
 enum class LineRead { kLine, kEnd, kTooLong };
 
 // std::getline with a length limit, so that a file without newlines cannot take all memory.
-LineRead read_line(std::istream& in, std::string& line, size_t limit) {
+LineRead read_line(std::istream& in, std::string& line, size_t limit, char end = '\n') {
   line.clear();
   std::streambuf* buf = in.rdbuf();
   for (;;) {
@@ -35,7 +35,7 @@ LineRead read_line(std::istream& in, std::string& line, size_t limit) {
       in.setstate(std::ios::eofbit);
       break;
     }
-    if (c == '\n') return LineRead::kLine;
+    if (c == static_cast<unsigned char>(end)) return LineRead::kLine;
     if (line.size() >= limit) return LineRead::kTooLong;
     line.push_back(static_cast<char>(c));
   }
@@ -172,9 +172,12 @@ ImportRows read_embeddings_jsonl_file(const std::string& path, int dim) {
   return read_embeddings_jsonl(file, path, dim);
 }
 
-ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim) {
+ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim,
+                               bool null_separated) {
+  const bool from_stdin = paths_file == "-";
+  const std::string paths_name = from_stdin ? "stdin" : paths_file;
   require_input_file(npy_path, "an .npy file");
-  require_input_file(paths_file, "a file of paths");
+  if (!from_stdin) require_input_file(paths_file, "a file of paths");
   auto m = read_npy(npy_path);
   if (!m) throw Exception(m.error());
   const NpyArray& a = m.value();
@@ -186,23 +189,29 @@ ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& p
   }
   ImportRows rows;
   rows.embeddings = a.as_float();
-  std::ifstream in(paths_file, std::ios::binary);
-  if (!in) throw Exception(errno_error(paths_file, errno, "cannot read"));
+  std::ifstream file;
+  if (!from_stdin) {
+    file.open(paths_file, std::ios::binary);
+    if (!file) throw Exception(errno_error(paths_file, errno, "cannot read"));
+  }
+  std::istream& in = from_stdin ? std::cin : file;
   std::string line;
   for (int64_t n = 1;; ++n) {
-    const LineRead r = read_line(in, line, 1u << 20);
+    const LineRead r = read_line(in, line, 1u << 20, null_separated ? '\0' : '\n');
     if (r == LineRead::kEnd) break;
-    const std::string where = paths_file + ":" + std::to_string(n) + ": ";
+    const std::string where = paths_name + ":" + std::to_string(n) + ": ";
     if (r == LineRead::kTooLong) throw Exception(ErrorCode::kCorrupt, where + "line longer than 1 MiB; not a path");
-    strip_cr(line);
+    if (!null_separated) strip_cr(line);  // NUL-terminated names are taken as they are
     if (line.empty()) continue;
-    if (line.find('\0') != std::string::npos)
-      throw Exception(ErrorCode::kCorrupt, where + "the path contains a NUL byte");
+    if (line.find('\0') != std::string::npos) {
+      throw Exception(ErrorCode::kCorrupt,
+                      where + "the path contains a NUL byte (NUL-separated paths, as find -print0 writes: add -0)");
+    }
     rows.paths.push_back(line);
   }
-  if (in.bad()) throw Exception(ErrorCode::kIoError, paths_file + ": read error");
+  if (in.bad()) throw Exception(ErrorCode::kIoError, paths_name + ": read error");
   if (static_cast<int64_t>(rows.paths.size()) != a.shape[0]) {
-    throw Exception(ErrorCode::kMismatch, paths_file + ": " + std::to_string(rows.paths.size()) + " paths for " +
+    throw Exception(ErrorCode::kMismatch, paths_name + ": " + std::to_string(rows.paths.size()) + " paths for " +
                                               std::to_string(a.shape[0]) + " embeddings in " + npy_path);
   }
   for (size_t i = 0; i < rows.paths.size(); ++i) {

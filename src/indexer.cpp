@@ -19,6 +19,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cnclip/image.h"
 #include "cnclip/runtime.h"
 #include "cnclip/video.h"
 #include "encode_pipeline.h"

@@ -1,8 +1,11 @@
 #include "cnclip/info.h"
 
+#include <algorithm>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "cnclip/file_walk.h"
 #include "cnclip/output.h"
 
 namespace cnclip {
@@ -17,19 +20,33 @@ std::string iso_time(int64_t t) {
   return buf;
 }
 
+// The index folder as info shows it: absolute and canonical (symbolic links resolved), as the roots
+// are stored; a folder that does not exist yet (a server started before the first index run) is made
+// absolute and lexically normal.
+std::string shown_index_dir(const std::string& dir) {
+  auto canonical = canonical_path(dir);
+  if (canonical) return canonical.value();
+  std::string out = std::filesystem::absolute(dir).lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
+}
+
 }  // namespace
 
 IndexInfo index_info(IndexStore& store, int64_t vectors) {
   Catalog& cat = store.catalog();
   IndexInfo info;
-  info.index = store.dir();
+  info.index = shown_index_dir(store.dir());
   info.model_fingerprint = cat.meta("model_fingerprint").value_or("");
   info.model_architecture = cat.meta("model_architecture").value_or("");
   info.model_precision = cat.meta("model_precision").value_or("");
   info.embedding_dim = store.embedding_dim();
   info.files = cat.count();
   info.vectors = vectors >= 0 ? vectors : store.load_vectors()->size();
-  info.folders = cat.roots();
+  for (auto& root : cat.root_records()) {
+    info.folders.push_back(std::move(root.path));
+    info.folder_is_file.push_back(root.is_file);
+  }
   info.disk_bytes = store.disk_bytes();
   const int64_t updated = std::stoll(cat.meta("updated_at").value_or("0"));
   info.updated_at = updated ? iso_time(updated) : "";
@@ -39,14 +56,12 @@ IndexInfo index_info(IndexStore& store, int64_t vectors) {
 IndexInfo read_index_info(const std::string& dir) {
   auto store = IndexStore::open(dir, IndexAccess::kRead);
   store->catalog().check();
-  IndexInfo info = index_info(*store);
-  info.index = dir;
-  return info;
+  return index_info(*store);
 }
 
 IndexInfo empty_index_info(const std::string& dir) {
   IndexInfo info;
-  info.index = dir;
+  info.index = shown_index_dir(dir);
   return info;
 }
 
@@ -69,6 +84,13 @@ nlohmann::ordered_json index_info_json(const IndexInfo& info) {
     bytes.push_back(hex_encode(r));
   }
   if (any) out["folders_bytes"] = bytes;
+  // Which roots are single files (`cnclip index photo.jpg`), only when there are any: an index of
+  // folders alone prints what it printed before.
+  if (std::find(info.folder_is_file.begin(), info.folder_is_file.end(), true) != info.folder_is_file.end()) {
+    nlohmann::ordered_json kinds = nlohmann::ordered_json::array();
+    for (const bool is_file : info.folder_is_file) kinds.push_back(is_file ? "file" : "folder");
+    out["folders_kind"] = kinds;
+  }
   out["disk_bytes"] = info.disk_bytes;
   out["updated_at"] = info.updated_at;
   return out;

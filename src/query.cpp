@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 
 namespace cnclip {
 namespace {

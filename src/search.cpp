@@ -155,7 +155,7 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
   if (by_time || options.sort == SortOrder::kDate) times = catalog.capture_times(options.after, options.before);
   std::unordered_set<int64_t> under_ids;
   if (!options.under.empty()) {
-    for (const auto& r : catalog.files_under(options.under)) under_ids.insert(r.id);
+    for (const auto& r : catalog.files_at_or_under(options.under)) under_ids.insert(r.id);
   }
   std::function<bool(int64_t)> allowed;
   if (!options.under.empty() || by_time) {

@@ -23,6 +23,7 @@
 #include <unordered_set>
 
 #include "atomic_file.h"
+#include "cnclip/image.h"
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
 #include "cnclip/runtime.h"
@@ -88,7 +89,8 @@ std::string describe_settings(const nlohmann::json& s) {
     const auto& d = s["decode"];
     out += std::string(d.value("apply_exif_orientation", true) ? "" : ", --ignore-exif") +
            (detail::json_integer_or<int>(d, "reduced_decode_min_side", 0) == 0 ? ", --full-decode" : "") +
-           ", --max-pixels " + std::to_string(detail::json_integer_or<int64_t>(d, "max_pixels", 0) / 1'000'000);
+           ", --max-pixels " +
+           megapixels_text(static_cast<double>(detail::json_integer_or<int64_t>(d, "max_pixels", 0)));
   }
   return out;
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cnclip/image.h"
 #include "cnclip/npy.h"
 #include "test_util.h"
 

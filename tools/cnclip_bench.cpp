@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "cnclip/encode_options.h"
+#include "cnclip/image.h"
 #include "cnclip/model.h"
 #include "cnclip/runtime.h"
 

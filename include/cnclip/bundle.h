@@ -8,7 +8,8 @@
 #include <string>
 #include <vector>
 
-#include "cnclip/image.h"
+#include "cnclip/error.h"
+#include "cnclip/image_options.h"
 
 namespace cnclip {
 

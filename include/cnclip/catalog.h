@@ -32,6 +32,15 @@ struct FileRecord {
   PhotoMeta meta{};
 };
 
+// A file that could not be indexed, remembered with the size and mtime it had then (an unchanged
+// broken file is not decoded again) and why.
+struct FailureRecord {
+  std::string path;
+  int64_t size = 0;
+  int64_t mtime_ns = 0;
+  std::string reason;  // the error's message
+};
+
 // A folder or single file indexed as a whole: what `cnclip index` with no path looks at again.
 struct RootRecord {
   std::string path;      // canonical
@@ -93,6 +102,9 @@ class Catalog {
   int64_t count();
   // Files whose path is `dir` + "/" + anything (all files when dir is empty), without embeddings.
   std::vector<FileRecord> files_under(const std::string& dir);
+  // The file at `path` itself, or the files below it when it is a folder: what --under PATH selects
+  // (a file given as a folder to look in means just that file). Without embeddings.
+  std::vector<FileRecord> files_at_or_under(const std::string& path);
   std::optional<FileRecord> find(const std::string& path);
   std::vector<FileRecord> find_by_ids(const std::vector<int64_t>& ids);
   // Embedding of one file (empty when absent).
@@ -154,7 +166,7 @@ class Catalog {
 
   // Files that could not be decoded, remembered with their size and mtime so that an unchanged
   // broken file is not decoded (and reported) again on every run.
-  std::optional<FileRecord> failure(const std::string& path);  // content_hash holds the reason
+  std::optional<FailureRecord> failure(const std::string& path);
   void record_failure(const FileRecord& file, const std::string& reason);
   void forget_failure(const std::string& path);
   int64_t forget_failures_under(const std::string& dir);

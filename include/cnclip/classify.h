@@ -87,7 +87,7 @@ struct Classification {
   std::vector<LabelScore> labels;
 };
 
-// Classifies every indexed photo (or those below `under`, a canonical folder) from the embeddings
+// Classifies every indexed photo (or those below `under`, a canonical folder, or that file) from the embeddings
 // stored in the index, in path order, in chunks of 4096 photos: on_chunk gets each chunk's results
 // as soon as it is computed (memory stays bounded at any index size). Reads the vectors once
 // (IndexStore::load_vectors: the mapped snapshot when current). Throws kCorrupt like a search on

@@ -29,7 +29,7 @@ namespace cnclip {
 struct DupsOptions {
   // Cosine similarity at which two photos count as near duplicates (see the README for why 0.95).
   float threshold = 0.95f;
-  std::string under;  // canonical folder: only files below it (both members of a pair)
+  std::string under;  // canonical path: only the files below that folder, or that file (both of a pair)
 };
 
 struct DupGroup {

@@ -4,6 +4,7 @@
 // functions whose failure ends the whole command throw cnclip::Exception, which carries the same Error.
 #pragma once
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -71,6 +72,24 @@ class Result {
 
  private:
   std::variant<T, Error> v_;
+};
+
+// Success, or an Error: what a function that can fail returns when it has no value to give (its
+// output goes to a buffer of the caller's). Tested like a Result: `if (!status) ... status.error()`.
+class Status {
+ public:
+  Status() = default;                                // success
+  Status(Error error) : error_(std::move(error)) {}  // NOLINT(google-explicit-constructor)
+  bool ok() const { return !error_.has_value(); }
+  explicit operator bool() const { return ok(); }
+  const Error& error() const { return *error_; }  // only on a failure
+  // Throws the failure as an Exception; nothing on success.
+  void check() const {
+    if (error_) throw Exception(*error_);
+  }
+
+ private:
+  std::optional<Error> error_;
 };
 
 // Error for a failed system call on `path`, from errno: "PATH: No such file or directory".

@@ -26,7 +26,7 @@
 
 #include "cnclip/encode_options.h"
 #include "cnclip/error.h"
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/model.h"
 
 namespace cnclip {

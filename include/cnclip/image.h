@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cnclip/error.h"
+#include "cnclip/image_options.h"
 
 namespace cnclip {
 
@@ -26,21 +27,6 @@ enum class PixelMode {
   kCMYK,     // "CMYK" (4-component JPEG): the 4 inks resized, then Pillow's CMYK -> RGB conversion
 };
 
-struct DecodeOptions {
-  // Photos are shown upright by viewers; apply the EXIF Orientation tag (JPEG) unless parity with
-  // Chinese-CLIP's Python code (which ignores it) is wanted.
-  bool apply_exif_orientation = true;
-  // Refuse images with more pixels than this (decompression bombs), before decoding them.
-  int64_t max_pixels = 100'000'000;
-  // When > 0, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg DCT scaling) as long as both
-  // sides of the reduced image stay >= this many pixels. 0 decodes at full size (exact parity).
-  int reduced_decode_min_side = 0;
-  // Camera RAW: decode the embedded JPEG preview when its shorter side is at least this many pixels
-  // (the CLI passes twice the model's input side, 448 for ViT-B-16), else demosaic the raw data at
-  // half size. 0 always demosaics.
-  int raw_preview_min_side = 448;
-};
-
 struct DecodedImage {
   cv::Mat pixels;  // CV_8UC1 (kGray) or CV_8UC3 / CV_8UC4, channels in R, G, B(, A) order;
                    // kCMYK: CV_8UC4 C, M, Y, K as Pillow holds them (0 = no ink)
@@ -49,13 +35,6 @@ struct DecodedImage {
   // kRGBA only: colour already multiplied by alpha (libtiff's RGBA reader does that for TIFF).
   bool alpha_premultiplied = false;
   int original_width = 0, original_height = 0;  // as stored, before any reduced decode
-};
-
-// Mean and std of Normalize, and the square input size R.
-struct Normalization {
-  int size = 224;
-  std::array<float, 3> mean{0.48145466f, 0.4578275f, 0.40821073f};
-  std::array<float, 3> std{0.26862954f, 0.26130258f, 0.27577711f};
 };
 
 // File name extensions (lower case, no dot) of the camera RAW formats decoded through LibRaw.
@@ -92,10 +71,10 @@ cv::Mat resize_like_pillow(const DecodedImage& image, int out_w, int out_h);
 void normalize_to_chw(const cv::Mat& rgb, const Normalization& norm, float* out);
 
 // decode + resize + normalize; `out` holds 3*R*R floats.
-Result<bool> preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
-                              const DecodeOptions& options, float* out);
+Status preprocess_image(const std::vector<uint8_t>& bytes, const std::string& name, const Normalization& norm,
+                        const DecodeOptions& options, float* out);
 // The same from a file (read errors name it too).
-Result<bool> preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
-                                   float* out);
+Status preprocess_image_file(const std::string& path, const Normalization& norm, const DecodeOptions& options,
+                             float* out);
 
 }  // namespace cnclip

@@ -47,10 +47,13 @@ void require_input_file(const std::string& path, const char* what);
 ImportRows read_embeddings_jsonl(std::istream& in, const std::string& name, int dim);
 // The same for a file ("-" = stdin); a directory or unreadable file throws naming it.
 ImportRows read_embeddings_jsonl_file(const std::string& path, int dim);
-// A float32 or float64 [N, dim] .npy matrix and a text file with its N paths, one per line (a CR
-// before the newline is removed, blank lines are skipped). Throws naming the file (and the line or
-// row): unreadable or a directory, another shape, a count that differs, a non-finite or zero row.
-ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim);
+// A float32 or float64 [N, dim] .npy matrix and a text file with its N paths ("-" = stdin), one per
+// line (a CR before the newline is removed, blank lines are skipped), or with `null_separated` each
+// ending with a NUL (find -print0; newlines and CRs are part of the name, empty items skipped, a last
+// item without its NUL counts). Throws naming the file (and the line or row): unreadable or a
+// directory, another shape, a count that differs, a non-finite or zero row, a path holding a NUL.
+ImportRows read_embeddings_npy(const std::string& npy_path, const std::string& paths_file, int dim,
+                               bool null_separated = false);
 
 // Adds (path, embedding) rows computed elsewhere (another machine, a GPU cluster, the benchmark).
 // `embeddings` holds paths.size() rows of the bundle's dimension. A row of unit length (within

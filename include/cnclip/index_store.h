@@ -51,6 +51,10 @@ int lock_index_for_writing(const std::string& dir, bool wait_for_lock);
 // --index DIR or set CNCLIP_INDEX") when no place can be derived.
 std::string resolve_index_dir(const std::string& flag);
 
+// One index folder: its catalog, its vector snapshot and (kWrite) the writer lock. Not thread-safe:
+// the catalog is one SQLite connection (Catalog), so a store shared between threads needs every
+// call serialized by the caller (cnclip serve holds a mutex around its store and Searcher); other
+// processes may read and one may write the same folder at the same time (WAL, the lock file).
 class IndexStore {
  public:
   // kRead on a directory without a catalog throws kNotFound ("no index at DIR; run cnclip index").

@@ -9,7 +9,7 @@
 
 #include "cnclip/encode_options.h"
 #include "cnclip/file_walk.h"
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/index_store.h"
 #include "cnclip/model.h"
 

@@ -14,12 +14,13 @@
 namespace cnclip {
 
 struct IndexInfo {
-  std::string index;                                                   // the index folder, as given
+  std::string index;  // the index folder, absolute and canonical (symbolic links resolved)
   std::string model_fingerprint, model_architecture, model_precision;  // "" before the first embedding
   int embedding_dim = 0;
   int64_t files = 0;                 // catalog entries
   int64_t vectors = 0;               // vectors a search sees (the snapshot's, or the catalog's)
   std::vector<std::string> folders;  // the roots, as stored (bytes: not necessarily UTF-8)
+  std::vector<bool> folder_is_file;  // parallel to `folders`: true for a single file given as a root
   int64_t disk_bytes = 0;            // catalog, its write-ahead log and the snapshot
   std::string updated_at;            // "2026-11-29T05:45:11Z" (UTC) of the last write, "" never
 };
@@ -39,6 +40,8 @@ IndexInfo empty_index_info(const std::string& dir);
 // model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,
 // updated_at. A folder name or index path that is not UTF-8 is printed with U+FFFD and its exact
 // bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it).
+// `folders` holds every root, single files too; when any root is a file, folders_kind (right after
+// folders and folders_bytes) says for each root "folder" or "file".
 nlohmann::ordered_json index_info_json(const IndexInfo& info);
 
 }  // namespace cnclip

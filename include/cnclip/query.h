@@ -25,7 +25,7 @@
 
 #include "cnclip/catalog.h"
 #include "cnclip/error.h"
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/model.h"
 
 namespace cnclip {

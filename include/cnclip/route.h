@@ -32,7 +32,7 @@
 #include "cnclip/bundle.h"
 #include "cnclip/error.h"
 #include "cnclip/file_walk.h"
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/search.h"
 
 namespace cnclip {

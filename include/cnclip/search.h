@@ -29,7 +29,7 @@ enum class SortOrder {
 struct SearchOptions {
   int top_k = 10;                  // hits per query; more than the index holds returns all of them
   std::optional<float> threshold;  // keep hits with score >= threshold
-  std::string under;               // canonical folder: only files below it
+  std::string under;               // canonical path: only the files below that folder, or that file
   // --not: results whose cosine similarity to any of these unit vectors (each of the index's
   // dimension) is >= not_threshold are dropped before the top k are taken, so k results still come
   // when k others exist.
@@ -114,7 +114,8 @@ struct QueryResult {
 // the exact cosine and the order is exact among the candidates; recall@10 against flat is what the
 // snapshot was tuned to (>= 0.95, README "Scale"), and filters (--under, times) apply inside the
 // approximate search. With `exact` (--exact), only a flat snapshot is used: on an index of another
-// type the vectors come from the catalog. Not thread-safe.
+// type the vectors come from the catalog. Not thread-safe, and neither is the store it reads: one
+// thread at a time uses the pair. The Searcher keeps a reference to `store`, which must outlive it.
 class Searcher {
  public:
   explicit Searcher(IndexStore& store, bool exact = false);

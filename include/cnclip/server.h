@@ -9,7 +9,8 @@
 //   GET  /api/v1/thumb/ID                JPEG, upright, longest side 320, cached in INDEX/thumbs/
 //   GET  /api/v1/image/ID                the original file, with its content type
 // Results: {"query", "results": [{"id", "rank", "path"(, "path_bytes"), "score", "thumbnail", "image"}]}.
-// Errors:  {"error": {"code", "message"}} with 400, 401, 403, 404, 413, 415, 431, 500.
+// Errors:  {"error": {"code", "message"}} with 400, 401, 403, 404, 405 (a route asked with another
+// method; with an Allow header), 413, 414 (a request line over 8192 bytes), 415, 431, 500.
 //
 // Security: files are served by catalog id only (no request parameter is ever a path); the Host
 // header must name the bound host or a loopback name (DNS rebinding), a POST's Origin must be this
@@ -22,7 +23,7 @@
 #include <memory>
 #include <string>
 
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/model.h"
 
 namespace cnclip {

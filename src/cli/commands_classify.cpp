@@ -11,6 +11,7 @@
 #include "cnclip/classify.h"
 #include "cnclip/embed_files.h"
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 #include "cnclip/output.h"
 #include "options.h"
 #include "stdin_items.h"
@@ -207,7 +208,7 @@ void register_classify_command(CLI::App& app, CommonOptions& o, Action& action) 
                INT_MAX);
   sub->add_flag("--indexed", c.indexed,
                 "Label every indexed photo from its stored embedding (no decoding, no image tower)");
-  sub->add_option("--under", c.under, "With --indexed: only the photos below this folder");
+  sub->add_option("--under", c.under, "With --indexed: only the photos below this folder (or only this file)");
   one_of(sub->add_option("--format", o.format, "table, json or jsonl (default: table on a terminal, else jsonl)"),
          {"table", "json", "jsonl", "auto"});
   add_model_options(sub, o);

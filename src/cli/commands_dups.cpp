@@ -93,7 +93,7 @@ void register_dups_command(CLI::App& app, CommonOptions& o, Action& action) {
                               "group is within it of the group's first)")
                   ->capture_default_str(),
               0, 1, /*min_exclusive=*/true);
-  sub->add_option("--under", c.under, "Only files below this folder");
+  sub->add_option("--under", c.under, "Only files below this folder (or only this file)");
   one_of(
       sub->add_option("--format", o.format, "table, json, jsonl or paths (default: table on a terminal, else jsonl)"),
       {"table", "json", "jsonl", "paths", "auto"});

@@ -14,6 +14,7 @@
 #include <optional>
 
 #include "cnclip/file_walk.h"
+#include "cnclip/image.h"
 #include "cnclip/image_query.h"
 #include "cnclip/output.h"
 #include "cnclip/photo_meta.h"
@@ -33,7 +34,8 @@ constexpr size_t kMaxStreamedImageBytes = size_t{1} << 30;
 struct SearchCommand {
   std::vector<std::string> queries;
   int top_k = 10;
-  double threshold = -2;
+  double threshold = 0;
+  CLI::Option* threshold_opt = nullptr;  // given: threshold applies (any finite value, -5 included)
   std::string under;
   bool exclude_self = false;
   bool null_separated = false;
@@ -53,9 +55,10 @@ void add_search_options(CLI::App* sub, SearchCommand& c, CommonOptions& o) {
                    ->capture_default_str(),
                1, INT_MAX);
   // Any finite number: 2 keeps nothing, -1 everything.
-  real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
-              -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
-  sub->add_option("--under", c.under, "Only files below this folder");
+  c.threshold_opt =
+      real_number(sub->add_option("--threshold", c.threshold, "Only results with cosine similarity >= this"),
+                  -std::numeric_limits<double>::max(), std::numeric_limits<double>::max());
+  sub->add_option("--under", c.under, "Only files below this folder (or only this file)");
   sub->add_option("--not", c.not_texts,
                   "Leave out results that look like this text (cosine >= --not-threshold); repeatable");
   real_number(sub->add_option("--not-threshold", c.not_threshold,
@@ -135,7 +138,7 @@ std::unique_ptr<IndexStore> open_for_search(const CommonOptions& o, const Bundle
 SearchOptions search_options(const SearchCommand& c) {
   SearchOptions s;
   s.top_k = c.top_k;
-  if (c.threshold > -2) s.threshold = static_cast<float>(c.threshold);
+  if (c.threshold_opt->count() > 0) s.threshold = static_cast<float>(c.threshold);
   if (!c.under.empty()) s.under = canonical_path(c.under).value();
   if (!c.after.empty()) s.after = parse_time_bound(c.after, "--after").value();
   if (!c.before.empty()) s.before = parse_time_bound(c.before, "--before").value();

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -27,13 +28,23 @@ std::map<const CLI::Option*, std::string>& accepted() {
   return m;
 }
 
-constexpr double kAnyNumber = 1e300;  // a range this wide means: any finite number
+constexpr double kAnyNumber = 1e300;     // a range this wide means: any finite number
+constexpr double kMinMegapixels = 1e-6;  // --max-pixels: one pixel
 
+// As people write numbers: 1000000, 0.95, 0.000001 (no exponent down to six decimals).
 std::string number_text(double v) {
   if (v == std::floor(v) && std::fabs(v) < 1e15) return std::to_string(static_cast<long long>(v));
   std::ostringstream ss;
-  ss << v;
-  return ss.str();
+  ss << std::fixed << std::setprecision(6) << v;
+  std::string out = ss.str();
+  while (out.back() == '0') out.pop_back();
+  if (out.back() == '.') out.pop_back();
+  if (out == "0" || out == "-0") {
+    std::ostringstream plain;
+    plain << v;
+    return plain.str();
+  }
+  return out;
 }
 
 CLI::Option* add_check(CLI::Option* opt, std::string accepts, std::string short_desc,
@@ -149,9 +160,11 @@ void add_decode_options(CLI::App* sub, CommonOptions& o) {
   sub->add_flag("--full-decode", o.full_decode,
                 "Decode large JPEGs at full size (default: libjpeg DCT scaling while the image stays at least "
                 "twice the model input; --full-decode --ignore-exif gives bit parity with Chinese-CLIP)");
+  // From one pixel (below it the limit rounds to 0 and refuses every image) to 10^12 pixels (exact in
+  // the double the decoders compare header sizes in).
   real_number(sub->add_option("--max-pixels", o.max_megapixels, "Refuse images larger than this many megapixels")
                   ->capture_default_str(),
-              0, 1e6, /*min_exclusive=*/true);
+              kMinMegapixels, 1e6);
 }
 
 std::unique_ptr<Model> open_model(const CommonOptions& o, bool many_calls) {
@@ -169,7 +182,7 @@ DecodeOptions decode_options(const CommonOptions& o, int input_size) {
   d.reduced_decode_min_side = o.full_decode ? 0 : 2 * input_size;
   d.raw_preview_min_side = 2 * input_size;  // RAW: the embedded preview when it is this large
   d.apply_exif_orientation = !o.ignore_exif;
-  d.max_pixels = static_cast<int64_t>(o.max_megapixels * 1e6);
+  d.max_pixels = std::llround(o.max_megapixels * 1e6);  // 0.000001 * 1e6 may be 0.99999...
   return d;
 }
 

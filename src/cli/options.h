@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "cnclip/image.h"
+#include "cnclip/image_options.h"
 #include "cnclip/model.h"
 
 namespace cnclip::cli {

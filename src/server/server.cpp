@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -197,7 +198,14 @@ struct Server::Impl {
   httplib::Server http;
   int port = 0;
   std::set<std::string> allowed_hosts;  // Host header names accepted
-  bool wildcard = false;                // bound to every address: any IP literal is accepted too
+  // The API's routes (setup_routes), kept to tell a wrong method on a known route (405) from an
+  // unknown route (404): httplib answers both 404 (or 400 for a POST without a body).
+  struct ApiRoute {
+    std::regex path;
+    std::string method;  // "GET" (HEAD too) or "POST"
+  };
+  std::vector<ApiRoute> api_routes;
+  bool wildcard = false;  // bound to every address: any IP literal is accepted too
   std::atomic<bool> stopping{false};
 
   // The index: opened when first needed, reloaded when the catalog's generation changes. Catalog and
@@ -301,7 +309,8 @@ struct Server::Impl {
       // A filter on catalog paths, never opened: made absolute-normal lexically, not resolved on disk.
       const std::string v = req.get_param_value("under");
       if (v.empty() || v[0] != '/' || v.find('\0') != std::string::npos) {
-        throw Exception(ErrorCode::kInvalidArgument, "parameter 'under' must be an absolute folder path");
+        throw Exception(ErrorCode::kInvalidArgument,
+                        "parameter 'under' must be an absolute path (a folder, or a file)");
       }
       std::string u = std::filesystem::path(v).lexically_normal().string();
       while (u.size() > 1 && u.back() == '/') u.pop_back();
@@ -461,9 +470,7 @@ struct Server::Impl {
     // The fields of `cnclip info --format json`, from the same library call.
     send_json(res, with_index([&](IndexStore* st, Searcher* loaded) {
                 if (!st) return index_info_json(empty_index_info(options.index_dir));
-                IndexInfo info = index_info(*st, loaded ? loaded->size() : 0);
-                info.index = options.index_dir;
-                return index_info_json(info);
+                return index_info_json(index_info(*st, loaded ? loaded->size() : 0));
               }));
   }
 
@@ -925,6 +932,16 @@ struct Server::Impl {
         return httplib::Server::HandlerResponse::Handled;
       }
     }
+    // A known API route asked with another method: 405 with the methods it takes (RFC 9110 15.5.6).
+    for (const auto& route : api_routes) {
+      if (!std::regex_match(req.path, route.path)) continue;
+      const bool get = route.method == "GET";
+      if (req.method == route.method || (get && req.method == "HEAD")) break;
+      const std::string allowed = get ? "GET, HEAD" : route.method;
+      res.set_header("Allow", allowed);
+      send_error(res, 405, "method_not_allowed", req.path + " takes " + allowed + ", not " + req.method);
+      return httplib::Server::HandlerResponse::Handled;
+    }
     return httplib::Server::HandlerResponse::Unhandled;
   }
 
@@ -946,12 +963,27 @@ struct Server::Impl {
         {{"X-Content-Type-Options", "nosniff"}, {"Referrer-Policy", "no-referrer"}, {"X-Frame-Options", "DENY"}});
     http.set_pre_routing_handler(
         [this](const httplib::Request& req, httplib::Response& res) { return check_request(req, res); });
-    http.Get("/api/v1/search", guarded(&Impl::handle_search_text));
-    http.Post("/api/v1/search/image", guarded(&Impl::handle_search_image));
-    http.Get(R"(/api/v1/similar/(\d{1,18}))", guarded(&Impl::handle_similar));
-    http.Get("/api/v1/info", guarded(&Impl::handle_info));
-    http.Get(R"(/api/v1/thumb/(\d{1,18}))", guarded(&Impl::handle_thumb));
-    http.Get(R"(/api/v1/image/(\d{1,18}))", guarded(&Impl::handle_image));
+    using Handler = void (Impl::*)(const httplib::Request&, httplib::Response&);
+    const struct {
+      const char* method;
+      const char* path;
+      Handler handler;
+    } routes[] = {
+        {"GET", "/api/v1/search", &Impl::handle_search_text},
+        {"POST", "/api/v1/search/image", &Impl::handle_search_image},
+        {"GET", R"(/api/v1/similar/(\d{1,18}))", &Impl::handle_similar},
+        {"GET", "/api/v1/info", &Impl::handle_info},
+        {"GET", R"(/api/v1/thumb/(\d{1,18}))", &Impl::handle_thumb},
+        {"GET", R"(/api/v1/image/(\d{1,18}))", &Impl::handle_image},
+    };
+    for (const auto& route : routes) {
+      if (std::string(route.method) == "GET") {
+        http.Get(route.path, guarded(route.handler));
+      } else {
+        http.Post(route.path, guarded(route.handler));
+      }
+      api_routes.push_back(ApiRoute{std::regex(route.path), route.method});
+    }
     http.Get(R"(/[A-Za-z0-9_.-]*)", guarded(&Impl::handle_asset));
     // Whatever httplib answers by itself (no route: 404; a body over the limit: 413; ...) gets a JSON body.
     http.set_error_handler([this](const httplib::Request&, httplib::Response& res) {
@@ -964,6 +996,12 @@ struct Server::Impl {
                          " MB)");
           break;
         case 400: send_error(res, 400, "bad_request", "malformed request"); break;
+        case 414:
+          // httplib's limit on the request line (its CPPHTTPLIB_REQUEST_URI_MAX_LENGTH), checked before
+          // anything else of the request is looked at.
+          send_error(res, 414, "uri_too_long",
+                     "the request line is longer than " + std::to_string(CPPHTTPLIB_REQUEST_URI_MAX_LENGTH) + " bytes");
+          break;
         default: send_error(res, res.status, "error", "the request failed (HTTP " + std::to_string(res.status) + ")");
       }
     });
