@@ -25,15 +25,6 @@ struct RouteEnv {
   ~RouteEnv() { unsetenv("CNCLIP_FP32_LINEAR"); }
 };
 
-std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
-  for (size_t r = 0; r < v.size() / dim; ++r) {
-    double n = 0;
-    for (size_t i = 0; i < dim; ++i) n += double(v[r * dim + i]) * v[r * dim + i];
-    for (size_t i = 0; i < dim; ++i) v[r * dim + i] = static_cast<float>(v[r * dim + i] / std::sqrt(n));
-  }
-  return v;
-}
-
 double min_cosine(const std::vector<float>& a, const std::vector<float>& b, size_t dim) {
   EXPECT_EQ(a.size(), b.size());
   double worst = 1;
@@ -50,6 +41,7 @@ double min_cosine(const std::vector<float>& a, const std::vector<float>& b, size
 }
 
 using test::max_abs_diff;
+using test::normalized_rows;
 
 struct Embeddings {
   std::vector<float> texts_batch, text_each, images;

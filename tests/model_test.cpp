@@ -24,16 +24,8 @@ const std::vector<std::string> kImageFiles = {"astronaut_palette.png", "camera_g
                                               "chelsea_rgba.png",      "coffee_2048x1366_exif6.jpg",
                                               "pokemon.jpeg",          "rocket_rgb16_17x9.png"};
 
-std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
-  for (size_t r = 0; r < v.size() / dim; ++r) {
-    double n = 0;
-    for (size_t i = 0; i < dim; ++i) n += double(v[r * dim + i]) * v[r * dim + i];
-    for (size_t i = 0; i < dim; ++i) v[r * dim + i] = static_cast<float>(v[r * dim + i] / std::sqrt(n));
-  }
-  return v;
-}
-
 using test::max_abs_diff;
+using test::normalized_rows;
 
 std::vector<float> reference_pixels() {
   std::vector<float> pixels;

@@ -106,6 +106,15 @@ float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
   return m;
 }
 
+std::vector<float> normalized_rows(std::vector<float> v, size_t dim) {
+  for (size_t r = 0; r < v.size() / dim; ++r) {
+    double n = 0;
+    for (size_t i = 0; i < dim; ++i) n += double(v[r * dim + i]) * v[r * dim + i];
+    for (size_t i = 0; i < dim; ++i) v[r * dim + i] = static_cast<float>(v[r * dim + i] / std::sqrt(n));
+  }
+  return v;
+}
+
 std::set<std::string> indexed_paths(const std::string& index_dir) {
   auto store = IndexStore::open(index_dir, IndexAccess::kRead);
   std::set<std::string> out;

@@ -44,6 +44,8 @@ std::vector<std::string> lines(const std::string& text);
 
 // The largest |a[i] - b[i]|; vectors of different sizes are a test failure.
 float max_abs_diff(const std::vector<float>& a, const std::vector<float>& b);
+// Each row of `dim` values scaled to unit length (in double), as the towers' outputs are.
+std::vector<float> normalized_rows(std::vector<float> v, size_t dim);
 // The paths of the files an index holds (opened read-only).
 std::set<std::string> indexed_paths(const std::string& index_dir);
 
