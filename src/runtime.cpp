@@ -220,8 +220,10 @@ int terminal_columns(int fd) {
   return 80;
 }
 
+bool openmp_wait_policy_set() { return std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT"); }
+
 void restart_with_short_openmp_spin(char** argv, const char* exe) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT")) return;
+  if (openmp_wait_policy_set()) return;
   if (setenv("GOMP_SPINCOUNT", "1000", 1) != 0) return;
   execv(exe, argv);  // returns only on failure: go on with libgomp as it is
 }

@@ -65,5 +65,7 @@ class DecodingFile {
 // thread runs (it changes the environment): first in main, or later once every thread has ended
 // (search-text and search-image restart only when they answer without a server; src/cli/options.h).
 void restart_with_short_openmp_spin(char** argv, const char* exe = "/proc/self/exe");
+// Whether OMP_WAIT_POLICY or GOMP_SPINCOUNT is set (then restart_with_short_openmp_spin does nothing).
+bool openmp_wait_policy_set();
 
 }  // namespace cnclip
