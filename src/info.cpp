@@ -20,9 +20,8 @@ std::string iso_time(int64_t t) {
   return buf;
 }
 
-// The index folder as info shows it: absolute and canonical (symbolic links resolved), as the roots
-// are stored; a folder that does not exist yet (a server started before the first index run) is made
-// absolute and lexically normal.
+}  // namespace
+
 std::string shown_index_dir(const std::string& dir) {
   auto canonical = canonical_path(dir);
   if (canonical) return canonical.value();
@@ -30,8 +29,6 @@ std::string shown_index_dir(const std::string& dir) {
   while (out.size() > 1 && out.back() == '/') out.pop_back();
   return out;
 }
-
-}  // namespace
 
 IndexInfo index_info(IndexStore& store, int64_t vectors) {
   Catalog& cat = store.catalog();

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cnclip/index_store.h"
+#include "cnclip/info.h"
 #include "cnclip/output.h"
 #include "cnclip/repair.h"
 #include "options.h"
@@ -21,17 +22,18 @@ int run_repair(const CommonOptions& o, const RepairCommand& c) {
     return it == m.end() ? int64_t{0} : it->second;
   };
   if (o.format == "json") {
-    nlohmann::ordered_json j{{"index", r.index_dir},
-                             {"damaged", r.damaged},
-                             {"problems", r.problems},
-                             {"damaged_copy", r.damaged_copy},
-                             {"kept", r.kept},
-                             {"unreadable", r.unreadable},
-                             {"files_invalid", r.files_invalid},
-                             {"files_lost_known", r.files_lost_known},
-                             {"snapshot_rewritten", r.snapshot_rewritten},
-                             {"header_restored", r.header_restored},
-                             {"roots_lost", r.roots_lost}};
+    nlohmann::ordered_json j;
+    set_string_field(j, "index", shown_index_dir(r.index_dir));  // index_bytes when the name is not UTF-8
+    j.update(nlohmann::ordered_json{{"damaged", r.damaged},
+                                    {"problems", r.problems},
+                                    {"damaged_copy", r.damaged_copy},
+                                    {"kept", r.kept},
+                                    {"unreadable", r.unreadable},
+                                    {"files_invalid", r.files_invalid},
+                                    {"files_lost_known", r.files_lost_known},
+                                    {"snapshot_rewritten", r.snapshot_rewritten},
+                                    {"header_restored", r.header_restored},
+                                    {"roots_lost", r.roots_lost}});
     std::cout << dump_json(j) << '\n';
   }
   if (!r.damaged) {
