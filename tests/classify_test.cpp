@@ -43,9 +43,9 @@ std::map<std::string, std::pair<double, double>> by_label(const json& image) {
 
 TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
   // Chinese-CLIP's quick-start: pokemon.jpeg against four labels, no template.
-  auto r = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl --ignore-exif --full-decode" +
-                            model_arg());
+  auto r = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
+                                 " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl --ignore-exif --full-decode" +
+                                 model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 1u);
@@ -82,7 +82,7 @@ TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
 }
 
 TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
-  auto r = test::run_cnclip(
+  auto r = test::run_cnclip_line(
       "classify " + test::shell_quote(pokemon_jpeg()) +
       " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --templates zh --format json --ignore-exif --full-decode" + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -103,9 +103,9 @@ TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
   ASSERT_EQ(::pclose(p), 0) << text;
   const json want = json::parse(text);
   // Without templates the numbers differ: the check below can fail.
-  auto plain = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                                " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format json --ignore-exif --full-decode" +
-                                model_arg());
+  auto plain = test::run_cnclip_line(
+      "classify " + test::shell_quote(pokemon_jpeg()) +
+      " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format json --ignore-exif --full-decode" + model_arg());
   const auto plain_got = by_label(json::parse(plain.out)[0]);
   double largest_plain_difference = 0;
   for (const auto& l : kPokemon) {
@@ -139,12 +139,12 @@ TEST(Classify, TemplatesAreChineseClipsEighty) {
 TEST(Classify, TemplateWrapsEveryLabel) {
   // --template "一张{}的照片" gives the probabilities of the wrapped texts, computed here from
   // embed-text's embeddings of those texts and embed-image's embedding of the photo.
-  auto r = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,皮卡丘 --template 一张{}的照片 --format jsonl" + model_arg());
+  auto r = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
+                                 " --labels 杰尼龟,皮卡丘 --template 一张{}的照片 --format jsonl" + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = by_label(json::parse(r.out));
-  auto texts = test::run_cnclip("embed-text 一张杰尼龟的照片 一张皮卡丘的照片" + model_arg());
-  auto image = test::run_cnclip("embed-image " + test::shell_quote(pokemon_jpeg()) + model_arg());
+  auto texts = test::run_cnclip_line("embed-text 一张杰尼龟的照片 一张皮卡丘的照片" + model_arg());
+  auto image = test::run_cnclip_line("embed-image " + test::shell_quote(pokemon_jpeg()) + model_arg());
   ASSERT_EQ(texts.exit_code, 0) << texts.err;
   ASSERT_EQ(image.exit_code, 0) << image.err;
   const auto e_img = json::parse(image.out)["embedding"].get<std::vector<double>>();
@@ -191,7 +191,7 @@ class ClassifyIndexed : public ::testing::Test {
   void SetUp() override {
     // Three photos under a/ and two under b/, with embeddings between the texts 猫 and 狗 (from
     // embed-text), imported: the folders exist, the photos do not, so nothing can be decoded.
-    auto r = test::run_cnclip("embed-text 猫 狗" + model_arg());
+    auto r = test::run_cnclip_line("embed-text 猫 狗" + model_arg());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto l = test::lines(r.out);
     cat_ = json::parse(l[0])["embedding"].get<std::vector<double>>();
@@ -213,7 +213,7 @@ class ClassifyIndexed : public ::testing::Test {
       jsonl += json{{"path", path}, {"embedding", e}}.dump() + "\n";
     }
     test::write_text(dir_ / "import.jsonl", jsonl);
-    r = test::run_cnclip("import " + test::shell_quote(dir_ / "import.jsonl") + index_arg() + model_arg());
+    r = test::run_cnclip_line("import " + test::shell_quote(dir_ / "import.jsonl") + index_arg() + model_arg());
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   std::string index_arg() const { return " --index " + test::shell_quote(dir_ / "index"); }
@@ -236,8 +236,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
   const std::string text_only = dir_ / "text-only";
   fs::copy(test::tiny_bundle(), text_only);
   fs::remove(text_only + "/image_encoder.pt");
-  auto r = test::run_cnclip("classify --indexed --labels 猫,狗 --format jsonl" + index_arg() + " --model " +
-                            test::shell_quote(text_only));
+  auto r = test::run_cnclip_line("classify --indexed --labels 猫,狗 --format jsonl" + index_arg() + " --model " +
+                                 test::shell_quote(text_only));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u);
@@ -256,8 +256,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
 }
 
 TEST_F(ClassifyIndexed, UnderTopAndJson) {
-  auto r = test::run_cnclip("classify --indexed --under " + test::shell_quote(dir_ / "photos/b") +
-                            " --top 1 --labels 猫,狗 --format json" + index_arg() + model_arg());
+  auto r = test::run_cnclip_line("classify --indexed --under " + test::shell_quote(dir_ / "photos/b") +
+                                 " --top 1 --labels 猫,狗 --format json" + index_arg() + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   ASSERT_EQ(j.size(), 2u);
@@ -269,7 +269,8 @@ TEST_F(ClassifyIndexed, UnderTopAndJson) {
 }
 
 TEST_F(ClassifyIndexed, TableForPeople) {
-  auto r = test::run_cnclip("classify --indexed --labels 猫,狗 --format table --top 1" + index_arg() + model_arg());
+  auto r =
+      test::run_cnclip_line("classify --indexed --labels 猫,狗 --format table --top 1" + index_arg() + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u * 3 - 1);  // a block of two lines per photo, blank lines between
@@ -284,14 +285,15 @@ TEST_F(ClassifyIndexed, TableForPeople) {
 TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
   test::TempDir dir;
   const std::string bytes = test::read_text(pokemon_jpeg());
-  auto from_stdin = test::run_cnclip("classify - --labels 猫,狗 --format jsonl" + model_arg(), bytes);
+  auto from_stdin = test::run_cnclip_line("classify - --labels 猫,狗 --format jsonl" + model_arg(), bytes);
   ASSERT_EQ(from_stdin.exit_code, 0) << from_stdin.err;
   const json s = json::parse(from_stdin.out);
   EXPECT_EQ(s["path"], "-");
   // The same photo as a file, between two others: printed in the order given, same numbers.
-  auto files = test::run_cnclip("classify " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " - " +
-                                    test::shell_quote(pokemon_jpeg()) + " --labels 猫,狗 --format jsonl" + model_arg(),
-                                bytes);
+  auto files =
+      test::run_cnclip_line("classify " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " - " +
+                                test::shell_quote(pokemon_jpeg()) + " --labels 猫,狗 --format jsonl" + model_arg(),
+                            bytes);
   ASSERT_EQ(files.exit_code, 0) << files.err;
   const auto lines = test::lines(files.out);
   ASSERT_EQ(lines.size(), 3u);
@@ -303,7 +305,7 @@ TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
 // One bad input: exit status, exactly one stderr line, and (for usage errors) nothing on stdout.
 void expect_refused(const std::string& args, int status, const std::string& message, const std::string& in = "") {
   SCOPED_TRACE(args);
-  auto r = test::run_cnclip("classify " + args + model_arg(), in);
+  auto r = test::run_cnclip_line("classify " + args + model_arg(), in);
   EXPECT_EQ(r.exit_code, status);
   EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
   if (status == 2) {
@@ -355,10 +357,10 @@ TEST(Classify, BadLabelsGetOneLineEach) {
 TEST(Classify, LabelsFromAFile) {
   test::TempDir dir;
   test::write_text(dir / "labels.txt", "杰尼龟\r\n妙蛙种子\n\n  小火龙  \n皮卡丘");  // CRLF, blank line, spaces
-  auto a = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) + " --labels-file " +
-                            test::shell_quote(dir / "labels.txt") + " --format jsonl" + model_arg());
-  auto b = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl" + model_arg());
+  auto a = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) + " --labels-file " +
+                                 test::shell_quote(dir / "labels.txt") + " --format jsonl" + model_arg());
+  auto b = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
+                                 " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl" + model_arg());
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
 }
@@ -367,9 +369,9 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   test::TempDir dir;
   test::write_text(dir / "text.jpg", "not an image\n");
   // (A folder is a usage error before anything is classified: FrontOptions.AFolderWhereAnImage...)
-  auto r = test::run_cnclip("classify " + test::shell_quote(dir / "missing.jpg") + " " +
-                            test::shell_quote(dir / "text.jpg") + " " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 猫,狗 --format jsonl" + model_arg());
+  auto r = test::run_cnclip_line("classify " + test::shell_quote(dir / "missing.jpg") + " " +
+                                 test::shell_quote(dir / "text.jpg") + " " + test::shell_quote(pokemon_jpeg()) +
+                                 " --labels 猫,狗 --format jsonl" + model_arg());
   EXPECT_EQ(r.exit_code, 1);
   const auto err = test::lines(r.err);
   ASSERT_EQ(err.size(), 2u) << r.err;

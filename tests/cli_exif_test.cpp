@@ -66,8 +66,8 @@ TEST_F(ExifInCommands, TheTwoReadingsDifferSoEachCheckBelowCanFail) {
 TEST_F(ExifInCommands, Preprocess) {
   for (bool upright : {true, false}) {
     const std::string npy = dir / (upright ? "up.npy" : "side.npy");
-    auto r = test::run_cnclip("preprocess " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                              " --npy " + test::shell_quote(npy));
+    auto r = test::run_cnclip_line("preprocess " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
+                                   " --npy " + test::shell_quote(npy));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(read_npy(npy).value().as_float(), pixels(upright)) << (upright ? "default" : "--ignore-exif");
   }
@@ -75,8 +75,8 @@ TEST_F(ExifInCommands, Preprocess) {
 
 TEST_F(ExifInCommands, EmbedImage) {
   for (bool upright : {true, false}) {
-    auto r =
-        test::run_cnclip("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + model_arg);
+    auto r = test::run_cnclip_line("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
+                                   model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto row = json::parse(r.out);
     EXPECT_LT(test::max_abs_diff(row["embedding"].get<std::vector<float>>(), embedding(upright)), 1e-5)
@@ -87,8 +87,8 @@ TEST_F(ExifInCommands, EmbedImage) {
 TEST_F(ExifInCommands, IndexStoresWhatTheOptionSays) {
   for (bool upright : {true, false}) {
     const std::string idx = dir / (upright ? "up" : "side");
-    auto r = test::run_cnclip("index " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + " --index " +
-                              test::shell_quote(idx) + model_arg);
+    auto r = test::run_cnclip_line("index " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
+                                   " --index " + test::shell_quote(idx) + model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     auto record = store->catalog().find(std::filesystem::canonical(photo()).string());  // as indexed
@@ -107,12 +107,12 @@ TEST_F(ExifInCommands, SearchImageQueriesWithWhatTheOptionSays) {
   test::write_text(dir / "e.jsonl", up.dump() + "\n" + side.dump() + "\n");
   test::write_text(dir / "up.jpg", "x");
   test::write_text(dir / "side.jpg", "y");
-  auto r = test::run_cnclip("import " + test::shell_quote(dir / "e.jsonl") + " --index " + test::shell_quote(idx) +
-                            model_arg);
+  auto r = test::run_cnclip_line("import " + test::shell_quote(dir / "e.jsonl") + " --index " + test::shell_quote(idx) +
+                                 model_arg);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (bool upright : {true, false}) {
-    r = test::run_cnclip("search-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                         " -k 1 --format jsonl --index " + test::shell_quote(idx) + model_arg);
+    r = test::run_cnclip_line("search-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
+                              " -k 1 --format jsonl --index " + test::shell_quote(idx) + model_arg);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto hit = json::parse(r.out);
     EXPECT_EQ(hit["path"], dir / (upright ? "up.jpg" : "side.jpg")) << r.out;

@@ -61,7 +61,7 @@ TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
     EXPECT_EQ(h["path"].get<std::string>().find(photos + "/2024 旅行/"), std::string::npos);
     EXPECT_TRUE(h.contains("query") && h.contains("rank") && h.contains("score"));
   }
-  auto info = json::parse(test::run_cnclip("info --format json" + idx_arg()).out);
+  auto info = json::parse(test::run_cnclip_line("info --format json" + idx_arg()).out);
   EXPECT_EQ(info["files"], 4);
   EXPECT_EQ(info["vectors"], 4);
 }
@@ -79,7 +79,7 @@ TEST_F(Photos, ASecondWriterIsRefusedWhileSearchesWork) {
   int fd = ::open((idx + "/lock").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::flock(fd, LOCK_EX), 0);
-  auto r = test::run_cnclip("index " + test::shell_quote(photos) + model_arg() + idx_arg());
+  auto r = test::run_cnclip_line("index " + test::shell_quote(photos) + model_arg() + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("another cnclip"), std::string::npos) << r.err;
   r = search("search-text 猫 --format paths");
@@ -88,8 +88,8 @@ TEST_F(Photos, ASecondWriterIsRefusedWhileSearchesWork) {
 }
 
 TEST_F(Photos, PathsFromStdin) {
-  auto r = test::run_cnclip("index - -q --format json" + model_arg() + idx_arg(),
-                            photos + "/家/小狗.jpeg\n" + photos + "/2024 旅行/山/cat.jpg\n");
+  auto r = test::run_cnclip_line("index - -q --format json" + model_arg() + idx_arg(),
+                                 photos + "/家/小狗.jpeg\n" + photos + "/2024 旅行/山/cat.jpg\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 2);
 }
@@ -104,7 +104,7 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
     make_photo(photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg", 100 + i);
   const std::string args = " -q --batch-size 2 " + test::shell_quote(photos) + model_arg();
 
-  auto reference = test::run_cnclip("index" + args + " --index " + test::shell_quote(dir / "ref"));
+  auto reference = test::run_cnclip_line("index" + args + " --index " + test::shell_quote(dir / "ref"));
   ASSERT_EQ(reference.exit_code, 0) << reference.err;
 
   const std::string idx = dir / "crashy";
@@ -148,7 +148,7 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
       if (seen.size() > before) ++kills_after_commits;
     }
     waitpid(pid, nullptr, 0);
-    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    auto info = test::run_cnclip_line("info --format json --index " + test::shell_quote(idx));
     ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t count = json::parse(info.out)["files"];
     EXPECT_GE(count, static_cast<int64_t>(seen.size())) << "committed files lost";
@@ -162,7 +162,7 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   }
   EXPECT_GT(kills_after_commits, 0) << "no kill landed after a commit";
   EXPECT_GT(kills, 0);
-  auto finish = test::run_cnclip("index --format json" + args + " --index " + test::shell_quote(idx));
+  auto finish = test::run_cnclip_line("index --format json" + args + " --index " + test::shell_quote(idx));
   ASSERT_EQ(finish.exit_code, 0) << finish.err;
   EXPECT_EQ(json::parse(finish.out)["unchanged"].get<int64_t>() + json::parse(finish.out)["added"].get<int64_t>(), n);
 
@@ -215,13 +215,13 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
     const std::string text = test::read_text(err);
     EXPECT_EQ(WEXITSTATUS(status), 128 + sig) << text;
     EXPECT_NE(text.find("interrupted"), std::string::npos) << text;
-    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    auto info = test::run_cnclip_line("info --format json --index " + test::shell_quote(idx));
     ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t kept = json::parse(info.out)["files"];
     EXPECT_GT(kept, 0);
     EXPECT_LT(kept, n);
-    auto rest = json::parse(test::run_cnclip("index -q --format json " + test::shell_quote(photos) + model_arg() +
-                                             " --index " + test::shell_quote(idx))
+    auto rest = json::parse(test::run_cnclip_line("index -q --format json " + test::shell_quote(photos) + model_arg() +
+                                                  " --index " + test::shell_quote(idx))
                                 .out);
     EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
     EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);

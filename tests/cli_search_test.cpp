@@ -44,7 +44,7 @@ TEST_F(Photos, SearchFormatsUnderAndImageQueries) {
   EXPECT_NE(r.out.find("   1  "), std::string::npos);
 
   // Not a terminal: jsonl by default. Several queries, also from stdin.
-  r = test::run_cnclip("search-text - -k 2" + model_arg() + idx_arg(), "小狗\n猫\n");
+  r = test::run_cnclip_line("search-text - -k 2" + model_arg() + idx_arg(), "小狗\n猫\n");
   ASSERT_EQ(r.exit_code, 0);
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), 4u);
@@ -55,9 +55,9 @@ TEST_F(Photos, SearchFormatsUnderAndImageQueries) {
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_TRUE(r.out.empty());
 
-  r = test::run_cnclip("search-text 猫 --format jsonl" + model_arg() + idx_arg() + " | head -c 0");
+  r = test::run_cnclip_line("search-text 猫 --format jsonl" + model_arg() + idx_arg() + " | head -c 0");
   // remove one file; it is gone from results
-  r = test::run_cnclip("remove " + test::shell_quote(photos + "/家") + idx_arg());
+  r = test::run_cnclip_line("remove " + test::shell_quote(photos + "/家") + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   r = search("search-text 猫 -k 10 --format paths");
   EXPECT_EQ(test::lines(r.out).size(), 3u);
@@ -70,23 +70,23 @@ TEST_F(Photos, ClearErrorsForEmptyMissingAndMismatchedIndexes) {
   EXPECT_EQ(test::lines(r.err).size(), 1u);
 
   index_json(test::shell_quote(photos) + idx_arg());
-  r = test::run_cnclip("search-text 猫 --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip_line("search-text 猫 --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--reindex"), std::string::npos) << r.err;
-  r = test::run_cnclip("index " + test::shell_quote(photos) + " --model " +
-                       test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip_line("index " + test::shell_quote(photos) + " --model " +
+                            test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
-  r = test::run_cnclip("index -q --reindex --format json " + test::shell_quote(photos) + " --model " +
-                       test::shell_quote(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip_line("index -q --reindex --format json " + test::shell_quote(photos) + " --model " +
+                            test::shell_quote(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 5);
 
-  r = test::run_cnclip("search-text - --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg(),
-                       "ab\xff\n");
+  r = test::run_cnclip_line("search-text - --model " + test::shell_quote(test::random_tiny_bundle()) + idx_arg(),
+                            "ab\xff\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("UTF-8"), std::string::npos) << r.err;
 
-  r = test::run_cnclip("index /nonexistent/photos" + model_arg() + " --index " + test::shell_quote(dir / "other"));
+  r = test::run_cnclip_line("index /nonexistent/photos" + model_arg() + " --index " + test::shell_quote(dir / "other"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("/nonexistent/photos"), std::string::npos);
 }
@@ -95,21 +95,21 @@ TEST(CliPrecision, Int8SiblingOnlyWhenAskedFor) {
   test::TempDir dir;
   const std::string idx = " --index " + test::shell_quote(dir / "i");
   const std::string int8 = " --model " + test::shell_quote(test::tiny_int8_bundle());
-  auto info = test::run_cnclip("model-info" + int8);
+  auto info = test::run_cnclip_line("model-info" + int8);
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_EQ(json::parse(info.out)["precision"], "int8");
-  auto r = test::run_cnclip("index -q " + test::shell_quote(test::fixtures("images")) + model_arg() + idx);
+  auto r = test::run_cnclip_line("index -q " + test::shell_quote(test::fixtures("images")) + model_arg() + idx);
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cnclip("search-text 皮卡丘 -k 1" + int8 + idx);
+  r = test::run_cnclip_line("search-text 皮卡丘 -k 1" + int8 + idx);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("--mixed-precision"), std::string::npos) << r.err;
-  r = test::run_cnclip("search-text 皮卡丘 -k 1 --mixed-precision --format jsonl" + int8 + idx);
+  r = test::run_cnclip_line("search-text 皮卡丘 -k 1 --mixed-precision --format jsonl" + int8 + idx);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 1u);
   // The index keeps its own model: fp32 still matches without the flag.
-  r = test::run_cnclip("index -q --mixed-precision " + test::shell_quote(test::fixtures("images")) + int8 + idx);
+  r = test::run_cnclip_line("index -q --mixed-precision " + test::shell_quote(test::fixtures("images")) + int8 + idx);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cnclip("search-text 皮卡丘 -k 1" + model_arg() + idx);
+  r = test::run_cnclip_line("search-text 皮卡丘 -k 1" + model_arg() + idx);
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 

@@ -49,7 +49,7 @@ inline std::vector<json> json_lines(const std::string& out) {
 }
 
 inline json index_json(const std::string& args) {
-  auto r = test::run_cnclip("index --format json -q" + model_arg() + " " + args);
+  auto r = test::run_cnclip_line("index --format json -q" + model_arg() + " " + args);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return r.out.empty() ? json{} : json::parse(r.out);
 }
@@ -70,7 +70,7 @@ class Photos : public ::testing::Test {
     test::write_text(photos + "/家/broken.jpg", "not an image");
     test::write_text(photos + "/notes.txt", "ignored: not an image extension");
   }
-  test::RunResult search(const std::string& args) { return test::run_cnclip(args + model_arg() + idx_arg()); }
+  test::RunResult search(const std::string& args) { return test::run_cnclip_line(args + model_arg() + idx_arg()); }
 };
 
 }  // namespace cnclip::cli_test

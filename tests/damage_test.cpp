@@ -359,7 +359,7 @@ struct PhotoIndex {
     ::chmod(dir.path().c_str(), 0755);  // readable by another user
     fs::create_directories(photos);
     for (int i = 0; i < n; ++i) test::make_small_photo(photos + "/p" + std::to_string(i) + ".png", 900 + i);
-    auto r = test::run_cnclip("index -q --batch-size 16 " + test::shell_quote(photos) + model_arg() + idx_arg());
+    auto r = test::run_cnclip_line("index -q --batch-size 16 " + test::shell_quote(photos) + model_arg() + idx_arg());
     EXPECT_EQ(r.exit_code, 0) << r.err;
   }
   std::string idx_arg() const { return " --index " + test::shell_quote(idx); }
@@ -368,7 +368,7 @@ struct PhotoIndex {
 
 TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
   PhotoIndex p(30);
-  const auto before = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  const auto before = test::run_cnclip_line("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
   ASSERT_EQ(before.exit_code, 0) << before.err;
   std::string snap;
   for (const auto& e : fs::directory_iterator(p.idx)) {
@@ -377,7 +377,7 @@ TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
   ASSERT_FALSE(snap.empty());
   const std::string good = test::read_text(snap);
   test::damage_bytes(snap, good.size() / 2, 16, 5);  // the middle of the vectors, header intact
-  auto r = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  auto r = test::run_cnclip_line("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, before.out) << "the catalog's vectors give the same answers";
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
@@ -386,10 +386,10 @@ TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
     const double score = json::parse(l)["score"];
     EXPECT_TRUE(score >= -1 && score <= 1) << l;
   }
-  r = test::run_cnclip("index -q" + model_arg() + p.idx_arg());  // no path: update, nothing to encode
+  r = test::run_cnclip_line("index -q" + model_arg() + p.idx_arg());  // no path: update, nothing to encode
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::read_text(snap), good) << "the next run rewrites the snapshot";
-  r = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  r = test::run_cnclip_line("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(r.out, before.out);
@@ -402,20 +402,20 @@ TEST(DamageCli, DamagedCatalogIsReportedRepairedAndOnlyTheLostAreEncodedAgain) {
   ASSERT_EQ(reference.size(), static_cast<size_t>(n));
   damage_pages(p.catalog(), 3, 21);
 
-  auto r = test::run_cnclip("search-text 小狗 -k 300 --format jsonl" + model_arg() + p.idx_arg());
+  auto r = test::run_cnclip_line("search-text 小狗 -k 300 --format jsonl" + model_arg() + p.idx_arg());
   EXPECT_EQ(r.exit_code, 1) << "a damaged catalog must not give partial results";
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("damaged"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   for (const std::string& cmd : std::vector<std::string>{"info", "index -q" + model_arg()}) {
-    r = test::run_cnclip(cmd + p.idx_arg());
+    r = test::run_cnclip_line(cmd + p.idx_arg());
     EXPECT_EQ(r.exit_code, 1) << cmd;
     EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << cmd << ": " << r.err;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   }
 
-  r = test::run_cnclip("repair --format json" + p.idx_arg());
+  r = test::run_cnclip_line("repair --format json" + p.idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json rep = json::parse(r.out);
   EXPECT_TRUE(rep["damaged"].get<bool>());
@@ -428,10 +428,10 @@ TEST(DamageCli, DamagedCatalogIsReportedRepairedAndOnlyTheLostAreEncodedAgain) {
   for (const auto& [path, e] : after) EXPECT_EQ(e, reference.at(path)) << path;
   EXPECT_EQ(rep["files_lost_known"], n - kept);
 
-  r = test::run_cnclip("info --format json" + p.idx_arg());
+  r = test::run_cnclip_line("info --format json" + p.idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["files"], kept);
-  r = test::run_cnclip("index -q --format json " + test::shell_quote(p.photos) + model_arg() + p.idx_arg());
+  r = test::run_cnclip_line("index -q --format json " + test::shell_quote(p.photos) + model_arg() + p.idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["added"], n - kept) << "only the lost files are encoded again";
@@ -449,7 +449,7 @@ bool user_exists(const char* name) {
 // Every reader works and every writer says "read-only" in one line; `prefix` runs the binary as
 // another user.
 void expect_read_only_behaviour(const PhotoIndex& p, const std::string& prefix, int files) {
-  auto run = [&](const std::string& args) { return test::run_cnclip_as(prefix, args); };
+  auto run = [&](const std::string& args) { return test::run_cnclip_line_as(prefix, args); };
   auto r = run("search-text 小狗 -k 5 --format jsonl" + model_arg() + p.idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 5u);
@@ -513,10 +513,10 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
     ASSERT_TRUE(ro.ok()) << ro.why();
     for (const std::string& prefix : std::vector<std::string>{"", "runuser -u nobody --"}) {
       if (!prefix.empty() && !user_exists("nobody")) continue;
-      auto r = test::run_cnclip_as(prefix, "info --format json --index " + test::shell_quote(copy));
+      auto r = test::run_cnclip_line_as(prefix, "info --format json --index " + test::shell_quote(copy));
       ASSERT_EQ(r.exit_code, 0) << prefix << r.err;
       EXPECT_EQ(json::parse(r.out)["files"], 11) << "the commit in the -wal is seen";
-      r = test::run_cnclip_as(
+      r = test::run_cnclip_line_as(
           prefix, "search-text 小狗 -k 20 --format paths" + model_arg() + " --index " + test::shell_quote(copy));
       EXPECT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(test::lines(r.out).size(), 11u);
@@ -527,7 +527,7 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   fs::remove(copy + "/catalog.sqlite3-shm");
   auto ro = test::ScopedMount::read_only(copy);
   ASSERT_TRUE(ro.ok()) << ro.why();
-  auto r = test::run_cnclip("info --format json --index " + test::shell_quote(copy));
+  auto r = test::run_cnclip_line("info --format json --index " + test::shell_quote(copy));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("-wal"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;

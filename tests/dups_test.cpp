@@ -60,7 +60,7 @@ class Dups : public ::testing::Test {
     store->write_snapshot();
   }
   test::RunResult run(const std::string& args) {
-    return test::run_cnclip(args + " --index " + test::shell_quote(index()));
+    return test::run_cnclip_line(args + " --index " + test::shell_quote(index()));
   }
   std::vector<json> groups(const std::string& args = "") {
     auto r = run("dups --format jsonl" + args);
@@ -243,7 +243,7 @@ for name in ['pokemon.jpeg', 'chelsea_rgba.png', 'astronaut_palette.png', 'coffe
             0);
   test::copy_file(photos + "/pokemon.png", photos + "/pokemon-copy.png");
   const std::string idx = " --index " + test::shell_quote(dir / "index");
-  auto r = test::run_cnclip("index -q " + test::shell_quote(photos) + model_arg() + idx);
+  auto r = test::run_cnclip_line("index -q " + test::shell_quote(photos) + model_arg() + idx);
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   // With random weights the tiny model's cosines say little about real photos; what holds is that
@@ -270,7 +270,7 @@ for name in ['pokemon.jpeg', 'chelsea_rgba.png', 'astronaut_palette.png', 'coffe
   std::cerr << "tiny model: copies >= " << same_min << ", different photos <= " << other_max << "\n";
   ASSERT_LT(other_max, same_min) << "the tiny model does not separate these copies";
   const double t = (same_min + other_max) / 2;
-  r = test::run_cnclip("dups --format jsonl --threshold " + std::to_string(t) + idx);
+  r = test::run_cnclip_line("dups --format jsonl --threshold " + std::to_string(t) + idx);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::set<std::set<std::string>> got;
   for (const auto& line : test::lines(r.out)) {

@@ -230,7 +230,7 @@ class Filters : public ::testing::Test {
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   test::RunResult run(const std::string& args) {
-    return test::run_cnclip(args + model_arg() + " --index " + test::shell_quote(index()));
+    return test::run_cnclip_line(args + model_arg() + " --index " + test::shell_quote(index()));
   }
   std::string photos() const { return dir_ / "photos"; }
   std::string index() const { return dir_ / "index"; }
@@ -529,13 +529,13 @@ TEST_F(Migration, ReadOnlyOldIndexIsSearchedWithMtimesAndNotWritten) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as 'nobody' (runuser)";
   std::system(("chmod -R a+rX " + test::shell_quote(dir_.path())).c_str());
   const auto before = bytes_of(catalog());
-  auto r = test::run_cnclip_as("runuser -u nobody --",
-                               "search-text 咖啡 -k 10 --format jsonl --after 2021-03-04 --before 2021-03-05" +
-                                   model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip_line_as("runuser -u nobody --",
+                                    "search-text 咖啡 -k 10 --format jsonl --after 2021-03-04 --before 2021-03-05" +
+                                        model_arg() + " --index " + test::shell_quote(index()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 3u) << "the mtimes are the capture times: " << r.out;
-  r = test::run_cnclip_as("runuser -u nobody --", "search-text 咖啡 -k 10 --format jsonl --after 2021-03-05" +
-                                                      model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip_line_as("runuser -u nobody --", "search-text 咖啡 -k 10 --format jsonl --after 2021-03-05" +
+                                                           model_arg() + " --index " + test::shell_quote(index()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(bytes_of(catalog()), before) << "a reader never migrates";
@@ -543,7 +543,7 @@ TEST_F(Migration, ReadOnlyOldIndexIsSearchedWithMtimesAndNotWritten) {
 }
 
 TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheModel) {
-  auto r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0);
@@ -570,19 +570,20 @@ TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheMode
   EXPECT_GT(by_name["pokemon.jpeg"].meta.width, 0);
   EXPECT_GT(by_name["chelsea_rgba.png"].meta.height, 0);
   // The next run has nothing left to fill.
-  r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("capture time"), std::string::npos) << r.err;
   // Searches of the upgraded index use the new fields.
-  r = test::run_cnclip("search-text 咖啡 --format jsonl --after 2021-03-04T05:06:07Z --before 2021-03-04T05:06:08Z" +
-                       model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip_line(
+      "search-text 咖啡 --format jsonl --after 2021-03-04T05:06:07Z --before 2021-03-04T05:06:08Z" + model_arg() +
+      " --index " + test::shell_quote(index()));
   EXPECT_EQ(test::lines(r.out).size(), 3u) << r.err;
 }
 
 TEST_F(Migration, ChangedFilesAreEncodedAndUnchangedOnesFilled) {
   // One photo replaced by another with a capture date: encoded (with its date), the others filled.
   make_images(photos(), {"pokemon.jpeg|2024:05:10 12:00:00|+08:00|1|1"});
-  auto r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["updated"], 1);

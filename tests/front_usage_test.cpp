@@ -15,7 +15,7 @@ namespace {
 // Exit 2 and exactly one stderr line, equal to `line`, nothing on stdout.
 void expect_usage_error(const std::string& args, const std::string& line) {
   SCOPED_TRACE(args);
-  auto r = test::run_cnclip(args);
+  auto r = test::run_cnclip_line(args);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err, "cnclip: error: " + line + "\n");
   EXPECT_EQ(r.out, "");
@@ -24,7 +24,7 @@ void expect_usage_error(const std::string& args, const std::string& line) {
 // Exit 2 and one stderr line containing each of `parts`, with no CLI11 wording.
 void expect_usage_error_with(const std::string& args, const std::vector<std::string>& parts) {
   SCOPED_TRACE(args);
-  auto r = test::run_cnclip(args);
+  auto r = test::run_cnclip_line(args);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_EQ(r.err.rfind("cnclip: error: ", 0), 0u) << r.err;
@@ -48,21 +48,21 @@ TEST(FrontCommands, UnknownCommandsGetTheNearestOne) {
 }
 
 TEST(FrontCommands, HelpVersionAndNoArguments) {
-  auto r = test::run_cnclip("help");
+  auto r = test::run_cnclip_line("help");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("search-text"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "");
-  r = test::run_cnclip("help search-text");
+  r = test::run_cnclip_line("help search-text");
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("Usage: cnclip search-text"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--top-k"), std::string::npos) << r.out;
   for (const char* v : {"-V", "--version"}) {
-    r = test::run_cnclip(v);
+    r = test::run_cnclip_line(v);
     EXPECT_EQ(r.exit_code, 0) << v;
     EXPECT_EQ(r.out.rfind("cnclip ", 0), 0u) << r.out;
   }
   // No arguments: a short usage and the command list on stderr (not machine output), exit 2.
-  r = test::run_cnclip("");
+  r = test::run_cnclip_line("");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(r.err.rfind("usage: cnclip COMMAND", 0), 0u) << r.err;

@@ -51,7 +51,7 @@ class Roots : public ::testing::Test {
 
   std::string idx_arg() const { return " --index " + q(idx); }
   test::RunResult index(const std::string& args) {
-    return test::run_cnclip("index --format json -q" + model_arg() + idx_arg() + " " + args);
+    return test::run_cnclip_line("index --format json -q" + model_arg() + idx_arg() + " " + args);
   }
   // Runs `index ARGS`, expects exit 0, returns the summary.
   json index_ok(const std::string& args) {
@@ -60,7 +60,7 @@ class Roots : public ::testing::Test {
     return r.out.empty() ? json{} : json::parse(r.out);
   }
   json info() {
-    auto r = test::run_cnclip("info --format json" + idx_arg());
+    auto r = test::run_cnclip_line("info --format json" + idx_arg());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
@@ -127,25 +127,25 @@ TEST_F(Roots, ReindexWithAnotherModelMovesTheWholeIndexOrRefuses) {
   const std::string other = " --model " + q(test::random_tiny_bundle());
 
   // A path given: still every root moves to the new model (no mixing of two models).
-  auto r = test::run_cnclip("index -q --format json --reindex " + q(a) + other + idx_arg());
+  auto r = test::run_cnclip_line("index -q --format json --reindex " + q(a) + other + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 4);
   EXPECT_EQ(paths().size(), 4u);
-  r = test::run_cnclip("search-text 猫 -k 10 --format paths" + other + idx_arg());
+  r = test::run_cnclip_line("search-text 猫 -k 10 --format paths" + other + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 4u);
-  r = test::run_cnclip("search-text 猫" + model_arg() + idx_arg());
+  r = test::run_cnclip_line("search-text 猫" + model_arg() + idx_arg());
   EXPECT_EQ(r.exit_code, 1);  // the old model is refused: nothing of it is left
 
   // A missing root: its entries could not be encoded again, so the move is refused, nothing changed.
   fs::rename(b, dir / "B unplugged");
-  r = test::run_cnclip("index -q --reindex" + model_arg() + idx_arg());
+  r = test::run_cnclip_line("index -q --reindex" + model_arg() + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_EQ(paths().size(), 4u);
-  r = test::run_cnclip("search-text 猫 -k 10 --format paths" + other + idx_arg());
+  r = test::run_cnclip_line("search-text 猫 -k 10 --format paths" + other + idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 4u);
 }
@@ -154,12 +154,12 @@ TEST_F(Roots, ReindexWithAnotherModelRefusesEntriesUnderNoRoot) {
   make_photo(a + "/a.jpg", 1);
   index_ok(q(a));
   make_photo(dir / "elsewhere/e.jpg", 2);
-  auto e = test::run_cnclip("embed-image " + q(dir / "elsewhere/e.jpg") + model_arg());
+  auto e = test::run_cnclip_line("embed-image " + q(dir / "elsewhere/e.jpg") + model_arg());
   ASSERT_EQ(e.exit_code, 0) << e.err;
   test::write_text(dir / "e.jsonl", e.out);
-  auto r = test::run_cnclip("import " + q(dir / "e.jsonl") + model_arg() + idx_arg());
+  auto r = test::run_cnclip_line("import " + q(dir / "e.jsonl") + model_arg() + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cnclip("index -q --reindex --model " + q(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip_line("index -q --reindex --model " + q(test::random_tiny_bundle()) + idx_arg());
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("under no indexed folder"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 2u);
@@ -200,7 +200,7 @@ TEST_F(Roots, RootWhoseParentIsGoneKeepsItsEntries) {
   EXPECT_NE(r.err.find(root + ": folder missing; its 1 entry is kept"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 1u);
   // `cnclip remove` drops them, as the message says.
-  r = test::run_cnclip("remove " + q(root) + idx_arg());
+  r = test::run_cnclip_line("remove " + q(root) + idx_arg());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(paths().size(), 0u);
   EXPECT_EQ(roots().size(), 0u);
@@ -349,8 +349,8 @@ TEST_F(Roots, ExcludeTakesOneValuePerFlag) {
   EXPECT_EQ(s["added"], 1);
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/x.jpg"}));
   test::TempDir other;
-  auto r =
-      test::run_cnclip("index -q --format json --exclude=*.jpg " + q(a) + model_arg() + " --index " + q(other / "i"));
+  auto r = test::run_cnclip_line("index -q --format json --exclude=*.jpg " + q(a) + model_arg() + " --index " +
+                                 q(other / "i"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 1);  // y.png only
 }
@@ -508,7 +508,7 @@ TEST_F(Roots, SpecialFilesAndOverlongPathsAreReportedAndCounted) {
 }
 
 TEST_F(Roots, IndexWithNoPathOnANewIndexCreatesNothing) {
-  auto r = test::run_cnclip("index" + model_arg() + idx_arg());
+  auto r = test::run_cnclip_line("index" + model_arg() + idx_arg());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nothing to index"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(idx));

@@ -28,11 +28,11 @@ class Info : public ::testing::Test {
     index_ = root_ + "/idx";
   }
   test::RunResult cnclip_in(const std::string& cwd, const std::string& args) {
-    return test::run_cnclip_as("cd " + shell_quote(cwd) + " &&", args);
+    return test::run_cnclip_line_as("cd " + shell_quote(cwd) + " &&", args);
   }
   void index(const std::string& what) {
-    const auto r = test::run_cnclip("index -q --model " + shell_quote(test::tiny_bundle()) + " --index " +
-                                    shell_quote(index_) + " " + shell_quote(what));
+    const auto r = test::run_cnclip_line("index -q --model " + shell_quote(test::tiny_bundle()) + " --index " +
+                                         shell_quote(index_) + " " + shell_quote(what));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
 
@@ -54,7 +54,7 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
     EXPECT_EQ(test::lines(t.out).at(0), "index:    " + index_) << given;
   }
   const auto e =
-      test::run_cnclip_as("cd " + shell_quote(root_ + "/sub") + " && CNCLIP_INDEX=../idx", "info --format json");
+      test::run_cnclip_line_as("cd " + shell_quote(root_ + "/sub") + " && CNCLIP_INDEX=../idx", "info --format json");
   ASSERT_EQ(e.exit_code, 0) << e.err;
   EXPECT_EQ(json::parse(e.out)["index"], index_);
 
@@ -70,24 +70,24 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
 TEST_F(Info, SingleFileRootsAreLabelledFiles) {
   index(root_ + "/photos");
   // An index of folders only: no folders_kind, as before.
-  auto j = json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+  auto j = json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos"}));
   EXPECT_FALSE(j.contains("folders_kind")) << j.dump();
 
   index(root_ + "/single.png");
-  const auto t = test::run_cnclip("info --index " + shell_quote(index_));
+  const auto t = test::run_cnclip_line("info --index " + shell_quote(index_));
   ASSERT_EQ(t.exit_code, 0) << t.err;
   const auto lines = test::lines(t.out);
   ASSERT_GE(lines.size(), 2u);
   EXPECT_EQ(lines[lines.size() - 2], "folder:   " + root_ + "/photos") << t.out;
   EXPECT_EQ(lines[lines.size() - 1], "file:     " + root_ + "/single.png") << t.out;
 
-  j = json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+  j = json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos", root_ + "/single.png"}));
   EXPECT_EQ(j["folders_kind"], json::array({"folder", "file"}));
   // Right after folders (no folders_bytes here), before disk_bytes.
   const auto ordered =
-      nlohmann::ordered_json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+      nlohmann::ordered_json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
   std::vector<std::string> keys;
   for (auto it = ordered.begin(); it != ordered.end(); ++it) keys.push_back(it.key());
   const auto at = std::find(keys.begin(), keys.end(), "folders_kind");

@@ -24,8 +24,8 @@ struct Traced {
 Traced traced(const std::string& env, const std::string& args, const std::string& stdin_text = "") {
   test::TempDir log;
   Traced t;
-  t.run = test::run_cnclip_as("env LD_DEBUG=files LD_DEBUG_OUTPUT=" + test::shell_quote(log / "ld") + " " + env, args,
-                              stdin_text);
+  t.run = test::run_cnclip_line_as("env LD_DEBUG=files LD_DEBUG_OUTPUT=" + test::shell_quote(log / "ld") + " " + env,
+                                   args, stdin_text);
   for (const auto& e : fs::directory_iterator(log.path())) t.linker_log += test::read_text(e.path().string());
   return t;
 }
@@ -39,14 +39,14 @@ class LazyLoad : public ::testing::Test {
     fs::create_directories(photos);
     test::copy_file(test::fixtures("images/pokemon.jpeg"), photos + "/pokemon.jpeg");
     test::copy_file(test::fixtures("images/chelsea_rgba.png"), photos + "/chelsea.png");
-    auto r = test::run_cnclip("index -q " + test::shell_quote(photos) + common());
+    auto r = test::run_cnclip_line("index -q " + test::shell_quote(photos) + common());
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   std::string idx() const { return " --index " + test::shell_quote(dir / "idx"); }
   std::string model() const { return " --model " + test::shell_quote(test::tiny_bundle()); }
   std::string common() const { return idx() + model(); }
   int64_t files_indexed() const {
-    const auto r = test::run_cnclip("info --format json" + idx());
+    const auto r = test::run_cnclip_line("info --format json" + idx());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return nlohmann::json::parse(r.out).at("files").get<int64_t>();
   }
@@ -125,7 +125,7 @@ TEST_F(LazyLoad, UnusableModuleIsOneClearErrorAndExit1) {
     for (const std::string& args :
          {"search-text 猫" + common(), "embed-text 猫" + model(), "index -q " + test::shell_quote(photos) + common()}) {
       SCOPED_TRACE(c.module + ": cnclip " + args);
-      const auto r = test::run_cnclip_as("env CNCLIP_MODEL_MODULE=" + test::shell_quote(c.module), args);
+      const auto r = test::run_cnclip_line_as("env CNCLIP_MODEL_MODULE=" + test::shell_quote(c.module), args);
       EXPECT_EQ(r.exit_code, 1) << r.err;
       EXPECT_EQ(r.out, "");
       const auto err = test::lines(r.err);
@@ -137,7 +137,7 @@ TEST_F(LazyLoad, UnusableModuleIsOneClearErrorAndExit1) {
   // The failed index runs stored nothing and lost nothing: the two photos, and the new one once the
   // module is there.
   EXPECT_EQ(files_indexed(), 2);
-  auto r = test::run_cnclip("index -q " + test::shell_quote(photos) + common());
+  auto r = test::run_cnclip_line("index -q " + test::shell_quote(photos) + common());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(files_indexed(), 3);
 }

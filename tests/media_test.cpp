@@ -210,7 +210,7 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   sh(py + " dng " + q(photos + "/IMG_7.DNG"));
   sh(py + " dng " + q(photos + "/IMG_8.dng"));
   const std::string common = " --model " + q(test::tiny_bundle()) + " --index " + q(d / "idx") + " --format json";
-  auto r = test::run_cnclip("index -q" + common + " " + q(photos));
+  auto r = test::run_cnclip_line("index -q" + common + " " + q(photos));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 2);
@@ -218,21 +218,21 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   make_png(photos + "/tmp.png", 100, 80, 3);
   cv::imwrite(photos + "/IMG_7.jpg", cv::imread(photos + "/tmp.png"));
   fs::remove(photos + "/tmp.png");
-  r = test::run_cnclip("index" + common + " " + q(photos));
+  r = test::run_cnclip_line("index" + common + " " + q(photos));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_EQ(s["added"], 1);     // the JPEG
   EXPECT_EQ(s["paired"], 1);    // its RAW
   EXPECT_EQ(s["excluded"], 1);  // the RAW's entry, indexed before, is removed
   EXPECT_NE(r.err.find("RAW+JPEG"), std::string::npos) << r.err;
-  auto search = test::run_cnclip("search-text 照片 -k 10 --format paths --model " + q(test::tiny_bundle()) +
-                                 " --index " + q(d / "idx"));
+  auto search = test::run_cnclip_line("search-text 照片 -k 10 --format paths --model " + q(test::tiny_bundle()) +
+                                      " --index " + q(d / "idx"));
   ASSERT_EQ(search.exit_code, 0) << search.err;
   std::vector<std::string> paths = test::lines(search.out);
   std::sort(paths.begin(), paths.end());
   EXPECT_EQ(paths, (std::vector<std::string>{photos + "/IMG_7.jpg", photos + "/IMG_8.dng"}));
   // Unchanged next time: nothing added or removed, still paired.
-  r = test::run_cnclip("index -q" + common);
+  r = test::run_cnclip_line("index -q" + common);
   s = json::parse(r.out);
   EXPECT_EQ(s["unchanged"], 2);
   EXPECT_EQ(s["paired"], 1);
@@ -244,7 +244,7 @@ TEST(MediaCli, UnsupportedAndBrokenFilesOneLine) {
   std::vector<uint8_t> heic_like{0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c',
                                  0, 0, 0, 0,  'm', 'i', 'f', '1', 'h', 'e', 'i', 'c'};
   write_bytes(d / "broken.heic", heic_like);
-  auto r = test::run_cnclip("preprocess " + q(d / "broken.heic") + " --npy " + q(d / "o.npy"));
+  auto r = test::run_cnclip_line("preprocess " + q(d / "broken.heic") + " --npy " + q(d / "o.npy"));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find(d / "broken.heic"), std::string::npos) << r.err;

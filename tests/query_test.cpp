@@ -186,19 +186,19 @@ class Combined : public ::testing::Test {
       jsonl += json{{"path", path}, {"embedding", e}}.dump() + "\n";
     }
     test::write_text(dir_ / "import.jsonl", jsonl);
-    auto r = test::run_cnclip("import " + test::shell_quote(dir_ / "import.jsonl") + common());
+    auto r = test::run_cnclip_line("import " + test::shell_quote(dir_ / "import.jsonl") + common());
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   std::string common() const { return model_arg() + " --index " + test::shell_quote(dir_ / "index"); }
   std::string index_dir() const { return dir_ / "index"; }
 
   std::vector<double> text_embedding(const std::string& text) {
-    auto r = test::run_cnclip("embed-text" + model_arg() + " -- " + test::shell_quote(text));
+    auto r = test::run_cnclip_line("embed-text" + model_arg() + " -- " + test::shell_quote(text));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }
   std::vector<double> image_embedding(const std::string& path) {
-    auto r = test::run_cnclip("embed-image " + test::shell_quote(path) + model_arg());
+    auto r = test::run_cnclip_line("embed-image " + test::shell_quote(path) + model_arg());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }
@@ -226,7 +226,7 @@ class Combined : public ::testing::Test {
   }
   // search-text's results: paths and scores.
   std::pair<std::vector<std::string>, std::vector<double>> search(const std::string& args) {
-    auto r = test::run_cnclip("search-text " + args + " --format jsonl" + common());
+    auto r = test::run_cnclip_line("search-text " + args + " --format jsonl" + common());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.err, "");
     std::pair<std::vector<std::string>, std::vector<double>> out;
@@ -280,7 +280,8 @@ TEST_F(Combined, RankingEqualsNumpy) {
     const auto plain_text = text_embedding("猫 - 海边");
     expect_same(search("--plain " + test::shell_quote("猫 - 海边") + " -k 6"), numpy({{1, plain_text}}, 6));
     // Several queries in one call: each its own kind.
-    auto r = test::run_cnclip("search-text 猫 " + test::shell_quote("猫 - 海边") + " -k 3 --format jsonl" + common());
+    auto r =
+        test::run_cnclip_line("search-text 猫 " + test::shell_quote("猫 - 海边") + " -k 3 --format jsonl" + common());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto lines = test::lines(r.out);
     ASSERT_EQ(lines.size(), 6u);
@@ -293,7 +294,7 @@ TEST_F(Combined, RankingEqualsNumpy) {
   }
   {
     SCOPED_TRACE("stdin lines");
-    auto r = test::run_cnclip("search-text - -k 4 --format jsonl" + common(), "猫\n2:海边 + " + p3 + "\n");
+    auto r = test::run_cnclip_line("search-text - -k 4 --format jsonl" + common(), "猫\n2:海边 + " + p3 + "\n");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto lines = test::lines(r.out);
     ASSERT_EQ(lines.size(), 8u);
@@ -324,8 +325,8 @@ TEST_F(Combined, NotDropsResultsBeforeTopK) {
   expect_same(search(test::shell_quote("猫 + 0.5:海边") + " --not 狗 --not 人群 -k 60"),
               numpy({{1, cat}, {0.5, sea}}, 60, {dog, text_embedding("人群")}, kDefaultNotThreshold));
   // search-image takes --not too.
-  auto r = test::run_cnclip("search-image " + test::shell_quote(paths_[5]) + " --not 狗 --not-threshold " + s_text +
-                            " -k 60 --format jsonl" + common());
+  auto r = test::run_cnclip_line("search-image " + test::shell_quote(paths_[5]) + " --not 狗 --not-threshold " +
+                                 s_text + " -k 60 --format jsonl" + common());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json want = numpy({{1, vectors_[paths_[5]]}}, 60, {dog}, std::stod(s_text));
   const auto lines = test::lines(r.out);
@@ -337,7 +338,7 @@ TEST_F(Combined, NotDropsResultsBeforeTopK) {
 TEST_F(Combined, BadInputOneLineEach) {
   auto refused = [&](const std::string& args, int status, const std::string& message) {
     SCOPED_TRACE(args);
-    auto r = test::run_cnclip("search-text " + args + common());
+    auto r = test::run_cnclip_line("search-text " + args + common());
     EXPECT_EQ(r.exit_code, status);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");

@@ -108,7 +108,7 @@ class Route : public ::testing::Test {
     }
     // A file name that is not UTF-8.
     test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos_ + "/rocket-\xff\xfe.png");
-    auto r = test::run_cnclip("index -q " + common() + " " + shell_quote(photos_));
+    auto r = test::run_cnclip_line("index -q " + common() + " " + shell_quote(photos_));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     // Not indexed: encoded by the server's image tower.
     test::copy_file(test::fixtures("images/pokemon.jpeg"), outside_ + "/copy-\xe9.jpeg");
@@ -122,8 +122,8 @@ class Route : public ::testing::Test {
   // expects the same stdout, stderr and exit status.
   void expect_same(const std::string& args, const std::string& stdin_text = "", bool expect_routed = true) {
     SCOPED_TRACE(args);
-    auto routed = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), stdin_text);
-    auto local = test::run_cnclip(args + " --no-server " + common(), stdin_text);
+    auto routed = test::run_cnclip_line_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), stdin_text);
+    auto local = test::run_cnclip_line(args + " --no-server " + common(), stdin_text);
     if (expect_routed) {
       EXPECT_NE(routed.err.find("cnclip: route: through the server"), std::string::npos) << routed.err;
       EXPECT_EQ(routed.err.find("cnclip: route: local"), std::string::npos) << routed.err;
@@ -220,15 +220,16 @@ TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
   const std::string args = " --model " + shell_quote(bundle) + " --index " + shell_quote(index_);
-  auto routed = test::run_cnclip("search-text 小狗 --format jsonl" + args);
+  auto routed = test::run_cnclip_line("search-text 小狗 --format jsonl" + args);
   EXPECT_EQ(routed.exit_code, 0) << routed.err;
-  EXPECT_EQ(routed.out, test::run_cnclip("search-text 小狗 --format jsonl --no-server " + common()).out);
-  auto image = test::run_cnclip("search-image " + shell_quote(outside_ + "/copy-\xe9.jpeg") + " --format jsonl" + args);
+  EXPECT_EQ(routed.out, test::run_cnclip_line("search-text 小狗 --format jsonl --no-server " + common()).out);
+  auto image =
+      test::run_cnclip_line("search-image " + shell_quote(outside_ + "/copy-\xe9.jpeg") + " --format jsonl" + args);
   EXPECT_EQ(image.exit_code, 0) << image.err;
   EXPECT_EQ(test::lines(image.out).size(), 6u);
-  auto local = test::run_cnclip("search-text 小狗 --no-server" + args);
+  auto local = test::run_cnclip_line("search-text 小狗 --no-server" + args);
   EXPECT_EQ(local.exit_code, 1) << local.err;
-  auto env_off = test::run_cnclip_as("env CNCLIP_NO_SERVER=1", "search-text 小狗" + args);
+  auto env_off = test::run_cnclip_line_as("env CNCLIP_NO_SERVER=1", "search-text 小狗" + args);
   EXPECT_EQ(env_off.exit_code, 1) << env_off.err;
 }
 
@@ -240,22 +241,24 @@ TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
   {
     ServeProcess server(common());
     ASSERT_TRUE(server.running()) << server.err();
-    auto routed = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+    auto routed = test::run_cnclip_line_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
     EXPECT_EQ(routed.exit_code, 0) << routed.err;
     EXPECT_NE(routed.err.find("route: through the server (GOMP_SPINCOUNT unset)"), std::string::npos) << routed.err;
     EXPECT_EQ(test::lines(routed.out).size(), 12u) << routed.out;  // two queries, 6 photos each
   }
   // No server now: answered here, after the restart. Stdin (read after it) and stderr survive it.
-  auto local = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+  auto local = test::run_cnclip_line_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
   EXPECT_EQ(local.exit_code, 0) << local.err;
   EXPECT_NE(local.err.find("route: local: "), std::string::npos) << local.err;
   EXPECT_NE(local.err.find("(GOMP_SPINCOUNT 1000)"), std::string::npos) << local.err;
   EXPECT_EQ(test::lines(local.err).size(), 1u) << local.err;  // said once, by the restarted process
   EXPECT_EQ(test::lines(local.out).size(), 12u) << local.out;
-  auto bad = test::run_cnclip_as(env, "search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + common());
+  auto bad =
+      test::run_cnclip_line_as(env, "search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + common());
   EXPECT_EQ(bad.exit_code, 1) << bad.err;
   EXPECT_NE(bad.err.find("not-an-image.jpg"), std::string::npos) << bad.err;  // the error on the user's stderr
-  auto user_spin = test::run_cnclip_as("env GOMP_SPINCOUNT=77 CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
+  auto user_spin =
+      test::run_cnclip_line_as("env GOMP_SPINCOUNT=77 CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
   EXPECT_NE(user_spin.err.find("(GOMP_SPINCOUNT 77)"), std::string::npos) << user_spin.err;
 }
 
@@ -272,7 +275,7 @@ TEST_F(Route, StaleAdvertIsIgnoredQuicklyAndReplacedByTheNextServe) {
   EXPECT_EQ(RouteClient::connect(index_, bundle, "cpu", &why), nullptr);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(200));
   EXPECT_NE(why.find("stale"), std::string::npos) << why;
-  auto r = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
+  auto r = test::run_cnclip_line_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("cnclip: route: local"), std::string::npos) << r.err;
 
@@ -300,10 +303,10 @@ TEST_F(Route, AnotherModelIndexOrDeviceIsNotUsed) {
     ASSERT_TRUE(server.running()) << server.err();
     EXPECT_EQ(RouteClient::connect(index_, load_bundle_manifest(test::tiny_bundle()), "cpu", &why), nullptr);
     EXPECT_NE(why.find("another model"), std::string::npos) << why;
-    auto r = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 --format jsonl " + common());
+    auto r = test::run_cnclip_line_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 --format jsonl " + common());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("another model"), std::string::npos) << r.err;
-    EXPECT_EQ(r.out, test::run_cnclip("search-text 小狗 --format jsonl --no-server " + common()).out);
+    EXPECT_EQ(r.out, test::run_cnclip_line("search-text 小狗 --format jsonl --no-server " + common()).out);
   }
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
@@ -353,7 +356,7 @@ TEST_F(Route, SocketHasTheFoldersPermissionsAndIsOnlyTrustedFromTheOwner) {
   ASSERT_TRUE(server.running()) << server.err();
   EXPECT_NE(server.err().find("is not a socket: left alone"), std::string::npos) << server.err();
   EXPECT_EQ(test::read_text(index_ + "/serve.sock"), "not a socket");
-  auto r = test::run_cnclip("search-text 小狗 " + common());
+  auto r = test::run_cnclip_line("search-text 小狗 " + common());
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
@@ -405,8 +408,8 @@ TEST_F(Route, ServerFailuresFallBackToLocalAnswers) {
          std::vector<std::string>{"search-text 小狗 火箭 - -k 3 --format json",
                                   "search-image " + shell_quote(photos_ + "/pokemon.jpeg") + " " +
                                       shell_quote(outside_ + "/copy-\xe9.jpeg") + " -k 2"}) {
-      auto routed = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), "猫\n");
-      auto local = test::run_cnclip(args + " --no-server " + common(), "猫\n");
+      auto routed = test::run_cnclip_line_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), "猫\n");
+      auto local = test::run_cnclip_line(args + " --no-server " + common(), "猫\n");
       EXPECT_NE(routed.err.find("through the server"), std::string::npos) << routed.err;
       EXPECT_NE(routed.err.find("local from here"), std::string::npos) << routed.err;
       EXPECT_EQ(routed.exit_code, local.exit_code) << routed.err;
@@ -461,7 +464,7 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   const std::string odd = tmp_ / "odd-\xff";
   ::mkdir(odd.c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), odd + "/p.jpeg");
-  ASSERT_EQ(test::run_cnclip("index -q " + common() + " " + shell_quote(odd)).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip_line("index -q " + common() + " " + shell_quote(odd)).exit_code, 0);
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
   const std::regex listening("listening on http://127.0.0.1:([0-9]+)/");
@@ -472,7 +475,7 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   auto res = http.Get("/api/v1/info");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
-  auto cli = test::run_cnclip("info --format json --index " + shell_quote(index_));
+  auto cli = test::run_cnclip_line("info --format json --index " + shell_quote(index_));
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   const json api = json::parse(res->body), local = json::parse(cli.out);
   const json lib = json::parse(dump_json(index_info_json(read_index_info(index_))));

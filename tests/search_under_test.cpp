@@ -28,14 +28,14 @@ class UnderFile : public ::testing::Test {
     fs::create_directories(photos_ + "/p.jpeg.d");
     test::copy_file(test::fixtures("images/astronaut_palette.png"), photos_ + "/p.jpeg.d/a.png");
     test::copy_file(test::fixtures("images/coffee_2048x1366_exif6.jpg"), photos_ + "/sub/c.jpg");
-    const auto r = test::run_cnclip("index -q" + common() + " " + shell_quote(photos_));
+    const auto r = test::run_cnclip_line("index -q" + common() + " " + shell_quote(photos_));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   std::string common() const {
     return " --model " + shell_quote(test::tiny_bundle()) + " --index " + shell_quote(root_ + "/idx");
   }
   std::vector<json> rows(const std::string& args) {
-    const auto r = test::run_cnclip(args + common() + " --format jsonl");
+    const auto r = test::run_cnclip_line(args + common() + " --format jsonl");
     EXPECT_EQ(r.exit_code, 0) << args << ": " << r.err;
     std::vector<json> out;
     for (const auto& l : test::lines(r.out)) out.push_back(json::parse(l));
@@ -62,8 +62,8 @@ TEST_F(UnderFile, SearchKeepsThatFileWithItsOwnScore) {
     }
   }
   // Given relative and through '..', as any path is.
-  const auto rel = test::run_cnclip_as("cd " + shell_quote(photos_ + "/sub") + " &&",
-                                       "search-text 小狗 --format paths --under ../p.jpeg" + common());
+  const auto rel = test::run_cnclip_line_as("cd " + shell_quote(photos_ + "/sub") + " &&",
+                                            "search-text 小狗 --format paths --under ../p.jpeg" + common());
   EXPECT_EQ(rel.exit_code, 0) << rel.err;
   EXPECT_EQ(rel.out, photos_ + "/p.jpeg\n");
   // A folder still means everything below it, and only that.
@@ -88,11 +88,11 @@ TEST_F(UnderFile, ClassifyAndDupsAndTheCatalog) {
   // A pair needs both of its files under PATH: a file alone has none (and is no error), while its
   // folder has the copy's pair.
   test::copy_file(photos_ + "/p.jpeg", photos_ + "/sub/copy.jpeg");
-  const auto r = test::run_cnclip("index -q" + common() + " " + shell_quote(photos_));
+  const auto r = test::run_cnclip_line("index -q" + common() + " " + shell_quote(photos_));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto dups = [&](const std::string& under) {
-    return test::run_cnclip("dups --format jsonl --under " + shell_quote(under) + " --index " +
-                            shell_quote(root_ + "/idx"));
+    return test::run_cnclip_line("dups --format jsonl --under " + shell_quote(under) + " --index " +
+                                 shell_quote(root_ + "/idx"));
   };
   const auto d = dups(photos_ + "/p.jpeg");
   EXPECT_EQ(d.exit_code, 0) << d.err;

@@ -155,7 +155,7 @@ class Serve : public ::testing::Test {
                           "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"}) {
       test::copy_file(test::fixtures(std::string("images/") + f), photos_ + "/" + f);
     }
-    auto r = test::run_cnclip("index -q " + common() + " " + test::shell_quote(photos_));
+    auto r = test::run_cnclip_line("index -q " + common() + " " + test::shell_quote(photos_));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   std::string common() const {
@@ -164,8 +164,8 @@ class Serve : public ::testing::Test {
   // search-text's jsonl lines as JSON objects, answered by the CLI itself (not routed to the server
   // under test).
   std::vector<json> cli_search(const std::string& q, int k, const std::string& extra = "") {
-    auto r = test::run_cnclip("search-text " + test::shell_quote(q) + " -k " + std::to_string(k) +
-                              " --format jsonl --no-server " + extra + " " + common());
+    auto r = test::run_cnclip_line("search-text " + test::shell_quote(q) + " -k " + std::to_string(k) +
+                                   " --format jsonl --no-server " + extra + " " + common());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::vector<json> out;
     for (const auto& l : test::lines(r.out)) out.push_back(json::parse(l));
@@ -297,7 +297,7 @@ TEST_F(Serve, InfoIsWhatCnclipInfoPrints) {
   ASSERT_GT(server.port(), 0) << server.err();
   auto r = request(server.port(), "GET", "/api/v1/info");
   ASSERT_EQ(r.status, 200) << r.body;
-  auto cli = test::run_cnclip("info --format json --index " + test::shell_quote(index_));
+  auto cli = test::run_cnclip_line("info --format json --index " + test::shell_quote(index_));
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   EXPECT_EQ(r.body_json(), json::parse(cli.out));
   EXPECT_EQ(r.body_json()["files"], 6);
@@ -354,8 +354,8 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const std::string small = test::read_text(photos_ + "/pokemon.jpeg");              // 6 KB
   const std::string big = test::read_text(photos_ + "/coffee_2048x1366_exif6.jpg");  // 150 KB
   // search-image gives the same ranking for the same bytes.
-  auto cli = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                              " -k 3 --format jsonl --no-server " + common());
+  auto cli = test::run_cnclip_line("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
+                                   " -k 3 --format jsonl --no-server " + common());
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   std::vector<json> expected;
   for (const auto& l : test::lines(cli.out)) expected.push_back(json::parse(l));
@@ -405,8 +405,8 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const int64_t id = raw.body_json()["results"][0]["id"];
   auto sim = request(server.port(), "GET", "/api/v1/similar/" + std::to_string(id) + "?k=10");
   ASSERT_EQ(sim.status, 200) << sim.body;
-  auto cli_sim = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                                  " --exclude-self -k 10 --format jsonl --no-server " + common());
+  auto cli_sim = test::run_cnclip_line("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
+                                       " --exclude-self -k 10 --format jsonl --no-server " + common());
   std::vector<json> expected_sim;
   for (const auto& l : test::lines(cli_sim.out)) expected_sim.push_back(json::parse(l));
   expect_same_results(sim.body_json(), expected_sim);
@@ -544,7 +544,7 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   auto before = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
   EXPECT_EQ(before.size(), 6u);
   test::copy_file(photos_ + "/pokemon.jpeg", later + "/new_photo.jpeg");
-  auto r = test::run_cnclip("index -q " + common() + " " + test::shell_quote(later));
+  auto r = test::run_cnclip_line("index -q " + common() + " " + test::shell_quote(later));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto after = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
   ASSERT_EQ(after.size(), 7u);
@@ -553,7 +553,7 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   EXPECT_TRUE(found);
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 7);
   // And a removed file is gone.
-  r = test::run_cnclip("remove " + test::shell_quote(later) + " --index " + test::shell_quote(index_));
+  r = test::run_cnclip_line("remove " + test::shell_quote(later) + " --index " + test::shell_quote(index_));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"].size(), 6u);
 }
@@ -617,7 +617,7 @@ TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
   // An index appears: found without a restart.
   ::mkdir((tmp / "p").c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), tmp / "p/a.jpeg");
-  auto idx = test::run_cnclip("index -q " + common + " " + test::shell_quote(tmp / "p"));
+  auto idx = test::run_cnclip_line("index -q " + common + " " + test::shell_quote(tmp / "p"));
   ASSERT_EQ(idx.exit_code, 0) << idx.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x").body_json()["results"].size(), 1u);
 }
@@ -626,16 +626,16 @@ TEST(ServeEmpty, BadOptionsAreUsageErrors) {
   TempDir tmp;
   const std::string common =
       "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(tmp / "index");
-  auto r = test::run_cnclip("serve --port 70000 " + common);
+  auto r = test::run_cnclip_line("serve --port 70000 " + common);
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  r = test::run_cnclip("serve --max-upload-mb 0 " + common);
+  r = test::run_cnclip_line("serve --max-upload-mb 0 " + common);
   EXPECT_EQ(r.exit_code, 2) << r.err;
   // A model that does not fit the index is refused at start, naming both.
   ::mkdir((tmp / "p").c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), tmp / "p/a.jpeg");
-  ASSERT_EQ(test::run_cnclip("index -q " + common + " " + test::shell_quote(tmp / "p")).exit_code, 0);
-  r = test::run_cnclip("serve --port 0 --model " + test::shell_quote(test::random_tiny_bundle()) + " --index " +
-                       test::shell_quote(tmp / "index"));
+  ASSERT_EQ(test::run_cnclip_line("index -q " + common + " " + test::shell_quote(tmp / "p")).exit_code, 0);
+  r = test::run_cnclip_line("serve --port 0 --model " + test::shell_quote(test::random_tiny_bundle()) + " --index " +
+                            test::shell_quote(tmp / "index"));
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   // A port in use: one line naming it, exit 1.

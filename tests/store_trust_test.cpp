@@ -35,7 +35,7 @@ class Trust : public ::testing::Test {
 
   std::string idx_arg() const { return " --index " + q(idx); }
   test::RunResult index(const std::string& args) {
-    return test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + idx_arg() + " " + args);
+    return test::run_cnclip_line("index --format json -q --model " + q(test::tiny_bundle()) + idx_arg() + " " + args);
   }
   json index_ok(const std::string& args) {
     auto r = index(args);
@@ -245,7 +245,7 @@ TEST_F(Trust, EmptiedFolderKeepsItsEntriesUntilRemovedButSingleDeletionsStillGo)
   for (size_t at = 0; (at = r.err.find("folder empty now", at)) != std::string::npos; ++at) ++notices;
   EXPECT_EQ(notices, 1u) << r.err;
   // The next step the notice names drops them.
-  auto rm = test::run_cnclip("remove" + idx_arg() + " " + q(root + "/trip"));
+  auto rm = test::run_cnclip_line("remove" + idx_arg() + " " + q(root + "/trip"));
   EXPECT_EQ(rm.exit_code, 0) << rm.err;
   EXPECT_EQ(paths().size(), 1u);
   // A folder holding only a hidden file is not empty: its photos are seen deleted.
@@ -265,15 +265,15 @@ TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
   photos(root, 3, 1, "jpg");
   const std::string in_use = root + "/idx";
   // The index in use inside the root, with thumbnails as `serve` writes them.
-  auto r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use) + " " +
-                            q(root));
+  auto r = test::run_cnclip_line("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use) +
+                                 " " + q(root));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 3);
   fs::create_directories(in_use + "/thumbs");
   for (const auto& e : fs::directory_iterator(root)) {
     if (e.is_regular_file()) fs::copy_file(e.path(), in_use + "/thumbs/" + e.path().filename().string());
   }
-  r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use));
+  r = test::run_cnclip_line("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0) << r.err;
@@ -342,7 +342,7 @@ TEST_F(Trust, RepairAfterTheHeaderIsOverwrittenKeepsEverythingAndIndexWorksAgain
   photos(root, 4, 1);
   index_ok(q(root));
   test::damage_bytes(idx + "/catalog.sqlite3", 0, 16, 7);
-  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  auto r = test::run_cnclip_line("repair --format json" + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = json::parse(r.out);
   EXPECT_TRUE(j["damaged"]);
@@ -361,7 +361,7 @@ TEST_F(Trust, RepairThatLosesTheRootsSaysToGiveTheFoldersAgain) {
   index_ok(q(root));
   // The whole first page (the schema) overwritten: nothing can be read.
   test::damage_bytes(idx + "/catalog.sqlite3", 0, 4096, 7);
-  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  auto r = test::run_cnclip_line("repair --format json" + idx_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = json::parse(r.out);
   EXPECT_TRUE(j["roots_lost"]);
@@ -389,7 +389,7 @@ TEST_F(Trust, MissingTablesReadAsDamageInEveryReadingCommand) {
     sqlite3_close(db);
     for (const std::string& cmd :
          std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
-      auto r = test::run_cnclip(cmd + " --index " + q(copy.path()));
+      auto r = test::run_cnclip_line(cmd + " --index " + q(copy.path()));
       // Searches and dups never read the roots; every other case must fail.
       if (table == "roots" && cmd != "info") continue;
       EXPECT_EQ(r.exit_code, 1) << table << " / " << cmd << "\n" << r.err;
@@ -416,7 +416,7 @@ TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
   test::damage_bytes(copy + "/catalog.sqlite3-wal", 32 + 24 + 100, 4, 3);
   for (const std::string& cmd :
        std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
-    auto r = test::run_cnclip(cmd + " --index " + q(copy));
+    auto r = test::run_cnclip_line(cmd + " --index " + q(copy));
     EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find("the catalog is damaged"), std::string::npos) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;
