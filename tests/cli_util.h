@@ -48,8 +48,9 @@ inline std::vector<json> json_lines(const std::string& out) {
   return v;
 }
 
-inline json index_json(const std::string& args) {
-  auto r = test::run_cnclip_line("index --format json -q" + model_arg() + " " + args);
+// `cnclip index --format json -q --model TINY ARGS...`: its summary (the test fails unless it exits 0).
+inline json index_json(const std::vector<std::string>& args) {
+  auto r = test::run_cnclip(test::concat({"index", "--format", "json", "-q", "--model", test::tiny_bundle()}, args));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   return r.out.empty() ? json{} : json::parse(r.out);
 }
@@ -59,7 +60,11 @@ class Photos : public ::testing::Test {
   test::TempDir dir;
   std::string photos = dir / "照片 library";
   std::string idx = dir / "index";
-  std::string idx_arg() { return " --index " + test::shell_quote(idx); }
+  std::vector<std::string> idx_args() const { return {"--index", idx}; }
+  // Indexes the library into `idx` and returns the summary.
+  json index_photos(const std::vector<std::string>& more = {}) {
+    return index_json(test::concat({photos, "--index", idx}, more));
+  }
   void SetUp() override {
     make_photo(photos + "/2024 旅行/海边/sunset 1.jpg", 1);
     make_photo(photos + "/2024 旅行/海边/夕阳.png", 2);
@@ -70,7 +75,10 @@ class Photos : public ::testing::Test {
     test::write_text(photos + "/家/broken.jpg", "not an image");
     test::write_text(photos + "/notes.txt", "ignored: not an image extension");
   }
-  test::RunResult search(const std::string& args) { return test::run_cnclip_line(args + model_arg() + idx_arg()); }
+  // cnclip ARGS... --model TINY --index IDX
+  test::RunResult run(const std::vector<std::string>& args, const std::string& stdin_text = "") {
+    return test::run_cnclip(test::concat(args, {"--model", test::tiny_bundle(), "--index", idx}), stdin_text);
+  }
 };
 
 }  // namespace cnclip::cli_test
