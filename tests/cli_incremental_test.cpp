@@ -39,9 +39,7 @@ std::map<int64_t, std::string> snapshots(const std::string& idx) {
   return out;
 }
 
-int64_t generation(const std::string& idx) {
-  return Catalog::open_read_only(idx + "/catalog.sqlite3")->generation();
-}
+int64_t generation(const std::string& idx) { return Catalog::open_read_only(idx + "/catalog.sqlite3")->generation(); }
 
 TEST_F(Photos, FirstRunAddsEveryImageAndReportsTheBrokenOne) {
   auto s = index_photos();

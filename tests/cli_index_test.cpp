@@ -125,7 +125,9 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
 }
 
 // Ctrl-C (and SIGTERM): the run stops after the current batch, says so, exits 128 + the signal (130,
-// 143, as the shell shows a process ended by it), and keeps what it committed.
+// 143, as the shell shows a process ended by it), and keeps what it committed. The signal is sent
+// when the progress bar shows a first committed batch (an event, not a guess at how long start-up
+// takes: a signal before the handler is installed would kill the process instead).
 TEST(CliCrash, CtrlCStopsAfterTheBatch) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
@@ -134,36 +136,18 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
   for (const int sig : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(sig == SIGINT ? "SIGINT" : "SIGTERM");
     const std::string idx = dir / ("idx" + std::to_string(sig));
-    const std::string err = dir / "err";
-    pid_t pid = fork();
-    if (pid == 0) {
-      int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 2);
-      execl(CNCLIP_BINARY, "cnclip", "index", "--batch-size", "1", photos.c_str(), "--model",
-            test::tiny_bundle().c_str(), "--index", idx.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    // Wait until a first batch is committed, then interrupt. Up to a minute: a sanitizer build starts
-    // much slower, and a signal before the handler is installed kills the process instead.
-    for (int i = 0; i < 3000 && !fs::exists(idx + "/catalog.sqlite3"); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ::kill(pid, sig);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status)) << test::read_text(err);
-    const std::string text = test::read_text(err);
-    EXPECT_EQ(WEXITSTATUS(status), 128 + sig) << text;
-    EXPECT_NE(text.find("interrupted"), std::string::npos) << text;
-    auto info = test::run_cnclip_line("info --format json --index " + test::shell_quote(idx));
+    TerminalChild run({"index", "--batch-size", "1", photos, "--model", test::tiny_bundle(), "--index", idx});
+    ASSERT_TRUE(run.wait_for("/300 ")) << "no batch committed: " << run.printed();
+    const int status = run.stop(sig);
+    ASSERT_TRUE(WIFEXITED(status)) << run.printed();
+    EXPECT_EQ(WEXITSTATUS(status), 128 + sig) << run.printed();
+    EXPECT_NE(run.printed().find("interrupted"), std::string::npos) << run.printed();
+    auto info = test::run_cnclip({"info", "--format", "json", "--index", idx});
     ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t kept = json::parse(info.out)["files"];
     EXPECT_GT(kept, 0);
     EXPECT_LT(kept, n);
-    auto rest = json::parse(test::run_cnclip_line("index -q --format json " + test::shell_quote(photos) + model_arg() +
-                                                  " --index " + test::shell_quote(idx))
-                                .out);
+    auto rest = index_json({photos, "--index", idx});
     EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
     EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);
   }
