@@ -43,9 +43,8 @@ std::map<std::string, std::pair<double, double>> by_label(const json& image) {
 
 TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
   // Chinese-CLIP's quick-start: pokemon.jpeg against four labels, no template.
-  auto r = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
-                                 " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl --ignore-exif --full-decode" +
-                                 model_arg());
+  auto r = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                             "jsonl", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 1u);
@@ -82,9 +81,9 @@ TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
 }
 
 TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
-  auto r = test::run_cnclip_line(
-      "classify " + test::shell_quote(pokemon_jpeg()) +
-      " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --templates zh --format json --ignore-exif --full-decode" + model_arg());
+  auto r =
+      test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--templates", "zh",
+                        "--format", "json", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json out = json::parse(r.out);
   ASSERT_EQ(out.size(), 1u);
@@ -103,9 +102,8 @@ TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
   ASSERT_EQ(::pclose(p), 0) << text;
   const json want = json::parse(text);
   // Without templates the numbers differ: the check below can fail.
-  auto plain = test::run_cnclip_line(
-      "classify " + test::shell_quote(pokemon_jpeg()) +
-      " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format json --ignore-exif --full-decode" + model_arg());
+  auto plain = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                                 "json", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   const auto plain_got = by_label(json::parse(plain.out)[0]);
   double largest_plain_difference = 0;
   for (const auto& l : kPokemon) {
@@ -143,8 +141,8 @@ TEST(Classify, TemplateWrapsEveryLabel) {
                                  " --labels 杰尼龟,皮卡丘 --template 一张{}的照片 --format jsonl" + model_arg());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = by_label(json::parse(r.out));
-  auto texts = test::run_cnclip_line("embed-text 一张杰尼龟的照片 一张皮卡丘的照片" + model_arg());
-  auto image = test::run_cnclip_line("embed-image " + test::shell_quote(pokemon_jpeg()) + model_arg());
+  auto texts = test::run_cnclip({"embed-text", "一张杰尼龟的照片", "一张皮卡丘的照片", "--model", test::tiny_bundle()});
+  auto image = test::run_cnclip({"embed-image", pokemon_jpeg(), "--model", test::tiny_bundle()});
   ASSERT_EQ(texts.exit_code, 0) << texts.err;
   ASSERT_EQ(image.exit_code, 0) << image.err;
   const auto e_img = json::parse(image.out)["embedding"].get<std::vector<double>>();
@@ -191,7 +189,7 @@ class ClassifyIndexed : public ::testing::Test {
   void SetUp() override {
     // Three photos under a/ and two under b/, with embeddings between the texts 猫 and 狗 (from
     // embed-text), imported: the folders exist, the photos do not, so nothing can be decoded.
-    auto r = test::run_cnclip_line("embed-text 猫 狗" + model_arg());
+    auto r = test::run_cnclip({"embed-text", "猫", "狗", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto l = test::lines(r.out);
     cat_ = json::parse(l[0])["embedding"].get<std::vector<double>>();
@@ -285,15 +283,15 @@ TEST_F(ClassifyIndexed, TableForPeople) {
 TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
   test::TempDir dir;
   const std::string bytes = test::read_text(pokemon_jpeg());
-  auto from_stdin = test::run_cnclip_line("classify - --labels 猫,狗 --format jsonl" + model_arg(), bytes);
+  auto from_stdin = test::run_cnclip(
+      {"classify", "-", "--labels", "猫,狗", "--format", "jsonl", "--model", test::tiny_bundle()}, bytes);
   ASSERT_EQ(from_stdin.exit_code, 0) << from_stdin.err;
   const json s = json::parse(from_stdin.out);
   EXPECT_EQ(s["path"], "-");
   // The same photo as a file, between two others: printed in the order given, same numbers.
-  auto files =
-      test::run_cnclip_line("classify " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " - " +
-                                test::shell_quote(pokemon_jpeg()) + " --labels 猫,狗 --format jsonl" + model_arg(),
-                            bytes);
+  auto files = test::run_cnclip({"classify", test::fixtures("images/chelsea_rgba.png"), "-", pokemon_jpeg(), "--labels",
+                                 "猫,狗", "--format", "jsonl", "--model", test::tiny_bundle()},
+                                bytes);
   ASSERT_EQ(files.exit_code, 0) << files.err;
   const auto lines = test::lines(files.out);
   ASSERT_EQ(lines.size(), 3u);
@@ -357,10 +355,10 @@ TEST(Classify, BadLabelsGetOneLineEach) {
 TEST(Classify, LabelsFromAFile) {
   test::TempDir dir;
   test::write_text(dir / "labels.txt", "杰尼龟\r\n妙蛙种子\n\n  小火龙  \n皮卡丘");  // CRLF, blank line, spaces
-  auto a = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) + " --labels-file " +
-                                 test::shell_quote(dir / "labels.txt") + " --format jsonl" + model_arg());
-  auto b = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
-                                 " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl" + model_arg());
+  auto a = test::run_cnclip({"classify", pokemon_jpeg(), "--labels-file", dir / "labels.txt", "--format", "jsonl",
+                             "--model", test::tiny_bundle()});
+  auto b = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                             "jsonl", "--model", test::tiny_bundle()});
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
 }
@@ -369,9 +367,8 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   test::TempDir dir;
   test::write_text(dir / "text.jpg", "not an image\n");
   // (A folder is a usage error before anything is classified: FrontOptions.AFolderWhereAnImage...)
-  auto r = test::run_cnclip_line("classify " + test::shell_quote(dir / "missing.jpg") + " " +
-                                 test::shell_quote(dir / "text.jpg") + " " + test::shell_quote(pokemon_jpeg()) +
-                                 " --labels 猫,狗 --format jsonl" + model_arg());
+  auto r = test::run_cnclip({"classify", dir / "missing.jpg", dir / "text.jpg", pokemon_jpeg(), "--labels", "猫,狗",
+                             "--format", "jsonl", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   const auto err = test::lines(r.err);
   ASSERT_EQ(err.size(), 2u) << r.err;

@@ -81,7 +81,8 @@ class Indexed : public ::testing::Test {
     test::copy_file(test::fixtures("images/astronaut_palette.png"), photos + "/" + kEscape);
     test::copy_file(test::fixtures("images/camera_gray_1000x100.png"), photos + "/camera.png");
     test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos + "/rocket.png");
-    auto r = test::run_cnclip_line("index -q --format json " + q(photos) + model_arg() + " --index " + q(idx));
+    auto r =
+        test::run_cnclip({"index", "-q", "--format", "json", photos, "--model", test::tiny_bundle(), "--index", idx});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     ASSERT_EQ(json::parse(r.out)["added"], kFiles) << r.out;
   }
@@ -168,7 +169,7 @@ TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
   for (const auto& h : json::parse(r.out)) with_bytes += h.contains("path_bytes");
   EXPECT_EQ(with_bytes, 1);
   const std::string odd = photos + "/" + kLatin1;
-  r = test::run_cnclip_line("embed-image " + q(odd) + model_arg());
+  r = test::run_cnclip({"embed-image", odd, "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(get_string_field(json::parse(r.out), "path"), odd);
   r = test::run_cnclip_line("search-image " + q(odd) + " -k 1 --format jsonl" + with_index());
@@ -183,10 +184,11 @@ TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
   const std::string odd_folder = *dir / "folder-\xfe";
   fs::create_directories(odd_folder);
   test::copy_file(photos + "/pokemon.jpeg", odd_folder + "/p.jpeg");
-  r = test::run_cnclip_line("index -q --format json " + q(odd_folder) + model_arg() + " --index " + q(odd_index));
+  r = test::run_cnclip(
+      {"index", "-q", "--format", "json", odd_folder, "--model", test::tiny_bundle(), "--index", odd_index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(get_string_field(json::parse(r.out), "index"), odd_index);
-  r = test::run_cnclip_line("info --format json --index " + q(odd_index));
+  r = test::run_cnclip({"info", "--format", "json", "--index", odd_index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = json::parse(r.out);
   EXPECT_EQ(get_string_field(info, "index"), odd_index);
@@ -268,7 +270,7 @@ TEST_F(Indexed, ControlCharactersAreEscapedOnATerminalOnly) {
 TEST(CliMessages, StderrMessagesEscapeControlCharacters) {
   test::TempDir dir;
   const std::string evil = dir / "gone\x1b[31m\nfake line\x9b.jpg";
-  auto r = test::run_cnclip_line("embed-image " + q(evil) + model_arg());
+  auto r = test::run_cnclip({"embed-image", evil, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
@@ -279,7 +281,7 @@ TEST(CliMessages, IndexReportsOddNamesEscaped) {
   test::TempDir dir;
   fs::create_directories(dir / "photos");
   test::write_text(dir / "photos/broken\x1b[2J\n.jpg", "not an image");
-  auto r = test::run_cnclip_line("index " + q(dir / "photos") + model_arg() + " --index " + q(dir / "i"));
+  auto r = test::run_cnclip({"index", dir / "photos", "--model", test::tiny_bundle(), "--index", dir / "i"});
   EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("broken\\x1b[2J\\n.jpg"), std::string::npos) << r.err;
 }
@@ -405,12 +407,12 @@ TEST_F(Indexed, ALongQueryIsCutWithAWarning) {
   // A query that fits says nothing; tokenize and embed-text warn too.
   r = test::run_cnclip_line("search-text 夕阳大海 -k 1" + with_index());
   EXPECT_EQ(r.err, "");
-  r = test::run_cnclip_line("tokenize " + q(query) + model_arg());
+  r = test::run_cnclip({"tokenize", query, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;
-  r = test::run_cnclip_line("tokenize " + q(query) + " --context-length 10" + model_arg());
+  r = test::run_cnclip({"tokenize", query, "--context-length", "10", "--model", test::tiny_bundle()});
   EXPECT_NE(r.err.find("8 of 120"), std::string::npos) << r.err;
-  r = test::run_cnclip_line("embed-text " + q(query) + model_arg());
+  r = test::run_cnclip({"embed-text", query, "--model", test::tiny_bundle()});
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;
 }
 
@@ -507,10 +509,11 @@ TEST_F(Indexed, NulSeparatedListsOnStdinForIndexRemoveEmbedAndTokenize) {
   r = test::run_cnclip_line("index - -0 -q --format json" + model_arg() + other, list);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 3) << r.out;
-  r = test::run_cnclip_line("embed-image - --null" + model_arg(), list);
+  r = test::run_cnclip({"embed-image", "-", "--null", "--model", test::tiny_bundle()}, list);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 3u);
-  r = test::run_cnclip_line("tokenize - -0" + model_arg(), std::string("a\nb") + '\0' + "c" + '\0');
+  r = test::run_cnclip({"tokenize", "-", "-0", "--model", test::tiny_bundle()},
+                       std::string("a\nb") + '\0' + "c" + '\0');
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 2u);
   r = test::run_cnclip_line("remove - -0" + other, photos + "/" + kNewline + '\0');

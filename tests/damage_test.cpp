@@ -527,7 +527,7 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   fs::remove(copy + "/catalog.sqlite3-shm");
   auto ro = test::ScopedMount::read_only(copy);
   ASSERT_TRUE(ro.ok()) << ro.why();
-  auto r = test::run_cnclip_line("info --format json --index " + test::shell_quote(copy));
+  auto r = test::run_cnclip({"info", "--format", "json", "--index", copy});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("-wal"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;

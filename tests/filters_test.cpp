@@ -543,7 +543,7 @@ TEST_F(Migration, ReadOnlyOldIndexIsSearchedWithMtimesAndNotWritten) {
 }
 
 TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheModel) {
-  auto r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0);
@@ -570,20 +570,19 @@ TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheMode
   EXPECT_GT(by_name["pokemon.jpeg"].meta.width, 0);
   EXPECT_GT(by_name["chelsea_rgba.png"].meta.height, 0);
   // The next run has nothing left to fill.
-  r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("capture time"), std::string::npos) << r.err;
   // Searches of the upgraded index use the new fields.
-  r = test::run_cnclip_line(
-      "search-text 咖啡 --format jsonl --after 2021-03-04T05:06:07Z --before 2021-03-04T05:06:08Z" + model_arg() +
-      " --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"search-text", "咖啡", "--format", "jsonl", "--after", "2021-03-04T05:06:07Z", "--before",
+                        "2021-03-04T05:06:08Z", "--model", test::tiny_bundle(), "--index", index()});
   EXPECT_EQ(test::lines(r.out).size(), 3u) << r.err;
 }
 
 TEST_F(Migration, ChangedFilesAreEncodedAndUnchangedOnesFilled) {
   // One photo replaced by another with a capture date: encoded (with its date), the others filled.
   make_images(photos(), {"pokemon.jpeg|2024:05:10 12:00:00|+08:00|1|1"});
-  auto r = test::run_cnclip_line("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["updated"], 1);

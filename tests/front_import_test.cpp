@@ -210,15 +210,15 @@ TEST_F(FrontImport, PathBytesGiveTheExactPath) {
 }
 
 TEST_F(FrontImport, RemoveRefusesAnEmptyPathAndAMissingIndex) {
-  auto refused = test::run_cnclip_line("remove /remote/kept.jpg '' --index " + test::shell_quote(index()));
+  auto refused = test::run_cnclip({"remove", "/remote/kept.jpg", "", "--index", index()});
   EXPECT_EQ(refused.exit_code, 2);
   EXPECT_EQ(refused.err, "cnclip: error: remove: an empty path names nothing\n");
   EXPECT_EQ(indexed_paths(), std::vector<std::string>{"/remote/kept.jpg"});
-  auto r = test::run_cnclip_line("remove /remote/kept.jpg --index " + test::shell_quote(dir_ / "nowhere"));
+  auto r = test::run_cnclip({"remove", "/remote/kept.jpg", "--index", dir_ / "nowhere"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no index here yet"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "nowhere"));
-  r = test::run_cnclip_line("remove /remote/kept.jpg --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"remove", "/remote/kept.jpg", "--index", index()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(indexed_paths().empty());
 }

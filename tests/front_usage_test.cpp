@@ -48,11 +48,11 @@ TEST(FrontCommands, UnknownCommandsGetTheNearestOne) {
 }
 
 TEST(FrontCommands, HelpVersionAndNoArguments) {
-  auto r = test::run_cnclip_line("help");
+  auto r = test::run_cnclip({"help"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("search-text"), std::string::npos) << r.out;
   EXPECT_EQ(r.err, "");
-  r = test::run_cnclip_line("help search-text");
+  r = test::run_cnclip({"help", "search-text"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("Usage: cnclip search-text"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("--top-k"), std::string::npos) << r.out;
@@ -62,7 +62,7 @@ TEST(FrontCommands, HelpVersionAndNoArguments) {
     EXPECT_EQ(r.out.rfind("cnclip ", 0), 0u) << r.out;
   }
   // No arguments: a short usage and the command list on stderr (not machine output), exit 2.
-  r = test::run_cnclip_line("");
+  r = test::run_cnclip({});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(r.err.rfind("usage: cnclip COMMAND", 0), 0u) << r.err;

@@ -70,12 +70,11 @@ TEST_F(ImportPaths, MistakesChangeNothing) {
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("stdin: 2 paths for 3 embeddings"), std::string::npos) << r.err;
   // stdin once only; -0 only with --paths (JSONL is one object per line).
-  r = test::run_cnclip_line("import --model " + shell_quote(test::tiny_bundle()) + " --index " + shell_quote(index_) +
-                            " - --npy " + shell_quote(npy_) + " --paths -");
+  r = test::run_cnclip(
+      {"import", "--model", test::tiny_bundle(), "--index", index_, "-", "--npy", npy_, "--paths", "-"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("'-' (stdin) can be given once"), std::string::npos) << r.err;
-  r = test::run_cnclip_line("import -0 --model " + shell_quote(test::tiny_bundle()) + " --index " +
-                            shell_quote(index_) + " rows.jsonl");
+  r = test::run_cnclip({"import", "-0", "--model", test::tiny_bundle(), "--index", index_, "rows.jsonl"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("-0 goes with --paths"), std::string::npos) << r.err;
   EXPECT_FALSE(std::ifstream(index_ + "/catalog.sqlite3").good()) << "nothing was created";

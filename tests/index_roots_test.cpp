@@ -154,7 +154,7 @@ TEST_F(Roots, ReindexWithAnotherModelRefusesEntriesUnderNoRoot) {
   make_photo(a + "/a.jpg", 1);
   index_ok(q(a));
   make_photo(dir / "elsewhere/e.jpg", 2);
-  auto e = test::run_cnclip_line("embed-image " + q(dir / "elsewhere/e.jpg") + model_arg());
+  auto e = test::run_cnclip({"embed-image", dir / "elsewhere/e.jpg", "--model", test::tiny_bundle()});
   ASSERT_EQ(e.exit_code, 0) << e.err;
   test::write_text(dir / "e.jsonl", e.out);
   auto r = test::run_cnclip_line("import " + q(dir / "e.jsonl") + model_arg() + idx_arg());

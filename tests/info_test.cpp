@@ -31,8 +31,7 @@ class Info : public ::testing::Test {
     return test::run_cnclip_line_as("cd " + shell_quote(cwd) + " &&", args);
   }
   void index(const std::string& what) {
-    const auto r = test::run_cnclip_line("index -q --model " + shell_quote(test::tiny_bundle()) + " --index " +
-                                         shell_quote(index_) + " " + shell_quote(what));
+    const auto r = test::run_cnclip({"index", "-q", "--model", test::tiny_bundle(), "--index", index_, what});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
 
@@ -70,24 +69,24 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
 TEST_F(Info, SingleFileRootsAreLabelledFiles) {
   index(root_ + "/photos");
   // An index of folders only: no folders_kind, as before.
-  auto j = json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
+  auto j = json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos"}));
   EXPECT_FALSE(j.contains("folders_kind")) << j.dump();
 
   index(root_ + "/single.png");
-  const auto t = test::run_cnclip_line("info --index " + shell_quote(index_));
+  const auto t = test::run_cnclip({"info", "--index", index_});
   ASSERT_EQ(t.exit_code, 0) << t.err;
   const auto lines = test::lines(t.out);
   ASSERT_GE(lines.size(), 2u);
   EXPECT_EQ(lines[lines.size() - 2], "folder:   " + root_ + "/photos") << t.out;
   EXPECT_EQ(lines[lines.size() - 1], "file:     " + root_ + "/single.png") << t.out;
 
-  j = json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
+  j = json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos", root_ + "/single.png"}));
   EXPECT_EQ(j["folders_kind"], json::array({"folder", "file"}));
   // Right after folders (no folders_bytes here), before disk_bytes.
   const auto ordered =
-      nlohmann::ordered_json::parse(test::run_cnclip_line("info --format json --index " + shell_quote(index_)).out);
+      nlohmann::ordered_json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   std::vector<std::string> keys;
   for (auto it = ordered.begin(); it != ordered.end(); ++it) keys.push_back(it.key());
   const auto at = std::find(keys.begin(), keys.end(), "folders_kind");

@@ -225,8 +225,8 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   EXPECT_EQ(s["paired"], 1);    // its RAW
   EXPECT_EQ(s["excluded"], 1);  // the RAW's entry, indexed before, is removed
   EXPECT_NE(r.err.find("RAW+JPEG"), std::string::npos) << r.err;
-  auto search = test::run_cnclip_line("search-text 照片 -k 10 --format paths --model " + q(test::tiny_bundle()) +
-                                      " --index " + q(d / "idx"));
+  auto search = test::run_cnclip(
+      {"search-text", "照片", "-k", "10", "--format", "paths", "--model", test::tiny_bundle(), "--index", d / "idx"});
   ASSERT_EQ(search.exit_code, 0) << search.err;
   std::vector<std::string> paths = test::lines(search.out);
   std::sort(paths.begin(), paths.end());
@@ -244,7 +244,7 @@ TEST(MediaCli, UnsupportedAndBrokenFilesOneLine) {
   std::vector<uint8_t> heic_like{0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c',
                                  0, 0, 0, 0,  'm', 'i', 'f', '1', 'h', 'e', 'i', 'c'};
   write_bytes(d / "broken.heic", heic_like);
-  auto r = test::run_cnclip_line("preprocess " + q(d / "broken.heic") + " --npy " + q(d / "o.npy"));
+  auto r = test::run_cnclip({"preprocess", d / "broken.heic", "--npy", d / "o.npy"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find(d / "broken.heic"), std::string::npos) << r.err;

@@ -187,9 +187,7 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
   test::TempDir photos;
   write_png(photos / "white.png", 255);
   write_png(photos / "black.png", 0);
-  auto r =
-      test::run_cnclip_line("embed-image --model " + test::shell_quote(bundle("bright")) + " " +
-                            test::shell_quote(photos / "white.png") + " " + test::shell_quote(photos / "black.png"));
+  auto r = test::run_cnclip({"embed-image", "--model", bundle("bright"), photos / "white.png", photos / "black.png"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   auto out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
@@ -197,7 +195,7 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
   EXPECT_NE(r.err.find(photos / "white.png" + ": the model returned an unusable embedding"), std::string::npos)
       << r.err;
 
-  r = test::run_cnclip_line("embed-text --model " + test::shell_quote(bundle("bright")) + " 猫 一只可爱的小狗");
+  r = test::run_cnclip({"embed-text", "--model", bundle("bright"), "猫", "一只可爱的小狗"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
@@ -235,8 +233,7 @@ TEST_F(Broken, IndexStoresNoBadEmbeddingAndKeepsWhatItHad) {
   write_png(photos + "/dark2.png", 40);
   write_png(photos + "/changes.png", 20);
   auto run = [&](const std::string& model) {
-    auto r = test::run_cnclip_line("index --format json -q --model " + test::shell_quote(model) + " --index " +
-                                   test::shell_quote(index) + " " + test::shell_quote(photos));
+    auto r = test::run_cnclip({"index", "--format", "json", "-q", "--model", model, "--index", index, photos});
     return std::make_pair(nlohmann::json::parse(r.out.empty() ? "{}" : r.out), r);
   };
   auto [first, r1] = run(test::tiny_bundle());
@@ -276,13 +273,12 @@ TEST_F(Broken, IndexStoresNoBadEmbeddingAndKeepsWhatItHad) {
 // The realistic case: a weight damaged on disk, bundle.json as exported. The embedding check stops
 // it at once; `model-info --verify` names the file.
 TEST_F(Broken, DamagedWeightIsFoundByVerify) {
-  auto r = test::run_cnclip_line("model-info --verify --model " + test::shell_quote(bundle("stale")));
+  auto r = test::run_cnclip({"model-info", "--verify", "--model", bundle("stale")});
   EXPECT_EQ(r.exit_code, 1);
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find(bundle("stale") + "/image_encoder.pt: corrupt model bundle file (sha256"), std::string::npos)
       << r.err;
-  r = test::run_cnclip_line("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " --model " +
-                            test::shell_quote(bundle("stale")));
+  r = test::run_cnclip({"embed-image", test::fixtures("images/pokemon.jpeg"), "--model", bundle("stale")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("pokemon.jpeg: the model returned an unusable embedding"), std::string::npos) << r.err;
@@ -357,7 +353,7 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
     EXPECT_EQ(e.code(), ErrorCode::kTruncated);
     EXPECT_NE(std::string(e.what()).find(b + "/text_encoder.pt"), std::string::npos) << e.what();
   }
-  auto r = test::run_cnclip_line("embed-text 猫 --model " + test::shell_quote(b));
+  auto r = test::run_cnclip({"embed-text", "猫", "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/text_encoder.pt"), std::string::npos) << r.err;
 
@@ -366,9 +362,8 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
   fs::remove(b + "/image_encoder.pt");
   model_info(b, false, 0, &err);
   EXPECT_NE(err.find("warning: " + b + "/image_encoder.pt: model bundle file missing"), std::string::npos) << err;
-  EXPECT_EQ(test::run_cnclip_line("embed-text 猫 --model " + test::shell_quote(b)).exit_code, 0);
-  r = test::run_cnclip_line("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " --model " +
-                            test::shell_quote(b));
+  EXPECT_EQ(test::run_cnclip({"embed-text", "猫", "--model", b}).exit_code, 0);
+  r = test::run_cnclip({"embed-image", test::fixtures("images/pokemon.jpeg"), "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/image_encoder.pt"), std::string::npos) << r.err;
 
@@ -380,7 +375,7 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
   EXPECT_EQ(test::lines(err).size(), 2u) << err;
   EXPECT_NE(err.find(b + "/image_encoder.pt: corrupt model bundle file"), std::string::npos) << err;
   EXPECT_NE(err.find(b + "/vocab.txt: model bundle file missing"), std::string::npos) << err;
-  r = test::run_cnclip_line("embed-text 猫 --model " + test::shell_quote(b));
+  r = test::run_cnclip({"embed-text", "猫", "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/vocab.txt"), std::string::npos) << r.err;
 }

@@ -193,12 +193,12 @@ class Combined : public ::testing::Test {
   std::string index_dir() const { return dir_ / "index"; }
 
   std::vector<double> text_embedding(const std::string& text) {
-    auto r = test::run_cnclip_line("embed-text" + model_arg() + " -- " + test::shell_quote(text));
+    auto r = test::run_cnclip({"embed-text", "--model", test::tiny_bundle(), "--", text});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }
   std::vector<double> image_embedding(const std::string& path) {
-    auto r = test::run_cnclip_line("embed-image " + test::shell_quote(path) + model_arg());
+    auto r = test::run_cnclip({"embed-image", path, "--model", test::tiny_bundle()});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }

@@ -475,7 +475,7 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   auto res = http.Get("/api/v1/info");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
-  auto cli = test::run_cnclip_line("info --format json --index " + shell_quote(index_));
+  auto cli = test::run_cnclip({"info", "--format", "json", "--index", index_});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   const json api = json::parse(res->body), local = json::parse(cli.out);
   const json lib = json::parse(dump_json(index_info_json(read_index_info(index_))));

@@ -451,7 +451,7 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto flat = test::run_cnclip_line("search-text 小狗 --no-server -k 5 --format jsonl" + common);
   ASSERT_EQ(flat.exit_code, 0) << flat.err;
-  r = test::run_cnclip_line("index --vectors ivf --format json --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "ivf", "--format", "json", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["type"], "IVF32,SQ8");
@@ -464,11 +464,11 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   ASSERT_EQ(approximate.exit_code, 0) << approximate.err;
   EXPECT_EQ(approximate.out,
             nlohmann::json::parse(flat.out.substr(0, flat.out.find('\n')))["path"].get<std::string>() + "\n");
-  r = test::run_cnclip_line("index --vectors IVF,PQ5 --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "IVF,PQ5", "--index", idx});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("IVF,PQ5"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  r = test::run_cnclip_line("index --vectors flat --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "flat", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("rebuilt as flat"), std::string::npos) << r.err;
   auto back = test::run_cnclip_line("search-text 小狗 --no-server -k 5 --format jsonl" + common);

@@ -91,8 +91,7 @@ TEST_F(UnderFile, ClassifyAndDupsAndTheCatalog) {
   const auto r = test::run_cnclip_line("index -q" + common() + " " + shell_quote(photos_));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto dups = [&](const std::string& under) {
-    return test::run_cnclip_line("dups --format jsonl --under " + shell_quote(under) + " --index " +
-                                 shell_quote(root_ + "/idx"));
+    return test::run_cnclip({"dups", "--format", "jsonl", "--under", under, "--index", root_ + "/idx"});
   };
   const auto d = dups(photos_ + "/p.jpeg");
   EXPECT_EQ(d.exit_code, 0) << d.err;

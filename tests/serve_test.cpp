@@ -297,7 +297,7 @@ TEST_F(Serve, InfoIsWhatCnclipInfoPrints) {
   ASSERT_GT(server.port(), 0) << server.err();
   auto r = request(server.port(), "GET", "/api/v1/info");
   ASSERT_EQ(r.status, 200) << r.body;
-  auto cli = test::run_cnclip_line("info --format json --index " + test::shell_quote(index_));
+  auto cli = test::run_cnclip({"info", "--format", "json", "--index", index_});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   EXPECT_EQ(r.body_json(), json::parse(cli.out));
   EXPECT_EQ(r.body_json()["files"], 6);
@@ -553,7 +553,7 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   EXPECT_TRUE(found);
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 7);
   // And a removed file is gone.
-  r = test::run_cnclip_line("remove " + test::shell_quote(later) + " --index " + test::shell_quote(index_));
+  r = test::run_cnclip({"remove", later, "--index", index_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"].size(), 6u);
 }
@@ -634,8 +634,7 @@ TEST(ServeEmpty, BadOptionsAreUsageErrors) {
   ::mkdir((tmp / "p").c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), tmp / "p/a.jpeg");
   ASSERT_EQ(test::run_cnclip_line("index -q " + common + " " + test::shell_quote(tmp / "p")).exit_code, 0);
-  r = test::run_cnclip_line("serve --port 0 --model " + test::shell_quote(test::random_tiny_bundle()) + " --index " +
-                            test::shell_quote(tmp / "index"));
+  r = test::run_cnclip({"serve", "--port", "0", "--model", test::random_tiny_bundle(), "--index", tmp / "index"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   // A port in use: one line naming it, exit 1.

@@ -136,8 +136,8 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
   };
   for (const auto& [value, message] : cases) {
     SCOPED_TRACE(value);
-    auto r = test::run_cnclip_line("embed-image --shard " + q(value) + " " + q(dir / "p") + " --model " +
-                                   q(dir / "no-model") + " --out " + q(dir / "s"));
+    auto r =
+        test::run_cnclip({"embed-image", "--shard", value, dir / "p", "--model", dir / "no-model", "--out", dir / "s"});
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");
@@ -165,8 +165,8 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
   }
   // A listed file outside --root has no key relative to it.
   fs::create_directories(dir / "root");
-  auto r = test::run_cnclip_line("embed-image --shard 1/2 --root " + q(dir / "root") + " " + q(dir / "p/a.jpg") +
-                                 " --model " + q(dir / "no-model"));
+  auto r = test::run_cnclip(
+      {"embed-image", "--shard", "1/2", "--root", dir / "root", dir / "p/a.jpg", "--model", dir / "no-model"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "p/a.jpg" + ": not below --root " + dir / "root" +
                        " (every input must be, so that its key is the same everywhere)\n");
@@ -258,7 +258,7 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
   const std::string photos = dir / "photos";
   make_photos(photos, 36);
   test::write_text(photos + "/y2021/broken.jpg", "not an image");
-  auto ref = test::run_cnclip_line("index -q " + q(photos) + model_arg() + " --index " + q(dir / "ref"));
+  auto ref = test::run_cnclip({"index", "-q", photos, "--model", test::tiny_bundle(), "--index", dir / "ref"});
   ASSERT_EQ(ref.exit_code, 0) << ref.err;
   const auto want = index_rows(dir / "ref");
   ASSERT_EQ(want.size(), 36u);
@@ -320,10 +320,11 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
   make_photos(photos, 20, 100);
-  auto j = test::run_cnclip_line("embed-image --shard 2/3 " + q(photos) + model_arg());
+  auto j = test::run_cnclip({"embed-image", "--shard", "2/3", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(j.exit_code, 0) << j.err;
   test::write_text(dir / "s.jsonl", j.out);
-  auto n = test::run_cnclip_line("embed-image -q --shard 2/3 --out " + q(dir / "s") + " " + q(photos) + model_arg());
+  auto n = test::run_cnclip(
+      {"embed-image", "-q", "--shard", "2/3", "--out", dir / "s", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(n.exit_code, 0) << n.err;
   const auto rows = shard_rows(dir / "s");
   EXPECT_EQ(test::lines(j.out).size(), rows.size());
@@ -332,12 +333,12 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   // A folder is a collection only with --shard or --out (among images to print, it is a mistake);
   // --shard 1/1 gives every photo of it, in the walk's sorted order, and the three shards' lines
   // together are exactly those lines.
-  auto plain = test::run_cnclip_line("embed-image " + q(photos) + model_arg());
+  auto plain = test::run_cnclip({"embed-image", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(plain.exit_code, 2);
   EXPECT_EQ(plain.err, "cnclip: error: image: '" + photos +
                            "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip embed-image "
                            "--help')\n");
-  auto all = test::run_cnclip_line("embed-image -q --shard 1/1 " + q(photos) + model_arg());
+  auto all = test::run_cnclip({"embed-image", "-q", "--shard", "1/1", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(all.exit_code, 0) << all.err;
   const auto all_lines = test::lines(all.out);
   ASSERT_EQ(all_lines.size(), 20u);
@@ -353,9 +354,9 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   std::sort(sorted_all.begin(), sorted_all.end());
   std::sort(shard_lines.begin(), shard_lines.end());
   EXPECT_EQ(shard_lines, sorted_all);
-  ASSERT_EQ(test::run_cnclip_line("import " + q(dir / "s.jsonl") + model_arg() + " --index " + q(dir / "a")).exit_code,
-            0);
-  ASSERT_EQ(test::run_cnclip_line("import " + q(dir / "s.npy") + model_arg() + " --index " + q(dir / "b")).exit_code,
+  ASSERT_EQ(
+      test::run_cnclip({"import", dir / "s.jsonl", "--model", test::tiny_bundle(), "--index", dir / "a"}).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip({"import", dir / "s.npy", "--model", test::tiny_bundle(), "--index", dir / "b"}).exit_code,
             0);
   EXPECT_EQ(index_rows(dir / "a"), rows);
   EXPECT_EQ(index_rows(dir / "b"), rows);
@@ -438,7 +439,7 @@ class ShardResume : public ::testing::Test {
  protected:
   void SetUp() override {
     make_photos(photos_, 90, 300);
-    auto r = test::run_cnclip_line("embed-image -q --out " + q(dir_ / "clean") + " " + q(photos_) + model_arg());
+    auto r = test::run_cnclip({"embed-image", "-q", "--out", dir_ / "clean", photos_, "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     clean_ = shard_rows(dir_ / "clean");
     ASSERT_EQ(clean_.size(), 90u);
@@ -467,7 +468,7 @@ class ShardResume : public ::testing::Test {
     }();
     ASSERT_GT(saved_rows, 0u);
     ASSERT_LT(saved_rows, 90u);
-    auto r = test::run_cnclip_line("embed-image --out " + q(prefix_) + " " + q(photos_) + model_arg());
+    auto r = test::run_cnclip({"embed-image", "--out", prefix_, photos_, "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("cnclip: " + std::to_string(saved_rows) +
                          " embeddings saved by an interrupted run are used again; " + std::to_string(90 - saved_rows) +
@@ -494,7 +495,7 @@ TEST_F(ShardResume, KilledRunIsContinued) {
   ASSERT_TRUE(start_and_stop(SIGKILL, &status)) << "the run ended before it could be killed";
   EXPECT_TRUE(WIFSIGNALED(status));
   EXPECT_FALSE(fs::exists(prefix_ + ".npy"));
-  auto imp = test::run_cnclip_line("import " + q(prefix_ + ".npy") + model_arg() + " --index " + q(dir_ / "idx"));
+  auto imp = test::run_cnclip({"import", prefix_ + ".npy", "--model", test::tiny_bundle(), "--index", dir_ / "idx"});
   EXPECT_EQ(imp.exit_code, 1);
   EXPECT_FALSE(fs::exists(dir_ / "idx"));
   expect_rerun_completes();
@@ -542,11 +543,11 @@ TEST_F(ShardResume, TornChunksAndChangedFilesAreEncodedAgain) {
   make_photo(other, 9999);
   test::copy_file(other, changed_path);
   fs::last_write_time(changed_path, fs::last_write_time(changed_path) + std::chrono::seconds(5));
-  auto r = test::run_cnclip_line("embed-image -q --out " + q(prefix_) + " " + q(photos_) + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", prefix_, photos_, "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto got = shard_rows(prefix_);
   ASSERT_EQ(got.size(), 90u);
-  auto fresh = test::run_cnclip_line("embed-image " + q(changed_path) + model_arg());
+  auto fresh = test::run_cnclip({"embed-image", changed_path, "--model", test::tiny_bundle()});
   ASSERT_EQ(fresh.exit_code, 0);
   const std::vector<float> want = json::parse(fresh.out)["embedding"].get<std::vector<float>>();
   EXPECT_EQ(got[changed_path], want) << "the changed file kept its old embedding";
@@ -586,8 +587,9 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   const std::string photos = dir / "photos";
   make_photos(photos, 10, 500);
   const std::string prefix = dir / "s";
-  ASSERT_EQ(
-      test::run_cnclip_line("embed-image --shard 1/2 --out " + q(prefix) + " " + q(photos) + model_arg()).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip({"embed-image", "--shard", "1/2", "--out", prefix, photos, "--model", test::tiny_bundle()})
+                .exit_code,
+            0);
   const auto state = tree_state(dir.path());
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--shard 2/2" + model_arg(), "not shard 2/2 of tiny fp32"},
@@ -611,7 +613,7 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   // An .npy that embed-image did not write.
   std::vector<float> m(32, 0.5f);
   write_npy(dir / "mine.npy", m.data(), {1, 32});
-  auto r = test::run_cnclip_line("embed-image -q --out " + q(dir / "mine") + " " + q(photos) + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", dir / "mine", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "mine.npy" + ": exists and is not the output of embed-image --shard (no " +
                        dir / "mine.json" + " beside it); give another prefix\n");
@@ -619,7 +621,7 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   // Saved work of another run.
   fs::create_directories(dir / "other.partial");
   test::write_text(dir / "other.partial/settings.json", R"({"shard": "3/4"})");
-  r = test::run_cnclip_line("embed-image -q --out " + q(dir / "other") + " " + q(photos) + model_arg());
+  r = test::run_cnclip({"embed-image", "-q", "--out", dir / "other", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(dir / "other.partial: holds unfinished work of shard 3/4, not shard 1/1 of tiny fp32"),
             std::string::npos)
@@ -634,12 +636,12 @@ TEST(ShardOutputs, ASecondRunOfTheSameShardIsRefused) {
   const int fd = ::open((dir / "s.partial/lock").c_str(), O_RDWR | O_CREAT, 0644);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
-  auto r = test::run_cnclip_line("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()});
   ::close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "s.partial" +
                        ": another embed-image is writing this shard; wait for it to end\n");
-  r = test::run_cnclip_line("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
+  r = test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 3u);
 }
@@ -652,8 +654,8 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
   make_photos(photos, 4, 700);
   make_photo(photos + "/two\nlines.jpg", 7);
   make_photo(dir / "cr.jpg\r", 8);  // listed by name: a walk would not take the extension "jpg\r"
-  auto r = test::run_cnclip_line("embed-image --out " + q(dir / "s") + " " + q(photos) + " " + q(dir / "cr.jpg\r") +
-                                 model_arg());
+  auto r =
+      test::run_cnclip({"embed-image", "--out", dir / "s", photos, dir / "cr.jpg\r", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("the name holds a line break"), std::string::npos) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 4u);
@@ -674,9 +676,9 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
 TEST(ShardImport, ManifestAndPathsAreChecked) {
   test::TempDir dir;
   make_photos(dir / "photos", 5, 800);
-  ASSERT_EQ(
-      test::run_cnclip_line("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg()).exit_code,
-      0);
+  ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()})
+                .exit_code,
+            0);
   const std::string npy = q(dir / "s.npy");
   auto r =
       test::run_cnclip_line("import " + npy + " --model " + q(test::random_tiny_bundle()) + " --index " + q(dir / "a"));
@@ -699,7 +701,7 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   write_npy(dir / "t.npy", rows.data(), {4, 32});
   auto paths = test::lines(test::read_text(dir / "s.paths"));
   test::write_text(dir / "t.paths", paths[0] + "\n" + paths[1] + "\n" + paths[2] + "\n" + paths[3] + "\n");
-  r = test::run_cnclip_line("import " + q(dir / "t.npy") + model_arg() + " --index " + q(dir / "c"));
+  r = test::run_cnclip({"import", dir / "t.npy", "--model", test::tiny_bundle(), "--index", dir / "c"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.json" + ": records 5 embeddings, the .npy beside it holds 4\n");
   // Without its paths file; and a second file that is missing: nothing of the first is imported.
@@ -768,12 +770,12 @@ TEST(ShardImport, InterruptedImportIsFinishedByRunningItAgain) {
   EXPECT_EQ(err, "cnclip: error: import interrupted: " + std::to_string(kept) +
                      " embeddings written so far are kept; run the same command again to finish (what is there already "
                      "is skipped)\n");
-  auto r = test::run_cnclip_line("import " + q(dir / "big.npy") + model_arg() + " --index " + q(index));
+  auto r = test::run_cnclip({"import", dir / "big.npy", "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "cnclip: imported " + std::to_string(n - kept) + " new and 0 updated embeddings, " +
                        std::to_string(kept) + " unchanged (already there)\n");
   EXPECT_EQ(committed(), n);
-  auto info = test::run_cnclip_line("info --format json --index " + q(index));
+  auto info = test::run_cnclip({"info", "--format", "json", "--index", index});
   EXPECT_EQ(json::parse(info.out)["vectors"], n);
 }
 
@@ -799,9 +801,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
               0);
   }
   const std::string index = dir / "idx";
-  auto r = test::run_cnclip_line("import " + q(dir / "s1.npy") + " " + q(dir / "s2.npy") + " --map-prefix " +
-                                 q(dir / "elsewhere=/x") + " --map-prefix " + q(cluster + "/=" + here) + model_arg() +
-                                 " --index " + q(index));
+  auto r = test::run_cnclip({"import", dir / "s1.npy", dir / "s2.npy", "--map-prefix", dir / "elsewhere=/x",
+                             "--map-prefix", cluster + "/=" + here, "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("cnclip: warning: --map-prefix " + dir / "elsewhere=/x: no imported path is below " +
                        dir / "elsewhere"),
@@ -815,7 +816,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
     ASSERT_EQ(rows.count(local), 1u) << local;
     EXPECT_EQ(rows.at(local), e);
   }
-  auto idx = test::run_cnclip_line("index -q --format json " + q(here) + model_arg() + " --index " + q(index));
+  auto idx =
+      test::run_cnclip({"index", "-q", "--format", "json", here, "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(idx.exit_code, 0) << idx.err;
   EXPECT_EQ(json::parse(idx.out)["unchanged"], 12) << idx.out;
   EXPECT_EQ(json::parse(idx.out)["added"], 0) << idx.out;
@@ -825,8 +827,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
            {"=/b", "both sides of FROM=TO must be given"},
            {"/a=", "both sides of FROM=TO must be given"},
            {"a=/b", "FROM must be an absolute path, as the imported paths are"}}) {
-    auto bad = test::run_cnclip_line("import " + q(dir / "s1.npy") + " --map-prefix " + q(map) + model_arg() +
-                                     " --index " + q(dir / "other"));
+    auto bad = test::run_cnclip(
+        {"import", dir / "s1.npy", "--map-prefix", map, "--model", test::tiny_bundle(), "--index", dir / "other"});
     EXPECT_EQ(bad.exit_code, 2) << map;
     EXPECT_EQ(bad.err, "cnclip: error: --map-prefix " + map + ": " + why + "\n");
     EXPECT_FALSE(fs::exists(dir / "other"));

@@ -265,15 +265,15 @@ TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
   photos(root, 3, 1, "jpg");
   const std::string in_use = root + "/idx";
   // The index in use inside the root, with thumbnails as `serve` writes them.
-  auto r = test::run_cnclip_line("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use) +
-                                 " " + q(root));
+  auto r =
+      test::run_cnclip({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", in_use, root});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 3);
   fs::create_directories(in_use + "/thumbs");
   for (const auto& e : fs::directory_iterator(root)) {
     if (e.is_regular_file()) fs::copy_file(e.path(), in_use + "/thumbs/" + e.path().filename().string());
   }
-  r = test::run_cnclip_line("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use));
+  r = test::run_cnclip({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", in_use});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0) << r.err;

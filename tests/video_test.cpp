@@ -388,7 +388,7 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
   // Unchanged: nothing decoded again; removed: its frames go with it.
   r = index();
   EXPECT_EQ(json::parse(r.out)["unchanged"], 2) << r.out;
-  r = test::run_cnclip_line("remove " + q(media_ + "/scenes.mp4") + " --index " + q(index_));
+  r = test::run_cnclip({"remove", media_ + "/scenes.mp4", "--index", index_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto c = Catalog::open_read_only(index_ + "/catalog.sqlite3");
   EXPECT_EQ(c->vector_count(), 1);
@@ -510,7 +510,8 @@ TEST(VideoCrash, KillMidVideoThenResume) {
        " -c:v libx264 -pix_fmt yuv420p " + q(media + "/v" + std::to_string(i) + ".mp4"));
   }
   const std::string ref = tmp / "ref";
-  auto r = test::run_cnclip_line("index -q --frame-interval 0.1 " + q(media) + model_arg() + " --index " + q(ref));
+  auto r = test::run_cnclip(
+      {"index", "-q", "--frame-interval", "0.1", media, "--model", test::tiny_bundle(), "--index", ref});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::map<std::string, size_t> want;
   {
@@ -559,8 +560,8 @@ TEST(VideoCrash, KillMidVideoThenResume) {
       }
     }
     EXPECT_LT(kept, static_cast<size_t>(n)) << "the run ended before the signal";
-    r = test::run_cnclip_line("index -q --format json --frame-interval 0.1 " + q(media) + model_arg() + " --index " +
-                              q(idx));
+    r = test::run_cnclip({"index", "-q", "--format", "json", "--frame-interval", "0.1", media, "--model",
+                          test::tiny_bundle(), "--index", idx});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json::parse(r.out)["added"].get<size_t>(), n - kept) << r.out;
     auto c = Catalog::open_read_only(cat);
