@@ -25,7 +25,6 @@ namespace fs = std::filesystem;
 const std::vector<std::string> kPokemon = {"杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"};
 constexpr int kDim = 32;  // the tiny bundle's embedding size
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
 std::string pokemon_jpeg() { return test::fixtures("images/pokemon.jpeg"); }
 
 double bundle_logit_scale() {
@@ -137,8 +136,8 @@ TEST(Classify, TemplatesAreChineseClipsEighty) {
 TEST(Classify, TemplateWrapsEveryLabel) {
   // --template "一张{}的照片" gives the probabilities of the wrapped texts, computed here from
   // embed-text's embeddings of those texts and embed-image's embedding of the photo.
-  auto r = test::run_cnclip_line("classify " + test::shell_quote(pokemon_jpeg()) +
-                                 " --labels 杰尼龟,皮卡丘 --template 一张{}的照片 --format jsonl" + model_arg());
+  auto r = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,皮卡丘", "--template", "一张{}的照片",
+                             "--format", "jsonl", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = by_label(json::parse(r.out));
   auto texts = test::run_cnclip({"embed-text", "一张杰尼龟的照片", "一张皮卡丘的照片", "--model", test::tiny_bundle()});
@@ -211,10 +210,10 @@ class ClassifyIndexed : public ::testing::Test {
       jsonl += json{{"path", path}, {"embedding", e}}.dump() + "\n";
     }
     test::write_text(dir_ / "import.jsonl", jsonl);
-    r = test::run_cnclip_line("import " + test::shell_quote(dir_ / "import.jsonl") + index_arg() + model_arg());
+    r = test::run_cnclip({"import", dir_ / "import.jsonl", "--index", index(), "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  std::string index_arg() const { return " --index " + test::shell_quote(dir_ / "index"); }
+  std::string index() const { return dir_ / "index"; }
   std::string photo(const std::string& rel) const { return fs::canonical(dir_.path()).string() + "/photos/" + rel; }
   // P(猫) by the formula, from the imported embedding.
   double p_cat(const std::string& path) const {
@@ -234,8 +233,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
   const std::string text_only = dir_ / "text-only";
   fs::copy(test::tiny_bundle(), text_only);
   fs::remove(text_only + "/image_encoder.pt");
-  auto r = test::run_cnclip_line("classify --indexed --labels 猫,狗 --format jsonl" + index_arg() + " --model " +
-                                 test::shell_quote(text_only));
+  auto r = test::run_cnclip(
+      {"classify", "--indexed", "--labels", "猫,狗", "--format", "jsonl", "--index", index(), "--model", text_only});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u);
@@ -254,8 +253,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
 }
 
 TEST_F(ClassifyIndexed, UnderTopAndJson) {
-  auto r = test::run_cnclip_line("classify --indexed --under " + test::shell_quote(dir_ / "photos/b") +
-                                 " --top 1 --labels 猫,狗 --format json" + index_arg() + model_arg());
+  auto r = test::run_cnclip({"classify", "--indexed", "--under", dir_ / "photos/b", "--top", "1", "--labels", "猫,狗",
+                             "--format", "json", "--index", index(), "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   ASSERT_EQ(j.size(), 2u);
@@ -267,8 +266,8 @@ TEST_F(ClassifyIndexed, UnderTopAndJson) {
 }
 
 TEST_F(ClassifyIndexed, TableForPeople) {
-  auto r =
-      test::run_cnclip_line("classify --indexed --labels 猫,狗 --format table --top 1" + index_arg() + model_arg());
+  auto r = test::run_cnclip({"classify", "--indexed", "--labels", "猫,狗", "--format", "table", "--top", "1", "--index",
+                             index(), "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u * 3 - 1);  // a block of two lines per photo, blank lines between
@@ -301,9 +300,10 @@ TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
 }
 
 // One bad input: exit status, exactly one stderr line, and (for usage errors) nothing on stdout.
-void expect_refused(const std::string& args, int status, const std::string& message, const std::string& in = "") {
-  SCOPED_TRACE(args);
-  auto r = test::run_cnclip_line("classify " + args + model_arg(), in);
+void expect_refused(const std::vector<std::string>& args, int status, const std::string& message,
+                    const std::string& in = "") {
+  SCOPED_TRACE(args.size() > 1 ? args[0] + " " + args[1] : "");
+  auto r = test::run_cnclip(test::concat(test::concat({"classify"}, args), {"--model", test::tiny_bundle()}), in);
   EXPECT_EQ(r.exit_code, status);
   EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
   if (status == 2) {
@@ -313,42 +313,40 @@ void expect_refused(const std::string& args, int status, const std::string& mess
 
 TEST(Classify, BadLabelsGetOneLineEach) {
   test::TempDir dir;
-  const std::string img = test::shell_quote(pokemon_jpeg());
-  expect_refused(img + " --labels 猫,,狗", 2, "label 2 is empty");
-  expect_refused(img + " --labels 猫,狗,", 2, "label 3 is empty");
-  expect_refused(img + " --labels '猫, ,狗'", 2, "label 2 is empty");
-  expect_refused(img + " --labels '猫,狗,猫'", 2, "label 3 '猫' is the same as label 1 '猫': give each label once");
-  expect_refused(img + " --labels 'Cat,cat'", 2,
+  const std::string img = pokemon_jpeg();
+  expect_refused({img, "--labels", "猫,,狗"}, 2, "label 2 is empty");
+  expect_refused({img, "--labels", "猫,狗,"}, 2, "label 3 is empty");
+  expect_refused({img, "--labels", "猫, ,狗"}, 2, "label 2 is empty");
+  expect_refused({img, "--labels", "猫,狗,猫"}, 2, "label 3 '猫' is the same as label 1 '猫': give each label once");
+  expect_refused({img, "--labels", "Cat,cat"}, 2,
                  "label 2 'cat' is the same as label 1 'Cat' to the model (the same tokens): give each label once");
   std::string han;
   for (int i = 0; i < 51; ++i) han += "猫";
-  expect_refused(img + " --labels 狗," + han, 2,
+  expect_refused({img, "--labels", "狗," + han}, 2,
                  "label 2 '猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫…' is too long: 51 tokens, the model reads 50");
   // With a template, the prompt must fit.
   std::string han48;
   for (int i = 0; i < 48; ++i) han48 += "猫";
-  expect_refused(img + " --labels 狗," + han48 + " --template 一张{}的照片", 2,
+  expect_refused({img, "--labels", "狗," + han48, "--template", "一张{}的照片"}, 2,
                  "label 2 '猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫…' is too long: its prompt '一张" + han48 +
                      "的照片' has 53 tokens, the model reads 50");
-  expect_refused(img + " --labels 猫 --template 照片", 2,
+  expect_refused({img, "--labels", "猫", "--template", "照片"}, 2,
                  "the template '照片' must hold '{}' exactly once, where the label goes");
-  expect_refused(img + " --labels 猫 --template '{}和{}'", 2,
+  expect_refused({img, "--labels", "猫", "--template", "{}和{}"}, 2,
                  "the template '{}和{}' must hold '{}' exactly once, where the label goes");
-  expect_refused(img + " --labels 猫 --template 一张{}的照片 --templates zh", 2,
+  expect_refused({img, "--labels", "猫", "--template", "一张{}的照片", "--templates", "zh"}, 2,
                  "give --template or --templates, not both");
-  expect_refused(img, 2, "give the labels: --labels a,b,c or --labels-file FILE");
+  expect_refused({img}, 2, "give the labels: --labels a,b,c or --labels-file FILE");
   test::write_text(dir / "labels.txt", "猫\n狗\n");
-  expect_refused(img + " --labels 猫 --labels-file " + test::shell_quote(dir / "labels.txt"), 2,
+  expect_refused({img, "--labels", "猫", "--labels-file", dir / "labels.txt"}, 2,
                  "give --labels or --labels-file, not both");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "none.txt"), 1,
+  expect_refused({img, "--labels-file", dir / "none.txt"}, 1,
                  dir / "none.txt" + ": cannot read: No such file or directory");
   test::write_text(dir / "empty.txt", "\n\n");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "empty.txt"), 2,
-                 dir / "empty.txt" + ": no labels in the file");
+  expect_refused({img, "--labels-file", dir / "empty.txt"}, 2, dir / "empty.txt" + ": no labels in the file");
   test::write_text(dir / "blank.txt", "猫\n   \n狗\n");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "blank.txt"), 2,
-                 "label 2 '   ' is blank: it has no words");
-  expect_refused(img + " --labels 猫,狗 --format paths", 2,
+  expect_refused({img, "--labels-file", dir / "blank.txt"}, 2, "label 2 '   ' is blank: it has no words");
+  expect_refused({img, "--labels", "猫,狗", "--format", "paths"}, 2,
                  "--format: expects table, json, jsonl or auto, not 'paths' (see 'cnclip classify --help')");
 }
 
@@ -379,22 +377,24 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(json::parse(out[0])["path"], pokemon_jpeg());
   // Empty stdin.
-  expect_refused("- --labels 猫,狗", 1, "standard input: no image bytes (empty)");
+  expect_refused({"-", "--labels", "猫,狗"}, 1, "standard input: no image bytes (empty)");
 }
 
 TEST(Classify, UsageMistakes) {
-  const std::string img = test::shell_quote(pokemon_jpeg());
-  expect_refused("--labels 猫,狗", 2, "give images to classify, '-' for one on stdin, or --indexed");
-  expect_refused(img + " --indexed --labels 猫,狗", 2, "--indexed labels the indexed photos: give no IMAGE with it");
-  expect_refused(img + " --under /tmp --labels 猫,狗", 2, "--under goes with --indexed (it picks indexed photos)");
-  expect_refused("- - --labels 猫,狗", 2, "'-' (an image on stdin) can be given only once");
-  expect_refused("- --labels-file - ", 2, "'-' (an image on stdin) and '--labels-file -' both want stdin");
-  expect_refused(img + " --labels 猫 --templates en", 2,
+  const std::string img = pokemon_jpeg();
+  expect_refused({"--labels", "猫,狗"}, 2, "give images to classify, '-' for one on stdin, or --indexed");
+  expect_refused({img, "--indexed", "--labels", "猫,狗"}, 2,
+                 "--indexed labels the indexed photos: give no IMAGE with it");
+  expect_refused({img, "--under", "/tmp", "--labels", "猫,狗"}, 2,
+                 "--under goes with --indexed (it picks indexed photos)");
+  expect_refused({"-", "-", "--labels", "猫,狗"}, 2, "'-' (an image on stdin) can be given only once");
+  expect_refused({"-", "--labels-file", "-"}, 2, "'-' (an image on stdin) and '--labels-file -' both want stdin");
+  expect_refused({img, "--labels", "猫", "--templates", "en"}, 2,
                  "--templates: expects zh, not 'en' (see 'cnclip classify --help')");
-  expect_refused(img + " --labels 猫 --top 0", 2,
+  expect_refused({img, "--labels", "猫", "--top", "0"}, 2,
                  "--top: expects a whole number from 1 to 2147483647, not '0' (see 'cnclip classify --help')");
   test::TempDir dir;
-  expect_refused("--indexed --labels 猫,狗 --index " + test::shell_quote(dir / "none"), 1,
+  expect_refused({"--indexed", "--labels", "猫,狗", "--index", dir / "none"}, 1,
                  dir / "none" + ": no index here yet (run 'cnclip index PATH' first, or give --index DIR)");
 }
 

@@ -242,8 +242,6 @@ assert np.abs(np.array([f["feature"] for f in feats]) - T).max() < 1e-6
 print("numpy check ok", t2i, i2t)
 )PY";
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
   LabelledSet set;
   const std::string out = set.dir / "out";
@@ -254,11 +252,12 @@ TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
 
   // The independent side: embeddings from embed-image and embed-text, texts prepared as Chinese-CLIP's
   // eval dataset prepares them (curly double quotes to straight ones).
-  std::string files, text_lines;
+  std::vector<std::string> embed{"embed-image"};
+  std::string text_lines;
   for (int i = 0; i < kImages; ++i) {
-    files += " " + test::shell_quote(set.folder + "/" + std::to_string(image_id(i)) + (i % 3 == 0 ? ".png" : ".jpg"));
+    embed.push_back(set.folder + "/" + std::to_string(image_id(i)) + (i % 3 == 0 ? ".png" : ".jpg"));
   }
-  auto images = test::run_cnclip_line("embed-image" + files + model_arg());
+  auto images = test::run_cnclip(test::concat(embed, {"--model", test::tiny_bundle()}));
   ASSERT_EQ(images.exit_code, 0) << images.err;
   test::write_text(set.dir / "img.jsonl", images.out);
   for (const auto& line : test::lines(test::read_text(set.texts))) {

@@ -15,7 +15,6 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-using test::shell_quote;
 
 class Info : public ::testing::Test {
  protected:
@@ -27,8 +26,10 @@ class Info : public ::testing::Test {
     test::copy_file(test::fixtures("images/chelsea_rgba.png"), root_ + "/single.png");
     index_ = root_ + "/idx";
   }
-  test::RunResult cnclip_in(const std::string& cwd, const std::string& args) {
-    return test::run_cnclip_line_as("cd " + shell_quote(cwd) + " &&", args);
+  test::RunResult cnclip_in(const std::string& cwd, const std::vector<std::string>& args) {
+    test::RunOptions in;
+    in.cwd = cwd;
+    return test::run_cnclip(args, in);
   }
   void index(const std::string& what) {
     const auto r = test::run_cnclip({"index", "-q", "--model", test::tiny_bundle(), "--index", index_, what});
@@ -45,15 +46,17 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
   fs::create_directories(root_ + "/sub");
   // Relative, with '..', through a symbolic link, and from $CNCLIP_INDEX: always the real folder.
   for (const std::string& given : {std::string("idx"), std::string("./sub/../idx/"), std::string("link-to-idx")}) {
-    const auto j = cnclip_in(root_, "info --format json --index " + shell_quote(given));
+    const auto j = cnclip_in(root_, {"info", "--format", "json", "--index", given});
     ASSERT_EQ(j.exit_code, 0) << given << ": " << j.err;
     EXPECT_EQ(json::parse(j.out)["index"], index_) << given;
-    const auto t = cnclip_in(root_, "info --index " + shell_quote(given));
+    const auto t = cnclip_in(root_, {"info", "--index", given});
     ASSERT_EQ(t.exit_code, 0) << t.err;
     EXPECT_EQ(test::lines(t.out).at(0), "index:    " + index_) << given;
   }
-  const auto e =
-      test::run_cnclip_line_as("cd " + shell_quote(root_ + "/sub") + " && CNCLIP_INDEX=../idx", "info --format json");
+  test::RunOptions in_sub;
+  in_sub.cwd = root_ + "/sub";
+  in_sub.env = {"CNCLIP_INDEX=../idx"};
+  const auto e = test::run_cnclip({"info", "--format", "json"}, in_sub);
   ASSERT_EQ(e.exit_code, 0) << e.err;
   EXPECT_EQ(json::parse(e.out)["index"], index_);
 

@@ -209,8 +209,8 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   const std::string py = std::string(CNCLIP_PYTHON) + " " + q(std::string(CNCLIP_SOURCE_DIR) + "/tests/media_files.py");
   sh(py + " dng " + q(photos + "/IMG_7.DNG"));
   sh(py + " dng " + q(photos + "/IMG_8.dng"));
-  const std::string common = " --model " + q(test::tiny_bundle()) + " --index " + q(d / "idx") + " --format json";
-  auto r = test::run_cnclip_line("index -q" + common + " " + q(photos));
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", d / "idx", "--format", "json"};
+  auto r = test::run_cnclip(test::concat({"index", "-q", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 2);
@@ -218,7 +218,7 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   make_png(photos + "/tmp.png", 100, 80, 3);
   cv::imwrite(photos + "/IMG_7.jpg", cv::imread(photos + "/tmp.png"));
   fs::remove(photos + "/tmp.png");
-  r = test::run_cnclip_line("index" + common + " " + q(photos));
+  r = test::run_cnclip(test::concat({"index", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_EQ(s["added"], 1);     // the JPEG
@@ -232,7 +232,7 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   std::sort(paths.begin(), paths.end());
   EXPECT_EQ(paths, (std::vector<std::string>{photos + "/IMG_7.jpg", photos + "/IMG_8.dng"}));
   // Unchanged next time: nothing added or removed, still paired.
-  r = test::run_cnclip_line("index -q" + common);
+  r = test::run_cnclip(test::concat({"index", "-q"}, common));
   s = json::parse(r.out);
   EXPECT_EQ(s["unchanged"], 2);
   EXPECT_EQ(s["paired"], 1);

@@ -204,10 +204,11 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
       << r.err;
 
   // Every input bad (a NaN written into a weight): nothing on stdout, no null anywhere.
-  for (const std::string& cmd :
-       std::vector<std::string>{"embed-text 猫 狗", "embed-image " + test::shell_quote(photos / "black.png"),
-                                "search-text 猫 --index " + test::shell_quote(photos / "index")}) {
-    r = test::run_cnclip_line(cmd + " --model " + test::shell_quote(bundle("nan-weight")));
+  for (const auto& args : std::vector<std::vector<std::string>>{{"embed-text", "猫", "狗"},
+                                                                {"embed-image", photos / "black.png"},
+                                                                {"search-text", "猫", "--index", photos / "index"}}) {
+    const std::string& cmd = args[0];
+    r = test::run_cnclip(test::concat(args, {"--model", bundle("nan-weight")}));
     EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.err;
     EXPECT_EQ(r.out, "") << cmd;
     EXPECT_NE(r.err.find("values are NaN"), std::string::npos) << cmd << ": " << r.err;
@@ -302,7 +303,8 @@ void flip_byte(const std::string& path, std::streamoff at) {
 }
 
 std::string model_info(const std::string& dir, bool verify, int expected_exit, std::string* err) {
-  auto r = test::run_cnclip_line("model-info --model " + test::shell_quote(dir) + (verify ? " --verify" : ""));
+  auto r = test::run_cnclip(verify ? std::vector<std::string>{"model-info", "--model", dir, "--verify"}
+                                   : std::vector<std::string>{"model-info", "--model", dir});
   EXPECT_EQ(r.exit_code, expected_exit) << r.err;
   if (expected_exit == 0 || verify) {
     EXPECT_NO_THROW(nlohmann::json::parse(r.out)) << r.out;  // the manifest, still

@@ -444,12 +444,11 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   std::string paths;
   for (int i = 0; i < kN; ++i) paths += path_of(i + 1) + "\n";
   test::write_text(dir / "p.txt", paths);
-  const std::string common =
-      " --index " + test::shell_quote(idx) + " --model " + test::shell_quote(test::tiny_bundle());
-  auto r = test::run_cnclip_line("import --npy " + test::shell_quote(dir / "v.npy") + " --paths " +
-                                 test::shell_quote(dir / "p.txt") + common);
+  const std::vector<std::string> common{"--index", idx, "--model", test::tiny_bundle()};
+  auto r = test::run_cnclip(test::concat({"import", "--npy", dir / "v.npy", "--paths", dir / "p.txt"}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto flat = test::run_cnclip_line("search-text 小狗 --no-server -k 5 --format jsonl" + common);
+  auto flat =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl"}, common));
   ASSERT_EQ(flat.exit_code, 0) << flat.err;
   r = test::run_cnclip({"index", "--vectors", "ivf", "--format", "json", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -457,10 +456,12 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   EXPECT_EQ(j["type"], "IVF32,SQ8");
   EXPECT_EQ(j["count"], kN);
   EXPECT_NE(j["tuning"].get<std::string>().find("nprobe"), std::string::npos);
-  auto exact = test::run_cnclip_line("search-text 小狗 --no-server -k 5 --format jsonl --exact" + common);
+  auto exact = test::run_cnclip(
+      test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl", "--exact"}, common));
   ASSERT_EQ(exact.exit_code, 0) << exact.err;
   EXPECT_EQ(exact.out, flat.out);
-  auto approximate = test::run_cnclip_line("search-text 小狗 --no-server -k 1 --format paths" + common);
+  auto approximate =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "1", "--format", "paths"}, common));
   ASSERT_EQ(approximate.exit_code, 0) << approximate.err;
   EXPECT_EQ(approximate.out,
             nlohmann::json::parse(flat.out.substr(0, flat.out.find('\n')))["path"].get<std::string>() + "\n");
@@ -471,7 +472,8 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   r = test::run_cnclip({"index", "--vectors", "flat", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("rebuilt as flat"), std::string::npos) << r.err;
-  auto back = test::run_cnclip_line("search-text 小狗 --no-server -k 5 --format jsonl" + common);
+  auto back =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl"}, common));
   EXPECT_EQ(back.out, flat.out);
 }
 

@@ -31,9 +31,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string q(const std::string& s) { return test::shell_quote(s); }
-std::string model_arg() { return " --model " + q(test::tiny_bundle()); }
-
 void make_photo(const std::string& path, unsigned seed) {
   static const char* sources[] = {"pokemon.jpeg", "chelsea_rgba.png", "astronaut_palette.png"};
   cv::Mat img = cv::imread(test::fixtures(std::string("images/") + sources[seed % 3]), cv::IMREAD_COLOR);
@@ -144,20 +141,21 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
     EXPECT_FALSE(fs::exists(dir / "s.partial"));
   }
   // The other options of a shard run, the same way.
-  const std::vector<std::pair<std::string, std::string>> others = {
-      {"--shard 1/2 --save-every 5", "--save-every goes with --out (only written shards are resumed)"},
-      {"--shard 1/2 --out " + q(dir / "nowhere/s"),
+  const std::vector<std::pair<std::vector<std::string>, std::string>> others = {
+      {{"--shard", "1/2", "--save-every", "5"}, "--save-every goes with --out (only written shards are resumed)"},
+      {{"--shard", "1/2", "--out", dir / "nowhere/s"},
        "--out " + dir / "nowhere/s" + ": no folder " + dir / "nowhere (No such file or directory)"},
-      {"--shard 1/2 --out " + q(dir / "p/"),
+      {{"--shard", "1/2", "--out", dir / "p/"},
        "--out " + dir / "p/: give a prefix for the file names (e.g. " + dir / "p/" + "shard-1), not a folder"},
-      {"--shard 1/2 --root " + q(dir / "p/a.jpg"), "--root: " + dir / "p/a.jpg is not a folder"},
-      {"--shard 1/2 --root " + q(dir / "elsewhere"),
+      {{"--shard", "1/2", "--root", dir / "p/a.jpg"}, "--root: " + dir / "p/a.jpg is not a folder"},
+      {{"--shard", "1/2", "--root", dir / "elsewhere"},
        "--root: no folder " + dir / "elsewhere (No such file or directory)"},
-      {"--shard 1/2 --save-every -1 --out " + q(dir / "s"), ""},
+      {{"--shard", "1/2", "--save-every", "-1", "--out", dir / "s"}, ""},
   };
   for (const auto& [args, message] : others) {
-    SCOPED_TRACE(args);
-    auto r = test::run_cnclip_line("embed-image " + args + " " + q(dir / "p") + " --model " + q(dir / "no-model"));
+    SCOPED_TRACE(args[2]);
+    auto r =
+        test::run_cnclip(test::concat(test::concat({"embed-image"}, args), {dir / "p", "--model", dir / "no-model"}));
     EXPECT_EQ(r.exit_code, 2) << r.err;
     if (!message.empty()) {
       EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
@@ -265,13 +263,13 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
 
   for (int n : {1, 3, 4}) {
     SCOPED_TRACE(n);
-    std::string prefixes;
+    std::vector<std::string> npys;
     int failed_listed = 0;
     for (int k = 1; k <= n; ++k) {
       const std::string prefix = dir / ("n" + std::to_string(n) + "-" + std::to_string(k));
-      auto r = test::run_cnclip_line("embed-image -q --shard " + std::to_string(k) + "/" + std::to_string(n) +
-                                     " --batch-size " + std::to_string(1 + k % 3) + " --out " + q(prefix) + " " +
-                                     q(photos) + model_arg());
+      auto r =
+          test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/" + std::to_string(n), "--batch-size",
+                            std::to_string(1 + k % 3), "--out", prefix, photos, "--model", test::tiny_bundle()});
       ASSERT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(r.out, "");  // nothing on stdout: the outputs are the files
       const json manifest = json::parse(test::read_text(prefix + ".json"));
@@ -284,11 +282,12 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
         ++failed_listed;
       }
       EXPECT_FALSE(fs::exists(prefix + ".partial")) << "the saved work is removed once the outputs are written";
-      prefixes += " " + q(prefix + ".npy");
+      npys.push_back(prefix + ".npy");
     }
     EXPECT_EQ(failed_listed, 1);
     const std::string index = dir / ("merged" + std::to_string(n));
-    auto imp = test::run_cnclip_line("import" + prefixes + model_arg() + " --index " + q(index));
+    auto imp = test::run_cnclip(
+        test::concat(test::concat({"import"}, npys), {"--model", test::tiny_bundle(), "--index", index}));
     ASSERT_EQ(imp.exit_code, 0) << imp.err;
     EXPECT_NE(imp.err.find("imported 36 new and 0 updated embeddings"), std::string::npos) << imp.err;
     const auto got = index_rows(index);
@@ -299,9 +298,10 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
       EXPECT_EQ(it->second, embedding) << "not bit-exact: " << path;
     }
     // And searches agree: the same files in the same order with the same scores.
-    const std::string query = " search-image " + q(photos + "/y2020/m0/p0.jpg") + " -k 10 --format jsonl" + model_arg();
-    auto a = test::run_cnclip_line(query + " --index " + q(dir / "ref"));
-    auto b = test::run_cnclip_line(query + " --index " + q(index));
+    const std::vector<std::string> query{"search-image", photos + "/y2020/m0/p0.jpg", "-k", "10", "--format", "jsonl",
+                                         "--model",      test::tiny_bundle()};
+    auto a = test::run_cnclip(test::concat(query, {"--index", dir / "ref"}));
+    auto b = test::run_cnclip(test::concat(query, {"--index", index}));
     ASSERT_EQ(a.exit_code, 0) << a.err;
     ASSERT_EQ(b.exit_code, 0) << b.err;
     // (Imported entries have no width and height: import does not open the photos.)
@@ -346,7 +346,8 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   for (const auto& l : all_lines) sorted_paths.push_back(json::parse(l)["path"]);
   EXPECT_TRUE(std::is_sorted(sorted_paths.begin(), sorted_paths.end()));
   for (int k = 1; k <= 3; ++k) {
-    auto part = test::run_cnclip_line("embed-image -q --shard " + std::to_string(k) + "/3 " + q(photos) + model_arg());
+    auto part = test::run_cnclip(
+        {"embed-image", "-q", "--shard", std::to_string(k) + "/3", photos, "--model", test::tiny_bundle()});
     ASSERT_EQ(part.exit_code, 0) << part.err;
     for (const auto& l : test::lines(part.out)) shard_lines.push_back(l);
   }
@@ -371,15 +372,15 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   std::vector<std::string> npys;
   for (int k = 1; k <= 3; ++k) {
     const std::string prefix = dir / ("s" + std::to_string(k));
-    ASSERT_EQ(test::run_cnclip_line("embed-image -q --shard " + std::to_string(k) + "/3 --out " + q(prefix) + " " +
-                                    q(photos) + model_arg())
+    ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/3", "--out", prefix, photos,
+                                "--model", test::tiny_bundle()})
                   .exit_code,
               0);
-    npys.push_back(q(prefix + ".npy"));
+    npys.push_back(prefix + ".npy");
   }
   const std::string index = dir / "idx";
-  const std::string all = " " + npys[0] + " " + npys[1] + " " + npys[2];
-  auto first = test::run_cnclip_line("import" + all + model_arg() + " --index " + q(index));
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", index};
+  auto first = test::run_cnclip(test::concat(test::concat({"import"}, npys), common));
   ASSERT_EQ(first.exit_code, 0) << first.err;
   auto snapshot_of = [&] {
     auto c = Catalog::open_read_only(index + "/catalog.sqlite3");
@@ -391,9 +392,9 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   const auto before = snapshot_of();
   const auto files_before = tree_state(index);
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // a rewrite would show in indexed_at
-  for (const std::string& again : {all, " " + npys[1], " " + npys[2] + " " + npys[0] + " " + npys[1]}) {
-    SCOPED_TRACE(again);
-    auto r = test::run_cnclip_line("import" + again + model_arg() + " --index " + q(index));
+  for (const auto& again : std::vector<std::vector<std::string>>{npys, {npys[1]}, {npys[2], npys[0], npys[1]}}) {
+    SCOPED_TRACE(again.size());
+    auto r = test::run_cnclip(test::concat(test::concat({"import"}, again), common));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("imported 0 new and 0 updated embeddings"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find(" unchanged (already there)"), std::string::npos) << r.err;
@@ -564,16 +565,17 @@ TEST(ShardOutputs, CompleteOutputsAreKeptUntilTheFilesChange) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
   make_photos(photos, 12, 400);
-  const std::string run = "embed-image --shard 1/1 --out " + q(dir / "s") + " " + q(photos) + model_arg();
-  ASSERT_EQ(test::run_cnclip_line(run).exit_code, 0);
+  const std::vector<std::string> run{"embed-image", "--shard", "1/1",     "--out",
+                                     dir / "s",     photos,    "--model", test::tiny_bundle()};
+  ASSERT_EQ(test::run_cnclip(run).exit_code, 0);
   const auto state = tree_state(dir.path());
-  auto again = test::run_cnclip_line(run);
+  auto again = test::run_cnclip(run);
   ASSERT_EQ(again.exit_code, 0) << again.err;
   EXPECT_NE(again.err.find(dir / "s.npy: already complete (12 embeddings, 0 failed); nothing to do"), std::string::npos)
       << again.err;
   EXPECT_EQ(tree_state(dir.path()), state);
   make_photo(photos + "/new.jpg", 4242);
-  auto more = test::run_cnclip_line(run);
+  auto more = test::run_cnclip(run);
   ASSERT_EQ(more.exit_code, 0) << more.err;
   const auto rows = shard_rows(dir / "s");
   EXPECT_EQ(rows.size(), 13u);
@@ -591,15 +593,16 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
                 .exit_code,
             0);
   const auto state = tree_state(dir.path());
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {"--shard 2/2" + model_arg(), "not shard 2/2 of tiny fp32"},
-      {"--shard 1/3" + model_arg(), "not shard 1/3 of tiny fp32"},
-      {"--shard 1/2 --model " + q(test::random_tiny_bundle()), ", not shard 1/2 of tiny fp32"},
-      {"--shard 1/2 --ignore-exif" + model_arg(), ", --ignore-exif"},
+  const std::string tiny = test::tiny_bundle();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--shard", "2/2", "--model", tiny}, "not shard 2/2 of tiny fp32"},
+      {{"--shard", "1/3", "--model", tiny}, "not shard 1/3 of tiny fp32"},
+      {{"--shard", "1/2", "--model", test::random_tiny_bundle()}, ", not shard 1/2 of tiny fp32"},
+      {{"--shard", "1/2", "--ignore-exif", "--model", tiny}, ", --ignore-exif"},
   };
   for (const auto& [args, what] : cases) {
-    SCOPED_TRACE(args);
-    auto r = test::run_cnclip_line("embed-image " + args + " --out " + q(prefix) + " " + q(photos));
+    SCOPED_TRACE(what);
+    auto r = test::run_cnclip(test::concat(test::concat({"embed-image"}, args), {"--out", prefix, photos}));
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_EQ(test::lines(r.err).size(), 2u) << r.err;  // "shard K/N: n of m files", then the error
     EXPECT_NE(r.err.find("cnclip: error: " + prefix + ": the outputs there are shard 1/2 of tiny fp32"),
@@ -679,9 +682,8 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()})
                 .exit_code,
             0);
-  const std::string npy = q(dir / "s.npy");
-  auto r =
-      test::run_cnclip_line("import " + npy + " --model " + q(test::random_tiny_bundle()) + " --index " + q(dir / "a"));
+  const std::string npy = dir / "s.npy";
+  auto r = test::run_cnclip({"import", npy, "--model", test::random_tiny_bundle(), "--index", dir / "a"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("cnclip: error: " + dir / "s.json" + ": the embeddings come from tiny fp32 (fingerprint "),
             std::string::npos)
@@ -689,11 +691,10 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   EXPECT_NE(r.err.find("import them with that model (--model), or embed again with this one"), std::string::npos)
       << r.err;
   EXPECT_FALSE(fs::exists(dir / "a"));
-  r = test::run_cnclip_line("import " + npy + " --model " + q(test::tiny_int8_bundle()) + " --index " + q(dir / "b"));
+  r = test::run_cnclip({"import", npy, "--model", test::tiny_int8_bundle(), "--index", dir / "b"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("pass --mixed-precision to import them anyway"), std::string::npos) << r.err;
-  r = test::run_cnclip_line("import " + npy + " --mixed-precision --model " + q(test::tiny_int8_bundle()) +
-                            " --index " + q(dir / "b"));
+  r = test::run_cnclip({"import", npy, "--mixed-precision", "--model", test::tiny_int8_bundle(), "--index", dir / "b"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   // The manifest records 5 rows; a matrix of 4 does not go with it.
   test::copy_file(dir / "s.json", dir / "t.json");
@@ -706,14 +707,13 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.json" + ": records 5 embeddings, the .npy beside it holds 4\n");
   // Without its paths file; and a second file that is missing: nothing of the first is imported.
   fs::remove(dir / "t.paths");
-  r = test::run_cnclip_line("import " + npy + " " + q(dir / "t.npy") + model_arg() + " --index " + q(dir / "d"));
+  r = test::run_cnclip({"import", npy, dir / "t.npy", "--model", test::tiny_bundle(), "--index", dir / "d"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.npy" + ": no " + dir / "t.paths" +
                        " beside it (the paths of its rows, one per line); give another file with --npy " +
                        dir / "t.npy" + " --paths FILE\n");
   EXPECT_FALSE(fs::exists(dir / "d"));
-  r = test::run_cnclip_line("import " + npy + " " + q(dir / "missing.jsonl") + model_arg() + " --index " +
-                            q(dir / "d"));
+  r = test::run_cnclip({"import", npy, dir / "missing.jsonl", "--model", test::tiny_bundle(), "--index", dir / "d"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err,
             "cnclip: error: " + dir / "missing.jsonl" + ": cannot read a JSONL file: No such file or directory\n");
@@ -795,8 +795,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
   fs::create_directories(here);
   fs::copy(cluster, here, fs::copy_options::recursive);
   for (int k = 1; k <= 2; ++k) {
-    ASSERT_EQ(test::run_cnclip_line("embed-image -q --shard " + std::to_string(k) + "/2 --out " +
-                                    q(dir / ("s" + std::to_string(k))) + " " + q(cluster) + model_arg())
+    ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/2", "--out",
+                                dir / ("s" + std::to_string(k)), cluster, "--model", test::tiny_bundle()})
                   .exit_code,
               0);
   }

@@ -129,23 +129,6 @@ std::vector<std::string> concat(std::vector<std::string> a, const std::vector<st
   return a;
 }
 
-RunResult run_cnclip_line(const std::string& args, const std::string& stdin_text) {
-  return run_cnclip_line_as("", args, stdin_text);
-}
-
-RunResult run_cnclip_line_as(const std::string& prefix, const std::string& args, const std::string& stdin_text) {
-  TempDir io;
-  write_text(io / "in", stdin_text);
-  const std::string cmd = (prefix.empty() ? "" : prefix + " ") + std::string(CNCLIP_BINARY) + " " + args + " < " +
-                          shell_quote(io / "in") + " > " + shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_text(io / "out");
-  r.err = read_text(io / "err");
-  return r;
-}
-
 std::string url_encode(const std::string& s) {
   static const char* hex = "0123456789ABCDEF";
   std::string out;

@@ -42,12 +42,7 @@ RunResult run_cnclip(const std::vector<std::string>& args, const std::string& st
 RunResult run_cnclip(const std::vector<std::string>& args, const RunOptions& options);
 // `a` with `b` appended: a command's own arguments and common ones (--model, --index).
 std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b);
-// The older form (TODO issue 16: being replaced file by file): `args` goes through /bin/sh, so
-// paths must be shell_quote()d.
-RunResult run_cnclip_line(const std::string& args, const std::string& stdin_text = "");
-// The same with the binary started through `prefix` (e.g. "runuser -u nobody --"); the shell
-// (this process's user) opens the redirected files.
-RunResult run_cnclip_line_as(const std::string& prefix, const std::string& args, const std::string& stdin_text = "");
+// For the tests that do need a shell (pipelines, redirections to /dev/full, script(1), fifos).
 std::string shell_quote(const std::string& s);
 // Percent-encodes everything but RFC 3986 unreserved characters (for URL query values).
 std::string url_encode(const std::string& s);
