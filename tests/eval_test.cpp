@@ -140,10 +140,15 @@ struct LabelledSet {
     std::mt19937 rng(19);
     std::vector<std::string> tsv_lines;
     for (int i = 0; i < kImages; ++i) {
-      cv::Mat img(48 + 4 * (i % 5), 64, CV_8UC3, cv::Scalar(rng() % 256, rng() % 256, rng() % 256));
+      cv::Mat img(48 + 4 * (i % 5), 64, CV_8UC3,
+                  cv::Scalar(static_cast<double>(rng() % 256), static_cast<double>(rng() % 256),
+                             static_cast<double>(rng() % 256)));
       for (int s = 0; s < 3; ++s) {
         cv::circle(img, cv::Point(static_cast<int>(rng() % 64), static_cast<int>(rng() % 48)),
-                   6 + static_cast<int>(rng() % 14), cv::Scalar(rng() % 256, rng() % 256, rng() % 256), -1);
+                   6 + static_cast<int>(rng() % 14),
+                   cv::Scalar(static_cast<double>(rng() % 256), static_cast<double>(rng() % 256),
+                              static_cast<double>(rng() % 256)),
+                   -1);
       }
       const std::string ext = i % 3 == 0 ? ".png" : ".jpg";
       std::vector<uint8_t> bytes;

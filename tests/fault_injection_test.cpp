@@ -138,7 +138,7 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
         const uint64_t size = test::file_size(e.path());
         ++damages;
         switch (rng() % 3) {
-          case 0: test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, rng()); break;
+          case 0: test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, static_cast<unsigned>(rng())); break;
           case 1: fs::resize_file(e.path(), rng() % size); break;
           default: std::ofstream(e.path(), std::ios::binary | std::ios::app) << std::string(1 + rng() % 100, 'x');
         }

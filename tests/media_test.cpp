@@ -142,7 +142,8 @@ TEST_F(MediaFiles, TruncatedAndGarbageGiveTypedErrors) {
   for (const auto& n : names()) {
     const std::vector<uint8_t> whole = read_bytes(file(n));
     for (double part : {0.1, 0.5, 0.9}) {
-      std::vector<uint8_t> cut(whole.begin(), whole.begin() + static_cast<long>(whole.size() * part));
+      std::vector<uint8_t> cut(whole.begin(),
+                               whole.begin() + static_cast<long>(static_cast<double>(whole.size()) * part));
       auto r = decode_image(cut, n, DecodeOptions{});
       ASSERT_FALSE(r) << n << " cut at " << part;
       EXPECT_TRUE(r.error().code == ErrorCode::kTruncated || r.error().code == ErrorCode::kCorrupt)

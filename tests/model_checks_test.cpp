@@ -46,11 +46,13 @@ class Broken : public ::testing::Test {
 // A flat-colour PNG: grey level 255 makes a "bright" image (mean normalized pixel > 0), 0..60 dark ones.
 void write_png(const std::string& path, int level) {
   cv::Mat m(48, 64, CV_8UC3, cv::Scalar(level, level, level));
-  m.at<cv::Vec3b>(1, 1) = cv::Vec3b(level ^ 1, 0, 0);  // not quite flat, so different levels differ
+  m.at<cv::Vec3b>(1, 1) = cv::Vec3b(static_cast<uchar>(level ^ 1), 0, 0);  // not quite flat, so different levels differ
   ASSERT_TRUE(cv::imwrite(path, m));
 }
 
-std::vector<float> pixels_of(int level) { return std::vector<float>(3 * 224 * 224, (level / 255.0f - 0.46f) / 0.27f); }
+std::vector<float> pixels_of(int level) {
+  return std::vector<float>(3 * 224 * 224, (static_cast<float>(level) / 255.0f - 0.46f) / 0.27f);
+}
 
 bool all_finite(const std::vector<float>& v) {
   for (float x : v) {

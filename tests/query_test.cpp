@@ -154,9 +154,9 @@ TEST(QuerySyntax, WeightedSumOfNormalizedTerms) {
   try {
     combine_term_embeddings(cancel, {0.6f, 0.8f, 0.6f, 0.8f}, 2);
     ADD_FAILURE() << "a zero query was accepted";
-  } catch (const Exception& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-    EXPECT_EQ(std::string(e.what()), "the terms of the combined query cancel out: nothing is left to search for");
+  } catch (const Exception& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
+    EXPECT_EQ(std::string(error.what()), "the terms of the combined query cancel out: nothing is left to search for");
   }
 }
 

@@ -98,10 +98,10 @@ TEST_F(UnderFile, ClassifyAndDupsAndTheCatalog) {
 
   auto store = IndexStore::open(root_ + "/idx", IndexAccess::kRead);
   std::vector<std::string> got;
-  for (const auto& r : store->catalog().files_at_or_under(photos_ + "/p.jpeg")) got.push_back(r.path);
+  for (const auto& f : store->catalog().files_at_or_under(photos_ + "/p.jpeg")) got.push_back(f.path);
   EXPECT_EQ(got, std::vector<std::string>{photos_ + "/p.jpeg"});
   got.clear();
-  for (const auto& r : store->catalog().files_at_or_under(photos_)) got.push_back(r.path);
+  for (const auto& f : store->catalog().files_at_or_under(photos_)) got.push_back(f.path);
   EXPECT_EQ(got.size(), 5u);
   EXPECT_TRUE(std::is_sorted(got.begin(), got.end()));
   // files_under keeps its meaning (the indexer's: strictly below a folder).

@@ -204,7 +204,7 @@ TEST(ShardSplit, EveryFileInExactlyOneShard) {
       largest = std::max(largest, keys.size());
     }
     EXPECT_EQ(seen, all);
-    const double mean = 400.0 / n;
+    const double mean = 400.0 / static_cast<double>(n);
     if (n <= 8) {
       EXPECT_GT(smallest, mean * 0.6);
       EXPECT_LT(largest, mean * 1.4);
