@@ -345,7 +345,8 @@ Recall recall_at_1_5_10(const std::vector<std::vector<int64_t>>& predictions,
   }
   const double n = static_cast<double>(positives.size());
   // As evaluation.py: the fraction first, then * 100; the mean of the three fractions, then * 100.
-  const double f1 = hits[0] * 1.0 / n, f5 = hits[1] * 1.0 / n, f10 = hits[2] * 1.0 / n;
+  const double f1 = static_cast<double>(hits[0]) / n, f5 = static_cast<double>(hits[1]) / n,
+               f10 = static_cast<double>(hits[2]) / n;
   r.r1 = f1 * 100;
   r.r5 = f5 * 100;
   r.r10 = f10 * 100;

@@ -343,9 +343,9 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
       if (hit.meta.source != TimeSource::kNone) hit.taken_at = hit.meta.taken_at;
       else if (it->second.mtime_ns != 0) hit.taken_at = mtime_seconds(it->second.mtime_ns);  // 0: imported, no file
       if (h.has_frames || is_video_path(hit.path)) {
-        hit.time = h.time_ms / 1000.0;
-        hit.start = h.start_ms / 1000.0;
-        hit.end = h.end_ms / 1000.0;
+        hit.time = static_cast<double>(h.time_ms) / 1000.0;
+        hit.start = static_cast<double>(h.start_ms) / 1000.0;
+        hit.end = static_cast<double>(h.end_ms) / 1000.0;
       }
       results[q].hits.push_back(std::move(hit));
     }

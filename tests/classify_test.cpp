@@ -25,7 +25,6 @@ namespace fs = std::filesystem;
 const std::vector<std::string> kPokemon = {"杰尼龟", "妙蛙种子", "小火龙", "皮卡丘"};
 constexpr int kDim = 32;  // the tiny bundle's embedding size
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
 std::string pokemon_jpeg() { return test::fixtures("images/pokemon.jpeg"); }
 
 double bundle_logit_scale() {
@@ -43,9 +42,8 @@ std::map<std::string, std::pair<double, double>> by_label(const json& image) {
 
 TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
   // Chinese-CLIP's quick-start: pokemon.jpeg against four labels, no template.
-  auto r = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl --ignore-exif --full-decode" +
-                            model_arg());
+  auto r = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                             "jsonl", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 1u);
@@ -82,9 +80,9 @@ TEST(Classify, ReproducesTheReferencePokemonProbabilities) {
 }
 
 TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
-  auto r = test::run_cnclip(
-      "classify " + test::shell_quote(pokemon_jpeg()) +
-      " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --templates zh --format json --ignore-exif --full-decode" + model_arg());
+  auto r =
+      test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--templates", "zh",
+                        "--format", "json", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json out = json::parse(r.out);
   ASSERT_EQ(out.size(), 1u);
@@ -103,9 +101,8 @@ TEST(Classify, ChineseTemplatesMatchAnIndependentPyTorchComputation) {
   ASSERT_EQ(::pclose(p), 0) << text;
   const json want = json::parse(text);
   // Without templates the numbers differ: the check below can fail.
-  auto plain = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                                " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format json --ignore-exif --full-decode" +
-                                model_arg());
+  auto plain = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                                 "json", "--ignore-exif", "--full-decode", "--model", test::tiny_bundle()});
   const auto plain_got = by_label(json::parse(plain.out)[0]);
   double largest_plain_difference = 0;
   for (const auto& l : kPokemon) {
@@ -139,12 +136,12 @@ TEST(Classify, TemplatesAreChineseClipsEighty) {
 TEST(Classify, TemplateWrapsEveryLabel) {
   // --template "一张{}的照片" gives the probabilities of the wrapped texts, computed here from
   // embed-text's embeddings of those texts and embed-image's embedding of the photo.
-  auto r = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,皮卡丘 --template 一张{}的照片 --format jsonl" + model_arg());
+  auto r = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,皮卡丘", "--template", "一张{}的照片",
+                             "--format", "jsonl", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto got = by_label(json::parse(r.out));
-  auto texts = test::run_cnclip("embed-text 一张杰尼龟的照片 一张皮卡丘的照片" + model_arg());
-  auto image = test::run_cnclip("embed-image " + test::shell_quote(pokemon_jpeg()) + model_arg());
+  auto texts = test::run_cnclip({"embed-text", "一张杰尼龟的照片", "一张皮卡丘的照片", "--model", test::tiny_bundle()});
+  auto image = test::run_cnclip({"embed-image", pokemon_jpeg(), "--model", test::tiny_bundle()});
   ASSERT_EQ(texts.exit_code, 0) << texts.err;
   ASSERT_EQ(image.exit_code, 0) << image.err;
   const auto e_img = json::parse(image.out)["embedding"].get<std::vector<double>>();
@@ -191,7 +188,7 @@ class ClassifyIndexed : public ::testing::Test {
   void SetUp() override {
     // Three photos under a/ and two under b/, with embeddings between the texts 猫 and 狗 (from
     // embed-text), imported: the folders exist, the photos do not, so nothing can be decoded.
-    auto r = test::run_cnclip("embed-text 猫 狗" + model_arg());
+    auto r = test::run_cnclip({"embed-text", "猫", "狗", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto l = test::lines(r.out);
     cat_ = json::parse(l[0])["embedding"].get<std::vector<double>>();
@@ -213,10 +210,10 @@ class ClassifyIndexed : public ::testing::Test {
       jsonl += json{{"path", path}, {"embedding", e}}.dump() + "\n";
     }
     test::write_text(dir_ / "import.jsonl", jsonl);
-    r = test::run_cnclip("import " + test::shell_quote(dir_ / "import.jsonl") + index_arg() + model_arg());
+    r = test::run_cnclip({"import", dir_ / "import.jsonl", "--index", index(), "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  std::string index_arg() const { return " --index " + test::shell_quote(dir_ / "index"); }
+  std::string index() const { return dir_ / "index"; }
   std::string photo(const std::string& rel) const { return fs::canonical(dir_.path()).string() + "/photos/" + rel; }
   // P(猫) by the formula, from the imported embedding.
   double p_cat(const std::string& path) const {
@@ -236,8 +233,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
   const std::string text_only = dir_ / "text-only";
   fs::copy(test::tiny_bundle(), text_only);
   fs::remove(text_only + "/image_encoder.pt");
-  auto r = test::run_cnclip("classify --indexed --labels 猫,狗 --format jsonl" + index_arg() + " --model " +
-                            test::shell_quote(text_only));
+  auto r = test::run_cnclip(
+      {"classify", "--indexed", "--labels", "猫,狗", "--format", "jsonl", "--index", index(), "--model", text_only});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u);
@@ -256,8 +253,8 @@ TEST_F(ClassifyIndexed, LabelsEveryIndexedPhotoFromItsStoredEmbedding) {
 }
 
 TEST_F(ClassifyIndexed, UnderTopAndJson) {
-  auto r = test::run_cnclip("classify --indexed --under " + test::shell_quote(dir_ / "photos/b") +
-                            " --top 1 --labels 猫,狗 --format json" + index_arg() + model_arg());
+  auto r = test::run_cnclip({"classify", "--indexed", "--under", dir_ / "photos/b", "--top", "1", "--labels", "猫,狗",
+                             "--format", "json", "--index", index(), "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json j = json::parse(r.out);
   ASSERT_EQ(j.size(), 2u);
@@ -269,7 +266,8 @@ TEST_F(ClassifyIndexed, UnderTopAndJson) {
 }
 
 TEST_F(ClassifyIndexed, TableForPeople) {
-  auto r = test::run_cnclip("classify --indexed --labels 猫,狗 --format table --top 1" + index_arg() + model_arg());
+  auto r = test::run_cnclip({"classify", "--indexed", "--labels", "猫,狗", "--format", "table", "--top", "1", "--index",
+                             index(), "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto lines = test::lines(r.out);
   ASSERT_EQ(lines.size(), 5u * 3 - 1);  // a block of two lines per photo, blank lines between
@@ -284,13 +282,14 @@ TEST_F(ClassifyIndexed, TableForPeople) {
 TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
   test::TempDir dir;
   const std::string bytes = test::read_text(pokemon_jpeg());
-  auto from_stdin = test::run_cnclip("classify - --labels 猫,狗 --format jsonl" + model_arg(), bytes);
+  auto from_stdin = test::run_cnclip(
+      {"classify", "-", "--labels", "猫,狗", "--format", "jsonl", "--model", test::tiny_bundle()}, bytes);
   ASSERT_EQ(from_stdin.exit_code, 0) << from_stdin.err;
   const json s = json::parse(from_stdin.out);
   EXPECT_EQ(s["path"], "-");
   // The same photo as a file, between two others: printed in the order given, same numbers.
-  auto files = test::run_cnclip("classify " + test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " - " +
-                                    test::shell_quote(pokemon_jpeg()) + " --labels 猫,狗 --format jsonl" + model_arg(),
+  auto files = test::run_cnclip({"classify", test::fixtures("images/chelsea_rgba.png"), "-", pokemon_jpeg(), "--labels",
+                                 "猫,狗", "--format", "jsonl", "--model", test::tiny_bundle()},
                                 bytes);
   ASSERT_EQ(files.exit_code, 0) << files.err;
   const auto lines = test::lines(files.out);
@@ -301,9 +300,10 @@ TEST(Classify, ImagesFromStdinAndSeveralFilesInOrder) {
 }
 
 // One bad input: exit status, exactly one stderr line, and (for usage errors) nothing on stdout.
-void expect_refused(const std::string& args, int status, const std::string& message, const std::string& in = "") {
-  SCOPED_TRACE(args);
-  auto r = test::run_cnclip("classify " + args + model_arg(), in);
+void expect_refused(const std::vector<std::string>& args, int status, const std::string& message,
+                    const std::string& in = "") {
+  SCOPED_TRACE(args.size() > 1 ? args[0] + " " + args[1] : "");
+  auto r = test::run_cnclip(test::concat(test::concat({"classify"}, args), {"--model", test::tiny_bundle()}), in);
   EXPECT_EQ(r.exit_code, status);
   EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
   if (status == 2) {
@@ -313,52 +313,50 @@ void expect_refused(const std::string& args, int status, const std::string& mess
 
 TEST(Classify, BadLabelsGetOneLineEach) {
   test::TempDir dir;
-  const std::string img = test::shell_quote(pokemon_jpeg());
-  expect_refused(img + " --labels 猫,,狗", 2, "label 2 is empty");
-  expect_refused(img + " --labels 猫,狗,", 2, "label 3 is empty");
-  expect_refused(img + " --labels '猫, ,狗'", 2, "label 2 is empty");
-  expect_refused(img + " --labels '猫,狗,猫'", 2, "label 3 '猫' is the same as label 1 '猫': give each label once");
-  expect_refused(img + " --labels 'Cat,cat'", 2,
+  const std::string img = pokemon_jpeg();
+  expect_refused({img, "--labels", "猫,,狗"}, 2, "label 2 is empty");
+  expect_refused({img, "--labels", "猫,狗,"}, 2, "label 3 is empty");
+  expect_refused({img, "--labels", "猫, ,狗"}, 2, "label 2 is empty");
+  expect_refused({img, "--labels", "猫,狗,猫"}, 2, "label 3 '猫' is the same as label 1 '猫': give each label once");
+  expect_refused({img, "--labels", "Cat,cat"}, 2,
                  "label 2 'cat' is the same as label 1 'Cat' to the model (the same tokens): give each label once");
   std::string han;
   for (int i = 0; i < 51; ++i) han += "猫";
-  expect_refused(img + " --labels 狗," + han, 2,
+  expect_refused({img, "--labels", "狗," + han}, 2,
                  "label 2 '猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫…' is too long: 51 tokens, the model reads 50");
   // With a template, the prompt must fit.
   std::string han48;
   for (int i = 0; i < 48; ++i) han48 += "猫";
-  expect_refused(img + " --labels 狗," + han48 + " --template 一张{}的照片", 2,
+  expect_refused({img, "--labels", "狗," + han48, "--template", "一张{}的照片"}, 2,
                  "label 2 '猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫猫…' is too long: its prompt '一张" + han48 +
                      "的照片' has 53 tokens, the model reads 50");
-  expect_refused(img + " --labels 猫 --template 照片", 2,
+  expect_refused({img, "--labels", "猫", "--template", "照片"}, 2,
                  "the template '照片' must hold '{}' exactly once, where the label goes");
-  expect_refused(img + " --labels 猫 --template '{}和{}'", 2,
+  expect_refused({img, "--labels", "猫", "--template", "{}和{}"}, 2,
                  "the template '{}和{}' must hold '{}' exactly once, where the label goes");
-  expect_refused(img + " --labels 猫 --template 一张{}的照片 --templates zh", 2,
+  expect_refused({img, "--labels", "猫", "--template", "一张{}的照片", "--templates", "zh"}, 2,
                  "give --template or --templates, not both");
-  expect_refused(img, 2, "give the labels: --labels a,b,c or --labels-file FILE");
+  expect_refused({img}, 2, "give the labels: --labels a,b,c or --labels-file FILE");
   test::write_text(dir / "labels.txt", "猫\n狗\n");
-  expect_refused(img + " --labels 猫 --labels-file " + test::shell_quote(dir / "labels.txt"), 2,
+  expect_refused({img, "--labels", "猫", "--labels-file", dir / "labels.txt"}, 2,
                  "give --labels or --labels-file, not both");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "none.txt"), 1,
+  expect_refused({img, "--labels-file", dir / "none.txt"}, 1,
                  dir / "none.txt" + ": cannot read: No such file or directory");
   test::write_text(dir / "empty.txt", "\n\n");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "empty.txt"), 2,
-                 dir / "empty.txt" + ": no labels in the file");
+  expect_refused({img, "--labels-file", dir / "empty.txt"}, 2, dir / "empty.txt" + ": no labels in the file");
   test::write_text(dir / "blank.txt", "猫\n   \n狗\n");
-  expect_refused(img + " --labels-file " + test::shell_quote(dir / "blank.txt"), 2,
-                 "label 2 '   ' is blank: it has no words");
-  expect_refused(img + " --labels 猫,狗 --format paths", 2,
+  expect_refused({img, "--labels-file", dir / "blank.txt"}, 2, "label 2 '   ' is blank: it has no words");
+  expect_refused({img, "--labels", "猫,狗", "--format", "paths"}, 2,
                  "--format: expects table, json, jsonl or auto, not 'paths' (see 'cnclip classify --help')");
 }
 
 TEST(Classify, LabelsFromAFile) {
   test::TempDir dir;
   test::write_text(dir / "labels.txt", "杰尼龟\r\n妙蛙种子\n\n  小火龙  \n皮卡丘");  // CRLF, blank line, spaces
-  auto a = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) + " --labels-file " +
-                            test::shell_quote(dir / "labels.txt") + " --format jsonl" + model_arg());
-  auto b = test::run_cnclip("classify " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 杰尼龟,妙蛙种子,小火龙,皮卡丘 --format jsonl" + model_arg());
+  auto a = test::run_cnclip({"classify", pokemon_jpeg(), "--labels-file", dir / "labels.txt", "--format", "jsonl",
+                             "--model", test::tiny_bundle()});
+  auto b = test::run_cnclip({"classify", pokemon_jpeg(), "--labels", "杰尼龟,妙蛙种子,小火龙,皮卡丘", "--format",
+                             "jsonl", "--model", test::tiny_bundle()});
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
 }
@@ -367,9 +365,8 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   test::TempDir dir;
   test::write_text(dir / "text.jpg", "not an image\n");
   // (A folder is a usage error before anything is classified: FrontOptions.AFolderWhereAnImage...)
-  auto r = test::run_cnclip("classify " + test::shell_quote(dir / "missing.jpg") + " " +
-                            test::shell_quote(dir / "text.jpg") + " " + test::shell_quote(pokemon_jpeg()) +
-                            " --labels 猫,狗 --format jsonl" + model_arg());
+  auto r = test::run_cnclip({"classify", dir / "missing.jpg", dir / "text.jpg", pokemon_jpeg(), "--labels", "猫,狗",
+                             "--format", "jsonl", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   const auto err = test::lines(r.err);
   ASSERT_EQ(err.size(), 2u) << r.err;
@@ -380,22 +377,24 @@ TEST(Classify, BadImagesAreReportedAndTheOthersClassified) {
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(json::parse(out[0])["path"], pokemon_jpeg());
   // Empty stdin.
-  expect_refused("- --labels 猫,狗", 1, "standard input: no image bytes (empty)");
+  expect_refused({"-", "--labels", "猫,狗"}, 1, "standard input: no image bytes (empty)");
 }
 
 TEST(Classify, UsageMistakes) {
-  const std::string img = test::shell_quote(pokemon_jpeg());
-  expect_refused("--labels 猫,狗", 2, "give images to classify, '-' for one on stdin, or --indexed");
-  expect_refused(img + " --indexed --labels 猫,狗", 2, "--indexed labels the indexed photos: give no IMAGE with it");
-  expect_refused(img + " --under /tmp --labels 猫,狗", 2, "--under goes with --indexed (it picks indexed photos)");
-  expect_refused("- - --labels 猫,狗", 2, "'-' (an image on stdin) can be given only once");
-  expect_refused("- --labels-file - ", 2, "'-' (an image on stdin) and '--labels-file -' both want stdin");
-  expect_refused(img + " --labels 猫 --templates en", 2,
+  const std::string img = pokemon_jpeg();
+  expect_refused({"--labels", "猫,狗"}, 2, "give images to classify, '-' for one on stdin, or --indexed");
+  expect_refused({img, "--indexed", "--labels", "猫,狗"}, 2,
+                 "--indexed labels the indexed photos: give no IMAGE with it");
+  expect_refused({img, "--under", "/tmp", "--labels", "猫,狗"}, 2,
+                 "--under goes with --indexed (it picks indexed photos)");
+  expect_refused({"-", "-", "--labels", "猫,狗"}, 2, "'-' (an image on stdin) can be given only once");
+  expect_refused({"-", "--labels-file", "-"}, 2, "'-' (an image on stdin) and '--labels-file -' both want stdin");
+  expect_refused({img, "--labels", "猫", "--templates", "en"}, 2,
                  "--templates: expects zh, not 'en' (see 'cnclip classify --help')");
-  expect_refused(img + " --labels 猫 --top 0", 2,
+  expect_refused({img, "--labels", "猫", "--top", "0"}, 2,
                  "--top: expects a whole number from 1 to 2147483647, not '0' (see 'cnclip classify --help')");
   test::TempDir dir;
-  expect_refused("--indexed --labels 猫,狗 --index " + test::shell_quote(dir / "none"), 1,
+  expect_refused({"--indexed", "--labels", "猫,狗", "--index", dir / "none"}, 1,
                  dir / "none" + ": no index here yet (run 'cnclip index PATH' first, or give --index DIR)");
 }
 

@@ -28,7 +28,10 @@ const std::string& photo() {
 class ExifInCommands : public ::testing::Test {
  protected:
   test::TempDir dir;
-  std::string model_arg = " --model " + test::shell_quote(test::tiny_bundle());
+  // What the command is given for each reading: nothing (the default) or --ignore-exif.
+  static std::vector<std::string> exif(bool upright) {
+    return upright ? std::vector<std::string>{} : std::vector<std::string>{"--ignore-exif"};
+  }
 
   static BundleManifest manifest() { return load_bundle_manifest(test::tiny_bundle()); }
 
@@ -66,8 +69,7 @@ TEST_F(ExifInCommands, TheTwoReadingsDifferSoEachCheckBelowCanFail) {
 TEST_F(ExifInCommands, Preprocess) {
   for (bool upright : {true, false}) {
     const std::string npy = dir / (upright ? "up.npy" : "side.npy");
-    auto r = test::run_cnclip("preprocess " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                              " --npy " + test::shell_quote(npy));
+    auto r = test::run_cnclip(test::concat({"preprocess", photo(), "--npy", npy}, exif(upright)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(read_npy(npy).value().as_float(), pixels(upright)) << (upright ? "default" : "--ignore-exif");
   }
@@ -75,8 +77,7 @@ TEST_F(ExifInCommands, Preprocess) {
 
 TEST_F(ExifInCommands, EmbedImage) {
   for (bool upright : {true, false}) {
-    auto r =
-        test::run_cnclip("embed-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + model_arg);
+    auto r = test::run_cnclip(test::concat({"embed-image", photo(), "--model", test::tiny_bundle()}, exif(upright)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto row = json::parse(r.out);
     EXPECT_LT(test::max_abs_diff(row["embedding"].get<std::vector<float>>(), embedding(upright)), 1e-5)
@@ -87,8 +88,8 @@ TEST_F(ExifInCommands, EmbedImage) {
 TEST_F(ExifInCommands, IndexStoresWhatTheOptionSays) {
   for (bool upright : {true, false}) {
     const std::string idx = dir / (upright ? "up" : "side");
-    auto r = test::run_cnclip("index " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") + " --index " +
-                              test::shell_quote(idx) + model_arg);
+    auto r = test::run_cnclip(
+        test::concat({"index", photo(), "--index", idx, "--model", test::tiny_bundle()}, exif(upright)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     auto record = store->catalog().find(std::filesystem::canonical(photo()).string());  // as indexed
@@ -107,12 +108,12 @@ TEST_F(ExifInCommands, SearchImageQueriesWithWhatTheOptionSays) {
   test::write_text(dir / "e.jsonl", up.dump() + "\n" + side.dump() + "\n");
   test::write_text(dir / "up.jpg", "x");
   test::write_text(dir / "side.jpg", "y");
-  auto r = test::run_cnclip("import " + test::shell_quote(dir / "e.jsonl") + " --index " + test::shell_quote(idx) +
-                            model_arg);
+  auto r = test::run_cnclip({"import", dir / "e.jsonl", "--index", idx, "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   for (bool upright : {true, false}) {
-    r = test::run_cnclip("search-image " + test::shell_quote(photo()) + (upright ? "" : " --ignore-exif") +
-                         " -k 1 --format jsonl --index " + test::shell_quote(idx) + model_arg);
+    r = test::run_cnclip(test::concat(
+        {"search-image", photo(), "-k", "1", "--format", "jsonl", "--index", idx, "--model", test::tiny_bundle()},
+        exif(upright)));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto hit = json::parse(r.out);
     EXPECT_EQ(hit["path"], dir / (upright ? "up.jpg" : "side.jpg")) << r.out;

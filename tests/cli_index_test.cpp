@@ -1,5 +1,5 @@
-// cnclip index end to end: incremental runs, walk options, the writer lock, stdin paths, crashes and
-// Ctrl-C, the progress bar on a terminal.
+// cnclip index end to end: walk options, the writer lock, stdin paths, crashes and Ctrl-C, the
+// progress bar on a terminal (incremental runs: cli_incremental_test.cpp).
 #include "cli_util.h"
 
 namespace cnclip {
@@ -7,89 +7,30 @@ namespace {
 
 using namespace cli_test;  // NOLINT(google-build-using-namespace): the helpers of every CLI test
 
-TEST_F(Photos, IndexIsIncrementalAndFollowsTheDisk) {
-  auto s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["added"], 5);
-  EXPECT_EQ(s["failed"], 1);  // broken.jpg, reported and skipped
-  EXPECT_EQ(s["removed"], 0);
-
-  s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["added"], 0);
-  EXPECT_EQ(s["updated"], 0);
-  EXPECT_EQ(s["unchanged"], 5);
-  EXPECT_EQ(s["failed"], 0);  // broken.jpg is remembered, not decoded and reported again
-  EXPECT_EQ(s["failed_before"], 1);
-  s = index_json(test::shell_quote(photos) + idx_arg() + " --retry-failed");
-  EXPECT_EQ(s["failed"], 1);
-  EXPECT_EQ(s["added"], 0);
-  make_photo(photos + "/家/broken.jpg", 77);  // repaired: tried again because it changed
-  s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["added"], 1);
-  EXPECT_EQ(s["failed_before"], 0);
-  fs::remove(photos + "/家/broken.jpg");
-  s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["removed"], 1);
-
-  // Changed content (new size and mtime) is encoded again.
-  make_photo(photos + "/家/小狗.jpeg", 40);
-  s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["updated"], 1);
-  EXPECT_EQ(s["unchanged"], 4);
-
-  // A deleted file is removed; as the only one of its folder, once the folder is gone too (a folder
-  // left empty is what an unmounted share leaves: its entries are kept, see store_trust_test.cpp).
-  fs::remove(photos + "/2024 旅行/山/cat.jpg");
-  s = index_json("" + idx_arg());  // no path: every folder indexed before
-  EXPECT_EQ(s["removed"], 0);
-  EXPECT_EQ(s["missing"], 1);
-  fs::remove(photos + "/2024 旅行/山");
-  s = index_json("" + idx_arg());
-  EXPECT_EQ(s["removed"], 1);
-
-  // A moved folder: embeddings are reused by content hash, nothing is encoded.
-  fs::rename(photos + "/2024 旅行", photos + "/旅行 2024 (moved)");
-  s = index_json(test::shell_quote(photos) + idx_arg());
-  EXPECT_EQ(s["moved"], 2);
-  EXPECT_EQ(s["added"], 0);
-  EXPECT_EQ(s["removed"], 0);
-
-  auto r = search("search-text 夕阳 -k 10 --format jsonl");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto hits = json_lines(r.out);
-  EXPECT_EQ(hits.size(), 4u);
-  for (const auto& h : hits) {
-    EXPECT_EQ(h["path"].get<std::string>().find(photos + "/2024 旅行/"), std::string::npos);
-    EXPECT_TRUE(h.contains("query") && h.contains("rank") && h.contains("score"));
-  }
-  auto info = json::parse(test::run_cnclip("info --format json" + idx_arg()).out);
-  EXPECT_EQ(info["files"], 4);
-  EXPECT_EQ(info["vectors"], 4);
-}
-
 TEST_F(Photos, HiddenExcludeAndExtensions) {
-  auto s = index_json(test::shell_quote(photos) + idx_arg() + " --hidden --exclude '山' --ext jpg,.JPEG");
+  auto s = index_photos({"--hidden", "--exclude", "山", "--ext", "jpg,.JPEG"});
   EXPECT_EQ(s["added"], 3);   // sunset 1.jpg, 小狗.jpeg and .hidden/secret.jpg; not 山/cat.jpg, not x.webp
   EXPECT_EQ(s["failed"], 1);  // broken.jpg
-  s = index_json(test::shell_quote(photos) + " --index " + test::shell_quote(dir / "default-options"));
+  s = index_json({photos, "--index", dir / "default-options"});
   EXPECT_EQ(s["added"], 5);  // hidden folder skipped, webp included
 }
 
 TEST_F(Photos, ASecondWriterIsRefusedWhileSearchesWork) {
-  index_json(test::shell_quote(photos) + idx_arg());
+  index_photos();
   int fd = ::open((idx + "/lock").c_str(), O_RDWR);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::flock(fd, LOCK_EX), 0);
-  auto r = test::run_cnclip("index " + test::shell_quote(photos) + model_arg() + idx_arg());
+  auto r = run({"index", photos});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("another cnclip"), std::string::npos) << r.err;
-  r = search("search-text 猫 --format paths");
+  r = run({"search-text", "猫", "--format", "paths"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   ::close(fd);
 }
 
 TEST_F(Photos, PathsFromStdin) {
-  auto r = test::run_cnclip("index - -q --format json" + model_arg() + idx_arg(),
-                            photos + "/家/小狗.jpeg\n" + photos + "/2024 旅行/山/cat.jpg\n");
+  auto r =
+      run({"index", "-", "-q", "--format", "json"}, photos + "/家/小狗.jpeg\n" + photos + "/2024 旅行/山/cat.jpg\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 2);
 }
@@ -102,9 +43,9 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   const int n = 160;
   for (int i = 0; i < n; ++i)
     make_photo(photos + "/d" + std::to_string(i % 7) + "/p" + std::to_string(i) + ".jpg", 100 + i);
-  const std::string args = " -q --batch-size 2 " + test::shell_quote(photos) + model_arg();
+  const std::vector<std::string> args{"-q", "--batch-size", "2", photos, "--model", test::tiny_bundle()};
 
-  auto reference = test::run_cnclip("index" + args + " --index " + test::shell_quote(dir / "ref"));
+  auto reference = test::run_cnclip(test::concat(test::concat({"index"}, args), {"--index", dir / "ref"}));
   ASSERT_EQ(reference.exit_code, 0) << reference.err;
 
   const std::string idx = dir / "crashy";
@@ -148,7 +89,7 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
       if (seen.size() > before) ++kills_after_commits;
     }
     waitpid(pid, nullptr, 0);
-    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    auto info = test::run_cnclip({"info", "--format", "json", "--index", idx});
     ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t count = json::parse(info.out)["files"];
     EXPECT_GE(count, static_cast<int64_t>(seen.size())) << "committed files lost";
@@ -162,7 +103,7 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
   }
   EXPECT_GT(kills_after_commits, 0) << "no kill landed after a commit";
   EXPECT_GT(kills, 0);
-  auto finish = test::run_cnclip("index --format json" + args + " --index " + test::shell_quote(idx));
+  auto finish = test::run_cnclip(test::concat(test::concat({"index", "--format", "json"}, args), {"--index", idx}));
   ASSERT_EQ(finish.exit_code, 0) << finish.err;
   EXPECT_EQ(json::parse(finish.out)["unchanged"].get<int64_t>() + json::parse(finish.out)["added"].get<int64_t>(), n);
 
@@ -184,7 +125,9 @@ TEST(CliCrash, SigkillMidRunLosesNothingCommitted) {
 }
 
 // Ctrl-C (and SIGTERM): the run stops after the current batch, says so, exits 128 + the signal (130,
-// 143, as the shell shows a process ended by it), and keeps what it committed.
+// 143, as the shell shows a process ended by it), and keeps what it committed. The signal is sent
+// when the progress bar shows a first committed batch (an event, not a guess at how long start-up
+// takes: a signal before the handler is installed would kill the process instead).
 TEST(CliCrash, CtrlCStopsAfterTheBatch) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
@@ -193,36 +136,18 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
   for (const int sig : {SIGINT, SIGTERM}) {
     SCOPED_TRACE(sig == SIGINT ? "SIGINT" : "SIGTERM");
     const std::string idx = dir / ("idx" + std::to_string(sig));
-    const std::string err = dir / "err";
-    pid_t pid = fork();
-    if (pid == 0) {
-      int fd = ::open(err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(fd, 2);
-      execl(CNCLIP_BINARY, "cnclip", "index", "--batch-size", "1", photos.c_str(), "--model",
-            test::tiny_bundle().c_str(), "--index", idx.c_str(), static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    // Wait until a first batch is committed, then interrupt. Up to a minute: a sanitizer build starts
-    // much slower, and a signal before the handler is installed kills the process instead.
-    for (int i = 0; i < 3000 && !fs::exists(idx + "/catalog.sqlite3"); ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    ::kill(pid, sig);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    ASSERT_TRUE(WIFEXITED(status)) << test::read_text(err);
-    const std::string text = test::read_text(err);
-    EXPECT_EQ(WEXITSTATUS(status), 128 + sig) << text;
-    EXPECT_NE(text.find("interrupted"), std::string::npos) << text;
-    auto info = test::run_cnclip("info --format json --index " + test::shell_quote(idx));
+    TerminalChild run({"index", "--batch-size", "1", photos, "--model", test::tiny_bundle(), "--index", idx});
+    ASSERT_TRUE(run.wait_for("/300 ")) << "no batch committed: " << run.printed();
+    const int status = run.stop(sig);
+    ASSERT_TRUE(WIFEXITED(status)) << run.printed();
+    EXPECT_EQ(WEXITSTATUS(status), 128 + sig) << run.printed();
+    EXPECT_NE(run.printed().find("interrupted"), std::string::npos) << run.printed();
+    auto info = test::run_cnclip({"info", "--format", "json", "--index", idx});
     ASSERT_EQ(info.exit_code, 0) << info.err;
     const int64_t kept = json::parse(info.out)["files"];
     EXPECT_GT(kept, 0);
     EXPECT_LT(kept, n);
-    auto rest = json::parse(test::run_cnclip("index -q --format json " + test::shell_quote(photos) + model_arg() +
-                                             " --index " + test::shell_quote(idx))
-                                .out);
+    auto rest = index_json({photos, "--index", idx});
     EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
     EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);
   }

@@ -7,7 +7,7 @@ namespace {
 using namespace cli_test;  // NOLINT(google-build-using-namespace): the helpers of every CLI test
 
 TEST(Cli, EmbedTextPrintsNormalizedJsonLines) {
-  auto r = test::run_cnclip("embed-text 小狗 '夕阳、大海、沙滩'" + model_arg());
+  auto r = test::run_cnclip({"embed-text", "小狗", "夕阳、大海、沙滩", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), 2u);
@@ -23,7 +23,7 @@ TEST(Cli, EmbedTextWorksWithoutTheImageTower) {
   test::TempDir dir;
   fs::copy(test::tiny_bundle(), dir / "b", fs::copy_options::recursive);
   fs::remove(dir / "b/image_encoder.pt");
-  auto r = test::run_cnclip("embed-text 小狗 --model " + test::shell_quote(dir / "b"));
+  auto r = test::run_cnclip({"embed-text", "小狗", "--model", dir / "b"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 1u);
 }
@@ -31,8 +31,8 @@ TEST(Cli, EmbedTextWorksWithoutTheImageTower) {
 TEST(Cli, EmbedImageReportsBadFilesAndKeepsGoing) {
   test::TempDir dir;
   test::write_text(dir / "bad.jpg", "nope");
-  auto r = test::run_cnclip("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " " +
-                            test::shell_quote(dir / "bad.jpg") + model_arg());
+  auto r = test::run_cnclip(
+      {"embed-image", test::fixtures("images/pokemon.jpeg"), dir / "bad.jpg", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(json_lines(r.out).size(), 1u);
   EXPECT_NE(r.err.find(dir / "bad.jpg"), std::string::npos);
@@ -40,11 +40,11 @@ TEST(Cli, EmbedImageReportsBadFilesAndKeepsGoing) {
 }
 
 TEST(Cli, MissingBundleIsOneLineNamingIt) {
-  auto r = test::run_cnclip("model-info --model /nonexistent/bundle");
+  auto r = test::run_cnclip({"model-info", "--model", "/nonexistent/bundle"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(test::lines(r.err).size(), 1u);
   EXPECT_NE(r.err.find("/nonexistent/bundle"), std::string::npos);
-  r = test::run_cnclip("model-info" + model_arg());
+  r = test::run_cnclip({"model-info", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_EQ(json::parse(r.out)["embedding_dim"], 32);
 }
@@ -58,7 +58,7 @@ TEST(Cli, TokenizeJsonInputReproducesFixture) {
     input += json(j["text"]).dump() + "\n";
     expected.push_back(j["ids"].get<std::vector<int64_t>>());
   }
-  auto r = test::run_cnclip("tokenize --json-input" + model_arg(), input);
+  auto r = test::run_cnclip({"tokenize", "--json-input", "--model", test::tiny_bundle()}, input);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), expected.size());
@@ -67,9 +67,8 @@ TEST(Cli, TokenizeJsonInputReproducesFixture) {
 
 TEST(Cli, PreprocessWritesTheReferenceTensor) {
   test::TempDir dir;
-  auto r = test::run_cnclip("preprocess --ignore-exif --full-decode " +
-                            test::shell_quote(test::fixtures("images/chelsea_rgba.png")) + " --npy " +
-                            test::shell_quote(dir / "t.npy"));
+  auto r = test::run_cnclip({"preprocess", "--ignore-exif", "--full-decode", test::fixtures("images/chelsea_rgba.png"),
+                             "--npy", dir / "t.npy"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ours = read_npy(dir / "t.npy").value();
   EXPECT_EQ(ours.shape, (std::vector<int64_t>{3, 224, 224}));
@@ -91,9 +90,9 @@ TEST(CliDecoderNoise, LibraryMessagesNameTheFile) {
   test::write_text(dir / "corrupt.png", png);
   // One file per run: embed-image decodes files concurrently, and two libraries writing to fd 2 at
   // the same moment can share a line (attribution among concurrent files: DecoderMessages test).
-  auto jpeg_run = test::run_cnclip("embed-image " + test::shell_quote(dir / "corrupt.jpg") + model_arg());
+  auto jpeg_run = test::run_cnclip({"embed-image", dir / "corrupt.jpg", "--model", test::tiny_bundle()});
   EXPECT_EQ(jpeg_run.exit_code, 0);  // libjpeg warns and decodes the rest
-  auto png_run = test::run_cnclip("embed-image " + test::shell_quote(dir / "corrupt.png") + model_arg());
+  auto png_run = test::run_cnclip({"embed-image", dir / "corrupt.png", "--model", test::tiny_bundle()});
   EXPECT_EQ(png_run.exit_code, 1);  // the PNG cannot be decoded
   const auto err = test::lines(jpeg_run.err + png_run.err);
   ASSERT_FALSE(err.empty());

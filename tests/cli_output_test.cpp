@@ -81,7 +81,8 @@ class Indexed : public ::testing::Test {
     test::copy_file(test::fixtures("images/astronaut_palette.png"), photos + "/" + kEscape);
     test::copy_file(test::fixtures("images/camera_gray_1000x100.png"), photos + "/camera.png");
     test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos + "/rocket.png");
-    auto r = test::run_cnclip("index -q --format json " + q(photos) + model_arg() + " --index " + q(idx));
+    auto r =
+        test::run_cnclip({"index", "-q", "--format", "json", photos, "--model", test::tiny_bundle(), "--index", idx});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     ASSERT_EQ(json::parse(r.out)["added"], kFiles) << r.out;
   }
@@ -91,6 +92,8 @@ class Indexed : public ::testing::Test {
   }
   static std::string idx_arg() { return " --index " + q(idx); }
   static std::string with_index() { return model_arg() + idx_arg(); }
+  static std::vector<std::string> idx_args() { return {"--index", idx}; }
+  static std::vector<std::string> with_index_args() { return {"--model", test::tiny_bundle(), "--index", idx}; }
 };
 
 // --- stdout failures ------------------------------------------------------------------------
@@ -146,7 +149,7 @@ TEST_F(Indexed, AReaderThatGoesAwayEndsTheCommandQuietly) {
 // --- exact bytes, NUL separation, several queries -------------------------------------------
 
 TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
-  auto r = test::run_cnclip("search-text 猫 -k 100 --format jsonl" + with_index());
+  auto r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "100", "--format", "jsonl"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto hits = json_lines(r.out);
   ASSERT_EQ(hits.size(), static_cast<size_t>(kFiles));
@@ -162,16 +165,16 @@ TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
   EXPECT_EQ(exact.count(photos + "/" + kEscape), 1u);
 
   // --format json, embed-image, and search-image with such a path as the query.
-  r = test::run_cnclip("search-text 猫 -k 100 --format json" + with_index());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "100", "--format", "json"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   int with_bytes = 0;
   for (const auto& h : json::parse(r.out)) with_bytes += h.contains("path_bytes");
   EXPECT_EQ(with_bytes, 1);
   const std::string odd = photos + "/" + kLatin1;
-  r = test::run_cnclip("embed-image " + q(odd) + model_arg());
+  r = test::run_cnclip({"embed-image", odd, "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(get_string_field(json::parse(r.out), "path"), odd);
-  r = test::run_cnclip("search-image " + q(odd) + " -k 1 --format jsonl" + with_index());
+  r = test::run_cnclip(test::concat({"search-image", odd, "-k", "1", "--format", "jsonl"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto top = json::parse(r.out);
   EXPECT_EQ(get_string_field(top, "query"), odd);
@@ -183,23 +186,25 @@ TEST_F(Indexed, JsonCarriesTheExactBytesOfNamesThatAreNotUtf8) {
   const std::string odd_folder = *dir / "folder-\xfe";
   fs::create_directories(odd_folder);
   test::copy_file(photos + "/pokemon.jpeg", odd_folder + "/p.jpeg");
-  r = test::run_cnclip("index -q --format json " + q(odd_folder) + model_arg() + " --index " + q(odd_index));
+  r = test::run_cnclip(
+      {"index", "-q", "--format", "json", odd_folder, "--model", test::tiny_bundle(), "--index", odd_index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(get_string_field(json::parse(r.out), "index"), odd_index);
-  r = test::run_cnclip("info --format json --index " + q(odd_index));
+  r = test::run_cnclip({"info", "--format", "json", "--index", odd_index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto info = json::parse(r.out);
   EXPECT_EQ(get_string_field(info, "index"), odd_index);
   ASSERT_TRUE(info.contains("folders_bytes")) << r.out;
   ASSERT_EQ(info["folders_bytes"].size(), 1u);
   EXPECT_EQ(info["folders_bytes"][0], hex_encode(odd_folder));
-  r = test::run_cnclip("info --format json" + idx_arg());  // UTF-8 names: no extra fields
+  r = test::run_cnclip(test::concat({"info", "--format", "json"}, idx_args()));  // UTF-8 names: no extra fields
   EXPECT_FALSE(json::parse(r.out).contains("folders_bytes")) << r.out;
   EXPECT_FALSE(json::parse(r.out).contains("index_bytes")) << r.out;
 }
 
 TEST_F(Indexed, PathsAreRawBytesAndNulSeparatedWithMinus0) {
-  auto r = test::run_cnclip("search-text 猫 -k 100 --format paths -0" + with_index());
+  auto r =
+      test::run_cnclip(test::concat({"search-text", "猫", "-k", "100", "--format", "paths", "-0"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_FALSE(r.out.empty());
   EXPECT_EQ(r.out.back(), '\0');
@@ -210,30 +215,33 @@ TEST_F(Indexed, PathsAreRawBytesAndNulSeparatedWithMinus0) {
   EXPECT_EQ(got.count(photos + "/" + kLatin1), 1u);
   EXPECT_EQ(got.count(photos + "/" + kEscape), 1u);
   // Without -0 the bytes are raw too (piped output is never escaped).
-  r = test::run_cnclip("search-text 猫 -k 100 --format paths" + with_index());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "100", "--format", "paths"}, with_index_args()));
   EXPECT_NE(r.out.find(photos + "/" + kEscape + "\n"), std::string::npos);
   EXPECT_NE(r.out.find(photos + "/" + kLatin1 + "\n"), std::string::npos);
 }
 
 TEST_F(Indexed, SeveralQueriesInPathsAreSeparatedByAnEmptyLine) {
-  auto r = test::run_cnclip("search-text 猫 小狗 海边 -k 2 --format paths" + with_index());
+  auto r = test::run_cnclip(
+      test::concat({"search-text", "猫", "小狗", "海边", "-k", "2", "--format", "paths"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto blocks = split(r.out, '\n');
   // 2 paths, empty, 2 paths, empty, 2 paths (a name holding a newline may add lines: count records).
   int empty = 0;
   for (const auto& b : blocks) empty += b.empty();
   EXPECT_EQ(empty, 2) << r.out;
-  r = test::run_cnclip("search-text 猫 小狗 海边 -k 2 --format paths -0" + with_index());
+  r = test::run_cnclip(
+      test::concat({"search-text", "猫", "小狗", "海边", "-k", "2", "--format", "paths", "-0"}, with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto records = split(r.out, '\0');
   ASSERT_EQ(records.size(), 8u);
   EXPECT_TRUE(records[2].empty() && records[5].empty());
   for (size_t i : {0, 1, 3, 4, 6, 7}) EXPECT_EQ(records[i].rfind(photos + "/", 0), 0u) << records[i];
   // A query with no result still has its (empty) block; --threshold 2 keeps nothing.
-  r = test::run_cnclip("search-text 猫 小狗 --threshold 2 --format paths -0" + with_index());
+  r = test::run_cnclip(
+      test::concat({"search-text", "猫", "小狗", "--threshold", "2", "--format", "paths", "-0"}, with_index_args()));
   EXPECT_EQ(r.out, std::string(1, '\0'));
   // One query: a plain list, as before.
-  r = test::run_cnclip("search-text 猫 -k 2 --format paths" + with_index());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "2", "--format", "paths"}, with_index_args()));
   EXPECT_EQ(test::lines(r.out).size(), 2u);
 }
 
@@ -268,7 +276,7 @@ TEST_F(Indexed, ControlCharactersAreEscapedOnATerminalOnly) {
 TEST(CliMessages, StderrMessagesEscapeControlCharacters) {
   test::TempDir dir;
   const std::string evil = dir / "gone\x1b[31m\nfake line\x9b.jpg";
-  auto r = test::run_cnclip("embed-image " + q(evil) + model_arg());
+  auto r = test::run_cnclip({"embed-image", evil, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
@@ -279,7 +287,7 @@ TEST(CliMessages, IndexReportsOddNamesEscaped) {
   test::TempDir dir;
   fs::create_directories(dir / "photos");
   test::write_text(dir / "photos/broken\x1b[2J\n.jpg", "not an image");
-  auto r = test::run_cnclip("index " + q(dir / "photos") + model_arg() + " --index " + q(dir / "i"));
+  auto r = test::run_cnclip({"index", dir / "photos", "--model", test::tiny_bundle(), "--index", dir / "i"});
   EXPECT_EQ(r.err.find('\x1b'), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("broken\\x1b[2J\\n.jpg"), std::string::npos) << r.err;
 }
@@ -357,20 +365,22 @@ TEST_F(Indexed, SearchTextAnswersEachStdinLineAsItArrives) {
 }
 
 TEST_F(Indexed, StdinQueriesAreCheckedLineByLine) {
-  auto r = test::run_cnclip("search-text - -k 1" + with_index(), "小狗\n   \n猫\n");
+  auto r = test::run_cnclip(test::concat({"search-text", "-", "-k", "1"}, with_index_args()), "小狗\n   \n猫\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("stdin line 2"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("blank"), std::string::npos) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 1u);  // the line before was answered
-  r = test::run_cnclip("search-text - -k 1 --format json" + with_index(), "小狗\n   \n猫\n");
+  r = test::run_cnclip(test::concat({"search-text", "-", "-k", "1", "--format", "json"}, with_index_args()),
+                       "小狗\n   \n猫\n");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(json::parse(r.out).size(), 1u) << r.out;  // still one well-formed array
-  r = test::run_cnclip("search-text -" + with_index(), "");
+  r = test::run_cnclip(test::concat({"search-text", "-"}, with_index_args()), "");
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   // Queries with -0 may hold newlines.
   static const char kNulSeparated[] = "小狗\n猫\0海边\0";
-  r = test::run_cnclip("search-text - -0 -k 1" + with_index(), std::string(kNulSeparated, sizeof kNulSeparated - 1));
+  r = test::run_cnclip(test::concat({"search-text", "-", "-0", "-k", "1"}, with_index_args()),
+                       std::string(kNulSeparated, sizeof kNulSeparated - 1));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), 2u);
@@ -394,7 +404,7 @@ TEST_F(Indexed, EmptyAndBlankQueriesAreUsageErrors) {
 TEST_F(Indexed, ALongQueryIsCutWithAWarning) {
   std::string query;
   for (int i = 0; i < 30; ++i) query += "夕阳大海";  // 120 characters, one token each
-  auto r = test::run_cnclip("search-text " + q(query) + " -k 1" + with_index());
+  auto r = test::run_cnclip(test::concat({"search-text", query, "-k", "1"}, with_index_args()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 1u);
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
@@ -402,42 +412,43 @@ TEST_F(Indexed, ALongQueryIsCutWithAWarning) {
   EXPECT_NE(r.err.find("夕阳大海"), std::string::npos) << r.err;   // names the query
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;  // how many tokens were kept
   // A query that fits says nothing; tokenize and embed-text warn too.
-  r = test::run_cnclip("search-text 夕阳大海 -k 1" + with_index());
+  r = test::run_cnclip(test::concat({"search-text", "夕阳大海", "-k", "1"}, with_index_args()));
   EXPECT_EQ(r.err, "");
-  r = test::run_cnclip("tokenize " + q(query) + model_arg());
+  r = test::run_cnclip({"tokenize", query, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;
-  r = test::run_cnclip("tokenize " + q(query) + " --context-length 10" + model_arg());
+  r = test::run_cnclip({"tokenize", query, "--context-length", "10", "--model", test::tiny_bundle()});
   EXPECT_NE(r.err.find("8 of 120"), std::string::npos) << r.err;
-  r = test::run_cnclip("embed-text " + q(query) + model_arg());
+  r = test::run_cnclip({"embed-text", query, "--model", test::tiny_bundle()});
   EXPECT_NE(r.err.find("50 of 120"), std::string::npos) << r.err;
 }
 
 TEST_F(Indexed, TopKBeyondTheIndexReturnsEverything) {
   for (const std::string& k : std::vector<std::string>{"2147483647", "1000", "6"}) {
-    auto r = test::run_cnclip("search-text 猫 -k " + k + with_index());
+    auto r = test::run_cnclip(test::concat({"search-text", "猫", "-k", k}, with_index_args()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json_lines(r.out).size(), static_cast<size_t>(kFiles)) << k;
-    r = test::run_cnclip("search-image " + q(photos + "/pokemon.jpeg") + " --exclude-self -k " + k + with_index());
+    r = test::run_cnclip(
+        test::concat({"search-image", photos + "/pokemon.jpeg", "--exclude-self", "-k", k}, with_index_args()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto rows = json_lines(r.out);
     EXPECT_EQ(rows.size(), static_cast<size_t>(kFiles - 1)) << k;
     for (const auto& row : rows) EXPECT_NE(row["path"], photos + "/pokemon.jpeg");
   }
   for (const std::string& k : std::vector<std::string>{"0", "-1", "2147483648", "x"}) {
-    auto r = test::run_cnclip("search-text 猫 -k " + k + with_index());
+    auto r = test::run_cnclip(test::concat({"search-text", "猫", "-k", k}, with_index_args()));
     EXPECT_EQ(r.exit_code, 2) << k << r.err;
   }
 }
 
 TEST_F(Indexed, ThresholdMustBeAFiniteNumber) {
   for (const std::string& t : std::vector<std::string>{"nan", "NaN", "inf", "-inf", "infinity", "1e999", "abc"}) {
-    auto r = test::run_cnclip("search-text 猫 --threshold " + t + with_index());
+    auto r = test::run_cnclip(test::concat({"search-text", "猫", "--threshold", t}, with_index_args()));
     EXPECT_EQ(r.exit_code, 2) << t << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << t << r.err;
     EXPECT_EQ(r.out, "");
   }
-  auto r = test::run_cnclip("search-text 猫 --threshold -1" + with_index());
+  auto r = test::run_cnclip(test::concat({"search-text", "猫", "--threshold", "-1"}, with_index_args()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 10u > kFiles ? static_cast<size_t>(kFiles) : 10u);
 }
@@ -459,33 +470,37 @@ TEST_F(Indexed, SearchImageReadsImageBytesFromStdin) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["path"], img);
   // Not an image on stdin: one line naming stdin, exit 1.
-  r = test::run_cnclip("search-image -" + with_index(), "photos/a.jpg\nphotos/b.jpg\n");
+  r = test::run_cnclip(test::concat({"search-image", "-"}, with_index_args()), "photos/a.jpg\nphotos/b.jpg\n");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("standard input"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
-  r = test::run_cnclip("search-image - -" + with_index(), "x");
+  r = test::run_cnclip(test::concat({"search-image", "-", "-"}, with_index_args()), "x");
   EXPECT_EQ(r.exit_code, 2);
-  r = test::run_cnclip("search-image - --paths-from -" + with_index(), "x");
+  r = test::run_cnclip(test::concat({"search-image", "-", "--paths-from", "-"}, with_index_args()), "x");
   EXPECT_EQ(r.exit_code, 2);
 }
 
 TEST_F(Indexed, SearchImagePathListsAreLinesOrNulTerminated) {
   const std::string odd = photos + "/" + kNewline;
-  auto r = test::run_cnclip("search-image --paths-from - -0 -k 1 --format paths -0" + with_index(),
-                            odd + std::string(1, '\0') + photos + "/pokemon.jpeg" + std::string(1, '\0'));
+  auto r =
+      test::run_cnclip(test::concat({"search-image", "--paths-from", "-", "-0", "-k", "1", "--format", "paths", "-0"},
+                                    with_index_args()),
+                       odd + std::string(1, '\0') + photos + "/pokemon.jpeg" + std::string(1, '\0'));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, odd + std::string(1, '\0') + std::string(1, '\0') + photos + "/pokemon.jpeg" + std::string(1, '\0'));
   // Lines, with a missing file in the middle: reported, its block kept empty, exit 1.
-  r = test::run_cnclip("search-image --paths-from - -k 1 --format paths" + with_index(),
-                       photos + "/pokemon.jpeg\n" + photos + "/missing.jpg\r\n" + photos + "/camera.png\n");
+  r = test::run_cnclip(
+      test::concat({"search-image", "--paths-from", "-", "-k", "1", "--format", "paths"}, with_index_args()),
+      photos + "/pokemon.jpeg\n" + photos + "/missing.jpg\r\n" + photos + "/camera.png\n");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("missing.jpg"), std::string::npos) << r.err;
   EXPECT_EQ(r.out, photos + "/pokemon.jpeg\n\n\n" + photos + "/camera.png\n");
   // From a file, after the arguments.
   test::TempDir list;
   test::write_text(list / "l.txt", photos + "/camera.png\n");
-  r = test::run_cnclip("search-image " + q(photos + "/pokemon.jpeg") + " --paths-from " + q(list / "l.txt") +
-                       " -k 1 --format jsonl" + with_index());
+  r = test::run_cnclip(test::concat(
+      {"search-image", photos + "/pokemon.jpeg", "--paths-from", list / "l.txt", "-k", "1", "--format", "jsonl"},
+      with_index_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto rows = json_lines(r.out);
   ASSERT_EQ(rows.size(), 2u);
@@ -498,23 +513,26 @@ TEST_F(Indexed, NulSeparatedListsOnStdinForIndexRemoveEmbedAndTokenize) {
   std::string list;
   for (const auto& name : {kNewline, std::string("pokemon.jpeg"), kLatin1}) list += photos + "/" + name + '\0';
   test::TempDir d;
-  const std::string other = " --index " + q(d / "i");
-  auto r = test::run_cnclip("index - -q --format json" + model_arg() + other, list);
+  const std::vector<std::string> other{"--index", d / "i"};
+  auto r = test::run_cnclip(
+      test::concat({"index", "-", "-q", "--format", "json", "--model", test::tiny_bundle()}, other), list);
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("holds a NUL byte; for NUL-separated input (find -print0) add -0"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(d / "i/catalog.sqlite3")) << "nothing is created for a refused list";
-  r = test::run_cnclip("index - -0 -q --format json" + model_arg() + other, list);
+  r = test::run_cnclip(
+      test::concat({"index", "-", "-0", "-q", "--format", "json", "--model", test::tiny_bundle()}, other), list);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 3) << r.out;
-  r = test::run_cnclip("embed-image - --null" + model_arg(), list);
+  r = test::run_cnclip({"embed-image", "-", "--null", "--model", test::tiny_bundle()}, list);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 3u);
-  r = test::run_cnclip("tokenize - -0" + model_arg(), std::string("a\nb") + '\0' + "c" + '\0');
+  r = test::run_cnclip({"tokenize", "-", "-0", "--model", test::tiny_bundle()},
+                       std::string("a\nb") + '\0' + "c" + '\0');
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json_lines(r.out).size(), 2u);
-  r = test::run_cnclip("remove - -0" + other, photos + "/" + kNewline + '\0');
+  r = test::run_cnclip(test::concat({"remove", "-", "-0"}, other), photos + "/" + kNewline + '\0');
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cnclip("info --format json" + other);
+  r = test::run_cnclip(test::concat({"info", "--format", "json"}, other));
   EXPECT_EQ(json::parse(r.out)["files"], 2) << r.out;
 }
 
@@ -523,7 +541,7 @@ TEST_F(Indexed, NulSeparatedListsOnStdinForIndexRemoveEmbedAndTokenize) {
 TEST(CliTokenize, ContextLengthIsBoundedByTheModel) {
   for (const std::string& n : std::vector<std::string>{"0", "-1", "1", "53", "512", "2147483647", "-2147483648"}) {
     const auto start = std::chrono::steady_clock::now();
-    auto r = test::run_cnclip("tokenize 小狗 --context-length " + n + model_arg());
+    auto r = test::run_cnclip({"tokenize", "小狗", "--context-length", n, "--model", test::tiny_bundle()});
     EXPECT_EQ(r.exit_code, 2) << n << r.out;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << n << r.err;
     EXPECT_EQ(r.out, "") << n;
@@ -533,33 +551,34 @@ TEST(CliTokenize, ContextLengthIsBoundedByTheModel) {
     }
   }
   for (int n : {2, 10, 52}) {
-    auto r = test::run_cnclip("tokenize 小狗 --context-length " + std::to_string(n) + model_arg());
+    auto r =
+        test::run_cnclip({"tokenize", "小狗", "--context-length", std::to_string(n), "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << n << r.err;
     EXPECT_EQ(json::parse(r.out)["ids"].size(), static_cast<size_t>(n));
   }
   // A vocabulary alone: bounded by the 512 positions of Chinese-CLIP's text towers.
-  const std::string vocab = " --vocab " + q(test::fixtures("vocab.txt"));
-  auto r = test::run_cnclip("tokenize 小狗 --context-length 512" + vocab);
+  const std::vector<std::string> vocab{"--vocab", test::fixtures("vocab.txt")};
+  auto r = test::run_cnclip(test::concat({"tokenize", "小狗", "--context-length", "512"}, vocab));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["ids"].size(), 512u);
-  EXPECT_EQ(test::run_cnclip("tokenize 小狗 --context-length 513" + vocab).exit_code, 2);
+  EXPECT_EQ(test::run_cnclip(test::concat({"tokenize", "小狗", "--context-length", "513"}, vocab)).exit_code, 2);
 }
 
 TEST(CliPreprocess, NpyTargetsThatAreNotRegularFiles) {
   test::TempDir dir;
-  const std::string img = q(test::fixtures("images/pokemon.jpeg"));
-  auto r = test::run_cnclip("preprocess " + img + " --npy " + q(dir / "ref.npy"));
+  const std::string image = test::fixtures("images/pokemon.jpeg"), img = q(image);
+  auto r = test::run_cnclip({"preprocess", image, "--npy", dir / "ref.npy"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const std::string expected = test::read_text(dir / "ref.npy");
   ASSERT_EQ(read_npy(dir / "ref.npy").value().shape, (std::vector<int64_t>{3, 224, 224}));
 
-  r = test::run_cnclip("preprocess " + img + " --npy -");  // stdout
+  r = test::run_cnclip({"preprocess", image, "--npy", "-"});  // stdout
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(r.out == expected);
 
   test::write_text(dir / "target.npy", "old");
   fs::create_symlink("target.npy", dir / "link.npy");
-  r = test::run_cnclip("preprocess " + img + " --npy " + q(dir / "link.npy"));
+  r = test::run_cnclip({"preprocess", image, "--npy", dir / "link.npy"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::is_symlink(dir / "link.npy"));
   EXPECT_TRUE(test::read_text(dir / "target.npy") == expected);
@@ -573,13 +592,13 @@ TEST(CliPreprocess, NpyTargetsThatAreNotRegularFiles) {
   ASSERT_EQ(::lstat((dir / "fifo").c_str(), &st), 0);
   EXPECT_TRUE(S_ISFIFO(st.st_mode));
 
-  r = test::run_cnclip("preprocess " + img + " --npy /dev/null");
+  r = test::run_cnclip({"preprocess", image, "--npy", "/dev/null"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(::stat("/dev/null", &st), 0);
   EXPECT_TRUE(S_ISCHR(st.st_mode));
 
   fs::create_directory(dir / "d.npy");
-  r = test::run_cnclip("preprocess " + img + " --npy " + q(dir / "d.npy"));
+  r = test::run_cnclip({"preprocess", image, "--npy", dir / "d.npy"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("d.npy: is a directory"), std::string::npos) << r.err;
   EXPECT_TRUE(fs::is_directory(dir / "d.npy"));

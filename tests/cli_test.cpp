@@ -8,19 +8,19 @@ namespace {
 using namespace cli_test;  // NOLINT(google-build-using-namespace): the helpers of every CLI test
 
 TEST(Cli, HelpVersionAndUsageErrors) {
-  auto r = test::run_cnclip("--help");
+  auto r = test::run_cnclip({"--help"});
   EXPECT_EQ(r.exit_code, 0);
   for (const char* sub : {"index", "search-text", "search-image", "embed-text", "embed-image", "model-info", "tokenize",
                           "preprocess", "info", "remove"}) {
     EXPECT_NE(r.out.find(sub), std::string::npos) << sub;
   }
-  r = test::run_cnclip("--version");
+  r = test::run_cnclip({"--version"});
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_NE(r.out.find("cnclip"), std::string::npos);
-  r = test::run_cnclip("frobnicate");
+  r = test::run_cnclip({"frobnicate"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("cnclip: error"), std::string::npos);
-  r = test::run_cnclip("search-text 狗 --format xml" + model_arg());
+  r = test::run_cnclip({"search-text", "狗", "--format", "xml", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 2);
 }
 

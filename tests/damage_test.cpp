@@ -350,8 +350,6 @@ TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {
 
 // ---- through the binary ----
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 struct PhotoIndex {
   test::TempDir dir;
   std::string photos = dir / "photos", idx = dir / "idx";
@@ -359,16 +357,18 @@ struct PhotoIndex {
     ::chmod(dir.path().c_str(), 0755);  // readable by another user
     fs::create_directories(photos);
     for (int i = 0; i < n; ++i) test::make_small_photo(photos + "/p" + std::to_string(i) + ".png", 900 + i);
-    auto r = test::run_cnclip("index -q --batch-size 16 " + test::shell_quote(photos) + model_arg() + idx_arg());
+    auto r = test::run_cnclip(
+        test::concat({"index", "-q", "--batch-size", "16", photos, "--model", test::tiny_bundle()}, idx_args()));
     EXPECT_EQ(r.exit_code, 0) << r.err;
   }
-  std::string idx_arg() const { return " --index " + test::shell_quote(idx); }
+  std::vector<std::string> idx_args() const { return {"--index", idx}; }
   std::string catalog() const { return idx + "/catalog.sqlite3"; }
 };
 
 TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
   PhotoIndex p(30);
-  const auto before = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  const auto before = test::run_cnclip(test::concat(
+      {"search-text", "小狗", "-k", "30", "--format", "jsonl", "--model", test::tiny_bundle()}, p.idx_args()));
   ASSERT_EQ(before.exit_code, 0) << before.err;
   std::string snap;
   for (const auto& e : fs::directory_iterator(p.idx)) {
@@ -377,7 +377,8 @@ TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
   ASSERT_FALSE(snap.empty());
   const std::string good = test::read_text(snap);
   test::damage_bytes(snap, good.size() / 2, 16, 5);  // the middle of the vectors, header intact
-  auto r = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  auto r = test::run_cnclip(test::concat(
+      {"search-text", "小狗", "-k", "30", "--format", "jsonl", "--model", test::tiny_bundle()}, p.idx_args()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, before.out) << "the catalog's vectors give the same answers";
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
@@ -386,10 +387,12 @@ TEST(DamageCli, DamagedSnapshotIsSaidOnceAndRewrittenByTheNextIndex) {
     const double score = json::parse(l)["score"];
     EXPECT_TRUE(score >= -1 && score <= 1) << l;
   }
-  r = test::run_cnclip("index -q" + model_arg() + p.idx_arg());  // no path: update, nothing to encode
+  r = test::run_cnclip(test::concat({"index", "-q", "--model", test::tiny_bundle()},
+                                    p.idx_args()));  // no path: update, nothing to encode
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::read_text(snap), good) << "the next run rewrites the snapshot";
-  r = test::run_cnclip("search-text 小狗 -k 30 --format jsonl" + model_arg() + p.idx_arg());
+  r = test::run_cnclip(test::concat(
+      {"search-text", "小狗", "-k", "30", "--format", "jsonl", "--model", test::tiny_bundle()}, p.idx_args()));
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_EQ(r.err, "");
   EXPECT_EQ(r.out, before.out);
@@ -402,20 +405,23 @@ TEST(DamageCli, DamagedCatalogIsReportedRepairedAndOnlyTheLostAreEncodedAgain) {
   ASSERT_EQ(reference.size(), static_cast<size_t>(n));
   damage_pages(p.catalog(), 3, 21);
 
-  auto r = test::run_cnclip("search-text 小狗 -k 300 --format jsonl" + model_arg() + p.idx_arg());
+  auto r = test::run_cnclip(test::concat(
+      {"search-text", "小狗", "-k", "300", "--format", "jsonl", "--model", test::tiny_bundle()}, p.idx_args()));
   EXPECT_EQ(r.exit_code, 1) << "a damaged catalog must not give partial results";
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("damaged"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
-  for (const std::string& cmd : std::vector<std::string>{"info", "index -q" + model_arg()}) {
-    r = test::run_cnclip(cmd + p.idx_arg());
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"info"}, {"index", "-q", "--model", test::tiny_bundle()}}) {
+    const std::string& cmd = args[0];
+    r = test::run_cnclip(test::concat(args, p.idx_args()));
     EXPECT_EQ(r.exit_code, 1) << cmd;
     EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << cmd << ": " << r.err;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   }
 
-  r = test::run_cnclip("repair --format json" + p.idx_arg());
+  r = test::run_cnclip(test::concat({"repair", "--format", "json"}, p.idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json rep = json::parse(r.out);
   EXPECT_TRUE(rep["damaged"].get<bool>());
@@ -428,10 +434,11 @@ TEST(DamageCli, DamagedCatalogIsReportedRepairedAndOnlyTheLostAreEncodedAgain) {
   for (const auto& [path, e] : after) EXPECT_EQ(e, reference.at(path)) << path;
   EXPECT_EQ(rep["files_lost_known"], n - kept);
 
-  r = test::run_cnclip("info --format json" + p.idx_arg());
+  r = test::run_cnclip(test::concat({"info", "--format", "json"}, p.idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["files"], kept);
-  r = test::run_cnclip("index -q --format json " + test::shell_quote(p.photos) + model_arg() + p.idx_arg());
+  r = test::run_cnclip(
+      test::concat({"index", "-q", "--format", "json", p.photos, "--model", test::tiny_bundle()}, p.idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["added"], n - kept) << "only the lost files are encoded again";
@@ -448,23 +455,27 @@ bool user_exists(const char* name) {
 
 // Every reader works and every writer says "read-only" in one line; `prefix` runs the binary as
 // another user.
-void expect_read_only_behaviour(const PhotoIndex& p, const std::string& prefix, int files) {
-  auto run = [&](const std::string& args) { return test::run_cnclip_as(prefix, args); };
-  auto r = run("search-text 小狗 -k 5 --format jsonl" + model_arg() + p.idx_arg());
+void expect_read_only_behaviour(const PhotoIndex& p, const std::vector<std::string>& through, int files) {
+  test::RunOptions as;
+  as.through = through;
+  auto run = [&](const std::vector<std::string>& args) { return test::run_cnclip(args, as); };
+  const std::string model = test::tiny_bundle();
+  auto r = run({"search-text", "小狗", "-k", "5", "--format", "jsonl", "--model", model, "--index", p.idx});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 5u);
-  r = run("search-image " + test::shell_quote(p.photos + "/p1.png") + " -k 1 --format paths" + model_arg() +
-          p.idx_arg());
+  r = run({"search-image", p.photos + "/p1.png", "-k", "1", "--format", "paths", "--model", model, "--index", p.idx});
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  r = run("info --format json" + p.idx_arg());
+  r = run({"info", "--format", "json", "--index", p.idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["files"], files);
   test::write_text(p.dir / "in.jsonl", "");
-  for (const std::string& cmd :
-       std::vector<std::string>{"index -q" + model_arg(), "index -q " + test::shell_quote(p.photos) + model_arg(),
-                                "remove " + test::shell_quote(p.photos + "/p1.png"), std::string("repair"),
-                                "import " + test::shell_quote(p.dir / "in.jsonl") + model_arg()}) {
-    r = run(cmd + p.idx_arg());
+  for (const auto& args : std::vector<std::vector<std::string>>{{"index", "-q", "--model", model},
+                                                                {"index", "-q", p.photos, "--model", model},
+                                                                {"remove", p.photos + "/p1.png"},
+                                                                {"repair"},
+                                                                {"import", p.dir / "in.jsonl", "--model", model}}) {
+    const std::string& cmd = args[0];
+    r = run(test::concat(args, {"--index", p.idx}));
     EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.err;
     EXPECT_NE(r.err.find("read-only"), std::string::npos) << cmd << ": " << r.err;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << cmd << ": " << r.err;
@@ -476,7 +487,7 @@ TEST(ReadOnlyIndex, ReadOnlyMountIsSearchableAndWritersSaySo) {
   PhotoIndex p(12);
   auto ro = test::ScopedMount::read_only(p.idx);
   ASSERT_TRUE(ro.ok()) << ro.why();
-  expect_read_only_behaviour(p, "", 12);
+  expect_read_only_behaviour(p, {}, 12);
   EXPECT_FALSE(fs::exists(p.idx + "/catalog.sqlite3.repair"));
 }
 
@@ -488,7 +499,7 @@ TEST(ReadOnlyIndex, AnotherUsersIndexIsSearchableAndWritersSaySo) {
   ASSERT_TRUE(user_exists("nobody"));
   PhotoIndex p(12);
   std::system(("chmod -R a+rX " + test::shell_quote(p.dir.path())).c_str());
-  expect_read_only_behaviour(p, "runuser -u nobody --", 12);
+  expect_read_only_behaviour(p, {"runuser", "-u", "nobody", "--"}, 12);
 }
 
 TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
@@ -511,13 +522,17 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   {
     auto ro = test::ScopedMount::read_only(copy);
     ASSERT_TRUE(ro.ok()) << ro.why();
-    for (const std::string& prefix : std::vector<std::string>{"", "runuser -u nobody --"}) {
-      if (!prefix.empty() && !user_exists("nobody")) continue;
-      auto r = test::run_cnclip_as(prefix, "info --format json --index " + test::shell_quote(copy));
-      ASSERT_EQ(r.exit_code, 0) << prefix << r.err;
+    for (const auto& through : std::vector<std::vector<std::string>>{{}, {"runuser", "-u", "nobody", "--"}}) {
+      if (!through.empty() && !user_exists("nobody")) continue;
+      test::RunOptions as;
+      as.through = through;
+      const std::string who = through.empty() ? "root" : "nobody";
+      auto r = test::run_cnclip({"info", "--format", "json", "--index", copy}, as);
+      ASSERT_EQ(r.exit_code, 0) << who << r.err;
       EXPECT_EQ(json::parse(r.out)["files"], 11) << "the commit in the -wal is seen";
-      r = test::run_cnclip_as(
-          prefix, "search-text 小狗 -k 20 --format paths" + model_arg() + " --index " + test::shell_quote(copy));
+      r = test::run_cnclip(
+          {"search-text", "小狗", "-k", "20", "--format", "paths", "--model", test::tiny_bundle(), "--index", copy},
+          as);
       EXPECT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(test::lines(r.out).size(), 11u);
     }
@@ -527,7 +542,7 @@ TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   fs::remove(copy + "/catalog.sqlite3-shm");
   auto ro = test::ScopedMount::read_only(copy);
   ASSERT_TRUE(ro.ok()) << ro.why();
-  auto r = test::run_cnclip("info --format json --index " + test::shell_quote(copy));
+  auto r = test::run_cnclip({"info", "--format", "json", "--index", copy});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("-wal"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;

@@ -29,7 +29,9 @@ inline void make_small_photo(const std::string& path, unsigned seed) {
   cv::Mat img(48, 64, CV_8UC3);
   for (int y = 0; y < img.rows; y += 8) {
     for (int x = 0; x < img.cols; x += 8) {
-      img(cv::Rect(x, y, 8, 8)).setTo(cv::Scalar(rng() % 256, rng() % 256, rng() % 256));
+      img(cv::Rect(x, y, 8, 8))
+          .setTo(cv::Scalar(static_cast<double>(rng() % 256), static_cast<double>(rng() % 256),
+                            static_cast<double>(rng() % 256)));
     }
   }
   cv::imwrite(path, img);

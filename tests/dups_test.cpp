@@ -22,8 +22,6 @@ namespace fs = std::filesystem;
 
 constexpr int kDim = 32;  // the tiny bundle's embedding size
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 // A unit vector at cosine `c` from axis `a`, turned towards axis `b`.
 std::vector<float> at_cosine(int a, int b, double c) {
   std::vector<float> v(kDim, 0.0f);
@@ -44,7 +42,7 @@ class Dups : public ::testing::Test {
     std::string jsonl;
     for (const auto& r : rows) jsonl += json{{"path", r.path}, {"embedding", r.v}}.dump() + "\n";
     test::write_text(dir_ / "rows.jsonl", jsonl);
-    auto r = run("import " + test::shell_quote(dir_ / "rows.jsonl") + model_arg());
+    auto r = run({"import", dir_ / "rows.jsonl", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     // Imported rows have no content hash; give them the ones asked for, as `index` would have.
     auto store = IndexStore::open(index(), IndexAccess::kWrite);
@@ -59,11 +57,11 @@ class Dups : public ::testing::Test {
     tx.commit();
     store->write_snapshot();
   }
-  test::RunResult run(const std::string& args) {
-    return test::run_cnclip(args + " --index " + test::shell_quote(index()));
+  test::RunResult run(const std::vector<std::string>& args) {
+    return test::run_cnclip(test::concat(args, {"--index", index()}));
   }
-  std::vector<json> groups(const std::string& args = "") {
-    auto r = run("dups --format jsonl" + args);
+  std::vector<json> groups(const std::vector<std::string>& args = {}) {
+    auto r = run(test::concat({"dups", "--format", "jsonl"}, args));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::vector<json> out;
     for (const auto& line : test::lines(r.out)) out.push_back(json::parse(line));
@@ -89,14 +87,14 @@ TEST_F(Dups, ChainsDoNotMergePhotosThatAreNotSimilar) {
   EXPECT_NEAR(g[0]["scores"][0].get<double>(), 1.0, 1e-6);
   EXPECT_NEAR(g[0]["scores"][1].get<double>(), c, 1e-6);
   // Threshold below a-c: the three together, each scored against the first, best first.
-  g = groups(" --threshold 0.8");
+  g = groups({"--threshold", "0.8"});
   ASSERT_EQ(g.size(), 1u);
   EXPECT_EQ(g[0]["paths"], json({"/p/a.jpg", "/p/b.jpg", "/p/c.jpg"}));
   EXPECT_NEAR(g[0]["scores"][2].get<double>(), c2, 1e-6);
   // Above a-b: nothing.
-  EXPECT_TRUE(groups(" --threshold 0.97").empty());
+  EXPECT_TRUE(groups({"--threshold", "0.97"}).empty());
   // A threshold exactly at a pair's cosine keeps it (>=): b-a printed 0.960000.
-  EXPECT_EQ(groups(" --threshold 0.959999").size(), 1u);
+  EXPECT_EQ(groups({"--threshold", "0.959999"}).size(), 1u);
 }
 
 TEST_F(Dups, TheFirstIndexedLeadsAndTakesOnlyItsOwnNeighbours) {
@@ -141,7 +139,7 @@ TEST_F(Dups, ExactCopiesComeFirstAndANearGroupTakesThemWhole) {
     for (const auto& p : group["paths"]) EXPECT_TRUE(seen.insert(p.get<std::string>()).second) << p << " twice";
   }
   // Exact copies are found whatever the threshold; then nothing absorbs them.
-  auto exact_only = groups(" --threshold 1");
+  auto exact_only = groups({"--threshold", "1"});
   ASSERT_EQ(exact_only.size(), 2u);
   EXPECT_EQ(exact_only[0]["paths"], json({"/p/orig.jpg", "/p/copy.jpg", "/p/copy2.jpg"}));
   EXPECT_EQ(exact_only[0]["exact"], true);
@@ -179,19 +177,19 @@ TEST_F(Dups, UnderLimitsBothMembersAndEveryFormatPrintsTheGroups) {
   o.under = "/p/out";
   EXPECT_TRUE(find_duplicates(*store, o).empty());
 
-  auto r = run("dups --format jsonl");
+  auto r = run({"dups", "--format", "jsonl"});
   EXPECT_EQ(test::lines(r.out)[1],
             R"({"group":2,"exact":false,"paths":["/p/in/x.jpg","/p/out/y.jpg"],"scores":[1.000000,0.990000]})");
-  r = run("dups --format json");
+  r = run({"dups", "--format", "json"});
   EXPECT_EQ(r.exit_code, 0);
   auto arr = json::parse(r.out);
   ASSERT_EQ(arr.size(), 2u);
   EXPECT_EQ(arr[1]["paths"], json({"/p/in/x.jpg", "/p/out/y.jpg"}));
-  r = run("dups --format paths");
+  r = run({"dups", "--format", "paths"});
   EXPECT_EQ(r.out, "/p/in/a.jpg\n/p/out/c.jpg\n/p/in/b.jpg\n\n/p/in/x.jpg\n/p/out/y.jpg\n");
-  r = run("dups --format paths -0");
+  r = run({"dups", "--format", "paths", "-0"});
   EXPECT_EQ(r.out, std::string("/p/in/a.jpg\0/p/out/c.jpg\0/p/in/b.jpg\0\0/p/in/x.jpg\0/p/out/y.jpg\0", 63));
-  r = run("dups --format table");
+  r = run({"dups", "--format", "table"});
   EXPECT_EQ(r.out,
             "group 1: 3 near duplicates (cosine to the first)\n"
             "  1.000000  /p/in/a.jpg\n"
@@ -201,20 +199,20 @@ TEST_F(Dups, UnderLimitsBothMembersAndEveryFormatPrintsTheGroups) {
             "group 2: 2 near duplicates (cosine to the first)\n"
             "  1.000000  /p/in/x.jpg\n"
             "  0.990000  /p/out/y.jpg\n");
-  r = run("dups --format table --threshold 0.999");
+  r = run({"dups", "--format", "table", "--threshold", "0.999"});
   EXPECT_EQ(r.out, "(no duplicates at threshold 0.999000)\n");
-  r = run("dups --format json --threshold 0.999");
+  r = run({"dups", "--format", "json", "--threshold", "0.999"});
   EXPECT_EQ(r.out, "[]\n");
 }
 
 TEST_F(Dups, BadThresholdsAndMissingIndexAreErrors) {
   for (const std::string t : {"0", "-0.5", "1.5", "nan", "inf", "x"}) {
-    auto r = run("dups --threshold " + t);
+    auto r = run({"dups", "--threshold", t});
     EXPECT_EQ(r.exit_code, 2) << t;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
     EXPECT_NE(r.err.find("--threshold"), std::string::npos) << r.err;
   }
-  auto r = run("dups");
+  auto r = run({"dups"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no index"), std::string::npos) << r.err;
 }
@@ -242,8 +240,8 @@ for name in ['pokemon.jpeg', 'chelsea_rgba.png', 'astronaut_palette.png', 'coffe
                             .c_str()),
             0);
   test::copy_file(photos + "/pokemon.png", photos + "/pokemon-copy.png");
-  const std::string idx = " --index " + test::shell_quote(dir / "index");
-  auto r = test::run_cnclip("index -q " + test::shell_quote(photos) + model_arg() + idx);
+  const std::vector<std::string> idx{"--index", dir / "index"};
+  auto r = test::run_cnclip(test::concat({"index", "-q", photos, "--model", test::tiny_bundle()}, idx));
   ASSERT_EQ(r.exit_code, 0) << r.err;
 
   // With random weights the tiny model's cosines say little about real photos; what holds is that
@@ -270,7 +268,7 @@ for name in ['pokemon.jpeg', 'chelsea_rgba.png', 'astronaut_palette.png', 'coffe
   std::cerr << "tiny model: copies >= " << same_min << ", different photos <= " << other_max << "\n";
   ASSERT_LT(other_max, same_min) << "the tiny model does not separate these copies";
   const double t = (same_min + other_max) / 2;
-  r = test::run_cnclip("dups --format jsonl --threshold " + std::to_string(t) + idx);
+  r = test::run_cnclip(test::concat({"dups", "--format", "jsonl", "--threshold", std::to_string(t)}, idx));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::set<std::set<std::string>> got;
   for (const auto& line : test::lines(r.out)) {

@@ -140,10 +140,15 @@ struct LabelledSet {
     std::mt19937 rng(19);
     std::vector<std::string> tsv_lines;
     for (int i = 0; i < kImages; ++i) {
-      cv::Mat img(48 + 4 * (i % 5), 64, CV_8UC3, cv::Scalar(rng() % 256, rng() % 256, rng() % 256));
+      cv::Mat img(48 + 4 * (i % 5), 64, CV_8UC3,
+                  cv::Scalar(static_cast<double>(rng() % 256), static_cast<double>(rng() % 256),
+                             static_cast<double>(rng() % 256)));
       for (int s = 0; s < 3; ++s) {
         cv::circle(img, cv::Point(static_cast<int>(rng() % 64), static_cast<int>(rng() % 48)),
-                   6 + static_cast<int>(rng() % 14), cv::Scalar(rng() % 256, rng() % 256, rng() % 256), -1);
+                   6 + static_cast<int>(rng() % 14),
+                   cv::Scalar(static_cast<double>(rng() % 256), static_cast<double>(rng() % 256),
+                              static_cast<double>(rng() % 256)),
+                   -1);
       }
       const std::string ext = i % 3 == 0 ? ".png" : ".jpg";
       std::vector<uint8_t> bytes;
@@ -242,24 +247,22 @@ assert np.abs(np.array([f["feature"] for f in feats]) - T).max() < 1e-6
 print("numpy check ok", t2i, i2t)
 )PY";
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
   LabelledSet set;
   const std::string out = set.dir / "out";
-  auto folder = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                                 test::shell_quote(set.texts) + model_arg() + " --format json --predictions " +
-                                 test::shell_quote(set.dir / "pred.jsonl") + " --features " + test::shell_quote(out));
+  auto folder = test::run_cnclip({"eval", "--images", set.folder, "--texts", set.texts, "--model", test::tiny_bundle(),
+                                  "--format", "json", "--predictions", set.dir / "pred.jsonl", "--features", out});
   ASSERT_EQ(folder.exit_code, 0) << folder.err;
   test::write_text(set.dir / "eval.json", folder.out);
 
   // The independent side: embeddings from embed-image and embed-text, texts prepared as Chinese-CLIP's
   // eval dataset prepares them (curly double quotes to straight ones).
-  std::string files, text_lines;
+  std::vector<std::string> embed{"embed-image"};
+  std::string text_lines;
   for (int i = 0; i < kImages; ++i) {
-    files += " " + test::shell_quote(set.folder + "/" + std::to_string(image_id(i)) + (i % 3 == 0 ? ".png" : ".jpg"));
+    embed.push_back(set.folder + "/" + std::to_string(image_id(i)) + (i % 3 == 0 ? ".png" : ".jpg"));
   }
-  auto images = test::run_cnclip("embed-image" + files + model_arg());
+  auto images = test::run_cnclip(test::concat(embed, {"--model", test::tiny_bundle()}));
   ASSERT_EQ(images.exit_code, 0) << images.err;
   test::write_text(set.dir / "img.jsonl", images.out);
   for (const auto& line : test::lines(test::read_text(set.texts))) {
@@ -269,7 +272,7 @@ TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
     }
     text_lines += text + "\n";
   }
-  auto texts = test::run_cnclip("embed-text -" + model_arg(), text_lines);
+  auto texts = test::run_cnclip({"embed-text", "-", "--model", test::tiny_bundle()}, text_lines);
   ASSERT_EQ(texts.exit_code, 0) << texts.err;
   test::write_text(set.dir / "txt.jsonl", texts.out);
   test::write_text(set.dir / "check.py", kNumpyCheck);
@@ -287,8 +290,8 @@ TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
   EXPECT_EQ(pclose(p), 0) << report;
 
   // The TSV layout (other order, URL-safe base64) gives the same figures.
-  auto tsv = test::run_cnclip("eval --images " + test::shell_quote(set.tsv) + " --texts " +
-                              test::shell_quote(set.texts) + model_arg() + " --format json");
+  auto tsv = test::run_cnclip(
+      {"eval", "--images", set.tsv, "--texts", set.texts, "--model", test::tiny_bundle(), "--format", "json"});
   ASSERT_EQ(tsv.exit_code, 0) << tsv.err;
   const json a = parse_json(folder.out), b = parse_json(tsv.out);
   for (const char* dir : {"text_to_image", "image_to_text"}) {
@@ -302,10 +305,9 @@ TEST(EvalCommand, RecallsEqualIndependentNumpyComputationInBothLayouts) {
 
 TEST(EvalCommand, TableAndDecodingOptionsAndImagePredictions) {
   LabelledSet set;
-  auto r = test::run_cnclip(
-      "eval --images " + test::shell_quote(set.folder) + " --texts " + test::shell_quote(set.texts) + model_arg() +
-      " --format table --ignore-exif --full-decode -k 3 --image-predictions " +
-      test::shell_quote(set.dir / "tr.jsonl") + " --predictions " + test::shell_quote(set.dir / "p.jsonl"));
+  auto r = test::run_cnclip({"eval", "--images", set.folder, "--texts", set.texts, "--model", test::tiny_bundle(),
+                             "--format", "table", "--ignore-exif", "--full-decode", "-k", "3", "--image-predictions",
+                             set.dir / "tr.jsonl", "--predictions", set.dir / "p.jsonl"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("30 texts, 36 images (30 named by the texts)"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("text→image"), std::string::npos) << r.out;
@@ -322,8 +324,8 @@ TEST(EvalCommand, TableAndDecodingOptionsAndImagePredictions) {
   EXPECT_EQ(first["image_id"], image_id(0));
   EXPECT_EQ(first["text_ids"].size(), 3u);
   // A format eval has no use for is a usage error.
-  auto bad = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                              test::shell_quote(set.texts) + model_arg() + " --format paths");
+  auto bad = test::run_cnclip(
+      {"eval", "--images", set.folder, "--texts", set.texts, "--model", test::tiny_bundle(), "--format", "paths"});
   EXPECT_EQ(bad.exit_code, 2) << bad.err;
 }
 
@@ -358,8 +360,8 @@ TEST(EvalCommand, BadDataIsReportedLineByLineAndMissingImagesCountAsMisses) {
                             R"({"text_id": 7, "text": "七", "image_ids": ["3"]})"  // line 7
                             "\n";
   test::write_text(dir / "texts.jsonl", texts);
-  auto r = test::run_cnclip("eval --images " + test::shell_quote(dir / "imgs.tsv") + " --texts " +
-                            test::shell_quote(dir / "texts.jsonl") + model_arg() + " --format json -j 2");
+  auto r = test::run_cnclip({"eval", "--images", dir / "imgs.tsv", "--texts", dir / "texts.jsonl", "--model",
+                             test::tiny_bundle(), "--format", "json", "-j", "2"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   for (const char* expected :
        {"imgs.tsv line 5: no tab", "imgs.tsv line 6: the image_id 'x7' is not an integer",
@@ -388,42 +390,40 @@ TEST(EvalCommand, BadDataIsReportedLineByLineAndMissingImagesCountAsMisses) {
 
 TEST(EvalCommand, UnusableInputsStopWithOneLine) {
   LabelledSet set;
-  auto missing = test::run_cnclip("eval --images " + test::shell_quote(set.dir / "nope") + " --texts " +
-                                  test::shell_quote(set.texts) + model_arg());
+  auto missing =
+      test::run_cnclip({"eval", "--images", set.dir / "nope", "--texts", set.texts, "--model", test::tiny_bundle()});
   EXPECT_EQ(missing.exit_code, 1);
   EXPECT_NE(missing.err.find("nope"), std::string::npos) << missing.err;
   EXPECT_TRUE(missing.out.empty());
   test::write_text(set.dir / "empty.jsonl", "\n");
-  auto empty = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                                test::shell_quote(set.dir / "empty.jsonl") + model_arg());
+  auto empty = test::run_cnclip(
+      {"eval", "--images", set.folder, "--texts", set.dir / "empty.jsonl", "--model", test::tiny_bundle()});
   EXPECT_EQ(empty.exit_code, 1);
   EXPECT_NE(empty.err.find("empty.jsonl: no usable text line"), std::string::npos) << empty.err;
   // Outputs are checked before any work: a missing folder is a usage error naming the option.
-  auto no_folder =
-      test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " + test::shell_quote(set.texts) +
-                       model_arg() + " --predictions " + test::shell_quote(set.dir / "no/such/p.jsonl"));
+  auto no_folder = test::run_cnclip({"eval", "--images", set.folder, "--texts", set.texts, "--model",
+                                     test::tiny_bundle(), "--predictions", set.dir / "no/such/p.jsonl"});
   EXPECT_EQ(no_folder.exit_code, 2);
   EXPECT_NE(no_folder.err.find("--predictions: the folder"), std::string::npos) << no_folder.err;
   EXPECT_EQ(no_folder.err.find("img/s"), std::string::npos) << "ran before refusing: " << no_folder.err;
-  auto no_texts = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + model_arg());
+  auto no_texts = test::run_cnclip({"eval", "--images", set.folder, "--model", test::tiny_bundle()});
   EXPECT_EQ(no_texts.exit_code, 2);
   EXPECT_NE(no_texts.err.find("--texts"), std::string::npos) << no_texts.err;
   // An image file given as IMAGES is a usage error, not a TSV of garbage lines.
-  auto image = test::run_cnclip("eval --images " + test::shell_quote(set.folder + "/3.png") + " --texts " +
-                                test::shell_quote(set.texts) + model_arg());
+  auto image = test::run_cnclip(
+      {"eval", "--images", set.folder + "/3.png", "--texts", set.texts, "--model", test::tiny_bundle()});
   EXPECT_EQ(image.exit_code, 2);
   EXPECT_NE(image.err.find("3.png: an image file; --images takes a folder"), std::string::npos) << image.err;
   // TEXTS given the TSV: the first 100 problems one by one, then one line, and the total.
-  auto swapped = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                                  test::shell_quote(set.tsv) + model_arg());
+  auto swapped = test::run_cnclip({"eval", "--images", set.folder, "--texts", set.tsv, "--model", test::tiny_bundle()});
   EXPECT_EQ(swapped.exit_code, 1);
   EXPECT_NE(swapped.err.find("valid_imgs.tsv line 36: not a JSON object"), std::string::npos) << swapped.err;
   EXPECT_NE(swapped.err.find("valid_imgs.tsv: no usable text line"), std::string::npos) << swapped.err;
   std::string junk;
   for (int i = 0; i < 150; ++i) junk += "x\n";
   test::write_text(set.dir / "junk.jsonl", junk);
-  auto flood = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                                test::shell_quote(set.dir / "junk.jsonl") + model_arg());
+  auto flood = test::run_cnclip(
+      {"eval", "--images", set.folder, "--texts", set.dir / "junk.jsonl", "--model", test::tiny_bundle()});
   EXPECT_EQ(flood.exit_code, 1);
   const auto flood_lines = test::lines(flood.err);
   EXPECT_EQ(std::count_if(flood_lines.begin(), flood_lines.end(),
@@ -432,8 +432,8 @@ TEST(EvalCommand, UnusableInputsStopWithOneLine) {
   EXPECT_NE(flood.err.find("more data problems: not shown one by one"), std::string::npos) << flood.err;
   // A file name that is not an id is reported and left out; the rest is evaluated.
   test::copy_file(set.folder + "/3.png", set.folder + "/cat.png");
-  auto named = test::run_cnclip("eval --images " + test::shell_quote(set.folder) + " --texts " +
-                                test::shell_quote(set.texts) + model_arg() + " --format json");
+  auto named = test::run_cnclip(
+      {"eval", "--images", set.folder, "--texts", set.texts, "--model", test::tiny_bundle(), "--format", "json"});
   EXPECT_EQ(named.exit_code, 1);
   EXPECT_NE(named.err.find("cat.png: the file name is not an integer image_id"), std::string::npos) << named.err;
   EXPECT_EQ(parse_json(named.out)["images"], kImages);

@@ -138,7 +138,7 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
         const uint64_t size = test::file_size(e.path());
         ++damages;
         switch (rng() % 3) {
-          case 0: test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, rng()); break;
+          case 0: test::damage_bytes(e.path(), rng() % size, 1 + rng() % 64, static_cast<unsigned>(rng())); break;
           case 1: fs::resize_file(e.path(), rng() % size); break;
           default: std::ofstream(e.path(), std::ios::binary | std::ios::app) << std::string(1 + rng() % 100, 'x');
         }
@@ -165,8 +165,8 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
     for (const auto& [path, e] : now) committed[path] = e;
     if (now.empty()) continue;
     // Searches work, on every fault, with scores in [-1, 1].
-    auto r = test::run_cnclip("search-text 小狗 -k 1000 --format jsonl --model " + test::shell_quote(model) +
-                              " --index " + test::shell_quote(idx));
+    auto r =
+        test::run_cnclip({"search-text", "小狗", "-k", "1000", "--format", "jsonl", "--model", model, "--index", idx});
     ++searches;
     ASSERT_EQ(r.exit_code, 0) << "round " << round << " (" << what << "): " << r.err;
     const auto hits = test::lines(r.out);
@@ -178,8 +178,7 @@ TEST(FaultInjection, KillsSnapshotDamageAndFullDisksLoseNothingCommitted) {
     EXPECT_LE(test::lines(r.err).size(), 1u) << r.err;  // at most the one line about a damaged snapshot
   }
   // A last uninterrupted run finishes the work: everything indexed, the snapshot intact.
-  auto r = test::run_cnclip("index -q --format json " + test::shell_quote(photos) + " --model " +
-                            test::shell_quote(model) + " --index " + test::shell_quote(idx));
+  auto r = test::run_cnclip({"index", "-q", "--format", "json", photos, "--model", model, "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto final_entries = entries_or_empty(catalog);
   EXPECT_EQ(final_entries.size(), static_cast<size_t>(next_photo));

@@ -36,8 +36,6 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 // Sets TZ for this process (and the cnclip processes it starts) while alive.
 class ScopedTz {
  public:
@@ -226,18 +224,18 @@ class Filters : public ::testing::Test {
                            "noexif.png|||19|1", "may20.png|2024:05:20 10:00:00|+00:00|20|1"});
     for (const char* copy : {"copy1.jpg", "copy2.jpg"}) test::copy_file(photos() + "/may10.jpg", photos() + "/" + copy);
     set_mtime(photos() + "/noexif.png", 1715940000);  // 2024-05-17T10:00:00Z
-    auto r = run("index -q " + test::shell_quote(photos()));
+    auto r = run({"index", "-q", photos()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  test::RunResult run(const std::string& args) {
-    return test::run_cnclip(args + model_arg() + " --index " + test::shell_quote(index()));
+  test::RunResult run(const std::vector<std::string>& args) {
+    return test::run_cnclip(test::concat(args, {"--model", test::tiny_bundle(), "--index", index()}));
   }
   std::string photos() const { return dir_ / "photos"; }
   std::string index() const { return dir_ / "index"; }
   std::string p(const std::string& name) const { return photos() + "/" + name; }
-  std::vector<json> hits(const std::string& args) {
-    auto r = run(args + " --format jsonl");
-    EXPECT_EQ(r.exit_code, 0) << args << ": " << r.err;
+  std::vector<json> hits(const std::vector<std::string>& args) {
+    auto r = run(test::concat(args, {"--format", "jsonl"}));
+    EXPECT_EQ(r.exit_code, 0) << args[0] << " " << args[1] << ": " << r.err;
     std::vector<json> out;
     for (const auto& line : test::lines(r.out)) out.push_back(json::parse(line));
     return out;
@@ -254,47 +252,46 @@ class Filters : public ::testing::Test {
 
 TEST_F(Filters, AfterAndBeforeKeepThePhotosTakenInTheRange) {
   // May 2024 in UTC: may01 was taken on 2024-04-30T16:30Z (+08:00), so it is April here.
-  auto h = hits("search-text 照片 -k 100 --after 2024-05-01 --before 2024-06-01");
+  auto h = hits({"search-text", "照片", "-k", "100", "--after", "2024-05-01", "--before", "2024-06-01"});
   EXPECT_EQ(paths(h), (std::set<std::string>{p("may10.jpg"), p("copy1.jpg"), p("copy2.jpg"), p("may15a.jpg"),
                                              p("may15b.jpg"), p("may31.jpg"), p("noexif.png"), p("may20.png")}));
   // The same month seen from UTC+8: bounds with an offset; may01 is in, may31 (23:00Z) is June there.
-  h = hits("search-text 照片 -k 100 --after 2024-05-01T00:00:00+08:00 --before 2024-06-01T00:00+08:00");
+  h = hits({"search-text", "照片", "-k", "100", "--after", "2024-05-01T00:00:00+08:00", "--before",
+            "2024-06-01T00:00+08:00"});
   // (apr30 was taken at 23:59:59Z: May 1 in UTC+8.)
   EXPECT_EQ(paths(h),
             (std::set<std::string>{p("apr30.jpg"), p("may01.jpg"), p("may10.jpg"), p("copy1.jpg"), p("copy2.jpg"),
                                    p("may15a.jpg"), p("may15b.jpg"), p("noexif.png"), p("may20.png")}));
   // Bounds: --after is inclusive, --before exclusive.
-  EXPECT_EQ(paths(hits("search-text 照片 -k 100 --after 2024-06-01T00:00:00Z")),
+  EXPECT_EQ(paths(hits({"search-text", "照片", "-k", "100", "--after", "2024-06-01T00:00:00Z"})),
             (std::set<std::string>{p("jun01.jpg")}));
-  EXPECT_EQ(paths(hits("search-text 照片 -k 100 --before 2024-04-30T23:59:59Z")),
+  EXPECT_EQ(paths(hits({"search-text", "照片", "-k", "100", "--before", "2024-04-30T23:59:59Z"})),
             (std::set<std::string>{p("old.jpg"), p("may01.jpg")}));
-  EXPECT_TRUE(hits("search-text 照片 --after 2025-01-01").empty());
+  EXPECT_TRUE(hits({"search-text", "照片", "--after", "2025-01-01"}).empty());
   // Naive times in the TZ of the run: may01 is 2024-04-30 in UTC but 2024-05-01 in Shanghai.
   {
     ScopedTz shanghai("Asia/Shanghai");
-    EXPECT_EQ(paths(hits("search-text 照片 -k 100 --after 2024-05-01 --before 2024-05-02")),
+    EXPECT_EQ(paths(hits({"search-text", "照片", "-k", "100", "--after", "2024-05-01", "--before", "2024-05-02"})),
               (std::set<std::string>{p("may01.jpg"), p("apr30.jpg")}));
   }
 }
 
 TEST_F(Filters, FiltersApplyBeforeTheTopK) {
   // The query photo itself (old.jpg, 2023) is the best match of an unfiltered search...
-  auto all = hits("search-image " + test::shell_quote(p("old.jpg")) + " -k 1");
+  auto all = hits({"search-image", p("old.jpg"), "-k", "1"});
   ASSERT_EQ(all.size(), 1u);
   EXPECT_EQ(all[0]["path"], p("old.jpg"));
   // ...and filtered out, k results still come, the best of those in range, in the same order.
-  auto in_may =
-      hits("search-image " + test::shell_quote(p("old.jpg")) + " -k 100 --after 2024-05-01 --before 2024-06-01");
+  auto in_may = hits({"search-image", p("old.jpg"), "-k", "100", "--after", "2024-05-01", "--before", "2024-06-01"});
   ASSERT_EQ(in_may.size(), 8u);
   for (int k : {1, 3, 8}) {
-    auto top = hits("search-image " + test::shell_quote(p("old.jpg")) + " -k " + std::to_string(k) +
-                    " --after 2024-05-01 --before 2024-06-01");
+    auto top = hits(
+        {"search-image", p("old.jpg"), "-k", std::to_string(k), "--after", "2024-05-01", "--before", "2024-06-01"});
     ASSERT_EQ(top.size(), static_cast<size_t>(k));
     for (int i = 0; i < k; ++i) EXPECT_EQ(top[i], in_may[i]);
   }
   // With --under too: both filters at once.
-  auto under = hits("search-image " + test::shell_quote(p("old.jpg")) + " -k 2 --after 2024-01-01 --under " +
-                    test::shell_quote(photos()));
+  auto under = hits({"search-image", p("old.jpg"), "-k", "2", "--after", "2024-01-01", "--under", photos()});
   EXPECT_EQ(under.size(), 2u);
 }
 
@@ -348,11 +345,11 @@ TEST_F(Filters, PagesJoinedAreTheWholeList) {
     }
   }
   // Through the CLI: pages of 5 of a text query.
-  const auto whole = hits("search-text 海边 -k 1000");
+  const auto whole = hits({"search-text", "海边", "-k", "1000"});
   ASSERT_EQ(whole.size(), 12u);
   std::vector<json> joined;
   for (int offset = 0; offset < 15; offset += 5) {
-    auto page = hits("search-text 海边 -k 5 --offset " + std::to_string(offset));
+    auto page = hits({"search-text", "海边", "-k", "5", "--offset", std::to_string(offset)});
     joined.insert(joined.end(), page.begin(), page.end());
   }
   EXPECT_EQ(joined, whole);
@@ -365,7 +362,7 @@ TEST_F(Filters, EqualScoresAreOrderedById) {
   std::map<std::string, int64_t> id;
   for (const auto& r : store->catalog().files_under("")) id[r.path] = r.id;
   for (int k = 1; k <= 3; ++k) {
-    auto h = hits("search-image " + test::shell_quote(p("may10.jpg")) + " -k " + std::to_string(k));
+    auto h = hits({"search-image", p("may10.jpg"), "-k", std::to_string(k)});
     ASSERT_EQ(h.size(), static_cast<size_t>(k));
     std::vector<std::string> three{p("may10.jpg"), p("copy1.jpg"), p("copy2.jpg")};
     std::sort(three.begin(), three.end(), [&](const std::string& a, const std::string& b) { return id[a] < id[b]; });
@@ -377,7 +374,7 @@ TEST_F(Filters, EqualScoresAreOrderedById) {
 }
 
 TEST_F(Filters, SortByDateIsNewestFirstThenById) {
-  auto h = hits("search-text 海边 -k 100 --sort date --threshold -1");
+  auto h = hits({"search-text", "海边", "-k", "100", "--sort", "date", "--threshold", "-1"});
   ASSERT_EQ(h.size(), 12u);
   std::vector<std::string> got;
   for (const auto& j : h) got.push_back(j["path"]);
@@ -394,37 +391,40 @@ TEST_F(Filters, SortByDateIsNewestFirstThenById) {
   for (const auto& x : {p("apr30.jpg"), p("may01.jpg"), p("old.jpg")}) want.push_back(x);
   EXPECT_EQ(got, want);
   // A threshold keeps the results the score order keeps, ordered by date.
-  const double cut = hits("search-text 海边 -k 5")[4]["score"].get<double>() - 1e-6;
-  auto top = hits("search-text 海边 -k 100 --sort date --threshold " + std::to_string(cut));
+  const double cut = hits({"search-text", "海边", "-k", "5"})[4]["score"].get<double>() - 1e-6;
+  auto top = hits({"search-text", "海边", "-k", "100", "--sort", "date", "--threshold", std::to_string(cut)});
   EXPECT_GE(top.size(), 5u);
   EXPECT_LT(top.size(), 12u);
-  EXPECT_EQ(paths(top), paths(hits("search-text 海边 -k 100 --threshold " + std::to_string(cut))));
+  EXPECT_EQ(paths(top), paths(hits({"search-text", "海边", "-k", "100", "--threshold", std::to_string(cut)})));
   // With a date filter.
-  EXPECT_EQ(hits("search-text 海边 -k 100 --sort date --threshold -1 --after 2024-05-15 --before 2024-05-16").size(),
+  EXPECT_EQ(hits({"search-text", "海边", "-k", "100", "--sort", "date", "--threshold", "-1", "--after", "2024-05-15",
+                  "--before", "2024-05-16"})
+                .size(),
             2u);
 }
 
 TEST_F(Filters, BadValuesAreUsageErrors) {
   struct Case {
-    std::string args, message;
+    std::string option, value, message;
   };
   for (const auto& c : std::vector<Case>{
-           {"--after 2024-13-01",
+           {"--after", "2024-13-01",
             "--after: expects a date (2024-05-01) or an ISO time (2024-05-01T08:30:00+08:00), not '2024-13-01'"},
-           {"--before tomorrow",
+           {"--before", "tomorrow",
             "--before: expects a date (2024-05-01) or an ISO time (2024-05-01T08:30:00+08:00), not 'tomorrow'"},
-           {"--sort date",
+           {"--sort", "date",
             "--sort date orders the results above --threshold by capture time: give --threshold too (--threshold -1 "
             "keeps every photo)"},
        }) {
-    auto r = run("search-text 海边 " + c.args);
-    EXPECT_EQ(r.exit_code, 2) << c.args;
-    EXPECT_EQ(r.err, "cnclip: error: " + c.message + "\n") << c.args;
+    auto r = run({"search-text", "海边", c.option, c.value});
+    EXPECT_EQ(r.exit_code, 2) << c.option << " " << c.value;
+    EXPECT_EQ(r.err, "cnclip: error: " + c.message + "\n") << c.option << " " << c.value;
     EXPECT_EQ(r.out, "");
   }
-  for (const std::string args : {"--sort name", "--offset -1", "--offset x"}) {
-    auto r = run("search-text 海边 " + args);
-    EXPECT_EQ(r.exit_code, 2) << args;
+  for (const auto& [option, value] :
+       std::vector<std::pair<std::string, std::string>>{{"--sort", "name"}, {"--offset", "-1"}, {"--offset", "x"}}) {
+    auto r = run({"search-text", "海边", option, value});
+    EXPECT_EQ(r.exit_code, 2) << option << " " << value;
     EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   }
 }
@@ -447,7 +447,7 @@ TEST_F(Filters, ServeTakesAfterBeforeAndSort) {
   const std::string q = "/api/v1/search?q=%E6%B5%B7%E8%BE%B9&k=100";  // 海边
   auto [status, j] = get(q + "&after=2024-05-01&before=2024-06-01");
   EXPECT_EQ(status, 200);
-  const auto cli = hits("search-text 海边 -k 100 --after 2024-05-01 --before 2024-06-01");
+  const auto cli = hits({"search-text", "海边", "-k", "100", "--after", "2024-05-01", "--before", "2024-06-01"});
   ASSERT_EQ(j["results"].size(), cli.size());
   for (size_t i = 0; i < cli.size(); ++i) {
     EXPECT_EQ(j["results"][i]["path"], cli[i]["path"]);
@@ -456,7 +456,7 @@ TEST_F(Filters, ServeTakesAfterBeforeAndSort) {
   }
   std::tie(status, j) = get("/api/v1/search?q=%E6%B5%B7%E8%BE%B9&sort=date&threshold=-1&k=3&offset=1");
   EXPECT_EQ(status, 200);
-  const auto by_date = hits("search-text 海边 -k 4 --sort date --threshold -1");
+  const auto by_date = hits({"search-text", "海边", "-k", "4", "--sort", "date", "--threshold", "-1"});
   ASSERT_EQ(j["results"].size(), 3u);
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(j["results"][i]["path"], by_date[i + 1]["path"]);
   for (const auto& [target, says] : std::vector<std::pair<std::string, std::string>>{
@@ -529,13 +529,16 @@ TEST_F(Migration, ReadOnlyOldIndexIsSearchedWithMtimesAndNotWritten) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as 'nobody' (runuser)";
   std::system(("chmod -R a+rX " + test::shell_quote(dir_.path())).c_str());
   const auto before = bytes_of(catalog());
-  auto r = test::run_cnclip_as("runuser -u nobody --",
-                               "search-text 咖啡 -k 10 --format jsonl --after 2021-03-04 --before 2021-03-05" +
-                                   model_arg() + " --index " + test::shell_quote(index()));
+  test::RunOptions as_nobody;
+  as_nobody.through = {"runuser", "-u", "nobody", "--"};
+  auto r = test::run_cnclip({"search-text", "咖啡", "-k", "10", "--format", "jsonl", "--after", "2021-03-04",
+                             "--before", "2021-03-05", "--model", test::tiny_bundle(), "--index", index()},
+                            as_nobody);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 3u) << "the mtimes are the capture times: " << r.out;
-  r = test::run_cnclip_as("runuser -u nobody --", "search-text 咖啡 -k 10 --format jsonl --after 2021-03-05" +
-                                                      model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"search-text", "咖啡", "-k", "10", "--format", "jsonl", "--after", "2021-03-05", "--model",
+                        test::tiny_bundle(), "--index", index()},
+                       as_nobody);
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, "");
   EXPECT_EQ(bytes_of(catalog()), before) << "a reader never migrates";
@@ -543,7 +546,7 @@ TEST_F(Migration, ReadOnlyOldIndexIsSearchedWithMtimesAndNotWritten) {
 }
 
 TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheModel) {
-  auto r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0);
@@ -570,19 +573,19 @@ TEST_F(Migration, FirstIndexRunUpgradesInPlaceAndFillsTheNewFieldsWithoutTheMode
   EXPECT_GT(by_name["pokemon.jpeg"].meta.width, 0);
   EXPECT_GT(by_name["chelsea_rgba.png"].meta.height, 0);
   // The next run has nothing left to fill.
-  r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("capture time"), std::string::npos) << r.err;
   // Searches of the upgraded index use the new fields.
-  r = test::run_cnclip("search-text 咖啡 --format jsonl --after 2021-03-04T05:06:07Z --before 2021-03-04T05:06:08Z" +
-                       model_arg() + " --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"search-text", "咖啡", "--format", "jsonl", "--after", "2021-03-04T05:06:07Z", "--before",
+                        "2021-03-04T05:06:08Z", "--model", test::tiny_bundle(), "--index", index()});
   EXPECT_EQ(test::lines(r.out).size(), 3u) << r.err;
 }
 
 TEST_F(Migration, ChangedFilesAreEncodedAndUnchangedOnesFilled) {
   // One photo replaced by another with a capture date: encoded (with its date), the others filled.
   make_images(photos(), {"pokemon.jpeg|2024:05:10 12:00:00|+08:00|1|1"});
-  auto r = test::run_cnclip("index --format json" + model_arg() + " --index " + test::shell_quote(index()));
+  auto r = test::run_cnclip({"index", "--format", "json", "--model", test::tiny_bundle(), "--index", index()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json s = json::parse(r.out);
   EXPECT_EQ(s["updated"], 1);

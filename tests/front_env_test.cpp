@@ -56,18 +56,18 @@ TEST(FrontEnv, NoHomeAndNoXdgIsAClearUsageError) {
   ScopedEnv cnclip_index("CNCLIP_INDEX", std::nullopt), cnclip_model("CNCLIP_MODEL", std::nullopt);
   for (std::optional<std::string> home : {std::optional<std::string>(), std::optional<std::string>("")}) {
     ScopedEnv h("HOME", home), x("XDG_DATA_HOME", std::nullopt);
-    auto r = test::run_cnclip("info");
+    auto r = test::run_cnclip({"info"});
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err,
               "cnclip: error: cannot find a place for the index: HOME is not set; give --index DIR or set "
               "CNCLIP_INDEX\n");
-    r = test::run_cnclip("embed-text 狗");
+    r = test::run_cnclip({"embed-text", "狗"});
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err, "cnclip: error: cannot find the model: HOME is not set; give --model DIR or set CNCLIP_MODEL\n");
   }
   {
     ScopedEnv h("HOME", std::string("relative/home")), x("XDG_DATA_HOME", std::string("data"));
-    auto r = test::run_cnclip("search-text 狗 --model " + test::shell_quote(test::tiny_bundle()));
+    auto r = test::run_cnclip({"search-text", "狗", "--model", test::tiny_bundle()});
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err,
               "cnclip: error: cannot find a place for the index: HOME is not an absolute path "
@@ -85,28 +85,28 @@ TEST(FrontEnv, RelativeXdgDataHomeIsIgnoredAbsoluteIsUsed) {
   ScopedEnv cnclip_index("CNCLIP_INDEX", std::nullopt), h("HOME", home.path());
   {
     ScopedEnv x("XDG_DATA_HOME", std::string("rel"));
-    auto r = test::run_cnclip("import e.jsonl --model " + test::shell_quote(test::tiny_bundle()));
+    auto r = test::run_cnclip({"import", "e.jsonl", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(fs::exists(home / ".local/share/cnclip/catalog.sqlite3"));
     EXPECT_FALSE(fs::exists(cwd / "rel"));
-    r = test::run_cnclip("info --format json");
+    r = test::run_cnclip({"info", "--format", "json"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(nlohmann::json::parse(r.out)["index"], home / ".local/share/cnclip");
   }
   {
     ScopedEnv x("XDG_DATA_HOME", xdg.path());
-    auto r = test::run_cnclip("import e.jsonl --model " + test::shell_quote(test::tiny_bundle()));
+    auto r = test::run_cnclip({"import", "e.jsonl", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(fs::exists(xdg / "cnclip/catalog.sqlite3"));
     // The default model is looked for there too.
-    r = test::run_cnclip("embed-text 狗");
+    r = test::run_cnclip({"embed-text", "狗"});
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_NE(r.err.find(xdg / "cnclip/models/default"), std::string::npos) << r.err;
   }
   {
     // With no HOME, CNCLIP_INDEX and --model still work.
     ScopedEnv nh("HOME", std::nullopt), x("XDG_DATA_HOME", std::nullopt), i("CNCLIP_INDEX", cwd / "idx");
-    auto r = test::run_cnclip("import e.jsonl --model " + test::shell_quote(test::tiny_bundle()));
+    auto r = test::run_cnclip({"import", "e.jsonl", "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(fs::exists(cwd / "idx/catalog.sqlite3"));
   }

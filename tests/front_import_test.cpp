@@ -23,8 +23,6 @@ namespace fs = std::filesystem;
 
 constexpr int kDim = 32;  // the tiny bundle's embedding size
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 std::string line_for(const std::string& path, float first = 0.5f) {
   std::vector<float> e(kDim, 0.1f);
   e[0] = first;
@@ -36,11 +34,11 @@ class FrontImport : public ::testing::Test {
   void SetUp() override {
     // An index holding one file, which no failed import may lose or change.
     test::write_text(dir_ / "good.jsonl", line_for("/remote/kept.jpg"));
-    auto r = run("import " + test::shell_quote(dir_ / "good.jsonl"));
+    auto r = run({"import", dir_ / "good.jsonl"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  test::RunResult run(const std::string& args) {
-    return test::run_cnclip(args + model_arg() + " --index " + test::shell_quote(index()));
+  test::RunResult run(const std::vector<std::string>& args) {
+    return test::run_cnclip(test::concat(args, {"--model", test::tiny_bundle(), "--index", index()}));
   }
   std::string index() const { return dir_ / "index"; }
   std::vector<std::string> indexed_paths() {
@@ -51,8 +49,8 @@ class FrontImport : public ::testing::Test {
     return out;
   }
   // One stderr line, exactly `message`, the exit status, and the index unchanged.
-  void expect_refused(const std::string& args, int status, const std::string& message) {
-    SCOPED_TRACE(args);
+  void expect_refused(const std::vector<std::string>& args, int status, const std::string& message) {
+    SCOPED_TRACE(args.back());
     auto r = run(args);
     EXPECT_EQ(r.exit_code, status);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
@@ -127,23 +125,21 @@ TEST_F(FrontImport, MalformedJsonlLinesNameFileAndLine) {
   for (const auto& c : cases) {
     const std::string file = dir_ / (c.name + ".jsonl");
     test::write_text(file, c.text);
-    expect_refused("import " + test::shell_quote(file), c.status, file + ":" + c.reason);
+    expect_refused({"import", file}, c.status, file + ":" + c.reason);
   }
 }
 
 TEST_F(FrontImport, DirectoriesAreRefusedNotImportedAsNothing) {
   fs::create_directories(dir_ / "folder");
-  expect_refused("import " + test::shell_quote(dir_ / "folder"), 2,
-                 dir_ / "folder" + ": is a directory, not a JSONL file");
+  expect_refused({"import", dir_ / "folder"}, 2, dir_ / "folder" + ": is a directory, not a JSONL file");
   std::vector<float> m(kDim, 0.5f);
   write_npy(dir_ / "m.npy", m.data(), {1, kDim});
   test::write_text(dir_ / "p.txt", "/remote/x.jpg\n");
-  expect_refused("import --npy " + test::shell_quote(dir_ / "folder") + " --paths " + test::shell_quote(dir_ / "p.txt"),
-                 2, dir_ / "folder" + ": is a directory, not an .npy file");
-  expect_refused("import --npy " + test::shell_quote(dir_ / "m.npy") + " --paths " + test::shell_quote(dir_ / "folder"),
-                 2, dir_ / "folder" + ": is a directory, not a file of paths");
-  expect_refused("import --paths " + test::shell_quote(dir_ / "p.txt") + " " + test::shell_quote(dir_ / "good.jsonl"),
-                 2, "import: --paths goes with --npy");
+  expect_refused({"import", "--npy", dir_ / "folder", "--paths", dir_ / "p.txt"}, 2,
+                 dir_ / "folder" + ": is a directory, not an .npy file");
+  expect_refused({"import", "--npy", dir_ / "m.npy", "--paths", dir_ / "folder"}, 2,
+                 dir_ / "folder" + ": is a directory, not a file of paths");
+  expect_refused({"import", "--paths", dir_ / "p.txt", dir_ / "good.jsonl"}, 2, "import: --paths goes with --npy");
 }
 
 TEST_F(FrontImport, PathsFilesWithCrlfLoseTheCr) {
@@ -151,7 +147,7 @@ TEST_F(FrontImport, PathsFilesWithCrlfLoseTheCr) {
   for (int i = 0; i < 3; ++i) m[i * kDim + i] = 1.0f;
   write_npy(dir_ / "m.npy", m.data(), {3, kDim});
   test::write_text(dir_ / "p.txt", "/remote/a.jpg\r\n/remote/b c.jpg\r\n\r\n/remote/c.jpg\r\n");
-  auto r = run("import --npy " + test::shell_quote(dir_ / "m.npy") + " --paths " + test::shell_quote(dir_ / "p.txt"));
+  auto r = run({"import", "--npy", dir_ / "m.npy", "--paths", dir_ / "p.txt"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(indexed_paths(),
             (std::vector<std::string>{"/remote/a.jpg", "/remote/b c.jpg", "/remote/c.jpg", "/remote/kept.jpg"}));
@@ -159,7 +155,7 @@ TEST_F(FrontImport, PathsFilesWithCrlfLoseTheCr) {
   std::string crlf = line_for("/remote/d.jpg");
   crlf.insert(crlf.size() - 1, "\r");
   test::write_text(dir_ / "crlf.jsonl", crlf);
-  r = run("import " + test::shell_quote(dir_ / "crlf.jsonl"));
+  r = run({"import", dir_ / "crlf.jsonl"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(indexed_paths().size(), 5u);
   EXPECT_EQ(indexed_paths()[3], "/remote/d.jpg");
@@ -170,24 +166,20 @@ TEST_F(FrontImport, NpyRowsAndCountsAreCheckedBeforeWriting) {
   m[kDim + 3] = std::numeric_limits<float>::infinity();
   write_npy(dir_ / "inf.npy", m.data(), {2, kDim});
   test::write_text(dir_ / "p2.txt", "/remote/a.jpg\n/remote/b.jpg\n");
-  expect_refused(
-      "import --npy " + test::shell_quote(dir_ / "inf.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
-      dir_ / "inf.npy" + ": row 2 (/remote/b.jpg): value 3 is not a finite number");
+  expect_refused({"import", "--npy", dir_ / "inf.npy", "--paths", dir_ / "p2.txt"}, 1,
+                 dir_ / "inf.npy" + ": row 2 (/remote/b.jpg): value 3 is not a finite number");
   std::vector<float> z(2 * kDim, 0.0f);
   z[0] = 1;
   write_npy(dir_ / "zero.npy", z.data(), {2, kDim});
-  expect_refused(
-      "import --npy " + test::shell_quote(dir_ / "zero.npy") + " --paths " + test::shell_quote(dir_ / "p2.txt"), 1,
-      dir_ / "zero.npy" + ": row 2 (/remote/b.jpg): the embedding is all zeros");
+  expect_refused({"import", "--npy", dir_ / "zero.npy", "--paths", dir_ / "p2.txt"}, 1,
+                 dir_ / "zero.npy" + ": row 2 (/remote/b.jpg): the embedding is all zeros");
   test::write_text(dir_ / "p3.txt", "/remote/a.jpg\n/remote/b.jpg\n/remote/c.jpg\n");
   write_npy(dir_ / "ok.npy", m.data(), {1, kDim});
-  expect_refused(
-      "import --npy " + test::shell_quote(dir_ / "ok.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
-      dir_ / "p3.txt" + ": 3 paths for 1 embeddings in " + dir_ / "ok.npy");
+  expect_refused({"import", "--npy", dir_ / "ok.npy", "--paths", dir_ / "p3.txt"}, 1,
+                 dir_ / "p3.txt" + ": 3 paths for 1 embeddings in " + dir_ / "ok.npy");
   write_npy(dir_ / "wide.npy", m.data(), {1, 2 * kDim});
-  expect_refused(
-      "import --npy " + test::shell_quote(dir_ / "wide.npy") + " --paths " + test::shell_quote(dir_ / "p3.txt"), 1,
-      dir_ / "wide.npy" + ": expected a [N,32] matrix, not [1,64]");
+  expect_refused({"import", "--npy", dir_ / "wide.npy", "--paths", dir_ / "p3.txt"}, 1,
+                 dir_ / "wide.npy" + ": expected a [N,32] matrix, not [1,64]");
 }
 
 // embed-image's JSON gives "path_bytes" (lower-case hex of the raw bytes) for a path that is not
@@ -204,21 +196,21 @@ TEST_F(FrontImport, PathBytesGiveTheExactPath) {
   const std::string line = R"({"path": "/remote/caf\ufffd-\ufffd.jpg", "path_bytes": ")" + hex + R"(", "embedding": )" +
                            json(e).dump() + "}\n";
   test::write_text(dir_ / "bytes.jsonl", line);
-  auto r = run("import " + test::shell_quote(dir_ / "bytes.jsonl"));
+  auto r = run({"import", dir_ / "bytes.jsonl"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(indexed_paths(), (std::vector<std::string>{raw, "/remote/kept.jpg"}));
 }
 
 TEST_F(FrontImport, RemoveRefusesAnEmptyPathAndAMissingIndex) {
-  auto refused = test::run_cnclip("remove /remote/kept.jpg '' --index " + test::shell_quote(index()));
+  auto refused = test::run_cnclip({"remove", "/remote/kept.jpg", "", "--index", index()});
   EXPECT_EQ(refused.exit_code, 2);
   EXPECT_EQ(refused.err, "cnclip: error: remove: an empty path names nothing\n");
   EXPECT_EQ(indexed_paths(), std::vector<std::string>{"/remote/kept.jpg"});
-  auto r = test::run_cnclip("remove /remote/kept.jpg --index " + test::shell_quote(dir_ / "nowhere"));
+  auto r = test::run_cnclip({"remove", "/remote/kept.jpg", "--index", dir_ / "nowhere"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("no index here yet"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(dir_ / "nowhere"));
-  r = test::run_cnclip("remove /remote/kept.jpg --index " + test::shell_quote(index()));
+  r = test::run_cnclip({"remove", "/remote/kept.jpg", "--index", index()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(indexed_paths().empty());
 }

@@ -99,7 +99,7 @@ TEST_F(HostileFiles, TruncatedJpegIsRefusedNotHalfGrey) {
   const std::string jpeg = test::read_text(test::fixtures("images/coffee_2048x1366_exif6.jpg"));
   for (double frac : {0.3, 0.5, 0.9, 0.999}) {
     const std::string path = dir / ("cut" + std::to_string(frac) + ".jpg");
-    test::write_text(path, jpeg.substr(0, static_cast<size_t>(jpeg.size() * frac)));
+    test::write_text(path, jpeg.substr(0, static_cast<size_t>(static_cast<double>(jpeg.size()) * frac)));
     EXPECT_EQ(decode_error(path).code, ErrorCode::kTruncated) << frac;
   }
 }
@@ -157,7 +157,7 @@ TEST_F(HostileFiles, DecompressionBombRefusedBeforeDecoding) {
   std::vector<uint8_t> png;
   cv::imencode(".png", small, png);
   auto put32 = [&](size_t at, uint32_t v) {
-    png[at] = v >> 24;
+    png[at] = static_cast<uint8_t>(v >> 24);
     png[at + 1] = (v >> 16) & 0xFF;
     png[at + 2] = (v >> 8) & 0xFF;
     png[at + 3] = v & 0xFF;

@@ -31,7 +31,6 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 std::string q(const std::string& s) { return test::shell_quote(s); }
-std::string model_arg() { return " --model " + q(test::tiny_bundle()); }
 
 // A distinct small photo (its own content hash), written as JPEG or PNG by its extension.
 void make_photo(const std::string& path, unsigned seed) {
@@ -49,18 +48,19 @@ class Roots : public ::testing::Test {
   std::string a = dir / "A 相册";
   std::string b = dir / "B";
 
-  std::string idx_arg() const { return " --index " + q(idx); }
-  test::RunResult index(const std::string& args) {
-    return test::run_cnclip("index --format json -q" + model_arg() + idx_arg() + " " + args);
+  std::vector<std::string> idx_args() const { return {"--index", idx}; }
+  test::RunResult index(const std::vector<std::string>& args) {
+    return test::run_cnclip(
+        test::concat({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", idx}, args));
   }
   // Runs `index ARGS`, expects exit 0, returns the summary.
-  json index_ok(const std::string& args) {
+  json index_ok(const std::vector<std::string>& args) {
     auto r = index(args);
-    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+    EXPECT_EQ(r.exit_code, 0) << (args.empty() ? "" : args.back()) << "\n" << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
   json info() {
-    auto r = test::run_cnclip("info --format json" + idx_arg());
+    auto r = test::run_cnclip(test::concat({"info", "--format", "json"}, idx_args()));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
@@ -77,13 +77,13 @@ TEST_F(Roots, ReindexWithoutPathReencodesEveryRootAndKeepsThem) {
   for (int i = 0; i < 3; ++i) make_photo(a + "/a" + std::to_string(i) + ".jpg", i);
   for (int i = 0; i < 2; ++i) make_photo(b + "/b" + std::to_string(i) + ".png", 10 + i);
   make_photo(dir / "single.jpg", 20);
-  index_ok(q(a) + " --exclude 'a2*'");
-  index_ok(q(b) + " " + q(dir / "single.jpg"));
+  index_ok({a, "--exclude", "a2*"});
+  index_ok({b, dir / "single.jpg"});
   ASSERT_EQ(paths().size(), 5u);
   const auto roots_before = roots();
   ASSERT_EQ(roots_before.size(), 3u);
 
-  auto s = index_ok("--reindex");
+  auto s = index_ok({"--reindex"});
   EXPECT_EQ(s["updated"], 5);  // every entry encoded again, with the roots' own options (a2 excluded)
   EXPECT_EQ(s["added"], 0);
   EXPECT_EQ(s["removed"], 0);
@@ -97,7 +97,7 @@ TEST_F(Roots, ReindexWithoutPathReencodesEveryRootAndKeepsThem) {
   }
 
   // With a path: only that root is encoded again; the others keep their entries.
-  s = index_ok("--reindex " + q(b));
+  s = index_ok({"--reindex", b});
   EXPECT_EQ(s["updated"], 2);
   EXPECT_EQ(paths().size(), 5u);
   EXPECT_EQ(roots().size(), 3u);
@@ -107,59 +107,59 @@ TEST_F(Roots, ARunWithNothingToDoCommitsNothing) {
   // Every commit is a new generation, and a new generation a new vector snapshot: a run that finds
   // nothing changed must not rewrite it (2 GB at a million files).
   for (int i = 0; i < 3; ++i) make_photo(a + "/a" + std::to_string(i) + ".jpg", i);
-  index_ok(q(a) + " --exclude '*.png'");
+  index_ok({a, "--exclude", "*.png"});
   auto generation = [&] { return IndexStore::open(idx, IndexAccess::kRead)->catalog().generation(); };
   const int64_t before = generation();
-  auto s = index_ok("");
+  auto s = index_ok({});
   EXPECT_EQ(s["unchanged"], 3);
   EXPECT_EQ(generation(), before) << "index with no path and nothing changed committed something";
-  index_ok(q(a));  // the same root again, its stored options kept
+  index_ok({a});  // the same root again, its stored options kept
   EXPECT_EQ(generation(), before);
-  index_ok(q(a) + " --exclude '*.gif'");  // other options: recorded, so a new generation
+  index_ok({a, "--exclude", "*.gif"});  // other options: recorded, so a new generation
   EXPECT_GT(generation(), before);
 }
 
 TEST_F(Roots, ReindexWithAnotherModelMovesTheWholeIndexOrRefuses) {
   for (int i = 0; i < 2; ++i) make_photo(a + "/a" + std::to_string(i) + ".jpg", i);
   for (int i = 0; i < 2; ++i) make_photo(b + "/b" + std::to_string(i) + ".jpg", 10 + i);
-  index_ok(q(a));
-  index_ok(q(b));
-  const std::string other = " --model " + q(test::random_tiny_bundle());
+  index_ok({a});
+  index_ok({b});
+  const std::vector<std::string> other{"--model", test::random_tiny_bundle(), "--index", idx};
 
   // A path given: still every root moves to the new model (no mixing of two models).
-  auto r = test::run_cnclip("index -q --format json --reindex " + q(a) + other + idx_arg());
+  auto r = test::run_cnclip(test::concat({"index", "-q", "--format", "json", "--reindex", a}, other));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 4);
   EXPECT_EQ(paths().size(), 4u);
-  r = test::run_cnclip("search-text 猫 -k 10 --format paths" + other + idx_arg());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "10", "--format", "paths"}, other));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 4u);
-  r = test::run_cnclip("search-text 猫" + model_arg() + idx_arg());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "--model", test::tiny_bundle()}, idx_args()));
   EXPECT_EQ(r.exit_code, 1);  // the old model is refused: nothing of it is left
 
   // A missing root: its entries could not be encoded again, so the move is refused, nothing changed.
   fs::rename(b, dir / "B unplugged");
-  r = test::run_cnclip("index -q --reindex" + model_arg() + idx_arg());
+  r = test::run_cnclip(test::concat({"index", "-q", "--reindex", "--model", test::tiny_bundle()}, idx_args()));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("missing"), std::string::npos) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_EQ(paths().size(), 4u);
-  r = test::run_cnclip("search-text 猫 -k 10 --format paths" + other + idx_arg());
+  r = test::run_cnclip(test::concat({"search-text", "猫", "-k", "10", "--format", "paths"}, other));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(test::lines(r.out).size(), 4u);
 }
 
 TEST_F(Roots, ReindexWithAnotherModelRefusesEntriesUnderNoRoot) {
   make_photo(a + "/a.jpg", 1);
-  index_ok(q(a));
+  index_ok({a});
   make_photo(dir / "elsewhere/e.jpg", 2);
-  auto e = test::run_cnclip("embed-image " + q(dir / "elsewhere/e.jpg") + model_arg());
+  auto e = test::run_cnclip({"embed-image", dir / "elsewhere/e.jpg", "--model", test::tiny_bundle()});
   ASSERT_EQ(e.exit_code, 0) << e.err;
   test::write_text(dir / "e.jsonl", e.out);
-  auto r = test::run_cnclip("import " + q(dir / "e.jsonl") + model_arg() + idx_arg());
+  auto r = test::run_cnclip(test::concat({"import", dir / "e.jsonl", "--model", test::tiny_bundle()}, idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  r = test::run_cnclip("index -q --reindex --model " + q(test::random_tiny_bundle()) + idx_arg());
+  r = test::run_cnclip(test::concat({"index", "-q", "--reindex", "--model", test::random_tiny_bundle()}, idx_args()));
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("under no indexed folder"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 2u);
@@ -170,12 +170,12 @@ TEST_F(Roots, ReindexWithAnotherModelRefusesEntriesUnderNoRoot) {
 TEST_F(Roots, MissingRootKeepsItsEntriesAndStaysARoot) {
   for (int i = 0; i < 3; ++i) make_photo(a + "/sub/a" + std::to_string(i) + ".jpg", i);
   make_photo(b + "/b.jpg", 9);
-  index_ok(q(a));
-  index_ok(q(b));
+  index_ok({a});
+  index_ok({b});
   ASSERT_EQ(paths().size(), 4u);
 
   fs::rename(a, dir / "A renamed");  // an unplugged drive
-  auto r = index("");
+  auto r = index({});
   EXPECT_EQ(r.exit_code, 0) << r.err;  // documented: the pass completed; the warning says what was kept
   EXPECT_NE(r.err.find(a + ": folder missing; its 3 entries are kept; 'cnclip remove"), std::string::npos) << r.err;
   auto s = json::parse(r.out);
@@ -185,7 +185,7 @@ TEST_F(Roots, MissingRootKeepsItsEntriesAndStaysARoot) {
   EXPECT_EQ(roots().size(), 2u);
 
   fs::rename(dir / "A renamed", a);  // plugged in again: nothing to do
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["unchanged"], 4);
   EXPECT_EQ(s["added"], 0);
 }
@@ -193,14 +193,14 @@ TEST_F(Roots, MissingRootKeepsItsEntriesAndStaysARoot) {
 TEST_F(Roots, RootWhoseParentIsGoneKeepsItsEntries) {
   const std::string root = dir / "mnt/drive/photos";
   make_photo(root + "/p.jpg", 3);
-  index_ok(q(root));
+  index_ok({root});
   fs::rename(dir / "mnt", dir / "mnt-gone");
-  auto r = index("");
+  auto r = index({});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find(root + ": folder missing; its 1 entry is kept"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 1u);
   // `cnclip remove` drops them, as the message says.
-  r = test::run_cnclip("remove " + q(root) + idx_arg());
+  r = test::run_cnclip(test::concat({"remove", root}, idx_args()));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(paths().size(), 0u);
   EXPECT_EQ(roots().size(), 0u);
@@ -209,15 +209,10 @@ TEST_F(Roots, RootWhoseParentIsGoneKeepsItsEntries) {
 // --- item 3: folders that cannot be listed -------------------------------------------------------
 
 // Runs cnclip as `nobody` (root can list any folder, so permissions prove nothing as root).
-test::RunResult run_as_nobody(const std::string& args, const test::TempDir& io) {
-  const std::string cmd = "runuser -u nobody -- " + std::string(CNCLIP_BINARY) + " " + args + " > " + q(io / "out") +
-                          " 2> " + q(io / "err") + " < /dev/null";
-  const int status = std::system(cmd.c_str());
-  test::RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = test::read_text(io / "out");
-  r.err = test::read_text(io / "err");
-  return r;
+test::RunResult run_as_nobody(const std::vector<std::string>& args) {
+  test::RunOptions as_nobody;
+  as_nobody.through = {"runuser", "-u", "nobody", "--"};
+  return test::run_cnclip(args, as_nobody);
 }
 
 TEST(RootsPermissions, UnlistableSubfolderKeepsItsEntries) {
@@ -226,8 +221,6 @@ TEST(RootsPermissions, UnlistableSubfolderKeepsItsEntries) {
   test::TempDir dir;
   ::chmod(dir.path().c_str(), 0755);
   const std::string photos = dir / "photos", idx = dir / "index";
-  test::TempDir io;
-  ::chmod(io.path().c_str(), 0777);
   for (int i = 0; i < 3; ++i) make_photo(photos + "/locked/l" + std::to_string(i) + ".jpg", i);
   make_photo(photos + "/open/o.jpg", 7);
   ASSERT_EQ(
@@ -235,14 +228,14 @@ TEST(RootsPermissions, UnlistableSubfolderKeepsItsEntries) {
   // The tiny bundle must be readable by nobody: copy it into the world-readable temp dir.
   fs::copy(test::tiny_bundle(), dir / "tiny", fs::copy_options::recursive);
   ASSERT_EQ(std::system(("chmod -R a+rX " + q(dir / "tiny")).c_str()), 0);
-  const std::string common = " --model " + q(dir / "tiny") + " --index " + q(idx) + " -q --format json";
+  const std::vector<std::string> common{"--model", dir / "tiny", "--index", idx, "-q", "--format", "json"};
 
-  auto r = run_as_nobody("index " + q(photos) + common, io);
+  auto r = run_as_nobody(test::concat({"index", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   ASSERT_EQ(json::parse(r.out)["added"], 4);
 
   ASSERT_EQ(::chmod((photos + "/locked").c_str(), 0700), 0);  // owned by root: nobody cannot list it
-  r = run_as_nobody("index" + common, io);
+  r = run_as_nobody(test::concat({"index"}, common));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["removed"], 0);
@@ -260,7 +253,7 @@ TEST(RootsPermissions, UnlistableSubfolderKeepsItsEntries) {
   // Readable again, and one file really deleted meanwhile: only that one goes.
   ASSERT_EQ(::chmod((photos + "/locked").c_str(), 0755), 0);
   fs::remove(photos + "/locked/l1.jpg");
-  r = run_as_nobody("index" + common, io);
+  r = run_as_nobody(test::concat({"index"}, common));
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["removed"], 1);
 }
@@ -298,7 +291,7 @@ TEST_F(Roots, KilledFirstRunIsContinuedByIndexWithNoPath) {
   if (before >= static_cast<size_t>(n)) GTEST_SKIP() << "the run finished before it could be killed";
   EXPECT_EQ(roots().size(), 1u);  // recorded in the first transaction
 
-  auto s = index_ok("");  // no path: continues the interrupted first run
+  auto s = index_ok({});  // no path: continues the interrupted first run
   EXPECT_EQ(s["added"].get<int64_t>() + s["unchanged"].get<int64_t>(), n);
   EXPECT_EQ(paths().size(), static_cast<size_t>(n));
 }
@@ -310,18 +303,18 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
   make_photo(a + "/y.png", 2);
   make_photo(a + "/raw/z.jpg", 3);
   make_photo(a + "/.hidden/h.jpg", 4);
-  auto s = index_ok("--exclude '*.png' --exclude raw " + q(a));
+  auto s = index_ok({"--exclude", "*.png", "--exclude", "raw", a});
   EXPECT_EQ(s["added"], 1);
 
-  s = index_ok("");  // no path: the stored options, not the defaults
+  s = index_ok({});  // no path: the stored options, not the defaults
   EXPECT_EQ(s["added"], 0);
   EXPECT_EQ(s["unchanged"], 1);
-  s = index_ok(q(a));  // the root again without walk options: keeps its stored ones
+  s = index_ok({a});  // the root again without walk options: keeps its stored ones
   EXPECT_EQ(s["added"], 0);
 
   // Other options replace them (said on stderr); newly excluded entries go, newly included come.
   // (All of the root's entries go: confirmed, see store_trust_test.cpp.)
-  auto r = index("--exclude '*.jpg' --hidden --confirm-removal " + q(a));
+  auto r = index({"--exclude", "*.jpg", "--hidden", "--confirm-removal", a});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_NE(
@@ -334,10 +327,10 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
   EXPECT_EQ(s["excluded"], 1);  // x.jpg
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/y.png"}));
 
-  r = index("--no-hidden --ext jpg --confirm-removal " + q(a));
+  r = index({"--no-hidden", "--ext", "jpg", "--confirm-removal", a});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/raw/z.jpg", a + "/x.jpg"}));
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["unchanged"], 2);
   EXPECT_EQ(s["excluded"], 0);
 }
@@ -345,12 +338,12 @@ TEST_F(Roots, WalkOptionsAreStoredAndAChangeAppliesToExistingEntries) {
 TEST_F(Roots, ExcludeTakesOneValuePerFlag) {
   make_photo(a + "/x.jpg", 1);
   make_photo(a + "/y.png", 2);
-  auto s = index_ok("--exclude '*.png' " + q(a));  // the path is not taken as a second pattern
+  auto s = index_ok({"--exclude", "*.png", a});  // the path is not taken as a second pattern
   EXPECT_EQ(s["added"], 1);
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/x.jpg"}));
   test::TempDir other;
-  auto r =
-      test::run_cnclip("index -q --format json --exclude=*.jpg " + q(a) + model_arg() + " --index " + q(other / "i"));
+  auto r = test::run_cnclip({"index", "-q", "--format", "json", "--exclude=*.jpg", a, "--model", test::tiny_bundle(),
+                             "--index", other / "i"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 1);  // y.png only
 }
@@ -361,18 +354,18 @@ TEST_F(Roots, SingleFileRootIsUpdatedAndPruned) {
   const std::string f = dir / "loose/one.jpg";
   make_photo(f, 1);
   make_photo(dir / "loose/other.jpg", 2);  // its folder is not indexed
-  auto s = index_ok(q(f));
+  auto s = index_ok({f});
   EXPECT_EQ(s["added"], 1);
   ASSERT_EQ(roots().size(), 1u);
   EXPECT_TRUE(roots()[0].is_file);
 
   make_photo(f, 5);  // changed: seen by `index` with no path
   fs::last_write_time(f, fs::last_write_time(f) + std::chrono::seconds(5));
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["updated"], 1);
 
   fs::remove(f);  // deleted (its folder is there): pruned, root and entry
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["removed"], 1);
   EXPECT_TRUE(paths().empty());
   EXPECT_TRUE(roots().empty());
@@ -381,9 +374,9 @@ TEST_F(Roots, SingleFileRootIsUpdatedAndPruned) {
 TEST_F(Roots, FileRootWhoseFolderIsMissingIsKept) {
   const std::string f = dir / "drive/one.jpg";
   make_photo(f, 1);
-  index_ok(q(f));
+  index_ok({f});
   fs::rename(dir / "drive", dir / "drive-unplugged");
-  auto r = index("");
+  auto r = index({});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find(f + ": file missing, and so is its folder; its entry is kept"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 1u);
@@ -392,8 +385,8 @@ TEST_F(Roots, FileRootWhoseFolderIsMissingIsKept) {
 
 TEST_F(Roots, FileInsideAnIndexedFolderIsNotASeparateRoot) {
   make_photo(a + "/x.jpg", 1);
-  index_ok(q(a));
-  index_ok(q(a + "/x.jpg"));
+  index_ok({a});
+  index_ok({a + "/x.jpg"});
   EXPECT_EQ(roots().size(), 1u);
 }
 
@@ -408,7 +401,7 @@ TEST_F(Roots, SymlinksAreReportedNeverDuplicatedAndLoopsEnd) {
   fs::create_directory_symlink(a, a + "/sub/loop");                   // a loop
   fs::create_directory_symlink(dir / "outside", a + "/outside-dir");  // a folder outside
   fs::create_symlink(dir / "nowhere.jpg", a + "/dangling.jpg");
-  auto r = index(q(a));
+  auto r = index({a});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 1);
@@ -420,7 +413,7 @@ TEST_F(Roots, SymlinksAreReportedNeverDuplicatedAndLoopsEnd) {
 
   // A root given through a link is stored under its real path.
   fs::create_directory_symlink(a, dir / "A-link");
-  s = index_ok(q(dir / "A-link"));
+  s = index_ok({dir / "A-link"});
   EXPECT_EQ(s["unchanged"], 1);
   EXPECT_EQ(roots().size(), 1u);
 }
@@ -428,7 +421,7 @@ TEST_F(Roots, SymlinksAreReportedNeverDuplicatedAndLoopsEnd) {
 TEST_F(Roots, EntryStoredUnderALinkPathIsNotKeptForever) {
   // An older cnclip stored files reached through a link under the link's path.
   make_photo(a + "/real.jpg", 1);
-  index_ok(q(a));
+  index_ok({a});
   fs::create_symlink(dir / "elsewhere.jpg", a + "/via-link.jpg");
   make_photo(dir / "elsewhere.jpg", 2);
   {
@@ -439,7 +432,7 @@ TEST_F(Roots, EntryStoredUnderALinkPathIsNotKeptForever) {
     c.insert(FileRecord{0, a + "/via-link.jpg", 1, 1, "h", 0}, e.data(), static_cast<int>(e.size()));
     tx.commit();
   }
-  auto s = index_ok("");
+  auto s = index_ok({});
   EXPECT_EQ(s["removed"], 1);
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/real.jpg"}));
 }
@@ -448,14 +441,14 @@ TEST_F(Roots, AFolderReplacedByALinkOrAFileDropsItsEntries) {
   make_photo(a + "/keep.jpg", 1);
   make_photo(a + "/x/one.jpg", 2);
   make_photo(a + "/y/two.jpg", 3);
-  index_ok(q(a));
+  index_ok({a});
   ASSERT_EQ(paths().size(), 3u);
   // x becomes a link to a copy elsewhere (its old paths still resolve, through the link), y a file.
   fs::rename(a + "/x", dir / "x-elsewhere");
   fs::create_directory_symlink(dir / "x-elsewhere", a + "/x");
   fs::remove_all(a + "/y");
   test::write_text(a + "/y", "a file now");
-  auto s = index_ok("");
+  auto s = index_ok({});
   EXPECT_EQ(s["removed"], 2);
   EXPECT_EQ(s["links"], 1);
   EXPECT_EQ(paths(), (std::set<std::string>{a + "/keep.jpg"}));
@@ -486,7 +479,7 @@ TEST_F(Roots, SpecialFilesAndOverlongPathsAreReportedAndCounted) {
   ::close(file);
   ::close(fd);
 
-  auto r = index(q(a));
+  auto r = index({a});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 2);  // ok.jpg, folder.jpg/inside.jpg
@@ -501,14 +494,14 @@ TEST_F(Roots, SpecialFilesAndOverlongPathsAreReportedAndCounted) {
   EXPECT_EQ(s["failed"].get<int64_t>() + s["unreadable_folders"].get<int64_t>(), device ? 3 : 2);
 
   // Remembered: not reported again while unchanged.
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["failed"], 0);
   EXPECT_GE(s["failed_before"].get<int64_t>(), 1);
   EXPECT_EQ(s["removed"], 0);
 }
 
 TEST_F(Roots, IndexWithNoPathOnANewIndexCreatesNothing) {
-  auto r = test::run_cnclip("index" + model_arg() + idx_arg());
+  auto r = test::run_cnclip(test::concat({"index", "--model", test::tiny_bundle()}, idx_args()));
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("nothing to index"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(idx));
@@ -517,7 +510,7 @@ TEST_F(Roots, IndexWithNoPathOnANewIndexCreatesNothing) {
 TEST_F(Roots, FailedFilesAreReportedAndTheRunExitsZero) {
   make_photo(a + "/ok.jpg", 1);
   test::write_text(a + "/broken.jpg", "not a jpeg");
-  auto r = index(q(a));
+  auto r = index({a});
   EXPECT_EQ(r.exit_code, 0) << r.err;  // documented: the pass completed; failures are reported and counted
   EXPECT_EQ(json::parse(r.out)["failed"], 1);
   EXPECT_NE(r.err.find(a + "/broken.jpg"), std::string::npos) << r.err;

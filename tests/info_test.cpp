@@ -15,7 +15,6 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-using test::shell_quote;
 
 class Info : public ::testing::Test {
  protected:
@@ -27,12 +26,13 @@ class Info : public ::testing::Test {
     test::copy_file(test::fixtures("images/chelsea_rgba.png"), root_ + "/single.png");
     index_ = root_ + "/idx";
   }
-  test::RunResult cnclip_in(const std::string& cwd, const std::string& args) {
-    return test::run_cnclip_as("cd " + shell_quote(cwd) + " &&", args);
+  test::RunResult cnclip_in(const std::string& cwd, const std::vector<std::string>& args) {
+    test::RunOptions in;
+    in.cwd = cwd;
+    return test::run_cnclip(args, in);
   }
   void index(const std::string& what) {
-    const auto r = test::run_cnclip("index -q --model " + shell_quote(test::tiny_bundle()) + " --index " +
-                                    shell_quote(index_) + " " + shell_quote(what));
+    const auto r = test::run_cnclip({"index", "-q", "--model", test::tiny_bundle(), "--index", index_, what});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
 
@@ -46,15 +46,17 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
   fs::create_directories(root_ + "/sub");
   // Relative, with '..', through a symbolic link, and from $CNCLIP_INDEX: always the real folder.
   for (const std::string& given : {std::string("idx"), std::string("./sub/../idx/"), std::string("link-to-idx")}) {
-    const auto j = cnclip_in(root_, "info --format json --index " + shell_quote(given));
+    const auto j = cnclip_in(root_, {"info", "--format", "json", "--index", given});
     ASSERT_EQ(j.exit_code, 0) << given << ": " << j.err;
     EXPECT_EQ(json::parse(j.out)["index"], index_) << given;
-    const auto t = cnclip_in(root_, "info --index " + shell_quote(given));
+    const auto t = cnclip_in(root_, {"info", "--index", given});
     ASSERT_EQ(t.exit_code, 0) << t.err;
     EXPECT_EQ(test::lines(t.out).at(0), "index:    " + index_) << given;
   }
-  const auto e =
-      test::run_cnclip_as("cd " + shell_quote(root_ + "/sub") + " && CNCLIP_INDEX=../idx", "info --format json");
+  test::RunOptions in_sub;
+  in_sub.cwd = root_ + "/sub";
+  in_sub.env = {"CNCLIP_INDEX=../idx"};
+  const auto e = test::run_cnclip({"info", "--format", "json"}, in_sub);
   ASSERT_EQ(e.exit_code, 0) << e.err;
   EXPECT_EQ(json::parse(e.out)["index"], index_);
 
@@ -70,24 +72,24 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
 TEST_F(Info, SingleFileRootsAreLabelledFiles) {
   index(root_ + "/photos");
   // An index of folders only: no folders_kind, as before.
-  auto j = json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+  auto j = json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos"}));
   EXPECT_FALSE(j.contains("folders_kind")) << j.dump();
 
   index(root_ + "/single.png");
-  const auto t = test::run_cnclip("info --index " + shell_quote(index_));
+  const auto t = test::run_cnclip({"info", "--index", index_});
   ASSERT_EQ(t.exit_code, 0) << t.err;
   const auto lines = test::lines(t.out);
   ASSERT_GE(lines.size(), 2u);
   EXPECT_EQ(lines[lines.size() - 2], "folder:   " + root_ + "/photos") << t.out;
   EXPECT_EQ(lines[lines.size() - 1], "file:     " + root_ + "/single.png") << t.out;
 
-  j = json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+  j = json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   EXPECT_EQ(j["folders"], json::array({root_ + "/photos", root_ + "/single.png"}));
   EXPECT_EQ(j["folders_kind"], json::array({"folder", "file"}));
   // Right after folders (no folders_bytes here), before disk_bytes.
   const auto ordered =
-      nlohmann::ordered_json::parse(test::run_cnclip("info --format json --index " + shell_quote(index_)).out);
+      nlohmann::ordered_json::parse(test::run_cnclip({"info", "--format", "json", "--index", index_}).out);
   std::vector<std::string> keys;
   for (auto it = ordered.begin(); it != ordered.end(); ++it) keys.push_back(it.key());
   const auto at = std::find(keys.begin(), keys.end(), "folders_kind");

@@ -8,8 +8,6 @@
 namespace cnclip {
 namespace {
 
-using test::shell_quote;
-
 TEST(MaxPixels, MegapixelsTextKeepsTheDecimalsItNeeds) {
   EXPECT_EQ(megapixels_text(100'000'000), "100");
   EXPECT_EQ(megapixels_text(500'000), "0.5");
@@ -22,8 +20,7 @@ TEST(MaxPixels, MegapixelsTextKeepsTheDecimalsItNeeds) {
 TEST(MaxPixels, FractionalLimitsWorkDownToOnePixel) {
   const std::string image = test::fixtures("images/pokemon.jpeg");  // 224x224: 50,176 pixels
   auto embed = [&](const std::string& limit) {
-    return test::run_cnclip("embed-image --model " + shell_quote(test::tiny_bundle()) + " --max-pixels " + limit + " " +
-                            shell_quote(image));
+    return test::run_cnclip({"embed-image", "--model", test::tiny_bundle(), "--max-pixels", limit, image});
   };
   for (const auto& [limit, shown] : std::vector<std::pair<std::string, std::string>>{
            {"0.000001", "0.000001"}, {"1e-6", "0.000001"}, {"0.01", "0.01"}, {"0.050175", "0.050175"}}) {

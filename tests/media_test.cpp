@@ -142,7 +142,8 @@ TEST_F(MediaFiles, TruncatedAndGarbageGiveTypedErrors) {
   for (const auto& n : names()) {
     const std::vector<uint8_t> whole = read_bytes(file(n));
     for (double part : {0.1, 0.5, 0.9}) {
-      std::vector<uint8_t> cut(whole.begin(), whole.begin() + static_cast<long>(whole.size() * part));
+      std::vector<uint8_t> cut(whole.begin(),
+                               whole.begin() + static_cast<long>(static_cast<double>(whole.size()) * part));
       auto r = decode_image(cut, n, DecodeOptions{});
       ASSERT_FALSE(r) << n << " cut at " << part;
       EXPECT_TRUE(r.error().code == ErrorCode::kTruncated || r.error().code == ErrorCode::kCorrupt)
@@ -209,8 +210,8 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   const std::string py = std::string(CNCLIP_PYTHON) + " " + q(std::string(CNCLIP_SOURCE_DIR) + "/tests/media_files.py");
   sh(py + " dng " + q(photos + "/IMG_7.DNG"));
   sh(py + " dng " + q(photos + "/IMG_8.dng"));
-  const std::string common = " --model " + q(test::tiny_bundle()) + " --index " + q(d / "idx") + " --format json";
-  auto r = test::run_cnclip("index -q" + common + " " + q(photos));
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", d / "idx", "--format", "json"};
+  auto r = test::run_cnclip(test::concat({"index", "-q", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   json s = json::parse(r.out);
   EXPECT_EQ(s["added"], 2);
@@ -218,21 +219,21 @@ TEST(MediaIndex, RawJpegPairIndexedOnce) {
   make_png(photos + "/tmp.png", 100, 80, 3);
   cv::imwrite(photos + "/IMG_7.jpg", cv::imread(photos + "/tmp.png"));
   fs::remove(photos + "/tmp.png");
-  r = test::run_cnclip("index" + common + " " + q(photos));
+  r = test::run_cnclip(test::concat({"index", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_EQ(s["added"], 1);     // the JPEG
   EXPECT_EQ(s["paired"], 1);    // its RAW
   EXPECT_EQ(s["excluded"], 1);  // the RAW's entry, indexed before, is removed
   EXPECT_NE(r.err.find("RAW+JPEG"), std::string::npos) << r.err;
-  auto search = test::run_cnclip("search-text 照片 -k 10 --format paths --model " + q(test::tiny_bundle()) +
-                                 " --index " + q(d / "idx"));
+  auto search = test::run_cnclip(
+      {"search-text", "照片", "-k", "10", "--format", "paths", "--model", test::tiny_bundle(), "--index", d / "idx"});
   ASSERT_EQ(search.exit_code, 0) << search.err;
   std::vector<std::string> paths = test::lines(search.out);
   std::sort(paths.begin(), paths.end());
   EXPECT_EQ(paths, (std::vector<std::string>{photos + "/IMG_7.jpg", photos + "/IMG_8.dng"}));
   // Unchanged next time: nothing added or removed, still paired.
-  r = test::run_cnclip("index -q" + common);
+  r = test::run_cnclip(test::concat({"index", "-q"}, common));
   s = json::parse(r.out);
   EXPECT_EQ(s["unchanged"], 2);
   EXPECT_EQ(s["paired"], 1);
@@ -244,7 +245,7 @@ TEST(MediaCli, UnsupportedAndBrokenFilesOneLine) {
   std::vector<uint8_t> heic_like{0, 0, 0, 24, 'f', 't', 'y', 'p', 'h', 'e', 'i', 'c',
                                  0, 0, 0, 0,  'm', 'i', 'f', '1', 'h', 'e', 'i', 'c'};
   write_bytes(d / "broken.heic", heic_like);
-  auto r = test::run_cnclip("preprocess " + q(d / "broken.heic") + " --npy " + q(d / "o.npy"));
+  auto r = test::run_cnclip({"preprocess", d / "broken.heic", "--npy", d / "o.npy"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find(d / "broken.heic"), std::string::npos) << r.err;

@@ -46,11 +46,13 @@ class Broken : public ::testing::Test {
 // A flat-colour PNG: grey level 255 makes a "bright" image (mean normalized pixel > 0), 0..60 dark ones.
 void write_png(const std::string& path, int level) {
   cv::Mat m(48, 64, CV_8UC3, cv::Scalar(level, level, level));
-  m.at<cv::Vec3b>(1, 1) = cv::Vec3b(level ^ 1, 0, 0);  // not quite flat, so different levels differ
+  m.at<cv::Vec3b>(1, 1) = cv::Vec3b(static_cast<uchar>(level ^ 1), 0, 0);  // not quite flat, so different levels differ
   ASSERT_TRUE(cv::imwrite(path, m));
 }
 
-std::vector<float> pixels_of(int level) { return std::vector<float>(3 * 224 * 224, (level / 255.0f - 0.46f) / 0.27f); }
+std::vector<float> pixels_of(int level) {
+  return std::vector<float>(3 * 224 * 224, (static_cast<float>(level) / 255.0f - 0.46f) / 0.27f);
+}
 
 bool all_finite(const std::vector<float>& v) {
   for (float x : v) {
@@ -187,8 +189,7 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
   test::TempDir photos;
   write_png(photos / "white.png", 255);
   write_png(photos / "black.png", 0);
-  auto r = test::run_cnclip("embed-image --model " + test::shell_quote(bundle("bright")) + " " +
-                            test::shell_quote(photos / "white.png") + " " + test::shell_quote(photos / "black.png"));
+  auto r = test::run_cnclip({"embed-image", "--model", bundle("bright"), photos / "white.png", photos / "black.png"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   auto out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
@@ -196,7 +197,7 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
   EXPECT_NE(r.err.find(photos / "white.png" + ": the model returned an unusable embedding"), std::string::npos)
       << r.err;
 
-  r = test::run_cnclip("embed-text --model " + test::shell_quote(bundle("bright")) + " 猫 一只可爱的小狗");
+  r = test::run_cnclip({"embed-text", "--model", bundle("bright"), "猫", "一只可爱的小狗"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   out = test::lines(r.out);
   ASSERT_EQ(out.size(), 1u) << r.out;
@@ -205,10 +206,11 @@ TEST_F(Broken, EmbedImageAndEmbedTextPrintNoBadEmbedding) {
       << r.err;
 
   // Every input bad (a NaN written into a weight): nothing on stdout, no null anywhere.
-  for (const std::string& cmd :
-       std::vector<std::string>{"embed-text 猫 狗", "embed-image " + test::shell_quote(photos / "black.png"),
-                                "search-text 猫 --index " + test::shell_quote(photos / "index")}) {
-    r = test::run_cnclip(cmd + " --model " + test::shell_quote(bundle("nan-weight")));
+  for (const auto& args : std::vector<std::vector<std::string>>{{"embed-text", "猫", "狗"},
+                                                                {"embed-image", photos / "black.png"},
+                                                                {"search-text", "猫", "--index", photos / "index"}}) {
+    const std::string& cmd = args[0];
+    r = test::run_cnclip(test::concat(args, {"--model", bundle("nan-weight")}));
     EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.err;
     EXPECT_EQ(r.out, "") << cmd;
     EXPECT_NE(r.err.find("values are NaN"), std::string::npos) << cmd << ": " << r.err;
@@ -234,8 +236,7 @@ TEST_F(Broken, IndexStoresNoBadEmbeddingAndKeepsWhatItHad) {
   write_png(photos + "/dark2.png", 40);
   write_png(photos + "/changes.png", 20);
   auto run = [&](const std::string& model) {
-    auto r = test::run_cnclip("index --format json -q --model " + test::shell_quote(model) + " --index " +
-                              test::shell_quote(index) + " " + test::shell_quote(photos));
+    auto r = test::run_cnclip({"index", "--format", "json", "-q", "--model", model, "--index", index, photos});
     return std::make_pair(nlohmann::json::parse(r.out.empty() ? "{}" : r.out), r);
   };
   auto [first, r1] = run(test::tiny_bundle());
@@ -275,13 +276,12 @@ TEST_F(Broken, IndexStoresNoBadEmbeddingAndKeepsWhatItHad) {
 // The realistic case: a weight damaged on disk, bundle.json as exported. The embedding check stops
 // it at once; `model-info --verify` names the file.
 TEST_F(Broken, DamagedWeightIsFoundByVerify) {
-  auto r = test::run_cnclip("model-info --verify --model " + test::shell_quote(bundle("stale")));
+  auto r = test::run_cnclip({"model-info", "--verify", "--model", bundle("stale")});
   EXPECT_EQ(r.exit_code, 1);
   ASSERT_EQ(test::lines(r.err).size(), 1u) << r.err;
   EXPECT_NE(r.err.find(bundle("stale") + "/image_encoder.pt: corrupt model bundle file (sha256"), std::string::npos)
       << r.err;
-  r = test::run_cnclip("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " --model " +
-                       test::shell_quote(bundle("stale")));
+  r = test::run_cnclip({"embed-image", test::fixtures("images/pokemon.jpeg"), "--model", bundle("stale")});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.out, "");
   EXPECT_NE(r.err.find("pokemon.jpeg: the model returned an unusable embedding"), std::string::npos) << r.err;
@@ -305,7 +305,8 @@ void flip_byte(const std::string& path, std::streamoff at) {
 }
 
 std::string model_info(const std::string& dir, bool verify, int expected_exit, std::string* err) {
-  auto r = test::run_cnclip("model-info --model " + test::shell_quote(dir) + (verify ? " --verify" : ""));
+  auto r = test::run_cnclip(verify ? std::vector<std::string>{"model-info", "--model", dir, "--verify"}
+                                   : std::vector<std::string>{"model-info", "--model", dir});
   EXPECT_EQ(r.exit_code, expected_exit) << r.err;
   if (expected_exit == 0 || verify) {
     EXPECT_NO_THROW(nlohmann::json::parse(r.out)) << r.out;  // the manifest, still
@@ -356,7 +357,7 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
     EXPECT_EQ(e.code(), ErrorCode::kTruncated);
     EXPECT_NE(std::string(e.what()).find(b + "/text_encoder.pt"), std::string::npos) << e.what();
   }
-  auto r = test::run_cnclip("embed-text 猫 --model " + test::shell_quote(b));
+  auto r = test::run_cnclip({"embed-text", "猫", "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/text_encoder.pt"), std::string::npos) << r.err;
 
@@ -365,9 +366,8 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
   fs::remove(b + "/image_encoder.pt");
   model_info(b, false, 0, &err);
   EXPECT_NE(err.find("warning: " + b + "/image_encoder.pt: model bundle file missing"), std::string::npos) << err;
-  EXPECT_EQ(test::run_cnclip("embed-text 猫 --model " + test::shell_quote(b)).exit_code, 0);
-  r = test::run_cnclip("embed-image " + test::shell_quote(test::fixtures("images/pokemon.jpeg")) + " --model " +
-                       test::shell_quote(b));
+  EXPECT_EQ(test::run_cnclip({"embed-text", "猫", "--model", b}).exit_code, 0);
+  r = test::run_cnclip({"embed-image", test::fixtures("images/pokemon.jpeg"), "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/image_encoder.pt"), std::string::npos) << r.err;
 
@@ -379,7 +379,7 @@ TEST(BundleFiles, MissingOrTruncatedFilesAreNamed) {
   EXPECT_EQ(test::lines(err).size(), 2u) << err;
   EXPECT_NE(err.find(b + "/image_encoder.pt: corrupt model bundle file"), std::string::npos) << err;
   EXPECT_NE(err.find(b + "/vocab.txt: model bundle file missing"), std::string::npos) << err;
-  r = test::run_cnclip("embed-text 猫 --model " + test::shell_quote(b));
+  r = test::run_cnclip({"embed-text", "猫", "--model", b});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(b + "/vocab.txt"), std::string::npos) << r.err;
 }

@@ -30,8 +30,6 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 constexpr int kDim = 32;  // the tiny bundle's embedding size
 
-std::string model_arg() { return " --model " + test::shell_quote(test::tiny_bundle()); }
-
 // ---- the syntax -------------------------------------------------------------------------------
 
 TEST(QuerySyntax, PlainQueriesStayPlain) {
@@ -156,9 +154,9 @@ TEST(QuerySyntax, WeightedSumOfNormalizedTerms) {
   try {
     combine_term_embeddings(cancel, {0.6f, 0.8f, 0.6f, 0.8f}, 2);
     ADD_FAILURE() << "a zero query was accepted";
-  } catch (const Exception& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
-    EXPECT_EQ(std::string(e.what()), "the terms of the combined query cancel out: nothing is left to search for");
+  } catch (const Exception& error) {
+    EXPECT_EQ(error.code(), ErrorCode::kInvalidArgument);
+    EXPECT_EQ(std::string(error.what()), "the terms of the combined query cancel out: nothing is left to search for");
   }
 }
 
@@ -186,19 +184,19 @@ class Combined : public ::testing::Test {
       jsonl += json{{"path", path}, {"embedding", e}}.dump() + "\n";
     }
     test::write_text(dir_ / "import.jsonl", jsonl);
-    auto r = test::run_cnclip("import " + test::shell_quote(dir_ / "import.jsonl") + common());
+    auto r = test::run_cnclip(test::concat({"import", dir_ / "import.jsonl"}, common()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
-  std::string common() const { return model_arg() + " --index " + test::shell_quote(dir_ / "index"); }
+  std::vector<std::string> common() const { return {"--model", test::tiny_bundle(), "--index", dir_ / "index"}; }
   std::string index_dir() const { return dir_ / "index"; }
 
   std::vector<double> text_embedding(const std::string& text) {
-    auto r = test::run_cnclip("embed-text" + model_arg() + " -- " + test::shell_quote(text));
+    auto r = test::run_cnclip({"embed-text", "--model", test::tiny_bundle(), "--", text});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }
   std::vector<double> image_embedding(const std::string& path) {
-    auto r = test::run_cnclip("embed-image " + test::shell_quote(path) + model_arg());
+    auto r = test::run_cnclip({"embed-image", path, "--model", test::tiny_bundle()});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return json::parse(r.out)["embedding"].get<std::vector<double>>();
   }
@@ -225,8 +223,9 @@ class Combined : public ::testing::Test {
     return json::parse(text);
   }
   // search-text's results: paths and scores.
-  std::pair<std::vector<std::string>, std::vector<double>> search(const std::string& args) {
-    auto r = test::run_cnclip("search-text " + args + " --format jsonl" + common());
+  std::pair<std::vector<std::string>, std::vector<double>> search(const std::vector<std::string>& args) {
+    auto r = test::run_cnclip(
+        test::concat(test::concat({"search-text"}, args), test::concat({"--format", "jsonl"}, common())));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.err, "");
     std::pair<std::vector<std::string>, std::vector<double>> out;
@@ -254,33 +253,32 @@ TEST_F(Combined, RankingEqualsNumpy) {
   const std::string p3 = paths_[3], p7 = paths_[7], trip = paths_[19];
   {
     SCOPED_TRACE("2:海边 + PHOTO - 人群");
-    const auto got = search(test::shell_quote("2:海边 + " + p3 + " - 人群") + " -k 12");
+    const auto got = search({"2:海边 + " + p3 + " - 人群", "-k", "12"});
     expect_same(got, numpy({{2, sea}, {1, vectors_[p3]}, {-1, crowd}}, 12));
     EXPECT_EQ(got.first.front(), p3);  // its own embedding weighs in: it comes first
   }
   {
     SCOPED_TRACE("weights below one, image subtracted");
-    expect_same(search(test::shell_quote("0.5:猫 - 0.25:" + p7 + " + 海边") + " -k 60"),
+    expect_same(search({"0.5:猫 - 0.25:" + p7 + " + 海边", "-k", "60"}),
                 numpy({{0.5, cat}, {-0.25, vectors_[p7]}, {1, sea}}, 60));
   }
   {
     SCOPED_TRACE("a quoted path holding ' - '");
     ASSERT_NE(trip.find(" - "), std::string::npos);
-    expect_same(search(test::shell_quote("\"" + trip + "\" + 3:猫") + " -k 5"),
-                numpy({{1, vectors_[trip]}, {3, cat}}, 5));
+    expect_same(search({"\"" + trip + "\" + 3:猫", "-k", "5"}), numpy({{1, vectors_[trip]}, {3, cat}}, 5));
   }
   {
     SCOPED_TRACE("an image that is not indexed is decoded and encoded");
     const std::string pokemon = test::fixtures("images/pokemon.jpeg");
-    expect_same(search(test::shell_quote(pokemon + " - 猫") + " -k 8"),
-                numpy({{1, image_embedding(pokemon)}, {-1, cat}}, 8));
+    expect_same(search({pokemon + " - 猫", "-k", "8"}), numpy({{1, image_embedding(pokemon)}, {-1, cat}}, 8));
   }
   {
     SCOPED_TRACE("--plain, and a plain query in the same call");
     const auto plain_text = text_embedding("猫 - 海边");
-    expect_same(search("--plain " + test::shell_quote("猫 - 海边") + " -k 6"), numpy({{1, plain_text}}, 6));
+    expect_same(search({"--plain", "猫 - 海边", "-k", "6"}), numpy({{1, plain_text}}, 6));
     // Several queries in one call: each its own kind.
-    auto r = test::run_cnclip("search-text 猫 " + test::shell_quote("猫 - 海边") + " -k 3 --format jsonl" + common());
+    auto r =
+        test::run_cnclip(test::concat({"search-text", "猫", "猫 - 海边", "-k", "3", "--format", "jsonl"}, common()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto lines = test::lines(r.out);
     ASSERT_EQ(lines.size(), 6u);
@@ -293,7 +291,8 @@ TEST_F(Combined, RankingEqualsNumpy) {
   }
   {
     SCOPED_TRACE("stdin lines");
-    auto r = test::run_cnclip("search-text - -k 4 --format jsonl" + common(), "猫\n2:海边 + " + p3 + "\n");
+    auto r = test::run_cnclip(test::concat({"search-text", "-", "-k", "4", "--format", "jsonl"}, common()),
+                              "猫\n2:海边 + " + p3 + "\n");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto lines = test::lines(r.out);
     ASSERT_EQ(lines.size(), 8u);
@@ -315,17 +314,18 @@ TEST_F(Combined, NotDropsResultsBeforeTopK) {
   const double s = (cos_dog[29] + cos_dog[30]) / 2;
   char s_text[32];
   std::snprintf(s_text, sizeof(s_text), "%.9f", s);
-  const auto got = search("猫 --not 狗 --not-threshold " + std::string(s_text) + " -k 20");
+  const auto got = search({"猫", "--not", "狗", "--not-threshold", std::string(s_text), "-k", "20"});
   ASSERT_EQ(got.first.size(), 20u);
   expect_same(got, numpy({{1, cat}}, 20, {dog}, std::stod(s_text)));
   // Unfiltered, some of those 20 places went to photos like 狗: the filter changed something.
-  EXPECT_NE(search("猫 -k 20").first, got.first);
+  EXPECT_NE(search({"猫", "-k", "20"}).first, got.first);
   // Two --not texts, the default threshold, with a combined query.
-  expect_same(search(test::shell_quote("猫 + 0.5:海边") + " --not 狗 --not 人群 -k 60"),
+  expect_same(search({"猫 + 0.5:海边", "--not", "狗", "--not", "人群", "-k", "60"}),
               numpy({{1, cat}, {0.5, sea}}, 60, {dog, text_embedding("人群")}, kDefaultNotThreshold));
   // search-image takes --not too.
-  auto r = test::run_cnclip("search-image " + test::shell_quote(paths_[5]) + " --not 狗 --not-threshold " + s_text +
-                            " -k 60 --format jsonl" + common());
+  auto r = test::run_cnclip(test::concat(
+      {"search-image", paths_[5], "--not", "狗", "--not-threshold", s_text, "-k", "60", "--format", "jsonl"},
+      common()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const json want = numpy({{1, vectors_[paths_[5]]}}, 60, {dog}, std::stod(s_text));
   const auto lines = test::lines(r.out);
@@ -335,30 +335,27 @@ TEST_F(Combined, NotDropsResultsBeforeTopK) {
 
 // One bad input: the status, one stderr line, nothing on stdout, and the index as it was.
 TEST_F(Combined, BadInputOneLineEach) {
-  auto refused = [&](const std::string& args, int status, const std::string& message) {
-    SCOPED_TRACE(args);
-    auto r = test::run_cnclip("search-text " + args + common());
+  auto refused = [&](const std::vector<std::string>& args, int status, const std::string& message) {
+    SCOPED_TRACE(args[0]);
+    auto r = test::run_cnclip(test::concat(test::concat({"search-text"}, args), common()));
     EXPECT_EQ(r.exit_code, status);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");
   };
-  refused(test::shell_quote("猫 + " + photos_ + "/missing.jpg"), 1,
-          photos_ + "/missing.jpg: No such file or directory");
-  refused(test::shell_quote("猫 - 猫"), 2, "the terms of the combined query cancel out: nothing is left to search for");
-  refused(test::shell_quote("猫 + \u200b"), 2, "query 1 term 2 '\u200b' is blank: give some words to search for");
-  refused(test::shell_quote("猫 + + 狗"), 2,
-          "term 2 of the combined query is empty (two operators in a row, or one at an end?)");
-  refused(test::shell_quote("猫 + 0:狗"), 2,
-          "term 2 of the combined query has the weight 0: a weight must be a number greater than 0");
-  refused("猫 --not ''", 2, "--not text 1 is empty: give some words to search for");
-  refused("猫 --not 狗 --not-threshold 1.5", 2,
+  refused({"猫 + " + photos_ + "/missing.jpg"}, 1, photos_ + "/missing.jpg: No such file or directory");
+  refused({"猫 - 猫"}, 2, "the terms of the combined query cancel out: nothing is left to search for");
+  refused({"猫 + \u200b"}, 2, "query 1 term 2 '\u200b' is blank: give some words to search for");
+  refused({"猫 + + 狗"}, 2, "term 2 of the combined query is empty (two operators in a row, or one at an end?)");
+  refused({"猫 + 0:狗"}, 2, "term 2 of the combined query has the weight 0: a weight must be a number greater than 0");
+  refused({"猫", "--not", ""}, 2, "--not text 1 is empty: give some words to search for");
+  refused({"猫", "--not", "狗", "--not-threshold", "1.5"}, 2,
           "--not-threshold: expects a number from -1 to 1, not '1.5' (see 'cnclip search-text --help')");
   // A file that is not an image and not indexed.
   test::write_text(dir_ / "notes.jpg", "text");
-  refused(test::shell_quote("猫 + " + fs::canonical(dir_.path()).string() + "/notes.jpg"), 1,
+  refused({"猫 + " + fs::canonical(dir_.path()).string() + "/notes.jpg"}, 1,
           fs::canonical(dir_.path()).string() +
               "/notes.jpg: unsupported format (not JPEG, PNG, WebP, BMP, TIFF, GIF, HEIF, AVIF or camera RAW)");
-  EXPECT_EQ(search("猫 -k 100").first.size(), 60u);  // nothing lost
+  EXPECT_EQ(search({"猫", "-k", "100"}).first.size(), 60u);  // nothing lost
 }
 
 // serve: GET /api/v1/search?q= reads the same syntax; image terms are indexed photos by path.
@@ -405,7 +402,7 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
   auto [status, body] = http_get(server->port(), "/api/v1/search?k=7&q=" + test::url_encode(q));
   ASSERT_EQ(status, 200) << body;
   const json api = json::parse(body);
-  const auto cli = search(test::shell_quote(q) + " -k 7");
+  const auto cli = search({q, "-k", "7"});
   ASSERT_EQ(api["results"].size(), cli.first.size());
   for (size_t i = 0; i < cli.first.size(); ++i) {
     EXPECT_EQ(api["results"][i]["path"], cli.first[i]);
@@ -414,7 +411,7 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
   // plain=1: the same text as one plain query.
   std::tie(status, body) = http_get(server->port(), "/api/v1/search?k=5&plain=1&q=" + test::url_encode("猫 - 海边"));
   ASSERT_EQ(status, 200) << body;
-  const auto plain = search("--plain " + test::shell_quote("猫 - 海边") + " -k 5");
+  const auto plain = search({"--plain", "猫 - 海边", "-k", "5"});
   const json plain_api = json::parse(body);
   for (size_t i = 0; i < plain.first.size(); ++i) EXPECT_EQ(plain_api["results"][i]["path"], plain.first[i]);
   // An image term must be an indexed photo: the API never reads a file it was not given by the index.
@@ -428,7 +425,7 @@ TEST_F(Combined, ServeReadsTheSameSyntax) {
       http_get(server->port(), "/api/v1/search?k=60&q=" + test::url_encode("猫") + "&not=" + test::url_encode("狗") +
                                    "&not=" + test::url_encode("人群") + "&not_threshold=0.1");
   ASSERT_EQ(status, 200) << body;
-  const auto filtered = search("猫 --not 狗 --not 人群 --not-threshold 0.1 -k 60");
+  const auto filtered = search({"猫", "--not", "狗", "--not", "人群", "--not-threshold", "0.1", "-k", "60"});
   const json filtered_api = json::parse(body);
   ASSERT_EQ(filtered_api["results"].size(), filtered.first.size());
   EXPECT_LT(filtered.first.size(), 60u);

@@ -108,22 +108,41 @@ class Route : public ::testing::Test {
     }
     // A file name that is not UTF-8.
     test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos_ + "/rocket-\xff\xfe.png");
-    auto r = test::run_cnclip("index -q " + common() + " " + shell_quote(photos_));
+    auto r = test::run_cnclip(test::concat({"index", "-q", photos_}, common_args()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     // Not indexed: encoded by the server's image tower.
     test::copy_file(test::fixtures("images/pokemon.jpeg"), outside_ + "/copy-\xe9.jpeg");
     test::write_text(outside_ + "/not-an-image.jpg", "plain text, not a JPEG");
   }
+  // For ServeProcess (a shell command line) and for run_cnclip.
   std::string common() const {
     return "--model " + shell_quote(test::tiny_bundle()) + " --index " + shell_quote(index_);
+  }
+  std::vector<std::string> common_args() const { return {"--model", test::tiny_bundle(), "--index", index_}; }
+  // cnclip ARGS... --model TINY --index IDX, with `env` ("NAME=value") and stdin.
+  test::RunResult run(const std::vector<std::string>& args, const std::vector<std::string>& env = {},
+                      const std::string& stdin_text = "") {
+    test::RunOptions o;
+    o.env = env;
+    o.stdin_text = stdin_text;
+    return test::run_cnclip(test::concat(args, common_args()), o);
+  }
+  test::RunResult run_routed(const std::vector<std::string>& args, const std::string& stdin_text = "") {
+    return run(args, {"CNCLIP_ROUTE_DEBUG=1"}, stdin_text);
+  }
+  test::RunResult run_local(const std::vector<std::string>& args, const std::string& stdin_text = "") {
+    return run(test::concat(args, {"--no-server"}), {}, stdin_text);
   }
 
   // Runs `args` routed (checking that the queries did go to the server) and with --no-server, and
   // expects the same stdout, stderr and exit status.
-  void expect_same(const std::string& args, const std::string& stdin_text = "", bool expect_routed = true) {
-    SCOPED_TRACE(args);
-    auto routed = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), stdin_text);
-    auto local = test::run_cnclip(args + " --no-server " + common(), stdin_text);
+  void expect_same(const std::vector<std::string>& args, const std::string& stdin_text = "",
+                   bool expect_routed = true) {
+    std::string shown;
+    for (const auto& a : args) shown += (shown.empty() ? "" : " ") + a;
+    SCOPED_TRACE(shown);
+    auto routed = run_routed(args, stdin_text);
+    auto local = run_local(args, stdin_text);
     if (expect_routed) {
       EXPECT_NE(routed.err.find("cnclip: route: through the server"), std::string::npos) << routed.err;
       EXPECT_EQ(routed.err.find("cnclip: route: local"), std::string::npos) << routed.err;
@@ -147,28 +166,29 @@ TEST_F(Route, TextQueriesInEveryFormatPrintWhatTheyPrintAlone) {
   ASSERT_TRUE(server.running()) << server.err();
   EXPECT_TRUE(is_socket(index_ + "/serve.sock"));
   EXPECT_NE(server.err().find("are answered here"), std::string::npos) << server.err();
-  const std::string under = " --under " + shell_quote(photos_);
+  const std::vector<std::string> under{"--under", photos_};
   for (const std::string fmt : {"jsonl", "json", "paths", "table"}) {
-    expect_same("search-text 小狗 'a cat on a sofa' 火箭 -k 3 --format " + fmt);
-    expect_same("search-text 夕阳、大海、沙滩 -k 100 --threshold -0.05 --format " + fmt + under);
+    expect_same({"search-text", "小狗", "a cat on a sofa", "火箭", "-k", "3", "--format", fmt});
+    expect_same(
+        test::concat({"search-text", "夕阳、大海、沙滩", "-k", "100", "--threshold", "-0.05", "--format", fmt}, under));
   }
   // Several queries, stdin lines between command-line ones, NUL-separated stdin, -0 output.
-  expect_same("search-text 猫 - 狗 -k 2", "一只猫\nrocket launch\n\n");
-  expect_same("search-text - -0 --format paths -k 2", std::string("小狗\0火箭\0", 14));
+  expect_same({"search-text", "猫", "-", "狗", "-k", "2"}, "一只猫\nrocket launch\n\n");
+  expect_same({"search-text", "-", "-0", "--format", "paths", "-k", "2"}, std::string("小狗\0火箭\0", 14));
   // A long query (cut to the context length: the warning is printed by the client).
-  expect_same("search-text " + shell_quote(std::string(300, 'a') + " 狗") + " -k 2");
+  expect_same({"search-text", std::string(300, 'a') + " 狗", "-k", "2"});
   EXPECT_EQ(succeeded_, compared_);
 }
 
 TEST_F(Route, TextQueryErrorsAreTheLocalOnes) {
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
-  expect_same("search-text '' 狗");
-  expect_same("search-text 狗 '   '");
-  expect_same("search-text - -k 1", "狗\n\xff\xfe\n猫\n");  // a bad line after an answered one
+  expect_same({"search-text", "", "狗"});
+  expect_same({"search-text", "狗", "   "});
+  expect_same({"search-text", "-", "-k", "1"}, "狗\n\xff\xfe\n猫\n");  // a bad line after an answered one
   // A folder that does not exist is refused while the options are read, before any route is tried.
-  expect_same("search-text 狗 --under " + shell_quote(tmp_ / "no-such-folder"), "", false);
-  expect_same("search-text 狗 -k 0", "", /*expect_routed=*/false);  // a usage error before anything
+  expect_same({"search-text", "狗", "--under", tmp_ / "no-such-folder"}, "", false);
+  expect_same({"search-text", "狗", "-k", "0"}, "", /*expect_routed=*/false);  // a usage error before anything
   EXPECT_EQ(succeeded_, 0);
 }
 
@@ -177,35 +197,35 @@ TEST_F(Route, ImageQueriesPrintWhatTheyPrintAlone) {
   ASSERT_TRUE(server.running()) << server.err();
   // Indexed (stored embedding), not indexed (encoded by the server), stdin bytes, --exclude-self,
   // --paths-from, non-UTF-8 paths, the decoding options, every format.
-  const std::string indexed = shell_quote(photos_ + "/pokemon.jpeg");
-  const std::string copy = shell_quote(outside_ + "/copy-\xe9.jpeg");
+  const std::string indexed = photos_ + "/pokemon.jpeg";
+  const std::string copy = outside_ + "/copy-\xe9.jpeg";
   for (const std::string fmt : {"jsonl", "json", "paths", "table"}) {
-    expect_same("search-image " + indexed + " " + copy + " --format " + fmt);
+    expect_same({"search-image", indexed, copy, "--format", fmt});
   }
-  expect_same("search-image " + indexed + " --exclude-self -k 3");
-  expect_same("search-image " + copy + " " + shell_quote(photos_ + "/rocket-\xff\xfe.png") + " --exclude-self");
-  expect_same("search-image " + copy + " --ignore-exif --full-decode -k 4 --format json");
-  expect_same("search-image " + shell_quote(photos_ + "/coffee_2048x1366_exif6.jpg") + " --full-decode -k 2");
-  expect_same("search-image - -k 3", test::read_text(test::fixtures("images/chelsea_rgba.png")));
+  expect_same({"search-image", indexed, "--exclude-self", "-k", "3"});
+  expect_same({"search-image", copy, photos_ + "/rocket-\xff\xfe.png", "--exclude-self"});
+  expect_same({"search-image", copy, "--ignore-exif", "--full-decode", "-k", "4", "--format", "json"});
+  expect_same({"search-image", photos_ + "/coffee_2048x1366_exif6.jpg", "--full-decode", "-k", "2"});
+  expect_same({"search-image", "-", "-k", "3"}, test::read_text(test::fixtures("images/chelsea_rgba.png")));
   test::write_text(tmp_ / "list", photos_ + "/chelsea_rgba.png\n" + outside_ + "/copy-\xe9.jpeg\n");
-  expect_same("search-image --paths-from " + shell_quote(tmp_ / "list") + " -k 2 --format paths");
+  expect_same({"search-image", "--paths-from", tmp_ / "list", "-k", "2", "--format", "paths"});
   // A changed indexed file is encoded again, not answered from its stale embedding.
   test::copy_file(test::fixtures("images/astronaut_palette.png"), photos_ + "/pokemon.jpeg");
-  expect_same("search-image " + indexed + " -k 3");
+  expect_same({"search-image", indexed, "-k", "3"});
   EXPECT_EQ(succeeded_, compared_);
 }
 
 TEST_F(Route, ImageQueryErrorsAreTheLocalOnes) {
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
-  const std::string indexed = shell_quote(photos_ + "/pokemon.jpeg");
-  const std::string copy = shell_quote(outside_ + "/copy-\xe9.jpeg");
+  const std::string indexed = photos_ + "/pokemon.jpeg";
+  const std::string copy = outside_ + "/copy-\xe9.jpeg";
   // Each image's own error, the others answered, and the exit status, as alone.
-  expect_same("search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + copy + " --format jsonl");
-  expect_same("search-image " + shell_quote(outside_ + "/missing.jpg") + " " + indexed + " --format paths");
+  expect_same({"search-image", outside_ + "/not-an-image.jpg", copy, "--format", "jsonl"});
+  expect_same({"search-image", outside_ + "/missing.jpg", indexed, "--format", "paths"});
   // (A folder is a usage error of the parser, before any routing: FrontOptions.AFolderWhereAnImage...)
-  expect_same("search-image --max-pixels 0.001 " + copy);
-  expect_same("search-image - -k 3", "");  // empty stdin
+  expect_same({"search-image", "--max-pixels", "0.001", copy});
+  expect_same({"search-image", "-", "-k", "3"}, "");  // empty stdin
   EXPECT_EQ(succeeded_, 0);
 }
 
@@ -219,16 +239,19 @@ TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
   std::filesystem::remove(bundle + "/image_encoder.pt");
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
-  const std::string args = " --model " + shell_quote(bundle) + " --index " + shell_quote(index_);
-  auto routed = test::run_cnclip("search-text 小狗 --format jsonl" + args);
+  const std::vector<std::string> args{"--model", bundle, "--index", index_};
+  auto routed = test::run_cnclip(test::concat({"search-text", "小狗", "--format", "jsonl"}, args));
   EXPECT_EQ(routed.exit_code, 0) << routed.err;
-  EXPECT_EQ(routed.out, test::run_cnclip("search-text 小狗 --format jsonl --no-server " + common()).out);
-  auto image = test::run_cnclip("search-image " + shell_quote(outside_ + "/copy-\xe9.jpeg") + " --format jsonl" + args);
+  EXPECT_EQ(routed.out, run_local({"search-text", "小狗", "--format", "jsonl"}).out);
+  auto image =
+      test::run_cnclip(test::concat({"search-image", outside_ + "/copy-\xe9.jpeg", "--format", "jsonl"}, args));
   EXPECT_EQ(image.exit_code, 0) << image.err;
   EXPECT_EQ(test::lines(image.out).size(), 6u);
-  auto local = test::run_cnclip("search-text 小狗 --no-server" + args);
+  auto local = test::run_cnclip(test::concat({"search-text", "小狗", "--no-server"}, args));
   EXPECT_EQ(local.exit_code, 1) << local.err;
-  auto env_off = test::run_cnclip_as("env CNCLIP_NO_SERVER=1", "search-text 小狗" + args);
+  test::RunOptions no_server;
+  no_server.env = {"CNCLIP_NO_SERVER=1"};
+  auto env_off = test::run_cnclip(test::concat({"search-text", "小狗"}, args), no_server);
   EXPECT_EQ(env_off.exit_code, 1) << env_off.err;
 }
 
@@ -236,26 +259,33 @@ TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
 // and skips that second start (~25 ms of a ~150 ms query), a local one still makes it, with stdin
 // and stderr intact; a spin the user set is kept. CNCLIP_ROUTE_DEBUG prints what the process saw.
 TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
-  const std::string env = "env -u GOMP_SPINCOUNT -u OMP_WAIT_POLICY CNCLIP_ROUTE_DEBUG=1";
+  // env(1) unsets the user's wait policy variables for the run.
+  test::RunOptions spin_unset;
+  spin_unset.through = {"env", "-u", "GOMP_SPINCOUNT", "-u", "OMP_WAIT_POLICY", "CNCLIP_ROUTE_DEBUG=1"};
+  spin_unset.stdin_text = "猫\n";
   {
     ServeProcess server(common());
     ASSERT_TRUE(server.running()) << server.err();
-    auto routed = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+    auto routed =
+        test::run_cnclip(test::concat({"search-text", "小狗", "-", "--format", "jsonl"}, common_args()), spin_unset);
     EXPECT_EQ(routed.exit_code, 0) << routed.err;
     EXPECT_NE(routed.err.find("route: through the server (GOMP_SPINCOUNT unset)"), std::string::npos) << routed.err;
     EXPECT_EQ(test::lines(routed.out).size(), 12u) << routed.out;  // two queries, 6 photos each
   }
   // No server now: answered here, after the restart. Stdin (read after it) and stderr survive it.
-  auto local = test::run_cnclip_as(env, "search-text 小狗 - --format jsonl " + common(), "猫\n");
+  auto local =
+      test::run_cnclip(test::concat({"search-text", "小狗", "-", "--format", "jsonl"}, common_args()), spin_unset);
   EXPECT_EQ(local.exit_code, 0) << local.err;
   EXPECT_NE(local.err.find("route: local: "), std::string::npos) << local.err;
   EXPECT_NE(local.err.find("(GOMP_SPINCOUNT 1000)"), std::string::npos) << local.err;
   EXPECT_EQ(test::lines(local.err).size(), 1u) << local.err;  // said once, by the restarted process
   EXPECT_EQ(test::lines(local.out).size(), 12u) << local.out;
-  auto bad = test::run_cnclip_as(env, "search-image " + shell_quote(outside_ + "/not-an-image.jpg") + " " + common());
+  spin_unset.stdin_text = "";
+  auto bad =
+      test::run_cnclip(test::concat({"search-image", outside_ + "/not-an-image.jpg"}, common_args()), spin_unset);
   EXPECT_EQ(bad.exit_code, 1) << bad.err;
   EXPECT_NE(bad.err.find("not-an-image.jpg"), std::string::npos) << bad.err;  // the error on the user's stderr
-  auto user_spin = test::run_cnclip_as("env GOMP_SPINCOUNT=77 CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
+  auto user_spin = run({"search-text", "小狗"}, {"GOMP_SPINCOUNT=77", "CNCLIP_ROUTE_DEBUG=1"});
   EXPECT_NE(user_spin.err.find("(GOMP_SPINCOUNT 77)"), std::string::npos) << user_spin.err;
 }
 
@@ -272,7 +302,7 @@ TEST_F(Route, StaleAdvertIsIgnoredQuicklyAndReplacedByTheNextServe) {
   EXPECT_EQ(RouteClient::connect(index_, bundle, "cpu", &why), nullptr);
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(200));
   EXPECT_NE(why.find("stale"), std::string::npos) << why;
-  auto r = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 " + common());
+  auto r = run_routed({"search-text", "小狗"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("cnclip: route: local"), std::string::npos) << r.err;
 
@@ -300,10 +330,10 @@ TEST_F(Route, AnotherModelIndexOrDeviceIsNotUsed) {
     ASSERT_TRUE(server.running()) << server.err();
     EXPECT_EQ(RouteClient::connect(index_, load_bundle_manifest(test::tiny_bundle()), "cpu", &why), nullptr);
     EXPECT_NE(why.find("another model"), std::string::npos) << why;
-    auto r = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", "search-text 小狗 --format jsonl " + common());
+    auto r = run_routed({"search-text", "小狗", "--format", "jsonl"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("another model"), std::string::npos) << r.err;
-    EXPECT_EQ(r.out, test::run_cnclip("search-text 小狗 --format jsonl --no-server " + common()).out);
+    EXPECT_EQ(r.out, run_local({"search-text", "小狗", "--format", "jsonl"}).out);
   }
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
@@ -353,7 +383,7 @@ TEST_F(Route, SocketHasTheFoldersPermissionsAndIsOnlyTrustedFromTheOwner) {
   ASSERT_TRUE(server.running()) << server.err();
   EXPECT_NE(server.err().find("is not a socket: left alone"), std::string::npos) << server.err();
   EXPECT_EQ(test::read_text(index_ + "/serve.sock"), "not a socket");
-  auto r = test::run_cnclip("search-text 小狗 " + common());
+  auto r = run({"search-text", "小狗"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
@@ -401,12 +431,11 @@ TEST_F(Route, ServerFailuresFallBackToLocalAnswers) {
     ASSERT_TRUE(fake.bind_to_port(index_ + "/serve.sock", 80));
     std::thread t([&] { fake.listen_after_bind(); });
     while (!fake.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    for (const std::string& args :
-         std::vector<std::string>{"search-text 小狗 火箭 - -k 3 --format json",
-                                  "search-image " + shell_quote(photos_ + "/pokemon.jpeg") + " " +
-                                      shell_quote(outside_ + "/copy-\xe9.jpeg") + " -k 2"}) {
-      auto routed = test::run_cnclip_as("env CNCLIP_ROUTE_DEBUG=1", args + " " + common(), "猫\n");
-      auto local = test::run_cnclip(args + " --no-server " + common(), "猫\n");
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"search-text", "小狗", "火箭", "-", "-k", "3", "--format", "json"},
+             {"search-image", photos_ + "/pokemon.jpeg", outside_ + "/copy-\xe9.jpeg", "-k", "2"}}) {
+      auto routed = run_routed(args, "猫\n");
+      auto local = run_local(args, "猫\n");
       EXPECT_NE(routed.err.find("through the server"), std::string::npos) << routed.err;
       EXPECT_NE(routed.err.find("local from here"), std::string::npos) << routed.err;
       EXPECT_EQ(routed.exit_code, local.exit_code) << routed.err;
@@ -461,7 +490,7 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   const std::string odd = tmp_ / "odd-\xff";
   ::mkdir(odd.c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), odd + "/p.jpeg");
-  ASSERT_EQ(test::run_cnclip("index -q " + common() + " " + shell_quote(odd)).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip(test::concat({"index", "-q", odd}, common_args())).exit_code, 0);
   ServeProcess server(common());
   ASSERT_TRUE(server.running()) << server.err();
   const std::regex listening("listening on http://127.0.0.1:([0-9]+)/");
@@ -472,7 +501,7 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   auto res = http.Get("/api/v1/info");
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
-  auto cli = test::run_cnclip("info --format json --index " + shell_quote(index_));
+  auto cli = test::run_cnclip({"info", "--format", "json", "--index", index_});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   const json api = json::parse(res->body), local = json::parse(cli.out);
   const json lib = json::parse(dump_json(index_info_json(read_index_info(index_))));

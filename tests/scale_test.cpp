@@ -444,34 +444,36 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   std::string paths;
   for (int i = 0; i < kN; ++i) paths += path_of(i + 1) + "\n";
   test::write_text(dir / "p.txt", paths);
-  const std::string common =
-      " --index " + test::shell_quote(idx) + " --model " + test::shell_quote(test::tiny_bundle());
-  auto r = test::run_cnclip("import --npy " + test::shell_quote(dir / "v.npy") + " --paths " +
-                            test::shell_quote(dir / "p.txt") + common);
+  const std::vector<std::string> common{"--index", idx, "--model", test::tiny_bundle()};
+  auto r = test::run_cnclip(test::concat({"import", "--npy", dir / "v.npy", "--paths", dir / "p.txt"}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  auto flat = test::run_cnclip("search-text 小狗 --no-server -k 5 --format jsonl" + common);
+  auto flat =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl"}, common));
   ASSERT_EQ(flat.exit_code, 0) << flat.err;
-  r = test::run_cnclip("index --vectors ivf --format json --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "ivf", "--format", "json", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["type"], "IVF32,SQ8");
   EXPECT_EQ(j["count"], kN);
   EXPECT_NE(j["tuning"].get<std::string>().find("nprobe"), std::string::npos);
-  auto exact = test::run_cnclip("search-text 小狗 --no-server -k 5 --format jsonl --exact" + common);
+  auto exact = test::run_cnclip(
+      test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl", "--exact"}, common));
   ASSERT_EQ(exact.exit_code, 0) << exact.err;
   EXPECT_EQ(exact.out, flat.out);
-  auto approximate = test::run_cnclip("search-text 小狗 --no-server -k 1 --format paths" + common);
+  auto approximate =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "1", "--format", "paths"}, common));
   ASSERT_EQ(approximate.exit_code, 0) << approximate.err;
   EXPECT_EQ(approximate.out,
             nlohmann::json::parse(flat.out.substr(0, flat.out.find('\n')))["path"].get<std::string>() + "\n");
-  r = test::run_cnclip("index --vectors IVF,PQ5 --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "IVF,PQ5", "--index", idx});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("IVF,PQ5"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  r = test::run_cnclip("index --vectors flat --index " + test::shell_quote(idx));
+  r = test::run_cnclip({"index", "--vectors", "flat", "--index", idx});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("rebuilt as flat"), std::string::npos) << r.err;
-  auto back = test::run_cnclip("search-text 小狗 --no-server -k 5 --format jsonl" + common);
+  auto back =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl"}, common));
   EXPECT_EQ(back.out, flat.out);
 }
 

@@ -18,24 +18,25 @@ TEST(SearchThreshold, AnyGivenValueCountsAsGiven) {
                          "/*.png " + shell_quote(photos))
                             .c_str()),
             0);
-  const std::string common = " --model " + shell_quote(test::tiny_bundle()) + " --index " + shell_quote(index);
-  ASSERT_EQ(test::run_cnclip("index -q" + common + " " + shell_quote(photos)).exit_code, 0);
-  const auto all = test::run_cnclip("search-text 小狗 -k 100 --format paths" + common);
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", index};
+  ASSERT_EQ(test::run_cnclip(test::concat({"index", "-q", photos}, common)).exit_code, 0);
+  const auto all = test::run_cnclip(test::concat({"search-text", "小狗", "-k", "100", "--format", "paths"}, common));
   ASSERT_EQ(all.exit_code, 0) << all.err;
   ASSERT_GE(test::lines(all.out).size(), 3u);
   for (const std::string t : {"-1", "-2", "-5", "-1e30"}) {
     SCOPED_TRACE(t);
     // With --sort date a threshold is required: each of these is one.
-    const auto by_date =
-        test::run_cnclip("search-text 小狗 -k 100 --format paths --sort date --threshold " + t + common);
+    const auto by_date = test::run_cnclip(test::concat(
+        {"search-text", "小狗", "-k", "100", "--format", "paths", "--sort", "date", "--threshold", t}, common));
     EXPECT_EQ(by_date.exit_code, 0) << by_date.err;
     EXPECT_EQ(test::lines(by_date.out).size(), test::lines(all.out).size());
   }
-  const auto none = test::run_cnclip("search-text 小狗 --sort date" + common);
+  const auto none = test::run_cnclip(test::concat({"search-text", "小狗", "--sort", "date"}, common));
   EXPECT_EQ(none.exit_code, 2);
   EXPECT_NE(none.err.find("give --threshold too"), std::string::npos) << none.err;
   // A threshold over every score keeps nothing.
-  const auto high = test::run_cnclip("search-text 小狗 --format paths --threshold 1.5" + common);
+  const auto high =
+      test::run_cnclip(test::concat({"search-text", "小狗", "--format", "paths", "--threshold", "1.5"}, common));
   EXPECT_EQ(high.exit_code, 0) << high.err;
   EXPECT_EQ(high.out, "");
 }

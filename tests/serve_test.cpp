@@ -155,17 +155,20 @@ class Serve : public ::testing::Test {
                           "coffee_2048x1366_exif6.jpg", "pokemon.jpeg", "rocket_rgb16_17x9.png"}) {
       test::copy_file(test::fixtures(std::string("images/") + f), photos_ + "/" + f);
     }
-    auto r = test::run_cnclip("index -q " + common() + " " + test::shell_quote(photos_));
+    auto r = test::run_cnclip(test::concat({"index", "-q", photos_}, common_args()));
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
+  // For ServeProcess (a shell command line) and for run_cnclip.
   std::string common() const {
     return "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(index_);
   }
+  std::vector<std::string> common_args() const { return {"--model", test::tiny_bundle(), "--index", index_}; }
   // search-text's jsonl lines as JSON objects, answered by the CLI itself (not routed to the server
   // under test).
-  std::vector<json> cli_search(const std::string& q, int k, const std::string& extra = "") {
-    auto r = test::run_cnclip("search-text " + test::shell_quote(q) + " -k " + std::to_string(k) +
-                              " --format jsonl --no-server " + extra + " " + common());
+  std::vector<json> cli_search(const std::string& q, int k, const std::vector<std::string>& extra = {}) {
+    auto r = test::run_cnclip(test::concat(
+        test::concat({"search-text", q, "-k", std::to_string(k), "--format", "jsonl", "--no-server"}, extra),
+        common_args()));
     EXPECT_EQ(r.exit_code, 0) << r.err;
     std::vector<json> out;
     for (const auto& l : test::lines(r.out)) out.push_back(json::parse(l));
@@ -210,7 +213,7 @@ TEST_F(Serve, TextResultsEqualSearchText) {
     r = request(server.port(), "GET",
                 "/api/v1/search?q=" + test::url_encode(q) + "&k=10&threshold=-0.05&under=" + test::url_encode(photos_));
     ASSERT_EQ(r.status, 200) << r.body;
-    expect_same_results(r.body_json(), cli_search(q, 10, "--threshold -0.05 --under " + test::shell_quote(photos_)));
+    expect_same_results(r.body_json(), cli_search(q, 10, {"--threshold", "-0.05", "--under", photos_}));
   }
   // Bad parameters are 400 with a JSON error naming the parameter.
   for (const std::string& target : std::vector<std::string>{
@@ -297,7 +300,7 @@ TEST_F(Serve, InfoIsWhatCnclipInfoPrints) {
   ASSERT_GT(server.port(), 0) << server.err();
   auto r = request(server.port(), "GET", "/api/v1/info");
   ASSERT_EQ(r.status, 200) << r.body;
-  auto cli = test::run_cnclip("info --format json --index " + test::shell_quote(index_));
+  auto cli = test::run_cnclip({"info", "--format", "json", "--index", index_});
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   EXPECT_EQ(r.body_json(), json::parse(cli.out));
   EXPECT_EQ(r.body_json()["files"], 6);
@@ -354,8 +357,8 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const std::string small = test::read_text(photos_ + "/pokemon.jpeg");              // 6 KB
   const std::string big = test::read_text(photos_ + "/coffee_2048x1366_exif6.jpg");  // 150 KB
   // search-image gives the same ranking for the same bytes.
-  auto cli = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                              " -k 3 --format jsonl --no-server " + common());
+  auto cli = test::run_cnclip(test::concat(
+      {"search-image", photos_ + "/pokemon.jpeg", "-k", "3", "--format", "jsonl", "--no-server"}, common_args()));
   ASSERT_EQ(cli.exit_code, 0) << cli.err;
   std::vector<json> expected;
   for (const auto& l : test::lines(cli.out)) expected.push_back(json::parse(l));
@@ -405,8 +408,9 @@ TEST_F(Serve, ImageUploadsSimilarAndTheirErrors) {
   const int64_t id = raw.body_json()["results"][0]["id"];
   auto sim = request(server.port(), "GET", "/api/v1/similar/" + std::to_string(id) + "?k=10");
   ASSERT_EQ(sim.status, 200) << sim.body;
-  auto cli_sim = test::run_cnclip("search-image " + test::shell_quote(photos_ + "/pokemon.jpeg") +
-                                  " --exclude-self -k 10 --format jsonl --no-server " + common());
+  auto cli_sim = test::run_cnclip(test::concat(
+      {"search-image", photos_ + "/pokemon.jpeg", "--exclude-self", "-k", "10", "--format", "jsonl", "--no-server"},
+      common_args()));
   std::vector<json> expected_sim;
   for (const auto& l : test::lines(cli_sim.out)) expected_sim.push_back(json::parse(l));
   expect_same_results(sim.body_json(), expected_sim);
@@ -544,7 +548,7 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   auto before = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
   EXPECT_EQ(before.size(), 6u);
   test::copy_file(photos_ + "/pokemon.jpeg", later + "/new_photo.jpeg");
-  auto r = test::run_cnclip("index -q " + common() + " " + test::shell_quote(later));
+  auto r = test::run_cnclip(test::concat({"index", "-q", later}, common_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto after = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
   ASSERT_EQ(after.size(), 7u);
@@ -553,7 +557,7 @@ TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   EXPECT_TRUE(found);
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 7);
   // And a removed file is gone.
-  r = test::run_cnclip("remove " + test::shell_quote(later) + " --index " + test::shell_quote(index_));
+  r = test::run_cnclip({"remove", later, "--index", index_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"].size(), 6u);
 }
@@ -617,31 +621,31 @@ TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
   // An index appears: found without a restart.
   ::mkdir((tmp / "p").c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), tmp / "p/a.jpeg");
-  auto idx = test::run_cnclip("index -q " + common + " " + test::shell_quote(tmp / "p"));
+  auto idx = test::run_cnclip({"index", "-q", tmp / "p", "--model", test::tiny_bundle(), "--index", tmp / "index"});
   ASSERT_EQ(idx.exit_code, 0) << idx.err;
   EXPECT_EQ(request(server.port(), "GET", "/api/v1/search?q=x").body_json()["results"].size(), 1u);
 }
 
 TEST(ServeEmpty, BadOptionsAreUsageErrors) {
   TempDir tmp;
-  const std::string common =
-      "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(tmp / "index");
-  auto r = test::run_cnclip("serve --port 70000 " + common);
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", tmp / "index"};
+  auto r = test::run_cnclip(test::concat({"serve", "--port", "70000"}, common));
   EXPECT_EQ(r.exit_code, 2) << r.err;
-  r = test::run_cnclip("serve --max-upload-mb 0 " + common);
+  r = test::run_cnclip(test::concat({"serve", "--max-upload-mb", "0"}, common));
   EXPECT_EQ(r.exit_code, 2) << r.err;
   // A model that does not fit the index is refused at start, naming both.
   ::mkdir((tmp / "p").c_str(), 0755);
   test::copy_file(test::fixtures("images/pokemon.jpeg"), tmp / "p/a.jpeg");
-  ASSERT_EQ(test::run_cnclip("index -q " + common + " " + test::shell_quote(tmp / "p")).exit_code, 0);
-  r = test::run_cnclip("serve --port 0 --model " + test::shell_quote(test::random_tiny_bundle()) + " --index " +
-                       test::shell_quote(tmp / "index"));
+  ASSERT_EQ(test::run_cnclip(test::concat({"index", "-q", tmp / "p"}, common)).exit_code, 0);
+  r = test::run_cnclip({"serve", "--port", "0", "--model", test::random_tiny_bundle(), "--index", tmp / "index"});
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
   // A port in use: one line naming it, exit 1.
-  ServeProcess first(common);
+  const std::string common_line =
+      "--model " + test::shell_quote(test::tiny_bundle()) + " --index " + test::shell_quote(tmp / "index");
+  ServeProcess first(common_line);
   ASSERT_GT(first.port(), 0) << first.err();
-  ServeProcess second(common, first.port());
+  ServeProcess second(common_line, first.port());
   EXPECT_TRUE(second.exited());
   EXPECT_EQ(second.port(), 0);
   EXPECT_EQ(second.stop(), 1);

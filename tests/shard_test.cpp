@@ -31,9 +31,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-std::string q(const std::string& s) { return test::shell_quote(s); }
-std::string model_arg() { return " --model " + q(test::tiny_bundle()); }
-
 void make_photo(const std::string& path, unsigned seed) {
   static const char* sources[] = {"pokemon.jpeg", "chelsea_rgba.png", "astronaut_palette.png"};
   cv::Mat img = cv::imread(test::fixtures(std::string("images/") + sources[seed % 3]), cv::IMREAD_COLOR);
@@ -136,28 +133,29 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
   };
   for (const auto& [value, message] : cases) {
     SCOPED_TRACE(value);
-    auto r = test::run_cnclip("embed-image --shard " + q(value) + " " + q(dir / "p") + " --model " +
-                              q(dir / "no-model") + " --out " + q(dir / "s"));
+    auto r =
+        test::run_cnclip({"embed-image", "--shard", value, dir / "p", "--model", dir / "no-model", "--out", dir / "s"});
     EXPECT_EQ(r.exit_code, 2);
     EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
     EXPECT_EQ(r.out, "");
     EXPECT_FALSE(fs::exists(dir / "s.partial"));
   }
   // The other options of a shard run, the same way.
-  const std::vector<std::pair<std::string, std::string>> others = {
-      {"--shard 1/2 --save-every 5", "--save-every goes with --out (only written shards are resumed)"},
-      {"--shard 1/2 --out " + q(dir / "nowhere/s"),
+  const std::vector<std::pair<std::vector<std::string>, std::string>> others = {
+      {{"--shard", "1/2", "--save-every", "5"}, "--save-every goes with --out (only written shards are resumed)"},
+      {{"--shard", "1/2", "--out", dir / "nowhere/s"},
        "--out " + dir / "nowhere/s" + ": no folder " + dir / "nowhere (No such file or directory)"},
-      {"--shard 1/2 --out " + q(dir / "p/"),
+      {{"--shard", "1/2", "--out", dir / "p/"},
        "--out " + dir / "p/: give a prefix for the file names (e.g. " + dir / "p/" + "shard-1), not a folder"},
-      {"--shard 1/2 --root " + q(dir / "p/a.jpg"), "--root: " + dir / "p/a.jpg is not a folder"},
-      {"--shard 1/2 --root " + q(dir / "elsewhere"),
+      {{"--shard", "1/2", "--root", dir / "p/a.jpg"}, "--root: " + dir / "p/a.jpg is not a folder"},
+      {{"--shard", "1/2", "--root", dir / "elsewhere"},
        "--root: no folder " + dir / "elsewhere (No such file or directory)"},
-      {"--shard 1/2 --save-every -1 --out " + q(dir / "s"), ""},
+      {{"--shard", "1/2", "--save-every", "-1", "--out", dir / "s"}, ""},
   };
   for (const auto& [args, message] : others) {
-    SCOPED_TRACE(args);
-    auto r = test::run_cnclip("embed-image " + args + " " + q(dir / "p") + " --model " + q(dir / "no-model"));
+    SCOPED_TRACE(args[2]);
+    auto r =
+        test::run_cnclip(test::concat(test::concat({"embed-image"}, args), {dir / "p", "--model", dir / "no-model"}));
     EXPECT_EQ(r.exit_code, 2) << r.err;
     if (!message.empty()) {
       EXPECT_EQ(r.err, "cnclip: error: " + message + "\n");
@@ -165,8 +163,8 @@ TEST(ShardCli, BadShardsAreUsageErrorsInPlainWords) {
   }
   // A listed file outside --root has no key relative to it.
   fs::create_directories(dir / "root");
-  auto r = test::run_cnclip("embed-image --shard 1/2 --root " + q(dir / "root") + " " + q(dir / "p/a.jpg") +
-                            " --model " + q(dir / "no-model"));
+  auto r = test::run_cnclip(
+      {"embed-image", "--shard", "1/2", "--root", dir / "root", dir / "p/a.jpg", "--model", dir / "no-model"});
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "p/a.jpg" + ": not below --root " + dir / "root" +
                        " (every input must be, so that its key is the same everywhere)\n");
@@ -206,7 +204,7 @@ TEST(ShardSplit, EveryFileInExactlyOneShard) {
       largest = std::max(largest, keys.size());
     }
     EXPECT_EQ(seen, all);
-    const double mean = 400.0 / n;
+    const double mean = 400.0 / static_cast<double>(n);
     if (n <= 8) {
       EXPECT_GT(smallest, mean * 0.6);
       EXPECT_LT(largest, mean * 1.4);
@@ -258,20 +256,20 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
   const std::string photos = dir / "photos";
   make_photos(photos, 36);
   test::write_text(photos + "/y2021/broken.jpg", "not an image");
-  auto ref = test::run_cnclip("index -q " + q(photos) + model_arg() + " --index " + q(dir / "ref"));
+  auto ref = test::run_cnclip({"index", "-q", photos, "--model", test::tiny_bundle(), "--index", dir / "ref"});
   ASSERT_EQ(ref.exit_code, 0) << ref.err;
   const auto want = index_rows(dir / "ref");
   ASSERT_EQ(want.size(), 36u);
 
   for (int n : {1, 3, 4}) {
     SCOPED_TRACE(n);
-    std::string prefixes;
+    std::vector<std::string> npys;
     int failed_listed = 0;
     for (int k = 1; k <= n; ++k) {
       const std::string prefix = dir / ("n" + std::to_string(n) + "-" + std::to_string(k));
       auto r =
-          test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/" + std::to_string(n) + " --batch-size " +
-                           std::to_string(1 + k % 3) + " --out " + q(prefix) + " " + q(photos) + model_arg());
+          test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/" + std::to_string(n), "--batch-size",
+                            std::to_string(1 + k % 3), "--out", prefix, photos, "--model", test::tiny_bundle()});
       ASSERT_EQ(r.exit_code, 0) << r.err;
       EXPECT_EQ(r.out, "");  // nothing on stdout: the outputs are the files
       const json manifest = json::parse(test::read_text(prefix + ".json"));
@@ -284,11 +282,12 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
         ++failed_listed;
       }
       EXPECT_FALSE(fs::exists(prefix + ".partial")) << "the saved work is removed once the outputs are written";
-      prefixes += " " + q(prefix + ".npy");
+      npys.push_back(prefix + ".npy");
     }
     EXPECT_EQ(failed_listed, 1);
     const std::string index = dir / ("merged" + std::to_string(n));
-    auto imp = test::run_cnclip("import" + prefixes + model_arg() + " --index " + q(index));
+    auto imp = test::run_cnclip(
+        test::concat(test::concat({"import"}, npys), {"--model", test::tiny_bundle(), "--index", index}));
     ASSERT_EQ(imp.exit_code, 0) << imp.err;
     EXPECT_NE(imp.err.find("imported 36 new and 0 updated embeddings"), std::string::npos) << imp.err;
     const auto got = index_rows(index);
@@ -299,9 +298,10 @@ TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
       EXPECT_EQ(it->second, embedding) << "not bit-exact: " << path;
     }
     // And searches agree: the same files in the same order with the same scores.
-    const std::string query = " search-image " + q(photos + "/y2020/m0/p0.jpg") + " -k 10 --format jsonl" + model_arg();
-    auto a = test::run_cnclip(query + " --index " + q(dir / "ref"));
-    auto b = test::run_cnclip(query + " --index " + q(index));
+    const std::vector<std::string> query{"search-image", photos + "/y2020/m0/p0.jpg", "-k", "10", "--format", "jsonl",
+                                         "--model",      test::tiny_bundle()};
+    auto a = test::run_cnclip(test::concat(query, {"--index", dir / "ref"}));
+    auto b = test::run_cnclip(test::concat(query, {"--index", index}));
     ASSERT_EQ(a.exit_code, 0) << a.err;
     ASSERT_EQ(b.exit_code, 0) << b.err;
     // (Imported entries have no width and height: import does not open the photos.)
@@ -320,10 +320,11 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
   make_photos(photos, 20, 100);
-  auto j = test::run_cnclip("embed-image --shard 2/3 " + q(photos) + model_arg());
+  auto j = test::run_cnclip({"embed-image", "--shard", "2/3", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(j.exit_code, 0) << j.err;
   test::write_text(dir / "s.jsonl", j.out);
-  auto n = test::run_cnclip("embed-image -q --shard 2/3 --out " + q(dir / "s") + " " + q(photos) + model_arg());
+  auto n = test::run_cnclip(
+      {"embed-image", "-q", "--shard", "2/3", "--out", dir / "s", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(n.exit_code, 0) << n.err;
   const auto rows = shard_rows(dir / "s");
   EXPECT_EQ(test::lines(j.out).size(), rows.size());
@@ -332,12 +333,12 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   // A folder is a collection only with --shard or --out (among images to print, it is a mistake);
   // --shard 1/1 gives every photo of it, in the walk's sorted order, and the three shards' lines
   // together are exactly those lines.
-  auto plain = test::run_cnclip("embed-image " + q(photos) + model_arg());
+  auto plain = test::run_cnclip({"embed-image", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(plain.exit_code, 2);
   EXPECT_EQ(plain.err, "cnclip: error: image: '" + photos +
                            "' is a folder; give image files ('cnclip index' takes folders) (see 'cnclip embed-image "
                            "--help')\n");
-  auto all = test::run_cnclip("embed-image -q --shard 1/1 " + q(photos) + model_arg());
+  auto all = test::run_cnclip({"embed-image", "-q", "--shard", "1/1", photos, "--model", test::tiny_bundle()});
   ASSERT_EQ(all.exit_code, 0) << all.err;
   const auto all_lines = test::lines(all.out);
   ASSERT_EQ(all_lines.size(), 20u);
@@ -345,7 +346,8 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   for (const auto& l : all_lines) sorted_paths.push_back(json::parse(l)["path"]);
   EXPECT_TRUE(std::is_sorted(sorted_paths.begin(), sorted_paths.end()));
   for (int k = 1; k <= 3; ++k) {
-    auto part = test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/3 " + q(photos) + model_arg());
+    auto part = test::run_cnclip(
+        {"embed-image", "-q", "--shard", std::to_string(k) + "/3", photos, "--model", test::tiny_bundle()});
     ASSERT_EQ(part.exit_code, 0) << part.err;
     for (const auto& l : test::lines(part.out)) shard_lines.push_back(l);
   }
@@ -353,8 +355,10 @@ TEST(ShardMerge, JsonlOfAShardImportsTheSameRows) {
   std::sort(sorted_all.begin(), sorted_all.end());
   std::sort(shard_lines.begin(), shard_lines.end());
   EXPECT_EQ(shard_lines, sorted_all);
-  ASSERT_EQ(test::run_cnclip("import " + q(dir / "s.jsonl") + model_arg() + " --index " + q(dir / "a")).exit_code, 0);
-  ASSERT_EQ(test::run_cnclip("import " + q(dir / "s.npy") + model_arg() + " --index " + q(dir / "b")).exit_code, 0);
+  ASSERT_EQ(
+      test::run_cnclip({"import", dir / "s.jsonl", "--model", test::tiny_bundle(), "--index", dir / "a"}).exit_code, 0);
+  ASSERT_EQ(test::run_cnclip({"import", dir / "s.npy", "--model", test::tiny_bundle(), "--index", dir / "b"}).exit_code,
+            0);
   EXPECT_EQ(index_rows(dir / "a"), rows);
   EXPECT_EQ(index_rows(dir / "b"), rows);
 }
@@ -368,15 +372,15 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   std::vector<std::string> npys;
   for (int k = 1; k <= 3; ++k) {
     const std::string prefix = dir / ("s" + std::to_string(k));
-    ASSERT_EQ(test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/3 --out " + q(prefix) + " " +
-                               q(photos) + model_arg())
+    ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/3", "--out", prefix, photos,
+                                "--model", test::tiny_bundle()})
                   .exit_code,
               0);
-    npys.push_back(q(prefix + ".npy"));
+    npys.push_back(prefix + ".npy");
   }
   const std::string index = dir / "idx";
-  const std::string all = " " + npys[0] + " " + npys[1] + " " + npys[2];
-  auto first = test::run_cnclip("import" + all + model_arg() + " --index " + q(index));
+  const std::vector<std::string> common{"--model", test::tiny_bundle(), "--index", index};
+  auto first = test::run_cnclip(test::concat(test::concat({"import"}, npys), common));
   ASSERT_EQ(first.exit_code, 0) << first.err;
   auto snapshot_of = [&] {
     auto c = Catalog::open_read_only(index + "/catalog.sqlite3");
@@ -388,9 +392,9 @@ TEST(ShardMerge, ImportingTwiceChangesNothing) {
   const auto before = snapshot_of();
   const auto files_before = tree_state(index);
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // a rewrite would show in indexed_at
-  for (const std::string& again : {all, " " + npys[1], " " + npys[2] + " " + npys[0] + " " + npys[1]}) {
-    SCOPED_TRACE(again);
-    auto r = test::run_cnclip("import" + again + model_arg() + " --index " + q(index));
+  for (const auto& again : std::vector<std::vector<std::string>>{npys, {npys[1]}, {npys[2], npys[0], npys[1]}}) {
+    SCOPED_TRACE(again.size());
+    auto r = test::run_cnclip(test::concat(test::concat({"import"}, again), common));
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("imported 0 new and 0 updated embeddings"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find(" unchanged (already there)"), std::string::npos) << r.err;
@@ -436,7 +440,7 @@ class ShardResume : public ::testing::Test {
  protected:
   void SetUp() override {
     make_photos(photos_, 90, 300);
-    auto r = test::run_cnclip("embed-image -q --out " + q(dir_ / "clean") + " " + q(photos_) + model_arg());
+    auto r = test::run_cnclip({"embed-image", "-q", "--out", dir_ / "clean", photos_, "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     clean_ = shard_rows(dir_ / "clean");
     ASSERT_EQ(clean_.size(), 90u);
@@ -465,7 +469,7 @@ class ShardResume : public ::testing::Test {
     }();
     ASSERT_GT(saved_rows, 0u);
     ASSERT_LT(saved_rows, 90u);
-    auto r = test::run_cnclip("embed-image --out " + q(prefix_) + " " + q(photos_) + model_arg());
+    auto r = test::run_cnclip({"embed-image", "--out", prefix_, photos_, "--model", test::tiny_bundle()});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("cnclip: " + std::to_string(saved_rows) +
                          " embeddings saved by an interrupted run are used again; " + std::to_string(90 - saved_rows) +
@@ -492,7 +496,7 @@ TEST_F(ShardResume, KilledRunIsContinued) {
   ASSERT_TRUE(start_and_stop(SIGKILL, &status)) << "the run ended before it could be killed";
   EXPECT_TRUE(WIFSIGNALED(status));
   EXPECT_FALSE(fs::exists(prefix_ + ".npy"));
-  auto imp = test::run_cnclip("import " + q(prefix_ + ".npy") + model_arg() + " --index " + q(dir_ / "idx"));
+  auto imp = test::run_cnclip({"import", prefix_ + ".npy", "--model", test::tiny_bundle(), "--index", dir_ / "idx"});
   EXPECT_EQ(imp.exit_code, 1);
   EXPECT_FALSE(fs::exists(dir_ / "idx"));
   expect_rerun_completes();
@@ -540,11 +544,11 @@ TEST_F(ShardResume, TornChunksAndChangedFilesAreEncodedAgain) {
   make_photo(other, 9999);
   test::copy_file(other, changed_path);
   fs::last_write_time(changed_path, fs::last_write_time(changed_path) + std::chrono::seconds(5));
-  auto r = test::run_cnclip("embed-image -q --out " + q(prefix_) + " " + q(photos_) + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", prefix_, photos_, "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto got = shard_rows(prefix_);
   ASSERT_EQ(got.size(), 90u);
-  auto fresh = test::run_cnclip("embed-image " + q(changed_path) + model_arg());
+  auto fresh = test::run_cnclip({"embed-image", changed_path, "--model", test::tiny_bundle()});
   ASSERT_EQ(fresh.exit_code, 0);
   const std::vector<float> want = json::parse(fresh.out)["embedding"].get<std::vector<float>>();
   EXPECT_EQ(got[changed_path], want) << "the changed file kept its old embedding";
@@ -561,7 +565,8 @@ TEST(ShardOutputs, CompleteOutputsAreKeptUntilTheFilesChange) {
   test::TempDir dir;
   const std::string photos = dir / "photos";
   make_photos(photos, 12, 400);
-  const std::string run = "embed-image --shard 1/1 --out " + q(dir / "s") + " " + q(photos) + model_arg();
+  const std::vector<std::string> run{"embed-image", "--shard", "1/1",     "--out",
+                                     dir / "s",     photos,    "--model", test::tiny_bundle()};
   ASSERT_EQ(test::run_cnclip(run).exit_code, 0);
   const auto state = tree_state(dir.path());
   auto again = test::run_cnclip(run);
@@ -584,18 +589,20 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   const std::string photos = dir / "photos";
   make_photos(photos, 10, 500);
   const std::string prefix = dir / "s";
-  ASSERT_EQ(test::run_cnclip("embed-image --shard 1/2 --out " + q(prefix) + " " + q(photos) + model_arg()).exit_code,
+  ASSERT_EQ(test::run_cnclip({"embed-image", "--shard", "1/2", "--out", prefix, photos, "--model", test::tiny_bundle()})
+                .exit_code,
             0);
   const auto state = tree_state(dir.path());
-  const std::vector<std::pair<std::string, std::string>> cases = {
-      {"--shard 2/2" + model_arg(), "not shard 2/2 of tiny fp32"},
-      {"--shard 1/3" + model_arg(), "not shard 1/3 of tiny fp32"},
-      {"--shard 1/2 --model " + q(test::random_tiny_bundle()), ", not shard 1/2 of tiny fp32"},
-      {"--shard 1/2 --ignore-exif" + model_arg(), ", --ignore-exif"},
+  const std::string tiny = test::tiny_bundle();
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--shard", "2/2", "--model", tiny}, "not shard 2/2 of tiny fp32"},
+      {{"--shard", "1/3", "--model", tiny}, "not shard 1/3 of tiny fp32"},
+      {{"--shard", "1/2", "--model", test::random_tiny_bundle()}, ", not shard 1/2 of tiny fp32"},
+      {{"--shard", "1/2", "--ignore-exif", "--model", tiny}, ", --ignore-exif"},
   };
   for (const auto& [args, what] : cases) {
-    SCOPED_TRACE(args);
-    auto r = test::run_cnclip("embed-image " + args + " --out " + q(prefix) + " " + q(photos));
+    SCOPED_TRACE(what);
+    auto r = test::run_cnclip(test::concat(test::concat({"embed-image"}, args), {"--out", prefix, photos}));
     EXPECT_EQ(r.exit_code, 1);
     EXPECT_EQ(test::lines(r.err).size(), 2u) << r.err;  // "shard K/N: n of m files", then the error
     EXPECT_NE(r.err.find("cnclip: error: " + prefix + ": the outputs there are shard 1/2 of tiny fp32"),
@@ -609,7 +616,7 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   // An .npy that embed-image did not write.
   std::vector<float> m(32, 0.5f);
   write_npy(dir / "mine.npy", m.data(), {1, 32});
-  auto r = test::run_cnclip("embed-image -q --out " + q(dir / "mine") + " " + q(photos) + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", dir / "mine", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "mine.npy" + ": exists and is not the output of embed-image --shard (no " +
                        dir / "mine.json" + " beside it); give another prefix\n");
@@ -617,7 +624,7 @@ TEST(ShardOutputs, OtherOutputsAtThePrefixAreRefused) {
   // Saved work of another run.
   fs::create_directories(dir / "other.partial");
   test::write_text(dir / "other.partial/settings.json", R"({"shard": "3/4"})");
-  r = test::run_cnclip("embed-image -q --out " + q(dir / "other") + " " + q(photos) + model_arg());
+  r = test::run_cnclip({"embed-image", "-q", "--out", dir / "other", photos, "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find(dir / "other.partial: holds unfinished work of shard 3/4, not shard 1/1 of tiny fp32"),
             std::string::npos)
@@ -632,12 +639,12 @@ TEST(ShardOutputs, ASecondRunOfTheSameShardIsRefused) {
   const int fd = ::open((dir / "s.partial/lock").c_str(), O_RDWR | O_CREAT, 0644);
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::flock(fd, LOCK_EX | LOCK_NB), 0);
-  auto r = test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
+  auto r = test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()});
   ::close(fd);
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "s.partial" +
                        ": another embed-image is writing this shard; wait for it to end\n");
-  r = test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg());
+  r = test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 3u);
 }
@@ -651,7 +658,7 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
   make_photo(photos + "/two\nlines.jpg", 7);
   make_photo(dir / "cr.jpg\r", 8);  // listed by name: a walk would not take the extension "jpg\r"
   auto r =
-      test::run_cnclip("embed-image --out " + q(dir / "s") + " " + q(photos) + " " + q(dir / "cr.jpg\r") + model_arg());
+      test::run_cnclip({"embed-image", "--out", dir / "s", photos, dir / "cr.jpg\r", "--model", test::tiny_bundle()});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("the name holds a line break"), std::string::npos) << r.err;
   EXPECT_EQ(shard_rows(dir / "s").size(), 4u);
@@ -672,10 +679,11 @@ TEST(ShardOutputs, NamesWithLineBreaksFailAlone) {
 TEST(ShardImport, ManifestAndPathsAreChecked) {
   test::TempDir dir;
   make_photos(dir / "photos", 5, 800);
-  ASSERT_EQ(test::run_cnclip("embed-image -q --out " + q(dir / "s") + " " + q(dir / "photos") + model_arg()).exit_code,
+  ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--out", dir / "s", dir / "photos", "--model", test::tiny_bundle()})
+                .exit_code,
             0);
-  const std::string npy = q(dir / "s.npy");
-  auto r = test::run_cnclip("import " + npy + " --model " + q(test::random_tiny_bundle()) + " --index " + q(dir / "a"));
+  const std::string npy = dir / "s.npy";
+  auto r = test::run_cnclip({"import", npy, "--model", test::random_tiny_bundle(), "--index", dir / "a"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("cnclip: error: " + dir / "s.json" + ": the embeddings come from tiny fp32 (fingerprint "),
             std::string::npos)
@@ -683,11 +691,10 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   EXPECT_NE(r.err.find("import them with that model (--model), or embed again with this one"), std::string::npos)
       << r.err;
   EXPECT_FALSE(fs::exists(dir / "a"));
-  r = test::run_cnclip("import " + npy + " --model " + q(test::tiny_int8_bundle()) + " --index " + q(dir / "b"));
+  r = test::run_cnclip({"import", npy, "--model", test::tiny_int8_bundle(), "--index", dir / "b"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_NE(r.err.find("pass --mixed-precision to import them anyway"), std::string::npos) << r.err;
-  r = test::run_cnclip("import " + npy + " --mixed-precision --model " + q(test::tiny_int8_bundle()) + " --index " +
-                       q(dir / "b"));
+  r = test::run_cnclip({"import", npy, "--mixed-precision", "--model", test::tiny_int8_bundle(), "--index", dir / "b"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   // The manifest records 5 rows; a matrix of 4 does not go with it.
   test::copy_file(dir / "s.json", dir / "t.json");
@@ -695,18 +702,18 @@ TEST(ShardImport, ManifestAndPathsAreChecked) {
   write_npy(dir / "t.npy", rows.data(), {4, 32});
   auto paths = test::lines(test::read_text(dir / "s.paths"));
   test::write_text(dir / "t.paths", paths[0] + "\n" + paths[1] + "\n" + paths[2] + "\n" + paths[3] + "\n");
-  r = test::run_cnclip("import " + q(dir / "t.npy") + model_arg() + " --index " + q(dir / "c"));
+  r = test::run_cnclip({"import", dir / "t.npy", "--model", test::tiny_bundle(), "--index", dir / "c"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.json" + ": records 5 embeddings, the .npy beside it holds 4\n");
   // Without its paths file; and a second file that is missing: nothing of the first is imported.
   fs::remove(dir / "t.paths");
-  r = test::run_cnclip("import " + npy + " " + q(dir / "t.npy") + model_arg() + " --index " + q(dir / "d"));
+  r = test::run_cnclip({"import", npy, dir / "t.npy", "--model", test::tiny_bundle(), "--index", dir / "d"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err, "cnclip: error: " + dir / "t.npy" + ": no " + dir / "t.paths" +
                        " beside it (the paths of its rows, one per line); give another file with --npy " +
                        dir / "t.npy" + " --paths FILE\n");
   EXPECT_FALSE(fs::exists(dir / "d"));
-  r = test::run_cnclip("import " + npy + " " + q(dir / "missing.jsonl") + model_arg() + " --index " + q(dir / "d"));
+  r = test::run_cnclip({"import", npy, dir / "missing.jsonl", "--model", test::tiny_bundle(), "--index", dir / "d"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(r.err,
             "cnclip: error: " + dir / "missing.jsonl" + ": cannot read a JSONL file: No such file or directory\n");
@@ -763,12 +770,12 @@ TEST(ShardImport, InterruptedImportIsFinishedByRunningItAgain) {
   EXPECT_EQ(err, "cnclip: error: import interrupted: " + std::to_string(kept) +
                      " embeddings written so far are kept; run the same command again to finish (what is there already "
                      "is skipped)\n");
-  auto r = test::run_cnclip("import " + q(dir / "big.npy") + model_arg() + " --index " + q(index));
+  auto r = test::run_cnclip({"import", dir / "big.npy", "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err, "cnclip: imported " + std::to_string(n - kept) + " new and 0 updated embeddings, " +
                        std::to_string(kept) + " unchanged (already there)\n");
   EXPECT_EQ(committed(), n);
-  auto info = test::run_cnclip("info --format json --index " + q(index));
+  auto info = test::run_cnclip({"info", "--format", "json", "--index", index});
   EXPECT_EQ(json::parse(info.out)["vectors"], n);
 }
 
@@ -788,15 +795,14 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
   fs::create_directories(here);
   fs::copy(cluster, here, fs::copy_options::recursive);
   for (int k = 1; k <= 2; ++k) {
-    ASSERT_EQ(test::run_cnclip("embed-image -q --shard " + std::to_string(k) + "/2 --out " +
-                               q(dir / ("s" + std::to_string(k))) + " " + q(cluster) + model_arg())
+    ASSERT_EQ(test::run_cnclip({"embed-image", "-q", "--shard", std::to_string(k) + "/2", "--out",
+                                dir / ("s" + std::to_string(k)), cluster, "--model", test::tiny_bundle()})
                   .exit_code,
               0);
   }
   const std::string index = dir / "idx";
-  auto r = test::run_cnclip("import " + q(dir / "s1.npy") + " " + q(dir / "s2.npy") + " --map-prefix " +
-                            q(dir / "elsewhere=/x") + " --map-prefix " + q(cluster + "/=" + here) + model_arg() +
-                            " --index " + q(index));
+  auto r = test::run_cnclip({"import", dir / "s1.npy", dir / "s2.npy", "--map-prefix", dir / "elsewhere=/x",
+                             "--map-prefix", cluster + "/=" + here, "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("cnclip: warning: --map-prefix " + dir / "elsewhere=/x: no imported path is below " +
                        dir / "elsewhere"),
@@ -810,7 +816,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
     ASSERT_EQ(rows.count(local), 1u) << local;
     EXPECT_EQ(rows.at(local), e);
   }
-  auto idx = test::run_cnclip("index -q --format json " + q(here) + model_arg() + " --index " + q(index));
+  auto idx =
+      test::run_cnclip({"index", "-q", "--format", "json", here, "--model", test::tiny_bundle(), "--index", index});
   ASSERT_EQ(idx.exit_code, 0) << idx.err;
   EXPECT_EQ(json::parse(idx.out)["unchanged"], 12) << idx.out;
   EXPECT_EQ(json::parse(idx.out)["added"], 0) << idx.out;
@@ -820,8 +827,8 @@ TEST(ShardImport, MapPrefixMovesPathsToWhereThePhotosAreHere) {
            {"=/b", "both sides of FROM=TO must be given"},
            {"/a=", "both sides of FROM=TO must be given"},
            {"a=/b", "FROM must be an absolute path, as the imported paths are"}}) {
-    auto bad = test::run_cnclip("import " + q(dir / "s1.npy") + " --map-prefix " + q(map) + model_arg() + " --index " +
-                                q(dir / "other"));
+    auto bad = test::run_cnclip(
+        {"import", dir / "s1.npy", "--map-prefix", map, "--model", test::tiny_bundle(), "--index", dir / "other"});
     EXPECT_EQ(bad.exit_code, 2) << map;
     EXPECT_EQ(bad.err, "cnclip: error: --map-prefix " + map + ": " + why + "\n");
     EXPECT_FALSE(fs::exists(dir / "other"));

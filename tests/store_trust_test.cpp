@@ -25,21 +25,20 @@ namespace {
 using nlohmann::json;
 namespace fs = std::filesystem;
 
-std::string q(const std::string& s) { return test::shell_quote(s); }
-
 class Trust : public ::testing::Test {
  protected:
   test::TempDir dir;
   std::string idx = dir / "index";
   std::string root = dir / "photos";
 
-  std::string idx_arg() const { return " --index " + q(idx); }
-  test::RunResult index(const std::string& args) {
-    return test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + idx_arg() + " " + args);
+  std::vector<std::string> idx_args() const { return {"--index", idx}; }
+  test::RunResult index(const std::vector<std::string>& args) {
+    return test::run_cnclip(
+        test::concat({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", idx}, args));
   }
-  json index_ok(const std::string& args) {
+  json index_ok(const std::vector<std::string>& args) {
     auto r = index(args);
-    EXPECT_EQ(r.exit_code, 0) << args << "\n" << r.err;
+    EXPECT_EQ(r.exit_code, 0) << (args.empty() ? "" : args[0]) << "\n" << r.err;
     return r.out.empty() ? json{} : json::parse(r.out);
   }
   std::set<std::string> paths() { return test::indexed_paths(idx); }
@@ -99,10 +98,10 @@ TEST(TrustOptions, ExcludesThatCannotBeMeantAreRefusedAndUsefulOnesAccepted) {
 
 TEST_F(Trust, ExtensionTypoIsAUsageErrorAndChangesNothing) {
   photos(root, 4, 1);
-  index_ok(q(root));
+  index_ok({root});
   const auto before = roots();
   for (const std::string ext : {"jgp", "png,jgp", ".PNJ"}) {
-    auto r = index(q(root) + " --ext " + q(ext));
+    auto r = index({root, "--ext", ext});
     EXPECT_EQ(r.exit_code, 2) << ext << "\n" << r.err;
     EXPECT_NE(r.err.find("cnclip reads no files with the extension"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("jpg,jpeg"), std::string::npos) << "the readable ones are listed: " << r.err;
@@ -114,9 +113,9 @@ TEST_F(Trust, ExtensionTypoIsAUsageErrorAndChangesNothing) {
 
 TEST_F(Trust, BadExcludePatternsAreUsageErrors) {
   photos(root, 2, 1);
-  index_ok(q(root));
+  index_ok({root});
   for (const std::string g : {"", "[", "photos/a"}) {
-    auto r = index(q(root) + " --exclude " + q(g));
+    auto r = index({root, "--exclude", g});
     EXPECT_EQ(r.exit_code, 2) << "'" << g << "'\n" << r.err;
     EXPECT_NE(r.err.find("--exclude"), std::string::npos) << r.err;
     EXPECT_EQ(paths().size(), 2u);
@@ -126,16 +125,18 @@ TEST_F(Trust, BadExcludePatternsAreUsageErrors) {
 TEST_F(Trust, OptionsThatWouldRemoveMostOfARootAreRefusedUntilConfirmed) {
   photos(root, 12, 1, "png");
   photos(root + "/sub", 1, 100, "jpg");
-  index_ok(q(root));
+  index_ok({root});
   ASSERT_EQ(paths().size(), 13u);
   const std::string options_before = roots()[0].options;
   // All of them (a too-broad glob, a glob on every full path), most of them (a format that is not the
   // main one): refused, exit 2, nothing changed; the message says how many and how to confirm.
-  for (const std::string opts : {"--exclude '*'", "--exclude '*/photos/*'", "--ext jpg", "--exclude '*.png'"}) {
-    auto r = index(q(root) + " " + opts);
+  for (const auto& [option, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--exclude", "*"}, {"--exclude", "*/photos/*"}, {"--ext", "jpg"}, {"--exclude", "*.png"}}) {
+    const std::string opts = option + " " + value;
+    auto r = index({root, option, value});
     EXPECT_EQ(r.exit_code, 2) << opts << "\n" << r.err;
     EXPECT_NE(r.err.find("would remove"), std::string::npos) << r.err;
-    const std::string count = opts.find("'*") != std::string::npos && opts.find("png") == std::string::npos
+    const std::string count = value.rfind('*', 0) == 0 && value.find("png") == std::string::npos
                                   ? "would remove all 13"
                                   : "would remove 12 of the 13";
     EXPECT_NE(r.err.find(count), std::string::npos) << r.err;
@@ -145,12 +146,12 @@ TEST_F(Trust, OptionsThatWouldRemoveMostOfARootAreRefusedUntilConfirmed) {
     EXPECT_EQ(roots()[0].options, options_before) << opts;
   }
   // A narrowing that removes a minority goes through.
-  auto s = index_ok(q(root) + " --exclude 'p1.png'");
+  auto s = index_ok({root, "--exclude", "p1.png"});
   EXPECT_EQ(s["excluded"], 1);
   EXPECT_EQ(paths().size(), 12u);
   // Confirmed: done.
-  EXPECT_EQ(index(q(root) + " --ext jpg").exit_code, 2);  // 11 of the 12 left
-  s = index_ok(q(root) + " --ext jpg --confirm-removal");
+  EXPECT_EQ(index({root, "--ext", "jpg"}).exit_code, 2);  // 11 of the 12 left
+  s = index_ok({root, "--ext", "jpg", "--confirm-removal"});
   EXPECT_EQ(s["excluded"], 11);
   EXPECT_EQ(paths().size(), 1u);
 }
@@ -158,14 +159,14 @@ TEST_F(Trust, OptionsThatWouldRemoveMostOfARootAreRefusedUntilConfirmed) {
 TEST_F(Trust, InASmallRootOnlyRemovingEverythingIsRefused) {
   photos(root, 3, 1, "png");
   photos(root, 1, 10, "jpg");
-  index_ok(q(root));
-  auto r = index(q(root) + " --exclude '*'");
+  index_ok({root});
+  auto r = index({root, "--exclude", "*"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("would remove all 4"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 4u);
-  auto s = index_ok(q(root) + " --ext jpg");  // 3 of 4: an ordinary choice in a small folder
+  auto s = index_ok({root, "--ext", "jpg"});  // 3 of 4: an ordinary choice in a small folder
   EXPECT_EQ(s["excluded"], 3);
-  r = index(q(root) + " --ext png");  // the last one
+  r = index({root, "--ext", "png"});  // the last one
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_EQ(paths().size(), 1u);
 }
@@ -179,10 +180,10 @@ TEST_F(Trust, UnmountedRootKeepsItsEntriesAsMissing) {
     auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
     ASSERT_TRUE(m.ok()) << m.why();
     photos(mnt, 5, 1, "jpg");
-    EXPECT_EQ(index_ok(q(mnt))["added"], 5);
+    EXPECT_EQ(index_ok({mnt})["added"], 5);
   }  // unmounted: the mount point is an empty folder
   ASSERT_TRUE(fs::is_empty(mnt));
-  auto r = index("");
+  auto r = index({});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["removed"], 0);
@@ -191,14 +192,14 @@ TEST_F(Trust, UnmountedRootKeepsItsEntriesAsMissing) {
   EXPECT_NE(r.err.find("cnclip remove"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 5u);
   // The same with the root given again: kept.
-  s = index_ok(q(mnt));
+  s = index_ok({mnt});
   EXPECT_EQ(s["removed"], 0);
   EXPECT_EQ(paths().size(), 5u);
   // Mounted again with the same files: nothing to do.
   auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
   ASSERT_TRUE(m.ok()) << m.why();
   photos(mnt, 5, 1, "jpg");  // same bytes, new mtimes: encoded again in place, never added twice
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["removed"], 0);
   EXPECT_EQ(s["added"], 0);
   EXPECT_EQ(paths().size(), 5u);
@@ -211,10 +212,10 @@ TEST_F(Trust, UnmountedShareBelowARootKeepsItsEntries) {
   auto m = test::ScopedMount::tmpfs(mnt, 8 << 20);
   ASSERT_TRUE(m.ok()) << m.why();
   photos(mnt + "/2024", 3, 20);
-  index_ok(q(root));
+  index_ok({root});
   ASSERT_EQ(paths().size(), 5u);
   ASSERT_EQ(::umount2(mnt.c_str(), MNT_DETACH), 0);
-  auto r = index("");
+  auto r = index({});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["removed"], 0);
@@ -226,16 +227,16 @@ TEST_F(Trust, UnmountedShareBelowARootKeepsItsEntries) {
 TEST_F(Trust, EmptiedFolderKeepsItsEntriesUntilRemovedButSingleDeletionsStillGo) {
   photos(root, 2, 1);
   photos(root + "/trip", 3, 10);
-  index_ok(q(root));
+  index_ok({root});
   ASSERT_EQ(paths().size(), 5u);
   // One photo deleted in a folder that still holds others: gone from the index.
   fs::remove(root + "/p1.png");
-  auto s = index_ok("");
+  auto s = index_ok({});
   EXPECT_EQ(s["removed"], 1);
   EXPECT_EQ(paths().size(), 4u);
   // Every photo of a folder deleted, the folder left empty: kept, counted as missing, said once.
   for (const auto& e : fs::directory_iterator(root + "/trip")) fs::remove(e.path());
-  auto r = index("");
+  auto r = index({});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   s = json::parse(r.out);
   EXPECT_EQ(s["removed"], 0);
@@ -245,16 +246,16 @@ TEST_F(Trust, EmptiedFolderKeepsItsEntriesUntilRemovedButSingleDeletionsStillGo)
   for (size_t at = 0; (at = r.err.find("folder empty now", at)) != std::string::npos; ++at) ++notices;
   EXPECT_EQ(notices, 1u) << r.err;
   // The next step the notice names drops them.
-  auto rm = test::run_cnclip("remove" + idx_arg() + " " + q(root + "/trip"));
+  auto rm = test::run_cnclip({"remove", "--index", idx, root + "/trip"});
   EXPECT_EQ(rm.exit_code, 0) << rm.err;
   EXPECT_EQ(paths().size(), 1u);
   // A folder holding only a hidden file is not empty: its photos are seen deleted.
   photos(root + "/b", 2, 30);
-  index_ok("");
+  index_ok({});
   ASSERT_EQ(paths().size(), 3u);
   for (const auto& e : fs::directory_iterator(root + "/b")) fs::remove(e.path());
   test::write_text(root + "/b/.DS_Store", "x");
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["removed"], 2);
   EXPECT_EQ(paths().size(), 1u);
 }
@@ -265,15 +266,15 @@ TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
   photos(root, 3, 1, "jpg");
   const std::string in_use = root + "/idx";
   // The index in use inside the root, with thumbnails as `serve` writes them.
-  auto r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use) + " " +
-                            q(root));
+  auto r =
+      test::run_cnclip({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", in_use, root});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 3);
   fs::create_directories(in_use + "/thumbs");
   for (const auto& e : fs::directory_iterator(root)) {
     if (e.is_regular_file()) fs::copy_file(e.path(), in_use + "/thumbs/" + e.path().filename().string());
   }
-  r = test::run_cnclip("index --format json -q --model " + q(test::tiny_bundle()) + " --index " + q(in_use));
+  r = test::run_cnclip({"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", in_use});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["added"], 0) << r.err;
@@ -281,7 +282,7 @@ TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
   // Another index folder met by a walk (recognized by its catalog), also with photos in it.
   photos(root + "/old-index", 2, 40, "jpg");
   test::write_text(root + "/old-index/catalog.sqlite3", "");
-  s = index_ok(q(root));
+  s = index_ok({root});
   EXPECT_EQ(s["added"], 3);
   for (const auto& p : paths()) {
     EXPECT_EQ(p.find("/idx/"), std::string::npos) << p;
@@ -290,9 +291,9 @@ TEST_F(Trust, WalkNeverEntersAnIndexFolder) {
   // A folder indexed before it became an index folder: its entries go.
   fs::create_directories(root + "/later");
   photos(root + "/later", 1, 50, "jpg");
-  EXPECT_EQ(index_ok("")["added"], 1);
+  EXPECT_EQ(index_ok({})["added"], 1);
   test::write_text(root + "/later/catalog.sqlite3", "");
-  s = index_ok("");
+  s = index_ok({});
   EXPECT_EQ(s["excluded"], 1);
   EXPECT_EQ(paths().size(), 3u);
 }
@@ -305,10 +306,10 @@ TEST_F(Trust, SubfolderUsesItsRootsOptionsAndIsNoRootOfItsOwn) {
   photos(root + "/b", 1, 20, "png");
   photos(root + "/b", 1, 30, "jpg");
   photos(root + "/.hidden", 1, 40, "jpg");
-  index_ok(q(root) + " --exclude '*.png'");
+  index_ok({root, "--exclude", "*.png"});
   ASSERT_EQ(paths().size(), 3u);
   const auto before = roots();
-  auto r = index(q(root + "/a"));
+  auto r = index({root + "/a"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["added"], 0);
   EXPECT_NE(r.err.find("inside the indexed folder"), std::string::npos) << r.err;
@@ -318,18 +319,18 @@ TEST_F(Trust, SubfolderUsesItsRootsOptionsAndIsNoRootOfItsOwn) {
   EXPECT_EQ(after[0].path, before[0].path);
   EXPECT_EQ(after[0].options, before[0].options);
   // --reindex of a subfolder: its files, with the root's options.
-  r = index("--reindex " + q(root + "/b"));
+  r = index({"--reindex", root + "/b"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto s = json::parse(r.out);
   EXPECT_EQ(s["updated"], 1);
   EXPECT_EQ(s["added"], 0);
   EXPECT_EQ(roots().size(), 1u);
   // Options of its own for a subfolder: refused, naming the root to give them to.
-  r = index(q(root + "/a") + " --ext png");
+  r = index({root + "/a", "--ext", "png"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find(root), std::string::npos) << r.err;
   // A subfolder the root's options leave out (hidden): refused rather than indexed with others.
-  r = index(q(root + "/.hidden"));
+  r = index({root + "/.hidden"});
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("leave it out"), std::string::npos) << r.err;
   EXPECT_EQ(paths().size(), 3u);
@@ -340,9 +341,9 @@ TEST_F(Trust, SubfolderUsesItsRootsOptionsAndIsNoRootOfItsOwn) {
 
 TEST_F(Trust, RepairAfterTheHeaderIsOverwrittenKeepsEverythingAndIndexWorksAgain) {
   photos(root, 4, 1);
-  index_ok(q(root));
+  index_ok({root});
   test::damage_bytes(idx + "/catalog.sqlite3", 0, 16, 7);
-  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  auto r = test::run_cnclip(test::concat({"repair", "--format", "json"}, idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = json::parse(r.out);
   EXPECT_TRUE(j["damaged"]);
@@ -351,17 +352,17 @@ TEST_F(Trust, RepairAfterTheHeaderIsOverwrittenKeepsEverythingAndIndexWorksAgain
   EXPECT_EQ(j["kept"]["files"], 4);
   EXPECT_EQ(j["kept"]["roots"], 1);
   EXPECT_EQ(r.err.find("give the folders again"), std::string::npos) << r.err;
-  auto s = index_ok("");
+  auto s = index_ok({});
   EXPECT_EQ(s["unchanged"], 4);
   EXPECT_EQ(s["added"], 0);
 }
 
 TEST_F(Trust, RepairThatLosesTheRootsSaysToGiveTheFoldersAgain) {
   photos(root, 4, 1);
-  index_ok(q(root));
+  index_ok({root});
   // The whole first page (the schema) overwritten: nothing can be read.
   test::damage_bytes(idx + "/catalog.sqlite3", 0, 4096, 7);
-  auto r = test::run_cnclip("repair --format json" + idx_arg());
+  auto r = test::run_cnclip(test::concat({"repair", "--format", "json"}, idx_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = json::parse(r.out);
   EXPECT_TRUE(j["roots_lost"]);
@@ -369,7 +370,7 @@ TEST_F(Trust, RepairThatLosesTheRootsSaysToGiveTheFoldersAgain) {
   EXPECT_NE(r.err.find("cnclip index FOLDER"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("the next 'cnclip index' re-encodes"), std::string::npos) << r.err;
   // What it says works.
-  auto s = index_ok(q(root));
+  auto s = index_ok({root});
   EXPECT_EQ(s["added"], 4);
 }
 
@@ -377,7 +378,7 @@ TEST_F(Trust, RepairThatLosesTheRootsSaysToGiveTheFoldersAgain) {
 
 TEST_F(Trust, MissingTablesReadAsDamageInEveryReadingCommand) {
   photos(root, 3, 1);
-  index_ok(q(root));
+  index_ok({root});
   for (const std::string table : {"meta", "files", "roots"}) {
     test::TempDir copy;
     for (const auto& e : fs::directory_iterator(idx)) fs::copy(e.path(), copy / e.path().filename().string());
@@ -387,9 +388,10 @@ TEST_F(Trust, MissingTablesReadAsDamageInEveryReadingCommand) {
     // simplest way to drop a table without running a command cnclip would then repeat).
     ASSERT_EQ(sqlite3_exec(db, ("DROP TABLE " + table).c_str(), nullptr, nullptr, nullptr), SQLITE_OK);
     sqlite3_close(db);
-    for (const std::string& cmd :
-         std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
-      auto r = test::run_cnclip(cmd + " --index " + q(copy.path()));
+    for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+             {"info"}, {"search-text", "猫", "--model", test::tiny_bundle()}, {"dups"}}) {
+      const std::string& cmd = args[0];
+      auto r = test::run_cnclip(test::concat(args, {"--index", copy.path()}));
       // Searches and dups never read the roots; every other case must fail.
       if (table == "roots" && cmd != "info") continue;
       EXPECT_EQ(r.exit_code, 1) << table << " / " << cmd << "\n" << r.err;
@@ -414,9 +416,10 @@ TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
   }
   ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 32u + 24u + 200u);
   test::damage_bytes(copy + "/catalog.sqlite3-wal", 32 + 24 + 100, 4, 3);
-  for (const std::string& cmd :
-       std::vector<std::string>{"info", "search-text 猫 --model " + q(test::tiny_bundle()), "dups"}) {
-    auto r = test::run_cnclip(cmd + " --index " + q(copy));
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"info"}, {"search-text", "猫", "--model", test::tiny_bundle()}, {"dups"}}) {
+    const std::string& cmd = args[0];
+    auto r = test::run_cnclip(test::concat(args, {"--index", copy}));
     EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find("the catalog is damaged"), std::string::npos) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find("cnclip repair"), std::string::npos) << r.err;

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +11,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -67,21 +70,63 @@ std::vector<std::string> lines(const std::string& text) {
   return out;
 }
 
-RunResult run_cnclip(const std::string& args, const std::string& stdin_text) {
-  return run_cnclip_as("", args, stdin_text);
+RunResult run_cnclip(const std::vector<std::string>& args, const std::string& stdin_text) {
+  RunOptions options;
+  options.stdin_text = stdin_text;
+  return run_cnclip(args, options);
 }
 
-RunResult run_cnclip_as(const std::string& prefix, const std::string& args, const std::string& stdin_text) {
+RunResult run_cnclip(const std::vector<std::string>& args, const RunOptions& options) {
   TempDir io;
-  write_text(io / "in", stdin_text);
-  const std::string cmd = (prefix.empty() ? "" : prefix + " ") + std::string(CNCLIP_BINARY) + " " + args + " < " +
-                          shell_quote(io / "in") + " > " + shell_quote(io / "out") + " 2> " + shell_quote(io / "err");
-  const int status = std::system(cmd.c_str());
+  write_text(io / "in", options.stdin_text);
+  std::vector<std::string> all = options.through;
+  all.push_back(CNCLIP_BINARY);
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> child_argv;
+  for (auto& a : all) child_argv.push_back(a.data());
+  child_argv.push_back(nullptr);
+  // The environment: ours, with options.env's names replaced.
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('='));
+    const bool replaced = std::any_of(options.env.begin(), options.env.end(),
+                                      [&](const std::string& o) { return o.substr(0, o.find('=')) == name; });
+    if (!replaced) env_strings.push_back(entry);
+  }
+  env_strings.insert(env_strings.end(), options.env.begin(), options.env.end());
+  std::vector<char*> child_env;
+  for (auto& e : env_strings) child_env.push_back(e.data());
+  child_env.push_back(nullptr);
+
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  const std::string in = io / "in", out = io / "out", err = io / "err";
+  posix_spawn_file_actions_addopen(&actions, 0, in.c_str(), O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, 2, err.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (!options.cwd.empty()) posix_spawn_file_actions_addchdir_np(&actions, options.cwd.c_str());
+  pid_t pid = -1;
+  // posix_spawnp: a `through` program is looked up in PATH (the binary's path is absolute).
+  const int rc = ::posix_spawnp(&pid, child_argv[0], &actions, nullptr, child_argv.data(), child_env.data());
+  posix_spawn_file_actions_destroy(&actions);
   RunResult r;
+  if (rc != 0) {
+    ADD_FAILURE() << "cannot start " << all[0] << ": " << std::strerror(rc);
+    return r;
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_text(io / "out");
-  r.err = read_text(io / "err");
+  r.out = read_text(out);
+  r.err = read_text(err);
   return r;
+}
+
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
 }
 
 std::string url_encode(const std::string& s) {

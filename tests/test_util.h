@@ -25,14 +25,24 @@ class TempDir {
 };
 
 struct RunResult {
-  int exit_code = -1;
+  int exit_code = -1;  // the exit status, or 128 + the signal that ended the process
   std::string out, err;
 };
-// Runs the cnclip binary with `args` (already shell-quoted where needed) and optional stdin text.
-RunResult run_cnclip(const std::string& args, const std::string& stdin_text = "");
-// The same with the binary started through `prefix` (e.g. "runuser -u nobody --"); the shell
-// (this process's user) opens the redirected files.
-RunResult run_cnclip_as(const std::string& prefix, const std::string& args, const std::string& stdin_text = "");
+// How run_cnclip starts the binary, besides its arguments.
+struct RunOptions {
+  std::string stdin_text;            // what the process reads on stdin (a file, so EOF comes after it)
+  std::vector<std::string> env;      // "NAME=value": set in the process's environment (over ours)
+  std::string cwd;                   // its working directory ("": ours)
+  std::vector<std::string> through;  // a program that runs it, e.g. {"runuser", "-u", "nobody", "--"}
+};
+// Runs the cnclip binary with `args` as its arguments, each one argument as it is (no shell: no
+// quoting, and no word of a path is ever split or expanded), and waits for it. stdout and stderr
+// are collected in files (this process's user opens them, also when `through` changes the user).
+RunResult run_cnclip(const std::vector<std::string>& args, const std::string& stdin_text = "");
+RunResult run_cnclip(const std::vector<std::string>& args, const RunOptions& options);
+// `a` with `b` appended: a command's own arguments and common ones (--model, --index).
+std::vector<std::string> concat(std::vector<std::string> a, const std::vector<std::string>& b);
+// For the tests that do need a shell (pipelines, redirections to /dev/full, script(1), fifos).
 std::string shell_quote(const std::string& s);
 // Percent-encodes everything but RFC 3986 unreserved characters (for URL query values).
 std::string url_encode(const std::string& s);

@@ -306,9 +306,12 @@ class VideoIndex : public ::testing::Test {
     make_scenes(media_ + "/scenes.mp4");
     test::copy_file(test::fixtures("images/pokemon.jpeg"), media_ + "/pokemon.jpeg");
   }
+  // For ServeRun (a shell command line) and for run_cnclip.
   std::string common() const { return model_arg() + " --index " + q(index_); }
-  test::RunResult index(const std::string& extra = "") {
-    return test::run_cnclip("index -q --format json " + extra + " " + q(media_) + common());
+  std::vector<std::string> common_args() const { return {"--model", test::tiny_bundle(), "--index", index_}; }
+  test::RunResult index(const std::vector<std::string>& extra = {}) {
+    return test::run_cnclip(
+        test::concat(test::concat({"index", "-q", "--format", "json"}, extra), test::concat({media_}, common_args())));
   }
   test::TempDir tmp_;
   std::string media_, index_;
@@ -334,7 +337,8 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
       EXPECT_NEAR(static_cast<double>(frames[i].time_ms), static_cast<double>(want[i]), 45);
   }
   // Every frame matches (threshold -1): they are adjacent, so the video is one result spanning 0-8 s.
-  r = test::run_cnclip("search-text 红色 -k 10 --threshold -1 --format jsonl --no-server" + common());
+  r = test::run_cnclip(test::concat(
+      {"search-text", "红色", "-k", "10", "--threshold", "-1", "--format", "jsonl", "--no-server"}, common_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto rows = test::lines(r.out);
   ASSERT_EQ(rows.size(), 2u) << r.out;
@@ -358,7 +362,8 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
   // An example frame of the blue scene finds the video at the blue scene: 6 or 8 s.
   const std::string frame = tmp_ / "blue.png";
   sh(ffmpeg() + "-ss 7 -i " + q(media_ + "/scenes.mp4") + " -frames:v 1 " + q(frame));
-  r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format jsonl --no-server" + common());
+  r = test::run_cnclip(
+      test::concat({"search-image", frame, "-k", "1", "--format", "jsonl", "--no-server"}, common_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto best = json::parse(test::lines(r.out).at(0));
   EXPECT_EQ(best["path"], media_ + "/scenes.mp4");
@@ -366,7 +371,8 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
   EXPECT_LE(best["start"].get<double>(), best["time"].get<double>());
   EXPECT_GE(best["end"].get<double>(), best["time"].get<double>());
   // paths: path#t=SECONDS; table: the time of the moment.
-  r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format paths --no-server" + common());
+  r = test::run_cnclip(
+      test::concat({"search-image", frame, "-k", "1", "--format", "paths", "--no-server"}, common_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::smatch m;
   ASSERT_TRUE(std::regex_match(r.out, m,
@@ -374,21 +380,23 @@ TEST_F(VideoIndex, FramesAreStoredAndSearchReturnsMoments) {
                                           "/scenes\\.mp4#t=([0-9.]+)\n")))
       << r.out;
   EXPECT_NEAR(std::stod(m[1]), best["time"].get<double>(), 1e-3);
-  r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format table --no-server" + common());
+  r = test::run_cnclip(
+      test::concat({"search-image", frame, "-k", "1", "--format", "table", "--no-server"}, common_args()));
   EXPECT_NE(r.out.find("scenes.mp4  @ 0:0"), std::string::npos) << r.out;
   // json: the same fields in an array.
-  r = test::run_cnclip("search-image " + q(frame) + " -k 1 --format json --no-server" + common());
+  r = test::run_cnclip(
+      test::concat({"search-image", frame, "-k", "1", "--format", "json", "--no-server"}, common_args()));
   auto arr = json::parse(r.out);
   ASSERT_EQ(arr.size(), 1u);
   EXPECT_EQ(arr[0]["time"], best["time"]);
   // The time filter and --under see videos through their rows.
-  r = test::run_cnclip("search-image " + q(frame) + " -k 5 --under " + q(media_) + " --format jsonl --no-server" +
-                       common());
+  r = test::run_cnclip(test::concat(
+      {"search-image", frame, "-k", "5", "--under", media_, "--format", "jsonl", "--no-server"}, common_args()));
   EXPECT_EQ(test::lines(r.out).size(), 2u) << r.out;
   // Unchanged: nothing decoded again; removed: its frames go with it.
   r = index();
   EXPECT_EQ(json::parse(r.out)["unchanged"], 2) << r.out;
-  r = test::run_cnclip("remove " + q(media_ + "/scenes.mp4") + " --index " + q(index_));
+  r = test::run_cnclip({"remove", media_ + "/scenes.mp4", "--index", index_});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto c = Catalog::open_read_only(index_ + "/catalog.sqlite3");
   EXPECT_EQ(c->vector_count(), 1);
@@ -423,7 +431,7 @@ TEST_F(VideoIndex, ChangedMovedBrokenAndNoVideo) {
   std::ofstream(media_ + "/junk.mkv") << std::string(3000, 'j');
   sh(ffmpeg() + "-f lavfi -i testsrc=s=320x240:d=10:r=25 -c:v libx264 -pix_fmt yuv420p " + q(tmp_ / "long.mp4"));
   cut_copy(tmp_ / "long.mp4", media_ + "/cut.mp4", 30000);
-  r = test::run_cnclip("index --format json " + q(media_) + common());
+  r = test::run_cnclip(test::concat({"index", "--format", "json", media_}, common_args()));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["failed"], 2) << r.out;
   EXPECT_NE(r.err.find("cnclip: skipped: " + media_ + "/junk.mkv: cannot read the video ("), std::string::npos)
@@ -434,15 +442,15 @@ TEST_F(VideoIndex, ChangedMovedBrokenAndNoVideo) {
   r = index();
   EXPECT_EQ(json::parse(r.out)["failed_before"], 2) << r.out;
   // --no-video: videos are left out of the folder (and removed from the index, as any exclusion).
-  r = index("--no-video");
+  r = index({"--no-video"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto c = Catalog::open_read_only(index_ + "/catalog.sqlite3");
   EXPECT_EQ(c->count(), 1);
   EXPECT_EQ(c->vector_count(), 1);
-  r = test::run_cnclip("index --no-video --ext mp4 " + q(media_) + common());
+  r = test::run_cnclip(test::concat({"index", "--no-video", "--ext", "mp4", media_}, common_args()));
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("--no-video"), std::string::npos) << r.err;
-  r = test::run_cnclip("index --frame-interval 0 " + q(media_) + common());
+  r = test::run_cnclip(test::concat({"index", "--frame-interval", "0", media_}, common_args()));
   EXPECT_EQ(r.exit_code, 2) << r.err;
 }
 
@@ -510,7 +518,8 @@ TEST(VideoCrash, KillMidVideoThenResume) {
        " -c:v libx264 -pix_fmt yuv420p " + q(media + "/v" + std::to_string(i) + ".mp4"));
   }
   const std::string ref = tmp / "ref";
-  auto r = test::run_cnclip("index -q --frame-interval 0.1 " + q(media) + model_arg() + " --index " + q(ref));
+  auto r = test::run_cnclip(
+      {"index", "-q", "--frame-interval", "0.1", media, "--model", test::tiny_bundle(), "--index", ref});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::map<std::string, size_t> want;
   {
@@ -559,8 +568,8 @@ TEST(VideoCrash, KillMidVideoThenResume) {
       }
     }
     EXPECT_LT(kept, static_cast<size_t>(n)) << "the run ended before the signal";
-    r = test::run_cnclip("index -q --format json --frame-interval 0.1 " + q(media) + model_arg() + " --index " +
-                         q(idx));
+    r = test::run_cnclip({"index", "-q", "--format", "json", "--frame-interval", "0.1", media, "--model",
+                          test::tiny_bundle(), "--index", idx});
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(json::parse(r.out)["added"].get<size_t>(), n - kept) << r.out;
     auto c = Catalog::open_read_only(cat);

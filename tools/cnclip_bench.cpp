@@ -106,12 +106,12 @@ int main(int argc, char** argv) {
       std::cerr << "cnclip-bench: peak: this CPU has neither AVX-512 nor AVX2+FMA" << std::endl;
       return 1;
     }
-    const int n = peak->count("--workers") ? workers : static_cast<int>(std::thread::hardware_concurrency());
+    const int cores = peak->count("--workers") ? workers : static_cast<int>(std::thread::hardware_concurrency());
     double best = 0;
     for (int r = 0; r < std::max(1, iters); ++r) {
-      std::vector<double> each(static_cast<size_t>(n));
+      std::vector<double> each(static_cast<size_t>(cores));
       std::vector<std::thread> pool;
-      for (int w = 0; w < n; ++w) {
+      for (int w = 0; w < cores; ++w) {
         pool.emplace_back([&, w] { each[w] = avx512 ? fma_gflops_avx512(40'000'000) : fma_gflops_avx2(40'000'000); });
       }
       for (auto& t : pool) t.join();
@@ -119,8 +119,9 @@ int main(int argc, char** argv) {
       for (double g : each) sum += g;
       best = std::max(best, sum);
     }
-    std::cout << nlohmann::json{{"peak_gflops", best}, {"isa", avx512 ? "AVX-512" : "AVX2+FMA"}, {"cores", n}}.dump()
-              << std::endl;
+    std::cout
+        << nlohmann::json{{"peak_gflops", best}, {"isa", avx512 ? "AVX-512" : "AVX2+FMA"}, {"cores", cores}}.dump()
+        << std::endl;
     return 0;
   }
   try {
@@ -158,15 +159,15 @@ int main(int argc, char** argv) {
           auto img = decode_image(bytes, path, d).value();
           decode_s += seconds_since(t0);
           t0 = std::chrono::steady_clock::now();
-          std::vector<float> out(3 * 224 * 224);
-          normalize_to_chw(resize_like_pillow(img, 224, 224), Normalization{}, out.data());
+          std::vector<float> chw(3 * 224 * 224);
+          normalize_to_chw(resize_like_pillow(img, 224, 224), Normalization{}, chw.data());
           resize_s += seconds_since(t0);
         }
       }
-      const double n = static_cast<double>(images.size()) * iters;
-      out["read_ms"] = read_s * 1000 / n;
-      out["decode_ms"] = decode_s * 1000 / n;
-      out["resize_normalize_ms"] = resize_s * 1000 / n;
+      const double runs = static_cast<double>(images.size()) * iters;
+      out["read_ms"] = read_s * 1000 / runs;
+      out["decode_ms"] = decode_s * 1000 / runs;
+      out["resize_normalize_ms"] = resize_s * 1000 / runs;
     } else if (*sgemm) {
       if (workers <= 1) {
         out["sgemm_gflops"] = measure_sgemm_gflops(n, iters);

@@ -104,7 +104,7 @@ int run_eval_command(const CommonOptions& o, const EvalCommand& c) {
     char line[160];
     std::snprintf(line, sizeof(line), "cnclip: eval: %lld images in %.1f s (%.2f img/s)",
                   static_cast<long long>(r.images), r.image_seconds,
-                  r.image_seconds > 0 ? r.images / r.image_seconds : 0.0);
+                  r.image_seconds > 0 ? static_cast<double>(r.images) / r.image_seconds : 0.0);
     std::cerr << line << '\n';
   }
   if (r.problems > 0) {

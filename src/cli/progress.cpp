@@ -22,7 +22,8 @@ std::string format_duration(double s) {
 std::string progress_line(int64_t done, int64_t total, double rate, int columns) {
   char figures[128];
   std::snprintf(figures, sizeof(figures), "%lld/%lld  %.1f img/s  ETA %s", static_cast<long long>(done),
-                static_cast<long long>(total), rate, rate > 0 ? format_duration((total - done) / rate).c_str() : "?");
+                static_cast<long long>(total), rate,
+                rate > 0 ? format_duration(static_cast<double>(total - done) / rate).c_str() : "?");
   const int room = std::max(columns - 1, 1);
   std::string line = figures;
   const int bar_width = std::min(50, room - static_cast<int>(line.size()) - 3);
@@ -39,7 +40,7 @@ std::string progress_line(int64_t done, int64_t total, double rate, int columns)
 void ProgressBar::update(int64_t done, int64_t total) {
   if (!enabled_ || total == 0) return;
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double rate = secs > 0 ? done / secs : 0;
+  const double rate = secs > 0 ? static_cast<double>(done) / secs : 0;
   // The width is asked on every update, so a resized window is followed; erase-to-end-of-line clears
   // what a wider line left behind.
   std::cerr << '\r' << progress_line(done, total, rate, terminal_columns(user_stderr_fd())) << "\x1b[K" << std::flush;
