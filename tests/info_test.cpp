@@ -69,6 +69,28 @@ TEST_F(Info, IndexPathIsAbsoluteAndCanonicalHoweverGiven) {
   EXPECT_EQ(empty_index_info(root_ + "/not-yet/../later/").index, root_ + "/later");
 }
 
+// index and repair name the index in their JSON as info does: absolute and canonical, whatever was
+// typed (they printed it as given: "link-to-idx/", "./sub/../idx").
+TEST_F(Info, IndexAndRepairJsonNameTheIndexAsInfoDoes) {
+  fs::create_directories(root_ + "/sub");
+  const auto first = cnclip_in(
+      root_, {"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", "./sub/../idx/", "photos"});
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_EQ(json::parse(first.out)["index"], index_);
+  fs::create_directory_symlink(index_, root_ + "/link-to-idx");
+  for (const std::string& given : {std::string("link-to-idx/"), std::string("idx")}) {
+    const auto again = cnclip_in(
+        root_, {"index", "--format", "json", "-q", "--model", test::tiny_bundle(), "--index", given, "photos"});
+    ASSERT_EQ(again.exit_code, 0) << given << ": " << again.err;
+    EXPECT_EQ(json::parse(again.out)["index"], index_) << given;
+    EXPECT_EQ(json::parse(again.out)["unchanged"], 1) << given;
+    const auto repair = cnclip_in(root_, {"repair", "--format", "json", "--index", given});
+    ASSERT_EQ(repair.exit_code, 0) << given << ": " << repair.err;
+    EXPECT_EQ(json::parse(repair.out)["index"], index_) << given;
+    EXPECT_EQ(json::parse(repair.out)["damaged"], false) << given;
+  }
+}
+
 TEST_F(Info, SingleFileRootsAreLabelledFiles) {
   index(root_ + "/photos");
   // An index of folders only: no folders_kind, as before.
