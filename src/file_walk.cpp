@@ -11,6 +11,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <unordered_set>
 
@@ -48,6 +49,13 @@ Result<std::string> canonical_path(const std::string& path) {
   char buf[PATH_MAX];
   if (!::realpath(path.c_str(), buf)) return errno_error(path, errno);
   return std::string(buf);
+}
+
+std::string canonical_or_absolute(const std::string& path) {
+  if (auto canonical = canonical_path(path)) return canonical.value();
+  std::string out = std::filesystem::absolute(path).lexically_normal().string();
+  while (out.size() > 1 && out.back() == '/') out.pop_back();
+  return out;
 }
 
 Result<FoundFile> stat_file(const std::string& path) {

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <ctime>
-#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "cnclip/file_walk.h"
@@ -22,18 +21,10 @@ std::string iso_time(int64_t t) {
 
 }  // namespace
 
-std::string shown_index_dir(const std::string& dir) {
-  auto canonical = canonical_path(dir);
-  if (canonical) return canonical.value();
-  std::string out = std::filesystem::absolute(dir).lexically_normal().string();
-  while (out.size() > 1 && out.back() == '/') out.pop_back();
-  return out;
-}
-
 IndexInfo index_info(IndexStore& store, int64_t vectors) {
   Catalog& cat = store.catalog();
   IndexInfo info;
-  info.index = shown_index_dir(store.dir());
+  info.index = canonical_or_absolute(store.dir());
   info.model_fingerprint = cat.meta("model_fingerprint").value_or("");
   info.model_architecture = cat.meta("model_architecture").value_or("");
   info.model_precision = cat.meta("model_precision").value_or("");
@@ -58,7 +49,7 @@ IndexInfo read_index_info(const std::string& dir) {
 
 IndexInfo empty_index_info(const std::string& dir) {
   IndexInfo info;
-  info.index = shown_index_dir(dir);
+  info.index = canonical_or_absolute(dir);
   return info;
 }
 

@@ -1,7 +1,5 @@
 #include "cnclip/remove.h"
 
-#include <filesystem>
-
 #include "cnclip/file_walk.h"
 
 namespace cnclip {
@@ -20,9 +18,7 @@ RemoveSummary remove_paths(IndexStore& store, const std::vector<std::string>& pa
   {
     CatalogTransaction tx(cat);
     for (const auto& p : paths) {
-      auto canonical = canonical_path(p);
-      std::string target = canonical ? canonical.value() : std::filesystem::absolute(p).lexically_normal().string();
-      while (target.size() > 1 && target.back() == '/') target.pop_back();
+      const std::string target = canonical_or_absolute(p);
       const int64_t n = cat.remove_under(target);
       cat.remove_root(target);
       cat.forget_failures_under(target);

@@ -102,6 +102,10 @@ WalkResult walk_folder(const std::string& root, const WalkOptions& options);
 
 // realpath(3); errors name the path.
 Result<std::string> canonical_path(const std::string& path);
+// `path` canonical when it resolves (symbolic links followed), else absolute and lexically normal;
+// never ends in '/' (but "/"). How a folder that may not exist (yet, or any more) is named: the
+// index folder in every command's output, a path given to `remove`.
+std::string canonical_or_absolute(const std::string& path);
 
 // Size and mtime of a file (following symlinks).
 Result<FoundFile> stat_file(const std::string& path);

@@ -35,10 +35,6 @@ IndexInfo index_info(IndexStore& store, int64_t vectors = -1);
 IndexInfo read_index_info(const std::string& dir);
 // What an index folder without an index yet shows (a server started before the first `index`).
 IndexInfo empty_index_info(const std::string& dir);
-// The index folder as every command's output shows it (info, and the JSON of index and repair):
-// absolute and canonical (symbolic links resolved), as the roots are stored; a folder that does not
-// exist (yet) is made absolute and lexically normal. Never throws for a missing folder.
-std::string shown_index_dir(const std::string& dir);
 
 // `cnclip info --format json`, field order as documented: index, model_fingerprint,
 // model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,

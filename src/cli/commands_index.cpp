@@ -126,7 +126,7 @@ std::optional<WalkOptions> walk_options(const IndexCommand& c) {
 int print_index_summary(const CommonOptions& o, const std::string& dir, const IndexSummary& s) {
   if (o.format == "json") {
     nlohmann::ordered_json j;
-    set_string_field(j, "index", shown_index_dir(dir));  // index_bytes when the name is not UTF-8
+    set_string_field(j, "index", canonical_or_absolute(dir));  // index_bytes when the name is not UTF-8
     j.update(nlohmann::ordered_json{{"added", s.added},
                                     {"updated", s.updated},
                                     {"removed", s.removed},

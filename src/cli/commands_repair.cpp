@@ -2,8 +2,8 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cnclip/file_walk.h"
 #include "cnclip/index_store.h"
-#include "cnclip/info.h"
 #include "cnclip/output.h"
 #include "cnclip/repair.h"
 #include "options.h"
@@ -23,7 +23,7 @@ int run_repair(const CommonOptions& o, const RepairCommand& c) {
   };
   if (o.format == "json") {
     nlohmann::ordered_json j;
-    set_string_field(j, "index", shown_index_dir(r.index_dir));  // index_bytes when the name is not UTF-8
+    set_string_field(j, "index", canonical_or_absolute(r.index_dir));  // index_bytes when the name is not UTF-8
     j.update(nlohmann::ordered_json{{"damaged", r.damaged},
                                     {"problems", r.problems},
                                     {"damaged_copy", r.damaged_copy},
