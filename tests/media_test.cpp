@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -136,6 +137,68 @@ TEST_F(MediaFiles, BombsAreRefusedFromTheHeader) {
   auto d = decode_image(dng, "bomb.dng", DecodeOptions{});
   ASSERT_FALSE(d);
   EXPECT_EQ(d.error().code, ErrorCode::kTooLarge) << d.error().message;
+}
+
+// A HEIF image is as large as its coded data says, not as its boxes declare: the boxes are checked
+// before decoding, and the decode must not go past them (found by fuzzing: 798 bytes that declare
+// 48x32 in ispe and carry a 20039x19744 grid, 395 MP: over 2 GB and minutes of work before the fix).
+TEST_F(MediaFiles, HeifCodedLargerThanDeclaredIsBounded) {
+  const std::vector<uint8_t> bomb =
+      read_bytes(std::string(CNCLIP_SOURCE_DIR) + "/fuzz/corpus/image/heif-grid-far-beyond-its-declared-size-oom.heic");
+  ASSERT_EQ(bomb.size(), 798u);
+  const auto start = std::chrono::steady_clock::now();
+  auto r = decode_image(bomb, "bomb.heic", DecodeOptions{});
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, ErrorCode::kCorrupt) << r.error().message;
+  EXPECT_EQ(r.error().message, "bomb.heic: cannot decode heif (its coded image is larger than the 48x32 it declares)");
+  EXPECT_LT(seconds, 2.0) << "refused before decoding";
+
+  // The grid's output size: the 4 bytes after rows/columns in its 8 bytes of idat.
+  const std::string idat = "idat";
+  const size_t at = static_cast<size_t>(std::search(bomb.begin(), bomb.end(), idat.begin(), idat.end()) - bomb.begin());
+  ASSERT_LT(at, bomb.size());
+  auto grid = [&](int w, int h) {
+    std::vector<uint8_t> b = bomb;
+    const size_t o = at + 4 + 4;
+    b[o] = static_cast<uint8_t>(w >> 8), b[o + 1] = static_cast<uint8_t>(w & 255);
+    b[o + 2] = static_cast<uint8_t>(h >> 8), b[o + 3] = static_cast<uint8_t>(h & 255);
+    return b;
+  };
+  // One side past the declared largest side: refused. The declared size itself decodes.
+  for (auto [w, h] : {std::pair{49, 32}, std::pair{32, 49}, std::pair{60000, 1}}) {
+    auto g = decode_image(grid(w, h), "g.heic", DecodeOptions{});
+    ASSERT_FALSE(g) << w << "x" << h;
+    EXPECT_NE(g.error().message.find("larger than the 48x32 it declares"), std::string::npos) << g.error().message;
+  }
+  auto exact = decode_image(grid(48, 32), "g.heic", DecodeOptions{});
+  ASSERT_TRUE(exact) << exact.error().message;
+  EXPECT_EQ(exact.value().pixels.cols, 48);
+  EXPECT_EQ(exact.value().pixels.rows, 32);
+  // No side past 48 but more pixels than declared (48x48 = 2304 against 1536): --max-pixels is held
+  // to the decoded size too.
+  DecodeOptions limit;
+  limit.max_pixels = 2000;
+  ASSERT_TRUE(decode_image(grid(48, 32), "g.heic", limit));
+  auto square = decode_image(grid(48, 48), "g.heic", limit);
+  ASSERT_FALSE(square);
+  EXPECT_EQ(square.error().code, ErrorCode::kTooLarge) << square.error().message;
+
+  // A single coded image larger than its ispe (120x90 coded, 60x45 declared): the decoded size is
+  // what --max-pixels holds.
+  std::vector<uint8_t> b = read_bytes(file("a.heic"));
+  const std::string ispe = "ispe";
+  auto it = std::search(b.begin(), b.end(), ispe.begin(), ispe.end());
+  ASSERT_NE(it, b.end());
+  const size_t i = static_cast<size_t>(it - b.begin()) + 8;
+  b[i] = b[i + 1] = b[i + 2] = 0, b[i + 3] = 60;
+  b[i + 4] = b[i + 5] = b[i + 6] = 0, b[i + 7] = 45;
+  DecodeOptions coded;
+  coded.max_pixels = 6000;  // over the declared 2700, under the coded 10800
+  auto lie = decode_image(b, "lie.heic", coded);
+  ASSERT_FALSE(lie);
+  EXPECT_EQ(lie.error().code, ErrorCode::kTooLarge) << lie.error().message;
+  EXPECT_NE(lie.error().message.find("120x90"), std::string::npos) << lie.error().message;
 }
 
 TEST_F(MediaFiles, TruncatedAndGarbageGiveTypedErrors) {
