@@ -62,6 +62,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config
   libtorch-dev            # LibTorch: runs the TorchScript encoders
   libopenblas0-openmp     # fast BLAS for LibTorch and FAISS (reference BLAS is ~30x slower)
+  libblis-openmp-dev      # BLIS: the float32 Linears of few rows (a text query ~1.7x faster than OpenBLAS)
   libfaiss-dev            # vector index and kNN search
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding
   libcli11-dev nlohmann-json3-dev libutf8proc-dev libsqlite3-dev libxxhash-dev
@@ -106,6 +107,12 @@ if [ "$do_packages" = 1 ]; then
   openblas=$(update-alternatives --list libblas.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp || true)
   if [ -n "$openblas" ]; then
     "${sudo_cmd[@]}" update-alternatives --set libblas.so.3-x86_64-linux-gnu "$openblas" >&2
+  fi
+  # BLIS runs as libblis.so.4 (the model module links it by that name): its OpenMP flavour, whose
+  # threads are LibTorch's (libgomp).
+  blis=$(update-alternatives --list libblis.so.4-x86_64-linux-gnu 2>/dev/null | grep blis-openmp || true)
+  if [ -n "$blis" ]; then
+    "${sudo_cmd[@]}" update-alternatives --set libblis.so.4-x86_64-linux-gnu "$blis" >&2
   fi
   openlapack=$(update-alternatives --list liblapack.so.3-x86_64-linux-gnu 2>/dev/null | grep openblas-openmp || true)
   if [ -n "$openlapack" ]; then

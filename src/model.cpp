@@ -3,12 +3,16 @@
 #include "cnclip/model.h"
 
 #include <ATen/Parallel.h>
+#include <blis.h>
+#include <torch/csrc/jit/ir/ir.h>
 #include <torch/csrc/jit/passes/xnnpack_rewrite.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/cuda.h>
+#include <torch/library.h>
 #include <torch/script.h>
 #include <torch/version.h>
 
+#include <cpuid.h>
 #include <dlfcn.h>
 #include <algorithm>
 #include <chrono>
@@ -16,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <thread>
 
 #include "model_module.h"
@@ -42,22 +47,112 @@ void limit_onednn_primitive_cache() {
 }
 
 // How a float32 tower's Linear layers run (see model.h, "fp32 Linear layers"). CNCLIP_FP32_LINEAR
-// (blas | xnnpack) overrides the choice, for measurement (scripts/bench.sh) and for a user whose CPU
-// disagrees with the default; anything else is the default.
-enum class LinearRoute { kBlas, kXnnpack };
+// (blis | blas | xnnpack) overrides the choice, for measurement (scripts/bench.sh) and for a user whose
+// CPU disagrees with the default; anything else is the default.
+enum class LinearRoute { kBlis, kBlas, kXnnpack };
 
-LinearRoute linear_route(bool text_tower, bool many_calls) {
+LinearRoute linear_route() {
   if (const char* env = std::getenv("CNCLIP_FP32_LINEAR")) {
     if (std::strcmp(env, "blas") == 0) return LinearRoute::kBlas;
     if (std::strcmp(env, "xnnpack") == 0) return LinearRoute::kXnnpack;
   }
-  // BLAS for both towers. XNNPACK with weights packed at load ran a 15-token query single-threaded
-  // in 0.6-0.8x BLAS's time (BLAS repacks each weight matrix per call), but with 2 threads on a busy
-  // machine its thread pool, which spins like libgomp's default, made it 2-5x slower than BLAS; and
-  // the image tower's 788-row products took 1.2x the time (scripts/bench.sh --peer, README).
-  (void)text_tower;
-  (void)many_calls;
+  // BLIS for products of few rows (kBlisMaxRows: a text query's) on CPUs with AVX2 and FMA (README
+  // "Against ONNX Runtime"): its small-matrix kernels read the weights in place where OpenBLAS repacks
+  // each weight matrix per call, which is most of a 15-token query's time: the text tower's Linears
+  // took 36 ms on one core and 19-20 ms on two with BLIS, 67 and 35 ms with OpenBLAS (AMD EPYC Zen 4).
+  // Older CPUs keep OpenBLAS (BLIS's kernels for them were not measured).
+  // XNNPACK, packed at load, was 0.6-0.8x BLAS's time on one thread but its thread pool spins: 2-5x
+  // slower with 2 threads on a busy machine.
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LinearRoute::kBlis;
   return LinearRoute::kBlas;
+#else
+  return LinearRoute::kBlis;
+#endif
+}
+
+// BLIS 0.9 picks its kernels from the CPU (cpuid) when it first runs: zen, zen2, zen3 for AMD
+// families 17h and 19h, haswell for AVX2, skx for AVX-512 (Intel's, and AMD families it does not know,
+// such as 1Ah). Its skx kernels have no small-matrix path for float32: the 15-row Linears of a text
+// query took 61 ms on two threads where haswell's took 20 and zen3's 19, on the same Zen 4; 788-row
+// products 687, 670 and 648 ms. So where BLIS would take skx (or knl), it is given haswell's kernels
+// (BLIS_ARCH_TYPE, read once when BLIS starts; a user's own setting wins). Called before the first
+// BLIS call, while the model module loads.
+void choose_blis_kernels() {
+#if defined(__x86_64__)
+  if (std::getenv("BLIS_ARCH_TYPE") || !__builtin_cpu_supports("avx512f")) return;
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return;
+  const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return;
+  unsigned family = (eax >> 8) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  if (amd && (family == 0x17 || family == 0x19)) return;  // BLIS's zen kernels
+  setenv("BLIS_ARCH_TYPE", std::to_string(static_cast<int>(BLIS_ARCH_HASWELL)).c_str(), 0);
+#endif
+}
+
+// cnclip::linear: aten::linear's float32 CPU case with few rows computed by BLIS's gemm, with the calling thread's
+// compute thread count (OpenMP keeps it per thread: set_compute_threads) passed to BLIS per call, as
+// BLIS's own count is process-wide. Any other case (another dtype or device, autograd) is aten::linear.
+// The weight may have any strides: bundles exported since BLIS store it as the transpose of a
+// contiguous [in, out] matrix, which its kernels read fastest (scripts/export_model.py).
+// Up to this many rows BLIS computes a Linear, beyond it BLAS: BLIS's small-matrix kernels lead for
+// few rows, OpenBLAS's packed ones for many (text tower shapes, [rows, 768] x [768, 768..3072], 2
+// threads, Zen 4: BLIS's time 0.58x OpenBLAS's at 30 rows, 0.73x at 60, 0.91x at 120, 1.02x at 240,
+// 1.08x at 480; the image tower at 788 rows 1.06x).
+constexpr int64_t kBlisMaxRows = 192;
+
+at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (input.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat || !input.device().is_cpu() ||
+      !weight.device().is_cpu() || weight.dim() != 2 || input.dim() < 1 || input.size(-1) != weight.size(1) ||
+      weight.size(1) == 0 || input.requires_grad() || weight.requires_grad() ||
+      (has_bias && (bias->scalar_type() != at::kFloat || !bias->device().is_cpu() || bias->dim() != 1 ||
+                    bias->size(0) != weight.size(0) || bias->requires_grad()))) {
+    return at::linear(input, weight, bias);
+  }
+  const int64_t k = weight.size(1), n = weight.size(0), m = input.numel() / k;
+  if (m > kBlisMaxRows) return at::linear(input, weight, bias);
+  const at::Tensor x = input.contiguous();
+  std::vector<int64_t> sizes = input.sizes().vec();
+  sizes.back() = n;
+  at::Tensor y = has_bias ? bias->expand({m, n}).contiguous().view(sizes) : at::empty(sizes, x.options());
+  if (m == 0 || n == 0) return y;
+  float one = 1.0f, beta = has_bias ? 1.0f : 0.0f;
+  rntm_t rntm = BLIS_RNTM_INITIALIZER;
+  bli_rntm_set_num_threads(std::max(1, at::get_num_threads()), &rntm);
+  // y[m, n] (+)= x[m, k] * weight^T: element (i, j) of weight^T is weight[j][i].
+  bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<float*>(x.data_ptr<float>()), k, 1,
+               const_cast<float*>(weight.data_ptr<float>()), weight.stride(1), weight.stride(0), &beta,
+               y.data_ptr<float>(), n, 1, nullptr, &rntm);
+  return y;
+}
+
+// At the module's load, before any BLIS call.
+[[maybe_unused]] const bool kBlisKernelsChosen = (choose_blis_kernels(), true);
+
+TORCH_LIBRARY(cnclip, m) { m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor", &blis_linear); }
+
+// Every aten::linear of the graph (and of its nested blocks) becomes cnclip::linear.
+int route_linears_to_blis(torch::jit::Block* block) {
+  static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
+  static const auto cnclip_linear = c10::Symbol::fromQualString("cnclip::linear");
+  int routed = 0;
+  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
+    torch::jit::Node* node = *it++;
+    for (torch::jit::Block* inner : node->blocks()) routed += route_linears_to_blis(inner);
+    if (node->kind() != aten_linear || node->inputs().size() != 3) continue;
+    torch::jit::WithInsertPoint guard(node);
+    torch::jit::Value* out =
+        block->owningGraph()->insert(cnclip_linear, {node->input(0), node->input(1), node->input(2)});
+    out->setType(node->output()->type());
+    node->output()->replaceAllUsesWith(out);
+    node->destroy();
+    ++routed;
+  }
+  return routed;
 }
 
 // Below this length an embedding carries no direction (a model that lost its weights returns zeros).
@@ -109,10 +204,16 @@ struct TorchModel::Impl {
     try {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
-      if (manifest.precision == "fp32" && device.is_cpu() &&
-          linear_route(file == "text_encoder.pt", many_calls) == LinearRoute::kXnnpack) {
-        const char* forced = std::getenv("CNCLIP_FP32_LINEAR");
-        prepack_linears(*module, forced && std::strcmp(forced, "xnnpack") == 0);
+      if (manifest.precision == "fp32" && device.is_cpu()) {
+        switch (linear_route()) {
+          case LinearRoute::kXnnpack: prepack_linears(*module); break;
+          case LinearRoute::kBlis:
+            for (const auto& method : module->get_methods()) {
+              route_linears_to_blis(torch::jit::toGraphFunction(method.function()).graph()->block());
+            }
+            break;
+          case LinearRoute::kBlas: break;
+        }
       }
       return module;
     } catch (const c10::Error& e) {
@@ -123,10 +224,9 @@ struct TorchModel::Impl {
 
   // Every Linear with constant weights becomes XNNPACK's prepacked linear (weights packed once, here);
   // XNNPACK picks its kernels from the CPU at run time (AVX-512, AVX2/FMA, AVX, SSE). Same float32
-  // arithmetic in another order: embeddings within 3e-7 of BLAS's. If the rewrite fails (a LibTorch
-  // built without XNNPACK), the module stays as loaded.
-  // `required` (CNCLIP_FP32_LINEAR=xnnpack): a failure is an error instead.
-  void prepack_linears(torch::jit::Module& module, bool required) {
+  // arithmetic in another order: embeddings within 3e-7 of BLAS's. Only asked for
+  // (CNCLIP_FP32_LINEAR=xnnpack): a failure (a LibTorch built without XNNPACK) is an error.
+  void prepack_linears(torch::jit::Module& module) {
     try {
       using torch::jit::MobileOptimizerType;
       // Only the prepacking: the other mobile passes concern convolutions, dropout and ReLU.
@@ -136,12 +236,10 @@ struct TorchModel::Impl {
            MobileOptimizerType::HOIST_CONV_PACKED_PARAMS, MobileOptimizerType::CONV_1D_TO_2D});
       module = std::move(packed);
     } catch (const c10::Error& e) {
-      if (required) {
-        throw Exception(ErrorCode::kInternal, manifest.dir +
-                                                  ": CNCLIP_FP32_LINEAR=xnnpack: cannot prepack the Linear "
-                                                  "layers for XNNPACK (" +
-                                                  first_line(e.msg()) + ")");
-      }
+      throw Exception(ErrorCode::kInternal, manifest.dir +
+                                                ": CNCLIP_FP32_LINEAR=xnnpack: cannot prepack the Linear "
+                                                "layers for XNNPACK (" +
+                                                first_line(e.msg()) + ")");
     }
   }
 
@@ -278,8 +376,17 @@ std::string compute_backend_description() {
     }
     dlclose(h);
   }
-  return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", " + std::to_string(at::get_num_threads()) +
-         " intra-op threads";
+  std::string linear;
+  switch (linear_route()) {
+    case LinearRoute::kBlis:
+      linear =
+          std::string("BLIS ") + bli_info_get_version_str() + " (" + bli_arch_string(bli_arch_query_id()) + " kernels)";
+      break;
+    case LinearRoute::kBlas: linear = "BLAS"; break;
+    case LinearRoute::kXnnpack: linear = "XNNPACK"; break;
+  }
+  return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", float32 Linear layers: " + linear + ", " +
+         std::to_string(at::get_num_threads()) + " intra-op threads";
 }
 
 double measure_sgemm_gflops(int n, int repeats) {

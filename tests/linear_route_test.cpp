@@ -1,5 +1,7 @@
-// The float32 towers' Linear routes (model.h, "fp32 Linear layers"): BLAS, and XNNPACK with weights
-// packed at load (CNCLIP_FP32_LINEAR=xnnpack). Whatever route runs, the
+// The float32 towers' Linear routes (model.h, "fp32 Linear layers"): BLIS (the default on CPUs with
+// AVX2 and FMA), BLAS, and XNNPACK with weights packed at load (CNCLIP_FP32_LINEAR=xnnpack), on bundles
+// with either Linear weight storage (transposed, as exported now; plain [out, in], as before). Whatever
+// route runs, the
 // embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
 // features, and at cosine >= 0.99999 to the BLAS route's.
 #include <gtest/gtest.h>
@@ -10,6 +12,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "cnclip/model.h"
@@ -49,9 +54,9 @@ struct Embeddings {
 
 // The reference texts as one padded batch and one at a time (the 15-token-query shape), and the
 // reference images, through a tower loaded under `route`, as a many-call command loads it.
-Embeddings embed_with(const char* route) {
+Embeddings embed_with(const char* route, const std::string& bundle = test::tiny_bundle()) {
   RouteEnv env(route);
-  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 0, /*optimize_for_many_calls=*/true});
+  auto model = Model::open(bundle, ModelOptions{"cpu", 0, /*optimize_for_many_calls=*/true});
   Embeddings e;
   const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
   e.texts_batch = model->encode_token_ids(ids.data(), 20, 52);
@@ -74,9 +79,16 @@ TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
   const auto image_ref =
       normalized_rows(read_npy(test::fixtures("reference/image_features.npy")).value().as_float(), 32);
   const Embeddings blas = embed_with("blas");
-  for (const char* route : {"blas", "xnnpack", "auto"}) {  // blas against itself: the references hold
-    SCOPED_TRACE(route);
-    const Embeddings e = embed_with(route);
+  const std::string plain = test::tiny_bundle() + "-plain";
+  for (const auto& [route, bundle] : std::vector<std::pair<const char*, std::string>>{
+           {"blas", test::tiny_bundle()},  // blas against itself: the references hold
+           {"xnnpack", test::tiny_bundle()},
+           {"blis", test::tiny_bundle()},
+           {"auto", test::tiny_bundle()},
+           {"blis", plain},
+           {"blas", plain}}) {
+    SCOPED_TRACE(std::string(route) + " " + bundle);
+    const Embeddings e = embed_with(route, bundle);
     EXPECT_LE(max_abs_diff(e.texts_batch, text_ref), 1e-5f);
     EXPECT_LE(max_abs_diff(e.text_each, text_ref), 1e-5f);
     EXPECT_LE(max_abs_diff(e.images, image_ref), 1e-5f);
@@ -84,6 +96,23 @@ TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
     EXPECT_GE(min_cosine(e.text_each, blas.text_each, 32), 0.99999);
     EXPECT_GE(min_cosine(e.images, blas.images, 32), 0.99999);
   }
+}
+
+// The default route on a CPU with AVX2 and FMA is BLIS, and what computes says so.
+TEST(LinearRoute, BlisByDefaultWhereTheCpuHasAvx2) {
+  auto model = Model::open(test::tiny_bundle());
+  model->load_text_tower();
+  const std::string d = compute_backend_description();
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    EXPECT_NE(d.find("float32 Linear layers: BLIS "), std::string::npos) << d;
+    // Never BLIS 0.9's skx kernels: they have no small-matrix path (model.cpp, choose_blis_kernels).
+    EXPECT_EQ(d.find("(skx kernels)"), std::string::npos) << d;
+  } else {
+    EXPECT_NE(d.find("float32 Linear layers: BLAS"), std::string::npos) << d;
+  }
+  RouteEnv env("blas");
+  EXPECT_NE(compute_backend_description().find("float32 Linear layers: BLAS,"), std::string::npos);
 }
 
 // An int8 bundle has no float32 Linears to route: a forced route changes nothing there.

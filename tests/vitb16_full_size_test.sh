@@ -22,5 +22,29 @@ for block in sys.argv[1:]:
         assert len(e) == 512, len(e)
         n = math.sqrt(sum(x * x for x in e))
         assert abs(n - 1) < 1e-4, n
+print("two towers: 512-d unit vectors")
+PY
+
+# The text tower through each float32 Linear route (src/model.cpp): BLIS by default on CPUs with AVX2,
+# OpenBLAS when asked, against the TorchScript file run by Python's torch (OpenBLAS, padded to 52).
+# At this size the routes sum in other orders (the floats differ), and agree to float rounding.
+query="夕阳、大海、沙滩 和一只小狗在奔跑"
+ids=$("$bin" tokenize --model "$work/bundle" "$query")
+blis=$(CNCLIP_FP32_LINEAR=blis "$bin" embed-text --model "$work/bundle" "$query")
+blas=$(CNCLIP_FP32_LINEAR=blas "$bin" embed-text --model "$work/bundle" "$query")
+"$py" - "$work/bundle/text_encoder.pt" "$ids" "$blis" "$blas" <<'PY'
+import json, sys, torch
+tower = torch.jit.load(sys.argv[1])
+ids = torch.tensor([json.loads(sys.argv[2])["ids"]])
+with torch.no_grad():
+    ref = tower(ids)[0].double()
+blis = torch.tensor(json.loads(sys.argv[3])["embedding"], dtype=torch.float64)
+blas = torch.tensor(json.loads(sys.argv[4])["embedding"], dtype=torch.float64)
+assert not torch.equal(blis, blas), "the BLIS route gave OpenBLAS's very floats: it did not run"
+for name, e in (("blis", blis), ("blas", blas)):
+    diff = (e - ref).abs().max().item()
+    cos = (e @ ref / (e.norm() * ref.norm())).item()
+    print(f"{name}: max abs difference to Python's torch {diff:.2e}, cosine {cos:.8f}")
+    assert diff <= 1e-5 and cos >= 0.99999, (name, diff, cos)
 print("1 passed, 0 failed")
 PY
