@@ -118,7 +118,10 @@ at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const 
   const at::Tensor x = input.contiguous();
   std::vector<int64_t> sizes = input.sizes().vec();
   sizes.back() = n;
-  at::Tensor y = has_bias ? bias->expand({m, n}).contiguous().view(sizes) : at::empty(sizes, x.options());
+  // A new tensor every time: BLIS adds into it (beta 1), and an expanded bias can be the bias itself
+  // (expand({1, n}) of a contiguous [n] is contiguous, so contiguous() would not copy it).
+  at::Tensor y = at::empty(sizes, x.options());
+  if (has_bias) y.view({m, n}).copy_(bias->expand({m, n}));
   if (m == 0 || n == 0) return y;
   float one = 1.0f, beta = has_bias ? 1.0f : 0.0f;
   rntm_t rntm = BLIS_RNTM_INITIALIZER;
