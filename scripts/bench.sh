@@ -104,7 +104,7 @@ fi
 photos="$work/photos"
 [ -d "$photos" ] || [ "$video_only" = 1 ] || { log "making photos"; "$py" "$helper" photos "$photos" --count 64 --png 4; }
 fp32="$work/vitb16-fp32"; int8="$work/vitb16-int8"
-stale() { [ ! -f "$1/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$1/bundle.json" ]; }
+stale() { [ ! -f "$1/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$1/bundle.json" ] || [ "$repo/scripts/cnclip_towers.py" -nt "$1/bundle.json" ]; }
 if stale "$fp32" || { [ "$video_only" = 0 ] && stale "$int8"; }; then
   log "exporting a random ViT-B-16 checkpoint (official layout), fp32 and int8"
   [ -f "$work/vitb16-random.pt" ] ||

@@ -120,6 +120,9 @@ if [ "$do_packages" = 1 ]; then
   fi
 fi
 
+# A bundle older than the exporter (or the tower definitions it exports) is exported again.
+exporter_newer_than() { [ "$repo/scripts/export_model.py" -nt "$1" ] || [ "$repo/scripts/cnclip_towers.py" -nt "$1" ]; }
+
 if [ "$do_build" = 1 ]; then
   echo "setup: building (Release) in $build_dir" >&2
   generator=()
@@ -130,7 +133,7 @@ if [ "$do_build" = 1 ]; then
   cmake --build "$build_dir" -j"$(nproc)" >&2
 
   # The tiny random bundle is for tests and a demo; it finds nothing meaningful.
-  if [ ! -f "$repo/models/tiny/bundle.json" ] || [ "$repo/scripts/export_model.py" -nt "$repo/models/tiny/bundle.json" ]; then
+  if [ ! -f "$repo/models/tiny/bundle.json" ] || exporter_newer_than "$repo/models/tiny/bundle.json"; then
     "$py" "$repo/scripts/export_model.py" --random-init tiny --seed 0 --out "$repo/models/tiny" >&2
   fi
 fi
@@ -176,7 +179,7 @@ if [ -n "$model" ] || [ -n "$checkpoint" ]; then
   [ -n "$arch" ] || arch="$model"
 
   bundle_is() {  # DIR PRECISION: true when DIR holds this checkpoint's export, by this exporter
-    [ -f "$1/bundle.json" ] && [ ! "$repo/scripts/export_model.py" -nt "$1/bundle.json" ] &&
+    [ -f "$1/bundle.json" ] && ! exporter_newer_than "$1/bundle.json" &&
       "$py" - "$1/bundle.json" "$2" "$checkpoint_sha" "$arch" <<'PY'
 import json, sys
 path, precision, sha, arch = sys.argv[1:5]
