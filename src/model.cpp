@@ -382,6 +382,8 @@ std::string compute_backend_description() {
   std::string linear;
   switch (linear_route()) {
     case LinearRoute::kBlis:
+      bli_init();  // before querying its kernels: with BLIS_ARCH_TYPE set, the query checks them (and aborts
+                   // uninitialized)
       linear =
           std::string("BLIS ") + bli_info_get_version_str() + " (" + bli_arch_string(bli_arch_query_id()) + " kernels)";
       break;

@@ -48,3 +48,19 @@ for name, e in (("blis", blis), ("blas", blas)):
     assert diff <= 1e-5 and cos >= 0.99999, (name, diff, cos)
 print("1 passed, 0 failed")
 PY
+
+# cnclip-bench names the kernels that computed, also when the user chose BLIS's (BLIS_ARCH_TYPE: 3 is
+# BLIS 0.9's id of its haswell kernels; naming them once aborted BLIS, uninitialized).
+bench="$(dirname "$bin")/cnclip-bench"
+own=$("$bench" text "$work/bundle" --iters 1 --threads 1)
+chosen=$(BLIS_ARCH_TYPE=3 "$bench" text "$work/bundle" --iters 1 --threads 1)
+"$py" - "$own" "$chosen" <<'PY'
+import json, sys
+own, chosen = (json.loads(a) for a in sys.argv[1:3])
+assert own["ms_per_query"] > 0 and chosen["ms_per_query"] > 0, (own, chosen)
+assert "float32 Linear layers: BLIS " in own["backend"] or "float32 Linear layers: BLAS" in own["backend"], own
+assert "(skx kernels)" not in own["backend"], own
+if "BLIS" in own["backend"]:
+    assert "(haswell kernels)" in chosen["backend"], chosen
+print("kernels named:", own["backend"])
+PY

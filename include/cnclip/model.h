@@ -30,13 +30,16 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
-  // fp32 Linear layers run through BLAS (OpenBLAS, with the kernels it picks for the CPU). The
-  // environment variable CNCLIP_FP32_LINEAR=xnnpack instead packs a float32 bundle's Linear weights
-  // once at load for XNNPACK (which picks its kernels from the CPU at run time); it adds ~1 s to
-  // loading ViT-B-16's text tower and fails the load if it cannot be applied. Measured routes and
-  // why BLAS stays the default: README "Performance". Both routes agree to float rounding (cosine
-  // >= 0.99999, tests/linear_route_test.cpp). XNNPACK computes in LibTorch's one process-wide
-  // thread pool, sized by the last set_compute_threads call of any thread.
+  // fp32 Linear layers of up to 192 rows (a text query's) run on BLIS's small-matrix kernels on CPUs
+  // with AVX2 and FMA (a 15-token ViT-B-16 query 41 -> 23 ms on 2 threads here: OpenBLAS repacks
+  // each weight matrix on every call); larger ones (an image batch's) on OpenBLAS, with the kernels it
+  // picks for the CPU. CNCLIP_FP32_LINEAR=blas keeps every Linear on OpenBLAS; =xnnpack instead
+  // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the
+  // CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot
+  // be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding
+  // (cosine >= 0.99999, tests/linear_route_test.cpp). BLIS and OpenBLAS compute with the calling
+  // thread's compute threads (set_compute_threads); XNNPACK in LibTorch's one process-wide thread
+  // pool, sized by the last set_compute_threads call of any thread.
   bool optimize_for_many_calls = false;
 };
 
@@ -106,8 +109,9 @@ void set_compute_threads(int n);
 // The calling thread's intra-op thread count.
 int compute_threads();
 
-// "LibTorch 1.13.1, OpenBLAS (PATH, Cooperlake kernels), 2 intra-op threads": what actually computes
-// (OpenBLAS's kernels as it chose them for the CPU, or as OPENBLAS_CORETYPE forced), for benchmarks.
+// "LibTorch 1.13.1, OpenBLAS (PATH, Cooperlake kernels), float32 Linear layers: BLIS 0.9.0 (zen3
+// kernels), 2 intra-op threads": what actually computes (OpenBLAS's and BLIS's kernels as they chose
+// them for the CPU, or as OPENBLAS_CORETYPE / BLIS_ARCH_TYPE forced), for benchmarks.
 // Loads the model module (as does measure_sgemm_gflops); throws Exception if it cannot.
 std::string compute_backend_description();
 
