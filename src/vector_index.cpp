@@ -20,12 +20,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <omp.h>
 #include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <random>
 #include <regex>
@@ -95,6 +97,83 @@ class RowSelection {
   std::vector<uint8_t> bitmap_;
   std::unique_ptr<faiss::IDSelectorBitmap> selector_;
 };
+
+// FAISS runs the queries of a search in parallel, not the rows of one query: a lone query scanned on
+// one core wherever BLAS does not do the work (a flat index with a selector: a filter, or the rows a
+// delta masks; and every scalar-quantized flat index). search_split gives each compute thread a range
+// of rows instead. Below this many rows the split does not pay.
+constexpr int64_t kParallelScanRows = 65'536;
+
+// The rows [lo, hi) of a scan that `inner` (null: all) accepts.
+class RangeSelection : public faiss::IDSelector {
+ public:
+  RangeSelection(int64_t lo, int64_t hi, const faiss::IDSelector* inner) : lo_(lo), hi_(hi), inner_(inner) {}
+  bool is_member(faiss::Index::idx_t row) const override {
+    return row >= lo_ && row < hi_ && (!inner_ || inner_->is_member(row));
+  }
+
+ private:
+  int64_t lo_, hi_;
+  const faiss::IDSelector* inner_;
+};
+
+// Row j of a scan that starts at row `offset`, as `inner` (row offset + j) says.
+class OffsetSelection : public faiss::IDSelector {
+ public:
+  OffsetSelection(int64_t offset, const faiss::IDSelector* inner) : offset_(offset), inner_(inner) {}
+  bool is_member(faiss::Index::idx_t row) const override { return inner_->is_member(offset_ + row); }
+
+ private:
+  int64_t offset_;
+  const faiss::IDSelector* inner_;
+};
+
+// Top k of nq queries (fewer than the calling thread's compute threads) over n rows, one range of rows
+// per thread: part(lo, hi, scores, rows) fills [nq][k] with its best rows (positions in the whole
+// index, -1 for none); the parts are merged best first, a tie to the lower row. False (nothing done)
+// where a split does not pay: one thread, as many queries as threads, or few rows.
+template <typename Part>
+bool search_split(int64_t n, int nq, int k, float* scores, int64_t* rows, Part&& part) {
+  const int threads = omp_get_max_threads();
+  if (threads < 2 || nq >= threads || n < kParallelScanRows || k <= 0) return false;
+  const int parts = static_cast<int>(std::min<int64_t>(threads, n / (kParallelScanRows / 2)));
+  const size_t per = static_cast<size_t>(nq) * static_cast<size_t>(k);
+  std::vector<float> part_scores(per * static_cast<size_t>(parts));
+  std::vector<int64_t> part_rows(per * static_cast<size_t>(parts), -1);
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int p = 0; p < parts; ++p) {
+    try {
+      part(n * p / parts, n * (p + 1) / parts, &part_scores[per * static_cast<size_t>(p)],
+           &part_rows[per * static_cast<size_t>(p)]);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  std::vector<std::pair<float, int64_t>> merged;
+  for (int q = 0; q < nq; ++q) {
+    merged.clear();
+    for (int p = 0; p < parts; ++p) {
+      for (int j = 0; j < k; ++j) {
+        const size_t at = per * static_cast<size_t>(p) + static_cast<size_t>(q) * k + static_cast<size_t>(j);
+        if (part_rows[at] >= 0) merged.emplace_back(part_scores[at], part_rows[at]);
+      }
+    }
+    const size_t keep = std::min(merged.size(), static_cast<size_t>(k));
+    std::partial_sort(
+        merged.begin(), merged.begin() + static_cast<std::ptrdiff_t>(keep), merged.end(),
+        [](const auto& a, const auto& b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
+    for (int j = 0; j < k; ++j) {
+      const size_t at = static_cast<size_t>(q) * k + static_cast<size_t>(j);
+      scores[at] = static_cast<size_t>(j) < keep ? merged[static_cast<size_t>(j)].first : -1.0f;
+      rows[at] = static_cast<size_t>(j) < keep ? merged[static_cast<size_t>(j)].second : -1;
+    }
+  }
+  return true;
+}
 
 [[noreturn]] void damaged_score(int64_t id, float score) {
   throw Exception(ErrorCode::kCorrupt, "vector of id " + std::to_string(id) + " gives score " + std::to_string(score) +
@@ -178,8 +257,20 @@ class FlatRowIndex : public RowIndex {
   void search_rows(const float* queries, int nq, int k, const faiss::IDSelector* sel, float* scores,
                    int64_t* rows) const override {
     use_blas_for_single_queries();
-    faiss::knn_inner_product(queries, vectors(), static_cast<size_t>(dim()), static_cast<size_t>(nq),
-                             static_cast<size_t>(size()), static_cast<size_t>(k), scores, rows, sel);
+    const size_t d = static_cast<size_t>(dim());
+    // With a selector FAISS scans without BLAS, one query per thread: split the rows instead.
+    if (sel && search_split(size(), nq, k, scores, rows, [&](int64_t lo, int64_t hi, float* s, int64_t* r) {
+          const OffsetSelection part(lo, sel);
+          faiss::knn_inner_product(queries, vectors() + static_cast<size_t>(lo) * d, d, static_cast<size_t>(nq),
+                                   static_cast<size_t>(hi - lo), static_cast<size_t>(k), s, r, &part);
+          for (size_t i = 0; i < static_cast<size_t>(nq) * static_cast<size_t>(k); ++i) {
+            if (r[i] >= 0) r[i] += lo;
+          }
+        })) {
+      return;
+    }
+    faiss::knn_inner_product(queries, vectors(), d, static_cast<size_t>(nq), static_cast<size_t>(size()),
+                             static_cast<size_t>(k), scores, rows, sel);
   }
   void range_rows(const float* queries, int nq, float radius, const faiss::IDSelector* sel,
                   faiss::RangeSearchResult* result) const override {
@@ -282,6 +373,21 @@ class FaissVectorIndex : public RowIndex {
 
   void search_rows(const float* queries, int nq, int k, const faiss::IDSelector* sel, float* scores,
                    int64_t* rows) const override {
+    // A scalar-quantized flat index scans every code of a query on one thread: split the rows (each
+    // part still steps over the others' codes, but scores only its own).
+    if (dynamic_cast<const faiss::IndexScalarQuantizer*>(index_.get()) &&
+        search_split(size(), nq, k, scores, rows, [&](int64_t lo, int64_t hi, float* s, int64_t* r) {
+          const RangeSelection part(lo, hi, sel);
+          std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(nq) * k, -1);
+          faiss_call([&] {
+            faiss::SearchParameters params;
+            params.sel = const_cast<RangeSelection*>(&part);
+            index_->search(nq, queries, k, s, labels.data(), &params);
+          });
+          std::copy(labels.begin(), labels.end(), r);
+        })) {
+      return;
+    }
     std::vector<faiss::Index::idx_t> labels(static_cast<size_t>(nq) * k, -1);
     faiss_call([&] {
       auto params = parameters(sel);
