@@ -480,6 +480,7 @@ class DeltaVectorIndex : public VectorIndex {
       }
     }
     size_ = kept + fresh_->size();
+    masks_rows_ = kept < n;
   }
   int dim() const override { return base_->dim(); }
   int64_t size() const override { return size_; }
@@ -490,7 +491,9 @@ class DeltaVectorIndex : public VectorIndex {
 
   std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,
                                              const std::function<bool(int64_t)>& allowed) const override {
-    const RowSelection selection(base_->ids(), base_->size(), allowed, &keep_);
+    // Only a delta that changed or removed rows of the snapshot needs a selector: without one a lone
+    // query's flat scan goes through BLAS.
+    const RowSelection selection(base_->ids(), base_->size(), allowed, masks_rows_ ? &keep_ : nullptr);
     auto hits = row_base_->search_selected(queries, nq, k, selection.selector());
     auto more = fresh_->search(queries, nq, k, allowed);
     for (int q = 0; q < nq; ++q) {
@@ -505,7 +508,7 @@ class DeltaVectorIndex : public VectorIndex {
   }
   std::vector<std::vector<SearchHit>> range_search(const float* queries, int nq, float min_score,
                                                    const std::function<bool(int64_t)>& allowed) const override {
-    const RowSelection selection(base_->ids(), base_->size(), allowed, &keep_);
+    const RowSelection selection(base_->ids(), base_->size(), allowed, masks_rows_ ? &keep_ : nullptr);
     auto hits = row_base_->range_selected(queries, nq, min_score, selection.selector());
     auto more = fresh_->range_search(queries, nq, min_score, allowed);
     for (int q = 0; q < nq; ++q) hits[q].insert(hits[q].end(), more[q].begin(), more[q].end());
@@ -517,6 +520,7 @@ class DeltaVectorIndex : public VectorIndex {
   std::unique_ptr<VectorIndex> fresh_;
   const RowIndex* row_base_ = nullptr;
   std::vector<uint8_t> keep_;  // bit per base row: not changed since the snapshot
+  bool masks_rows_ = false;    // some bit of keep_ is clear
   int64_t size_ = 0;
 };
 

@@ -14,9 +14,9 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <memory>
 #include <set>
 
 #include "cnclip/index_store.h"
@@ -463,6 +463,55 @@ TEST(ScaleDelta, AddsChangesAndRemovesDuringARun) {
 
 // A catalog written before the change log existed gets one at the next writer's open, starting at
 // its generation: an older snapshot is not combined with it.
+// A run that only added files since the snapshot: the reader's snapshot plus delta answers as the
+// catalog does (no row of the snapshot is masked, so its scan needs no selector).
+TEST(ScaleDelta, AddsOnlyAnswerAsTheCatalogDoes) {
+  OneThread one_thread;
+  constexpr int kDim = 32, kN = 3000, kAdded = 250;
+  test::TempDir dir;
+  const auto vectors = clustered_vectors(kN + kAdded, kDim, 40, 9);
+  auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+  fill_index(*store, std::vector<float>(vectors.begin(), vectors.begin() + static_cast<ptrdiff_t>(kN) * kDim), kDim);
+  store->write_snapshot();
+  {
+    CatalogTransaction tx(store->catalog());
+    for (int i = kN; i < kN + kAdded; ++i) {
+      store->catalog().insert(FileRecord{0, path_of(i + 1), 1, 0, "n", 0}, &vectors[static_cast<size_t>(i) * kDim],
+                              kDim);
+    }
+    tx.commit();
+  }
+  auto reader = IndexStore::open(dir / "index", IndexAccess::kRead);
+  std::vector<int64_t> ids;
+  std::vector<float> rows;
+  reader->catalog().for_each_embedding(kDim, [&](int64_t id, const float* v) {
+    ids.push_back(id);
+    rows.insert(rows.end(), v, v + kDim);
+  });
+  const auto delta = reader->search_vectors(), catalog = VectorIndex::from_vectors(kDim, ids, rows);
+  ASSERT_EQ(delta->size(), kN + kAdded);
+  const auto queries = queries_near(vectors, kDim, 20, 10);
+  for (int q = 0; q < 20; ++q) {
+    for (const std::function<bool(int64_t)>& allowed :
+         {std::function<bool(int64_t)>{}, std::function<bool(int64_t)>([](int64_t id) { return id % 2 == 0; })}) {
+      auto a = delta->search(&queries[static_cast<size_t>(q) * kDim], 1, 15, allowed)[0];
+      auto b = catalog->search(&queries[static_cast<size_t>(q) * kDim], 1, 15, allowed)[0];
+      auto order = [](std::vector<SearchHit>& h) {
+        std::sort(h.begin(), h.end(), [](const SearchHit& x, const SearchHit& y) {
+          return x.score != y.score ? x.score > y.score : x.id < y.id;
+        });
+      };
+      order(a);
+      order(b);
+      ASSERT_EQ(a.size(), b.size()) << q;
+      for (size_t j = 0; j < a.size(); ++j) {
+        EXPECT_EQ(a[j].id, b[j].id) << q << " " << j;
+        EXPECT_NEAR(a[j].score, b[j].score, 1e-6) << q << " " << j;
+      }
+    }
+  }
+}
+
 TEST(ScaleDelta, OlderSnapshotsThanTheLogAreNotUsed) {
   constexpr int kDim = 16;
   test::TempDir dir;
