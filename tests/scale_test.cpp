@@ -174,9 +174,9 @@ TEST(VectorSpecs, ResolveParseAndNames) {
   }
 }
 
-// A lone query over a large flat index with a selector (a filter; the rows a delta masks) and over a
-// scalar-quantized one is scanned by every compute thread, each a range of rows: the answer is the
-// one-thread answer, ids, order and scores, for any k (also beyond one range's rows).
+// A lone query over a large flat index (with a selector: a filter, the rows a delta masks; or without)
+// and over a scalar-quantized one is scanned by every compute thread, each a range of rows: the
+// answer is the one-thread answer, ids, order and scores, for any k (also beyond one range's rows).
 TEST(ScaleTypes, ALoneQueryScannedOnEveryThreadAnswersAsOnOne) {
   constexpr int kDim = 16;
   constexpr int64_t kN = 150'000;  // over vector_index.cpp's kParallelScanRows (65,536)
