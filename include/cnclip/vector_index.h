@@ -97,9 +97,9 @@ class VectorIndex {
 // from the index's own vectors (see build_snapshot).
 struct VectorSpec {
   // auto switches to IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB. Measured
-  // by `scripts/bench.sh --scale 1000000` (README "Scale"): flat 293 ms warm at 1M on 2 cores, so
-  // ~150 ms here; IVF1024,SQ8 69 ms at 1M but recall@10 0.926, which is why it does not switch
-  // earlier.
+  // by `scripts/bench.sh --scale 1000000` (README "Scale"): flat 293 ms warm at 1M on 2 cores when
+  // chosen (112 ms since a lone query's rows are split across threads), IVF1024,SQ8 70 ms at 1M but
+  // recall@10 0.926, which is why it does not switch earlier (and may move later: README).
   static constexpr int64_t kAutoApproximateAbove = 500'000;
   static constexpr double kTargetRecall = 0.95;
   // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
