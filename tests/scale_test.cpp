@@ -218,7 +218,9 @@ TEST(ScaleTypes, ALoneQueryScannedOnEveryThreadAnswersAsOnOne) {
         const auto a = by_score(one[0]), b = by_score(split[0]);
         for (size_t j = 0; j < a.size(); ++j) {
           ASSERT_EQ(a[j].score, b[j].score) << j;
-          if (a[j].score > a.back().score) ASSERT_EQ(a[j].id, b[j].id) << j;
+          if (a[j].score > a.back().score) {
+            ASSERT_EQ(a[j].id, b[j].id) << j;
+          }
         }
       }
     }
