@@ -27,6 +27,7 @@
 #include "cnclip/image.h"
 #include "cnclip/runtime.h"
 #include "encode_pipeline.h"
+#include "read_at.h"
 
 namespace cnclip {
 namespace {
@@ -77,13 +78,9 @@ class Fd {
 // The base64 text of a TSV image, read with pread (thread-safe on a shared descriptor).
 Result<std::string> read_range(int fd, const EvalImage& image) {
   std::string text(image.length, '\0');
-  size_t done = 0;
-  while (done < text.size()) {
-    const ssize_t n = ::pread(fd, text.data() + done, text.size() - done, static_cast<off_t>(image.offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return errno_error(image.path, errno, "reading");
-    if (n == 0) return Error{ErrorCode::kTruncated, image.label + ": the file ended early (changed while read?)"};
-    done += static_cast<size_t>(n);
+  if (!read_at(fd, image.offset, text.data(), text.size())) {
+    if (errno != 0) return errno_error(image.path, errno, "reading");
+    return Error{ErrorCode::kTruncated, image.label + ": the file ended early (changed while read?)"};
   }
   return text;
 }

@@ -36,6 +36,7 @@
 
 #include "atomic_file.h"
 #include "cnclip/error.h"
+#include "read_at.h"
 
 namespace cnclip {
 namespace {
@@ -663,20 +664,6 @@ std::vector<std::vector<SearchHit>> VectorIndex::range_search(const float*, int 
 }
 
 namespace {
-
-// Reads [at, at + n) of `fd` into `out`, whole (EINTR and short reads retried): false at the end
-// (errno 0) or on an error (errno set).
-bool read_at(int fd, uint64_t at, void* out, size_t n) {
-  errno = 0;
-  size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::pread(fd, static_cast<char*>(out) + got, n - got, static_cast<off_t>(at + got));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    got += static_cast<size_t>(r);
-  }
-  return true;
-}
 
 // FAISS's reader over [0, end) of a file descriptor. pread copies into FAISS's own memory, and
 // nothing of the file stays mapped: a mapped copy beside FAISS's doubled the peak RSS of opening a
