@@ -139,13 +139,12 @@ at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const 
 TORCH_LIBRARY(cnclip, m) { m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor", &blis_linear); }
 
 // Every aten::linear of the graph (and of its nested blocks) becomes cnclip::linear.
-int route_linears_to_blis(torch::jit::Block* block) {
+void route_linears_to_blis(torch::jit::Block* block) {
   static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
   static const auto cnclip_linear = c10::Symbol::fromQualString("cnclip::linear");
-  int routed = 0;
   for (auto it = block->nodes().begin(); it != block->nodes().end();) {
     torch::jit::Node* node = *it++;
-    for (torch::jit::Block* inner : node->blocks()) routed += route_linears_to_blis(inner);
+    for (torch::jit::Block* inner : node->blocks()) route_linears_to_blis(inner);
     if (node->kind() != aten_linear || node->inputs().size() != 3) continue;
     torch::jit::WithInsertPoint guard(node);
     torch::jit::Value* out =
@@ -153,9 +152,7 @@ int route_linears_to_blis(torch::jit::Block* block) {
     out->setType(node->output()->type());
     node->output()->replaceAllUsesWith(out);
     node->destroy();
-    ++routed;
   }
-  return routed;
 }
 
 // Below this length an embedding carries no direction (a model that lost its weights returns zeros).
