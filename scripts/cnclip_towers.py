@@ -125,10 +125,10 @@ class BertSelfAttention(nn.Module):
         self.query.weight.mul_(self.scale)
         self.query.bias.mul_(self.scale)
 
-    def forward(self, x, additive_mask, first_only: bool = False):
-        # first_only: only the first token's row is wanted (the last layer: see BertEncoder); its
-        # query attends over every key and value as before.
-        q = self.split(self.query(x[:, :1] if first_only else x))
+    def forward(self, x, additive_mask, rows):
+        """rows: the rows of x whose outputs are wanted (x itself, or its first row in the last
+        layer: see BertEncoder); their queries attend over the keys and values of every row of x."""
+        q = self.split(self.query(rows))
         k, v = self.split(self.key(x)), self.split(self.value(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) + additive_mask  # q is pre-scaled
         ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
@@ -151,7 +151,8 @@ class BertAttention(nn.Module):
         self.output = BertDenseLayerNorm(hidden, hidden)
 
     def forward(self, x, additive_mask, first_only: bool = False):
-        return self.output(self.self(x, additive_mask, first_only), x[:, :1] if first_only else x)
+        rows = x[:, :1] if first_only else x
+        return self.output(self.self(x, additive_mask, rows), rows)
 
 class BertIntermediate(nn.Module):
     def __init__(self, hidden: int, inter: int):
