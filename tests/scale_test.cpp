@@ -97,6 +97,13 @@ void fill_index(IndexStore& store, const std::vector<float>& vectors, int dim) {
 }
 
 // The exact top k of each query over the catalog's current embeddings, by (score, id).
+// Best first, a tie to the lower id (the order a search returns).
+void sort_by_score(std::vector<SearchHit>& hits) {
+  std::sort(hits.begin(), hits.end(), [](const SearchHit& a, const SearchHit& b) {
+    return a.score != b.score ? a.score > b.score : a.id < b.id;
+  });
+}
+
 std::vector<std::vector<SearchHit>> brute_force(Catalog& catalog, int dim, const std::vector<float>& queries, int k) {
   const int nq = static_cast<int>(queries.size()) / dim;
   std::vector<std::vector<SearchHit>> out(static_cast<size_t>(nq));
@@ -108,9 +115,7 @@ std::vector<std::vector<SearchHit>> brute_force(Catalog& catalog, int dim, const
     }
   });
   for (auto& hits : out) {
-    std::sort(hits.begin(), hits.end(), [](const SearchHit& a, const SearchHit& b) {
-      return a.score != b.score ? a.score > b.score : a.id < b.id;
-    });
+    sort_by_score(hits);
     if (hits.size() > static_cast<size_t>(k)) hits.resize(static_cast<size_t>(k));
   }
   return out;
@@ -209,13 +214,9 @@ TEST(ScaleTypes, ALoneQueryScannedOnEveryThreadAnswersAsOnOne) {
         EXPECT_EQ(one[0].size(), static_cast<size_t>(std::min<int64_t>(k, *allowed ? kN - kN / 5 : kN)));
         // Equal scores (quantized codes make ties) may come in either order, and at the cut either
         // tied row: the same scores, and the same ids above the last score.
-        auto by_score = [](std::vector<SearchHit> h) {
-          std::sort(h.begin(), h.end(), [](const SearchHit& a, const SearchHit& b) {
-            return a.score != b.score ? a.score > b.score : a.id < b.id;
-          });
-          return h;
-        };
-        const auto a = by_score(one[0]), b = by_score(split[0]);
+        auto a = one[0], b = split[0];
+        sort_by_score(a);
+        sort_by_score(b);
         for (size_t j = 0; j < a.size(); ++j) {
           ASSERT_EQ(a[j].score, b[j].score) << j;
           if (a[j].score > a.back().score) {
@@ -498,13 +499,8 @@ TEST(ScaleDelta, AddsOnlyAnswerAsTheCatalogDoes) {
          {std::function<bool(int64_t)>{}, std::function<bool(int64_t)>([](int64_t id) { return id % 2 == 0; })}) {
       auto a = delta->search(&queries[static_cast<size_t>(q) * kDim], 1, 15, allowed)[0];
       auto b = catalog->search(&queries[static_cast<size_t>(q) * kDim], 1, 15, allowed)[0];
-      auto order = [](std::vector<SearchHit>& h) {
-        std::sort(h.begin(), h.end(), [](const SearchHit& x, const SearchHit& y) {
-          return x.score != y.score ? x.score > y.score : x.id < y.id;
-        });
-      };
-      order(a);
-      order(b);
+      sort_by_score(a);
+      sort_by_score(b);
       ASSERT_EQ(a.size(), b.size()) << q;
       for (size_t j = 0; j < a.size(); ++j) {
         EXPECT_EQ(a[j].id, b[j].id) << q << " " << j;
