@@ -35,6 +35,20 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
 }
 void sh(const std::string& cmd) { ASSERT_EQ(std::system((cmd + " >/dev/null 2>&1").c_str()), 0) << cmd; }
 
+// The first 'ispe' property of a HEIF/AVIF file says the image is w x h (big-endian, after the box
+// type, version and flags). False when the file has none.
+bool set_ispe(std::vector<uint8_t>& b, uint32_t w, uint32_t h) {
+  const std::string ispe = "ispe";
+  const auto at = std::search(b.begin(), b.end(), ispe.begin(), ispe.end());
+  if (b.end() - at < 16) return false;  // none, or cut inside it
+  const size_t i = static_cast<size_t>(at - b.begin()) + 8;
+  for (int k = 0; k < 4; ++k) {
+    b[i + k] = static_cast<uint8_t>(w >> (24 - 8 * k));
+    b[i + 4 + k] = static_cast<uint8_t>(h >> (24 - 8 * k));
+  }
+  return true;
+}
+
 // A noisy photo as PNG (OpenCV), w x h.
 void make_png(const std::string& path, int w, int h, unsigned seed) {
   cv::Mat img(h, w, CV_8UC3);
@@ -116,11 +130,7 @@ TEST_F(MediaFiles, BombsAreRefusedFromTheHeader) {
   // HEIF/AVIF: the 'ispe' property claims 40000 x 40000.
   for (const char* n : {"a.heic", "a.avif"}) {
     std::vector<uint8_t> b = read_bytes(file(n));
-    const std::string ispe = "ispe";
-    auto at = std::search(b.begin(), b.end(), ispe.begin(), ispe.end());
-    ASSERT_NE(at, b.end()) << n;
-    const size_t i = static_cast<size_t>(at - b.begin()) + 8;  // after "ispe", version and flags
-    for (size_t k : {i, i + 4}) b[k] = 0, b[k + 1] = 0, b[k + 2] = 0x9C, b[k + 3] = 0x40;
+    ASSERT_TRUE(set_ispe(b, 40000, 40000)) << n;
     auto h = decode_image(b, n, DecodeOptions{});
     ASSERT_FALSE(h) << n;
     EXPECT_EQ(h.error().code, ErrorCode::kTooLarge) << n << ": " << h.error().message;
@@ -187,12 +197,7 @@ TEST_F(MediaFiles, HeifCodedLargerThanDeclaredIsBounded) {
   // A single coded image larger than its ispe (120x90 coded, 60x45 declared): the decoded size is
   // what --max-pixels holds.
   std::vector<uint8_t> b = read_bytes(file("a.heic"));
-  const std::string ispe = "ispe";
-  auto it = std::search(b.begin(), b.end(), ispe.begin(), ispe.end());
-  ASSERT_NE(it, b.end());
-  const size_t i = static_cast<size_t>(it - b.begin()) + 8;
-  b[i] = b[i + 1] = b[i + 2] = 0, b[i + 3] = 60;
-  b[i + 4] = b[i + 5] = b[i + 6] = 0, b[i + 7] = 45;
+  ASSERT_TRUE(set_ispe(b, 60, 45));
   DecodeOptions coded;
   coded.max_pixels = 6000;  // over the declared 2700, under the coded 10800
   auto lie = decode_image(b, "lie.heic", coded);
