@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 
+#include "linear_int8.h"
 #include "model_module.h"
 
 namespace cnclip {
@@ -204,6 +205,9 @@ struct TorchModel::Impl {
     try {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
+      if (manifest.precision == "int8" && device.is_cpu() && detail::int8_linears_on_onednn()) {
+        detail::route_int8_linears_to_onednn(*module);
+      }
       if (manifest.precision == "fp32" && device.is_cpu()) {
         switch (linear_route()) {
           case LinearRoute::kXnnpack: prepack_linears(*module); break;
@@ -387,8 +391,9 @@ std::string compute_backend_description() {
     case LinearRoute::kBlas: linear = "BLAS"; break;
     case LinearRoute::kXnnpack: linear = "XNNPACK"; break;
   }
-  return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", float32 Linear layers: " + linear + ", " +
-         std::to_string(at::get_num_threads()) + " intra-op threads";
+  return std::string("LibTorch ") + TORCH_VERSION + ", " + blas + ", float32 Linear layers: " + linear +
+         ", int8 Linear layers: " + detail::int8_linear_description() + ", " + std::to_string(at::get_num_threads()) +
+         " intra-op threads";
 }
 
 double measure_sgemm_gflops(int n, int repeats) {
