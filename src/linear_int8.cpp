@@ -37,7 +37,6 @@ using Packed = LinearPackedParamsBase;
 // output scales, then a binary multiply by x_scale and a binary add of the per-call bias row.
 struct Int8Weights {
   int64_t k = 0, n = 0;
-  at::Tensor weight;            // the bundle's [n, k] int8 weights (LibTorch's own tensor; oneDNN's "ba" of [k, n])
   std::vector<float> scale;     // per output channel
   std::vector<double> bias;     // per output channel, zeros when the Linear has none
   std::vector<int64_t> colsum;  // sum over k of each output channel's weights
@@ -82,8 +81,7 @@ std::shared_ptr<Int8Weights> prepare(Packed& packed) {
   } else {
     return nullptr;
   }
-  prepared->weight = w.contiguous();
-  const at::Tensor sums = prepared->weight.int_repr().sum(1, /*keepdim=*/false, at::kLong).contiguous();
+  const at::Tensor sums = w.int_repr().sum(1, /*keepdim=*/false, at::kLong).contiguous();
   prepared->colsum.assign(sums.data_ptr<int64_t>(), sums.data_ptr<int64_t>() + n);
   prepared->bias.assign(n, 0.0);
   if (bias.has_value() && bias->defined()) {
@@ -132,7 +130,10 @@ const bool kFullRangeIsExact = [] {
   return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
 }();
 
-std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, int64_t rows, int threads) {
+// `packed` gives the weights again when a primitive asks for a layout not packed yet (unpack() copies
+// them: keeping that copy cost 86 MB for ViT-B-16's image tower).
+std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Packed& packed_params, int64_t rows,
+                                                            int threads) {
   std::lock_guard<std::mutex> lock(w.mu);
   if (auto it = w.primitives.find({rows, threads}); it != w.primitives.end()) return it->second;
   if (w.primitives.size() >= Int8Weights::kMaxPrimitives) w.primitives.clear();
@@ -155,7 +156,8 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, int6
   }
   if (!packed) {
     // The bundle's [n, k] weights are oneDNN's [k, n] in layout "ba".
-    dnnl::memory plain({{w.k, w.n}, dt::s8, tag::ba}, cpu_engine(), w.weight.data_ptr());
+    const at::Tensor weight = std::get<0>(packed_params.unpack()).contiguous();
+    dnnl::memory plain({{w.k, w.n}, dt::s8, tag::ba}, cpu_engine(), weight.data_ptr());
     packed = dnnl::memory(pd.weights_desc(), cpu_engine());
     dnnl::stream stream(cpu_engine());
     dnnl::reorder(plain, packed).execute(stream, plain, packed);
@@ -225,7 +227,7 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
     bias_row[j] =
         static_cast<float>(w->bias[j] - q.scale * w->scale[j] * q.zero_point * static_cast<double>(w->colsum[j]));
   }
-  const auto primitive = primitive_for(*w, rows, at::get_num_threads());  // this thread's compute threads
+  const auto primitive = primitive_for(*w, *packed, rows, at::get_num_threads());  // this thread's compute threads
   const auto& engine = cpu_engine();
   const at::Tensor scratch =
       at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, x.options().dtype(at::kByte));
