@@ -131,6 +131,16 @@ def cmd_compare_catalogs(a):
     print(json.dumps(cosine_stats([(x[p], y[p]) for p in x if p in y])))
 
 
+def cmd_min_cosine(a):
+    """Min cosine between the embeddings of two JSON-lines outputs (embed-text / embed-image), line by line."""
+    def rows(path):
+        return [np.asarray(json.loads(line)["embedding"], dtype=np.float64) for line in open(path)]
+    x, y = rows(a.a), rows(a.b)
+    if len(x) != len(y) or not x:
+        sys.exit(f"min-cosine: {a.a} has {len(x)} embeddings, {a.b} {len(y)}")
+    print(cosine_stats(list(zip(x, y)))["min_cosine"])
+
+
 def cmd_time_runs(a):
     times, rss = [], []
     for _ in range(a.n):
@@ -249,6 +259,7 @@ def main():
     s.add_argument("--batch", type=int, default=8)
     s = sub.add_parser("compare-index"); s.add_argument("catalog"); s.add_argument("reference"); s.add_argument("photos")
     s = sub.add_parser("compare-catalogs"); s.add_argument("a"); s.add_argument("b")
+    s = sub.add_parser("min-cosine"); s.add_argument("a"); s.add_argument("b")
     s = sub.add_parser("eval-set"); s.add_argument("photos"); s.add_argument("out")
     s = sub.add_parser("time-runs"); s.add_argument("n", type=int); s.add_argument("command", nargs=argparse.REMAINDER)
     s = sub.add_parser("onnx-export"); s.add_argument("bundle"); s.add_argument("out")

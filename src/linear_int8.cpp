@@ -3,6 +3,8 @@
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <ATen/native/quantized/cpu/QuantUtils.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/passes/freeze_module.h>
 #include <oneapi/dnnl/dnnl.hpp>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -15,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <tuple>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -47,11 +50,11 @@ struct Int8Weights {
     dnnl::memory::desc scratchpad;
   };
   std::mutex mu;
-  // By (rows, threads): oneDNN splits the work by the thread count when it builds a primitive. Text
+  // By (rows, threads, activation): oneDNN splits the work by the thread count when it builds a primitive. Text
   // queries of every length and image batches of every size each add one (~0.1-0.4 ms to build);
   // past kMaxPrimitives the map starts again. Packed weights are shared by primitives that ask for
   // the same layout.
-  std::map<std::pair<int64_t, int>, std::shared_ptr<const Primitive>> primitives;
+  std::map<std::tuple<int64_t, int, int64_t>, std::shared_ptr<const Primitive>> primitives;
   std::vector<std::pair<dnnl::memory::desc, dnnl::memory>> packed;
   static constexpr size_t kMaxPrimitives = 64;
 };
@@ -120,6 +123,18 @@ std::shared_ptr<Int8Weights> prepared_weights(const c10::intrusive_ptr<Packed>& 
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
+// The activation that follows a Linear in the graph, computed by the product's last post-op instead of
+// a separate pass over its output (the MLPs' first Linear: ViT's QuickGELU, exported as SiLU of
+// pre-scaled weights; BERT's GELU).
+constexpr int64_t kNoActivation = 0, kSilu = 1, kGeluErf = 2, kGeluTanh = 3;
+
+at::Tensor apply_activation(at::Tensor y, int64_t activation) {
+  if (activation == kSilu) return at::silu(y);
+  if (activation == kGeluErf) return at::gelu(y, "none");
+  if (activation == kGeluTanh) return at::gelu(y, "tanh");
+  return y;
+}
+
 // PyTorch's dynamic Linear modules quantize activations to 0..127 (reduce_range): without VNNI, x86
 // multiplies uint8 by int8 with vpmaddubsw, whose 16-bit sums of two products saturate past 32767
 // (255 * 127 * 2 does, 127 * 127 * 2 does not). With VNNI (vpdpbusd, 32-bit sums) nothing saturates,
@@ -133,9 +148,9 @@ const bool kFullRangeIsExact = [] {
 // `packed` gives the weights again when a primitive asks for a layout not packed yet (unpack() copies
 // them: keeping that copy cost 86 MB for ViT-B-16's image tower).
 std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Packed& packed_params, int64_t rows,
-                                                            int threads) {
+                                                            int threads, int64_t activation) {
   std::lock_guard<std::mutex> lock(w.mu);
-  if (auto it = w.primitives.find({rows, threads}); it != w.primitives.end()) return it->second;
+  if (auto it = w.primitives.find({rows, threads, activation}); it != w.primitives.end()) return it->second;
   if (w.primitives.size() >= Int8Weights::kMaxPrimitives) w.primitives.clear();
   const dnnl::memory::desc src({rows, w.k}, dt::u8, tag::ab), weights({w.k, w.n}, dt::s8, tag::any),
       dst({rows, w.n}, dt::f32, tag::ab);
@@ -144,6 +159,9 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Pack
   dnnl::post_ops ops;
   ops.append_binary(dnnl::algorithm::binary_mul, dnnl::memory::desc({1, 1}, dt::f32, tag::ab));
   ops.append_binary(dnnl::algorithm::binary_add, dnnl::memory::desc({1, w.n}, dt::f32, tag::ab));
+  if (activation == kSilu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+  if (activation == kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
   attr.set_post_ops(ops);
   // Scratch memory from each call, not oneDNN's: Debian's oneDNN is built without concurrent
   // execution, so its own scratchpad is one for the process, and two threads running primitives at
@@ -166,7 +184,7 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Pack
   }
   auto made = std::make_shared<const Int8Weights::Primitive>(
       Int8Weights::Primitive{dnnl::matmul(pd), packed, pd.scratchpad_desc()});
-  w.primitives.emplace(std::make_pair(rows, threads), made);
+  w.primitives.emplace(std::make_tuple(rows, threads, activation), made);
   return made;
 }
 
@@ -197,12 +215,14 @@ void quantize_to_uint8(const float* x, uint8_t* q, int64_t count, float inv, int
   });
 }
 
-// cnclip::linear_int8: quantized::linear_dynamic's result, through oneDNN with per-call post-op operands.
-at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<Packed>& packed, bool reduce_range) {
+// cnclip::linear_int8: quantized::linear_dynamic's result (then the activation), through oneDNN with
+// per-call post-op operands.
+at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<Packed>& packed, bool reduce_range,
+                              int64_t activation) {
   const std::shared_ptr<Int8Weights> w = prepared_weights(packed);
   if (!w || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() < 1 ||
       input.size(-1) != w->k || input.requires_grad()) {
-    return packed->apply_dynamic(input, reduce_range);
+    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
   }
   const at::Tensor x = input.contiguous();
   const int64_t rows = x.numel() / w->k;
@@ -215,7 +235,9 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
   // cannot saturate (kFullRangeIsExact) although PyTorch's dynamic Linear modules ask for 7.
   const auto [lo_t, hi_t] = at::aminmax(x);
   const float lo = lo_t.item<float>(), hi = hi_t.item<float>();
-  if (!(lo <= hi) || !std::isfinite(lo) || !std::isfinite(hi)) return packed->apply_dynamic(input, reduce_range);
+  if (!(lo <= hi) || !std::isfinite(lo) || !std::isfinite(hi)) {
+    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
+  }
   const auto q =
       quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, reduce_range && !kFullRangeIsExact);
   at::Tensor xq = at::empty(x.sizes(), x.options().dtype(at::kByte));
@@ -227,7 +249,8 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
     bias_row[j] =
         static_cast<float>(w->bias[j] - q.scale * w->scale[j] * q.zero_point * static_cast<double>(w->colsum[j]));
   }
-  const auto primitive = primitive_for(*w, *packed, rows, at::get_num_threads());  // this thread's compute threads
+  const auto primitive =
+      primitive_for(*w, *packed, rows, at::get_num_threads(), activation);  // this thread's compute threads
   const auto& engine = cpu_engine();
   const at::Tensor scratch =
       at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, x.options().dtype(at::kByte));
@@ -247,18 +270,82 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
 
 TORCH_LIBRARY_FRAGMENT(cnclip, m) { m.def("linear_int8", &onednn_linear_int8); }
 
+// The activation node that alone reads `linear`'s output (through the dtype no-op aten::to that
+// PyTorch's dynamic Linear module adds), or nullptr; `activation` says which.
+torch::jit::Node* fusable_activation(torch::jit::Node* linear, int64_t* activation) {
+  static const auto to = c10::Symbol::fromQualString("aten::to");
+  static const auto silu = c10::Symbol::fromQualString("aten::silu");
+  static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
+  torch::jit::Value* v = linear->output();
+  if (v->uses().size() != 1) return nullptr;
+  torch::jit::Node* next = v->uses()[0].user;
+  if (next->kind() == to) {
+    // aten::to(x, dtype float32, non_blocking, copy, memory_format): the Linear's output already is.
+    const auto dtype = torch::jit::toIValue(next->inputs().size() > 1 ? next->input(1) : nullptr);
+    const auto copy = torch::jit::toIValue(next->inputs().size() > 3 ? next->input(3) : nullptr);
+    if (next->inputs().size() != 5 || !dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kFloat) ||
+        !copy || !copy->isBool() || copy->toBool() || next->output()->uses().size() != 1) {
+      return nullptr;
+    }
+    next = next->output()->uses()[0].user;
+  }
+  if (next->kind() == silu && next->inputs().size() == 1) {
+    *activation = kSilu;
+    return next;
+  }
+  if (next->kind() == gelu && next->inputs().size() == 2) {
+    const auto approximate = torch::jit::toIValue(next->input(1));
+    if (!approximate || !approximate->isString()) return nullptr;
+    if (approximate->toStringRef() == "none") *activation = kGeluErf;
+    else if (approximate->toStringRef() == "tanh") *activation = kGeluTanh;
+    else return nullptr;
+    return next;
+  }
+  return nullptr;
+}
+
 void route_block(torch::jit::Block* block) {
   static const auto dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");
   static const auto ours = c10::Symbol::fromQualString("cnclip::linear_int8");
-  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
-    torch::jit::Node* node = *it++;
+  std::vector<torch::jit::Node*> linears;
+  for (torch::jit::Node* node : block->nodes()) {
     for (torch::jit::Block* inner : node->blocks()) route_block(inner);
-    if (node->kind() != dynamic || node->inputs().size() != 3) continue;
-    torch::jit::WithInsertPoint guard(node);
-    torch::jit::Value* out = block->owningGraph()->insert(ours, {node->input(0), node->input(1), node->input(2)});
-    out->setType(node->output()->type());
-    node->output()->replaceAllUsesWith(out);
+    if (node->kind() == dynamic && node->inputs().size() == 3) linears.push_back(node);
+  }
+  torch::jit::Graph* graph = block->owningGraph();
+  for (torch::jit::Node* node : linears) {
+    int64_t activation = kNoActivation;
+    torch::jit::Node* act = fusable_activation(node, &activation);
+    torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
+    torch::jit::WithInsertPoint guard(last);
+    torch::jit::Value* out =
+        graph->insert(ours, {node->input(0), node->input(1), node->input(2), graph->insertConstant(activation)});
+    out->setType(last->output()->type());
+    last->output()->replaceAllUsesWith(out);
+    // The activation, the aten::to between, the Linear: each now unused.
+    for (torch::jit::Node* n = last; n != node;) {
+      torch::jit::Node* before = n->input(0)->node();
+      n->destroy();
+      n = before;
+    }
     node->destroy();
+  }
+}
+
+// Every prim::CallMethod of `graph` replaced by the method's body, until none is left.
+void inline_method_calls(torch::jit::Graph& graph) {
+  static const auto call_method = c10::Symbol::fromQualString("prim::CallMethod");
+  for (bool again = true; again;) {
+    again = false;
+    for (auto it = graph.nodes().begin(); it != graph.nodes().end();) {
+      torch::jit::Node* node = *it++;
+      if (node->kind() != call_method) continue;
+      auto type = node->input(0)->type()->cast<c10::ClassType>();
+      torch::jit::Function* method = type ? type->findMethod(node->s(c10::Symbol::attr("name"))) : nullptr;
+      if (!method || !method->isGraphFunction()) continue;
+      torch::jit::inlineCallTo(node, &torch::jit::toGraphFunction(*method), /*use_graph=*/true);
+      again = true;
+    }
   }
 }
 
@@ -269,14 +356,19 @@ bool int8_linears_on_onednn() {
   return !(env && std::strcmp(env, "libtorch") == 0);
 }
 
-void route_int8_linears_to_onednn(torch::jit::Module& module) {
-  // Submodules of one class share their methods' graphs: a graph already routed has nothing left to
-  // replace.
-  for (const auto& sub : module.modules()) {
-    for (const auto& method : sub.get_methods()) {
-      route_block(torch::jit::toGraphFunction(method.function()).graph()->block());
-    }
+torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module) {
+  // Frozen first: one inlined graph, so an activation in the parent module's method is seen after the
+  // Linear of a submodule's. Inlined by hand before: torch::jit::freeze inlines submodules' methods
+  // only while the graph executor optimizes (one-shot commands turn that off, model.h), and then
+  // leaves calls to methods it has removed.
+  for (const auto& method : module.get_methods()) {
+    inline_method_calls(*torch::jit::toGraphFunction(method.function()).graph());
   }
+  torch::jit::Module frozen = torch::jit::freeze(module);
+  for (const auto& method : frozen.get_methods()) {
+    route_block(torch::jit::toGraphFunction(method.function()).graph()->block());
+  }
+  return frozen;
 }
 
 std::string int8_linear_description() {

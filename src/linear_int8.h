@@ -21,12 +21,12 @@ namespace cnclip::detail {
 // kernels disappoint).
 bool int8_linears_on_onednn();
 
-// Every quantized::linear_dynamic in the methods of `module` and of its submodules becomes
-// cnclip::linear_int8 (same inputs). Call before the module's first run. Weights the route cannot
-// take (per-tensor with a zero point, another dtype) and calls it cannot take (reduce_range, autograd,
-// another device, non-finite activations) run LibTorch's kernel, so the route never changes what
-// fails.
-void route_int8_linears_to_onednn(torch::jit::Module& module);
+// `module` frozen (torch::jit::freeze: one inlined graph) with every quantized::linear_dynamic
+// become cnclip::linear_int8 (same inputs), which also computes the SiLU or GELU that alone reads the
+// Linear's output. Call before the module's first run. Weights the route cannot take (per-tensor with
+// a zero point, another dtype) and calls it cannot take (autograd, another device, non-finite
+// activations) run LibTorch's kernel, so the route never changes what fails.
+torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module);
 
 // "oneDNN 2.6.3" (the library LibTorch also runs), or what keeps LibTorch's kernel.
 std::string int8_linear_description();

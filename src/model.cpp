@@ -206,7 +206,7 @@ struct TorchModel::Impl {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
       if (manifest.precision == "int8" && device.is_cpu() && detail::int8_linears_on_onednn()) {
-        detail::route_int8_linears_to_onednn(*module);
+        module = std::make_unique<torch::jit::Module>(detail::route_int8_linears_to_onednn(*module));
       }
       if (manifest.precision == "fp32" && device.is_cpu()) {
         switch (linear_route()) {

@@ -174,19 +174,25 @@ TEST(Int8Route, AgreesWithLibTorchsKernel) {
 }
 
 // Which kernel ran, as oneDNN reports its primitives (ONEDNN_VERBOSE, on stdout): cnclip's route
-// multiplies by the activation scale in a post-op; LibTorch's kernel passes zero points of source and
-// weights. And what computes says so.
+// multiplies by the activation scale in a post-op, and computes the MLPs' activation in the product
+// (BERT's GELU in the text tower; ViT's QuickGELU, exported as SiLU, in the image tower); LibTorch's
+// kernel passes zero points of source and weights. And what computes says so.
 TEST(Int8Route, OneDnnRunsTheProductsUnlessLibTorchIsAsked) {
   for (const char* route : {"", "libtorch"}) {
     SCOPED_TRACE(route);
-    const auto r =
-        test::run_cnclip({"embed-text", "--model", test::tiny_int8_bundle(), "小狗"},
-                         test::RunOptions{"", {"ONEDNN_VERBOSE=1", std::string("CNCLIP_INT8_LINEAR=") + route}});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    const bool ours = r.out.find("binary_mul") != std::string::npos;
-    const bool libtorchs = r.out.find("zero-points:src:0:*+wei") != std::string::npos;
-    EXPECT_EQ(ours, *route == '\0') << r.out.substr(0, 4000);
-    EXPECT_EQ(libtorchs, *route != '\0') << r.out.substr(0, 4000);
+    const test::RunOptions options{"", {"ONEDNN_VERBOSE=1", std::string("CNCLIP_INT8_LINEAR=") + route}};
+    const auto text = test::run_cnclip({"embed-text", "--model", test::tiny_int8_bundle(), "小狗"}, options);
+    const auto image = test::run_cnclip(
+        {"embed-image", "--model", test::tiny_int8_bundle(), test::fixtures("images/pokemon.jpeg")}, options);
+    ASSERT_EQ(text.exit_code, 0) << text.err;
+    ASSERT_EQ(image.exit_code, 0) << image.err;
+    const bool ours = *route == '\0';
+    for (const auto* r : {&text, &image}) {
+      EXPECT_EQ(r->out.find("binary_mul") != std::string::npos, ours) << r->out.substr(0, 4000);
+      EXPECT_EQ(r->out.find("zero-points:src:0:*+wei") != std::string::npos, !ours) << r->out.substr(0, 4000);
+    }
+    EXPECT_EQ(text.out.find("+eltwise_gelu_erf") != std::string::npos, ours);
+    EXPECT_EQ(image.out.find("+eltwise_swish") != std::string::npos, ours);
   }
   auto model = Model::open(test::tiny_int8_bundle());
   model->load_text_tower();
