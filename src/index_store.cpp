@@ -20,6 +20,8 @@ namespace cnclip {
 namespace {
 
 constexpr const char* kCatalogFile = "catalog.sqlite3";
+// Catalog meta: below this many vectors `auto` keeps flat (IVF was found no faster; 0: no limit).
+constexpr const char* kAutoFlatUntilMeta = "vectors_auto_flat_until";
 
 void make_dirs(const std::string& dir) {
   std::error_code ec;
@@ -209,9 +211,22 @@ VectorSpec IndexStore::vector_spec() {
   return spec;
 }
 
-void IndexStore::set_vector_spec(const VectorSpec& spec) { catalog_->set_meta("vectors", spec.text); }
+void IndexStore::set_vector_spec(const VectorSpec& spec) {
+  catalog_->set_meta("vectors", spec.text);
+  catalog_->set_meta(kAutoFlatUntilMeta, "0");  // asked again: auto tries IVF again
+}
 
-std::string IndexStore::wanted_vector_type() { return vector_spec().resolve(catalog_->count()); }
+std::string IndexStore::wanted_vector_type() {
+  const VectorSpec spec = vector_spec();
+  const int64_t n = catalog_->count();
+  // auto found IVF no faster than flat on these vectors (write_snapshot): flat until the index
+  // doubles, rather than training and tuning again at every index run.
+  if (spec.text == "auto") {
+    const auto until = catalog_->meta(kAutoFlatUntilMeta);
+    if (until && n < std::atoll(until->c_str())) return "flat";
+  }
+  return spec.resolve(n);
+}
 
 std::unique_ptr<VectorIndex> IndexStore::open_snapshot_of(int64_t generation, std::string* problem) {
   const int dim = embedding_dim();
@@ -347,15 +362,26 @@ void IndexStore::write_snapshot() {
     try {
       const std::string type = wanted_vector_type();
       const int64_t n = catalog_->vector_count();  // files and video frames
-      if (canonical_vector_type(type, dim) == "flat") {
+      const bool is_auto = vector_spec().text == "auto";
+      bool flat = canonical_vector_type(type, dim) == "flat";
+      if (!flat) {
+        const bool built = build_snapshot(
+            path, type, dim, n,
+            [&](const std::function<void(int64_t, const float*)>& fn) { catalog_->for_each_embedding(dim, fn); },
+            &snapshot_report_, is_auto ? VectorSpec::kAutoMaxProbeShare : 1.0);
+        if (!built) {  // auto, and IVF would not be faster than flat
+          flat = true;
+          catalog_->set_meta(kAutoFlatUntilMeta, std::to_string(2 * n));
+          snapshot_report_ =
+              "auto: " + snapshot_report_ + "; flat kept until the index holds " + std::to_string(2 * n) + " vectors";
+        } else if (is_auto) {
+          catalog_->set_meta(kAutoFlatUntilMeta, "0");
+        }
+      }
+      if (flat) {
         VectorFileWriter writer(path, dim, n);
         catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
         writer.commit();
-      } else {
-        build_snapshot(
-            path, type, dim, n,
-            [&](const std::function<void(int64_t, const float*)>& fn) { catalog_->for_each_embedding(dim, fn); },
-            &snapshot_report_);
       }
     } catch (const Exception& e) {
       if (e.code() == ErrorCode::kCorrupt || e.code() == ErrorCode::kInterrupted) throw;

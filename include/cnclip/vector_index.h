@@ -88,7 +88,9 @@ class VectorIndex {
 //   flat-fp16   FAISS "SQfp16": half the memory and bandwidth; scores within ~1e-3.
 //   flat-sq8    FAISS "SQ8": a quarter; scores within ~1e-2.
 //   ivf         "IVF{nlist},SQ8" with nlist = ivf_nlist(n): the approximate type (README "Scale").
-//   auto        flat below kAutoApproximateAbove vectors, else ivf.
+//   auto        flat below kAutoApproximateAbove vectors, else ivf where it pays off: when the
+//               tuning needs more than kAutoMaxProbeShare of the lists for kTargetRecall (vectors
+//               with little structure), flat is kept until the index doubles (README "Scale").
 //   anything else: a FAISS factory string (inner-product metric), e.g. "HNSW32", "IVF4096,PQ64";
 //   "IVF," without a list count gets ivf_nlist(n).
 // Approximate types are trained from the catalog's vectors, and their search parameter (nprobe,
@@ -101,6 +103,9 @@ struct VectorSpec {
   // chosen (112 ms since a lone query's rows are split across threads), IVF1024,SQ8 70 ms at 1M but
   // recall@10 0.926, which is why it does not switch earlier (and may move later: README).
   static constexpr int64_t kAutoApproximateAbove = 500'000;
+  // IVF1024,SQ8 at 1M scanned an eighth of its lists (nprobe 128) in 70 ms, flat all vectors in
+  // 87-112 ms: beyond an eighth, IVF is no faster than flat.
+  static constexpr double kAutoMaxProbeShare = 1.0 / 8;
   static constexpr double kTargetRecall = 0.95;
   // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
   // factory cannot build it (checked at dimension `dim`).
@@ -121,11 +126,13 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // Builds a snapshot of `type` (VectorSpec::resolve's output; not "flat") from the n vectors that
 // `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
 // to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
-// receives one line on the tuning (search parameter and measured recall). Throws like
+// receives one line on the tuning (search parameter and measured recall). With `max_probe_share`
+// below 1, an IVF whose tuning needs more than that share of its lists is not written: the function
+// returns false (auto's test of whether IVF pays off, IndexStore); otherwise true. Throws like
 // VectorFileWriter, kInvalidArgument for a type FAISS cannot build.
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
-void build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n, const VectorSource& fill,
-                    std::string* report = nullptr);
+bool build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n, const VectorSource& fill,
+                    std::string* report = nullptr, double max_probe_share = 1.0);
 
 // Writes a vector file atomically, with its checksum trailer; `count` vectors must be added before
 // commit(). add() refuses a vector that is not finite (kCorrupt).
