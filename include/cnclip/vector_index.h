@@ -96,12 +96,13 @@ class VectorIndex {
 // Approximate types are trained from the catalog's vectors, and their search parameter (nprobe,
 // efSearch) is tuned when the snapshot is built: the smallest value whose recall@10 against flat,
 // with cnclip's re-scoring of kCandidates(10) candidates, is at least kTargetRecall on queries made
-// from the index's own vectors (see build_snapshot).
+// from the index's own vectors outside the training sample (see build_snapshot).
 struct VectorSpec {
-  // auto switches to IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB. Measured
-  // by `scripts/bench.sh --scale 1000000` (README "Scale"): flat 293 ms warm at 1M on 2 cores when
-  // chosen (112 ms since a lone query's rows are split across threads), IVF1024,SQ8 70 ms at 1M but
-  // recall@10 0.926, which is why it does not switch earlier (and may move later: README).
+  // auto tries IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB. Measured by
+  // `scripts/bench.sh --scale 1000000` (README "Scale"): flat 87-112 ms warm at 1M on 2 cores (a lone
+  // query's rows split across threads); IVF1024,SQ8 70 ms at nprobe 128 but recall@10 0.926 there,
+  // and the 0.95 target took nprobe 384 (197 ms) on those generated vectors, where auto keeps flat
+  // (kAutoMaxProbeShare).
   static constexpr int64_t kAutoApproximateAbove = 500'000;
   // IVF1024,SQ8 at 1M scanned an eighth of its lists (nprobe 128) in 70 ms, flat all vectors in
   // 87-112 ms: beyond an eighth, IVF is no faster than flat.
