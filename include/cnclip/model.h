@@ -42,10 +42,12 @@ struct ModelOptions {
   // pool, sized by the last set_compute_threads call of any thread.
   // int8 Linear layers (a bundle exported with --precision int8) run on oneDNN's int8 matmul with
   // weights packed once per layer for the CPU's instructions and the activations' scale given per call
-  // (src/linear_int8.h): a 15-token ViT-B-16 query 28 -> 8.4 ms on 2 threads here, where LibTorch's
-  // own kernel repacked the weights on every call; ~0.1-0.25 GB more memory (the packed copies beside
-  // LibTorch's). On CPUs with VNNI the activations take all 8 bits, not PyTorch's 7: cosine to the
-  // float32 tower 0.9982 -> 0.9992 (ViT-B-16 text). CNCLIP_INT8_LINEAR=libtorch keeps LibTorch's kernel.
+  // (src/linear_int8.h), the MLP's activation computed by the product: a 15-token ViT-B-16 query
+  // 28 -> 7.5 ms on 2 threads here, where LibTorch's own kernel repacked the weights on every call;
+  // ~0.1-0.25 GB more memory (the packed copies beside LibTorch's). On CPUs with VNNI the activations
+  // take all 8 bits, not PyTorch's 7: cosine to the float32 tower 0.9982 -> 0.9992 (ViT-B-16 text).
+  // int8 towers are frozen at load (one inlined graph). CNCLIP_INT8_LINEAR=libtorch keeps LibTorch's
+  // kernel and graph.
   bool optimize_for_many_calls = false;
 };
 
