@@ -211,21 +211,26 @@ VectorSpec IndexStore::vector_spec() {
   return spec;
 }
 
-void IndexStore::set_vector_spec(const VectorSpec& spec) {
+void IndexStore::set_vector_spec(const VectorSpec& spec, bool reconsider_auto) {
+  // auto's finding that IVF does not pay off holds for these vectors until the index doubles: kept
+  // when the same spec is given again (every `index --vectors auto PATH`), dropped for another spec
+  // or when asked (a rebuild of the snapshot alone).
+  if (reconsider_auto || catalog_->meta("vectors").value_or("flat") != spec.text) {
+    catalog_->set_meta(kAutoFlatUntilMeta, "0");
+  }
   catalog_->set_meta("vectors", spec.text);
-  catalog_->set_meta(kAutoFlatUntilMeta, "0");  // asked again: auto tries IVF again
 }
 
 std::string IndexStore::wanted_vector_type() {
   const VectorSpec spec = vector_spec();
-  const int64_t n = catalog_->count();
   // auto found IVF no faster than flat on these vectors (write_snapshot): flat until the index
-  // doubles, rather than training and tuning again at every index run.
+  // doubles (in vectors: files and video frames, as write_snapshot counts), rather than training and
+  // tuning again at every index run.
   if (spec.text == "auto") {
     const auto until = catalog_->meta(kAutoFlatUntilMeta);
-    if (until && n < std::atoll(until->c_str())) return "flat";
+    if (until && catalog_->vector_count() < std::atoll(until->c_str())) return "flat";
   }
-  return spec.resolve(n);
+  return spec.resolve(catalog_->count());
 }
 
 std::unique_ptr<VectorIndex> IndexStore::open_snapshot_of(int64_t generation, std::string* problem) {

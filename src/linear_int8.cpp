@@ -11,6 +11,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -43,6 +44,9 @@ struct Int8Weights {
   std::vector<float> scale;     // per output channel
   std::vector<double> bias;     // per output channel, zeros when the Linear has none
   std::vector<int64_t> colsum;  // sum over k of each output channel's weights
+  // Set when oneDNN failed to build or run a product for these weights (an ISA or shape it has no
+  // kernel for): LibTorch's kernel computes them from then on.
+  std::atomic<bool> failed{false};
 
   struct Primitive {
     dnnl::matmul matmul;
@@ -115,7 +119,12 @@ std::shared_ptr<Int8Weights> prepared_weights(const c10::intrusive_ptr<Packed>& 
   for (auto it = map.begin(); it != map.end();) {
     it = it->second.owner.expired() ? map.erase(it) : std::next(it);
   }
-  auto prepared = prepare(*packed);
+  std::shared_ptr<Int8Weights> prepared;
+  try {
+    prepared = prepare(*packed);
+  } catch (const std::exception&) {
+    prepared = nullptr;  // LibTorch's kernel, which reports what is wrong with these weights
+  }
   map.emplace(packed.get(), Entry{c10::weak_intrusive_ptr<Packed>(packed), prepared});
   return prepared;
 }
@@ -141,8 +150,15 @@ at::Tensor apply_activation(at::Tensor y, int64_t activation) {
 // and the eighth bit halves the rounding error: ViT-B-16 (random weights), ten queries, cosine to the
 // float32 tower 0.99816-0.99906 with 7 bits, 0.99915-0.99945 with 8 (issue 20 asks for >= 0.999).
 const bool kFullRangeIsExact = [] {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+  // oneDNN's own view of the CPU, which ONEDNN_MAX_CPU_ISA may lower below what cpuid says.
+  using isa = dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case isa::avx2_vnni:
+    case isa::avx512_core_vnni:
+    case isa::avx512_core_bf16:
+    case isa::avx512_core_amx: return true;
+    default: return false;
+  }
 }();
 
 // `packed` gives the weights again when a primitive asks for a layout not packed yet (unpack() copies
@@ -220,7 +236,7 @@ void quantize_to_uint8(const float* x, uint8_t* q, int64_t count, float inv, int
 at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<Packed>& packed, bool reduce_range,
                               int64_t activation) {
   const std::shared_ptr<Int8Weights> w = prepared_weights(packed);
-  if (!w || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() < 1 ||
+  if (!w || w->failed || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() < 1 ||
       input.size(-1) != w->k || input.requires_grad()) {
     return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
   }
@@ -249,22 +265,28 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
     bias_row[j] =
         static_cast<float>(w->bias[j] - q.scale * w->scale[j] * q.zero_point * static_cast<double>(w->colsum[j]));
   }
-  const auto primitive =
-      primitive_for(*w, *packed, rows, at::get_num_threads(), activation);  // this thread's compute threads
-  const auto& engine = cpu_engine();
-  const at::Tensor scratch =
-      at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, x.options().dtype(at::kByte));
-  const std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SCRATCHPAD, dnnl::memory(primitive->scratchpad, engine, scratch.data_ptr())},
-      {DNNL_ARG_SRC, dnnl::memory({{rows, w->k}, dt::u8, tag::ab}, engine, xq.data_ptr())},
-      {DNNL_ARG_WEIGHTS, primitive->weights},
-      {DNNL_ARG_DST, dnnl::memory({{rows, w->n}, dt::f32, tag::ab}, engine, y.data_ptr())},
-      {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, dnnl::memory({{1, 1}, dt::f32, tag::ab}, engine, &x_scale)},
-      {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
-       dnnl::memory({{1, w->n}, dt::f32, tag::ab}, engine, bias_row.data())}};
-  dnnl::stream stream(engine);
-  primitive->matmul.execute(stream, args);
-  stream.wait();
+  try {
+    const auto primitive =
+        primitive_for(*w, *packed, rows, at::get_num_threads(), activation);  // this thread's compute threads
+    const auto& engine = cpu_engine();
+    const at::Tensor scratch =
+        at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, x.options().dtype(at::kByte));
+    const std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SCRATCHPAD, dnnl::memory(primitive->scratchpad, engine, scratch.data_ptr())},
+        {DNNL_ARG_SRC, dnnl::memory({{rows, w->k}, dt::u8, tag::ab}, engine, xq.data_ptr())},
+        {DNNL_ARG_WEIGHTS, primitive->weights},
+        {DNNL_ARG_DST, dnnl::memory({{rows, w->n}, dt::f32, tag::ab}, engine, y.data_ptr())},
+        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+         dnnl::memory({{1, 1}, dt::f32, tag::ab}, engine, &x_scale)},
+        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
+         dnnl::memory({{1, w->n}, dt::f32, tag::ab}, engine, bias_row.data())}};
+    dnnl::stream stream(engine);
+    primitive->matmul.execute(stream, args);
+    stream.wait();
+  } catch (const dnnl::error&) {
+    w->failed = true;
+    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
+  }
   return y;
 }
 
@@ -332,13 +354,15 @@ void route_block(torch::jit::Block* block) {
   }
 }
 
-// Every prim::CallMethod of `graph` replaced by the method's body, until none is left.
-void inline_method_calls(torch::jit::Graph& graph) {
+// Every prim::CallMethod of `block` (and of the blocks within) replaced by the method's body, until
+// none is left.
+void inline_method_calls(torch::jit::Block* block) {
   static const auto call_method = c10::Symbol::fromQualString("prim::CallMethod");
   for (bool again = true; again;) {
     again = false;
-    for (auto it = graph.nodes().begin(); it != graph.nodes().end();) {
+    for (auto it = block->nodes().begin(); it != block->nodes().end();) {
       torch::jit::Node* node = *it++;
+      for (torch::jit::Block* inner : node->blocks()) inline_method_calls(inner);
       if (node->kind() != call_method) continue;
       auto type = node->input(0)->type()->cast<c10::ClassType>();
       torch::jit::Function* method = type ? type->findMethod(node->s(c10::Symbol::attr("name"))) : nullptr;
@@ -351,6 +375,14 @@ void inline_method_calls(torch::jit::Graph& graph) {
 
 }  // namespace
 
+void release_unused_int8_weights() {
+  std::lock_guard<std::mutex> lock(registry_mu);
+  auto& map = registry();
+  for (auto it = map.begin(); it != map.end();) {
+    it = it->second.owner.expired() ? map.erase(it) : std::next(it);
+  }
+}
+
 bool int8_linears_on_onednn() {
   const char* env = std::getenv("CNCLIP_INT8_LINEAR");
   return !(env && std::strcmp(env, "libtorch") == 0);
@@ -362,7 +394,7 @@ torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module
   // only while the graph executor optimizes (one-shot commands turn that off, model.h), and then
   // leaves calls to methods it has removed.
   for (const auto& method : module.get_methods()) {
-    inline_method_calls(*torch::jit::toGraphFunction(method.function()).graph());
+    inline_method_calls(torch::jit::toGraphFunction(method.function()).graph()->block());
   }
   torch::jit::Module frozen = torch::jit::freeze(module);
   for (const auto& method : frozen.get_methods()) {

@@ -29,6 +29,10 @@ bool int8_linears_on_onednn();
 // activations) run LibTorch's kernel, so the route never changes what fails.
 torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module);
 
+// Drops what the route prepared for the weights of modules that no longer exist (their packed
+// parameters stay allocated while it holds them): call after destroying int8 modules.
+void release_unused_int8_weights();
+
 // "oneDNN 2.6.3" (the library LibTorch also runs), or what keeps LibTorch's kernel.
 std::string int8_linear_description();
 

@@ -206,7 +206,11 @@ struct TorchModel::Impl {
       auto module = std::make_unique<torch::jit::Module>(torch::jit::load(path, device));
       module->eval();
       if (manifest.precision == "int8" && device.is_cpu() && detail::int8_linears_on_onednn()) {
-        module = std::make_unique<torch::jit::Module>(detail::route_int8_linears_to_onednn(*module));
+        try {
+          module = std::make_unique<torch::jit::Module>(detail::route_int8_linears_to_onednn(*module));
+        } catch (const std::exception&) {
+          // A graph the route cannot freeze or rewrite runs as loaded, on LibTorch's kernel.
+        }
       }
       if (manifest.precision == "fp32" && device.is_cpu()) {
         switch (linear_route()) {
@@ -256,6 +260,8 @@ struct TorchModel::Impl {
       out = module.forward({input.to(device)}).toTensor().to(torch::kCPU, torch::kFloat).contiguous();
     } catch (const c10::Error& e) {
       throw Exception(ErrorCode::kInternal, manifest.dir + ": model failed: " + first_line(e.msg()));
+    } catch (const std::exception& e) {  // what the interpreter makes of other errors of an op
+      throw Exception(ErrorCode::kInternal, manifest.dir + ": model failed: " + first_line(e.what()));
     }
     if (out.dim() != 2 || out.size(0) != batch || out.size(1) != manifest.embedding_dim) {
       throw Exception(ErrorCode::kMismatch, manifest.dir + ": encoder returned shape " + c10::str(out.sizes()) +
@@ -292,7 +298,10 @@ struct TorchModel::Impl {
 };
 
 TorchModel::TorchModel(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-TorchModel::~TorchModel() = default;
+TorchModel::~TorchModel() {
+  impl_.reset();
+  detail::release_unused_int8_weights();
+}
 
 std::unique_ptr<detail::ModelBackend> TorchModel::open(const BundleManifest& manifest, const ModelOptions& options) {
   auto impl = std::make_unique<Impl>();

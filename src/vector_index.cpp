@@ -933,7 +933,7 @@ bool build_snapshot(const std::string& path, const std::string& type, int dim, i
       }
       return total ? static_cast<double>(found) / static_cast<double>(total) : 1.0;
     };
-    // A margin over the target: the recall of 200 queries is itself a sample.
+    // A margin over the target: the recall of 500 queries is itself a sample.
     const double target = VectorSpec::kTargetRecall + 0.01;
     double got = 0;
     std::string name;
@@ -951,12 +951,12 @@ bool build_snapshot(const std::string& path, const std::string& type, int dim, i
       // (e.g. 256 -> 512, then 384, then 320 or 448): the scan costs in proportion to nprobe.
       int64_t low = 0;
       for (value = 1;; value *= 2) {
-        got = recall_at(value);
-        if (got >= target || value >= nlist) break;
-        if (value > most) {
+        if (value > most) {  // searched no further: IVF would scan more than it may
           pays_off = false;
           break;
         }
+        got = recall_at(value);
+        if (got >= target || value >= nlist) break;
         low = value;
       }
       value = std::min(value, nlist);
@@ -976,10 +976,10 @@ bool build_snapshot(const std::string& path, const std::string& type, int dim, i
         if (report) {
           char line[256];
           std::snprintf(line, sizeof line,
-                        "%s: recall@10 %.3f at nprobe %lld of %lld lists, more than %.0f%% of them: no faster than "
-                        "flat on these vectors",
-                        describe(index.get()).c_str(), got, static_cast<long long>(value),
-                        static_cast<long long>(nlist), max_probe_share * 100);
+                        "%s: recall@10 %.3f at nprobe %lld of %lld lists, short of %.2f within %.0f%% of them: no "
+                        "faster than flat on these vectors",
+                        describe(index.get()).c_str(), got, static_cast<long long>(low), static_cast<long long>(nlist),
+                        target, max_probe_share * 100);
           *report = line;
         }
         return false;

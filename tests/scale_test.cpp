@@ -311,7 +311,26 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
   std::printf("uniform: %s\n", report.c_str());
   EXPECT_TRUE(build(clustered, dir / "c.faiss", VectorSpec::kAutoMaxProbeShare, &report)) << report;
   EXPECT_LE(nprobe(report), 128 / 8) << report;
+  std::printf("clustered: %s\n", report.c_str());
   EXPECT_EQ(VectorIndex::open_file(dir / "c.faiss")->size(), kN);
+}
+
+// What auto remembers of such a finding (catalog meta, flat until the index doubles) survives the
+// same spec given again, as every `index --vectors auto PATH` does, and goes with another spec or
+// when a snapshot rebuild asks again.
+TEST(ScaleTypes, AutosFindingIsKeptUntilAskedAgain) {
+  test::TempDir dir;
+  auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+  const auto until = [&] { return store->catalog().meta("vectors_auto_flat_until").value_or("unset"); };
+  store->set_vector_spec(VectorSpec::parse("auto", 8));
+  store->catalog().set_meta("vectors_auto_flat_until", "2000000");  // as write_snapshot records it
+  store->set_vector_spec(VectorSpec::parse("auto", 8));
+  EXPECT_EQ(until(), "2000000");
+  store->set_vector_spec(VectorSpec::parse("auto", 8), /*reconsider_auto=*/true);
+  EXPECT_EQ(until(), "0");
+  store->catalog().set_meta("vectors_auto_flat_until", "2000000");
+  store->set_vector_spec(VectorSpec::parse("flat", 8));
+  EXPECT_EQ(until(), "0");
 }
 
 // Switching types keeps results: back on flat, the same answers as before; --exact on any type

@@ -96,8 +96,10 @@ class IndexStore {
 
   // The snapshot type setting (`cnclip index --vectors`): "flat" unless set.
   VectorSpec vector_spec();
-  // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it.
-  void set_vector_spec(const VectorSpec& spec);
+  // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it. `auto` remembers
+  // where IVF did not pay off (flat until the index doubles, README "Scale"); `reconsider_auto`
+  // forgets that, as does any other spec.
+  void set_vector_spec(const VectorSpec& spec, bool reconsider_auto = false);
   // The concrete type a snapshot written now would have (vector_spec() resolved for count()).
   std::string wanted_vector_type();
   // One line on the last snapshot built by this store (its tuning), or "".
