@@ -49,6 +49,28 @@ for name, e in (("blis", blis), ("blas", blas)):
 print("1 passed, 0 failed")
 PY
 
+# The image tower's attention products (q·kᵀ, weights·v) through oneDNN by default (src/batched_matmul.cpp)
+# and through LibTorch when asked, against the TorchScript file run by Python's torch on the same model
+# input; oneDNN's log shows the route ran (the 12 heads' 197 x 197 products).
+"$bin" preprocess --model "$work/bundle" "$fixtures/pokemon.jpeg" --npy "$work/pokemon.npy"
+onednn=$(ONEDNN_VERBOSE=1 "$bin" embed-image --model "$work/bundle" "$fixtures/pokemon.jpeg")
+grep -q '^onednn_verbose,exec,cpu,matmul,.*x12x197x64:.*x12x64x197' <<<"$onednn" ||
+  { echo "the attention products did not run on oneDNN"; exit 1; }
+libtorch=$(CNCLIP_BATCHED_MATMUL=libtorch "$bin" embed-image --model "$work/bundle" "$fixtures/pokemon.jpeg")
+"$py" - "$work/bundle/image_encoder.pt" "$work/pokemon.npy" "$(grep -v '^onednn_verbose' <<<"$onednn")" "$libtorch" <<'PY'
+import json, sys, numpy, torch
+tower = torch.jit.load(sys.argv[1])
+with torch.no_grad():
+    ref = tower(torch.from_numpy(numpy.load(sys.argv[2])).unsqueeze(0))[0].double()
+ref = ref / ref.norm()
+for name, line in (("onednn", sys.argv[3]), ("libtorch", sys.argv[4])):
+    e = torch.tensor(json.loads(line)["embedding"], dtype=torch.float64)
+    diff = (e - ref).abs().max().item()
+    cos = (e @ ref / (e.norm() * ref.norm())).item()
+    print(f"image tower, attention on {name}: max abs difference to Python's torch {diff:.2e}, cosine {cos:.8f}")
+    assert diff <= 1e-5 and cos >= 0.99999, (name, diff, cos)
+PY
+
 # cnclip-bench names the kernels that computed, also when the user chose BLIS's (BLIS_ARCH_TYPE: 3 is
 # BLIS 0.9's id of its haswell kernels; naming them once aborted BLIS, uninitialized).
 bench="$(dirname "$bin")/cnclip-bench"

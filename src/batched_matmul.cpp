@@ -1,0 +1,123 @@
+#include "batched_matmul.h"
+
+#include <ATen/Parallel.h>
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+#include <vector>
+
+namespace cnclip::detail {
+namespace {
+
+// Below this many multiply-adds a product stays on LibTorch (a 15-token text query's attention:
+// 12 x 15 x 15 x 64 = 173k; an image batch's: 48 x 197 x 197 x 64 = 119M).
+constexpr int64_t kMinMultiplyAdds = int64_t{1} << 22;
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+struct Primitive {
+  dnnl::matmul matmul;
+  dnnl::memory::desc a, b, c, scratchpad;
+};
+
+// Primitives by operand shapes and strides and thread count; nullptr where oneDNN offers only its
+// reference kernel (LibTorch's is faster). A tower has a handful of shapes per batch size; past
+// kMaxPrimitives the map starts again.
+using Key = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int>;
+constexpr size_t kMaxPrimitives = 64;
+std::mutex primitives_mu;
+
+std::shared_ptr<const Primitive> primitive_for(const at::Tensor& a, const at::Tensor& b, int threads) {
+  Key key{a.sizes().vec(), a.strides().vec(), b.sizes().vec(), b.strides().vec(), threads};
+  static auto* cache = new std::map<Key, std::shared_ptr<const Primitive>>();  // outlives every module
+  std::lock_guard<std::mutex> lock(primitives_mu);
+  if (auto it = cache->find(key); it != cache->end()) return it->second;
+  if (cache->size() >= kMaxPrimitives) cache->clear();
+  using dt = dnnl::memory::data_type;
+  const dnnl::memory::desc ad(a.sizes().vec(), dt::f32, a.strides().vec()),
+      bd(b.sizes().vec(), dt::f32, b.strides().vec());
+  std::vector<int64_t> c_sizes = a.sizes().vec();
+  c_sizes.back() = b.size(-1);
+  const dnnl::memory::desc cd(c_sizes, dt::f32, at::detail::defaultStrides(c_sizes));
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per call: Debian's oneDNN shares its own
+  std::shared_ptr<const Primitive> made;
+  try {
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, cpu_engine());
+    if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {
+      made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), ad, bd, cd, pd.scratchpad_desc()});
+    }
+  } catch (const dnnl::error&) {
+    // no oneDNN kernel for these operands: LibTorch's
+  }
+  cache->emplace(std::move(key), made);
+  return made;
+}
+
+// cnclip::matmul: aten::matmul's result.
+at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
+  const bool batched = a.dim() >= 3 && a.dim() == b.dim() && a.dim() <= 6 &&
+                       a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-2);
+  if (!batched || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || !a.device().is_cpu() ||
+      !b.device().is_cpu() || a.requires_grad() || b.requires_grad() || a.numel() == 0 || b.numel() == 0 ||
+      a.numel() / a.size(-1) * b.size(-1) * a.size(-1) < kMinMultiplyAdds) {
+    return at::matmul(a, b);
+  }
+  const auto primitive = primitive_for(a, b, at::get_num_threads());
+  if (!primitive) return at::matmul(a, b);
+  std::vector<int64_t> c_sizes = a.sizes().vec();
+  c_sizes.back() = b.size(-1);
+  at::Tensor c = at::empty(c_sizes, a.options());
+  try {
+    const auto& engine = cpu_engine();
+    const at::Tensor scratch =
+        at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, a.options().dtype(at::kByte));
+    dnnl::stream stream(engine);
+    primitive->matmul.execute(stream,
+                              {{DNNL_ARG_SRC, dnnl::memory(primitive->a, engine, a.data_ptr())},
+                               {DNNL_ARG_WEIGHTS, dnnl::memory(primitive->b, engine, b.data_ptr())},
+                               {DNNL_ARG_DST, dnnl::memory(primitive->c, engine, c.data_ptr())},
+                               {DNNL_ARG_SCRATCHPAD, dnnl::memory(primitive->scratchpad, engine, scratch.data_ptr())}});
+    stream.wait();
+  } catch (const dnnl::error&) {
+    return at::matmul(a, b);
+  }
+  return c;
+}
+
+TORCH_LIBRARY_FRAGMENT(cnclip, m) { m.def("matmul", &onednn_matmul); }
+
+}  // namespace
+
+bool batched_matmuls_on_onednn() {
+  const char* env = std::getenv("CNCLIP_BATCHED_MATMUL");
+  return !(env && std::string(env) == "libtorch");
+}
+
+void route_batched_matmuls_to_onednn(torch::jit::Block* block) {
+  static const auto aten_matmul = c10::Symbol::fromQualString("aten::matmul");
+  static const auto ours = c10::Symbol::fromQualString("cnclip::matmul");
+  std::vector<torch::jit::Node*> matmuls;
+  for (torch::jit::Node* node : block->nodes()) {
+    for (torch::jit::Block* inner : node->blocks()) route_batched_matmuls_to_onednn(inner);
+    if (node->kind() == aten_matmul && node->inputs().size() == 2) matmuls.push_back(node);
+  }
+  for (torch::jit::Node* node : matmuls) {
+    torch::jit::WithInsertPoint guard(node);
+    torch::jit::Value* out = block->owningGraph()->insert(ours, {node->input(0), node->input(1)});
+    out->setType(node->output()->type());
+    node->output()->replaceAllUsesWith(out);
+    node->destroy();
+  }
+}
+
+}  // namespace cnclip::detail
