@@ -1,5 +1,7 @@
 #include "batched_matmul.h"
 
+#include "graph_rewrite.h"
+
 #include <ATen/Parallel.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
@@ -106,16 +108,8 @@ bool batched_matmuls_on_onednn() {
 void route_batched_matmuls_to_onednn(torch::jit::Block* block) {
   static const auto aten_matmul = c10::Symbol::fromQualString("aten::matmul");
   static const auto ours = c10::Symbol::fromQualString("cnclip::matmul");
-  std::vector<torch::jit::Node*> matmuls;
-  for (torch::jit::Node* node : block->nodes()) {
-    for (torch::jit::Block* inner : node->blocks()) route_batched_matmuls_to_onednn(inner);
-    if (node->kind() == aten_matmul && node->inputs().size() == 2) matmuls.push_back(node);
-  }
-  for (torch::jit::Node* node : matmuls) {
-    torch::jit::WithInsertPoint guard(node);
-    torch::jit::Value* out = block->owningGraph()->insert(ours, {node->input(0), node->input(1)});
-    out->setType(node->output()->type());
-    node->output()->replaceAllUsesWith(out);
+  for (torch::jit::Node* node : nodes_of_kind(block, aten_matmul, 2)) {
+    replace_uses_with_call(node, ours, {node->input(0), node->input(1)});
     node->destroy();
   }
 }

@@ -1,5 +1,7 @@
 #include "linear_int8.h"
 
+#include "graph_rewrite.h"
+
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
 #include <ATen/native/quantized/cpu/QuantUtils.h>
@@ -329,21 +331,16 @@ torch::jit::Node* fusable_activation(torch::jit::Node* linear, int64_t* activati
 void route_block(torch::jit::Block* block) {
   static const auto dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");
   static const auto ours = c10::Symbol::fromQualString("cnclip::linear_int8");
-  std::vector<torch::jit::Node*> linears;
-  for (torch::jit::Node* node : block->nodes()) {
-    for (torch::jit::Block* inner : node->blocks()) route_block(inner);
-    if (node->kind() == dynamic && node->inputs().size() == 3) linears.push_back(node);
-  }
-  torch::jit::Graph* graph = block->owningGraph();
-  for (torch::jit::Node* node : linears) {
+  for (torch::jit::Node* node : nodes_of_kind(block, dynamic, 3)) {
     int64_t activation = kNoActivation;
     torch::jit::Node* act = fusable_activation(node, &activation);
     torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
-    torch::jit::WithInsertPoint guard(last);
-    torch::jit::Value* out =
-        graph->insert(ours, {node->input(0), node->input(1), node->input(2), graph->insertConstant(activation)});
-    out->setType(last->output()->type());
-    last->output()->replaceAllUsesWith(out);
+    torch::jit::Value* code = nullptr;
+    {
+      torch::jit::WithInsertPoint guard(last);
+      code = last->owningGraph()->insertConstant(activation);
+    }
+    replace_uses_with_call(last, ours, {node->input(0), node->input(1), node->input(2), code});
     // The activation, the aten::to between, the Linear: each now unused.
     for (torch::jit::Node* n = last; n != node;) {
       torch::jit::Node* before = n->input(0)->node();

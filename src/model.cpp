@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "batched_matmul.h"
+#include "graph_rewrite.h"
 #include "linear_int8.h"
 #include "model_module.h"
 
@@ -144,15 +145,8 @@ TORCH_LIBRARY(cnclip, m) { m.def("linear(Tensor input, Tensor weight, Tensor? bi
 void route_linears_to_blis(torch::jit::Block* block) {
   static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
   static const auto cnclip_linear = c10::Symbol::fromQualString("cnclip::linear");
-  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
-    torch::jit::Node* node = *it++;
-    for (torch::jit::Block* inner : node->blocks()) route_linears_to_blis(inner);
-    if (node->kind() != aten_linear || node->inputs().size() != 3) continue;
-    torch::jit::WithInsertPoint guard(node);
-    torch::jit::Value* out =
-        block->owningGraph()->insert(cnclip_linear, {node->input(0), node->input(1), node->input(2)});
-    out->setType(node->output()->type());
-    node->output()->replaceAllUsesWith(out);
+  for (torch::jit::Node* node : detail::nodes_of_kind(block, aten_linear, 3)) {
+    detail::replace_uses_with_call(node, cnclip_linear, {node->input(0), node->input(1), node->input(2)});
     node->destroy();
   }
 }

@@ -47,7 +47,8 @@ struct ModelOptions {
   // ~0.1-0.25 GB more memory (the packed copies beside LibTorch's). On CPUs with VNNI the activations
   // take all 8 bits, not PyTorch's 7: cosine to the float32 tower 0.9982 -> 0.9992 (ViT-B-16 text).
   // int8 towers are frozen at load (one inlined graph). CNCLIP_INT8_LINEAR=libtorch keeps LibTorch's
-  // kernel and graph.
+  // kernel and graph. The image tower's attention products (either precision) run on oneDNN's batched
+  // matmul (src/batched_matmul.h; CNCLIP_BATCHED_MATMUL=libtorch keeps aten::matmul).
   bool optimize_for_many_calls = false;
 };
 
