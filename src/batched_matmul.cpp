@@ -1,11 +1,11 @@
 #include "batched_matmul.h"
 
 #include "graph_rewrite.h"
+#include "onednn_util.h"
 
 #include <ATen/Parallel.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -20,11 +20,6 @@ namespace {
 // Below this many multiply-adds a product stays on LibTorch (a 15-token text query's attention:
 // 12 x 15 x 15 x 64 = 173k; an image batch's: 48 x 197 x 197 x 64 = 119M).
 constexpr int64_t kMinMultiplyAdds = int64_t{1} << 22;
-
-const dnnl::engine& cpu_engine() {
-  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
 
 struct Primitive {
   dnnl::matmul matmul;
@@ -51,10 +46,10 @@ std::shared_ptr<const Primitive> primitive_for(const at::Tensor& a, const at::Te
   c_sizes.back() = b.size(-1);
   const dnnl::memory::desc cd(c_sizes, dt::f32, at::detail::defaultStrides(c_sizes));
   dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // per call: Debian's oneDNN shares its own
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
   std::shared_ptr<const Primitive> made;
   try {
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, cpu_engine());
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, onednn_engine());
     if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {
       made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), ad, bd, cd, pd.scratchpad_desc()});
     }
@@ -76,20 +71,13 @@ at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
   }
   const auto primitive = primitive_for(a, b, at::get_num_threads());
   if (!primitive) return at::matmul(a, b);
-  std::vector<int64_t> c_sizes = a.sizes().vec();
-  c_sizes.back() = b.size(-1);
-  at::Tensor c = at::empty(c_sizes, a.options());
+  at::Tensor c = at::empty(primitive->c.dims(), a.options());
   try {
-    const auto& engine = cpu_engine();
-    const at::Tensor scratch =
-        at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, a.options().dtype(at::kByte));
-    dnnl::stream stream(engine);
-    primitive->matmul.execute(stream,
-                              {{DNNL_ARG_SRC, dnnl::memory(primitive->a, engine, a.data_ptr())},
-                               {DNNL_ARG_WEIGHTS, dnnl::memory(primitive->b, engine, b.data_ptr())},
-                               {DNNL_ARG_DST, dnnl::memory(primitive->c, engine, c.data_ptr())},
-                               {DNNL_ARG_SCRATCHPAD, dnnl::memory(primitive->scratchpad, engine, scratch.data_ptr())}});
-    stream.wait();
+    const auto& engine = onednn_engine();
+    execute_with_own_scratchpad(primitive->matmul, primitive->scratchpad,
+                                {{DNNL_ARG_SRC, dnnl::memory(primitive->a, engine, a.data_ptr())},
+                                 {DNNL_ARG_WEIGHTS, dnnl::memory(primitive->b, engine, b.data_ptr())},
+                                 {DNNL_ARG_DST, dnnl::memory(primitive->c, engine, c.data_ptr())}});
   } catch (const dnnl::error&) {
     return at::matmul(a, b);
   }
@@ -100,10 +88,7 @@ TORCH_LIBRARY_FRAGMENT(cnclip, m) { m.def("matmul", &onednn_matmul); }
 
 }  // namespace
 
-bool batched_matmuls_on_onednn() {
-  const char* env = std::getenv("CNCLIP_BATCHED_MATMUL");
-  return !(env && std::string(env) == "libtorch");
-}
+bool batched_matmuls_on_onednn() { return route_on_unless_libtorch("CNCLIP_BATCHED_MATMUL"); }
 
 void route_batched_matmuls_to_onednn(torch::jit::Block* block) {
   static const auto aten_matmul = c10::Symbol::fromQualString("aten::matmul");

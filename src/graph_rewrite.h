@@ -8,6 +8,15 @@
 
 namespace cnclip::detail {
 
+// The top blocks of the graphs of `module`'s methods (a frozen tower has one: forward).
+inline std::vector<torch::jit::Block*> method_blocks(const torch::jit::Module& module) {
+  std::vector<torch::jit::Block*> blocks;
+  for (const auto& method : module.get_methods()) {
+    blocks.push_back(torch::jit::toGraphFunction(method.function()).graph()->block());
+  }
+  return blocks;
+}
+
 // The nodes of `kind` with `inputs` inputs in `block` and in the blocks within, collected first so
 // that the caller may destroy them.
 inline std::vector<torch::jit::Node*> nodes_of_kind(torch::jit::Block* block, c10::Symbol kind, size_t inputs) {

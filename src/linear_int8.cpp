@@ -1,6 +1,7 @@
 #include "linear_int8.h"
 
 #include "graph_rewrite.h"
+#include "onednn_util.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
@@ -15,8 +16,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -65,11 +64,6 @@ struct Int8Weights {
   static constexpr size_t kMaxPrimitives = 64;
 };
 
-const dnnl::engine& cpu_engine() {
-  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  return engine;
-}
-
 // The bundle's weights as the route reads them, or nullptr when it cannot take them (LibTorch's
 // kernel runs them then): int8 with a zero point of 0 (per-channel symmetric, as the exporter makes
 // them, or per tensor).
@@ -114,13 +108,19 @@ std::unordered_map<const Packed*, Entry>& registry() {
   return *map;
 }
 
+// Entries whose module is gone (registry_mu held).
+void erase_expired_entries() {
+  auto& map = registry();
+  for (auto it = map.begin(); it != map.end();) {
+    it = it->second.owner.expired() ? map.erase(it) : std::next(it);
+  }
+}
+
 std::shared_ptr<Int8Weights> prepared_weights(const c10::intrusive_ptr<Packed>& packed) {
   std::lock_guard<std::mutex> lock(registry_mu);
   auto& map = registry();
   if (auto it = map.find(packed.get()); it != map.end()) return it->second.prepared;
-  for (auto it = map.begin(); it != map.end();) {
-    it = it->second.owner.expired() ? map.erase(it) : std::next(it);
-  }
+  erase_expired_entries();
   std::shared_ptr<Int8Weights> prepared;
   try {
     prepared = prepare(*packed);
@@ -151,17 +151,21 @@ at::Tensor apply_activation(at::Tensor y, int64_t activation) {
 // (255 * 127 * 2 does, 127 * 127 * 2 does not). With VNNI (vpdpbusd, 32-bit sums) nothing saturates,
 // and the eighth bit halves the rounding error: ViT-B-16 (random weights), ten queries, cosine to the
 // float32 tower 0.99816-0.99906 with 7 bits, 0.99915-0.99945 with 8 (issue 20 asks for >= 0.999).
-const bool kFullRangeIsExact = [] {
-  // oneDNN's own view of the CPU, which ONEDNN_MAX_CPU_ISA may lower below what cpuid says.
-  using isa = dnnl::cpu_isa;
-  switch (dnnl::get_effective_cpu_isa()) {
-    case isa::avx2_vnni:
-    case isa::avx512_core_vnni:
-    case isa::avx512_core_bf16:
-    case isa::avx512_core_amx: return true;
-    default: return false;
-  }
-}();
+bool full_range_is_exact() {
+  // oneDNN's own view of the CPU, which ONEDNN_MAX_CPU_ISA may lower below what cpuid says; asked once,
+  // on the first int8 product (not when the model module loads).
+  static const bool exact = [] {
+    using isa = dnnl::cpu_isa;
+    switch (dnnl::get_effective_cpu_isa()) {
+      case isa::avx2_vnni:
+      case isa::avx512_core_vnni:
+      case isa::avx512_core_bf16:
+      case isa::avx512_core_amx: return true;
+      default: return false;
+    }
+  }();
+  return exact;
+}
 
 // `packed` gives the weights again when a primitive asks for a layout not packed yet (unpack() copies
 // them: keeping that copy cost 86 MB for ViT-B-16's image tower).
@@ -181,11 +185,8 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Pack
   if (activation == kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
   if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
   attr.set_post_ops(ops);
-  // Scratch memory from each call, not oneDNN's: Debian's oneDNN is built without concurrent
-  // execution, so its own scratchpad is one for the process, and two threads running primitives at
-  // once (index workers) overwrote each other's (Concurrency.Int8TowersEncodeOnSeveralThreadsAtOnce).
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst), attr, cpu_engine());
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst), attr, onednn_engine());
   dnnl::memory packed;
   for (const auto& [desc, memory] : w.packed) {
     if (desc == pd.weights_desc()) packed = memory;
@@ -193,9 +194,9 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Pack
   if (!packed) {
     // The bundle's [n, k] weights are oneDNN's [k, n] in layout "ba".
     const at::Tensor weight = std::get<0>(packed_params.unpack()).contiguous();
-    dnnl::memory plain({{w.k, w.n}, dt::s8, tag::ba}, cpu_engine(), weight.data_ptr());
-    packed = dnnl::memory(pd.weights_desc(), cpu_engine());
-    dnnl::stream stream(cpu_engine());
+    dnnl::memory plain({{w.k, w.n}, dt::s8, tag::ba}, onednn_engine(), weight.data_ptr());
+    packed = dnnl::memory(pd.weights_desc(), onednn_engine());
+    dnnl::stream stream(onednn_engine());
     dnnl::reorder(plain, packed).execute(stream, plain, packed);
     stream.wait();
     w.packed.emplace_back(pd.weights_desc(), packed);
@@ -237,10 +238,11 @@ void quantize_to_uint8(const float* x, uint8_t* q, int64_t count, float inv, int
 // per-call post-op operands.
 at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<Packed>& packed, bool reduce_range,
                               int64_t activation) {
+  const auto libtorch = [&] { return apply_activation(packed->apply_dynamic(input, reduce_range), activation); };
   const std::shared_ptr<Int8Weights> w = prepared_weights(packed);
   if (!w || w->failed || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() < 1 ||
       input.size(-1) != w->k || input.requires_grad()) {
-    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
+    return libtorch();
   }
   const at::Tensor x = input.contiguous();
   const int64_t rows = x.numel() / w->k;
@@ -250,14 +252,12 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
   if (rows == 0) return y;
   // The activations' range and quantization parameters as LibTorch's kernel chooses them (uint8, the
   // range widened to hold 0, the zero point nudged to an integer), but all 8 bits where the products
-  // cannot saturate (kFullRangeIsExact) although PyTorch's dynamic Linear modules ask for 7.
+  // cannot saturate (full_range_is_exact) although PyTorch's dynamic Linear modules ask for 7.
   const auto [lo_t, hi_t] = at::aminmax(x);
   const float lo = lo_t.item<float>(), hi = hi_t.item<float>();
-  if (!(lo <= hi) || !std::isfinite(lo) || !std::isfinite(hi)) {
-    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
-  }
+  if (!(lo <= hi) || !std::isfinite(lo) || !std::isfinite(hi)) return libtorch();
   const auto q =
-      quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, reduce_range && !kFullRangeIsExact);
+      quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, reduce_range && !full_range_is_exact());
   at::Tensor xq = at::empty(x.sizes(), x.options().dtype(at::kByte));
   quantize_to_uint8(x.data_ptr<float>(), xq.data_ptr<uint8_t>(), x.numel(), 1.0f / static_cast<float>(q.scale),
                     q.zero_point);
@@ -270,24 +270,18 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
   try {
     const auto primitive =
         primitive_for(*w, *packed, rows, at::get_num_threads(), activation);  // this thread's compute threads
-    const auto& engine = cpu_engine();
-    const at::Tensor scratch =
-        at::empty({static_cast<int64_t>(primitive->scratchpad.get_size())}, x.options().dtype(at::kByte));
-    const std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SCRATCHPAD, dnnl::memory(primitive->scratchpad, engine, scratch.data_ptr())},
-        {DNNL_ARG_SRC, dnnl::memory({{rows, w->k}, dt::u8, tag::ab}, engine, xq.data_ptr())},
-        {DNNL_ARG_WEIGHTS, primitive->weights},
-        {DNNL_ARG_DST, dnnl::memory({{rows, w->n}, dt::f32, tag::ab}, engine, y.data_ptr())},
-        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
-         dnnl::memory({{1, 1}, dt::f32, tag::ab}, engine, &x_scale)},
-        {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
-         dnnl::memory({{1, w->n}, dt::f32, tag::ab}, engine, bias_row.data())}};
-    dnnl::stream stream(engine);
-    primitive->matmul.execute(stream, args);
-    stream.wait();
+    const auto& engine = onednn_engine();
+    execute_with_own_scratchpad(primitive->matmul, primitive->scratchpad,
+                                {{DNNL_ARG_SRC, dnnl::memory({{rows, w->k}, dt::u8, tag::ab}, engine, xq.data_ptr())},
+                                 {DNNL_ARG_WEIGHTS, primitive->weights},
+                                 {DNNL_ARG_DST, dnnl::memory({{rows, w->n}, dt::f32, tag::ab}, engine, y.data_ptr())},
+                                 {DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1,
+                                  dnnl::memory({{1, 1}, dt::f32, tag::ab}, engine, &x_scale)},
+                                 {DNNL_ARG_ATTR_MULTIPLE_POST_OP(1) | DNNL_ARG_SRC_1,
+                                  dnnl::memory({{1, w->n}, dt::f32, tag::ab}, engine, bias_row.data())}});
   } catch (const dnnl::error&) {
     w->failed = true;
-    return apply_activation(packed->apply_dynamic(input, reduce_range), activation);
+    return libtorch();
   }
   return y;
 }
@@ -374,29 +368,19 @@ void inline_method_calls(torch::jit::Block* block) {
 
 void release_unused_int8_weights() {
   std::lock_guard<std::mutex> lock(registry_mu);
-  auto& map = registry();
-  for (auto it = map.begin(); it != map.end();) {
-    it = it->second.owner.expired() ? map.erase(it) : std::next(it);
-  }
+  erase_expired_entries();
 }
 
-bool int8_linears_on_onednn() {
-  const char* env = std::getenv("CNCLIP_INT8_LINEAR");
-  return !(env && std::strcmp(env, "libtorch") == 0);
-}
+bool int8_linears_on_onednn() { return route_on_unless_libtorch("CNCLIP_INT8_LINEAR"); }
 
 torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module) {
   // Frozen first: one inlined graph, so an activation in the parent module's method is seen after the
   // Linear of a submodule's. Inlined by hand before: torch::jit::freeze inlines submodules' methods
   // only while the graph executor optimizes (one-shot commands turn that off, model.h), and then
   // leaves calls to methods it has removed.
-  for (const auto& method : module.get_methods()) {
-    inline_method_calls(torch::jit::toGraphFunction(method.function()).graph()->block());
-  }
+  for (torch::jit::Block* block : method_blocks(module)) inline_method_calls(block);
   torch::jit::Module frozen = torch::jit::freeze(module);
-  for (const auto& method : frozen.get_methods()) {
-    route_block(torch::jit::toGraphFunction(method.function()).graph()->block());
-  }
+  for (torch::jit::Block* block : method_blocks(frozen)) route_block(block);
   return frozen;
 }
 

@@ -210,17 +210,13 @@ struct TorchModel::Impl {
       // The image tower's attention products only: a text query's are too small to gain, and passing
       // them through the op cost 1-5% of an int8 query (8.1-8.6 against 8.2-8.8 ms, interleaved).
       if (device.is_cpu() && file == "image_encoder.pt" && detail::batched_matmuls_on_onednn()) {
-        for (const auto& method : module->get_methods()) {
-          detail::route_batched_matmuls_to_onednn(torch::jit::toGraphFunction(method.function()).graph()->block());
-        }
+        for (torch::jit::Block* block : detail::method_blocks(*module)) detail::route_batched_matmuls_to_onednn(block);
       }
       if (manifest.precision == "fp32" && device.is_cpu()) {
         switch (linear_route()) {
           case LinearRoute::kXnnpack: prepack_linears(*module); break;
           case LinearRoute::kBlis:
-            for (const auto& method : module->get_methods()) {
-              route_linears_to_blis(torch::jit::toGraphFunction(method.function()).graph()->block());
-            }
+            for (torch::jit::Block* block : detail::method_blocks(*module)) route_linears_to_blis(block);
             break;
           case LinearRoute::kBlas: break;
         }

@@ -284,13 +284,9 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
   test::TempDir dir;
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
-  std::vector<float> uniform(static_cast<size_t>(kN) * kDim);
-  for (auto& x : uniform) x = normal(rng);
-  for (int64_t i = 0; i < kN; ++i) {
-    double norm = 0;
-    for (int d = 0; d < kDim; ++d) norm += std::pow(uniform[static_cast<size_t>(i) * kDim + d], 2);
-    for (int d = 0; d < kDim; ++d) uniform[static_cast<size_t>(i) * kDim + d] /= static_cast<float>(std::sqrt(norm));
-  }
+  std::vector<float> gaussian(static_cast<size_t>(kN) * kDim);
+  for (auto& x : gaussian) x = normal(rng);
+  const auto uniform = test::normalized_rows(std::move(gaussian), kDim);
   const auto clustered = clustered_vectors(kN, kDim, 16, 1);
   auto build = [&](const std::vector<float>& vectors, const std::string& path, double share, std::string* report) {
     return build_snapshot(
