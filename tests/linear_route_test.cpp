@@ -180,7 +180,8 @@ TEST(Int8Route, AgreesWithLibTorchsKernel) {
 TEST(Int8Route, OneDnnRunsTheProductsUnlessLibTorchIsAsked) {
   for (const char* route : {"", "libtorch"}) {
     SCOPED_TRACE(route);
-    const test::RunOptions options{"", {"ONEDNN_VERBOSE=1", std::string("CNCLIP_INT8_LINEAR=") + route}};
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", std::string("CNCLIP_INT8_LINEAR=") + route};
     const auto text = test::run_cnclip({"embed-text", "--model", test::tiny_int8_bundle(), "小狗"}, options);
     const auto image = test::run_cnclip(
         {"embed-image", "--model", test::tiny_int8_bundle(), test::fixtures("images/pokemon.jpeg")}, options);
