@@ -21,6 +21,10 @@ namespace {
 
 constexpr const char* kCatalogFile = "catalog.sqlite3";
 // Catalog meta: below this many vectors `auto` keeps flat (IVF was found no faster; 0: no limit).
+// Snapshots are flat until the index holds this many vectors (files and video frames, as
+// write_snapshot counts them): set when the spec's type was not written, so that index runs do not
+// train it again each time. The name it had when only auto set it is still read.
+constexpr const char* kFlatUntilMeta = "vectors_flat_until";
 constexpr const char* kAutoFlatUntilMeta = "vectors_auto_flat_until";
 
 void make_dirs(const std::string& dir) {
@@ -216,21 +220,19 @@ void IndexStore::set_vector_spec(const VectorSpec& spec, bool reconsider_auto) {
   // when the same spec is given again (every `index --vectors auto PATH`), dropped for another spec
   // or when asked (a rebuild of the snapshot alone).
   if (reconsider_auto || catalog_->meta("vectors").value_or("flat") != spec.text) {
-    catalog_->set_meta(kAutoFlatUntilMeta, "0");
+    catalog_->set_meta(kFlatUntilMeta, "0");
   }
   catalog_->set_meta("vectors", spec.text);
 }
 
 std::string IndexStore::wanted_vector_type() {
-  const VectorSpec spec = vector_spec();
-  // auto found IVF no faster than flat on these vectors (write_snapshot): flat until the index
-  // doubles (in vectors: files and video frames, as write_snapshot counts), rather than training and
-  // tuning again at every index run.
-  if (spec.text == "auto") {
-    const auto until = catalog_->meta(kAutoFlatUntilMeta);
-    if (until && catalog_->vector_count() < std::atoll(until->c_str())) return "flat";
-  }
-  return spec.resolve(catalog_->count());
+  // Where the spec's type was not written (write_snapshot: auto found IVF no faster than flat on
+  // these vectors, or FAISS could not train the type on so few), flat until the index has grown
+  // enough to try again, rather than training at every index run.
+  auto until = catalog_->meta(kFlatUntilMeta);
+  if (!until) until = catalog_->meta(kAutoFlatUntilMeta);
+  if (until && catalog_->vector_count() < std::atoll(until->c_str())) return "flat";
+  return vector_spec().resolve(catalog_->count());
 }
 
 std::unique_ptr<VectorIndex> IndexStore::open_snapshot_of(int64_t generation, std::string* problem) {
@@ -352,6 +354,7 @@ void IndexStore::write_snapshot() {
   const int64_t generation = catalog_->generation();
   const std::string path = snapshot_path(generation);
   snapshot_report_.clear();
+  snapshot_fallback_.clear();
   // Older snapshots (and temporary files of interrupted writes) are stale: deleted first, so that
   // their space is free for the new one on a nearly full disk (a reader meanwhile reads the catalog;
   // one that has the old file open or mapped keeps it until it closes).
@@ -370,17 +373,21 @@ void IndexStore::write_snapshot() {
       const bool is_auto = vector_spec().text == "auto";
       bool flat = canonical_vector_type(type, dim) == "flat";
       if (!flat) {
-        const bool built = build_snapshot(
+        const SnapshotBuild built = build_snapshot(
             path, type, dim, n,
             [&](const std::function<void(int64_t, const float*)>& fn) { catalog_->for_each_embedding(dim, fn); },
             &snapshot_report_, is_auto ? VectorSpec::kAutoMaxProbeShare : 1.0);
-        if (!built) {  // auto, and IVF would not be faster than flat
+        if (built == SnapshotBuild::kWritten) {
+          catalog_->set_meta(kFlatUntilMeta, "0");
+        } else {
+          // Flat instead, and the type is tried again once the index doubles (IVF did not pay off) or
+          // grows (too few vectors to train it): a spec that cannot be built yet fails no index run.
           flat = true;
-          catalog_->set_meta(kAutoFlatUntilMeta, std::to_string(2 * n));
-          snapshot_report_ =
-              "auto: " + snapshot_report_ + "; flat kept until the index holds " + std::to_string(2 * n) + " vectors";
-        } else if (is_auto) {
-          catalog_->set_meta(kAutoFlatUntilMeta, "0");
+          const int64_t until = built == SnapshotBuild::kNotFaster ? 2 * n : n + 1;
+          catalog_->set_meta(kFlatUntilMeta, std::to_string(until));
+          snapshot_fallback_ = std::string(is_auto ? "auto: " : "") + snapshot_report_ +
+                               "; tried again when the index holds " + std::to_string(until) + " vectors";
+          snapshot_report_ = snapshot_fallback_;
         }
       }
       if (flat) {

@@ -409,7 +409,10 @@ void finish_pass(IndexStore& store, const IndexPlan& plan, IndexObserver& observ
     observer.on_notice(std::to_string(summary.excluded - static_cast<int64_t>(plan.superseded.size())) +
                        " indexed file(s) that their folder's options now exclude were removed from the index");
   }
-  store.ensure_snapshot();  // also replaces a damaged one
+  // Also replaces a damaged one.
+  if (store.ensure_snapshot() && !store.snapshot_fallback().empty()) {
+    observer.on_notice("vector snapshot written as flat: " + store.snapshot_fallback());
+  }
 }
 
 std::string quoted(const std::string& path) {

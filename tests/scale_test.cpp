@@ -240,8 +240,7 @@ TEST(ScaleTypes, RecallFloorAndExactScoresOnAGeneratedSet) {
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, vectors, kDim);
   const auto truth = brute_force(store->catalog(), kDim, queries, 10);
-  // (IVF,PQ is left out: FAISS 1.7.3 took 5 minutes to train IVF128,PQ16 on these 20,000 vectors.)
-  for (const char* type : {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32"}) {
+  for (const char* type : {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32", "IVF,PQ16"}) {
     SCOPED_TRACE(type);
     const auto start = std::chrono::steady_clock::now();
     store->set_vector_spec(VectorSpec::parse(type, kDim));
@@ -297,15 +296,16 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
         report, share);
   };
   std::string report;
-  EXPECT_FALSE(build(uniform, dir / "u.faiss", VectorSpec::kAutoMaxProbeShare, &report));
+  EXPECT_EQ(build(uniform, dir / "u.faiss", VectorSpec::kAutoMaxProbeShare, &report), SnapshotBuild::kNotFaster);
   EXPECT_FALSE(std::filesystem::exists(dir / "u.faiss"));
   EXPECT_NE(report.find("no faster than flat"), std::string::npos) << report;
-  EXPECT_TRUE(build(uniform, dir / "u2.faiss", 1.0, &report));
+  EXPECT_EQ(build(uniform, dir / "u2.faiss", 1.0, &report), SnapshotBuild::kWritten);
   EXPECT_EQ(VectorIndex::open_file(dir / "u2.faiss")->size(), kN);
   const auto nprobe = [](const std::string& r) { return std::atoll(r.substr(r.find("nprobe ") + 7).c_str()); };
   EXPECT_GT(nprobe(report), 128 / 8) << report;
   std::printf("uniform: %s\n", report.c_str());
-  EXPECT_TRUE(build(clustered, dir / "c.faiss", VectorSpec::kAutoMaxProbeShare, &report)) << report;
+  EXPECT_EQ(build(clustered, dir / "c.faiss", VectorSpec::kAutoMaxProbeShare, &report), SnapshotBuild::kWritten)
+      << report;
   EXPECT_LE(nprobe(report), 128 / 8) << report;
   std::printf("clustered: %s\n", report.c_str());
   EXPECT_EQ(VectorIndex::open_file(dir / "c.faiss")->size(), kN);
@@ -313,20 +313,65 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
 
 // What auto remembers of such a finding (catalog meta, flat until the index doubles) survives the
 // same spec given again, as every `index --vectors auto PATH` does, and goes with another spec or
-// when a snapshot rebuild asks again.
+// when a snapshot rebuild asks again. The meta's earlier name (before it served every type) is read.
 TEST(ScaleTypes, AutosFindingIsKeptUntilAskedAgain) {
   test::TempDir dir;
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
-  const auto until = [&] { return store->catalog().meta("vectors_auto_flat_until").value_or("unset"); };
+  const auto until = [&] { return store->catalog().meta("vectors_flat_until").value_or("unset"); };
   store->set_vector_spec(VectorSpec::parse("auto", 8));
-  store->catalog().set_meta("vectors_auto_flat_until", "2000000");  // as write_snapshot records it
+  store->catalog().set_meta("vectors_flat_until", "2000000");  // as write_snapshot records it
   store->set_vector_spec(VectorSpec::parse("auto", 8));
   EXPECT_EQ(until(), "2000000");
   store->set_vector_spec(VectorSpec::parse("auto", 8), /*reconsider_auto=*/true);
   EXPECT_EQ(until(), "0");
-  store->catalog().set_meta("vectors_auto_flat_until", "2000000");
+  store->catalog().set_meta("vectors_flat_until", "2000000");
   store->set_vector_spec(VectorSpec::parse("flat", 8));
   EXPECT_EQ(until(), "0");
+  test::TempDir older;
+  auto old = IndexStore::open(older / "index", IndexAccess::kWrite);
+  old->catalog().set_meta("vectors", "ivf");  // as an earlier version stored it
+  EXPECT_NE(old->wanted_vector_type(), "flat");
+  old->catalog().set_meta("vectors_auto_flat_until", "2000000");
+  EXPECT_EQ(old->wanted_vector_type(), "flat");
+}
+
+// A type FAISS cannot train on the index's few vectors (an IVF with more lists than vectors, a PQ
+// with fewer than 256) is written as flat, says why, and is kept as the setting: later writes do
+// not train it again until the index has grown, and once trainable it is built. It never fails a
+// write (it made every later `cnclip index` fail when the spec was stored before any build).
+TEST(ScaleTypes, ATypeTooBigForTheIndexIsFlatUntilItGrows) {
+  OneThread one_thread;
+  constexpr int kDim = 16;
+  const auto vectors = clustered_vectors(600, kDim, 8, 21);
+  for (const char* type : {"IVF64,SQ8", "PQ4", "IVF16,PQ4"}) {
+    SCOPED_TRACE(type);
+    test::TempDir dir;
+    auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+    const std::vector<float> few(vectors.begin(), vectors.begin() + 10 * kDim);
+    fill_index(*store, few, kDim);
+    store->set_vector_spec(VectorSpec::parse(type, kDim));
+    ASSERT_NO_THROW(store->write_snapshot());
+    EXPECT_EQ(store->open_snapshot()->type(), "flat");
+    EXPECT_NE(store->snapshot_fallback().find("cannot be trained on 10 vectors"), std::string::npos)
+        << store->snapshot_fallback();
+    EXPECT_NE(store->snapshot_fallback().find("tried again when the index holds 11 vectors"), std::string::npos)
+        << store->snapshot_fallback();
+    EXPECT_EQ(store->vector_spec().text, type) << "the setting is kept";
+    EXPECT_EQ(store->wanted_vector_type(), "flat");
+    EXPECT_FALSE(store->ensure_snapshot()) << "not trained again at every write";
+    {
+      CatalogTransaction tx(store->catalog());
+      for (int64_t i = 10; i < 600; ++i) {
+        store->catalog().insert(FileRecord{0, path_of(i + 1), 1, 0, "h" + std::to_string(i), 0},
+                                &vectors[static_cast<size_t>(i) * kDim], kDim);
+      }
+      tx.commit();
+    }
+    EXPECT_TRUE(store->ensure_snapshot());
+    EXPECT_EQ(store->snapshot_fallback(), "");
+    EXPECT_EQ(store->open_snapshot()->type(), canonical_vector_type(type, kDim));
+    EXPECT_EQ(store->catalog().meta("vectors_flat_until").value_or("unset"), "0");
+  }
 }
 
 // Switching types keeps results: back on flat, the same answers as before; --exact on any type
@@ -630,6 +675,44 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   auto back =
       test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "5", "--format", "jsonl"}, common));
   EXPECT_EQ(back.out, flat.out);
+}
+
+// As a new user tried it: a few photos indexed, then `--vectors ivf` (or a FAISS type too big for
+// them), with or without paths. Each run succeeds with a flat snapshot and one line saying why, the
+// later index runs and searches work, and the setting holds.
+TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
+  test::TempDir dir;
+  const std::string idx = dir / "index", photos = dir / "photos";
+  std::filesystem::create_directories(photos);
+  for (const char* f : {"pokemon.jpeg", "chelsea_rgba.png", "astronaut_palette.png", "coffee_2048x1366_exif6.jpg"}) {
+    test::copy_file(test::fixtures(std::string("images/") + f), photos + "/" + f);
+  }
+  const std::vector<std::string> common{"--index", idx, "--model", test::tiny_bundle()};
+  auto r = test::run_cnclip(test::concat({"index", photos}, common));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  for (const char* type : {"ivf", "IVF1024,SQ8", "IVF,PQ4"}) {
+    SCOPED_TRACE(type);
+    r = test::run_cnclip(test::concat({"index", "--vectors", type}, common));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("rebuilt as flat"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("cannot be trained on 4 vectors"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("Error in"), std::string::npos) << "FAISS's reason, not its source location: " << r.err;
+    r = test::run_cnclip(test::concat({"index", photos}, common));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err.find("error"), std::string::npos) << r.err;
+    r = test::run_cnclip(test::concat({"index", "--format", "json", "--vectors", type, photos}, common));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto s =
+        test::run_cnclip(test::concat({"search-text", "小狗", "--no-server", "-k", "4", "--format", "paths"}, common));
+    ASSERT_EQ(s.exit_code, 0) << s.err;
+    EXPECT_EQ(test::lines(s.out).size(), 4u);
+  }
+  // Added photos: the notice comes with the run that writes a new snapshot.
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), photos + "/again.jpeg");
+  r = test::run_cnclip(test::concat({"index", photos}, common));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("vector snapshot written as flat: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cannot be trained on 5 vectors"), std::string::npos) << r.err;
 }
 
 }  // namespace

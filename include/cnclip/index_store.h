@@ -96,14 +96,18 @@ class IndexStore {
 
   // The snapshot type setting (`cnclip index --vectors`): "flat" unless set.
   VectorSpec vector_spec();
-  // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it. `auto` remembers
-  // where IVF did not pay off (flat until the index doubles, README "Scale"); `reconsider_auto`
-  // forgets that, as does any other spec.
+  // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it. What
+  // write_snapshot remembers of a type it could not write (snapshot_fallback(): flat until the index
+  // grows, README "Scale") is forgotten with `reconsider_auto` or any other spec.
   void set_vector_spec(const VectorSpec& spec, bool reconsider_auto = false);
   // The concrete type a snapshot written now would have (vector_spec() resolved for count()).
   std::string wanted_vector_type();
-  // One line on the last snapshot built by this store (its tuning), or "".
+  // One line on the last snapshot built by this store (its tuning, or snapshot_fallback()), or "".
   const std::string& snapshot_report() const { return snapshot_report_; }
+  // Why the last snapshot this store wrote is flat rather than the spec's type, or "": FAISS could
+  // not train the type on so few vectors (tried again when the index grows), or auto found IVF no
+  // faster than flat (tried again when it doubles). Either way the spec is kept.
+  const std::string& snapshot_fallback() const { return snapshot_fallback_; }
   // Above this many changed ids (and above 1% of the snapshot), an approximate snapshot is rebuilt
   // rather than kept with its delta: a delta of 10,000 ViT-B-16 vectors is 20 MB read from SQLite
   // by each search that opens the index (~50 ms), against a rebuild of the whole IVF.
@@ -129,7 +133,7 @@ class IndexStore {
   std::string dir_;
   std::unique_ptr<Catalog> catalog_;
   int lock_fd_;
-  std::string snapshot_report_;
+  std::string snapshot_report_, snapshot_fallback_;
   // Snapshot generations present on disk, newest first.
   std::vector<int64_t> snapshot_generations();
   std::string snapshot_path(int64_t generation);

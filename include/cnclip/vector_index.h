@@ -127,13 +127,16 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // Builds a snapshot of `type` (VectorSpec::resolve's output; not "flat") from the n vectors that
 // `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
 // to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
-// receives one line on the tuning (search parameter and measured recall). With `max_probe_share`
-// below 1, an IVF whose tuning needs more than that share of its lists is not written: the function
-// returns false (auto's test of whether IVF pays off, IndexStore); otherwise true. Throws like
-// VectorFileWriter, kInvalidArgument for a type FAISS cannot build.
+// receives one line on the tuning (search parameter and measured recall), or on why nothing was
+// written. Nothing is written when FAISS cannot train the type on these vectors (too few: an IVF
+// needs at least one per list, a PQ 2^bits; kTooFewVectors), or when, with `max_probe_share` below
+// 1, an IVF's tuning needs more than that share of its lists (auto's test of whether IVF pays off,
+// IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a type FAISS cannot
+// build.
+enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster };
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
-bool build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n, const VectorSource& fill,
-                    std::string* report = nullptr, double max_probe_share = 1.0);
+SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
+                             const VectorSource& fill, std::string* report = nullptr, double max_probe_share = 1.0);
 
 // Writes a vector file atomically, with its checksum trailer; `count` vectors must be added before
 // commit(). add() refuses a vector that is not finite (kCorrupt).
