@@ -20,10 +20,9 @@ namespace cnclip {
 namespace {
 
 constexpr const char* kCatalogFile = "catalog.sqlite3";
-// Catalog meta: below this many vectors `auto` keeps flat (IVF was found no faster; 0: no limit).
-// Snapshots are flat until the index holds this many vectors (files and video frames, as
+// Catalog meta: snapshots are flat until the index holds this many vectors (files and video frames, as
 // write_snapshot counts them): set when the spec's type was not written, so that index runs do not
-// train it again each time. The name it had when only auto set it is still read.
+// train it again each time (0: no limit). The name it had when only auto set it is still read.
 constexpr const char* kFlatUntilMeta = "vectors_flat_until";
 constexpr const char* kAutoFlatUntilMeta = "vectors_auto_flat_until";
 
@@ -215,11 +214,11 @@ VectorSpec IndexStore::vector_spec() {
   return spec;
 }
 
-void IndexStore::set_vector_spec(const VectorSpec& spec, bool reconsider_auto) {
-  // auto's finding that IVF does not pay off holds for these vectors until the index doubles: kept
-  // when the same spec is given again (every `index --vectors auto PATH`), dropped for another spec
-  // or when asked (a rebuild of the snapshot alone).
-  if (reconsider_auto || catalog_->meta("vectors").value_or("flat") != spec.text) {
+void IndexStore::set_vector_spec(const VectorSpec& spec, bool ask_again) {
+  // What write_snapshot found (auto's IVF no faster than flat, or a type too big to train yet) holds
+  // until the index grows: kept when the same spec is given again (every `index --vectors SPEC
+  // PATH`), dropped for another spec or when asked (a rebuild of the snapshot alone).
+  if (ask_again || catalog_->meta("vectors").value_or("flat") != spec.text) {
     catalog_->set_meta(kFlatUntilMeta, "0");
   }
   catalog_->set_meta("vectors", spec.text);

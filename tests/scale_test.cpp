@@ -322,7 +322,7 @@ TEST(ScaleTypes, AutosFindingIsKeptUntilAskedAgain) {
   store->catalog().set_meta("vectors_flat_until", "2000000");  // as write_snapshot records it
   store->set_vector_spec(VectorSpec::parse("auto", 8));
   EXPECT_EQ(until(), "2000000");
-  store->set_vector_spec(VectorSpec::parse("auto", 8), /*reconsider_auto=*/true);
+  store->set_vector_spec(VectorSpec::parse("auto", 8), /*ask_again=*/true);
   EXPECT_EQ(until(), "0");
   store->catalog().set_meta("vectors_flat_until", "2000000");
   store->set_vector_spec(VectorSpec::parse("flat", 8));

@@ -98,8 +98,8 @@ class IndexStore {
   VectorSpec vector_spec();
   // Stores it (kWrite; outside a transaction); the next ensure_snapshot builds it. What
   // write_snapshot remembers of a type it could not write (snapshot_fallback(): flat until the index
-  // grows, README "Scale") is forgotten with `reconsider_auto` or any other spec.
-  void set_vector_spec(const VectorSpec& spec, bool reconsider_auto = false);
+  // grows, README "Scale") is forgotten with `ask_again` or any other spec.
+  void set_vector_spec(const VectorSpec& spec, bool ask_again = false);
   // The concrete type a snapshot written now would have (vector_spec() resolved for count()).
   std::string wanted_vector_type();
   // One line on the last snapshot built by this store (its tuning, or snapshot_fallback()), or "".

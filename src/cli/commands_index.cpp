@@ -79,7 +79,7 @@ struct RemoveCommand {
 // catalog's vectors (no model needed).
 int rebuild_snapshot(const CommonOptions& o, const IndexCommand& c, const std::string& dir) {
   auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
-  store->set_vector_spec(VectorSpec::parse(c.vectors, store->embedding_dim()), /*reconsider_auto=*/true);
+  store->set_vector_spec(VectorSpec::parse(c.vectors, store->embedding_dim()), /*ask_again=*/true);
   const auto start = std::chrono::steady_clock::now();
   store->write_snapshot();
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
