@@ -340,7 +340,7 @@ bool IndexStore::ensure_snapshot() {
       auto old = open_snapshot_of(g, nullptr);
       if (!old || old->type() != want) break;
       const auto changed = static_cast<int64_t>(catalog_->changed_since(g).size());
-      if (changed <= std::max<int64_t>(kDeltaRebuildAbove, old->size() / 100)) return false;
+      if (changed <= delta_kept_up_to(old->size())) return false;
       break;
     }
   }
@@ -379,10 +379,12 @@ void IndexStore::write_snapshot() {
         if (built == SnapshotBuild::kWritten) {
           catalog_->set_meta(kFlatUntilMeta, "0");
         } else {
-          // Flat instead, and the type is tried again once the index doubles (IVF did not pay off) or
-          // grows (too few vectors to train it): a spec that cannot be built yet fails no index run.
+          // Flat instead, and the type is tried again once the index holds as many vectors as FAISS
+          // needs to train it (its lists, a PQ's centroids), else once it doubles (auto's IVF did not
+          // pay off): a spec that cannot be built yet fails no index run, nor retrains at each.
           flat = true;
-          const int64_t until = built == SnapshotBuild::kNotFaster ? 2 * n : n + 1;
+          const int64_t needed = built == SnapshotBuild::kTooFewVectors ? vectors_needed_to_train(type, dim) : 0;
+          const int64_t until = needed > n ? needed : std::max<int64_t>(2 * n, 1);
           catalog_->set_meta(kFlatUntilMeta, std::to_string(until));
           snapshot_fallback_ = std::string(is_auto ? "auto: " : "") + snapshot_report_ +
                                "; tried again when the index holds " + std::to_string(until) + " vectors";

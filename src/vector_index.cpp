@@ -7,6 +7,7 @@
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexPQ.h>
+#include <faiss/IndexPreTransform.h>
 #include <faiss/IndexScalarQuantizer.h>
 #include <faiss/MetricType.h>
 #include <faiss/impl/AuxIndexStructures.h>
@@ -37,6 +38,7 @@
 
 #include "atomic_file.h"
 #include "cnclip/error.h"
+#include "cnclip/runtime.h"
 #include "read_at.h"
 
 namespace cnclip {
@@ -563,12 +565,18 @@ std::string factory_string(const std::string& type) {
   return type;
 }
 
+struct InterruptOnSignal : faiss::InterruptCallback {
+  bool want_interrupt() override { return interrupt_requested(); }
+};
+
 // FAISS's message starts with "Error in <function> at <file>:<line>: " (and an "Error: '<check>'
 // failed: "): the reason after them.
 std::string faiss_reason(const faiss::FaissException& e) {
   std::string why = e.what();
   const auto colon = why.rfind(": ");
-  return colon == std::string::npos ? why : why.substr(colon + 2);
+  if (colon != std::string::npos) why = why.substr(colon + 2);
+  while (!why.empty() && why.back() == ' ') why.pop_back();
+  return why;
 }
 
 std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const std::string& shown = "") {
@@ -576,8 +584,16 @@ std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const
     return std::unique_ptr<faiss::Index>(
         faiss::index_factory(dim, factory_string(type).c_str(), faiss::METRIC_INNER_PRODUCT));
   } catch (const faiss::FaissException& e) {
+    // The reason quotes the string FAISS was given: the user's, not the one with a list count filled in.
+    std::string why = faiss_reason(e);
+    const std::string given = factory_string(type);
+    if (!shown.empty() && shown != type) {
+      for (auto at = why.find(given); at != std::string::npos; at = why.find(given, at + shown.size())) {
+        why.replace(at, given.size(), shown);
+      }
+    }
     throw Exception(ErrorCode::kInvalidArgument, "--vectors: FAISS's index factory cannot build '" +
-                                                     (shown.empty() ? type : shown) + "' (" + faiss_reason(e) + ")");
+                                                     (shown.empty() ? type : shown) + "' (" + why + ")");
   }
 }
 
@@ -632,7 +648,23 @@ VectorSpec VectorSpec::parse(const std::string& text, int dim) {
     if (text == keyword) return spec;
   }
   if (text.empty()) throw Exception(ErrorCode::kInvalidArgument, "--vectors: the index type is empty");
-  make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
+  auto refuse = [&](const std::string& why) {
+    return Exception(ErrorCode::kInvalidArgument, "--vectors " + text + ": " + why);
+  };
+  // What FAISS's factory accepts but cannot use: checked before it allocates (IVF1000000000 made
+  // 24 GB of empty lists) or crashes later (IVF0 and HNSW0 at the first write, every write after).
+  static const std::regex count_of("(IVF|HNSW)([0-9]+)"), zero("(^|[^0-9.])0+([^0-9.]|$)");
+  if (std::regex_search(text, zero)) throw refuse("a count of 0");
+  for (std::sregex_iterator m(text.begin(), text.end(), count_of), end; m != end; ++m) {
+    const std::string digits = (*m)[2].str();
+    const long long limit = (*m)[1].str() == "IVF" ? kMaxIvfLists : kMaxHnswNeighbours;
+    if (digits.size() > 9 || std::stoll(digits) > limit) {
+      throw refuse((*m)[1].str() + " takes at most " + std::to_string(limit) + ", not " + digits);
+    }
+  }
+  const auto index = make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
+  if (dynamic_cast<const faiss::IndexIDMap*>(index.get()))
+    throw refuse("cnclip keeps the ids itself (leave out IDMap)");
   return spec;
 }
 
@@ -642,6 +674,24 @@ std::string VectorSpec::resolve(int64_t n) const {
     return "IVF" + std::to_string(ivf_nlist(n)) + ",SQ8";
   if (text == "auto") return "flat";
   return fill_nlist(text, n);
+}
+
+namespace {
+int64_t vectors_to_train(const faiss::Index* index) {
+  if (!index) return 0;
+  int64_t need = 0;
+  if (auto* t = dynamic_cast<const faiss::IndexPreTransform*>(index)) need = vectors_to_train(t->index);
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index)) need = vectors_to_train(h->storage);
+  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index)) need = static_cast<int64_t>(ivf->nlist);
+  if (auto* p = dynamic_cast<const faiss::IndexIVFPQ*>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  if (auto* p = dynamic_cast<const faiss::IndexPQ*>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  return need;
+}
+}  // namespace
+
+int64_t vectors_needed_to_train(const std::string& type, int dim) {
+  if (type == "flat") return 0;
+  return vectors_to_train(make_index(type, dim).get());
 }
 
 std::string canonical_vector_type(const std::string& type, int dim) {
@@ -812,9 +862,37 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, boo
                                              p + ids_offset + 8);
 }
 
+namespace {
+SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type, int dim, int64_t n,
+                                const VectorSource& fill, std::string* report, double max_probe_share);
+}  // namespace
+
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
                              const VectorSource& fill, std::string* report, double max_probe_share) {
+  // Ctrl-C reaches FAISS's k-means, searches and adds through its interrupt callback (checked between
+  // iterations), which throws its own exception.
+  static std::once_flag callback_set;
+  std::call_once(callback_set, [] { faiss::InterruptCallback::instance.reset(new InterruptOnSignal); });
+  try {
+    return build_snapshot_of(path, type, dim, n, fill, report, max_probe_share);
+  } catch (const faiss::FaissException&) {
+    if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
+    throw;
+  }
+}
+
+namespace {
+SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type, int dim, int64_t n,
+                                const VectorSource& fill, std::string* report, double max_probe_share) {
   std::unique_ptr<faiss::Index> index = make_index(type, dim);
+  if (!index->is_trained && n == 0) {
+    if (report) *report = type + " cannot be trained on 0 vectors";
+    return SnapshotBuild::kTooFewVectors;
+  }
+  // Ctrl-C: this function's own loops check it too.
+  auto stop_if_interrupted = [] {
+    if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
+  };
   auto* ivf = dynamic_cast<faiss::IndexIVF*>(index.get());
   auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(index.get());
   const bool tune = (ivf || hnsw) && n > 0;
@@ -848,16 +926,24 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
       // FAISS's factory default for PQ codes ("PQ4", "IVF16,PQ4"; not "PQ4np") also trains polysemous
       // codes, for Hamming pre-filtering, which cnclip's searches do not use: 49 s for 600 16-d
       // vectors against 0.1 s without.
-      if (auto* pq = dynamic_cast<faiss::IndexPQ*>(index.get())) pq->do_polysemous_training = false;
-      if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index.get())) ivfpq->do_polysemous_training = false;
+      if (auto* pq = dynamic_cast<faiss::IndexPQ*>(index.get())) {
+        pq->do_polysemous_training = false;
+        pq->pq.cp.min_points_per_centroid = 1;
+      }
+      if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index.get())) {
+        ivfpq->do_polysemous_training = false;
+        ivfpq->pq.cp.min_points_per_centroid = 1;
+      }
       if (ivf) {
         ivf->cp.niter = 10;  // k-means iterations: FAISS's default 25 costs 2.5x for little (README "Scale")
         ivf->cp.max_points_per_centroid = 1 << 30;  // the sample above is the training set as it is
+        ivf->cp.min_points_per_centroid = 1;        // a small index is trained as it is, without FAISS's warning
         ivf->cp.seed = 1234;
       }
       try {
         index->train(ns, sample.data());
       } catch (const faiss::FaissException& e) {
+        stop_if_interrupted();
         // Parsed at a million vectors (VectorSpec::parse), so what fails here is the count.
         if (report)
           *report = type + " cannot be trained on " + std::to_string(ns) + " vectors (" + faiss_reason(e) + ")";
@@ -906,6 +992,7 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
         }
       }
     }
+    stop_if_interrupted();
     idmap.add_with_ids(count, batch.data(), batch_ids.data());
     added += count;
     batch.clear();
@@ -931,6 +1018,7 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
     std::vector<float> s(static_cast<size_t>(nq) * k);
     std::vector<faiss::Index::idx_t> r(static_cast<size_t>(nq) * k);
     auto recall = [&] {
+      stop_if_interrupted();
       index->search(nq, queries.data(), k, s.data(), r.data());
       int64_t found = 0, total = 0;
       for (int q = 0; q < nq; ++q) {
@@ -1022,6 +1110,7 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
   out.commit();
   return SnapshotBuild::kWritten;
 }
+}  // namespace
 
 struct VectorFileWriter::Impl {
   AtomicFileWriter file;

@@ -21,6 +21,7 @@
 
 #include "cnclip/index_store.h"
 #include "cnclip/npy.h"
+#include "cnclip/runtime.h"
 #include "cnclip/search.h"
 #include "test_util.h"
 
@@ -168,13 +169,18 @@ TEST(VectorSpecs, ResolveParseAndNames) {
   EXPECT_EQ(canonical_vector_type("IVF256,SQ8", 64), "IVF256,SQ8");
   EXPECT_EQ(ivf_nlist(100), 16);
   EXPECT_EQ(ivf_nlist(1'000'000), 1024);
-  for (const char* bad : {"", "IVF", "nonsense", "IVF10,PQ7"}) {  // PQ7: 64 is not a multiple of 7
+  // PQ7: 64 is not a multiple of 7. The rest FAISS's factory accepts: IVF0 and HNSW0 crashed the
+  // first write (and every later one, the type being stored), IDMap failed each, IVF1000000000
+  // allocated 24 GB of empty lists.
+  for (const char* bad : {"", "IVF", "nonsense", "IVF10,PQ7", "IVF0,SQ8", "HNSW0", "IVF16_HNSW0,SQ8", "PQ0",
+                          "IDMap,Flat", "IVF99999999,SQ8", "IVF1000000000,SQ8", "HNSW100000"}) {
     try {
       VectorSpec::parse(bad, 64);
       ADD_FAILURE() << "accepted '" << bad << "'";
     } catch (const Exception& e) {
       EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
       EXPECT_NE(std::string(e.what()).find("--vectors"), std::string::npos) << e.what();
+      EXPECT_EQ(std::string(e.what()).find("IVF1024"), std::string::npos) << "the string as given: " << e.what();
     }
   }
 }
@@ -354,7 +360,10 @@ TEST(ScaleTypes, ATypeTooBigForTheIndexIsFlatUntilItGrows) {
     EXPECT_EQ(store->open_snapshot()->type(), "flat");
     EXPECT_NE(store->snapshot_fallback().find("cannot be trained on 10 vectors"), std::string::npos)
         << store->snapshot_fallback();
-    EXPECT_NE(store->snapshot_fallback().find("tried again when the index holds 11 vectors"), std::string::npos)
+    // Not before FAISS could train it: an IVF's lists, a PQ's 256 centroids.
+    const std::string needed = std::string(type) == "IVF64,SQ8" ? "64" : "256";
+    EXPECT_NE(store->snapshot_fallback().find("tried again when the index holds " + needed + " vectors"),
+              std::string::npos)
         << store->snapshot_fallback();
     EXPECT_EQ(store->vector_spec().text, type) << "the setting is kept";
     EXPECT_EQ(store->wanted_vector_type(), "flat");
@@ -371,6 +380,88 @@ TEST(ScaleTypes, ATypeTooBigForTheIndexIsFlatUntilItGrows) {
     EXPECT_EQ(store->snapshot_fallback(), "");
     EXPECT_EQ(store->open_snapshot()->type(), canonical_vector_type(type, kDim));
     EXPECT_EQ(store->catalog().meta("vectors_flat_until").value_or("unset"), "0");
+  }
+}
+
+// An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
+// untrained snapshot kept until 10,000 changes.
+TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
+  OneThread one_thread;
+  constexpr int kDim = 16;
+  test::TempDir dir;
+  auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+  fill_index(*store, {}, kDim);
+  for (const char* type : {"ivf", "PQ4"}) {
+    SCOPED_TRACE(type);
+    store->set_vector_spec(VectorSpec::parse(type, kDim), /*ask_again=*/true);
+    store->write_snapshot();
+    EXPECT_EQ(store->open_snapshot()->type(), "flat");
+    EXPECT_NE(store->snapshot_fallback().find("cannot be trained on 0 vectors"), std::string::npos)
+        << store->snapshot_fallback();
+  }
+  const auto vectors = clustered_vectors(300, kDim, 8, 4);
+  fill_index(*store, vectors, kDim);
+  EXPECT_TRUE(store->ensure_snapshot());
+  EXPECT_EQ(store->open_snapshot()->type(), canonical_vector_type("PQ4", kDim));
+}
+
+// How much change an approximate snapshot is kept with (delta_kept_up_to), and what it prevents:
+// after most of a small IVF's vectors were removed, the next write rebuilds it instead of leaving
+// lists of masked ids that hide the rest.
+TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
+  EXPECT_EQ(IndexStore::delta_kept_up_to(70), 7);
+  EXPECT_EQ(IndexStore::delta_kept_up_to(50'000), 5'000);
+  EXPECT_EQ(IndexStore::delta_kept_up_to(1'000'000), 10'000);
+  EXPECT_EQ(IndexStore::delta_kept_up_to(100'000'000), 1'000'000);
+  OneThread one_thread;
+  constexpr int kDim = 16, kN = 700;
+  test::TempDir dir;
+  const auto vectors = clustered_vectors(kN, kDim, 20, 8);
+  auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+  fill_index(*store, vectors, kDim);
+  store->set_vector_spec(VectorSpec::parse("ivf", kDim));
+  store->write_snapshot();
+  ASSERT_EQ(store->open_snapshot()->type(), "IVF32,SQ8");
+  {
+    CatalogTransaction tx(store->catalog());
+    for (int64_t id = 1; id <= 60; ++id) store->catalog().remove(id);
+    tx.commit();
+  }
+  EXPECT_FALSE(store->ensure_snapshot()) << "60 of 700 changed: kept with its delta";
+  {
+    CatalogTransaction tx(store->catalog());
+    for (int64_t id = 61; id <= 600; ++id) store->catalog().remove(id);
+    tx.commit();
+  }
+  EXPECT_TRUE(store->ensure_snapshot());
+  auto snapshot = store->open_snapshot();
+  EXPECT_EQ(snapshot->type(), "IVF16,SQ8") << "lists for its 100 vectors";
+  EXPECT_EQ(snapshot->size(), 100);
+}
+
+// Ctrl-C stops a snapshot build (k-means inside FAISS, HNSW's adds in cnclip's loop) with
+// kInterrupted, which the CLI maps to exit 130. In a child process: the interrupt flag stays set.
+TEST(ScaleTypesDeathTest, ASnapshotBuildStopsOnInterrupt) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  constexpr int kDim = 16, kN = 2000;
+  const auto vectors = clustered_vectors(kN, kDim, 20, 9);
+  test::TempDir dir;
+  for (const char* type : {"IVF32,SQ8", "HNSW16"}) {
+    SCOPED_TRACE(type);
+    EXPECT_EXIT(
+        {
+          request_interrupt();
+          try {
+            build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
+              for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
+            });
+          } catch (const Exception& e) {
+            std::exit(e.code() == ErrorCode::kInterrupted ? 42 : 1);
+          }
+          std::exit(0);
+        },
+        ::testing::ExitedWithCode(42), "");
+    EXPECT_FALSE(std::filesystem::exists(dir / "s.faiss"));
   }
 }
 
@@ -554,8 +645,9 @@ TEST(ScaleDelta, AddsChangesAndRemovesDuringARun) {
         }
       }
     }
-    // The end of the run: flat is rewritten; an approximate snapshot with a small delta is kept.
-    EXPECT_EQ(store->ensure_snapshot(), std::string(type) == "flat");
+    // The end of the run: flat is rewritten, and so is the IVF: 840 of its 3,000 ids changed, over a
+    // tenth (IndexStore::delta_kept_up_to; a small delta is kept, ASmallApproximateSnapshotIs...).
+    EXPECT_TRUE(store->ensure_snapshot());
     auto reader = IndexStore::open(dir / "index", IndexAccess::kRead);
     EXPECT_EQ(reader->search_vectors()->size(), reader->catalog().count());
     if (std::string(type) == "flat") {
@@ -677,9 +769,10 @@ TEST(ScaleCli, IndexVectorsRebuildsAnImportedIndex) {
   EXPECT_EQ(back.out, flat.out);
 }
 
-// As a new user tried it: a few photos indexed, then `--vectors ivf` (or a FAISS type too big for
-// them), with or without paths. Each run succeeds with a flat snapshot and one line saying why, the
-// later index runs and searches work, and the setting holds.
+// As a new user tried it: a few photos indexed with `--vectors ivf` (or a FAISS type too big for
+// them), then the type given again without paths. Each run succeeds with a flat snapshot and one
+// line saying why, the later index runs and searches work without training again, and the setting
+// holds. A type refused up front leaves no index behind; `--vectors ''` is a usage error.
 TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
   test::TempDir dir;
   const std::string idx = dir / "index", photos = dir / "photos";
@@ -688,13 +781,23 @@ TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
     test::copy_file(test::fixtures(std::string("images/") + f), photos + "/" + f);
   }
   const std::vector<std::string> common{"--index", idx, "--model", test::tiny_bundle()};
-  auto r = test::run_cnclip(test::concat({"index", photos}, common));
+  auto r = test::run_cnclip(test::concat({"index", "--vectors", "PQ0", photos}, common));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(idx)) << "a refused type leaves no index behind";
+  r = test::run_cnclip(test::concat({"index", "--vectors", "", photos}, common));
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--vectors: the index type is empty"), std::string::npos) << r.err;
+  r = test::run_cnclip(test::concat({"index", "--vectors", "ivf", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("vector snapshot written as flat: IVF16,SQ8 cannot be trained on 4 vectors"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("tried again when the index holds 16 vectors"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("WARNING"), std::string::npos) << "no FAISS warning: " << r.err;
   for (const char* type : {"ivf", "IVF1024,SQ8", "IVF,PQ4"}) {
     SCOPED_TRACE(type);
     r = test::run_cnclip(test::concat({"index", "--vectors", type}, common));
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_NE(r.err.find("rebuilt as flat"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("rebuilt as flat (4 vectors"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("cannot be trained on 4 vectors"), std::string::npos) << r.err;
     EXPECT_EQ(r.err.find("Error in"), std::string::npos) << "FAISS's reason, not its source location: " << r.err;
     r = test::run_cnclip(test::concat({"index", photos}, common));
@@ -707,12 +810,12 @@ TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
     ASSERT_EQ(s.exit_code, 0) << s.err;
     EXPECT_EQ(test::lines(s.out).size(), 4u);
   }
-  // Added photos: the notice comes with the run that writes a new snapshot.
+  // A photo more is still too few for IVF16,PQ4 (256): no training, no notice, no error.
   test::copy_file(test::fixtures("images/pokemon.jpeg"), photos + "/again.jpeg");
   r = test::run_cnclip(test::concat({"index", photos}, common));
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("vector snapshot written as flat: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("cannot be trained on 5 vectors"), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("written as flat"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("1 added"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -108,13 +108,21 @@ struct VectorSpec {
   // 87-112 ms: beyond an eighth, IVF is no faster than flat.
   static constexpr double kAutoMaxProbeShare = 1.0 / 8;
   static constexpr double kTargetRecall = 0.95;
+  // Counts parse() refuses (FAISS's factory takes any): an IVF's lists beyond ivf_nlist's 65,536 pay
+  // only past ~1e9 vectors, and its factory allocates every empty list at once; HNSW's neighbours
+  // per node are 16-64 in FAISS's own recipes.
+  static constexpr long long kMaxIvfLists = 1 << 20, kMaxHnswNeighbours = 512;
   // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
-  // factory cannot build it (checked at dimension `dim`).
+  // factory cannot build it (checked at dimension `dim`), or builds what cnclip cannot use: a count
+  // of 0, counts above the limits below, an IDMap.
   static VectorSpec parse(const std::string& text, int dim);
   // The concrete type for an index of n vectors: "flat", or a factory string with counts filled in.
   std::string resolve(int64_t n) const;
   std::string text = "flat";
 };
+// The fewest vectors FAISS can train a resolved type on, as its structure says (an IVF's lists, a
+// PQ's 2^bits centroids), or 0 when it needs no training or does not say.
+int64_t vectors_needed_to_train(const std::string& type, int dim);
 // The canonical name of a resolved type, as VectorIndex::type() gives it for a snapshot of it
 // ("SQfp16" and "flat-fp16" are both "flat-fp16"); kInvalidArgument as VectorSpec::parse.
 std::string canonical_vector_type(const std::string& type, int dim);
@@ -128,11 +136,11 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
 // to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
 // receives one line on the tuning (search parameter and measured recall), or on why nothing was
-// written. Nothing is written when FAISS cannot train the type on these vectors (too few: an IVF
-// needs at least one per list, a PQ 2^bits; kTooFewVectors), or when, with `max_probe_share` below
-// 1, an IVF's tuning needs more than that share of its lists (auto's test of whether IVF pays off,
-// IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a type FAISS cannot
-// build.
+// written. Ctrl-C (interrupt_requested, runtime.h) stops it with Exception(kInterrupted), also
+// inside FAISS's training and searches (its InterruptCallback, which this sets). Nothing is written when FAISS cannot
+// train the type on these vectors (too few: an IVF needs at least one per list, a PQ 2^bits; kTooFewVectors), or when,
+// with `max_probe_share` below 1, an IVF's tuning needs more than that share of its lists (auto's test of whether IVF
+// pays off, IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a type FAISS cannot build.
 enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster };
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,

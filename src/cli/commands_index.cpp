@@ -60,7 +60,9 @@ struct IndexCommand {
   double frame_interval = kDefaultFrameInterval;
   CLI::Option *hidden_opt = nullptr, *exclude_opt = nullptr, *ext_opt = nullptr, *no_video_opt = nullptr;
   int batch_size = 4, jobs = 0;
-  std::string vectors;  // --vectors TYPE ("" = keep the index's setting)
+  std::string vectors;  // --vectors TYPE (when vectors_opt is given; else the index's setting is kept)
+  CLI::Option* vectors_opt = nullptr;
+  bool vectors_given() const { return vectors_opt->count() > 0; }
 };
 
 struct ImportCommand {
@@ -88,14 +90,15 @@ int rebuild_snapshot(const CommonOptions& o, const IndexCommand& c, const std::s
     nlohmann::ordered_json j;
     j["vectors"] = c.vectors;
     j["type"] = type;
-    j["count"] = store->catalog().count();
+    j["count"] = store->catalog().count();                // files
+    j["vector_count"] = store->catalog().vector_count();  // files and video frames
     j["seconds"] = secs;
     j["tuning"] = store->snapshot_report();
     std::cout << j.dump() << std::endl;
   } else if (!o.quiet) {
     std::ostringstream line;
     line.precision(1);
-    line << std::fixed << "cnclip: vector snapshot rebuilt as " << type << " (" << store->catalog().count()
+    line << std::fixed << "cnclip: vector snapshot rebuilt as " << type << " (" << store->catalog().vector_count()
          << " vectors, " << secs << " s)";
     if (!store->snapshot_report().empty()) line << "; " << store->snapshot_report();
     std::cerr << line.str() << '\n';
@@ -181,7 +184,7 @@ int run_index_command(const CommonOptions& o, const IndexCommand& c) {
                     "nothing to index: " + dir + " holds no index yet; give folders or files (cnclip index PATH...)");
   }
   // Only the snapshot: from the catalog's vectors, whatever filled it (index or import).
-  if (opts.paths.empty() && !c.vectors.empty()) return rebuild_snapshot(o, c, dir);
+  if (opts.paths.empty() && c.vectors_given()) return rebuild_snapshot(o, c, dir);
   opts.walk = walk_options(c);
   opts.frame_interval = c.frame_interval;
   if (opts.walk) check_walk_options(*opts.walk);  // before the model loads: a usage error is quick
@@ -193,12 +196,15 @@ int run_index_command(const CommonOptions& o, const IndexCommand& c) {
   opts.encode.decode_threads = c.jobs;
   auto model = open_model(o, /*many_calls=*/true);
   opts.decode = decode_options(o, model->manifest().image.size);
+  // Before the index is opened: a refused type must not leave a new, empty index behind.
+  std::optional<VectorSpec> spec;
+  if (c.vectors_given()) spec = VectorSpec::parse(c.vectors, model->dim());
   auto store = IndexStore::open(dir, IndexAccess::kWrite, c.wait);
   if (opts.paths.empty() && store->catalog().roots().empty()) {
     throw Exception(ErrorCode::kInvalidArgument, "nothing to index: give folders or files (cnclip index PATH...)");
   }
   // Built by the run's last step (IndexStore::ensure_snapshot).
-  if (!c.vectors.empty()) store->set_vector_spec(VectorSpec::parse(c.vectors, model->dim()));
+  if (spec) store->set_vector_spec(*spec);
   TerminalObserver observer(stderr_is_terminal() && !o.quiet, o.quiet);
   const IndexSummary s = run_index(*store, *model, opts, observer);
   observer.end_bar();
@@ -375,10 +381,11 @@ void register_index(CLI::App& app, CommonOptions& o, Action& action) {
                kMaxThreads);
   sub->add_flag("--wait", c.wait, "Wait for another index run on the same index instead of failing");
   add_null_input_option(sub, o, "paths");
-  sub->add_option("--vectors", c.vectors,
-                  "Snapshot type kept for searches: flat (exact, the default), flat-fp16, flat-sq8, ivf, auto (flat up "
-                  "to 500,000 vectors, then ivf) or a FAISS factory string (IVF4096,SQ8, HNSW32...); remembered. "
-                  "Without paths: only rebuild the snapshot (no model needed)");
+  c.vectors_opt = sub->add_option(
+      "--vectors", c.vectors,
+      "Snapshot type kept for searches: flat (exact, the default), flat-fp16, flat-sq8, ivf, auto (flat up "
+      "to 500,000 vectors, then ivf) or a FAISS factory string (IVF4096,SQ8, HNSW32...); remembered. "
+      "Without paths: only rebuild the snapshot (no model needed)");
   one_of(sub->add_option("--format", o.format, "Summary format: text (stderr) or json (stdout)"), {"text", "json"});
   sub->add_flag("-q,--quiet", o.quiet, "No progress output");
   add_model_options(sub, o);
