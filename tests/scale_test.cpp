@@ -439,6 +439,27 @@ TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
   EXPECT_EQ(snapshot->size(), 100);
 }
 
+// Asked for more results than the tuned search reaches (nprobe and efSearch are tuned for the top
+// 10), an approximate snapshot widens its search: every vector of a small one is found.
+TEST(ScaleTypes, ALargeKReachesEveryVectorOfASmallApproximateSnapshot) {
+  OneThread one_thread;
+  constexpr int kDim = 16, kN = 700;
+  test::TempDir dir;
+  const auto vectors = clustered_vectors(kN, kDim, 20, 10);
+  const auto queries = queries_near(vectors, kDim, 2, 11);
+  for (const char* type : {"IVF32,SQ8", "HNSW8"}) {
+    SCOPED_TRACE(type);
+    build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
+      for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
+    });
+    auto index = VectorIndex::open_file(dir / "s.faiss");
+    for (int k : {kN / 2, kN, 2 * kN}) {
+      const auto hits = index->search(queries.data(), 2, k);
+      for (const auto& h : hits) EXPECT_GE(h.size(), static_cast<size_t>(std::min(k, kN)) * 95 / 100) << "k=" << k;
+    }
+  }
+}
+
 // Ctrl-C stops a snapshot build (k-means inside FAISS, HNSW's adds in cnclip's loop) with
 // kInterrupted, which the CLI maps to exit 130. In a child process: the interrupt flag stays set.
 TEST(ScaleTypesDeathTest, ASnapshotBuildStopsOnInterrupt) {
