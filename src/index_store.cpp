@@ -340,7 +340,8 @@ bool IndexStore::ensure_snapshot() {
       auto old = open_snapshot_of(g, nullptr);
       if (!old || old->type() != want) break;
       const auto changed = static_cast<int64_t>(catalog_->changed_since(g).size());
-      if (changed <= delta_kept_up_to(old->size())) return false;
+      // In files, as the log counts them (a snapshot's size counts video frames too).
+      if (changed <= delta_kept_up_to(catalog_->count())) return false;
       break;
     }
   }
@@ -381,13 +382,15 @@ void IndexStore::write_snapshot() {
         } else {
           // Flat instead, and the type is tried again once the index holds as many vectors as FAISS
           // needs to train it (its lists, a PQ's centroids), else once it doubles (auto's IVF did not
-          // pay off): a spec that cannot be built yet fails no index run, nor retrains at each.
+          // pay off, or FAISS failed): a spec that cannot be built fails no index run, nor retrains at
+          // each.
           flat = true;
           const int64_t needed = built == SnapshotBuild::kTooFewVectors ? vectors_needed_to_train(type, dim) : 0;
-          const int64_t until = needed > n ? needed : std::max<int64_t>(2 * n, 1);
+          const int64_t until = needed > n ? needed : std::max<int64_t>(2 * n, 2);
           catalog_->set_meta(kFlatUntilMeta, std::to_string(until));
           snapshot_fallback_ = std::string(is_auto ? "auto: " : "") + snapshot_report_ +
-                               "; tried again when the index holds " + std::to_string(until) + " vectors";
+                               "; tried again when the index holds " + std::to_string(until) +
+                               (until == 1 ? " vector" : " vectors");
           snapshot_report_ = snapshot_fallback_;
         }
       }

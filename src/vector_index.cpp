@@ -6,10 +6,14 @@
 #include <faiss/IndexIVF.h>
 #include <faiss/IndexIVFFlat.h>
 #include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexIVFPQFastScan.h>
 #include <faiss/IndexPQ.h>
+#include <faiss/IndexPQFastScan.h>
 #include <faiss/IndexPreTransform.h>
+#include <faiss/IndexRefine.h>
 #include <faiss/IndexScalarQuantizer.h>
 #include <faiss/MetricType.h>
+#include <faiss/VectorTransform.h>
 #include <faiss/impl/AuxIndexStructures.h>
 #include <faiss/impl/FaissException.h>
 #include <faiss/impl/IDSelector.h>
@@ -363,10 +367,47 @@ std::string describe(const faiss::Index* index) {
             : storage == "flat-sq8"  ? ",SQ8"
                                      : "," + storage);
   }
+  if (const auto* pq = dynamic_cast<const faiss::IndexPQ*>(index)) {
+    return "PQ" + std::to_string(pq->pq.M) + (pq->pq.nbits != 8 ? "x" + std::to_string(pq->pq.nbits) : "");
+  }
+  if (const auto* t = dynamic_cast<const faiss::IndexPreTransform*>(index)) {
+    std::string out;
+    for (const faiss::VectorTransform* vt : t->chain) {
+      if (const auto* opq = dynamic_cast<const faiss::OPQMatrix*>(vt)) {
+        out += "OPQ" + std::to_string(opq->M) + "_" + std::to_string(opq->d_out);
+      } else if (dynamic_cast<const faiss::PCAMatrix*>(vt)) {
+        out += "PCA" + std::to_string(vt->d_out);
+      } else if (dynamic_cast<const faiss::RandomRotationMatrix*>(vt)) {
+        out += "RR" + std::to_string(vt->d_out);
+      } else {
+        out += std::string("faiss:") + typeid(*vt).name();
+      }
+      out += ",";
+    }
+    const std::string inner = t->index ? describe(t->index) : "flat";
+    return out + (inner == "flat-fp16" ? "SQfp16" : inner == "flat-sq8" ? "SQ8" : inner == "flat" ? "Flat" : inner);
+  }
   return std::string("faiss:") + typeid(*index).name();
 }
 
 // A snapshot of any other type: FAISS's own index (positions as labels), with the ids beside it.
+// The index a wrapper holds (a transform's, a refinement's base, HNSW's storage), else null.
+faiss::Index* wrapped(const faiss::Index* index) {
+  if (auto* t = dynamic_cast<const faiss::IndexPreTransform*>(index)) return t->index;
+  if (auto* r = dynamic_cast<const faiss::IndexRefine*>(index)) return r->base_index;
+  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index)) return h->storage;
+  return nullptr;
+}
+
+// The first index of type T in `index` and what it wraps.
+template <typename T>
+T* find_in(faiss::Index* index) {
+  for (; index; index = wrapped(index)) {
+    if (auto* t = dynamic_cast<T*>(index)) return t;
+  }
+  return nullptr;
+}
+
 class FaissVectorIndex : public RowIndex {
  public:
   FaissVectorIndex(std::unique_ptr<faiss::Index> index, std::vector<int64_t> ids)
@@ -449,16 +490,18 @@ class FaissVectorIndex : public RowIndex {
   // results, an IVF probes at least the lists that should hold 2k vectors, and HNSW explores at
   // least k: the tuned values are for top 10, and a large k (-k 100 over a 72-photo IVF16 at nprobe
   // 4) otherwise found only what a few lists held (18).
+  // A wrapper passes them on to the index it wraps (IndexIVF refuses any other kind: a wrapped IVF,
+  // e.g. "PCA64,IVF,SQ8", failed every search).
   std::unique_ptr<faiss::SearchParameters> parameters(const faiss::IDSelector* sel, int64_t k = 0) const {
     std::unique_ptr<faiss::SearchParameters> p;
-    if (const auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
+    if (const auto* ivf = find_in<faiss::IndexIVF>(index_.get())) {
       auto q = std::make_unique<faiss::SearchParametersIVF>();
       const auto nlist = static_cast<int64_t>(ivf->nlist), n = std::max<int64_t>(size(), 1);
       const int64_t for_k = std::min(nlist, (nlist * 2 * k + n - 1) / n);
       q->nprobe = std::max<size_t>(ivf->nprobe, static_cast<size_t>(for_k));
       q->max_codes = ivf->max_codes;
       p = std::move(q);
-    } else if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index_.get())) {
+    } else if (const auto* hnsw = find_in<faiss::IndexHNSW>(index_.get())) {
       auto q = std::make_unique<faiss::SearchParametersHNSW>();
       q->efSearch = static_cast<int>(std::max<int64_t>(hnsw->hnsw.efSearch, std::min<int64_t>(k, INT32_MAX)));
       p = std::move(q);
@@ -658,18 +701,26 @@ VectorSpec VectorSpec::parse(const std::string& text, int dim) {
   };
   // What FAISS's factory accepts but cannot use: checked before it allocates (IVF1000000000 made
   // 24 GB of empty lists) or crashes later (IVF0 and HNSW0 at the first write, every write after).
-  static const std::regex count_of("(IVF|HNSW)([0-9]+)"), zero("(^|[^0-9.])0+([^0-9.]|$)");
+  static const std::regex count_of("(IVF|HNSW|PQ[0-9]+x)([0-9]+)"), zero("(^|[^0-9.])0+([^0-9.]|$)");
   if (std::regex_search(text, zero)) throw refuse("a count of 0");
   for (std::sregex_iterator m(text.begin(), text.end(), count_of), end; m != end; ++m) {
-    const std::string digits = (*m)[2].str();
-    const long long limit = (*m)[1].str() == "IVF" ? kMaxIvfLists : kMaxHnswNeighbours;
-    if (digits.size() > 9 || std::stoll(digits) > limit) {
-      throw refuse((*m)[1].str() + " takes at most " + std::to_string(limit) + ", not " + digits);
+    const std::string what = (*m)[1].str(), digits = (*m)[2].str();
+    const bool ivf = what == "IVF", hnsw = what == "HNSW";
+    const long long low = hnsw ? 2 : 1, high = ivf ? kMaxIvfLists : hnsw ? kMaxHnswNeighbours : kMaxPqBits;
+    const std::string name = ivf ? "IVF's lists" : hnsw ? "HNSW's neighbours" : "PQ's bits";
+    if (digits.size() > 9 || std::stoll(digits) > high || std::stoll(digits) < low) {
+      throw refuse(name + " are " + std::to_string(low) + " to " + std::to_string(high) + ", not " + digits);
     }
   }
-  const auto index = make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
-  if (dynamic_cast<const faiss::IndexIDMap*>(index.get()))
-    throw refuse("cnclip keeps the ids itself (leave out IDMap)");
+  // FAISS 1.7.3's NSG divides by zero below ~200 vectors (SIGFPE); an IDMap is cnclip's own job,
+  // and so is re-scoring (a refinement also refuses the search parameters a filter needs).
+  for (const std::string part : {"NSG", "IDMap", "RFlat", "Refine"}) {
+    if (text.find(part) == std::string::npos) continue;
+    if (part == "NSG") throw refuse("NSG is not supported (FAISS's crashes on small indexes)");
+    if (part == "IDMap") throw refuse("cnclip keeps the ids itself (leave out IDMap)");
+    throw refuse("cnclip re-scores candidates exactly itself (leave out " + part + ")");
+  }
+  make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
   return spec;
 }
 
@@ -682,14 +733,13 @@ std::string VectorSpec::resolve(int64_t n) const {
 }
 
 namespace {
-int64_t vectors_to_train(const faiss::Index* index) {
-  if (!index) return 0;
+int64_t vectors_to_train(faiss::Index* index) {
   int64_t need = 0;
-  if (auto* t = dynamic_cast<const faiss::IndexPreTransform*>(index)) need = vectors_to_train(t->index);
-  if (auto* h = dynamic_cast<const faiss::IndexHNSW*>(index)) need = vectors_to_train(h->storage);
-  if (auto* ivf = dynamic_cast<const faiss::IndexIVF*>(index)) need = static_cast<int64_t>(ivf->nlist);
-  if (auto* p = dynamic_cast<const faiss::IndexIVFPQ*>(index)) need = std::max<int64_t>(need, p->pq.ksub);
-  if (auto* p = dynamic_cast<const faiss::IndexPQ*>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  if (auto* ivf = find_in<faiss::IndexIVF>(index)) need = static_cast<int64_t>(ivf->nlist);
+  if (auto* p = find_in<faiss::IndexIVFPQ>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  if (auto* p = find_in<faiss::IndexIVFPQFastScan>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  if (auto* p = find_in<faiss::IndexPQ>(index)) need = std::max<int64_t>(need, p->pq.ksub);
+  if (auto* p = find_in<faiss::IndexPQFastScan>(index)) need = std::max<int64_t>(need, p->pq.ksub);
   return need;
 }
 }  // namespace
@@ -880,9 +930,15 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
   std::call_once(callback_set, [] { faiss::InterruptCallback::instance.reset(new InterruptOnSignal); });
   try {
     return build_snapshot_of(path, type, dim, n, fill, report, max_probe_share);
-  } catch (const faiss::FaissException&) {
+  } catch (const faiss::FaissException& e) {
     if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
-    throw;
+    // A type that passed VectorSpec::parse and still fails (a case parse does not know): said, and
+    // not thrown, so that no later write fails over it (IndexStore writes flat instead).
+    if (report) *report = type + " could not be built (FAISS: " + faiss_reason(e) + ")";
+    return SnapshotBuild::kFailed;
+  } catch (const std::bad_alloc&) {
+    if (report) *report = type + " could not be built (out of memory)";
+    return SnapshotBuild::kFailed;
   }
 }
 
@@ -898,8 +954,10 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
   auto stop_if_interrupted = [] {
     if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
   };
-  auto* ivf = dynamic_cast<faiss::IndexIVF*>(index.get());
-  auto* hnsw = dynamic_cast<faiss::IndexHNSW*>(index.get());
+  // Found through wrappers too (OPQ and PCA transforms, RFlat refinement, HNSW's storage), whose
+  // settings and tuning are the wrapped index's.
+  auto* ivf = find_in<faiss::IndexIVF>(index.get());
+  auto* hnsw = find_in<faiss::IndexHNSW>(index.get());
   const bool tune = (ivf || hnsw) && n > 0;
   // The training sample: every (n / ns)-th vector in id order. IVF k-means gets 64 vectors per list
   // (FAISS's warning floor is 39), capped by n; other quantizers (SQ ranges, PQ codebooks) 65,536.
@@ -931,14 +989,16 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
       // FAISS's factory default for PQ codes ("PQ4", "IVF16,PQ4"; not "PQ4np") also trains polysemous
       // codes, for Hamming pre-filtering, which cnclip's searches do not use: 49 s for 600 16-d
       // vectors against 0.1 s without.
-      if (auto* pq = dynamic_cast<faiss::IndexPQ*>(index.get())) {
+      if (auto* pq = find_in<faiss::IndexPQ>(index.get())) {
         pq->do_polysemous_training = false;
         pq->pq.cp.min_points_per_centroid = 1;
       }
-      if (auto* ivfpq = dynamic_cast<faiss::IndexIVFPQ*>(index.get())) {
+      if (auto* ivfpq = find_in<faiss::IndexIVFPQ>(index.get())) {
         ivfpq->do_polysemous_training = false;
         ivfpq->pq.cp.min_points_per_centroid = 1;
       }
+      if (auto* fast = find_in<faiss::IndexPQFastScan>(index.get())) fast->pq.cp.min_points_per_centroid = 1;
+      if (auto* fast = find_in<faiss::IndexIVFPQFastScan>(index.get())) fast->pq.cp.min_points_per_centroid = 1;
       if (ivf) {
         ivf->cp.niter = 10;  // k-means iterations: FAISS's default 25 costs 2.5x for little (README "Scale")
         ivf->cp.max_points_per_centroid = 1 << 30;  // the sample above is the training set as it is

@@ -172,8 +172,14 @@ TEST(VectorSpecs, ResolveParseAndNames) {
   // PQ7: 64 is not a multiple of 7. The rest FAISS's factory accepts: IVF0 and HNSW0 crashed the
   // first write (and every later one, the type being stored), IDMap failed each, IVF1000000000
   // allocated 24 GB of empty lists.
+  // FAISS factory strings from its own recipes stay accepted.
+  for (const char* good : {"IVF4096,PQ64x4fs", "OPQ16_64,IVF256,PQ16", "IVF1024_HNSW32,SQ8", "SQfp16", "PCA64,Flat",
+                           "RR64,Flat", "HNSW32,PQ16", "PQ16x4fs", "PQ16np", "HNSW2", "PQ8x16", "IVF1048576,SQ8"}) {
+    EXPECT_NO_THROW(VectorSpec::parse(good, 64)) << good;
+  }
   for (const char* bad : {"", "IVF", "nonsense", "IVF10,PQ7", "IVF0,SQ8", "HNSW0", "IVF16_HNSW0,SQ8", "PQ0",
-                          "IDMap,Flat", "IVF99999999,SQ8", "IVF1000000000,SQ8", "HNSW100000"}) {
+                          "IDMap,Flat", "IVF99999999,SQ8", "IVF1000000000,SQ8", "HNSW100000", "HNSW1",
+                          "IVF16_HNSW1,Flat", "PCA8,IDMap,Flat", "PQ1x24", "NSG32", "IVF16,SQ8,RFlat"}) {
     try {
       VectorSpec::parse(bad, 64);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -246,7 +252,7 @@ TEST(ScaleTypes, RecallFloorAndExactScoresOnAGeneratedSet) {
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, vectors, kDim);
   const auto truth = brute_force(store->catalog(), kDim, queries, 10);
-  for (const char* type : {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32", "IVF,PQ16"}) {
+  for (const char* type : {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32", "IVF,PQ16", "PCA64,IVF,SQ8"}) {
     SCOPED_TRACE(type);
     const auto start = std::chrono::steady_clock::now();
     store->set_vector_spec(VectorSpec::parse(type, kDim));
@@ -383,6 +389,26 @@ TEST(ScaleTypes, ATypeTooBigForTheIndexIsFlatUntilItGrows) {
   }
 }
 
+// A small index is trained as it is: FAISS's "WARNING clustering N points to K centroids" (shown as
+// a cnclip warning with -q too) is not printed for fewer than 39 vectors per list.
+TEST(ScaleTypes, TrainingASmallIndexPrintsNoFaissWarning) {
+  OneThread one_thread;
+  constexpr int kDim = 16, kN = 300;
+  test::TempDir dir;
+  const auto vectors = clustered_vectors(kN, kDim, 8, 12);
+  for (const char* type : {"IVF16,SQ8", "IVF16,PQ4", "PQ4"}) {
+    SCOPED_TRACE(type);
+    testing::internal::CaptureStderr();
+    const auto built =
+        build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
+          for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
+        });
+    const std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(built, SnapshotBuild::kWritten);
+    EXPECT_EQ(err.find("WARNING"), std::string::npos) << err;
+  }
+}
+
 // An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
 // untrained snapshot kept until 10,000 changes.
 TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
@@ -419,9 +445,9 @@ TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
   const auto vectors = clustered_vectors(kN, kDim, 20, 8);
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, vectors, kDim);
-  store->set_vector_spec(VectorSpec::parse("ivf", kDim));
+  store->set_vector_spec(VectorSpec::parse("IVF16,SQ8", kDim));  // one type at every size
   store->write_snapshot();
-  ASSERT_EQ(store->open_snapshot()->type(), "IVF32,SQ8");
+  ASSERT_EQ(store->open_snapshot()->type(), "IVF16,SQ8");
   {
     CatalogTransaction tx(store->catalog());
     for (int64_t id = 1; id <= 60; ++id) store->catalog().remove(id);
@@ -435,7 +461,7 @@ TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
   }
   EXPECT_TRUE(store->ensure_snapshot());
   auto snapshot = store->open_snapshot();
-  EXPECT_EQ(snapshot->type(), "IVF16,SQ8") << "lists for its 100 vectors";
+  EXPECT_EQ(snapshot->type(), "IVF16,SQ8");
   EXPECT_EQ(snapshot->size(), 100);
 }
 
@@ -484,6 +510,26 @@ TEST(ScaleTypesDeathTest, ASnapshotBuildStopsOnInterrupt) {
         ::testing::ExitedWithCode(42), "");
     EXPECT_FALSE(std::filesystem::exists(dir / "s.faiss"));
   }
+  // Asked for during the sampling pass: FAISS's k-means stops (its InterruptCallback), so the pass
+  // that adds the vectors never starts.
+  EXPECT_EXIT(
+      {
+        int64_t seen = 0;
+        try {
+          build_snapshot(dir / "s.faiss", "IVF64,SQ8", kDim, kN,
+                         [&](const std::function<void(int64_t, const float*)>& add) {
+                           for (int64_t i = 0; i < kN; ++i) {
+                             if (++seen > kN) std::exit(7);  // the second pass
+                             add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
+                           }
+                           request_interrupt();
+                         });
+        } catch (const Exception& e) {
+          std::exit(e.code() == ErrorCode::kInterrupted ? 42 : 1);
+        }
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(42), "");
 }
 
 // Switching types keeps results: back on flat, the same answers as before; --exact on any type

@@ -116,8 +116,9 @@ class IndexStore {
   // (masked), and an IVF whose probed lists hold mostly removed ids finds few of the rest (64 of 70
   // photos removed: 3 of 7 found), while a rebuild of it costs little.
   static constexpr int64_t kDeltaRebuildAbove = 10'000;
-  static int64_t delta_kept_up_to(int64_t snapshot_size) {
-    return std::max(snapshot_size / 100, std::min(kDeltaRebuildAbove, snapshot_size / 10));
+  // (In files, as the change log counts them.)
+  static int64_t delta_kept_up_to(int64_t files) {
+    return std::max(files / 100, std::min(kDeltaRebuildAbove, files / 10));
   }
   // The current generation's snapshot when it exists and passes its checks, else null (with the
   // reason in *problem when it exists but is damaged).

@@ -111,10 +111,11 @@ struct VectorSpec {
   // Counts parse() refuses (FAISS's factory takes any): an IVF's lists beyond ivf_nlist's 65,536 pay
   // only past ~1e9 vectors, and its factory allocates every empty list at once; HNSW's neighbours
   // per node are 16-64 in FAISS's own recipes.
-  static constexpr long long kMaxIvfLists = 1 << 20, kMaxHnswNeighbours = 512;
+  // A PQ's bits per code past 16 make 2^bits centroids per sub-quantizer (PQ1x24: 32 GB at 512-d).
+  static constexpr long long kMaxIvfLists = 1 << 20, kMaxHnswNeighbours = 512, kMaxPqBits = 16;
   // Kept as given ("auto", "flat", "IVF,SQ8", ...). Throws kInvalidArgument naming it when FAISS's
   // factory cannot build it (checked at dimension `dim`), or builds what cnclip cannot use: a count
-  // of 0, counts above the limits below, an IDMap.
+  // of 0, HNSW with 1 neighbour, counts past the limits above, NSG, an IDMap, a refinement.
   static VectorSpec parse(const std::string& text, int dim);
   // The concrete type for an index of n vectors: "flat", or a factory string with counts filled in.
   std::string resolve(int64_t n) const;
@@ -136,12 +137,16 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
 // to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
 // receives one line on the tuning (search parameter and measured recall), or on why nothing was
-// written. Ctrl-C (interrupt_requested, runtime.h) stops it with Exception(kInterrupted), also
-// inside FAISS's training and searches (its InterruptCallback, which this sets). Nothing is written when FAISS cannot
-// train the type on these vectors (too few: an IVF needs at least one per list, a PQ 2^bits; kTooFewVectors), or when,
-// with `max_probe_share` below 1, an IVF's tuning needs more than that share of its lists (auto's test of whether IVF
-// pays off, IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a type FAISS cannot build.
-enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster };
+// written. FAISS failing otherwise (a type VectorSpec::parse does not know to refuse, memory) is
+// kFailed, with FAISS's reason. Ctrl-C (interrupt_requested, runtime.h) stops it with
+// Exception(kInterrupted), also inside FAISS's training and searches: the first call installs
+// FAISS's process-wide InterruptCallback on that flag, which stays (every FAISS computation of the
+// process after it stops once the flag is set). Not to be called while FAISS runs in another thread. Nothing is written
+// when FAISS cannot train the type on these vectors (too few: an IVF needs at least one per list, a PQ 2^bits;
+// kTooFewVectors), or when, with `max_probe_share` below 1, an IVF's tuning needs more than that share of its lists
+// (auto's test of whether IVF pays off, IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a
+// type FAISS cannot build.
+enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster, kFailed };
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
                              const VectorSource& fill, std::string* report = nullptr, double max_probe_share = 1.0);
