@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <mutex>
 
 #include "cnclip/runtime.h"
@@ -386,11 +387,15 @@ void IndexStore::write_snapshot() {
           // each.
           flat = true;
           const int64_t needed = built == SnapshotBuild::kTooFewVectors ? vectors_needed_to_train(type, dim) : 0;
-          const int64_t until = needed > n ? needed : std::max<int64_t>(2 * n, 2);
+          const int64_t until = built == SnapshotBuild::kUnusable ? std::numeric_limits<int64_t>::max()
+                                : needed > n                      ? needed
+                                                                  : std::max<int64_t>(2 * n, 2);
           catalog_->set_meta(kFlatUntilMeta, std::to_string(until));
-          snapshot_fallback_ = std::string(is_auto ? "auto: " : "") + snapshot_report_ +
-                               "; tried again when the index holds " + std::to_string(until) +
-                               (until == 1 ? " vector" : " vectors");
+          snapshot_fallback_ =
+              std::string(is_auto ? "auto: " : "") + snapshot_report_ +
+              (built == SnapshotBuild::kUnusable ? "; flat until another --vectors is given"
+                                                 : "; tried again when the index holds " + std::to_string(until) +
+                                                       (until == 1 ? " vector" : " vectors"));
           snapshot_report_ = snapshot_fallback_;
         }
       }

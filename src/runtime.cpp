@@ -111,8 +111,13 @@ struct Capture {
     }
     const std::string msg =
         "cnclip: warning: " + (who.empty() ? std::string("library") : who + ": decoder") + ": " + line + "\n";
+    // Once: FAISS repeats its k-means warning for every training round (400 identical lines for an
+    // OPQ), and a library repeating itself tells nothing more.
+    if (msg == last_reported) return;
+    last_reported = msg;
     (void)!::write(terminal_fd, msg.data(), msg.size());
   }
+  std::string last_reported;
 };
 
 Capture& capture() {

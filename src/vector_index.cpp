@@ -449,7 +449,9 @@ class FaissVectorIndex : public RowIndex {
                   faiss::RangeSearchResult* result) const override {
     if (dynamic_cast<const faiss::IndexIVF*>(index_.get())) {
       faiss_call([&] {
-        auto params = parameters(sel);
+        // Every list: which lists hold scores above the radius is not known, and the tuned nprobe
+        // kept 7 of 68 photos of `--sort date --threshold -1` (every photo).
+        auto params = parameters(sel, size());
         index_->range_search(nq, queries, radius, result, params.get());
       });
       return;
@@ -720,7 +722,17 @@ VectorSpec VectorSpec::parse(const std::string& text, int dim) {
     if (part == "IDMap") throw refuse("cnclip keeps the ids itself (leave out IDMap)");
     throw refuse("cnclip re-scores candidates exactly itself (leave out " + part + ")");
   }
-  make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
+  const auto index = make_index(fill_nlist(text, 1'000'000), dim > 0 ? dim : 512, text);  // throws naming it
+  // A PCA cannot give more dimensions than it has (PCA64 of 32-d vectors failed its training at
+  // every size, so it would be retried for ever).
+  if (const auto* t = dynamic_cast<const faiss::IndexPreTransform*>(index.get())) {
+    for (const faiss::VectorTransform* vt : t->chain) {
+      if (dynamic_cast<const faiss::PCAMatrix*>(vt) && vt->d_out > vt->d_in) {
+        throw refuse("a PCA to " + std::to_string(vt->d_out) + " dimensions of " + std::to_string(vt->d_in) +
+                     "-dimensional vectors");
+      }
+    }
+  }
   return spec;
 }
 
@@ -975,6 +987,7 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
     sample.reserve(static_cast<size_t>(ns) * dim);
     int64_t i = 0, taken = 0, held = 0;
     fill([&](int64_t, const float* v) {
+      if (i % 4096 == 0) stop_if_interrupted();
       if (taken < ns && i * ns / n == taken) {
         sample.insert(sample.end(), v, v + dim);
         ++taken;
@@ -1173,6 +1186,20 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
     throw Exception(ErrorCode::kIoError, out.file.temp_path() + ": cannot write the snapshot (" + e.what() + ")");
   }
   out.commit();
+  // Kept only if cnclip can open it and search it as filters and deltas do (with a row selector):
+  // FAISS's factory builds types whose searches refuse any parameters (PQ, fast-scan, additive
+  // quantizers) or that it makes with the L2 metric (HNSW over PQ), and each failed every search.
+  try {
+    std::vector<float> query(static_cast<size_t>(dim), 0.0f);
+    query[0] = 1.0f;
+    VectorIndex::open_file(path)->search(query.data(), 1, 1, [](int64_t) { return true; });
+  } catch (const Exception& e) {
+    ::unlink(path.c_str());
+    std::string why = e.what();  // without FAISS's or the file's location
+    if (const auto colon = why.rfind(": "); colon != std::string::npos) why = why.substr(colon + 2);
+    if (report) *report = type + " is not a type cnclip can search (" + why + ")";
+    return SnapshotBuild::kUnusable;
+  }
   return SnapshotBuild::kWritten;
 }
 }  // namespace

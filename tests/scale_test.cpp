@@ -179,7 +179,7 @@ TEST(VectorSpecs, ResolveParseAndNames) {
   }
   for (const char* bad : {"", "IVF", "nonsense", "IVF10,PQ7", "IVF0,SQ8", "HNSW0", "IVF16_HNSW0,SQ8", "PQ0",
                           "IDMap,Flat", "IVF99999999,SQ8", "IVF1000000000,SQ8", "HNSW100000", "HNSW1",
-                          "IVF16_HNSW1,Flat", "PCA8,IDMap,Flat", "PQ1x24", "NSG32", "IVF16,SQ8,RFlat"}) {
+                          "IVF16_HNSW1,Flat", "PCA8,IDMap,Flat", "PQ1x24", "NSG32", "IVF16,SQ8,RFlat", "PCA128,Flat"}) {
     try {
       VectorSpec::parse(bad, 64);
       ADD_FAILURE() << "accepted '" << bad << "'";
@@ -355,7 +355,7 @@ TEST(ScaleTypes, ATypeTooBigForTheIndexIsFlatUntilItGrows) {
   OneThread one_thread;
   constexpr int kDim = 16;
   const auto vectors = clustered_vectors(600, kDim, 8, 21);
-  for (const char* type : {"IVF64,SQ8", "PQ4", "IVF16,PQ4"}) {
+  for (const char* type : {"IVF64,SQ8", "IVF16,PQ4"}) {
     SCOPED_TRACE(type);
     test::TempDir dir;
     auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
@@ -396,7 +396,7 @@ TEST(ScaleTypes, TrainingASmallIndexPrintsNoFaissWarning) {
   constexpr int kDim = 16, kN = 300;
   test::TempDir dir;
   const auto vectors = clustered_vectors(kN, kDim, 8, 12);
-  for (const char* type : {"IVF16,SQ8", "IVF16,PQ4", "PQ4"}) {
+  for (const char* type : {"IVF16,SQ8", "IVF16,PQ4"}) {
     SCOPED_TRACE(type);
     testing::internal::CaptureStderr();
     const auto built =
@@ -409,6 +409,39 @@ TEST(ScaleTypes, TrainingASmallIndexPrintsNoFaissWarning) {
   }
 }
 
+// Types FAISS builds but cnclip cannot search as filters do (PQ and fast-scan codes refuse search
+// parameters; HNSW over PQ is made with the L2 metric) are not kept: the file is deleted, the build
+// says why, and IndexStore writes flat until another --vectors is given. Each failed every search.
+TEST(ScaleTypes, ATypeCnclipCannotSearchIsNotKept) {
+  OneThread one_thread;
+  constexpr int kDim = 16, kN = 400;
+  test::TempDir dir;
+  const auto vectors = clustered_vectors(kN, kDim, 8, 13);
+  for (const char* type : {"PQ4", "PQ4x4fs", "HNSW16,PQ4"}) {
+    SCOPED_TRACE(type);
+    std::string report;
+    const auto built = build_snapshot(
+        dir / "s.faiss", type, kDim, kN,
+        [&](const std::function<void(int64_t, const float*)>& add) {
+          for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
+        },
+        &report);
+    EXPECT_EQ(built, SnapshotBuild::kUnusable) << report;
+    EXPECT_FALSE(std::filesystem::exists(dir / "s.faiss"));
+    EXPECT_NE(report.find("not a type cnclip can search"), std::string::npos) << report;
+  }
+  auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
+  fill_index(*store, vectors, kDim);
+  store->set_vector_spec(VectorSpec::parse("PQ4", kDim));
+  store->write_snapshot();
+  EXPECT_EQ(store->open_snapshot()->type(), "flat");
+  EXPECT_NE(store->snapshot_fallback().find("flat until another --vectors is given"), std::string::npos)
+      << store->snapshot_fallback();
+  EXPECT_FALSE(store->ensure_snapshot()) << "not built again at every write";
+  Searcher searcher(*store);
+  EXPECT_EQ(search_all(searcher, queries_near(vectors, kDim, 3, 14), kDim, 5)[0].size(), 5u);
+}
+
 // An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
 // untrained snapshot kept until 10,000 changes.
 TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
@@ -417,7 +450,7 @@ TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
   test::TempDir dir;
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, {}, kDim);
-  for (const char* type : {"ivf", "PQ4"}) {
+  for (const char* type : {"ivf", "IVF16,PQ4"}) {
     SCOPED_TRACE(type);
     store->set_vector_spec(VectorSpec::parse(type, kDim), /*ask_again=*/true);
     store->write_snapshot();
@@ -428,7 +461,7 @@ TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
   const auto vectors = clustered_vectors(300, kDim, 8, 4);
   fill_index(*store, vectors, kDim);
   EXPECT_TRUE(store->ensure_snapshot());
-  EXPECT_EQ(store->open_snapshot()->type(), canonical_vector_type("PQ4", kDim));
+  EXPECT_EQ(store->open_snapshot()->type(), "IVF16,PQ4");
 }
 
 // How much change an approximate snapshot is kept with (delta_kept_up_to), and what it prevents:
@@ -466,7 +499,8 @@ TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
 }
 
 // Asked for more results than the tuned search reaches (nprobe and efSearch are tuned for the top
-// 10), an approximate snapshot widens its search: every vector of a small one is found.
+// 10), an approximate snapshot widens its search: every vector of a small one is found, and a range
+// search down to -1 (`--sort date --threshold -1`) finds them all.
 TEST(ScaleTypes, ALargeKReachesEveryVectorOfASmallApproximateSnapshot) {
   OneThread one_thread;
   constexpr int kDim = 16, kN = 700;
@@ -483,6 +517,8 @@ TEST(ScaleTypes, ALargeKReachesEveryVectorOfASmallApproximateSnapshot) {
       const auto hits = index->search(queries.data(), 2, k);
       for (const auto& h : hits) EXPECT_GE(h.size(), static_cast<size_t>(std::min(k, kN)) * 95 / 100) << "k=" << k;
     }
+    // A range search (`--sort date --threshold`) down to -1: every vector.
+    for (const auto& h : index->range_search(queries.data(), 2, -1.0f)) EXPECT_EQ(h.size(), static_cast<size_t>(kN));
   }
 }
 
