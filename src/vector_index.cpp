@@ -619,15 +619,15 @@ struct InterruptOnSignal : faiss::InterruptCallback {
   bool want_interrupt() override { return interrupt_requested(); }
 };
 
-// FAISS's message starts with "Error in <function> at <file>:<line>: " (and an "Error: '<check>'
-// failed: "): the reason after them.
-std::string faiss_reason(const faiss::FaissException& e) {
-  std::string why = e.what();
-  const auto colon = why.rfind(": ");
-  if (colon != std::string::npos) why = why.substr(colon + 2);
-  while (!why.empty() && why.back() == ' ') why.pop_back();
-  return why;
+// The reason at the end of a message that starts with where it comes from: FAISS's "Error in
+// <function> at <file>:<line>: " (and an "Error: '<check>' failed: "), a file's "<path>: ".
+std::string reason_of(std::string message) {
+  const auto colon = message.rfind(": ");
+  if (colon != std::string::npos) message = message.substr(colon + 2);
+  while (!message.empty() && message.back() == ' ') message.pop_back();
+  return message;
 }
+std::string faiss_reason(const faiss::FaissException& e) { return reason_of(e.what()); }
 
 std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const std::string& shown = "") {
   try {
@@ -1195,9 +1195,7 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
     VectorIndex::open_file(path)->search(query.data(), 1, 1, [](int64_t) { return true; });
   } catch (const Exception& e) {
     ::unlink(path.c_str());
-    std::string why = e.what();  // without FAISS's or the file's location
-    if (const auto colon = why.rfind(": "); colon != std::string::npos) why = why.substr(colon + 2);
-    if (report) *report = type + " is not a type cnclip can search (" + why + ")";
+    if (report) *report = type + " is not a type cnclip can search (" + reason_of(e.what()) + ")";
     return SnapshotBuild::kUnusable;
   }
   return SnapshotBuild::kWritten;

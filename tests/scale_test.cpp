@@ -97,6 +97,14 @@ void fill_index(IndexStore& store, const std::vector<float>& vectors, int dim) {
   tx.commit();
 }
 
+// `vectors` as build_snapshot reads them, with ids 1..n (as fill_index stores them).
+VectorSource ids_from_1(const std::vector<float>& vectors, int dim) {
+  return [&vectors, dim](const std::function<void(int64_t, const float*)>& add) {
+    const auto n = static_cast<int64_t>(vectors.size()) / dim;
+    for (int64_t i = 0; i < n; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * dim]);
+  };
+}
+
 // The exact top k of each query over the catalog's current embeddings, by (score, id).
 // Best first, a tie to the lower id (the order a search returns).
 void sort_by_score(std::vector<SearchHit>& hits) {
@@ -300,12 +308,7 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
   const auto uniform = test::normalized_rows(std::move(gaussian), kDim);
   const auto clustered = clustered_vectors(kN, kDim, 16, 1);
   auto build = [&](const std::vector<float>& vectors, const std::string& path, double share, std::string* report) {
-    return build_snapshot(
-        path, "IVF128,SQ8", kDim, kN,
-        [&](const std::function<void(int64_t, const float*)>& add) {
-          for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
-        },
-        report, share);
+    return build_snapshot(path, "IVF128,SQ8", kDim, kN, ids_from_1(vectors, kDim), report, share);
   };
   std::string report;
   EXPECT_EQ(build(uniform, dir / "u.faiss", VectorSpec::kAutoMaxProbeShare, &report), SnapshotBuild::kNotFaster);
@@ -399,10 +402,7 @@ TEST(ScaleTypes, TrainingASmallIndexPrintsNoFaissWarning) {
   for (const char* type : {"IVF16,SQ8", "IVF16,PQ4"}) {
     SCOPED_TRACE(type);
     testing::internal::CaptureStderr();
-    const auto built =
-        build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
-          for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
-        });
+    const auto built = build_snapshot(dir / "s.faiss", type, kDim, kN, ids_from_1(vectors, kDim));
     const std::string err = testing::internal::GetCapturedStderr();
     EXPECT_EQ(built, SnapshotBuild::kWritten);
     EXPECT_EQ(err.find("WARNING"), std::string::npos) << err;
@@ -420,12 +420,7 @@ TEST(ScaleTypes, ATypeCnclipCannotSearchIsNotKept) {
   for (const char* type : {"PQ4", "PQ4x4fs", "HNSW16,PQ4"}) {
     SCOPED_TRACE(type);
     std::string report;
-    const auto built = build_snapshot(
-        dir / "s.faiss", type, kDim, kN,
-        [&](const std::function<void(int64_t, const float*)>& add) {
-          for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
-        },
-        &report);
+    const auto built = build_snapshot(dir / "s.faiss", type, kDim, kN, ids_from_1(vectors, kDim), &report);
     EXPECT_EQ(built, SnapshotBuild::kUnusable) << report;
     EXPECT_FALSE(std::filesystem::exists(dir / "s.faiss"));
     EXPECT_NE(report.find("not a type cnclip can search"), std::string::npos) << report;
@@ -509,9 +504,7 @@ TEST(ScaleTypes, ALargeKReachesEveryVectorOfASmallApproximateSnapshot) {
   const auto queries = queries_near(vectors, kDim, 2, 11);
   for (const char* type : {"IVF32,SQ8", "HNSW8"}) {
     SCOPED_TRACE(type);
-    build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
-      for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
-    });
+    build_snapshot(dir / "s.faiss", type, kDim, kN, ids_from_1(vectors, kDim));
     auto index = VectorIndex::open_file(dir / "s.faiss");
     for (int k : {kN / 2, kN, 2 * kN}) {
       const auto hits = index->search(queries.data(), 2, k);
@@ -535,9 +528,7 @@ TEST(ScaleTypesDeathTest, ASnapshotBuildStopsOnInterrupt) {
         {
           request_interrupt();
           try {
-            build_snapshot(dir / "s.faiss", type, kDim, kN, [&](const std::function<void(int64_t, const float*)>& add) {
-              for (int64_t i = 0; i < kN; ++i) add(i + 1, &vectors[static_cast<size_t>(i) * kDim]);
-            });
+            build_snapshot(dir / "s.faiss", type, kDim, kN, ids_from_1(vectors, kDim));
           } catch (const Exception& e) {
             std::exit(e.code() == ErrorCode::kInterrupted ? 42 : 1);
           }

@@ -106,17 +106,18 @@ class IndexStore {
   // One line on the last snapshot built by this store (its tuning, or snapshot_fallback()), or "".
   const std::string& snapshot_report() const { return snapshot_report_; }
   // Why the last snapshot this store wrote is flat rather than the spec's type, or "": FAISS could
-  // not train the type on so few vectors (tried again when the index grows), or auto found IVF no
-  // faster than flat (tried again when it doubles). Either way the spec is kept.
+  // not train the type on so few vectors (tried again when the index holds what it needs), auto
+  // found IVF no faster than flat or FAISS failed (tried again when it doubles), or cnclip cannot
+  // search the type (flat until another spec is set). Either way the spec is kept.
   const std::string& snapshot_fallback() const { return snapshot_fallback_; }
-  // Above this many changed ids (and above 1% of the snapshot), an approximate snapshot is rebuilt
-  // rather than kept with its delta: a delta of 10,000 ViT-B-16 vectors is 20 MB read from SQLite
-  // by each search that opens the index (~50 ms), against a rebuild of the whole IVF. A snapshot of
-  // fewer than 100,000 vectors is rebuilt once a tenth of it changed: removed ids stay in its lists
-  // (masked), and an IVF whose probed lists hold mostly removed ids finds few of the rest (64 of 70
-  // photos removed: 3 of 7 found), while a rebuild of it costs little.
+  // Above this many changed ids (and above 1% of the index's files), an approximate snapshot is
+  // rebuilt rather than kept with its delta: a delta of 10,000 ViT-B-16 vectors is 20 MB read from
+  // SQLite by each search that opens the index (~50 ms), against a rebuild of the whole IVF. In an
+  // index of fewer than 100,000 files, it is rebuilt once a tenth of them changed: removed ids stay
+  // in its lists (masked), and an IVF whose probed lists hold mostly removed ids finds few of the
+  // rest (64 of 70 photos removed: 3 of 7 found), while a rebuild of it costs little.
   static constexpr int64_t kDeltaRebuildAbove = 10'000;
-  // (In files, as the change log counts them.)
+  // The most changed ids (files, as the change log counts them) an approximate snapshot is kept with.
   static int64_t delta_kept_up_to(int64_t files) {
     return std::max(files / 100, std::min(kDeltaRebuildAbove, files / 10));
   }
@@ -128,9 +129,9 @@ class IndexStore {
   // and deletes older snapshots (kWrite).
   void write_snapshot();
   // write_snapshot() unless the current one is intact and of the wanted type, or (approximate types
-  // only) an older intact one of the wanted type has a delta of at most delta_kept_up_to(its size): an approximate
-  // snapshot is rebuilt when its delta has drifted that far, or when the wanted type changes (auto's list count follows
-  // the size). True when it wrote one (kWrite).
+  // only) an older intact one of the wanted type has a delta of at most delta_kept_up_to(the
+  // index's files): an approximate snapshot is rebuilt when its delta has drifted that far, or when
+  // the wanted type changes (auto's list count follows the size). True when it wrote one (kWrite).
   bool ensure_snapshot();
   // Path of the snapshot for the current generation, whether or not it exists.
   std::string snapshot_path();

@@ -137,16 +137,19 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // `fill` passes to its callback in id order, possibly twice (once to sample the training set, once
 // to add), and writes it atomically to `path` with the checksum trailer. `report`, when given,
 // receives one line on the tuning (search parameter and measured recall), or on why nothing was
-// written. FAISS failing otherwise (a type VectorSpec::parse does not know to refuse, memory) is
-// kFailed, with FAISS's reason. The written file is opened and searched once, with a row selector
-// as filters use: a type cnclip cannot search that way is deleted again (kUnusable). Ctrl-C (interrupt_requested,
-// runtime.h) stops it with Exception(kInterrupted), also inside FAISS's training and searches: the first call installs
-// FAISS's process-wide InterruptCallback on that flag, which stays (every FAISS computation of the
-// process after it stops once the flag is set). Not to be called while FAISS runs in another thread. Nothing is written
-// when FAISS cannot train the type on these vectors (too few: an IVF needs at least one per list, a PQ 2^bits;
-// kTooFewVectors), or when, with `max_probe_share` below 1, an IVF's tuning needs more than that share of its lists
-// (auto's test of whether IVF pays off, IndexStore; kNotFaster). Throws like VectorFileWriter, kInvalidArgument for a
-// type FAISS cannot build.
+// kept. The result:
+//   kWritten       written, and opened and searched once with a row selector, as filters do.
+//   kTooFewVectors FAISS cannot train the type on these vectors (an IVF needs one per list, a PQ
+//                  2^bits); nothing written.
+//   kNotFaster     with `max_probe_share` below 1, an IVF whose tuning needs more than that share of
+//                  its lists (auto's test of whether IVF pays off, IndexStore); nothing written.
+//   kFailed        FAISS failed otherwise (a type VectorSpec::parse does not know to refuse, memory).
+//   kUnusable      written, but cnclip cannot open or search it that way; deleted again.
+// Throws like VectorFileWriter, kInvalidArgument for a type FAISS cannot build, and kInterrupted on
+// Ctrl-C (interrupt_requested, runtime.h), also inside FAISS's training and searches: the first call
+// installs FAISS's process-wide InterruptCallback on that flag, which stays (every later FAISS
+// computation of the process stops once the flag is set). Not to be called while FAISS runs in
+// another thread.
 enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster, kFailed, kUnusable };
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
