@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <opencv2/imgcodecs.hpp>
+#include <thread>
 
 #include "cnclip/npy.h"
 #include "cnclip/runtime.h"
@@ -323,6 +324,36 @@ TEST_F(CmykJpeg, UndecodableIsAnErrorNamingTheFile) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
   EXPECT_EQ(r.error().message.rfind("bad-cmyk.jpg: cannot decode jpeg (", 0), 0u) << r.error().message;
+}
+
+// Decoding and resizing on several threads at once (the server's request threads, embed-image's
+// decoders): every image's tensor is the one it gets alone, bit for bit.
+TEST(Image, PreprocessingOnSeveralThreadsAtOnceIsExact) {
+  const Normalization norm;
+  const DecodeOptions options;
+  std::vector<std::vector<uint8_t>> files;
+  std::vector<std::vector<float>> alone;
+  for (const char* name : kFixtureImages) {
+    files.push_back(read_file_bytes(test::fixtures(std::string("images/") + name)).value());
+    alone.emplace_back(3 * 224 * 224);
+    ASSERT_TRUE(preprocess_image(files.back(), name, norm, options, alone.back().data()).ok()) << name;
+  }
+  std::vector<std::string> wrong[4];
+  std::vector<std::thread> threads;
+  for (int w = 0; w < 4; ++w) {
+    threads.emplace_back([&, w] {
+      std::vector<float> got(3 * 224 * 224);
+      for (int round = 0; round < 5; ++round) {
+        for (size_t n = 0; n < files.size(); ++n) {
+          const auto ok = preprocess_image(files[n], kFixtureImages[n], norm, options, got.data());
+          if (!ok.ok() || got != alone[n])
+            wrong[w].push_back(std::string(kFixtureImages[n]) + " on thread " + std::to_string(w));
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const auto& list : wrong) EXPECT_TRUE(list.empty()) << list.size() << " wrong, first: " << list.front();
 }
 
 }  // namespace

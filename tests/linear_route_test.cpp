@@ -262,5 +262,41 @@ TEST(OpenMpSpin, RestartsWithAShortSpinUnlessTheUserChose) {
   EXPECT_EQ(spin_seen_after_restart("OMP_WAIT_POLICY", "active"), "returned");
 }
 
+// The image towers likewise (the server encodes uploads on its request threads at once): fp32 and
+// int8, on 1 and 2 compute threads, each image as it encodes alone.
+TEST(Concurrency, ImageTowersEncodeOnSeveralThreadsAtOnce) {
+  for (const std::string& bundle : {test::tiny_bundle(), test::tiny_int8_bundle()}) {
+    auto model = Model::open(bundle, ModelOptions{"cpu", 1, true});
+    const int side = model->manifest().image.size;
+    const size_t per_image = static_cast<size_t>(3) * side * side;
+    std::vector<std::vector<float>> pixels(8, std::vector<float>(per_image));
+    for (size_t n = 0; n < pixels.size(); ++n) {
+      for (size_t i = 0; i < per_image; ++i) pixels[n][i] = std::sin(0.001f * static_cast<float>(i * (n + 3)));
+    }
+    std::vector<std::vector<float>> alone(pixels.size());
+    for (size_t n = 0; n < pixels.size(); ++n) alone[n] = model->encode_images(pixels[n].data(), 1);
+    auto fresh = Model::open(bundle, ModelOptions{"cpu", 1, true});
+    fresh->load_image_tower();
+    std::vector<std::string> wrong[4];
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 4; ++w) {
+      threads.emplace_back([&, w] {
+        set_compute_threads(1 + w % 2);
+        for (int round = 0; round < 10; ++round) {
+          for (size_t n = 0; n < pixels.size(); ++n) {
+            const float diff = max_abs_diff(fresh->encode_images(pixels[n].data(), 1), alone[n]);
+            if (diff > 1e-5f) {
+              wrong[w].push_back(bundle + ": thread " + std::to_string(w) + " image " + std::to_string(n) +
+                                 " differs by " + std::to_string(diff));
+            }
+          }
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& list : wrong) EXPECT_TRUE(list.empty()) << list.size() << " wrong, first: " << list.front();
+  }
+}
+
 }  // namespace
 }  // namespace cnclip

@@ -514,27 +514,42 @@ TEST_F(Serve, ParallelMixedQueriesAllCorrect) {
   const std::string image_body = request(port, "POST", "/api/v1/search/image?k=4", img).body;
   const std::string thumb_body = request(port, "GET", "/api/v1/thumb/2").body;
   const std::string similar_body = request(port, "GET", "/api/v1/similar/3?k=4").body;
-  std::vector<std::future<bool>> jobs;
+  // Each parallel answer with the serial one it must agree with, printed both when they differ.
+  struct Answer {
+    std::string got, want;
+    bool same = false;
+  };
+  std::vector<std::future<Answer>> jobs;
   for (int i = 0; i < 20; ++i) {
     jobs.push_back(std::async(std::launch::async, [&, i] {
+      Answer a;
       switch (i % 4) {
         case 0:
         case 1: {
           auto it = std::next(expected.begin(), i % expected.size());
-          return same_results(request(port, "GET", it->first).body, it->second);
+          a.got = request(port, "GET", it->first).body, a.want = it->second;
+          break;
         }
-        case 2: return same_results(request(port, "POST", "/api/v1/search/image?k=4", img).body, image_body);
+        case 2: a.got = request(port, "POST", "/api/v1/search/image?k=4", img).body, a.want = image_body; break;
         default:
-          return (i % 8 == 3 ? request(port, "GET", "/api/v1/thumb/2").body == thumb_body
-                             : same_results(request(port, "GET", "/api/v1/similar/3?k=4").body, similar_body));
+          if (i % 8 == 3) {
+            a.got = request(port, "GET", "/api/v1/thumb/2").body, a.want = thumb_body;
+            a.same = a.got == a.want;
+            return a;
+          }
+          a.got = request(port, "GET", "/api/v1/similar/3?k=4").body, a.want = similar_body;
       }
+      a.same = same_results(a.got, a.want);
+      return a;
     }));
   }
   int ok = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
-    const bool same = jobs[i].get();
-    ok += same ? 1 : 0;
-    EXPECT_TRUE(same) << "parallel request " << i << " (kind " << i % 4 << ") differs from its serial answer";
+    const Answer a = jobs[i].get();
+    ok += a.same ? 1 : 0;
+    EXPECT_TRUE(a.same) << "parallel request " << i << " (kind " << i % 4 << ") differs from its serial answer:\n"
+                        << a.got.substr(0, 2000) << "\nserial:\n"
+                        << a.want.substr(0, 2000);
   }
   EXPECT_EQ(ok, 20);
   EXPECT_NE(image_body.find("\"rank\":4"), std::string::npos) << image_body;
