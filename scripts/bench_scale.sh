@@ -14,7 +14,8 @@ n=${1:?usage: bench_scale.sh N [TYPE...]}
 shift
 types=("$@")
 [ ${#types[@]} -gt 0 ] || types=(flat flat-fp16 ivf)
-tests="$repo/build/tests/cnclip_tests"
+# CNCLIP_SCALE_TESTS: a copy of the test binary, so that a rebuild during a long run changes nothing.
+tests="${CNCLIP_SCALE_TESTS:-$repo/build/tests/cnclip_tests}"
 [ -x "$tests" ] || { echo "bench_scale.sh: build first" >&2; exit 1; }
 work="$repo/build/bench/scale-$n"
 rm -rf "$work"

@@ -26,6 +26,7 @@ constexpr const char* kCatalogFile = "catalog.sqlite3";
 // train it again each time (0: no limit). The name it had when only auto set it is still read.
 constexpr const char* kFlatUntilMeta = "vectors_flat_until";
 constexpr const char* kAutoFlatUntilMeta = "vectors_auto_flat_until";
+constexpr const char* kFlatWhyMeta = "vectors_flat_why";  // snapshot_fallback() of the run that set kFlatUntilMeta
 
 void make_dirs(const std::string& dir) {
   std::error_code ec;
@@ -225,6 +226,12 @@ void IndexStore::set_vector_spec(const VectorSpec& spec, bool ask_again) {
   catalog_->set_meta("vectors", spec.text);
 }
 
+std::string IndexStore::standing_snapshot_fallback() {
+  auto until = catalog_->meta(kFlatUntilMeta);
+  if (!until || catalog_->vector_count() >= std::atoll(until->c_str())) return "";
+  return catalog_->meta(kFlatWhyMeta).value_or("");
+}
+
 std::string IndexStore::wanted_vector_type() {
   // Where the spec's type was not written (write_snapshot: auto found IVF no faster than flat on
   // these vectors, or FAISS could not train the type on so few), flat until the index has grown
@@ -281,7 +288,10 @@ std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
   return catalog_vectors();
 }
 
-std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact) {
+std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact, VectorsOrigin* source) {
+  VectorsOrigin unused;
+  if (!source) source = &unused;
+  *source = VectorsOrigin{};
   const int dim = embedding_dim();
   if (dim <= 0) return catalog_vectors();
   // One committed state for the generation, the log's horizon and the delta.
@@ -310,8 +320,10 @@ std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact) {
       break;
     }
     if (exact && !snapshot->exact()) break;
+    source->snapshot_generation = g;
     if (g == generation) return snapshot;
     std::vector<int64_t> changed = catalog_->changed_since(g);
+    source->changed_since = static_cast<int64_t>(changed.size());
     std::vector<int64_t> ids;
     std::vector<float> vectors;
     catalog_->for_each_embedding_of(changed, dim, [&](int64_t id, const float* v) {
@@ -380,6 +392,7 @@ void IndexStore::write_snapshot() {
             &snapshot_report_, is_auto ? VectorSpec::kAutoMaxProbeShare : 1.0);
         if (built == SnapshotBuild::kWritten) {
           catalog_->set_meta(kFlatUntilMeta, "0");
+          catalog_->set_meta(kFlatWhyMeta, "");
         } else {
           // Flat instead, and the type is tried again once the index holds as many vectors as FAISS
           // needs to train it (its lists, a PQ's centroids), else once it doubles (auto's IVF did not
@@ -397,6 +410,7 @@ void IndexStore::write_snapshot() {
                                                  : "; tried again when the index holds " + std::to_string(until) +
                                                        (until == 1 ? " vector" : " vectors"));
           snapshot_report_ = snapshot_fallback_;
+          catalog_->set_meta(kFlatWhyMeta, snapshot_fallback_);
         }
       }
       if (flat) {

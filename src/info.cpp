@@ -21,7 +21,7 @@ std::string iso_time(int64_t t) {
 
 }  // namespace
 
-IndexInfo index_info(IndexStore& store, int64_t vectors) {
+IndexInfo index_info(IndexStore& store, const Searcher* loaded) {
   Catalog& cat = store.catalog();
   IndexInfo info;
   info.index = canonical_or_absolute(store.dir());
@@ -30,7 +30,19 @@ IndexInfo index_info(IndexStore& store, int64_t vectors) {
   info.model_precision = cat.meta("model_precision").value_or("");
   info.embedding_dim = store.embedding_dim();
   info.files = cat.count();
-  info.vectors = vectors >= 0 ? vectors : store.load_vectors()->size();
+  std::unique_ptr<VectorIndex> own;
+  VectorsOrigin own_source;
+  if (!loaded) own = store.search_vectors(false, &own_source);
+  const VectorIndex& vectors = loaded ? loaded->vectors() : *own;
+  const VectorsOrigin& source = loaded ? loaded->source() : own_source;
+  info.vectors = vectors.size();
+  info.vectors_setting = store.vector_spec().text;
+  if (source.snapshot_generation >= 0) {
+    info.snapshot_type = vectors.type();
+    info.snapshot_search_parameter = vectors.search_parameter();
+    info.snapshot_changed_since = source.changed_since;
+  }
+  info.snapshot_note = store.standing_snapshot_fallback();
   for (auto& root : cat.root_records()) {
     info.folders.push_back(std::move(root.path));
     info.folder_is_file.push_back(root.is_file);
@@ -81,6 +93,15 @@ nlohmann::ordered_json index_info_json(const IndexInfo& info) {
   }
   out["disk_bytes"] = info.disk_bytes;
   out["updated_at"] = info.updated_at;
+  out["vectors_setting"] = info.vectors_setting;
+  if (info.snapshot_type.empty()) {
+    out["snapshot"] = nullptr;
+  } else {
+    out["snapshot"] = {{"type", info.snapshot_type},
+                       {"search_parameter", info.snapshot_search_parameter},
+                       {"changed_since", info.snapshot_changed_since}};
+  }
+  out["snapshot_note"] = info.snapshot_note;
   return out;
 }
 

@@ -417,6 +417,11 @@ class FaissVectorIndex : public RowIndex {
   const int64_t* ids() const override { return ids_.data(); }
   const float* vectors() const override { return nullptr; }
   std::string type() const override { return type_; }
+  std::string search_parameter() const override {
+    if (auto* ivf = find_in<faiss::IndexIVF>(index_.get())) return "nprobe " + std::to_string(ivf->nprobe);
+    if (auto* hnsw = find_in<faiss::IndexHNSW>(index_.get())) return "efSearch " + std::to_string(hnsw->hnsw.efSearch);
+    return "";
+  }
   bool exact() const override { return false; }
   float slack() const override { return kApproximateScoreSlack; }
 
@@ -545,6 +550,7 @@ class DeltaVectorIndex : public VectorIndex {
   const int64_t* ids() const override { return nullptr; }
   const float* vectors() const override { return nullptr; }
   std::string type() const override { return base_->type(); }
+  std::string search_parameter() const override { return base_->search_parameter(); }
   bool exact() const override { return base_->exact() && fresh_->exact(); }
 
   std::vector<std::vector<SearchHit>> search(const float* queries, int nq, int k,

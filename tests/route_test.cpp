@@ -507,13 +507,15 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   const json lib = json::parse(dump_json(index_info_json(read_index_info(index_))));
   std::vector<std::string> keys;
   for (auto it = local.begin(); it != local.end(); ++it) keys.push_back(it.key());
-  EXPECT_EQ(keys.size(), 11u) << cli.out;  // folders_bytes is there
+  EXPECT_EQ(keys.size(), 14u) << cli.out;  // folders_bytes is there
   for (const auto& k : keys) {
     EXPECT_EQ(api.at(k), local.at(k)) << k;
     EXPECT_EQ(lib.at(k), local.at(k)) << k;
   }
   EXPECT_EQ(api.size(), local.size());
   EXPECT_EQ(local["files"], 7);
+  EXPECT_EQ(local["vectors_setting"], "flat");
+  EXPECT_EQ(local["snapshot"], json({{"type", "flat"}, {"search_parameter", ""}, {"changed_since", 0}}));
   EXPECT_EQ(local["folders_bytes"], json::array({hex_encode(odd), hex_encode(photos_)}));
 }
 

@@ -2,6 +2,9 @@
 // against flat, switching types, damage to a snapshot of each type, and the per-generation delta a
 // search uses while an index run commits. Also the measurement behind `scripts/bench.sh --scale N`
 // (ScaleBench.DISABLED_*, run by that script, not by ctest).
+#include <faiss/IVFlib.h>
+#include <faiss/IndexIVF.h>
+#include <faiss/index_io.h>
 #include <gtest/gtest.h>
 #include <omp.h>
 #include <sys/stat.h>
@@ -20,6 +23,7 @@
 #include <set>
 
 #include "cnclip/index_store.h"
+#include "cnclip/info.h"
 #include "cnclip/npy.h"
 #include "cnclip/runtime.h"
 #include "cnclip/search.h"
@@ -476,12 +480,25 @@ TEST(ScaleTypes, ASmallApproximateSnapshotIsRebuiltAfterMuchOfItChanged) {
   store->set_vector_spec(VectorSpec::parse("IVF16,SQ8", kDim));  // one type at every size
   store->write_snapshot();
   ASSERT_EQ(store->open_snapshot()->type(), "IVF16,SQ8");
+  IndexInfo info = index_info(*store);
+  EXPECT_EQ(info.vectors_setting, "IVF16,SQ8");
+  EXPECT_EQ(info.snapshot_type, "IVF16,SQ8");
+  const std::unique_ptr<faiss::Index> written(faiss::read_index(store->snapshot_path().c_str()));
+  const faiss::IndexIVF* ivf = faiss::ivflib::try_extract_index_ivf(written.get());
+  ASSERT_NE(ivf, nullptr);
+  EXPECT_EQ(info.snapshot_search_parameter, "nprobe " + std::to_string(ivf->nprobe));
+  EXPECT_EQ(info.snapshot_changed_since, 0);
+  EXPECT_EQ(info.snapshot_note, "");
   {
     CatalogTransaction tx(store->catalog());
     for (int64_t id = 1; id <= 60; ++id) store->catalog().remove(id);
     tx.commit();
   }
   EXPECT_FALSE(store->ensure_snapshot()) << "60 of 700 changed: kept with its delta";
+  info = index_info(*store);
+  EXPECT_EQ(info.snapshot_type, "IVF16,SQ8");
+  EXPECT_EQ(info.snapshot_changed_since, 60) << "what each search reads from the catalog";
+  EXPECT_EQ(info.vectors, 640);
   {
     CatalogTransaction tx(store->catalog());
     for (int64_t id = 61; id <= 600; ++id) store->catalog().remove(id);
@@ -887,6 +904,20 @@ TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
       << r.err;
   EXPECT_NE(r.err.find("tried again when the index holds 16 vectors"), std::string::npos) << r.err;
   EXPECT_EQ(r.err.find("WARNING"), std::string::npos) << "no FAISS warning: " << r.err;
+  // `cnclip info` says what searches read and why it is not the setting's type.
+  r = test::run_cnclip({"info", "--index", idx});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("vectors:  4 (flat snapshot; --vectors ivf: IVF16,SQ8 cannot be trained on 4 vectors"),
+            std::string::npos)
+      << r.out;
+  r = test::run_cnclip({"info", "--index", idx, "--format", "json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto info = nlohmann::json::parse(r.out);
+  EXPECT_EQ(info["vectors_setting"], "ivf");
+  EXPECT_EQ(info["snapshot"]["type"], "flat");
+  EXPECT_NE(info["snapshot_note"].get<std::string>().find("tried again when the index holds 16 vectors"),
+            std::string::npos)
+      << r.out;
   for (const char* type : {"ivf", "IVF1024,SQ8", "IVF,PQ4"}) {
     SCOPED_TRACE(type);
     r = test::run_cnclip(test::concat({"index", "--vectors", type}, common));
@@ -910,6 +941,17 @@ TEST(ScaleCli, AnApproximateTypeOnAFewPhotosIsFlatAndSaysWhy) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.err.find("written as flat"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("1 added"), std::string::npos) << r.err;
+  r = test::run_cnclip({"info", "--index", idx, "--format", "json"});
+  info = nlohmann::json::parse(r.out);
+  EXPECT_EQ(info["vectors_setting"], "IVF,PQ4");
+  EXPECT_NE(info["snapshot_note"].get<std::string>().find("tried again when the index holds 256 vectors"),
+            std::string::npos)
+      << r.out;
+  // Set back to flat: nothing to explain.
+  r = test::run_cnclip(test::concat({"index", "--vectors", "flat"}, common));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  r = test::run_cnclip({"info", "--index", idx});
+  EXPECT_NE(r.out.find("vectors:  5 (flat snapshot)\n"), std::string::npos) << r.out;
 }
 
 }  // namespace

@@ -52,6 +52,12 @@ int lock_index_for_writing(const std::string& dir, bool wait_for_lock);
 // --index DIR or set CNCLIP_INDEX") when no place can be derived.
 std::string resolve_index_dir(const std::string& flag);
 
+// Where the vectors of a search come from (IndexStore::search_vectors).
+struct VectorsOrigin {
+  int64_t snapshot_generation = -1;  // the snapshot file's generation; -1: none usable, the catalog's embeddings
+  int64_t changed_since = 0;         // ids added, re-encoded or removed since it was written (its delta)
+};
+
 // One index folder: its catalog, its vector snapshot and (kWrite) the writer lock. Not thread-safe:
 // the catalog is one SQLite connection (Catalog), so a store shared between threads needs every
 // call serialized by the caller (cnclip serve holds a mutex around its store and Searcher); other
@@ -93,7 +99,8 @@ class IndexStore {
   // All read in one read transaction, so snapshot, delta and the generation agree. With `exact`,
   // only a flat snapshot is used (another type gives way to the catalog's vectors: seconds at a
   // million). A damaged snapshot is reported through the warning handler.
-  std::unique_ptr<VectorIndex> search_vectors(bool exact = false);
+  // `origin`, when given, receives which snapshot and how large a delta.
+  std::unique_ptr<VectorIndex> search_vectors(bool exact = false, VectorsOrigin* origin = nullptr);
 
   // The snapshot type setting (`cnclip index --vectors`): "flat" unless set.
   VectorSpec vector_spec();
@@ -110,6 +117,10 @@ class IndexStore {
   // found IVF no faster than flat or FAISS failed (tried again when it doubles), or cnclip cannot
   // search the type (flat until another spec is set). Either way the spec is kept.
   const std::string& snapshot_fallback() const { return snapshot_fallback_; }
+  // The snapshot_fallback() of the run that wrote the current snapshot, kept in the catalog while it
+  // holds (the index is below the count it names), else "": why `cnclip info` shows a flat snapshot
+  // under another setting.
+  std::string standing_snapshot_fallback();
   // Above this many changed ids (and above 1% of the index's files), an approximate snapshot is
   // rebuilt rather than kept with its delta: a delta of 10,000 ViT-B-16 vectors is 20 MB read from
   // SQLite by each search that opens the index (~50 ms), against a rebuild of the whole IVF. In an

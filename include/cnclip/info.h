@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cnclip/index_store.h"
+#include "cnclip/search.h"
 
 namespace cnclip {
 
@@ -23,12 +24,21 @@ struct IndexInfo {
   std::vector<bool> folder_is_file;  // parallel to `folders`: true for a single file given as a root
   int64_t disk_bytes = 0;            // catalog, its write-ahead log and the snapshot
   std::string updated_at;            // "2026-11-29T05:45:11Z" (UTC) of the last write, "" never
+  // The vector snapshot (README "Scale"): the setting (`cnclip index --vectors`, "flat" unless set);
+  // the type searches read ("flat", "IVF1024,SQ8", ...; "" when no snapshot is usable and they read
+  // the catalog's embeddings), its tuned search parameter ("nprobe 128"; "" for flat types) and the
+  // ids changed since it was written (read from the catalog by each search); and why the snapshot
+  // is flat under another setting (IndexStore::standing_snapshot_fallback), "" otherwise.
+  std::string vectors_setting = "flat";
+  std::string snapshot_type, snapshot_search_parameter;
+  int64_t snapshot_changed_since = 0;
+  std::string snapshot_note;
 };
 
-// The info of an open index. `vectors` is the count a caller already holds (a server's loaded
-// vectors); a negative value loads the vectors to count them. Throws what the catalog and the
+// The info of an open index. `loaded`: the vectors a caller already searches (a server's Searcher);
+// null loads them as a search would (IndexStore::search_vectors). Throws what the catalog and the
 // vector loading throw (kCorrupt for damage).
-IndexInfo index_info(IndexStore& store, int64_t vectors = -1);
+IndexInfo index_info(IndexStore& store, const Searcher* loaded = nullptr);
 // The info of the index at `dir` as `cnclip info` shows it: opened read-only, the catalog checked
 // with SQLite's quick_check first (damage is reported with the recovery command rather than shown
 // as counts). Throws kNotFound when there is no index at `dir`.
@@ -38,10 +48,11 @@ IndexInfo empty_index_info(const std::string& dir);
 
 // `cnclip info --format json`, field order as documented: index, model_fingerprint,
 // model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,
-// updated_at. A folder name or index path that is not UTF-8 is printed with U+FFFD and its exact
-// bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it).
-// `folders` holds every root, single files too; when any root is a file, folders_kind (right after
-// folders and folders_bytes) says for each root "folder" or "file".
+// updated_at, vectors_setting, snapshot ({type, search_parameter, changed_since}, or null when
+// searches read the catalog), snapshot_note. A folder name or index path that is not UTF-8 is printed with U+FFFD and
+// its exact bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it). `folders` holds
+// every root, single files too; when any root is a file, folders_kind (right after folders and folders_bytes) says for
+// each root "folder" or "file".
 nlohmann::ordered_json index_info_json(const IndexInfo& info);
 
 }  // namespace cnclip

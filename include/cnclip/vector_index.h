@@ -59,6 +59,9 @@ class VectorIndex {
   // "flat" (exact fp32), "flat-fp16", "flat-sq8", or the FAISS factory string of an approximate
   // type ("IVF1024,SQ8", "HNSW32", ...), as VectorSpec names them.
   virtual std::string type() const { return "flat"; }
+  // The tuned search parameter of an approximate type as stored in the snapshot ("nprobe 128",
+  // "efSearch 64"), "" for types without one (flat, flat-fp16, flat-sq8).
+  virtual std::string search_parameter() const { return ""; }
   // Whether search() ranks by exact fp32 cosines (flat, and flat with a flat delta). Other types
   // return approximate scores: callers re-score their candidates from the catalog (search.h).
   virtual bool exact() const { return true; }

@@ -305,6 +305,25 @@ int run_import(const CommonOptions& o, const ImportCommand& c) {
   return 0;
 }
 
+// What `cnclip info` says after the vector count: "(IVF1024,SQ8 snapshot, nprobe 128, 12 changed
+// since; --vectors ivf)", "(flat snapshot; --vectors ivf: <why flat>)", "(no snapshot: ...)".
+std::string snapshot_summary(const IndexInfo& info) {
+  if (info.files == 0 && info.snapshot_type.empty()) return "";
+  std::string s = "(";
+  if (info.snapshot_type.empty()) {
+    s += "no vector snapshot: searches read the catalog until the next 'cnclip index' writes one";
+  } else {
+    s += info.snapshot_type + " snapshot";
+    if (!info.snapshot_search_parameter.empty()) s += ", " + info.snapshot_search_parameter;
+    if (info.snapshot_changed_since > 0) {
+      s += ", " + std::to_string(info.snapshot_changed_since) + " changed since (read from the catalog)";
+    }
+  }
+  if (info.vectors_setting != "flat") s += "; --vectors " + info.vectors_setting;
+  if (!info.snapshot_note.empty()) s += ": " + info.snapshot_note;
+  return s + ")";
+}
+
 int run_info(const CommonOptions& o) {
   const IndexInfo info = read_index_info(resolve_index_dir(o.index));
   if (o.format == "json") {
@@ -315,7 +334,7 @@ int run_info(const CommonOptions& o) {
             << "model:    " << info.model_architecture << ' ' << info.model_precision << " (fingerprint "
             << info.model_fingerprint.substr(0, 16) << ", dim " << info.embedding_dim << ")\n"
             << "files:    " << info.files << '\n'
-            << "vectors:  " << info.vectors << '\n'
+            << "vectors:  " << info.vectors << ' ' << snapshot_summary(info) << '\n'
             << "size:     " << info.disk_bytes / 1024 << " KiB\n"
             << "updated:  " << info.updated_at << '\n';
   for (size_t i = 0; i < info.folders.size(); ++i) {

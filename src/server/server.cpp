@@ -470,7 +470,7 @@ struct Server::Impl {
     // The fields of `cnclip info --format json`, from the same library call.
     send_json(res, with_index([&](IndexStore* st, Searcher* loaded) {
                 if (!st) return index_info_json(empty_index_info(options.index_dir));
-                return index_info_json(index_info(*st, loaded ? loaded->size() : 0));
+                return index_info_json(index_info(*st, loaded));
               }));
   }
 
