@@ -170,6 +170,14 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   // WAL: readers see the last commit while an index run writes. synchronous=NORMAL: a commit
   // survives the process being killed at any moment (what cnclip guarantees) without an fsync per
   // batch; after a power cut the last batches may be rolled back, never half applied.
+  // Pages of 32 KiB for a new catalog (an existing one keeps its own; SQLite fixes the size when the
+  // file is created, here by journal_mode=WAL): a row with a ViT-B-16 embedding (2 KiB) and its fields
+  // is ~2.3 KB, so a page of 4 KiB, SQLite's default, holds one row and is nearly half empty. Measured
+  // on 100,000 such rows (python3 sqlite3, this machine): 4 KiB pages 4217 bytes a row, 8 KiB 2845,
+  // 16 KiB 2453, 32 KiB 2296 (64 KiB no smaller); inserting 2.8x and a warm scan of every embedding
+  // 3x faster than with 4 KiB, a lookup by id the same (7-8 us). 10M generated vectors filled 42 GB
+  // with 4 KiB pages. A 1024-d embedding (RN50, ViT-H-14) no longer spills onto an overflow page.
+  c->exec("PRAGMA page_size=32768;");
   c->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
   c->exec(
       "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"

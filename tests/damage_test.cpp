@@ -256,20 +256,29 @@ std::optional<std::set<std::string>> scan_paths(const std::string& db_path, cons
   return out;
 }
 
-// 8 KB of random bytes at `count` page-aligned offsets past the first page (SQLite's schema; see README).
+// The catalog's page size, from its file header (bytes 16-17, big-endian; 1 means 65536).
+uint64_t page_size_of(const std::string& path) {
+  const std::string head = test::read_text(path).substr(0, 100);
+  const uint64_t v = (static_cast<uint8_t>(head.at(16)) << 8) | static_cast<uint8_t>(head.at(17));
+  return v == 1 ? 65536 : v;
+}
+
+// 8 KB of random bytes at the start of `count` pages past the first (SQLite's schema; see README).
 void damage_pages(const std::string& path, int count, unsigned seed) {
   std::mt19937 rng(seed);
-  const uint64_t pages = test::file_size(path) / 4096;
-  for (int i = 0; i < count; ++i) test::damage_bytes(path, (1 + rng() % (pages - 2)) * 4096, 8192, seed * 31 + i);
+  const uint64_t page = page_size_of(path), pages = test::file_size(path) / page;
+  ASSERT_GT(pages, 2u) << path;
+  for (int i = 0; i < count; ++i) test::damage_bytes(path, (1 + rng() % (pages - 2)) * page, 8192, seed * 31 + i);
 }
 
 TEST(DamageCatalog, RepairKeepsEveryReadableRow) {
   for (unsigned seed : {11u, 12u, 13u}) {
     SCOPED_TRACE("seed " + std::to_string(seed));
-    LibraryIndex idx(400, seed);
+    // Enough rows that the files table spans many of the catalog's 32 KiB pages.
+    LibraryIndex idx(2000, seed);
     const int64_t gen_before = IndexStore::open(idx.dir.path(), IndexAccess::kRead)->catalog().generation();
     damage_pages(idx.catalog(), 3, seed);
-    const auto readable = readable_rows(idx.catalog(), 400);
+    const auto readable = readable_rows(idx.catalog(), 2000);
     const auto roots = scan_paths(idx.catalog(), "roots"), failures = scan_paths(idx.catalog(), "failures");
     ASSERT_LT(readable.size(), idx.rows.size()) << "the damage hit no file rows";
     // Writers and info refuse it, naming the recovery command.
@@ -324,7 +333,7 @@ TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {
   test::TempDir d;
   const std::string disk = d / "disk", dir = disk + "/idx";
   fs::create_directories(disk);
-  auto tmpfs = test::ScopedMount::tmpfs(disk, 1u << 20);
+  auto tmpfs = test::ScopedMount::tmpfs(disk, 4u << 20);
   ASSERT_TRUE(tmpfs.ok()) << tmpfs.why();
   fs::create_directories(dir);
   for (const auto& e : fs::directory_iterator(idx.dir.path())) {
