@@ -555,6 +555,28 @@ TEST_F(Serve, ParallelMixedQueriesAllCorrect) {
   EXPECT_NE(image_body.find("\"rank\":4"), std::string::npos) << image_body;
 }
 
+// `cnclip index --vectors TYPE` without paths rewrites the snapshot under the same generation: the
+// server's next request loads the new type (it kept the old one, while its info already showed the
+// new setting).
+TEST_F(Serve, LoadsASnapshotRebuiltAsAnotherType) {
+  ServeProcess server(common());
+  ASSERT_GT(server.port(), 0) << server.err();
+  const auto before = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
+  ASSERT_EQ(before.size(), 6u);
+  EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["snapshot"]["type"], "flat");
+  for (const char* type : {"flat-fp16", "HNSW8", "flat"}) {
+    SCOPED_TRACE(type);
+    auto r = test::run_cnclip({"index", "--vectors", type, "--index", index_});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto info = request(server.port(), "GET", "/api/v1/info").body_json();
+    EXPECT_EQ(info["vectors_setting"], type);
+    EXPECT_EQ(info["snapshot"]["type"], type) << info.dump();
+    const auto after = request(server.port(), "GET", "/api/v1/search?q=x&k=100").body_json()["results"];
+    ASSERT_EQ(after.size(), 6u);
+    for (size_t i = 0; i < after.size(); ++i) EXPECT_EQ(after[i]["id"], before[i]["id"]) << i;
+  }
+}
+
 TEST_F(Serve, SeesWhatAConcurrentIndexCommits) {
   const std::string later = tmp_ / "later";
   ::mkdir(later.c_str(), 0755);

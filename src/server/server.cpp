@@ -215,6 +215,10 @@ struct Server::Impl {
   std::unique_ptr<IndexStore> store;
   std::unique_ptr<Searcher> searcher;
   int64_t generation = -1;
+  // The current generation's snapshot file when the searcher loaded (inode and change time; 0 when
+  // there was none): `cnclip index --vectors TYPE` without paths rewrites it under the same
+  // generation, and the server must then load the new type.
+  std::pair<ino_t, int64_t> snapshot_seen{0, 0};
   std::chrono::steady_clock::time_point loaded_at;
   static constexpr std::chrono::seconds kReloadInterval{2};
 
@@ -236,16 +240,23 @@ struct Server::Impl {
     }
     if (store) {
       const int64_t g = store->catalog().generation();
+      const auto snapshot_now = [&]() -> std::pair<ino_t, int64_t> {
+        struct stat st {};
+        if (::stat(store->snapshot_path().c_str(), &st) != 0) return {0, 0};
+        return {st.st_ino, static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
+      };
       // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
       // yet): reloaded at most every kReloadInterval then; a finished run's snapshot at once.
       const auto now = std::chrono::steady_clock::now();
-      if (!searcher || (g != generation && (fresh || now - loaded_at >= kReloadInterval ||
-                                            ::access(store->snapshot_path().c_str(), F_OK) == 0))) {
+      const auto seen = snapshot_now();
+      if (!searcher || (g != generation && (fresh || now - loaded_at >= kReloadInterval || seen.first != 0)) ||
+          (g == generation && seen != snapshot_seen)) {
         store->require_model(model->manifest(), options.mixed_precision);
         searcher.reset();
         searcher = std::make_unique<Searcher>(*store);
         generation = g;
         loaded_at = now;
+        snapshot_seen = seen;
       }
     }
     return fn(store.get(), searcher.get());
