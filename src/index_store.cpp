@@ -254,7 +254,10 @@ std::unique_ptr<VectorIndex> IndexStore::open_snapshot_of(int64_t generation, st
       *problem = snapshot + ": vector snapshot has dimension " + std::to_string(index->dim()) + ", the catalog " +
                  std::to_string(dim);
   } catch (const Exception& e) {
-    if (e.code() != ErrorCode::kCorrupt && e.code() != ErrorCode::kIoError) throw;
+    // Damaged, unreadable, or not readable by this user (an index shared read-only whose snapshot
+    // is private): the catalog's vectors serve instead.
+    if (e.code() != ErrorCode::kCorrupt && e.code() != ErrorCode::kIoError && e.code() != ErrorCode::kPermissionDenied)
+      throw;
     if (problem) *problem = e.what();
   }
   return nullptr;

@@ -511,6 +511,35 @@ TEST(ReadOnlyIndex, AnotherUsersIndexIsSearchableAndWritersSaySo) {
   expect_read_only_behaviour(p, {"runuser", "-u", "nobody", "--"}, 12);
 }
 
+// A snapshot this user cannot read (an index shared read-only, its snapshot private): searches and
+// info read the catalog's vectors with one warning, as for a damaged snapshot, instead of failing.
+TEST(ReadOnlyIndex, ASnapshotThisUserCannotReadGivesWayToTheCatalog) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as 'nobody' (runuser)";
+  ASSERT_TRUE(user_exists("nobody"));
+  PhotoIndex p(12);
+  std::system(("chmod -R a+rX " + test::shell_quote(p.dir.path())).c_str());
+  std::string snapshot;
+  for (const auto& e : fs::directory_iterator(p.idx)) {
+    if (e.path().filename().string().rfind("vectors-", 0) == 0) snapshot = e.path();
+  }
+  ASSERT_FALSE(snapshot.empty());
+  ASSERT_EQ(::chmod(snapshot.c_str(), 0600), 0);
+  test::RunOptions nobody;
+  nobody.through = {"runuser", "-u", "nobody", "--"};
+  auto r = test::run_cnclip(test::concat({"search-text", "小狗", "-k", "20", "--format", "jsonl", "--no-server",
+                                          "--model", test::tiny_bundle()},
+                                         p.idx_args()),
+                            nobody);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(test::lines(r.out).size(), 12u);
+  EXPECT_NE(r.err.find("Permission denied; using the catalog's vectors instead"), std::string::npos) << r.err;
+  EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+  r = test::run_cnclip(test::concat({"info", "--format", "json"}, p.idx_args()), nobody);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["vectors"], 12);
+  EXPECT_TRUE(json::parse(r.out)["snapshot"].is_null()) << r.out;
+}
+
 TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
   if (::geteuid() != 0) GTEST_SKIP() << "a read-only bind mount needs root";
   PhotoIndex p(12);
