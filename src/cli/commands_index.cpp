@@ -309,7 +309,7 @@ int run_import(const CommonOptions& o, const ImportCommand& c) {
 // since; --vectors ivf)", "(flat snapshot; --vectors ivf: <why flat>)", "(no snapshot: ...)".
 std::string snapshot_summary(const IndexInfo& info) {
   if (info.files == 0 && info.snapshot_type.empty()) return "";
-  std::string s = "(";
+  std::string s = " (";
   if (info.snapshot_type.empty()) {
     s += "no vector snapshot: searches read the catalog until the next 'cnclip index' writes one";
   } else {
@@ -319,7 +319,10 @@ std::string snapshot_summary(const IndexInfo& info) {
       s += ", " + std::to_string(info.snapshot_changed_since) + " changed since (read from the catalog)";
     }
   }
-  if (info.vectors_setting != "flat") s += "; --vectors " + info.vectors_setting;
+  // The setting when it says more than the snapshot's type ("ivf", "auto", or a type not built).
+  std::string setting = info.vectors_setting, type = info.snapshot_type;
+  for (auto* t : {&setting, &type}) std::transform(t->begin(), t->end(), t->begin(), ::tolower);
+  if (setting != type && !(setting == "flat" && type.empty())) s += "; --vectors " + info.vectors_setting;
   if (!info.snapshot_note.empty()) s += ": " + info.snapshot_note;
   return s + ")";
 }
@@ -334,7 +337,7 @@ int run_info(const CommonOptions& o) {
             << "model:    " << info.model_architecture << ' ' << info.model_precision << " (fingerprint "
             << info.model_fingerprint.substr(0, 16) << ", dim " << info.embedding_dim << ")\n"
             << "files:    " << info.files << '\n'
-            << "vectors:  " << info.vectors << ' ' << snapshot_summary(info) << '\n'
+            << "vectors:  " << info.vectors << snapshot_summary(info) << '\n'
             << "size:     " << info.disk_bytes / 1024 << " KiB\n"
             << "updated:  " << info.updated_at << '\n';
   for (size_t i = 0; i < info.folders.size(); ++i) {
