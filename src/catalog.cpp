@@ -179,11 +179,23 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   // with 4 KiB pages. A 1024-d embedding (RN50, ViT-H-14) no longer spills onto an overflow page.
   c->exec("PRAGMA page_size=32768;");
   c->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
-  // The write-ahead log in bytes as with SQLite's defaults for 4 KiB pages (1000 pages, 4 MiB): with
-  // 32 KiB pages, 1000 pages let it reach 32 MiB (an index run of 300 small photos peaked at 18.6 MB
-  // of log for a 0.6 MB catalog, and a nearly full disk stopped it at the same file every run), and
-  // it is cut back to that size after a checkpoint.
-  c->exec("PRAGMA wal_autocheckpoint=128; PRAGMA journal_size_limit=4194304;");
+  // The write-ahead log in bytes as with SQLite's defaults for 4 KiB pages (1000 pages, 4 MiB) whatever
+  // the page size: with 32 KiB pages, 1000 pages let it reach 32 MiB (an index run of 300 small photos
+  // peaked at 18.6 MB of log for a 0.6 MB catalog, and a nearly full disk stopped it at the same file
+  // every run); a catalog of 4 KiB pages keeps checkpointing every 1000. Cut back to 4 MiB after a
+  // checkpoint.
+  int64_t page = 4096;
+  {
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &s, nullptr) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW) {
+      page = std::max<int64_t>(512, sqlite3_column_int64(s, 0));
+    }
+    sqlite3_finalize(s);
+  }
+  const std::string wal =
+      "PRAGMA wal_autocheckpoint=" + std::to_string(std::max<int64_t>(1, (int64_t{4} << 20) / page)) +
+      "; PRAGMA journal_size_limit=4194304;";
+  c->exec(wal.c_str());
   c->exec(
       "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);"
       "CREATE TABLE IF NOT EXISTS files("

@@ -228,7 +228,8 @@ void IndexStore::set_vector_spec(const VectorSpec& spec, bool ask_again) {
 
 std::string IndexStore::standing_snapshot_fallback() {
   auto until = catalog_->meta(kFlatUntilMeta);
-  if (!until || catalog_->vector_count() >= std::atoll(until->c_str())) return "";
+  if (!until || std::atoll(until->c_str()) <= 0) return "";  // no count of every row for nothing
+  if (catalog_->vector_count() >= std::atoll(until->c_str())) return "";
   return catalog_->meta(kFlatWhyMeta).value_or("");
 }
 

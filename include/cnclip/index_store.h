@@ -95,7 +95,8 @@ class IndexStore {
   // damaged. For callers that read rows (classify, dups); searches use search_vectors().
   std::unique_ptr<VectorIndex> load_vectors();
   // What searches use: the newest intact snapshot of a generation the change log covers, with the
-  // delta since (VectorIndex::with_delta; none when it is current), else the catalog's vectors.
+  // delta since (VectorIndex::with_delta; none when it is current), else the catalog's vectors (also
+  // when the snapshot is damaged or this user cannot read it: reported through the warning handler).
   // All read in one read transaction, so snapshot, delta and the generation agree. With `exact`,
   // only a flat snapshot is used (another type gives way to the catalog's vectors: seconds at a
   // million). A damaged snapshot is reported through the warning handler.
@@ -144,8 +145,9 @@ class IndexStore {
   // index's files): an approximate snapshot is rebuilt when its delta has drifted that far, or when
   // the wanted type changes (auto's list count follows the size). True when it wrote one (kWrite).
   bool ensure_snapshot();
-  // Path of the snapshot for the current generation, whether or not it exists.
+  // Path of the snapshot for the current generation (or for `generation`), whether or not it exists.
   std::string snapshot_path();
+  std::string snapshot_path(int64_t generation);
   int64_t disk_bytes();
 
  private:
@@ -156,7 +158,6 @@ class IndexStore {
   std::string snapshot_report_, snapshot_fallback_;
   // Snapshot generations present on disk, newest first.
   std::vector<int64_t> snapshot_generations();
-  std::string snapshot_path(int64_t generation);
   // The snapshot of `generation` when intact and of the index's dimension, else null (and the reason).
   std::unique_ptr<VectorIndex> open_snapshot_of(int64_t generation, std::string* problem);
   std::unique_ptr<VectorIndex> catalog_vectors();

@@ -242,7 +242,7 @@ struct Server::Impl {
       const int64_t g = store->catalog().generation();
       const auto snapshot_now = [&]() -> std::pair<ino_t, int64_t> {
         struct stat st {};
-        if (::stat(store->snapshot_path().c_str(), &st) != 0) return {0, 0};
+        if (::stat(store->snapshot_path(g).c_str(), &st) != 0) return {0, 0};
         return {st.st_ino, static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
       };
       // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
