@@ -186,11 +186,8 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   // checkpoint.
   int64_t page = 4096;
   {
-    sqlite3_stmt* s = nullptr;
-    if (sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &s, nullptr) == SQLITE_OK && sqlite3_step(s) == SQLITE_ROW) {
-      page = std::max<int64_t>(512, sqlite3_column_int64(s, 0));
-    }
-    sqlite3_finalize(s);
+    Statement s = c->prepare("PRAGMA page_size");
+    if (sqlite3_step(s.get()) == SQLITE_ROW) page = std::max<int64_t>(512, s.i64(0));
   }
   const std::string wal =
       "PRAGMA wal_autocheckpoint=" + std::to_string(std::max<int64_t>(1, (int64_t{4} << 20) / page)) +

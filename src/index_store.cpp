@@ -226,20 +226,22 @@ void IndexStore::set_vector_spec(const VectorSpec& spec, bool ask_again) {
   catalog_->set_meta("vectors", spec.text);
 }
 
-std::string IndexStore::standing_snapshot_fallback() {
+bool IndexStore::flat_until_holds() {
   auto until = catalog_->meta(kFlatUntilMeta);
-  if (!until || std::atoll(until->c_str()) <= 0) return "";  // no count of every row for nothing
-  if (catalog_->vector_count() >= std::atoll(until->c_str())) return "";
-  return catalog_->meta(kFlatWhyMeta).value_or("");
+  if (!until) until = catalog_->meta(kAutoFlatUntilMeta);
+  const int64_t count = until ? std::atoll(until->c_str()) : 0;
+  return count > 0 && catalog_->vector_count() < count;  // no count of every row when none is set
+}
+
+std::string IndexStore::standing_snapshot_fallback() {
+  return flat_until_holds() ? catalog_->meta(kFlatWhyMeta).value_or("") : "";
 }
 
 std::string IndexStore::wanted_vector_type() {
   // Where the spec's type was not written (write_snapshot: auto found IVF no faster than flat on
   // these vectors, or FAISS could not train the type on so few), flat until the index has grown
   // enough to try again, rather than training at every index run.
-  auto until = catalog_->meta(kFlatUntilMeta);
-  if (!until) until = catalog_->meta(kAutoFlatUntilMeta);
-  if (until && catalog_->vector_count() < std::atoll(until->c_str())) return "flat";
+  if (flat_until_holds()) return "flat";
   return vector_spec().resolve(catalog_->count());
 }
 
@@ -292,10 +294,10 @@ std::unique_ptr<VectorIndex> IndexStore::load_vectors() {
   return catalog_vectors();
 }
 
-std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact, VectorsOrigin* source) {
+std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact, VectorsOrigin* origin) {
   VectorsOrigin unused;
-  if (!source) source = &unused;
-  *source = VectorsOrigin{};
+  if (!origin) origin = &unused;
+  *origin = VectorsOrigin{};
   const int dim = embedding_dim();
   if (dim <= 0) return catalog_vectors();
   // One committed state for the generation, the log's horizon and the delta.
@@ -324,10 +326,10 @@ std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact, VectorsOrigi
       break;
     }
     if (exact && !snapshot->exact()) break;
-    source->snapshot_generation = g;
+    origin->snapshot_generation = g;
     if (g == generation) return snapshot;
     std::vector<int64_t> changed = catalog_->changed_since(g);
-    source->changed_since = static_cast<int64_t>(changed.size());
+    origin->changed_since = static_cast<int64_t>(changed.size());
     std::vector<int64_t> ids;
     std::vector<float> vectors;
     catalog_->for_each_embedding_of(changed, dim, [&](int64_t id, const float* v) {

@@ -31,16 +31,16 @@ IndexInfo index_info(IndexStore& store, const Searcher* loaded) {
   info.embedding_dim = store.embedding_dim();
   info.files = cat.count();
   std::unique_ptr<VectorIndex> own;
-  VectorsOrigin own_source;
-  if (!loaded) own = store.search_vectors(false, &own_source);
+  VectorsOrigin own_origin;
+  if (!loaded) own = store.search_vectors(false, &own_origin);
   const VectorIndex& vectors = loaded ? loaded->vectors() : *own;
-  const VectorsOrigin& source = loaded ? loaded->source() : own_source;
+  const VectorsOrigin& origin = loaded ? loaded->origin() : own_origin;
   info.vectors = vectors.size();
   info.vectors_setting = store.vector_spec().text;
-  if (source.snapshot_generation >= 0) {
+  if (origin.snapshot_generation >= 0) {
     info.snapshot_type = vectors.type();
     info.snapshot_search_parameter = vectors.search_parameter();
-    info.snapshot_changed_since = source.changed_since;
+    info.snapshot_changed_since = origin.changed_since;
   }
   info.snapshot_note = store.standing_snapshot_fallback();
   for (auto& root : cat.root_records()) {

@@ -17,7 +17,7 @@ SortOrder parse_sort_order(const std::string& name, const std::string& what) {
   throw Exception(ErrorCode::kInvalidArgument, what + ": expects score or date, not '" + name + "'");
 }
 
-Searcher::Searcher(IndexStore& store, bool exact) : store_(store), vectors_(store.search_vectors(exact, &source_)) {}
+Searcher::Searcher(IndexStore& store, bool exact) : store_(store), vectors_(store.search_vectors(exact, &origin_)) {}
 Searcher::~Searcher() = default;
 
 int64_t Searcher::size() const { return vectors_->size(); }

@@ -633,7 +633,6 @@ std::string reason_of(std::string message) {
   while (!message.empty() && message.back() == ' ') message.pop_back();
   return message;
 }
-std::string faiss_reason(const faiss::FaissException& e) { return reason_of(e.what()); }
 
 std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const std::string& shown = "") {
   try {
@@ -641,7 +640,7 @@ std::unique_ptr<faiss::Index> make_index(const std::string& type, int dim, const
         faiss::index_factory(dim, factory_string(type).c_str(), faiss::METRIC_INNER_PRODUCT));
   } catch (const faiss::FaissException& e) {
     // The reason quotes the string FAISS was given: the user's, not the one with a list count filled in.
-    std::string why = faiss_reason(e);
+    std::string why = reason_of(e.what());
     const std::string given = factory_string(type);
     if (!shown.empty() && shown != type) {
       for (auto at = why.find(given); at != std::string::npos; at = why.find(given, at + shown.size())) {
@@ -952,7 +951,7 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
     if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
     // A type that passed VectorSpec::parse and still fails (a case parse does not know): said, and
     // not thrown, so that no later write fails over it (IndexStore writes flat instead).
-    if (report) *report = type + " could not be built (FAISS: " + faiss_reason(e) + ")";
+    if (report) *report = type + " could not be built (FAISS: " + reason_of(e.what()) + ")";
     return SnapshotBuild::kFailed;
   } catch (const std::bad_alloc&) {
     if (report) *report = type + " could not be built (out of memory)";
@@ -1030,7 +1029,7 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
         stop_if_interrupted();
         // Parsed at a million vectors (VectorSpec::parse), so what fails here is the count.
         if (report)
-          *report = type + " cannot be trained on " + std::to_string(ns) + " vectors (" + faiss_reason(e) + ")";
+          *report = type + " cannot be trained on " + std::to_string(ns) + " vectors (" + reason_of(e.what()) + ")";
         return SnapshotBuild::kTooFewVectors;
       }
     }

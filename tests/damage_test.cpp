@@ -256,17 +256,10 @@ std::optional<std::set<std::string>> scan_paths(const std::string& db_path, cons
   return out;
 }
 
-// The catalog's page size, from its file header (bytes 16-17, big-endian; 1 means 65536).
-uint64_t page_size_of(const std::string& path) {
-  const std::string head = test::read_text(path).substr(0, 100);
-  const uint64_t v = (static_cast<uint8_t>(head.at(16)) << 8) | static_cast<uint8_t>(head.at(17));
-  return v == 1 ? 65536 : v;
-}
-
 // 8 KB of random bytes at the start of `count` pages past the first (SQLite's schema; see README).
 void damage_pages(const std::string& path, int count, unsigned seed) {
   std::mt19937 rng(seed);
-  const uint64_t page = page_size_of(path), pages = test::file_size(path) / page;
+  const uint64_t page = static_cast<uint64_t>(test::sqlite_page_size(path)), pages = test::file_size(path) / page;
   ASSERT_GT(pages, 2u) << path;
   for (int i = 0; i < count; ++i) test::damage_bytes(path, (1 + rng() % (pages - 2)) * page, 8192, seed * 31 + i);
 }

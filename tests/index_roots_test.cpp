@@ -647,13 +647,6 @@ TEST(WalkOptionsTest, HoldsMatchesTheWalk) {
 
 // --- schema: a catalog made by the previous schema opens and is upgraded in place ----------------
 
-// The page size in a SQLite file's header (bytes 16-17, big-endian; 1 means 65536).
-int page_size_of_file(const std::string& path) {
-  const std::string head = test::read_text(path).substr(0, 100);
-  const int v = (static_cast<uint8_t>(head.at(16)) << 8) | static_cast<uint8_t>(head.at(17));
-  return v == 1 ? 65536 : v;
-}
-
 // A new catalog has 32 KiB pages (src/catalog.cpp: one 2 KiB embedding row per 4 KiB page wasted
 // nearly half the file), also once rows are in.
 TEST(CatalogSchema, NewCatalogsHave32KiBPages) {
@@ -667,7 +660,7 @@ TEST(CatalogSchema, NewCatalogsHave32KiBPages) {
       c->insert(FileRecord{0, "/p/" + std::to_string(i) + ".jpg", 1, 2, "h", 3}, e.data(), 512);
     c->commit();
   }
-  EXPECT_EQ(page_size_of_file(path), 32768);
+  EXPECT_EQ(test::sqlite_page_size(path), 32768);
   // 1000 rows of 2 KiB embeddings: ~2.3 KB each, not a 4 KiB page each (4.1 MB).
   // (the last connection's close checkpoints the log into the file).
   EXPECT_LT(std::filesystem::file_size(path), 1000u * 2600 + 16 * 32768);
@@ -700,7 +693,7 @@ TEST(CatalogSchema, Version1CatalogIsUpgradedInPlace) {
 
   auto c = Catalog::open(path, false);
   EXPECT_EQ(c->meta("schema_version"), "4");  // straight to the current schema (4: video frames)
-  EXPECT_EQ(page_size_of_file(path), 4096) << "an existing catalog keeps its pages";
+  EXPECT_EQ(test::sqlite_page_size(path), 4096) << "an existing catalog keeps its pages";
   EXPECT_TRUE(c->frames().empty());
   EXPECT_EQ(c->generation(), 7);
   EXPECT_EQ(c->count(), 1);

@@ -46,6 +46,12 @@ std::string shell_quote(const std::string& s) {
   return out + "'";
 }
 
+int sqlite_page_size(const std::string& path) {
+  const std::string head = read_text(path).substr(0, 100);
+  const int v = (static_cast<uint8_t>(head.at(16)) << 8) | static_cast<uint8_t>(head.at(17));
+  return v == 1 ? 65536 : v;
+}
+
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;

@@ -48,6 +48,8 @@ std::string shell_quote(const std::string& s);
 std::string url_encode(const std::string& s);
 
 std::string read_text(const std::string& path);
+// The page size in a SQLite file's header (bytes 16-17, big-endian; 1 means 65536).
+int sqlite_page_size(const std::string& path);
 void write_text(const std::string& path, const std::string& text);
 void copy_file(const std::string& from, const std::string& to);
 std::vector<std::string> lines(const std::string& text);

@@ -158,6 +158,8 @@ class IndexStore {
   std::string snapshot_report_, snapshot_fallback_;
   // Snapshot generations present on disk, newest first.
   std::vector<int64_t> snapshot_generations();
+  // Whether the index is below the count write_snapshot set for trying the spec's type again.
+  bool flat_until_holds();
   // The snapshot of `generation` when intact and of the index's dimension, else null (and the reason).
   std::unique_ptr<VectorIndex> open_snapshot_of(int64_t generation, std::string* problem);
   std::unique_ptr<VectorIndex> catalog_vectors();

@@ -124,7 +124,7 @@ class Searcher {
   int64_t size() const;
   // What it searches: the vectors loaded on construction, and where they came from.
   const VectorIndex& vectors() const { return *vectors_; }
-  const VectorsOrigin& source() const { return source_; }
+  const VectorsOrigin& origin() const { return origin_; }
   // queries: labels.size() embeddings of the index's dimension. exclude[i], when not empty, is a
   // path that must not appear in query i's results (search-image --exclude-self). Ranks count from
   // the start of the whole list (offset 20: the first hit has rank 21).
@@ -133,7 +133,7 @@ class Searcher {
 
  private:
   IndexStore& store_;
-  VectorsOrigin source_;
+  VectorsOrigin origin_;
   std::unique_ptr<VectorIndex> vectors_;
 };
 
