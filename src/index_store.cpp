@@ -117,6 +117,8 @@ std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess
   if (access == IndexAccess::kRead) {
     struct stat st {};
     if (::stat(catalog_path.c_str(), &st) != 0) {
+      // A folder this user may not look into is not an empty one (it read "no index here yet").
+      if (errno != ENOENT && errno != ENOTDIR) throw Exception(errno_error(dir, errno, "cannot read the index"));
       throw Exception(ErrorCode::kNotFound, dir +
                                                 ": no index here yet (run 'cnclip index PATH' first, "
                                                 "or give --index DIR)");
@@ -322,6 +324,7 @@ std::unique_ptr<VectorIndex> IndexStore::search_vectors(bool exact, VectorsOrigi
     if (!snapshot) {
       if (!problem.empty()) {
         warn(problem + "; using the catalog's vectors instead (the next 'cnclip index' rewrites it)");
+        origin->problem = std::move(problem);
       }
       break;
     }

@@ -43,6 +43,7 @@ IndexInfo index_info(IndexStore& store, const Searcher* loaded) {
     info.snapshot_changed_since = origin.changed_since;
   }
   info.snapshot_note = store.standing_snapshot_fallback();
+  info.snapshot_problem = origin.problem;
   for (auto& root : cat.root_records()) {
     info.folders.push_back(std::move(root.path));
     info.folder_is_file.push_back(root.is_file);
@@ -102,6 +103,7 @@ nlohmann::ordered_json index_info_json(const IndexInfo& info) {
                        {"changed_since", info.snapshot_changed_since}};
   }
   out["snapshot_note"] = info.snapshot_note;
+  set_string_field(out, "snapshot_problem", info.snapshot_problem);
   return out;
 }
 

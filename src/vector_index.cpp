@@ -357,7 +357,12 @@ std::string describe(const faiss::Index* index) {
     else if (const auto* pq = dynamic_cast<const faiss::IndexIVFPQ*>(ivf)) {
       codes = "PQ" + std::to_string(pq->pq.M) + (pq->pq.nbits != 8 ? "x" + std::to_string(pq->pq.nbits) : "");
     }
-    return "IVF" + std::to_string(ivf->nlist) + "," + codes;
+    // The coarse quantizer when it is not a flat one ("IVF1024_HNSW32,SQ8").
+    std::string coarse;
+    if (const auto* h = dynamic_cast<const faiss::IndexHNSW*>(ivf->quantizer)) {
+      coarse = "_HNSW" + std::to_string(h->hnsw.nb_neighbors(1));
+    }
+    return "IVF" + std::to_string(ivf->nlist) + coarse + "," + codes;
   }
   if (const auto* hnsw = dynamic_cast<const faiss::IndexHNSW*>(index)) {
     const std::string storage = hnsw->storage ? describe(hnsw->storage) : "flat";
@@ -850,8 +855,13 @@ std::unique_ptr<VectorIndex> open_faiss_file(const std::string& path, int fd, si
   if (!idmap || !idmap->index) throw corrupt("not a FAISS IndexIDMap");
   std::unique_ptr<faiss::Index> inner(idmap->index);
   idmap->own_fields = false;
-  if (inner->metric_type != faiss::METRIC_INNER_PRODUCT || inner->d <= 0 ||
-      static_cast<int64_t>(idmap->id_map.size()) != inner->ntotal || idmap->ntotal != inner->ntotal) {
+  if (inner->metric_type != faiss::METRIC_INNER_PRODUCT) {
+    // FAISS 1.7.3's factory makes some types with the L2 metric whatever it is asked (HNSW over PQ):
+    // their scores would be distances, not cosines.
+    throw corrupt(std::string("FAISS made it with the ") + (inner->metric_type == faiss::METRIC_L2 ? "L2" : "another") +
+                  " metric, not the inner product cnclip searches with");
+  }
+  if (inner->d <= 0 || static_cast<int64_t>(idmap->id_map.size()) != inner->ntotal || idmap->ntotal != inner->ntotal) {
     throw corrupt("inconsistent header");
   }
   std::vector<int64_t> ids(idmap->id_map.begin(), idmap->id_map.end());

@@ -531,6 +531,40 @@ TEST(ReadOnlyIndex, ASnapshotThisUserCannotReadGivesWayToTheCatalog) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(json::parse(r.out)["vectors"], 12);
   EXPECT_TRUE(json::parse(r.out)["snapshot"].is_null()) << r.out;
+  // Why, where it can be read and not only on stderr.
+  EXPECT_NE(json::parse(r.out)["snapshot_problem"].get<std::string>().find(snapshot + ": cannot open vector file"),
+            std::string::npos)
+      << r.out;
+  r = test::run_cnclip(test::concat({"info"}, p.idx_args()), nobody);
+  EXPECT_NE(r.out.find("(no usable vector snapshot (" + snapshot + ": cannot open vector file"), std::string::npos)
+      << r.out;
+}
+
+// An index folder another user keeps private (mode 700) is said to be unreadable, not to hold no
+// index yet: searches, info and a server's start exit 1 naming the folder.
+TEST(ReadOnlyIndex, AFolderThisUserCannotLookIntoIsNotAnEmptyOne) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to run as 'nobody' (runuser)";
+  ASSERT_TRUE(user_exists("nobody"));
+  PhotoIndex p(4);
+  std::system(("chmod -R a+rX " + test::shell_quote(p.dir.path())).c_str());
+  for (const std::string mode : {"0700", "0600"}) {
+    SCOPED_TRACE(mode);
+    ASSERT_EQ(::chmod(p.idx.c_str(), static_cast<mode_t>(std::stoi(mode, nullptr, 8))), 0);
+    test::RunOptions nobody;
+    nobody.through = {"runuser", "-u", "nobody", "--"};
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"info"}, {"search-text", "小狗", "--no-server", "--model", test::tiny_bundle()}}) {
+      auto r = test::run_cnclip(test::concat(args, p.idx_args()), nobody);
+      EXPECT_EQ(r.exit_code, 1) << r.err;
+      EXPECT_EQ(r.out, "");
+      EXPECT_NE(r.err.find(p.idx + ": cannot read the index: Permission denied"), std::string::npos) << r.err;
+      EXPECT_EQ(r.err.find("no index here"), std::string::npos) << r.err;
+    }
+  }
+  ASSERT_EQ(::chmod(p.idx.c_str(), 0755), 0);
+  auto r = test::run_cnclip(test::concat({"info", "--format", "json"}, p.idx_args()));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["files"], 4);
 }
 
 TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {

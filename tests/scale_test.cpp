@@ -179,6 +179,9 @@ TEST(VectorSpecs, ResolveParseAndNames) {
   EXPECT_EQ(canonical_vector_type("SQfp16", 64), "flat-fp16");
   EXPECT_EQ(canonical_vector_type("flat-sq8", 64), "flat-sq8");
   EXPECT_EQ(canonical_vector_type("IVF256,SQ8", 64), "IVF256,SQ8");
+  // The coarse quantizer is part of the name (`cnclip info` once said IVF8,SQ8 here).
+  EXPECT_EQ(canonical_vector_type("IVF8_HNSW4,SQ8", 64), "IVF8_HNSW4,SQ8");
+  EXPECT_EQ(canonical_vector_type("HNSW32,SQ8", 64), "HNSW32,SQ8");
   EXPECT_EQ(ivf_nlist(100), 16);
   EXPECT_EQ(ivf_nlist(1'000'000), 1024);
   // PQ7: 64 is not a multiple of 7. The rest FAISS's factory accepts: IVF0 and HNSW0 crashed the
@@ -264,7 +267,8 @@ TEST(ScaleTypes, RecallFloorAndExactScoresOnAGeneratedSet) {
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, vectors, kDim);
   const auto truth = brute_force(store->catalog(), kDim, queries, 10);
-  for (const char* type : {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32", "IVF,PQ16", "PCA64,IVF,SQ8"}) {
+  for (const char* type :
+       {"flat", "flat-fp16", "flat-sq8", "ivf", "HNSW32", "HNSW32,SQ8", "IVF,PQ16", "PCA64,IVF,SQ8"}) {
     SCOPED_TRACE(type);
     const auto start = std::chrono::steady_clock::now();
     store->set_vector_spec(VectorSpec::parse(type, kDim));
@@ -428,6 +432,10 @@ TEST(ScaleTypes, ATypeCnclipCannotSearchIsNotKept) {
     EXPECT_EQ(built, SnapshotBuild::kUnusable) << report;
     EXPECT_FALSE(std::filesystem::exists(dir / "s.faiss"));
     EXPECT_NE(report.find("not a type cnclip can search"), std::string::npos) << report;
+    // The reason as it is (it once read "inconsistent header" for HNSW over PQ).
+    if (std::string(type) == "HNSW16,PQ4") {
+      EXPECT_NE(report.find("FAISS made it with the L2 metric, not the inner product"), std::string::npos) << report;
+    }
   }
   auto store = IndexStore::open(dir / "index", IndexAccess::kWrite);
   fill_index(*store, vectors, kDim);
@@ -655,12 +663,18 @@ TEST(ScaleTypes, DamagedSnapshotOfEachTypeFallsBackToTheCatalog) {
       test::write_text(snap, bytes);
       WarningCapture warnings;
       auto reader = IndexStore::open(dir / "index", IndexAccess::kRead);
-      auto loaded = reader->search_vectors();
+      VectorsOrigin origin;
+      auto loaded = reader->search_vectors(false, &origin);
       EXPECT_EQ(loaded->type(), "flat");
       EXPECT_TRUE(loaded->exact());
       EXPECT_EQ(loaded->size(), kN);
       ASSERT_EQ(warnings.lines.size(), 1u);
       EXPECT_NE(warnings.lines[0].find(snap), std::string::npos) << warnings.lines[0];
+      // The reason is kept for `cnclip info` (JSON snapshot_problem), not only warned.
+      EXPECT_EQ(origin.snapshot_generation, -1);
+      EXPECT_EQ(origin.problem.rfind(snap + ": not a usable vector file (", 0), 0u) << origin.problem;
+      EXPECT_NE(warnings.lines[0].find(origin.problem), std::string::npos) << warnings.lines[0];
+      EXPECT_EQ(index_info(*reader).snapshot_problem, origin.problem);
       Searcher searcher(*reader);
       EXPECT_EQ(recall(truth, search_all(searcher, queries, kDim, 10)), 1.0);
     }

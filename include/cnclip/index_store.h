@@ -56,6 +56,7 @@ std::string resolve_index_dir(const std::string& flag);
 struct VectorsOrigin {
   int64_t snapshot_generation = -1;  // the snapshot file's generation; -1: none usable, the catalog's embeddings
   int64_t changed_since = 0;         // ids added, re-encoded or removed since it was written (its delta)
+  std::string problem;               // why a snapshot file was passed over (damaged, unreadable), "" if none was
 };
 
 // One index folder: its catalog, its vector snapshot and (kWrite) the writer lock. Not thread-safe:

@@ -28,11 +28,14 @@ struct IndexInfo {
   // the type searches read ("flat", "IVF1024,SQ8", ...; "" when no snapshot is usable and they read
   // the catalog's embeddings), its tuned search parameter ("nprobe 128"; "" for flat types) and the
   // ids changed since it was written (read from the catalog by each search); and why the snapshot
-  // is flat under another setting (IndexStore::standing_snapshot_fallback), "" otherwise.
+  // is flat under another setting (IndexStore::standing_snapshot_fallback), "" otherwise; and why a
+  // snapshot file was passed over ("<path>: not a usable vector file (checksum mismatch)": damaged,
+  // or not readable by this user), "" when none was.
   std::string vectors_setting = "flat";
   std::string snapshot_type, snapshot_search_parameter;
   int64_t snapshot_changed_since = 0;
   std::string snapshot_note;
+  std::string snapshot_problem;
 };
 
 // The info of an open index. `loaded`: the vectors a caller already searches (a server's Searcher);
@@ -49,10 +52,10 @@ IndexInfo empty_index_info(const std::string& dir);
 // `cnclip info --format json`, field order as documented: index, model_fingerprint,
 // model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,
 // updated_at, vectors_setting, snapshot ({type, search_parameter, changed_since}, or null when
-// searches read the catalog), snapshot_note. A folder name or index path that is not UTF-8 is printed with U+FFFD and
-// its exact bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it). `folders` holds
-// every root, single files too; when any root is a file, folders_kind (right after folders and folders_bytes) says for
-// each root "folder" or "file".
+// searches read the catalog), snapshot_note, snapshot_problem. A folder name or index path that is not UTF-8 is printed
+// with U+FFFD and its exact bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it).
+// `folders` holds every root, single files too; when any root is a file, folders_kind (right after folders and
+// folders_bytes) says for each root "folder" or "file".
 nlohmann::ordered_json index_info_json(const IndexInfo& info);
 
 }  // namespace cnclip

@@ -311,7 +311,9 @@ std::string snapshot_summary(const IndexInfo& info) {
   if (info.files == 0 && info.snapshot_type.empty()) return "";
   std::string s = " (";
   if (info.snapshot_type.empty()) {
-    s += "no usable vector snapshot: searches read the catalog's vectors";
+    s += "no usable vector snapshot";
+    if (!info.snapshot_problem.empty()) s += " (" + info.snapshot_problem + ")";
+    s += ": searches read the catalog's vectors";
   } else {
     s += info.snapshot_type + " snapshot";
     if (!info.snapshot_search_parameter.empty()) s += ", " + info.snapshot_search_parameter;
