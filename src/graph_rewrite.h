@@ -2,6 +2,7 @@
 // (model module only; src/model.cpp, src/linear_int8.cpp, src/batched_matmul.cpp).
 #pragma once
 
+#include <torch/csrc/jit/ir/constants.h>
 #include <torch/script.h>
 
 #include <vector>
@@ -39,6 +40,52 @@ inline void replace_uses_with_call(torch::jit::Node* node, c10::Symbol op, at::A
       node->owningGraph()->insert(op, std::vector<torch::jit::NamedValue>(args.begin(), args.end()));
   out->setType(node->output()->type());
   node->output()->replaceAllUsesWith(out);
+}
+
+// The activation that follows a Linear in the graph, computed by the product's last post-op instead of
+// a separate pass over its output (the MLPs' first Linear: ViT's QuickGELU, exported as SiLU of
+// pre-scaled weights; BERT's GELU).
+constexpr int64_t kNoActivation = 0, kSilu = 1, kGeluErf = 2, kGeluTanh = 3;
+
+inline at::Tensor apply_activation(at::Tensor y, int64_t activation) {
+  if (activation == kSilu) return at::silu(y);
+  if (activation == kGeluErf) return at::gelu(y, "none");
+  if (activation == kGeluTanh) return at::gelu(y, "tanh");
+  return y;
+}
+
+// The activation node that alone reads `linear`'s output (directly, or through the dtype no-op aten::to
+// that PyTorch's dynamic Linear module adds), or nullptr; `activation` says which.
+inline torch::jit::Node* fusable_activation(torch::jit::Node* linear, int64_t* activation) {
+  static const auto to = c10::Symbol::fromQualString("aten::to");
+  static const auto silu = c10::Symbol::fromQualString("aten::silu");
+  static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
+  torch::jit::Value* v = linear->output();
+  if (v->uses().size() != 1) return nullptr;
+  torch::jit::Node* next = v->uses()[0].user;
+  if (next->kind() == to) {
+    // aten::to(x, dtype float32, non_blocking, copy, memory_format): the Linear's output already is.
+    const auto dtype = torch::jit::toIValue(next->inputs().size() > 1 ? next->input(1) : nullptr);
+    const auto copy = torch::jit::toIValue(next->inputs().size() > 3 ? next->input(3) : nullptr);
+    if (next->inputs().size() != 5 || !dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kFloat) ||
+        !copy || !copy->isBool() || copy->toBool() || next->output()->uses().size() != 1) {
+      return nullptr;
+    }
+    next = next->output()->uses()[0].user;
+  }
+  if (next->kind() == silu && next->inputs().size() == 1) {
+    *activation = kSilu;
+    return next;
+  }
+  if (next->kind() == gelu && next->inputs().size() == 2) {
+    const auto approximate = torch::jit::toIValue(next->input(1));
+    if (!approximate || !approximate->isString()) return nullptr;
+    if (approximate->toStringRef() == "none") *activation = kGeluErf;
+    else if (approximate->toStringRef() == "tanh") *activation = kGeluTanh;
+    else return nullptr;
+    return next;
+  }
+  return nullptr;
 }
 
 }  // namespace cnclip::detail

@@ -134,18 +134,6 @@ std::shared_ptr<Int8Weights> prepared_weights(const c10::intrusive_ptr<Packed>& 
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-// The activation that follows a Linear in the graph, computed by the product's last post-op instead of
-// a separate pass over its output (the MLPs' first Linear: ViT's QuickGELU, exported as SiLU of
-// pre-scaled weights; BERT's GELU).
-constexpr int64_t kNoActivation = 0, kSilu = 1, kGeluErf = 2, kGeluTanh = 3;
-
-at::Tensor apply_activation(at::Tensor y, int64_t activation) {
-  if (activation == kSilu) return at::silu(y);
-  if (activation == kGeluErf) return at::gelu(y, "none");
-  if (activation == kGeluTanh) return at::gelu(y, "tanh");
-  return y;
-}
-
 // PyTorch's dynamic Linear modules quantize activations to 0..127 (reduce_range): without VNNI, x86
 // multiplies uint8 by int8 with vpmaddubsw, whose 16-bit sums of two products saturate past 32767
 // (255 * 127 * 2 does, 127 * 127 * 2 does not). With VNNI (vpdpbusd, 32-bit sums) nothing saturates,
@@ -287,40 +275,6 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
 }
 
 TORCH_LIBRARY_FRAGMENT(cnclip, m) { m.def("linear_int8", &onednn_linear_int8); }
-
-// The activation node that alone reads `linear`'s output (through the dtype no-op aten::to that
-// PyTorch's dynamic Linear module adds), or nullptr; `activation` says which.
-torch::jit::Node* fusable_activation(torch::jit::Node* linear, int64_t* activation) {
-  static const auto to = c10::Symbol::fromQualString("aten::to");
-  static const auto silu = c10::Symbol::fromQualString("aten::silu");
-  static const auto gelu = c10::Symbol::fromQualString("aten::gelu");
-  torch::jit::Value* v = linear->output();
-  if (v->uses().size() != 1) return nullptr;
-  torch::jit::Node* next = v->uses()[0].user;
-  if (next->kind() == to) {
-    // aten::to(x, dtype float32, non_blocking, copy, memory_format): the Linear's output already is.
-    const auto dtype = torch::jit::toIValue(next->inputs().size() > 1 ? next->input(1) : nullptr);
-    const auto copy = torch::jit::toIValue(next->inputs().size() > 3 ? next->input(3) : nullptr);
-    if (next->inputs().size() != 5 || !dtype || !dtype->isInt() || dtype->toInt() != static_cast<int64_t>(at::kFloat) ||
-        !copy || !copy->isBool() || copy->toBool() || next->output()->uses().size() != 1) {
-      return nullptr;
-    }
-    next = next->output()->uses()[0].user;
-  }
-  if (next->kind() == silu && next->inputs().size() == 1) {
-    *activation = kSilu;
-    return next;
-  }
-  if (next->kind() == gelu && next->inputs().size() == 2) {
-    const auto approximate = torch::jit::toIValue(next->input(1));
-    if (!approximate || !approximate->isString()) return nullptr;
-    if (approximate->toStringRef() == "none") *activation = kGeluErf;
-    else if (approximate->toStringRef() == "tanh") *activation = kGeluTanh;
-    else return nullptr;
-    return next;
-  }
-  return nullptr;
-}
 
 void route_block(torch::jit::Block* block) {
   static const auto dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");

@@ -15,18 +15,24 @@
 #include <cpuid.h>
 #include <dlfcn.h>
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 
 #include "batched_matmul.h"
 #include "graph_rewrite.h"
 #include "linear_int8.h"
 #include "model_module.h"
+#include "onednn_util.h"
 
 namespace cnclip {
 namespace {
@@ -50,25 +56,63 @@ void limit_onednn_primitive_cache() {
 }
 
 // How a float32 tower's Linear layers run (see model.h, "fp32 Linear layers"). CNCLIP_FP32_LINEAR
-// (blis | blas | xnnpack) overrides the choice, for measurement (scripts/bench.sh) and for a user whose
-// CPU disagrees with the default; anything else is the default.
-enum class LinearRoute { kBlis, kBlas, kXnnpack };
+// (onednn | blis | blas | xnnpack) overrides the choice, for measurement (scripts/bench.sh) and for a
+// user whose CPU disagrees with the default; anything else is the default.
+enum class LinearRoute { kOneDnn, kBlis, kBlas, kXnnpack };
+
+bool amd_family_19h() {
+#if defined(__x86_64__)
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  unsigned family = (eax >> 8) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  return amd && family == 0x19;
+#else
+  return false;
+#endif
+}
+
+// Whether oneDNN's float32 matmul leads BLIS for a text query's products on this CPU: where oneDNN
+// runs AVX-512 (its brgemm kernels; BLIS 0.9 has no small-matrix AVX-512 kernels, see
+// choose_blis_kernels), except on AMD's family 19h (Zen 3 has no AVX-512; Zen 4 runs it on 256-bit
+// units, where BLIS's zen3 kernels led: 19 ms against 20-21 for a 15-token query's Linears, 2 threads).
+// On the AMD EPYC of family 1Ah (Zen 5, 512-bit units) that measured this, the 72 products of a
+// 15-token query on 2 threads took 12-13 ms with oneDNN on the bundle's weights in place against
+// ~31 ms with BLIS's haswell kernels (standalone, interleaved).
+bool onednn_leads_for_small_linears() {
+  using isa = dnnl::cpu_isa;
+  switch (dnnl::get_effective_cpu_isa()) {
+    case isa::avx512_core:
+    case isa::avx512_core_vnni:
+    case isa::avx512_core_bf16:
+    case isa::avx512_core_amx: return !amd_family_19h();
+    default: return false;
+  }
+}
 
 LinearRoute linear_route() {
   if (const char* env = std::getenv("CNCLIP_FP32_LINEAR")) {
     if (std::strcmp(env, "blas") == 0) return LinearRoute::kBlas;
     if (std::strcmp(env, "xnnpack") == 0) return LinearRoute::kXnnpack;
+    if (std::strcmp(env, "blis") == 0) return LinearRoute::kBlis;
+    if (std::strcmp(env, "onednn") == 0) return LinearRoute::kOneDnn;
   }
-  // BLIS for products of few rows (kBlisMaxRows: a text query's) on CPUs with AVX2 and FMA (README
-  // "Against ONNX Runtime"): its small-matrix kernels read the weights in place where OpenBLAS repacks
-  // each weight matrix per call, which is most of a 15-token query's time: the text tower's Linears
-  // took 36 ms on one core and 19-20 ms on two with BLIS, 67 and 35 ms with OpenBLAS (AMD EPYC Zen 4).
-  // Older CPUs keep OpenBLAS (BLIS's kernels for them were not measured).
+  // Products of few rows (kBlisMaxRows: a text query's) on a small-matrix kernel that reads the weights
+  // in place, where OpenBLAS repacks each weight matrix per call, which is most of a 15-token query's
+  // time: on CPUs with AVX2 and FMA, oneDNN's where it runs AVX-512 and leads
+  // (onednn_leads_for_small_linears), else BLIS's (README "Against ONNX Runtime"): the text tower's
+  // Linears took 36 ms on one core and 19-20 ms on two with BLIS, 67 and 35 ms with OpenBLAS (AMD EPYC
+  // Zen 4). Older CPUs keep OpenBLAS (BLIS's kernels for them were not measured).
   // XNNPACK, packed at load, was 0.6-0.8x BLAS's time on one thread but its thread pool spins: 2-5x
   // slower with 2 threads on a busy machine.
 #if defined(__x86_64__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return LinearRoute::kBlis;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    static const bool onednn = onednn_leads_for_small_linears();
+    return onednn ? LinearRoute::kOneDnn : LinearRoute::kBlis;
+  }
   return LinearRoute::kBlas;
 #else
   return LinearRoute::kBlis;
@@ -107,25 +151,100 @@ void choose_blis_kernels() {
 // 1.08x at 480; the image tower at 788 rows 1.06x).
 constexpr int64_t kBlisMaxRows = 192;
 
-at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+// oneDNN's float32 matmul for cnclip::linear: y[m, n] = x[m, k] * weight^T (+ bias), on the weights as
+// the bundle stores them (oneDNN's [k, n] "ab" for the transposed storage, "ba" for [n, k] rows), not
+// packed: packing 340 MB of text weights would cost a one-shot query more than it saves (packed, the
+// 72 products of a 15-token query took 12 ms against 12.8-13.3 in place; "ba" 19 ms). Primitives by
+// shape and thread count (oneDNN splits the work by the count it was built for), made once each.
+// Returns false, leaving y untouched, for weights of other strides and when oneDNN fails (then BLIS
+// runs every product from that call on).
+struct SmallLinearPrimitive {
+  dnnl::matmul matmul;
+  dnnl::memory::desc scratchpad;
+};
+std::atomic<bool> onednn_linear_failed{false};
+
+bool onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias, at::Tensor& y, int64_t m,
+                   int64_t k, int64_t n, int64_t activation) {
+  using dt = dnnl::memory::data_type;
+  using tag = dnnl::memory::format_tag;
+  if (onednn_linear_failed) return false;
+  tag weights_tag;
+  if (weight.stride(0) == 1 && weight.stride(1) == n) weights_tag = tag::ab;
+  else if (weight.stride(1) == 1 && weight.stride(0) == k) weights_tag = tag::ba;
+  else return false;
+  at::Tensor b;
+  if (bias) b = bias->contiguous();
+  const int threads = std::max(1, at::get_num_threads());
+  static std::mutex mu;
+  static std::map<std::tuple<int64_t, int64_t, int64_t, int, bool, int, int64_t>,
+                  std::shared_ptr<const SmallLinearPrimitive>>
+      made;
+  try {
+    std::shared_ptr<const SmallLinearPrimitive> p;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      if (made.size() > 512) made.clear();  // text queries of every length, on several thread counts
+      auto& slot = made[{m, k, n, static_cast<int>(weights_tag), bias != nullptr, threads, activation}];
+      if (!slot) {
+        dnnl::primitive_attr attr;
+        dnnl::post_ops ops;
+        if (activation == detail::kSilu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+        if (activation == detail::kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+        if (activation == detail::kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
+        attr.set_post_ops(ops);
+        attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
+        const dnnl::memory::desc src({m, k}, dt::f32, tag::ab), wei({k, n}, dt::f32, weights_tag),
+            dst({m, n}, dt::f32, tag::ab);
+        const auto desc = bias ? dnnl::matmul::desc(src, wei, dnnl::memory::desc({1, n}, dt::f32, tag::ab), dst)
+                               : dnnl::matmul::desc(src, wei, dst);
+        const dnnl::matmul::primitive_desc pd(desc, attr, detail::onednn_engine());
+        slot =
+            std::make_shared<const SmallLinearPrimitive>(SmallLinearPrimitive{dnnl::matmul(pd), pd.scratchpad_desc()});
+      }
+      p = slot;
+    }
+    const auto& engine = detail::onednn_engine();
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory({{m, k}, dt::f32, tag::ab}, engine, const_cast<float*>(x.data_ptr<float>()))},
+        {DNNL_ARG_WEIGHTS,
+         dnnl::memory({{k, n}, dt::f32, weights_tag}, engine, const_cast<float*>(weight.data_ptr<float>()))},
+        {DNNL_ARG_DST, dnnl::memory({{m, n}, dt::f32, tag::ab}, engine, y.data_ptr<float>())}};
+    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory({{1, n}, dt::f32, tag::ab}, engine, b.data_ptr<float>()));
+    detail::execute_with_own_scratchpad(p->matmul, p->scratchpad, std::move(args));
+    return true;
+  } catch (const dnnl::error&) {
+    onednn_linear_failed = true;
+    return false;
+  }
+}
+
+// `activation` (detail::kNoActivation, kGeluErf, ...) applied to the product: by oneDNN's post-op, else
+// by LibTorch's op after it.
+at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        int64_t activation, bool onednn) {
   const bool has_bias = bias.has_value() && bias->defined();
   if (input.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat || !input.device().is_cpu() ||
       !weight.device().is_cpu() || weight.dim() != 2 || input.dim() < 1 || input.size(-1) != weight.size(1) ||
       weight.size(1) == 0 || input.requires_grad() || weight.requires_grad() ||
       (has_bias && (bias->scalar_type() != at::kFloat || !bias->device().is_cpu() || bias->dim() != 1 ||
                     bias->size(0) != weight.size(0) || bias->requires_grad()))) {
-    return at::linear(input, weight, bias);
+    return detail::apply_activation(at::linear(input, weight, bias), activation);
   }
   const int64_t k = weight.size(1), n = weight.size(0), m = input.numel() / k;
-  if (m > kBlisMaxRows) return at::linear(input, weight, bias);
+  if (m > kBlisMaxRows) return detail::apply_activation(at::linear(input, weight, bias), activation);
   const at::Tensor x = input.contiguous();
   std::vector<int64_t> sizes = input.sizes().vec();
   sizes.back() = n;
+  at::Tensor y = at::empty(sizes, x.options());
+  if (m == 0 || n == 0) {
+    if (has_bias) y.view({m, n}).copy_(bias->expand({m, n}));
+    return detail::apply_activation(y, activation);
+  }
+  if (onednn && onednn_linear(x, weight, has_bias ? &*bias : nullptr, y, m, k, n, activation)) return y;
   // A new tensor every time: BLIS adds into it (beta 1), and an expanded bias can be the bias itself
   // (expand({1, n}) of a contiguous [n] is contiguous, so contiguous() would not copy it).
-  at::Tensor y = at::empty(sizes, x.options());
   if (has_bias) y.view({m, n}).copy_(bias->expand({m, n}));
-  if (m == 0 || n == 0) return y;
   float one = 1.0f, beta = has_bias ? 1.0f : 0.0f;
   rntm_t rntm = BLIS_RNTM_INITIALIZER;
   bli_rntm_set_num_threads(std::max(1, at::get_num_threads()), &rntm);
@@ -133,20 +252,54 @@ at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const 
   bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, k, &one, const_cast<float*>(x.data_ptr<float>()), k, 1,
                const_cast<float*>(weight.data_ptr<float>()), weight.stride(1), weight.stride(0), &beta,
                y.data_ptr<float>(), n, 1, nullptr, &rntm);
-  return y;
+  return detail::apply_activation(y, activation);
+}
+
+at::Tensor blis_linear(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  return small_linear(input, weight, bias, detail::kNoActivation, false);
+}
+
+at::Tensor onednn_linear_op(const at::Tensor& input, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                            int64_t activation) {
+  return small_linear(input, weight, bias, activation, true);
 }
 
 // At the module's load, before any BLIS call.
 [[maybe_unused]] const bool kBlisKernelsChosen = (choose_blis_kernels(), true);
 
-TORCH_LIBRARY(cnclip, m) { m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor", &blis_linear); }
+TORCH_LIBRARY(cnclip, m) {
+  m.def("linear(Tensor input, Tensor weight, Tensor? bias) -> Tensor", &blis_linear);
+  m.def("linear_onednn(Tensor input, Tensor weight, Tensor? bias, int activation) -> Tensor", &onednn_linear_op);
+}
 
-// Every aten::linear of the graph (and of its nested blocks) becomes cnclip::linear.
-void route_linears_to_blis(torch::jit::Block* block) {
+// Every aten::linear of the graph (and of its nested blocks) becomes cnclip::linear (BLIS's products),
+// or with `onednn` cnclip::linear_onednn (oneDNN's), which also computes the GELU or SiLU that alone
+// reads the Linear's output, as the product's post-op (one pass less over the MLPs' widest outputs).
+void route_linears_to_blis(torch::jit::Block* block, bool onednn) {
   static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
   static const auto cnclip_linear = c10::Symbol::fromQualString("cnclip::linear");
+  static const auto cnclip_linear_onednn = c10::Symbol::fromQualString("cnclip::linear_onednn");
   for (torch::jit::Node* node : detail::nodes_of_kind(block, aten_linear, 3)) {
-    detail::replace_uses_with_call(node, cnclip_linear, {node->input(0), node->input(1), node->input(2)});
+    if (!onednn) {
+      detail::replace_uses_with_call(node, cnclip_linear, {node->input(0), node->input(1), node->input(2)});
+      node->destroy();
+      continue;
+    }
+    int64_t activation = detail::kNoActivation;
+    torch::jit::Node* act = detail::fusable_activation(node, &activation);
+    torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
+    torch::jit::Value* code = nullptr;
+    {
+      torch::jit::WithInsertPoint guard(last);
+      code = last->owningGraph()->insertConstant(activation);
+    }
+    detail::replace_uses_with_call(last, cnclip_linear_onednn, {node->input(0), node->input(1), node->input(2), code});
+    // The activation, any aten::to between, the Linear: each now unused.
+    for (torch::jit::Node* n = last; n != node;) {
+      torch::jit::Node* before = n->input(0)->node();
+      n->destroy();
+      n = before;
+    }
     node->destroy();
   }
 }
@@ -215,8 +368,17 @@ struct TorchModel::Impl {
       if (manifest.precision == "fp32" && device.is_cpu()) {
         switch (linear_route()) {
           case LinearRoute::kXnnpack: prepack_linears(*module); break;
+          case LinearRoute::kOneDnn:
           case LinearRoute::kBlis:
-            for (torch::jit::Block* block : detail::method_blocks(*module)) route_linears_to_blis(block);
+            // oneDNN's products for the text tower only: which of its kernels computes a row, and
+            // so the row's last bits, depends on how many rows a call has, and an image's embedding
+            // must not depend on the batch it was encoded in (an index run's batches against
+            // `embed-image --shard`'s, ShardMerge.JsonlOfAShardImportsTheSameRows), as with BLIS and
+            // OpenBLAS, whose rows are computed alike whatever their number. ViT-B-16's images
+            // (197 rows each) are OpenBLAS's anyway.
+            for (torch::jit::Block* block : detail::method_blocks(*module)) {
+              route_linears_to_blis(block, linear_route() == LinearRoute::kOneDnn && file == "text_encoder.pt");
+            }
             break;
           case LinearRoute::kBlas: break;
         }
@@ -395,6 +557,12 @@ std::string compute_backend_description() {
       linear =
           std::string("BLIS ") + bli_info_get_version_str() + " (" + bli_arch_string(bli_arch_query_id()) + " kernels)";
       break;
+    case LinearRoute::kOneDnn: {
+      const dnnl_version_t* v = dnnl_version();
+      linear = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+               " (up to " + std::to_string(kBlisMaxRows) + " rows; BLAS above)";
+      break;
+    }
     case LinearRoute::kBlas: linear = "BLAS"; break;
     case LinearRoute::kXnnpack: linear = "XNNPACK"; break;
   }

@@ -1,9 +1,11 @@
-// The float32 towers' Linear routes (model.h, "fp32 Linear layers"): BLIS (the default on CPUs with
-// AVX2 and FMA), BLAS, and XNNPACK with weights packed at load (CNCLIP_FP32_LINEAR=xnnpack), on bundles
+// The float32 towers' Linear routes (model.h, "fp32 Linear layers"): oneDNN or BLIS for products of
+// few rows (the default on CPUs with AVX2 and FMA: oneDNN where it runs AVX-512 and leads), BLAS, and
+// XNNPACK with weights packed at load (CNCLIP_FP32_LINEAR=xnnpack), on bundles
 // with either Linear weight storage (transposed, as exported now; plain [out, in], as before). Whatever
 // route runs, the
 // embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
 // features, and at cosine >= 0.99999 to the BLAS route's.
+#include <cpuid.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -93,8 +95,10 @@ TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
            {"blas", test::tiny_bundle()},  // blas against itself: the references hold
            {"xnnpack", test::tiny_bundle()},
            {"blis", test::tiny_bundle()},
+           {"onednn", test::tiny_bundle()},
            {"auto", test::tiny_bundle()},
            {"blis", plain},
+           {"onednn", plain},
            {"blas", plain}}) {
     SCOPED_TRACE(std::string(route) + " " + bundle);
     const Embeddings e = embed_with(route, bundle);
@@ -108,21 +112,66 @@ TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
   }
 }
 
-// The default route on a CPU with AVX2 and FMA is BLIS, and what computes says so.
-TEST(LinearRoute, BlisByDefaultWhereTheCpuHasAvx2) {
+// Whether this CPU is one where oneDNN's products lead BLIS's (model.cpp,
+// onednn_leads_for_small_linears): AVX-512 (F, BW, VL, DQ: oneDNN's avx512_core), not AMD family 19h.
+bool onednn_should_lead() {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl") || !__builtin_cpu_supports("avx512dq")) {
+    return false;
+  }
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  __get_cpuid(0, &eax, &ebx, &ecx, &edx);
+  const bool amd = ebx == 0x68747541;  // "Auth"
+  __get_cpuid(1, &eax, &ebx, &ecx, &edx);
+  unsigned family = (eax >> 8) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  return !(amd && family == 0x19);
+}
+
+// The default route on a CPU with AVX2 and FMA is oneDNN's where it runs AVX-512 and leads, else
+// BLIS's; what computes says so, and each route can be asked for.
+TEST(LinearRoute, SmallProductsRunOnTheKernelThatLeadsOnThisCpu) {
   auto model = Model::open(test::tiny_bundle());
   model->load_text_tower();
   const std::string d = compute_backend_description();
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  if (onednn_should_lead()) {
+    EXPECT_NE(d.find("float32 Linear layers: oneDNN 2."), std::string::npos) << d;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     EXPECT_NE(d.find("float32 Linear layers: BLIS "), std::string::npos) << d;
-    // Never BLIS 0.9's skx kernels: they have no small-matrix path (model.cpp, choose_blis_kernels).
-    EXPECT_EQ(d.find("(skx kernels)"), std::string::npos) << d;
   } else {
     EXPECT_NE(d.find("float32 Linear layers: BLAS"), std::string::npos) << d;
   }
+  {
+    RouteEnv env("blis");
+    const std::string blis = compute_backend_description();
+    EXPECT_NE(blis.find("float32 Linear layers: BLIS "), std::string::npos) << blis;
+    // Never BLIS 0.9's skx kernels: they have no small-matrix path (model.cpp, choose_blis_kernels).
+    EXPECT_EQ(blis.find("(skx kernels)"), std::string::npos) << blis;
+  }
   RouteEnv env("blas");
   EXPECT_NE(compute_backend_description().find("float32 Linear layers: BLAS,"), std::string::npos);
+}
+
+// Which kernel ran, as oneDNN reports its primitives (ONEDNN_VERBOSE, on stdout): oneDNN's route
+// runs every text product as a float32 matmul on the bundle's weights in place (layout "ab", the
+// transposed storage), with BERT's GELU as the product's post-op; BLIS's route runs none there.
+TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
+  for (const char* route : {"onednn", "blis"}) {
+    SCOPED_TRACE(route);
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", std::string("CNCLIP_FP32_LINEAR=") + route};
+    const auto r = test::run_cnclip({"embed-text", "--model", test::tiny_bundle(), "小狗"}, options);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const bool ours = std::string(route) == "onednn";
+    EXPECT_EQ(r.out.find("matmul,") != std::string::npos, ours) << r.out.substr(0, 4000);
+    EXPECT_EQ(r.out.find("src_f32::blocked:ab:f0 wei_f32::blocked:ab:f0") != std::string::npos, ours)
+        << r.out.substr(0, 4000);
+    EXPECT_EQ(r.out.find("attr-post-ops:eltwise_gelu_erf") != std::string::npos, ours) << r.out.substr(0, 4000);
+    // The embedding is the last line whichever route ran.
+    EXPECT_NE(test::lines(r.out).back().find("\"embedding\""), std::string::npos) << r.out.substr(0, 4000);
+  }
 }
 
 // An int8 bundle has no float32 Linears to route: a forced route changes nothing there.
@@ -204,31 +253,35 @@ TEST(Int8Route, OneDnnRunsTheProductsUnlessLibTorchIsAsked) {
 }
 
 // Encode calls on several threads at once (index workers share one model): each thread's queries
-// answer as they do on one thread, while the route builds primitives and packs weights for them.
-TEST(Concurrency, Int8TowersEncodeOnSeveralThreadsAtOnce) {
-  auto model = Model::open(test::tiny_int8_bundle(), ModelOptions{"cpu", 1, true});
-  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
-  std::vector<std::vector<float>> alone(20);
-  for (int t = 0; t < 20; ++t) alone[t] = model->encode_token_ids(ids.data() + t * 52, 1, 52);
-  auto fresh = Model::open(test::tiny_int8_bundle(), ModelOptions{"cpu", 1, true});
-  fresh->load_text_tower();  // the one call that must come first (model.h)
-  // Every thread encodes every query three times (one pass caught a shared scratchpad 1 time in 10).
-  std::vector<std::string> wrong[4];
-  std::vector<std::thread> threads;
-  for (int w = 0; w < 4; ++w) {
-    threads.emplace_back([&, w] {
-      set_compute_threads(1 + w % 2);
-      for (int round = 0; round < 3; ++round) {
-        for (int t = 0; t < 20; ++t) {
-          if (max_abs_diff(fresh->encode_token_ids(ids.data() + t * 52, 1, 52), alone[t]) > 1e-5f) {
-            wrong[w].push_back("thread " + std::to_string(w) + " query " + std::to_string(t));
+// answer as they do on one thread, while the routes build primitives (and pack int8 weights) for
+// them, each thread with its own scratch memory: fp32 (oneDNN's or BLIS's products) and int8.
+TEST(Concurrency, TextTowersEncodeOnSeveralThreadsAtOnce) {
+  for (const std::string& bundle : {test::tiny_bundle(), test::tiny_int8_bundle()}) {
+    SCOPED_TRACE(bundle);
+    auto model = Model::open(bundle, ModelOptions{"cpu", 1, true});
+    const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+    std::vector<std::vector<float>> alone(20);
+    for (int t = 0; t < 20; ++t) alone[t] = model->encode_token_ids(ids.data() + t * 52, 1, 52);
+    auto fresh = Model::open(bundle, ModelOptions{"cpu", 1, true});
+    fresh->load_text_tower();  // the one call that must come first (model.h)
+    // Every thread encodes every query three times (one pass caught a shared scratchpad 1 time in 10).
+    std::vector<std::string> wrong[4];
+    std::vector<std::thread> threads;
+    for (int w = 0; w < 4; ++w) {
+      threads.emplace_back([&, w] {
+        set_compute_threads(1 + w % 2);
+        for (int round = 0; round < 3; ++round) {
+          for (int t = 0; t < 20; ++t) {
+            if (max_abs_diff(fresh->encode_token_ids(ids.data() + t * 52, 1, 52), alone[t]) > 1e-5f) {
+              wrong[w].push_back("thread " + std::to_string(w) + " query " + std::to_string(t));
+            }
           }
         }
-      }
-    });
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& list : wrong) EXPECT_TRUE(list.empty()) << list.front();
   }
-  for (auto& t : threads) t.join();
-  for (const auto& list : wrong) EXPECT_TRUE(list.empty()) << list.front();
 }
 
 // restart_with_short_openmp_spin (runtime.h), run in a child process with `env` set: what the

@@ -30,15 +30,18 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
-  // fp32 Linear layers of up to 192 rows (a text query's) run on BLIS's small-matrix kernels on CPUs
-  // with AVX2 and FMA (a 15-token ViT-B-16 query 41 -> 23 ms on 2 threads here: OpenBLAS repacks
-  // each weight matrix on every call); larger ones (an image batch's) on OpenBLAS, with the kernels it
-  // picks for the CPU. CNCLIP_FP32_LINEAR=blas keeps every Linear on OpenBLAS; =xnnpack instead
+  // fp32 Linear layers of up to 192 rows (a text query's) run on a small-matrix kernel that reads the
+  // bundle's weights in place, on CPUs with AVX2 and FMA (OpenBLAS repacks each weight matrix on every
+  // call): oneDNN's float32 matmul where oneDNN runs AVX-512 (brgemm) and leads, the MLP's GELU as its
+  // post-op (a 15-token ViT-B-16 query 21-22 -> 15.6-16.2 ms on 2 threads on an AMD EPYC of family
+  // 1Ah), else BLIS's (41 -> 23 ms against OpenBLAS on a Zen 4, where BLIS led oneDNN); larger ones
+  // (an image batch's) on OpenBLAS, with the kernels it picks for the CPU. CNCLIP_FP32_LINEAR=onednn
+  // or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
   // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the
   // CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot
   // be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding
-  // (cosine >= 0.99999, tests/linear_route_test.cpp). BLIS and OpenBLAS compute with the calling
-  // thread's compute threads (set_compute_threads); XNNPACK in LibTorch's one process-wide thread
+  // (cosine >= 0.99999, tests/linear_route_test.cpp). oneDNN, BLIS and OpenBLAS compute with the
+  // calling thread's compute threads (set_compute_threads); XNNPACK in LibTorch's one process-wide thread
   // pool, sized by the last set_compute_threads call of any thread.
   // int8 Linear layers (a bundle exported with --precision int8) run on oneDNN's int8 matmul with
   // weights packed once per layer for the CPU's instructions and the activations' scale given per call
