@@ -153,7 +153,10 @@ class RN50Tiny(unittest.TestCase):
             got_txt = torch.jit.load(os.path.join(out, "text_encoder.pt"))(ids)
         # The images must give different embeddings, or agreement would prove little.
         self.assertLess(float((want_img @ want_img.T).min()), 0.99)
-        self.assertLessEqual(max_diff(got_img, want_img), 1e-5)
+        # 2e-5 for the image: with OpenBLAS's AVX2 kernels forced on an AVX-512 CPU (this workplace's
+        # OPENBLAS_CORETYPE=Haswell) the two computations round apart by 1.3e-5 (AMD EPYC, family
+        # 1Ah); within 1e-5 with OpenBLAS's own kernels there.
+        self.assertLessEqual(max_diff(got_img, want_img), 2e-5)
         self.assertLessEqual(max_diff(got_txt, want_txt), 1e-5)
 
     def test_int8_rn50_bundle(self):

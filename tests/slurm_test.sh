@@ -136,18 +136,25 @@ run_recipe() {  # OUT INDEX EXTRA-ARGS...
   [ "$(wc -l < "$work/jobs.txt")" = 2 ] || fail "expected two job ids on stdout, got: $(cat "$work/jobs.txt")"
 }
 
-# Same paths with the same embeddings, bit for bit, in both indexes.
+# Same paths with the same embeddings in both indexes, to float rounding (1e-6): which BLAS kernel
+# computes a row of a batch, and so its last bits, may depend on the batch (OpenBLAS's AVX2 kernels
+# forced on an AVX-512 CPU; tests/shard_test.cpp, same_rows). Bit for bit counted and said.
 compare() {  # INDEX [REF COUNT]
   "$py" - "${2:-$work/ref}/catalog.sqlite3" "$1/catalog.sqlite3" "${3:-30}" <<'EOF' || fail "the merged index differs from cnclip index's"
-import sqlite3, sys
+import sqlite3, struct, sys
 def rows(p):
     return {path: emb for path, emb in sqlite3.connect(p).execute("SELECT path, embedding FROM files")}
 ref, got = rows(sys.argv[1]), rows(sys.argv[2])
 assert len(ref) == int(sys.argv[3]), len(ref)
 assert set(ref) == set(got), sorted(set(ref) ^ set(got))
-bad = [p for p in ref if ref[p] != got[p]]
+def floats(b):
+    return struct.unpack("<%df" % (len(b) // 4), b)
+bad = [p for p in ref if len(ref[p]) != len(got[p]) or
+       max(abs(a - b) for a, b in zip(floats(ref[p]), floats(got[p]))) > 1e-6]
 assert not bad, bad
-print("slurm_test: %d paths, embeddings bit-identical to cnclip index's" % len(ref), file=sys.stderr)
+exact = sum(ref[p] == got[p] for p in ref)
+print("slurm_test: %d paths, embeddings within 1e-6 of cnclip index's (%d bit-identical)" % (len(ref), exact),
+      file=sys.stderr)
 EOF
 }
 
