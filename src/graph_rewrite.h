@@ -32,10 +32,12 @@ inline std::vector<torch::jit::Node*> nodes_of_kind(torch::jit::Block* block, c1
   return found;
 }
 
-// A call of `op` on `args`, inserted before `node`, takes over the uses of `node`'s output (and its
-// type); `node` is left unused, for the caller to destroy with whatever else the call replaces.
-inline void replace_uses_with_call(torch::jit::Node* node, c10::Symbol op, at::ArrayRef<torch::jit::Value*> args) {
-  torch::jit::WithInsertPoint guard(node);
+// A call of `op` on `args`, inserted before `at` (default: `node`), takes over the uses of `node`'s
+// output (and its type); `node` is left unused, for the caller to destroy with whatever else the call
+// replaces.
+inline void replace_uses_with_call(torch::jit::Node* node, c10::Symbol op, at::ArrayRef<torch::jit::Value*> args,
+                                   torch::jit::Node* at = nullptr) {
+  torch::jit::WithInsertPoint guard(at ? at : node);
   torch::jit::Value* out =
       node->owningGraph()->insert(op, std::vector<torch::jit::NamedValue>(args.begin(), args.end()));
   out->setType(node->output()->type());

@@ -285,10 +285,11 @@ void route_block(torch::jit::Block* block) {
     torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
     torch::jit::Value* code = nullptr;
     {
-      torch::jit::WithInsertPoint guard(last);
-      code = last->owningGraph()->insertConstant(activation);
+      torch::jit::WithInsertPoint guard(node);
+      code = node->owningGraph()->insertConstant(activation);
     }
-    replace_uses_with_call(last, ours, {node->input(0), node->input(1), node->input(2), code});
+    // At the Linear's place: its inputs as they were there.
+    replace_uses_with_call(last, ours, {node->input(0), node->input(1), node->input(2), code}, node);
     // The activation, the aten::to between, the Linear: each now unused.
     for (torch::jit::Node* n = last; n != node;) {
       torch::jit::Node* before = n->input(0)->node();

@@ -156,8 +156,10 @@ constexpr int64_t kBlisMaxRows = 192;
 // packed: packing 340 MB of text weights would cost a one-shot query more than it saves (packed, the
 // 72 products of a 15-token query took 12 ms against 12.8-13.3 in place; "ba" 19 ms). Primitives by
 // shape and thread count (oneDNN splits the work by the count it was built for), made once each.
-// Returns false, leaving y untouched, for weights of other strides and when oneDNN fails (then BLIS
-// runs every product from that call on).
+// Returns false for weights of other strides, and when oneDNN fails: then, said once on stderr, BLIS
+// runs every product from that call on (y may hold part of oneDNN's output: BLIS overwrites it).
+// A row's last bits depend on how many rows the call has (which of oneDNN's kernels computes it): a
+// text's embedding may differ by ~1e-7 with the other texts of its encode call.
 struct SmallLinearPrimitive {
   dnnl::matmul matmul;
   dnnl::memory::desc scratchpad;
@@ -213,8 +215,11 @@ bool onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tens
     if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory({{1, n}, dt::f32, tag::ab}, engine, b.data_ptr<float>()));
     detail::execute_with_own_scratchpad(p->matmul, p->scratchpad, std::move(args));
     return true;
-  } catch (const dnnl::error&) {
-    onednn_linear_failed = true;
+  } catch (const dnnl::error& e) {
+    if (!onednn_linear_failed.exchange(true)) {
+      std::fprintf(stderr, "cnclip: warning: oneDNN's float32 product failed (%s); BLIS computes them instead\n",
+                   e.what());
+    }
     return false;
   }
 }
@@ -290,10 +295,12 @@ void route_linears_to_blis(torch::jit::Block* block, bool onednn) {
     torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
     torch::jit::Value* code = nullptr;
     {
-      torch::jit::WithInsertPoint guard(last);
-      code = last->owningGraph()->insertConstant(activation);
+      torch::jit::WithInsertPoint guard(node);
+      code = node->owningGraph()->insertConstant(activation);
     }
-    detail::replace_uses_with_call(last, cnclip_linear_onednn, {node->input(0), node->input(1), node->input(2), code});
+    // At the Linear's place: its inputs as they were there.
+    detail::replace_uses_with_call(last, cnclip_linear_onednn, {node->input(0), node->input(1), node->input(2), code},
+                                   node);
     // The activation, any aten::to between, the Linear: each now unused.
     for (torch::jit::Node* n = last; n != node;) {
       torch::jit::Node* before = n->input(0)->node();
@@ -372,10 +379,10 @@ struct TorchModel::Impl {
           case LinearRoute::kBlis:
             // oneDNN's products for the text tower only: which of its kernels computes a row, and
             // so the row's last bits, depends on how many rows a call has, and an image's embedding
-            // must not depend on the batch it was encoded in (an index run's batches against
-            // `embed-image --shard`'s, ShardMerge.JsonlOfAShardImportsTheSameRows), as with BLIS and
-            // OpenBLAS, whose rows are computed alike whatever their number. ViT-B-16's images
-            // (197 rows each) are OpenBLAS's anyway.
+            // should not depend on the batch it was encoded in (an index run's batches against
+            // `embed-image --shard`'s, tests/shard_test.cpp): BLIS computes a row alike whatever
+            // their number (OpenBLAS's own kernels here too; its AVX2 ones forced on an AVX-512 CPU
+            // do not). ViT-B-16's images (197 rows each) are OpenBLAS's anyway.
             for (torch::jit::Block* block : detail::method_blocks(*module)) {
               route_linears_to_blis(block, linear_route() == LinearRoute::kOneDnn && file == "text_encoder.pt");
             }
@@ -549,18 +556,22 @@ std::string compute_backend_description() {
     }
     dlclose(h);
   }
+  // BLIS's part, with its kernels named: bli_init() first (with BLIS_ARCH_TYPE set, the query checks
+  // them, and aborts uninitialized).
+  auto blis_part = [] {
+    bli_init();
+    return std::string("BLIS ") + bli_info_get_version_str() + " (" + bli_arch_string(bli_arch_query_id()) +
+           " kernels)";
+  };
   std::string linear;
   switch (linear_route()) {
-    case LinearRoute::kBlis:
-      bli_init();  // before querying its kernels: with BLIS_ARCH_TYPE set, the query checks them (and aborts
-                   // uninitialized)
-      linear =
-          std::string("BLIS ") + bli_info_get_version_str() + " (" + bli_arch_string(bli_arch_query_id()) + " kernels)";
-      break;
+    case LinearRoute::kBlis: linear = blis_part(); break;
     case LinearRoute::kOneDnn: {
       const dnnl_version_t* v = dnnl_version();
       linear = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-               " (up to " + std::to_string(kBlisMaxRows) + " rows; BLAS above)";
+               " (the text tower's, up to " + std::to_string(kBlisMaxRows) + " rows" +
+               (onednn_linear_failed ? "; failed once, BLIS since" : "") + "), " + blis_part() +
+               " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
       break;
     }
     case LinearRoute::kBlas: linear = "BLAS"; break;

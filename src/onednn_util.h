@@ -1,4 +1,4 @@
-// What cnclip's oneDNN operators share (model module only; src/linear_int8.cpp,
+// What cnclip's oneDNN operators share (model module only; src/model.cpp, src/linear_int8.cpp,
 // src/batched_matmul.cpp).
 #pragma once
 
@@ -21,7 +21,8 @@ inline const dnnl::engine& onednn_engine() {
 // primitive_attr must have set scratchpad_mode::user: Debian's oneDNN is built without concurrent
 // execution, so its own scratchpad is one for the process, and two threads running primitives at
 // once (index workers) overwrote each other's (Concurrency.TextTowersEncodeOnSeveralThreadsAtOnce).
-// The memory is kept between calls (it grows to the largest asked for): a new allocation for each of
+// The memory is kept between calls, as long as the thread lives (it grows to the largest asked for,
+// up to a few MB for these towers' products): a new allocation for each of
 // a query's 72 products cost page faults on every call (a 15-token fp32 query on oneDNN's route,
 // 2 threads: 16.2-18.3 -> 15.8-16.2 ms).
 inline void execute_with_own_scratchpad(const dnnl::primitive& primitive, const dnnl::memory::desc& scratchpad,

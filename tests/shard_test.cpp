@@ -1,7 +1,7 @@
 // Embedding on many machines (issue 15, point 4): `embed-image --shard K/N --out PREFIX` and the
 // merge by `cnclip import`. The split covers every file exactly once for several N and is the same
 // wherever the photos are mounted and in whatever order they are listed; the merged index equals an
-// index made on one machine bit for bit; importing again changes nothing; a killed or interrupted
+// index made on one machine (to float rounding: same_rows); importing again changes nothing; a killed or interrupted
 // shard continues where it stopped; outputs of another shard or model are never overwritten.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -276,7 +276,7 @@ TEST(ShardSplit, SameShardsWhereverAndHoweverTheFilesAreGiven) {
 }
 
 // The point of it all: N shards embedded separately and imported equal one `cnclip index` of the
-// same folder, row for row and bit for bit, whatever the batch sizes; a broken file is listed as
+// same folder, row for row (to float rounding, same_rows), whatever the batch sizes; a broken file is listed as
 // failed by the one shard it belongs to.
 TEST(ShardMerge, MergedShardsEqualOneMachineIndex) {
   test::TempDir dir;

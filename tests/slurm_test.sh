@@ -3,7 +3,7 @@
 # slurmd on localhost with their own configuration, ports, state and spool in a temporary folder
 # (auth/none: no munge daemon needed), stopped at the end. It embeds a generated photo folder as a job
 # array of 3 shards, imports them with the dependent job, and checks the index equals one made by
-# `cnclip index` bit for bit; then submits the same thing again (a retry after a failure) and checks
+# `cnclip index` (to 1e-6, rows bit-identical counted); then submits the same thing again (a retry after a failure) and checks
 # that nothing is done twice and nothing changes; then a shard stopped by scancel (SIGTERM, what a
 # time limit or preemption sends) is resubmitted alone and continues from its saved work.
 # Usage: slurm_test.sh CNCLIP BUNDLE SOURCE_DIR. Skips (exit 77, loudly) only when Slurm is not

@@ -80,7 +80,7 @@ chosen=$(BLIS_ARCH_TYPE=3 "$bench" text "$work/bundle" --iters 1 --threads 1)
 import json, sys
 own, chosen = (json.loads(a) for a in sys.argv[1:3])
 assert own["ms_per_query"] > 0 and chosen["ms_per_query"] > 0, (own, chosen)
-assert "float32 Linear layers: BLIS " in own["backend"] or "float32 Linear layers: BLAS" in own["backend"], own
+assert any("float32 Linear layers: " + k in own["backend"] for k in ("oneDNN ", "BLIS ", "BLAS")), own
 assert "(skx kernels)" not in own["backend"], own
 if "BLIS" in own["backend"]:
     assert "(haswell kernels)" in chosen["backend"], chosen

@@ -35,7 +35,10 @@ struct ModelOptions {
   // call): oneDNN's float32 matmul where oneDNN runs AVX-512 (brgemm) and leads, the MLP's GELU as its
   // post-op (a 15-token ViT-B-16 query 21-22 -> 15.6-16.2 ms on 2 threads on an AMD EPYC of family
   // 1Ah), else BLIS's (41 -> 23 ms against OpenBLAS on a Zen 4, where BLIS led oneDNN); larger ones
-  // (an image batch's) on OpenBLAS, with the kernels it picks for the CPU. CNCLIP_FP32_LINEAR=onednn
+  // (an image batch's) on OpenBLAS, with the kernels it picks for the CPU. oneDNN takes the text
+  // tower's products only (the image tower's small ones stay BLIS's): which of its kernels computes
+  // a row depends on the number of rows, so a text's embedding may differ by ~1e-7 with the other
+  // texts of its encode call, where an image's should not with its batch. CNCLIP_FP32_LINEAR=onednn
   // or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
   // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the
   // CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot
