@@ -169,9 +169,7 @@ std::shared_ptr<const Int8Weights::Primitive> primitive_for(Int8Weights& w, Pack
   dnnl::post_ops ops;
   ops.append_binary(dnnl::algorithm::binary_mul, dnnl::memory::desc({1, 1}, dt::f32, tag::ab));
   ops.append_binary(dnnl::algorithm::binary_add, dnnl::memory::desc({1, w.n}, dt::f32, tag::ab));
-  if (activation == kSilu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
-  if (activation == kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-  if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
+  append_activation(ops, activation);
   attr.set_post_ops(ops);
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, weights, dst), attr, onednn_engine());
@@ -279,25 +277,7 @@ TORCH_LIBRARY_FRAGMENT(cnclip, m) { m.def("linear_int8", &onednn_linear_int8); }
 void route_block(torch::jit::Block* block) {
   static const auto dynamic = c10::Symbol::fromQualString("quantized::linear_dynamic");
   static const auto ours = c10::Symbol::fromQualString("cnclip::linear_int8");
-  for (torch::jit::Node* node : nodes_of_kind(block, dynamic, 3)) {
-    int64_t activation = kNoActivation;
-    torch::jit::Node* act = fusable_activation(node, &activation);
-    torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
-    torch::jit::Value* code = nullptr;
-    {
-      torch::jit::WithInsertPoint guard(node);
-      code = node->owningGraph()->insertConstant(activation);
-    }
-    // At the Linear's place: its inputs as they were there.
-    replace_uses_with_call(last, ours, {node->input(0), node->input(1), node->input(2), code}, node);
-    // The activation, the aten::to between, the Linear: each now unused.
-    for (torch::jit::Node* n = last; n != node;) {
-      torch::jit::Node* before = n->input(0)->node();
-      n->destroy();
-      n = before;
-    }
-    node->destroy();
-  }
+  for (torch::jit::Node* node : nodes_of_kind(block, dynamic, 3)) replace_with_fused_call(node, ours);
 }
 
 // Every prim::CallMethod of `block` (and of the blocks within) replaced by the method's body, until
@@ -341,8 +321,7 @@ torch::jit::Module route_int8_linears_to_onednn(const torch::jit::Module& module
 
 std::string int8_linear_description() {
   if (!int8_linears_on_onednn()) return "LibTorch's quantized kernel";
-  const dnnl_version_t* v = dnnl_version();
-  return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  return "oneDNN " + onednn_version();
 }
 
 }  // namespace cnclip::detail

@@ -60,17 +60,18 @@ void limit_onednn_primitive_cache() {
 // user whose CPU disagrees with the default; anything else is the default.
 enum class LinearRoute { kOneDnn, kBlis, kBlas, kXnnpack };
 
-bool amd_family_19h() {
+// The CPU's family when AMD makes it (0x17 Zen 1-2, 0x19 Zen 3-4, 0x1a Zen 5), else 0.
+unsigned amd_family() {
 #if defined(__x86_64__)
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return false;
+  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return 0;
   const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  if (!amd || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return 0;
   unsigned family = (eax >> 8) & 0xf;
   if (family == 0xf) family += (eax >> 20) & 0xff;
-  return amd && family == 0x19;
+  return family;
 #else
-  return false;
+  return 0;
 #endif
 }
 
@@ -87,7 +88,7 @@ bool onednn_leads_for_small_linears() {
     case isa::avx512_core:
     case isa::avx512_core_vnni:
     case isa::avx512_core_bf16:
-    case isa::avx512_core_amx: return !amd_family_19h();
+    case isa::avx512_core_amx: return amd_family() != 0x19;
     default: return false;
   }
 }
@@ -129,13 +130,8 @@ LinearRoute linear_route() {
 void choose_blis_kernels() {
 #if defined(__x86_64__)
   if (std::getenv("BLIS_ARCH_TYPE") || !__builtin_cpu_supports("avx512f")) return;
-  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
-  if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return;
-  const bool amd = ebx == 0x68747541 && edx == 0x69746e65 && ecx == 0x444d4163;  // "AuthenticAMD"
-  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return;
-  unsigned family = (eax >> 8) & 0xf;
-  if (family == 0xf) family += (eax >> 20) & 0xff;
-  if (amd && (family == 0x17 || family == 0x19)) return;  // BLIS's zen kernels
+  const unsigned family = amd_family();
+  if (family == 0x17 || family == 0x19) return;  // BLIS's zen kernels
   setenv("BLIS_ARCH_TYPE", std::to_string(static_cast<int>(BLIS_ARCH_HASWELL)).c_str(), 0);
 #endif
 }
@@ -191,9 +187,7 @@ bool onednn_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tens
       if (!slot) {
         dnnl::primitive_attr attr;
         dnnl::post_ops ops;
-        if (activation == detail::kSilu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
-        if (activation == detail::kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
-        if (activation == detail::kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
+        detail::append_activation(ops, activation);
         attr.set_post_ops(ops);
         attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
         const dnnl::memory::desc src({m, k}, dt::f32, tag::ab), wei({k, n}, dt::f32, weights_tag),
@@ -285,29 +279,12 @@ void route_linears_to_blis(torch::jit::Block* block, bool onednn) {
   static const auto cnclip_linear = c10::Symbol::fromQualString("cnclip::linear");
   static const auto cnclip_linear_onednn = c10::Symbol::fromQualString("cnclip::linear_onednn");
   for (torch::jit::Node* node : detail::nodes_of_kind(block, aten_linear, 3)) {
-    if (!onednn) {
+    if (onednn) {
+      detail::replace_with_fused_call(node, cnclip_linear_onednn);
+    } else {
       detail::replace_uses_with_call(node, cnclip_linear, {node->input(0), node->input(1), node->input(2)});
       node->destroy();
-      continue;
     }
-    int64_t activation = detail::kNoActivation;
-    torch::jit::Node* act = detail::fusable_activation(node, &activation);
-    torch::jit::Node* last = act ? act : node;  // whose output the new node's replaces
-    torch::jit::Value* code = nullptr;
-    {
-      torch::jit::WithInsertPoint guard(node);
-      code = node->owningGraph()->insertConstant(activation);
-    }
-    // At the Linear's place: its inputs as they were there.
-    detail::replace_uses_with_call(last, cnclip_linear_onednn, {node->input(0), node->input(1), node->input(2), code},
-                                   node);
-    // The activation, any aten::to between, the Linear: each now unused.
-    for (torch::jit::Node* n = last; n != node;) {
-      torch::jit::Node* before = n->input(0)->node();
-      n->destroy();
-      n = before;
-    }
-    node->destroy();
   }
 }
 
@@ -567,10 +544,8 @@ std::string compute_backend_description() {
   switch (linear_route()) {
     case LinearRoute::kBlis: linear = blis_part(); break;
     case LinearRoute::kOneDnn: {
-      const dnnl_version_t* v = dnnl_version();
-      linear = "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
-               " (the text tower's, up to " + std::to_string(kBlisMaxRows) + " rows" +
-               (onednn_linear_failed ? "; failed once, BLIS since" : "") + "), " + blis_part() +
+      linear = "oneDNN " + detail::onednn_version() + " (the text tower's, up to " + std::to_string(kBlisMaxRows) +
+               " rows" + (onednn_linear_failed ? "; failed once, BLIS since" : "") + "), " + blis_part() +
                " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
       break;
     }

@@ -5,8 +5,11 @@
 #include <ATen/ATen.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "graph_rewrite.h"
+
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -33,6 +36,19 @@ inline void execute_with_own_scratchpad(const dnnl::primitive& primitive, const 
   dnnl::stream stream(onednn_engine());
   primitive.execute(stream, args);
   stream.wait();
+}
+
+// `activation` (graph_rewrite.h: kSilu, kGeluErf, kGeluTanh; nothing for kNoActivation) as a post-op.
+inline void append_activation(dnnl::post_ops& ops, int64_t activation) {
+  if (activation == kSilu) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_swish, 1.0f, 0.0f);
+  if (activation == kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
+  if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
+}
+
+// "2.6.3": the oneDNN library that runs (LibTorch's).
+inline std::string onednn_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
 }
 
 // Whether a route is on: unless its environment variable says "libtorch" (for measurement, and for a
