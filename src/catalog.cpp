@@ -292,18 +292,22 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   try {
     version = c->meta("schema_version");
   } catch (const Exception& e) {
-    if (e.code() != ErrorCode::kPermissionDenied) throw;
+    const int sys = sqlite3_system_errno(c->db_);
+    const bool disk_full = sqlite3_errcode(c->db_) == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT;
+    if (e.code() != ErrorCode::kPermissionDenied && !disk_full) throw;
     // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
-    // one where nothing may be written (a read-only mount, another user's folder). Without a
-    // write-ahead log there is nothing to coordinate: no writer can be at work either, and the file
-    // is read as immutable. A log that holds commits cannot be read that way (SQLite would ignore it).
+    // one where nothing may be written (a read-only mount, another user's folder) or where the disk
+    // is full (the 32 KiB it maps cannot be allocated). Without a write-ahead log there is nothing to
+    // coordinate: no writer can be at work either (a writer would hold the -shm, or need the same
+    // space for its log), and the file is read as immutable. A log that holds commits cannot be read
+    // that way (SQLite would ignore it).
     struct stat wal {};
     if (::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0) {
-      throw Exception(ErrorCode::kPermissionDenied,
-                      path + ": cannot read the catalog: its write-ahead log " + path +
-                          "-wal holds commits that need " + path +
-                          "-shm, which cannot be created here (read-only); run 'cnclip info' once where the "
-                          "index is writable");
+      throw Exception(e.code(), path + ": cannot read the catalog: its write-ahead log " + path +
+                                    "-wal holds commits that need " + path + "-shm, which cannot be created here (" +
+                                    (disk_full ? "the disk is full): free some space"
+                                               : "read-only): run 'cnclip info' once where the index is writable") +
+                                    " and run the command again");
     }
     std::string uri = "file:";
     for (unsigned char ch : path) {

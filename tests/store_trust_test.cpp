@@ -426,5 +426,100 @@ TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
   }
 }
 
+// --- a full disk -----------------------------------------------------------------------------------
+
+// Fills the file system holding `dir` to its last byte.
+void fill_disk(const std::string& dir) {
+  std::ofstream f(dir + "/filler", std::ios::binary);
+  const std::string block(64 << 10, 'f');
+  while (f.write(block.data(), static_cast<std::streamsize>(block.size()))) {
+  }
+  f.clear();
+  for (int i = 0; i < (64 << 10) && f.put('f') && f.flush(); ++i) {
+  }
+}
+
+TEST_F(Trust, AFullDiskStillSearchesAndLosesNothing) {
+  // A library whose disk filled up (by anything: a download, another program) stays searchable. The
+  // catalog's write-ahead-log index (-shm) is created by the first reader and needs 32 KiB, which a
+  // full disk cannot give: readers then read the catalog as it is on disk.
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
+  const std::string disk = dir / "disk";
+  fs::create_directories(disk);
+  auto m = test::ScopedMount::tmpfs(disk, 4u << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  idx = disk + "/index";
+  photos(root, 5, 1, "jpg");
+  index_ok({root});
+  const std::vector<std::vector<std::string>> reads{
+      {"info", "--format", "json"},
+      {"search-text", "小狗", "-k", "3", "--model", test::tiny_bundle()},
+      {"search-image", root + "/p2.jpg", "--format", "paths", "--model", test::tiny_bundle()},
+      {"dups", "--format", "json"},
+  };
+  // info's disk_bytes counts the -shm of the reader itself, there while space allows.
+  auto output = [](const std::string& cmd, const std::string& out) {
+    if (cmd != "info") return out;
+    auto j = json::parse(out);
+    j.erase("disk_bytes");
+    return j.dump();
+  };
+  std::vector<std::string> before;
+  for (const auto& args : reads) {
+    auto r = test::run_cnclip(test::concat(args, idx_args()));
+    ASSERT_EQ(r.exit_code, 0) << args[0] << "\n" << r.err;
+    before.push_back(output(args[0], r.out));
+  }
+  fill_disk(disk);
+  ASSERT_LT(fs::space(disk).available, 4096u);
+  for (size_t i = 0; i < reads.size(); ++i) {
+    auto r = test::run_cnclip(test::concat(reads[i], idx_args()));
+    EXPECT_EQ(r.exit_code, 0) << reads[i][0] << "\n" << r.err;
+    EXPECT_EQ(output(reads[i][0], r.out), before[i]) << reads[i][0];
+  }
+  // A run that has something to write stops with the disk named; nothing indexed is lost.
+  photos(root, 2, 10, "jpg");
+  auto r = index({root});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("the disk is full"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 5u);
+  // Space again: the run finishes, and the files the full disk left (an unfinished -shm) are no trouble.
+  fs::remove(disk + "/filler");
+  EXPECT_EQ(index_ok({root})["added"], 2);
+  EXPECT_EQ(paths().size(), 7u);
+}
+
+TEST_F(Trust, AFullDiskWithCommitsOnlyInTheWriteAheadLogSaysSo) {
+  // A run killed before its last checkpoint leaves commits only in the -wal, and no -shm once the
+  // machine restarted: reading those needs the -shm, which a full disk cannot hold. The catalog
+  // without its log would be an older state: refused, with the way out.
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
+  photos(root, 3, 1, "jpg");
+  index_ok({root});
+  const std::string disk = dir / "disk", copy = disk + "/index";
+  fs::create_directories(disk);
+  auto m = test::ScopedMount::tmpfs(disk, 4u << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  {
+    auto store = IndexStore::open(idx, IndexAccess::kWrite);
+    store->catalog().remove_under(root + "/p1.jpg");
+    fs::create_directories(copy);
+    for (const auto& e : fs::directory_iterator(idx))
+      if (e.path().filename() != "catalog.sqlite3-shm")
+        fs::copy_file(e.path(), copy + "/" + e.path().filename().string());
+  }
+  ASSERT_GT(test::file_size(copy + "/catalog.sqlite3-wal"), 0u);
+  fill_disk(disk);
+  auto r = test::run_cnclip({"info", "--format", "json", "--index", copy});
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.err.find("-wal"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the disk is full"), std::string::npos) << r.err;
+  EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+  fs::remove(disk + "/filler");
+  r = test::run_cnclip({"info", "--format", "json", "--index", copy});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["files"], 2) << "the commit in the -wal is read";
+}
+
 }  // namespace
 }  // namespace cnclip
