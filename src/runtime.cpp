@@ -225,12 +225,48 @@ int terminal_columns(int fd) {
   return 80;
 }
 
-bool openmp_wait_policy_set() { return std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT"); }
+namespace {
 
-void restart_with_short_openmp_spin(char** argv, const char* exe) {
-  if (openmp_wait_policy_set()) return;
-  if (setenv("GOMP_SPINCOUNT", "1000", 1) != 0) return;
-  execv(exe, argv);  // returns only on failure: go on with libgomp as it is
+// What cnclip's model commands give glibc's malloc (runtime.h).
+constexpr const char* kMallocTunables =
+    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+
+// Whether the user chose malloc's settings: a glibc.malloc tunable in GLIBC_TUNABLES
+// ("name=value:name=value"), or one of the older MALLOC_..._ variables glibc still reads.
+bool malloc_settings_chosen(const std::string& tunables) {
+  for (const char* old : {"MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+                          "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST"}) {
+    if (std::getenv(old)) return true;
+  }
+  size_t pos = 0;
+  while (pos < tunables.size()) {
+    if (tunables.compare(pos, 13, "glibc.malloc.") == 0) return true;
+    pos = std::min(tunables.find(':', pos), tunables.size()) + 1;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::vector<std::string> runtime_environment_missing() {
+  std::vector<std::string> out;
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) out.push_back("GOMP_SPINCOUNT=1000");
+  const char* given = std::getenv("GLIBC_TUNABLES");
+  const std::string tunables = given ? given : "";
+  if (!malloc_settings_chosen(tunables)) {
+    out.push_back("GLIBC_TUNABLES=" + tunables + (tunables.empty() ? "" : ":") + kMallocTunables);
+  }
+  return out;
+}
+
+void restart_with_runtime_environment(char** argv, const char* exe) {
+  const auto missing = runtime_environment_missing();
+  if (missing.empty()) return;
+  for (const auto& assignment : missing) {
+    const size_t eq = assignment.find('=');
+    if (setenv(assignment.substr(0, eq).c_str(), assignment.c_str() + eq + 1, 1) != 0) return;
+  }
+  execv(exe, argv);  // returns only on failure: go on with the runtimes as they are
 }
 
 }  // namespace cnclip

@@ -301,19 +301,22 @@ TEST(Concurrency, TextTowersEncodeOnSeveralThreadsAtOnce) {
   }
 }
 
-// restart_with_short_openmp_spin (runtime.h), run in a child process with `env` set: what the
-// program it execs (a shell) sees as GOMP_SPINCOUNT, or "returned" when it did not exec.
-std::string spin_seen_after_restart(const char* name, const char* value) {
+// restart_with_runtime_environment (runtime.h), run in a child process with the variables in `env`
+// set (and the others it looks at unset): what the program it execs (a shell) sees, as
+// "GOMP_SPINCOUNT|GLIBC_TUNABLES", or "returned" when it did not exec.
+std::string environment_after_restart(const std::vector<std::pair<std::string, std::string>>& env) {
   test::TempDir dir;
   const std::string out = dir / "out";
   const pid_t pid = fork();
   if (pid == 0) {
-    unsetenv("OMP_WAIT_POLICY");
-    unsetenv("GOMP_SPINCOUNT");
-    if (name) setenv(name, value, 1);
-    const std::string script = "printf %s \"$GOMP_SPINCOUNT\" > '" + out + "'";
+    for (const char* name :
+         {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+          "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST"})
+      unsetenv(name);
+    for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
+    const std::string script = "printf '%s|%s' \"$GOMP_SPINCOUNT\" \"$GLIBC_TUNABLES\" > '" + out + "'";
     char* argv[] = {const_cast<char*>("sh"), const_cast<char*>("-c"), const_cast<char*>(script.c_str()), nullptr};
-    restart_with_short_openmp_spin(argv, "/bin/sh");
+    restart_with_runtime_environment(argv, "/bin/sh");
     FILE* f = fopen(out.c_str(), "w");
     if (f) {
       fputs("returned", f);
@@ -326,10 +329,24 @@ std::string spin_seen_after_restart(const char* name, const char* value) {
   return test::read_text(out);
 }
 
-TEST(OpenMpSpin, RestartsWithAShortSpinUnlessTheUserChose) {
-  EXPECT_EQ(spin_seen_after_restart(nullptr, nullptr), "1000");
-  EXPECT_EQ(spin_seen_after_restart("GOMP_SPINCOUNT", "5"), "returned");
-  EXPECT_EQ(spin_seen_after_restart("OMP_WAIT_POLICY", "active"), "returned");
+TEST(RuntimeEnvironment, RestartsOnceWithWhatTheUserDidNotChoose) {
+  const std::string malloc_tunables =
+      "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+  EXPECT_EQ(environment_after_restart({}), "1000|" + malloc_tunables);
+  // The user's spin or wait policy is kept, and the malloc settings still added.
+  EXPECT_EQ(environment_after_restart({{"GOMP_SPINCOUNT", "5"}}), "5|" + malloc_tunables);
+  EXPECT_EQ(environment_after_restart({{"OMP_WAIT_POLICY", "active"}}), "|" + malloc_tunables);
+  // Tunables of other parts of glibc are kept beside them; a name that only contains a malloc
+  // tunable's is not one.
+  EXPECT_EQ(environment_after_restart({{"GLIBC_TUNABLES", "glibc.cpu.x86_ibt=on:x.glibc.malloc.hugetlb=0"}}),
+            "1000|glibc.cpu.x86_ibt=on:x.glibc.malloc.hugetlb=0:" + malloc_tunables);
+  // Any malloc setting of the user's: malloc is left to it.
+  EXPECT_EQ(environment_after_restart({{"GLIBC_TUNABLES", "glibc.cpu.x86_ibt=on:glibc.malloc.hugetlb=0"}}),
+            "1000|glibc.cpu.x86_ibt=on:glibc.malloc.hugetlb=0");
+  EXPECT_EQ(environment_after_restart({{"MALLOC_ARENA_MAX", "2"}}), "1000|");
+  // Everything set (by the user, or by the restart itself): no second start.
+  EXPECT_EQ(environment_after_restart({{"GOMP_SPINCOUNT", "1000"}, {"GLIBC_TUNABLES", malloc_tunables}}), "returned");
+  EXPECT_EQ(environment_after_restart({{"OMP_WAIT_POLICY", "passive"}, {"MALLOC_TRIM_THRESHOLD_", "0"}}), "returned");
 }
 
 // The image towers likewise (the server encodes uploads on its request threads at once): fp32 and

@@ -255,13 +255,14 @@ TEST_F(Route, TheRoutedPathDoesNotLoadTheModel) {
   EXPECT_EQ(env_off.exit_code, 1) << env_off.err;
 }
 
-// Model commands restart once with a short OpenMP spin (runtime.h); a routed query needs no OpenMP
-// and skips that second start (~25 ms of a ~150 ms query), a local one still makes it, with stdin
+// Model commands restart once with a short OpenMP spin and malloc tunables (runtime.h); a routed
+// query needs neither and skips that second start (~25 ms of a ~150 ms query), a local one still makes it, with stdin
 // and stderr intact; a spin the user set is kept. CNCLIP_ROUTE_DEBUG prints what the process saw.
 TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
   // env(1) unsets the user's wait policy variables for the run.
   test::RunOptions spin_unset;
-  spin_unset.through = {"env", "-u", "GOMP_SPINCOUNT", "-u", "OMP_WAIT_POLICY", "CNCLIP_ROUTE_DEBUG=1"};
+  spin_unset.through = {
+      "env", "-u", "GOMP_SPINCOUNT", "-u", "OMP_WAIT_POLICY", "-u", "GLIBC_TUNABLES", "CNCLIP_ROUTE_DEBUG=1"};
   spin_unset.stdin_text = "猫\n";
   {
     ServeProcess server(common());
@@ -269,7 +270,9 @@ TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
     auto routed =
         test::run_cnclip(test::concat({"search-text", "小狗", "-", "--format", "jsonl"}, common_args()), spin_unset);
     EXPECT_EQ(routed.exit_code, 0) << routed.err;
-    EXPECT_NE(routed.err.find("route: through the server (GOMP_SPINCOUNT unset)"), std::string::npos) << routed.err;
+    EXPECT_NE(routed.err.find("route: through the server (GOMP_SPINCOUNT unset, GLIBC_TUNABLES unset)"),
+              std::string::npos)
+        << routed.err;
     EXPECT_EQ(test::lines(routed.out).size(), 12u) << routed.out;  // two queries, 6 photos each
   }
   // No server now: answered here, after the restart. Stdin (read after it) and stderr survive it.
@@ -277,7 +280,8 @@ TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
       test::run_cnclip(test::concat({"search-text", "小狗", "-", "--format", "jsonl"}, common_args()), spin_unset);
   EXPECT_EQ(local.exit_code, 0) << local.err;
   EXPECT_NE(local.err.find("route: local: "), std::string::npos) << local.err;
-  EXPECT_NE(local.err.find("(GOMP_SPINCOUNT 1000)"), std::string::npos) << local.err;
+  EXPECT_NE(local.err.find("(GOMP_SPINCOUNT 1000, GLIBC_TUNABLES glibc.malloc.hugetlb=1:"), std::string::npos)
+      << local.err;
   EXPECT_EQ(test::lines(local.err).size(), 1u) << local.err;  // said once, by the restarted process
   EXPECT_EQ(test::lines(local.out).size(), 12u) << local.out;
   spin_unset.stdin_text = "";
@@ -286,7 +290,7 @@ TEST_F(Route, OnlyLocalAnswersRestartForTheOpenMpSpin) {
   EXPECT_EQ(bad.exit_code, 1) << bad.err;
   EXPECT_NE(bad.err.find("not-an-image.jpg"), std::string::npos) << bad.err;  // the error on the user's stderr
   auto user_spin = run({"search-text", "小狗"}, {"GOMP_SPINCOUNT=77", "CNCLIP_ROUTE_DEBUG=1"});
-  EXPECT_NE(user_spin.err.find("(GOMP_SPINCOUNT 77)"), std::string::npos) << user_spin.err;
+  EXPECT_NE(user_spin.err.find("(GOMP_SPINCOUNT 77, GLIBC_TUNABLES "), std::string::npos) << user_spin.err;
 }
 
 TEST_F(Route, StaleAdvertIsIgnoredQuicklyAndReplacedByTheNextServe) {

@@ -70,7 +70,7 @@ __attribute__((target("avx2,fma"))) double fma_gflops_avx2(long iters) {
 }
 
 int main(int argc, char** argv) {
-  restart_with_short_openmp_spin(argv);  // as `cnclip` runs its model commands (runtime.h)
+  restart_with_runtime_environment(argv);  // as `cnclip` runs its model commands (runtime.h)
   CLI::App app{"cnclip-bench: model-level measurements for scripts/bench.sh"};
   app.require_subcommand(1);
   std::string bundle;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "cnclip/error.h"
 
@@ -53,19 +54,37 @@ class DecodingFile {
   std::string decoder_;
 };
 
-// libgomp, the OpenMP runtime LibTorch and FAISS compute with, reads its wait policy once, when it is
-// loaded (before main). By default its idle threads spin for ~300,000 rounds after every parallel
-// region; on a machine whose cores are also busy with other work, spinning threads take the CPU
-// from the one that must finish the region, and every operation waits for a scheduler time slice:
-// a 15-token query over 2 threads took 4.6-10 s instead of ~0.1 s (README "Performance"). When
-// neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set, this sets GOMP_SPINCOUNT=1000 (the short spin
-// libgomp itself uses when it has more threads than cores) and executes `exe` again with `argv`, so
-// that the new process's libgomp starts with it; it returns without doing anything when either is
-// set (the user's choice), and returns after setting it when the exec fails. Call while no other
-// thread runs (it changes the environment): first in main, or later once every thread has ended
-// (search-text and search-image restart only when they answer without a server; src/cli/options.h).
-void restart_with_short_openmp_spin(char** argv, const char* exe = "/proc/self/exe");
-// Whether OMP_WAIT_POLICY or GOMP_SPINCOUNT is set (then restart_with_short_openmp_spin does nothing).
-bool openmp_wait_policy_set();
+// Two runtimes cnclip's model commands compute with read their settings once, when the process
+// starts, so the only way to choose them is the environment of a new process:
+// - libgomp (LibTorch's and FAISS's OpenMP) reads its wait policy when it is loaded (before main).
+//   By default its idle threads spin for ~300,000 rounds after every parallel region; on a machine
+//   whose cores are also busy with other work, spinning threads take the CPU from the one that must
+//   finish the region: a 15-token query over 2 threads took 4.6-10 s instead of ~0.1 s (README
+//   "Performance"). GOMP_SPINCOUNT=1000 is the short spin libgomp itself uses when it has more
+//   threads than cores.
+// - glibc's malloc, where LibTorch's tensors come from, reads GLIBC_TUNABLES. By default it maps
+//   every block over 128 KiB afresh and returns it on free (the threshold rises to at most 32 MiB as
+//   such blocks are freed) and trims its heap past 128 KiB free: the image tower's activations (up to
+//   ~10 MB for 4 images) came from new pages on every call, and a first touch of a page costs ~14 us
+//   on the VMs measured: 17,000 page faults per call of 4 images, 157-171 ms/image against 116-131
+//   with both thresholds raised (ONNX Runtime, which keeps its own arena, 112-122 in the same run).
+//   hugetlb=1 (transparent huge pages for malloc's memory, where the system allows them on request)
+//   cuts what a one-shot command pays for touching the weights it loads: embed-text with the fp32
+//   ViT-B-16 bundle went from 119,400 page faults and 2.5-2.8 s to 8,400 and 1.1-1.4 s, same peak RSS.
+// runtime_environment_missing() lists what is not set yet: GOMP_SPINCOUNT=1000 unless
+// OMP_WAIT_POLICY or GOMP_SPINCOUNT is set (the user's choice), and glibc.malloc.hugetlb=1,
+// glibc.malloc.mmap_threshold=33554432 (its largest) and glibc.malloc.trim_threshold=1073741824
+// added to GLIBC_TUNABLES unless the user chose malloc's settings (GLIBC_TUNABLES names a
+// glibc.malloc tunable, or an older MALLOC_..._ variable such as MALLOC_ARENA_MAX is set;
+// GLIBC_TUNABLES=glibc.malloc.hugetlb=0 gives glibc's defaults). As "NAME=VALUE" strings.
+// Reads the environment; thread-safe while nothing changes it.
+std::vector<std::string> runtime_environment_missing();
+// Sets what runtime_environment_missing() lists and executes `exe` again with `argv`, so that the
+// new process starts with it; returns without doing anything when nothing is missing (the user's
+// choice or an earlier restart: a process restarts at most once), and returns after setting it when
+// the exec fails. Call while no other thread runs (it changes the environment): first in main, or
+// later once every thread has ended (search-text and search-image restart only when they answer
+// without a server; src/cli/options.h).
+void restart_with_runtime_environment(char** argv, const char* exe = "/proc/self/exe");
 
 }  // namespace cnclip

@@ -112,8 +112,10 @@ std::unique_ptr<RouteClient> connect_route(const CommonOptions& o, const SearchC
   if (!route) restart_before_local_model();
   if (std::getenv("CNCLIP_ROUTE_DEBUG")) {
     const char* spin = std::getenv("GOMP_SPINCOUNT");
+    const char* tunables = std::getenv("GLIBC_TUNABLES");
     std::cerr << "cnclip: route: " << (route ? "through the server" : "local: " + terminal_safe(why))
-              << " (GOMP_SPINCOUNT " << (spin ? terminal_safe(spin) : "unset") << ")" << std::endl;
+              << " (GOMP_SPINCOUNT " << (spin ? terminal_safe(spin) : "unset") << ", GLIBC_TUNABLES "
+              << (tunables ? terminal_safe(tunables) : "unset") << ")" << std::endl;
   }
   return route;
 }

@@ -12,14 +12,14 @@
 
 int main(int argc, char** argv) {
   using namespace cnclip;
-  // Commands that run the model compute with OpenMP: started again with a short OpenMP spin, unless
-  // the user set one (runtime.h). The others do not pay for a second start; search-text and
-  // search-image restart only when they answer without a server (options.h).
+  // Commands that run the model: started again with a short OpenMP spin and malloc settings that
+  // keep the tensors' memory, each unless the user set it (runtime.h). The others do not pay for a second start;
+  // search-text and search-image restart only when they answer without a server (options.h).
   cli::set_restart_argv(argv);
   if (argc > 1) {
     static const char* const kModelCommands[] = {"index", "embed-text", "embed-image", "serve", "eval", "classify"};
     for (const char* c : kModelCommands) {
-      if (std::strcmp(argv[1], c) == 0) restart_with_short_openmp_spin(argv);
+      if (std::strcmp(argv[1], c) == 0) restart_with_runtime_environment(argv);
     }
   }
   CLI::App app{"cnclip: find photos by Chinese text or by example image (Chinese-CLIP)", "cnclip"};

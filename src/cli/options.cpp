@@ -222,12 +222,12 @@ char** g_restart_argv = nullptr;
 void set_restart_argv(char** argv) { g_restart_argv = argv; }
 
 void restart_before_local_model() {
-  if (!g_restart_argv || openmp_wait_policy_set()) return;
+  if (!g_restart_argv || runtime_environment_missing().empty()) return;
   // The new process must find the user's stderr on fd 2, not the capture's pipe, and no thread of
   // ours may run while the environment changes: the capture (and its reader thread) ends first.
   release_library_stderr();
-  restart_with_short_openmp_spin(g_restart_argv);
-  capture_library_stderr();  // the exec failed: go on with libgomp as it is
+  restart_with_runtime_environment(g_restart_argv);
+  capture_library_stderr();  // the exec failed: go on with the runtimes as they are
 }
 
 void print_error(const std::string& message) { std::cerr << "cnclip: error: " << terminal_safe(message) << std::endl; }

@@ -74,9 +74,10 @@ void print_warning(const std::string& message);  // "cnclip: warning: ..." to st
 // signal, as a shell reports a process that signal ended (130 Ctrl-C, 143 SIGTERM; 130 otherwise).
 int interrupted_status();
 
-// Model commands run with a short OpenMP spin: main restarts the process once with it before
-// parsing (restart_with_short_openmp_spin, runtime.h), except search-text and search-image, whose
-// queries usually go to a running `cnclip serve` and need no OpenMP. They call
+// Model commands run with a short OpenMP spin and malloc settings for tensors: main restarts the
+// process once with them before parsing (restart_with_runtime_environment, runtime.h), except
+// search-text and search-image, whose queries usually go to a running `cnclip serve` and need no
+// model. They call
 // restart_before_local_model() once they know they answer here, before reading stdin or printing;
 // a restart costs ~25 ms, a routed query ~150 ms in all (README, Performance).
 void set_restart_argv(char** argv);
