@@ -7,7 +7,10 @@
 #include <faiss/index_io.h>
 #include <gtest/gtest.h>
 #include <omp.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -451,6 +454,55 @@ TEST(ScaleTypes, ATypeCnclipCannotSearchIsNotKept) {
 
 // An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
 // untrained snapshot kept until 10,000 changes.
+// A flat-fp16 snapshot is built with its codes allocated once: growing them as vectors came
+// doubled their buffer, and the copy held both (10M vectors: 10.2 GB of codes, 19.9 GB peak RSS).
+// Five batches of 65,536 (the builder's) 512-d vectors, 320 MiB of codes: grown, the fifth batch
+// copied 256 MiB into a 512 MiB buffer. Measured in a child process, whose peak RSS is its own.
+TEST(ScaleTypes, AFlatFp16BuildHoldsItsCodesOnce) {
+  constexpr int kDim512 = 512;
+  constexpr int64_t kCount = 5 * 65'536;
+  const double codes_mib = static_cast<double>(kCount) * kDim512 * 2 / (1 << 20);
+  test::TempDir dir;
+  const std::string path = dir / "s.faiss";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    auto rss_mib = [] {
+      long pages = 0, resident = 0;
+      FILE* f = std::fopen("/proc/self/statm", "r");
+      if (!f || std::fscanf(f, "%ld %ld", &pages, &resident) != 2) _exit(3);
+      std::fclose(f);
+      return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)) / (1 << 20);
+    };
+    const double before = rss_mib();
+    std::vector<float> v(kDim512);
+    const auto built = build_snapshot(path, "flat-fp16", kDim512, kCount, [&](const auto& add) {
+      for (int64_t i = 0; i < kCount; ++i) {
+        for (int d = 0; d < kDim512; ++d) v[d] = static_cast<float>((i + d) % 97) / 97.0f - 0.5f;
+        add(i + 1, v.data());
+      }
+    });
+    struct rusage usage {};
+    getrusage(RUSAGE_SELF, &usage);
+    const double peak = static_cast<double>(usage.ru_maxrss) / 1024;
+    std::FILE* out = std::fopen((dir / "rss").c_str(), "w");
+    std::fprintf(out, "%d %.0f\n", built == SnapshotBuild::kWritten ? 1 : 0, peak - before);
+    std::fclose(out);
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  int written = 0;
+  double grown = 0;
+  std::ifstream(dir / "rss") >> written >> grown;
+  ASSERT_EQ(written, 1);
+  // The codes, the builder's batch of floats (128 MiB) and FAISS's encoding of one batch; the
+  // doubled buffer came to ~700 MiB.
+  EXPECT_LT(grown, codes_mib + 128 + 100)
+      << "peak RSS grew by " << grown << " MiB for " << codes_mib << " MiB of codes";
+  EXPECT_EQ(VectorIndex::open_file(path)->size(), kCount);
+}
+
 TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
   OneThread one_thread;
   constexpr int kDim = 16;
