@@ -177,7 +177,7 @@ std::unique_ptr<Catalog> Catalog::open(const std::string& path, bool create) {
   // 16 KiB 2453, 32 KiB 2296 (64 KiB no smaller); inserting 2.8x and a warm scan of every embedding
   // 3x faster than with 4 KiB, a lookup by id the same (7-8 us). 10M generated vectors filled 42 GB
   // with 4 KiB pages. A 1024-d embedding (RN50, ViT-H-14) no longer spills onto an overflow page.
-  c->exec("PRAGMA page_size=32768;");
+  c->exec(("PRAGMA page_size=" + std::to_string(kCatalogPageBytes) + ";").c_str());
   c->exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;");
   // The write-ahead log in bytes as with SQLite's defaults for 4 KiB pages (1000 pages, 4 MiB) whatever
   // the page size: with 32 KiB pages, 1000 pages let it reach 32 MiB (an index run of 300 small photos
@@ -404,6 +404,12 @@ void Catalog::rollback() { exec("ROLLBACK"); }
 int64_t Catalog::count() {
   Statement s = prepare("SELECT COUNT(*) FROM files");
   if (sqlite3_step(s.get()) != SQLITE_ROW) fail("cannot count files");
+  return s.i64(0);
+}
+
+int64_t Catalog::page_bytes() {
+  Statement s = prepare("PRAGMA page_size");
+  if (sqlite3_step(s.get()) != SQLITE_ROW) fail("cannot read the page size");
   return s.i64(0);
 }
 

@@ -44,6 +44,7 @@ IndexInfo index_info(IndexStore& store, const Searcher* loaded) {
   }
   info.snapshot_note = store.standing_snapshot_fallback();
   info.snapshot_problem = origin.problem;
+  info.catalog_page_bytes = cat.page_bytes();
   for (auto& root : cat.root_records()) {
     info.folders.push_back(std::move(root.path));
     info.folder_is_file.push_back(root.is_file);
@@ -104,6 +105,7 @@ nlohmann::ordered_json index_info_json(const IndexInfo& info) {
   }
   out["snapshot_note"] = info.snapshot_note;
   set_string_field(out, "snapshot_problem", info.snapshot_problem);
+  out["catalog_page_bytes"] = info.catalog_page_bytes;
   return out;
 }
 

@@ -273,6 +273,21 @@ CopyResult copy_table(Db& from, Db& to, const std::string& table, const std::vec
   return r;
 }
 
+int64_t page_size_of(const Db& d) {
+  Stmt st;
+  if (sqlite3_prepare_v2(d.db, "PRAGMA page_size", -1, &st.s, nullptr) != SQLITE_OK) return 0;
+  return sqlite3_step(st.s) == SQLITE_ROW ? sqlite3_column_int64(st.s, 0) : 0;
+}
+
+// Copies the whole write-ahead log into the main file and empties it; false when a reader still
+// holds part of it (or a rollback-journal catalog has no log: true).
+bool checkpoint_whole(const Db& d) {
+  Stmt st;
+  if (sqlite3_prepare_v2(d.db, "PRAGMA wal_checkpoint(TRUNCATE)", -1, &st.s, nullptr) != SQLITE_OK) return false;
+  if (sqlite3_step(st.s) != SQLITE_ROW) return false;
+  return sqlite3_column_int(st.s, 0) == 0 && sqlite3_column_int(st.s, 1) == sqlite3_column_int(st.s, 2);
+}
+
 }  // namespace
 
 RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
@@ -389,13 +404,20 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
     for (const auto& [t, n] : report.unreadable) {
       if (n > 0) report.damaged = true;
     }
-    if (report.damaged) {
+    // A sound catalog made before catalogs had 32 KiB pages (catalog.cpp) is rewritten too, in the
+    // fresh copy's pages: about half the size, and scans of every embedding ~3x faster. Only once the
+    // old one's write-ahead log is wholly in its main file: the swap below must not leave commits
+    // behind in a log beside the new file.
+    report.page_bytes = page_size_of(old);
+    const bool enlarge = !report.damaged && report.page_bytes < kCatalogPageBytes && checkpoint_whole(old);
+    if (report.damaged || enlarge) {
       std::sort(kept_files.begin(), kept_files.end());
       for (int64_t id : snapshot.ids) {
         if (id >= kFrameIdBase) continue;  // a video frame, not a file
         if (!std::binary_search(kept_files.begin(), kept_files.end(), id)) ++report.files_lost_known;
       }
-      if (report.problems.empty()) report.problems.push_back("unreadable rows or unusable embeddings");
+      if (report.damaged && report.problems.empty())
+        report.problems.push_back("unreadable rows or unusable embeddings");
       // A generation above every old snapshot's, so none of them is mistaken for current.
       const std::string gen = std::to_string(std::max<int64_t>(old_generation, 0) + 1);
       exec(fresh, "INSERT INTO meta(key, value) VALUES('generation', '" + gen +
@@ -428,21 +450,27 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       if (source != catalog_path) {
         for (const char* suffix : {"", "-wal", "-shm"}) remove_file(source + suffix);
       }
-      // 3. Swap: keep the damaged catalog under another name, then rename the fresh one over it.
-      std::string kept = catalog_path + ".damaged-" + utc_stamp();
-      for (int i = 1; exists(kept); ++i) kept = catalog_path + ".damaged-" + utc_stamp() + "-" + std::to_string(i);
-      if (::link(catalog_path.c_str(), kept.c_str()) != 0) {
-        throw Exception(errno_error(kept, errno, "cannot keep the damaged catalog"));
-      }
-      if (exists(catalog_path + "-wal") && ::rename((catalog_path + "-wal").c_str(), (kept + "-wal").c_str()) != 0) {
-        throw Exception(errno_error(catalog_path + "-wal", errno, "cannot move aside"));
+      // 3. Swap: keep a damaged catalog under another name, then rename the fresh one over it. A
+      // sound one enlarged is not kept: every row is in the fresh copy, and its log is empty.
+      if (report.damaged) {
+        std::string kept = catalog_path + ".damaged-" + utc_stamp();
+        for (int i = 1; exists(kept); ++i) kept = catalog_path + ".damaged-" + utc_stamp() + "-" + std::to_string(i);
+        if (::link(catalog_path.c_str(), kept.c_str()) != 0) {
+          throw Exception(errno_error(kept, errno, "cannot keep the damaged catalog"));
+        }
+        if (exists(catalog_path + "-wal") && ::rename((catalog_path + "-wal").c_str(), (kept + "-wal").c_str()) != 0) {
+          throw Exception(errno_error(catalog_path + "-wal", errno, "cannot move aside"));
+        }
+        report.damaged_copy = kept;
+      } else {
+        remove_file(catalog_path + "-wal");
       }
       remove_file(catalog_path + "-shm");
       if (::rename(fresh_path.c_str(), catalog_path.c_str()) != 0) {
         throw Exception(errno_error(catalog_path, errno, "cannot put the repaired catalog in place"));
       }
       sync_parent_directory(catalog_path);
-      report.damaged_copy = kept;
+      report.pages_enlarged = enlarge;
     } else {
       exec(fresh, "ROLLBACK");
       sqlite3_close_v2(fresh.db);
@@ -461,7 +489,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
   // 4. The snapshot of the (new) current generation.
   lock_owned = false;
   auto store = IndexStore::open_locked(dir, lock_fd);
-  if (report.damaged) {
+  if (report.damaged || report.pages_enlarged) {
     store->write_snapshot();
     report.snapshot_rewritten = true;
   } else {

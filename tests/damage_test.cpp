@@ -16,6 +16,7 @@
 #include <set>
 
 #include "cnclip/index_store.h"
+#include "cnclip/info.h"
 #include "cnclip/repair.h"
 #include "damage_util.h"
 #include "test_util.h"
@@ -318,6 +319,97 @@ TEST(DamageCatalog, RepairKeepsEveryReadableRow) {
     s.reset();
     EXPECT_FALSE(repair_index(idx.dir.path()).damaged);
   }
+}
+
+// Rewrites `catalog` in pages of `bytes`, as catalogs were made before (SQLite's default 4 KiB).
+void set_page_size(const std::string& catalog, int bytes) {
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(catalog.c_str(), &db), SQLITE_OK);
+  const std::string sql =
+      "PRAGMA journal_mode=DELETE; PRAGMA page_size=" + std::to_string(bytes) + "; VACUUM; PRAGMA journal_mode=WAL;";
+  EXPECT_EQ(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr), SQLITE_OK) << sqlite3_errmsg(db);
+  sqlite3_close(db);
+}
+
+int64_t page_size(const std::string& catalog) {
+  sqlite3* db = nullptr;
+  sqlite3_open_v2(catalog.c_str(), &db, SQLITE_OPEN_READONLY, nullptr);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA page_size", -1, &st, nullptr);
+  const int64_t page = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return page;
+}
+
+TEST(DamageCatalog, RepairRewritesASoundCatalogOfOldPagesKeepingEveryRow) {
+  LibraryIndex idx(600, 21);
+  set_page_size(idx.catalog(), 4096);
+  ASSERT_EQ(page_size(idx.catalog()), 4096);
+  EXPECT_EQ(read_index_info(idx.dir.path()).catalog_page_bytes, 4096);  // what `cnclip info` points out
+  // A commit only in the write-ahead log (a run killed before its checkpoint): read, then kept.
+  {
+    auto s = IndexStore::open(idx.dir.path(), IndexAccess::kWrite);
+    s->catalog().set_meta("probe", "in the log");
+    s->catalog().remove_under("/photos/7.jpg");
+    idx.rows.erase(std::find_if(idx.rows.begin(), idx.rows.end(),
+                                [](const auto& r) { return r.second.first == "/photos/7.jpg"; }));
+    s->write_snapshot();
+  }
+  // A reader in the middle of a read transaction holds the log: the catalog is left as it is (after
+  // the checkpoint waited its 10 s for the reader).
+  {
+    sqlite3* reader = nullptr;
+    ASSERT_EQ(sqlite3_open(idx.catalog().c_str(), &reader), SQLITE_OK);
+    auto w = IndexStore::open(idx.dir.path(), IndexAccess::kWrite);
+    w->catalog().set_meta("probe2", "1");  // a frame the reader's snapshot predates
+    w.reset();
+    ASSERT_EQ(sqlite3_exec(reader, "BEGIN; SELECT count(*) FROM files;", nullptr, nullptr, nullptr), SQLITE_OK);
+    auto w2 = IndexStore::open(idx.dir.path(), IndexAccess::kWrite);
+    w2->catalog().set_meta("probe3", "1");
+    w2.reset();
+    const RepairReport held = repair_index(idx.dir.path());
+    EXPECT_FALSE(held.damaged);
+    EXPECT_EQ(held.page_bytes, 4096);
+    EXPECT_FALSE(held.pages_enlarged);
+    EXPECT_EQ(page_size(idx.catalog()), 4096);
+    sqlite3_exec(reader, "COMMIT", nullptr, nullptr, nullptr);
+    sqlite3_close(reader);
+  }
+  const RepairReport r = repair_index(idx.dir.path());
+  EXPECT_FALSE(r.damaged);
+  EXPECT_TRUE(r.problems.empty());
+  EXPECT_EQ(r.page_bytes, 4096);
+  EXPECT_TRUE(r.pages_enlarged);
+  EXPECT_TRUE(r.damaged_copy.empty());
+  EXPECT_TRUE(r.snapshot_rewritten);
+  EXPECT_EQ(page_size(idx.catalog()), kCatalogPageBytes);
+  EXPECT_EQ(read_index_info(idx.dir.path()).catalog_page_bytes, kCatalogPageBytes);
+  for (const auto& e : fs::directory_iterator(idx.dir.path())) {
+    const std::string name = e.path().filename();
+    EXPECT_EQ(name.find(".damaged"), std::string::npos) << name;
+    EXPECT_EQ(name.find(".repair"), std::string::npos) << name;
+  }
+  auto s = IndexStore::open(idx.dir.path(), IndexAccess::kWrite);
+  EXPECT_TRUE(s->catalog().integrity_problems(true).empty());
+  EXPECT_EQ(s->catalog().meta("probe"), std::optional<std::string>("in the log"));
+  EXPECT_EQ(s->catalog().meta("probe3"), std::optional<std::string>("1"));
+  const auto files = s->catalog().files_under("");
+  ASSERT_EQ(files.size(), idx.rows.size());
+  for (const auto& f : files) {
+    ASSERT_TRUE(idx.rows.count(f.id)) << f.id;
+    EXPECT_EQ(f.path, idx.rows.at(f.id).first);
+    EXPECT_EQ(s->catalog().embedding(f.id), idx.rows.at(f.id).second);
+  }
+  EXPECT_EQ(s->catalog().roots().size(), 4u);
+  auto snap = s->open_snapshot();
+  ASSERT_NE(snap, nullptr);
+  expect_catalog_vectors(*snap, idx);
+  // Done once: the next repair has nothing to do.
+  s.reset();
+  const RepairReport again = repair_index(idx.dir.path());
+  EXPECT_FALSE(again.pages_enlarged);
+  EXPECT_EQ(again.page_bytes, kCatalogPageBytes);
 }
 
 TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {

@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "cnclip/bundle.h"
+#include "cnclip/catalog.h"
 #include "cnclip/file_walk.h"
 #include "cnclip/info.h"
 #include "cnclip/output.h"
@@ -511,7 +512,8 @@ TEST_F(Route, InfoFieldsAreTheLibrarysInCliAndApi) {
   const json lib = json::parse(dump_json(index_info_json(read_index_info(index_))));
   std::vector<std::string> keys;
   for (auto it = local.begin(); it != local.end(); ++it) keys.push_back(it.key());
-  EXPECT_EQ(keys.size(), 15u) << cli.out;  // folders_bytes is there
+  EXPECT_EQ(keys.size(), 16u) << cli.out;  // folders_bytes is there
+  EXPECT_EQ(local["catalog_page_bytes"], kCatalogPageBytes);
   for (const auto& k : keys) {
     EXPECT_EQ(api.at(k), local.at(k)) << k;
     EXPECT_EQ(lib.at(k), local.at(k)) << k;

@@ -49,6 +49,10 @@ struct RootRecord {
                          // ("" = the defaults)
 };
 
+// The page size of a catalog made now (catalog.cpp says why). Older catalogs keep SQLite's 4 KiB
+// pages until `cnclip repair` rewrites them (repair.h).
+inline constexpr int64_t kCatalogPageBytes = 32768;
+
 // Schema 4: a stored video frame after the video's first (the first frame is the video's own files
 // row, at time 0). Its vector id (in the vector snapshot and search hits) is kFrameIdBase + its row
 // id, so file ids (below 2^40) and frame ids never meet in one index.
@@ -100,6 +104,8 @@ class Catalog {
   void rollback();
 
   int64_t count();
+  // SQLite's page size of this catalog (kCatalogPageBytes for one made now).
+  int64_t page_bytes();
   // Files whose path is `dir` + "/" + anything (all files when dir is empty), without embeddings.
   std::vector<FileRecord> files_under(const std::string& dir);
   // The file at `path` itself, or the files below it when it is a folder: what --under PATH selects

@@ -36,6 +36,9 @@ struct IndexInfo {
   int64_t snapshot_changed_since = 0;
   std::string snapshot_note;
   std::string snapshot_problem;
+  // The catalog's page size: kCatalogPageBytes (catalog.h), or SQLite's 4096 for a catalog made
+  // before, which `cnclip repair` rewrites.
+  int64_t catalog_page_bytes = 0;
 };
 
 // The info of an open index. `loaded`: the vectors a caller already searches (a server's Searcher);
@@ -52,10 +55,10 @@ IndexInfo empty_index_info(const std::string& dir);
 // `cnclip info --format json`, field order as documented: index, model_fingerprint,
 // model_architecture, model_precision, embedding_dim, files, vectors, folders, disk_bytes,
 // updated_at, vectors_setting, snapshot ({type, search_parameter, changed_since}, or null when
-// searches read the catalog), snapshot_note, snapshot_problem. A folder name or index path that is not UTF-8 is printed
-// with U+FFFD and its exact bytes in hex (index_bytes; folders_bytes lists every folder's bytes when any needs it).
-// `folders` holds every root, single files too; when any root is a file, folders_kind (right after folders and
-// folders_bytes) says for each root "folder" or "file".
+// searches read the catalog), snapshot_note, snapshot_problem, catalog_page_bytes. A folder name or index path that is
+// not UTF-8 is printed with U+FFFD and its exact bytes in hex (index_bytes; folders_bytes lists every folder's bytes
+// when any needs it). `folders` holds every root, single files too; when any root is a file, folders_kind (right after
+// folders and folders_bytes) says for each root "folder" or "file".
 nlohmann::ordered_json index_info_json(const IndexInfo& info);
 
 }  // namespace cnclip

@@ -13,7 +13,12 @@
 // What cannot be recovered: rows on damaged pages, and everything when the first page (SQLite's
 // schema) is unreadable. When the roots (the indexed folders) are lost, `roots_lost` says so: a
 // plain `cnclip index` then has nothing to walk, and the folders must be given again. A sound catalog is left as it is
-// (only a missing or damaged snapshot is rewritten).
+// (only a missing or damaged snapshot is rewritten), except one of pages smaller than
+// kCatalogPageBytes (catalog.h; made before catalogs had 32 KiB pages): it goes through the same
+// fresh copy and swap, nothing is kept beside it, the snapshot is rewritten, and `pages_enlarged`
+// says so. That happens only when its whole write-ahead log could be checkpointed first (no reader
+// held part of it); otherwise it stays as it was, and a later repair tries again. It needs room for
+// the copy (about half the old catalog); on a full disk nothing changes.
 #pragma once
 
 #include <cstdint>
@@ -35,6 +40,8 @@ struct RepairReport {
   bool snapshot_rewritten = false;
   bool header_restored = false;  // the file header was overwritten; read through a restored copy
   bool roots_lost = false;       // some or all indexed folders could not be read back
+  int64_t page_bytes = 0;        // the catalog's page size as found (SQLite's 4096 before 32 KiB pages)
+  bool pages_enlarged = false;   // a sound catalog of smaller pages was rewritten in kCatalogPageBytes
 };
 
 // Repairs the index in `dir` (see above). Throws kNotFound without a catalog, kBusy when another

@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 
+#include "cnclip/catalog.h"
 #include "cnclip/file_walk.h"
 #include "cnclip/import.h"
 #include "cnclip/indexer.h"
@@ -340,7 +341,14 @@ int run_info(const CommonOptions& o) {
             << info.model_fingerprint.substr(0, 16) << ", dim " << info.embedding_dim << ")\n"
             << "files:    " << info.files << '\n'
             << "vectors:  " << info.vectors << snapshot_summary(info) << '\n'
-            << "size:     " << info.disk_bytes / 1024 << " KiB\n"
+            << "size:     " << info.disk_bytes / 1024 << " KiB"
+            << (info.catalog_page_bytes > 0 && info.catalog_page_bytes < kCatalogPageBytes
+                    ? " (the catalog is in the " + std::to_string(info.catalog_page_bytes / 1024) +
+                          " KiB pages of an older cnclip: 'cnclip repair' rewrites it in " +
+                          std::to_string(kCatalogPageBytes / 1024) +
+                          " KiB ones, about half the size with ViT-B-16 embeddings and faster to scan)"
+                    : "")
+            << '\n'
             << "updated:  " << info.updated_at << '\n';
   for (size_t i = 0; i < info.folders.size(); ++i) {
     std::cout << (info.folder_is_file[i] ? "file:     " : "folder:   ") << terminal_safe(info.folders[i]) << '\n';

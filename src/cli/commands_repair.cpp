@@ -2,6 +2,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cnclip/catalog.h"
 #include "cnclip/file_walk.h"
 #include "cnclip/index_store.h"
 #include "cnclip/output.h"
@@ -33,12 +34,23 @@ int run_repair(const CommonOptions& o, const RepairCommand& c) {
                                     {"files_lost_known", r.files_lost_known},
                                     {"snapshot_rewritten", r.snapshot_rewritten},
                                     {"header_restored", r.header_restored},
-                                    {"roots_lost", r.roots_lost}});
+                                    {"roots_lost", r.roots_lost},
+                                    {"page_bytes", r.page_bytes},
+                                    {"pages_enlarged", r.pages_enlarged}});
     std::cout << dump_json(j) << '\n';
   }
   if (!r.damaged) {
-    std::cerr << "cnclip: " << r.index_dir << ": the catalog is sound (" << count(r.kept, "files")
-              << " files); nothing to repair" << (r.snapshot_rewritten ? "; vector snapshot rewritten" : "") << '\n';
+    std::cerr << "cnclip: " << r.index_dir << ": the catalog is sound (" << count(r.kept, "files") << " files); "
+              << (r.pages_enlarged
+                      ? "rewritten from " + std::to_string(r.page_bytes / 1024) + " KiB pages into " +
+                            std::to_string(kCatalogPageBytes / 1024) + " KiB ones, the format cnclip now makes"
+                      : "nothing to repair")
+              << (r.snapshot_rewritten ? "; vector snapshot rewritten" : "") << '\n';
+    if (!r.pages_enlarged && r.page_bytes > 0 && r.page_bytes < kCatalogPageBytes) {
+      std::cerr << "cnclip: its " << r.page_bytes / 1024
+                << " KiB pages were kept: another process was reading the catalog; run 'cnclip repair' again when "
+                   "none is ('cnclip serve' and searches)\n";
+    }
     return 0;
   }
   std::cerr << "cnclip: " << r.index_dir << ": repaired the damaged catalog (" << r.problems.front()
