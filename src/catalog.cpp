@@ -319,7 +319,10 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
         uri += static_cast<char>(ch);
       }
     }
+    const FilesSeen seen = files_seen(path);
     c = try_open(uri + "?immutable=1", SQLITE_OPEN_URI);
+    c->immutable_ = true;
+    c->seen_ = seen;
     version = c->meta("schema_version");
   }
   // Readers cope with older schemas (root_records reads schema 1), so an old index on a read-only
@@ -333,6 +336,30 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   c->has_meta_ = version && std::atoi(version->c_str()) >= 3;
   c->has_frames_ = version && std::atoi(version->c_str()) >= 4;
   return c;
+}
+
+Catalog::FilesSeen Catalog::files_seen(const std::string& path) {
+  FilesSeen f;
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    f.dev = st.st_dev;
+    f.ino = st.st_ino;
+    f.size = st.st_size;
+    f.mtime_ns = static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+  }
+  if (::stat((path + "-wal").c_str(), &st) == 0) f.wal_size = st.st_size;
+  if (::stat((path + "-shm").c_str(), &st) == 0) f.shm_size = st.st_size;
+  return f;
+}
+
+void Catalog::refresh() {
+  if (!immutable_ || files_seen(path_) == seen_) return;
+  std::unique_ptr<Catalog> now = open_read_only(path_);
+  std::swap(db_, now->db_);  // `now` closes the old connection
+  has_meta_ = now->has_meta_;
+  has_frames_ = now->has_frames_;
+  immutable_ = now->immutable_;
+  seen_ = now->seen_;
 }
 
 std::vector<std::string> Catalog::integrity_problems(bool full) {

@@ -145,6 +145,7 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
                                               std::to_string(vectors_->dim()));
   }
   Catalog& catalog = store_.catalog();
+  catalog.refresh();  // an immutable read of the catalog sees what was committed since (catalog.h)
   // Video frames after a video's first are vectors of their own (kFrameIdBase ids): filters and
   // --exclude-self apply to their video.
   const FrameMap frame_map = vectors_->size() > catalog.count() ? load_frame_map(catalog) : FrameMap{};

@@ -65,13 +65,15 @@ inline std::map<std::string, std::vector<float>> catalog_entries(const std::stri
 class ScopedMount {
  public:
   // A read-only bind mount of `dir` over itself.
-  static ScopedMount read_only(const std::string& dir) {
-    ScopedMount m(dir);
-    if (::mount(dir.c_str(), dir.c_str(), nullptr, MS_BIND, nullptr) != 0) {
+  static ScopedMount read_only(const std::string& dir) { return read_only_view(dir, dir); }
+  // A read-only bind mount of `dir` on `view` (an existing folder): `dir` stays writable.
+  static ScopedMount read_only_view(const std::string& dir, const std::string& view) {
+    ScopedMount m(view);
+    if (::mount(dir.c_str(), view.c_str(), nullptr, MS_BIND, nullptr) != 0) {
       m.fail("cannot bind-mount");
-    } else if (::mount(nullptr, dir.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
+    } else if (::mount(nullptr, view.c_str(), nullptr, MS_BIND | MS_REMOUNT | MS_RDONLY, nullptr) != 0) {
       m.fail("cannot remount read-only");
-      ::umount2(dir.c_str(), MNT_DETACH);
+      ::umount2(view.c_str(), MNT_DETACH);
     } else {
       m.ok_ = true;
     }

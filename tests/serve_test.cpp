@@ -638,6 +638,51 @@ TEST_F(Serve, ReadOnlyIndexIsServed) {
   std::system(("chmod -R u+w " + test::shell_quote(tmp_.path())).c_str());
 }
 
+// A server that may not write the index (it reads the catalog as it is on disk, having no -shm to
+// coordinate with) still sees what a writer commits later: additions and removals, in info and in
+// searches, as a local search does.
+TEST_F(Serve, ReadOnlyIndexServedSeesLaterCommits) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to serve as another user";
+  const std::string prefix = "setpriv --reuid=nobody --regid=nogroup --clear-groups -- ";
+  if (std::system((prefix + "true 2>/dev/null").c_str()) != 0) GTEST_SKIP() << "cannot run as 'nobody' (setpriv)";
+  ASSERT_EQ(std::system(("chmod -R a+rX " + test::shell_quote(tmp_.path())).c_str()), 0);
+  ASSERT_FALSE(std::filesystem::exists(index_ + "/catalog.sqlite3-shm"));
+  ServeProcess server(common(), 0, prefix);
+  ASSERT_GT(server.port(), 0) << server.err();
+  EXPECT_EQ(request(server.port(), "GET", "/api/v1/info").body_json()["files"], 6);
+  auto paths = [&] {
+    auto r = request(server.port(), "GET", "/api/v1/search?q=" + test::url_encode("小狗") + "&k=20");
+    std::set<std::string> out;
+    const json body = r.body_json();
+    for (const auto& h : body["results"]) out.insert(h["path"].get<std::string>());
+    return out;
+  };
+  ASSERT_EQ(paths().size(), 6u);
+  // As root: two photos added, one removed. First info alone, then searches.
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), photos_ + "/pokemon-2.jpeg");
+  test::copy_file(test::fixtures("images/chelsea_rgba.png"), photos_ + "/chelsea-2.png");
+  ASSERT_EQ(test::run_cnclip(test::concat({"index", "-q", photos_}, common_args())).exit_code, 0);
+  auto removed = test::run_cnclip({"remove", photos_ + "/chelsea_rgba.png", "--index", index_});
+  ASSERT_EQ(removed.exit_code, 0) << removed.err;
+  int64_t files = 0;
+  for (int i = 0; i < 60 && files != 7; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    files = request(server.port(), "GET", "/api/v1/info").body_json()["files"].get<int64_t>();
+  }
+  EXPECT_EQ(files, 7) << "info does not see the commits";
+  std::set<std::string> now;
+  for (int i = 0; i < 60 && (now.size() != 7 || !now.count(photos_ + "/pokemon-2.jpeg")); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    now = paths();
+  }
+  EXPECT_EQ(now.count(photos_ + "/pokemon-2.jpeg"), 1u) << "the addition is not served";
+  EXPECT_EQ(now.count(photos_ + "/chelsea_rgba.png"), 0u) << "a removed photo is served";
+  std::set<std::string> local;
+  for (const auto& h : cli_search("小狗", 20)) local.insert(h["path"].get<std::string>());
+  EXPECT_EQ(now, local);
+  EXPECT_EQ(server.stop(), 0) << server.err();
+}
+
 TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
   TempDir tmp;
   const std::string common =

@@ -16,6 +16,8 @@
 #include "cnclip/file_walk.h"
 #include "cnclip/index_store.h"
 #include "cnclip/indexer.h"
+#include "cnclip/model.h"
+#include "cnclip/search.h"
 #include "damage_util.h"
 #include "test_util.h"
 
@@ -487,6 +489,79 @@ TEST_F(Trust, AFullDiskStillSearchesAndLosesNothing) {
   fs::remove(disk + "/filler");
   EXPECT_EQ(index_ok({root})["added"], 2);
   EXPECT_EQ(paths().size(), 7u);
+}
+
+// A reader that reads the catalog as it is on disk (immutable: its -shm could not be made) and goes
+// on running (`cnclip serve`, a `search-text -` stream) sees what is committed later, whichever way
+// that came: a full disk freed, or a writer beside a reader that may not write (a read-only view).
+TEST_F(Trust, ALongLivedReaderOfACatalogReadAsItIsSeesLaterCommits) {
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk and mounting need root";
+  const std::vector<float> query = [] {
+    auto m = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 1, true});
+    return m->encode_texts({"小狗"});
+  }();
+  auto result_paths = [&](Searcher& s) {
+    SearchOptions o;
+    o.top_k = 100;
+    std::set<std::string> got;
+    const auto results = s.search({"小狗"}, query, o);
+    for (const auto& h : results[0].hits) got.insert(h.path);
+    return got;
+  };
+  // 1. The full disk of a reader, freed; then photos added and one removed.
+  const std::string disk = dir / "disk";
+  fs::create_directories(disk);
+  auto m = test::ScopedMount::tmpfs(disk, 4u << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  idx = disk + "/index";
+  photos(root, 4, 1, "jpg");
+  index_ok({root});
+  fill_disk(disk);
+  // What such a reader does: a Searcher per generation (as the server reloads on a new one), each
+  // query resolving its hits in the catalog (a removed photo is dropped at once).
+  {
+    auto store = IndexStore::open(idx, IndexAccess::kRead);
+    Searcher searcher(*store);
+    EXPECT_EQ(result_paths(searcher).size(), 4u);
+    const int64_t generation = store->catalog().generation();
+    fs::remove(disk + "/filler");
+    photos(root, 2, 10, "jpg");
+    index_ok({root});
+    ASSERT_EQ(test::run_cnclip(test::concat({"remove", root + "/p1.jpg"}, idx_args())).exit_code, 0);
+    fs::remove(root + "/p1.jpg");  // else the next index run finds it again
+    auto after = result_paths(searcher);
+    EXPECT_EQ(after.count(root + "/p1.jpg"), 0u) << "a removed photo still found";
+    EXPECT_EQ(after.size(), 3u);
+    store->catalog().refresh();
+    EXPECT_GT(store->catalog().generation(), generation) << "the commits are not seen";
+    EXPECT_EQ(store->catalog().count(), 5);
+    Searcher next(*store);
+    after = result_paths(next);
+    EXPECT_EQ(after.size(), 5u);
+    EXPECT_EQ(after.count(root + "/p10.jpg"), 1u) << "an addition not found";
+  }
+  // 2. A reader through a read-only view of the folder, a writer through the folder itself.
+  const std::string view = dir / "view";
+  fs::create_directories(view);
+  auto ro = test::ScopedMount::read_only_view(idx, view);
+  ASSERT_TRUE(ro.ok()) << ro.why();
+  ASSERT_FALSE(fs::exists(idx + "/catalog.sqlite3-wal")) << "the last writer left its log";
+  auto store = IndexStore::open(view, IndexAccess::kRead);
+  Searcher searcher(*store);
+  EXPECT_EQ(result_paths(searcher).size(), 5u);
+  const int64_t generation = store->catalog().generation();
+  photos(root, 3, 20, "jpg");
+  index_ok({root});
+  ASSERT_EQ(test::run_cnclip(test::concat({"remove", root + "/p2.jpg"}, idx_args())).exit_code, 0);
+  auto after = result_paths(searcher);
+  EXPECT_EQ(after.count(root + "/p2.jpg"), 0u) << "a removed photo still found";
+  EXPECT_EQ(after.size(), 4u);
+  store->catalog().refresh();
+  EXPECT_GT(store->catalog().generation(), generation) << "the commits are not seen";
+  Searcher next(*store);
+  after = result_paths(next);
+  EXPECT_EQ(after.size(), 7u);
+  EXPECT_EQ(after.count(root + "/p20.jpg"), 1u) << "an addition not found";
 }
 
 TEST_F(Trust, AFullDiskWithCommitsOnlyInTheWriteAheadLogSaysSo) {

@@ -4,6 +4,8 @@
 // (vector_index.h) is derived from it and rebuilt whenever it is older.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -83,6 +85,14 @@ class Catalog {
   // none can be created, a catalog without a pending write-ahead log is opened as immutable, and one
   // whose -wal holds commits fails (kPermissionDenied) rather than being read without them.
   static std::unique_ptr<Catalog> open_read_only(const std::string& path);
+  // An immutable connection (above) never sees a later commit: SQLite takes the file for one that
+  // does not change. Long-lived readers (`cnclip serve`, a `search-text -` stream; Searcher::search
+  // calls it per query) call refresh() between reads: when the catalog, its -wal or its -shm changed
+  // since this connection was opened, it is opened again, as open_read_only chooses now (a writer
+  // that came meanwhile made the -shm a normal read goes through; a log with commits and no -shm
+  // throws as on open, rather than answering from the older file). Nothing happens for a normal
+  // connection. Call with no statement in progress; not thread-safe (as the rest of the class).
+  void refresh();
   ~Catalog();
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;
@@ -201,10 +211,25 @@ class Catalog {
   [[noreturn]] void fail(const std::string& what);
   std::string record_columns() const;
 
+  // The catalog file, its -wal and -shm as seen when an immutable connection was opened.
+  struct FilesSeen {
+    dev_t dev = 0;
+    ino_t ino = 0;
+    off_t size = -1, wal_size = -1, shm_size = -1;  // -1: not there
+    int64_t mtime_ns = 0;
+    bool operator==(const FilesSeen& o) const {
+      return dev == o.dev && ino == o.ino && size == o.size && wal_size == o.wal_size && shm_size == o.shm_size &&
+             mtime_ns == o.mtime_ns;
+    }
+  };
+  static FilesSeen files_seen(const std::string& path);
+
   sqlite3* db_;
   std::string path_;
   bool has_meta_ = false;    // the files table has the schema-3 columns
   bool has_frames_ = false;  // schema 4: the frames table exists
+  bool immutable_ = false;   // opened with immutable=1 (open_read_only's fallback)
+  FilesSeen seen_;           // when immutable_
 };
 
 // RAII transaction: rolls back unless commit() was called.

@@ -239,6 +239,7 @@ struct Server::Impl {
       generation = -1;
     }
     if (store) {
+      store->catalog().refresh();  // an immutable read sees what was committed since (catalog.h)
       const int64_t g = store->catalog().generation();
       const auto snapshot_now = [&]() -> std::pair<ino_t, int64_t> {
         struct stat st {};
