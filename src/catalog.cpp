@@ -254,7 +254,10 @@ void Catalog::upgrade_schema() {
     if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
     exec("COMMIT");
   } catch (...) {
-    rollback();
+    try {
+      rollback();
+    } catch (...) {  // the first error is the one to report
+    }
     throw;
   }
 }
@@ -426,7 +429,12 @@ void Catalog::commit() {
   exec("COMMIT");
 }
 
-void Catalog::rollback() { exec("ROLLBACK"); }
+void Catalog::rollback() {
+  // SQLite may have rolled back itself (a full disk, SQLITE_FULL): nothing left to do then, and a
+  // second ROLLBACK's "no transaction is active" would hide the error being handled.
+  if (sqlite3_get_autocommit(db_)) return;
+  exec("ROLLBACK");
+}
 
 int64_t Catalog::count() {
   Statement s = prepare("SELECT COUNT(*) FROM files");
@@ -652,7 +660,10 @@ void Catalog::ensure_change_log() {
     }
     exec("COMMIT");
   } catch (...) {
-    rollback();
+    try {
+      rollback();
+    } catch (...) {  // the first error is the one to report
+    }
     throw;
   }
   ensure_frame_change_triggers();
@@ -703,7 +714,10 @@ void Catalog::prune_changes(int64_t generation) {
     if (changes_since().value_or(0) < generation) set_meta("changes_since", std::to_string(generation));
     exec("COMMIT");
   } catch (...) {
-    rollback();
+    try {
+      rollback();
+    } catch (...) {  // the first error is the one to report
+    }
     throw;
   }
 }

@@ -564,6 +564,37 @@ TEST_F(Trust, ALongLivedReaderOfACatalogReadAsItIsSeesLaterCommits) {
   EXPECT_EQ(after.count(root + "/p20.jpg"), 1u) << "an addition not found";
 }
 
+// Wherever the disk fills while a first run sets the catalog up (its schema, the change log, the
+// first batch), the run ends with the full disk named, and the next run with space finishes it.
+TEST_F(Trust, ADiskThatFillsWhileTheCatalogIsMadeIsNamed) {
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
+  photos(root, 3, 1, "jpg");
+  const std::string disk = dir / "disk";
+  fs::create_directories(disk);
+  auto m = test::ScopedMount::tmpfs(disk, 2u << 20);
+  ASSERT_TRUE(m.ok()) << m.why();
+  int failed = 0;
+  for (uint64_t free_kib = 32; free_kib <= 1056; free_kib += 64) {
+    SCOPED_TRACE(std::to_string(free_kib) + " KiB free");
+    fs::remove_all(disk + "/index");
+    fs::remove(disk + "/filler");
+    const auto space = fs::space(disk);
+    std::ofstream(disk + "/filler", std::ios::binary)
+        << std::string(static_cast<size_t>(space.available - free_kib * 1024), 'f');
+    idx = disk + "/index";
+    auto r = index({root});
+    if (r.exit_code == 0) continue;
+    ++failed;
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find("the disk is full"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("no transaction"), std::string::npos) << r.err;
+    fs::remove(disk + "/filler");
+    index_ok({root});
+    EXPECT_EQ(paths().size(), 3u);
+  }
+  EXPECT_GT(failed, 3) << "the disk never filled";
+}
+
 TEST_F(Trust, AFullDiskWithCommitsOnlyInTheWriteAheadLogSaysSo) {
   // A run killed before its last checkpoint leaves commits only in the -wal, and no -shm once the
   // machine restarted: reading those needs the -shm, which a full disk cannot hold. The catalog

@@ -109,9 +109,9 @@ class Catalog {
   void set_meta(const std::string& key, const std::string& value);
   int64_t generation();
 
-  void begin();   // BEGIN IMMEDIATE
-  void commit();  // bumps the generation, then COMMIT
-  void rollback();
+  void begin();     // BEGIN IMMEDIATE
+  void commit();    // bumps the generation, then COMMIT
+  void rollback();  // nothing when no transaction is open (SQLite may have rolled it back itself)
 
   int64_t count();
   // SQLite's page size of this catalog (kCatalogPageBytes for one made now).
