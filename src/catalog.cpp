@@ -2,6 +2,7 @@
 
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -104,6 +105,18 @@ std::string catalog_damage_message(const std::string& path, const std::string& d
 namespace {
 
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
+// Whether the file system holding `path` has no block or no inode left for this user: SQLite reports
+// a log or -shm it could not create as "unable to open database file", and the errno it keeps is
+// often that of its read-only retry (ENOENT), not the ENOSPC that caused it.
+bool file_system_full(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  struct statvfs v {};
+  if (::statvfs(dir.c_str(), &v) != 0) return false;
+  const bool root = ::geteuid() == 0;  // may use the blocks and inodes kept for root
+  return (root ? v.f_bfree : v.f_bavail) == 0 || (v.f_files > 0 && (root ? v.f_ffree : v.f_favail) == 0);
+}
+
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
   const int code = sqlite3_errcode(db);
   // Damage shows as SQLITE_CORRUPT or SQLITE_NOTADB, or, when the pages holding the schema are lost
@@ -119,13 +132,14 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
   if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
   const int sys = sqlite3_system_errno(db);
-  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT) {
+  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
+  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path))) {
     return Exception(ErrorCode::kIoError,
                      path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
                          "); what was committed before is kept: free some space and run the command again");
   }
   std::string detail = msg;
-  if ((code & 0xff) == SQLITE_IOERR && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
+  if (file_error && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
   return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + detail);
 }
 
@@ -274,6 +288,11 @@ bool embedding_is_valid(const float* v, int dim) {
 std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
+  // A catalog this user may not read (another user's, mode 600): said as such; SQLite says only
+  // "unable to open database file".
+  if (::access(path.c_str(), R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
+    throw Exception(ErrorCode::kPermissionDenied, path + ": cannot read the catalog: " + std::strerror(errno));
+  }
   auto try_open = [&](const std::string& name, int extra) -> std::unique_ptr<Catalog> {
     sqlite3* db = nullptr;
     // READWRITE falls back to read-only by itself when the file cannot be written; where it can,
@@ -296,7 +315,8 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     version = c->meta("schema_version");
   } catch (const Exception& e) {
     const int sys = sqlite3_system_errno(c->db_);
-    const bool disk_full = sqlite3_errcode(c->db_) == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT;
+    const bool disk_full =
+        sqlite3_errcode(c->db_) == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || file_system_full(path);
     if (e.code() != ErrorCode::kPermissionDenied && !disk_full) throw;
     // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
     // one where nothing may be written (a read-only mount, another user's folder) or where the disk

@@ -61,6 +61,14 @@ void require_writable_index(const std::string& dir) {
     if (::access(path.c_str(), W_OK) == 0 || errno == ENOENT) return;
     const int err = errno;
     if (err != EROFS && err != EACCES && err != EPERM) return;  // other failures are reported where they happen
+    // Not even readable (a folder of another user's, mode 700; a catalog of mode 600): searches
+    // cannot read it either, and saying they work would send the user the wrong way.
+    for (const std::string& needed : {dir, dir + "/catalog.sqlite3"}) {
+      if (::access(needed.c_str(), needed == dir ? R_OK | X_OK : R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
+        throw Exception(ErrorCode::kPermissionDenied,
+                        dir + ": cannot read the index (" + needed + ": " + std::strerror(errno) + ")");
+      }
+    }
     throw Exception(ErrorCode::kPermissionDenied,
                     dir + ": the index is read-only (" + path + ": " + std::strerror(err) +
                         "); searches and 'cnclip info' work, but index, remove, import and repair need write access");

@@ -294,7 +294,10 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
   RepairReport report;
   report.index_dir = dir;
   const std::string catalog_path = dir + "/" + kCatalogFile;
-  if (!exists(catalog_path)) {
+  struct stat st {};
+  if (::stat(catalog_path.c_str(), &st) != 0) {
+    // A folder this user may not look into is not an empty one.
+    if (errno != ENOENT && errno != ENOTDIR) throw Exception(errno_error(dir, errno, "cannot read the index"));
     throw Exception(ErrorCode::kNotFound, dir + ": no index here (nothing to repair)");
   }
   const int lock_fd = lock_index_for_writing(dir, wait_for_lock);

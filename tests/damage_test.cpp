@@ -652,7 +652,34 @@ TEST(ReadOnlyIndex, AFolderThisUserCannotLookIntoIsNotAnEmptyOne) {
       EXPECT_NE(r.err.find(p.idx + ": cannot read the index: Permission denied"), std::string::npos) << r.err;
       EXPECT_EQ(r.err.find("no index here"), std::string::npos) << r.err;
     }
+    // Writers say the same, not that searches work.
+    for (const auto& args : std::vector<std::vector<std::string>>{
+             {"index", p.photos, "--model", test::tiny_bundle()}, {"remove", p.photos + "/p1.png"}, {"repair"}}) {
+      auto r = test::run_cnclip(test::concat(args, p.idx_args()), nobody);
+      EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.err;
+      EXPECT_NE(r.err.find("cannot read the index"), std::string::npos) << args[0] << ": " << r.err;
+      EXPECT_EQ(r.err.find("searches"), std::string::npos) << args[0] << ": " << r.err;
+      EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+    }
   }
+  // A catalog it may not read in a folder it may: every command names the catalog and the reason.
+  ASSERT_EQ(::chmod(p.idx.c_str(), 0755), 0);
+  ASSERT_EQ(::chmod(p.catalog().c_str(), 0600), 0);
+  for (const auto& args :
+       std::vector<std::vector<std::string>>{{"info"},
+                                             {"search-text", "小狗", "--no-server", "--model", test::tiny_bundle()},
+                                             {"index", p.photos, "--model", test::tiny_bundle()},
+                                             {"remove", p.photos + "/p1.png"}}) {
+    test::RunOptions nobody;
+    nobody.through = {"runuser", "-u", "nobody", "--"};
+    auto r = test::run_cnclip(test::concat(args, p.idx_args()), nobody);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find(p.catalog()), std::string::npos) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << args[0] << ": " << r.err;
+    EXPECT_EQ(r.err.find("searches and"), std::string::npos) << args[0] << ": " << r.err;
+    EXPECT_EQ(r.err.find("unable to open"), std::string::npos) << args[0] << ": " << r.err;
+  }
+  ASSERT_EQ(::chmod(p.catalog().c_str(), 0644), 0);
   // A folder it may pass through but not list (0711) is an index it can read, as before.
   ASSERT_EQ(::chmod(p.idx.c_str(), 0711), 0);
   test::RunOptions nobody;

@@ -79,10 +79,11 @@ class ScopedMount {
     }
     return m;
   }
-  // A tmpfs of `bytes` on `dir`.
-  static ScopedMount tmpfs(const std::string& dir, uint64_t bytes) {
+  // A tmpfs of `bytes` on `dir`, with at most `inodes` files (0: tmpfs's default).
+  static ScopedMount tmpfs(const std::string& dir, uint64_t bytes, uint64_t inodes = 0) {
     ScopedMount m(dir);
-    const std::string opts = "size=" + std::to_string(bytes) + ",mode=0755";
+    const std::string opts =
+        "size=" + std::to_string(bytes) + ",mode=0755" + (inodes ? ",nr_inodes=" + std::to_string(inodes) : "");
     if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) != 0) m.fail("cannot mount a tmpfs");
     else m.ok_ = true;
     return m;

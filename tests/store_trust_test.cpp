@@ -595,6 +595,36 @@ TEST_F(Trust, ADiskThatFillsWhileTheCatalogIsMadeIsNamed) {
   EXPECT_GT(failed, 3) << "the disk never filled";
 }
 
+// No inode left (blocks free) is a full disk too: searches work, a run that must create its log says
+// the disk is full, and the next one with room finishes.
+TEST_F(Trust, NoInodeLeftIsAFullDisk) {
+  if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
+  const std::string disk = dir / "disk";
+  fs::create_directories(disk);
+  auto m = test::ScopedMount::tmpfs(disk, 8u << 20, 16);
+  ASSERT_TRUE(m.ok()) << m.why();
+  idx = disk + "/index";
+  photos(root, 3, 1, "jpg");
+  index_ok({root});
+  const std::vector<std::string> search{"search-text", "小狗", "--format", "paths", "--model", test::tiny_bundle()};
+  const auto before = test::run_cnclip(test::concat(search, idx_args()));
+  ASSERT_EQ(before.exit_code, 0) << before.err;
+  int made = 0;
+  while (std::ofstream(disk + "/f" + std::to_string(made))) ++made;
+  ASSERT_GT(made, 0);
+  auto r = test::run_cnclip(test::concat(search, idx_args()));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, before.out);
+  photos(root, 1, 10, "jpg");
+  r = index({root});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("the disk is full"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 3u);
+  for (int i = 0; i < made; ++i) fs::remove(disk + "/f" + std::to_string(i));
+  index_ok({root});
+  EXPECT_EQ(paths().size(), 4u);
+}
+
 TEST_F(Trust, AFullDiskWithCommitsOnlyInTheWriteAheadLogSaysSo) {
   // A run killed before its last checkpoint leaves commits only in the -wal, and no -shm once the
   // machine restarted: reading those needs the -shm, which a full disk cannot hold. The catalog
