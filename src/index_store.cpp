@@ -215,6 +215,12 @@ std::vector<int64_t> IndexStore::snapshot_generations() {
       out.push_back(std::stoll(digits));
     }
     ::closedir(d);
+  } else {
+    // A folder this user may pass through but not list (mode 711): the current generation's
+    // snapshot, the one a finished run leaves, can still be found by its name.
+    struct stat st {};
+    const int64_t generation = catalog_->generation();
+    if (::stat(snapshot_path(generation).c_str(), &st) == 0) out.push_back(generation);
   }
   std::sort(out.rbegin(), out.rend());
   return out;
@@ -452,6 +458,18 @@ int64_t IndexStore::disk_bytes() {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
     if (e.is_regular_file(ec)) total += static_cast<int64_t>(e.file_size(ec));
+  }
+  if (ec) {  // not listable (mode 711): the files cnclip knows by name
+    total = 0;
+    for (const std::string& name : {std::string(kCatalogFile), std::string(kCatalogFile) + "-wal",
+                                    std::string(kCatalogFile) + "-shm", std::string("lock")}) {
+      struct stat st {};
+      if (::stat((dir_ + "/" + name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
+    }
+    for (const int64_t g : snapshot_generations()) {
+      struct stat st {};
+      if (::stat(snapshot_path(g).c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
+    }
   }
   return total;
 }

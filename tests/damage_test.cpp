@@ -680,13 +680,17 @@ TEST(ReadOnlyIndex, AFolderThisUserCannotLookIntoIsNotAnEmptyOne) {
     EXPECT_EQ(r.err.find("unable to open"), std::string::npos) << args[0] << ": " << r.err;
   }
   ASSERT_EQ(::chmod(p.catalog().c_str(), 0644), 0);
-  // A folder it may pass through but not list (0711) is an index it can read, as before.
+  // A folder it may pass through but not list (0711) is an index it can read, as before, with its
+  // snapshot found by name and its size counted.
   ASSERT_EQ(::chmod(p.idx.c_str(), 0711), 0);
   test::RunOptions nobody;
   nobody.through = {"runuser", "-u", "nobody", "--"};
   auto r = test::run_cnclip(test::concat({"info", "--format", "json"}, p.idx_args()), nobody);
   EXPECT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(json::parse(r.out)["files"], 4) << r.out;
+  const json info = json::parse(r.out);
+  EXPECT_EQ(info["files"], 4) << r.out;
+  EXPECT_EQ(info["snapshot"]["type"], "flat") << r.out;
+  EXPECT_GE(info["disk_bytes"].get<int64_t>(), static_cast<int64_t>(test::file_size(p.catalog()))) << r.out;
 }
 
 TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {
