@@ -138,8 +138,13 @@ Result<std::string> xdg_data_home() {
 }
 
 void install_interrupt_handlers() {
-  std::signal(SIGINT, on_signal);
-  std::signal(SIGTERM, on_signal);
+  for (const int sig : {SIGINT, SIGTERM}) {
+    // A signal the parent ignores stays ignored (a shell's `cmd &` without job control, nohup): the
+    // user asked for it not to stop the run.
+    struct sigaction now {};
+    if (::sigaction(sig, nullptr, &now) == 0 && now.sa_handler == SIG_IGN) continue;
+    std::signal(sig, on_signal);
+  }
 }
 
 bool interrupt_requested() { return g_interrupted.load(); }

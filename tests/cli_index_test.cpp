@@ -2,6 +2,8 @@
 // progress bar on a terminal (incremental runs: cli_incremental_test.cpp).
 #include "cli_util.h"
 
+#include <csignal>
+
 namespace cnclip {
 namespace {
 
@@ -151,6 +153,43 @@ TEST(CliCrash, CtrlCStopsAfterTheBatch) {
     EXPECT_EQ(rest["unchanged"].get<int64_t>(), kept);
     EXPECT_EQ(rest["added"].get<int64_t>(), n - kept);
   }
+}
+
+// A run started with SIGINT ignored (a script's `cnclip index ... &` without job control, nohup)
+// keeps it ignored: a Ctrl-C meant for the shell does not stop it.
+TEST(CliCrash, AnIgnoredInterruptStaysIgnored) {
+  test::TempDir dir;
+  const std::string photos = dir / "photos", idx = dir / "idx";
+  const int n = 60;
+  for (int i = 0; i < n; ++i) make_photo(photos + "/p" + std::to_string(i) + ".jpg", 900 + i);
+  const pid_t pid = fork();
+  if (pid == 0) {
+    std::signal(SIGINT, SIG_IGN);  // inherited through exec, as from a shell
+    int devnull = ::open("/dev/null", O_WRONLY);
+    dup2(devnull, 1);
+    dup2(devnull, 2);
+    execl(CNCLIP_BINARY, "cnclip", "index", "-q", "--batch-size", "1", photos.c_str(), "--model",
+          test::tiny_bundle().c_str(), "--index", idx.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Once it has committed a batch (its handlers would be in place by then), Ctrl-C twice.
+  bool running = false;
+  for (int i = 0; i < 1000 && !running; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!fs::exists(idx + "/catalog.sqlite3")) continue;
+    auto info = test::run_cnclip({"info", "--format", "json", "--index", idx});
+    running = info.exit_code == 0 && json::parse(info.out)["files"].get<int64_t>() > 0;
+  }
+  ASSERT_TRUE(running) << "no batch committed";
+  ::kill(pid, SIGINT);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  ::kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "ended by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  auto info = test::run_cnclip({"info", "--format", "json", "--index", idx});
+  EXPECT_EQ(json::parse(info.out)["files"], n);
 }
 
 // On a terminal: a progress bar (done/total, images/s, ETA) and the table format by default.

@@ -17,7 +17,8 @@ namespace cnclip {
 Result<std::string> xdg_data_home();
 
 // Installs SIGINT/SIGTERM handlers that set the interrupt flag; a second signal ends the process
-// at once (the default action).
+// at once (the default action). A signal ignored when this is called (inherited from the parent:
+// nohup, a background job of a script) is left ignored.
 void install_interrupt_handlers();
 bool interrupt_requested();
 // The signal that requested the interrupt (SIGINT, SIGTERM), or 0 (none, or request_interrupt()).
