@@ -428,6 +428,17 @@ TEST_F(Trust, LeftoverWriteAheadLogWithABadFrameReadsAsDamage) {
   }
 }
 
+// An index whose first run committed nothing (stopped by a full disk before its first batch): info
+// says so instead of printing blank fields.
+TEST_F(Trust, InfoOfAnIndexWithNothingCommittedSaysSo) {
+  IndexStore::open(idx, IndexAccess::kWrite).reset();
+  auto r = test::run_cnclip(test::concat({"info"}, idx_args()));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("model:    none yet (nothing indexed)\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("updated:  never\n"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("fingerprint ,"), std::string::npos) << r.out;
+}
+
 // --- a full disk -----------------------------------------------------------------------------------
 
 // Fills the file system holding `dir` to its last byte.

@@ -337,8 +337,12 @@ int run_info(const CommonOptions& o) {
     return 0;
   }
   std::cout << "index:    " << terminal_safe(info.index) << '\n'
-            << "model:    " << info.model_architecture << ' ' << info.model_precision << " (fingerprint "
-            << info.model_fingerprint.substr(0, 16) << ", dim " << info.embedding_dim << ")\n"
+            << "model:    "
+            << (info.model_fingerprint.empty()
+                    ? std::string("none yet (nothing indexed)")
+                    : info.model_architecture + ' ' + info.model_precision + " (fingerprint " +
+                          info.model_fingerprint.substr(0, 16) + ", dim " + std::to_string(info.embedding_dim) + ")")
+            << '\n'
             << "files:    " << info.files << '\n'
             << "vectors:  " << info.vectors << snapshot_summary(info) << '\n'
             << "size:     " << info.disk_bytes / 1024 << " KiB"
@@ -349,7 +353,7 @@ int run_info(const CommonOptions& o) {
                           " KiB ones, about half the size with ViT-B-16 embeddings and faster to scan)"
                     : "")
             << '\n'
-            << "updated:  " << info.updated_at << '\n';
+            << "updated:  " << (info.updated_at.empty() ? "never" : info.updated_at) << '\n';
   for (size_t i = 0; i < info.folders.size(); ++i) {
     std::cout << (info.folder_is_file[i] ? "file:     " : "folder:   ") << terminal_safe(info.folders[i]) << '\n';
   }
