@@ -105,16 +105,19 @@ std::string catalog_damage_message(const std::string& path, const std::string& d
 namespace {
 
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
-// Whether the file system holding `path` has no block or no inode left for this user: SQLite reports
-// a log or -shm it could not create as "unable to open database file", and the errno it keeps is
-// often that of its read-only retry (ENOENT), not the ENOSPC that caused it.
+// Whether the file system holding `path` lacks the room SQLite needs for a log and its 32 KiB -shm
+// (under 64 KiB or no inode left for unprivileged users), asked after a write or a create failed:
+// SQLite reports a log or -shm it could not create as "unable to open database file", and the errno
+// it keeps is often that of its read-only retry (ENOENT), not the ENOSPC that caused it. A read-only
+// file system (squashfs, an ISO image: they report no free space) and one that reports no size are
+// never "full".
 bool file_system_full(const std::string& path) {
   const size_t slash = path.find_last_of('/');
   const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
   struct statvfs v {};
-  if (::statvfs(dir.c_str(), &v) != 0) return false;
-  const bool root = ::geteuid() == 0;  // may use the blocks and inodes kept for root
-  return (root ? v.f_bfree : v.f_bavail) == 0 || (v.f_files > 0 && (root ? v.f_ffree : v.f_favail) == 0);
+  if (::statvfs(dir.c_str(), &v) != 0 || (v.f_flag & ST_RDONLY) || v.f_blocks == 0) return false;
+  const uint64_t available = static_cast<uint64_t>(v.f_bavail) * v.f_frsize;
+  return available < (64u << 10) || (v.f_files > 0 && v.f_favail == 0);
 }
 
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
@@ -288,6 +291,7 @@ bool embedding_is_valid(const float* v, int dim) {
 std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
+  const FilesSeen seen_at_open = files_seen(path);
   // A catalog this user may not read (another user's, mode 600): said as such; SQLite says only
   // "unable to open database file".
   if (::access(path.c_str(), R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
@@ -310,6 +314,8 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     return c;
   };
   auto c = try_open(path, 0);
+  c->read_only_ = true;
+  c->seen_ = seen_at_open;
   std::optional<std::string> version;
   try {
     version = c->meta("schema_version");
@@ -344,6 +350,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     }
     const FilesSeen seen = files_seen(path);
     c = try_open(uri + "?immutable=1", SQLITE_OPEN_URI);
+    c->read_only_ = true;
     c->immutable_ = true;
     c->seen_ = seen;
     version = c->meta("schema_version");
@@ -376,7 +383,11 @@ Catalog::FilesSeen Catalog::files_seen(const std::string& path) {
 }
 
 void Catalog::refresh() {
-  if (!immutable_ || files_seen(path_) == seen_) return;
+  if (!read_only_) return;
+  const FilesSeen now_seen = files_seen(path_);
+  // A normal connection follows commits by itself; only a catalog put in place of the one it has
+  // open (`cnclip repair`: a new file renamed over it) must be opened again.
+  if (immutable_ ? now_seen == seen_ : (now_seen.dev == seen_.dev && now_seen.ino == seen_.ino)) return;
   std::unique_ptr<Catalog> now = open_read_only(path_);
   std::swap(db_, now->db_);  // `now` closes the old connection
   has_meta_ = now->has_meta_;

@@ -64,7 +64,8 @@ void require_writable_index(const std::string& dir) {
     // Not even readable (a folder of another user's, mode 700; a catalog of mode 600): searches
     // cannot read it either, and saying they work would send the user the wrong way.
     for (const std::string& needed : {dir, dir + "/catalog.sqlite3"}) {
-      if (::access(needed.c_str(), needed == dir ? R_OK | X_OK : R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
+      // The folder needs only to be passed through (711 is readable by name).
+      if (::access(needed.c_str(), needed == dir ? X_OK : R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
         throw Exception(ErrorCode::kPermissionDenied,
                         dir + ": cannot read the index (" + needed + ": " + std::strerror(errno) + ")");
       }

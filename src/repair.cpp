@@ -99,6 +99,23 @@ std::vector<std::string> tables_of(Db& d) {
   return out;
 }
 
+// The tables of a catalog whose schema could be read whole; nullopt when it could not (damage).
+std::optional<std::vector<std::string>> readable_tables(Db& d) {
+  Stmt st;
+  std::vector<std::string> out;
+  if (sqlite3_prepare_v2(d.db, "SELECT name FROM sqlite_master WHERE type = 'table'", -1, &st.s, nullptr) !=
+      SQLITE_OK) {
+    return std::nullopt;
+  }
+  int rc;
+  while ((rc = sqlite3_step(st.s)) == SQLITE_ROW) {
+    const auto* name = sqlite3_column_text(st.s, 0);
+    if (name) out.emplace_back(reinterpret_cast<const char*>(name));
+  }
+  if (rc != SQLITE_DONE) return std::nullopt;
+  return out;
+}
+
 std::string utc_stamp() {
   char buf[32];
   const std::time_t t = std::time(nullptr);
@@ -342,10 +359,18 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
     int64_t old_generation = snapshot.generation;
     std::vector<int64_t> kept_files;
     auto tables = tables_of(fresh);
+    // A table the old catalog never had (one of an older schema: frames before schema 4) is absent,
+    // not damage; only a schema that cannot be read leaves that open.
+    const auto old_tables = readable_tables(old);
     // meta first: it says the embedding dimension.
     std::stable_partition(tables.begin(), tables.end(), [](const std::string& t) { return t == "meta"; });
     for (const auto& table : tables) {
       if (table == "changes") continue;  // the log of the old catalog's generations: starts afresh below
+      if (old_tables && std::find(old_tables->begin(), old_tables->end(), table) == old_tables->end()) {
+        report.kept[table] = 0;
+        report.unreadable[table] = 0;
+        continue;
+      }
       auto old_cols = columns_of(old, table);
       auto new_cols = columns_of(fresh, table);
       if (!old_cols || !new_cols) {

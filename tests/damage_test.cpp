@@ -412,6 +412,34 @@ TEST(DamageCatalog, RepairRewritesASoundCatalogOfOldPagesKeepingEveryRow) {
   EXPECT_EQ(again.page_bytes, kCatalogPageBytes);
 }
 
+// An older cnclip's catalog: schema 3 (no video frames table) in 4 KiB pages, as `info` sends its
+// users to repair. Absent tables are not damage.
+TEST(DamageCatalog, RepairOfAnOlderSchemasSoundCatalogIsNoDamage) {
+  LibraryIndex idx(120, 31);
+  {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open(idx.catalog().c_str(), &db), SQLITE_OK);
+    EXPECT_EQ(sqlite3_exec(db, "DROP TABLE frames; UPDATE meta SET value = '3' WHERE key = 'schema_version';", nullptr,
+                           nullptr, nullptr),
+              SQLITE_OK)
+        << sqlite3_errmsg(db);
+    sqlite3_close(db);
+  }
+  set_page_size(idx.catalog(), 4096);
+  const RepairReport r = repair_index(idx.dir.path());
+  EXPECT_FALSE(r.damaged);
+  EXPECT_TRUE(r.problems.empty()) << r.problems.front();
+  EXPECT_TRUE(r.pages_enlarged);
+  EXPECT_EQ(r.unreadable.at("frames"), 0);
+  EXPECT_EQ(r.kept.at("files"), 120);
+  EXPECT_EQ(r.kept.at("failures"), 6);
+  for (const auto& e : fs::directory_iterator(idx.dir.path())) {
+    EXPECT_EQ(e.path().filename().string().find(".damaged"), std::string::npos) << e.path();
+  }
+  auto s = IndexStore::open(idx.dir.path(), IndexAccess::kRead);
+  EXPECT_EQ(s->catalog().count(), 120);
+}
+
 TEST(DamageCatalog, RepairOnAFullDiskChangesNothing) {
   if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
   LibraryIndex idx(400, 5);
@@ -691,6 +719,10 @@ TEST(ReadOnlyIndex, AFolderThisUserCannotLookIntoIsNotAnEmptyOne) {
   EXPECT_EQ(info["files"], 4) << r.out;
   EXPECT_EQ(info["snapshot"]["type"], "flat") << r.out;
   EXPECT_GE(info["disk_bytes"].get<int64_t>(), static_cast<int64_t>(test::file_size(p.catalog()))) << r.out;
+  // Its writers are refused as for any index this user may read but not write.
+  r = test::run_cnclip(test::concat({"remove", p.photos + "/p1.png"}, p.idx_args()), nobody);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("the index is read-only"), std::string::npos) << r.err;
 }
 
 TEST(ReadOnlyIndex, CatalogWithAPendingWriteAheadLogIsReadWhole) {

@@ -683,6 +683,37 @@ TEST_F(Serve, ReadOnlyIndexServedSeesLaterCommits) {
   EXPECT_EQ(server.stop(), 0) << server.err();
 }
 
+// `cnclip repair` puts a fresh catalog in place of the one a running server has open (here to
+// rewrite an older cnclip's 4 KiB pages): the server follows it, and what is indexed after.
+TEST_F(Serve, ARepairUnderARunningServerIsFollowed) {
+  const std::string catalog = index_ + "/catalog.sqlite3";
+  ASSERT_EQ(
+      std::system(("/usr/bin/python3 -c \"import sqlite3,sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+                   "c.executescript('PRAGMA journal_mode=DELETE; PRAGMA page_size=4096; VACUUM; "
+                   "PRAGMA journal_mode=WAL;')\" " +
+                   test::shell_quote(catalog))
+                      .c_str()),
+      0);
+  ServeProcess server(common());
+  ASSERT_GT(server.port(), 0) << server.err();
+  auto info = request(server.port(), "GET", "/api/v1/info").body_json();
+  EXPECT_EQ(info["catalog_page_bytes"], 4096);
+  auto repaired = test::run_cnclip({"repair", "--format", "json", "--index", index_});
+  ASSERT_EQ(repaired.exit_code, 0) << repaired.err;
+  EXPECT_EQ(json::parse(repaired.out)["pages_enlarged"], true) << repaired.out;
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), photos_ + "/pokemon-2.jpeg");
+  ASSERT_EQ(test::run_cnclip(test::concat({"index", "-q", photos_}, common_args())).exit_code, 0);
+  for (int i = 0; i < 60 && info["files"] != 7; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    info = request(server.port(), "GET", "/api/v1/info").body_json();
+  }
+  EXPECT_EQ(info["files"], 7) << "the server still reads the replaced catalog";
+  EXPECT_EQ(info["catalog_page_bytes"], 32768);
+  auto r = request(server.port(), "GET", "/api/v1/search?q=" + test::url_encode("小狗") + "&k=20");
+  EXPECT_EQ(r.body_json()["results"].size(), 7u);
+  EXPECT_EQ(server.stop(), 0) << server.err();
+}
+
 TEST(ServeEmpty, NoIndexYetIsAnEmptyIndexUntilOneAppears) {
   TempDir tmp;
   const std::string common =

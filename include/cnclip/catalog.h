@@ -85,13 +85,16 @@ class Catalog {
   // none can be created, a catalog without a pending write-ahead log is opened as immutable, and one
   // whose -wal holds commits fails (kPermissionDenied) rather than being read without them.
   static std::unique_ptr<Catalog> open_read_only(const std::string& path);
-  // An immutable connection (above) never sees a later commit: SQLite takes the file for one that
-  // does not change. Long-lived readers (`cnclip serve`, a `search-text -` stream; Searcher::search
-  // calls it per query) call refresh() between reads: when the catalog, its -wal or its -shm changed
-  // since this connection was opened, it is opened again, as open_read_only chooses now (a writer
-  // that came meanwhile made the -shm a normal read goes through; a log with commits and no -shm
-  // throws as on open, rather than answering from the older file). Nothing happens for a normal
-  // connection. Call with no statement in progress; not thread-safe (as the rest of the class).
+  // Long-lived readers (`cnclip serve`, a `search-text -` stream; Searcher::search calls it per query)
+  // call refresh() between reads of a catalog opened by open_read_only. An immutable connection
+  // (above) never sees a later commit, SQLite taking the file for one that does not change: when the
+  // catalog, its -wal or its -shm changed since it was opened, it is opened again, as open_read_only
+  // chooses now (a writer that came meanwhile made the -shm a normal read goes through; a log with
+  // commits and no -shm throws as on open, rather than answering from the older file). Any read-only
+  // connection is opened again when another file was put in the catalog's place (`cnclip repair`
+  // renames a fresh catalog over it); it would read the replaced one for ever. Nothing happens for
+  // a writer's catalog. Call with no statement in progress; not thread-safe (as the rest of the
+  // class).
   void refresh();
   ~Catalog();
   Catalog(const Catalog&) = delete;
@@ -228,8 +231,9 @@ class Catalog {
   std::string path_;
   bool has_meta_ = false;    // the files table has the schema-3 columns
   bool has_frames_ = false;  // schema 4: the frames table exists
+  bool read_only_ = false;   // opened by open_read_only
   bool immutable_ = false;   // opened with immutable=1 (open_read_only's fallback)
-  FilesSeen seen_;           // when immutable_
+  FilesSeen seen_;           // when read_only_: the files as they were when it was opened
 };
 
 // RAII transaction: rolls back unless commit() was called.
