@@ -382,6 +382,8 @@ Catalog::FilesSeen Catalog::files_seen(const std::string& path) {
   return f;
 }
 
+bool Catalog::changed_under_immutable_read() { return immutable_ && !(files_seen(path_) == seen_); }
+
 void Catalog::refresh() {
   if (!read_only_) return;
   const FilesSeen now_seen = files_seen(path_);

@@ -128,6 +128,24 @@ std::vector<MergedHit> merge_video_hits(const std::vector<SearchHit>& hits, cons
 
 std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels, const std::vector<float>& queries,
                                           const SearchOptions& options, const std::vector<std::string>& exclude) {
+  // A catalog read as it is on disk (immutable, catalog.h) that a writer changed during the query
+  // may have given a mix of old and new pages: the query is answered again (at most twice more),
+  // from the catalog as it is then.
+  Catalog& catalog = store_.catalog();
+  for (int attempt = 0;; ++attempt) {
+    catalog.refresh();
+    try {
+      auto results = search_once(labels, queries, options, exclude);
+      if (attempt == 2 || !catalog.changed_under_immutable_read()) return results;
+    } catch (const Exception&) {
+      if (attempt == 2 || !catalog.changed_under_immutable_read()) throw;
+    }
+  }
+}
+
+std::vector<QueryResult> Searcher::search_once(const std::vector<std::string>& labels,
+                                               const std::vector<float>& queries, const SearchOptions& options,
+                                               const std::vector<std::string>& exclude) {
   const int nq = static_cast<int>(labels.size());
   std::vector<QueryResult> results(labels.size());
   for (int q = 0; q < nq; ++q) results[q].query = labels[q];
@@ -145,7 +163,6 @@ std::vector<QueryResult> Searcher::search(const std::vector<std::string>& labels
                                               std::to_string(vectors_->dim()));
   }
   Catalog& catalog = store_.catalog();
-  catalog.refresh();  // an immutable read of the catalog sees what was committed since (catalog.h)
   // Video frames after a video's first are vectors of their own (kFrameIdBase ids): filters and
   // --exclude-self apply to their video.
   const FrameMap frame_map = vectors_->size() > catalog.count() ? load_frame_map(catalog) : FrameMap{};

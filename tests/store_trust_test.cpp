@@ -561,10 +561,14 @@ TEST_F(Trust, ALongLivedReaderOfACatalogReadAsItIsSeesLaterCommits) {
   Searcher searcher(*store);
   EXPECT_EQ(result_paths(searcher).size(), 5u);
   const int64_t generation = store->catalog().generation();
+  EXPECT_FALSE(store->catalog().changed_under_immutable_read());
   photos(root, 3, 20, "jpg");
   index_ok({root});
   ASSERT_EQ(test::run_cnclip(test::concat({"remove", root + "/p2.jpg"}, idx_args())).exit_code, 0);
+  // What it would read now may mix pages from before and after: a search reads it again.
+  EXPECT_TRUE(store->catalog().changed_under_immutable_read());
   auto after = result_paths(searcher);
+  EXPECT_FALSE(store->catalog().changed_under_immutable_read());
   EXPECT_EQ(after.count(root + "/p2.jpg"), 0u) << "a removed photo still found";
   EXPECT_EQ(after.size(), 4u);
   store->catalog().refresh();

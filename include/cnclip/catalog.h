@@ -96,6 +96,9 @@ class Catalog {
   // a writer's catalog. Call with no statement in progress; not thread-safe (as the rest of the
   // class).
   void refresh();
+  // Whether this connection reads the file as immutable and the catalog, its -wal or -shm changed
+  // since it was opened: what it read may mix pages from before and after a writer's checkpoint.
+  bool changed_under_immutable_read();
   ~Catalog();
   Catalog(const Catalog&) = delete;
   Catalog& operator=(const Catalog&) = delete;

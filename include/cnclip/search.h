@@ -132,6 +132,8 @@ class Searcher {
                                   const SearchOptions& options, const std::vector<std::string>& exclude = {});
 
  private:
+  std::vector<QueryResult> search_once(const std::vector<std::string>& labels, const std::vector<float>& queries,
+                                       const SearchOptions& options, const std::vector<std::string>& exclude);
   IndexStore& store_;
   VectorsOrigin origin_;
   std::unique_ptr<VectorIndex> vectors_;
