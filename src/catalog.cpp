@@ -104,7 +104,6 @@ std::string catalog_damage_message(const std::string& path, const std::string& d
 
 namespace {
 
-// The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
 // Whether the file system holding `path` lacks the room SQLite needs for a log and its 32 KiB -shm
 // (under 64 KiB or no inode left for unprivileged users), asked after a write or a create failed:
 // SQLite reports a log or -shm it could not create as "unable to open database file", and the errno
@@ -120,6 +119,7 @@ bool file_system_full(const std::string& path) {
   return available < (64u << 10) || (v.f_files > 0 && v.f_favail == 0);
 }
 
+// The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
   const int code = sqlite3_errcode(db);
   // Damage shows as SQLITE_CORRUPT or SQLITE_NOTADB, or, when the pages holding the schema are lost

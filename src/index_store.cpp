@@ -217,11 +217,17 @@ std::vector<int64_t> IndexStore::snapshot_generations() {
     }
     ::closedir(d);
   } else {
-    // A folder this user may pass through but not list (mode 711): the current generation's
-    // snapshot, the one a finished run leaves, can still be found by its name.
-    struct stat st {};
-    const int64_t generation = catalog_->generation();
-    if (::stat(snapshot_path(generation).c_str(), &st) == 0) out.push_back(generation);
+    // A folder this user may pass through but not list (mode 711): snapshots are found by name,
+    // the current generation's (a finished run's) and the one the change log starts at (an
+    // approximate type kept with a small delta).
+    std::vector<int64_t> candidates{catalog_->generation()};
+    if (auto since = catalog_->changes_since()) candidates.push_back(*since);
+    for (const int64_t g : candidates) {
+      struct stat st {};
+      if (::stat(snapshot_path(g).c_str(), &st) == 0 && std::find(out.begin(), out.end(), g) == out.end()) {
+        out.push_back(g);
+      }
+    }
   }
   std::sort(out.rbegin(), out.rend());
   return out;
@@ -456,11 +462,14 @@ void IndexStore::write_snapshot() {
 
 int64_t IndexStore::disk_bytes() {
   int64_t total = 0;
-  std::error_code ec;
-  for (const auto& e : std::filesystem::directory_iterator(dir_, ec)) {
-    if (e.is_regular_file(ec)) total += static_cast<int64_t>(e.file_size(ec));
+  std::error_code listing;
+  for (const auto& e : std::filesystem::directory_iterator(dir_, listing)) {
+    std::error_code ec;  // a file removed meanwhile (a writer's -shm) is skipped
+    if (!e.is_regular_file(ec)) continue;
+    const auto size = e.file_size(ec);
+    if (!ec) total += static_cast<int64_t>(size);
   }
-  if (ec) {  // not listable (mode 711): the files cnclip knows by name
+  if (listing) {  // not listable (mode 711): the files cnclip knows by name
     total = 0;
     for (const std::string& name : {std::string(kCatalogFile), std::string(kCatalogFile) + "-wal",
                                     std::string(kCatalogFile) + "-shm", std::string("lock")}) {

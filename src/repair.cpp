@@ -440,9 +440,13 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
     const bool enlarge = !report.damaged && report.page_bytes < kCatalogPageBytes && checkpoint_whole(old);
     if (report.damaged || enlarge) {
       std::sort(kept_files.begin(), kept_files.end());
-      for (int64_t id : snapshot.ids) {
-        if (id >= kFrameIdBase) continue;  // a video frame, not a file
-        if (!std::binary_search(kept_files.begin(), kept_files.end(), id)) ++report.files_lost_known;
+      // Lost: ids of the newest snapshot not kept (a sound catalog enlarged loses none; its snapshot
+      // may predate removals).
+      if (report.damaged) {
+        for (int64_t id : snapshot.ids) {
+          if (id >= kFrameIdBase) continue;  // a video frame, not a file
+          if (!std::binary_search(kept_files.begin(), kept_files.end(), id)) ++report.files_lost_known;
+        }
       }
       if (report.damaged && report.problems.empty())
         report.problems.push_back("unreadable rows or unusable embeddings");

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/auxv.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
@@ -265,8 +266,12 @@ std::vector<std::string> runtime_environment_missing() {
 }
 
 void restart_with_runtime_environment(char** argv, const char* exe) {
+  // Once only, whatever the new process finds: glibc drops GLIBC_TUNABLES entries for a program run
+  // with privileges (setuid, file capabilities), which would make the variables missing again.
+  if (std::getenv("CNCLIP_RESTARTED") || ::getauxval(AT_SECURE)) return;
   const auto missing = runtime_environment_missing();
   if (missing.empty()) return;
+  if (setenv("CNCLIP_RESTARTED", "1", 1) != 0) return;
   for (const auto& assignment : missing) {
     const size_t eq = assignment.find('=');
     if (setenv(assignment.substr(0, eq).c_str(), assignment.c_str() + eq + 1, 1) != 0) return;

@@ -310,8 +310,8 @@ std::string environment_after_restart(const std::vector<std::pair<std::string, s
   const pid_t pid = fork();
   if (pid == 0) {
     for (const char* name :
-         {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
-          "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST"})
+         {"CNCLIP_RESTARTED", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_",
+          "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "MALLOC_ARENA_MAX", "MALLOC_ARENA_TEST"})
       unsetenv(name);
     for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
     const std::string script = "printf '%s|%s' \"$GOMP_SPINCOUNT\" \"$GLIBC_TUNABLES\" > '" + out + "'";
@@ -347,6 +347,8 @@ TEST(RuntimeEnvironment, RestartsOnceWithWhatTheUserDidNotChoose) {
   // Everything set (by the user, or by the restart itself): no second start.
   EXPECT_EQ(environment_after_restart({{"GOMP_SPINCOUNT", "1000"}, {"GLIBC_TUNABLES", malloc_tunables}}), "returned");
   EXPECT_EQ(environment_after_restart({{"OMP_WAIT_POLICY", "passive"}, {"MALLOC_TRIM_THRESHOLD_", "0"}}), "returned");
+  // A restarted process never restarts again, even when what it was given did not reach it.
+  EXPECT_EQ(environment_after_restart({{"CNCLIP_RESTARTED", "1"}}), "returned");
 }
 
 // The image towers likewise (the server encodes uploads on its request threads at once): fp32 and

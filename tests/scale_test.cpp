@@ -452,8 +452,6 @@ TEST(ScaleTypes, ATypeCnclipCannotSearchIsNotKept) {
   EXPECT_EQ(search_all(searcher, queries_near(vectors, kDim, 3, 14), kDim, 5)[0].size(), 5u);
 }
 
-// An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
-// untrained snapshot kept until 10,000 changes.
 // A flat-fp16 snapshot is built with its codes allocated once: growing them as vectors came
 // doubled their buffer, and the copy held both (10M vectors: 10.2 GB of codes, 19.9 GB peak RSS).
 // Five batches of 65,536 (the builder's) 512-d vectors, 320 MiB of codes: grown, the fifth batch
@@ -466,6 +464,7 @@ TEST(ScaleTypes, AFlatFp16BuildHoldsItsCodesOnce) {
   const std::string path = dir / "s.faiss";
   const pid_t pid = fork();
   if (pid == 0) {
+    omp_set_num_threads(1);  // libgomp is not fork-safe once the parent has used it
     auto rss_mib = [] {
       long pages = 0, resident = 0;
       FILE* f = std::fopen("/proc/self/statm", "r");
@@ -503,6 +502,8 @@ TEST(ScaleTypes, AFlatFp16BuildHoldsItsCodesOnce) {
   EXPECT_EQ(VectorIndex::open_file(path)->size(), kCount);
 }
 
+// An index with no vectors yet: an approximate type is flat (empty) until FAISS can train it, not an
+// untrained snapshot kept until 10,000 changes.
 TEST(ScaleTypes, AnApproximateTypeOnAnEmptyIndexWaitsForVectors) {
   OneThread one_thread;
   constexpr int kDim = 16;

@@ -82,8 +82,9 @@ class Catalog {
   static std::unique_ptr<Catalog> open(const std::string& path, bool create);
   // Opens `path` for reading only: never writes to it or creates anything, so it works on a read-only
   // mount or another user's files. SQLite opens an existing -shm read-only; where none exists and
-  // none can be created, a catalog without a pending write-ahead log is opened as immutable, and one
-  // whose -wal holds commits fails (kPermissionDenied) rather than being read without them.
+  // none can be created (read-only, or a full disk), a catalog without a pending write-ahead log is
+  // opened as immutable, and one whose -wal holds commits fails (kPermissionDenied, or kIoError on a
+  // full disk) rather than being read without them.
   static std::unique_ptr<Catalog> open_read_only(const std::string& path);
   // Long-lived readers (`cnclip serve`, a `search-text -` stream; Searcher::search calls it per query)
   // call refresh() between reads of a catalog opened by open_read_only. An immutable connection

@@ -80,12 +80,13 @@ class DecodingFile {
 // GLIBC_TUNABLES=glibc.malloc.hugetlb=0 gives glibc's defaults). As "NAME=VALUE" strings.
 // Reads the environment; thread-safe while nothing changes it.
 std::vector<std::string> runtime_environment_missing();
-// Sets what runtime_environment_missing() lists and executes `exe` again with `argv`, so that the
-// new process starts with it; returns without doing anything when nothing is missing (the user's
-// choice or an earlier restart: a process restarts at most once), and returns after setting it when
-// the exec fails. Call while no other thread runs (it changes the environment): first in main, or
-// later once every thread has ended (search-text and search-image restart only when they answer
-// without a server; src/cli/options.h).
+// Sets what runtime_environment_missing() lists, and CNCLIP_RESTARTED=1, and executes `exe` again
+// with `argv`, so that the new process starts with it; returns without doing anything when nothing
+// is missing (the user's choice), when CNCLIP_RESTARTED is set (a process restarts at most once,
+// even where glibc drops the tunables of a privileged program) or when running with privileges
+// (AT_SECURE), and returns after setting them when the exec fails. Call while no other thread runs (it changes the
+// environment): first in main, or later once every thread has ended (search-text and search-image restart only when
+// they answer without a server; src/cli/options.h).
 void restart_with_runtime_environment(char** argv, const char* exe = "/proc/self/exe");
 
 }  // namespace cnclip
