@@ -44,6 +44,14 @@ class Trust : public ::testing::Test {
     return r.out.empty() ? json{} : json::parse(r.out);
   }
   std::set<std::string> paths() { return test::indexed_paths(idx); }
+  // Moves the index onto a tmpfs of `bytes` (and at most `inodes` files) mounted on dir/disk for the
+  // lifetime of the returned mount.
+  test::ScopedMount index_on_tmpfs(uint64_t bytes, uint64_t inodes = 0) {
+    const std::string disk = dir / "disk";
+    fs::create_directories(disk);
+    idx = disk + "/index";
+    return test::ScopedMount::tmpfs(disk, bytes, inodes);
+  }
   std::vector<RootRecord> roots() {
     auto store = IndexStore::open(idx, IndexAccess::kRead);
     return store->catalog().root_records();
@@ -458,10 +466,8 @@ TEST_F(Trust, AFullDiskStillSearchesAndLosesNothing) {
   // full disk cannot give: readers then read the catalog as it is on disk.
   if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
   const std::string disk = dir / "disk";
-  fs::create_directories(disk);
-  auto m = test::ScopedMount::tmpfs(disk, 4u << 20);
+  auto m = index_on_tmpfs(4u << 20);
   ASSERT_TRUE(m.ok()) << m.why();
-  idx = disk + "/index";
   photos(root, 5, 1, "jpg");
   index_ok({root});
   const std::vector<std::vector<std::string>> reads{
@@ -523,10 +529,8 @@ TEST_F(Trust, ALongLivedReaderOfACatalogReadAsItIsSeesLaterCommits) {
   };
   // 1. The full disk of a reader, freed; then photos added and one removed.
   const std::string disk = dir / "disk";
-  fs::create_directories(disk);
-  auto m = test::ScopedMount::tmpfs(disk, 4u << 20);
+  auto m = index_on_tmpfs(4u << 20);
   ASSERT_TRUE(m.ok()) << m.why();
-  idx = disk + "/index";
   photos(root, 4, 1, "jpg");
   index_ok({root});
   fill_disk(disk);
@@ -617,10 +621,8 @@ TEST_F(Trust, ADiskThatFillsWhileTheCatalogIsMadeIsNamed) {
 TEST_F(Trust, NoInodeLeftIsAFullDisk) {
   if (::geteuid() != 0) GTEST_SKIP() << "mounting a tmpfs needs root";
   const std::string disk = dir / "disk";
-  fs::create_directories(disk);
-  auto m = test::ScopedMount::tmpfs(disk, 8u << 20, 16);
+  auto m = index_on_tmpfs(8u << 20, 16);
   ASSERT_TRUE(m.ok()) << m.why();
-  idx = disk + "/index";
   photos(root, 3, 1, "jpg");
   index_ok({root});
   const std::vector<std::string> search{"search-text", "小狗", "--format", "paths", "--model", test::tiny_bundle()};
