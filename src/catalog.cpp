@@ -119,6 +119,14 @@ bool file_system_full(const std::string& path) {
   return available < (64u << 10) || (v.f_files > 0 && v.f_favail == 0);
 }
 
+// Whether the last error on `db` (at `path`) is a full disk: said so, or a file SQLite could not
+// create or write where no room is left.
+bool disk_full_error(sqlite3* db, const std::string& path) {
+  const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
+  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
+  return code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path));
+}
+
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
   const int code = sqlite3_errcode(db);
@@ -134,15 +142,16 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   ErrorCode ec = ErrorCode::kIoError;
   if (code == SQLITE_BUSY || code == SQLITE_LOCKED) ec = ErrorCode::kBusy;
   if (code == SQLITE_READONLY || code == SQLITE_PERM || code == SQLITE_CANTOPEN) ec = ErrorCode::kPermissionDenied;
-  const int sys = sqlite3_system_errno(db);
-  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
-  if (code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path))) {
+  if (disk_full_error(db, path)) {
     return Exception(ErrorCode::kIoError,
                      path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
                          "); what was committed before is kept: free some space and run the command again");
   }
   std::string detail = msg;
-  if (file_error && sys != 0) detail += " (" + std::string(std::strerror(sys)) + ")";
+  const int sys = sqlite3_system_errno(db);
+  if (((code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN) && sys != 0) {
+    detail += " (" + std::string(std::strerror(sys)) + ")";
+  }
   return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + detail);
 }
 
@@ -271,10 +280,7 @@ void Catalog::upgrade_schema() {
     if (from < kSchemaVersion) set_meta("schema_version", std::to_string(kSchemaVersion));
     exec("COMMIT");
   } catch (...) {
-    try {
-      rollback();
-    } catch (...) {  // the first error is the one to report
-    }
+    rollback_after_error();
     throw;
   }
 }
@@ -289,9 +295,8 @@ bool embedding_is_valid(const float* v, int dim) {
 }
 
 std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
   const FilesSeen seen_at_open = files_seen(path);
+  if (seen_at_open.size < 0) throw Exception(ErrorCode::kNotFound, path + ": no catalog here");
   // A catalog this user may not read (another user's, mode 600): said as such; SQLite says only
   // "unable to open database file".
   if (::access(path.c_str(), R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
@@ -309,20 +314,18 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
       throw e;
     }
     std::unique_ptr<Catalog> c(new Catalog(db, path));
+    c->read_only_ = true;
     sqlite3_busy_timeout(db, 10000);
     c->exec("PRAGMA query_only=1");
     return c;
   };
   auto c = try_open(path, 0);
-  c->read_only_ = true;
   c->seen_ = seen_at_open;
   std::optional<std::string> version;
   try {
     version = c->meta("schema_version");
   } catch (const Exception& e) {
-    const int sys = sqlite3_system_errno(c->db_);
-    const bool disk_full =
-        sqlite3_errcode(c->db_) == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || file_system_full(path);
+    const bool disk_full = disk_full_error(c->db_, path);
     if (e.code() != ErrorCode::kPermissionDenied && !disk_full) throw;
     // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
     // one where nothing may be written (a read-only mount, another user's folder) or where the disk
@@ -330,8 +333,10 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     // coordinate: no writer can be at work either (a writer would hold the -shm, or need the same
     // space for its log), and the file is read as immutable. A log that holds commits cannot be read
     // that way (SQLite would ignore it).
-    struct stat wal {};
-    if (::stat((path + "-wal").c_str(), &wal) == 0 && wal.st_size > 0) {
+    // The files as they are now (the first attempt may have left a -shm or -wal of its own): what
+    // the immutable connection will have read, for refresh().
+    const FilesSeen seen = files_seen(path);
+    if (seen.wal_size > 0) {
       throw Exception(e.code(), path + ": cannot read the catalog: its write-ahead log " + path +
                                     "-wal holds commits that need " + path + "-shm, which cannot be created here (" +
                                     (disk_full ? "the disk is full): free some space"
@@ -348,9 +353,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
         uri += static_cast<char>(ch);
       }
     }
-    const FilesSeen seen = files_seen(path);
     c = try_open(uri + "?immutable=1", SQLITE_OPEN_URI);
-    c->read_only_ = true;
     c->immutable_ = true;
     c->seen_ = seen;
     version = c->meta("schema_version");
@@ -467,6 +470,13 @@ void Catalog::rollback() {
   // second ROLLBACK's "no transaction is active" would hide the error being handled.
   if (sqlite3_get_autocommit(db_)) return;
   exec("ROLLBACK");
+}
+
+void Catalog::rollback_after_error() noexcept {
+  try {
+    rollback();
+  } catch (...) {  // the error being handled is the one to report
+  }
 }
 
 int64_t Catalog::count() {
@@ -693,10 +703,7 @@ void Catalog::ensure_change_log() {
     }
     exec("COMMIT");
   } catch (...) {
-    try {
-      rollback();
-    } catch (...) {  // the first error is the one to report
-    }
+    rollback_after_error();
     throw;
   }
   ensure_frame_change_triggers();
@@ -747,10 +754,7 @@ void Catalog::prune_changes(int64_t generation) {
     if (changes_since().value_or(0) < generation) set_meta("changes_since", std::to_string(generation));
     exec("COMMIT");
   } catch (...) {
-    try {
-      rollback();
-    } catch (...) {  // the first error is the one to report
-    }
+    rollback_after_error();
     throw;
   }
 }

@@ -56,6 +56,13 @@ void set_index_warning_handler(std::function<void(const std::string&)> handler) 
   warning_handler() = std::move(handler);
 }
 
+bool index_exists(const std::string& dir) {
+  struct stat st {};
+  if (::stat((dir + "/" + kCatalogFile).c_str(), &st) == 0) return true;
+  if (errno != ENOENT && errno != ENOTDIR) throw Exception(errno_error(dir, errno, "cannot read the index"));
+  return false;
+}
+
 void require_writable_index(const std::string& dir) {
   auto check = [&](const std::string& path) {
     if (::access(path.c_str(), W_OK) == 0 || errno == ENOENT) return;
@@ -63,7 +70,7 @@ void require_writable_index(const std::string& dir) {
     if (err != EROFS && err != EACCES && err != EPERM) return;  // other failures are reported where they happen
     // Not even readable (a folder of another user's, mode 700; a catalog of mode 600): searches
     // cannot read it either, and saying they work would send the user the wrong way.
-    for (const std::string& needed : {dir, dir + "/catalog.sqlite3"}) {
+    for (const std::string& needed : {dir, dir + "/" + kCatalogFile}) {
       // The folder needs only to be passed through (711 is readable by name).
       if (::access(needed.c_str(), needed == dir ? X_OK : R_OK) != 0 && (errno == EACCES || errno == EPERM)) {
         throw Exception(ErrorCode::kPermissionDenied,
@@ -124,10 +131,7 @@ IndexStore::~IndexStore() {
 std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess access, bool wait_for_lock) {
   const std::string catalog_path = dir + "/" + kCatalogFile;
   if (access == IndexAccess::kRead) {
-    struct stat st {};
-    if (::stat(catalog_path.c_str(), &st) != 0) {
-      // A folder this user may not look into is not an empty one (it read "no index here yet").
-      if (errno != ENOENT && errno != ENOTDIR) throw Exception(errno_error(dir, errno, "cannot read the index"));
+    if (!index_exists(dir)) {
       throw Exception(ErrorCode::kNotFound, dir +
                                                 ": no index here yet (run 'cnclip index PATH' first, "
                                                 "or give --index DIR)");
@@ -470,15 +474,13 @@ int64_t IndexStore::disk_bytes() {
     if (!ec) total += static_cast<int64_t>(size);
   }
   if (listing) {  // not listable (mode 711): the files cnclip knows by name
+    const std::string catalog = dir_ + "/" + kCatalogFile;
+    std::vector<std::string> known{catalog, catalog + "-wal", catalog + "-shm", dir_ + "/lock"};
+    for (const int64_t g : snapshot_generations()) known.push_back(snapshot_path(g));
     total = 0;
-    for (const std::string& name : {std::string(kCatalogFile), std::string(kCatalogFile) + "-wal",
-                                    std::string(kCatalogFile) + "-shm", std::string("lock")}) {
+    for (const auto& path : known) {
       struct stat st {};
-      if (::stat((dir_ + "/" + name).c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
-    }
-    for (const int64_t g : snapshot_generations()) {
-      struct stat st {};
-      if (::stat(snapshot_path(g).c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
+      if (::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode)) total += st.st_size;
     }
   }
   return total;

@@ -87,24 +87,13 @@ std::optional<std::vector<std::string>> columns_of(Db& d, const std::string& tab
   return cols;
 }
 
-std::vector<std::string> tables_of(Db& d) {
+// The tables of a catalog (SQLite's own left out) when its schema could be read whole; nullopt when
+// it could not (damage).
+std::optional<std::vector<std::string>> readable_tables(Db& d) {
   Stmt st;
   std::vector<std::string> out;
   if (sqlite3_prepare_v2(d.db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'", -1,
                          &st.s, nullptr) != SQLITE_OK) {
-    throw Exception(ErrorCode::kInternal, d.path + ": " + sqlite3_errmsg(d.db));
-  }
-  while (sqlite3_step(st.s) == SQLITE_ROW)
-    out.emplace_back(reinterpret_cast<const char*>(sqlite3_column_text(st.s, 0)));
-  return out;
-}
-
-// The tables of a catalog whose schema could be read whole; nullopt when it could not (damage).
-std::optional<std::vector<std::string>> readable_tables(Db& d) {
-  Stmt st;
-  std::vector<std::string> out;
-  if (sqlite3_prepare_v2(d.db, "SELECT name FROM sqlite_master WHERE type = 'table'", -1, &st.s, nullptr) !=
-      SQLITE_OK) {
     return std::nullopt;
   }
   int rc;
@@ -114,6 +103,13 @@ std::optional<std::vector<std::string>> readable_tables(Db& d) {
   }
   if (rc != SQLITE_DONE) return std::nullopt;
   return out;
+}
+
+// The tables of a catalog cnclip just made.
+std::vector<std::string> tables_of(Db& d) {
+  auto tables = readable_tables(d);
+  if (!tables) throw Exception(ErrorCode::kInternal, d.path + ": " + sqlite3_errmsg(d.db));
+  return *tables;
 }
 
 std::string utc_stamp() {
@@ -311,12 +307,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
   RepairReport report;
   report.index_dir = dir;
   const std::string catalog_path = dir + "/" + kCatalogFile;
-  struct stat st {};
-  if (::stat(catalog_path.c_str(), &st) != 0) {
-    // A folder this user may not look into is not an empty one.
-    if (errno != ENOENT && errno != ENOTDIR) throw Exception(errno_error(dir, errno, "cannot read the index"));
-    throw Exception(ErrorCode::kNotFound, dir + ": no index here (nothing to repair)");
-  }
+  if (!index_exists(dir)) throw Exception(ErrorCode::kNotFound, dir + ": no index here (nothing to repair)");
   const int lock_fd = lock_index_for_writing(dir, wait_for_lock);
   bool lock_owned = true;
   try {

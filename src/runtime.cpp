@@ -265,12 +265,15 @@ std::vector<std::string> runtime_environment_missing() {
   return out;
 }
 
-void restart_with_runtime_environment(char** argv, const char* exe) {
+bool runtime_restart_wanted() {
   // Once only, whatever the new process finds: glibc drops GLIBC_TUNABLES entries for a program run
   // with privileges (setuid, file capabilities), which would make the variables missing again.
-  if (std::getenv("CNCLIP_RESTARTED") || ::getauxval(AT_SECURE)) return;
+  return !std::getenv("CNCLIP_RESTARTED") && !::getauxval(AT_SECURE) && !runtime_environment_missing().empty();
+}
+
+void restart_with_runtime_environment(char** argv, const char* exe) {
+  if (!runtime_restart_wanted()) return;
   const auto missing = runtime_environment_missing();
-  if (missing.empty()) return;
   if (setenv("CNCLIP_RESTARTED", "1", 1) != 0) return;
   for (const auto& assignment : missing) {
     const size_t eq = assignment.find('=');

@@ -119,6 +119,8 @@ class Catalog {
   void begin();     // BEGIN IMMEDIATE
   void commit();    // bumps the generation, then COMMIT
   void rollback();  // nothing when no transaction is open (SQLite may have rolled it back itself)
+  // rollback() while another error is being handled: its own failure is not reported over that one.
+  void rollback_after_error() noexcept;
 
   int64_t count();
   // SQLite's page size of this catalog (kCatalogPageBytes for one made now).
@@ -245,12 +247,7 @@ class CatalogTransaction {
  public:
   explicit CatalogTransaction(Catalog& c) : c_(c) { c_.begin(); }
   ~CatalogTransaction() {
-    if (!done_) {
-      try {
-        c_.rollback();
-      } catch (...) {
-      }
-    }
+    if (!done_) c_.rollback_after_error();
   }
   void commit() {
     c_.commit();

@@ -40,8 +40,12 @@ enum class IndexAccess {
 // prefix. The default prints "cnclip: warning: LINE" on stderr. Thread-safe.
 void set_index_warning_handler(std::function<void(const std::string&)> handler);
 
+// Whether DIR holds a catalog. A folder this user may not look into is not an empty one: throws
+// ("DIR: cannot read the index: Permission denied") rather than answering false.
+bool index_exists(const std::string& dir);
 // Throws kPermissionDenied ("DIR: the index is read-only (...)") when DIR or one of its files exists
-// and cannot be written (read-only file system, no permission).
+// and cannot be written (read-only file system, no permission); "DIR: cannot read the index (...)"
+// when this user may not even read it.
 void require_writable_index(const std::string& dir);
 // Creates DIR if needed, checks require_writable_index, and takes the writer lock; returns the
 // descriptor that holds it (closing it releases the lock). kBusy as for IndexStore::open.

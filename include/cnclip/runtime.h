@@ -88,5 +88,7 @@ std::vector<std::string> runtime_environment_missing();
 // environment): first in main, or later once every thread has ended (search-text and search-image restart only when
 // they answer without a server; src/cli/options.h).
 void restart_with_runtime_environment(char** argv, const char* exe = "/proc/self/exe");
+// Whether restart_with_runtime_environment would execute anything now.
+bool runtime_restart_wanted();
 
 }  // namespace cnclip

@@ -222,7 +222,7 @@ char** g_restart_argv = nullptr;
 void set_restart_argv(char** argv) { g_restart_argv = argv; }
 
 void restart_before_local_model() {
-  if (!g_restart_argv || std::getenv("CNCLIP_RESTARTED") || runtime_environment_missing().empty()) return;
+  if (!g_restart_argv || !runtime_restart_wanted()) return;
   // The new process must find the user's stderr on fd 2, not the capture's pipe, and no thread of
   // ours may run while the environment changes: the capture (and its reader thread) ends first.
   release_library_stderr();
