@@ -520,6 +520,20 @@ std::optional<FileRecord> Catalog::find(const std::string& path) {
   return std::nullopt;
 }
 
+std::optional<FileRecord> Catalog::first_with_hash(const std::string& hash,
+                                                   const std::function<bool(const FileRecord&)>& accept) {
+  if (hash.empty()) return std::nullopt;
+  Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE content_hash = ? ORDER BY id").c_str());
+  s.bind(1, hash);
+  int rc;
+  while ((rc = sqlite3_step(s.get())) == SQLITE_ROW) {
+    FileRecord r = read_record(s);
+    if (accept(r)) return r;
+  }
+  if (rc != SQLITE_DONE) fail("cannot list files");
+  return std::nullopt;
+}
+
 std::vector<FileRecord> Catalog::find_by_ids(const std::vector<int64_t>& ids) {
   std::vector<FileRecord> out;
   Statement s = prepare(("SELECT " + record_columns() + " FROM files WHERE id = ?").c_str());

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -240,6 +241,62 @@ bool encode_videos(IndexStore& store, Model& model, IndexPlan& plan, size_t firs
   return true;
 }
 
+// Where the exact copies of one run take their embedding from. A photo with the content hash of an
+// indexed photo whose embedding is current is stored with that embedding, not the model's output for
+// it: so copies are bit-identical vectors, equal in every score and ranked by id among themselves,
+// where the model's output for the same pixels can differ with its batch mates (~1e-7 on OpenBLAS's
+// AVX2 kernels, which round a row by the rows around it; far more with int8's per-call activation
+// scale). Current: not waiting to be encoded again by this run, and with --reindex written by this
+// run (the run is asked for the model's output again: another decode option, a re-exported bundle).
+// The copy must have the same extension (a TIFF-based RAW decodes by its name) and be no video.
+class CopySources {
+ public:
+  CopySources(const IndexPlan& plan, size_t photos, bool reindex) : reindex_(reindex) {
+    if (reindex_) return;
+    for (size_t i = 0; i < photos; ++i) {
+      if (plan.to_encode[i].existing) stale_.insert(plan.to_encode[i].existing->id);
+    }
+  }
+  // The embedding to store for the photo at `path` with content hash `hash`, else empty (the model's).
+  // One indexed lookup per photo; a hash with copies is remembered, so k copies cost k lookups.
+  std::vector<float> embedding_for(Catalog& catalog, const std::string& hash, const std::string& path, int dim) {
+    const auto valid = [dim](const std::vector<float>& e) {
+      return e.size() == static_cast<size_t>(dim) &&
+             std::all_of(e.begin(), e.end(), [](float v) { return std::isfinite(v); });
+    };
+    const auto known = source_.find(hash);
+    if (known != source_.end()) {
+      std::vector<float> e = catalog.embedding(known->second);
+      if (valid(e)) return e;
+    }
+    const std::string ext = extension_of(path);
+    const auto f = catalog.first_with_hash(hash, [&](const FileRecord& r) {
+      return (reindex_ ? written_.count(r.id) > 0 : stale_.count(r.id) == 0) && !is_video_path(r.path) &&
+             extension_of(r.path) == ext;
+    });
+    if (!f) return {};
+    std::vector<float> e = catalog.embedding(f->id);
+    if (!valid(e)) return {};
+    source_[hash] = f->id;
+    return e;
+  }
+  // Row `id` now holds an embedding made (or copied) by this run.
+  void written(int64_t id) {
+    stale_.erase(id);
+    if (reindex_) written_.insert(id);
+  }
+
+ private:
+  static std::string extension_of(const std::string& path) {
+    std::string ext = std::filesystem::path(path).extension().string();
+    for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return ext;
+  }
+  bool reindex_;
+  std::unordered_set<int64_t> stale_, written_;
+  std::unordered_map<std::string, int64_t> source_;  // hashes that had a copy: the row they copy
+};
+
 // Phase 3: decode, encode and commit the plan's files, one transaction per batch. Returns false when
 // interrupted before the end (what was committed is kept).
 bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const IndexOptions& options,
@@ -286,6 +343,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
   const auto total = static_cast<int64_t>(plan.to_encode.size());
   if (photos == 0) return encode_videos(store, model, plan, 0, options, observer, summary);
   detail::EncodePipeline pipeline(model, photos, prepare, options.encode);
+  CopySources copies(plan, photos, options.reindex);
   bool model_recorded = false;
   int64_t done = 0;
   while (auto batch = pipeline.next()) {
@@ -313,14 +371,17 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
           0, item.file.path, item.file.size, item.file.mtime_ns, p.content_hash, now_seconds(), metas[p.index]};
       if (p.kind == detail::PreparedItem::kPixels) {
         const float* e = &batch->embeddings[row++ * static_cast<size_t>(dim)];
+        const std::vector<float> copied = copies.embedding_for(catalog, p.content_hash, r.path, dim);
+        if (!copied.empty()) e = copied.data();
         if (item.existing) {
           r.id = item.existing->id;
           catalog.update(r, e, dim);
           ++summary.updated;
         } else {
-          catalog.insert(r, e, dim);
+          r.id = catalog.insert(r, e, dim);
           ++summary.added;
         }
+        copies.written(r.id);
       } else {
         r.id = p.reuse_id;
         catalog.update(r, nullptr, dim);

@@ -104,6 +104,87 @@ TEST(Indexer, SameEmbeddingsWhateverTheWorkerSplit) {
   }
 }
 
+// Photos with the same bytes are one vector in the index, whatever batches the model saw them in:
+// int8's activation scale is chosen per model call, so the same pixels among other photos embed
+// differently (and OpenBLAS's AVX2 kernels round a row by its batch mates, ~1e-7, in fp32).
+TEST(Indexer, ExactCopiesShareOneEmbedding) {
+  test::TempDir dir;
+  fs::create_directories(dir / "photos");
+  const std::string original = test::fixtures("images/pokemon.jpeg");
+  // The copies land in batches with different other photos at every batch size tried.
+  int n = 0;
+  for (const char* name : kImages) {
+    test::copy_file(test::fixtures(std::string("images/") + name), dir / ("photos/" + std::string(name)));
+    if (++n % 2 == 0) test::copy_file(original, dir / ("photos/copy" + std::to_string(n) + ".jpeg"));
+  }
+  auto model = Model::open(test::tiny_int8_bundle(), ModelOptions{"cpu", 2});
+  auto copies_of = [&](IndexStore& store, const std::string& under = "") {
+    std::vector<std::pair<int64_t, std::vector<float>>> out;
+    for (const auto& f : store.catalog().files_under(under)) {
+      if (f.path.find("copy") != std::string::npos || f.path.find("pokemon") != std::string::npos) {
+        out.emplace_back(f.id, store.catalog().embedding(f.id));
+      }
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  auto run = [&](IndexStore& store, int batch, const std::string& path, bool reindex) {
+    IndexOptions options;
+    options.paths = {path};
+    options.encode.model_workers = 2;
+    options.encode.batch_size = batch;
+    options.reindex = reindex;
+    RecordingObserver observer;
+    return run_index(store, *model, options, observer);
+  };
+  const size_t dim = static_cast<size_t>(model->manifest().embedding_dim);
+  auto expect_one_vector = [dim](const std::vector<std::pair<int64_t, std::vector<float>>>& copies, size_t count,
+                                 const std::string& what) {
+    ASSERT_EQ(copies.size(), count) << what;
+    ASSERT_EQ(copies[0].second.size(), dim) << what;
+    for (const auto& [id, e] : copies) EXPECT_EQ(e, copies[0].second) << what << ": file id " << id;
+  };
+  for (int batch : {1, 2, 3, 4}) {
+    SCOPED_TRACE("batch " + std::to_string(batch));
+    auto store = IndexStore::open(dir / ("index" + std::to_string(batch)), IndexAccess::kWrite);
+    EXPECT_EQ(run(*store, batch, dir / "photos", false).added, 9);
+    expect_one_vector(copies_of(*store), 4, "one run");
+    // A later run's copy, a touched copy encoded again, and a --reindex of everything.
+    fs::create_directories(dir / ("more" + std::to_string(batch)));
+    test::copy_file(test::fixtures("images/chelsea_rgba.png"), dir / ("more" + std::to_string(batch) + "/a.png"));
+    test::copy_file(original, dir / ("more" + std::to_string(batch) + "/copy_later.jpeg"));
+    EXPECT_EQ(run(*store, batch, dir / ("more" + std::to_string(batch)), false).added, 2);
+    expect_one_vector(copies_of(*store), 5, "a later run");
+    fs::last_write_time(dir / "photos/copy2.jpeg", fs::file_time_type::clock::now() + std::chrono::hours(1));
+    EXPECT_EQ(run(*store, batch, dir / "photos", false).updated, 1);
+    expect_one_vector(copies_of(*store), 5, "a touched copy");
+    // --reindex asks for the model's output again: a copy outside the paths given is no source then
+    // (its vector may be of other decode options, or an older export).
+    const std::string photos = fs::canonical(dir / "photos").string();
+    EXPECT_EQ(run(*store, batch, dir / "photos", true).updated, 9);
+    expect_one_vector(copies_of(*store, photos), 4, "--reindex");
+    // Even when the photos outside hold another vector: --reindex of the later folder encodes its copy.
+    const std::string more = dir / ("more" + std::to_string(batch));
+    std::vector<float> planted(dim, 0.0f);
+    planted[0] = 1.0f;
+    {
+      CatalogTransaction tx(store->catalog());
+      for (const auto& f : store->catalog().files_under(photos)) {
+        if (f.path.find("copy") != std::string::npos || f.path.find("pokemon") != std::string::npos) {
+          store->catalog().update(f, planted.data(), static_cast<int>(dim));
+        }
+      }
+      tx.commit();
+    }
+    EXPECT_EQ(run(*store, batch, more, true).updated, 2);
+    const auto later = store->catalog().find(fs::canonical(more + "/copy_later.jpeg").string());
+    ASSERT_TRUE(later.has_value());
+    const auto e = store->catalog().embedding(later->id);
+    EXPECT_NE(e, planted);
+    EXPECT_EQ(e.size(), dim);
+  }
+}
+
 TEST(Indexer, AModelFailingInAWorkerEndsTheRunAndKeepsTheIndex) {
   test::TempDir dir;
   make_photos(dir / "photos");

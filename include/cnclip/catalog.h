@@ -132,6 +132,11 @@ class Catalog {
   std::vector<FileRecord> files_at_or_under(const std::string& path);
   std::optional<FileRecord> find(const std::string& path);
   std::vector<FileRecord> find_by_ids(const std::vector<int64_t>& ids);
+  // The first file, in id order, whose content hash is `hash` (never an empty one: imported rows have
+  // none) and that `accept` takes; without its embedding. Through the files_by_hash index, reading
+  // rows only up to the one taken.
+  std::optional<FileRecord> first_with_hash(const std::string& hash,
+                                            const std::function<bool(const FileRecord&)>& accept);
   // Embedding of one file (empty when absent).
   std::vector<float> embedding(int64_t id);
 

@@ -129,6 +129,11 @@ void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, c
 // What it guarantees:
 // - Incremental: only new files and files whose size or mtime changed are decoded; a new file whose
 //   content hash equals that of a file that disappeared takes over its embedding (a move or rename).
+// - Exact copies are one vector: a photo with the content hash and extension of an indexed photo
+//   whose embedding is current (not waiting to be encoded again by this run; with `reindex`, written
+//   by this run) is stored with that embedding, not the model's output for it, which can differ with
+//   its batch mates (OpenBLAS's AVX2 kernels ~1e-7; int8's per-call activation scale more). Equal
+//   scores among copies are then ties, ordered by id. One indexed catalog lookup per photo.
 // - Roots (folders and single files, with their walk options) are recorded in the first
 //   transaction, before any encoding, so an interrupted first run is continued by a run with no path.
 // - Committed in batches: each batch of encoded files is one transaction; an interruption (Ctrl-C,
