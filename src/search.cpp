@@ -3,6 +3,7 @@
 #include "cnclip/video.h"
 
 #include <faiss/utils/distances.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <limits>
@@ -21,6 +22,46 @@ Searcher::Searcher(IndexStore& store, bool exact) : store_(store), vectors_(stor
 Searcher::~Searcher() = default;
 
 int64_t Searcher::size() const { return vectors_->size(); }
+
+FollowingSearcher::FollowingSearcher(IndexStore& store, FollowOptions options)
+    : store_(store), options_(std::move(options)) {
+  store_.catalog().refresh();  // a store kept open across a failed load (serve) may read a replaced file
+  load(store_.catalog().generation());
+}
+FollowingSearcher::~FollowingSearcher() = default;
+
+std::pair<uint64_t, int64_t> FollowingSearcher::snapshot_file(int64_t generation) const {
+  struct stat st {};
+  if (::stat(store_.snapshot_path(generation).c_str(), &st) != 0) return {0, 0};
+  return {static_cast<uint64_t>(st.st_ino),
+          static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
+}
+
+// The generation (and the time) are taken before the vectors load: a commit during the load is a
+// newer generation for the next current(), never vectors older than it believes it has.
+void FollowingSearcher::load(int64_t generation) {
+  if (options_.model) store_.require_model(*options_.model, options_.mixed_precision);
+  const auto seen = snapshot_file(generation);
+  const auto started = std::chrono::steady_clock::now();
+  searcher_.reset();  // one set of vectors in memory at a time
+  searcher_ = std::make_unique<Searcher>(store_, options_.exact);
+  generation_ = generation;
+  snapshot_seen_ = seen;
+  loaded_at_ = started;
+}
+
+Searcher& FollowingSearcher::current_or_load() { return searcher_ ? *searcher_ : current(); }
+
+Searcher& FollowingSearcher::current(bool fresh) {
+  store_.catalog().refresh();  // an immutable read sees what was committed since (catalog.h)
+  const int64_t g = store_.catalog().generation();
+  const auto seen = snapshot_file(g);
+  const bool due =
+      fresh || seen.first != 0 || std::chrono::steady_clock::now() - loaded_at_ >= options_.reload_interval;
+  // (No searcher: the last load failed, and its error was thrown.)
+  if (!searcher_ || (g != generation_ && due) || (g == generation_ && seen != snapshot_seen_)) load(g);
+  return *searcher_;
+}
 
 namespace {
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "cnclip/npy.h"
 #include "cnclip/output.h"
@@ -362,6 +363,45 @@ TEST_F(Indexed, SearchTextAnswersEachStdinLineAsItArrives) {
   paths.write("小狗\n");
   EXPECT_EQ(test::lines(paths.read_lines(1, 60000)).size(), 1u);
   EXPECT_EQ(paths.wait(), 0);
+}
+
+// A stream answers each line from the newest committed state: photos indexed since it started are
+// found, photos removed are gone (as serve does), and an index moved to another model stops it.
+TEST(StreamingQueries, AStreamSeesPhotosIndexedAndRemovedSinceItStarted) {
+  test::TempDir dir;
+  const std::string photos = dir / "photos", idx = dir / "index";
+  fs::create_directories(photos);
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), photos + "/pokemon.jpeg");
+  test::copy_file(test::fixtures("images/camera_gray_1000x100.png"), photos + "/camera.png");
+  auto index = [&](const std::string& bundle, bool reindex) {
+    auto r =
+        test::run_cnclip(test::concat({"index", "-q", photos, "--model", bundle, "--index", idx},
+                                      reindex ? std::vector<std::string>{"--reindex"} : std::vector<std::string>{}));
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  };
+  index(test::tiny_bundle(), false);
+  Child child(kBin + " search-text - -k 100 --threshold -1 --format paths" + model_arg() + " --index " + q(idx));
+  int asked = 0;
+  auto answer = [&](int expected) {
+    child.write("小狗\n");
+    std::set<std::string> got;  // after the first answer, a blank line comes before each one
+    for (const auto& line : test::lines(child.read_lines(expected + (asked++ > 0 ? 1 : 0), 60000))) {
+      if (!line.empty()) got.insert(line);  // a blank line between queries
+    }
+    return got;
+  };
+  const std::string pokemon = fs::canonical(photos + "/pokemon.jpeg"), camera = fs::canonical(photos + "/camera.png");
+  EXPECT_EQ(answer(2), (std::set<std::string>{pokemon, camera}));
+  fs::remove(photos + "/camera.png");
+  test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos + "/rocket.png");
+  index(test::tiny_bundle(), false);
+  const std::string rocket = fs::canonical(photos + "/rocket.png");
+  EXPECT_EQ(answer(2), (std::set<std::string>{pokemon, rocket}));
+  // Another model's vectors are never compared with this model's queries.
+  index(test::random_tiny_bundle(), true);
+  child.write("小狗\n");
+  EXPECT_EQ(child.read_lines(1, 60000), "");
+  EXPECT_EQ(child.wait(), 1);
 }
 
 TEST_F(Indexed, StdinQueriesAreCheckedLineByLine) {

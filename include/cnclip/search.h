@@ -1,6 +1,7 @@
 // Top-k cosine search of query embeddings against an index.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <string>
@@ -10,6 +11,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "cnclip/bundle.h"
 #include "cnclip/catalog.h"
 #include "cnclip/index_store.h"
 #include "cnclip/photo_meta.h"
@@ -137,6 +139,54 @@ class Searcher {
   IndexStore& store_;
   VectorsOrigin origin_;
   std::unique_ptr<VectorIndex> vectors_;
+};
+
+// What a FollowingSearcher reloads, and checks before it does.
+struct FollowOptions {
+  bool exact = false;  // as Searcher's
+  // A new generation without its snapshot (an index run committing batch after batch, whose vectors
+  // then come from the catalog: about a second per reload at 1M) is loaded at most this often; a
+  // generation with its snapshot, at once.
+  std::chrono::milliseconds reload_interval{2000};
+  // When set, every reload first checks that the index still holds this model's vectors
+  // (IndexStore::require_model, kMismatch when it moved to another model): queries are never compared
+  // with another model's vectors. Not owned; must outlive the FollowingSearcher.
+  const BundleManifest* model = nullptr;
+  bool mixed_precision = false;  // require_model's
+};
+
+// A Searcher for a reader that lives across index runs (serve, a `search-text -` stream): current()
+// answers with the vectors of the newest committed state. It refreshes the catalog's connection
+// (Catalog::refresh), and loads the vectors again when the generation changed (see
+// FollowOptions::reload_interval; `fresh` loads any new generation at once) or when the current
+// generation's snapshot file was replaced (`cnclip index --vectors TYPE` rewrites it under the same
+// generation). Cost when nothing changed: one catalog read and a few stats (tens of microseconds).
+// Not thread-safe, like the store it reads, which must outlive it.
+class FollowingSearcher {
+ public:
+  // Refreshes the catalog's connection and loads the vectors now (as Searcher's constructor).
+  explicit FollowingSearcher(IndexStore& store, FollowOptions options = {});
+  ~FollowingSearcher();
+
+  Searcher& current(bool fresh = false);
+  // The vectors loaded last, without looking for commits: for a command that answers its queries
+  // from one state (reloading during an index run would cost a one-shot search-image of many paths
+  // about a second every reload_interval at 1M).
+  Searcher& loaded() { return current_or_load(); }
+  // The generation the current vectors are of.
+  int64_t generation() const { return generation_; }
+
+ private:
+  std::pair<uint64_t, int64_t> snapshot_file(int64_t generation) const;  // inode, change time; 0s: none
+  void load(int64_t generation);
+  Searcher& current_or_load();  // the loaded one; after a failed load, loads (current() rules)
+
+  IndexStore& store_;
+  FollowOptions options_;
+  std::unique_ptr<Searcher> searcher_;
+  int64_t generation_ = -1;
+  std::pair<uint64_t, int64_t> snapshot_seen_{0, 0};
+  std::chrono::steady_clock::time_point loaded_at_;
 };
 
 }  // namespace cnclip

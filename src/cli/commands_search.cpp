@@ -186,15 +186,20 @@ void check_query(const Tokenizer& tokenizer, const std::string& q, int context, 
 }
 
 // The index opened and its vectors mapped on another thread, while the model loads: for a cold
-// query the two take about as long as each other.
+// query the two take about as long as each other. The vectors follow later commits (a `search-text -`
+// stream answers each line from the newest committed state, as serve does). `bundle` must outlive it.
 struct OpenedIndex {
   std::unique_ptr<IndexStore> store;
-  std::unique_ptr<Searcher> searcher;
+  std::unique_ptr<FollowingSearcher> searcher;
 };
 OpenedIndex open_index(const CommonOptions& o, const BundleManifest& bundle, bool exact) {
   OpenedIndex opened;
   opened.store = open_for_search(o, bundle);
-  opened.searcher = std::make_unique<Searcher>(*opened.store, exact);
+  FollowOptions follow;
+  follow.exact = exact;
+  follow.model = &bundle;
+  follow.mixed_precision = o.mixed_precision;
+  opened.searcher = std::make_unique<FollowingSearcher>(*opened.store, follow);
   return opened;
 }
 
@@ -269,7 +274,9 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     }
     return image_file_embedding(*model, &index().store->catalog(), p, decode).value();
   };
-  auto answer = [&](const std::vector<std::string>& queries) {
+  // `follow`: a stdin line, answered from the newest committed state; the command line's queries are
+  // answered from the state loaded at the start.
+  auto answer = [&](const std::vector<std::string>& queries, bool follow) {
     if (queries.empty()) return;
     const bool combined = !c.plain && std::any_of(queries.begin(), queries.end(), [](const std::string& q) {
       return !parse_combined_query(q).empty();
@@ -294,7 +301,8 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
         embeddings.insert(embeddings.end(), e.begin(), e.end());
       }
     }
-    for (const auto& r : index().searcher->search(queries, embeddings, opts)) printer.print(r);
+    Searcher& searcher = follow ? index().searcher->current() : index().searcher->loaded();
+    for (const auto& r : searcher.search(queries, embeddings, opts)) printer.print(r);
   };
   size_t answered = 0;
   std::vector<std::string> batch;  // consecutive command-line queries, encoded together
@@ -304,7 +312,7 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
       batch.push_back(q);
       continue;
     }
-    answer(batch);
+    answer(batch, false);
     answered += batch.size();
     batch.clear();
     // One query per line, answered as it arrives (flushed before the next line is read). What could
@@ -321,11 +329,11 @@ int search_text(const CommonOptions& o, const SearchCommand& c) {
     std::string line;
     while (reader.next(line)) {
       check_query(tokenizer, line, context, "stdin line " + std::to_string(reader.position()), c.plain);
-      answer({line});
+      answer({line}, true);
       ++answered;
     }
   }
-  answer(batch);
+  answer(batch, false);
   answered += batch.size();
   if (answered == 0) throw Exception(ErrorCode::kInvalidArgument, "no query given (stdin was empty)");
   printer.finish();
@@ -374,7 +382,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   auto search_embedding = [&](const std::string& label, const std::vector<float>& embedding,
                               const std::string& self) -> QueryResult {
     const std::vector<std::string> exclude{c.exclude_self ? self : ""};
-    return opened->searcher->search({label}, embedding, opts, exclude).at(0);
+    return opened->searcher->loaded().search({label}, embedding, opts, exclude).at(0);
   };
   auto encode_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name) -> Result<std::vector<float>> {
     std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);

@@ -208,19 +208,12 @@ struct Server::Impl {
   bool wildcard = false;  // bound to every address: any IP literal is accepted too
   std::atomic<bool> stopping{false};
 
-  // The index: opened when first needed, reloaded when the catalog's generation changes. Catalog and
-  // Searcher are single-threaded, so requests take turns here (a search is milliseconds; the model
-  // calls and file work happen outside the lock).
+  // The index: opened when first needed, its vectors following the catalog's commits
+  // (FollowingSearcher). Catalog and Searcher are single-threaded, so requests take turns here (a
+  // search is milliseconds; the model calls and file work happen outside the lock).
   std::mutex index_mu;
   std::unique_ptr<IndexStore> store;
-  std::unique_ptr<Searcher> searcher;
-  int64_t generation = -1;
-  // The current generation's snapshot file when the searcher loaded (inode and change time; 0 when
-  // there was none): `cnclip index --vectors TYPE` without paths rewrites it under the same
-  // generation, and the server must then load the new type.
-  std::pair<ino_t, int64_t> snapshot_seen{0, 0};
-  std::chrono::steady_clock::time_point loaded_at;
-  static constexpr std::chrono::seconds kReloadInterval{2};
+  std::unique_ptr<FollowingSearcher> following;
 
   std::mutex image_tower_mu;
 
@@ -231,36 +224,24 @@ struct Server::Impl {
   auto with_index(Fn&& fn, bool fresh = false) {
     std::lock_guard<std::mutex> lock(index_mu);
     if (!store) {
+      following.reset();
       try {
         store = IndexStore::open(options.index_dir, IndexAccess::kRead);
       } catch (const Exception& e) {
         if (e.code() != ErrorCode::kNotFound) throw;
       }
-      generation = -1;
     }
+    Searcher* searcher = nullptr;
     if (store) {
-      store->catalog().refresh();  // an immutable read sees what was committed since (catalog.h)
-      const int64_t g = store->catalog().generation();
-      const auto snapshot_now = [&]() -> std::pair<ino_t, int64_t> {
-        struct stat st {};
-        if (::stat(store->snapshot_path(g).c_str(), &st) != 0) return {0, 0};
-        return {st.st_ino, static_cast<int64_t>(st.st_ctim.tv_sec) * 1'000'000'000 + st.st_ctim.tv_nsec};
-      };
-      // While an index run commits batch after batch, the vectors come from the catalog (no snapshot
-      // yet): reloaded at most every kReloadInterval then; a finished run's snapshot at once.
-      const auto now = std::chrono::steady_clock::now();
-      const auto seen = snapshot_now();
-      if (!searcher || (g != generation && (fresh || now - loaded_at >= kReloadInterval || seen.first != 0)) ||
-          (g == generation && seen != snapshot_seen)) {
-        store->require_model(model->manifest(), options.mixed_precision);
-        searcher.reset();
-        searcher = std::make_unique<Searcher>(*store);
-        generation = g;
-        loaded_at = now;
-        snapshot_seen = seen;
+      if (!following) {
+        FollowOptions follow;
+        follow.model = &model->manifest();
+        follow.mixed_precision = options.mixed_precision;
+        following = std::make_unique<FollowingSearcher>(*store, follow);
       }
+      searcher = &following->current(fresh);
     }
-    return fn(store.get(), searcher.get());
+    return fn(store.get(), searcher);
   }
 
   ojson results_json(const std::string& query, const std::vector<RankedHit>& hits, size_t from) {
