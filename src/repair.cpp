@@ -460,6 +460,18 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       remove_file(fresh_path + "-shm");
       {
         const int fd = ::open(fresh_path.c_str(), O_RDONLY | O_CLOEXEC);
+        // The repaired catalog gets the old one's mode and owner: root repairing a user's index must
+        // not leave that user an index they can no longer write (or one others can now read). Only
+        // root may give a file away; any other user owns what they repair, as they do what they index.
+        struct stat was {};
+        if (fd >= 0 && ::stat(catalog_path.c_str(), &was) == 0) {
+          if (::fchmod(fd, was.st_mode & 07777) != 0 || (::fchown(fd, was.st_uid, was.st_gid) != 0 && errno != EPERM)) {
+            const int err = errno;
+            ::close(fd);
+            throw Exception(
+                errno_error(fresh_path, err, "cannot give the repaired catalog the old one's mode and owner"));
+          }
+        }
         if (fd < 0 || ::fsync(fd) != 0) {
           const int err = errno;
           if (fd >= 0) ::close(fd);

@@ -2,6 +2,7 @@
 // reported and recoverable (cnclip repair), scores never leave [-1, 1], and a read-only index can be
 // searched while writers refuse it with one clear line.
 #include <gtest/gtest.h>
+#include <pwd.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -410,6 +411,27 @@ TEST(DamageCatalog, RepairRewritesASoundCatalogOfOldPagesKeepingEveryRow) {
   const RepairReport again = repair_index(idx.dir.path());
   EXPECT_FALSE(again.pages_enlarged);
   EXPECT_EQ(again.page_bytes, kCatalogPageBytes);
+}
+
+// Root repairing a user's index leaves that user's catalog theirs, with its mode: the fresh file
+// put in its place is root's 0644 otherwise, and the user's next index run fails.
+TEST(DamageCatalog, RepairKeepsTheCatalogsOwnerAndMode) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give the catalog to another user";
+  const passwd* nobody = ::getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr);
+  for (const mode_t mode : {0600u, 0640u}) {
+    LibraryIndex idx(60, 31);
+    set_page_size(idx.catalog(), 4096);  // repair rewrites it
+    ASSERT_EQ(::chown(idx.catalog().c_str(), nobody->pw_uid, nobody->pw_gid), 0);
+    ASSERT_EQ(::chmod(idx.catalog().c_str(), mode), 0);
+    ASSERT_TRUE(repair_index(idx.dir.path()).pages_enlarged);
+    struct stat st {};
+    ASSERT_EQ(::stat(idx.catalog().c_str(), &st), 0);
+    EXPECT_EQ(st.st_uid, nobody->pw_uid);
+    EXPECT_EQ(st.st_gid, nobody->pw_gid);
+    EXPECT_EQ(st.st_mode & 07777, mode);
+    EXPECT_EQ(page_size(idx.catalog()), kCatalogPageBytes);
+  }
 }
 
 // An older cnclip's catalog: schema 3 (no video frames table) in 4 KiB pages, as `info` sends its
