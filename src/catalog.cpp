@@ -1,6 +1,7 @@
 #include "cnclip/catalog.h"
 
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -127,6 +128,17 @@ bool disk_full_error(sqlite3* db, const std::string& path) {
   return code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path));
 }
 
+// Whether the last error on `db` is this process's file size limit: EFBIG, or (as for a full disk,
+// SQLite may keep another errno) a file error under a limit too small for a -shm (32 KiB).
+bool file_size_limit_error(sqlite3* db) {
+  const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
+  if (file_size_limit().empty()) return false;
+  if (sys == EFBIG) return true;
+  struct rlimit r {};
+  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
+  return file_error && ::getrlimit(RLIMIT_FSIZE, &r) == 0 && r.rlim_cur < (64u << 10);
+}
+
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
 Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& what, const std::string& msg) {
   const int code = sqlite3_errcode(db);
@@ -146,6 +158,9 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
     return Exception(ErrorCode::kIoError,
                      path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
                          "); what was committed before is kept: free some space and run the command again");
+  }
+  if (file_size_limit_error(db)) {
+    return Exception(ErrorCode::kIoError, file_size_limit_message(path, (what.empty() ? "" : what + ": ") + msg));
   }
   std::string detail = msg;
   const int sys = sqlite3_system_errno(db);
@@ -325,8 +340,8 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   try {
     version = c->meta("schema_version");
   } catch (const Exception& e) {
-    const bool disk_full = disk_full_error(c->db_, path);
-    if (e.code() != ErrorCode::kPermissionDenied && !disk_full) throw;
+    const bool disk_full = disk_full_error(c->db_, path), size_limited = file_size_limit_error(c->db_);
+    if (e.code() != ErrorCode::kPermissionDenied && !disk_full && !size_limited) throw;
     // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
     // one where nothing may be written (a read-only mount, another user's folder) or where the disk
     // is full (the 32 KiB it maps cannot be allocated). Without a write-ahead log there is nothing to
@@ -337,11 +352,13 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
     // the immutable connection will have read, for refresh().
     const FilesSeen seen = files_seen(path);
     if (seen.wal_size > 0) {
-      throw Exception(e.code(), path + ": cannot read the catalog: its write-ahead log " + path +
-                                    "-wal holds commits that need " + path + "-shm, which cannot be created here (" +
-                                    (disk_full ? "the disk is full): free some space"
-                                               : "read-only): run 'cnclip info' once where the index is writable") +
-                                    " and run the command again");
+      throw Exception(
+          e.code(), path + ": cannot read the catalog: its write-ahead log " + path + "-wal holds commits that need " +
+                        path + "-shm, which cannot be created here (" +
+                        (disk_full      ? "the disk is full): free some space"
+                         : size_limited ? "the file size limit, " + file_size_limit() + "): raise it"
+                                        : "read-only): run 'cnclip info' once where the index is writable") +
+                        " and run the command again");
     }
     std::string uri = "file:";
     for (unsigned char ch : path) {

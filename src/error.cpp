@@ -1,5 +1,7 @@
 #include "cnclip/error.h"
 
+#include <sys/resource.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -32,9 +34,23 @@ Error errno_error(const std::string& path, int err, const std::string& what) {
     // Said the same way wherever it happens (the catalog says it too, catalog.cpp).
     return Error{code, message + "the disk is full (" + (what.empty() ? "" : what + ": ") + std::strerror(err) + ")"};
   }
+  if (err == EFBIG && !file_size_limit().empty()) {
+    return Error{code, file_size_limit_message(path, (what.empty() ? "" : what + ": ") + std::strerror(err))};
+  }
   if (!what.empty()) message += what + ": ";
   message += std::strerror(err);
   return Error{code, message};
+}
+
+std::string file_size_limit() {
+  struct rlimit r {};
+  if (::getrlimit(RLIMIT_FSIZE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return "";
+  return "ulimit -f " + std::to_string(static_cast<unsigned long long>(r.rlim_cur) / 1024);
+}
+
+std::string file_size_limit_message(const std::string& path, const std::string& detail) {
+  return path + ": the file size limit (" + file_size_limit() + ") stops the write (" + detail +
+         "); what was committed before is kept: raise it and run the command again";
 }
 
 }  // namespace cnclip

@@ -510,6 +510,43 @@ TEST_F(Trust, AFullDiskStillSearchesAndLosesNothing) {
   EXPECT_EQ(paths().size(), 7u);
 }
 
+// A file size limit (`ulimit -f`, as batch systems and some admins set): SIGXFSZ ended every cnclip
+// command at its first write past it, without a word, even searches (a reader's first act is a 32 KiB
+// -shm). Readers now read as on a full disk; writers stop with the limit named and lose nothing.
+TEST_F(Trust, AFileSizeLimitIsNamedAndLosesNothing) {
+  photos(root, 5, 1, "jpg");
+  index_ok({root});
+  // Limits that leave room for what the command prints (stdout and stderr are files here), not for
+  // a -shm (32 KiB) or a log frame of the catalog's 32 KiB pages.
+  auto limited = [&](const std::string& kib, const std::vector<std::string>& args) {
+    test::RunOptions o;
+    o.through = {"prlimit", "--fsize=" + std::to_string(std::stoi(kib) * 1024), "--"};
+    return test::run_cnclip(test::concat(args, idx_args()), o);
+  };
+  const auto search = test::concat({"search-text", "小狗", "-k", "3", "--model", test::tiny_bundle()}, idx_args());
+  const auto unlimited = test::run_cnclip(search);
+  ASSERT_EQ(unlimited.exit_code, 0) << unlimited.err;
+  for (const char* kib : {"16", "28"}) {
+    SCOPED_TRACE(std::string("ulimit -f ") + kib);
+    // No -shm left by an earlier reader: this one has to make it.
+    for (const char* leftover : {"-shm", "-wal"}) fs::remove(idx + "/catalog.sqlite3" + leftover);
+    auto r = limited(kib, {"search-text", "小狗", "-k", "3", "--model", test::tiny_bundle()});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, unlimited.out);
+    r = limited(kib, {"info"});
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    // A run with something to write stops in one line naming the limit.
+    photos(root, 2, 10 + static_cast<unsigned>(std::stoi(kib)), "jpg");
+    r = limited(kib, {"index", "-q", "--model", test::tiny_bundle(), root});
+    EXPECT_EQ(r.exit_code, 1) << r.err;
+    EXPECT_NE(r.err.find(std::string("the file size limit (ulimit -f ") + kib + ")"), std::string::npos) << r.err;
+    EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+    EXPECT_EQ(paths().size(), 5u);
+  }
+  // Without the limit the run finishes.
+  EXPECT_EQ(index_ok({root})["added"], 4);
+}
+
 // A reader that reads the catalog as it is on disk (immutable: its -shm could not be made) and goes
 // on running (`cnclip serve`, a `search-text -` stream) sees what is committed later, whichever way
 // that came: a full disk freed, or a writer beside a reader that may not write (a read-only view).

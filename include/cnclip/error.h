@@ -92,7 +92,15 @@ class Status {
   std::optional<Error> error_;
 };
 
-// Error for a failed system call on `path`, from errno: "PATH: No such file or directory".
+// Error for a failed system call on `path`, from errno: "PATH: No such file or directory". A full disk
+// (ENOSPC, EDQUOT) and this process's file size limit (EFBIG) are named as such.
 Error errno_error(const std::string& path, int err, const std::string& what = "");
+
+// "ulimit -f N" (N in KiB, as the shell counts) when this process has a file size limit, else empty.
+// A write past it fails with EFBIG: the command-line tool ignores SIGXFSZ, which would end it unsaid.
+std::string file_size_limit();
+// The one message for a write stopped by that limit: "PATH: the file size limit (ulimit -f N) stops
+// the write (DETAIL); what was committed before is kept: raise it and run the command again".
+std::string file_size_limit_message(const std::string& path, const std::string& detail);
 
 }  // namespace cnclip
