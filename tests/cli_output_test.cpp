@@ -380,23 +380,37 @@ TEST(StreamingQueries, AStreamSeesPhotosIndexedAndRemovedSinceItStarted) {
     ASSERT_EQ(r.exit_code, 0) << r.err;
   };
   index(test::tiny_bundle(), false);
-  Child child(kBin + " search-text - -k 100 --threshold -1 --format paths" + model_arg() + " --index " + q(idx));
+  const std::string common = " -k 100 --threshold -1 --format paths" + model_arg() + " --index " + q(idx);
+  Child text(kBin + " search-text -" + common), image(kBin + " search-image --paths-from -" + common);
+  const std::string query_image = dir / "query.jpeg";
+  test::copy_file(test::fixtures("images/pokemon.jpeg"), query_image);
   int asked = 0;
+  // Each stream's answer to one more line: the paths found.
   auto answer = [&](int expected) {
-    child.write("小狗\n");
-    std::set<std::string> got;  // after the first answer, a blank line comes before each one
-    for (const auto& line : test::lines(child.read_lines(expected + (asked++ > 0 ? 1 : 0), 60000))) {
-      if (!line.empty()) got.insert(line);  // a blank line between queries
+    std::vector<std::set<std::string>> got(2);
+    text.write("小狗\n");
+    image.write(query_image + "\n");
+    for (int s = 0; s < 2; ++s) {
+      Child& c = s == 0 ? text : image;
+      // After the first answer, a blank line comes before each one.
+      for (const auto& line : test::lines(c.read_lines(expected + (asked > 0 ? 1 : 0), 60000))) {
+        if (!line.empty()) got[s].insert(line);
+      }
     }
+    ++asked;
     return got;
   };
   const std::string pokemon = fs::canonical(photos + "/pokemon.jpeg"), camera = fs::canonical(photos + "/camera.png");
-  EXPECT_EQ(answer(2), (std::set<std::string>{pokemon, camera}));
+  const std::set<std::string> first{pokemon, camera};
+  EXPECT_EQ(answer(2), (std::vector<std::set<std::string>>{first, first}));
   fs::remove(photos + "/camera.png");
   test::copy_file(test::fixtures("images/rocket_rgb16_17x9.png"), photos + "/rocket.png");
   index(test::tiny_bundle(), false);
   const std::string rocket = fs::canonical(photos + "/rocket.png");
-  EXPECT_EQ(answer(2), (std::set<std::string>{pokemon, rocket}));
+  const std::set<std::string> second{pokemon, rocket};
+  EXPECT_EQ(answer(2), (std::vector<std::set<std::string>>{second, second}));
+  image.wait();
+  Child& child = text;
   // Another model's vectors are never compared with this model's queries.
   index(test::random_tiny_bundle(), true);
   child.write("小狗\n");

@@ -378,11 +378,14 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   const auto decode = decode_options(o, norm.size);
   ResultPrinter printer = make_printer(o, c);
 
-  // One query's answer: the hits, or an error to report (the image cannot be used).
+  // One query's answer: the hits, or an error to report (the image cannot be used). Paths read from
+  // stdin (a stream, as search-text's) are answered from the newest committed state.
+  bool follow = false;
   auto search_embedding = [&](const std::string& label, const std::vector<float>& embedding,
                               const std::string& self) -> QueryResult {
     const std::vector<std::string> exclude{c.exclude_self ? self : ""};
-    return opened->searcher->loaded().search({label}, embedding, opts, exclude).at(0);
+    Searcher& searcher = follow ? opened->searcher->current() : opened->searcher->loaded();
+    return searcher.search({label}, embedding, opts, exclude).at(0);
   };
   auto encode_bytes = [&](const std::vector<uint8_t>& bytes, const std::string& name) -> Result<std::vector<float>> {
     std::vector<float> pixels(static_cast<size_t>(3) * norm.size * norm.size);
@@ -461,6 +464,7 @@ int search_image(const CommonOptions& o, const SearchCommand& c) {
   for (const auto& arg : c.queries) answer(arg);
   if (!c.paths_from.empty()) {
     auto reader = ItemReader::open(c.paths_from, c.null_separated);
+    follow = c.paths_from == "-";
     std::string path;
     while (reader->next(path)) answer(path);
   }
