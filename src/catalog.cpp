@@ -128,15 +128,23 @@ bool disk_full_error(sqlite3* db, const std::string& path) {
   return code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path));
 }
 
-// Whether the last error on `db` is this process's file size limit: EFBIG, or (as for a full disk,
-// SQLite may keep another errno) a file error under a limit too small for a -shm (32 KiB).
-bool file_size_limit_error(sqlite3* db) {
-  const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
-  if (file_size_limit().empty()) return false;
-  if (sys == EFBIG) return true;
+// Whether the last error on `db` (at `path`) is this process's file size limit: EFBIG, or (as for a
+// full disk, SQLite may keep another errno: a write-ahead log that could not grow was reported as a
+// bare "disk I/O error") a file error where the catalog or its log is within 128 KiB of the limit, or
+// the limit is too small for a -shm (32 KiB).
+bool file_size_limit_error(sqlite3* db, const std::string& path) {
   struct rlimit r {};
-  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
-  return file_error && ::getrlimit(RLIMIT_FSIZE, &r) == 0 && r.rlim_cur < (64u << 10);
+  if (::getrlimit(RLIMIT_FSIZE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return false;
+  const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
+  if (sys == EFBIG) return true;
+  if ((code & 0xff) != SQLITE_IOERR && (code & 0xff) != SQLITE_CANTOPEN) return false;
+  constexpr uint64_t kMargin = 128u << 10;
+  if (r.rlim_cur < (64u << 10)) return true;
+  for (const std::string& file : {path, path + "-wal"}) {
+    struct stat st {};
+    if (::stat(file.c_str(), &st) == 0 && static_cast<uint64_t>(st.st_size) + kMargin >= r.rlim_cur) return true;
+  }
+  return false;
 }
 
 // The one mapping from SQLite's result codes to cnclip's: damage names the recovery command.
@@ -159,8 +167,8 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
                      path + ": the disk is full (" + (what.empty() ? "" : what + ": ") + msg +
                          "); what was committed before is kept: free some space and run the command again");
   }
-  if (file_size_limit_error(db)) {
-    return Exception(ErrorCode::kIoError, file_size_limit_message(path, (what.empty() ? "" : what + ": ") + msg));
+  if (auto limited = file_size_limit_failure(db, path, (what.empty() ? "" : what + ": ") + msg); !limited.empty()) {
+    return Exception(ErrorCode::kIoError, limited);
   }
   std::string detail = msg;
   const int sys = sqlite3_system_errno(db);
@@ -171,6 +179,10 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
 }
 
 }  // namespace
+
+std::string file_size_limit_failure(sqlite3* db, const std::string& path, const std::string& detail) {
+  return file_size_limit_error(db, path) ? file_size_limit_message(path, detail) : std::string();
+}
 
 Catalog::Catalog(sqlite3* db, std::string path) : db_(db), path_(std::move(path)) {}
 Catalog::~Catalog() { sqlite3_close_v2(db_); }
@@ -340,7 +352,7 @@ std::unique_ptr<Catalog> Catalog::open_read_only(const std::string& path) {
   try {
     version = c->meta("schema_version");
   } catch (const Exception& e) {
-    const bool disk_full = disk_full_error(c->db_, path), size_limited = file_size_limit_error(c->db_);
+    const bool disk_full = disk_full_error(c->db_, path), size_limited = file_size_limit_error(c->db_, path);
     if (e.code() != ErrorCode::kPermissionDenied && !disk_full && !size_limited) throw;
     // A WAL database needs its -shm file; SQLite opens an existing one read-only, but cannot create
     // one where nothing may be written (a read-only mount, another user's folder) or where the disk

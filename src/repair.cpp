@@ -61,6 +61,9 @@ void exec(Db& d, const std::string& sql) {
   if (sqlite3_exec(d.db, sql.c_str(), nullptr, nullptr, &err) != SQLITE_OK) {
     std::string msg = err ? err : sqlite3_errmsg(d.db);
     sqlite3_free(err);
+    if (auto limited = file_size_limit_failure(d.db, d.path, msg); !limited.empty()) {
+      throw Exception(ErrorCode::kIoError, limited);
+    }
     const bool full = sqlite3_errcode(d.db) == SQLITE_FULL || sqlite3_system_errno(d.db) == ENOSPC;
     throw Exception(ErrorCode::kIoError,
                     d.path + ": " + (full ? "the disk is full (" + msg + "); the index was not changed" : msg));
@@ -247,7 +250,11 @@ CopyResult copy_table(Db& from, Db& to, const std::string& table, const std::vec
         ++r.rejected;
         return;
       }
-      throw Exception(ErrorCode::kIoError, to.path + ": cannot write: " + sqlite3_errmsg(to.db));
+      const std::string msg = sqlite3_errmsg(to.db);
+      if (auto limited = file_size_limit_failure(to.db, to.path, msg); !limited.empty()) {
+        throw Exception(ErrorCode::kIoError, limited);
+      }
+      throw Exception(ErrorCode::kIoError, to.path + ": cannot write: " + msg);
     }
     if (sqlite3_changes(to.db) == 0) {
       ++r.rejected;  // a duplicate (a damaged unique key)

@@ -545,6 +545,21 @@ TEST_F(Trust, AFileSizeLimitIsNamedAndLosesNothing) {
   }
   // Without the limit the run finishes.
   EXPECT_EQ(index_ok({root})["added"], 4);
+  // A limit well above the catalog, reached by its write-ahead log during a longer run (SQLite then
+  // said only "disk I/O error"): the first batches are kept, and the limit is named.
+  const uint64_t catalog_bytes = test::file_size(idx + "/catalog.sqlite3");
+  photos(root, 60, 100, "jpg");
+  test::RunOptions o;
+  o.through = {"prlimit", "--fsize=" + std::to_string(catalog_bytes + (256u << 10)), "--"};
+  auto r = test::run_cnclip(
+      test::concat({"index", "-q", "--batch-size", "2", "--model", test::tiny_bundle(), root}, idx_args()), o);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("the file size limit (ulimit -f "), std::string::npos) << r.err;
+  EXPECT_EQ(test::lines(r.err).size(), 1u) << r.err;
+  const size_t kept = paths().size();
+  EXPECT_GT(kept, 9u);  // batches committed before the limit
+  EXPECT_LT(kept, 69u);
+  EXPECT_EQ(index_ok({root})["added"], static_cast<int64_t>(69 - kept));
 }
 
 // A reader that reads the catalog as it is on disk (immutable: its -shm could not be made) and goes

@@ -67,6 +67,9 @@ struct FrameRecord {
 
 // Message for a damaged catalog: what it means and what to do ("...; run 'cnclip repair' ...").
 std::string catalog_damage_message(const std::string& path, const std::string& detail);
+// When SQLite's last error on `db` (a catalog at `path`, or repair's fresh copy of one) is this
+// process's file size limit: file_size_limit_message (error.h) for it; else empty.
+std::string file_size_limit_failure(sqlite3* db, const std::string& path, const std::string& detail);
 // Whether a stored embedding can be searched: `dim` finite floats of unit length (within 1e-3).
 bool embedding_is_valid(const float* v, int dim);
 
