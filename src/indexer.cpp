@@ -247,7 +247,8 @@ bool encode_videos(IndexStore& store, Model& model, IndexPlan& plan, size_t firs
 // where the model's output for the same pixels can differ with its batch mates (~1e-7 on OpenBLAS's
 // AVX2 kernels, which round a row by the rows around it; far more with int8's per-call activation
 // scale). Current: not waiting to be encoded again by this run, and with --reindex written by this
-// run (the run is asked for the model's output again: another decode option, a re-exported bundle).
+// run (the run is asked for the model's output again: another decode option, a re-exported bundle);
+// then a photo encoded afresh also gives its embedding to its copies outside the paths given.
 // The copy must have the same extension (a TIFF-based RAW decodes by its name) and be no video.
 class CopySources {
  public:
@@ -284,6 +285,23 @@ class CopySources {
   void written(int64_t id) {
     stale_.erase(id);
     if (reindex_) written_.insert(id);
+  }
+  // With --reindex, a photo the model encoded afresh gives its embedding `e` to its copies that this
+  // run did not write (outside the paths given, or not reached yet), so copies stay one vector.
+  void spread(Catalog& catalog, const FileRecord& record, const float* e, int dim) {
+    if (!reindex_) return;
+    const std::string ext = extension_of(record.path);
+    std::vector<FileRecord> others;
+    catalog.first_with_hash(record.content_hash, [&](const FileRecord& r) {
+      if (r.id != record.id && !written_.count(r.id) && !is_video_path(r.path) && extension_of(r.path) == ext) {
+        others.push_back(r);
+      }
+      return false;  // every one
+    });
+    for (const FileRecord& r : others) {
+      catalog.update(r, e, dim);
+      written_.insert(r.id);
+    }
   }
 
  private:
@@ -382,6 +400,7 @@ bool encode_and_commit(IndexStore& store, Model& model, IndexPlan& plan, const I
           ++summary.added;
         }
         copies.written(r.id);
+        if (copied.empty()) copies.spread(catalog, r, e, dim);
       } else {
         r.id = p.reuse_id;
         catalog.update(r, nullptr, dim);
