@@ -131,7 +131,8 @@ void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, c
 //   content hash equals that of a file that disappeared takes over its embedding (a move or rename).
 // - Exact copies are one vector: a photo with the content hash and extension of an indexed photo
 //   whose embedding is current (not waiting to be encoded again by this run; with `reindex`, written
-//   by this run) is stored with that embedding, not the model's output for it, which can differ with
+//   by this run, and a photo it encodes gives its embedding to its copies this run does not write)
+//   is stored with that embedding, not the model's output for it, which can differ with
 //   its batch mates (OpenBLAS's AVX2 kernels ~1e-7; int8's per-call activation scale more). Equal
 //   scores among copies are then ties, ordered by id. One indexed catalog lookup per photo.
 // - Roots (folders and single files, with their walk options) are recorded in the first
