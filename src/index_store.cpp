@@ -459,6 +459,14 @@ void IndexStore::write_snapshot() {
                                     "; every committed entry is kept in the catalog (searches read it until the "
                                     "next 'cnclip index' writes the vector snapshot)");
     }
+    // As private as the catalog it comes from, and its owner's where this process may give it away
+    // (root writing a user's index): a 0644 snapshot beside a 0600 catalog showed the photos' vectors
+    // to anyone. Best effort: the snapshot is derived, and its writer owns it otherwise.
+    struct stat catalog_st {};
+    if (::stat((dir_ + "/" + kCatalogFile).c_str(), &catalog_st) == 0) {
+      (void)::chmod(path.c_str(), catalog_st.st_mode & 0666);
+      (void)!::chown(path.c_str(), catalog_st.st_uid, catalog_st.st_gid);
+    }
     // Readers of this snapshot need the log only after it.
     catalog_->prune_changes(generation);
   }

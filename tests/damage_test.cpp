@@ -431,6 +431,11 @@ TEST(DamageCatalog, RepairKeepsTheCatalogsOwnerAndMode) {
     EXPECT_EQ(st.st_gid, nobody->pw_gid);
     EXPECT_EQ(st.st_mode & 07777, mode);
     EXPECT_EQ(page_size(idx.catalog()), kCatalogPageBytes);
+    // The snapshot repair writes is as private as the catalog, and the user's too.
+    const std::string snapshot = IndexStore::open(idx.dir.path(), IndexAccess::kRead)->snapshot_path();
+    ASSERT_EQ(::stat(snapshot.c_str(), &st), 0) << snapshot;
+    EXPECT_EQ(st.st_uid, nobody->pw_uid);
+    EXPECT_EQ(st.st_mode & 07777, mode);
   }
 }
 
