@@ -120,12 +120,14 @@ bool file_system_full(const std::string& path) {
   return available < (64u << 10) || (v.f_files > 0 && v.f_favail == 0);
 }
 
+// Whether SQLite's result `code` is a file it could not create, read or write (its errno then says why).
+bool file_error(int code) { return (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN; }
+
 // Whether the last error on `db` (at `path`) is a full disk: said so, or a file SQLite could not
 // create or write where no room is left.
 bool disk_full_error(sqlite3* db, const std::string& path) {
   const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
-  const bool file_error = (code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN;
-  return code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error && file_system_full(path));
+  return code == SQLITE_FULL || sys == ENOSPC || sys == EDQUOT || (file_error(code) && file_system_full(path));
 }
 
 // Whether the last error on `db` (at `path`) is this process's file size limit: EFBIG, or (as for a
@@ -137,7 +139,7 @@ bool file_size_limit_error(sqlite3* db, const std::string& path) {
   if (::getrlimit(RLIMIT_FSIZE, &r) != 0 || r.rlim_cur == RLIM_INFINITY) return false;
   const int code = sqlite3_errcode(db), sys = sqlite3_system_errno(db);
   if (sys == EFBIG) return true;
-  if ((code & 0xff) != SQLITE_IOERR && (code & 0xff) != SQLITE_CANTOPEN) return false;
+  if (!file_error(code)) return false;
   constexpr uint64_t kMargin = 128u << 10;
   if (r.rlim_cur < (64u << 10)) return true;
   for (const std::string& file : {path, path + "-wal"}) {
@@ -172,7 +174,7 @@ Exception sqlite_error(sqlite3* db, const std::string& path, const std::string& 
   }
   std::string detail = msg;
   const int sys = sqlite3_system_errno(db);
-  if (((code & 0xff) == SQLITE_IOERR || (code & 0xff) == SQLITE_CANTOPEN) && sys != 0) {
+  if (file_error(code) && sys != 0) {
     detail += " (" + std::string(std::strerror(sys)) + ")";
   }
   return Exception(ec, path + ": " + (what.empty() ? "" : what + ": ") + detail);

@@ -259,7 +259,8 @@ class CopySources {
     }
   }
   // The embedding to store for the photo at `path` with content hash `hash`, else empty (the model's).
-  // One indexed lookup per photo; a hash with copies is remembered, so k copies cost k lookups.
+  // One indexed lookup per photo (spread() makes a second for a photo --reindex encodes afresh); a
+  // hash with copies is remembered, so k copies cost k lookups.
   std::vector<float> embedding_for(Catalog& catalog, const std::string& hash, const std::string& path, int dim) {
     const auto valid = [dim](const std::vector<float>& e) {
       return e.size() == static_cast<size_t>(dim) &&

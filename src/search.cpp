@@ -50,7 +50,7 @@ void FollowingSearcher::load(int64_t generation) {
   loaded_at_ = started;
 }
 
-Searcher& FollowingSearcher::current_or_load() { return searcher_ ? *searcher_ : current(); }
+Searcher& FollowingSearcher::loaded() { return searcher_ ? *searcher_ : current(); }
 
 Searcher& FollowingSearcher::current(bool fresh) {
   store_.catalog().refresh();  // an immutable read sees what was committed since (catalog.h)

@@ -134,7 +134,8 @@ void check_removals(Catalog& catalog, const std::vector<IndexTarget>& targets, c
 //   by this run, and a photo it encodes gives its embedding to its copies this run does not write)
 //   is stored with that embedding, not the model's output for it, which can differ with
 //   its batch mates (OpenBLAS's AVX2 kernels ~1e-7; int8's per-call activation scale more). Equal
-//   scores among copies are then ties, ordered by id. One indexed catalog lookup per photo.
+//   scores among copies are then ties, ordered by id. One indexed catalog lookup per photo (two for
+//   a photo a --reindex encodes afresh).
 // - Roots (folders and single files, with their walk options) are recorded in the first
 //   transaction, before any encoding, so an interrupted first run is continued by a run with no path.
 // - Committed in batches: each batch of encoded files is one transaction; an interruption (Ctrl-C,

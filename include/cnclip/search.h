@@ -172,14 +172,12 @@ class FollowingSearcher {
   // The vectors loaded last, without looking for commits: for a command that answers its queries
   // from one state (reloading during an index run would cost a one-shot search-image of many paths
   // about a second every reload_interval at 1M).
-  Searcher& loaded() { return current_or_load(); }
-  // The generation the current vectors are of.
-  int64_t generation() const { return generation_; }
+  // After a failed load (its error thrown), loads as current() does.
+  Searcher& loaded();
 
  private:
   std::pair<uint64_t, int64_t> snapshot_file(int64_t generation) const;  // inode, change time; 0s: none
   void load(int64_t generation);
-  Searcher& current_or_load();  // the loaded one; after a failed load, loads (current() rules)
 
   IndexStore& store_;
   FollowOptions options_;

@@ -12,12 +12,12 @@
 
 int main(int argc, char** argv) {
   using namespace cnclip;
-  // Commands that run the model: started again with a short OpenMP spin and malloc settings that
-  // keep the tensors' memory, each unless the user set it (runtime.h). The others do not pay for a second start;
-  // search-text and search-image restart only when they answer without a server (options.h).
   // A write past the file size limit (ulimit -f) fails with EFBIG and is said in one line naming the
   // limit (error.h), instead of SIGXFSZ ending the process with no word and a file half-written.
   std::signal(SIGXFSZ, SIG_IGN);
+  // Commands that run the model: started again with a short OpenMP spin and malloc settings that
+  // keep the tensors' memory, each unless the user set it (runtime.h). The others do not pay for a second start;
+  // search-text and search-image restart only when they answer without a server (options.h).
   cli::set_restart_argv(argv);
   if (argc > 1) {
     static const char* const kModelCommands[] = {"index", "embed-text", "embed-image", "serve", "eval", "classify"};
