@@ -235,7 +235,8 @@ namespace {
 
 // What cnclip's model commands give glibc's malloc (runtime.h).
 constexpr const char* kMallocTunables =
-    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824:"
+    "glibc.malloc.arena_max=1";
 
 // Whether the user chose malloc's settings: a glibc.malloc tunable in GLIBC_TUNABLES
 // ("name=value:name=value"), or one of the older MALLOC_..._ variables glibc still reads.
