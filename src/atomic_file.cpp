@@ -21,10 +21,16 @@ void sync_parent_directory(const std::string& path) {
   }
 }
 
-AtomicFileWriter::AtomicFileWriter(std::string path)
+AtomicFileWriter::AtomicFileWriter(std::string path, const std::string& access_of)
     : path_(std::move(path)), temp_path_(path_ + ".tmp-" + std::to_string(::getpid())) {
   file_ = std::fopen(temp_path_.c_str(), "wb");
   if (!file_) throw Exception(errno_error(temp_path_, errno, "cannot create"));
+  struct stat like {};
+  if (!access_of.empty() && ::stat(access_of.c_str(), &like) == 0) {
+    const int fd = ::fileno(file_);
+    (void)::fchmod(fd, like.st_mode & 0666);
+    (void)!::fchown(fd, like.st_uid, like.st_gid);  // EPERM unless root: the writer keeps it
+  }
 }
 
 AtomicFileWriter::~AtomicFileWriter() {

@@ -18,10 +18,14 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 void write_output_file(const std::string& path, const std::string& bytes);
 
 // For large files written piece by piece. commit() makes the file visible; destruction without
-// commit() removes the temporary file.
+// commit() removes the temporary file. With `access_of` (an existing file), the temporary file takes
+// that file's permission bits (those of 0666) and, where this process may give it away, its owner
+// before a byte is written: a file derived from a private one (a snapshot from its catalog) is never
+// more readable than it, not even until the rename. A failed stat of `access_of`, or a failed chmod
+// or chown, leaves the file as created (the process's umask).
 class AtomicFileWriter {
  public:
-  explicit AtomicFileWriter(std::string path);
+  explicit AtomicFileWriter(std::string path, const std::string& access_of = "");
   ~AtomicFileWriter();
   AtomicFileWriter(const AtomicFileWriter&) = delete;
   AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;

@@ -400,6 +400,10 @@ void IndexStore::write_snapshot() {
   const int dim = embedding_dim();
   const int64_t generation = catalog_->generation();
   const std::string path = snapshot_path(generation);
+  // The snapshot is as private as the catalog it comes from, and its owner's where this process may
+  // give it away (root writing a user's index), from its creation: a 0644 snapshot beside a 0600
+  // catalog showed the photos' vectors to anyone. Best effort: its writer owns it otherwise.
+  const std::string catalog_path = dir_ + "/" + kCatalogFile;
   snapshot_report_.clear();
   snapshot_fallback_.clear();
   // Older snapshots (and temporary files of interrupted writes) are stale: deleted first, so that
@@ -423,7 +427,7 @@ void IndexStore::write_snapshot() {
         const SnapshotBuild built = build_snapshot(
             path, type, dim, n,
             [&](const std::function<void(int64_t, const float*)>& fn) { catalog_->for_each_embedding(dim, fn); },
-            &snapshot_report_, is_auto ? VectorSpec::kAutoMaxProbeShare : 1.0);
+            &snapshot_report_, is_auto ? VectorSpec::kAutoMaxProbeShare : 1.0, catalog_path);
         if (built == SnapshotBuild::kWritten) {
           catalog_->set_meta(kFlatUntilMeta, "0");
           catalog_->set_meta(kFlatWhyMeta, "");
@@ -448,7 +452,7 @@ void IndexStore::write_snapshot() {
         }
       }
       if (flat) {
-        VectorFileWriter writer(path, dim, n);
+        VectorFileWriter writer(path, dim, n, catalog_path);
         catalog_->for_each_embedding(dim, [&](int64_t id, const float* v) { writer.add(id, v); });
         writer.commit();
       }
@@ -458,14 +462,6 @@ void IndexStore::write_snapshot() {
       throw Exception(e.code(), std::string(e.what()) +
                                     "; every committed entry is kept in the catalog (searches read it until the "
                                     "next 'cnclip index' writes the vector snapshot)");
-    }
-    // As private as the catalog it comes from, and its owner's where this process may give it away
-    // (root writing a user's index): a 0644 snapshot beside a 0600 catalog showed the photos' vectors
-    // to anyone. Best effort: the snapshot is derived, and its writer owns it otherwise.
-    struct stat catalog_st {};
-    if (::stat((dir_ + "/" + kCatalogFile).c_str(), &catalog_st) == 0) {
-      (void)::chmod(path.c_str(), catalog_st.st_mode & 0666);
-      (void)!::chown(path.c_str(), catalog_st.st_uid, catalog_st.st_gid);
     }
     // Readers of this snapshot need the log only after it.
     catalog_->prune_changes(generation);

@@ -599,7 +599,7 @@ struct HashingWriter : faiss::IOWriter {
   AtomicFileWriter file;
   XXH3_state_t* hash = XXH3_createState();
   uint64_t bytes = 0;
-  explicit HashingWriter(const std::string& path) : file(path) {
+  HashingWriter(const std::string& path, const std::string& access_of) : file(path, access_of) {
     if (!hash) throw Exception(ErrorCode::kInternal, "out of memory");
     XXH3_64bits_reset(hash);
   }
@@ -946,17 +946,19 @@ std::unique_ptr<VectorIndex> VectorIndex::open_file(const std::string& path, boo
 
 namespace {
 SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type, int dim, int64_t n,
-                                const VectorSource& fill, std::string* report, double max_probe_share);
+                                const VectorSource& fill, std::string* report, double max_probe_share,
+                                const std::string& access_of);
 }  // namespace
 
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
-                             const VectorSource& fill, std::string* report, double max_probe_share) {
+                             const VectorSource& fill, std::string* report, double max_probe_share,
+                             const std::string& access_of) {
   // Ctrl-C reaches FAISS's k-means, searches and adds through its interrupt callback (checked between
   // iterations), which throws its own exception.
   static std::once_flag callback_set;
   std::call_once(callback_set, [] { faiss::InterruptCallback::instance.reset(new InterruptOnSignal); });
   try {
-    return build_snapshot_of(path, type, dim, n, fill, report, max_probe_share);
+    return build_snapshot_of(path, type, dim, n, fill, report, max_probe_share, access_of);
   } catch (const faiss::FaissException& e) {
     if (interrupt_requested()) throw Exception(ErrorCode::kInterrupted, "interrupted");
     // A type that passed VectorSpec::parse and still fails (a case parse does not know): said, and
@@ -971,7 +973,8 @@ SnapshotBuild build_snapshot(const std::string& path, const std::string& type, i
 
 namespace {
 SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type, int dim, int64_t n,
-                                const VectorSource& fill, std::string* report, double max_probe_share) {
+                                const VectorSource& fill, std::string* report, double max_probe_share,
+                                const std::string& access_of) {
   std::unique_ptr<faiss::Index> index = make_index(type, dim);
   if (!index->is_trained && n == 0) {
     if (report) *report = type + " cannot be trained on 0 vectors";
@@ -1206,7 +1209,7 @@ SnapshotBuild build_snapshot_of(const std::string& path, const std::string& type
       *report = line;
     }
   }
-  HashingWriter out(path);
+  HashingWriter out(path, access_of);
   try {
     faiss::write_index(&idmap, &out);
   } catch (const faiss::FaissException& e) {
@@ -1241,7 +1244,8 @@ struct VectorFileWriter::Impl {
   std::vector<int64_t> ids;
   XXH3_state_t* hash = XXH3_createState();
   uint64_t bytes = 0;
-  Impl(const std::string& path, int d, int64_t count) : file(path), dim(d), expected(count) {
+  Impl(const std::string& path, int d, int64_t count, const std::string& access_of)
+      : file(path, access_of), dim(d), expected(count) {
     if (!hash) throw Exception(ErrorCode::kInternal, "out of memory");
     XXH3_64bits_reset(hash);
   }
@@ -1253,8 +1257,8 @@ struct VectorFileWriter::Impl {
   }
 };
 
-VectorFileWriter::VectorFileWriter(const std::string& path, int dim, int64_t count)
-    : impl_(std::make_unique<Impl>(path, dim, count)) {
+VectorFileWriter::VectorFileWriter(const std::string& path, int dim, int64_t count, const std::string& access_of)
+    : impl_(std::make_unique<Impl>(path, dim, count, access_of)) {
   std::string head;
   put_header(head, "IxM2", dim, count);
   put_header(head, "IxFI", dim, count);

@@ -19,6 +19,7 @@
 #include "cnclip/index_store.h"
 #include "cnclip/info.h"
 #include "cnclip/repair.h"
+#include "cnclip/vector_index.h"
 #include "damage_util.h"
 #include "test_util.h"
 
@@ -437,6 +438,64 @@ TEST(DamageCatalog, RepairKeepsTheCatalogsOwnerAndMode) {
     EXPECT_EQ(st.st_uid, nobody->pw_uid);
     EXPECT_EQ(st.st_mode & 07777, mode);
   }
+}
+
+// The snapshot takes the catalog's mode and owner when its temporary file is created, not after the
+// rename (AtomicFileWriter's access_of): before, for the few milliseconds of its writing, a 0600
+// catalog's vectors sat in a 0644 file. Checked on a flat snapshot's temporary file before its first
+// byte, and on the files written.
+TEST(DamageCatalog, ASnapshotIsAsPrivateAsTheCatalogFromItsFirstByte) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a file to another user";
+  const passwd* nobody = ::getpwnam("nobody");
+  ASSERT_NE(nobody, nullptr);
+  test::TempDir dir;
+  const std::string like = dir / "catalog";
+  test::write_text(like, "x");
+  ASSERT_EQ(::chown(like.c_str(), nobody->pw_uid, nobody->pw_gid), 0);
+  const mode_t old_mask = ::umask(022);
+  for (const mode_t mode : {0600u, 0640u}) {
+    ASSERT_EQ(::chmod(like.c_str(), mode), 0);
+    for (const bool flat : {true, false}) {
+      SCOPED_TRACE(std::string(flat ? "flat" : "IVF") + " mode " + std::to_string(mode));
+      const std::string path = dir / (flat ? "flat.faiss" : "ivf.faiss");
+      struct stat st {};
+      auto check = [&](const std::string& file) {
+        ASSERT_EQ(::stat(file.c_str(), &st), 0) << file;
+        EXPECT_EQ(st.st_mode & 07777, mode) << file;
+        EXPECT_EQ(st.st_uid, nobody->pw_uid) << file;
+        EXPECT_EQ(st.st_gid, nobody->pw_gid) << file;
+      };
+      std::vector<float> v(64 * 8);
+      for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>((i * 7919) % 101) / 101.0f - 0.5f;
+      if (flat) {
+        VectorFileWriter writer(path, 8, 64, like);
+        for (const auto& e : std::filesystem::directory_iterator(dir.path())) {
+          if (e.path().filename().string().rfind("flat.faiss.tmp-", 0) == 0) check(e.path().string());
+        }
+        for (int i = 0; i < 64; ++i) writer.add(i + 1, v.data() + i * 8);
+        writer.commit();
+      } else {
+        // FAISS's types: the file is written in one go once the index is built; its final state.
+        std::string report;
+        ASSERT_EQ(build_snapshot(
+                      path, "IVF2,Flat", 8, 64,
+                      [&](const std::function<void(int64_t, const float*)>& add) {
+                        for (int i = 0; i < 64; ++i) add(i + 1, v.data() + i * 8);
+                      },
+                      &report, 1.0, like),
+                  SnapshotBuild::kWritten)
+            << report;
+      }
+      check(path);
+    }
+  }
+  // Without a file to take them from: the process's umask, as before.
+  VectorFileWriter plain(dir / "plain.faiss", 8, 0);
+  plain.commit();
+  struct stat st {};
+  ASSERT_EQ(::stat((dir / "plain.faiss").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  ::umask(old_mask);
 }
 
 // An older cnclip's catalog: schema 3 (no video frames table) in 4 KiB pages, as `info` sends its

@@ -155,14 +155,16 @@ inline int64_t candidates_for(int64_t want) { return want + std::max<int64_t>(wa
 // another thread.
 enum class SnapshotBuild { kWritten, kTooFewVectors, kNotFaster, kFailed, kUnusable };
 using VectorSource = std::function<void(const std::function<void(int64_t, const float*)>&)>;
+// `access_of`: a file whose permissions and owner the snapshot takes from its creation (AtomicFileWriter).
 SnapshotBuild build_snapshot(const std::string& path, const std::string& type, int dim, int64_t n,
-                             const VectorSource& fill, std::string* report = nullptr, double max_probe_share = 1.0);
+                             const VectorSource& fill, std::string* report = nullptr, double max_probe_share = 1.0,
+                             const std::string& access_of = "");
 
 // Writes a vector file atomically, with its checksum trailer; `count` vectors must be added before
-// commit(). add() refuses a vector that is not finite (kCorrupt).
+// commit(). add() refuses a vector that is not finite (kCorrupt). `access_of` as build_snapshot's.
 class VectorFileWriter {
  public:
-  VectorFileWriter(const std::string& path, int dim, int64_t count);
+  VectorFileWriter(const std::string& path, int dim, int64_t count, const std::string& access_of = "");
   ~VectorFileWriter();
   void add(int64_t id, const float* vector);
   void commit();
