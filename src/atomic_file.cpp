@@ -23,13 +23,27 @@ void sync_parent_directory(const std::string& path) {
 
 AtomicFileWriter::AtomicFileWriter(std::string path, const std::string& access_of)
     : path_(std::move(path)), temp_path_(path_ + ".tmp-" + std::to_string(::getpid())) {
-  file_ = std::fopen(temp_path_.c_str(), "wb");
-  if (!file_) throw Exception(errno_error(temp_path_, errno, "cannot create"));
   struct stat like {};
-  if (!access_of.empty() && ::stat(access_of.c_str(), &like) == 0) {
-    const int fd = ::fileno(file_);
-    (void)::fchmod(fd, like.st_mode & 0666);
+  const bool take_access = !access_of.empty() && ::stat(access_of.c_str(), &like) == 0;
+  // A new file, never one found at the name: a temporary file left by a killed process of the same
+  // pid is removed first, and a symbolic link planted there (root writing a user's index) is not
+  // followed, so that the chown below cannot give its target away. Created 0600 when it takes
+  // another file's access, so that nobody else can open it before it has that file's mode.
+  const int flags = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+  const mode_t mode = take_access ? 0600 : 0666;
+  int fd = ::open(temp_path_.c_str(), flags, mode);
+  if (fd < 0 && errno == EEXIST && ::unlink(temp_path_.c_str()) == 0) fd = ::open(temp_path_.c_str(), flags, mode);
+  if (fd < 0) throw Exception(errno_error(temp_path_, errno, "cannot create"));
+  if (take_access) {
     (void)!::fchown(fd, like.st_uid, like.st_gid);  // EPERM unless root: the writer keeps it
+    (void)::fchmod(fd, like.st_mode & 0666);
+  }
+  file_ = ::fdopen(fd, "wb");
+  if (!file_) {
+    const int err = errno;
+    ::close(fd);
+    ::unlink(temp_path_.c_str());
+    throw Exception(errno_error(temp_path_, err, "cannot create"));
   }
 }
 

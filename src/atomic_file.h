@@ -18,11 +18,13 @@ void write_file_atomically(const std::string& path, const std::string& bytes);
 void write_output_file(const std::string& path, const std::string& bytes);
 
 // For large files written piece by piece. commit() makes the file visible; destruction without
-// commit() removes the temporary file. With `access_of` (an existing file), the temporary file takes
-// that file's permission bits (those of 0666) and, where this process may give it away, its owner
-// before a byte is written: a file derived from a private one (a snapshot from its catalog) is never
-// more readable than it, not even until the rename. A failed stat of `access_of`, or a failed chmod
-// or chown, leaves the file as created (the process's umask).
+// commit() removes the temporary file, which is always a new file (one left at its name by a killed
+// process is replaced; a symbolic link there is not followed). With `access_of` (an existing file),
+// the temporary file is created 0600 and then takes that file's permission bits (those of 0666) and,
+// where this process may give it away, its owner, before a byte is written: a file derived from a
+// private one (a snapshot from its catalog) is never more readable than it, not even until the
+// rename. Without it, or when `access_of` cannot be read, the file has the process's umask's mode;
+// a failed chown leaves this process the owner.
 class AtomicFileWriter {
  public:
   explicit AtomicFileWriter(std::string path, const std::string& access_of = "");

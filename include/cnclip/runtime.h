@@ -73,8 +73,8 @@ class DecodingFile {
 //   cuts what a one-shot command pays for touching the weights it loads: embed-text with the fp32
 //   ViT-B-16 bundle went from 119,400 page faults and 2.5-2.8 s to 8,400 and 1.1-1.4 s, same peak RSS.
 //   arena_max=1: every thread allocates from the main arena. A thread of its own (index's model
-//   workers and decoders, serve's handlers) gets an arena of 64 MiB heaps, and glibc unmaps a heap
-//   as soon as it is empty, whatever trim_threshold says: `index` of 30 photos with the fp32 ViT-B-16
+//   workers and decoders; serve's handlers too, whose case was not measured) gets an arena of 64 MiB heaps, and glibc
+//   unmaps a heap as soon as it is empty, whatever trim_threshold says: `index` of 30 photos with the fp32 ViT-B-16
 //   created and deleted ~500 heaps. Of the 68 bench photos: fp32 12.6-13.4 s and 228,000-249,000
 //   page faults against 10.4-10.5 s and 9,400 in one arena, int8 7.2-7.6 s against 6.0 s, peak RSS
 //   lower (1.13 -> 0.98-1.06 GB fp32); the tiny test bundle's `index` went from 24,000 faults to
