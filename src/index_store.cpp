@@ -142,6 +142,13 @@ std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess
 }
 
 std::unique_ptr<IndexStore> IndexStore::open_locked(const std::string& dir, int lock_fd) {
+  // What a killed repair leaves (its fresh catalog, its header-restored copy, their logs: as large as
+  // the catalog) is stale once this process holds the lock that repair holds while it runs.
+  for (const char* kind : {".repair", ".repair-src"}) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
+      ::unlink((dir + "/" + kCatalogFile + kind + suffix).c_str());
+    }
+  }
   try {
     auto catalog = Catalog::open(dir + "/" + kCatalogFile, true);
     // A writer must not build on damage: SQLite would fail later, half-way through a run.

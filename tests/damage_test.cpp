@@ -518,6 +518,23 @@ TEST(DamageCatalog, ASnapshotIsAsPrivateAsTheCatalogFromItsFirstByte) {
   EXPECT_TRUE(S_ISREG(st.st_mode));
 }
 
+// A repair killed before its rename leaves its fresh catalog (as large as the old one) and perhaps a
+// header-restored copy: the next writer, which holds the lock repair held, removes them; a reader
+// (no lock: a repair may be running) leaves them.
+TEST(DamageCatalog, WhatAKilledRepairLeftIsRemovedByTheNextWriter) {
+  LibraryIndex idx(20, 5);
+  std::vector<std::string> left;
+  for (const char* kind : {".repair", ".repair-src"}) {
+    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) left.push_back(idx.catalog() + kind + suffix);
+  }
+  for (const auto& f : left) test::write_text(f, std::string(4096, 'r'));
+  IndexStore::open(idx.dir.path(), IndexAccess::kRead).reset();
+  for (const auto& f : left) EXPECT_TRUE(std::filesystem::exists(f)) << f;
+  auto writer = IndexStore::open(idx.dir.path(), IndexAccess::kWrite);
+  for (const auto& f : left) EXPECT_FALSE(std::filesystem::exists(f)) << f;
+  EXPECT_EQ(writer->catalog().count(), 20);
+}
+
 // An older cnclip's catalog: schema 3 (no video frames table) in 4 KiB pages, as `info` sends its
 // users to repair. Absent tables are not damage.
 TEST(DamageCatalog, RepairOfAnOlderSchemasSoundCatalogIsNoDamage) {

@@ -74,7 +74,7 @@ class IndexStore {
   // read-only index throws kPermissionDenied; on a damaged catalog (quick_check) throws kCorrupt.
   static std::unique_ptr<IndexStore> open(const std::string& dir, IndexAccess access, bool wait_for_lock = false);
   // kWrite with the lock already held (`lock_fd` from lock_index_for_writing, owned from now on,
-  // also when this throws).
+  // also when this throws). kWrite removes what a killed repair left (catalog.sqlite3.repair*).
   static std::unique_ptr<IndexStore> open_locked(const std::string& dir, int lock_fd);
   ~IndexStore();
 
