@@ -141,14 +141,18 @@ std::unique_ptr<IndexStore> IndexStore::open(const std::string& dir, IndexAccess
   return open_locked(dir, lock_index_for_writing(dir, wait_for_lock));
 }
 
-std::unique_ptr<IndexStore> IndexStore::open_locked(const std::string& dir, int lock_fd) {
-  // What a killed repair leaves (its fresh catalog, its header-restored copy, their logs: as large as
-  // the catalog) is stale once this process holds the lock that repair holds while it runs.
+void remove_repair_files(const std::string& dir) {
   for (const char* kind : {".repair", ".repair-src"}) {
     for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
       ::unlink((dir + "/" + kCatalogFile + kind + suffix).c_str());
     }
   }
+}
+
+std::unique_ptr<IndexStore> IndexStore::open_locked(const std::string& dir, int lock_fd) {
+  // What a killed repair leaves (its fresh catalog, its header-restored copy, their logs: as large as
+  // the catalog) is stale once this process holds the lock that repair holds while it runs.
+  remove_repair_files(dir);
   try {
     auto catalog = Catalog::open(dir + "/" + kCatalogFile, true);
     // A writer must not build on damage: SQLite would fail later, half-way through a run.

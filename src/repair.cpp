@@ -521,10 +521,7 @@ RepairReport repair_index(const std::string& dir, bool wait_for_lock) {
       report.problems.clear();
     }
   } catch (...) {
-    for (const char* suffix : {"", "-wal", "-shm", "-journal"}) {
-      remove_file(dir + "/" + kCatalogFile + ".repair" + suffix);
-      remove_file(dir + "/" + kCatalogFile + ".repair-src" + suffix);
-    }
+    remove_repair_files(dir);
     if (lock_owned) ::close(lock_fd);
     throw;
   }

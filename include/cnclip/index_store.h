@@ -50,6 +50,9 @@ void require_writable_index(const std::string& dir);
 // Creates DIR if needed, checks require_writable_index, and takes the writer lock; returns the
 // descriptor that holds it (closing it releases the lock). kBusy as for IndexStore::open.
 int lock_index_for_writing(const std::string& dir, bool wait_for_lock);
+// Deletes the files repair makes beside the catalog (catalog.sqlite3.repair and .repair-src, with
+// their -wal, -shm and -journal): stale for whoever holds the writer lock, as repair does while it runs.
+void remove_repair_files(const std::string& dir);
 
 // ${CNCLIP_INDEX} if set, else <data home>/cnclip (xdg_data_home() in runtime.h); `flag` (--index)
 // wins over both. Throws kInvalidArgument ("cannot find a place for the index: HOME is not set; give
@@ -74,7 +77,7 @@ class IndexStore {
   // read-only index throws kPermissionDenied; on a damaged catalog (quick_check) throws kCorrupt.
   static std::unique_ptr<IndexStore> open(const std::string& dir, IndexAccess access, bool wait_for_lock = false);
   // kWrite with the lock already held (`lock_fd` from lock_index_for_writing, owned from now on,
-  // also when this throws). kWrite removes what a killed repair left (catalog.sqlite3.repair*).
+  // also when this throws). kWrite removes what a killed repair left (remove_repair_files).
   static std::unique_ptr<IndexStore> open_locked(const std::string& dir, int lock_fd);
   ~IndexStore();
 
