@@ -452,7 +452,9 @@ TEST(DamageCatalog, ASnapshotIsAsPrivateAsTheCatalogFromItsFirstByte) {
   test::TempDir dir;
   const std::string like = dir / "catalog";
   test::write_text(like, "x");
-  if (root) ASSERT_EQ(::chown(like.c_str(), nobody->pw_uid, nobody->pw_gid), 0);
+  if (root) {
+    ASSERT_EQ(::chown(like.c_str(), nobody->pw_uid, nobody->pw_gid), 0);
+  }
   struct UmaskGuard {
     mode_t old = ::umask(022);
     ~UmaskGuard() { ::umask(old); }
