@@ -4,7 +4,8 @@
 #   scripts/fuzz.sh SECONDS [TARGET...]      targets: tokenizer image npy bundle jsonl (default: all)
 # (jsonl: once include/cnclip/import.h declares read_embeddings_jsonl)
 # Environment: CNCLIP_FUZZ_BUILD (build dir, default build-fuzz), CNCLIP_FIXTURES_DIR (default
-# ../shared/fixtures), CNCLIP_FUZZ_JOBS (parallel build jobs, default 2).
+# ../shared/fixtures), CNCLIP_FUZZ_JOBS (parallel build jobs, default 2), CNCLIP_FUZZ_PARALLEL (targets
+# fuzzed at once, default: the number of cores).
 # The corpus each run grows is kept in $build/corpus/TARGET; the committed seeds and regression
 # inputs in fuzz/corpus/TARGET and seeds from the fixtures (fuzz/make_seeds.py) are always included.
 # A crash stops that target: its input is saved as $build/crash-TARGET-* and the script exits 1.
@@ -68,14 +69,12 @@ export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:allocator_ma
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$repo/tests/sanitizers/lsan.supp:print_suppressions=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
-status=0
-summary=()
-for t in "${targets[@]}"; do
-  corpus="$build/corpus/$t"
+# One target's run: its log in $build/fuzz-TARGET.log, its summary line in $build/fuzz-TARGET.result.
+fuzz_target() {
+  local t=$1 corpus="$build/corpus/$1" log="$build/fuzz-$1.log" rc last execs
   mkdir -p "$corpus"
-  dirs=("$corpus" "$repo/fuzz/corpus/$t")
+  local dirs=("$corpus" "$repo/fuzz/corpus/$t")
   if [ -d "$seeds/$t" ]; then dirs+=("$seeds/$t"); fi
-  log="$build/fuzz-$t.log"
   echo "fuzz: $t for ${seconds}s (log $log)" >&2
   set +e
   "$build/fuzz/fuzz_$t" -max_total_time="$seconds" -rss_limit_mb=2560 -max_len=262144 -timeout=25 \
@@ -85,13 +84,35 @@ for t in "${targets[@]}"; do
   last=$(grep -E '^#[0-9]+' "$log" | tail -1 || true)
   execs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}' || true)
   if [ $rc -ne 0 ]; then
-    status=1
-    echo "fuzz: $t FAILED (exit $rc); the end of $log:" >&2
-    tail -40 "$log" >&2
-    summary+=("$t: FAILED, see $log")
+    { echo "fuzz: $t FAILED (exit $rc); the end of $log:"; tail -40 "$log"; } >&2
+    echo "$t: FAILED, see $log" >"$build/fuzz-$t.result"
   else
-    summary+=("$t: ${execs:-?} runs in ${seconds}s; last: $last")
+    echo "$t: ${execs:-?} runs in ${seconds}s; last: $last" >"$build/fuzz-$t.result"
   fi
+}
+
+# The targets run side by side, CNCLIP_FUZZ_PARALLEL at a time (default: one per core): each fuzzer is
+# one process on one core, so on CI's 2 cores five targets of 20 s take 60 s instead of 100.
+parallel=${CNCLIP_FUZZ_PARALLEL:-$(nproc)}
+[[ "$parallel" =~ ^[1-9][0-9]*$ ]] || { echo "fuzz.sh: CNCLIP_FUZZ_PARALLEL must be a positive number, got '$parallel'" >&2; exit 2; }
+running=0
+for t in "${targets[@]}"; do
+  rm -f "$build/fuzz-$t.result"
+  if [ $running -ge "$parallel" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  fuzz_target "$t" &
+  running=$((running + 1))
+done
+wait
+
+status=0
+summary=()
+for t in "${targets[@]}"; do
+  line=$(cat "$build/fuzz-$t.result" 2>/dev/null || echo "$t: FAILED, no result (see $build/fuzz-$t.log)")
+  [[ "$line" != *": FAILED"* ]] || status=1
+  summary+=("$line")
 done
 echo "fuzz summary:"
 printf '  %s\n' "${summary[@]}"
