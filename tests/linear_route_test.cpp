@@ -354,6 +354,25 @@ TEST(RuntimeEnvironment, RestartsOnceWithWhatTheUserDidNotChoose) {
   EXPECT_EQ(environment_after_restart({{"OMP_WAIT_POLICY", "passive"}, {"MALLOC_TRIM_THRESHOLD_", "0"}}), "returned");
   // A restarted process never restarts again, even when what it was given did not reach it.
   EXPECT_EQ(environment_after_restart({{"CNCLIP_RESTARTED", "1"}}), "returned");
+  // The tests' Python (tests/test_python.sh.in) gives itself the very same settings, so that the
+  // cnclip processes it starts run as a user's do; a malloc setting already given is left alone.
+  auto python_sees = [](const std::string& env) {
+    const std::string cmd =
+        "env -u GLIBC_TUNABLES -u MALLOC_ARENA_MAX -u MALLOC_MMAP_THRESHOLD_ -u "
+        "MALLOC_TRIM_THRESHOLD_ " +
+        env + " " + CNCLIP_PYTHON + " -c 'import os; print(os.environ.get(\"GLIBC_TUNABLES\"))'";
+    std::string out;
+    if (FILE* p = popen(cmd.c_str(), "r")) {
+      char buf[512];
+      while (fgets(buf, sizeof buf, p)) out += buf;
+      pclose(p);
+    }
+    return out;
+  };
+  EXPECT_EQ(python_sees(""), malloc_tunables + "\n");
+  EXPECT_EQ(python_sees("GLIBC_TUNABLES=glibc.cpu.x86_ibt=on"), "glibc.cpu.x86_ibt=on:" + malloc_tunables + "\n");
+  EXPECT_EQ(python_sees("GLIBC_TUNABLES=glibc.malloc.hugetlb=0"), "glibc.malloc.hugetlb=0\n");
+  EXPECT_EQ(python_sees("MALLOC_ARENA_MAX=2"), "None\n");
 }
 
 // What the restart's malloc settings are for (runtime.h): a model worker's memory is kept from one
