@@ -440,6 +440,7 @@ def build_encoders(sd, config):
         if missing or unexpected:
             raise ExportError(f"internal: state mismatch, missing {missing[:3]}, unexpected {unexpected[:3]}")
         towers.fold_constants(module)
+        towers.fuse_projections(module)
         module.eval()
     return image, text
 

@@ -51,6 +51,42 @@ class ExportTest(unittest.TestCase):
             ids = torch.randint(1, 21128, shape)
             self.assertEqual(tuple(text(ids).shape), (shape[0], 32))
 
+    def test_text_attention_projections_are_one_product(self):
+        """Query, key and value are one product in every text layer but the last, whose queries come
+        from its first row (key and value one product there): 4 Linears per layer and one more in the
+        last instead of 6 each. int8 embeddings are exactly those of separate products (the same
+        per-channel scales, the same quantized activations), fp32 ones equal to float rounding."""
+        sys.path.insert(0, os.path.join(HERE, "..", "scripts"))
+        import export_model
+        import cnclip_towers
+        export_model.load_torch()
+        with open(TINY_CONFIG, encoding="utf-8") as f:
+            config = export_model.parse_config(json.load(f), TINY_CONFIG)
+        sd = export_model.check_state_dict(export_model.load_checkpoint(TINY), config, TINY)
+        layers = config["text_num_hidden_layers"]
+        ids = torch.tensor([[101, 1911, 7345, 510, 102, 0, 0], [101, 3345, 2225, 7991, 4638, 1, 102]])
+        example = torch.tensor([[101, 2207, 102, 0], [101, 102, 0, 0]])
+        fuse = cnclip_towers.fuse_projections
+        for precision, linear, tolerance in (("fp32", "aten::linear", 1e-6),
+                                             ("int8", "quantized::linear_dynamic", 0.0)):
+            with self.subTest(precision=precision):
+                outputs, counts = [], []
+                for fused in (True, False):
+                    try:
+                        if not fused:
+                            cnclip_towers.fuse_projections = lambda module: None
+                        text = export_model.build_encoders(sd, config)[1]
+                    finally:
+                        cnclip_towers.fuse_projections = fuse
+                    ts = export_model.to_torchscript(text, example, precision)
+                    graph = torch.jit.freeze(ts.eval()).graph if precision == "int8" else ts.graph
+                    torch._C._jit_pass_inline(graph)
+                    counts.append(sum(1 for n in graph.nodes() if n.kind() == linear))
+                    with torch.no_grad():
+                        outputs.append(ts(ids))
+                self.assertEqual(counts, [4 * layers + 1, 6 * layers])
+                self.assertLessEqual((outputs[0] - outputs[1]).abs().max().item(), tolerance)
+
     def test_fp32_checkpoint_is_rounded_like_cn_clip(self):
         ckpt = torch.load(TINY, map_location="cpu")
         # Tiny fp32 perturbations that vanish when rounded to fp16, as cn_clip does before loading.

@@ -1,0 +1,45 @@
+// Small operators on the calling thread alone (model module only; model.h).
+//
+// LibTorch 1.13 splits a layer norm's or a softmax's rows over the compute threads however few they
+// are, and each split is an OpenMP parallel region: the other threads are woken (a futex call each,
+// slow on these VMs) and waited for. A 15-token ViT-B-16 text query opened ~92 regions: its 48
+// products, and 25 layer norms of 15 x 768 values, 12 softmaxes of 12 x 15 x 15 and 12 activation
+// ranges of the int8 products' 15 x 3072 inputs, which one thread computes in microseconds.
+// cnclip::layer_norm and cnclip::softmax compute what LibTorch's do, with the same kernels, on the
+// calling thread when the input has fewer than kOneThreadElements values (a row's result does not
+// depend on the thread that computes it: the floats are the same); larger inputs (an image batch's
+// 4 x 197 x 768) are split as before.
+#pragma once
+
+#include <torch/script.h>
+
+#include <cstdint>
+
+namespace cnclip::detail {
+
+// Inputs of fewer values than this run on one thread: 15 x 3072 (an int8 query's widest) and a
+// 52-token query's 52 x 768 are under it, one image's 197 x 768 is over.
+constexpr int64_t kOneThreadElements = 1 << 16;
+
+// While it lives, the calling thread's parallel regions (LibTorch's, oneDNN's, OpenMP's) have one
+// thread when `elements` < kOneThreadElements (and small_ops_on_one_thread); otherwise it does nothing.
+class OneThreadScope {
+ public:
+  explicit OneThreadScope(int64_t elements);
+  ~OneThreadScope();
+  OneThreadScope(const OneThreadScope&) = delete;
+  OneThreadScope& operator=(const OneThreadScope&) = delete;
+
+ private:
+  int restore_ = 0;  // the thread count to set again, 0 when unchanged
+};
+
+// Whether towers take cnclip::layer_norm and cnclip::softmax and OneThreadScope applies (the default),
+// or LibTorch splits everything as it does (CNCLIP_SMALL_OPS=libtorch, for measurement).
+bool small_ops_on_one_thread();
+
+// Every aten::layer_norm and aten::softmax (int dim) of the block and of the blocks within becomes
+// cnclip's.
+void route_small_ops_to_one_thread(torch::jit::Block* block);
+
+}  // namespace cnclip::detail
