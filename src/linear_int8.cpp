@@ -2,6 +2,7 @@
 
 #include "graph_rewrite.h"
 #include "onednn_util.h"
+#include "small_ops.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/native/quantized/PackedParams.h>
@@ -239,8 +240,13 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
   // The activations' range and quantization parameters as LibTorch's kernel chooses them (uint8, the
   // range widened to hold 0, the zero point nudged to an integer), but all 8 bits where the products
   // cannot saturate (full_range_is_exact) although PyTorch's dynamic Linear modules ask for 7.
-  const auto [lo_t, hi_t] = at::aminmax(x);
-  const float lo = lo_t.item<float>(), hi = hi_t.item<float>();
+  float lo = 0, hi = 0;
+  {
+    OneThreadScope scope(x.numel());  // a query's range in microseconds, without waking other threads
+    const auto [lo_t, hi_t] = at::aminmax(x);
+    lo = lo_t.item<float>();
+    hi = hi_t.item<float>();
+  }
   if (!(lo <= hi) || !std::isfinite(lo) || !std::isfinite(hi)) return libtorch();
   const auto q =
       quant_utils::ChooseQuantizationParams(lo, hi, 0, 255, false, false, reduce_range && !full_range_is_exact());

@@ -33,6 +33,7 @@
 #include "linear_int8.h"
 #include "model_module.h"
 #include "onednn_util.h"
+#include "small_ops.h"
 
 namespace cnclip {
 namespace {
@@ -343,6 +344,9 @@ struct TorchModel::Impl {
         } catch (const std::exception&) {
           // A graph the route cannot freeze or rewrite runs as loaded, on LibTorch's kernel.
         }
+      }
+      if (device.is_cpu() && detail::small_ops_on_one_thread()) {
+        for (torch::jit::Block* block : detail::method_blocks(*module)) detail::route_small_ops_to_one_thread(block);
       }
       // The image tower's attention products only: a text query's are too small to gain, and passing
       // them through the op cost 1-5% of an int8 query (8.1-8.6 against 8.2-8.8 ms, interleaved).

@@ -6,12 +6,14 @@
 // embeddings must stay those of the reference model: within 1e-5 of Chinese-CLIP's reference
 // features, and at cosine >= 0.99999 to the BLAS route's.
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -87,6 +89,47 @@ Embeddings embed_with(const char* route, const std::string& bundle = test::tiny_
   }
   e.images = model->encode_images(pixels.data(), 6);
   return e;
+}
+
+}  // namespace
+
+// Every OpenMP parallel region of this process (LibTorch's, oneDNN's, BLAS's) passes here: the test
+// program exports this definition (tests/CMakeLists.txt), which takes the place of libgomp's.
+std::atomic<long> g_parallel_regions{0};
+extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned threads, unsigned flags) {
+  using Real = void (*)(void (*)(void*), void*, unsigned, unsigned);
+  static const auto real = reinterpret_cast<Real>(dlsym(RTLD_NEXT, "GOMP_parallel"));
+  g_parallel_regions.fetch_add(1, std::memory_order_relaxed);
+  real(fn, data, threads, flags);
+}
+
+namespace {
+
+// Layer norms and softmaxes of a query's size run on the calling thread (src/small_ops.h): the same
+// floats as LibTorch's own threading gives, in fewer parallel regions (each wakes the other threads).
+TEST(LinearRoute, SmallOperatorsRunOnTheCallingThreadWithTheSameFloats) {
+  for (const std::string& bundle : {test::tiny_bundle(), test::tiny_int8_bundle()}) {
+    SCOPED_TRACE(bundle);
+    const Embeddings ours = embed_with("on", bundle, "CNCLIP_SMALL_OPS");
+    const Embeddings libtorch = embed_with("libtorch", bundle, "CNCLIP_SMALL_OPS");
+    EXPECT_EQ(ours.texts_batch, libtorch.texts_batch);
+    EXPECT_EQ(ours.text_each, libtorch.text_each);
+    EXPECT_EQ(ours.images, libtorch.images);
+    const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+    auto regions_per_query = [&](const char* route) {
+      RouteEnv env(route, "CNCLIP_SMALL_OPS");
+      auto model = Model::open(bundle, ModelOptions{"cpu", 2, true});
+      model->encode_token_ids(ids.data(), 1, 52);  // loads the tower
+      const long before = g_parallel_regions.load();
+      for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
+      EXPECT_EQ(compute_threads(), 2) << "a small operator left the thread's count at 1";
+      return (g_parallel_regions.load() - before) / 20.0;
+    };
+    const double on = regions_per_query("on"), off = regions_per_query("libtorch");
+    // The tiny text tower's layer norms of 52 rows (the embeddings', the first layer's two; the last
+    // layer's have one row) are split by LibTorch, not by cnclip.
+    EXPECT_GE(off - on, 3) << "parallel regions per query: " << on << " against LibTorch's " << off;
+  }
 }
 
 TEST(LinearRoute, EveryRouteGivesTheReferenceEmbeddings) {
