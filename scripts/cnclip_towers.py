@@ -131,7 +131,7 @@ class BertSelfAttention(nn.Module):
         value of x as one [3 * hidden, hidden] Linear, or, where the queries come from other rows (the
         last layer's first row: query_apart), key and value as one. Each output column is computed as
         before (int8: the same per-channel scales, the activations quantized once instead of three
-        times), and a 15-token query makes 48 products instead of 72, of more columns each."""
+        times), and a 12-layer tower makes 49 products per query instead of 72, of more columns each."""
         parts = ("key", "value") if query_apart else ("query", "key", "value")
         linears = [getattr(self, name) for name in parts]
         fused = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears))

@@ -345,8 +345,14 @@ struct TorchModel::Impl {
           // A graph the route cannot freeze or rewrite runs as loaded, on LibTorch's kernel.
         }
       }
+      // The top graphs only: frozen towers (every fp32 bundle, int8 ones on their oneDNN route) have all
+      // their operators there; an int8 tower left unfrozen keeps LibTorch's threading in its submodules.
       if (device.is_cpu() && detail::small_ops_on_one_thread()) {
-        for (torch::jit::Block* block : detail::method_blocks(*module)) detail::route_small_ops_to_one_thread(block);
+        try {
+          for (torch::jit::Block* block : detail::method_blocks(*module)) detail::route_small_ops_to_one_thread(block);
+        } catch (const std::exception&) {
+          // A graph the rewrite cannot take runs as loaded (the rewritten nodes compute the same).
+        }
       }
       // The image tower's attention products only: a text query's are too small to gain, and passing
       // them through the op cost 1-5% of an int8 query (8.1-8.6 against 8.2-8.8 ms, interleaved).

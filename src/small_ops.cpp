@@ -3,15 +3,19 @@
 #include "graph_rewrite.h"
 #include "onednn_util.h"
 
+#include <ATen/Parallel.h>
 #include <omp.h>
 
 namespace cnclip::detail {
 
 OneThreadScope::OneThreadScope(int64_t elements) {
   // LibTorch's thread count is OpenMP's for the calling thread (at::get_num_threads is
-  // omp_get_max_threads), which oneDNN reads too. omp_set_num_threads changes only this thread's.
+  // omp_get_max_threads), which oneDNN reads too; omp_set_num_threads changes only this thread's.
+  // at::get_num_threads, not OpenMP's own call: LibTorch gives a thread its count on the thread's first
+  // parallel operation, which must not be the one in this scope (it would set the count again inside,
+  // and the scope would then restore OpenMP's default instead of the count asked for).
   if (elements >= kOneThreadElements || omp_in_parallel() || !small_ops_on_one_thread()) return;
-  const int threads = omp_get_max_threads();
+  const int threads = at::get_num_threads();
   if (threads <= 1) return;
   omp_set_num_threads(1);
   restore_ = threads;

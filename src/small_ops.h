@@ -2,9 +2,10 @@
 //
 // LibTorch 1.13 splits a layer norm's or a softmax's rows over the compute threads however few they
 // are, and each split is an OpenMP parallel region: the other threads are woken (a futex call each,
-// slow on these VMs) and waited for. A 15-token ViT-B-16 text query opened ~92 regions: its 48
-// products, and 25 layer norms of 15 x 768 values, 12 softmaxes of 12 x 15 x 15 and 12 activation
-// ranges of the int8 products' 15 x 3072 inputs, which one thread computes in microseconds.
+// slow on these VMs) and waited for. A 15-token int8 ViT-B-16 text query opened ~92 regions (counted
+// with a GOMP_parallel probe): its 49 products, and layer norms of 15 x 768 values (23; the last
+// layer's have one row), softmaxes of 12 x 15 x 15 (12) and activation ranges of the products' 15 x
+// 3072 inputs (11), which one thread computes in microseconds.
 // cnclip::layer_norm and cnclip::softmax compute what LibTorch's do, with the same kernels, on the
 // calling thread when the input has fewer than kOneThreadElements values (a row's result does not
 // depend on the thread that computes it: the floats are the same); larger inputs (an image batch's

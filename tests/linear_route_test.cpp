@@ -123,7 +123,7 @@ TEST(LinearRoute, SmallOperatorsRunOnTheCallingThreadWithTheSameFloats) {
       const long before = g_parallel_regions.load();
       for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
       EXPECT_EQ(compute_threads(), 2) << "a small operator left the thread's count at 1";
-      return (g_parallel_regions.load() - before) / 20.0;
+      return static_cast<double>(g_parallel_regions.load() - before) / 20;
     };
     const double on = regions_per_query("on"), off = regions_per_query("libtorch");
     // The tiny text tower's layer norms of 52 rows (the embeddings', the first layer's two; the last
@@ -401,8 +401,8 @@ TEST(RuntimeEnvironment, RestartsOnceWithWhatTheUserDidNotChoose) {
   // cnclip processes it starts run as a user's do; a malloc setting already given is left alone.
   auto python_sees = [](const std::string& env) {
     const std::string cmd =
-        "env -u GLIBC_TUNABLES -u MALLOC_ARENA_MAX -u MALLOC_MMAP_THRESHOLD_ -u "
-        "MALLOC_TRIM_THRESHOLD_ " +
+        "env -u GLIBC_TUNABLES -u MALLOC_ARENA_MAX -u MALLOC_MMAP_THRESHOLD_ -u MALLOC_TRIM_THRESHOLD_ -u "
+        "MALLOC_TOP_PAD_ -u MALLOC_MMAP_MAX_ -u MALLOC_ARENA_TEST " +
         env + " " + CNCLIP_PYTHON + " -c 'import os; print(os.environ.get(\"GLIBC_TUNABLES\"))'";
     std::string out;
     if (FILE* p = popen(cmd.c_str(), "r")) {
@@ -416,6 +416,7 @@ TEST(RuntimeEnvironment, RestartsOnceWithWhatTheUserDidNotChoose) {
   EXPECT_EQ(python_sees("GLIBC_TUNABLES=glibc.cpu.x86_ibt=on"), "glibc.cpu.x86_ibt=on:" + malloc_tunables + "\n");
   EXPECT_EQ(python_sees("GLIBC_TUNABLES=glibc.malloc.hugetlb=0"), "glibc.malloc.hugetlb=0\n");
   EXPECT_EQ(python_sees("MALLOC_ARENA_MAX=2"), "None\n");
+  EXPECT_EQ(python_sees("MALLOC_TOP_PAD_="), "None\n");  // set, even empty: chosen, as cnclip sees it
 }
 
 // What the restart's malloc settings are for (runtime.h): a model worker's memory is kept from one
