@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "cnclip/error.h"
 
@@ -69,6 +70,14 @@ void AtomicFileWriter::commit() {
   if (std::rename(temp_path_.c_str(), path_.c_str()) != 0) {
     int err = errno;
     std::remove(temp_path_.c_str());
+    struct stat st {};
+    if ((err == EISDIR || err == ENOTEMPTY || err == EEXIST) && ::lstat(path_.c_str(), &st) == 0 &&
+        S_ISDIR(st.st_mode)) {
+      // Not ours to delete, and every later run would stop here too: say what to do.
+      throw Exception(Error{ErrorCode::kIoError, path_ + ": a folder of that name is where cnclip writes this file (" +
+                                                     std::strerror(err) +
+                                                     "); move the folder elsewhere and run the command again"});
+    }
     throw Exception(errno_error(path_, err, "cannot rename into place"));
   }
   sync_parent_directory(path_);

@@ -668,6 +668,37 @@ TEST_F(Trust, ADiskThatFillsWhileTheCatalogIsMadeIsNamed) {
   EXPECT_GT(failed, 3) << "the disk never filled";
 }
 
+// A folder where the next vector snapshot goes (made by hand, or by a tool that unpacked the index)
+// is not cnclip's to delete: the run keeps what it committed, names the folder and says what to do,
+// searches answer from the catalog, and once the folder is gone the next run writes the snapshot.
+TEST_F(Trust, AFolderWhereTheSnapshotGoesIsNamedAndLosesNothing) {
+  photos(root, 3, 1, "jpg");
+  index_ok({root});
+  std::string snapshot;
+  for (const auto& e : fs::directory_iterator(idx)) {
+    if (e.path().filename().string().rfind("vectors-", 0) == 0) snapshot = e.path().filename().string();
+  }
+  ASSERT_FALSE(snapshot.empty());
+  const long generation = std::stol(snapshot.substr(8));
+  const std::string in_the_way = idx + "/vectors-" + std::to_string(generation + 1) + ".faiss";
+  fs::create_directories(in_the_way + "/keep");
+  photos(root, 1, 10, "jpg");
+  auto r = index({root});
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find(in_the_way + ": a folder of that name is where cnclip writes this file"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("move the folder elsewhere and run the command again"), std::string::npos) << r.err;
+  EXPECT_EQ(paths().size(), 4u);
+  EXPECT_TRUE(fs::exists(in_the_way + "/keep")) << "the user's folder was touched";
+  const auto found = test::run_cnclip(test::concat(
+      {"search-text", "小狗", "--format", "paths", "-k", "10", "--model", test::tiny_bundle()}, idx_args()));
+  EXPECT_EQ(found.exit_code, 0) << found.err;
+  EXPECT_EQ(test::lines(found.out).size(), 4u);
+  fs::remove_all(in_the_way);
+  index_ok({root});
+  EXPECT_TRUE(fs::is_regular_file(in_the_way)) << "the next run wrote no snapshot";
+}
+
 // No inode left (blocks free) is a full disk too: searches work, a run that must create its log says
 // the disk is full, and the next one with room finishes.
 TEST_F(Trust, NoInodeLeftIsAFullDisk) {
