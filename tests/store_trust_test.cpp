@@ -674,13 +674,10 @@ TEST_F(Trust, ADiskThatFillsWhileTheCatalogIsMadeIsNamed) {
 TEST_F(Trust, AFolderWhereTheSnapshotGoesIsNamedAndLosesNothing) {
   photos(root, 3, 1, "jpg");
   index_ok({root});
-  std::string snapshot;
-  for (const auto& e : fs::directory_iterator(idx)) {
-    if (e.path().filename().string().rfind("vectors-", 0) == 0) snapshot = e.path().filename().string();
-  }
-  ASSERT_FALSE(snapshot.empty());
-  const long generation = std::stol(snapshot.substr(8));
-  const std::string in_the_way = idx + "/vectors-" + std::to_string(generation + 1) + ".faiss";
+  const std::string in_the_way = [&] {
+    auto store = IndexStore::open(idx, IndexAccess::kRead);
+    return store->snapshot_path(store->catalog().generation() + 1);
+  }();
   fs::create_directories(in_the_way + "/keep");
   photos(root, 1, 10, "jpg");
   auto r = index({root});
