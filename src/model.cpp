@@ -31,6 +31,7 @@
 #include "batched_matmul.h"
 #include "graph_rewrite.h"
 #include "linear_int8.h"
+#include "linear_packed.h"
 #include "model_module.h"
 #include "onednn_util.h"
 #include "small_ops.h"
@@ -264,6 +265,10 @@ at::Tensor onednn_linear_op(const at::Tensor& input, const at::Tensor& weight, c
   return small_linear(input, weight, bias, activation, true);
 }
 
+// Whether the oneDNN route packs the image tower's weights (the default) or leaves its products to BLIS
+// and BLAS as before (CNCLIP_IMAGE_LINEAR=libtorch, for measurement).
+bool image_linears_packed() { return detail::route_on_unless_libtorch("CNCLIP_IMAGE_LINEAR"); }
+
 // At the module's load, before any BLIS call.
 [[maybe_unused]] const bool kBlisKernelsChosen = (choose_blis_kernels(), true);
 
@@ -364,12 +369,25 @@ struct TorchModel::Impl {
           case LinearRoute::kXnnpack: prepack_linears(*module); break;
           case LinearRoute::kOneDnn:
           case LinearRoute::kBlis:
-            // oneDNN's products for the text tower only: which of its kernels computes a row, and
-            // so the row's last bits, depends on how many rows a call has, and an image's embedding
+            // The image tower's products on oneDNN's brgemm need its weights packed, in one layout
+            // (linear_packed.h): on weights in place, which of oneDNN's kernels computes a row, and so
+            // the row's last bits, depends on how many rows a call has, and an image's embedding
             // should not depend on the batch it was encoded in (an index run's batches against
-            // `embed-image --shard`'s, tests/shard_test.cpp): BLIS computes a row alike whatever
-            // their number (OpenBLAS's own kernels here too; its AVX2 ones forced on an AVX-512 CPU
-            // do not). ViT-B-16's images (197 rows each) are OpenBLAS's anyway.
+            // `embed-image --shard`'s, tests/shard_test.cpp). The text tower's stay in place (packing
+            // 340 MB would cost a one-shot query more than it saves). Whatever oneDNN does not take
+            // goes to BLIS, which computes a row alike whatever their number (OpenBLAS's own kernels
+            // too, above kBlisMaxRows; its AVX2 ones forced on an AVX-512 CPU do not).
+            if (linear_route() == LinearRoute::kOneDnn && file == "image_encoder.pt" && image_linears_packed()) {
+              try {
+                for (torch::jit::Block* block : detail::method_blocks(*module)) {
+                  detail::route_image_linears_to_packed_onednn(block);
+                }
+              } catch (const std::exception& e) {
+                // The Linears not packed yet stay where they are (each node computes what it did).
+                std::fprintf(stderr, "cnclip: warning: cannot pack the image tower's weights for oneDNN (%s)\n",
+                             first_line(e.what()).c_str());
+              }
+            }
             for (torch::jit::Block* block : detail::method_blocks(*module)) {
               route_linears_to_blis(block, linear_route() == LinearRoute::kOneDnn && file == "text_encoder.pt");
             }
@@ -555,8 +573,11 @@ std::string compute_backend_description() {
     case LinearRoute::kBlis: linear = blis_part(); break;
     case LinearRoute::kOneDnn: {
       linear = "oneDNN " + detail::onednn_version() + " (the text tower's, up to " + std::to_string(kBlisMaxRows) +
-               " rows" + (onednn_linear_failed ? "; failed once, BLIS since" : "") + "), " + blis_part() +
-               " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
+               " rows" + (onednn_linear_failed ? "; failed once, BLIS since" : "") + ")" +
+               (image_linears_packed() ? ", oneDNN " + detail::onednn_version() +
+                                             " on weights packed at load (the image tower's, where it runs brgemm)"
+                                       : "") +
+               ", " + blis_part() + " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
       break;
     }
     case LinearRoute::kBlas: linear = "BLAS"; break;

@@ -189,10 +189,16 @@ TEST(LinearRoute, SmallProductsRunOnTheKernelThatLeadsOnThisCpu) {
                 d.find("float32 Linear layers: BLIS ") != std::string::npos)
         << d;
   } else if (onednn_should_lead()) {
-    // oneDNN for the text tower; the image tower's small products stay BLIS's, and say so.
+    // oneDNN for the text tower, and for the image tower on packed weights; what oneDNN does not take
+    // goes to BLIS and BLAS, and the description says so.
     EXPECT_NE(d.find("float32 Linear layers: oneDNN 2."), std::string::npos) << d;
-    EXPECT_NE(d.find("(the text tower's, up to 192 rows), BLIS "), std::string::npos) << d;
+    EXPECT_NE(d.find("(the text tower's, up to 192 rows), oneDNN 2."), std::string::npos) << d;
+    EXPECT_NE(d.find(" on weights packed at load (the image tower's, where it runs brgemm), BLIS "), std::string::npos)
+        << d;
     EXPECT_NE(d.find("(the image tower's, up to 192 rows), BLAS above"), std::string::npos) << d;
+    RouteEnv image("libtorch", "CNCLIP_IMAGE_LINEAR");
+    const std::string unpacked = compute_backend_description();
+    EXPECT_NE(unpacked.find("(the text tower's, up to 192 rows), BLIS "), std::string::npos) << unpacked;
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
     EXPECT_NE(d.find("float32 Linear layers: BLIS "), std::string::npos) << d;
   } else {
@@ -233,6 +239,70 @@ TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
     EXPECT_EQ(r.out.find("attr-post-ops:eltwise_gelu_erf") != std::string::npos, ours) << r.out.substr(0, 4000);
     // The embedding is the last line whichever route ran.
     EXPECT_NE(test::lines(r.out).back().find("\"embedding\""), std::string::npos) << r.out.substr(0, 4000);
+  }
+}
+
+// The image tower's Linears run on oneDNN's brgemm on weights packed at load where oneDNN runs
+// AVX-512 (src/linear_packed.h), with the MLP's SiLU as a post-op; an image then gets the very same
+// floats whatever the batch it is encoded in and the thread count (an index run's batches against
+// `embed-image --shard`'s), as it does on BLAS (CNCLIP_IMAGE_LINEAR=libtorch).
+TEST(LinearRoute, ImageProductsOnPackedWeightsGiveAnImageTheSameFloatsInAnyBatch) {
+  const bool lowered = std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA");
+  for (const std::string route : {"on", "libtorch"}) {
+    SCOPED_TRACE(route);
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_IMAGE_LINEAR=" + route};
+    const auto r = test::run_cnclip(
+        {"embed-image", "--model", test::tiny_bundle(), test::fixtures("images/pokemon.jpeg")}, options);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");  // no warning that packing or a product failed
+    // Packed layouts are oneDNN's blocked ones (BA16a64b on AVX-512), never the plain "ab" or "ba".
+    const auto packed_products = [&](const std::string& post_op) {
+      int count = 0;
+      for (const std::string& line : test::lines(r.out)) {
+        if (line.find(",matmul,brg:") == std::string::npos || line.find(" wei_f32::blocked:ab:") != std::string::npos ||
+            line.find(" wei_f32::blocked:ba:") != std::string::npos ||
+            line.find("wei_f32::blocked:") == std::string::npos || line.find("bia_f32") == std::string::npos ||
+            line.find(",197x") == std::string::npos) {
+          continue;
+        }
+        if (post_op.empty() || line.find(post_op) != std::string::npos) ++count;
+      }
+      return count;
+    };
+    // The tiny tower: 2 layers of 4 Linears each.
+    if (route == "on" && !lowered && onednn_should_lead()) {
+      EXPECT_EQ(packed_products(""), 8) << r.out.substr(0, 4000);
+      EXPECT_EQ(packed_products("attr-post-ops:eltwise_swish"), 2) << r.out.substr(0, 4000);
+    } else if (!lowered) {
+      EXPECT_EQ(packed_products(""), 0) << r.out.substr(0, 4000);
+    }
+    EXPECT_NE(test::lines(r.out).back().find("\"embedding\""), std::string::npos) << r.out.substr(0, 4000);
+  }
+  std::vector<float> pixels;
+  for (const char* name : {"astronaut_palette", "camera_gray_1000x100", "chelsea_rgba", "coffee_2048x1366_exif6",
+                           "pokemon", "rocket_rgb16_17x9"}) {
+    auto t = read_npy(test::fixtures(std::string("preprocess/") + name + ".npy")).value().as_float();
+    pixels.insert(pixels.end(), t.begin(), t.end());
+  }
+  const size_t per_image = pixels.size() / 6;
+  std::vector<float> first;
+  for (int threads : {2, 1}) {
+    SCOPED_TRACE(threads);
+    auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", threads, true});
+    const auto all = model->encode_images(pixels.data(), 6);
+    std::vector<float> four_two = model->encode_images(pixels.data(), 4);
+    const auto two = model->encode_images(pixels.data() + 4 * per_image, 2);
+    four_two.insert(four_two.end(), two.begin(), two.end());
+    std::vector<float> each;
+    for (int i = 0; i < 6; ++i) {
+      const auto one = model->encode_images(pixels.data() + i * per_image, 1);
+      each.insert(each.end(), one.begin(), one.end());
+    }
+    EXPECT_EQ(all, four_two);
+    EXPECT_EQ(all, each);
+    if (first.empty()) first = all;
+    EXPECT_EQ(all, first) << "the thread count changed an image's embedding";
   }
 }
 

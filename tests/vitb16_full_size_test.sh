@@ -71,6 +71,47 @@ for name, line in (("onednn", sys.argv[3]), ("libtorch", sys.argv[4])):
     assert diff <= 1e-5 and cos >= 0.99999, (name, diff, cos)
 PY
 
+# The image tower's Linears on oneDNN's brgemm, on weights packed at load (src/linear_packed.h; where
+# oneDNN runs AVX-512), else on BLAS: an image gets the same floats in any batch and on any thread count
+# (an index run's batches against embed-image --shard's), near Python's torch; and packing over the
+# bundle's weights does not raise the peak memory of a one-shot command.
+shots=("$fixtures"/pokemon.jpeg "$fixtures"/chelsea_rgba.png "$fixtures"/astronaut_palette.png
+       "$fixtures"/coffee_2048x1366_exif6.jpg "$fixtures"/camera_gray_1000x100.png)
+for f in "${shots[@]}"; do [ -f "$f" ] || { echo "missing fixture $f"; exit 1; }; done
+packed_log=$(ONEDNN_VERBOSE=1 "$bin" embed-image --model "$work/bundle" "$fixtures/pokemon.jpeg")
+if grep -q 'matmul,brg:.*wei_f32::blocked:[A-Z][^ ]*:f0 .*,197x768:768x2304:' <<<"$packed_log"; then packed=1; else packed=0; fi
+"$bin" embed-image --model "$work/bundle" --batch-size 4 --threads 2 "${shots[@]}" > "$work/batch4.jsonl"
+"$bin" embed-image --model "$work/bundle" --batch-size 3 --threads 1 "${shots[@]}" > "$work/batch3.jsonl"
+for f in "${shots[@]}"; do "$bin" embed-image --model "$work/bundle" --batch-size 1 "$f"; done > "$work/batch1.jsonl"
+CNCLIP_IMAGE_LINEAR=libtorch "$bin" embed-image --model "$work/bundle" "${shots[@]}" > "$work/blas.jsonl"
+rss() { "$py" -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "$@"; }
+rss_packed=$(rss "$bin" embed-image --model "$work/bundle" "$fixtures/pokemon.jpeg")
+rss_blas=$(CNCLIP_IMAGE_LINEAR=libtorch rss "$bin" embed-image --model "$work/bundle" "$fixtures/pokemon.jpeg")
+"$py" - "$work/bundle/image_encoder.pt" "$work/pokemon.npy" "$work" "$packed" "$rss_packed" "$rss_blas" <<'PY'
+import json, sys, numpy, torch
+tower_file, npy, work, packed, rss_packed, rss_blas = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5]), int(sys.argv[6])
+rows = {name: [json.loads(l)["embedding"] for l in open(f"{work}/{name}.jsonl")] for name in ("batch4", "batch3", "batch1", "blas")}
+assert all(len(r) == 5 for r in rows.values()), {k: len(v) for k, v in rows.items()}
+assert rows["batch4"] == rows["batch3"] == rows["batch1"], "an image's embedding depends on its batch or the thread count"
+e = torch.tensor(rows["batch1"], dtype=torch.float64)
+b = torch.tensor(rows["blas"], dtype=torch.float64)
+cos = (e * b).sum(1) / (e.norm(dim=1) * b.norm(dim=1))
+assert cos.min().item() >= 0.99999, cos
+assert packed == (not torch.equal(e, b)), ("the packed route ran" if packed else "no packed route") + " but the floats say otherwise"
+with torch.no_grad():
+    ref = torch.jit.load(tower_file)(torch.from_numpy(numpy.load(npy)).unsqueeze(0))[0].double()
+ref = ref / ref.norm()
+diff = (e[0] - ref).abs().max().item()
+assert diff <= 1e-5, diff
+# Packed over the bundle's weights: no second copy (344 MB) and no heap left half used (150 MB here, before).
+assert rss_packed <= rss_blas + 64 * 1024, (rss_packed, rss_blas)
+print(f"image Linears {'on packed weights' if packed else 'on BLAS'}: the same floats in batches of 4, 3 and 1; "
+      f"cosine to BLAS's >= {cos.min().item():.8f}; max abs difference to Python's torch {diff:.2e}; "
+      f"peak RSS {rss_packed // 1024} MB against {rss_blas // 1024}")
+PY
+
 # cnclip-bench names the kernels that computed, also when the user chose BLIS's (BLIS_ARCH_TYPE: 3 is
 # BLIS 0.9's id of its haswell kernels; naming them once aborted BLIS, uninitialized).
 bench="$(dirname "$bin")/cnclip-bench"

@@ -35,11 +35,16 @@ struct ModelOptions {
   // call): oneDNN's float32 matmul where oneDNN runs AVX-512 (brgemm) and leads, the MLP's GELU as its
   // post-op (a 15-token ViT-B-16 query 21-22 -> 15.6-16.2 ms on 2 threads on an AMD EPYC of family
   // 1Ah), else BLIS's (41 -> 23 ms against OpenBLAS on a Zen 4, where BLIS led oneDNN); larger ones
-  // (an image batch's) on OpenBLAS, with the kernels it picks for the CPU. oneDNN takes the text
-  // tower's products only (the image tower's small ones stay BLIS's): which of its kernels computes
-  // a row depends on the number of rows, so a text's embedding may differ by ~1e-7 with the other
-  // texts of its encode call, where an image's should not with its batch. CNCLIP_FP32_LINEAR=onednn
-  // or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
+  // on OpenBLAS, with the kernels it picks for the CPU. On the bundle's weights in place, which of
+  // oneDNN's kernels computes a row depends on the number of rows, so a text's embedding may differ by
+  // ~1e-7 with the other texts of its encode call. An image's must not with its batch: where oneDNN
+  // takes the text tower's products, it takes the image tower's on weights packed once at load, over
+  // the bundle's (src/linear_packed.h): every product by a constant matrix, the final projection too,
+  // then gives an image the same bits in any batch and on any thread count, which OpenBLAS did not
+  // (~1e-7 apart between batches of 1, 4 and 6 here). ViT-B-16 on 2 threads, Zen 5: 135 -> 117
+  // ms/image in batches of 4, the same peak memory (CNCLIP_IMAGE_LINEAR=libtorch leaves them to BLIS
+  // and OpenBLAS as before).
+  // CNCLIP_FP32_LINEAR=onednn or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
   // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the
   // CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot
   // be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding

@@ -1,0 +1,264 @@
+#include "linear_packed.h"
+
+#include "graph_rewrite.h"
+#include "onednn_util.h"
+
+#include <ATen/Parallel.h>
+#include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/custom_class.h>
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace cnclip::detail {
+namespace {
+
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+
+// The row count at which oneDNN chooses the packed layout (4 ViT-B-16 images have 788 rows, 4 ViT-L-14
+// ones 1,028): every later call, of any row count, takes the same layout.
+constexpr int64_t kLayoutRows = 1024;
+
+// Whether oneDNN's primitive is one of its brgemm kernels ("brg:avx512_core"), the kernels whose rows
+// do not depend on the call's row count (linear_packed.h).
+bool is_brgemm(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_str()).rfind("brg", 0) == 0; }
+
+// One Linear's weights in oneDNN's packed layout, and the primitives made for them.
+struct PackedLinearWeights : torch::CustomClassHolder {
+  int64_t k = 0, n = 0;
+  dnnl::memory::desc layout;
+  at::Tensor storage;    // whose memory holds the packed copy (the bundle's weights, moved over)
+  dnnl::memory weights;  // the packed copy, in `layout`
+
+  struct Primitive {
+    dnnl::matmul matmul;
+    dnnl::memory::desc scratchpad;
+  };
+  std::mutex mu;
+  // By (rows, threads, activation, bias): oneDNN splits the work by the thread count it was built for.
+  // Image batches of every size add one each (~0.1 ms to build); past kMaxPrimitives the map starts
+  // again.
+  std::map<std::tuple<int64_t, int, int64_t, bool>, std::shared_ptr<const Primitive>> primitives;
+  static constexpr size_t kMaxPrimitives = 64;
+
+  // Set when oneDNN could not build or run a product on these weights (a row count or thread count it
+  // has no brgemm kernel for, in this layout): LibTorch computes them from then on, on the weights
+  // unpacked again.
+  std::atomic<bool> failed{false};
+  at::Tensor plain;  // [n, k], made when first needed
+
+  std::shared_ptr<const Primitive> primitive_for(int64_t rows, int threads, int64_t activation, bool bias) {
+    std::lock_guard<std::mutex> lock(mu);
+    const auto key = std::make_tuple(rows, threads, activation, bias);
+    if (auto it = primitives.find(key); it != primitives.end()) return it->second;
+    if (primitives.size() >= kMaxPrimitives) primitives.clear();
+    dnnl::primitive_attr attr;
+    dnnl::post_ops ops;
+    append_activation(ops, activation);
+    attr.set_post_ops(ops);
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
+    const dnnl::memory::desc src({rows, k}, dt::f32, tag::ab), dst({rows, n}, dt::f32, tag::ab);
+    const auto desc = bias ? dnnl::matmul::desc(src, layout, dnnl::memory::desc({1, n}, dt::f32, tag::ab), dst)
+                           : dnnl::matmul::desc(src, layout, dst);
+    const dnnl::matmul::primitive_desc pd(desc, attr, onednn_engine());
+    if (!is_brgemm(pd) || pd.weights_desc() != layout) {
+      throw dnnl::error(dnnl_unimplemented,
+                        ("no brgemm kernel on the packed weights (" + std::string(pd.impl_info_str()) + ")").c_str());
+    }
+    auto made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), pd.scratchpad_desc()});
+    primitives.emplace(key, made);
+    return made;
+  }
+
+  // The weights as aten::linear takes them ([n, k]), unpacked once.
+  at::Tensor plain_weights() {
+    std::lock_guard<std::mutex> lock(mu);
+    if (!plain.defined()) {
+      at::Tensor kn = at::empty({k, n}, at::kFloat);
+      dnnl::memory out({{k, n}, dt::f32, tag::ab}, onednn_engine(), kn.data_ptr<float>());
+      dnnl::stream stream(onednn_engine());
+      dnnl::reorder(weights, out).execute(stream, weights, out);
+      stream.wait();
+      plain = kn.t();
+    }
+    return plain;
+  }
+};
+
+// `weight` ([n, k] float32, any strides) packed for oneDNN's brgemm, or nullptr where oneDNN would not
+// run brgemm on it. The copy is made in `scratch` (grown as needed) when that is given and the copy
+// fits over the weight (move_over_weights then puts it there), else in a buffer of its own.
+c10::intrusive_ptr<PackedLinearWeights> pack(const at::Tensor& weight, at::Tensor* scratch) {
+  auto packed = c10::make_intrusive<PackedLinearWeights>();
+  packed->n = weight.size(0);
+  packed->k = weight.size(1);
+  const int64_t k = packed->k, n = packed->n;
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(dnnl::memory::desc({kLayoutRows, k}, dt::f32, tag::ab),
+                                                           dnnl::memory::desc({k, n}, dt::f32, tag::any),
+                                                           dnnl::memory::desc({kLayoutRows, n}, dt::f32, tag::ab)),
+                                        onednn_engine());
+  if (!is_brgemm(pd)) return {};
+  packed->layout = pd.weights_desc();
+  const auto bytes = static_cast<int64_t>(packed->layout.get_size());
+  // The [n, k] weight is oneDNN's [k, n] with strides (stride(1), stride(0)): "ba" for plain rows, "ab"
+  // for the transposed storage the exporter writes.
+  const at::Tensor w = weight.stride(0) == 1 || weight.stride(1) == 1 ? weight : weight.contiguous();
+  const dnnl::memory::desc given({k, n}, dt::f32, dnnl::memory::dims{w.stride(1), w.stride(0)});
+  dnnl::memory source(given, onednn_engine(), const_cast<float*>(w.data_ptr<float>()));
+  const int64_t floats = (bytes + 3) / 4;
+  const bool fits = static_cast<int64_t>(weight.storage().nbytes()) - weight.storage_offset() * 4 >= bytes;
+  at::Tensor target;
+  if (scratch && fits) {
+    if (!scratch->defined() || scratch->numel() < floats) *scratch = at::empty({floats}, at::kFloat);
+    target = *scratch;
+  } else {
+    target = at::empty({floats}, at::kFloat);
+  }
+  dnnl::memory destination(packed->layout, onednn_engine(), target.data_ptr<float>());
+  dnnl::stream stream(onednn_engine());
+  dnnl::reorder(source, destination).execute(stream, source, destination);
+  stream.wait();
+  packed->storage = target;
+  packed->weights = dnnl::memory(packed->layout, onednn_engine(), target.data_ptr<float>());
+  return packed;
+}
+
+// Moves a copy that pack() made in `scratch` over the memory of `weight`, once nothing reads the weight
+// any more (its constant has left the graph): the tower then holds one copy of its weights.
+void move_over_weights(PackedLinearWeights& packed, const at::Tensor& scratch, const at::Tensor& weight) {
+  if (!packed.storage.is_same(scratch)) return;
+  auto* start = static_cast<char*>(weight.storage().data()) + weight.storage_offset() * 4;
+  std::memcpy(start, scratch.data_ptr(), packed.layout.get_size());
+  packed.storage = weight;
+  packed.weights = dnnl::memory(packed.layout, onednn_engine(), start);
+}
+
+std::atomic<bool> warned{false};
+
+// cnclip::linear_packed: aten::linear(input, weights, bias), then `activation`.
+at::Tensor packed_linear(const at::Tensor& input, const c10::intrusive_ptr<PackedLinearWeights>& w,
+                         const c10::optional<at::Tensor>& bias, int64_t activation) {
+  const bool has_bias = bias.has_value() && bias->defined();
+  const auto libtorch = [&] { return apply_activation(at::linear(input, w->plain_weights(), bias), activation); };
+  if (w->failed || input.scalar_type() != at::kFloat || !input.device().is_cpu() || input.dim() < 1 ||
+      input.size(-1) != w->k || input.requires_grad() ||
+      (has_bias && (bias->scalar_type() != at::kFloat || !bias->device().is_cpu() || bias->dim() != 1 ||
+                    bias->size(0) != w->n || bias->requires_grad()))) {
+    return libtorch();
+  }
+  const at::Tensor x = input.contiguous();
+  const int64_t rows = x.numel() / w->k;
+  std::vector<int64_t> sizes = input.sizes().vec();
+  sizes.back() = w->n;
+  at::Tensor y = at::empty(sizes, x.options());
+  if (rows == 0) return y;
+  const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
+  try {
+    const auto p = w->primitive_for(rows, std::max(1, at::get_num_threads()), activation, has_bias);
+    const auto& engine = onednn_engine();
+    std::unordered_map<int, dnnl::memory> args{
+        {DNNL_ARG_SRC, dnnl::memory({{rows, w->k}, dt::f32, tag::ab}, engine, const_cast<float*>(x.data_ptr<float>()))},
+        {DNNL_ARG_WEIGHTS, w->weights},
+        {DNNL_ARG_DST, dnnl::memory({{rows, w->n}, dt::f32, tag::ab}, engine, y.data_ptr<float>())}};
+    if (has_bias) {
+      args.emplace(DNNL_ARG_BIAS,
+                   dnnl::memory({{1, w->n}, dt::f32, tag::ab}, engine, const_cast<float*>(b.data_ptr<float>())));
+    }
+    execute_with_own_scratchpad(p->matmul, p->scratchpad, std::move(args));
+    return y;
+  } catch (const dnnl::error& e) {
+    w->failed = true;
+    if (!warned.exchange(true)) {
+      std::fprintf(stderr,
+                   "cnclip: warning: oneDNN's float32 product on packed weights failed (%s); LibTorch computes "
+                   "it instead\n",
+                   e.what());
+    }
+    return libtorch();
+  }
+}
+
+TORCH_LIBRARY_FRAGMENT(cnclip, m) {
+  m.class_<PackedLinearWeights>("PackedLinearWeights");
+  m.def("linear_packed", &packed_linear);
+}
+
+}  // namespace
+
+bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
+  static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
+  static const auto aten_matmul = c10::Symbol::fromQualString("aten::matmul");
+  static const auto cnclip_matmul = c10::Symbol::fromQualString("cnclip::matmul");
+  static const auto ours = c10::Symbol::fromQualString("cnclip::linear_packed");
+  std::vector<torch::jit::Node*> nodes = nodes_of_kind(block, aten_linear, 3);
+  // Products by a constant matrix (ViT's final projection, x @ proj) too: on BLAS, an image's row came
+  // out with other last bits alone than beside others.
+  for (const auto kind : {aten_matmul, cnclip_matmul}) {
+    const auto more = nodes_of_kind(block, kind, 2);
+    nodes.insert(nodes.end(), more.begin(), more.end());
+  }
+  bool routed = false;
+  at::Tensor scratch;  // where each packed copy is made before it goes over its weights
+  for (torch::jit::Node* node : nodes) {
+    const bool linear = node->kind() == aten_linear;
+    torch::jit::Value* weight_value = node->input(1);
+    if (weight_value->node()->kind() != c10::prim::Constant) continue;
+    const auto constant = torch::jit::toIValue(weight_value);
+    if (!constant || !constant->isTensor()) continue;
+    const at::Tensor given = constant->toTensor();
+    if (given.scalar_type() != at::kFloat || given.dim() != 2 || !given.device().is_cpu() || given.requires_grad() ||
+        given.numel() == 0) {
+      continue;
+    }
+    // aten::linear's weights are [n, k]; a product's right operand is [k, n].
+    const at::Tensor weight = linear ? given : given.t();
+    // Made to go over the bundle's weights when this node is all that reads the constant and nothing
+    // else shares its memory (the rewrite then drops the constant): the tower keeps one copy.
+    const bool only_reader =
+        weight_value->uses().size() == 1 && given.storage().use_count() == (weight.is_same(given) ? 1 : 2);
+    auto packed = pack(weight, only_reader ? &scratch : nullptr);
+    if (!packed) {
+      if (!routed) return false;  // no brgemm here: the graph as it was
+      continue;                   // this product's shape only: it stays where it was
+    }
+    PackedLinearWeights& made = *packed;
+    torch::jit::Graph* graph = node->owningGraph();
+    torch::jit::Value* packed_value = nullptr;
+    {
+      torch::jit::WithInsertPoint guard(node);
+      packed_value = graph->insertConstant(c10::IValue(std::move(packed)));
+    }
+    if (linear) {
+      node->replaceInput(1, packed_value);
+      replace_with_fused_call(node, ours);
+    } else {
+      torch::jit::Value *none = nullptr, *code = nullptr;
+      {
+        torch::jit::WithInsertPoint guard(node);
+        none = graph->insertConstant(c10::IValue());
+        code = graph->insertConstant(kNoActivation);
+      }
+      replace_uses_with_call(node, ours, {node->input(0), packed_value, none, code});
+      node->destroy();
+    }
+    if (weight_value->uses().empty()) {
+      weight_value->node()->destroy();
+      move_over_weights(made, scratch, weight);
+    }
+    routed = true;
+  }
+  return routed;
+}
+
+}  // namespace cnclip::detail
