@@ -4,7 +4,16 @@
 #include "onednn_util.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/WrapDimUtils.h>
 #include <omp.h>
+
+#include <algorithm>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace cnclip::detail {
 
@@ -34,7 +43,64 @@ at::Tensor layer_norm_op(const at::Tensor& input, c10::IntArrayRef normalized_sh
   return at::layer_norm(input, normalized_shape, weight, bias, eps, cudnn_enable);
 }
 
+// oneDNN's softmax over the last dimension of a float32 tensor, or nullopt where it does not take the
+// input (see large_softmax_on_onednn).
+struct SoftmaxPrimitive {
+  dnnl::softmax_v2_forward softmax;
+  dnnl::memory::desc data, scratchpad;
+};
+std::mutex softmax_mu;
+
+c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c10::optional<at::ScalarType> dtype) {
+  if (input.scalar_type() != at::kFloat || (dtype && *dtype != at::kFloat) || !input.device().is_cpu() ||
+      input.requires_grad() || input.dim() < 2 || input.dim() > 6 || input.size(0) == 0 ||
+      c10::maybe_wrap_dim(dim, input.dim()) != input.dim() - 1 || input.numel() / input.size(0) < kOneThreadElements ||
+      !large_softmax_on_onednn()) {
+    return c10::nullopt;
+  }
+  const at::Tensor x = input.contiguous();
+  const int threads = std::max(1, at::get_num_threads());
+  using Key = std::pair<std::vector<int64_t>, int>;
+  static auto* cache = new std::map<Key, std::shared_ptr<const SoftmaxPrimitive>>();  // outlives every module
+  std::shared_ptr<const SoftmaxPrimitive> p;
+  try {
+    std::lock_guard<std::mutex> lock(softmax_mu);
+    Key key{x.sizes().vec(), threads};
+    auto it = cache->find(key);
+    if (it != cache->end()) {
+      p = it->second;
+    } else {
+      if (cache->size() >= 64) cache->clear();  // image batches of every size, on several thread counts
+      const dnnl::memory::desc data(x.sizes().vec(), dnnl::memory::data_type::f32,
+                                    at::detail::defaultStrides(x.sizes()));
+      dnnl::primitive_attr attr;
+      attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
+      const dnnl::softmax_v2_forward::primitive_desc pd(
+          dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, data,
+                                         data, static_cast<int>(x.dim() - 1)),
+          attr, onednn_engine());
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0) return c10::nullopt;  // LibTorch's is faster
+      p = std::make_shared<const SoftmaxPrimitive>(
+          SoftmaxPrimitive{dnnl::softmax_v2_forward(pd), data, pd.scratchpad_desc()});
+      cache->emplace(std::move(key), p);
+    }
+  } catch (const dnnl::error&) {
+    return c10::nullopt;  // no oneDNN kernel for it: LibTorch's
+  }
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  try {
+    const auto& engine = onednn_engine();
+    execute_with_own_scratchpad(p->softmax, p->scratchpad,
+                                {{DNNL_ARG_SRC, dnnl::memory(p->data, engine, const_cast<float*>(x.data_ptr<float>()))},
+                                 {DNNL_ARG_DST, dnnl::memory(p->data, engine, y.data_ptr<float>())}});
+  } catch (const dnnl::error&) {
+    return c10::nullopt;
+  }
+  return y;
+}
+
 at::Tensor softmax_op(const at::Tensor& input, int64_t dim, c10::optional<at::ScalarType> dtype) {
+  if (auto y = onednn_softmax(input, dim, dtype)) return *y;
   OneThreadScope scope(input.numel());
   return at::softmax(input, dim, dtype);
 }
@@ -50,6 +116,8 @@ TORCH_LIBRARY_FRAGMENT(cnclip, m) {
 }  // namespace
 
 bool small_ops_on_one_thread() { return route_on_unless_libtorch("CNCLIP_SMALL_OPS"); }
+
+bool large_softmax_on_onednn() { return route_on_unless_libtorch("CNCLIP_SOFTMAX"); }
 
 void route_small_ops_to_one_thread(torch::jit::Block* block) {
   static const auto layer_norm = c10::Symbol::fromQualString("aten::layer_norm");

@@ -108,6 +108,9 @@ namespace {
 // Layer norms and softmaxes of a query's size run on the calling thread (src/small_ops.h): the same
 // floats as LibTorch's own threading gives, in fewer parallel regions (each wakes the other threads).
 TEST(LinearRoute, SmallOperatorsRunOnTheCallingThreadWithTheSameFloats) {
+  // An image's attention softmax is oneDNN's where small operators are cnclip's (the test below), and
+  // rounds otherwise: LibTorch's here, to compare the threading alone.
+  RouteEnv softmax("libtorch", "CNCLIP_SOFTMAX");
   for (const std::string& bundle : {test::tiny_bundle(), test::tiny_int8_bundle()}) {
     SCOPED_TRACE(bundle);
     const Embeddings ours = embed_with("on", bundle, "CNCLIP_SMALL_OPS");
@@ -304,6 +307,42 @@ TEST(LinearRoute, ImageProductsOnPackedWeightsGiveAnImageTheSameFloatsInAnyBatch
     if (first.empty()) first = all;
     EXPECT_EQ(all, first) << "the thread count changed an image's embedding";
   }
+}
+
+// The attention's softmax of an image (2 x 197 x 197 values per image in the tiny tower) runs on
+// oneDNN's softmax (src/small_ops.h), a text's (2 x 52 x 52 per text) on LibTorch's; CNCLIP_SOFTMAX=libtorch
+// keeps LibTorch's for both. The probabilities differ by float rounding only.
+TEST(SmallOps, AnImagesAttentionSoftmaxRunsOnOneDnnATextsOnLibTorch) {
+  __builtin_cpu_init();
+  const bool lowered = std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA");
+  const bool jit = __builtin_cpu_supports("avx2") && !lowered;  // oneDNN's kernel, not its reference one
+  const auto softmaxes = [](const std::vector<std::string>& args, const std::string& route) {
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_SOFTMAX=" + route};
+    const auto r = test::run_cnclip(args, options);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");
+    int count = 0;
+    for (const std::string& line : test::lines(r.out)) {
+      if (line.find(",exec,cpu,softmax_v2,") != std::string::npos && line.find(",1x2x197x197,") != std::string::npos) {
+        ++count;
+      } else if (line.find(",exec,cpu,softmax") != std::string::npos) {
+        ADD_FAILURE() << "a softmax of another shape on oneDNN: " << line;
+      }
+    }
+    return count;
+  };
+  const std::vector<std::string> image{"embed-image", "--model", test::tiny_bundle(),
+                                       test::fixtures("images/pokemon.jpeg")};
+  const std::vector<std::string> texts{"embed-text", "--model", test::tiny_bundle(), "小狗", "夕阳、大海、沙滩"};
+  if (!lowered) EXPECT_EQ(softmaxes(image, "on"), jit ? 2 : 0);  // one per layer
+  EXPECT_EQ(softmaxes(image, "libtorch"), 0);
+  EXPECT_EQ(softmaxes(texts, "on"), 0);
+  const Embeddings on = embed_with("on", test::tiny_bundle(), "CNCLIP_SOFTMAX");
+  const Embeddings libtorch = embed_with("libtorch", test::tiny_bundle(), "CNCLIP_SOFTMAX");
+  EXPECT_EQ(on.texts_batch, libtorch.texts_batch);
+  EXPECT_LE(max_abs_diff(on.images, libtorch.images), 2e-6f);
+  if (jit) EXPECT_NE(on.images, libtorch.images) << "the same floats: oneDNN's softmax did not run";
 }
 
 // An int8 bundle has no float32 Linears to route: a forced route changes nothing there.
