@@ -17,8 +17,9 @@
 namespace cnclip::detail {
 namespace {
 
-// Below this many multiply-adds a product stays on LibTorch (a 15-token text query's attention:
-// 12 x 15 x 15 x 64 = 173k; an image batch's: 48 x 197 x 197 x 64 = 119M).
+// Below this many multiply-adds per item of the batch a product stays on LibTorch (a 15-token text
+// query's attention: 12 x 15 x 15 x 64 = 173k; an image's: 12 x 197 x 197 x 64 = 30M). Per item, not
+// per call: an image's embedding must not depend on how many others share its call.
 constexpr int64_t kMinMultiplyAdds = int64_t{1} << 22;
 
 struct Primitive {
@@ -66,7 +67,7 @@ at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
                        a.sizes().slice(0, a.dim() - 2) == b.sizes().slice(0, b.dim() - 2) && a.size(-1) == b.size(-2);
   if (!batched || a.scalar_type() != at::kFloat || b.scalar_type() != at::kFloat || !a.device().is_cpu() ||
       !b.device().is_cpu() || a.requires_grad() || b.requires_grad() || a.numel() == 0 || b.numel() == 0 ||
-      a.numel() / a.size(-1) * b.size(-1) * a.size(-1) < kMinMultiplyAdds) {
+      a.numel() / a.size(-1) * b.size(-1) * a.size(-1) / a.size(0) < kMinMultiplyAdds) {
     return at::matmul(a, b);
   }
   const auto primitive = primitive_for(a, b, at::get_num_threads());

@@ -92,9 +92,11 @@ inline torch::jit::Node* fusable_activation(torch::jit::Node* linear, int64_t* a
 
 // `linear` (a Linear node whose first three inputs are the input, weights and bias) and the
 // activation that alone reads its output (fusable_activation) become one call of `op` on those three
-// inputs and the activation's code (kNoActivation without one), inserted at the Linear's place (its
-// inputs as they were there); the Linear, the activation and any aten::to between are destroyed.
-inline void replace_with_fused_call(torch::jit::Node* linear, c10::Symbol op) {
+// inputs (with `weights` instead of the Linear's when given) and the activation's code (kNoActivation
+// without one), inserted at the Linear's place (its inputs as they were there); the Linear, the
+// activation and any aten::to between are destroyed. The graph is left as it was if inserting the call
+// throws.
+inline void replace_with_fused_call(torch::jit::Node* linear, c10::Symbol op, torch::jit::Value* weights = nullptr) {
   int64_t activation = kNoActivation;
   torch::jit::Node* act = fusable_activation(linear, &activation);
   torch::jit::Node* last = act ? act : linear;  // whose output the new node's replaces
@@ -103,7 +105,8 @@ inline void replace_with_fused_call(torch::jit::Node* linear, c10::Symbol op) {
     torch::jit::WithInsertPoint guard(linear);
     code = linear->owningGraph()->insertConstant(activation);
   }
-  replace_uses_with_call(last, op, {linear->input(0), linear->input(1), linear->input(2), code}, linear);
+  replace_uses_with_call(last, op, {linear->input(0), weights ? weights : linear->input(1), linear->input(2), code},
+                         linear);
   for (torch::jit::Node* n = last; n != linear;) {
     torch::jit::Node* before = n->input(0)->node();
     n->destroy();

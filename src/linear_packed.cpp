@@ -34,6 +34,19 @@ constexpr int64_t kLayoutRows = 1024;
 // do not depend on the call's row count (linear_packed.h).
 bool is_brgemm(const dnnl::primitive_desc_base& pd) { return std::string(pd.impl_info_str()).rfind("brg", 0) == 0; }
 
+// Copies `from` into `to` (layouts oneDNN converts between) with scratch memory of the calling
+// thread's own (execute_with_own_scratchpad: towers load and run on several threads at once).
+void reorder_with_own_scratchpad(const dnnl::memory& from, const dnnl::memory& to) {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const dnnl::reorder::primitive_desc pd(from, to, attr);
+  execute_with_own_scratchpad(dnnl::reorder(pd), pd.scratchpad_desc(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+}
+
+// Set once a packed product has failed at run time (LibTorch computes that layer from then on): the
+// backend description says so.
+std::atomic<bool> any_failed{false};
+
 // One Linear's weights in oneDNN's packed layout, and the primitives made for them.
 struct PackedLinearWeights : torch::CustomClassHolder {
   int64_t k = 0, n = 0;
@@ -86,10 +99,8 @@ struct PackedLinearWeights : torch::CustomClassHolder {
     std::lock_guard<std::mutex> lock(mu);
     if (!plain.defined()) {
       at::Tensor kn = at::empty({k, n}, at::kFloat);
-      dnnl::memory out({{k, n}, dt::f32, tag::ab}, onednn_engine(), kn.data_ptr<float>());
-      dnnl::stream stream(onednn_engine());
-      dnnl::reorder(weights, out).execute(stream, weights, out);
-      stream.wait();
+      reorder_with_own_scratchpad(weights,
+                                  dnnl::memory({{k, n}, dt::f32, tag::ab}, onednn_engine(), kn.data_ptr<float>()));
       plain = kn.t();
     }
     return plain;
@@ -125,19 +136,28 @@ c10::intrusive_ptr<PackedLinearWeights> pack(const at::Tensor& weight, at::Tenso
   } else {
     target = at::empty({floats}, at::kFloat);
   }
-  dnnl::memory destination(packed->layout, onednn_engine(), target.data_ptr<float>());
-  dnnl::stream stream(onednn_engine());
-  dnnl::reorder(source, destination).execute(stream, source, destination);
-  stream.wait();
+  reorder_with_own_scratchpad(source, dnnl::memory(packed->layout, onednn_engine(), target.data_ptr<float>()));
   packed->storage = target;
   packed->weights = dnnl::memory(packed->layout, onednn_engine(), target.data_ptr<float>());
   return packed;
 }
 
-// Moves a copy that pack() made in `scratch` over the memory of `weight`, once nothing reads the weight
-// any more (its constant has left the graph): the tower then holds one copy of its weights.
-void move_over_weights(PackedLinearWeights& packed, const at::Tensor& scratch, const at::Tensor& weight) {
+// Once nothing in the graph reads `given` any more (its constant is gone), moves the copy pack() made
+// in `scratch` over the weights' memory (`weight` is `given`, or the [n, k] view of a product's [k, n]
+// operand): the tower then holds one copy of its weights. Where something else still holds the
+// tensor or its memory (another graph's constant, tied weights), the copy keeps `scratch` for its own
+// and the weights are left as they are.
+void move_over_weights(PackedLinearWeights& packed, at::Tensor& scratch, const at::Tensor& given,
+                       const at::Tensor& weight) {
   if (!packed.storage.is_same(scratch)) return;
+  const bool same = weight.is_same(given);
+  // References left: `given` (and `weight`, the same tensor, for a Linear); the memory is `given`'s
+  // (and its [n, k] view's, for a product).
+  const bool unshared = given.use_count() == (same ? 2 : 1) && given.storage().use_count() == (same ? 1 : 2);
+  if (!unshared) {
+    scratch = at::Tensor();  // the copy's now; the next pack() makes another
+    return;
+  }
   auto* start = static_cast<char*>(weight.storage().data()) + weight.storage_offset() * 4;
   std::memcpy(start, scratch.data_ptr(), packed.layout.get_size());
   packed.storage = weight;
@@ -179,6 +199,7 @@ at::Tensor packed_linear(const at::Tensor& input, const c10::intrusive_ptr<Packe
     return y;
   } catch (const dnnl::error& e) {
     w->failed = true;
+    any_failed = true;
     if (!warned.exchange(true)) {
       std::fprintf(stderr,
                    "cnclip: warning: oneDNN's float32 product on packed weights failed (%s); LibTorch computes "
@@ -195,6 +216,8 @@ TORCH_LIBRARY_FRAGMENT(cnclip, m) {
 }
 
 }  // namespace
+
+bool packed_products_failed() { return any_failed; }
 
 bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
   static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
@@ -214,20 +237,36 @@ bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
     const bool linear = node->kind() == aten_linear;
     torch::jit::Value* weight_value = node->input(1);
     if (weight_value->node()->kind() != c10::prim::Constant) continue;
-    const auto constant = torch::jit::toIValue(weight_value);
-    if (!constant || !constant->isTensor()) continue;
-    const at::Tensor given = constant->toTensor();
+    at::Tensor given;
+    {
+      const auto constant = torch::jit::toIValue(weight_value);
+      if (!constant || !constant->isTensor()) continue;
+      given = constant->toTensor();
+    }
     if (given.scalar_type() != at::kFloat || given.dim() != 2 || !given.device().is_cpu() || given.requires_grad() ||
         given.numel() == 0) {
       continue;
     }
     // aten::linear's weights are [n, k]; a product's right operand is [k, n].
     const at::Tensor weight = linear ? given : given.t();
-    // Made to go over the bundle's weights when this node is all that reads the constant and nothing
-    // else shares its memory (the rewrite then drops the constant): the tower keeps one copy.
-    const bool only_reader =
-        weight_value->uses().size() == 1 && given.storage().use_count() == (weight.is_same(given) ? 1 : 2);
-    auto packed = pack(weight, only_reader ? &scratch : nullptr);
+    // The activation the call will compute, and whether it adds a bias, for the primitives tried below.
+    int64_t activation = kNoActivation;
+    if (linear) fusable_activation(node, &activation);
+    const bool bias = linear && !node->input(2)->type()->cast<c10::NoneType>();
+    // Made to go over the bundle's weights when this node is all that reads the constant (the rewrite
+    // then drops it; move_over_weights checks that nothing else holds them): one copy in the tower.
+    auto packed = pack(weight, weight_value->uses().size() == 1 ? &scratch : nullptr);
+    if (packed) {
+      // A product oneDNN cannot build for one row or for a batch's, here, stays where it was: one
+      // that failed later would leave the layer to LibTorch from then on, with other last bits.
+      try {
+        const int threads = std::max(1, at::get_num_threads());
+        packed->primitive_for(1, threads, activation, bias);
+        packed->primitive_for(kLayoutRows, threads, activation, bias);
+      } catch (const dnnl::error&) {
+        packed.reset();
+      }
+    }
     if (!packed) {
       if (!routed) return false;  // no brgemm here: the graph as it was
       continue;                   // this product's shape only: it stays where it was
@@ -240,8 +279,7 @@ bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
       packed_value = graph->insertConstant(c10::IValue(std::move(packed)));
     }
     if (linear) {
-      node->replaceInput(1, packed_value);
-      replace_with_fused_call(node, ours);
+      replace_with_fused_call(node, ours, packed_value);
     } else {
       torch::jit::Value *none = nullptr, *code = nullptr;
       {
@@ -252,10 +290,8 @@ bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
       replace_uses_with_call(node, ours, {node->input(0), packed_value, none, code});
       node->destroy();
     }
-    if (weight_value->uses().empty()) {
-      weight_value->node()->destroy();
-      move_over_weights(made, scratch, weight);
-    }
+    if (weight_value->uses().empty()) weight_value->node()->destroy();  // frees its value's reference
+    move_over_weights(made, scratch, given, weight);
     routed = true;
   }
   return routed;

@@ -375,8 +375,9 @@ struct TorchModel::Impl {
             // should not depend on the batch it was encoded in (an index run's batches against
             // `embed-image --shard`'s, tests/shard_test.cpp). The text tower's stay in place (packing
             // 340 MB would cost a one-shot query more than it saves). Whatever oneDNN does not take
-            // goes to BLIS, which computes a row alike whatever their number (OpenBLAS's own kernels
-            // too, above kBlisMaxRows; its AVX2 ones forced on an AVX-512 CPU do not).
+            // goes to BLIS up to kBlisMaxRows and OpenBLAS above, as before: there an image's last bits
+            // may depend on its batch (OpenBLAS's AVX2 kernels forced on an AVX-512 CPU differed by
+            // ~1e-7; tests/shard_test.cpp allows for it).
             if (linear_route() == LinearRoute::kOneDnn && file == "image_encoder.pt" && image_linears_packed()) {
               try {
                 for (torch::jit::Block* block : detail::method_blocks(*module)) {
@@ -572,12 +573,14 @@ std::string compute_backend_description() {
   switch (linear_route()) {
     case LinearRoute::kBlis: linear = blis_part(); break;
     case LinearRoute::kOneDnn: {
-      linear = "oneDNN " + detail::onednn_version() + " (the text tower's, up to " + std::to_string(kBlisMaxRows) +
-               " rows" + (onednn_linear_failed ? "; failed once, BLIS since" : "") + ")" +
-               (image_linears_packed() ? ", oneDNN " + detail::onednn_version() +
-                                             " on weights packed at load (the image tower's, where it runs brgemm)"
-                                       : "") +
-               ", " + blis_part() + " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
+      linear =
+          "oneDNN " + detail::onednn_version() + " (the text tower's, up to " + std::to_string(kBlisMaxRows) + " rows" +
+          (onednn_linear_failed ? "; failed once, BLIS since" : "") + ")" +
+          (image_linears_packed() ? ", oneDNN " + detail::onednn_version() +
+                                        " on weights packed at load (the image tower's, where it runs brgemm" +
+                                        (detail::packed_products_failed() ? "; failed once, LibTorch since" : "") + ")"
+                                  : "") +
+          ", " + blis_part() + " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
       break;
     }
     case LinearRoute::kBlas: linear = "BLAS"; break;

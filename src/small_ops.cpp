@@ -8,6 +8,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -50,12 +52,15 @@ struct SoftmaxPrimitive {
   dnnl::memory::desc data, scratchpad;
 };
 std::mutex softmax_mu;
+// Set when oneDNN failed to run a softmax: LibTorch computes them from then on (said once on stderr),
+// rather than one call here and there with other last bits.
+std::atomic<bool> softmax_failed{false};
 
 c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c10::optional<at::ScalarType> dtype) {
   if (input.scalar_type() != at::kFloat || (dtype && *dtype != at::kFloat) || !input.device().is_cpu() ||
       input.requires_grad() || input.dim() < 2 || input.dim() > 6 || input.size(0) == 0 ||
       c10::maybe_wrap_dim(dim, input.dim()) != input.dim() - 1 || input.numel() / input.size(0) < kOneThreadElements ||
-      !large_softmax_on_onednn()) {
+      softmax_failed || !large_softmax_on_onednn()) {
     return c10::nullopt;
   }
   const at::Tensor x = input.contiguous();
@@ -69,6 +74,7 @@ c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c
     auto it = cache->find(key);
     if (it != cache->end()) {
       p = it->second;
+      if (!p) return c10::nullopt;  // only oneDNN's reference kernel for it: LibTorch's
     } else {
       if (cache->size() >= 64) cache->clear();  // image batches of every size, on several thread counts
       const dnnl::memory::desc data(x.sizes().vec(), dnnl::memory::data_type::f32,
@@ -79,10 +85,12 @@ c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c
           dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, data,
                                          data, static_cast<int>(x.dim() - 1)),
           attr, onednn_engine());
-      if (std::string(pd.impl_info_str()).rfind("ref", 0) == 0) return c10::nullopt;  // LibTorch's is faster
-      p = std::make_shared<const SoftmaxPrimitive>(
-          SoftmaxPrimitive{dnnl::softmax_v2_forward(pd), data, pd.scratchpad_desc()});
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {  // LibTorch's is faster than the reference
+        p = std::make_shared<const SoftmaxPrimitive>(
+            SoftmaxPrimitive{dnnl::softmax_v2_forward(pd), data, pd.scratchpad_desc()});
+      }
       cache->emplace(std::move(key), p);
+      if (!p) return c10::nullopt;
     }
   } catch (const dnnl::error&) {
     return c10::nullopt;  // no oneDNN kernel for it: LibTorch's
@@ -93,7 +101,10 @@ c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c
     execute_with_own_scratchpad(p->softmax, p->scratchpad,
                                 {{DNNL_ARG_SRC, dnnl::memory(p->data, engine, const_cast<float*>(x.data_ptr<float>()))},
                                  {DNNL_ARG_DST, dnnl::memory(p->data, engine, y.data_ptr<float>())}});
-  } catch (const dnnl::error&) {
+  } catch (const dnnl::error& e) {
+    if (!softmax_failed.exchange(true)) {
+      std::fprintf(stderr, "cnclip: warning: oneDNN's softmax failed (%s); LibTorch computes it instead\n", e.what());
+    }
     return c10::nullopt;
   }
   return y;

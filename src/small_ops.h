@@ -12,8 +12,8 @@
 // 4 x 197 x 768) are split as before.
 //
 // A softmax over the last dimension with at least kOneThreadElements values per item of the batch
-// (ViT's attention weights: 12 x 197 x 197 per image) runs on oneDNN's softmax instead (its AVX-512 or
-// AVX2 kernel; never its reference one): LibTorch's took 2.23 ms for 4 images' [4, 12, 197, 197] on 2
+// (ViT's attention weights: 12 x 197 x 197 per image) runs on oneDNN's softmax instead (one of its jit
+// kernels, AVX-512 here; never its reference one): LibTorch's took 2.23 ms for 4 images' [4, 12, 197, 197] on 2
 // threads here (Zen 5), ~4 ms of an image's ~48 in the int8 tower, and oneDNN's 0.56 ms. The
 // probabilities differ from LibTorch's by up to ~4e-7. A row's do not depend on the other rows of the
 // call (an image's embedding stays the same in any batch), and the choice is made per item, not per

@@ -248,9 +248,11 @@ TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
 // The image tower's Linears run on oneDNN's brgemm on weights packed at load where oneDNN runs
 // AVX-512 (src/linear_packed.h), with the MLP's SiLU as a post-op; an image then gets the very same
 // floats whatever the batch it is encoded in and the thread count (an index run's batches against
-// `embed-image --shard`'s), as it does on BLAS (CNCLIP_IMAGE_LINEAR=libtorch).
+// `embed-image --shard`'s). Elsewhere BLIS and OpenBLAS compute them, within 1e-6 of each other.
 TEST(LinearRoute, ImageProductsOnPackedWeightsGiveAnImageTheSameFloatsInAnyBatch) {
   const bool lowered = std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA");
+  // Where oneDNN runs AVX-512 (its brgemm) and leads: the route of this CPU, unless lowered.
+  const bool packed = !lowered && onednn_should_lead();
   for (const std::string route : {"on", "libtorch"}) {
     SCOPED_TRACE(route);
     test::RunOptions options;
@@ -274,7 +276,7 @@ TEST(LinearRoute, ImageProductsOnPackedWeightsGiveAnImageTheSameFloatsInAnyBatch
       return count;
     };
     // The tiny tower: 2 layers of 4 Linears each.
-    if (route == "on" && !lowered && onednn_should_lead()) {
+    if (route == "on" && packed) {
       EXPECT_EQ(packed_products(""), 8) << r.out.substr(0, 4000);
       EXPECT_EQ(packed_products("attr-post-ops:eltwise_swish"), 2) << r.out.substr(0, 4000);
     } else if (!lowered) {
@@ -302,10 +304,17 @@ TEST(LinearRoute, ImageProductsOnPackedWeightsGiveAnImageTheSameFloatsInAnyBatch
       const auto one = model->encode_images(pixels.data() + i * per_image, 1);
       each.insert(each.end(), one.begin(), one.end());
     }
-    EXPECT_EQ(all, four_two);
-    EXPECT_EQ(all, each);
     if (first.empty()) first = all;
-    EXPECT_EQ(all, first) << "the thread count changed an image's embedding";
+    if (packed) {
+      EXPECT_EQ(all, four_two);
+      EXPECT_EQ(all, each);
+      EXPECT_EQ(all, first) << "the thread count changed an image's embedding";
+    } else {
+      // BLIS and OpenBLAS (its AVX2 kernels forced, as here) may round a row by its batch.
+      EXPECT_LE(max_abs_diff(all, four_two), 1e-6f);
+      EXPECT_LE(max_abs_diff(all, each), 1e-6f);
+      EXPECT_LE(max_abs_diff(all, first), 1e-6f);
+    }
   }
 }
 
@@ -335,14 +344,16 @@ TEST(SmallOps, AnImagesAttentionSoftmaxRunsOnOneDnnATextsOnLibTorch) {
   const std::vector<std::string> image{"embed-image", "--model", test::tiny_bundle(),
                                        test::fixtures("images/pokemon.jpeg")};
   const std::vector<std::string> texts{"embed-text", "--model", test::tiny_bundle(), "小狗", "夕阳、大海、沙滩"};
-  if (!lowered) EXPECT_EQ(softmaxes(image, "on"), jit ? 2 : 0);  // one per layer
+  const int on_onednn = softmaxes(image, "on");
+  if (jit) EXPECT_EQ(on_onednn, 2);                                 // one per layer
+  else EXPECT_TRUE(on_onednn == 0 || on_onednn == 2) << on_onednn;  // whether oneDNN has a kernel there
   EXPECT_EQ(softmaxes(image, "libtorch"), 0);
   EXPECT_EQ(softmaxes(texts, "on"), 0);
   const Embeddings on = embed_with("on", test::tiny_bundle(), "CNCLIP_SOFTMAX");
   const Embeddings libtorch = embed_with("libtorch", test::tiny_bundle(), "CNCLIP_SOFTMAX");
   EXPECT_EQ(on.texts_batch, libtorch.texts_batch);
   EXPECT_LE(max_abs_diff(on.images, libtorch.images), 2e-6f);
-  if (jit) EXPECT_NE(on.images, libtorch.images) << "the same floats: oneDNN's softmax did not run";
+  if (on_onednn > 0) EXPECT_NE(on.images, libtorch.images) << "the same floats: oneDNN's softmax did not run";
 }
 
 // An int8 bundle has no float32 Linears to route: a forced route changes nothing there.

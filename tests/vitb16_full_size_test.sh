@@ -94,7 +94,11 @@ import json, sys, numpy, torch
 tower_file, npy, work, packed, rss_packed, rss_blas = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1", int(sys.argv[5]), int(sys.argv[6])
 rows = {name: [json.loads(l)["embedding"] for l in open(f"{work}/{name}.jsonl")] for name in ("batch4", "batch3", "batch1", "blas")}
 assert all(len(r) == 5 for r in rows.values()), {k: len(v) for k, v in rows.items()}
-assert rows["batch4"] == rows["batch3"] == rows["batch1"], "an image's embedding depends on its batch or the thread count"
+if packed:
+    assert rows["batch4"] == rows["batch3"] == rows["batch1"], "an image's embedding depends on its batch or the thread count"
+else:  # BLIS and OpenBLAS may round a row by its batch (OpenBLAS's AVX2 kernels forced: ~1e-7)
+    worst = max(abs(a - b) for r in ("batch3", "batch1") for x, y in zip(rows["batch4"], rows[r]) for a, b in zip(x, y))
+    assert worst <= 1e-6, worst
 e = torch.tensor(rows["batch1"], dtype=torch.float64)
 b = torch.tensor(rows["blas"], dtype=torch.float64)
 cos = (e * b).sum(1) / (e.norm(dim=1) * b.norm(dim=1))
@@ -107,7 +111,7 @@ diff = (e[0] - ref).abs().max().item()
 assert diff <= 1e-5, diff
 # Packed over the bundle's weights: no second copy (344 MB) and no heap left half used (150 MB here, before).
 assert rss_packed <= rss_blas + 64 * 1024, (rss_packed, rss_blas)
-print(f"image Linears {'on packed weights' if packed else 'on BLAS'}: the same floats in batches of 4, 3 and 1; "
+print(f"image Linears {'on packed weights: the same floats' if packed else 'on BLAS: within 1e-6'} in batches of 4, 3 and 1; "
       f"cosine to BLAS's >= {cos.min().item():.8f}; max abs difference to Python's torch {diff:.2e}; "
       f"peak RSS {rss_packed // 1024} MB against {rss_blas // 1024}")
 PY

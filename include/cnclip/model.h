@@ -40,18 +40,16 @@ struct ModelOptions {
   // ~1e-7 with the other texts of its encode call. An image's must not with its batch: where oneDNN
   // takes the text tower's products, it takes the image tower's on weights packed once at load, over
   // the bundle's (src/linear_packed.h): every product by a constant matrix, the final projection too,
-  // then gives an image the same bits in any batch and on any thread count, which OpenBLAS did not
-  // (~1e-7 apart between batches of 1, 4 and 6 here). ViT-B-16 on 2 threads, Zen 5: 135 -> 117
-  // ms/image in batches of 4, the same peak memory (CNCLIP_IMAGE_LINEAR=libtorch leaves them to BLIS
-  // and OpenBLAS as before).
-  // CNCLIP_FP32_LINEAR=onednn or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
-  // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the
-  // CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot
-  // be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding
-  // (cosine >= 0.99999, tests/linear_route_test.cpp). oneDNN, BLIS and OpenBLAS compute with the
-  // calling thread's compute threads (set_compute_threads); XNNPACK in LibTorch's one process-wide thread
-  // pool, sized by the last set_compute_threads call of any thread.
-  // int8 Linear layers (a bundle exported with --precision int8) run on oneDNN's int8 matmul with
+  // then gives an image the same bits in any batch and on any thread count, which OpenBLAS's AVX2
+  // kernels (forced as this workplace does) did not (~1e-7 apart between batches of 1, 4 and 6 here). ViT-B-16 on 2
+  // threads, Zen 5: 135 -> 117 ms/image in batches of 4, the same peak memory (CNCLIP_IMAGE_LINEAR=libtorch leaves them
+  // to BLIS and OpenBLAS as before). CNCLIP_FP32_LINEAR=onednn or =blis asks for one of the two; =blas keeps every
+  // Linear on OpenBLAS; =xnnpack instead packs a float32 bundle's Linear weights once at load for XNNPACK (which picks
+  // its kernels from the CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it
+  // cannot be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding (cosine >=
+  // 0.99999, tests/linear_route_test.cpp). oneDNN, BLIS and OpenBLAS compute with the calling thread's compute threads
+  // (set_compute_threads); XNNPACK in LibTorch's one process-wide thread pool, sized by the last set_compute_threads
+  // call of any thread. int8 Linear layers (a bundle exported with --precision int8) run on oneDNN's int8 matmul with
   // weights packed once per layer for the CPU's instructions and the activations' scale given per call
   // (src/linear_int8.h), the MLP's activation computed by the product: a 15-token ViT-B-16 query
   // 28 -> 7.5 ms on 2 threads here, where LibTorch's own kernel repacked the weights on every call;
