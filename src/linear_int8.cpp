@@ -233,9 +233,7 @@ at::Tensor onednn_linear_int8(const at::Tensor& input, const c10::intrusive_ptr<
   }
   const at::Tensor x = input.contiguous();
   const int64_t rows = x.numel() / w->k;
-  std::vector<int64_t> sizes = input.sizes().vec();
-  sizes.back() = w->n;
-  at::Tensor y = at::empty(sizes, x.options());
+  at::Tensor y = product_output(x, w->n);
   if (rows == 0) return y;
   // The activations' range and quantization parameters as LibTorch's kernel chooses them (uint8, the
   // range widened to hold 0, the zero point nudged to an integer), but all 8 bits where the products

@@ -179,9 +179,7 @@ at::Tensor packed_linear(const at::Tensor& input, const c10::intrusive_ptr<Packe
   }
   const at::Tensor x = input.contiguous();
   const int64_t rows = x.numel() / w->k;
-  std::vector<int64_t> sizes = input.sizes().vec();
-  sizes.back() = w->n;
-  at::Tensor y = at::empty(sizes, x.options());
+  at::Tensor y = product_output(x, w->n);
   if (rows == 0) return y;
   const at::Tensor b = has_bias ? bias->contiguous() : at::Tensor();
   try {

@@ -235,9 +235,7 @@ at::Tensor small_linear(const at::Tensor& input, const at::Tensor& weight, const
   const int64_t k = weight.size(1), n = weight.size(0), m = input.numel() / k;
   if (m > kBlisMaxRows) return detail::apply_activation(at::linear(input, weight, bias), activation);
   const at::Tensor x = input.contiguous();
-  std::vector<int64_t> sizes = input.sizes().vec();
-  sizes.back() = n;
-  at::Tensor y = at::empty(sizes, x.options());
+  at::Tensor y = detail::product_output(x, n);
   if (m == 0 || n == 0) {
     if (has_bias) y.view({m, n}).copy_(bias->expand({m, n}));
     return detail::apply_activation(y, activation);

@@ -45,6 +45,13 @@ inline void append_activation(dnnl::post_ops& ops, int64_t activation) {
   if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
 }
 
+// The uninitialized result of a product of `x` ([..., k]) by a [k, n] matrix: [..., n], x's options.
+inline at::Tensor product_output(const at::Tensor& x, int64_t n) {
+  std::vector<int64_t> sizes = x.sizes().vec();
+  sizes.back() = n;
+  return at::empty(sizes, x.options());
+}
+
 // "2.6.3": the oneDNN library that runs (LibTorch's).
 inline std::string onednn_version() {
   const dnnl_version_t* v = dnnl_version();
