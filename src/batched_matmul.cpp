@@ -6,9 +6,7 @@
 #include <ATen/Parallel.h>
 #include <oneapi/dnnl/dnnl.hpp>
 
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <tuple>
 #include <unordered_map>
@@ -28,37 +26,31 @@ struct Primitive {
 };
 
 // Primitives by operand shapes and strides and thread count; nullptr where oneDNN offers only its
-// reference kernel (LibTorch's is faster). A tower has a handful of shapes per batch size; past
-// kMaxPrimitives the map starts again.
+// reference kernel (LibTorch's is faster). A tower has a handful of shapes per batch size.
 using Key = std::tuple<std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, std::vector<int64_t>, int>;
-constexpr size_t kMaxPrimitives = 64;
-std::mutex primitives_mu;
 
 std::shared_ptr<const Primitive> primitive_for(const at::Tensor& a, const at::Tensor& b, int threads) {
-  Key key{a.sizes().vec(), a.strides().vec(), b.sizes().vec(), b.strides().vec(), threads};
-  static auto* cache = new std::map<Key, std::shared_ptr<const Primitive>>();  // outlives every module
-  std::lock_guard<std::mutex> lock(primitives_mu);
-  if (auto it = cache->find(key); it != cache->end()) return it->second;
-  if (cache->size() >= kMaxPrimitives) cache->clear();
-  using dt = dnnl::memory::data_type;
-  const dnnl::memory::desc ad(a.sizes().vec(), dt::f32, a.strides().vec()),
-      bd(b.sizes().vec(), dt::f32, b.strides().vec());
-  std::vector<int64_t> c_sizes = a.sizes().vec();
-  c_sizes.back() = b.size(-1);
-  const dnnl::memory::desc cd(c_sizes, dt::f32, at::detail::defaultStrides(c_sizes));
-  dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
-  std::shared_ptr<const Primitive> made;
-  try {
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, onednn_engine());
-    if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {
-      made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), ad, bd, cd, pd.scratchpad_desc()});
+  static auto* cache = new PrimitiveCache<Key, Primitive>(64);  // outlives every module
+  return cache->get(Key{a.sizes().vec(), a.strides().vec(), b.sizes().vec(), b.strides().vec(), threads}, [&] {
+    using dt = dnnl::memory::data_type;
+    const dnnl::memory::desc ad(a.sizes().vec(), dt::f32, a.strides().vec()),
+        bd(b.sizes().vec(), dt::f32, b.strides().vec());
+    std::vector<int64_t> c_sizes = a.sizes().vec();
+    c_sizes.back() = b.size(-1);
+    const dnnl::memory::desc cd(c_sizes, dt::f32, at::detail::defaultStrides(c_sizes));
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // execute_with_own_scratchpad
+    std::shared_ptr<const Primitive> made;
+    try {
+      const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ad, bd, cd), attr, onednn_engine());
+      if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {
+        made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), ad, bd, cd, pd.scratchpad_desc()});
+      }
+    } catch (const dnnl::error&) {
+      // no oneDNN kernel for these operands: LibTorch's
     }
-  } catch (const dnnl::error&) {
-    // no oneDNN kernel for these operands: LibTorch's
-  }
-  cache->emplace(std::move(key), made);
-  return made;
+    return made;
+  });
 }
 
 // cnclip::matmul: aten::matmul's result.

@@ -13,7 +13,6 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -58,24 +57,24 @@ struct PackedLinearWeights : torch::CustomClassHolder {
     dnnl::matmul matmul;
     dnnl::memory::desc scratchpad;
   };
-  std::mutex mu;
   // By (rows, threads, activation, bias): oneDNN splits the work by the thread count it was built for.
-  // Image batches of every size add one each (~0.1 ms to build); past kMaxPrimitives the map starts
-  // again.
-  std::map<std::tuple<int64_t, int, int64_t, bool>, std::shared_ptr<const Primitive>> primitives;
-  static constexpr size_t kMaxPrimitives = 64;
+  // Image batches of every size add one each (~0.1 ms to build).
+  PrimitiveCache<std::tuple<int64_t, int, int64_t, bool>, Primitive> primitives{64};
 
   // Set when oneDNN could not build or run a product on these weights (a row count or thread count it
   // has no brgemm kernel for, in this layout): LibTorch computes them from then on, on the weights
   // unpacked again.
   std::atomic<bool> failed{false};
+  std::mutex plain_mu;
   at::Tensor plain;  // [n, k], made when first needed
 
+  // Throws dnnl::error where oneDNN has no brgemm kernel for it on the packed weights.
   std::shared_ptr<const Primitive> primitive_for(int64_t rows, int threads, int64_t activation, bool bias) {
-    std::lock_guard<std::mutex> lock(mu);
-    const auto key = std::make_tuple(rows, threads, activation, bias);
-    if (auto it = primitives.find(key); it != primitives.end()) return it->second;
-    if (primitives.size() >= kMaxPrimitives) primitives.clear();
+    return primitives.get(std::make_tuple(rows, threads, activation, bias),
+                          [&] { return make(rows, activation, bias); });
+  }
+
+  std::shared_ptr<const Primitive> make(int64_t rows, int64_t activation, bool bias) const {
     dnnl::primitive_attr attr;
     dnnl::post_ops ops;
     append_activation(ops, activation);
@@ -89,14 +88,12 @@ struct PackedLinearWeights : torch::CustomClassHolder {
       throw dnnl::error(dnnl_unimplemented,
                         ("no brgemm kernel on the packed weights (" + std::string(pd.impl_info_str()) + ")").c_str());
     }
-    auto made = std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), pd.scratchpad_desc()});
-    primitives.emplace(key, made);
-    return made;
+    return std::make_shared<const Primitive>(Primitive{dnnl::matmul(pd), pd.scratchpad_desc()});
   }
 
   // The weights as aten::linear takes them ([n, k]), unpacked once.
   at::Tensor plain_weights() {
-    std::lock_guard<std::mutex> lock(mu);
+    std::lock_guard<std::mutex> lock(plain_mu);
     if (!plain.defined()) {
       at::Tensor kn = at::empty({k, n}, at::kFloat);
       reorder_with_own_scratchpad(weights,
@@ -164,8 +161,6 @@ void move_over_weights(PackedLinearWeights& packed, at::Tensor& scratch, const a
   packed.weights = dnnl::memory(packed.layout, onednn_engine(), start);
 }
 
-std::atomic<bool> warned{false};
-
 // cnclip::linear_packed: aten::linear(input, weights, bias), then `activation`.
 at::Tensor packed_linear(const at::Tensor& input, const c10::intrusive_ptr<PackedLinearWeights>& w,
                          const c10::optional<at::Tensor>& bias, int64_t activation) {
@@ -197,8 +192,7 @@ at::Tensor packed_linear(const at::Tensor& input, const c10::intrusive_ptr<Packe
     return y;
   } catch (const dnnl::error& e) {
     w->failed = true;
-    any_failed = true;
-    if (!warned.exchange(true)) {
+    if (!any_failed.exchange(true)) {  // said once
       std::fprintf(stderr,
                    "cnclip: warning: oneDNN's float32 product on packed weights failed (%s); LibTorch computes "
                    "it instead\n",

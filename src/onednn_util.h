@@ -9,6 +9,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -44,6 +47,31 @@ inline void append_activation(dnnl::post_ops& ops, int64_t activation) {
   if (activation == kGeluErf) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.0f, 0.0f);
   if (activation == kGeluTanh) ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0.0f, 0.0f);
 }
+
+// Primitives (or what else is made per operand shape) by key, for any thread. get() returns the value
+// made for `key`, or makes it with `make()` under the lock (a null value is kept too: "no oneDNN kernel
+// worth it for this key"; an exception leaves nothing). Past `limit` entries the map starts again:
+// image batches of every size, text queries of every length.
+template <class Key, class Value>
+class PrimitiveCache {
+ public:
+  explicit PrimitiveCache(size_t limit) : limit_(limit) {}
+
+  template <class Make>
+  std::shared_ptr<const Value> get(const Key& key, Make&& make) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (auto it = map_.find(key); it != map_.end()) return it->second;
+    if (map_.size() >= limit_) map_.clear();
+    std::shared_ptr<const Value> made = make();
+    map_.emplace(key, made);
+    return made;
+  }
+
+ private:
+  const size_t limit_;
+  std::mutex mu_;
+  std::map<Key, std::shared_ptr<const Value>> map_;
+};
 
 // The uninitialized result of a product of `x` ([..., k]) by a [k, n] matrix: [..., n], x's options.
 inline at::Tensor product_output(const at::Tensor& x, int64_t n) {

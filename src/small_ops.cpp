@@ -10,9 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,7 +49,6 @@ struct SoftmaxPrimitive {
   dnnl::softmax_v2_forward softmax;
   dnnl::memory::desc data, scratchpad;
 };
-std::mutex softmax_mu;
 // Set when oneDNN failed to run a softmax: LibTorch computes them from then on (said once on stderr),
 // rather than one call here and there with other last bits.
 std::atomic<bool> softmax_failed{false};
@@ -64,19 +61,11 @@ c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c
     return c10::nullopt;
   }
   const at::Tensor x = input.contiguous();
-  const int threads = std::max(1, at::get_num_threads());
   using Key = std::pair<std::vector<int64_t>, int>;
-  static auto* cache = new std::map<Key, std::shared_ptr<const SoftmaxPrimitive>>();  // outlives every module
+  static auto* cache = new PrimitiveCache<Key, SoftmaxPrimitive>(64);  // outlives every module
   std::shared_ptr<const SoftmaxPrimitive> p;
   try {
-    std::lock_guard<std::mutex> lock(softmax_mu);
-    Key key{x.sizes().vec(), threads};
-    auto it = cache->find(key);
-    if (it != cache->end()) {
-      p = it->second;
-      if (!p) return c10::nullopt;  // only oneDNN's reference kernel for it: LibTorch's
-    } else {
-      if (cache->size() >= 64) cache->clear();  // image batches of every size, on several thread counts
+    p = cache->get(Key{x.sizes().vec(), std::max(1, at::get_num_threads())}, [&] {
       const dnnl::memory::desc data(x.sizes().vec(), dnnl::memory::data_type::f32,
                                     at::detail::defaultStrides(x.sizes()));
       dnnl::primitive_attr attr;
@@ -85,16 +74,17 @@ c10::optional<at::Tensor> onednn_softmax(const at::Tensor& input, int64_t dim, c
           dnnl::softmax_v2_forward::desc(dnnl::prop_kind::forward_inference, dnnl::algorithm::softmax_accurate, data,
                                          data, static_cast<int>(x.dim() - 1)),
           attr, onednn_engine());
+      std::shared_ptr<const SoftmaxPrimitive> made;
       if (std::string(pd.impl_info_str()).rfind("ref", 0) != 0) {  // LibTorch's is faster than the reference
-        p = std::make_shared<const SoftmaxPrimitive>(
+        made = std::make_shared<const SoftmaxPrimitive>(
             SoftmaxPrimitive{dnnl::softmax_v2_forward(pd), data, pd.scratchpad_desc()});
       }
-      cache->emplace(std::move(key), p);
-      if (!p) return c10::nullopt;
-    }
+      return made;
+    });
   } catch (const dnnl::error&) {
     return c10::nullopt;  // no oneDNN kernel for it: LibTorch's
   }
+  if (!p) return c10::nullopt;  // only oneDNN's reference kernel for it: LibTorch's
   at::Tensor y = at::empty(x.sizes(), x.options());
   try {
     const auto& engine = onednn_engine();
