@@ -3,11 +3,17 @@
 //
 // LibTorch 1.13 runs aten::matmul of [batch, heads, tokens, 64] operands as one OpenBLAS product per
 // head after copying the transposed operand: ViT-B-16's 24 attention products per image batch took
-// 4.7 ms per layer for 4 images on 2 threads here, oneDNN's brgemm 2.5 ms on the same strided
-// tensors (the floats equal). cnclip::matmul takes them when both operands are float32 CPU tensors
-// with the same batch dimensions and the product is large (an image's; smaller ones stay on
-// LibTorch, where building a primitive per shape would cost more than it saves). Only the image
-// tower is routed (model.cpp): a text query's products are all small.
+// 4.7 ms per layer for 4 images on 2 threads here, oneDNN's 2.5 ms (the floats equal). A text query's,
+// [1, 12, 15, 64], took ~20 us each that way (12 calls of a few microseconds' overhead), 2-5 us on
+// oneDNN's brgemm on the calling thread: 24 of them, ~0.35 ms of a ~6.5 ms int8 query.
+// cnclip::matmul takes them when both operands are float32 CPU tensors with the same batch dimensions,
+// on the calling thread alone when they are small (small_ops.h: a query's; an image's are split over
+// the compute threads), on contiguous copies of the operands: on the strided views the attention
+// hands over, oneDNN 2.6 runs its jit gemm, whose kernels cost a process ~40 ms to make on its first
+// product (a one-shot embed-image paid it), and on contiguous ones brgemm where it runs AVX-512,
+// as fast for an image (100-101 against 98-101 ms/image, interleaved) and faster for a text. A small
+// product takes only brgemm (elsewhere LibTorch's): ~0.015 ms saved per product would not earn back
+// the jit gemm's 40 ms in a one-shot query.
 #pragma once
 
 #include <torch/script.h>

@@ -357,9 +357,8 @@ struct TorchModel::Impl {
           // A graph the rewrite cannot take runs as loaded (the rewritten nodes compute the same).
         }
       }
-      // The image tower's attention products only: a text query's are too small to gain, and passing
-      // them through the op cost 1-5% of an int8 query (8.1-8.6 against 8.2-8.8 ms, interleaved).
-      if (device.is_cpu() && file == "image_encoder.pt" && detail::batched_matmuls_on_onednn()) {
+      // Both towers' attention products (batched_matmul.h).
+      if (device.is_cpu() && detail::batched_matmuls_on_onednn()) {
         for (torch::jit::Block* block : detail::method_blocks(*module)) detail::route_batched_matmuls_to_onednn(block);
       }
       if (manifest.precision == "fp32" && device.is_cpu()) {

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -229,7 +230,8 @@ TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
                                                         {"blis", test::tiny_bundle()}}) {
     SCOPED_TRACE(route + " " + bundle);
     test::RunOptions options;
-    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_FP32_LINEAR=" + route};
+    // The attention's products are oneDNN's on every route (the test below): the Linears' alone here.
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_FP32_LINEAR=" + route, "CNCLIP_BATCHED_MATMUL=libtorch"};
     const auto r = test::run_cnclip({"embed-text", "--model", bundle, "小狗"}, options);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.err, "");  // no warning that oneDNN failed
@@ -353,7 +355,69 @@ TEST(SmallOps, AnImagesAttentionSoftmaxRunsOnOneDnnATextsOnLibTorch) {
   const Embeddings libtorch = embed_with("libtorch", test::tiny_bundle(), "CNCLIP_SOFTMAX");
   EXPECT_EQ(on.texts_batch, libtorch.texts_batch);
   EXPECT_LE(max_abs_diff(on.images, libtorch.images), 2e-6f);
-  if (on_onednn > 0) EXPECT_NE(on.images, libtorch.images) << "the same floats: oneDNN's softmax did not run";
+  if (on_onednn > 0) {
+    EXPECT_NE(on.images, libtorch.images) << "the same floats: oneDNN's softmax did not run";
+  }
+}
+
+// Both towers' attention products (q·kᵀ and weights·v) run on oneDNN's brgemm where oneDNN runs
+// AVX-512: a text's, [1, heads, tokens, 64], on the calling thread alone (they open no parallel region),
+// never on oneDNN's jit gemm, whose first product costs a process ~40 ms (an image's did, on the
+// operands' strided views, before they were copied contiguous). The floats agree with LibTorch's to
+// ~1e-7 (another summation order).
+TEST(SmallOps, AttentionProductsRunOnBrgemmATextsOnTheCallingThread) {
+  __builtin_cpu_init();
+  const bool lowered = std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA");
+  const bool brgemm = !lowered && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  // oneDNN's float32 products of 4-D operands in its log (the Linears' are 2-D), by kernel.
+  const auto attention_products = [](const std::vector<std::string>& args, const std::string& route) {
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_BATCHED_MATMUL=" + route};
+    const auto r = test::run_cnclip(args, options);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    std::map<std::string, int> kernels;
+    const std::string prefix = "onednn_verbose,exec,cpu,matmul,";
+    for (const std::string& line : test::lines(r.out)) {
+      if (line.rfind(prefix, 0) == 0 && line.find("src_f32::blocked:abcd:f0") != std::string::npos) {
+        ++kernels[line.substr(prefix.size(), line.find(',', prefix.size()) - prefix.size())];
+      }
+    }
+    return kernels;
+  };
+  for (const std::string& bundle : {test::tiny_bundle(), test::tiny_int8_bundle()}) {
+    SCOPED_TRACE(bundle);
+    const std::vector<std::string> text{"embed-text", "--model", bundle, "小狗"};
+    const std::vector<std::string> image{"embed-image", "--model", bundle, test::fixtures("images/pokemon.jpeg")};
+    for (const auto* args : {&text, &image}) {
+      const auto on = attention_products(*args, "on");
+      if (brgemm) {
+        EXPECT_EQ(on, (std::map<std::string, int>{{"brg:avx512_core", 4}})) << args->front();  // 2 layers
+      } else {
+        EXPECT_EQ(on.count("brg:avx512_core"), 0u);
+      }
+      EXPECT_TRUE(attention_products(*args, "libtorch").empty());
+    }
+    if (bundle == test::tiny_bundle()) {
+      const Embeddings ours = embed_with("on", bundle, "CNCLIP_BATCHED_MATMUL");
+      const Embeddings libtorch = embed_with("libtorch", bundle, "CNCLIP_BATCHED_MATMUL");
+      EXPECT_LE(max_abs_diff(ours.texts_batch, libtorch.texts_batch), 1e-6f);
+      EXPECT_LE(max_abs_diff(ours.text_each, libtorch.text_each), 1e-6f);
+      EXPECT_LE(max_abs_diff(ours.images, libtorch.images), 1e-6f);
+    }
+    const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+    auto regions_per_query = [&](const char* route) {
+      RouteEnv env(route, "CNCLIP_BATCHED_MATMUL");
+      auto model = Model::open(bundle, ModelOptions{"cpu", 2, true});
+      model->encode_token_ids(ids.data(), 1, 52);  // loads the tower
+      const long before = g_parallel_regions.load();
+      for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
+      EXPECT_EQ(compute_threads(), 2) << "a product left the thread's count at 1";
+      return static_cast<double>(g_parallel_regions.load() - before) / 20;
+    };
+    const double ours = regions_per_query("on"), libtorch = regions_per_query("libtorch");
+    EXPECT_LE(ours, libtorch) << "parallel regions per query: " << ours << " against LibTorch's " << libtorch;
+  }
 }
 
 // An int8 bundle has no float32 Linears to route: a forced route changes nothing there.

@@ -56,9 +56,10 @@ struct ModelOptions {
   // ~0.1-0.25 GB more memory (the packed copies beside LibTorch's). On CPUs with VNNI the activations
   // take all 8 bits, not PyTorch's 7: cosine to the float32 tower 0.9982 -> 0.9992 (ViT-B-16 text).
   // int8 towers are frozen at load (one inlined graph). CNCLIP_INT8_LINEAR=libtorch keeps LibTorch's
-  // kernel and graph. The image tower's attention products (either precision) run on oneDNN's batched
-  // matmul (src/batched_matmul.h; CNCLIP_BATCHED_MATMUL=libtorch keeps aten::matmul). Layer norms,
-  // softmaxes and the int8 products' activation ranges of fewer than 65,536 values (a text query's)
+  // kernel and graph. The attention products (either precision) run on oneDNN's batched matmul: an
+  // image's, and a text's on the calling thread where oneDNN has brgemm for it (AVX-512: ~0.35 ms of a
+  // query; src/batched_matmul.h; CNCLIP_BATCHED_MATMUL=libtorch keeps aten::matmul). Layer norms and
+  // softmaxes of fewer than 65,536 values (a text query's)
   // run on the calling thread alone, where LibTorch split them over the compute threads in parallel
   // regions that cost more than they computed (src/small_ops.h; the same floats; an int8 query 4% faster
   // here; CNCLIP_SMALL_OPS=libtorch keeps LibTorch's threading). An image's attention softmax, chosen
