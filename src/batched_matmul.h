@@ -7,13 +7,15 @@
 // [1, 12, 15, 64], took ~20 us each that way (12 calls of a few microseconds' overhead), 2-5 us on
 // oneDNN's brgemm on the calling thread: 24 of them, ~0.35 ms of a ~6.5 ms int8 query.
 // cnclip::matmul takes them when both operands are float32 CPU tensors with the same batch dimensions,
-// on the calling thread alone when they are small (small_ops.h: a query's; an image's are split over
-// the compute threads), on contiguous copies of the operands: on the strided views the attention
-// hands over, oneDNN 2.6 runs its jit gemm, whose kernels cost a process ~40 ms to make on its first
-// product (a one-shot embed-image paid it), and on contiguous ones brgemm where it runs AVX-512,
-// as fast for an image (100-101 against 98-101 ms/image, interleaved) and faster for a text. A small
-// product takes only brgemm (elsewhere LibTorch's): ~0.015 ms saved per product would not earn back
-// the jit gemm's 40 ms in a one-shot query.
+// on the calling thread alone when they are small (OneThreadScope, small_ops.h: a query's; an image's
+// are split over the compute threads), on contiguous copies of the operands: on the strided views the
+// attention hands over, oneDNN 2.6 runs its jit gemm, whose kernels cost a process ~40 ms to make on
+// its first product (a one-shot embed-image paid it), and on contiguous ones brgemm where it runs
+// AVX-512, as fast for an image (100-101 against 98-101 ms/image, interleaved) and faster for a text.
+// A product of fewer than kOneThreadElements values per batch item (a text's) takes only brgemm, and
+// LibTorch's kernel where oneDNN has none: ~0.015 ms saved per product would not earn back the jit
+// gemm's 40 ms in a one-shot query. Chosen per item, so a text or an image takes the same kernel in
+// any batch.
 #pragma once
 
 #include <torch/script.h>

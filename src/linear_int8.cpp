@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <memory>
@@ -217,6 +219,16 @@ Range scalar_range(const float* x, int64_t begin, int64_t end) {
 }
 
 #if defined(__x86_64__)
+// Whether the route's own loops take AVX2 (where the CPU has it) or SSE2's and plain code, as on a CPU
+// without it (CNCLIP_INT8_ISA=sse2: tests/int8_linear_op_test.py runs both).
+bool loops_on_avx2() {
+  static const bool avx2 = [] {
+    const char* env = std::getenv("CNCLIP_INT8_ISA");
+    return __builtin_cpu_supports("avx2") && !(env && std::strcmp(env, "sse2") == 0);
+  }();
+  return avx2;
+}
+
 // AVX2 (x86-64-v3; cnclip is built for the first x86-64): 8 values at a time. A value is finite when
 // subtracting it from itself gives 0 (NaN and the infinities give NaN).
 __attribute__((target("avx2"))) Range avx2_range(const float* x, int64_t begin, int64_t end) {
@@ -245,7 +257,7 @@ __attribute__((target("avx2"))) Range avx2_range(const float* x, int64_t begin, 
 // (~0.3 ms of an int8 query). NaNs when a value is not finite (LibTorch's kernel takes such inputs).
 Range finite_range(const float* x, int64_t count) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  const bool avx2 = loops_on_avx2();
 #endif
   std::mutex mu;
   Range range{std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()};
@@ -291,7 +303,7 @@ __attribute__((target("avx2"))) int64_t avx2_quantize(const float* x, uint8_t* q
 
 void quantize_to_uint8(const float* x, uint8_t* q, int64_t count, float inv, int32_t zero_point) {
 #if defined(__x86_64__)
-  static const bool avx2 = __builtin_cpu_supports("avx2");
+  const bool avx2 = loops_on_avx2();
 #endif
   at::parallel_for(0, count, 1 << 16, [=](int64_t begin, int64_t end) {
     int64_t i = begin;

@@ -1,7 +1,7 @@
 """cnclip::linear_int8 (src/linear_int8.cpp), called from Python's torch on the model module, against
 the product it stands for computed exactly: the activations quantized to uint8 with LibTorch's own
 parameters and rounding (torch.quantize_per_tensor), int64 sums, then the scales and the bias in
-float64. The operator quantizes with its own vector loops (AVX2 and SSE2 with scalar tails) and finds
+float64. The operator quantizes with its own vector loops (AVX2 and SSE2 with plain tails) and finds
 the activations' range in its own pass; a value misplaced, dropped or rounded otherwise moves a result
 by x_scale * w_scale * w (~1e-2 here), far past the float32 rounding allowed (1e-3)."""
 import os
@@ -9,6 +9,8 @@ import unittest
 
 import torch
 
+# Run twice by CTest: as the CPU runs it, and with CNCLIP_INT8_ISA=sse2 (the loops of a CPU without
+# AVX2).
 torch.ops.load_library(os.environ["CNCLIP_MODEL_MODULE"])
 torch.set_num_threads(2)
 
@@ -76,10 +78,12 @@ class LinearInt8(unittest.TestCase):
                 self.check(x, wq, bias, packed)
 
     def test_many_rows_split_over_threads(self):
-        # An image batch's size (more than 65,536 values): the range and quantization in parts.
-        wq, bias, packed = packed_weights(32, 768, seed=3)
-        x = torch.randn(200, 768, generator=torch.Generator().manual_seed(4))
-        x[199, 767] = 12.0
+        # An image batch's size (more than 65,536 values): the range and quantization in two parts of
+        # 77,700 values (not a multiple of 32: each ends in the loops' tails), each with extremes (the
+        # first part's largest in its tail, its smallest first).
+        wq, bias, packed = packed_weights(32, 777, seed=3)
+        x = torch.randn(200, 777, generator=torch.Generator().manual_seed(4))
+        x[0, 0], x[99, 776], x[150, 3], x[199, 776] = -11.0, 13.0, -10.0, 12.0
         self.check(x, wq, bias, packed)
 
     def test_values_that_are_not_finite_take_libtorchs_kernel(self):
