@@ -267,6 +267,13 @@ at::Tensor onednn_linear_op(const at::Tensor& input, const at::Tensor& weight, c
 // and BLAS as before (CNCLIP_IMAGE_LINEAR=libtorch, for measurement).
 bool image_linears_packed() { return detail::route_on_unless_libtorch("CNCLIP_IMAGE_LINEAR"); }
 
+// Whether the oneDNN route packs the text tower's weights too (the default), or leaves them in place for
+// oneDNN's in-place products as before (CNCLIP_TEXT_LINEAR=inplace, for measurement).
+bool text_linears_packed() {
+  const char* env = std::getenv("CNCLIP_TEXT_LINEAR");
+  return !(env && std::strcmp(env, "inplace") == 0);
+}
+
 // At the module's load, before any BLIS call.
 [[maybe_unused]] const bool kBlisKernelsChosen = (choose_blis_kernels(), true);
 
@@ -366,24 +373,28 @@ struct TorchModel::Impl {
           case LinearRoute::kXnnpack: prepack_linears(*module); break;
           case LinearRoute::kOneDnn:
           case LinearRoute::kBlis:
-            // The image tower's products on oneDNN's brgemm need its weights packed, in one layout
-            // (linear_packed.h): on weights in place, which of oneDNN's kernels computes a row, and so
-            // the row's last bits, depends on how many rows a call has, and an image's embedding
-            // should not depend on the batch it was encoded in (an index run's batches against
-            // `embed-image --shard`'s, tests/shard_test.cpp). The text tower's stay in place (packing
-            // 340 MB would cost a one-shot query more than it saves). Whatever oneDNN does not take
-            // goes to BLIS up to kBlisMaxRows and OpenBLAS above, as before: there an image's last bits
-            // may depend on its batch (OpenBLAS's AVX2 kernels forced on an AVX-512 CPU differed by
-            // ~1e-7; tests/shard_test.cpp allows for it).
-            if (linear_route() == LinearRoute::kOneDnn && file == "image_encoder.pt" && image_linears_packed()) {
+            // Both towers' products on oneDNN's brgemm, on weights packed in one layout (linear_packed.h):
+            // on weights in place, which of oneDNN's kernels computes a row, and so the row's last bits,
+            // depends on how many rows a call has, and an image's embedding should not depend on the
+            // batch it was encoded in (an index run's batches against `embed-image --shard`'s,
+            // tests/shard_test.cpp), nor a text's. The text tower's were left in place before, on a
+            // measurement that packing its 340 MB would cost a one-shot query more than it saves; with
+            // cnclip's malloc settings (runtime.h) a one-shot fp32 embed-text took 0.88-1.30 s packed
+            // against 0.79-1.63 in place (interleaved), and a warm 15-token query 12.3-13.6 ms against
+            // 14.2-14.8. Whatever oneDNN does not take goes to oneDNN in place (text) or BLIS (image) up
+            // to kBlisMaxRows and OpenBLAS above, as before: there an image's last bits may depend on its
+            // batch (OpenBLAS's AVX2 kernels forced on an AVX-512 CPU differed by ~1e-7;
+            // tests/shard_test.cpp allows for it).
+            if (linear_route() == LinearRoute::kOneDnn &&
+                (file == "image_encoder.pt" ? image_linears_packed() : text_linears_packed())) {
               try {
                 for (torch::jit::Block* block : detail::method_blocks(*module)) {
                   detail::route_image_linears_to_packed_onednn(block);
                 }
               } catch (const std::exception& e) {
                 // The Linears not packed yet stay where they are (each node computes what it did).
-                std::fprintf(stderr, "cnclip: warning: cannot pack the image tower's weights for oneDNN (%s)\n",
-                             first_line(e.what()).c_str());
+                std::fprintf(stderr, "cnclip: warning: cannot pack the %s tower's weights for oneDNN (%s)\n",
+                             file == "image_encoder.pt" ? "image" : "text", first_line(e.what()).c_str());
               }
             }
             for (torch::jit::Block* block : detail::method_blocks(*module)) {
@@ -570,14 +581,18 @@ std::string compute_backend_description() {
   switch (linear_route()) {
     case LinearRoute::kBlis: linear = blis_part(); break;
     case LinearRoute::kOneDnn: {
-      linear =
-          "oneDNN " + detail::onednn_version() + " (the text tower's, up to " + std::to_string(kBlisMaxRows) + " rows" +
-          (onednn_linear_failed ? "; failed once, BLIS since" : "") + ")" +
-          (image_linears_packed() ? ", oneDNN " + detail::onednn_version() +
-                                        " on weights packed at load (the image tower's, where it runs brgemm" +
-                                        (detail::packed_products_failed() ? "; failed once, LibTorch since" : "") + ")"
-                                  : "") +
-          ", " + blis_part() + " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
+      const std::string packed = image_linears_packed() && text_linears_packed() ? "the image and text towers'"
+                                 : image_linears_packed()                        ? "the image tower's"
+                                 : text_linears_packed()                         ? "the text tower's"
+                                                                                 : "";
+      linear = "oneDNN " + detail::onednn_version() + " (the text tower's" +
+               (text_linears_packed() ? " not packed" : "") + ", up to " + std::to_string(kBlisMaxRows) + " rows" +
+               (onednn_linear_failed ? "; failed once, BLIS since" : "") + ")" +
+               (packed.empty() ? ""
+                               : ", oneDNN " + detail::onednn_version() + " on weights packed at load (" + packed +
+                                     ", where it runs brgemm" +
+                                     (detail::packed_products_failed() ? "; failed once, LibTorch since" : "") + ")") +
+               ", " + blis_part() + " (the image tower's, up to " + std::to_string(kBlisMaxRows) + " rows), BLAS above";
       break;
     }
     case LinearRoute::kBlas: linear = "BLAS"; break;

@@ -106,6 +106,20 @@ extern "C" void GOMP_parallel(void (*fn)(void*), void* data, unsigned threads, u
 
 namespace {
 
+// OpenMP parallel regions per 52-token query of the reference texts, through a text tower loaded on 2
+// threads with `variable` set to `route`, as a many-call command loads it; the thread's count must be
+// 2 again after each query.
+double parallel_regions_per_query(const std::string& bundle, const char* variable, const char* route) {
+  RouteEnv env(route, variable);
+  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+  auto model = Model::open(bundle, ModelOptions{"cpu", 2, true});
+  model->encode_token_ids(ids.data(), 1, 52);  // loads the tower
+  const long before = g_parallel_regions.load();
+  for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
+  EXPECT_EQ(compute_threads(), 2) << "an operator left the thread's count at 1";
+  return static_cast<double>(g_parallel_regions.load() - before) / 20;
+}
+
 // Layer norms and softmaxes of a query's size run on the calling thread (src/small_ops.h): the same
 // floats as LibTorch's own threading gives, in fewer parallel regions (each wakes the other threads).
 TEST(LinearRoute, SmallOperatorsRunOnTheCallingThreadWithTheSameFloats) {
@@ -119,17 +133,8 @@ TEST(LinearRoute, SmallOperatorsRunOnTheCallingThreadWithTheSameFloats) {
     EXPECT_EQ(ours.texts_batch, libtorch.texts_batch);
     EXPECT_EQ(ours.text_each, libtorch.text_each);
     EXPECT_EQ(ours.images, libtorch.images);
-    const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
-    auto regions_per_query = [&](const char* route) {
-      RouteEnv env(route, "CNCLIP_SMALL_OPS");
-      auto model = Model::open(bundle, ModelOptions{"cpu", 2, true});
-      model->encode_token_ids(ids.data(), 1, 52);  // loads the tower
-      const long before = g_parallel_regions.load();
-      for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
-      EXPECT_EQ(compute_threads(), 2) << "a small operator left the thread's count at 1";
-      return static_cast<double>(g_parallel_regions.load() - before) / 20;
-    };
-    const double on = regions_per_query("on"), off = regions_per_query("libtorch");
+    const double on = parallel_regions_per_query(bundle, "CNCLIP_SMALL_OPS", "on"),
+                 off = parallel_regions_per_query(bundle, "CNCLIP_SMALL_OPS", "libtorch");
     // The tiny text tower's layer norms of 52 rows (the embeddings', the first layer's two; the last
     // layer's have one row) are split by LibTorch, not by cnclip.
     EXPECT_GE(off - on, 3) << "parallel regions per query: " << on << " against LibTorch's " << off;
@@ -196,11 +201,17 @@ TEST(LinearRoute, SmallProductsRunOnTheKernelThatLeadsOnThisCpu) {
     // oneDNN for the text tower, and for the image tower on packed weights; what oneDNN does not take
     // goes to BLIS and BLAS, and the description says so.
     EXPECT_NE(d.find("float32 Linear layers: oneDNN 2."), std::string::npos) << d;
-    EXPECT_NE(d.find("(the text tower's, up to 192 rows), oneDNN 2."), std::string::npos) << d;
-    EXPECT_NE(d.find(" on weights packed at load (the image tower's, where it runs brgemm), BLIS "), std::string::npos)
+    EXPECT_NE(d.find("(the text tower's not packed, up to 192 rows), oneDNN 2."), std::string::npos) << d;
+    EXPECT_NE(d.find(" on weights packed at load (the image and text towers', where it runs brgemm), BLIS "),
+              std::string::npos)
         << d;
     EXPECT_NE(d.find("(the image tower's, up to 192 rows), BLAS above"), std::string::npos) << d;
     RouteEnv image("libtorch", "CNCLIP_IMAGE_LINEAR");
+    const std::string text_packed = compute_backend_description();
+    EXPECT_NE(text_packed.find(" on weights packed at load (the text tower's, where it runs brgemm), BLIS "),
+              std::string::npos)
+        << text_packed;
+    RouteEnv text("inplace", "CNCLIP_TEXT_LINEAR");
     const std::string unpacked = compute_backend_description();
     EXPECT_NE(unpacked.find("(the text tower's, up to 192 rows), BLIS "), std::string::npos) << unpacked;
   } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
@@ -221,7 +232,8 @@ TEST(LinearRoute, SmallProductsRunOnTheKernelThatLeadsOnThisCpu) {
 }
 
 // Which kernel ran, as oneDNN reports its primitives (ONEDNN_VERBOSE, on stdout): oneDNN's route
-// runs every text product as a float32 matmul on the bundle's weights in place (layout "ab", the
+// runs every text product as a float32 matmul, on weights packed at load (a blocked layout; the test
+// below) or, with CNCLIP_TEXT_LINEAR=inplace, on the bundle's weights in place (layout "ab", the
 // transposed storage), with BERT's GELU as the product's post-op; BLIS's route runs none there.
 TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
   for (const auto& [route, bundle] :
@@ -231,7 +243,8 @@ TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
     SCOPED_TRACE(route + " " + bundle);
     test::RunOptions options;
     // The attention's products are oneDNN's on every route (the test below): the Linears' alone here.
-    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_FP32_LINEAR=" + route, "CNCLIP_BATCHED_MATMUL=libtorch"};
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_FP32_LINEAR=" + route, "CNCLIP_BATCHED_MATMUL=libtorch",
+                   "CNCLIP_TEXT_LINEAR=inplace"};
     const auto r = test::run_cnclip({"embed-text", "--model", bundle, "小狗"}, options);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(r.err, "");  // no warning that oneDNN failed
@@ -244,6 +257,48 @@ TEST(LinearRoute, OneDnnRunsTheTextProductsWithTheirGelu) {
     EXPECT_EQ(r.out.find("attr-post-ops:eltwise_gelu_erf") != std::string::npos, ours) << r.out.substr(0, 4000);
     // The embedding is the last line whichever route ran.
     EXPECT_NE(test::lines(r.out).back().find("\"embedding\""), std::string::npos) << r.out.substr(0, 4000);
+  }
+}
+
+// The text tower's Linears run on oneDNN's brgemm on weights packed at load too, where the image
+// tower's do (oneDNN's route, AVX-512), with BERT's GELU as a post-op; then a text gets the same floats
+// alone and beside 7 copies of itself (416 rows: in place, OpenBLAS's above 192, ~1e-7 apart).
+TEST(LinearRoute, TextProductsOnPackedWeightsGiveATextTheSameFloatsInAnyBatch) {
+  const bool lowered = std::getenv("ONEDNN_MAX_CPU_ISA") || std::getenv("DNNL_MAX_CPU_ISA");
+  const bool packed = !lowered && onednn_should_lead();
+  for (const std::string route : {"packed", "inplace"}) {
+    SCOPED_TRACE(route);
+    test::RunOptions options;
+    options.env = {"ONEDNN_VERBOSE=1", "CNCLIP_TEXT_LINEAR=" + route};
+    const auto r = test::run_cnclip({"embed-text", "--model", test::tiny_bundle(), "小狗"}, options);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.err, "");  // no warning that packing or a product failed
+    int packed_products = 0, with_gelu = 0;
+    for (const std::string& line : test::lines(r.out)) {
+      if (line.rfind("onednn_verbose,exec,cpu,matmul,brg", 0) == 0 &&
+          line.find("wei_f32::blocked:B") != std::string::npos) {
+        ++packed_products;
+        with_gelu += line.find("eltwise_gelu_erf") != std::string::npos;
+      }
+    }
+    if (packed && route == "packed") {
+      EXPECT_EQ(packed_products, 9) << r.out.substr(0, 4000);  // 2 layers of 4 and the projection
+      EXPECT_EQ(with_gelu, 2);
+    } else {
+      EXPECT_EQ(packed_products, 0) << r.out.substr(0, 4000);
+    }
+  }
+  if (!packed) return;
+  auto model = Model::open(test::tiny_bundle(), ModelOptions{"cpu", 2, true});
+  const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
+  for (int t : {0, 7, 13}) {
+    std::vector<int64_t> eight;
+    for (int copy = 0; copy < 8; ++copy) eight.insert(eight.end(), ids.begin() + t * 52, ids.begin() + (t + 1) * 52);
+    const auto alone = model->encode_token_ids(ids.data() + t * 52, 1, 52);
+    const auto batch = model->encode_token_ids(eight.data(), 8, 52);
+    for (int copy = 0; copy < 8; ++copy) {
+      EXPECT_EQ(std::vector<float>(batch.begin() + copy * 32, batch.begin() + (copy + 1) * 32), alone) << t;
+    }
   }
 }
 
@@ -417,17 +472,8 @@ TEST(SmallOps, AttentionProductsRunOnBrgemmATextsOnTheCallingThread) {
       EXPECT_LE(max_abs_diff(ours.text_each, libtorch.text_each), 1e-6f);
       EXPECT_LE(max_abs_diff(ours.images, libtorch.images), 1e-6f);
     }
-    const auto ids = read_npy(test::fixtures("reference/text_tokens.npy")).value().as_int64();
-    auto regions_per_query = [&](const char* route) {
-      RouteEnv env(route, "CNCLIP_BATCHED_MATMUL");
-      auto model = Model::open(bundle, ModelOptions{"cpu", 2, true});
-      model->encode_token_ids(ids.data(), 1, 52);  // loads the tower
-      const long before = g_parallel_regions.load();
-      for (int t = 0; t < 20; ++t) model->encode_token_ids(ids.data() + t * 52, 1, 52);
-      EXPECT_EQ(compute_threads(), 2) << "a product left the thread's count at 1";
-      return static_cast<double>(g_parallel_regions.load() - before) / 20;
-    };
-    const double ours = regions_per_query("on"), libtorch = regions_per_query("libtorch");
+    const double ours = parallel_regions_per_query(bundle, "CNCLIP_BATCHED_MATMUL", "on"),
+                 libtorch = parallel_regions_per_query(bundle, "CNCLIP_BATCHED_MATMUL", "libtorch");
     EXPECT_LE(ours, libtorch) << "parallel regions per query: " << ours << " against LibTorch's " << libtorch;
   }
 }

@@ -30,24 +30,25 @@ struct ModelOptions {
   // Let TorchScript's profiling executor optimize the graphs. It pays off for many calls (indexing:
   // ~10% faster ViT-B-16 here) and costs ~50 ms on the first calls, all that a one-shot query makes.
   // Process-wide in LibTorch: the last Model opened decides.
-  // fp32 Linear layers of up to 192 rows (a text query's) run on a small-matrix kernel that reads the
+  // fp32 Linear layers: where oneDNN runs AVX-512 (brgemm) and leads (not AMD family 19h), both towers'
+  // products by a constant matrix run on oneDNN's float32 matmul on weights packed once at load, over
+  // the bundle's (src/linear_packed.h), the MLP's GELU or SiLU as a post-op, the final projection too:
+  // a row then gets the same bits in any batch and on any thread count, which OpenBLAS's AVX2 kernels
+  // (forced as this workplace does) did not (~1e-7 apart between batches of 1, 4 and 6 here). ViT-B-16 on 2
+  // threads, Zen 5: 135 -> 117 ms/image in batches of 4, the same peak memory; a 15-token query 14.2-14.8 ->
+  // 12.3-13.6 ms against the weights in place (CNCLIP_IMAGE_LINEAR=libtorch leaves the image tower's to BLIS
+  // and OpenBLAS as before, CNCLIP_TEXT_LINEAR=inplace the text tower's to oneDNN on the weights in place).
+  // What is not packed, up to 192 rows (a text query's), runs on a small-matrix kernel that reads the
   // bundle's weights in place, on CPUs with AVX2 and FMA (OpenBLAS repacks each weight matrix on every
-  // call): oneDNN's float32 matmul where oneDNN runs AVX-512 (brgemm) and leads, the MLP's GELU as its
-  // post-op (a 15-token ViT-B-16 query 21-22 -> 15.6-16.2 ms on 2 threads on an AMD EPYC of family
-  // 1Ah), else BLIS's (41 -> 23 ms against OpenBLAS on a Zen 4, where BLIS led oneDNN); larger ones
-  // on OpenBLAS, with the kernels it picks for the CPU. On the bundle's weights in place, which of
-  // oneDNN's kernels computes a row depends on the number of rows, so a text's embedding may differ by
-  // ~1e-7 with the other texts of its encode call. An image's must not with its batch: where oneDNN
-  // takes the text tower's products, it takes the image tower's on weights packed once at load, over
-  // the bundle's (src/linear_packed.h): every product by a constant matrix, the final projection too,
-  // then gives an image the same bits in any batch and on any thread count, which OpenBLAS's AVX2
-  // kernels (forced as this workplace does) did not (~1e-7 apart between batches of 1, 4 and 6 here). ViT-B-16 on 2
-  // threads, Zen 5: 135 -> 117 ms/image in batches of 4, the same peak memory (CNCLIP_IMAGE_LINEAR=libtorch leaves them
-  // to BLIS and OpenBLAS as before). CNCLIP_FP32_LINEAR=onednn or =blis asks for one of the two; =blas keeps every
-  // Linear on OpenBLAS; =xnnpack instead packs a float32 bundle's Linear weights once at load for XNNPACK (which picks
-  // its kernels from the CPU at run time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it
-  // cannot be applied. Measured routes: README "Against ONNX Runtime". Every route agrees to float rounding (cosine >=
-  // 0.99999, tests/linear_route_test.cpp). oneDNN, BLIS and OpenBLAS compute with the calling thread's compute threads
+  // call): oneDNN's (the text tower's on the oneDNN route; a 15-token query 21-22 -> 15.6-16.2 ms against
+  // OpenBLAS) or BLIS's (41 -> 23 ms against OpenBLAS on a Zen 4, where BLIS led oneDNN); larger ones
+  // on OpenBLAS, with the kernels it picks for the CPU. There which kernel computes a row depends on the
+  // number of rows, so a text's embedding may differ by ~1e-7 with the other texts of its encode call.
+  // CNCLIP_FP32_LINEAR=onednn or =blis asks for one of the two; =blas keeps every Linear on OpenBLAS; =xnnpack instead
+  // packs a float32 bundle's Linear weights once at load for XNNPACK (which picks its kernels from the CPU at run
+  // time); it adds ~1 s to loading ViT-B-16's text tower and fails the load if it cannot be applied. Measured routes:
+  // README "Against ONNX Runtime". Every route agrees to float rounding (cosine >= 0.99999,
+  // tests/linear_route_test.cpp). oneDNN, BLIS and OpenBLAS compute with the calling thread's compute threads
   // (set_compute_threads); XNNPACK in LibTorch's one process-wide thread pool, sized by the last set_compute_threads
   // call of any thread. int8 Linear layers (a bundle exported with --precision int8) run on oneDNN's int8 matmul with
   // weights packed once per layer for the CPU's instructions and the activations' scale given per call
