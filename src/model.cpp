@@ -150,9 +150,11 @@ void choose_blis_kernels() {
 constexpr int64_t kBlisMaxRows = 192;
 
 // oneDNN's float32 matmul for cnclip::linear: y[m, n] = x[m, k] * weight^T (+ bias), on the weights as
-// the bundle stores them (oneDNN's [k, n] "ab" for the transposed storage, "ba" for [n, k] rows), not
-// packed: packing 340 MB of text weights would cost a one-shot query more than it saves (packed, the
-// 72 products of a 15-token query took 12 ms against 12.8-13.3 in place; "ba" 19 ms). Primitives by
+// the bundle stores them (oneDNN's [k, n] "ab" for the transposed storage, "ba" for [n, k] rows), for
+// what the packed route (linear_packed.h) does not take: the text tower's with CNCLIP_TEXT_LINEAR=inplace.
+// It was the text tower's route on a measurement that packing 340 MB would cost a one-shot query more
+// than it saves (packed, the 72 products of a 15-token query took 12 ms against 12.8-13.3 in place;
+// "ba" 19 ms); with cnclip's malloc settings a one-shot query is no slower packed (load(), below). Primitives by
 // shape and thread count (oneDNN splits the work by the count it was built for), made once each.
 // Returns false for weights of other strides, and when oneDNN fails: then, said once on stderr, BLIS
 // runs every product from that call on (y may hold part of oneDNN's output: BLIS overwrites it).
@@ -268,10 +270,11 @@ at::Tensor onednn_linear_op(const at::Tensor& input, const at::Tensor& weight, c
 bool image_linears_packed() { return detail::route_on_unless_libtorch("CNCLIP_IMAGE_LINEAR"); }
 
 // Whether the oneDNN route packs the text tower's weights too (the default), or leaves them in place for
-// oneDNN's in-place products as before (CNCLIP_TEXT_LINEAR=inplace, for measurement).
+// oneDNN's in-place products as before (CNCLIP_TEXT_LINEAR=inplace, or =libtorch as the other route
+// variables say; for measurement).
 bool text_linears_packed() {
   const char* env = std::getenv("CNCLIP_TEXT_LINEAR");
-  return !(env && std::strcmp(env, "inplace") == 0);
+  return !(env && (std::strcmp(env, "inplace") == 0 || std::strcmp(env, "libtorch") == 0));
 }
 
 // At the module's load, before any BLIS call.

@@ -25,27 +25,40 @@ for block in sys.argv[1:]:
 print("two towers: 512-d unit vectors")
 PY
 
-# The text tower through each float32 Linear route (src/model.cpp): BLIS by default on CPUs with AVX2,
-# OpenBLAS when asked, against the TorchScript file run by Python's torch (OpenBLAS, padded to 52).
-# At this size the routes sum in other orders (the floats differ), and agree to float rounding.
+# The text tower through each float32 Linear route (src/model.cpp): the default (oneDNN on weights
+# packed at load where oneDNN runs AVX-512, else BLIS on CPUs with AVX2), oneDNN on the weights in place,
+# BLIS and OpenBLAS when asked, against the TorchScript file run by Python's torch (OpenBLAS, padded to
+# 52). At this size the routes sum in other orders (the floats differ), and agree to float rounding.
+# Packed over the bundle's weights, the text tower keeps one copy: the peak memory of a one-shot
+# embed-text stays that of the weights in place.
 query="夕阳、大海、沙滩 和一只小狗在奔跑"
 ids=$("$bin" tokenize --model "$work/bundle" "$query")
+default=$("$bin" embed-text --model "$work/bundle" "$query")
+inplace=$(CNCLIP_TEXT_LINEAR=inplace "$bin" embed-text --model "$work/bundle" "$query")
 blis=$(CNCLIP_FP32_LINEAR=blis "$bin" embed-text --model "$work/bundle" "$query")
 blas=$(CNCLIP_FP32_LINEAR=blas "$bin" embed-text --model "$work/bundle" "$query")
-"$py" - "$work/bundle/text_encoder.pt" "$ids" "$blis" "$blas" <<'PY'
+text_rss() { "$py" -c 'import resource, subprocess, sys
+subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL)
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)' "$bin" embed-text --model "$work/bundle" "$query"; }
+rss_text_default=$(text_rss)
+rss_text_inplace=$(CNCLIP_TEXT_LINEAR=inplace text_rss)
+"$py" - "$work/bundle/text_encoder.pt" "$ids" "$default" "$inplace" "$blis" "$blas" "$rss_text_default" "$rss_text_inplace" <<'PY'
 import json, sys, torch
 tower = torch.jit.load(sys.argv[1])
 ids = torch.tensor([json.loads(sys.argv[2])["ids"]])
 with torch.no_grad():
     ref = tower(ids)[0].double()
-blis = torch.tensor(json.loads(sys.argv[3])["embedding"], dtype=torch.float64)
-blas = torch.tensor(json.loads(sys.argv[4])["embedding"], dtype=torch.float64)
-assert not torch.equal(blis, blas), "the BLIS route gave OpenBLAS's very floats: it did not run"
-for name, e in (("blis", blis), ("blas", blas)):
+routes = {name: torch.tensor(json.loads(arg)["embedding"], dtype=torch.float64)
+          for name, arg in zip(("default", "inplace", "blis", "blas"), sys.argv[3:7])}
+assert not torch.equal(routes["blis"], routes["blas"]), "the BLIS route gave OpenBLAS's very floats: it did not run"
+for name, e in routes.items():
     diff = (e - ref).abs().max().item()
     cos = (e @ ref / (e.norm() * ref.norm())).item()
     print(f"{name}: max abs difference to Python's torch {diff:.2e}, cosine {cos:.8f}")
     assert diff <= 1e-5 and cos >= 0.99999, (name, diff, cos)
+rss_default, rss_inplace = int(sys.argv[7]), int(sys.argv[8])
+print(f"embed-text peak RSS {rss_default // 1024} MB (default) against {rss_inplace // 1024} MB (weights in place)")
+assert rss_default <= rss_inplace + 64 * 1024, (rss_default, rss_inplace)
 print("1 passed, 0 failed")
 PY
 
