@@ -69,15 +69,15 @@ at::Tensor onednn_matmul(const at::Tensor& a, const at::Tensor& b) {
   }
   // A text query's products (12 x 15 x 64 values) on the calling thread alone, where waking another
   // costs more than it saves; an image's are split over the compute threads (small_ops.h).
-  OneThreadScope scope(std::max(a.numel(), b.numel()));
+  const int64_t elements = std::max(a.numel(), b.numel());
+  OneThreadScope scope(elements);
   // Copied contiguous where they are views (the heads of a Linear's output, kᵀ): on such strides
   // oneDNN 2.6 runs its jit gemm, whose kernels cost ~40 ms to make on the first product of a process,
   // on contiguous operands brgemm (AVX-512), as fast (an image's) or faster (a text query's: 2-5
   // against 4-7 us). Products small per item of the batch (a text's) take only brgemm: ~0.015 ms
   // saved per product would not earn back the jit gemm's 40 ms in a one-shot query. Per item, not per
   // call, so that a text or an image computes on the same kernel in any batch.
-  const int64_t item_elements = std::max(a.numel(), b.numel()) / a.size(0);
-  const auto primitive = primitive_for(a, b, at::get_num_threads(), item_elements < kOneThreadElements);
+  const auto primitive = primitive_for(a, b, at::get_num_threads(), elements / a.size(0) < kOneThreadElements);
   if (!primitive) return at::matmul(a, b);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   at::Tensor c = at::empty(primitive->c.dims(), a.options());

@@ -211,7 +211,7 @@ TORCH_LIBRARY_FRAGMENT(cnclip, m) {
 
 bool packed_products_failed() { return any_failed; }
 
-bool route_image_linears_to_packed_onednn(torch::jit::Block* block) {
+bool route_linears_to_packed_onednn(torch::jit::Block* block) {
   static const auto aten_linear = c10::Symbol::fromQualString("aten::linear");
   static const auto aten_matmul = c10::Symbol::fromQualString("aten::matmul");
   static const auto cnclip_matmul = c10::Symbol::fromQualString("cnclip::matmul");

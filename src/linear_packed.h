@@ -44,7 +44,7 @@ namespace cnclip::detail {
 // oneDNN has no brgemm kernel for these products on this CPU (the caller routes them elsewhere); throws
 // std::exception (dnnl::error, c10::Error) when packing fails midway (the graph may then be partly
 // rewritten, every node computing what it did).
-bool route_image_linears_to_packed_onednn(torch::jit::Block* block);
+bool route_linears_to_packed_onednn(torch::jit::Block* block);
 
 // Whether a packed product has failed at run time in this process (oneDNN could not build or run it
 // for some row or thread count; the load builds those of 1 and kLayoutRows rows first): that layer is

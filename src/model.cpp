@@ -392,7 +392,7 @@ struct TorchModel::Impl {
                 (file == "image_encoder.pt" ? image_linears_packed() : text_linears_packed())) {
               try {
                 for (torch::jit::Block* block : detail::method_blocks(*module)) {
-                  detail::route_image_linears_to_packed_onednn(block);
+                  detail::route_linears_to_packed_onednn(block);
                 }
               } catch (const std::exception& e) {
                 // The Linears not packed yet stay where they are (each node computes what it did).
