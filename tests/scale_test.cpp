@@ -502,11 +502,11 @@ TEST(ScaleTypes, IvfThatNeedsMostOfItsListsIsNotWrittenUnderALimit) {
   EXPECT_EQ(build(uniform, dir / "u2.faiss", 1.0, &report), SnapshotBuild::kWritten);
   EXPECT_EQ(VectorIndex::open_file(dir / "u2.faiss")->size(), kN);
   const auto nprobe = [](const std::string& r) { return std::atoll(r.substr(r.find("nprobe ") + 7).c_str()); };
-  EXPECT_GT(nprobe(report), 128 / 8) << report;
+  EXPECT_GT(nprobe(report), 128 * VectorSpec::kAutoMaxProbeShare) << report;
   std::printf("uniform: %s\n", report.c_str());
   EXPECT_EQ(build(clustered, dir / "c.faiss", VectorSpec::kAutoMaxProbeShare, &report), SnapshotBuild::kWritten)
       << report;
-  EXPECT_LE(nprobe(report), 128 / 8) << report;
+  EXPECT_LE(nprobe(report), 128 * VectorSpec::kAutoMaxProbeShare) << report;
   std::printf("clustered: %s\n", report.c_str());
   EXPECT_EQ(VectorIndex::open_file(dir / "c.faiss")->size(), kN);
 }

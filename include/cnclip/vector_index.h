@@ -102,14 +102,16 @@ class VectorIndex {
 // from the index's own vectors outside the training sample (see build_snapshot).
 struct VectorSpec {
   // auto tries IVF above this size: a flat scan of 500,000 512-d vectors reads 1 GB. Measured by
-  // `scripts/bench.sh --scale 1000000` (README "Scale"): flat 87-112 ms warm at 1M on 2 cores (a lone
-  // query's rows split across threads); IVF1024,SQ8 70 ms at nprobe 128 but recall@10 0.926 there,
-  // and the 0.95 target took nprobe 384 (197 ms) on those generated vectors, where auto keeps flat
-  // (kAutoMaxProbeShare).
+  // `scripts/bench.sh --scale 1000000` (README "Scale"): flat 87-158 ms warm at 1M on 2 cores (a lone
+  // query's rows split across threads); IVF1024,SQ8 11 ms at the nprobe 384 its recall@10 of 0.95
+  // took on those generated vectors (cnclip's AVX2 scan of its codes, sq_scan.h).
   static constexpr int64_t kAutoApproximateAbove = 500'000;
-  // IVF1024,SQ8 at 1M scanned an eighth of its lists (nprobe 128) in 70 ms, flat all vectors in
-  // 87-112 ms: beyond an eighth, IVF is no faster than flat.
-  static constexpr double kAutoMaxProbeShare = 1.0 / 8;
+  // The same 1M IVF1024,SQ8 on AVX2 (2026-12-01, a fill running beside it): 13 ms at nprobe 512, 27
+  // ms at every list, against flat's 87-158 ms, since its codes are a quarter of flat's bytes. Up to
+  // half its lists, IVF answers ~7x faster than flat; beyond that it reads nearly all the codes,
+  // with no structure left to exploit (vectors with none: uniform ones need 80 of 128 lists), and
+  // auto keeps exact flat. (With FAISS 1.7.3's own scan, ~1 GB/s, the limit was an eighth.)
+  static constexpr double kAutoMaxProbeShare = 1.0 / 2;
   static constexpr double kTargetRecall = 0.95;
   // Counts parse() refuses (FAISS's factory takes any): an IVF's lists beyond ivf_nlist's 65,536 pay
   // only past ~1e9 vectors, and its factory allocates every empty list at once; HNSW's neighbours
