@@ -24,9 +24,10 @@ export CNCLIP_SCALE_DIR="$work" CNCLIP_SCALE_N="$n"
 phase() {  # phase NAME [ENV=VALUE...]: prints the SCALE json line with "rss_mb" added
   local name=$1
   shift
-  # The OpenMP wait policy `cnclip search-text` runs with (it restarts itself with it, runtime.h):
-  # with libgomp's default spin, a busy machine's flat 1M queries had p90 1.4x their p50.
-  env GOMP_SPINCOUNT="${GOMP_SPINCOUNT:-1000}" "$@" /usr/bin/time -f "RSS %M" "$tests" --gtest_also_run_disabled_tests \
+  # Each phase restarts itself with the OpenMP wait policy and malloc settings cnclip's commands run
+  # with (runtime.h; tests/scale_test.cpp, run_as_cnclip_does): with libgomp's default spin, a busy
+  # machine's flat 1M queries had p90 1.4x their p50.
+  env "$@" /usr/bin/time -f "RSS %M" "$tests" --gtest_also_run_disabled_tests \
     --gtest_filter="ScaleBench.DISABLED_$name" >"$work/out" 2>"$work/err" || { cat "$work/out" "$work/err" >&2; exit 1; }
   local rss
   rss=$(awk '/^RSS/ {print int($2 / 1024)}' "$work/err")

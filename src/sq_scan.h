@@ -7,7 +7,7 @@
 // 20 GB in 0.9 s on the same 2 cores (README "Scale", 10M): at 1M, flat-fp16 took 299 ms a query
 // against flat's 112, and IVF1024,SQ8 197 ms at the nprobe its recall needed. Everything but the scan
 // stays FAISS's: the trained ranges, the coarse quantizer that picks the lists, the inverted lists,
-// the row selector. The answers are FAISS's (same rows, scores within rounding: Sq8Scan.* in
+// the row selector. The answers are FAISS's (same rows, scores within rounding: SqScan.* in
 // tests/scale_test.cpp).
 //
 // FAISS decodes dimension i of an 8-bit code c as x_i = vmin_i + (c_i + 0.5) / 255 * vdiff_i (one vmin
