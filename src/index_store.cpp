@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -47,6 +48,39 @@ std::function<void(const std::string&)>& warning_handler() {
 void warn(const std::string& message) {
   std::lock_guard<std::mutex> lock(warning_mutex);
   if (warning_handler()) warning_handler()(message);
+}
+
+// The most disk a snapshot of `type` (canonical, canonical_vector_type) for n vectors of `dim` may
+// take: flat's 4 bytes a dimension and 8-byte id per vector, since every type may be written as flat
+// instead (too few vectors to train it, auto's IVF not paying off, a FAISS failure); 512 bytes more
+// per vector for types whose codes cnclip does not know (an HNSW's links); and 64 MiB to spare for the
+// catalog's log.
+uint64_t snapshot_bytes_at_most(const std::string& type, int dim, int64_t n) {
+  const bool known = type == "flat" || type == "flat-fp16" || type == "flat-sq8" ||
+                     (type.rfind("IVF", 0) == 0 && type.size() > 4 && type.compare(type.size() - 4, 4, ",SQ8") == 0);
+  const uint64_t per_vector = 4ull * static_cast<uint64_t>(std::max(dim, 0)) + (known ? 8 : 512);
+  return per_vector * static_cast<uint64_t>(std::max<int64_t>(n, 0)) + (64ull << 20);
+}
+
+// Whether the file system holding `dir` has `bytes` free for this process (false when it cannot say).
+bool has_room(const std::string& dir, uint64_t bytes) {
+  struct statvfs v {};
+  if (::statvfs(dir.c_str(), &v) != 0) return false;
+  return static_cast<uint64_t>(v.f_bavail) * v.f_frsize >= bytes;
+}
+
+// Deletes dir's vectors-* files but `keep`: every one, or (`temporaries_only`) those that are not a
+// snapshot (temporary files of interrupted writes).
+void delete_snapshot_files(const std::string& dir, const std::string& keep, bool temporaries_only) {
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind("vectors-", 0) != 0 || name == keep) continue;
+    const bool snapshot = name.size() > 6 && name.compare(name.size() - 6, 6, ".faiss") == 0;
+    if (!temporaries_only || !snapshot) ::unlink((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
 }
 
 }  // namespace
@@ -417,23 +451,24 @@ void IndexStore::write_snapshot() {
   const std::string catalog_path = dir_ + "/" + kCatalogFile;
   snapshot_report_.clear();
   snapshot_fallback_.clear();
-  // Older snapshots (and temporary files of interrupted writes) are stale: deleted first, so that
-  // their space is free for the new one on a nearly full disk (a reader meanwhile reads the catalog;
-  // one that has the old file open or mapped keeps it until it closes).
   const std::string keep = path.substr(path.find_last_of('/') + 1);
-  if (DIR* d = ::opendir(dir_.c_str())) {
-    while (dirent* e = ::readdir(d)) {
-      const std::string name = e->d_name;
-      if (name.rfind("vectors-", 0) == 0 && name != keep) ::unlink((dir_ + "/" + name).c_str());
-    }
-    ::closedir(d);
-  }
+  if (dim <= 0) delete_snapshot_files(dir_, keep, false);
   if (dim > 0) {
     try {
       const std::string type = wanted_vector_type();
       const int64_t n = catalog_->vector_count();  // files and video frames
+      // Older snapshots stay while the new one is built, where the disk has room for it beside them:
+      // searches meanwhile use the newest with its delta (the change log is pruned only once the new
+      // one is written), where deleting them first made each search read every embedding from the
+      // catalog for the whole build (minutes for an IVF at 10M; seconds a query at 1M). They stay too
+      // when the build fails or is interrupted. On a disk without that room they are deleted first,
+      // so that their space is free for the new one (a reader meanwhile reads the catalog; one that has
+      // the old file open or mapped keeps it until it closes). Temporary files of interrupted writes
+      // go first either way.
+      const std::string canonical = canonical_vector_type(type, dim);
+      delete_snapshot_files(dir_, keep, has_room(dir_, snapshot_bytes_at_most(canonical, dim, n)));
       const bool is_auto = vector_spec().text == "auto";
-      bool flat = canonical_vector_type(type, dim) == "flat";
+      bool flat = canonical == "flat";
       if (!flat) {
         const SnapshotBuild built = build_snapshot(
             path, type, dim, n,
@@ -474,6 +509,7 @@ void IndexStore::write_snapshot() {
                                     "; every committed entry is kept in the catalog (searches read it until the "
                                     "next 'cnclip index' writes the vector snapshot)");
     }
+    delete_snapshot_files(dir_, keep, false);
     // Readers of this snapshot need the log only after it.
     catalog_->prune_changes(generation);
   }

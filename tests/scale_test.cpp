@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,6 +31,7 @@
 #include <random>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cnclip/index_store.h"
@@ -37,6 +39,7 @@
 #include "cnclip/npy.h"
 #include "cnclip/runtime.h"
 #include "cnclip/search.h"
+#include "damage_util.h"
 #include "sq_scan.h"
 #include "test_util.h"
 
@@ -1078,6 +1081,108 @@ TEST(ScaleDelta, OlderSnapshotsThanTheLogAreNotUsed) {
   auto loaded = reader->search_vectors();
   EXPECT_EQ(loaded->size(), 199);
   EXPECT_NE(loaded->ids(), nullptr) << "the catalog's vectors, not the snapshot with a delta";
+}
+
+// Adds `count` more vectors (ids after the index's) in one commit, as an index run's batch.
+void add_vectors(IndexStore& store, int64_t count, int dim, unsigned seed) {
+  const auto more = clustered_vectors(count, dim, 10, seed);
+  const int64_t n = store.catalog().count();
+  CatalogTransaction tx(store.catalog());
+  for (int64_t i = 0; i < count; ++i) {
+    store.catalog().insert(FileRecord{0, path_of(n + i + 1), 1, 0, "m" + std::to_string(n + i), 0},
+                           &more[static_cast<size_t>(i) * dim], dim);
+  }
+  tx.commit();
+}
+
+std::vector<std::string> snapshot_files(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().filename().string().rfind("vectors-", 0) == 0) out.push_back(e.path().filename().string());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// A rebuild (an index run's last step, an IVF retrained) leaves the older snapshot searchable while
+// it builds: searches meanwhile use it with its delta, never every embedding from the catalog, which
+// deleting it first made them do for the whole build (minutes for an IVF at 10M). Once the new one
+// is written, it is the only one.
+TEST(ScaleDelta, SearchesDuringARebuildUseTheOlderSnapshot) {
+  constexpr int kDim = 64, kN = 20'000;
+  test::TempDir dir;
+  const std::string idx = dir / "index";
+  auto store = IndexStore::open(idx, IndexAccess::kWrite);
+  fill_index(*store, clustered_vectors(kN, kDim, 100, 21), kDim);
+  store->write_snapshot();  // flat
+  const int64_t before = store->catalog().generation();
+  add_vectors(*store, 100, kDim, 22);
+  store->set_vector_spec(VectorSpec::parse("IVF128,SQ8", kDim));
+  std::atomic<bool> building{true}, first_read{false};
+  std::vector<VectorsOrigin> seen;
+  std::thread reader([&] {
+    auto r = IndexStore::open(idx, IndexAccess::kRead);
+    while (building) {
+      VectorsOrigin origin;
+      const auto vectors = r->search_vectors(false, &origin);
+      EXPECT_EQ(vectors->size(), kN + 100);
+      seen.push_back(origin);
+      first_read = true;
+    }
+  });
+  while (!first_read) std::this_thread::yield();
+  const auto start = std::chrono::steady_clock::now();
+  store->write_snapshot();
+  const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  building = false;
+  reader.join();
+  ASSERT_FALSE(seen.empty());
+  int64_t on_old = 0;
+  for (const auto& o : seen) {
+    EXPECT_NE(o.snapshot_generation, -1) << "a search during the build read every embedding from the catalog";
+    if (o.snapshot_generation == before) {
+      ++on_old;
+      EXPECT_EQ(o.changed_since, 100);
+    }
+  }
+  EXPECT_GE(on_old, 2) << seen.size() << " reads during a build of " << build_s << " s";
+  EXPECT_EQ(snapshot_files(idx),
+            std::vector<std::string>{"vectors-" + std::to_string(store->catalog().generation()) + ".faiss"});
+  ASSERT_NE(store->open_snapshot(), nullptr);
+  EXPECT_EQ(store->open_snapshot()->type(), "IVF128,SQ8");
+}
+
+// On a disk without room for a new snapshot beside the older one, the older one is deleted first, so
+// that the rebuild fits (searches meanwhile read the catalog's vectors).
+TEST(ScaleDelta, ARebuildOnADiskWithoutRoomForTwoDeletesTheOlderFirst) {
+  if (::geteuid() != 0) GTEST_SKIP() << "filling a disk needs a tmpfs mounted as root";
+  constexpr int kDim = 64, kN = 20'000;
+  test::TempDir dir;
+  const std::string disk = dir / "disk", idx = disk + "/index";
+  std::filesystem::create_directories(disk);
+  auto tmpfs = test::ScopedMount::tmpfs(disk, 48u << 20);
+  ASSERT_TRUE(tmpfs.ok()) << tmpfs.why();
+  {
+    auto store = IndexStore::open(idx, IndexAccess::kWrite);
+    fill_index(*store, clustered_vectors(kN, kDim, 100, 23), kDim);
+    store->write_snapshot();
+    add_vectors(*store, 10, kDim, 24);
+    const auto old = snapshot_files(idx);
+    ASSERT_EQ(old.size(), 1u);
+    const auto snapshot_bytes = std::filesystem::file_size(idx + "/" + old[0]);
+    // Room for half a snapshot: the new one fits only in the older one's place.
+    const auto available = std::filesystem::space(disk).available;
+    ASSERT_GT(available, snapshot_bytes);
+    std::ofstream(disk + "/filler", std::ios::binary)
+        << std::string(static_cast<size_t>(available - snapshot_bytes / 2), 'f');
+    store->write_snapshot();
+    EXPECT_EQ(snapshot_files(idx),
+              std::vector<std::string>{"vectors-" + std::to_string(store->catalog().generation()) + ".faiss"});
+    auto written = store->open_snapshot();
+    ASSERT_NE(written, nullptr);
+    EXPECT_EQ(written->size(), kN + 10);
+  }
+  std::filesystem::remove(disk + "/filler");
 }
 
 // The CLI: `cnclip index --vectors TYPE` with no path rebuilds the snapshot of an index filled only

@@ -146,7 +146,10 @@ class IndexStore {
   std::unique_ptr<VectorIndex> open_snapshot(std::string* problem = nullptr);
   // Writes the snapshot for the current generation (of wanted_vector_type(); approximate types are
   // trained from the catalog's vectors and tuned, vector_index.h), prunes the change log up to it
-  // and deletes older snapshots (kWrite).
+  // and deletes older snapshots (kWrite). While it builds, searches keep using the newest older
+  // snapshot with its delta, where the disk has room for a flat snapshot beside it (else it is
+  // deleted first, and searches read the catalog's vectors meanwhile); it stays when the build
+  // fails or is interrupted.
   void write_snapshot();
   // write_snapshot() unless the current one is intact and of the wanted type, or (approximate types
   // only) an older intact one of the wanted type has a delta of at most delta_kept_up_to(the
