@@ -206,7 +206,10 @@ std::vector<QueryResult> Searcher::search_once(const std::vector<std::string>& l
   Catalog& catalog = store_.catalog();
   // Video frames after a video's first are vectors of their own (kFrameIdBase ids): filters and
   // --exclude-self apply to their video.
-  const FrameMap frame_map = vectors_->size() > catalog.count() ? load_frame_map(catalog) : FrameMap{};
+  // Read whenever the catalog has frames (an empty table answers at once): the test it replaced,
+  // more vectors than catalog.count(), was a COUNT(*) of every file, 30 ms of each warm query at 10M
+  // (the IVF's scan took 21 ms of its 54).
+  const FrameMap frame_map = load_frame_map(catalog);
   auto file_of = [&frame_map](int64_t id) { return frame_map.file_of(id); };
   // Filters, applied inside the search (FAISS's ID selector), before the top k.
   const bool by_time = options.after || options.before;
