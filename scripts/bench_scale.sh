@@ -8,6 +8,9 @@
 # (cold: open + first query) with 199 warm queries each (p50/p90), recall@10 against flat; then an
 # index run in progress (5,000 vectors committed in batches, no new snapshot) and the flat search
 # again (snapshot + delta). Prints a Markdown table. One phase at a time: the machine is shared.
+# CNCLIP_SCALE_REUSE=1 keeps a folder an earlier run filled with N vectors (the fill takes 18 minutes
+# at 10M) instead of filling it again; the flat answers recall is measured against are then
+# recomputed (the first type must be flat), since earlier index-run phases added vectors to it.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 n=${1:?usage: bench_scale.sh N [TYPE...]}
@@ -18,8 +21,14 @@ types=("$@")
 tests="${CNCLIP_SCALE_TESTS:-$repo/build/tests/cnclip_tests}"
 [ -x "$tests" ] || { echo "bench_scale.sh: build first" >&2; exit 1; }
 work="$repo/build/bench/scale-$n"
-rm -rf "$work"
-mkdir -p "$work"
+reuse=0
+if [ "${CNCLIP_SCALE_REUSE:-}" = 1 ] && [ -f "$work/queries.npy" ] && [ -f "$work/index/catalog.sqlite3" ]; then
+  [ "${types[0]}" = flat ] || { echo "bench_scale.sh: CNCLIP_SCALE_REUSE needs flat as the first type" >&2; exit 2; }
+  reuse=1
+else
+  rm -rf "$work"
+  mkdir -p "$work"
+fi
 export CNCLIP_SCALE_DIR="$work" CNCLIP_SCALE_N="$n"
 phase() {  # phase NAME [ENV=VALUE...]: prints the SCALE json line with "rss_mb" added
   local name=$1
@@ -33,8 +42,13 @@ phase() {  # phase NAME [ENV=VALUE...]: prints the SCALE json line with "rss_mb"
   rss=$(awk '/^RSS/ {print int($2 / 1024)}' "$work/err")
   sed -n 's/^SCALE //p' "$work/out" | /usr/bin/python3 -c "import json,sys; d=json.loads(sys.stdin.read()); d['rss_mb']=$rss; print(json.dumps(d))"
 }
-echo "bench: filling $n vectors" >&2
-phase Fill | tee "$work/fill.json" >&2
+if [ $reuse = 1 ]; then
+  echo "bench: reusing the $n vectors filled in $work (fill: $(cat "$work/fill.json" 2>/dev/null))" >&2
+  rm -f "$work/truth.bin"
+else
+  echo "bench: filling $n vectors" >&2
+  phase Fill | tee "$work/fill.json" >&2
+fi
 rows=()
 for t in "${types[@]}"; do
   echo "bench: $t" >&2
@@ -66,7 +80,7 @@ during=$(phase Query CNCLIP_SCALE_TYPE=flat)
 echo "$idle" >&2
 echo "$during" >&2
 echo
-echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --scale $n\` on $(nproc) cores (shared; load average $(cut -d' ' -f1 /proc/loadavg))."
+echo "Measured $(date -u +%Y-%m-%d) by \`scripts/bench.sh --scale $n\`$([ $reuse = 1 ] && echo " (CNCLIP_SCALE_REUSE=1: on the folder filled earlier)") on $(nproc) cores (shared; load average $(cut -d' ' -f1 /proc/loadavg))."
 echo
 echo "| type | build s | disk MB | build peak RSS MB | search peak RSS MB | cold open+query p50 / worst s | warm query p50 / p90 ms | recall@10 vs flat | tuning |"
 echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
