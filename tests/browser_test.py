@@ -39,8 +39,7 @@ class Server:
         self.url = None
         deadline = time.time() + 60
         while time.time() < deadline and self.url is None:
-            self.err.seek(0)
-            m = re.search(rb"listening on (http://\S+/)", self.err.read())
+            m = re.search(rb"listening on (http://\S+/)", self.stderr_so_far())
             if m:
                 self.url = m.group(1).decode()
             elif self.proc.poll() is not None:
@@ -48,10 +47,15 @@ class Server:
             else:
                 time.sleep(0.05)
         if self.url is None:
-            self.err.seek(0)
-            message = self.err.read().decode(errors="replace")
+            message = self.stderr_so_far().decode(errors="replace")
             self.stop()
             raise RuntimeError("cnclip serve did not start: " + message)
+
+    def stderr_so_far(self):
+        # pread: the server writes through the same open file, so a seek here moved its offset too,
+        # and its next line overwrote the start of the file ("listening on " then the URL at offset 0:
+        # the URL was never found, once in CI).
+        return os.pread(self.err.fileno(), 1 << 20, 0)
 
     def stop(self):
         self.err.close()
